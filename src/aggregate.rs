@@ -1,0 +1,459 @@
+//! Turns what the kernel reported into the figures the exporter publishes.
+//!
+//! Pure: socket records, the range and the reserved ports in, a `Snapshot`
+//! out. Every metric's meaning is decided here; the README's metric table
+//! states the same definitions for users.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use crate::model::{
+    NamespaceSample, PortRange, PortSet, Protocol, SocketRecord, SocketState, TcpState, UdpState,
+};
+
+/// The process label of a socket whose owner could not be resolved.
+pub const UNKNOWN_PROCESS: &str = "unknown";
+
+/// The figures of one network namespace at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// The ephemeral port range.
+    pub range: PortRange,
+    /// Reserved ports that lie inside the range.
+    pub reserved_in_range: u32,
+    /// Ports the kernel can hand out automatically: range length minus reserved.
+    pub capacity: u32,
+    /// TCP occupancy, then UDP occupancy.
+    pub occupancy: [ProtocolOccupancy; 2],
+    /// Listening sockets, grouped and sorted by protocol, address, port, process.
+    pub listeners: Vec<Listener>,
+}
+
+/// How much of the range one protocol uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProtocolOccupancy {
+    /// The protocol whose port space this is.
+    pub protocol: Protocol,
+    /// Distinct unreserved ports inside the range held by at least one socket.
+    pub ports_used: u32,
+    /// `ports_used / capacity`, from 0 to 1; 1 when the capacity is 0.
+    pub used_ratio: f64,
+    /// Sockets whose local port is inside the range, for every state of the
+    /// protocol, zeros included.
+    pub sockets_by_state: Vec<(SocketState, u64)>,
+    /// Every socket of the protocol that was read, inside the range or not.
+    pub sockets_scanned: u64,
+}
+
+/// Sockets that listen on one protocol, address and port, owned by one process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// TCP for LISTEN sockets, UDP for unconnected bound sockets.
+    pub protocol: Protocol,
+    /// The local address.
+    pub address: IpAddr,
+    /// The local port.
+    pub port: u16,
+    /// The owner's `comm`, or `unknown`.
+    pub process: String,
+    /// How many sockets share this address and port (an SO_REUSEPORT group).
+    pub sockets: u64,
+    /// A TCP listener on an unreserved port inside the ephemeral range.
+    pub in_ephemeral_range: bool,
+}
+
+/// Computes the figures of one namespace sample.
+pub fn aggregate(sample: &NamespaceSample) -> Snapshot {
+    let range = sample.range;
+    let reserved = &sample.reserved;
+    let reserved_in_range = reserved.count_in(range);
+    let capacity = range.port_count() - reserved_in_range;
+    let is_ephemeral = |port: u16| range.contains(port) && !reserved.contains(port);
+
+    let mut used = [PortSet::new(), PortSet::new()];
+    let mut tcp_states = [0u64; TcpState::ALL.len()];
+    let mut udp_states = [0u64; UdpState::ALL.len()];
+    let mut scanned = [0u64; 2];
+    let mut listeners: BTreeMap<(Protocol, IpAddr, u16, &str), u64> = BTreeMap::new();
+
+    for socket in &sample.sockets {
+        let protocol = socket.state.protocol();
+        let index = protocol_index(protocol);
+        let port = socket.local.port();
+        scanned[index] += 1;
+        if range.contains(port) {
+            match socket.state {
+                SocketState::Tcp(state) => tcp_states[tcp_index(state)] += 1,
+                SocketState::Udp(state) => udp_states[udp_index(state)] += 1,
+            }
+        }
+        if is_ephemeral(port) {
+            used[index].insert(port);
+        }
+        if is_listener(socket, &is_ephemeral) {
+            let process = sample
+                .owners
+                .process_name(socket.inode)
+                .unwrap_or(UNKNOWN_PROCESS);
+            *listeners
+                .entry((protocol, socket.local.ip(), port, process))
+                .or_insert(0) += 1;
+        }
+    }
+
+    let occupancy = Protocol::ALL.map(|protocol| {
+        let index = protocol_index(protocol);
+        let ports_used = used[index].len();
+        let sockets_by_state = match protocol {
+            Protocol::Tcp => TcpState::ALL
+                .iter()
+                .map(|&state| (SocketState::Tcp(state), tcp_states[tcp_index(state)]))
+                .collect(),
+            Protocol::Udp => UdpState::ALL
+                .iter()
+                .map(|&state| (SocketState::Udp(state), udp_states[udp_index(state)]))
+                .collect(),
+        };
+        ProtocolOccupancy {
+            protocol,
+            ports_used,
+            used_ratio: used_ratio(ports_used, capacity),
+            sockets_by_state,
+            sockets_scanned: scanned[index],
+        }
+    });
+
+    let listeners = listeners
+        .into_iter()
+        .map(|((protocol, address, port, process), sockets)| Listener {
+            protocol,
+            address,
+            port,
+            process: process.to_string(),
+            sockets,
+            in_ephemeral_range: protocol == Protocol::Tcp && is_ephemeral(port),
+        })
+        .collect();
+
+    Snapshot {
+        range,
+        reserved_in_range,
+        capacity,
+        occupancy,
+        listeners,
+    }
+}
+
+/// Whether a socket is a listener: TCP in LISTEN, or an unconnected bound UDP
+/// socket whose port is not one the kernel hands out automatically (an
+/// unconnected UDP socket on an ephemeral port is almost always a client).
+fn is_listener(socket: &SocketRecord, is_ephemeral: &impl Fn(u16) -> bool) -> bool {
+    match socket.state {
+        SocketState::Tcp(state) => state == TcpState::Listen,
+        SocketState::Udp(state) => {
+            let port = socket.local.port();
+            state == UdpState::Unconnected && port != 0 && !is_ephemeral(port)
+        }
+    }
+}
+
+/// `used / capacity`. A range with no capacity cannot hand out a port, so it
+/// counts as full.
+fn used_ratio(used: u32, capacity: u32) -> f64 {
+    if capacity == 0 {
+        1.0
+    } else {
+        f64::from(used) / f64::from(capacity)
+    }
+}
+
+fn protocol_index(protocol: Protocol) -> usize {
+    match protocol {
+        Protocol::Tcp => 0,
+        Protocol::Udp => 1,
+    }
+}
+
+fn tcp_index(state: TcpState) -> usize {
+    state as usize
+}
+
+fn udp_index(state: UdpState) -> usize {
+    state as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SocketOwners;
+    use crate::source::sysctl::parse_reserved_ports;
+
+    fn tcp(state: TcpState, local: &str, remote: &str, inode: u64) -> SocketRecord {
+        SocketRecord {
+            state: SocketState::Tcp(state),
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            inode,
+        }
+    }
+
+    fn udp(state: UdpState, local: &str, remote: &str, inode: u64) -> SocketRecord {
+        SocketRecord {
+            state: SocketState::Udp(state),
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            inode,
+        }
+    }
+
+    fn sample(sockets: Vec<SocketRecord>, reserved: &str) -> NamespaceSample {
+        NamespaceSample {
+            range: PortRange {
+                start: 40000,
+                end: 40099,
+            },
+            reserved: parse_reserved_ports(reserved).unwrap(),
+            sockets,
+            owners: SocketOwners::default(),
+        }
+    }
+
+    fn states(occupancy: &ProtocolOccupancy) -> BTreeMap<&'static str, u64> {
+        occupancy
+            .sockets_by_state
+            .iter()
+            .map(|(state, count)| (state.label(), *count))
+            .collect()
+    }
+
+    #[test]
+    fn capacity_subtracts_reserved_ports_inside_the_range_only() {
+        let snapshot = aggregate(&sample(vec![], "80,39999-40004,40099,40100,60000"));
+        assert_eq!(snapshot.reserved_in_range, 6);
+        assert_eq!(snapshot.capacity, 94);
+        assert_eq!(snapshot.occupancy[0].ports_used, 0);
+        assert_eq!(snapshot.occupancy[0].used_ratio, 0.0);
+    }
+
+    #[test]
+    fn used_counts_distinct_unreserved_ports_in_any_state() {
+        let sockets = vec![
+            // Two connections from the same port to different destinations.
+            tcp(TcpState::Established, "10.0.0.1:40001", "10.0.0.9:80", 1),
+            tcp(TcpState::Established, "10.0.0.1:40001", "10.0.0.8:80", 2),
+            // IPv6 shares the port space with IPv4.
+            tcp(TcpState::TimeWait, "[::1]:40001", "[::1]:80", 0),
+            tcp(TcpState::TimeWait, "[::1]:40002", "[::1]:80", 0),
+            tcp(TcpState::Listen, "0.0.0.0:40003", "0.0.0.0:0", 3),
+            // Reserved: in the range, but not capacity.
+            tcp(TcpState::Established, "10.0.0.1:40050", "10.0.0.9:80", 4),
+            // Outside the range.
+            tcp(TcpState::Established, "10.0.0.1:80", "10.0.0.9:40007", 5),
+            tcp(TcpState::Established, "10.0.0.1:40100", "10.0.0.9:80", 6),
+            udp(UdpState::Connected, "10.0.0.1:40001", "10.0.0.9:53", 7),
+        ];
+        let snapshot = aggregate(&sample(sockets, "40050"));
+        let tcp = &snapshot.occupancy[0];
+        assert_eq!(tcp.protocol, Protocol::Tcp);
+        assert_eq!(tcp.ports_used, 3);
+        assert_eq!(tcp.used_ratio, 3.0 / 99.0);
+        assert_eq!(tcp.sockets_scanned, 8);
+        let tcp_states = states(tcp);
+        assert_eq!(tcp_states.len(), 11);
+        assert_eq!(tcp_states["established"], 3);
+        assert_eq!(tcp_states["time_wait"], 2);
+        assert_eq!(tcp_states["listen"], 1);
+        assert_eq!(tcp_states["close_wait"], 0);
+        let udp = &snapshot.occupancy[1];
+        assert_eq!(udp.ports_used, 1);
+        assert_eq!(udp.sockets_scanned, 1);
+        assert_eq!(states(udp)["connected"], 1);
+        assert_eq!(states(udp)["unconnected"], 0);
+    }
+
+    #[test]
+    fn full_range_reads_one() {
+        let sockets = (40000..=40099)
+            .filter(|port| *port != 40010)
+            .map(|port| {
+                tcp(
+                    TcpState::SynSent,
+                    &format!("10.0.0.1:{port}"),
+                    "10.0.0.9:80",
+                    0,
+                )
+            })
+            .collect();
+        let snapshot = aggregate(&sample(sockets, "40010"));
+        assert_eq!(snapshot.capacity, 99);
+        assert_eq!(snapshot.occupancy[0].ports_used, 99);
+        assert_eq!(snapshot.occupancy[0].used_ratio, 1.0);
+    }
+
+    #[test]
+    fn range_with_no_capacity_is_full() {
+        let snapshot = aggregate(&sample(vec![], "40000-40099"));
+        assert_eq!(snapshot.capacity, 0);
+        assert_eq!(snapshot.occupancy[0].used_ratio, 1.0);
+        assert_eq!(snapshot.occupancy[1].used_ratio, 1.0);
+    }
+
+    #[test]
+    fn listeners_group_by_address_port_and_process() {
+        let sockets = vec![
+            // An SO_REUSEPORT group of two.
+            tcp(TcpState::Listen, "127.0.0.1:8080", "0.0.0.0:0", 1),
+            tcp(TcpState::Listen, "127.0.0.1:8080", "0.0.0.0:0", 2),
+            tcp(TcpState::Listen, "[::]:40020", "[::]:0", 3),
+            // Reserved port inside the range: a listener, not "in range".
+            tcp(TcpState::Listen, "0.0.0.0:40050", "0.0.0.0:0", 4),
+            // UDP servers: outside the range, or on a reserved port.
+            udp(UdpState::Unconnected, "0.0.0.0:53", "0.0.0.0:0", 5),
+            udp(UdpState::Unconnected, "0.0.0.0:40050", "0.0.0.0:0", 6),
+            // UDP clients: not listeners.
+            udp(UdpState::Unconnected, "0.0.0.0:40021", "0.0.0.0:0", 7),
+            udp(UdpState::Connected, "10.0.0.1:5353", "10.0.0.9:53", 8),
+            // Unbound.
+            udp(UdpState::Unconnected, "0.0.0.0:0", "0.0.0.0:0", 9),
+            tcp(
+                TcpState::Established,
+                "127.0.0.1:8080",
+                "127.0.0.1:40030",
+                10,
+            ),
+        ];
+        let mut sample = sample(sockets, "40050");
+        let mut owners = SocketOwners::default();
+        for (inode, pid) in [(1, 10), (2, 10), (3, 11), (5, 12)] {
+            owners.pid_by_inode.insert(inode, pid);
+        }
+        owners.comm_by_pid.insert(10, "nginx".into());
+        owners.comm_by_pid.insert(11, "java".into());
+        owners.comm_by_pid.insert(12, "dnsmasq".into());
+        sample.owners = owners;
+        let listeners: Vec<(Protocol, String, u16, &str, u64, bool)> = aggregate(&sample)
+            .listeners
+            .iter()
+            .map(|l| {
+                (
+                    l.protocol,
+                    l.address.to_string(),
+                    l.port,
+                    match l.process.as_str() {
+                        "nginx" => "nginx",
+                        "java" => "java",
+                        "dnsmasq" => "dnsmasq",
+                        "unknown" => "unknown",
+                        other => panic!("unexpected process {other}"),
+                    },
+                    l.sockets,
+                    l.in_ephemeral_range,
+                )
+            })
+            .collect();
+        assert_eq!(
+            listeners,
+            vec![
+                (Protocol::Tcp, "0.0.0.0".into(), 40050, "unknown", 1, false),
+                (Protocol::Tcp, "127.0.0.1".into(), 8080, "nginx", 2, false),
+                (Protocol::Tcp, "::".into(), 40020, "java", 1, true),
+                (Protocol::Udp, "0.0.0.0".into(), 53, "dnsmasq", 1, false),
+                (Protocol::Udp, "0.0.0.0".into(), 40050, "unknown", 1, false),
+            ]
+        );
+    }
+
+    #[test]
+    fn reserved_ports_outside_the_range_change_nothing() {
+        let sockets = vec![tcp(
+            TcpState::Established,
+            "10.0.0.1:40001",
+            "10.0.0.9:80",
+            1,
+        )];
+        let plain = aggregate(&sample(sockets.clone(), ""));
+        let reserved_elsewhere = aggregate(&sample(sockets, "1-39999,40100-65535"));
+        assert_eq!(plain, reserved_elsewhere);
+    }
+
+    /// The population `tests/fixtures/capture_netns.py` describes, read back
+    /// from the tables it captured.
+    #[test]
+    fn captured_namespace() {
+        use crate::source::procfs::parse_fixture;
+        use crate::source::sysctl::parse_port_range;
+        let fixture = |name: &str| {
+            std::fs::read_to_string(format!(
+                "{}/tests/fixtures/netns/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        let mut sockets = Vec::new();
+        for table in ["tcp", "tcp6", "udp", "udp6"] {
+            sockets.extend(parse_fixture(table, &fixture(table)));
+        }
+        let sample = NamespaceSample {
+            range: parse_port_range(&fixture("ip_local_port_range")).unwrap(),
+            reserved: parse_reserved_ports(&fixture("ip_local_reserved_ports")).unwrap(),
+            sockets,
+            owners: SocketOwners::default(),
+        };
+        let snapshot = aggregate(&sample);
+        assert_eq!(
+            snapshot.range,
+            PortRange {
+                start: 40000,
+                end: 40099
+            }
+        );
+        assert_eq!(snapshot.reserved_in_range, 11);
+        assert_eq!(snapshot.capacity, 89);
+
+        let tcp = &snapshot.occupancy[0];
+        // 5 + 1 established, 3 TIME_WAIT, 2 CLOSE_WAIT, the listener on 40050.
+        assert_eq!(tcp.ports_used, 12);
+        assert_eq!(tcp.used_ratio, 12.0 / 89.0);
+        let tcp_states = states(tcp);
+        assert_eq!(tcp_states["established"], 6);
+        assert_eq!(tcp_states["time_wait"], 3);
+        assert_eq!(tcp_states["close_wait"], 2);
+        assert_eq!(tcp_states["listen"], 1);
+        assert_eq!(tcp_states.values().sum::<u64>(), 12);
+        // IPv4: a listener, both ends of 5 connections, 3 TIME_WAIT, and both
+        // ends of the 2 half-closed ones. IPv6: 2 listeners and both ends of 1.
+        assert_eq!(tcp.sockets_scanned, 1 + 10 + 3 + 4 + 2 + 2);
+
+        let udp = &snapshot.occupancy[1];
+        assert_eq!(udp.ports_used, 5);
+        assert_eq!(states(udp)["connected"], 2);
+        // The socket on reserved port 40010 is inside the range but not used.
+        assert_eq!(states(udp)["unconnected"], 4);
+        assert_eq!(udp.sockets_scanned, 7);
+
+        let listeners: Vec<(Protocol, String, u16, u64, bool)> = snapshot
+            .listeners
+            .iter()
+            .map(|l| {
+                assert_eq!(l.process, UNKNOWN_PROCESS);
+                (
+                    l.protocol,
+                    l.address.to_string(),
+                    l.port,
+                    l.sockets,
+                    l.in_ephemeral_range,
+                )
+            })
+            .collect();
+        assert_eq!(
+            listeners,
+            vec![
+                (Protocol::Tcp, "127.0.0.1".into(), 80, 1, false),
+                (Protocol::Tcp, "::".into(), 40050, 1, true),
+                (Protocol::Tcp, "::1".into(), 80, 1, false),
+                (Protocol::Udp, "0.0.0.0".into(), 5353, 1, false),
+                (Protocol::Udp, "0.0.0.0".into(), 40010, 1, false),
+            ]
+        );
+    }
+}

@@ -1,0 +1,199 @@
+//! Command-line flags, named after node_exporter's.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Prometheus exporter for ephemeral port range usage and listening sockets.
+#[derive(Debug, Parser)]
+#[command(name = "portstat_exporter", version, about, long_about = None)]
+pub struct Cli {
+    /// Address to listen on for scrapes, as [HOST]:PORT; an empty host means
+    /// every address. Repeat the flag to listen on several.
+    #[arg(
+        long = "web.listen-address",
+        value_name = "[HOST]:PORT",
+        default_value = ":10042",
+        value_parser = parse_listen_address,
+    )]
+    pub listen_addresses: Vec<SocketAddr>,
+
+    /// Path under which to expose metrics.
+    #[arg(
+        long = "web.telemetry-path",
+        value_name = "PATH",
+        default_value = "/metrics",
+        value_parser = parse_telemetry_path,
+    )]
+    pub telemetry_path: String,
+
+    /// Most requests served at once; beyond it answer 503. 0 means no limit.
+    #[arg(long = "web.max-requests", value_name = "N", default_value_t = 40)]
+    pub max_requests: usize,
+
+    /// Leave out the exporter's own process_* metrics.
+    #[arg(long = "web.disable-exporter-metrics")]
+    pub disable_exporter_metrics: bool,
+
+    /// Time between samples, such as 500ms, 5s or 1m.
+    #[arg(
+        long = "collector.interval",
+        value_name = "DURATION",
+        default_value = "5s",
+        value_parser = parse_duration,
+    )]
+    pub interval: Duration,
+
+    /// procfs mountpoint.
+    #[arg(long = "path.procfs", value_name = "PATH", default_value = "/proc")]
+    pub procfs: PathBuf,
+
+    /// Only log messages with the given severity or above.
+    #[arg(long = "log.level", value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+
+    /// Output format of log messages.
+    #[arg(long = "log.format", value_enum, default_value_t = LogFormat::Logfmt)]
+    pub log_format: LogFormat,
+
+    /// Sample once, print the exposition to standard output and exit.
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// The lowest severity that is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Logfmt,
+    Json,
+}
+
+/// Parses `[HOST]:PORT`. An empty host is every address (IPv6 and IPv4); a
+/// name is resolved once, at start.
+pub fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err("expected [HOST]:PORT, such as :10042 or 127.0.0.1:10042".to_string());
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{port:?} is not a port number (0 to 65535)"))?;
+    if host.is_empty() {
+        return Ok(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port));
+    }
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|host| host.strip_suffix(']'))
+        .unwrap_or(host);
+    if let Ok(address) = bare.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(address, port));
+    }
+    (bare, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addresses| addresses.next())
+        .ok_or_else(|| format!("cannot resolve host {host:?}"))
+}
+
+/// Parses a telemetry path: it must start with `/`.
+fn parse_telemetry_path(text: &str) -> Result<String, String> {
+    if text.starts_with('/') {
+        Ok(text.to_string())
+    } else {
+        Err("expected a path starting with /, such as /metrics".to_string())
+    }
+}
+
+/// Parses a positive duration in Prometheus's style: a number and a unit out of
+/// `ms`, `s`, `m`, `h`, such as `500ms`, `5s` or `1m30s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    const FORM: &str = "expected a duration such as 500ms, 5s or 1m30s";
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    if rest.is_empty() {
+        return Err(FORM.to_string());
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let unit_length = rest[digits..]
+            .bytes()
+            .take_while(u8::is_ascii_alphabetic)
+            .count();
+        if digits == 0 || unit_length == 0 {
+            return Err(FORM.to_string());
+        }
+        let number: u64 = rest[..digits].parse().map_err(|_| FORM.to_string())?;
+        let unit = &rest[digits..digits + unit_length];
+        let millis_per_unit: u64 = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => return Err(FORM.to_string()),
+        };
+        let millis = number
+            .checked_mul(millis_per_unit)
+            .ok_or_else(|| "duration is too long".to_string())?;
+        total += Duration::from_millis(millis);
+        rest = &rest[digits + unit_length..];
+    }
+    if total.is_zero() {
+        return Err("the duration must be above zero".to_string());
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        for bad in [
+            "",
+            "5",
+            "s",
+            "5x",
+            "-5s",
+            "0s",
+            "5 s",
+            "1.5s",
+            "99999999999999999999s",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            parse_listen_address(":10042"),
+            Ok("[::]:10042".parse().unwrap())
+        );
+        assert_eq!(
+            parse_listen_address("127.0.0.1:9"),
+            Ok("127.0.0.1:9".parse().unwrap())
+        );
+        assert_eq!(
+            parse_listen_address("[::1]:9"),
+            Ok("[::1]:9".parse().unwrap())
+        );
+        for bad in ["10042", "127.0.0.1:", "127.0.0.1:70000", ":x"] {
+            assert!(parse_listen_address(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! portstat_exporter: how full the ephemeral port range is, who holds it, and
+//! what listens where, for Prometheus.
+//!
+//! One pipeline: `source` reads the kernel, `aggregate` computes the figures,
+//! `render` writes Prometheus text, `serve` answers scrapes with the last
+//! rendering. `sampler` runs the first three on a timer; `cli` and `log` sit
+//! beside them.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod aggregate;
+pub mod cli;
+pub mod log;
+pub mod model;
+pub mod render;
+pub mod sampler;
+pub mod serve;
+pub mod source;

@@ -1,0 +1,119 @@
+//! portstat_exporter: parse flags, start logging, wire the pipeline, wait for
+//! a signal.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio::sync::watch;
+
+use portstat_exporter::cli::Cli;
+use portstat_exporter::render::Renderer;
+use portstat_exporter::sampler::{Exposition, Sampler};
+use portstat_exporter::serve::{self, ServeConfig};
+use portstat_exporter::source::NamespaceReader;
+
+fn main() -> ExitCode {
+    // clap exits with status 2 and names the flag on a malformed value.
+    let cli = Cli::parse();
+    portstat_exporter::log::init(cli.log_level, cli.log_format);
+
+    let reader = NamespaceReader::new(cli.procfs.clone());
+    let renderer = Renderer::new(!cli.disable_exporter_metrics);
+    let mut sampler = Sampler::new(reader, renderer);
+
+    if cli.once {
+        return sample_once(&mut sampler);
+    }
+
+    // Bind before anything else runs, so that an address in use fails at once.
+    let mut listeners = Vec::with_capacity(cli.listen_addresses.len());
+    for address in &cli.listen_addresses {
+        match serve::bind(*address) {
+            Ok(listener) => listeners.push(listener),
+            Err(error) => {
+                tracing::error!(address = %address, err = %error, "cannot listen");
+                eprintln!("portstat_exporter: cannot listen on {address}: {error}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+
+    let (sender, receiver) = watch::channel(Arc::new(Exposition::default()));
+    let interval = cli.interval;
+    let spawned = std::thread::Builder::new()
+        .name("sampler".to_string())
+        .spawn(move || sampler.run(interval, sender));
+    if let Err(error) = spawned {
+        eprintln!("portstat_exporter: cannot start the sampler thread: {error}");
+        return ExitCode::from(1);
+    }
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("portstat_exporter: cannot start the runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let config = ServeConfig {
+        telemetry_path: cli.telemetry_path.clone(),
+        max_requests: cli.max_requests,
+    };
+    runtime.block_on(async move {
+        let mut tokio_listeners = Vec::with_capacity(listeners.len());
+        for listener in listeners {
+            let address = listener.local_addr().ok();
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => tokio_listeners.push(listener),
+                Err(error) => {
+                    eprintln!("portstat_exporter: cannot listen on {address:?}: {error}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        for address in &cli.listen_addresses {
+            tracing::info!(address = %address, path = %cli.telemetry_path, "listening");
+        }
+        serve::serve(tokio_listeners, config, receiver, shutdown_signal()).await;
+        tracing::info!("shut down");
+        ExitCode::SUCCESS
+    })
+}
+
+/// Samples once and prints the exposition; exit status 1 if the sample failed.
+fn sample_once(sampler: &mut Sampler) -> ExitCode {
+    let exposition = sampler.sample();
+    if !sampler.succeeded() {
+        return ExitCode::from(1);
+    }
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout
+        .write_all(&exposition.text)
+        .and_then(|()| stdout.flush())
+    {
+        eprintln!("portstat_exporter: cannot write the exposition: {error}");
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("received SIGTERM, shutting down"),
+        _ = interrupt.recv() => tracing::info!("received SIGINT, shutting down"),
+    }
+}

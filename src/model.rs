@@ -1,0 +1,272 @@
+//! The domain records that flow from `source` into `aggregate`.
+//!
+//! These types carry no I/O and no metric semantics: they describe what the
+//! kernel reported for one network namespace.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+/// A transport protocol with its own port space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// Every protocol, in the order metrics list them.
+    pub const ALL: [Protocol; 2] = [Protocol::Tcp, Protocol::Udp];
+
+    /// The `protocol` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// A TCP socket state, as the kernel names it (`include/net/tcp_states.h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TcpState {
+    Established,
+    SynSent,
+    SynRecv,
+    FinWait1,
+    FinWait2,
+    TimeWait,
+    Close,
+    CloseWait,
+    LastAck,
+    Listen,
+    Closing,
+}
+
+impl TcpState {
+    /// Every state, in the kernel's numeric order.
+    pub const ALL: [TcpState; 11] = [
+        TcpState::Established,
+        TcpState::SynSent,
+        TcpState::SynRecv,
+        TcpState::FinWait1,
+        TcpState::FinWait2,
+        TcpState::TimeWait,
+        TcpState::Close,
+        TcpState::CloseWait,
+        TcpState::LastAck,
+        TcpState::Listen,
+        TcpState::Closing,
+    ];
+
+    /// Maps the kernel's state number to a state. `TCP_NEW_SYN_RECV` (12), a
+    /// request socket, is reported as `SynRecv`, as `ss` and `/proc/net/tcp` do.
+    pub fn from_kernel(number: u8) -> Option<TcpState> {
+        let state = match number {
+            1 => TcpState::Established,
+            2 => TcpState::SynSent,
+            3 | 12 => TcpState::SynRecv,
+            4 => TcpState::FinWait1,
+            5 => TcpState::FinWait2,
+            6 => TcpState::TimeWait,
+            7 => TcpState::Close,
+            8 => TcpState::CloseWait,
+            9 => TcpState::LastAck,
+            10 => TcpState::Listen,
+            11 => TcpState::Closing,
+            _ => return None,
+        };
+        Some(state)
+    }
+
+    /// The `state` label value: the kernel's name in lower case.
+    pub fn label(self) -> &'static str {
+        match self {
+            TcpState::Established => "established",
+            TcpState::SynSent => "syn_sent",
+            TcpState::SynRecv => "syn_recv",
+            TcpState::FinWait1 => "fin_wait1",
+            TcpState::FinWait2 => "fin_wait2",
+            TcpState::TimeWait => "time_wait",
+            TcpState::Close => "close",
+            TcpState::CloseWait => "close_wait",
+            TcpState::LastAck => "last_ack",
+            TcpState::Listen => "listen",
+            TcpState::Closing => "closing",
+        }
+    }
+}
+
+/// A UDP socket state: whether `connect()` fixed its peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum UdpState {
+    Connected,
+    Unconnected,
+}
+
+impl UdpState {
+    /// Every state, in the order metrics list them.
+    pub const ALL: [UdpState; 2] = [UdpState::Connected, UdpState::Unconnected];
+
+    /// The `state` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            UdpState::Connected => "connected",
+            UdpState::Unconnected => "unconnected",
+        }
+    }
+}
+
+/// A socket's protocol together with its state in that protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SocketState {
+    Tcp(TcpState),
+    Udp(UdpState),
+}
+
+impl SocketState {
+    /// The protocol whose port space the socket lives in.
+    pub fn protocol(self) -> Protocol {
+        match self {
+            SocketState::Tcp(_) => Protocol::Tcp,
+            SocketState::Udp(_) => Protocol::Udp,
+        }
+    }
+
+    /// The `state` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            SocketState::Tcp(state) => state.label(),
+            SocketState::Udp(state) => state.label(),
+        }
+    }
+}
+
+/// One socket of one network namespace, as the kernel reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketRecord {
+    /// Protocol and state.
+    pub state: SocketState,
+    /// Local address and port.
+    pub local: SocketAddr,
+    /// Remote address and port; unspecified with port 0 when not connected.
+    pub remote: SocketAddr,
+    /// The socket's inode number; 0 for sockets no file refers to (TIME_WAIT).
+    pub inode: u64,
+}
+
+/// The ephemeral port range, `net.ipv4.ip_local_port_range`, both ends inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    /// First port of the range.
+    pub start: u16,
+    /// Last port of the range.
+    pub end: u16,
+}
+
+impl PortRange {
+    /// Whether `port` lies inside the range.
+    pub fn contains(self, port: u16) -> bool {
+        self.start <= port && port <= self.end
+    }
+
+    /// The number of ports in the range, reserved ones included.
+    pub fn port_count(self) -> u32 {
+        u32::from(self.end) - u32::from(self.start) + 1
+    }
+}
+
+/// A set of port numbers, one bit per port.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PortSet {
+    words: Box<[u64; 1024]>,
+}
+
+impl PortSet {
+    /// The empty set.
+    pub fn new() -> PortSet {
+        PortSet {
+            words: Box::new([0; 1024]),
+        }
+    }
+
+    /// Adds `port` to the set.
+    pub fn insert(&mut self, port: u16) {
+        self.words[usize::from(port >> 6)] |= 1 << (port & 63);
+    }
+
+    /// Adds every port from `first` to `last` inclusive.
+    pub fn insert_range(&mut self, first: u16, last: u16) {
+        for port in first..=last {
+            self.insert(port);
+        }
+    }
+
+    /// Whether `port` is in the set.
+    pub fn contains(&self, port: u16) -> bool {
+        self.words[usize::from(port >> 6)] & (1 << (port & 63)) != 0
+    }
+
+    /// How many ports of `range` are in the set.
+    pub fn count_in(&self, range: PortRange) -> u32 {
+        (range.start..=range.end)
+            .filter(|&port| self.contains(port))
+            .count() as u32
+    }
+
+    /// How many ports are in the set.
+    pub fn len(&self) -> u32 {
+        self.words.iter().map(|word| word.count_ones()).sum()
+    }
+
+    /// Whether the set holds no port.
+    pub fn is_empty(&self) -> bool {
+        self.words.iter().all(|&word| word == 0)
+    }
+}
+
+impl Default for PortSet {
+    fn default() -> Self {
+        PortSet::new()
+    }
+}
+
+impl std::fmt::Debug for PortSet {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ports: Vec<u16> = (0..=u16::MAX).filter(|&port| self.contains(port)).collect();
+        formatter.debug_set().entries(ports).finish()
+    }
+}
+
+/// The ports that `net.ipv4.ip_local_reserved_ports` keeps out of automatic
+/// assignment.
+pub type ReservedPorts = PortSet;
+
+/// Which process owns which socket inode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SocketOwners {
+    /// Socket inode to the lowest pid that holds a descriptor for it.
+    pub pid_by_inode: HashMap<u64, u32>,
+    /// Process id to its `comm`.
+    pub comm_by_pid: HashMap<u32, String>,
+}
+
+impl SocketOwners {
+    /// The `comm` of the process that owns the socket, if known.
+    pub fn process_name(&self, inode: u64) -> Option<&str> {
+        let pid = self.pid_by_inode.get(&inode)?;
+        self.comm_by_pid.get(pid).map(String::as_str)
+    }
+}
+
+/// Everything the kernel told about one network namespace in one sample.
+#[derive(Debug, Clone)]
+pub struct NamespaceSample {
+    /// The ephemeral port range in force.
+    pub range: PortRange,
+    /// The reserved ports (anywhere, not only inside the range).
+    pub reserved: ReservedPorts,
+    /// Every TCP and UDP socket of the namespace.
+    pub sockets: Vec<SocketRecord>,
+    /// Owners of the sockets that could be resolved.
+    pub owners: SocketOwners,
+}

@@ -1,0 +1,284 @@
+//! Turns a `Snapshot` and the sampler's status into Prometheus text.
+//!
+//! Every family is built fresh from the snapshot it describes, so a listener
+//! that closed is gone from the next render: there are no stale series.
+
+use prometheus::core::Collector;
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::{Encoder, TextEncoder};
+
+use crate::aggregate::Snapshot;
+
+/// The version and revision the binary was built from.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The source revision the binary was built from, or `unknown`.
+pub const REVISION: &str = env!("PORTSTAT_REVISION");
+
+/// The stages of a sample that can fail, as the `stage` label names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Reading the kernel.
+    Source,
+    /// Encoding the exposition.
+    Render,
+}
+
+impl Stage {
+    /// Every stage, in the order metrics list them.
+    pub const ALL: [Stage; 2] = [Stage::Source, Stage::Render];
+
+    /// The `stage` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Source => "source",
+            Stage::Render => "render",
+        }
+    }
+}
+
+/// How the sampler has fared, published beside the snapshot.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SampleStatus {
+    /// Whether the latest sample succeeded.
+    pub success: bool,
+    /// Wall time of the latest sample, in seconds.
+    pub duration_seconds: f64,
+    /// Unix time of the latest successful sample, in seconds.
+    pub last_success_seconds: Option<f64>,
+    /// Failed samples since start, by the stage that failed (`Stage::ALL` order).
+    pub errors: [u64; 2],
+}
+
+/// Renders expositions; owns the collectors of the exporter's own process.
+pub struct Renderer {
+    process: Option<prometheus::process_collector::ProcessCollector>,
+}
+
+impl Renderer {
+    /// A renderer; `exporter_metrics` adds the standard `process_*` families.
+    pub fn new(exporter_metrics: bool) -> Renderer {
+        Renderer {
+            process: exporter_metrics
+                .then(prometheus::process_collector::ProcessCollector::for_self),
+        }
+    }
+
+    /// Renders the snapshot, if there is one yet, and the status as text.
+    pub fn render(
+        &self,
+        snapshot: Option<&Snapshot>,
+        status: &SampleStatus,
+    ) -> Result<String, prometheus::Error> {
+        let mut families = Vec::new();
+        if let Some(snapshot) = snapshot {
+            snapshot_families(snapshot, &mut families);
+        }
+        status_families(status, &mut families);
+        if let Some(process) = &self.process {
+            families.extend(process.collect());
+        }
+        let mut text = Vec::with_capacity(4096);
+        TextEncoder::new().encode(&families, &mut text)?;
+        // The text encoder writes only UTF-8 (it escapes label values itself).
+        String::from_utf8(text).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+/// The families that describe the namespace.
+fn snapshot_families(snapshot: &Snapshot, families: &mut Vec<MetricFamily>) {
+    let mut start = family(
+        "portstat_ephemeral_range_start",
+        "First port of the ephemeral port range (net.ipv4.ip_local_port_range).",
+    );
+    start.gauge(&[], f64::from(snapshot.range.start));
+    families.extend(start.done());
+
+    let mut end = family(
+        "portstat_ephemeral_range_end",
+        "Last port of the ephemeral port range (net.ipv4.ip_local_port_range).",
+    );
+    end.gauge(&[], f64::from(snapshot.range.end));
+    families.extend(end.done());
+
+    let mut reserved = family(
+        "portstat_ephemeral_reserved_ports",
+        "Ports inside the ephemeral range listed in net.ipv4.ip_local_reserved_ports.",
+    );
+    reserved.gauge(&[], f64::from(snapshot.reserved_in_range));
+    families.extend(reserved.done());
+
+    let mut capacity = family(
+        "portstat_ephemeral_ports_capacity",
+        "Ports the kernel can hand out automatically: range end - start + 1 - reserved.",
+    );
+    capacity.gauge(&[], f64::from(snapshot.capacity));
+    families.extend(capacity.done());
+
+    let mut used = family(
+        "portstat_ephemeral_ports_used",
+        "Distinct unreserved ports inside the ephemeral range held by at least one socket, in any state.",
+    );
+    let mut ratio = family(
+        "portstat_ephemeral_ports_used_ratio",
+        "portstat_ephemeral_ports_used divided by portstat_ephemeral_ports_capacity, 0 to 1.",
+    );
+    let mut sockets = family(
+        "portstat_ephemeral_sockets",
+        "Sockets whose local port is inside the ephemeral range, by state.",
+    );
+    let mut scanned = family(
+        "portstat_sockets_scanned",
+        "Sockets read from the kernel in the last successful sample, inside the range or not.",
+    );
+    for occupancy in &snapshot.occupancy {
+        let protocol = occupancy.protocol.label();
+        used.gauge(&[("protocol", protocol)], f64::from(occupancy.ports_used));
+        ratio.gauge(&[("protocol", protocol)], occupancy.used_ratio);
+        for (state, count) in &occupancy.sockets_by_state {
+            sockets.gauge(
+                &[("protocol", protocol), ("state", state.label())],
+                *count as f64,
+            );
+        }
+        scanned.gauge(&[("protocol", protocol)], occupancy.sockets_scanned as f64);
+    }
+    for built in [used, ratio, sockets, scanned] {
+        families.extend(built.done());
+    }
+
+    let mut listeners = family(
+        "portstat_listener_sockets",
+        "Listening sockets (TCP LISTEN, unconnected UDP outside the ephemeral range or reserved) by address, port and owning process.",
+    );
+    let mut in_range = family(
+        "portstat_listener_in_ephemeral_range",
+        "1 for a TCP listener on an unreserved port inside the ephemeral range.",
+    );
+    let mut port = itoa::Buffer::new();
+    for listener in &snapshot.listeners {
+        let address = listener.address.to_string();
+        let port = port.format(listener.port);
+        listeners.gauge(
+            &[
+                ("protocol", listener.protocol.label()),
+                ("address", &address),
+                ("port", port),
+                ("process", &listener.process),
+            ],
+            listener.sockets as f64,
+        );
+        if listener.in_ephemeral_range {
+            in_range.gauge(
+                &[
+                    ("address", &address),
+                    ("port", port),
+                    ("process", &listener.process),
+                ],
+                1.0,
+            );
+        }
+    }
+    families.extend(listeners.done());
+    families.extend(in_range.done());
+}
+
+/// The families that describe the sampler and the build.
+fn status_families(status: &SampleStatus, families: &mut Vec<MetricFamily>) {
+    let mut success = family(
+        "portstat_sample_success",
+        "1 if the last sample succeeded, 0 if it failed.",
+    );
+    success.gauge(&[], if status.success { 1.0 } else { 0.0 });
+    families.extend(success.done());
+
+    let mut duration = family(
+        "portstat_sample_duration_seconds",
+        "Wall time the last sample took, in seconds.",
+    );
+    duration.gauge(&[], status.duration_seconds);
+    families.extend(duration.done());
+
+    if let Some(seconds) = status.last_success_seconds {
+        let mut timestamp = family(
+            "portstat_sample_timestamp_seconds",
+            "Unix time of the last successful sample, in seconds.",
+        );
+        timestamp.gauge(&[], seconds);
+        families.extend(timestamp.done());
+    }
+
+    let mut errors = family(
+        "portstat_sample_errors_total",
+        "Samples that failed since start, by the stage that failed.",
+    );
+    for (stage, count) in Stage::ALL.iter().zip(status.errors) {
+        errors.counter(&[("stage", stage.label())], count as f64);
+    }
+    families.extend(errors.done());
+
+    let mut build = family(
+        "portstat_build_info",
+        "A constant 1, labelled with the version and source revision of the exporter.",
+    );
+    build.gauge(&[("version", VERSION), ("revision", REVISION)], 1.0);
+    families.extend(build.done());
+}
+
+/// A metric family under construction.
+struct FamilyBuilder {
+    family: MetricFamily,
+    metrics: Vec<Metric>,
+}
+
+fn family(name: &str, help: &str) -> FamilyBuilder {
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_string());
+    family.set_help(help.to_string());
+    FamilyBuilder {
+        family,
+        metrics: Vec::new(),
+    }
+}
+
+impl FamilyBuilder {
+    fn gauge(&mut self, labels: &[(&str, &str)], value: f64) {
+        self.family.set_field_type(MetricType::GAUGE);
+        let mut gauge = Gauge::default();
+        gauge.set_value(value);
+        let mut metric = Metric::from_gauge(gauge);
+        metric.set_label(label_pairs(labels));
+        self.metrics.push(metric);
+    }
+
+    fn counter(&mut self, labels: &[(&str, &str)], value: f64) {
+        self.family.set_field_type(MetricType::COUNTER);
+        let mut counter = Counter::default();
+        counter.set_value(value);
+        let mut metric = Metric::default();
+        metric.set_counter(counter);
+        metric.set_label(label_pairs(labels));
+        self.metrics.push(metric);
+    }
+
+    /// The finished family, or none when it has no series: the text format
+    /// has no way to write a family without samples.
+    fn done(mut self) -> Option<MetricFamily> {
+        if self.metrics.is_empty() {
+            return None;
+        }
+        self.family.set_metric(self.metrics);
+        Some(self.family)
+    }
+}
+
+fn label_pairs(labels: &[(&str, &str)]) -> Vec<LabelPair> {
+    labels
+        .iter()
+        .map(|(name, value)| {
+            let mut pair = LabelPair::default();
+            pair.set_name(name.to_string());
+            pair.set_value(value.to_string());
+            pair
+        })
+        .collect()
+}

@@ -1,0 +1,141 @@
+//! Runs source → aggregate → render and publishes each result for `serve`.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::aggregate::{Snapshot, aggregate};
+use crate::render::{Renderer, SampleStatus, Stage};
+use crate::source::NamespaceReader;
+
+/// One rendered exposition, ready to be sent as it is.
+#[derive(Debug, Clone, Default)]
+pub struct Exposition {
+    /// The Prometheus text.
+    pub text: Bytes,
+    /// The same text, gzip-compressed once here rather than at every scrape.
+    pub gzip: Bytes,
+    /// Whether any sample has succeeded yet.
+    pub ready: bool,
+}
+
+/// Samples the namespace and keeps what is needed across samples: the last good
+/// snapshot, the error counts, and whether the sampler is failing.
+pub struct Sampler {
+    reader: NamespaceReader,
+    renderer: Renderer,
+    last_good: Option<Snapshot>,
+    status: SampleStatus,
+    last_exposition: Exposition,
+}
+
+impl Sampler {
+    /// A sampler that reads with `reader` and renders with `renderer`.
+    pub fn new(reader: NamespaceReader, renderer: Renderer) -> Sampler {
+        Sampler {
+            reader,
+            renderer,
+            last_good: None,
+            status: SampleStatus::default(),
+            last_exposition: Exposition::default(),
+        }
+    }
+
+    /// Whether the latest sample succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.status.success
+    }
+
+    /// Samples once and renders the result.
+    ///
+    /// When reading fails the last good snapshot is rendered again with
+    /// `portstat_sample_success` at 0. A warning is logged when failing starts,
+    /// not at every sample; recovery is logged at info.
+    pub fn sample(&mut self) -> Exposition {
+        let started = Instant::now();
+        let was_failing =
+            self.status.errors[stage_index(Stage::Source)] > 0 && !self.status.success;
+        match self.reader.read() {
+            Ok(sample) => {
+                self.last_good = Some(aggregate(&sample));
+                self.status.success = true;
+                self.status.last_success_seconds = Some(unix_seconds());
+                if was_failing {
+                    tracing::info!("sampling recovered");
+                }
+            }
+            Err(error) => {
+                self.status.errors[stage_index(Stage::Source)] += 1;
+                if !was_failing {
+                    tracing::warn!(err = %error, "sampling failed; serving the last good figures");
+                } else {
+                    tracing::debug!(err = %error, "sampling still failing");
+                }
+                self.status.success = false;
+            }
+        }
+        self.status.duration_seconds = started.elapsed().as_secs_f64();
+        match self.renderer.render(self.last_good.as_ref(), &self.status) {
+            Ok(text) => {
+                self.last_exposition = Exposition {
+                    gzip: gzip(text.as_bytes()),
+                    text: Bytes::from(text),
+                    ready: self.last_good.is_some(),
+                };
+            }
+            Err(error) => {
+                self.status.errors[stage_index(Stage::Render)] += 1;
+                tracing::error!(err = %error, "rendering failed; serving the previous exposition");
+            }
+        }
+        self.last_exposition.clone()
+    }
+
+    /// Samples every `interval` forever on the calling thread, publishing each
+    /// exposition through `sender`. Returns when every receiver is gone.
+    pub fn run(mut self, interval: Duration, sender: watch::Sender<Arc<Exposition>>) {
+        let mut next = Instant::now();
+        loop {
+            let exposition = self.sample();
+            if sender.send(Arc::new(exposition)).is_err() {
+                return;
+            }
+            next += interval;
+            let now = Instant::now();
+            if next <= now {
+                // A sample took longer than the interval: start again from now
+                // instead of running a burst of catch-up samples.
+                next = now;
+                continue;
+            }
+            std::thread::sleep(next - now);
+        }
+    }
+}
+
+fn stage_index(stage: Stage) -> usize {
+    Stage::ALL
+        .iter()
+        .position(|&candidate| candidate == stage)
+        .unwrap_or(0)
+}
+
+fn unix_seconds() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+fn gzip(text: &[u8]) -> Bytes {
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(text.len() / 4),
+        flate2::Compression::fast(),
+    );
+    // Writing into a Vec cannot fail.
+    let _ = encoder.write_all(text);
+    Bytes::from(encoder.finish().unwrap_or_default())
+}

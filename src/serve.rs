@@ -1,0 +1,290 @@
+//! The HTTP server: answers every scrape with the last published exposition,
+//! so a scrape never waits for a sample.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::render::VERSION;
+use crate::sampler::Exposition;
+
+/// The content type of the Prometheus text format.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long shutdown waits for requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What the server answers with, beyond the exposition.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Path of the metrics, such as `/metrics`.
+    pub telemetry_path: String,
+    /// Most requests served at once; 0 means no limit.
+    pub max_requests: usize,
+}
+
+/// Binds a listening socket for `address`, as a blocking std listener.
+///
+/// The unspecified IPv6 address also accepts IPv4; where the kernel has no
+/// IPv6 it falls back to the unspecified IPv4 address.
+pub fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let open = |address: SocketAddr| -> std::io::Result<Socket> {
+        let socket = Socket::new(
+            Domain::for_address(address),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        if address.is_ipv6() && address.ip().is_unspecified() {
+            socket.set_only_v6(false)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.bind(&address.into())?;
+        socket.listen(1024)?;
+        socket.set_nonblocking(true)?;
+        Ok(socket)
+    };
+    let socket = match open(address) {
+        Err(error)
+            if address.is_ipv6()
+                && address.ip().is_unspecified()
+                && error.raw_os_error() == Some(libc::EAFNOSUPPORT) =>
+        {
+            open(SocketAddr::from(([0, 0, 0, 0], address.port())))?
+        }
+        result => result?,
+    };
+    Ok(socket.into())
+}
+
+/// Serves on `listeners` until `shutdown` resolves, then waits a short grace
+/// period for requests in flight.
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    config: ServeConfig,
+    expositions: watch::Receiver<Arc<Exposition>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let state = Arc::new(State {
+        config,
+        expositions,
+        in_flight: AtomicUsize::new(0),
+    });
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let (accepted_sender, mut accepted) = tokio::sync::mpsc::channel(64);
+    for listener in listeners {
+        let sender = accepted_sender.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        if sender.send(stream).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(error) => {
+                        // Out of descriptors or similar: wait rather than spin.
+                        tracing::warn!(err = %error, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+    }
+    drop(accepted_sender);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            stream = accepted.recv() => {
+                let Some(stream) = stream else { break };
+                let state = state.clone();
+                let service = hyper::service::service_fn(move |request| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(state.respond(&request)) }
+                });
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(err = %error, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(SHUTDOWN_GRACE) => {
+            tracing::warn!("requests still in flight at shutdown were dropped");
+        }
+    }
+}
+
+struct State {
+    config: ServeConfig,
+    expositions: watch::Receiver<Arc<Exposition>>,
+    in_flight: AtomicUsize,
+}
+
+/// Releases a request's place in the in-flight count when the answer is made.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl State {
+    fn respond(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let count = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _place = InFlight(&self.in_flight);
+        if self.config.max_requests != 0 && count >= self.config.max_requests {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many requests in flight\n",
+            );
+        }
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return response;
+        }
+        let path = request.uri().path();
+        if path == self.config.telemetry_path {
+            return self.metrics(request);
+        }
+        match path {
+            "/" => self.landing_page(),
+            "/-/healthy" => text(StatusCode::OK, "Healthy\n"),
+            "/-/ready" => {
+                if self.expositions.borrow().ready {
+                    text(StatusCode::OK, "Ready\n")
+                } else {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Not ready: no sample yet\n",
+                    )
+                }
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    fn metrics(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let exposition = self.expositions.borrow().clone();
+        let gzip = accepts_gzip(request.headers().get_all(header::ACCEPT_ENCODING));
+        let body = if gzip {
+            exposition.gzip.clone()
+        } else {
+            exposition.text.clone()
+        };
+        let mut response = Response::new(Full::new(body));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(METRICS_CONTENT_TYPE),
+        );
+        headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+        if gzip {
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        response
+    }
+
+    fn landing_page(&self) -> Response<Full<Bytes>> {
+        let path = html_escape(&self.config.telemetry_path);
+        let page = format!(
+            "<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><title>portstat_exporter</title></head>\n\
+             <body>\n<h1>portstat_exporter</h1>\n<p>Ephemeral port range usage and listening sockets, for Prometheus.</p>\n\
+             <p>Version {VERSION}</p>\n<ul>\n<li><a href=\"{path}\">Metrics</a></li>\n\
+             <li><a href=\"/-/healthy\">Health</a></li>\n<li><a href=\"/-/ready\">Readiness</a></li>\n</ul>\n</body>\n</html>\n"
+        );
+        let mut response = Response::new(Full::new(Bytes::from(page)));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        response
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Whether an `Accept-Encoding` header allows gzip (and does not give it q=0).
+fn accepts_gzip<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> bool {
+    values
+        .into_iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let refused = parts.any(|parameter| {
+                let parameter = parameter.trim();
+                parameter
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    == Some(0.0)
+            });
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+        })
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepts(values: &[&'static str]) -> bool {
+        let values: Vec<HeaderValue> = values.iter().map(|v| HeaderValue::from_static(v)).collect();
+        accepts_gzip(&values)
+    }
+
+    #[test]
+    fn gzip_negotiation() {
+        assert!(accepts(&["gzip"]));
+        assert!(accepts(&["deflate, GZIP;q=0.5"]));
+        assert!(accepts(&["identity", "gzip"]));
+        assert!(accepts(&["*"]));
+        assert!(!accepts(&[]));
+        assert!(!accepts(&["identity"]));
+        assert!(!accepts(&["gzip;q=0"]));
+        assert!(!accepts(&["x-gzip-ish"]));
+    }
+}
