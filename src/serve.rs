@@ -4,13 +4,15 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -80,11 +82,7 @@ pub async fn serve(
     expositions: watch::Receiver<Arc<Exposition>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let state = Arc::new(State {
-        config,
-        expositions,
-        in_flight: AtomicUsize::new(0),
-    });
+    let state = Arc::new(State::new(config, expositions));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let (accepted_sender, mut accepted) = tokio::sync::mpsc::channel(64);
     for listener in listeners {
@@ -142,28 +140,72 @@ pub async fn serve(
 struct State {
     config: ServeConfig,
     expositions: watch::Receiver<Arc<Exposition>>,
-    in_flight: AtomicUsize,
+    in_flight: Arc<AtomicUsize>,
 }
 
-/// Releases a request's place in the in-flight count when the answer is made.
-struct InFlight<'a>(&'a AtomicUsize);
+/// A place in the in-flight count, released when the response body has been
+/// sent (or the connection dropped), not when the handler returns.
+struct InFlight(Arc<AtomicUsize>);
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
+/// A response body that holds its request's place in the in-flight count.
+pub struct CountedBody {
+    body: Full<Bytes>,
+    _place: InFlight,
+}
+
+impl Body for CountedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(context)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 impl State {
-    fn respond(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    fn new(config: ServeConfig, expositions: watch::Receiver<Arc<Exposition>>) -> State {
+        State {
+            config,
+            expositions,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn respond<B>(&self, request: &Request<B>) -> Response<CountedBody> {
         let count = self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let _place = InFlight(&self.in_flight);
-        if self.config.max_requests != 0 && count >= self.config.max_requests {
-            return text(
+        let place = InFlight(self.in_flight.clone());
+        let response = if self.config.max_requests != 0 && count >= self.config.max_requests {
+            text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many requests in flight\n",
-            );
-        }
+            )
+        } else {
+            self.route(request)
+        };
+        response.map(|body| CountedBody {
+            body,
+            _place: place,
+        })
+    }
+
+    fn route<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
         if request.method() != Method::GET && request.method() != Method::HEAD {
             let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             response
@@ -192,7 +234,7 @@ impl State {
         }
     }
 
-    fn metrics(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    fn metrics<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
         let exposition = self.expositions.borrow().clone();
         let gzip = accepts_gzip(request.headers().get_all(header::ACCEPT_ENCODING));
         let body = if gzip {
@@ -274,6 +316,63 @@ mod tests {
     fn accepts(values: &[&'static str]) -> bool {
         let values: Vec<HeaderValue> = values.iter().map(|v| HeaderValue::from_static(v)).collect();
         accepts_gzip(&values)
+    }
+
+    fn state(max_requests: usize) -> State {
+        let (_, receiver) = watch::channel(Arc::new(Exposition::default()));
+        State::new(
+            ServeConfig {
+                telemetry_path: "/metrics".to_string(),
+                max_requests,
+            },
+            receiver,
+        )
+    }
+
+    fn get(path: &str) -> Request<()> {
+        Request::get(path).body(()).unwrap()
+    }
+
+    #[test]
+    fn requests_beyond_the_limit_get_503_until_one_finishes() {
+        let state = state(2);
+        let first = state.respond(&get("/metrics"));
+        let second = state.respond(&get("/-/healthy"));
+        assert_eq!(first.status(), StatusCode::OK);
+        assert_eq!(second.status(), StatusCode::OK);
+        assert_eq!(
+            state.respond(&get("/metrics")).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        drop(first);
+        assert_eq!(state.respond(&get("/metrics")).status(), StatusCode::OK);
+        drop(second);
+        assert_eq!(state.in_flight.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn no_limit_when_zero() {
+        let state = state(0);
+        let held: Vec<_> = (0..100).map(|_| state.respond(&get("/metrics"))).collect();
+        assert!(
+            held.iter()
+                .all(|response| response.status() == StatusCode::OK)
+        );
+    }
+
+    #[test]
+    fn routes() {
+        let state = state(0);
+        assert_eq!(state.respond(&get("/")).status(), StatusCode::OK);
+        assert_eq!(state.respond(&get("/nope")).status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            state.respond(&get("/-/ready")).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let post = Request::post("/metrics").body(()).unwrap();
+        let response = state.respond(&post);
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()[header::ALLOW], "GET, HEAD");
     }
 
     #[test]

@@ -1,0 +1,290 @@
+//! Occupancy, capacity and listeners, measured on real sockets in a network
+//! namespace of the test's own.
+
+mod support;
+
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use support::{Metrics, Netns, own_comm};
+
+/// Sockets that must stay open while the exporter looks at them.
+#[derive(Default)]
+struct Population {
+    listeners: Vec<TcpListener>,
+    streams: Vec<TcpStream>,
+    udp: Vec<UdpSocket>,
+    raw: Vec<socket2::Socket>,
+}
+
+fn reuse_port_listener(address: &str) -> socket2::Socket {
+    let address: SocketAddr = address.parse().unwrap();
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        None,
+    )
+    .unwrap();
+    socket.set_reuse_port(true).unwrap();
+    socket.bind(&address.into()).unwrap();
+    socket.listen(16).unwrap();
+    socket
+}
+
+/// A connection to `server`, both ends kept.
+fn connect(server: &TcpListener) -> (TcpStream, TcpStream) {
+    let client = TcpStream::connect(server.local_addr().unwrap()).unwrap();
+    let (accepted, _) = server.accept().unwrap();
+    (client, accepted)
+}
+
+/// The population of `tests/fixtures/capture_netns.py`, plus an SO_REUSEPORT
+/// group of two listeners on 127.0.0.1:8080.
+fn populate(netns: &Netns) -> Population {
+    netns.run(|| {
+        let mut population = Population::default();
+        let v4 = TcpListener::bind("127.0.0.1:80").unwrap();
+        let v6 = TcpListener::bind("[::1]:80").unwrap();
+        population
+            .listeners
+            .push(TcpListener::bind("[::]:40050").unwrap());
+        population.raw.push(reuse_port_listener("127.0.0.1:8080"));
+        population.raw.push(reuse_port_listener("127.0.0.1:8080"));
+        for _ in 0..5 {
+            let (client, accepted) = connect(&v4);
+            population.streams.extend([client, accepted]);
+        }
+        let (client, accepted) = connect(&v6);
+        population.streams.extend([client, accepted]);
+        // The client closes first, so the client end ends in TIME_WAIT.
+        for _ in 0..3 {
+            let (client, accepted) = connect(&v4);
+            drop(client);
+            std::thread::sleep(Duration::from_millis(20));
+            drop(accepted);
+        }
+        // The server closes first, so the client end sits in CLOSE_WAIT.
+        for _ in 0..2 {
+            let (client, accepted) = connect(&v4);
+            drop(accepted);
+            population.streams.push(client);
+        }
+        for _ in 0..2 {
+            let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+            socket.connect("127.0.0.1:53").unwrap();
+            population.udp.push(socket);
+        }
+        for port in [0, 0, 0, 5353, 40010] {
+            population
+                .udp
+                .push(UdpSocket::bind(("0.0.0.0", port)).unwrap());
+        }
+        population.listeners.extend([v4, v6]);
+        population
+    })
+}
+
+fn settled(metrics: &Metrics) -> bool {
+    metrics.get(r#"portstat_ephemeral_sockets{protocol="tcp",state="time_wait"}"#) == Some(3.0)
+        && metrics.get(r#"portstat_ephemeral_sockets{protocol="tcp",state="close_wait"}"#)
+            == Some(2.0)
+}
+
+#[test]
+fn once_reports_range_occupancy_and_listeners_exactly() {
+    let netns = Netns::new((40000, 40099), "40010-40019,40095");
+    let _population = populate(&netns);
+    let metrics = netns.once_until(settled);
+    let comm = own_comm();
+
+    assert_eq!(metrics.value("portstat_ephemeral_range_start"), 40000.0);
+    assert_eq!(metrics.value("portstat_ephemeral_range_end"), 40099.0);
+    assert_eq!(metrics.value("portstat_ephemeral_reserved_ports"), 11.0);
+    assert_eq!(metrics.value("portstat_ephemeral_ports_capacity"), 89.0);
+
+    // 6 established, 3 TIME_WAIT, 2 CLOSE_WAIT and the listener on 40050.
+    assert_eq!(
+        metrics.value(r#"portstat_ephemeral_ports_used{protocol="tcp"}"#),
+        12.0
+    );
+    assert_eq!(
+        metrics.value(r#"portstat_ephemeral_ports_used_ratio{protocol="tcp"}"#),
+        12.0 / 89.0
+    );
+    // Two connected, three bound to port 0; the one on reserved 40010 is not.
+    assert_eq!(
+        metrics.value(r#"portstat_ephemeral_ports_used{protocol="udp"}"#),
+        5.0
+    );
+    assert_eq!(
+        metrics.value(r#"portstat_ephemeral_ports_used_ratio{protocol="udp"}"#),
+        5.0 / 89.0
+    );
+
+    let expected_tcp = [
+        ("established", 6.0),
+        ("syn_sent", 0.0),
+        ("syn_recv", 0.0),
+        ("fin_wait1", 0.0),
+        ("fin_wait2", 0.0),
+        ("time_wait", 3.0),
+        ("close", 0.0),
+        ("close_wait", 2.0),
+        ("last_ack", 0.0),
+        ("listen", 1.0),
+        ("closing", 0.0),
+    ];
+    let mut expected_sockets: Vec<(String, f64)> = expected_tcp
+        .iter()
+        .map(|(state, count)| {
+            (
+                format!(r#"portstat_ephemeral_sockets{{protocol="tcp",state="{state}"}}"#),
+                *count,
+            )
+        })
+        .collect();
+    expected_sockets.push((
+        r#"portstat_ephemeral_sockets{protocol="udp",state="connected"}"#.into(),
+        2.0,
+    ));
+    // The socket on reserved port 40010 is inside the range.
+    expected_sockets.push((
+        r#"portstat_ephemeral_sockets{protocol="udp",state="unconnected"}"#.into(),
+        4.0,
+    ));
+    assert_eq!(
+        metrics.family("portstat_ephemeral_sockets"),
+        expected_sockets.into_iter().collect()
+    );
+
+    // IPv4: 3 listeners, both ends of 5 connections, 3 TIME_WAIT, both ends of
+    // 2 half-closed ones. IPv6: 2 listeners, both ends of 1 connection.
+    assert_eq!(
+        metrics.value(r#"portstat_sockets_scanned{protocol="tcp"}"#),
+        24.0
+    );
+    assert_eq!(
+        metrics.value(r#"portstat_sockets_scanned{protocol="udp"}"#),
+        7.0
+    );
+
+    let listener = |protocol: &str, address: &str, port: u16| {
+        format!(
+            r#"portstat_listener_sockets{{protocol="{protocol}",address="{address}",port="{port}",process="{comm}"}}"#
+        )
+    };
+    assert_eq!(
+        metrics.family("portstat_listener_sockets"),
+        [
+            (listener("tcp", "127.0.0.1", 80), 1.0),
+            (listener("tcp", "127.0.0.1", 8080), 2.0),
+            (listener("tcp", "::", 40050), 1.0),
+            (listener("tcp", "::1", 80), 1.0),
+            (listener("udp", "0.0.0.0", 5353), 1.0),
+            (listener("udp", "0.0.0.0", 40010), 1.0),
+        ]
+        .into_iter()
+        .collect()
+    );
+    assert_eq!(
+        metrics.family("portstat_listener_in_ephemeral_range"),
+        [(
+            format!(
+                r#"portstat_listener_in_ephemeral_range{{address="::",port="40050",process="{comm}"}}"#
+            ),
+            1.0
+        )]
+        .into_iter()
+        .collect()
+    );
+    assert_eq!(metrics.value("portstat_sample_success"), 1.0);
+    assert_eq!(
+        metrics.value(r#"portstat_sample_errors_total{stage="source"}"#),
+        0.0
+    );
+}
+
+#[test]
+fn exhausting_the_range_reads_ratio_one_when_connect_fails() {
+    let netns = Netns::new((40000, 40099), "40010-40019");
+    let exporter = netns.start_exporter(&["--collector.interval", "100ms"]);
+    let (population, connected, error) = netns.run(|| {
+        let mut population = Population::default();
+        let server = TcpListener::bind("127.0.0.1:80").unwrap();
+        // A listener inside the range takes its port from every destination.
+        population
+            .listeners
+            .push(TcpListener::bind("0.0.0.0:40050").unwrap());
+        let mut connected = 0;
+        let error = loop {
+            match TcpStream::connect(server.local_addr().unwrap()) {
+                Ok(stream) => {
+                    connected += 1;
+                    population.streams.push(stream);
+                    assert!(connected <= 100, "connect() never failed");
+                }
+                Err(error) => break error,
+            }
+        };
+        population.listeners.push(server);
+        (population, connected, error)
+    });
+    assert_eq!(error.kind(), ErrorKind::AddrNotAvailable, "{error}");
+    assert_eq!(error.raw_os_error(), Some(libc::EADDRNOTAVAIL));
+    // 100 ports, 10 reserved, one taken by the listener.
+    assert_eq!(connected, 89);
+
+    let ratio = r#"portstat_ephemeral_ports_used_ratio{protocol="tcp"}"#;
+    let metrics = exporter.metrics_until(|metrics| metrics.get(ratio) == Some(1.0));
+    assert_eq!(metrics.value(ratio), 1.0);
+    assert_eq!(metrics.value("portstat_ephemeral_ports_capacity"), 90.0);
+    assert_eq!(
+        metrics.value(r#"portstat_ephemeral_ports_used{protocol="tcp"}"#),
+        90.0
+    );
+    assert_eq!(
+        metrics.value(r#"portstat_ephemeral_sockets{protocol="tcp",state="established"}"#),
+        89.0
+    );
+    let once = netns.once_until(|_| true);
+    assert_eq!(once.value(ratio), 1.0);
+
+    // Closing the server resets the connections still in its accept queue:
+    // their ports free at once, and the next sample shows it.
+    drop(population);
+    let metrics = exporter.metrics_until(|metrics| metrics.get(ratio) == Some(0.0));
+    assert_eq!(metrics.value(ratio), 0.0);
+}
+
+#[test]
+fn closed_listener_and_changed_range_show_at_the_next_sample() {
+    let netns = Netns::new((40000, 40099), "");
+    let exporter = netns.start_exporter(&["--collector.interval", "100ms"]);
+    let comm = own_comm();
+    let series = format!(
+        r#"portstat_listener_sockets{{protocol="tcp",address="127.0.0.1",port="7777",process="{comm}"}}"#
+    );
+    let listener = netns.run(|| TcpListener::bind("127.0.0.1:7777").unwrap());
+    let metrics = exporter.metrics_until(|metrics| metrics.get(&series).is_some());
+    assert_eq!(metrics.value(&series), 1.0);
+    // The exporter's own listener, owned by the exporter.
+    assert_eq!(
+        metrics.value(
+            r#"portstat_listener_sockets{protocol="tcp",address="127.0.0.1",port="10042",process="portstat_export"}"#
+        ),
+        1.0
+    );
+    drop(listener);
+    let metrics = exporter.metrics_until(|metrics| metrics.get(&series).is_none());
+    assert_eq!(metrics.get(&series), None, "a closed listener stayed");
+
+    // The sysctls are read at every sample.
+    netns.set_range((40000, 40199));
+    netns.set_reserved("40100-40104");
+    let metrics = exporter
+        .metrics_until(|metrics| metrics.get("portstat_ephemeral_ports_capacity") == Some(195.0));
+    assert_eq!(metrics.value("portstat_ephemeral_range_end"), 40199.0);
+    assert_eq!(metrics.value("portstat_ephemeral_reserved_ports"), 5.0);
+    assert_eq!(metrics.value("portstat_ephemeral_ports_capacity"), 195.0);
+}

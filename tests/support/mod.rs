@@ -1,0 +1,460 @@
+//! The integration-test harness: network namespaces and exporter processes
+//! owned by guards whose `Drop` tears them down, so that a failing assertion
+//! leaves nothing behind.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// The exporter binary under test.
+pub const EXPORTER: &str = env!("CARGO_BIN_EXE_portstat_exporter");
+
+/// Fails the test loudly unless it can create network namespaces.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(
+        uid, 0,
+        "these tests create network namespaces and must run as root"
+    );
+}
+
+/// A network namespace of the test's own, deleted on drop.
+pub struct Netns {
+    name: String,
+    handle: File,
+    next_client_port: AtomicU16,
+}
+
+impl Netns {
+    /// A new namespace with loopback up and the given ephemeral range and
+    /// reserved ports (`ip_local_reserved_ports` syntax, may be empty).
+    pub fn new(range: (u16, u16), reserved: &str) -> Netns {
+        require_root();
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "portstat-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        run(Command::new("ip").args(["netns", "add", &name]));
+        // From here on the guard owns the namespace, even if setup fails.
+        let handle = File::open(format!("/run/netns/{name}"));
+        let netns = Netns {
+            name: name.clone(),
+            handle: match handle {
+                Ok(handle) => handle,
+                Err(error) => {
+                    let _ = Command::new("ip").args(["netns", "del", &name]).status();
+                    panic!("cannot open /run/netns/{name}: {error}");
+                }
+            },
+            next_client_port: AtomicU16::new(20000),
+        };
+        run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
+        netns.set_range(range);
+        netns.set_reserved(reserved);
+        netns
+    }
+
+    /// The namespace's name under /run/netns.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sets `ip_local_port_range` inside the namespace.
+    pub fn set_range(&self, (start, end): (u16, u16)) {
+        self.write_sysctl("ip_local_port_range", &format!("{start} {end}"));
+    }
+
+    /// Sets `ip_local_reserved_ports` inside the namespace.
+    pub fn set_reserved(&self, reserved: &str) {
+        let reserved = if reserved.is_empty() { "\n" } else { reserved };
+        self.write_sysctl("ip_local_reserved_ports", reserved);
+    }
+
+    fn write_sysctl(&self, name: &str, value: &str) {
+        let path = format!("/proc/sys/net/ipv4/{name}");
+        self.run(|| std::fs::write(&path, value))
+            .unwrap_or_else(|error| panic!("cannot write {path}: {error}"));
+    }
+
+    /// Runs `work` on a thread that has entered the namespace: sockets it
+    /// creates belong to the namespace, whichever thread uses them later.
+    pub fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
+        let fd = self.handle.as_raw_fd();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    // SAFETY: fd is a namespace file that self keeps open; setns
+                    // changes only this thread, which ends with the scope.
+                    let result = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
+                    assert_eq!(result, 0, "setns: {}", std::io::Error::last_os_error());
+                    work()
+                })
+                .join()
+                .expect("the namespace thread panicked")
+        })
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
+        let fd = self.handle.as_raw_fd();
+        // SAFETY: setns is async-signal-safe, and fd stays open in the child
+        // until exec (close-on-exec closes it then).
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command
+    }
+
+    /// Runs `portstat_exporter --once` inside the namespace.
+    pub fn once(&self, args: &[&str]) -> Output {
+        self.command(EXPORTER)
+            .arg("--once")
+            .args(args)
+            .output()
+            .expect("cannot run the exporter")
+    }
+
+    /// Runs `--once` until `done` holds for its metrics, or 10 s have passed;
+    /// returns the last metrics either way, for the caller to assert on.
+    pub fn once_until(&self, done: impl Fn(&Metrics) -> bool) -> Metrics {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let output = self.once(&[]);
+            assert!(
+                output.status.success(),
+                "--once failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let metrics = Metrics::parse(&String::from_utf8_lossy(&output.stdout));
+            if done(&metrics) || Instant::now() > deadline {
+                return metrics;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the exporter inside the namespace, listening on 127.0.0.1:10042
+    /// there, and waits until it is ready.
+    pub fn start_exporter(&self, args: &[&str]) -> Exporter<'_> {
+        let exporter = self.spawn_exporter(args);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(response) = exporter.get("/-/ready") {
+                if response.status == 200 {
+                    return exporter;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the exporter did not become ready"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the exporter inside the namespace without waiting for it.
+    pub fn spawn_exporter(&self, args: &[&str]) -> Exporter<'_> {
+        let log = std::env::temp_dir().join(format!("{}-{}.log", self.name, self.next_port()));
+        let log_file = File::create(&log).expect("cannot create the exporter's log");
+        let child = self
+            .command(EXPORTER)
+            .args(["--web.listen-address", "127.0.0.1:10042"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("cannot start the exporter");
+        Exporter {
+            child,
+            netns: self,
+            address: SocketAddr::from((Ipv4Addr::LOCALHOST, 10042)),
+            log,
+        }
+    }
+
+    /// A local port outside any test range, for the harness's own clients.
+    fn next_port(&self) -> u16 {
+        self.next_client_port.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// An exporter process, killed on drop.
+pub struct Exporter<'a> {
+    child: Child,
+    netns: &'a Netns,
+    address: SocketAddr,
+    log: PathBuf,
+}
+
+/// An HTTP response as the harness's client read it.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// A header's value, by lower-case name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+impl Exporter<'_> {
+    /// The exporter's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the exporter logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET `path`.
+    pub fn get(&self, path: &str) -> std::io::Result<HttpResponse> {
+        self.request("GET", path, &[])
+    }
+
+    /// The parsed metrics of one scrape.
+    pub fn metrics(&self) -> Metrics {
+        let response = self.get("/metrics").expect("scrape failed");
+        assert_eq!(response.status, 200, "scrape answered {}", response.status);
+        Metrics::parse(&response.text())
+    }
+
+    /// Scrapes until `done` holds for the metrics, or 10 s have passed;
+    /// returns the last metrics either way, for the caller to assert on.
+    pub fn metrics_until(&self, done: impl Fn(&Metrics) -> bool) -> Metrics {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let metrics = self.metrics();
+            if done(&metrics) || Instant::now() > deadline {
+                return metrics;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends one HTTP/1.1 request from inside the namespace, from a local port
+    /// outside the test's range so that it does not change the figures.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> std::io::Result<HttpResponse> {
+        let local = SocketAddr::from((Ipv4Addr::LOCALHOST, self.netns.next_port()));
+        let address = self.address;
+        let stream = self.netns.run(move || -> std::io::Result<TcpStream> {
+            let socket = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )?;
+            socket.set_reuse_address(true)?;
+            socket.bind(&local.into())?;
+            socket.connect_timeout(&address.into(), Duration::from_secs(2))?;
+            Ok(socket.into())
+        })?;
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        read_response(stream, &request, method == "HEAD")
+    }
+
+    /// Sends SIGTERM and waits for the exit status, at most `limit`.
+    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for the process to exit by itself, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Exporter<'_> {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn read_response(
+    mut stream: TcpStream,
+    request: &str,
+    head: bool,
+) -> std::io::Result<HttpResponse> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(request.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no end of headers"))?;
+    let head_text = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head_text.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+    let headers: BTreeMap<String, String> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if head {
+        assert!(body.is_empty(), "a HEAD answer carried a body");
+    }
+    if headers.get("transfer-encoding").map(String::as_str) == Some("chunked") {
+        body = dechunk(&body);
+    }
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let Some(end) = raw.windows(2).position(|w| w == b"\r\n") else {
+            return body;
+        };
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&raw[..end]).unwrap_or("0").trim(), 16)
+                .unwrap_or(0);
+        if size == 0 {
+            return body;
+        }
+        body.extend_from_slice(&raw[end + 2..end + 2 + size]);
+        raw = &raw[end + 2 + size + 2..];
+    }
+}
+
+/// One exposition, as series text (`name{labels}`) to value.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    pub series: BTreeMap<String, f64>,
+    pub text: String,
+}
+
+impl Metrics {
+    /// Parses the Prometheus text format.
+    pub fn parse(text: &str) -> Metrics {
+        let series = text
+            .lines()
+            .filter(|line| !line.starts_with('#') && !line.is_empty())
+            .map(|line| {
+                let (series, value) = line.rsplit_once(' ').expect("a sample line");
+                (series.to_string(), value.parse().expect("a sample value"))
+            })
+            .collect();
+        Metrics {
+            series,
+            text: text.to_string(),
+        }
+    }
+
+    /// The value of one series, written as the exporter writes it, such as
+    /// `portstat_ephemeral_ports_used{protocol="tcp"}`.
+    pub fn get(&self, series: &str) -> Option<f64> {
+        self.series.get(series).copied()
+    }
+
+    /// The value of one series; fails the test when it is absent.
+    pub fn value(&self, series: &str) -> f64 {
+        self.get(series)
+            .unwrap_or_else(|| panic!("no series {series} in:\n{}", self.text))
+    }
+
+    /// Every series of one family.
+    pub fn family(&self, name: &str) -> BTreeMap<String, f64> {
+        self.series
+            .iter()
+            .filter(|(series, _)| {
+                series.as_str() == name || series.starts_with(&format!("{name}{{"))
+            })
+            .map(|(series, value)| (series.clone(), *value))
+            .collect()
+    }
+}
+
+/// Runs a setup command and fails the test if it fails.
+pub fn run(command: &mut Command) {
+    let output = command.output().expect("cannot run a setup command");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The `comm` of this test process, as the exporter reports owners.
+pub fn own_comm() -> String {
+    std::fs::read_to_string("/proc/self/comm")
+        .expect("cannot read /proc/self/comm")
+        .trim_end()
+        .to_string()
+}
