@@ -282,3 +282,100 @@ fn label_pairs(labels: &[(&str, &str)]) -> Vec<LabelPair> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::aggregate;
+    use crate::model::{NamespaceSample, PortRange, SocketOwners, SocketRecord, SocketState};
+    use crate::model::{TcpState, UdpState};
+    use crate::source::sysctl::parse_reserved_ports;
+
+    fn snapshot() -> Snapshot {
+        let record = |state, local: &str, remote: &str, inode| SocketRecord {
+            state,
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            inode,
+        };
+        let mut owners = SocketOwners::default();
+        owners.pid_by_inode.insert(1, 100);
+        owners.pid_by_inode.insert(2, 100);
+        owners
+            .comm_by_pid
+            .insert(100, "haproxy \"edge\"".to_string());
+        aggregate(&NamespaceSample {
+            range: PortRange {
+                start: 40000,
+                end: 40099,
+            },
+            reserved: parse_reserved_ports("40010-40019").unwrap(),
+            sockets: vec![
+                record(
+                    SocketState::Tcp(TcpState::Listen),
+                    "0.0.0.0:443",
+                    "0.0.0.0:0",
+                    1,
+                ),
+                record(
+                    SocketState::Tcp(TcpState::Listen),
+                    "[::]:40050",
+                    "[::]:0",
+                    2,
+                ),
+                record(
+                    SocketState::Tcp(TcpState::Established),
+                    "10.0.0.1:40001",
+                    "10.0.0.9:5432",
+                    3,
+                ),
+                record(
+                    SocketState::Tcp(TcpState::TimeWait),
+                    "10.0.0.1:40002",
+                    "10.0.0.9:5432",
+                    0,
+                ),
+                record(
+                    SocketState::Udp(UdpState::Unconnected),
+                    "127.0.0.53:53",
+                    "0.0.0.0:0",
+                    4,
+                ),
+            ],
+            owners,
+        })
+    }
+
+    fn status() -> SampleStatus {
+        SampleStatus {
+            success: true,
+            duration_seconds: 0.0125,
+            last_success_seconds: Some(1_795_694_629.5),
+            errors: [2, 0],
+        }
+    }
+
+    #[test]
+    fn exposition() {
+        let text = Renderer::new(false)
+            .render(Some(&snapshot()), &status())
+            .unwrap()
+            .replace(&format!("revision=\"{REVISION}\""), "revision=\"REVISION\"");
+        insta::assert_snapshot!(text);
+    }
+
+    #[test]
+    fn exposition_before_any_good_sample() {
+        let status = SampleStatus {
+            success: false,
+            duration_seconds: 0.001,
+            last_success_seconds: None,
+            errors: [1, 0],
+        };
+        let text = Renderer::new(false)
+            .render(None, &status)
+            .unwrap()
+            .replace(&format!("revision=\"{REVISION}\""), "revision=\"REVISION\"");
+        insta::assert_snapshot!(text);
+    }
+}

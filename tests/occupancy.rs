@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
@@ -16,6 +17,10 @@ struct Population {
     streams: Vec<TcpStream>,
     udp: Vec<UdpSocket>,
     raw: Vec<socket2::Socket>,
+    /// Local ports inside the range that TCP sockets took, TIME_WAIT included.
+    tcp_ports: BTreeSet<u16>,
+    /// Local ports inside the range that UDP sockets took, reserved excluded.
+    udp_ports: BTreeSet<u16>,
 }
 
 fn reuse_port_listener(address: &str) -> socket2::Socket {
@@ -41,7 +46,13 @@ fn connect(server: &TcpListener) -> (TcpStream, TcpStream) {
 
 /// The population of `tests/fixtures/capture_netns.py`, plus an SO_REUSEPORT
 /// group of two listeners on 127.0.0.1:8080.
+///
+/// `connect()` may give connections to different destinations the same local
+/// port, so the ports taken are recorded to state the exact distinct count.
 fn populate(netns: &Netns) -> Population {
+    // Keep TIME_WAIT ports from being reused for loopback connections (the
+    // kernel's default, 2, allows it), so that the TIME_WAIT count is fixed.
+    netns.write_sysctl("tcp_tw_reuse", "0");
     netns.run(|| {
         let mut population = Population::default();
         let v4 = TcpListener::bind("127.0.0.1:80").unwrap();
@@ -49,17 +60,22 @@ fn populate(netns: &Netns) -> Population {
         population
             .listeners
             .push(TcpListener::bind("[::]:40050").unwrap());
+        population.tcp_ports.insert(40050);
         population.raw.push(reuse_port_listener("127.0.0.1:8080"));
         population.raw.push(reuse_port_listener("127.0.0.1:8080"));
+        let port = |stream: &TcpStream| stream.local_addr().unwrap().port();
         for _ in 0..5 {
             let (client, accepted) = connect(&v4);
+            population.tcp_ports.insert(port(&client));
             population.streams.extend([client, accepted]);
         }
         let (client, accepted) = connect(&v6);
+        population.tcp_ports.insert(port(&client));
         population.streams.extend([client, accepted]);
         // The client closes first, so the client end ends in TIME_WAIT.
         for _ in 0..3 {
             let (client, accepted) = connect(&v4);
+            population.tcp_ports.insert(port(&client));
             drop(client);
             std::thread::sleep(Duration::from_millis(20));
             drop(accepted);
@@ -67,18 +83,26 @@ fn populate(netns: &Netns) -> Population {
         // The server closes first, so the client end sits in CLOSE_WAIT.
         for _ in 0..2 {
             let (client, accepted) = connect(&v4);
+            population.tcp_ports.insert(port(&client));
             drop(accepted);
             population.streams.push(client);
         }
         for _ in 0..2 {
             let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
             socket.connect("127.0.0.1:53").unwrap();
+            population
+                .udp_ports
+                .insert(socket.local_addr().unwrap().port());
             population.udp.push(socket);
         }
         for port in [0, 0, 0, 5353, 40010] {
-            population
-                .udp
-                .push(UdpSocket::bind(("0.0.0.0", port)).unwrap());
+            let socket = UdpSocket::bind(("0.0.0.0", port)).unwrap();
+            if port == 0 {
+                population
+                    .udp_ports
+                    .insert(socket.local_addr().unwrap().port());
+            }
+            population.udp.push(socket);
         }
         population.listeners.extend([v4, v6]);
         population
@@ -94,32 +118,45 @@ fn settled(metrics: &Metrics) -> bool {
 #[test]
 fn once_reports_range_occupancy_and_listeners_exactly() {
     let netns = Netns::new((40000, 40099), "40010-40019,40095");
-    let _population = populate(&netns);
+    let population = populate(&netns);
     let metrics = netns.once_until(settled);
     let comm = own_comm();
+    // 6 established, 3 TIME_WAIT, 2 CLOSE_WAIT and the listener on 40050, on
+    // 12 ports unless connect() let two destinations share one.
+    let tcp_used = population.tcp_ports.len() as f64;
+    assert!(
+        (10.0..=12.0).contains(&tcp_used),
+        "{:?}",
+        population.tcp_ports
+    );
+    // Two connected, three bound to port 0; the one on reserved 40010 is not.
+    let udp_used = population.udp_ports.len() as f64;
+    assert!(
+        (4.0..=5.0).contains(&udp_used),
+        "{:?}",
+        population.udp_ports
+    );
 
     assert_eq!(metrics.value("portstat_ephemeral_range_start"), 40000.0);
     assert_eq!(metrics.value("portstat_ephemeral_range_end"), 40099.0);
     assert_eq!(metrics.value("portstat_ephemeral_reserved_ports"), 11.0);
     assert_eq!(metrics.value("portstat_ephemeral_ports_capacity"), 89.0);
 
-    // 6 established, 3 TIME_WAIT, 2 CLOSE_WAIT and the listener on 40050.
     assert_eq!(
         metrics.value(r#"portstat_ephemeral_ports_used{protocol="tcp"}"#),
-        12.0
+        tcp_used
     );
     assert_eq!(
         metrics.value(r#"portstat_ephemeral_ports_used_ratio{protocol="tcp"}"#),
-        12.0 / 89.0
+        tcp_used / 89.0
     );
-    // Two connected, three bound to port 0; the one on reserved 40010 is not.
     assert_eq!(
         metrics.value(r#"portstat_ephemeral_ports_used{protocol="udp"}"#),
-        5.0
+        udp_used
     );
     assert_eq!(
         metrics.value(r#"portstat_ephemeral_ports_used_ratio{protocol="udp"}"#),
-        5.0 / 89.0
+        udp_used / 89.0
     );
 
     let expected_tcp = [

@@ -82,7 +82,8 @@ impl Netns {
         self.write_sysctl("ip_local_reserved_ports", reserved);
     }
 
-    fn write_sysctl(&self, name: &str, value: &str) {
+    /// Writes `/proc/sys/net/ipv4/NAME` inside the namespace.
+    pub fn write_sysctl(&self, name: &str, value: &str) {
         let path = format!("/proc/sys/net/ipv4/{name}");
         self.run(|| std::fs::write(&path, value))
             .unwrap_or_else(|error| panic!("cannot write {path}: {error}"));
@@ -157,10 +158,10 @@ impl Netns {
         let exporter = self.spawn_exporter(args);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(response) = exporter.get("/-/ready") {
-                if response.status == 200 {
-                    return exporter;
-                }
+            if let Ok(response) = exporter.get("/-/ready")
+                && response.status == 200
+            {
+                return exporter;
             }
             assert!(
                 Instant::now() < deadline,

@@ -1,0 +1,77 @@
+//! The metric contract: the exposition is valid for Prometheus's own linter,
+//! and the README's metric table lists exactly the families the exporter writes.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::{TcpListener, UdpSocket};
+use std::process::{Command, Stdio};
+
+use support::Netns;
+
+/// An exposition with every family present: a TCP listener inside the range
+/// and a UDP listener outside it.
+fn full_exposition() -> String {
+    let netns = Netns::new((40000, 40099), "40090-40099");
+    let _sockets = netns.run(|| {
+        (
+            TcpListener::bind("0.0.0.0:40001").unwrap(),
+            UdpSocket::bind("127.0.0.1:53").unwrap(),
+        )
+    });
+    let output = netns.once(&[]);
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn exposition_passes_promtool_check_metrics() {
+    let text = full_exposition();
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is needed (Debian package prometheus); .ci/run installs it");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn readme_metric_table_matches_the_exposition() {
+    let text = full_exposition();
+    let rendered: BTreeSet<String> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split(' ').next())
+        .filter(|name| name.starts_with("portstat_"))
+        .map(str::to_string)
+        .collect();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let documented: BTreeSet<String> = readme
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `portstat_"))
+        .filter_map(|rest| rest.split('`').next())
+        .map(|name| format!("portstat_{name}"))
+        .collect();
+    assert_eq!(
+        rendered, documented,
+        "rendered families (left) differ from the README's metric table (right)"
+    );
+    assert!(text.contains("# TYPE process_resident_memory_bytes gauge"));
+    assert!(readme.contains("`process_*`"));
+}

@@ -1,0 +1,148 @@
+//! Faults while running: the kernel's files turn malformed, truncated,
+//! unreadable or vanish. The exporter keeps serving the last good figures,
+//! says the sample failed, warns once, and recovers.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use support::{Metrics, Netns};
+
+/// A procfs tree made from the captured fixtures, removed on drop.
+struct FakeProcfs {
+    root: PathBuf,
+}
+
+impl FakeProcfs {
+    fn new() -> FakeProcfs {
+        let root = std::env::temp_dir().join(format!("portstat-procfs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/netns");
+        std::fs::create_dir_all(root.join("net")).unwrap();
+        std::fs::create_dir_all(root.join("sys/net/ipv4")).unwrap();
+        let fake = FakeProcfs { root };
+        fake.restore(&fixtures);
+        fake
+    }
+
+    fn restore(&self, fixtures: &Path) {
+        for table in ["tcp", "tcp6", "udp", "udp6"] {
+            self.replace_with_file(
+                &format!("net/{table}"),
+                &std::fs::read(fixtures.join(table)).unwrap(),
+            );
+        }
+        for name in ["ip_local_port_range", "ip_local_reserved_ports"] {
+            self.replace_with_file(
+                &format!("sys/net/ipv4/{name}"),
+                &std::fs::read(fixtures.join(name)).unwrap(),
+            );
+        }
+    }
+
+    fn replace_with_file(&self, relative: &str, content: &[u8]) {
+        let path = self.root.join(relative);
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::write(path, content).unwrap();
+    }
+
+    fn path(&self, relative: &str) -> PathBuf {
+        self.root.join(relative)
+    }
+}
+
+impl Drop for FakeProcfs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn failing(metrics: &Metrics) -> bool {
+    metrics.get("portstat_sample_success") == Some(0.0)
+}
+
+fn succeeding(metrics: &Metrics) -> bool {
+    metrics.get("portstat_sample_success") == Some(1.0)
+}
+
+/// The figures the fixtures give, which must survive every fault.
+fn assert_last_good_figures(metrics: &Metrics) {
+    assert_eq!(metrics.value("portstat_ephemeral_ports_capacity"), 89.0);
+    assert_eq!(
+        metrics.value(r#"portstat_ephemeral_ports_used{protocol="tcp"}"#),
+        12.0
+    );
+    assert_eq!(
+        metrics.value(r#"portstat_ephemeral_ports_used{protocol="udp"}"#),
+        5.0
+    );
+}
+
+#[test]
+fn faults_keep_the_last_good_figures_and_recover() {
+    let netns = Netns::new((40000, 40099), "");
+    let procfs = FakeProcfs::new();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/netns");
+    let exporter = netns.start_exporter(&[
+        "--path.procfs",
+        procfs.root.to_str().unwrap(),
+        "--collector.interval",
+        "50ms",
+    ]);
+    let good = exporter.metrics_until(succeeding);
+    assert_last_good_figures(&good);
+    let errors = r#"portstat_sample_errors_total{stage="source"}"#;
+    assert_eq!(good.value(errors), 0.0);
+
+    // Binary garbage.
+    procfs.replace_with_file("net/tcp", &[0, 159, 146, 150, 255, 10, 1, 2, 3]);
+    let bad = exporter.metrics_until(failing);
+    assert!(failing(&bad), "garbage was accepted");
+    assert_last_good_figures(&bad);
+    let stamp = bad.value("portstat_sample_timestamp_seconds");
+    let first_errors = bad.value(errors);
+    assert!(first_errors >= 1.0);
+
+    // Truncated in the middle of a line.
+    let text = std::fs::read_to_string(fixtures.join("tcp")).unwrap();
+    procfs.replace_with_file("net/tcp", &text.as_bytes()[..text.len() / 2 + 7]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let bad = exporter.metrics();
+    assert!(failing(&bad), "a truncated table was accepted");
+    assert!(
+        bad.value(errors) > first_errors,
+        "the error counter did not rise"
+    );
+    assert_eq!(bad.value("portstat_sample_timestamp_seconds"), stamp);
+    assert_last_good_figures(&bad);
+
+    // Unreadable: a directory where the file should be.
+    std::fs::remove_file(procfs.path("net/udp")).unwrap();
+    std::fs::create_dir(procfs.path("net/udp")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(failing(&exporter.metrics()));
+
+    // One warning for the whole failing stretch, not one per sample.
+    let warnings = exporter.log().matches("sampling failed").count();
+    assert_eq!(warnings, 1, "{}", exporter.log());
+
+    procfs.restore(&fixtures);
+    let recovered = exporter.metrics_until(succeeding);
+    assert!(succeeding(&recovered), "did not recover");
+    assert!(recovered.value("portstat_sample_timestamp_seconds") > stamp);
+    assert_last_good_figures(&recovered);
+    assert!(
+        exporter.log().contains("sampling recovered"),
+        "{}",
+        exporter.log()
+    );
+
+    // A file that vanishes starts a new failing stretch, with its own warning.
+    std::fs::remove_file(procfs.path("sys/net/ipv4/ip_local_port_range")).unwrap();
+    let bad = exporter.metrics_until(failing);
+    assert!(failing(&bad));
+    assert_last_good_figures(&bad);
+    let log = exporter.log();
+    assert_eq!(log.matches("sampling failed").count(), 2, "{log}");
+    assert!(log.contains("ip_local_port_range"), "{log}");
+}

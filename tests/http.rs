@@ -1,0 +1,142 @@
+//! The HTTP interface: endpoints, content negotiation, methods, shutdown.
+
+mod support;
+
+use std::io::Read;
+use std::time::Duration;
+
+use support::Netns;
+
+#[test]
+fn endpoints_answer_as_documented() {
+    let netns = Netns::new((40000, 40099), "");
+    let exporter = netns.start_exporter(&["--collector.interval", "200ms"]);
+
+    let landing = exporter.get("/").unwrap();
+    assert_eq!(landing.status, 200);
+    assert_eq!(
+        landing.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let page = landing.text();
+    assert!(page.contains("<a href=\"/metrics\">"), "{page}");
+    assert!(page.contains(env!("CARGO_PKG_VERSION")), "{page}");
+
+    assert_eq!(exporter.get("/-/healthy").unwrap().status, 200);
+    assert_eq!(exporter.get("/-/ready").unwrap().status, 200);
+    assert_eq!(exporter.get("/nowhere").unwrap().status, 404);
+    assert_eq!(exporter.get("/metrics/extra").unwrap().status, 404);
+
+    let metrics = exporter.get("/metrics").unwrap();
+    assert_eq!(metrics.status, 200);
+    assert_eq!(
+        metrics.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert_eq!(metrics.header("content-encoding"), None);
+    let text = metrics.text();
+    assert!(
+        text.contains("# TYPE portstat_ephemeral_ports_used gauge"),
+        "{text}"
+    );
+    assert!(text.contains("process_resident_memory_bytes"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "portstat_build_info{{version=\"{}\",revision=",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+
+    let gzipped = exporter
+        .request("GET", "/metrics", &[("Accept-Encoding", "gzip, deflate")])
+        .unwrap();
+    assert_eq!(gzipped.status, 200);
+    assert_eq!(gzipped.header("content-encoding"), Some("gzip"));
+    assert_eq!(gzipped.header("vary"), Some("Accept-Encoding"));
+    let mut unzipped = String::new();
+    flate2::read::GzDecoder::new(&gzipped.body[..])
+        .read_to_string(&mut unzipped)
+        .unwrap();
+    assert!(unzipped.contains("# TYPE portstat_ephemeral_ports_used gauge"));
+    assert!(unzipped.ends_with('\n'));
+
+    let head = exporter.request("HEAD", "/metrics", &[]).unwrap();
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+
+    for method in ["POST", "PUT", "DELETE"] {
+        let response = exporter.request(method, "/metrics", &[]).unwrap();
+        assert_eq!(response.status, 405, "{method}");
+        assert_eq!(response.header("allow"), Some("GET, HEAD"));
+    }
+}
+
+#[test]
+fn telemetry_path_and_exporter_metrics_flags() {
+    let netns = Netns::new((40000, 40099), "");
+    let exporter = netns.start_exporter(&[
+        "--web.telemetry-path",
+        "/scrape",
+        "--web.disable-exporter-metrics",
+    ]);
+    assert_eq!(exporter.get("/metrics").unwrap().status, 404);
+    let response = exporter.get("/scrape").unwrap();
+    assert_eq!(response.status, 200);
+    let text = response.text();
+    assert!(
+        text.contains("portstat_ephemeral_ports_capacity 100"),
+        "{text}"
+    );
+    assert!(!text.contains("process_"), "{text}");
+    assert!(
+        exporter
+            .get("/")
+            .unwrap()
+            .text()
+            .contains("href=\"/scrape\"")
+    );
+}
+
+#[test]
+fn ready_only_after_a_sample_succeeded() {
+    let netns = Netns::new((40000, 40099), "");
+    let missing = std::env::temp_dir().join(format!("portstat-missing-{}", std::process::id()));
+    let exporter = netns.spawn_exporter(&[
+        "--path.procfs",
+        missing.to_str().unwrap(),
+        "--collector.interval",
+        "100ms",
+    ]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let healthy = loop {
+        if let Ok(response) = exporter.get("/-/healthy") {
+            break response;
+        }
+        assert!(std::time::Instant::now() < deadline, "never answered");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(healthy.status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(exporter.get("/-/ready").unwrap().status, 503);
+    let metrics = exporter.metrics();
+    assert_eq!(metrics.value("portstat_sample_success"), 0.0);
+    assert!(metrics.value(r#"portstat_sample_errors_total{stage="source"}"#) >= 2.0);
+    assert_eq!(metrics.get("portstat_ephemeral_ports_capacity"), None);
+    assert_eq!(metrics.get("portstat_sample_timestamp_seconds"), None);
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly() {
+    let netns = Netns::new((40000, 40099), "");
+    let mut exporter = netns.start_exporter(&[]);
+    let status = exporter
+        .terminate(Duration::from_secs(5))
+        .expect("the exporter did not exit within 5 s of SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        exporter.log().contains("shutting down"),
+        "{}",
+        exporter.log()
+    );
+}
