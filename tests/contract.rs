@@ -75,3 +75,21 @@ fn readme_metric_table_matches_the_exposition() {
     assert!(text.contains("# TYPE process_resident_memory_bytes gauge"));
     assert!(readme.contains("`process_*`"));
 }
+
+#[test]
+fn build_info_names_the_version_and_the_revision() {
+    let text = full_exposition();
+    let revision = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".to_string());
+    let expected = format!(
+        "portstat_build_info{{version=\"{}\",revision=\"{revision}\"}} 1\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(text.contains(&expected), "{expected} missing from:\n{text}");
+}

@@ -140,3 +140,42 @@ fn sigterm_shuts_down_cleanly() {
         exporter.log()
     );
 }
+
+#[test]
+fn listens_on_every_address_given_dual_stack_when_the_host_is_empty() {
+    let netns = Netns::new((40000, 40099), "");
+    let exporter = netns.start_exporter(&["--web.listen-address", ":10043"]);
+    for address in ["127.0.0.1:10043", "[::1]:10043", "127.0.0.1:10042"] {
+        let response = exporter
+            .get_at(address.parse().unwrap(), "/-/healthy")
+            .unwrap();
+        assert_eq!(response.status, 200, "{address}");
+    }
+}
+
+#[test]
+fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use std::io::Write;
+    let netns = Netns::new((40000, 40099), "");
+    let exporter = netns.start_exporter(&[]);
+    let mut stream = exporter
+        .connect("127.0.0.1:10042".parse().unwrap())
+        .unwrap();
+    let started = std::time::Instant::now();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: slow\r\n")
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut answer = Vec::new();
+    // The server closes the connection once the header-read timeout passes.
+    let _ = stream.read_to_end(&mut answer);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(15),
+        "closed after {waited:?}"
+    );
+    // Scrapes are still served.
+    assert_eq!(exporter.get("/metrics").unwrap().status, 200);
+}

@@ -240,6 +240,18 @@ fn once_reports_range_occupancy_and_listeners_exactly() {
         metrics.value(r#"portstat_sample_errors_total{stage="source"}"#),
         0.0
     );
+    assert_eq!(
+        metrics.value(r#"portstat_sample_errors_total{stage="render"}"#),
+        0.0
+    );
+    let duration = metrics.value("portstat_sample_duration_seconds");
+    assert!(duration > 0.0 && duration < 5.0, "{duration}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let stamp = metrics.value("portstat_sample_timestamp_seconds");
+    assert!(stamp <= now && now - stamp < 30.0, "{stamp} vs {now}");
 }
 
 #[test]
