@@ -181,6 +181,8 @@ impl Usage {
 }
 
 /// Runs a command to its end and returns its resource usage and output.
+// The child is reaped by wait4, which also returns its resource usage.
+#[allow(clippy::zombie_processes)]
 fn measure(mut command: Command) -> (Usage, String) {
     let mut child = command.spawn().expect("cannot start");
     let mut output = String::new();
