@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use crate::model::{
-    NamespaceSample, PortRange, PortSet, Protocol, SocketRecord, SocketState, TcpState, UdpState,
+    ListenQueue, NamespaceSample, PortRange, PortSet, Protocol, SocketRecord, SocketState,
+    SourceKind, TcpState, UdpState,
 };
 
 /// The process label of a socket whose owner could not be resolved.
@@ -27,6 +28,8 @@ pub struct Snapshot {
     pub occupancy: [ProtocolOccupancy; 2],
     /// Listening sockets, grouped and sorted by protocol, address, port, process.
     pub listeners: Vec<Listener>,
+    /// Where the TCP sockets, then the UDP sockets, were read from.
+    pub sources: [SourceKind; 2],
 }
 
 /// How much of the range one protocol uses.
@@ -39,7 +42,8 @@ pub struct ProtocolOccupancy {
     /// `ports_used / capacity`, from 0 to 1; 1 when the capacity is 0.
     pub used_ratio: f64,
     /// Sockets whose local port is inside the range, for every state of the
-    /// protocol, zeros included.
+    /// protocol the source can see, zeros included (`bound_inactive` only
+    /// with the netlink source).
     pub sockets_by_state: Vec<(SocketState, u64)>,
     /// Every socket of the protocol that was read, inside the range or not.
     pub sockets_scanned: u64,
@@ -60,6 +64,31 @@ pub struct Listener {
     pub sockets: u64,
     /// A TCP listener on an unreserved port inside the ephemeral range.
     pub in_ephemeral_range: bool,
+    /// The accept queue summed over the group, where the source reports it.
+    pub accept_queue: Option<AcceptQueue>,
+}
+
+/// A listener group's accept queue, summed over its sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AcceptQueue {
+    /// Connections waiting for `accept()`.
+    pub waiting: u64,
+    /// The most that may wait.
+    pub limit: u64,
+}
+
+impl AcceptQueue {
+    fn add(&mut self, queue: ListenQueue) {
+        self.waiting += u64::from(queue.waiting);
+        self.limit += u64::from(queue.limit);
+    }
+}
+
+/// What a listener group adds up while the sockets are walked.
+#[derive(Default)]
+struct ListenerTally {
+    sockets: u64,
+    accept_queue: Option<AcceptQueue>,
 }
 
 /// Computes the figures of one namespace sample.
@@ -71,10 +100,10 @@ pub fn aggregate(sample: &NamespaceSample) -> Snapshot {
     let is_ephemeral = |port: u16| range.contains(port) && !reserved.contains(port);
 
     let mut used = [PortSet::new(), PortSet::new()];
-    let mut tcp_states = [0u64; TcpState::ALL.len()];
+    let mut tcp_states = [0u64; TcpState::ALL.len() + 1];
     let mut udp_states = [0u64; UdpState::ALL.len()];
     let mut scanned = [0u64; 2];
-    let mut listeners: BTreeMap<(Protocol, IpAddr, u16, &str), u64> = BTreeMap::new();
+    let mut listeners: BTreeMap<(Protocol, IpAddr, u16, &str), ListenerTally> = BTreeMap::new();
 
     for socket in &sample.sockets {
         let protocol = socket.state.protocol();
@@ -95,9 +124,13 @@ pub fn aggregate(sample: &NamespaceSample) -> Snapshot {
                 .owners
                 .process_name(socket.inode)
                 .unwrap_or(UNKNOWN_PROCESS);
-            *listeners
+            let tally = listeners
                 .entry((protocol, socket.local.ip(), port, process))
-                .or_insert(0) += 1;
+                .or_default();
+            tally.sockets += 1;
+            if let Some(queue) = socket.listen_queue {
+                tally.accept_queue.get_or_insert_default().add(queue);
+            }
         }
     }
 
@@ -105,10 +138,17 @@ pub fn aggregate(sample: &NamespaceSample) -> Snapshot {
         let index = protocol_index(protocol);
         let ports_used = used[index].len();
         let sockets_by_state = match protocol {
-            Protocol::Tcp => TcpState::ALL
-                .iter()
-                .map(|&state| (SocketState::Tcp(state), tcp_states[tcp_index(state)]))
-                .collect(),
+            Protocol::Tcp => {
+                // procfs cannot see bound-but-inactive sockets: report the
+                // state only where the source can, rather than a false 0.
+                let sees_bound_inactive = sample.sources[index] == SourceKind::Netlink;
+                TcpState::ALL
+                    .iter()
+                    .copied()
+                    .chain(sees_bound_inactive.then_some(TcpState::BoundInactive))
+                    .map(|state| (SocketState::Tcp(state), tcp_states[tcp_index(state)]))
+                    .collect()
+            }
             Protocol::Udp => UdpState::ALL
                 .iter()
                 .map(|&state| (SocketState::Udp(state), udp_states[udp_index(state)]))
@@ -125,13 +165,14 @@ pub fn aggregate(sample: &NamespaceSample) -> Snapshot {
 
     let listeners = listeners
         .into_iter()
-        .map(|((protocol, address, port, process), sockets)| Listener {
+        .map(|((protocol, address, port, process), tally)| Listener {
             protocol,
             address,
             port,
             process: process.to_string(),
-            sockets,
+            sockets: tally.sockets,
             in_ephemeral_range: protocol == Protocol::Tcp && is_ephemeral(port),
+            accept_queue: tally.accept_queue,
         })
         .collect();
 
@@ -141,6 +182,7 @@ pub fn aggregate(sample: &NamespaceSample) -> Snapshot {
         capacity,
         occupancy,
         listeners,
+        sources: sample.sources,
     }
 }
 
@@ -194,6 +236,7 @@ mod tests {
             local: local.parse().unwrap(),
             remote: remote.parse().unwrap(),
             inode,
+            listen_queue: None,
         }
     }
 
@@ -203,6 +246,7 @@ mod tests {
             local: local.parse().unwrap(),
             remote: remote.parse().unwrap(),
             inode,
+            listen_queue: None,
         }
     }
 
@@ -215,6 +259,7 @@ mod tests {
             reserved: parse_reserved_ports(reserved).unwrap(),
             sockets,
             owners: SocketOwners::default(),
+            sources: [SourceKind::Procfs; 2],
         }
     }
 
@@ -398,6 +443,7 @@ mod tests {
             reserved: parse_reserved_ports(&fixture("ip_local_reserved_ports")).unwrap(),
             sockets,
             owners: SocketOwners::default(),
+            sources: [SourceKind::Procfs; 2],
         };
         let snapshot = aggregate(&sample);
         assert_eq!(

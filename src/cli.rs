@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::source::SourceChoice;
+
 /// Prometheus exporter for ephemeral port range usage and listening sockets.
 #[derive(Debug, Parser)]
 #[command(name = "portstat_exporter", version, about, long_about = None)]
@@ -45,6 +47,22 @@ pub struct Cli {
         value_parser = parse_duration,
     )]
     pub interval: Duration,
+
+    /// Where sockets are read from: netlink sock_diag, procfs, or netlink
+    /// falling back to procfs per protocol where the kernel refuses netlink.
+    #[arg(long = "collector.source", value_enum, default_value_t = SourceChoice::Auto)]
+    pub source: SourceChoice,
+
+    /// Find the process that owns each socket (needs root, or
+    /// CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH). `false` labels every
+    /// listener `process="unknown"` and saves the walk of /proc/<pid>/fd.
+    #[arg(
+        long = "collector.processes",
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub processes: bool,
 
     /// procfs mountpoint.
     #[arg(long = "path.procfs", value_name = "PATH", default_value = "/proc")]

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     portstat_exporter::log::init(cli.log_level, cli.log_format);
 
-    let reader = NamespaceReader::new(cli.procfs.clone());
+    let reader = NamespaceReader::new(cli.procfs.clone(), cli.source, cli.processes);
     let renderer = Renderer::new(!cli.disable_exporter_metrics);
     let mut sampler = Sampler::new(reader, renderer);
 

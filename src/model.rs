@@ -40,10 +40,14 @@ pub enum TcpState {
     LastAck,
     Listen,
     Closing,
+    /// Bound to a port but neither listening nor connected (the kernel's
+    /// `TCP_BOUND_INACTIVE`, reported over netlink since Linux 6.5; procfs
+    /// does not list such sockets).
+    BoundInactive,
 }
 
 impl TcpState {
-    /// Every state, in the kernel's numeric order.
+    /// Every state `/proc/net/tcp` can show, in the kernel's numeric order.
     pub const ALL: [TcpState; 11] = [
         TcpState::Established,
         TcpState::SynSent,
@@ -92,6 +96,7 @@ impl TcpState {
             TcpState::LastAck => "last_ack",
             TcpState::Listen => "listen",
             TcpState::Closing => "closing",
+            TcpState::BoundInactive => "bound_inactive",
         }
     }
 }
@@ -141,6 +146,16 @@ impl SocketState {
     }
 }
 
+/// A listener's accept queue, as the netlink source reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ListenQueue {
+    /// Connections completed and waiting for `accept()`.
+    pub waiting: u32,
+    /// The most that may wait: the `listen()` backlog, capped by
+    /// `net.core.somaxconn`.
+    pub limit: u32,
+}
+
 /// One socket of one network namespace, as the kernel reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SocketRecord {
@@ -152,6 +167,27 @@ pub struct SocketRecord {
     pub remote: SocketAddr,
     /// The socket's inode number; 0 for sockets no file refers to (TIME_WAIT).
     pub inode: u64,
+    /// For TCP listeners read over netlink, the accept queue.
+    pub listen_queue: Option<ListenQueue>,
+}
+
+/// Where a protocol's sockets were read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceKind {
+    /// `/proc/net/*` text tables.
+    Procfs,
+    /// `NETLINK_SOCK_DIAG` dumps.
+    Netlink,
+}
+
+impl SourceKind {
+    /// The `source` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            SourceKind::Procfs => "procfs",
+            SourceKind::Netlink => "netlink",
+        }
+    }
 }
 
 /// The ephemeral port range, `net.ipv4.ip_local_port_range`, both ends inclusive.
@@ -269,4 +305,6 @@ pub struct NamespaceSample {
     pub sockets: Vec<SocketRecord>,
     /// Owners of the sockets that could be resolved.
     pub owners: SocketOwners,
+    /// Where the TCP sockets, then the UDP sockets, were read from.
+    pub sources: [SourceKind; 2],
 }

@@ -8,6 +8,7 @@ use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricT
 use prometheus::{Encoder, TextEncoder};
 
 use crate::aggregate::Snapshot;
+use crate::model::Protocol;
 
 /// The version and revision the binary was built from.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -154,6 +155,14 @@ fn snapshot_families(snapshot: &Snapshot, families: &mut Vec<MetricFamily>) {
         "portstat_listener_in_ephemeral_range",
         "1 for a TCP listener on an unreserved port inside the ephemeral range.",
     );
+    let mut accept_queue = family(
+        "portstat_listener_accept_queue",
+        "Connections waiting to be accepted by a TCP listener (netlink source only).",
+    );
+    let mut accept_queue_limit = family(
+        "portstat_listener_accept_queue_limit",
+        "Most connections that may wait to be accepted by a TCP listener: its backlog (netlink source only).",
+    );
     let mut port = itoa::Buffer::new();
     for listener in &snapshot.listeners {
         let address = listener.address.to_string();
@@ -177,9 +186,32 @@ fn snapshot_families(snapshot: &Snapshot, families: &mut Vec<MetricFamily>) {
                 1.0,
             );
         }
+        if let Some(queue) = listener.accept_queue {
+            let labels = [
+                ("address", address.as_str()),
+                ("port", port),
+                ("process", listener.process.as_str()),
+            ];
+            accept_queue.gauge(&labels, queue.waiting as f64);
+            accept_queue_limit.gauge(&labels, queue.limit as f64);
+        }
     }
     families.extend(listeners.done());
     families.extend(in_range.done());
+    families.extend(accept_queue.done());
+    families.extend(accept_queue_limit.done());
+
+    let mut source = family(
+        "portstat_source_info",
+        "A constant 1, labelled with where each protocol's sockets are read from.",
+    );
+    for (protocol, kind) in Protocol::ALL.iter().zip(snapshot.sources) {
+        source.gauge(
+            &[("protocol", protocol.label()), ("source", kind.label())],
+            1.0,
+        );
+    }
+    families.extend(source.done());
 }
 
 /// The families that describe the sampler and the build.
@@ -287,8 +319,8 @@ fn label_pairs(labels: &[(&str, &str)]) -> Vec<LabelPair> {
 mod tests {
     use super::*;
     use crate::aggregate::aggregate;
+    use crate::model::{ListenQueue, SourceKind, TcpState, UdpState};
     use crate::model::{NamespaceSample, PortRange, SocketOwners, SocketRecord, SocketState};
-    use crate::model::{TcpState, UdpState};
     use crate::source::sysctl::parse_reserved_ports;
 
     fn snapshot() -> Snapshot {
@@ -297,6 +329,7 @@ mod tests {
             local: local.parse().unwrap(),
             remote: remote.parse().unwrap(),
             inode,
+            listen_queue: None,
         };
         let mut owners = SocketOwners::default();
         owners.pid_by_inode.insert(1, 100);
@@ -304,7 +337,7 @@ mod tests {
         owners
             .comm_by_pid
             .insert(100, "haproxy \"edge\"".to_string());
-        aggregate(&NamespaceSample {
+        let mut sample = NamespaceSample {
             range: PortRange {
                 start: 40000,
                 end: 40099,
@@ -343,7 +376,18 @@ mod tests {
                 ),
             ],
             owners,
-        })
+            // TCP over netlink (accept queues, bound_inactive), UDP over procfs.
+            sources: [SourceKind::Netlink, SourceKind::Procfs],
+        };
+        sample.sockets[0].listen_queue = Some(ListenQueue {
+            waiting: 3,
+            limit: 4096,
+        });
+        sample.sockets[1].listen_queue = Some(ListenQueue {
+            waiting: 0,
+            limit: 128,
+        });
+        aggregate(&sample)
     }
 
     fn status() -> SampleStatus {

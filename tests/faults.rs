@@ -84,6 +84,8 @@ fn faults_keep_the_last_good_figures_and_recover() {
     let procfs = FakeProcfs::new();
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/netns");
     let exporter = netns.start_exporter(&[
+        "--collector.source",
+        "procfs",
         "--path.procfs",
         procfs.root.to_str().unwrap(),
         "--collector.interval",

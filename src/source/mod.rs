@@ -2,6 +2,7 @@
 //! and the processes that own them. Everything here does I/O; what the figures
 //! mean is decided in `aggregate`.
 
+pub mod netlink;
 pub mod owners;
 pub mod procfs;
 pub mod sysctl;
@@ -9,7 +10,7 @@ pub mod sysctl;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::model::NamespaceSample;
+use crate::model::{NamespaceSample, PortRange, Protocol, SocketOwners, SocketRecord, SourceKind};
 
 /// A failure to read what the kernel reports.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,9 @@ pub enum SourceError {
         /// What the operating system said.
         source: io::Error,
     },
+    /// A netlink dump failed.
+    #[error(transparent)]
+    Netlink(#[from] netlink::NetlinkError),
     /// A file was read but its content is not what the kernel writes.
     #[error("malformed {path}: {reason}")]
     Malformed {
@@ -32,19 +36,44 @@ pub enum SourceError {
     },
 }
 
-/// Reads whole samples of the network namespace that the process is in,
-/// through the files below a procfs root.
+/// Which socket source to use, as `--collector.source` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceChoice {
+    /// Netlink, falling back to procfs per protocol where netlink is refused
+    /// or unsupported.
+    Auto,
+    /// Netlink only; a sample fails where netlink does.
+    Netlink,
+    /// procfs only.
+    Procfs,
+}
+
+/// Reads whole samples of the network namespace that the process is in.
 pub struct NamespaceReader {
-    procfs: PathBuf,
-    sockets: procfs::ProcfsSockets,
+    procfs_root: PathBuf,
+    choice: SourceChoice,
+    attribution: bool,
+    procfs: procfs::ProcfsSockets,
+    netlink: netlink::NetlinkSockets,
+    /// The source in use for TCP, then UDP.
+    sources: [SourceKind; 2],
 }
 
 impl NamespaceReader {
-    /// A reader of the procfs mounted at `procfs` (normally `/proc`).
-    pub fn new(procfs: PathBuf) -> NamespaceReader {
+    /// A reader of the namespace through `choice`, with procfs at
+    /// `procfs_root` (normally `/proc`); `attribution` resolves socket owners.
+    pub fn new(procfs_root: PathBuf, choice: SourceChoice, attribution: bool) -> NamespaceReader {
+        let initial = match choice {
+            SourceChoice::Auto | SourceChoice::Netlink => SourceKind::Netlink,
+            SourceChoice::Procfs => SourceKind::Procfs,
+        };
         NamespaceReader {
-            sockets: procfs::ProcfsSockets::new(&procfs),
-            procfs,
+            procfs: procfs::ProcfsSockets::new(&procfs_root),
+            netlink: netlink::NetlinkSockets::new(),
+            procfs_root,
+            choice,
+            attribution,
+            sources: [initial; 2],
         }
     }
 
@@ -53,16 +82,50 @@ impl NamespaceReader {
     /// Settings are read fresh each time: the sysctls can change at run time.
     /// Owners that cannot be resolved are left out, never an error.
     pub fn read(&mut self) -> Result<NamespaceSample, SourceError> {
-        let (range, reserved) = sysctl::read_port_settings(&self.procfs)?;
+        let (range, reserved) = sysctl::read_port_settings(&self.procfs_root)?;
         let mut sockets = Vec::new();
-        self.sockets.read_sockets(&mut sockets)?;
-        let owners = owners::resolve_owners(&self.procfs, &sockets);
+        for (index, protocol) in Protocol::ALL.into_iter().enumerate() {
+            self.read_protocol(index, protocol, range, &mut sockets)?;
+        }
+        let owners = if self.attribution {
+            owners::resolve_owners(&self.procfs_root, &sockets)
+        } else {
+            SocketOwners::default()
+        };
         Ok(NamespaceSample {
             range,
             reserved,
             sockets,
             owners,
+            sources: self.sources,
         })
+    }
+
+    fn read_protocol(
+        &mut self,
+        index: usize,
+        protocol: Protocol,
+        range: PortRange,
+        sockets: &mut Vec<SocketRecord>,
+    ) -> Result<(), SourceError> {
+        if self.sources[index] == SourceKind::Procfs {
+            return self.procfs.read_sockets(protocol, sockets);
+        }
+        let start = sockets.len();
+        match self.netlink.read_sockets(protocol, range, sockets) {
+            Ok(()) => Ok(()),
+            Err(error) if self.choice == SourceChoice::Auto && error.is_unsupported() => {
+                sockets.truncate(start);
+                tracing::warn!(
+                    protocol = protocol.label(),
+                    err = %error,
+                    "netlink sock_diag is not available; reading procfs instead"
+                );
+                self.sources[index] = SourceKind::Procfs;
+                self.procfs.read_sockets(protocol, sockets)
+            }
+            Err(error) => Err(SourceError::Netlink(error)),
+        }
     }
 }
 

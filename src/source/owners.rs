@@ -132,6 +132,7 @@ mod tests {
             local: listener.local_addr().unwrap(),
             remote: "0.0.0.0:0".parse().unwrap(),
             inode,
+            listen_queue: None,
         };
         let owners = resolve_owners(Path::new("/proc"), &[record]);
         let comm = std::fs::read_to_string("/proc/self/comm").unwrap();

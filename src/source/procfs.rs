@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use procfs::FromBufReadSI;
 use procfs::net::{TcpNetEntries, UdpNetEntries};
 
-use crate::model::{SocketRecord, SocketState, TcpState, UdpState};
+use crate::model::{Protocol, SocketRecord, SocketState, TcpState, UdpState};
 use crate::source::SourceError;
 
 /// One of the four socket tables.
@@ -16,6 +16,15 @@ use crate::source::SourceError;
 enum Table {
     Tcp,
     Udp,
+}
+
+impl Table {
+    fn protocol(self) -> Protocol {
+        match self {
+            Table::Tcp => Protocol::Tcp,
+            Table::Udp => Protocol::Udp,
+        }
+    }
 }
 
 /// Reads the socket tables below one procfs root.
@@ -41,9 +50,16 @@ impl ProcfsSockets {
         }
     }
 
-    /// Appends every TCP and UDP socket of the namespace to `sockets`.
-    pub fn read_sockets(&mut self, sockets: &mut Vec<SocketRecord>) -> Result<(), SourceError> {
+    /// Appends every socket of `protocol` in the namespace to `sockets`.
+    pub fn read_sockets(
+        &mut self,
+        protocol: Protocol,
+        sockets: &mut Vec<SocketRecord>,
+    ) -> Result<(), SourceError> {
         for (table, path, may_be_absent) in &self.tables {
+            if table.protocol() != protocol {
+                continue;
+            }
             self.text.clear();
             match read_into(path, &mut self.text) {
                 Ok(()) => {}
@@ -102,6 +118,7 @@ fn parse_table(table: Table, text: &str, sockets: &mut Vec<SocketRecord>) -> Res
                     local: entry.local_address,
                     remote: entry.remote_address,
                     inode: entry.inode,
+                    listen_queue: None,
                 });
             }
         }
@@ -121,6 +138,7 @@ fn tcp_record(
         local,
         remote,
         inode,
+        listen_queue: None,
     })
 }
 

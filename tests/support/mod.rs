@@ -133,12 +133,13 @@ impl Netns {
             .expect("cannot run the exporter")
     }
 
-    /// Runs `--once` until `done` holds for its metrics, or 10 s have passed;
-    /// returns the last metrics either way, for the caller to assert on.
-    pub fn once_until(&self, done: impl Fn(&Metrics) -> bool) -> Metrics {
+    /// Runs `--once` with `args` until `done` holds for its metrics, or 10 s
+    /// have passed; returns the last metrics either way, for the caller to
+    /// assert on.
+    pub fn once_until(&self, args: &[&str], done: impl Fn(&Metrics) -> bool) -> Metrics {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let output = self.once(&[]);
+            let output = self.once(args);
             assert!(
                 output.status.success(),
                 "--once failed: {}",

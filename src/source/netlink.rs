@@ -1,0 +1,1002 @@
+//! The netlink source: `SOCK_DIAG_BY_FAMILY` dumps over a `NETLINK_SOCK_DIAG`
+//! socket, the interface `ss` uses.
+//!
+//! The kernel is asked for as little as possible. Each dump names the states
+//! it wants, and all but the listener dumps carry `INET_DIAG_REQ_BYTECODE`, a
+//! filter program the kernel runs on every socket so that only those whose
+//! source port is inside the ephemeral range come back. No extension is
+//! requested, so the kernel computes no per-socket info that goes unused.
+//!
+//! Request building and reply parsing are pure functions over bytes; only
+//! `NetlinkSockets` touches the socket. The layouts are those of
+//! `include/uapi/linux/{netlink,sock_diag,inet_diag}.h`.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use crate::model::UdpState;
+use crate::model::{ListenQueue, PortRange, Protocol, SocketRecord, SocketState, TcpState};
+
+/// `SOCK_DIAG_BY_FAMILY`, the request type.
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// `NLMSG_ERROR`: an error, or an acknowledgement when its code is 0.
+const NLMSG_ERROR: u16 = 2;
+/// `NLMSG_DONE`: the end of a dump.
+const NLMSG_DONE: u16 = 3;
+/// `NLM_F_REQUEST | NLM_F_DUMP`.
+const DUMP_REQUEST_FLAGS: u16 = 0x1 | 0x100 | 0x200;
+/// `NLM_F_DUMP_INTR`: the dump saw the table change under it.
+const NLM_F_DUMP_INTR: u16 = 0x10;
+/// `INET_DIAG_REQ_BYTECODE`, the request attribute that carries the filter.
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+/// `INET_DIAG_BC_S_GE` and `INET_DIAG_BC_S_LE`: source port at least / at most.
+const INET_DIAG_BC_S_GE: u8 = 2;
+const INET_DIAG_BC_S_LE: u8 = 3;
+
+/// `struct nlmsghdr`.
+const HEADER_LENGTH: usize = 16;
+/// `struct inet_diag_req_v2`.
+const REQUEST_LENGTH: usize = 56;
+/// `struct inet_diag_msg`.
+const MESSAGE_LENGTH: usize = 72;
+/// Two `struct inet_diag_bc_op` per comparison, two comparisons.
+const BYTECODE_LENGTH: usize = 16;
+
+/// The receive buffer. The kernel sizes a dump's datagrams after the largest
+/// buffer a reader has offered, up to 32 KiB, so a 32 KiB buffer takes whole
+/// datagrams of the largest size it sends: the fewest system calls per dump.
+pub const RECEIVE_BUFFER_LENGTH: usize = 32 * 1024;
+
+/// The TCP state bits (`1 << state`) that a dump asks for.
+mod state_mask {
+    /// `TCP_LISTEN`.
+    pub const LISTEN: u32 = 1 << 10;
+    /// Every state a connection can be in: `TCP_ESTABLISHED` (1) to
+    /// `TCP_CLOSING` (11) but `TCP_LISTEN`, and `TCP_NEW_SYN_RECV` (12).
+    pub const CONNECTIONS: u32 = ((1 << 13) - 2) & !LISTEN;
+    /// `TCP_BOUND_INACTIVE` (13, Linux 6.5+): bound, neither listening nor
+    /// connected. Such sockets come back only from a dump that asks for
+    /// this bit, and carry state 7 (`TCP_CLOSE`) in the reply.
+    pub const BOUND_INACTIVE: u32 = 1 << 13;
+    /// UDP sockets carry `TCP_ESTABLISHED` when connected.
+    pub const UDP_CONNECTED: u32 = 1 << 1;
+    /// UDP sockets carry `TCP_CLOSE` when not connected.
+    pub const UDP_UNCONNECTED: u32 = 1 << 7;
+}
+
+/// One dump request: which sockets of one family and protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dump {
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u8,
+    /// The protocol to dump.
+    pub protocol: Protocol,
+    /// The state bits to ask for.
+    pub states: u32,
+    /// Only sockets whose source port is inside this range, if any.
+    pub source_ports: Option<PortRange>,
+}
+
+impl Dump {
+    /// Whether the replies are bound-but-inactive TCP sockets.
+    fn is_bound_inactive(&self) -> bool {
+        self.protocol == Protocol::Tcp && self.states == state_mask::BOUND_INACTIVE
+    }
+}
+
+/// The dumps that together give every socket the exporter needs for one
+/// protocol: listeners anywhere, everything else inside the range.
+pub fn dumps_for(protocol: Protocol, range: PortRange) -> Vec<Dump> {
+    let mut dumps = Vec::with_capacity(6);
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        let dump = |states, source_ports| Dump {
+            family,
+            protocol,
+            states,
+            source_ports,
+        };
+        match protocol {
+            Protocol::Tcp => {
+                dumps.push(dump(state_mask::LISTEN, None));
+                dumps.push(dump(state_mask::CONNECTIONS, Some(range)));
+                dumps.push(dump(state_mask::BOUND_INACTIVE, Some(range)));
+            }
+            Protocol::Udp => {
+                // Unconnected sockets outside the range are listeners, so
+                // these come from everywhere; connected ones from the range.
+                dumps.push(dump(state_mask::UDP_UNCONNECTED, None));
+                dumps.push(dump(state_mask::UDP_CONNECTED, Some(range)));
+            }
+        }
+    }
+    dumps
+}
+
+/// Writes the request for `dump` into `request`, replacing its content.
+pub fn build_request(dump: &Dump, sequence: u32, request: &mut Vec<u8>) {
+    request.clear();
+    let attribute_length = dump.source_ports.map_or(0, |_| 4 + BYTECODE_LENGTH);
+    let total = HEADER_LENGTH + REQUEST_LENGTH + attribute_length;
+    // struct nlmsghdr
+    request.extend_from_slice(&(total as u32).to_ne_bytes());
+    request.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    request.extend_from_slice(&DUMP_REQUEST_FLAGS.to_ne_bytes());
+    request.extend_from_slice(&sequence.to_ne_bytes());
+    request.extend_from_slice(&0u32.to_ne_bytes());
+    // struct inet_diag_req_v2: family, protocol, ext (none), pad, states,
+    // and an all-zero inet_diag_sockid (no exact-match lookup).
+    let protocol = match dump.protocol {
+        Protocol::Tcp => libc::IPPROTO_TCP as u8,
+        Protocol::Udp => libc::IPPROTO_UDP as u8,
+    };
+    request.extend_from_slice(&[dump.family, protocol, 0, 0]);
+    request.extend_from_slice(&dump.states.to_ne_bytes());
+    request.extend_from_slice(&[0; 48]);
+    if let Some(range) = dump.source_ports {
+        // struct nlattr
+        request.extend_from_slice(&((4 + BYTECODE_LENGTH) as u16).to_ne_bytes());
+        request.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+        request.extend_from_slice(&source_port_bytecode(range));
+    }
+}
+
+/// The filter program "source port >= start and source port <= end".
+///
+/// Each comparison is an op `{code, yes, no}` followed by an op whose `no`
+/// holds the port. The kernel accepts a socket when the program runs off its
+/// exact end, and rejects it when a jump lands 4 bytes past the end: so `yes`
+/// steps to the next comparison, `no` jumps to end + 4.
+pub fn source_port_bytecode(range: PortRange) -> [u8; BYTECODE_LENGTH] {
+    let op = |code: u8, yes: u8, no: u16| {
+        let no = no.to_ne_bytes();
+        [code, yes, no[0], no[1]]
+    };
+    let mut program = [0u8; BYTECODE_LENGTH];
+    program[0..4].copy_from_slice(&op(INET_DIAG_BC_S_GE, 8, (BYTECODE_LENGTH + 4) as u16));
+    program[4..8].copy_from_slice(&op(0, 0, range.start));
+    program[8..12].copy_from_slice(&op(INET_DIAG_BC_S_LE, 8, (BYTECODE_LENGTH - 8 + 4) as u16));
+    program[12..16].copy_from_slice(&op(0, 0, range.end));
+    program
+}
+
+/// Runs a source-port filter program the way the kernel's
+/// `inet_diag_bc_run` does, for the two comparisons it uses. For tests.
+#[cfg(test)]
+fn run_bytecode(program: &[u8], source_port: u16) -> bool {
+    let mut offset = 0usize;
+    let mut remaining = program.len() as isize;
+    while remaining > 0 {
+        let code = program[offset];
+        let yes = program[offset + 1] as usize;
+        let no = u16::from_ne_bytes([program[offset + 2], program[offset + 3]]) as usize;
+        let port = u16::from_ne_bytes([program[offset + 6], program[offset + 7]]);
+        let matched = match code {
+            INET_DIAG_BC_S_GE => source_port >= port,
+            INET_DIAG_BC_S_LE => source_port <= port,
+            _ => panic!("unexpected op {code}"),
+        };
+        let step = if matched { yes } else { no };
+        offset += step;
+        remaining -= step as isize;
+    }
+    remaining == 0
+}
+
+/// What the kernel answered, or why reading failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    /// A system call failed.
+    #[error("netlink {call}: {source}")]
+    System {
+        /// The call that failed.
+        call: &'static str,
+        /// What the kernel said.
+        source: io::Error,
+    },
+    /// The kernel refused the request with an error code.
+    #[error("sock_diag dump of {dump} refused: {source}")]
+    Refused {
+        /// Which dump.
+        dump: String,
+        /// The error code, as the kernel gave it.
+        source: io::Error,
+    },
+    /// A reply did not parse.
+    #[error("malformed sock_diag reply: {0}")]
+    Malformed(String),
+    /// The dump was interrupted by changes twice in a row.
+    #[error("sock_diag dump of {0} was interrupted twice (NLM_F_DUMP_INTR)")]
+    Interrupted(String),
+}
+
+impl NetlinkError {
+    /// Whether the error means this kernel cannot serve the request at all
+    /// (no netlink, no `inet_diag`/`udp_diag`, not permitted), as opposed to
+    /// a passing failure.
+    pub fn is_unsupported(&self) -> bool {
+        let code = match self {
+            NetlinkError::System { source, .. } | NetlinkError::Refused { source, .. } => {
+                source.raw_os_error()
+            }
+            _ => None,
+        };
+        matches!(
+            code,
+            Some(
+                libc::ENOENT
+                    | libc::EPROTONOSUPPORT
+                    | libc::EAFNOSUPPORT
+                    | libc::EOPNOTSUPP
+                    | libc::EPERM
+                    | libc::EACCES
+                    | libc::EINVAL
+            )
+        )
+    }
+}
+
+/// Where a dump stands after one datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// More datagrams follow.
+    More,
+    /// `NLMSG_DONE` was seen; `interrupted` if any message of the dump
+    /// carried `NLM_F_DUMP_INTR`.
+    Done { interrupted: bool },
+}
+
+/// Parses one datagram of a dump answering `sequence`, appending the sockets
+/// it carries. `interrupted` accumulates `NLM_F_DUMP_INTR` across datagrams.
+pub fn parse_datagram(
+    datagram: &[u8],
+    sequence: u32,
+    dump: &Dump,
+    interrupted: &mut bool,
+    sockets: &mut Vec<SocketRecord>,
+) -> Result<Progress, NetlinkError> {
+    let mut rest = datagram;
+    while !rest.is_empty() {
+        if rest.len() < HEADER_LENGTH {
+            return Err(NetlinkError::Malformed(format!(
+                "{} bytes left, less than a message header",
+                rest.len()
+            )));
+        }
+        let length = read_u32(rest, 0) as usize;
+        let kind = read_u16(rest, 4);
+        let flags = read_u16(rest, 6);
+        let message_sequence = read_u32(rest, 8);
+        if length < HEADER_LENGTH || length > rest.len() {
+            return Err(NetlinkError::Malformed(format!(
+                "message length {length} with {} bytes left",
+                rest.len()
+            )));
+        }
+        let payload = &rest[HEADER_LENGTH..length];
+        // Messages are padded to 4 bytes; the last one may not be.
+        rest = &rest[align4(length).min(rest.len())..];
+        if message_sequence != sequence {
+            // Left over from an earlier, abandoned dump.
+            continue;
+        }
+        if flags & NLM_F_DUMP_INTR != 0 {
+            *interrupted = true;
+        }
+        match kind {
+            NLMSG_DONE => {
+                // A dump may end with a negative error code in DONE.
+                if payload.len() >= 4 {
+                    let code = read_i32(payload, 0);
+                    if code < 0 {
+                        return Err(refused(dump, code));
+                    }
+                }
+                return Ok(Progress::Done {
+                    interrupted: *interrupted,
+                });
+            }
+            NLMSG_ERROR => {
+                if payload.len() < 4 {
+                    return Err(NetlinkError::Malformed("short NLMSG_ERROR".into()));
+                }
+                let code = read_i32(payload, 0);
+                if code < 0 {
+                    return Err(refused(dump, code));
+                }
+            }
+            SOCK_DIAG_BY_FAMILY => sockets.push(parse_socket(payload, dump)?),
+            other => {
+                return Err(NetlinkError::Malformed(format!(
+                    "unexpected message type {other}"
+                )));
+            }
+        }
+    }
+    Ok(Progress::More)
+}
+
+fn refused(dump: &Dump, code: i32) -> NetlinkError {
+    NetlinkError::Refused {
+        dump: describe(dump),
+        source: io::Error::from_raw_os_error(-code),
+    }
+}
+
+/// Parses one `struct inet_diag_msg` (attributes after it are ignored).
+fn parse_socket(payload: &[u8], dump: &Dump) -> Result<SocketRecord, NetlinkError> {
+    if payload.len() < MESSAGE_LENGTH {
+        return Err(NetlinkError::Malformed(format!(
+            "inet_diag_msg of {} bytes, expected at least {MESSAGE_LENGTH}",
+            payload.len()
+        )));
+    }
+    let family = payload[0];
+    let state_number = payload[1];
+    // Ports are in network byte order; addresses are four 32-bit words,
+    // also in network order, of which IPv4 uses the first.
+    let source_port = u16::from_be_bytes([payload[4], payload[5]]);
+    let destination_port = u16::from_be_bytes([payload[6], payload[7]]);
+    let address = |offset: usize| -> Result<IpAddr, NetlinkError> {
+        let bytes: [u8; 16] = payload[offset..offset + 16]
+            .try_into()
+            .map_err(|_| NetlinkError::Malformed("short address".into()))?;
+        match i32::from(family) {
+            libc::AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(
+                bytes[0], bytes[1], bytes[2], bytes[3],
+            ))),
+            libc::AF_INET6 => Ok(IpAddr::V6(Ipv6Addr::from(bytes))),
+            other => Err(NetlinkError::Malformed(format!("address family {other}"))),
+        }
+    };
+    let local = SocketAddr::new(address(8)?, source_port);
+    let remote = SocketAddr::new(address(24)?, destination_port);
+    let receive_queue = read_u32(payload, 56);
+    let send_queue = read_u32(payload, 60);
+    let inode = u64::from(read_u32(payload, 68));
+    let state = match dump.protocol {
+        Protocol::Tcp if dump.is_bound_inactive() => SocketState::Tcp(TcpState::BoundInactive),
+        Protocol::Tcp => {
+            SocketState::Tcp(TcpState::from_kernel(state_number).ok_or_else(|| {
+                NetlinkError::Malformed(format!("unknown TCP state {state_number}"))
+            })?)
+        }
+        Protocol::Udp => SocketState::Udp(if state_number == 1 {
+            UdpState::Connected
+        } else {
+            UdpState::Unconnected
+        }),
+    };
+    // For listeners the kernel reports the accept queue and its limit (the
+    // backlog) in the queue fields.
+    let listen_queue = (state == SocketState::Tcp(TcpState::Listen)).then_some(ListenQueue {
+        waiting: receive_queue,
+        limit: send_queue,
+    });
+    Ok(SocketRecord {
+        state,
+        local,
+        remote,
+        inode,
+        listen_queue,
+    })
+}
+
+fn describe(dump: &Dump) -> String {
+    let family = if i32::from(dump.family) == libc::AF_INET {
+        "inet"
+    } else {
+        "inet6"
+    };
+    format!(
+        "{} {family} states {:#x}",
+        dump.protocol.label(),
+        dump.states
+    )
+}
+
+fn align4(length: usize) -> usize {
+    (length + 3) & !3
+}
+
+fn read_u16(bytes: &[u8], offset: usize) -> u16 {
+    u16::from_ne_bytes([bytes[offset], bytes[offset + 1]])
+}
+
+fn read_u32(bytes: &[u8], offset: usize) -> u32 {
+    u32::from_ne_bytes([
+        bytes[offset],
+        bytes[offset + 1],
+        bytes[offset + 2],
+        bytes[offset + 3],
+    ])
+}
+
+fn read_i32(bytes: &[u8], offset: usize) -> i32 {
+    read_u32(bytes, offset) as i32
+}
+
+/// A `NETLINK_SOCK_DIAG` socket with its reused buffers.
+pub struct NetlinkSockets {
+    socket: Option<OwnedFd>,
+    request: Vec<u8>,
+    buffer: Vec<u8>,
+    sequence: u32,
+}
+
+impl NetlinkSockets {
+    /// A source that opens its socket at first use.
+    pub fn new() -> NetlinkSockets {
+        NetlinkSockets {
+            socket: None,
+            request: Vec::with_capacity(HEADER_LENGTH + REQUEST_LENGTH + 4 + BYTECODE_LENGTH),
+            buffer: vec![0; RECEIVE_BUFFER_LENGTH],
+            sequence: 0,
+        }
+    }
+
+    /// Appends the sockets of `protocol` the exporter needs: listeners
+    /// anywhere, everything else whose source port is inside `range`.
+    pub fn read_sockets(
+        &mut self,
+        protocol: Protocol,
+        range: PortRange,
+        sockets: &mut Vec<SocketRecord>,
+    ) -> Result<(), NetlinkError> {
+        for dump in dumps_for(protocol, range) {
+            let result = self.dump_retrying(&dump, sockets);
+            match result {
+                // A kernel without IPv6 has no inet6 diag handler: that is no
+                // IPv6 sockets, once the IPv4 dumps have worked.
+                Err(error)
+                    if i32::from(dump.family) == libc::AF_INET6
+                        && matches!(&error, NetlinkError::Refused { source, .. }
+                            if matches!(source.raw_os_error(), Some(libc::ENOENT | libc::EAFNOSUPPORT))) =>
+                {
+                    continue;
+                }
+                // The bound-inactive state is new in Linux 6.5; an older
+                // kernel rejects the bit, and has no such sockets to report.
+                Err(NetlinkError::Refused { .. }) if dump.is_bound_inactive() => continue,
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one dump, again once if the kernel marks it interrupted.
+    fn dump_retrying(
+        &mut self,
+        dump: &Dump,
+        sockets: &mut Vec<SocketRecord>,
+    ) -> Result<(), NetlinkError> {
+        let start = sockets.len();
+        for _ in 0..2 {
+            sockets.truncate(start);
+            match self.dump_once(dump, sockets) {
+                Ok(false) => return Ok(()),
+                Ok(true) => continue,
+                Err(error) => {
+                    // The socket may hold the rest of the failed dump.
+                    self.socket = None;
+                    sockets.truncate(start);
+                    return Err(error);
+                }
+            }
+        }
+        sockets.truncate(start);
+        Err(NetlinkError::Interrupted(describe(dump)))
+    }
+
+    /// Runs one dump; returns whether it was interrupted.
+    fn dump_once(
+        &mut self,
+        dump: &Dump,
+        sockets: &mut Vec<SocketRecord>,
+    ) -> Result<bool, NetlinkError> {
+        let fd = self.socket()?;
+        self.sequence = self.sequence.wrapping_add(1);
+        build_request(dump, self.sequence, &mut self.request);
+        send(fd, &self.request)?;
+        let mut interrupted = false;
+        loop {
+            let length = receive(fd, &mut self.buffer)?;
+            let datagram = &self.buffer[..length];
+            match parse_datagram(datagram, self.sequence, dump, &mut interrupted, sockets)? {
+                Progress::More => {}
+                Progress::Done { interrupted } => return Ok(interrupted),
+            }
+        }
+    }
+
+    fn socket(&mut self) -> Result<i32, NetlinkError> {
+        if let Some(socket) = &self.socket {
+            return Ok(socket.as_raw_fd());
+        }
+        // SAFETY: plain system calls; the descriptor is owned from here on.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_SOCK_DIAG,
+            )
+        };
+        if fd < 0 {
+            return Err(NetlinkError::System {
+                call: "socket",
+                source: io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: fd is a fresh descriptor that nothing else owns.
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        // A kernel that stops answering must not stall the sampler for ever.
+        let timeout = libc::timeval {
+            tv_sec: 10,
+            tv_usec: 0,
+        };
+        // SAFETY: timeout outlives the call and its size is passed.
+        let result = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if result != 0 {
+            return Err(NetlinkError::System {
+                call: "setsockopt(SO_RCVTIMEO)",
+                source: io::Error::last_os_error(),
+            });
+        }
+        self.socket = Some(socket);
+        Ok(fd)
+    }
+}
+
+impl Default for NetlinkSockets {
+    fn default() -> Self {
+        NetlinkSockets::new()
+    }
+}
+
+fn send(fd: i32, request: &[u8]) -> Result<(), NetlinkError> {
+    // SAFETY: an all-zero sockaddr_nl addresses the kernel (pid 0).
+    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    loop {
+        // SAFETY: request and kernel outlive the call; lengths are theirs.
+        let sent = unsafe {
+            libc::sendto(
+                fd,
+                request.as_ptr().cast(),
+                request.len(),
+                0,
+                (&kernel as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if sent >= 0 {
+            return Ok(());
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(NetlinkError::System {
+                call: "sendto",
+                source: error,
+            });
+        }
+    }
+}
+
+/// Receives one datagram into `buffer`; a datagram longer than the buffer
+/// is an error rather than silently cut.
+fn receive(fd: i32, buffer: &mut [u8]) -> Result<usize, NetlinkError> {
+    loop {
+        // SAFETY: buffer outlives the call and its length is passed.
+        let received = unsafe {
+            libc::recv(
+                fd,
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                libc::MSG_TRUNC,
+            )
+        };
+        if received >= 0 {
+            let received = received as usize;
+            if received > buffer.len() {
+                return Err(NetlinkError::Malformed(format!(
+                    "a datagram of {received} bytes overflowed the {}-byte buffer",
+                    buffer.len()
+                )));
+            }
+            return Ok(received);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(NetlinkError::System {
+                call: "recv",
+                source: error,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RANGE: PortRange = PortRange {
+        start: 40000,
+        end: 40099,
+    };
+
+    #[test]
+    fn bytecode_keeps_exactly_the_range() {
+        let program = source_port_bytecode(RANGE);
+        for port in [0, 1, 39999, 40100, 65535] {
+            assert!(!run_bytecode(&program, port), "{port} accepted");
+        }
+        for port in [40000, 40001, 40050, 40099] {
+            assert!(run_bytecode(&program, port), "{port} rejected");
+        }
+        let single = source_port_bytecode(PortRange { start: 5, end: 5 });
+        assert!(run_bytecode(&single, 5));
+        assert!(!run_bytecode(&single, 4));
+        assert!(!run_bytecode(&single, 6));
+    }
+
+    #[test]
+    fn request_layout() {
+        let dump = Dump {
+            family: libc::AF_INET6 as u8,
+            protocol: Protocol::Tcp,
+            states: state_mask::CONNECTIONS,
+            source_ports: Some(RANGE),
+        };
+        let mut request = Vec::new();
+        build_request(&dump, 7, &mut request);
+        assert_eq!(request.len(), 16 + 56 + 4 + 16);
+        assert_eq!(read_u32(&request, 0) as usize, request.len());
+        assert_eq!(read_u16(&request, 4), SOCK_DIAG_BY_FAMILY);
+        assert_eq!(read_u16(&request, 6), 0x301);
+        assert_eq!(read_u32(&request, 8), 7);
+        assert_eq!(request[16], libc::AF_INET6 as u8);
+        assert_eq!(request[17], libc::IPPROTO_TCP as u8);
+        assert_eq!(request[18], 0, "no extensions");
+        assert_eq!(read_u32(&request, 20), state_mask::CONNECTIONS);
+        assert_eq!(read_u16(&request, 72), 20, "attribute length");
+        assert_eq!(read_u16(&request, 74), INET_DIAG_REQ_BYTECODE);
+        // The listener dump has no filter.
+        let listeners = Dump {
+            states: state_mask::LISTEN,
+            source_ports: None,
+            ..dump
+        };
+        build_request(&listeners, 8, &mut request);
+        assert_eq!(request.len(), 16 + 56);
+    }
+
+    #[test]
+    fn masks() {
+        assert_eq!(state_mask::CONNECTIONS, 0x1bfe);
+        assert_eq!(state_mask::CONNECTIONS & state_mask::LISTEN, 0);
+        assert_eq!(state_mask::BOUND_INACTIVE, 0x2000);
+    }
+
+    /// A `struct nlmsghdr` followed by `payload`, padded to 4 bytes.
+    fn message(kind: u16, flags: u16, sequence: u32, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&((HEADER_LENGTH + payload.len()) as u32).to_ne_bytes());
+        bytes.extend_from_slice(&kind.to_ne_bytes());
+        bytes.extend_from_slice(&flags.to_ne_bytes());
+        bytes.extend_from_slice(&sequence.to_ne_bytes());
+        bytes.extend_from_slice(&0u32.to_ne_bytes());
+        bytes.extend_from_slice(payload);
+        while bytes.len() % 4 != 0 {
+            bytes.push(0);
+        }
+        bytes
+    }
+
+    /// A `struct inet_diag_msg` with an attribute after it, as kernels send.
+    #[allow(clippy::too_many_arguments)]
+    fn diag(
+        family: i32,
+        state: u8,
+        local: [u8; 16],
+        source_port: u16,
+        remote: [u8; 16],
+        destination_port: u16,
+        queues: (u32, u32),
+        inode: u32,
+    ) -> Vec<u8> {
+        let mut bytes = vec![family as u8, state, 0, 0];
+        bytes.extend_from_slice(&source_port.to_be_bytes());
+        bytes.extend_from_slice(&destination_port.to_be_bytes());
+        bytes.extend_from_slice(&local);
+        bytes.extend_from_slice(&remote);
+        bytes.extend_from_slice(&[0; 12]); // interface, cookie
+        bytes.extend_from_slice(&0u32.to_ne_bytes()); // expires
+        bytes.extend_from_slice(&queues.0.to_ne_bytes());
+        bytes.extend_from_slice(&queues.1.to_ne_bytes());
+        bytes.extend_from_slice(&0u32.to_ne_bytes()); // uid
+        bytes.extend_from_slice(&inode.to_ne_bytes());
+        // INET_DIAG_SHUTDOWN, one byte, padded.
+        bytes.extend_from_slice(&[5, 0, 8, 0, 0, 0, 0, 0]);
+        bytes
+    }
+
+    fn v4(address: [u8; 4]) -> [u8; 16] {
+        let mut bytes = [0; 16];
+        bytes[..4].copy_from_slice(&address);
+        bytes
+    }
+
+    fn dump(protocol: Protocol, states: u32) -> Dump {
+        Dump {
+            family: libc::AF_INET as u8,
+            protocol,
+            states,
+            source_ports: Some(RANGE),
+        }
+    }
+
+    #[test]
+    fn parses_sockets_then_done() {
+        let tcp = dump(Protocol::Tcp, state_mask::CONNECTIONS);
+        let mut datagram = message(
+            SOCK_DIAG_BY_FAMILY,
+            2,
+            9,
+            &diag(
+                libc::AF_INET,
+                1,
+                v4([10, 0, 0, 1]),
+                40001,
+                v4([10, 0, 0, 9]),
+                443,
+                (0, 0),
+                77,
+            ),
+        );
+        let v6_local = "::ffff:10.0.0.1".parse::<Ipv6Addr>().unwrap().octets();
+        let v6_remote = "2001:db8::9".parse::<Ipv6Addr>().unwrap().octets();
+        datagram.extend(message(
+            SOCK_DIAG_BY_FAMILY,
+            2,
+            9,
+            &diag(libc::AF_INET6, 6, v6_local, 40002, v6_remote, 80, (0, 0), 0),
+        ));
+        // A stale message from another dump is skipped.
+        datagram.extend(message(SOCK_DIAG_BY_FAMILY, 2, 8, &[0; 3]));
+        let mut sockets = Vec::new();
+        let mut interrupted = false;
+        let progress = parse_datagram(&datagram, 9, &tcp, &mut interrupted, &mut sockets).unwrap();
+        assert_eq!(progress, Progress::More);
+        assert_eq!(sockets.len(), 2);
+        assert_eq!(sockets[0].state, SocketState::Tcp(TcpState::Established));
+        assert_eq!(sockets[0].local, "10.0.0.1:40001".parse().unwrap());
+        assert_eq!(sockets[0].remote, "10.0.0.9:443".parse().unwrap());
+        assert_eq!(sockets[0].inode, 77);
+        assert_eq!(sockets[0].listen_queue, None);
+        assert_eq!(sockets[1].state, SocketState::Tcp(TcpState::TimeWait));
+        assert_eq!(sockets[1].local, "[::ffff:10.0.0.1]:40002".parse().unwrap());
+        assert_eq!(sockets[1].remote, "[2001:db8::9]:80".parse().unwrap());
+
+        let done = message(NLMSG_DONE, 2, 9, &0i32.to_ne_bytes());
+        let progress = parse_datagram(&done, 9, &tcp, &mut interrupted, &mut sockets).unwrap();
+        assert_eq!(progress, Progress::Done { interrupted: false });
+    }
+
+    #[test]
+    fn listeners_carry_their_accept_queue() {
+        let listeners = Dump {
+            source_ports: None,
+            ..dump(Protocol::Tcp, state_mask::LISTEN)
+        };
+        let datagram = message(
+            SOCK_DIAG_BY_FAMILY,
+            2,
+            1,
+            &diag(
+                libc::AF_INET,
+                10,
+                v4([0; 4]),
+                8080,
+                v4([0; 4]),
+                0,
+                (3, 128),
+                5,
+            ),
+        );
+        let mut sockets = Vec::new();
+        parse_datagram(&datagram, 1, &listeners, &mut false, &mut sockets).unwrap();
+        assert_eq!(
+            sockets[0].listen_queue,
+            Some(ListenQueue {
+                waiting: 3,
+                limit: 128
+            })
+        );
+    }
+
+    #[test]
+    fn bound_inactive_replies_carry_state_7_and_are_mapped() {
+        let bound = dump(Protocol::Tcp, state_mask::BOUND_INACTIVE);
+        let datagram = message(
+            SOCK_DIAG_BY_FAMILY,
+            2,
+            1,
+            &diag(
+                libc::AF_INET,
+                7,
+                v4([0; 4]),
+                40007,
+                v4([0; 4]),
+                0,
+                (0, 0),
+                5,
+            ),
+        );
+        let mut sockets = Vec::new();
+        parse_datagram(&datagram, 1, &bound, &mut false, &mut sockets).unwrap();
+        assert_eq!(sockets[0].state, SocketState::Tcp(TcpState::BoundInactive));
+    }
+
+    #[test]
+    fn udp_states() {
+        let udp = dump(
+            Protocol::Udp,
+            state_mask::UDP_CONNECTED | state_mask::UDP_UNCONNECTED,
+        );
+        let mut datagram = message(
+            SOCK_DIAG_BY_FAMILY,
+            2,
+            1,
+            &diag(
+                libc::AF_INET,
+                1,
+                v4([127, 0, 0, 1]),
+                40001,
+                v4([127, 0, 0, 1]),
+                53,
+                (0, 0),
+                5,
+            ),
+        );
+        datagram.extend(message(
+            SOCK_DIAG_BY_FAMILY,
+            2,
+            1,
+            &diag(libc::AF_INET, 7, v4([0; 4]), 53, v4([0; 4]), 0, (0, 0), 6),
+        ));
+        let mut sockets = Vec::new();
+        parse_datagram(&datagram, 1, &udp, &mut false, &mut sockets).unwrap();
+        assert_eq!(sockets[0].state, SocketState::Udp(UdpState::Connected));
+        assert_eq!(sockets[1].state, SocketState::Udp(UdpState::Unconnected));
+    }
+
+    #[test]
+    fn errors_and_interruptions() {
+        let tcp = dump(Protocol::Tcp, state_mask::CONNECTIONS);
+        let mut sockets = Vec::new();
+        // NLMSG_ERROR with -ENOENT: udp_diag or inet_diag missing.
+        let mut payload = (-libc::ENOENT).to_ne_bytes().to_vec();
+        payload.extend_from_slice(&[0; 16]);
+        let error = parse_datagram(
+            &message(NLMSG_ERROR, 0, 4, &payload),
+            4,
+            &tcp,
+            &mut false,
+            &mut sockets,
+        )
+        .unwrap_err();
+        assert!(error.is_unsupported(), "{error}");
+        // An acknowledgement is not an error.
+        let mut ack = 0i32.to_ne_bytes().to_vec();
+        ack.extend_from_slice(&[0; 16]);
+        assert_eq!(
+            parse_datagram(
+                &message(NLMSG_ERROR, 0, 4, &ack),
+                4,
+                &tcp,
+                &mut false,
+                &mut sockets
+            )
+            .unwrap(),
+            Progress::More
+        );
+        // DONE carrying an error.
+        let done = message(NLMSG_DONE, 2, 4, &(-libc::EINTR).to_ne_bytes());
+        assert!(parse_datagram(&done, 4, &tcp, &mut false, &mut sockets).is_err());
+        // NLM_F_DUMP_INTR on any message marks the whole dump.
+        let mut interrupted = false;
+        let socket = message(
+            SOCK_DIAG_BY_FAMILY,
+            2 | NLM_F_DUMP_INTR,
+            4,
+            &diag(
+                libc::AF_INET,
+                1,
+                v4([1, 1, 1, 1]),
+                40001,
+                v4([2, 2, 2, 2]),
+                1,
+                (0, 0),
+                1,
+            ),
+        );
+        parse_datagram(&socket, 4, &tcp, &mut interrupted, &mut sockets).unwrap();
+        let done = message(NLMSG_DONE, 2, 4, &0i32.to_ne_bytes());
+        assert_eq!(
+            parse_datagram(&done, 4, &tcp, &mut interrupted, &mut sockets).unwrap(),
+            Progress::Done { interrupted: true }
+        );
+    }
+
+    #[test]
+    fn truncated_and_garbage_replies_are_errors_not_panics() {
+        let tcp = dump(Protocol::Tcp, state_mask::CONNECTIONS);
+        let whole = message(
+            SOCK_DIAG_BY_FAMILY,
+            2,
+            1,
+            &diag(
+                libc::AF_INET,
+                1,
+                v4([1, 1, 1, 1]),
+                40001,
+                v4([2, 2, 2, 2]),
+                1,
+                (0, 0),
+                1,
+            ),
+        );
+        for cut in 1..whole.len() {
+            let mut sockets = Vec::new();
+            assert!(
+                parse_datagram(&whole[..cut], 1, &tcp, &mut false, &mut sockets).is_err(),
+                "cut at {cut} was accepted"
+            );
+        }
+        // A length field smaller than a header, and one past the end.
+        let mut bad = whole.clone();
+        bad[0..4].copy_from_slice(&4u32.to_ne_bytes());
+        assert!(parse_datagram(&bad, 1, &tcp, &mut false, &mut Vec::new()).is_err());
+        bad[0..4].copy_from_slice(&1000u32.to_ne_bytes());
+        assert!(parse_datagram(&bad, 1, &tcp, &mut false, &mut Vec::new()).is_err());
+        // An unknown TCP state.
+        let odd = message(
+            SOCK_DIAG_BY_FAMILY,
+            2,
+            1,
+            &diag(
+                libc::AF_INET,
+                99,
+                v4([1, 1, 1, 1]),
+                40001,
+                v4([2, 2, 2, 2]),
+                1,
+                (0, 0),
+                1,
+            ),
+        );
+        assert!(parse_datagram(&odd, 1, &tcp, &mut false, &mut Vec::new()).is_err());
+        // Pseudo-random bytes never panic.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2000 {
+            let length = (state % 300) as usize;
+            let bytes: Vec<u8> = (0..length)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            let _ = parse_datagram(&bytes, 1, &tcp, &mut false, &mut Vec::new());
+        }
+    }
+}

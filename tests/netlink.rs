@@ -1,0 +1,393 @@
+//! The netlink source against the procfs source and against what only netlink
+//! can see, on real sockets.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+use support::{Metrics, Netns};
+
+/// A small xorshift generator: the population is random, the seed printed.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+
+    fn chance(&mut self) -> bool {
+        self.next() & 1 == 0
+    }
+}
+
+/// Sockets kept open, and what the population should show once settled.
+#[derive(Default)]
+struct Population {
+    listeners: Vec<TcpListener>,
+    streams: Vec<TcpStream>,
+    udp: Vec<UdpSocket>,
+    time_wait: u64,
+    close_wait: u64,
+}
+
+const RANGE: (u16, u16) = (40000, 40199);
+
+/// Established, TIME_WAIT and CLOSE_WAIT connections over IPv4 and IPv6,
+/// listeners inside the range, on reserved ports and outside the range, and
+/// UDP sockets connected and not.
+fn populate(netns: &Netns, random: &mut Random, reserved: &[u16]) -> Population {
+    netns.write_sysctl("tcp_tw_reuse", "0");
+    let reserved = reserved.to_vec();
+    let seed = random.next();
+    netns.run(move || {
+        let mut random = Random(seed);
+        let mut population = Population::default();
+        // Listeners inside the range first, before connections take ports.
+        for _ in 0..1 + random.below(3) {
+            let port = loop {
+                let port = RANGE.0 + random.below(200) as u16;
+                if !reserved.contains(&port) {
+                    break port;
+                }
+            };
+            let address = if random.chance() { "0.0.0.0" } else { "::" };
+            if let Ok(listener) = TcpListener::bind((address, port)) {
+                population.listeners.push(listener);
+            }
+        }
+        population
+            .listeners
+            .push(TcpListener::bind(("127.0.0.1", reserved[0])).unwrap());
+        let mut servers = Vec::new();
+        for index in 0..2 + random.below(3) as u16 {
+            servers.push(TcpListener::bind(("127.0.0.1", 80 + index)).unwrap());
+            servers.push(TcpListener::bind(("::1", 80 + index)).unwrap());
+            population
+                .listeners
+                .push(TcpListener::bind(("0.0.0.0", 9000 + index)).unwrap());
+        }
+        let connect = |random: &mut Random| {
+            let server = &servers[random.below(servers.len() as u64) as usize];
+            let client = TcpStream::connect(server.local_addr().unwrap()).unwrap();
+            let (accepted, _) = server.accept().unwrap();
+            (client, accepted)
+        };
+        for _ in 0..5 + random.below(40) {
+            let (client, accepted) = connect(&mut random);
+            population.streams.extend([client, accepted]);
+        }
+        for _ in 0..random.below(12) {
+            let (client, accepted) = connect(&mut random);
+            drop(client);
+            std::thread::sleep(Duration::from_millis(5));
+            drop(accepted);
+            population.time_wait += 1;
+        }
+        for _ in 0..random.below(6) {
+            let (client, accepted) = connect(&mut random);
+            drop(accepted);
+            population.streams.push(client);
+            population.close_wait += 1;
+        }
+        for _ in 0..random.below(6) {
+            let (address, peer) = if random.chance() {
+                ("0.0.0.0:0", "127.0.0.1:53")
+            } else {
+                ("[::]:0", "[::1]:53")
+            };
+            let socket = UdpSocket::bind(address).unwrap();
+            socket.connect(peer).unwrap();
+            population.udp.push(socket);
+        }
+        for _ in 0..random.below(6) {
+            let address = if random.chance() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            };
+            population.udp.push(UdpSocket::bind(address).unwrap());
+        }
+        population
+            .udp
+            .push(UdpSocket::bind(("0.0.0.0", 5353)).unwrap());
+        population
+            .udp
+            .push(UdpSocket::bind(("::", reserved[0])).unwrap());
+        population.listeners.extend(servers);
+        population
+    })
+}
+
+/// The series both sources must agree on: all but those that say which
+/// source ran, how much it read, when, and what only netlink can see.
+fn comparable(metrics: &Metrics) -> BTreeMap<String, f64> {
+    metrics
+        .series
+        .iter()
+        .filter(|(series, _)| {
+            ![
+                "portstat_source_info",
+                "portstat_sockets_scanned",
+                "portstat_listener_accept_queue",
+                "portstat_sample_duration_seconds",
+                "portstat_sample_timestamp_seconds",
+                "process_",
+            ]
+            .iter()
+            .any(|prefix| series.starts_with(prefix))
+                && !series.contains(r#"state="bound_inactive""#)
+        })
+        .map(|(series, value)| (series.clone(), *value))
+        .collect()
+}
+
+#[test]
+fn netlink_and_procfs_agree_series_for_series() {
+    let seed = std::env::var("PORTSTAT_TEST_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    println!("population seed {seed} (set PORTSTAT_TEST_SEED to repeat)");
+    let mut random = Random(seed);
+    for round in 0..3 {
+        let mut reserved: Vec<u16> = (0..1 + random.below(4))
+            .map(|_| RANGE.0 + random.below(200) as u16)
+            .collect();
+        reserved.dedup();
+        let reserved_text = reserved
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let netns = Netns::new(RANGE, &reserved_text);
+        let population = populate(&netns, &mut random, &reserved);
+        let settled = |metrics: &Metrics| {
+            metrics.get(r#"portstat_ephemeral_sockets{protocol="tcp",state="time_wait"}"#)
+                == Some(population.time_wait as f64)
+                && metrics.get(r#"portstat_ephemeral_sockets{protocol="tcp",state="close_wait"}"#)
+                    == Some(population.close_wait as f64)
+        };
+        let procfs = netns.once_until(&["--collector.source", "procfs"], settled);
+        let netlink = netns.once_until(&["--collector.source", "netlink"], settled);
+        assert!(
+            settled(&procfs) && settled(&netlink),
+            "round {round}: never settled"
+        );
+        assert_eq!(
+            netlink.value(r#"portstat_source_info{protocol="tcp",source="netlink"}"#),
+            1.0
+        );
+        // Range, occupancy, every state, every listener, the sample status.
+        assert!(comparable(&procfs).len() > 25, "{}", procfs.text);
+        assert_eq!(
+            comparable(&netlink),
+            comparable(&procfs),
+            "round {round}, seed {seed}: netlink (left) and procfs (right) differ"
+        );
+        assert_eq!(
+            netlink.value(r#"portstat_ephemeral_sockets{protocol="tcp",state="bound_inactive"}"#),
+            0.0
+        );
+        // Every listener's accept queue is reported, and nothing waits.
+        let listeners = netlink
+            .family("portstat_listener_sockets")
+            .keys()
+            .filter(|series| series.contains(r#"protocol="tcp""#))
+            .count();
+        assert_eq!(
+            netlink.family("portstat_listener_accept_queue").len(),
+            listeners
+        );
+        assert!(
+            netlink
+                .family("portstat_listener_accept_queue")
+                .values()
+                .all(|v| *v == 0.0)
+        );
+        drop(population);
+    }
+}
+
+#[test]
+fn a_socket_bound_but_never_connected_holds_its_port_for_netlink_only() {
+    let netns = Netns::new((40000, 40099), "");
+    let bound = netns.run(|| {
+        // Port 0: bind() picks a port from the ephemeral range.
+        let automatic = bind_only("0.0.0.0:0");
+        let explicit = bind_only("[::]:40077");
+        (automatic, explicit)
+    });
+    let automatic_port = bound.0.local_addr().unwrap().as_socket().unwrap().port();
+    assert!((40000..=40099).contains(&automatic_port));
+
+    let used = r#"portstat_ephemeral_ports_used{protocol="tcp"}"#;
+    let netlink = netns.once_until(&["--collector.source", "netlink"], |_| true);
+    assert_eq!(netlink.value(used), 2.0);
+    assert_eq!(
+        netlink.value(r#"portstat_ephemeral_sockets{protocol="tcp",state="bound_inactive"}"#),
+        2.0
+    );
+    assert_eq!(netlink.family("portstat_listener_sockets").len(), 0);
+
+    let procfs = netns.once_until(&["--collector.source", "procfs"], |_| true);
+    assert_eq!(procfs.value(used), 0.0, "procfs cannot see bound sockets");
+    assert_eq!(
+        procfs.get(r#"portstat_ephemeral_sockets{protocol="tcp",state="bound_inactive"}"#),
+        None
+    );
+}
+
+fn bind_only(address: &str) -> socket2::Socket {
+    let address: SocketAddr = address.parse().unwrap();
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        None,
+    )
+    .unwrap();
+    socket.bind(&address.into()).unwrap();
+    socket
+}
+
+#[test]
+fn listeners_report_their_accept_queue_and_backlog() {
+    let netns = Netns::new((40000, 40099), "");
+    let (_listener, _clients) = netns.run(|| {
+        let address: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let listener =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        listener.bind(&address.into()).unwrap();
+        listener.listen(5).unwrap();
+        let clients: Vec<TcpStream> = (0..3)
+            .map(|_| TcpStream::connect(address).unwrap())
+            .collect();
+        (listener, clients)
+    });
+    let comm = support::own_comm();
+    let labels = format!(r#"{{address="127.0.0.1",port="8080",process="{comm}"}}"#);
+    let metrics = netns.once_until(&[], |metrics| {
+        metrics.get(&format!("portstat_listener_accept_queue{labels}")) == Some(3.0)
+    });
+    assert_eq!(
+        metrics.value(&format!("portstat_listener_accept_queue{labels}")),
+        3.0
+    );
+    assert_eq!(
+        metrics.value(&format!("portstat_listener_accept_queue_limit{labels}")),
+        5.0
+    );
+    // procfs does not report the limit, so neither family is written.
+    let procfs = netns.once_until(&["--collector.source", "procfs"], |_| true);
+    assert!(procfs.family("portstat_listener_accept_queue").is_empty());
+    assert!(
+        procfs
+            .family("portstat_listener_accept_queue_limit")
+            .is_empty()
+    );
+}
+
+/// Installs a seccomp filter that fails `socket(AF_NETLINK, ...)` with
+/// EAFNOSUPPORT, as a kernel without netlink diag support would.
+fn refuse_netlink(command: &mut std::process::Command) {
+    // SAFETY: prctl and the filter program are async-signal-safe, and the
+    // program lives on the stack of the closure for the call.
+    unsafe {
+        command.pre_exec(|| {
+            let statement = |code: u16, k: u32| libc::sock_filter {
+                code,
+                jt: 0,
+                jf: 0,
+                k,
+            };
+            let jump = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+                code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+                jt,
+                jf,
+                k,
+            };
+            let load = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+            let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+            // struct seccomp_data: nr at 0, arch at 4, args at 16.
+            let program = [
+                statement(load, 4),
+                jump(0xc000_003e, 1, 0), // AUDIT_ARCH_X86_64
+                statement(ret, libc::SECCOMP_RET_ALLOW),
+                statement(load, 0),
+                jump(libc::SYS_socket as u32, 0, 3),
+                statement(load, 16),
+                jump(libc::AF_NETLINK as u32, 0, 1),
+                statement(ret, libc::SECCOMP_RET_ERRNO | libc::EAFNOSUPPORT as u32),
+                statement(ret, libc::SECCOMP_RET_ALLOW),
+            ];
+            let filter = libc::sock_fprog {
+                len: program.len() as u16,
+                filter: program.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &filter as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn auto_falls_back_to_procfs_once_where_netlink_is_refused() {
+    let netns = Netns::new((40000, 40099), "");
+    let _listener = netns.run(|| TcpListener::bind("127.0.0.1:40050").unwrap());
+    let mut command = netns.command(support::EXPORTER);
+    command.args(["--once", "--log.level", "warn"]);
+    refuse_netlink(&mut command);
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let metrics = Metrics::parse(&String::from_utf8_lossy(&output.stdout));
+    for protocol in ["tcp", "udp"] {
+        assert_eq!(
+            metrics.value(&format!(
+                r#"portstat_source_info{{protocol="{protocol}",source="procfs"}}"#
+            )),
+            1.0
+        );
+    }
+    assert_eq!(
+        metrics.value(r#"portstat_ephemeral_ports_used{protocol="tcp"}"#),
+        1.0
+    );
+    // One warning per protocol that fell back, naming the cause.
+    assert_eq!(
+        stderr.matches("reading procfs instead").count(),
+        2,
+        "{stderr}"
+    );
+    assert!(stderr.contains("Address family not supported"), "{stderr}");
+
+    // With netlink demanded, the sample fails instead.
+    let mut command = netns.command(support::EXPORTER);
+    command.args(["--once", "--collector.source", "netlink"]);
+    refuse_netlink(&mut command);
+    let output = command.output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+}
