@@ -1,14 +1,20 @@
-//! What one sample costs on a namespace holding many sockets.
+//! What one sample and one scrape cost on a namespace holding many sockets.
 //!
-//! Run as root: `cargo bench --bench sample_cost -- --sockets 10000`
+//! Run as root: `cargo bench --bench sample_cost` (10,000 then 50,000
+//! sockets), or `cargo bench --bench sample_cost -- --sockets 20000 --runs 5`
+//! (`--runs`: how many times each `ss` command runs, for its median).
+//! Needs `ss` (iproute2) and `wrk`.
 //!
-//! It builds a network namespace, fills it with established and TIME_WAIT TCP
-//! connections from several helper processes (a process may hold at most
-//! 20,000 descriptors here), then reports:
-//! - `--once` runs of the exporter: wall time of the sample as the exporter
-//!   measures it, and the whole process's CPU time and peak RSS (getrusage);
-//! - the daemon over several samples: CPU per sample and peak RSS (VmHWM);
-//! - `ss -tuan` and `ss -tuanp` on the same namespace, for comparison.
+//! For each size it builds a network namespace, fills it with established and
+//! TIME_WAIT TCP connections from helper processes (a process may hold at most
+//! 20,000 descriptors here), then reports, in one run:
+//! - `ss` making the dumps the netlink source makes, and `ss -tuanp`: process
+//!   CPU (getrusage);
+//! - the exporter as a daemon for each source, with and without socket
+//!   attribution: CPU of its sampler thread per sample (20 samples, after
+//!   the first), the last sample's wall time, and peak RSS;
+//! - the daemon under `wrk` at 1 and at 32 concurrent scrapers: latency p50
+//!   and p99, then its peak RSS (VmHWM).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -18,7 +24,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{EXPORTER, Netns};
+use support::Netns;
 
 /// Connections one helper process holds open: two descriptors each.
 const CONNECTIONS_PER_HELPER: usize = 4000;
@@ -29,23 +35,151 @@ fn main() {
     if let Ok(spec) = std::env::var("PORTSTAT_BENCH_HELPER") {
         return helper(&spec);
     }
-    let mut sockets = 10_000usize;
-    let mut runs = 20usize;
+    let mut sizes = vec![10_000usize, 50_000];
+    let mut runs = 10usize;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--sockets" => {
-                sockets = args
+                sizes = args
                     .next()
-                    .and_then(|v| v.parse().ok())
-                    .expect("--sockets N")
+                    .expect("--sockets N[,N...]")
+                    .split(',')
+                    .map(|size| size.parse().expect("--sockets N[,N...]"))
+                    .collect()
             }
             "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             _ => {} // cargo passes --bench
         }
     }
+    for size in sizes {
+        measure_size(size, runs);
+    }
+}
 
-    let netns = Netns::new((32768, 60999), "");
+fn measure_size(sockets: usize, runs: usize) {
+    let range = (32768, 60999);
+    let netns = Netns::new(range, "");
+    let helpers = populate(&netns, sockets);
+    let ss = |args: &[&str]| {
+        let mut command = netns.command("ss");
+        command.args(args).stdout(Stdio::piped());
+        measure(command)
+    };
+    let (_, counted) = ss(&["-tuanH"]);
+    println!(
+        "\n== {} sockets in the namespace (ss -tuanH lines), {} helper processes",
+        counted.lines().count(),
+        helpers.len()
+    );
+
+    // The dumps the netlink source makes, as ss makes them: TCP listeners,
+    // TCP sockets inside the range but listeners, and UDP.
+    let filter = format!("( sport >= :{} and sport <= :{} )", range.0, range.1);
+    let ss_dumps: [&[&str]; 3] = [
+        &["-tlnH"],
+        &["-tanH", "exclude", "listening", &filter],
+        &["-uanH"],
+    ];
+    let mut ss_cpu = Vec::new();
+    let mut ss_wall = Vec::new();
+    for _ in 0..runs {
+        let started = Instant::now();
+        ss_cpu.push(ss_dumps.iter().map(|args| ss(args).0.cpu_seconds()).sum());
+        ss_wall.push(started.elapsed().as_secs_f64());
+    }
+    let mut ss_p_cpu: Vec<f64> = (0..runs)
+        .map(|_| ss(&["-tuanpH"]).0.cpu_seconds())
+        .collect();
+    println!(
+        "ss, the same dumps ({} processes): CPU {:.1} ms, wall {:.1} ms; ss -tuanp: CPU {:.1} ms",
+        ss_dumps.len(),
+        median(&mut ss_cpu) * 1e3,
+        median(&mut ss_wall) * 1e3,
+        median(&mut ss_p_cpu) * 1e3
+    );
+
+    // Each source, with and without attribution, as a daemon sampling every
+    // 500 ms: CPU of its sampler thread over 20 samples, after the first.
+    println!("exporter daemon, 500 ms interval, over 20 samples:");
+    println!("  source   processes  CPU/sample  sample wall  peak RSS");
+    for source in ["netlink", "procfs"] {
+        for processes in ["false", "true"] {
+            let processes_flag = format!("--collector.processes={processes}");
+            let mut daemon = netns.spawn_exporter(&[
+                "--collector.interval",
+                "500ms",
+                "--collector.source",
+                source,
+                &processes_flag,
+            ]);
+            std::thread::sleep(Duration::from_millis(1250));
+            let before = sampler_cpu_seconds(daemon.pid());
+            std::thread::sleep(Duration::from_secs(10));
+            let per_sample = (sampler_cpu_seconds(daemon.pid()) - before) / 20.0;
+            let metrics = daemon.metrics();
+            println!(
+                "  {source:<8} {processes:<10} {:>7.1} ms  {:>8.1} ms  {:>5.1} MiB",
+                per_sample * 1e3,
+                metrics.value("portstat_sample_duration_seconds") * 1e3,
+                vm_hwm_kib(daemon.pid()) as f64 / 1024.0
+            );
+            daemon.terminate(Duration::from_secs(5));
+        }
+    }
+
+    // The daemon with its defaults (netlink, attribution), sampling every
+    // second while scrapers hammer it.
+    let mut daemon = netns.spawn_exporter(&["--collector.interval", "1s"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    // One wrk thread: on two cores, a second one takes the CPU the server
+    // needs, and the latency measured becomes the load generator's.
+    for (threads, connections) in [(1, 1), (1, 32)] {
+        let output = netns
+            .command("wrk")
+            .args([
+                &format!("-t{threads}"),
+                &format!("-c{connections}"),
+                "-d5s",
+                "--latency",
+                "http://127.0.0.1:10042/metrics",
+            ])
+            .output()
+            .expect("wrk is needed: apt-get install wrk");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let percentile = |label: &str| {
+            text.lines()
+                .find_map(|line| line.trim().strip_prefix(label))
+                .map(|value| value.trim().to_string())
+                .unwrap_or_else(|| "?".to_string())
+        };
+        let rate = text
+            .lines()
+            .find_map(|line| line.strip_prefix("Requests/sec:"))
+            .map(str::trim)
+            .unwrap_or("?");
+        println!(
+            "scrapes, {connections} concurrent: p50 {}, p99 {}, {rate} requests/s",
+            percentile("50%"),
+            percentile("99%")
+        );
+    }
+    let metrics = daemon.metrics();
+    println!(
+        "daemon: last sample {:.1} ms; peak RSS (VmHWM) {:.1} MiB",
+        metrics.value("portstat_sample_duration_seconds") * 1e3,
+        vm_hwm_kib(daemon.pid()) as f64 / 1024.0
+    );
+    daemon.terminate(Duration::from_secs(5));
+
+    for mut helper in helpers {
+        drop(helper.stdin.take());
+        let _ = helper.wait();
+    }
+}
+
+/// Starts helper processes inside the namespace until it holds `sockets`.
+fn populate(netns: &Netns, sockets: usize) -> Vec<Child> {
     // A held connection is two sockets; a TIME_WAIT one leaves one behind.
     let connections = (sockets * TIME_WAIT_EVERY).div_ceil(2 * TIME_WAIT_EVERY - 1);
     let helpers_needed = connections.div_ceil(CONNECTIONS_PER_HELPER);
@@ -66,81 +200,7 @@ fn main() {
         assert_eq!(line.trim(), "ready", "a helper failed");
         helpers.push(child);
     }
-
-    let ss = |args: &[&str]| {
-        let mut command = netns.command("ss");
-        command.args(args).stdout(Stdio::piped());
-        measure(command)
-    };
-    let (_, counted) = ss(&["-tuanH"]);
-    println!(
-        "namespace: {} sockets (ss -tuanH lines), {} helper processes",
-        counted.lines().count(),
-        helpers.len()
-    );
-
-    let mut walls = Vec::new();
-    let mut cpus = Vec::new();
-    let mut peak_rss_kib = 0;
-    for _ in 0..runs {
-        let mut command = netns.command(EXPORTER);
-        command.arg("--once").stdout(Stdio::piped());
-        let (usage, output) = measure(command);
-        let wall: f64 = output
-            .lines()
-            .find_map(|line| line.strip_prefix("portstat_sample_duration_seconds "))
-            .and_then(|value| value.parse().ok())
-            .expect("no sample duration in the output");
-        walls.push(wall);
-        cpus.push(usage.cpu_seconds());
-        peak_rss_kib = peak_rss_kib.max(usage.max_rss_kib);
-    }
-    println!(
-        "--once x{runs}: sample wall median {:.1} ms (min {:.1}); process CPU median {:.1} ms; peak RSS {:.1} MiB",
-        median(&mut walls) * 1e3,
-        walls.iter().cloned().fold(f64::INFINITY, f64::min) * 1e3,
-        median(&mut cpus) * 1e3,
-        peak_rss_kib as f64 / 1024.0
-    );
-
-    let daemon_seconds = 10;
-    let mut daemon = netns.spawn_exporter(&["--collector.interval", "500ms"]);
-    std::thread::sleep(Duration::from_secs(2));
-    let before = process_cpu_seconds(daemon.pid());
-    let started = Instant::now();
-    std::thread::sleep(Duration::from_secs(daemon_seconds));
-    let cpu = process_cpu_seconds(daemon.pid()) - before;
-    let samples = started.elapsed().as_secs_f64() / 0.5;
-    let metrics = daemon.metrics();
-    println!(
-        "daemon, 500ms interval, {daemon_seconds} s: CPU {:.1} ms per sample; last sample wall {:.1} ms; peak RSS (VmHWM) {:.1} MiB",
-        cpu / samples * 1e3,
-        metrics.value("portstat_sample_duration_seconds") * 1e3,
-        vm_hwm_kib(daemon.pid()) as f64 / 1024.0
-    );
-    daemon.terminate(Duration::from_secs(5));
-
-    for args in [&["-tuanH"][..], &["-tuanpH"][..]] {
-        let mut cpus = Vec::new();
-        let mut walls = Vec::new();
-        for _ in 0..runs.min(10) {
-            let started = Instant::now();
-            let (usage, _) = ss(args);
-            walls.push(started.elapsed().as_secs_f64());
-            cpus.push(usage.cpu_seconds());
-        }
-        println!(
-            "ss {}: process CPU median {:.1} ms, wall median {:.1} ms",
-            args[0],
-            median(&mut cpus) * 1e3,
-            median(&mut walls) * 1e3
-        );
-    }
-
-    for mut helper in helpers {
-        drop(helper.stdin.take());
-        let _ = helper.wait();
-    }
+    helpers
 }
 
 /// A helper process: opens `count` connections to its own listener on
@@ -170,7 +230,6 @@ fn helper(spec: &str) {
 struct Usage {
     user: libc::timeval,
     system: libc::timeval,
-    max_rss_kib: i64,
 }
 
 impl Usage {
@@ -201,24 +260,34 @@ fn measure(mut command: Command) -> (Usage, String) {
         Usage {
             user: usage.ru_utime,
             system: usage.ru_stime,
-            max_rss_kib: usage.ru_maxrss,
         },
         output,
     )
 }
 
-fn process_cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
+/// CPU time of the exporter's thread named `sampler`, from its stat file.
+fn sampler_cpu_seconds(pid: u32) -> f64 {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    // Fields 14 and 15 (utime, stime), counted after the command name.
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != "sampler" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        // utime and stime, fields 14 and 15 of stat, counted after the name.
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        return ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    }
+    panic!("no sampler thread in process {pid}");
 }
 
 fn vm_hwm_kib(pid: u32) -> u64 {

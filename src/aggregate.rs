@@ -4,7 +4,7 @@
 //! out. Every metric's meaning is decided here; the README's metric table
 //! states the same definitions for users.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
 use crate::model::{
@@ -184,6 +184,18 @@ pub fn aggregate(sample: &NamespaceSample) -> Snapshot {
         listeners,
         sources: sample.sources,
     }
+}
+
+/// The inodes of the sockets whose owning process the figures name: the
+/// listeners'. Attribution is asked for these only.
+pub fn sockets_needing_owners(sample: &NamespaceSample) -> HashSet<u64> {
+    let is_ephemeral = |port: u16| sample.range.contains(port) && !sample.reserved.contains(port);
+    sample
+        .sockets
+        .iter()
+        .filter(|socket| socket.inode != 0 && is_listener(socket, &is_ephemeral))
+        .map(|socket| socket.inode)
+        .collect()
 }
 
 /// Whether a socket is a listener: TCP in LISTEN, or an unconnected bound UDP
@@ -501,5 +513,19 @@ mod tests {
                 (Protocol::Udp, "0.0.0.0".into(), 40010, 1, false),
             ]
         );
+    }
+
+    #[test]
+    fn only_listeners_need_owners() {
+        let sockets = vec![
+            tcp(TcpState::Listen, "0.0.0.0:80", "0.0.0.0:0", 1),
+            tcp(TcpState::Established, "10.0.0.1:40001", "10.0.0.9:80", 2),
+            udp(UdpState::Unconnected, "0.0.0.0:53", "0.0.0.0:0", 3),
+            udp(UdpState::Unconnected, "0.0.0.0:40002", "0.0.0.0:0", 4),
+            udp(UdpState::Unconnected, "0.0.0.0:40050", "0.0.0.0:0", 5),
+            tcp(TcpState::TimeWait, "10.0.0.1:40003", "10.0.0.9:80", 0),
+        ];
+        let wanted = sockets_needing_owners(&sample(sockets, "40050"));
+        assert_eq!(wanted, HashSet::from([1, 3, 5]));
     }
 }

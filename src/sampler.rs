@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::aggregate::{Snapshot, aggregate};
+use crate::aggregate::{Snapshot, aggregate, sockets_needing_owners};
 use crate::render::{Renderer, SampleStatus, Stage};
 use crate::source::NamespaceReader;
 
@@ -59,7 +59,8 @@ impl Sampler {
         let was_failing =
             self.status.errors[stage_index(Stage::Source)] > 0 && !self.status.success;
         match self.reader.read() {
-            Ok(sample) => {
+            Ok(mut sample) => {
+                sample.owners = self.reader.resolve_owners(&sockets_needing_owners(&sample));
                 self.last_good = Some(aggregate(&sample));
                 self.status.success = true;
                 self.status.last_success_seconds = Some(unix_seconds());
@@ -97,6 +98,7 @@ impl Sampler {
     /// Samples every `interval` forever on the calling thread, publishing each
     /// exposition through `sender`. Returns when every receiver is gone.
     pub fn run(mut self, interval: Duration, sender: watch::Sender<Arc<Exposition>>) {
+        lower_thread_priority();
         let mut next = Instant::now();
         loop {
             let exposition = self.sample();
@@ -113,6 +115,32 @@ impl Sampler {
             }
             std::thread::sleep(next - now);
         }
+    }
+}
+
+/// Niceness of the sampler thread above the server's.
+const SAMPLER_NICENESS: libc::c_int = 10;
+
+/// Lowers the calling thread's scheduling priority, so that the scheduler
+/// runs the server before the sampler when both want a CPU: a sample of a
+/// busy host takes tens of milliseconds of CPU, and a scrape must not wait
+/// behind it. On Linux `setpriority` on a thread id affects that thread only.
+fn lower_thread_priority() {
+    // SAFETY: gettid and setpriority have no memory-safety preconditions.
+    let result = unsafe {
+        let thread = libc::gettid();
+        let current = libc::getpriority(libc::PRIO_PROCESS, thread as libc::id_t);
+        libc::setpriority(
+            libc::PRIO_PROCESS,
+            thread as libc::id_t,
+            current.saturating_add(SAMPLER_NICENESS),
+        )
+    };
+    if result != 0 {
+        tracing::debug!(
+            err = %std::io::Error::last_os_error(),
+            "cannot lower the sampler thread's priority"
+        );
     }
 }
 

@@ -371,3 +371,42 @@ fn closed_listener_and_changed_range_show_at_the_next_sample() {
     assert_eq!(metrics.value("portstat_ephemeral_reserved_ports"), 5.0);
     assert_eq!(metrics.value("portstat_ephemeral_ports_capacity"), 195.0);
 }
+
+#[test]
+fn a_port_that_changes_hands_is_attributed_to_its_new_owner() {
+    let netns = Netns::new((40000, 40099), "");
+    let exporter = netns.start_exporter(&["--collector.interval", "100ms"]);
+    let series = |process: &str| {
+        format!(
+            r#"portstat_listener_sockets{{protocol="tcp",address="127.0.0.1",port="7000",process="{process}"}}"#
+        )
+    };
+    // Another process listens first.
+    let mut other = netns
+        .command("python3")
+        .args([
+            "-c",
+            "import socket,sys\ns=socket.socket()\ns.bind(('127.0.0.1',7000))\ns.listen()\nprint('ready',flush=True)\nsys.stdin.read()",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 is needed");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(other.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let metrics = exporter.metrics_until(|metrics| metrics.get(&series("python3")).is_some());
+    assert_eq!(metrics.value(&series("python3")), 1.0);
+    // It exits, and this process takes the port.
+    drop(other.stdin.take());
+    other.wait().unwrap();
+    let _listener = netns.run(|| TcpListener::bind("127.0.0.1:7000").unwrap());
+    let comm = own_comm();
+    let metrics = exporter.metrics_until(|metrics| metrics.get(&series(&comm)).is_some());
+    assert_eq!(metrics.value(&series(&comm)), 1.0);
+    assert_eq!(metrics.get(&series("python3")), None);
+}

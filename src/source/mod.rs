@@ -7,6 +7,7 @@ pub mod owners;
 pub mod procfs;
 pub mod sysctl;
 
+use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -55,6 +56,7 @@ pub struct NamespaceReader {
     attribution: bool,
     procfs: procfs::ProcfsSockets,
     netlink: netlink::NetlinkSockets,
+    owners: owners::OwnerResolver,
     /// The source in use for TCP, then UDP.
     sources: [SourceKind; 2],
 }
@@ -70,6 +72,7 @@ impl NamespaceReader {
         NamespaceReader {
             procfs: procfs::ProcfsSockets::new(&procfs_root),
             netlink: netlink::NetlinkSockets::new(),
+            owners: owners::OwnerResolver::new(&procfs_root),
             procfs_root,
             choice,
             attribution,
@@ -77,28 +80,33 @@ impl NamespaceReader {
         }
     }
 
-    /// Reads the namespace's port settings, sockets and socket owners.
+    /// Reads the namespace's port settings and sockets; owners are left
+    /// empty for `resolve_owners`.
     ///
     /// Settings are read fresh each time: the sysctls can change at run time.
-    /// Owners that cannot be resolved are left out, never an error.
     pub fn read(&mut self) -> Result<NamespaceSample, SourceError> {
         let (range, reserved) = sysctl::read_port_settings(&self.procfs_root)?;
         let mut sockets = Vec::new();
         for (index, protocol) in Protocol::ALL.into_iter().enumerate() {
             self.read_protocol(index, protocol, range, &mut sockets)?;
         }
-        let owners = if self.attribution {
-            owners::resolve_owners(&self.procfs_root, &sockets)
-        } else {
-            SocketOwners::default()
-        };
         Ok(NamespaceSample {
             range,
             reserved,
             sockets,
-            owners,
+            owners: SocketOwners::default(),
             sources: self.sources,
         })
+    }
+
+    /// Finds the processes that own the sockets with inodes `wanted`, unless
+    /// attribution is off. Owners that cannot be found are left out, never an
+    /// error.
+    pub fn resolve_owners(&mut self, wanted: &HashSet<u64>) -> SocketOwners {
+        if !self.attribution || wanted.is_empty() {
+            return SocketOwners::default();
+        }
+        self.owners.resolve(wanted)
     }
 
     fn read_protocol(

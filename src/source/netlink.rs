@@ -1,11 +1,18 @@
-//! The netlink source: `SOCK_DIAG_BY_FAMILY` dumps over a `NETLINK_SOCK_DIAG`
-//! socket, the interface `ss` uses.
+//! The netlink source: sock_diag dumps over a `NETLINK_SOCK_DIAG` socket, the
+//! interface `ss` uses.
 //!
 //! The kernel is asked for as little as possible. Each dump names the states
 //! it wants, and all but the listener dumps carry `INET_DIAG_REQ_BYTECODE`, a
 //! filter program the kernel runs on every socket so that only those whose
 //! source port is inside the ephemeral range come back. No extension is
 //! requested, so the kernel computes no per-socket info that goes unused.
+//!
+//! A dump walks the kernel's whole socket table whatever it returns, and a
+//! `SOCK_DIAG_BY_FAMILY` request names one address family, so IPv4 and IPv6
+//! would cost two walks. For TCP the older `TCPDIAG_GETSOCK` request (same
+//! replies, same filter) dumps both families in one walk; where a kernel
+//! refuses it, the reader falls back to one `SOCK_DIAG_BY_FAMILY` dump per
+//! family. UDP has only the per-family request.
 //!
 //! Request building and reply parsing are pure functions over bytes; only
 //! `NetlinkSockets` touches the socket. The layouts are those of
@@ -18,8 +25,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use crate::model::UdpState;
 use crate::model::{ListenQueue, PortRange, Protocol, SocketRecord, SocketState, TcpState};
 
-/// `SOCK_DIAG_BY_FAMILY`, the request type.
+/// `SOCK_DIAG_BY_FAMILY`, the request type with `struct inet_diag_req_v2`.
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// `TCPDIAG_GETSOCK`, the older TCP request with `struct inet_diag_req`,
+/// which dumps IPv4 and IPv6 sockets together.
+const TCPDIAG_GETSOCK: u16 = 18;
 /// `NLMSG_ERROR`: an error, or an acknowledgement when its code is 0.
 const NLMSG_ERROR: u16 = 2;
 /// `NLMSG_DONE`: the end of a dump.
@@ -38,6 +48,8 @@ const INET_DIAG_BC_S_LE: u8 = 3;
 const HEADER_LENGTH: usize = 16;
 /// `struct inet_diag_req_v2`.
 const REQUEST_LENGTH: usize = 56;
+/// `struct inet_diag_req`.
+const COMPAT_REQUEST_LENGTH: usize = 60;
 /// `struct inet_diag_msg`.
 const MESSAGE_LENGTH: usize = 72;
 /// Two `struct inet_diag_bc_op` per comparison, two comparisons.
@@ -52,12 +64,17 @@ pub const RECEIVE_BUFFER_LENGTH: usize = 32 * 1024;
 mod state_mask {
     /// `TCP_LISTEN`.
     pub const LISTEN: u32 = 1 << 10;
+    /// `TCP_CLOSE`. No socket in the connection table is in this state (the
+    /// kernel unhashes a socket before it enters it), so it is not asked for.
+    pub const CLOSE: u32 = 1 << 7;
     /// Every state a connection can be in: `TCP_ESTABLISHED` (1) to
-    /// `TCP_CLOSING` (11) but `TCP_LISTEN`, and `TCP_NEW_SYN_RECV` (12).
-    pub const CONNECTIONS: u32 = ((1 << 13) - 2) & !LISTEN;
+    /// `TCP_CLOSING` (11) but `TCP_LISTEN` and `TCP_CLOSE`, and
+    /// `TCP_NEW_SYN_RECV` (12).
+    pub const CONNECTIONS: u32 = ((1 << 13) - 2) & !LISTEN & !CLOSE;
     /// `TCP_BOUND_INACTIVE` (13, Linux 6.5+): bound, neither listening nor
     /// connected. Such sockets come back only from a dump that asks for
-    /// this bit, and carry state 7 (`TCP_CLOSE`) in the reply.
+    /// this bit, and carry state 7 (`TCP_CLOSE`) in the reply; older
+    /// kernels ignore the bit.
     pub const BOUND_INACTIVE: u32 = 1 << 13;
     /// UDP sockets carry `TCP_ESTABLISHED` when connected.
     pub const UDP_CONNECTED: u32 = 1 << 1;
@@ -65,11 +82,12 @@ mod state_mask {
     pub const UDP_UNCONNECTED: u32 = 1 << 7;
 }
 
-/// One dump request: which sockets of one family and protocol.
+/// One dump request: which sockets of one protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dump {
-    /// `AF_INET` or `AF_INET6`.
-    pub family: u8,
+    /// `AF_INET` or `AF_INET6` for a `SOCK_DIAG_BY_FAMILY` dump; `None` for
+    /// a TCP dump of both families with `TCPDIAG_GETSOCK`.
+    pub family: Option<u8>,
     /// The protocol to dump.
     pub protocol: Protocol,
     /// The state bits to ask for.
@@ -79,17 +97,24 @@ pub struct Dump {
 }
 
 impl Dump {
-    /// Whether the replies are bound-but-inactive TCP sockets.
-    fn is_bound_inactive(&self) -> bool {
-        self.protocol == Protocol::Tcp && self.states == state_mask::BOUND_INACTIVE
+    /// Whether bound-but-inactive TCP sockets may be among the replies.
+    fn asks_bound_inactive(&self) -> bool {
+        self.protocol == Protocol::Tcp && self.states & state_mask::BOUND_INACTIVE != 0
     }
 }
 
 /// The dumps that together give every socket the exporter needs for one
-/// protocol: listeners anywhere, everything else inside the range.
-pub fn dumps_for(protocol: Protocol, range: PortRange) -> Vec<Dump> {
-    let mut dumps = Vec::with_capacity(6);
-    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+/// protocol: listeners anywhere, everything else inside the range. With
+/// `both_families`, TCP takes one `TCPDIAG_GETSOCK` dump of each kind
+/// instead of one per family.
+pub fn dumps_for(protocol: Protocol, range: PortRange, both_families: bool) -> Vec<Dump> {
+    let families: &[Option<u8>] = if protocol == Protocol::Tcp && both_families {
+        &[None]
+    } else {
+        &[Some(libc::AF_INET as u8), Some(libc::AF_INET6 as u8)]
+    };
+    let mut dumps = Vec::with_capacity(4);
+    for &family in families {
         let dump = |states, source_ports| Dump {
             family,
             protocol,
@@ -99,8 +124,10 @@ pub fn dumps_for(protocol: Protocol, range: PortRange) -> Vec<Dump> {
         match protocol {
             Protocol::Tcp => {
                 dumps.push(dump(state_mask::LISTEN, None));
-                dumps.push(dump(state_mask::CONNECTIONS, Some(range)));
-                dumps.push(dump(state_mask::BOUND_INACTIVE, Some(range)));
+                dumps.push(dump(
+                    state_mask::CONNECTIONS | state_mask::BOUND_INACTIVE,
+                    Some(range),
+                ));
             }
             Protocol::Udp => {
                 // Unconnected sockets outside the range are listeners, so
@@ -117,22 +144,39 @@ pub fn dumps_for(protocol: Protocol, range: PortRange) -> Vec<Dump> {
 pub fn build_request(dump: &Dump, sequence: u32, request: &mut Vec<u8>) {
     request.clear();
     let attribute_length = dump.source_ports.map_or(0, |_| 4 + BYTECODE_LENGTH);
-    let total = HEADER_LENGTH + REQUEST_LENGTH + attribute_length;
+    let (kind, body_length) = match dump.family {
+        Some(_) => (SOCK_DIAG_BY_FAMILY, REQUEST_LENGTH),
+        None => (TCPDIAG_GETSOCK, COMPAT_REQUEST_LENGTH),
+    };
+    let total = HEADER_LENGTH + body_length + attribute_length;
     // struct nlmsghdr
     request.extend_from_slice(&(total as u32).to_ne_bytes());
-    request.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    request.extend_from_slice(&kind.to_ne_bytes());
     request.extend_from_slice(&DUMP_REQUEST_FLAGS.to_ne_bytes());
     request.extend_from_slice(&sequence.to_ne_bytes());
     request.extend_from_slice(&0u32.to_ne_bytes());
-    // struct inet_diag_req_v2: family, protocol, ext (none), pad, states,
-    // and an all-zero inet_diag_sockid (no exact-match lookup).
-    let protocol = match dump.protocol {
-        Protocol::Tcp => libc::IPPROTO_TCP as u8,
-        Protocol::Udp => libc::IPPROTO_UDP as u8,
-    };
-    request.extend_from_slice(&[dump.family, protocol, 0, 0]);
-    request.extend_from_slice(&dump.states.to_ne_bytes());
-    request.extend_from_slice(&[0; 48]);
+    match dump.family {
+        Some(family) => {
+            // struct inet_diag_req_v2: family, protocol, ext (none), pad,
+            // states, and an all-zero inet_diag_sockid (no exact match).
+            let protocol = match dump.protocol {
+                Protocol::Tcp => libc::IPPROTO_TCP as u8,
+                Protocol::Udp => libc::IPPROTO_UDP as u8,
+            };
+            request.extend_from_slice(&[family, protocol, 0, 0]);
+            request.extend_from_slice(&dump.states.to_ne_bytes());
+            request.extend_from_slice(&[0; 48]);
+        }
+        None => {
+            // struct inet_diag_req: family (the kernel dumps both whatever
+            // it says), address lengths, ext (none), an all-zero
+            // inet_diag_sockid, states, and dbs (unused).
+            request.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]);
+            request.extend_from_slice(&[0; 48]);
+            request.extend_from_slice(&dump.states.to_ne_bytes());
+            request.extend_from_slice(&0u32.to_ne_bytes());
+        }
+    }
     if let Some(range) = dump.source_ports {
         // struct nlattr
         request.extend_from_slice(&((4 + BYTECODE_LENGTH) as u16).to_ne_bytes());
@@ -305,7 +349,7 @@ pub fn parse_datagram(
                     return Err(refused(dump, code));
                 }
             }
-            SOCK_DIAG_BY_FAMILY => sockets.push(parse_socket(payload, dump)?),
+            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => sockets.push(parse_socket(payload, dump)?),
             other => {
                 return Err(NetlinkError::Malformed(format!(
                     "unexpected message type {other}"
@@ -355,7 +399,11 @@ fn parse_socket(payload: &[u8], dump: &Dump) -> Result<SocketRecord, NetlinkErro
     let send_queue = read_u32(payload, 60);
     let inode = u64::from(read_u32(payload, 68));
     let state = match dump.protocol {
-        Protocol::Tcp if dump.is_bound_inactive() => SocketState::Tcp(TcpState::BoundInactive),
+        // Bound-but-inactive sockets are reported as TCP_CLOSE (or, on some
+        // kernels, TCP_BOUND_INACTIVE); connections are never in TCP_CLOSE.
+        Protocol::Tcp if dump.asks_bound_inactive() && matches!(state_number, 7 | 13) => {
+            SocketState::Tcp(TcpState::BoundInactive)
+        }
         Protocol::Tcp => {
             SocketState::Tcp(TcpState::from_kernel(state_number).ok_or_else(|| {
                 NetlinkError::Malformed(format!("unknown TCP state {state_number}"))
@@ -383,10 +431,10 @@ fn parse_socket(payload: &[u8], dump: &Dump) -> Result<SocketRecord, NetlinkErro
 }
 
 fn describe(dump: &Dump) -> String {
-    let family = if i32::from(dump.family) == libc::AF_INET {
-        "inet"
-    } else {
-        "inet6"
+    let family = match dump.family.map(i32::from) {
+        Some(libc::AF_INET) => "inet",
+        Some(_) => "inet6",
+        None => "inet and inet6",
     };
     format!(
         "{} {family} states {:#x}",
@@ -422,6 +470,8 @@ pub struct NetlinkSockets {
     request: Vec<u8>,
     buffer: Vec<u8>,
     sequence: u32,
+    /// Whether TCP is dumped with `TCPDIAG_GETSOCK`, until a kernel refuses it.
+    tcp_both_families: bool,
 }
 
 impl NetlinkSockets {
@@ -432,6 +482,7 @@ impl NetlinkSockets {
             request: Vec::with_capacity(HEADER_LENGTH + REQUEST_LENGTH + 4 + BYTECODE_LENGTH),
             buffer: vec![0; RECEIVE_BUFFER_LENGTH],
             sequence: 0,
+            tcp_both_families: true,
         }
     }
 
@@ -443,21 +494,39 @@ impl NetlinkSockets {
         range: PortRange,
         sockets: &mut Vec<SocketRecord>,
     ) -> Result<(), NetlinkError> {
-        for dump in dumps_for(protocol, range) {
-            let result = self.dump_retrying(&dump, sockets);
-            match result {
+        let start = sockets.len();
+        let both_families = protocol == Protocol::Tcp && self.tcp_both_families;
+        match self.run_dumps(protocol, range, both_families, sockets) {
+            Err(NetlinkError::Refused { source, .. }) if both_families => {
+                tracing::info!(
+                    err = %source,
+                    "TCPDIAG_GETSOCK refused; dumping TCP one address family at a time"
+                );
+                self.tcp_both_families = false;
+                sockets.truncate(start);
+                self.run_dumps(protocol, range, false, sockets)
+            }
+            other => other,
+        }
+    }
+
+    fn run_dumps(
+        &mut self,
+        protocol: Protocol,
+        range: PortRange,
+        both_families: bool,
+        sockets: &mut Vec<SocketRecord>,
+    ) -> Result<(), NetlinkError> {
+        for dump in dumps_for(protocol, range, both_families) {
+            match self.dump_retrying(&dump, sockets) {
                 // A kernel without IPv6 has no inet6 diag handler: that is no
                 // IPv6 sockets, once the IPv4 dumps have worked.
-                Err(error)
-                    if i32::from(dump.family) == libc::AF_INET6
-                        && matches!(&error, NetlinkError::Refused { source, .. }
-                            if matches!(source.raw_os_error(), Some(libc::ENOENT | libc::EAFNOSUPPORT))) =>
-                {
-                    continue;
-                }
-                // The bound-inactive state is new in Linux 6.5; an older
-                // kernel rejects the bit, and has no such sockets to report.
-                Err(NetlinkError::Refused { .. }) if dump.is_bound_inactive() => continue,
+                Err(NetlinkError::Refused { source, .. })
+                    if dump.family == Some(libc::AF_INET6 as u8)
+                        && matches!(
+                            source.raw_os_error(),
+                            Some(libc::ENOENT | libc::EAFNOSUPPORT)
+                        ) => {}
                 other => other?,
             }
         }
@@ -650,7 +719,7 @@ mod tests {
     #[test]
     fn request_layout() {
         let dump = Dump {
-            family: libc::AF_INET6 as u8,
+            family: Some(libc::AF_INET6 as u8),
             protocol: Protocol::Tcp,
             states: state_mask::CONNECTIONS,
             source_ports: Some(RANGE),
@@ -676,11 +745,35 @@ mod tests {
         };
         build_request(&listeners, 8, &mut request);
         assert_eq!(request.len(), 16 + 56);
+        // Both families at once: the older request, states after the sockid.
+        let both = Dump {
+            family: None,
+            ..dump
+        };
+        build_request(&both, 9, &mut request);
+        assert_eq!(request.len(), 16 + 60 + 4 + 16);
+        assert_eq!(read_u16(&request, 4), TCPDIAG_GETSOCK);
+        assert_eq!(read_u32(&request, 16 + 52), state_mask::CONNECTIONS);
+        assert_eq!(read_u16(&request, 78), INET_DIAG_REQ_BYTECODE);
+    }
+
+    #[test]
+    fn dump_plans() {
+        let tcp = dumps_for(Protocol::Tcp, RANGE, true);
+        assert_eq!(tcp.len(), 2);
+        assert!(tcp.iter().all(|dump| dump.family.is_none()));
+        assert_eq!(tcp[0].source_ports, None, "listeners anywhere");
+        assert_eq!(tcp[1].source_ports, Some(RANGE));
+        assert_eq!(dumps_for(Protocol::Tcp, RANGE, false).len(), 4);
+        // UDP has no two-family request.
+        let udp = dumps_for(Protocol::Udp, RANGE, true);
+        assert_eq!(udp.len(), 4);
+        assert!(udp.iter().all(|dump| dump.family.is_some()));
     }
 
     #[test]
     fn masks() {
-        assert_eq!(state_mask::CONNECTIONS, 0x1bfe);
+        assert_eq!(state_mask::CONNECTIONS, 0x1b7e);
         assert_eq!(state_mask::CONNECTIONS & state_mask::LISTEN, 0);
         assert_eq!(state_mask::BOUND_INACTIVE, 0x2000);
     }
@@ -736,7 +829,7 @@ mod tests {
 
     fn dump(protocol: Protocol, states: u32) -> Dump {
         Dump {
-            family: libc::AF_INET as u8,
+            family: Some(libc::AF_INET as u8),
             protocol,
             states,
             source_ports: Some(RANGE),
@@ -824,7 +917,10 @@ mod tests {
 
     #[test]
     fn bound_inactive_replies_carry_state_7_and_are_mapped() {
-        let bound = dump(Protocol::Tcp, state_mask::BOUND_INACTIVE);
+        let bound = dump(
+            Protocol::Tcp,
+            state_mask::CONNECTIONS | state_mask::BOUND_INACTIVE,
+        );
         let datagram = message(
             SOCK_DIAG_BY_FAMILY,
             2,
@@ -843,6 +939,28 @@ mod tests {
         let mut sockets = Vec::new();
         parse_datagram(&datagram, 1, &bound, &mut false, &mut sockets).unwrap();
         assert_eq!(sockets[0].state, SocketState::Tcp(TcpState::BoundInactive));
+        // Replies to the older request carry its type.
+        let both = Dump {
+            family: None,
+            ..bound
+        };
+        let datagram = message(
+            TCPDIAG_GETSOCK,
+            2,
+            1,
+            &diag(
+                libc::AF_INET,
+                1,
+                v4([0; 4]),
+                40007,
+                v4([1, 2, 3, 4]),
+                80,
+                (0, 0),
+                6,
+            ),
+        );
+        parse_datagram(&datagram, 1, &both, &mut false, &mut sockets).unwrap();
+        assert_eq!(sockets[1].state, SocketState::Tcp(TcpState::Established));
     }
 
     #[test]
@@ -998,5 +1116,51 @@ mod tests {
                 .collect();
             let _ = parse_datagram(&bytes, 1, &tcp, &mut false, &mut Vec::new());
         }
+    }
+
+    /// Both ways of dumping TCP return the same sockets, from the kernel this
+    /// test runs on (its own sockets, in whatever namespace it is in).
+    #[test]
+    fn both_tcp_requests_agree_on_real_sockets() {
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let v6 = std::net::TcpListener::bind("[::1]:0").unwrap();
+        let client4 = std::net::TcpStream::connect(v4.local_addr().unwrap()).unwrap();
+        let client6 = std::net::TcpStream::connect(v6.local_addr().unwrap()).unwrap();
+        let bound =
+            socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).unwrap();
+        bound
+            .bind(&"[::]:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        let ours: Vec<u16> = [
+            v4.local_addr().unwrap().port(),
+            v6.local_addr().unwrap().port(),
+            client4.local_addr().unwrap().port(),
+            client6.local_addr().unwrap().port(),
+            bound.local_addr().unwrap().as_socket().unwrap().port(),
+        ]
+        .to_vec();
+        let range = PortRange {
+            start: 1,
+            end: 65535,
+        };
+        let read = |both_families: bool| {
+            let mut source = NetlinkSockets::new();
+            let mut sockets = Vec::new();
+            source
+                .run_dumps(Protocol::Tcp, range, both_families, &mut sockets)
+                .unwrap();
+            let mut ours: Vec<String> = sockets
+                .iter()
+                .filter(|socket| ours.contains(&socket.local.port()))
+                .map(|socket| format!("{socket:?}"))
+                .collect();
+            ours.sort();
+            ours
+        };
+        let both = read(true);
+        // Two listeners, two client ends, two accepted ends, one bound.
+        assert_eq!(both.len(), 7, "{both:#?}");
+        assert!(both.iter().any(|socket| socket.contains("BoundInactive")));
+        assert_eq!(both, read(false));
     }
 }

@@ -1,7 +1,8 @@
 //! The procfs socket source: `/proc/net/{tcp,tcp6,udp,udp6}`, parsed with the
 //! `procfs` crate.
 
-use std::io;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -27,10 +28,15 @@ impl Table {
     }
 }
 
+/// Lines parsed at a time: enough to amortise each call into the parser,
+/// few enough that a table of a million sockets is never held whole.
+const LINES_PER_CHUNK: usize = 1024;
+
 /// Reads the socket tables below one procfs root.
 pub struct ProcfsSockets {
     tables: [(Table, PathBuf, bool); 4],
-    text: String,
+    /// The header line and up to `LINES_PER_CHUNK` lines, reused.
+    chunk: String,
 }
 
 impl ProcfsSockets {
@@ -46,7 +52,7 @@ impl ProcfsSockets {
                 (Table::Udp, net.join("udp"), false),
                 (Table::Udp, net.join("udp6"), true),
             ],
-            text: String::new(),
+            chunk: String::new(),
         }
     }
 
@@ -60,9 +66,8 @@ impl ProcfsSockets {
             if table.protocol() != protocol {
                 continue;
             }
-            self.text.clear();
-            match read_into(path, &mut self.text) {
-                Ok(()) => {}
+            let file = match File::open(path) {
+                Ok(file) => file,
                 Err(error) if *may_be_absent && error.kind() == io::ErrorKind::NotFound => continue,
                 Err(source) => {
                     return Err(SourceError::Read {
@@ -70,20 +75,71 @@ impl ProcfsSockets {
                         source,
                     });
                 }
-            }
-            parse_table(*table, &self.text, sockets).map_err(|reason| SourceError::Malformed {
-                path: path.clone(),
-                reason,
+            };
+            read_table(*table, file, &mut self.chunk, sockets).map_err(|error| match error {
+                TableError::Read(source) if source.kind() != io::ErrorKind::InvalidData => {
+                    SourceError::Read {
+                        path: path.clone(),
+                        source,
+                    }
+                }
+                TableError::Read(source) => SourceError::Malformed {
+                    path: path.clone(),
+                    reason: source.to_string(),
+                },
+                TableError::Malformed(reason) => SourceError::Malformed {
+                    path: path.clone(),
+                    reason,
+                },
             })?;
         }
         Ok(())
     }
 }
 
-fn read_into(path: &Path, text: &mut String) -> io::Result<()> {
-    use std::io::Read;
-    std::fs::File::open(path)?.read_to_string(text)?;
-    Ok(())
+enum TableError {
+    Read(io::Error),
+    Malformed(String),
+}
+
+/// Reads one table a chunk of lines at a time, so that memory stays flat
+/// whatever the number of sockets.
+fn read_table(
+    table: Table,
+    file: File,
+    chunk: &mut String,
+    sockets: &mut Vec<SocketRecord>,
+) -> Result<(), TableError> {
+    let mut reader = BufReader::with_capacity(64 * 1024, file);
+    chunk.clear();
+    let header_length = reader.read_line(chunk).map_err(TableError::Read)?;
+    let mut first_line = 2;
+    let mut lines = 0;
+    loop {
+        let length = reader.read_line(chunk).map_err(TableError::Read)?;
+        if length > 0 {
+            lines += 1;
+            if lines < LINES_PER_CHUNK {
+                continue;
+            }
+        }
+        // The chunk is full, or the file ended. A file with no line past the
+        // header is still parsed once, so that a missing header is caught.
+        if lines > 0 || first_line == 2 {
+            parse_table(table, chunk, sockets).map_err(|reason| {
+                TableError::Malformed(format!(
+                    "lines {first_line}-{}: {reason}",
+                    first_line + lines.max(1) - 1
+                ))
+            })?;
+            chunk.truncate(header_length);
+            first_line += lines;
+            lines = 0;
+        }
+        if length == 0 {
+            return Ok(());
+        }
+    }
 }
 
 /// Parses the text of one table and appends its sockets.
@@ -191,5 +247,79 @@ mod tests {
                 "{text:?}"
             );
         }
+    }
+
+    fn table_file(name: &str, text: &str) -> File {
+        let path = std::env::temp_dir().join(format!("portstat-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        let file = File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        file
+    }
+
+    #[test]
+    fn reads_large_tables_in_chunks_and_names_the_bad_lines() {
+        let fixture = include_str!("../../tests/fixtures/netns/tcp");
+        let (header, rest) = fixture.split_once('\n').unwrap();
+        let line = rest.lines().next().unwrap();
+        let mut text = format!("{header}\n");
+        for _ in 0..2500 {
+            text.push_str(line);
+            text.push('\n');
+        }
+        let mut chunk = String::new();
+        let mut sockets = Vec::new();
+        assert!(
+            read_table(
+                Table::Tcp,
+                table_file("large", &text),
+                &mut chunk,
+                &mut sockets
+            )
+            .is_ok()
+        );
+        assert_eq!(sockets.len(), 2500);
+        assert!(
+            chunk.len() < 200 * LINES_PER_CHUNK,
+            "the chunk grew to {}",
+            chunk.len()
+        );
+
+        // The 1501st socket line, line 1502 of the file, is broken.
+        let broken = text.replacen(line, &line.replace(" 0A ", " ZZ "), 1501);
+        let broken = broken.replacen(&line.replace(" 0A ", " ZZ "), line, 1500);
+        match read_table(
+            Table::Tcp,
+            table_file("broken", &broken),
+            &mut chunk,
+            &mut Vec::new(),
+        ) {
+            Err(TableError::Malformed(reason)) => {
+                assert!(reason.starts_with("lines 1026-2049:"), "{reason}")
+            }
+            _ => panic!("a broken line was accepted"),
+        }
+
+        // A header alone is an empty table; nothing at all is not a table.
+        let mut sockets = Vec::new();
+        assert!(
+            read_table(
+                Table::Tcp,
+                table_file("empty", &format!("{header}\n")),
+                &mut chunk,
+                &mut sockets
+            )
+            .is_ok()
+        );
+        assert!(sockets.is_empty());
+        assert!(
+            read_table(
+                Table::Tcp,
+                table_file("nothing", ""),
+                &mut chunk,
+                &mut sockets
+            )
+            .is_err()
+        );
     }
 }
