@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::aggregate::Limits;
 use crate::source::SourceChoice;
 
 /// Prometheus exporter for ephemeral port range usage and listening sockets.
@@ -64,6 +65,31 @@ pub struct Cli {
     )]
     pub processes: bool,
 
+    /// Destinations listed by ports used (the top ones); 0 lists none.
+    #[arg(
+        long = "collector.destinations.top",
+        value_name = "K",
+        default_value_t = 10
+    )]
+    pub destinations_top: usize,
+
+    /// Processes listed by ephemeral ports held (the top ones); 0 lists none.
+    #[arg(
+        long = "collector.processes.top",
+        value_name = "K",
+        default_value_t = 10
+    )]
+    pub processes_top: usize,
+
+    /// Most listener series; the sockets of the rest are summed in
+    /// portstat_listener_sockets_omitted.
+    #[arg(
+        long = "collector.listeners.max",
+        value_name = "N",
+        default_value_t = 1000
+    )]
+    pub listeners_max: usize,
+
     /// procfs mountpoint.
     #[arg(long = "path.procfs", value_name = "PATH", default_value = "/proc")]
     pub procfs: PathBuf,
@@ -79,6 +105,22 @@ pub struct Cli {
     /// Sample once, print the exposition to standard output and exit.
     #[arg(long)]
     pub once: bool,
+}
+
+impl Cli {
+    /// The bounds on the families that follow the host's size.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            destinations_top: self.destinations_top,
+            // Without attribution every socket would be "unknown".
+            processes_top: if self.processes {
+                self.processes_top
+            } else {
+                0
+            },
+            listeners_max: self.listeners_max,
+        }
+    }
 }
 
 /// The lowest severity that is logged.

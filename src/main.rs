@@ -20,7 +20,7 @@ fn main() -> ExitCode {
 
     let reader = NamespaceReader::new(cli.procfs.clone(), cli.source, cli.processes);
     let renderer = Renderer::new(!cli.disable_exporter_metrics);
-    let mut sampler = Sampler::new(reader, renderer);
+    let mut sampler = Sampler::new(reader, renderer, cli.limits());
 
     if cli.once {
         return sample_once(&mut sampler);

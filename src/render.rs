@@ -147,6 +147,56 @@ fn snapshot_families(snapshot: &Snapshot, families: &mut Vec<MetricFamily>) {
         families.extend(built.done());
     }
 
+    let mut exclusive = family(
+        "portstat_ephemeral_ports_exclusive",
+        "Unreserved ports inside the range that no destination can share: held by TCP listeners or by TCP sockets bound but not connected.",
+    );
+    exclusive.gauge(&[("protocol", "tcp")], f64::from(snapshot.exclusive_ports));
+    families.extend(exclusive.done());
+
+    let mut destination_ports = family(
+        "portstat_ephemeral_destination_ports_used",
+        "Distinct unreserved local ports inside the range used by TCP connections to a destination, for the destinations that use the most.",
+    );
+    for usage in &snapshot.destinations {
+        let destination = &usage.destination;
+        destination_ports.gauge(
+            &[
+                ("local_address", &destination.local_address.to_string()),
+                ("remote_address", &destination.remote_address.to_string()),
+                (
+                    "remote_port",
+                    itoa::Buffer::new().format(destination.remote_port),
+                ),
+            ],
+            f64::from(usage.ports_used),
+        );
+    }
+    families.extend(destination_ports.done());
+
+    let mut max_ratio = family(
+        "portstat_ephemeral_destination_max_used_ratio",
+        "(Most ports used by connections to any one destination + exclusive ports) / capacity: 1 when connect() to that destination fails.",
+    );
+    max_ratio.gauge(&[], snapshot.destination_max_used_ratio);
+    families.extend(max_ratio.done());
+
+    let mut destinations = family(
+        "portstat_ephemeral_destinations",
+        "Distinct destinations (local address, remote address, remote port) of TCP connections from ports inside the range.",
+    );
+    destinations.gauge(&[], snapshot.destination_count as f64);
+    families.extend(destinations.done());
+
+    let mut process_ports = family(
+        "portstat_ephemeral_process_ports_used",
+        "Distinct unreserved (protocol, port) pairs inside the range held by a process's sockets, for the processes that hold the most; none for sockets no process holds (TIME_WAIT).",
+    );
+    for usage in &snapshot.processes {
+        process_ports.gauge(&[("process", &usage.process)], f64::from(usage.ports_used));
+    }
+    families.extend(process_ports.done());
+
     let mut listeners = family(
         "portstat_listener_sockets",
         "Listening sockets (TCP LISTEN, unconnected UDP outside the ephemeral range or reserved) by address, port and owning process.",
@@ -198,6 +248,13 @@ fn snapshot_families(snapshot: &Snapshot, families: &mut Vec<MetricFamily>) {
     }
     families.extend(listeners.done());
     families.extend(in_range.done());
+
+    let mut omitted = family(
+        "portstat_listener_sockets_omitted",
+        "Listening sockets left out of portstat_listener_sockets by --collector.listeners.max.",
+    );
+    omitted.gauge(&[], snapshot.listeners_omitted as f64);
+    families.extend(omitted.done());
     families.extend(accept_queue.done());
     families.extend(accept_queue_limit.done());
 
@@ -387,7 +444,7 @@ mod tests {
             waiting: 0,
             limit: 128,
         });
-        aggregate(&sample)
+        aggregate(&sample, &crate::aggregate::Limits::default())
     }
 
     fn status() -> SampleStatus {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::aggregate::{Snapshot, aggregate, sockets_needing_owners};
+use crate::aggregate::{Limits, Snapshot, aggregate, sockets_needing_owners};
 use crate::render::{Renderer, SampleStatus, Stage};
 use crate::source::NamespaceReader;
 
@@ -27,17 +27,20 @@ pub struct Exposition {
 pub struct Sampler {
     reader: NamespaceReader,
     renderer: Renderer,
+    limits: Limits,
     last_good: Option<Snapshot>,
     status: SampleStatus,
     last_exposition: Exposition,
 }
 
 impl Sampler {
-    /// A sampler that reads with `reader` and renders with `renderer`.
-    pub fn new(reader: NamespaceReader, renderer: Renderer) -> Sampler {
+    /// A sampler that reads with `reader`, computes within `limits` and
+    /// renders with `renderer`.
+    pub fn new(reader: NamespaceReader, renderer: Renderer, limits: Limits) -> Sampler {
         Sampler {
             reader,
             renderer,
+            limits,
             last_good: None,
             status: SampleStatus::default(),
             last_exposition: Exposition::default(),
@@ -60,8 +63,11 @@ impl Sampler {
             self.status.errors[stage_index(Stage::Source)] > 0 && !self.status.success;
         match self.reader.read() {
             Ok(mut sample) => {
-                sample.owners = self.reader.resolve_owners(&sockets_needing_owners(&sample));
-                self.last_good = Some(aggregate(&sample));
+                let per_process = self.limits.processes_top > 0;
+                sample.owners = self
+                    .reader
+                    .resolve_owners(sockets_needing_owners(&sample, per_process));
+                self.last_good = Some(aggregate(&sample, &self.limits));
                 self.status.success = true;
                 self.status.last_success_seconds = Some(unix_seconds());
                 if was_failing {

@@ -10,14 +10,18 @@ use std::process::{Command, Stdio};
 
 use support::Netns;
 
-/// An exposition with every family present: a TCP listener inside the range
-/// and a UDP listener outside it.
+/// An exposition with every family present: a TCP listener inside the range,
+/// a UDP listener outside it, and a connection to a destination.
 fn full_exposition() -> String {
     let netns = Netns::new((40000, 40099), "40090-40099");
     let _sockets = netns.run(|| {
+        let server = TcpListener::bind("127.0.0.1:80").unwrap();
+        let client = std::net::TcpStream::connect("127.0.0.1:80").unwrap();
         (
             TcpListener::bind("0.0.0.0:40001").unwrap(),
             UdpSocket::bind("127.0.0.1:53").unwrap(),
+            server,
+            client,
         )
     });
     let output = netns.once(&[]);

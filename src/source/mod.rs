@@ -102,8 +102,8 @@ impl NamespaceReader {
     /// Finds the processes that own the sockets with inodes `wanted`, unless
     /// attribution is off. Owners that cannot be found are left out, never an
     /// error.
-    pub fn resolve_owners(&mut self, wanted: &HashSet<u64>) -> SocketOwners {
-        if !self.attribution || wanted.is_empty() {
+    pub fn resolve_owners(&mut self, wanted: HashSet<u64>) -> SocketOwners {
+        if !self.attribution {
             return SocketOwners::default();
         }
         self.owners.resolve(wanted)

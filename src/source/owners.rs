@@ -8,17 +8,30 @@ use std::path::{Path, PathBuf};
 
 use crate::model::SocketOwners;
 
-/// Finds socket owners, remembering where each was found.
+/// Every this many samples, every descriptor is read again.
+const FULL_PASS_EVERY: u32 = 12;
+
+/// What a descriptor was last seen to refer to: a socket inode, or 0 for
+/// anything else.
+type Descriptors = HashMap<u32, u64>;
+
+/// Finds socket owners, remembering what each process's descriptors refer to.
 ///
-/// A socket found at descriptor `fd` of process `pid` is looked for there
-/// first next time, with one `readlink()`. Only sockets not found that way
-/// cost a walk of `/proc/<pid>/fd`, in ascending pid order, which stops as
-/// soon as every socket asked for is found. On a host whose listeners do not
-/// change, a sample resolves them with one `readlink()` each.
+/// Reading where a descriptor points costs a `readlink()`, the bulk of
+/// attribution. Each sample lists every process's descriptors (cheap), and
+/// reads only those that are new, those that pointed at something other than
+/// a socket, and those whose socket was wanted last time but is not now
+/// (closed or moved out of the range: its number is the likeliest to be
+/// reused). A descriptor number reused for another socket between two
+/// samples is otherwise not noticed, so every `FULL_PASS_EVERY` samples, and
+/// at the next sample when a wanted socket found no owner, every descriptor
+/// is read again.
 pub struct OwnerResolver {
     procfs: PathBuf,
-    /// Socket inode to the pid and descriptor it was last found at.
-    found_at: HashMap<u64, (u32, u32)>,
+    processes: HashMap<u32, Descriptors>,
+    wanted_before: HashSet<u64>,
+    samples_since_full_pass: u32,
+    unresolved_before: usize,
     path: PathBuf,
 }
 
@@ -27,37 +40,63 @@ impl OwnerResolver {
     pub fn new(procfs: &Path) -> OwnerResolver {
         OwnerResolver {
             procfs: procfs.to_path_buf(),
-            found_at: HashMap::new(),
+            processes: HashMap::new(),
+            wanted_before: HashSet::new(),
+            samples_since_full_pass: FULL_PASS_EVERY,
+            unresolved_before: 0,
             path: PathBuf::new(),
         }
     }
 
     /// Resolves the owners of the sockets with inodes `wanted`.
     ///
-    /// Where several processes share a socket the lowest pid that held it
-    /// when it was first resolved wins. Processes that exit during the walk,
-    /// and descriptors that cannot be read (no permission), are skipped:
-    /// their sockets stay without an owner.
-    pub fn resolve(&mut self, wanted: &HashSet<u64>) -> SocketOwners {
+    /// Where several processes share a socket the lowest pid wins. Processes
+    /// that exit during the walk, and descriptors that cannot be read (no
+    /// permission), are skipped: their sockets stay without an owner.
+    pub fn resolve(&mut self, wanted: HashSet<u64>) -> SocketOwners {
+        let full_pass = self.samples_since_full_pass >= FULL_PASS_EVERY
+            || (self.unresolved_before > 0 && self.samples_since_full_pass >= 1);
+        self.samples_since_full_pass = if full_pass {
+            0
+        } else {
+            self.samples_since_full_pass + 1
+        };
         let mut owners = SocketOwners::default();
-        let mut found_at = HashMap::with_capacity(wanted.len());
-        // Where each socket was last time, if it is still there.
-        for &inode in wanted {
-            if let Some(&(pid, fd)) = self.found_at.get(&inode)
-                && self.socket_at(pid, fd) == Some(inode)
-            {
-                owners.pid_by_inode.insert(inode, pid);
-                found_at.insert(inode, (pid, fd));
+        let Ok(entries) = std::fs::read_dir(&self.procfs) else {
+            self.processes.clear();
+            return owners;
+        };
+        let mut pids: Vec<u32> = entries
+            .flatten()
+            .filter_map(|entry| parse_number(&entry.file_name()))
+            .collect();
+        pids.sort_unstable();
+        let mut processes = HashMap::with_capacity(pids.len());
+        for pid in pids {
+            let cached = self.processes.remove(&pid).unwrap_or_default();
+            let Some(descriptors) = self.read_descriptors(pid, cached, &wanted, full_pass) else {
+                continue;
+            };
+            // Ascending pids: the first process found holding a socket is
+            // the lowest.
+            for &inode in descriptors.values() {
+                if inode != 0 && wanted.contains(&inode) {
+                    owners.pid_by_inode.entry(inode).or_insert(pid);
+                }
             }
+            processes.insert(pid, descriptors);
         }
-        if owners.pid_by_inode.len() < wanted.len() {
-            self.walk(wanted, &mut owners, &mut found_at);
-        }
-        self.found_at = found_at;
+        self.processes = processes;
+        self.unresolved_before = wanted.len() - owners.pid_by_inode.len();
+        self.wanted_before = wanted;
+
         let owning_pids: HashSet<u32> = owners.pid_by_inode.values().copied().collect();
         for pid in owning_pids {
-            let comm_path = self.procfs.join(pid.to_string()).join("comm");
-            if let Ok(comm) = std::fs::read_to_string(comm_path) {
+            self.path.clear();
+            self.path.push(&self.procfs);
+            self.path.push(pid.to_string());
+            self.path.push("comm");
+            if let Ok(comm) = std::fs::read_to_string(&self.path) {
                 owners
                     .comm_by_pid
                     .insert(pid, comm.trim_end_matches('\n').to_string());
@@ -71,65 +110,46 @@ impl OwnerResolver {
         owners
     }
 
-    /// Walks processes in ascending pid order until every wanted socket has
-    /// an owner, so that the first process found holding one is the lowest.
-    fn walk(
+    /// Lists one process's descriptors and reads those that need it; `None`
+    /// when the process is gone or its descriptors cannot be listed.
+    fn read_descriptors(
         &mut self,
+        pid: u32,
+        mut cached: Descriptors,
         wanted: &HashSet<u64>,
-        owners: &mut SocketOwners,
-        found_at: &mut HashMap<u64, (u32, u32)>,
-    ) {
-        let Ok(entries) = std::fs::read_dir(&self.procfs) else {
-            return;
-        };
-        let mut pids: Vec<u32> = entries
-            .flatten()
-            .filter_map(|entry| parse_pid(&entry.file_name()))
-            .collect();
-        pids.sort_unstable();
-        for pid in pids {
-            self.path.clear();
-            self.path.push(&self.procfs);
-            self.path.push(pid.to_string());
-            self.path.push("fd");
-            let Ok(descriptors) = std::fs::read_dir(&self.path) else {
-                continue;
-            };
-            for descriptor in descriptors.flatten() {
-                let Some(fd) = parse_pid(&descriptor.file_name()) else {
-                    continue;
-                };
-                let Ok(target) = std::fs::read_link(descriptor.path()) else {
-                    continue;
-                };
-                let Some(inode) = parse_socket_link(target.as_os_str()) else {
-                    continue;
-                };
-                if wanted.contains(&inode) && !owners.pid_by_inode.contains_key(&inode) {
-                    owners.pid_by_inode.insert(inode, pid);
-                    found_at.insert(inode, (pid, fd));
-                }
-            }
-            if owners.pid_by_inode.len() == wanted.len() {
-                return;
-            }
-        }
-    }
-
-    /// The socket inode that descriptor `fd` of `pid` refers to, if any.
-    fn socket_at(&mut self, pid: u32, fd: u32) -> Option<u64> {
+        full_pass: bool,
+    ) -> Option<Descriptors> {
         self.path.clear();
         self.path.push(&self.procfs);
         self.path.push(pid.to_string());
         self.path.push("fd");
-        self.path.push(fd.to_string());
-        let target = std::fs::read_link(&self.path).ok()?;
-        parse_socket_link(target.as_os_str())
+        let listing = std::fs::read_dir(&self.path).ok()?;
+        let mut descriptors = Descriptors::with_capacity(cached.len());
+        for entry in listing.flatten() {
+            let Some(fd) = parse_number(&entry.file_name()) else {
+                continue;
+            };
+            let known = cached.remove(&fd).filter(|&inode| {
+                !full_pass
+                    && inode != 0
+                    && (wanted.contains(&inode) || !self.wanted_before.contains(&inode))
+            });
+            let target = match known {
+                Some(inode) => inode,
+                None => match std::fs::read_link(entry.path()) {
+                    Ok(target) => parse_socket_link(target.as_os_str()).unwrap_or(0),
+                    // Closed since the listing.
+                    Err(_) => continue,
+                },
+            };
+            descriptors.insert(fd, target);
+        }
+        Some(descriptors)
     }
 }
 
-/// Parses a directory name below procfs as a pid (or a descriptor number).
-fn parse_pid(name: &OsStr) -> Option<u32> {
+/// Parses a directory name below procfs as a pid or a descriptor number.
+fn parse_number(name: &OsStr) -> Option<u32> {
     let bytes = name.as_bytes();
     if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_digit) {
         return None;
@@ -161,18 +181,18 @@ mod tests {
 
     #[test]
     fn pids() {
-        assert_eq!(parse_pid(OsStr::new("1")), Some(1));
-        assert_eq!(parse_pid(OsStr::new("self")), None);
-        assert_eq!(parse_pid(OsStr::new("")), None);
-        assert_eq!(parse_pid(OsStr::new("+1")), None);
+        assert_eq!(parse_number(OsStr::new("1")), Some(1));
+        assert_eq!(parse_number(OsStr::new("self")), None);
+        assert_eq!(parse_number(OsStr::new("")), None);
+        assert_eq!(parse_number(OsStr::new("+1")), None);
     }
 
     #[test]
     fn finds_own_socket() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::io::AsRawFd;
         let inode = {
-            use std::os::unix::fs::MetadataExt;
-            use std::os::unix::io::AsRawFd;
             std::fs::metadata(format!("/proc/self/fd/{}", listener.as_raw_fd()))
                 .unwrap()
                 .ino()
@@ -182,16 +202,26 @@ mod tests {
         let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
         // First by walking, then from where it was found.
         for _ in 0..2 {
-            let owners = resolver.resolve(&wanted);
+            let owners = resolver.resolve(wanted.clone());
             assert_eq!(owners.process_name(inode), Some(comm.trim_end()));
             assert_eq!(owners.pid_by_inode[&inode], std::process::id());
             assert_eq!(owners.process_name(1), None);
         }
-        assert!(resolver.found_at.contains_key(&inode));
-        // A closed socket is not found at its old place any more.
+        // A closed socket is not found any more, and a new socket on the
+        // same descriptor number is found at once.
+        let fd = listener.as_raw_fd();
         drop(listener);
-        let owners = resolver.resolve(&wanted);
+        let owners = resolver.resolve(wanted);
         assert_eq!(owners.process_name(inode), None);
-        assert!(resolver.found_at.is_empty());
+        // Usually the same number; other tests' threads may take it first.
+        let replacement = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let new_fd = replacement.as_raw_fd();
+        let new_inode = std::fs::metadata(format!("/proc/self/fd/{new_fd}"))
+            .unwrap()
+            .ino();
+        let _ = fd;
+        let wanted = HashSet::from([new_inode]);
+        let owners = resolver.resolve(wanted);
+        assert_eq!(owners.process_name(new_inode), Some(comm.trim_end()));
     }
 }
