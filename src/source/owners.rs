@@ -9,29 +9,47 @@ use std::path::{Path, PathBuf};
 use crate::model::SocketOwners;
 
 /// Every this many samples, every descriptor is read again.
-const FULL_PASS_EVERY: u32 = 12;
+const FULL_PASS_EVERY: u32 = 60;
 
 /// What a descriptor was last seen to refer to: a socket inode, or 0 for
 /// anything else.
 type Descriptors = HashMap<u32, u64>;
 
+/// What is remembered of one process.
+#[derive(Default)]
+struct ProcessEntry {
+    descriptors: Descriptors,
+    /// CPU time the process had run for when its descriptors were listed, in
+    /// nanoseconds, if it had a single thread.
+    runtime: Option<u64>,
+    /// Its `comm`, once read; read again whenever the descriptors are (a
+    /// process that has not run cannot have renamed itself).
+    comm: Option<String>,
+}
+
 /// Finds socket owners, remembering what each process's descriptors refer to.
 ///
 /// Reading where a descriptor points costs a `readlink()`, the bulk of
-/// attribution. Each sample lists every process's descriptors (cheap), and
-/// reads only those that are new, those that pointed at something other than
-/// a socket, and those whose socket was wanted last time but is not now
-/// (closed or moved out of the range: its number is the likeliest to be
-/// reused). A descriptor number reused for another socket between two
-/// samples is otherwise not noticed, so every `FULL_PASS_EVERY` samples, and
-/// at the next sample when a wanted socket found no owner, every descriptor
-/// is read again.
+/// attribution. Each sample lists every process's descriptors (cheap) and
+/// reads only the new ones and those whose socket was wanted last time but is
+/// not now (closed, or out of the range: its number is the likeliest to be
+/// reused). A descriptor number reused between two samples is otherwise not
+/// noticed, so when a wanted socket finds no owner that way, every
+/// descriptor is read again at once; so it is every `FULL_PASS_EVERY`
+/// samples. Sockets that even a full pass cannot place (their owner is in
+/// another PID namespace, or unreadable) do not trigger another one.
+///
+/// A process with one thread that has not run since its descriptors were
+/// listed (its `schedstat` run time is unchanged) cannot have opened or
+/// closed any: its listing is reused without reading the directory, which on
+/// a host of mostly idle processes is most of the cost.
 pub struct OwnerResolver {
     procfs: PathBuf,
-    processes: HashMap<u32, Descriptors>,
+    processes: HashMap<u32, ProcessEntry>,
     wanted_before: HashSet<u64>,
+    /// Wanted sockets that the last full pass found no owner for.
+    ownerless: HashSet<u64>,
     samples_since_full_pass: u32,
-    unresolved_before: usize,
     path: PathBuf,
 }
 
@@ -42,8 +60,8 @@ impl OwnerResolver {
             procfs: procfs.to_path_buf(),
             processes: HashMap::new(),
             wanted_before: HashSet::new(),
+            ownerless: HashSet::new(),
             samples_since_full_pass: FULL_PASS_EVERY,
-            unresolved_before: 0,
             path: PathBuf::new(),
         }
     }
@@ -54,13 +72,59 @@ impl OwnerResolver {
     /// that exit during the walk, and descriptors that cannot be read (no
     /// permission), are skipped: their sockets stay without an owner.
     pub fn resolve(&mut self, wanted: HashSet<u64>) -> SocketOwners {
-        let full_pass = self.samples_since_full_pass >= FULL_PASS_EVERY
-            || (self.unresolved_before > 0 && self.samples_since_full_pass >= 1);
-        self.samples_since_full_pass = if full_pass {
-            0
+        let mut full_pass = self.samples_since_full_pass >= FULL_PASS_EVERY;
+        let mut owners = self.pass(&wanted, full_pass);
+        if !full_pass {
+            let unexplained = wanted.iter().any(|inode| {
+                !owners.pid_by_inode.contains_key(inode) && !self.ownerless.contains(inode)
+            });
+            if unexplained {
+                owners = self.pass(&wanted, true);
+                full_pass = true;
+            }
+        }
+        if full_pass {
+            self.samples_since_full_pass = 0;
+            self.ownerless = wanted
+                .iter()
+                .filter(|inode| !owners.pid_by_inode.contains_key(inode))
+                .copied()
+                .collect();
         } else {
-            self.samples_since_full_pass + 1
-        };
+            self.samples_since_full_pass += 1;
+        }
+        self.wanted_before = wanted;
+
+        let owning_pids: HashSet<u32> = owners.pid_by_inode.values().copied().collect();
+        for pid in owning_pids {
+            let Some(entry) = self.processes.get_mut(&pid) else {
+                continue;
+            };
+            if entry.comm.is_none() {
+                self.path.clear();
+                self.path.push(&self.procfs);
+                self.path.push(pid.to_string());
+                self.path.push("comm");
+                entry.comm = std::fs::read_to_string(&self.path)
+                    .ok()
+                    .map(|comm| comm.trim_end_matches('\n').to_string());
+            }
+            if let Some(comm) = &entry.comm {
+                owners.comm_by_pid.insert(pid, comm.clone());
+            }
+        }
+        // A process whose comm vanished exited mid-walk: its sockets are gone
+        // or inherited, so leave them unowned rather than name a dead pid.
+        owners
+            .pid_by_inode
+            .retain(|_, pid| owners.comm_by_pid.contains_key(pid));
+        owners
+    }
+
+    /// One walk over every process, in ascending pid order so that the first
+    /// process found holding a socket is the lowest; `full` reads every
+    /// descriptor again.
+    fn pass(&mut self, wanted: &HashSet<u64>, full: bool) -> SocketOwners {
         let mut owners = SocketOwners::default();
         let Ok(entries) = std::fs::read_dir(&self.procfs) else {
             self.processes.clear();
@@ -74,40 +138,49 @@ impl OwnerResolver {
         let mut processes = HashMap::with_capacity(pids.len());
         for pid in pids {
             let cached = self.processes.remove(&pid).unwrap_or_default();
-            let Some(descriptors) = self.read_descriptors(pid, cached, &wanted, full_pass) else {
-                continue;
+            let runtime = self.single_thread_runtime(pid);
+            let entry = if !full && runtime.is_some() && runtime == cached.runtime {
+                cached
+            } else {
+                let Some(descriptors) =
+                    self.read_descriptors(pid, cached.descriptors, wanted, full)
+                else {
+                    continue;
+                };
+                ProcessEntry {
+                    descriptors,
+                    runtime,
+                    comm: None,
+                }
             };
-            // Ascending pids: the first process found holding a socket is
-            // the lowest.
-            for &inode in descriptors.values() {
+            for &inode in entry.descriptors.values() {
                 if inode != 0 && wanted.contains(&inode) {
                     owners.pid_by_inode.entry(inode).or_insert(pid);
                 }
             }
-            processes.insert(pid, descriptors);
+            processes.insert(pid, entry);
         }
         self.processes = processes;
-        self.unresolved_before = wanted.len() - owners.pid_by_inode.len();
-        self.wanted_before = wanted;
+        owners
+    }
 
-        let owning_pids: HashSet<u32> = owners.pid_by_inode.values().copied().collect();
-        for pid in owning_pids {
-            self.path.clear();
-            self.path.push(&self.procfs);
-            self.path.push(pid.to_string());
-            self.path.push("comm");
-            if let Ok(comm) = std::fs::read_to_string(&self.path) {
-                owners
-                    .comm_by_pid
-                    .insert(pid, comm.trim_end_matches('\n').to_string());
-            }
+    /// The CPU time, in nanoseconds, that a single-threaded process has run
+    /// for; `None` for a process with several threads, or where the kernel
+    /// does not say (no `schedstat`).
+    fn single_thread_runtime(&mut self, pid: u32) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        self.path.clear();
+        self.path.push(&self.procfs);
+        self.path.push(pid.to_string());
+        self.path.push("task");
+        // A task directory links to itself, its parent and each thread.
+        if std::fs::metadata(&self.path).ok()?.nlink() != 3 {
+            return None;
         }
-        // A process whose comm vanished exited mid-walk: its sockets are gone
-        // or inherited, so leave them unowned rather than name a dead pid.
-        owners
-            .pid_by_inode
-            .retain(|_, pid| owners.comm_by_pid.contains_key(pid));
-        owners
+        self.path.pop();
+        self.path.push("schedstat");
+        let text = std::fs::read_to_string(&self.path).ok()?;
+        text.split_ascii_whitespace().next()?.parse().ok()
     }
 
     /// Lists one process's descriptors and reads those that need it; `None`
@@ -130,9 +203,7 @@ impl OwnerResolver {
                 continue;
             };
             let known = cached.remove(&fd).filter(|&inode| {
-                !full_pass
-                    && inode != 0
-                    && (wanted.contains(&inode) || !self.wanted_before.contains(&inode))
+                !full_pass && (wanted.contains(&inode) || !self.wanted_before.contains(&inode))
             });
             let target = match known {
                 Some(inode) => inode,
@@ -207,21 +278,104 @@ mod tests {
             assert_eq!(owners.pid_by_inode[&inode], std::process::id());
             assert_eq!(owners.process_name(1), None);
         }
-        // A closed socket is not found any more, and a new socket on the
-        // same descriptor number is found at once.
-        let fd = listener.as_raw_fd();
+        // A new socket is found at the next sample.
         drop(listener);
-        let owners = resolver.resolve(wanted);
-        assert_eq!(owners.process_name(inode), None);
-        // Usually the same number; other tests' threads may take it first.
         let replacement = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let new_fd = replacement.as_raw_fd();
-        let new_inode = std::fs::metadata(format!("/proc/self/fd/{new_fd}"))
+        let new_inode = std::fs::metadata(format!("/proc/self/fd/{}", replacement.as_raw_fd()))
             .unwrap()
             .ino();
-        let _ = fd;
-        let wanted = HashSet::from([new_inode]);
-        let owners = resolver.resolve(wanted);
+        let owners = resolver.resolve(HashSet::from([new_inode]));
         assert_eq!(owners.process_name(new_inode), Some(comm.trim_end()));
+    }
+
+    /// A procfs-like tree of processes whose descriptors are plain symbolic
+    /// links, which `readlink()` reads the same way; removed on drop.
+    struct FakeProcesses(PathBuf);
+
+    impl FakeProcesses {
+        fn new(name: &str) -> FakeProcesses {
+            let root =
+                std::env::temp_dir().join(format!("portstat-owners-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            std::fs::create_dir_all(&root).unwrap();
+            FakeProcesses(root)
+        }
+
+        fn descriptor(&self, pid: u32, fd: u32, target: &str) {
+            let directory = self.0.join(pid.to_string()).join("fd");
+            std::fs::create_dir_all(&directory).unwrap();
+            std::fs::write(
+                self.0.join(pid.to_string()).join("comm"),
+                format!("p{pid}\n"),
+            )
+            .unwrap();
+            let link = directory.join(fd.to_string());
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(target, link).unwrap();
+        }
+    }
+
+    impl Drop for FakeProcesses {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn owner(resolver: &mut OwnerResolver, wanted: &[u64], inode: u64) -> Option<String> {
+        let owners = resolver.resolve(wanted.iter().copied().collect());
+        owners.process_name(inode).map(str::to_string)
+    }
+
+    #[test]
+    fn reused_descriptor_numbers_are_noticed() {
+        let tree = FakeProcesses::new("reuse");
+        tree.descriptor(100, 0, "/dev/null");
+        tree.descriptor(100, 3, "socket:[555]");
+        tree.descriptor(100, 4, "socket:[900]");
+        tree.descriptor(50, 3, "pipe:[1]");
+        let mut resolver = OwnerResolver::new(&tree.0);
+        assert_eq!(owner(&mut resolver, &[555], 555).as_deref(), Some("p100"));
+        // The wanted socket on fd 3 closed and its number went to another.
+        tree.descriptor(100, 3, "socket:[777]");
+        assert_eq!(owner(&mut resolver, &[777], 777).as_deref(), Some("p100"));
+        // fd 4 held a socket nobody wanted; its number now holds a wanted
+        // one: no owner at first, so every descriptor is read again.
+        tree.descriptor(100, 4, "socket:[901]");
+        assert_eq!(
+            owner(&mut resolver, &[777, 901], 901).as_deref(),
+            Some("p100")
+        );
+        // A file's descriptor number reused for a socket.
+        tree.descriptor(100, 0, "socket:[902]");
+        assert_eq!(
+            owner(&mut resolver, &[777, 901, 902], 902).as_deref(),
+            Some("p100")
+        );
+        // New descriptors and new processes.
+        tree.descriptor(100, 9, "socket:[903]");
+        tree.descriptor(200, 1, "socket:[904]");
+        assert_eq!(
+            owner(&mut resolver, &[903, 904], 903).as_deref(),
+            Some("p100")
+        );
+        assert_eq!(
+            owner(&mut resolver, &[903, 904], 904).as_deref(),
+            Some("p200")
+        );
+    }
+
+    #[test]
+    fn the_lowest_pid_wins_and_owners_that_leave_are_forgotten() {
+        let tree = FakeProcesses::new("lowest");
+        tree.descriptor(300, 5, "socket:[42]");
+        tree.descriptor(30, 7, "socket:[42]");
+        let mut resolver = OwnerResolver::new(&tree.0);
+        for _ in 0..3 {
+            assert_eq!(owner(&mut resolver, &[42], 42).as_deref(), Some("p30"));
+        }
+        std::fs::remove_dir_all(tree.0.join("30")).unwrap();
+        assert_eq!(owner(&mut resolver, &[42], 42).as_deref(), Some("p300"));
+        std::fs::remove_dir_all(tree.0.join("300")).unwrap();
+        assert_eq!(owner(&mut resolver, &[42], 42), None);
     }
 }
