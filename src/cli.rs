@@ -13,6 +13,10 @@ use crate::source::SourceChoice;
 #[derive(Debug, Parser)]
 #[command(name = "portstat_exporter", version, about, long_about = None)]
 pub struct Cli {
+    /// What to do instead of serving metrics.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to listen on for scrapes, as [HOST]:PORT; an empty host means
     /// every address. Repeat the flag to listen on several.
     #[arg(
@@ -43,6 +47,7 @@ pub struct Cli {
     /// Time between samples, such as 500ms, 5s or 1m.
     #[arg(
         long = "collector.interval",
+        global = true,
         value_name = "DURATION",
         default_value = "5s",
         value_parser = parse_duration,
@@ -51,7 +56,8 @@ pub struct Cli {
 
     /// Where sockets are read from: netlink sock_diag, procfs, or netlink
     /// falling back to procfs per protocol where the kernel refuses netlink.
-    #[arg(long = "collector.source", value_enum, default_value_t = SourceChoice::Auto)]
+    #[arg(long = "collector.source",
+        global = true, value_enum, default_value_t = SourceChoice::Auto)]
     pub source: SourceChoice,
 
     /// Find the process that owns each socket (needs root, or
@@ -59,6 +65,7 @@ pub struct Cli {
     /// listener `process="unknown"` and saves the walk of /proc/<pid>/fd.
     #[arg(
         long = "collector.processes",
+        global = true,
         value_name = "BOOL",
         default_value_t = true,
         action = clap::ArgAction::Set
@@ -68,6 +75,7 @@ pub struct Cli {
     /// Destinations listed by ports used (the top ones); 0 lists none.
     #[arg(
         long = "collector.destinations.top",
+        global = true,
         value_name = "K",
         default_value_t = 10
     )]
@@ -76,6 +84,7 @@ pub struct Cli {
     /// Processes listed by ephemeral ports held (the top ones); 0 lists none.
     #[arg(
         long = "collector.processes.top",
+        global = true,
         value_name = "K",
         default_value_t = 10
     )]
@@ -85,21 +94,29 @@ pub struct Cli {
     /// portstat_listener_sockets_omitted.
     #[arg(
         long = "collector.listeners.max",
+        global = true,
         value_name = "N",
         default_value_t = 1000
     )]
     pub listeners_max: usize,
 
     /// procfs mountpoint.
-    #[arg(long = "path.procfs", value_name = "PATH", default_value = "/proc")]
+    #[arg(
+        long = "path.procfs",
+        global = true,
+        value_name = "PATH",
+        default_value = "/proc"
+    )]
     pub procfs: PathBuf,
 
     /// Only log messages with the given severity or above.
-    #[arg(long = "log.level", value_enum, default_value_t = LogLevel::Info)]
+    #[arg(long = "log.level",
+        global = true, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
 
     /// Output format of log messages.
-    #[arg(long = "log.format", value_enum, default_value_t = LogFormat::Logfmt)]
+    #[arg(long = "log.format",
+        global = true, value_enum, default_value_t = LogFormat::Logfmt)]
     pub log_format: LogFormat,
 
     /// Sample once, print the exposition to standard output and exit.
@@ -121,6 +138,22 @@ impl Cli {
             listeners_max: self.listeners_max,
         }
     }
+}
+
+/// Subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Sample once and print a report for people: the range, its fill per
+    /// protocol, the busiest destinations with their headroom, the processes
+    /// holding the most ports, and the listeners; with PORT, who holds that
+    /// port and in which states.
+    Inspect {
+        /// A port to look at.
+        port: Option<u16>,
+        /// Print JSON, for scripts, instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The lowest severity that is logged.

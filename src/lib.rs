@@ -3,13 +3,14 @@
 //!
 //! One pipeline: `source` reads the kernel, `aggregate` computes the figures,
 //! `render` writes Prometheus text, `serve` answers scrapes with the last
-//! rendering. `sampler` runs the first three on a timer; `cli` and `log` sit
-//! beside them.
+//! rendering. `sampler` runs the first three on a timer; `cli`, `log` and
+//! `inspect` (a report for people) sit beside them.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod aggregate;
 pub mod cli;
+pub mod inspect;
 pub mod log;
 pub mod model;
 pub mod render;

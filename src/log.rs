@@ -124,7 +124,7 @@ fn push_logfmt_value(line: &mut String, value: &str) {
 }
 
 /// Appends a JSON string literal.
-fn push_json_string(line: &mut String, value: &str) {
+pub(crate) fn push_json_string(line: &mut String, value: &str) {
     line.push('"');
     push_escaped(line, value);
     line.push('"');

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use clap::Parser;
 use tokio::sync::watch;
 
-use portstat_exporter::cli::Cli;
+use portstat_exporter::aggregate::{aggregate, sockets_needing_owners};
+use portstat_exporter::cli::{Cli, Command};
+use portstat_exporter::inspect;
 use portstat_exporter::render::Renderer;
 use portstat_exporter::sampler::{Exposition, Sampler};
 use portstat_exporter::serve::{self, ServeConfig};
@@ -17,6 +19,10 @@ fn main() -> ExitCode {
     // clap exits with status 2 and names the flag on a malformed value.
     let cli = Cli::parse();
     portstat_exporter::log::init(cli.log_level, cli.log_format);
+
+    if let Some(Command::Inspect { port, json }) = cli.command {
+        return inspect(&cli, port, json);
+    }
 
     let reader = NamespaceReader::new(cli.procfs.clone(), cli.source, cli.processes);
     let renderer = Renderer::new(!cli.disable_exporter_metrics);
@@ -99,6 +105,41 @@ fn sample_once(sampler: &mut Sampler) -> ExitCode {
         eprintln!("portstat_exporter: cannot write the exposition: {error}");
         return ExitCode::from(1);
     }
+    ExitCode::SUCCESS
+}
+
+/// Samples once and prints the report for people; exit status 1 if the
+/// sample failed.
+fn inspect(cli: &Cli, port: Option<u16>, json: bool) -> ExitCode {
+    let mut reader = NamespaceReader::new(cli.procfs.clone(), cli.source, cli.processes);
+    let mut sample = match reader.read() {
+        Ok(sample) => sample,
+        Err(error) => {
+            eprintln!("portstat_exporter: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let limits = cli.limits();
+    let mut wanted = sockets_needing_owners(&sample, limits.processes_top > 0);
+    if let Some(port) = port {
+        wanted.extend(
+            sample
+                .sockets
+                .iter()
+                .filter(|socket| socket.local.port() == port && socket.inode != 0)
+                .map(|socket| socket.inode),
+        );
+    }
+    sample.owners = reader.resolve_owners(wanted);
+    let snapshot = aggregate(&sample, &limits);
+    let holders = port.map(|port| inspect::port_holders(&sample, port));
+    let port = port.zip(holders.as_deref());
+    let report = if json {
+        inspect::json_report(&snapshot, port)
+    } else {
+        inspect::text_report(&snapshot, port)
+    };
+    print!("{report}");
     ExitCode::SUCCESS
 }
 

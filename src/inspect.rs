@@ -1,0 +1,369 @@
+//! `portstat_exporter inspect`: the figures of a `Snapshot`, and who holds one
+//! port, as a report for a terminal (80 columns) or as JSON for scripts.
+
+use std::fmt::Write as _;
+
+use crate::aggregate::{NO_PROCESS, Snapshot, UNKNOWN_PROCESS};
+use crate::log::push_json_string;
+use crate::model::NamespaceSample;
+
+/// One socket on the port asked about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortHolder {
+    /// `tcp` or `udp`.
+    pub protocol: &'static str,
+    /// The socket's state label.
+    pub state: &'static str,
+    /// Local address and port.
+    pub local: String,
+    /// Remote address and port.
+    pub remote: String,
+    /// The owning process, `unknown`, or `none`.
+    pub process: String,
+}
+
+/// The sockets on `port`, TCP first, each with its owner.
+pub fn port_holders(sample: &NamespaceSample, port: u16) -> Vec<PortHolder> {
+    let mut holders: Vec<PortHolder> = sample
+        .sockets
+        .iter()
+        .filter(|socket| socket.local.port() == port)
+        .map(|socket| PortHolder {
+            protocol: socket.state.protocol().label(),
+            state: socket.state.label(),
+            local: socket.local.to_string(),
+            remote: socket.remote.to_string(),
+            process: if socket.inode == 0 {
+                NO_PROCESS.to_string()
+            } else {
+                sample
+                    .owners
+                    .process_name(socket.inode)
+                    .unwrap_or(UNKNOWN_PROCESS)
+                    .to_string()
+            },
+        })
+        .collect();
+    holders.sort_by(|a, b| {
+        (a.protocol, a.state, &a.local, &a.remote).cmp(&(b.protocol, b.state, &b.local, &b.remote))
+    });
+    holders
+}
+
+/// The headroom of a destination: ports `connect()` can still give it.
+fn headroom(snapshot: &Snapshot, used: u32) -> u32 {
+    snapshot
+        .capacity
+        .saturating_sub(snapshot.exclusive_ports)
+        .saturating_sub(used)
+}
+
+/// A bar of `width` cells, filled in proportion to `ratio`.
+fn bar(ratio: f64, width: usize) -> String {
+    let filled = ((ratio.clamp(0.0, 1.0) * width as f64).round() as usize).min(width);
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled))
+}
+
+/// Cuts `text` to `width` characters, marking a cut with `~`.
+fn fit(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
+    cut.push('~');
+    cut
+}
+
+/// The report as text, at most 80 columns wide.
+pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> String {
+    let mut out = String::new();
+    let range = snapshot.range;
+    let _ = writeln!(
+        out,
+        "Ephemeral range {}-{}: {} ports, {} reserved, capacity {}",
+        range.start,
+        range.end,
+        range.port_count(),
+        snapshot.reserved_in_range,
+        snapshot.capacity
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<8}{:>8}{:>10}{:>8}  fill",
+        "", "used", "capacity", ""
+    );
+    for occupancy in &snapshot.occupancy {
+        let _ = writeln!(
+            out,
+            "{:<8}{:>8}{:>10}{:>7.1}%  {}",
+            occupancy.protocol.label(),
+            occupancy.ports_used,
+            snapshot.capacity,
+            occupancy.used_ratio * 100.0,
+            bar(occupancy.used_ratio, 30)
+        );
+    }
+    let _ = writeln!(out);
+    let largest = snapshot
+        .destinations
+        .first()
+        .map_or(0, |usage| usage.ports_used);
+    let _ = writeln!(
+        out,
+        "Busiest destination: {largest} ports + {} exclusive = {:.1}% of capacity",
+        snapshot.exclusive_ports,
+        snapshot.destination_max_used_ratio * 100.0
+    );
+    let _ = writeln!(
+        out,
+        "{}  (connect() to it fails at 100%)",
+        bar(snapshot.destination_max_used_ratio, 30)
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Top destinations ({} in all)                      used  headroom",
+        snapshot.destination_count
+    );
+    if snapshot.destinations.is_empty() {
+        let _ = writeln!(out, "  none");
+    }
+    for usage in &snapshot.destinations {
+        let destination = usage.destination;
+        let remote = std::net::SocketAddr::new(destination.remote_address, destination.remote_port);
+        let name = format!("{} -> {remote}", destination.local_address);
+        let _ = writeln!(
+            out,
+            "  {:<56}{:>6}{:>10}",
+            fit(&name, 56),
+            usage.ports_used,
+            headroom(snapshot, usage.ports_used)
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Top processes (ports held in the range)");
+    if snapshot.processes.is_empty() {
+        let _ = writeln!(out, "  none");
+    }
+    for usage in &snapshot.processes {
+        let _ = writeln!(
+            out,
+            "  {:<56}{:>6}",
+            fit(&usage.process, 56),
+            usage.ports_used
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Listeners (* inside the ephemeral range: may fail to restart)"
+    );
+    for listener in &snapshot.listeners {
+        let address = std::net::SocketAddr::new(listener.address, listener.port);
+        let _ = writeln!(
+            out,
+            "{} {:<4} {:<40} {:<16} {:>5}",
+            if listener.in_ephemeral_range {
+                "*"
+            } else {
+                " "
+            },
+            listener.protocol.label(),
+            fit(&address.to_string(), 40),
+            fit(&listener.process, 16),
+            listener.sockets
+        );
+    }
+    if snapshot.listeners_omitted > 0 {
+        let _ = writeln!(out, "  ... and {} more sockets", snapshot.listeners_omitted);
+    }
+    if let Some((port, holders)) = port {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "Port {port}: {} sockets", holders.len());
+        for holder in holders {
+            let _ = writeln!(
+                out,
+                "  {:<4} {:<12} {:<22} {:<22} {}",
+                holder.protocol,
+                holder.state,
+                fit(&holder.local, 22),
+                fit(&holder.remote, 22),
+                fit(&holder.process, 15)
+            );
+        }
+    }
+    out
+}
+
+/// The report as one JSON object.
+pub fn json_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> String {
+    let mut json = Json::default();
+    json.open('{');
+    json.key("range");
+    json.open('{');
+    json.field_number("start", f64::from(snapshot.range.start));
+    json.field_number("end", f64::from(snapshot.range.end));
+    json.close('}');
+    json.field_number("reserved", f64::from(snapshot.reserved_in_range));
+    json.field_number("capacity", f64::from(snapshot.capacity));
+    json.key("protocols");
+    json.open('[');
+    for occupancy in &snapshot.occupancy {
+        json.open('{');
+        json.field_string("protocol", occupancy.protocol.label());
+        json.field_number("used", f64::from(occupancy.ports_used));
+        json.field_number("used_ratio", occupancy.used_ratio);
+        json.key("sockets");
+        json.open('{');
+        for (state, count) in &occupancy.sockets_by_state {
+            json.field_number(state.label(), *count as f64);
+        }
+        json.close('}');
+        json.close('}');
+    }
+    json.close(']');
+    json.field_number("exclusive", f64::from(snapshot.exclusive_ports));
+    json.field_number("destination_count", snapshot.destination_count as f64);
+    json.field_number(
+        "destination_max_used_ratio",
+        snapshot.destination_max_used_ratio,
+    );
+    json.key("destinations");
+    json.open('[');
+    for usage in &snapshot.destinations {
+        let destination = usage.destination;
+        json.open('{');
+        json.field_string("local_address", &destination.local_address.to_string());
+        json.field_string("remote_address", &destination.remote_address.to_string());
+        json.field_number("remote_port", f64::from(destination.remote_port));
+        json.field_number("used", f64::from(usage.ports_used));
+        json.field_number("headroom", f64::from(headroom(snapshot, usage.ports_used)));
+        json.close('}');
+    }
+    json.close(']');
+    json.key("processes");
+    json.open('[');
+    for usage in &snapshot.processes {
+        json.open('{');
+        json.field_string("process", &usage.process);
+        json.field_number("ports", f64::from(usage.ports_used));
+        json.close('}');
+    }
+    json.close(']');
+    json.key("listeners");
+    json.open('[');
+    for listener in &snapshot.listeners {
+        json.open('{');
+        json.field_string("protocol", listener.protocol.label());
+        json.field_string("address", &listener.address.to_string());
+        json.field_number("port", f64::from(listener.port));
+        json.field_string("process", &listener.process);
+        json.field_number("sockets", listener.sockets as f64);
+        json.field_bool("in_ephemeral_range", listener.in_ephemeral_range);
+        json.close('}');
+    }
+    json.close(']');
+    json.field_number("listeners_omitted", snapshot.listeners_omitted as f64);
+    if let Some((port, holders)) = port {
+        json.key("port");
+        json.open('{');
+        json.field_number("port", f64::from(port));
+        json.key("sockets");
+        json.open('[');
+        for holder in holders {
+            json.open('{');
+            json.field_string("protocol", holder.protocol);
+            json.field_string("state", holder.state);
+            json.field_string("local", &holder.local);
+            json.field_string("remote", &holder.remote);
+            json.field_string("process", &holder.process);
+            json.close('}');
+        }
+        json.close(']');
+        json.close('}');
+    }
+    json.close('}');
+    json.text.push('\n');
+    json.text
+}
+
+/// A small JSON writer: objects, arrays, strings, numbers and booleans.
+#[derive(Default)]
+struct Json {
+    text: String,
+    /// Whether the next value needs a comma before it.
+    needs_comma: bool,
+}
+
+impl Json {
+    fn separate(&mut self) {
+        if self.needs_comma {
+            self.text.push(',');
+        }
+        self.needs_comma = false;
+    }
+
+    fn open(&mut self, bracket: char) {
+        self.separate();
+        self.text.push(bracket);
+    }
+
+    fn close(&mut self, bracket: char) {
+        self.text.push(bracket);
+        self.needs_comma = true;
+    }
+
+    fn key(&mut self, key: &str) {
+        self.separate();
+        push_json_string(&mut self.text, key);
+        self.text.push(':');
+    }
+
+    fn field_string(&mut self, key: &str, value: &str) {
+        self.key(key);
+        push_json_string(&mut self.text, value);
+        self.needs_comma = true;
+    }
+
+    fn field_number(&mut self, key: &str, value: f64) {
+        self.key(key);
+        if value.is_finite() {
+            let _ = write!(self.text, "{value}");
+        } else {
+            self.text.push_str("null");
+        }
+        self.needs_comma = true;
+    }
+
+    fn field_bool(&mut self, key: &str, value: bool) {
+        self.key(key);
+        self.text.push_str(if value { "true" } else { "false" });
+        self.needs_comma = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bars_and_cuts() {
+        assert_eq!(bar(0.0, 4), "[....]");
+        assert_eq!(bar(0.5, 4), "[##..]");
+        assert_eq!(bar(1.5, 4), "[####]");
+        assert_eq!(fit("abcdef", 4), "abc~");
+        assert_eq!(fit("abc", 4), "abc");
+    }
+
+    #[test]
+    fn json_escapes() {
+        let mut json = Json::default();
+        json.open('{');
+        json.field_string("a\"b", "c\\d\u{1}");
+        json.field_number("n", f64::NAN);
+        json.field_bool("t", true);
+        json.close('}');
+        assert_eq!(json.text, r#"{"a\"b":"c\\d\u0001","n":null,"t":true}"#);
+    }
+}

@@ -1,0 +1,159 @@
+//! `portstat_exporter inspect`: the report for people, and its JSON form.
+
+mod support;
+
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use support::{Netns, own_comm};
+
+/// A 100-port range with 10 reserved: 30 connections to one destination and
+/// 5 to another, 3 of them then closed into TIME_WAIT, and a listener inside
+/// the range.
+fn populated() -> (Netns, impl Sized) {
+    let netns = Netns::new((40000, 40099), "40090-40099");
+    netns.write_sysctl("tcp_tw_reuse", "0");
+    let held = netns.run(|| {
+        let first = TcpListener::bind("127.0.0.1:80").unwrap();
+        let second = TcpListener::bind("127.0.0.2:8080").unwrap();
+        let inside = TcpListener::bind("0.0.0.0:40050").unwrap();
+        let mut streams: Vec<TcpStream> = (0..30)
+            .map(|_| TcpStream::connect("127.0.0.1:80").unwrap())
+            .collect();
+        for _ in 0..5 {
+            let client = TcpStream::connect("127.0.0.2:8080").unwrap();
+            let (accepted, _) = second.accept().unwrap();
+            streams.extend([client, accepted]);
+        }
+        // Three closed by this side, after the server end closed too.
+        for _ in 0..3 {
+            let client = TcpStream::connect("127.0.0.2:8080").unwrap();
+            let (accepted, _) = second.accept().unwrap();
+            drop(client);
+            std::thread::sleep(Duration::from_millis(20));
+            drop(accepted);
+        }
+        (first, second, inside, streams)
+    });
+    (netns, held)
+}
+
+fn run_inspect(netns: &Netns, args: &[&str]) -> String {
+    let output = netns
+        .command(support::EXPORTER)
+        .arg("inspect")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn the_text_report_fits_80_columns_and_names_the_busiest() {
+    let (netns, _held) = populated();
+    let report = run_inspect(&netns, &[]);
+    println!("{report}");
+    for line in report.lines() {
+        assert!(line.chars().count() <= 80, "too wide: {line:?}");
+    }
+    assert!(
+        report.starts_with("Ephemeral range 40000-40099: 100 ports, 10 reserved, capacity 90\n"),
+        "{report}"
+    );
+    // 30 ports to the first destination; headroom 90 - 1 exclusive - 30.
+    let first = report
+        .lines()
+        .find(|line| line.contains("127.0.0.1 -> 127.0.0.1:80"))
+        .expect("the busiest destination");
+    assert_eq!(
+        first.split_whitespace().rev().take(2).collect::<Vec<_>>(),
+        ["59", "30"]
+    );
+    // 5 open and 3 in TIME_WAIT to the second.
+    let second = report
+        .lines()
+        .find(|line| line.contains("127.0.0.1 -> 127.0.0.2:8080"))
+        .expect("the second destination");
+    assert_eq!(
+        second.split_whitespace().rev().take(2).collect::<Vec<_>>(),
+        ["81", "8"]
+    );
+    assert!(report.contains("Busiest destination: 30 ports + 1 exclusive = 34.4% of capacity"));
+    let listener = report
+        .lines()
+        .find(|line| line.contains("0.0.0.0:40050"))
+        .expect("the listener inside the range");
+    assert!(listener.starts_with('*'), "{listener}");
+    assert!(listener.contains(&own_comm()), "{listener}");
+    let none = report
+        .lines()
+        .find(|line| line.trim_start().starts_with("none "))
+        .expect("TIME_WAIT under none");
+    assert!(none.ends_with(" 3"), "{none}");
+}
+
+#[test]
+fn a_port_shows_who_holds_it_and_in_which_state() {
+    let (netns, _held) = populated();
+    let report = run_inspect(&netns, &["40050"]);
+    let section = report.split("Port 40050: ").nth(1).expect("a port section");
+    assert!(section.starts_with("1 sockets\n"), "{section}");
+    assert!(section.contains("tcp  listen"), "{section}");
+    assert!(section.contains(&own_comm()), "{section}");
+}
+
+#[test]
+fn json_matches_the_metrics() {
+    let (netns, _held) = populated();
+    let json: serde_json::Value =
+        serde_json::from_str(&run_inspect(&netns, &["40050", "--json"])).unwrap();
+    let metrics = netns.once_until(&[], |_| true);
+    assert_eq!(json["capacity"], 90);
+    assert_eq!(json["reserved"], 10);
+    assert_eq!(json["exclusive"], 1);
+    assert_eq!(json["destination_count"], 2);
+    assert_eq!(
+        json["destination_max_used_ratio"].as_f64().unwrap(),
+        metrics.value("portstat_ephemeral_destination_max_used_ratio")
+    );
+    let tcp = &json["protocols"][0];
+    assert_eq!(tcp["protocol"], "tcp");
+    assert_eq!(
+        tcp["used"].as_f64().unwrap(),
+        metrics.value(r#"portstat_ephemeral_ports_used{protocol="tcp"}"#)
+    );
+    assert_eq!(tcp["sockets"]["time_wait"], 3);
+    let destinations = json["destinations"].as_array().unwrap();
+    assert_eq!(destinations[0]["remote_address"], "127.0.0.1");
+    assert_eq!(destinations[0]["used"], 30);
+    assert_eq!(destinations[0]["headroom"], 59);
+    assert_eq!(destinations[1]["remote_port"], 8080);
+    assert_eq!(destinations[1]["used"], 8);
+    let listener = json["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|listener| listener["port"] == 40050)
+        .unwrap();
+    assert_eq!(listener["in_ephemeral_range"], true);
+    assert_eq!(json["port"]["port"], 40050);
+    assert_eq!(json["port"]["sockets"][0]["state"], "listen");
+    assert_eq!(json["port"]["sockets"][0]["process"], own_comm());
+}
+
+#[test]
+fn inspect_fails_with_a_message_when_the_kernel_cannot_be_read() {
+    let netns = Netns::new((40000, 40099), "");
+    let output = netns
+        .command(support::EXPORTER)
+        .args(["inspect", "--path.procfs", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent"));
+}
