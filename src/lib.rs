@@ -2,8 +2,8 @@
 //! what listens where, for Prometheus.
 //!
 //! One pipeline: `source` reads the kernel, `aggregate` computes the figures,
-//! `render` writes Prometheus text, `serve` answers scrapes with the last
-//! rendering. `sampler` runs the first three on a timer; `cli`, `log` and
+//! `render` writes Prometheus text (and `page` the landing page), `serve`
+//! answers scrapes with the last rendering. `sampler` runs the first three on a timer; `cli`, `log` and
 //! `inspect` (a report for people) sit beside them.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -13,6 +13,7 @@ pub mod cli;
 pub mod inspect;
 pub mod log;
 pub mod model;
+pub mod page;
 pub mod render;
 pub mod sampler;
 pub mod serve;

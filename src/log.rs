@@ -157,7 +157,7 @@ fn rfc3339_now() -> String {
 }
 
 /// Formats Unix seconds and milliseconds as an RFC 3339 UTC time.
-fn rfc3339(seconds: u64, millis: u32) -> String {
+pub(crate) fn rfc3339(seconds: u64, millis: u32) -> String {
     let days = (seconds / 86_400) as i64;
     let second_of_day = seconds % 86_400;
     // Howard Hinnant's days-to-civil algorithm.

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     }
 
     let reader = NamespaceReader::new(cli.procfs.clone(), cli.source, cli.processes);
-    let renderer = Renderer::new(!cli.disable_exporter_metrics);
+    let renderer = Renderer::new(!cli.disable_exporter_metrics, &cli.telemetry_path);
     let mut sampler = Sampler::new(reader, renderer, cli.limits());
 
     if cli.once {

@@ -50,18 +50,27 @@ pub struct SampleStatus {
     pub errors: [u64; 2],
 }
 
-/// Renders expositions; owns the collectors of the exporter's own process.
+/// Renders expositions and landing pages; owns the collectors of the
+/// exporter's own process.
 pub struct Renderer {
     process: Option<prometheus::process_collector::ProcessCollector>,
+    metrics_path: String,
 }
 
 impl Renderer {
-    /// A renderer; `exporter_metrics` adds the standard `process_*` families.
-    pub fn new(exporter_metrics: bool) -> Renderer {
+    /// A renderer; `exporter_metrics` adds the standard `process_*` families,
+    /// and pages link to the metrics at `metrics_path`.
+    pub fn new(exporter_metrics: bool, metrics_path: &str) -> Renderer {
         Renderer {
             process: exporter_metrics
                 .then(prometheus::process_collector::ProcessCollector::for_self),
+            metrics_path: metrics_path.to_string(),
         }
+    }
+
+    /// Renders the landing page for the snapshot, if there is one yet.
+    pub fn page(&self, snapshot: Option<&Snapshot>, status: &SampleStatus) -> String {
+        crate::page::landing_page(snapshot, status, &self.metrics_path)
     }
 
     /// Renders the snapshot, if there is one yet, and the status as text.
@@ -458,7 +467,7 @@ mod tests {
 
     #[test]
     fn exposition() {
-        let text = Renderer::new(false)
+        let text = Renderer::new(false, "/metrics")
             .render(Some(&snapshot()), &status())
             .unwrap()
             .replace(&format!("revision=\"{REVISION}\""), "revision=\"REVISION\"");
@@ -473,7 +482,7 @@ mod tests {
             last_success_seconds: None,
             errors: [1, 0],
         };
-        let text = Renderer::new(false)
+        let text = Renderer::new(false, "/metrics")
             .render(None, &status)
             .unwrap()
             .replace(&format!("revision=\"{REVISION}\""), "revision=\"REVISION\"");

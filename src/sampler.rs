@@ -18,6 +18,8 @@ pub struct Exposition {
     pub text: Bytes,
     /// The same text, gzip-compressed once here rather than at every scrape.
     pub gzip: Bytes,
+    /// The landing page.
+    pub page: Bytes,
     /// Whether any sample has succeeded yet.
     pub ready: bool,
 }
@@ -87,9 +89,11 @@ impl Sampler {
         self.status.duration_seconds = started.elapsed().as_secs_f64();
         match self.renderer.render(self.last_good.as_ref(), &self.status) {
             Ok(text) => {
+                let page = self.renderer.page(self.last_good.as_ref(), &self.status);
                 self.last_exposition = Exposition {
                     gzip: gzip(text.as_bytes()),
                     text: Bytes::from(text),
+                    page: Bytes::from(page),
                     ready: self.last_good.is_some(),
                 };
             }

@@ -19,7 +19,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::render::VERSION;
 use crate::sampler::Exposition;
 
 /// The content type of the Prometheus text format.
@@ -256,14 +255,16 @@ impl State {
     }
 
     fn landing_page(&self) -> Response<Full<Bytes>> {
-        let path = html_escape(&self.config.telemetry_path);
-        let page = format!(
-            "<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><title>portstat_exporter</title></head>\n\
-             <body>\n<h1>portstat_exporter</h1>\n<p>Ephemeral port range usage and listening sockets, for Prometheus.</p>\n\
-             <p>Version {VERSION}</p>\n<ul>\n<li><a href=\"{path}\">Metrics</a></li>\n\
-             <li><a href=\"/-/healthy\">Health</a></li>\n<li><a href=\"/-/ready\">Readiness</a></li>\n</ul>\n</body>\n</html>\n"
-        );
-        let mut response = Response::new(Full::new(Bytes::from(page)));
+        let mut page = self.expositions.borrow().page.clone();
+        if page.is_empty() {
+            // Before the first sample has finished.
+            page = Bytes::from(crate::page::landing_page(
+                None,
+                &crate::render::SampleStatus::default(),
+                &self.config.telemetry_path,
+            ));
+        }
+        let mut response = Response::new(Full::new(page));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/html; charset=utf-8"),
@@ -300,13 +301,6 @@ fn accepts_gzip<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> bool {
             });
             (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
         })
-}
-
-fn html_escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 #[cfg(test)]

@@ -1,0 +1,224 @@
+//! The landing page `/`: the figures of the last `Snapshot` at a glance, as
+//! plain HTML and CSS (no script), rendered once per sample like the metrics.
+
+use std::fmt::Write as _;
+
+use crate::aggregate::Snapshot;
+use crate::log::rfc3339;
+use crate::render::{SampleStatus, VERSION};
+
+/// A fill from this ratio on shows as a warning, as the warning alert fires.
+const WARNING_RATIO: f64 = 0.8;
+/// A fill from this ratio on shows as critical, as the critical alert fires.
+const CRITICAL_RATIO: f64 = 0.95;
+
+const STYLE: &str = "\
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:1.5em 2em;color:#1f2937;max-width:64em}\
+h1{font-size:1.5em;margin:0 0 .2em}h2{font-size:1.1em;margin:1.4em 0 .4em}\
+p.meta{color:#4b5563;margin:0}\
+table{border-collapse:collapse;width:100%}\
+th,td{padding:.3em .6em;text-align:left;border-bottom:1px solid #e5e7eb}\
+th{font-weight:600;color:#374151}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}\
+td.bar{width:45%}\
+div.bar{background:#e5e7eb;height:1.1em;border-radius:3px;overflow:hidden}\
+div.fill{height:100%;background:#16a34a}div.fill.warning{background:#d97706}div.fill.critical{background:#dc2626}\
+tr.inside td{background:#fee2e2;font-weight:600}\
+.failing{color:#b91c1c;font-weight:600}";
+
+/// Escapes text for HTML element content and attribute values.
+pub fn html_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&#39;"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+/// A bar filled to `ratio`, coloured by the alert thresholds.
+fn bar(ratio: f64) -> String {
+    let level = if ratio >= CRITICAL_RATIO {
+        " critical"
+    } else if ratio >= WARNING_RATIO {
+        " warning"
+    } else {
+        ""
+    };
+    format!(
+        "<div class=\"bar\"><div class=\"fill{level}\" style=\"width:{:.1}%\"></div></div>",
+        (ratio.clamp(0.0, 1.0) * 100.0)
+    )
+}
+
+/// The landing page for the snapshot, if there is one yet, and the status.
+pub fn landing_page(
+    snapshot: Option<&Snapshot>,
+    status: &SampleStatus,
+    metrics_path: &str,
+) -> String {
+    let mut page = String::with_capacity(8 * 1024);
+    let metrics_path = html_escape(metrics_path);
+    let _ = write!(
+        page,
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\">\
+         <title>portstat_exporter</title><style>{STYLE}</style></head>\n<body>\n\
+         <h1>portstat_exporter</h1>\n<p class=\"meta\">Ephemeral port range usage and listening \
+         sockets, for Prometheus. Version {VERSION}. \
+         <a href=\"{metrics_path}\">Metrics</a> · <a href=\"/-/healthy\">Health</a> · \
+         <a href=\"/-/ready\">Readiness</a></p>\n"
+    );
+    let sampled = match status.last_success_seconds {
+        Some(seconds) => rfc3339(seconds as u64, ((seconds.fract()) * 1000.0) as u32),
+        None => "never".to_string(),
+    };
+    let _ = write!(
+        page,
+        "<p class=\"meta\" id=\"sampled\">Last successful sample: {sampled}"
+    );
+    if !status.success {
+        let _ = write!(
+            page,
+            " <span class=\"failing\">(the latest sample failed; figures below are from the last good one)</span>"
+        );
+    }
+    page.push_str("</p>\n");
+    let Some(snapshot) = snapshot else {
+        page.push_str("<p>No sample has succeeded yet.</p>\n</body>\n</html>\n");
+        return page;
+    };
+
+    let range = snapshot.range;
+    let _ = write!(
+        page,
+        "<h2>Ephemeral range {}–{}</h2>\n<p class=\"meta\">{} ports, {} reserved, capacity {}.</p>\n\
+         <table id=\"fill\"><tr><th></th><th class=\"num\">used</th><th>fill</th><th class=\"num\"></th></tr>\n",
+        range.start,
+        range.end,
+        range.port_count(),
+        snapshot.reserved_in_range,
+        snapshot.capacity
+    );
+    for occupancy in &snapshot.occupancy {
+        let _ = write!(
+            page,
+            "<tr id=\"fill-{protocol}\"><td>{protocol}</td><td class=\"num\">{}</td>\
+             <td class=\"bar\">{}</td><td class=\"num\">{:.1}%</td></tr>\n",
+            occupancy.ports_used,
+            bar(occupancy.used_ratio),
+            occupancy.used_ratio * 100.0,
+            protocol = occupancy.protocol.label(),
+        );
+    }
+    let largest = snapshot
+        .destinations
+        .first()
+        .map_or(0, |usage| usage.ports_used);
+    let _ = write!(
+        page,
+        "<tr id=\"fill-busiest\"><td>busiest destination</td><td class=\"num\">{}</td>\
+         <td class=\"bar\">{}</td><td class=\"num\">{:.1}%</td></tr>\n</table>\n\
+         <p class=\"meta\">The busiest destination's share counts its own ports and the \
+         ports no destination can share (listeners, sockets bound but not connected: {} now); \
+         <code>connect()</code> to it fails at 100%.</p>\n",
+        largest + snapshot.exclusive_ports,
+        bar(snapshot.destination_max_used_ratio),
+        snapshot.destination_max_used_ratio * 100.0,
+        snapshot.exclusive_ports
+    );
+
+    let _ = write!(
+        page,
+        "<h2>Top destinations</h2>\n<table id=\"destinations\"><tr><th>from</th><th>to</th>\
+         <th class=\"num\">ports used</th><th class=\"num\">headroom</th></tr>\n"
+    );
+    if snapshot.destinations.is_empty() {
+        page.push_str("<tr><td colspan=\"4\">none</td></tr>\n");
+    }
+    for usage in &snapshot.destinations {
+        let destination = usage.destination;
+        let remote = std::net::SocketAddr::new(destination.remote_address, destination.remote_port);
+        let headroom = snapshot
+            .capacity
+            .saturating_sub(snapshot.exclusive_ports)
+            .saturating_sub(usage.ports_used);
+        let _ = write!(
+            page,
+            "<tr><td>{}</td><td>{remote}</td><td class=\"num\">{}</td><td class=\"num\">{headroom}</td></tr>\n",
+            destination.local_address, usage.ports_used
+        );
+    }
+    let _ = write!(
+        page,
+        "</table>\n<p class=\"meta\">{} destinations in all.</p>\n",
+        snapshot.destination_count
+    );
+
+    let _ = write!(
+        page,
+        "<h2>Listeners</h2>\n<p class=\"meta\">Highlighted: TCP listeners inside the \
+         ephemeral range, which can fail to restart once an outgoing connection takes \
+         their port.</p>\n<table id=\"listeners\"><tr><th>protocol</th><th>address</th>\
+         <th class=\"num\">port</th><th>process</th><th class=\"num\">sockets</th></tr>\n"
+    );
+    for listener in &snapshot.listeners {
+        let _ = write!(
+            page,
+            "<tr{}><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td><td class=\"num\">{}</td></tr>\n",
+            if listener.in_ephemeral_range {
+                " class=\"inside\""
+            } else {
+                ""
+            },
+            listener.protocol.label(),
+            listener.address,
+            listener.port,
+            html_escape(&listener.process),
+            listener.sockets
+        );
+    }
+    page.push_str("</table>\n");
+    if snapshot.listeners_omitted > 0 {
+        let _ = write!(
+            page,
+            "<p class=\"meta\">{} more listening sockets not shown.</p>\n",
+            snapshot.listeners_omitted
+        );
+    }
+    page.push_str("</body>\n</html>\n");
+    page
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes() {
+        assert_eq!(
+            html_escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+
+    #[test]
+    fn bars_follow_the_alert_thresholds() {
+        assert!(bar(0.5).contains("class=\"fill\" style=\"width:50.0%\""));
+        assert!(bar(0.8).contains("fill warning"));
+        assert!(bar(0.97).contains("fill critical"));
+        assert!(bar(2.0).contains("width:100.0%"));
+    }
+
+    #[test]
+    fn before_any_sample() {
+        let page = landing_page(None, &SampleStatus::default(), "/metrics");
+        assert!(page.contains("No sample has succeeded yet."));
+        assert!(page.contains("<a href=\"/metrics\">Metrics</a>"));
+        assert!(page.contains("Last successful sample: never"));
+    }
+}
