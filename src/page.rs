@@ -105,10 +105,10 @@ pub fn landing_page(
         snapshot.capacity
     );
     for occupancy in &snapshot.occupancy {
-        let _ = write!(
+        let _ = writeln!(
             page,
             "<tr id=\"fill-{protocol}\"><td>{protocol}</td><td class=\"num\">{}</td>\
-             <td class=\"bar\">{}</td><td class=\"num\">{:.1}%</td></tr>\n",
+             <td class=\"bar\">{}</td><td class=\"num\">{:.1}%</td></tr>",
             occupancy.ports_used,
             bar(occupancy.used_ratio),
             occupancy.used_ratio * 100.0,
@@ -147,9 +147,9 @@ pub fn landing_page(
             .capacity
             .saturating_sub(snapshot.exclusive_ports)
             .saturating_sub(usage.ports_used);
-        let _ = write!(
+        let _ = writeln!(
             page,
-            "<tr><td>{}</td><td>{remote}</td><td class=\"num\">{}</td><td class=\"num\">{headroom}</td></tr>\n",
+            "<tr><td>{}</td><td>{remote}</td><td class=\"num\">{}</td><td class=\"num\">{headroom}</td></tr>",
             destination.local_address, usage.ports_used
         );
     }
@@ -167,9 +167,9 @@ pub fn landing_page(
          <th class=\"num\">port</th><th>process</th><th class=\"num\">sockets</th></tr>\n"
     );
     for listener in &snapshot.listeners {
-        let _ = write!(
+        let _ = writeln!(
             page,
-            "<tr{}><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td><td class=\"num\">{}</td></tr>\n",
+            "<tr{}><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td><td class=\"num\">{}</td></tr>",
             if listener.in_ephemeral_range {
                 " class=\"inside\""
             } else {
@@ -184,9 +184,9 @@ pub fn landing_page(
     }
     page.push_str("</table>\n");
     if snapshot.listeners_omitted > 0 {
-        let _ = write!(
+        let _ = writeln!(
             page,
-            "<p class=\"meta\">{} more listening sockets not shown.</p>\n",
+            "<p class=\"meta\">{} more listening sockets not shown.</p>",
             snapshot.listeners_omitted
         );
     }
