@@ -192,6 +192,35 @@ impl Netns {
         }
     }
 
+    /// GET `path` from `address`, from inside the namespace.
+    pub fn http_get(&self, address: SocketAddr, path: &str) -> std::io::Result<HttpResponse> {
+        let stream = self.connect(address)?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        read_response(stream, &request, false)
+    }
+
+    /// A connection from inside the namespace to `address`, from a local
+    /// port outside the test's range so that it does not change the figures.
+    pub fn connect(&self, address: SocketAddr) -> std::io::Result<TcpStream> {
+        let local = if address.is_ipv4() {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, self.next_port()))
+        } else {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, self.next_port()))
+        };
+        self.run(move || -> std::io::Result<TcpStream> {
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(address),
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )?;
+            socket.set_reuse_address(true)?;
+            socket.bind(&local.into())?;
+            socket.connect_timeout(&address.into(), Duration::from_secs(2))?;
+            Ok(socket.into())
+        })
+    }
+
     /// A local port outside any test range, for the harness's own clients.
     fn next_port(&self) -> u16 {
         self.next_client_port.fetch_add(1, Ordering::Relaxed)
@@ -278,7 +307,7 @@ impl Exporter<'_> {
         path: &str,
         headers: &[(&str, &str)],
     ) -> std::io::Result<HttpResponse> {
-        let stream = self.connect(self.address)?;
+        let stream = self.netns.connect(self.address)?;
         let mut request =
             format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
         for (name, value) in headers {
@@ -290,31 +319,12 @@ impl Exporter<'_> {
 
     /// GET `path` from another address the exporter listens on.
     pub fn get_at(&self, address: SocketAddr, path: &str) -> std::io::Result<HttpResponse> {
-        let stream = self.connect(address)?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        read_response(stream, &request, false)
+        self.netns.http_get(address, path)
     }
 
-    /// A connection from inside the namespace to `address`, from a local
-    /// port outside the test's range so that it does not change the figures.
+    /// A connection from inside the namespace to `address`.
     pub fn connect(&self, address: SocketAddr) -> std::io::Result<TcpStream> {
-        let local = if address.is_ipv4() {
-            SocketAddr::from((Ipv4Addr::LOCALHOST, self.netns.next_port()))
-        } else {
-            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, self.netns.next_port()))
-        };
-        self.netns.run(move || -> std::io::Result<TcpStream> {
-            let socket = socket2::Socket::new(
-                socket2::Domain::for_address(address),
-                socket2::Type::STREAM,
-                Some(socket2::Protocol::TCP),
-            )?;
-            socket.set_reuse_address(true)?;
-            socket.bind(&local.into())?;
-            socket.connect_timeout(&address.into(), Duration::from_secs(2))?;
-            Ok(socket.into())
-        })
+        self.netns.connect(address)
     }
 
     /// Sends SIGTERM and waits for the exit status, at most `limit`.

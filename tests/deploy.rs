@@ -1,0 +1,48 @@
+//! The deployment artifacts stay in step with what they are made from.
+
+use std::path::Path;
+use std::process::Command;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+#[test]
+fn the_prometheusrule_is_generated_from_the_alert_rules() {
+    let output = Command::new("bash")
+        .arg(Path::new(ROOT).join("deploy/kubernetes/generate-prometheusrule.sh"))
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let committed =
+        std::fs::read_to_string(Path::new(ROOT).join("deploy/kubernetes/prometheusrule.yaml"))
+            .unwrap();
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        committed,
+        "deploy/kubernetes/prometheusrule.yaml drifted from deploy/prometheus/alerts.yml: \
+         run deploy/kubernetes/generate-prometheusrule.sh > deploy/kubernetes/prometheusrule.yaml"
+    );
+}
+
+#[test]
+fn every_alert_has_a_runbook_in_the_readme() {
+    let rules =
+        std::fs::read_to_string(Path::new(ROOT).join("deploy/prometheus/alerts.yml")).unwrap();
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    let mut anchors = 0;
+    for line in rules.lines() {
+        if let Some(url) = line.trim().strip_prefix("runbook_url: ") {
+            let anchor = url.trim_matches('"').rsplit_once('#').unwrap().1;
+            // GitHub's anchor for a heading "### Name" is its lower-cased name.
+            let heading = readme
+                .lines()
+                .filter_map(|line| line.strip_prefix("### "))
+                .any(|heading| heading.to_lowercase() == anchor);
+            assert!(
+                heading,
+                "no README heading for the runbook anchor #{anchor}"
+            );
+            anchors += 1;
+        }
+    }
+    assert_eq!(anchors, 7, "every rule carries a runbook_url");
+}

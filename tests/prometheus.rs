@@ -1,0 +1,273 @@
+//! End to end with the real Prometheus: it scrapes the exporter every second
+//! and evaluates `deploy/prometheus/alerts.yml` (with `for` shortened) while
+//! one destination is driven to exhaustion with real connections; then every
+//! query of the Grafana dashboard runs against it.
+
+mod support;
+
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use support::Netns;
+
+const PROMETHEUS: &str = "127.0.0.1:9090";
+
+/// A process killed on drop, with its scratch folder removed.
+struct Service {
+    child: Child,
+    folder: PathBuf,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.folder);
+    }
+}
+
+/// The alert rules as shipped, with every `for` shortened to seconds.
+fn rules_for_the_test() -> String {
+    let rules = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yml"),
+    )
+    .unwrap();
+    rules
+        .lines()
+        .map(|line| match line.trim_start().strip_prefix("for: ") {
+            Some(duration) => {
+                let shortened = match duration {
+                    "5m" => "2s",
+                    _ => "1s",
+                };
+                line.replace(duration, shortened)
+            }
+            None => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn start_prometheus(netns: &Netns) -> Service {
+    let folder = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "prometheus-{}-{}",
+        std::process::id(),
+        netns.name()
+    ));
+    let _ = std::fs::remove_dir_all(&folder);
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("rules.yml"), rules_for_the_test()).unwrap();
+    std::fs::write(
+        folder.join("prometheus.yml"),
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+         rule_files: [rules.yml]\n\
+         scrape_configs:\n  - job_name: portstat\n    static_configs:\n      - targets: ['127.0.0.1:10042']\n",
+    )
+    .unwrap();
+    let child = netns
+        .command("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            folder.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            folder.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={PROMETHEUS}"))
+        .arg("--log.level=warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(folder.join("prometheus.log")).unwrap())
+        .spawn()
+        .expect("prometheus is needed (Debian package prometheus); .ci/run installs it");
+    let service = Service { child, folder };
+    wait_for(Duration::from_secs(30), "Prometheus to be ready", || {
+        netns
+            .http_get(PROMETHEUS.parse().unwrap(), "/-/ready")
+            .is_ok_and(|response| response.status == 200)
+    });
+    service
+}
+
+/// Polls `done` every 100 ms until it holds; fails the test after `limit`.
+fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Percent-encodes a query for a URL.
+fn encode(query: &str) -> String {
+    query
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+fn api(netns: &Netns, path: &str) -> serde_json::Value {
+    let response = netns.http_get(PROMETHEUS.parse().unwrap(), path).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&response.body)
+        .unwrap_or_else(|error| panic!("{path}: {error}: {}", response.text()));
+    assert_eq!(json["status"], "success", "{path}: {json}");
+    json
+}
+
+/// The states of the alerts named `name` ("pending", "firing").
+fn alert_states(netns: &Netns, name: &str) -> Vec<String> {
+    api(netns, "/api/v1/alerts")["data"]["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|alert| alert["labels"]["alertname"] == name)
+        .map(|alert| alert["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn firing(netns: &Netns, name: &str) -> bool {
+    alert_states(netns, name)
+        .iter()
+        .any(|state| state == "firing")
+}
+
+/// Connects to `server` until `count` connections are open; `None` on
+/// EADDRNOTAVAIL.
+fn connect_up_to(
+    netns: &Netns,
+    server: SocketAddr,
+    streams: &mut Vec<TcpStream>,
+    count: usize,
+) -> Option<()> {
+    while streams.len() < count {
+        match netns.run(move || TcpStream::connect(server)) {
+            Ok(stream) => streams.push(stream),
+            Err(error) if error.kind() == ErrorKind::AddrNotAvailable => return None,
+            Err(error) => panic!("connect: {error}"),
+        }
+    }
+    Some(())
+}
+
+#[test]
+fn alerts_fire_before_connect_fails_and_the_dashboard_queries_answer() {
+    // 100 ports; a listener inside the range takes one from every destination.
+    let netns = Netns::new((40000, 40099), "");
+    let server: SocketAddr = "127.0.0.2:80".parse().unwrap();
+    let _listeners = netns.run(|| {
+        let listen = |address: &str| {
+            let address: SocketAddr = address.parse().unwrap();
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            socket.bind(&address.into()).unwrap();
+            socket.listen(1024).unwrap();
+            socket
+        };
+        (listen("127.0.0.2:80"), listen("0.0.0.0:40090"))
+    });
+    let _exporter = netns.start_exporter(&["--collector.interval", "500ms"]);
+    let _prometheus = start_prometheus(&netns);
+    wait_for(Duration::from_secs(30), "the first scrape", || {
+        api(
+            &netns,
+            &format!(
+                "/api/v1/query?query={}",
+                encode("up{job=\"portstat\"} == 1")
+            ),
+        )["data"]["result"]
+            .as_array()
+            .is_some_and(|result| !result.is_empty())
+    });
+
+    let mut streams = Vec::new();
+    // 84 connections + 1 exclusive port: 85 % of what the destination can
+    // have. The warning fires, and connect() still works afterwards.
+    connect_up_to(&netns, server, &mut streams, 84).expect("exhausted too early");
+    assert!(!firing(&netns, "EphemeralPortsNearlyExhausted"));
+    wait_for(Duration::from_secs(30), "the warning alert", || {
+        firing(&netns, "EphemeralPortsFillingUp")
+    });
+    // 97 %: the critical alert fires, connect() still works.
+    connect_up_to(&netns, server, &mut streams, 96).expect("exhausted too early");
+    wait_for(Duration::from_secs(30), "the critical alert", || {
+        firing(&netns, "EphemeralPortsNearlyExhausted")
+    });
+    // On to the first EADDRNOTAVAIL.
+    assert!(connect_up_to(&netns, server, &mut streams, 1000).is_none());
+    assert_eq!(streams.len(), 99, "100 ports less the listener's");
+    assert!(firing(&netns, "EphemeralPortsFillingUp"));
+    assert!(firing(&netns, "EphemeralPortsNearlyExhausted"));
+    wait_for(
+        Duration::from_secs(30),
+        "the ratio at 1 in Prometheus",
+        || {
+            api(
+                &netns,
+                &format!(
+                    "/api/v1/query?query={}",
+                    encode("portstat_ephemeral_destination_max_used_ratio == 1")
+                ),
+            )["data"]["result"]
+                .as_array()
+                .is_some_and(|result| result.len() == 1)
+        },
+    );
+    // The listener inside the range has its own alert.
+    wait_for(Duration::from_secs(30), "the listener alert", || {
+        firing(&netns, "ListenerInEphemeralRange")
+    });
+    assert!(!firing(&netns, "PortstatSamplingFailing"));
+
+    // Every query of the dashboard, as Grafana would send it.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("grafana/portstat.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut expressions = Vec::new();
+    collect_expressions(&dashboard, &mut expressions);
+    assert!(expressions.len() >= 10, "{expressions:?}");
+    for expression in expressions {
+        let query = expression
+            .replace("$instance", ".*")
+            .replace("$__rate_interval", "1m");
+        let json = api(&netns, &format!("/api/v1/query?query={}", encode(&query)));
+        let result = json["data"]["result"].as_array().expect("a vector");
+        assert!(
+            !result.is_empty(),
+            "no result for the dashboard query {expression}"
+        );
+    }
+}
+
+/// Every `expr` in the dashboard's panels.
+fn collect_expressions(value: &serde_json::Value, expressions: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("expr", serde_json::Value::String(expression)) => {
+                        expressions.push(expression.clone())
+                    }
+                    _ => collect_expressions(value, expressions),
+                }
+            }
+        }
+        serde_json::Value::Array(values) => {
+            for value in values {
+                collect_expressions(value, expressions);
+            }
+        }
+        _ => {}
+    }
+}
