@@ -5,18 +5,14 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::io::ErrorKind;
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 
-use support::{Metrics, Netns, own_comm};
+use support::{Metrics, Netns, bound_socket, listening_socket, own_comm};
 
 const RANGE: (u16, u16) = (40000, 40059);
 
 fn listener(address: &str) -> socket2::Socket {
-    let address: SocketAddr = address.parse().unwrap();
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.bind(&address.into()).unwrap();
-    socket.listen(1024).unwrap();
-    socket
+    listening_socket(address, false, 1024)
 }
 
 /// Connects to `server` `count` times, or until `connect()` fails with
@@ -124,17 +120,8 @@ fn bound_sockets_and_listeners_in_the_range_cut_every_destination_s_headroom() {
         // A listener inside the range, and two sockets bound to port 0
         // (the kernel picks them a port from the range) and never connected.
         let inside = listener("0.0.0.0:40030");
-        let bound: Vec<socket2::Socket> = (0..2)
-            .map(|_| {
-                let socket =
-                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-                        .unwrap();
-                socket
-                    .bind(&"0.0.0.0:0".parse::<SocketAddr>().unwrap().into())
-                    .unwrap();
-                socket
-            })
-            .collect();
+        let bound: Vec<socket2::Socket> =
+            (0..2).map(|_| bound_socket("0.0.0.0:0", false)).collect();
         let bound_ports: Vec<u16> = bound
             .iter()
             .map(|socket| socket.local_addr().unwrap().as_socket().unwrap().port())

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
-use support::{Metrics, Netns};
+use support::{Metrics, Netns, bound_socket, listening_socket};
 
 /// A small xorshift generator: the population is random, the seed printed.
 struct Random(u64);
@@ -229,8 +229,8 @@ fn a_socket_bound_but_never_connected_holds_its_port_for_netlink_only() {
     let netns = Netns::new((40000, 40099), "");
     let bound = netns.run(|| {
         // Port 0: bind() picks a port from the ephemeral range.
-        let automatic = bind_only("0.0.0.0:0");
-        let explicit = bind_only("[::]:40077");
+        let automatic = bound_socket("0.0.0.0:0", false);
+        let explicit = bound_socket("[::]:40077", false);
         (automatic, explicit)
     });
     let automatic_port = bound.0.local_addr().unwrap().as_socket().unwrap().port();
@@ -253,27 +253,12 @@ fn a_socket_bound_but_never_connected_holds_its_port_for_netlink_only() {
     );
 }
 
-fn bind_only(address: &str) -> socket2::Socket {
-    let address: SocketAddr = address.parse().unwrap();
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(address),
-        socket2::Type::STREAM,
-        None,
-    )
-    .unwrap();
-    socket.bind(&address.into()).unwrap();
-    socket
-}
-
 #[test]
 fn listeners_report_their_accept_queue_and_backlog() {
     let netns = Netns::new((40000, 40099), "");
     let (_listener, _clients) = netns.run(|| {
         let address: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        let listener =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        listener.bind(&address.into()).unwrap();
-        listener.listen(5).unwrap();
+        let listener = listening_socket("127.0.0.1:8080", false, 5);
         let clients: Vec<TcpStream> = (0..3)
             .map(|_| TcpStream::connect(address).unwrap())
             .collect();

@@ -5,10 +5,10 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::io::ErrorKind;
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use support::{Metrics, Netns, own_comm};
+use support::{Metrics, Netns, listening_socket, own_comm};
 
 /// Sockets that must stay open while the exporter looks at them.
 #[derive(Default)]
@@ -21,20 +21,6 @@ struct Population {
     tcp_ports: BTreeSet<u16>,
     /// Local ports inside the range that UDP sockets took, reserved excluded.
     udp_ports: BTreeSet<u16>,
-}
-
-fn reuse_port_listener(address: &str) -> socket2::Socket {
-    let address: SocketAddr = address.parse().unwrap();
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(address),
-        socket2::Type::STREAM,
-        None,
-    )
-    .unwrap();
-    socket.set_reuse_port(true).unwrap();
-    socket.bind(&address.into()).unwrap();
-    socket.listen(16).unwrap();
-    socket
 }
 
 /// A connection to `server`, both ends kept.
@@ -61,8 +47,12 @@ fn populate(netns: &Netns) -> Population {
             .listeners
             .push(TcpListener::bind("[::]:40050").unwrap());
         population.tcp_ports.insert(40050);
-        population.raw.push(reuse_port_listener("127.0.0.1:8080"));
-        population.raw.push(reuse_port_listener("127.0.0.1:8080"));
+        population
+            .raw
+            .push(listening_socket("127.0.0.1:8080", true, 16));
+        population
+            .raw
+            .push(listening_socket("127.0.0.1:8080", true, 16));
         let port = |stream: &TcpStream| stream.local_addr().unwrap().port();
         for _ in 0..5 {
             let (client, accepted) = connect(&v4);

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use support::Netns;
+use support::{Netns, listening_socket};
 
 const PROMETHEUS: &str = "127.0.0.1:9090";
 
@@ -163,15 +163,10 @@ fn alerts_fire_before_connect_fails_and_the_dashboard_queries_answer() {
     let netns = Netns::new((40000, 40099), "");
     let server: SocketAddr = "127.0.0.2:80".parse().unwrap();
     let _listeners = netns.run(|| {
-        let listen = |address: &str| {
-            let address: SocketAddr = address.parse().unwrap();
-            let socket =
-                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-            socket.bind(&address.into()).unwrap();
-            socket.listen(1024).unwrap();
-            socket
-        };
-        (listen("127.0.0.2:80"), listen("0.0.0.0:40090"))
+        (
+            listening_socket("127.0.0.2:80", false, 1024),
+            listening_socket("0.0.0.0:40090", false, 1024),
+        )
     });
     let _exporter = netns.start_exporter(&["--collector.interval", "500ms"]);
     let _prometheus = start_prometheus(&netns);

@@ -331,16 +331,7 @@ impl Exporter<'_> {
     pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.wait_exit(limit)
     }
 
     /// Waits for the process to exit by itself, at most `limit`.
@@ -478,6 +469,29 @@ pub fn run(command: &mut Command) {
         "{command:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// A TCP socket bound to `address` (port 0: the kernel picks one from the
+/// ephemeral range), neither listening nor connected.
+pub fn bound_socket(address: &str, reuse_port: bool) -> socket2::Socket {
+    let address: SocketAddr = address.parse().expect("a socket address");
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        None,
+    )
+    .expect("a TCP socket");
+    socket.set_reuse_port(reuse_port).expect("SO_REUSEPORT");
+    socket.bind(&address.into()).expect("bind");
+    socket
+}
+
+/// A TCP listener on `address` with room for `backlog` connections not yet
+/// accepted.
+pub fn listening_socket(address: &str, reuse_port: bool, backlog: i32) -> socket2::Socket {
+    let socket = bound_socket(address, reuse_port);
+    socket.listen(backlog).expect("listen");
+    socket
 }
 
 /// The `comm` of this test process, as the exporter reports owners.
