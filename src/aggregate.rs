@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
 use crate::model::{
-    ListenQueue, NamespaceSample, PortRange, PortSet, Protocol, SocketRecord, SocketState,
-    SourceKind, TcpState, UdpState,
+    ListenQueue, NamespaceIdentity, NamespaceSample, PortRange, PortSet, Protocol, SocketRecord,
+    SocketState, SourceKind, TcpState, UdpState,
 };
 
 /// The process label of a socket whose owner could not be resolved.
@@ -70,6 +70,8 @@ pub struct Snapshot {
     pub processes: Vec<ProcessUsage>,
     /// Where the TCP sockets, then the UDP sockets, were read from.
     pub sources: [SourceKind; 2],
+    /// The namespace, when several are sampled; `None` labels nothing.
+    pub namespace: Option<NamespaceIdentity>,
 }
 
 /// Where outgoing TCP connections go, as the kernel tells them apart when it
@@ -298,6 +300,7 @@ pub fn aggregate(sample: &NamespaceSample, limits: &Limits) -> Snapshot {
         destination_max_used_ratio,
         processes: top_processes(process_ports, limits.processes_top),
         sources: sample.sources,
+        namespace: None,
     }
 }
 

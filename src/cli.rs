@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::aggregate::Limits;
+use crate::sampler::NamespaceScope;
 use crate::source::SourceChoice;
 
 /// Prometheus exporter for ephemeral port range usage and listening sockets.
@@ -100,6 +101,15 @@ pub struct Cli {
     )]
     pub listeners_max: usize,
 
+    /// Which network namespaces to sample: `self`, the exporter's own, or
+    /// `all` on the host, each series then labelled with its namespace.
+    #[arg(long = "collector.netns", value_enum, default_value_t = NetnsChoice::Own)]
+    pub netns: NetnsChoice,
+
+    /// Most network namespaces sampled with --collector.netns=all.
+    #[arg(long = "collector.netns.max", value_name = "N", default_value_t = 500)]
+    pub netns_max: usize,
+
     /// procfs mountpoint.
     #[arg(
         long = "path.procfs",
@@ -125,6 +135,16 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// The network namespaces to sample.
+    pub fn namespaces(&self) -> NamespaceScope {
+        match self.netns {
+            NetnsChoice::Own => NamespaceScope::Own,
+            NetnsChoice::All => NamespaceScope::All {
+                max: self.netns_max,
+            },
+        }
+    }
+
     /// The bounds on the families that follow the host's size.
     pub fn limits(&self) -> Limits {
         Limits {
@@ -154,6 +174,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `--collector.netns`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetnsChoice {
+    /// The exporter's own network namespace.
+    #[value(name = "self")]
+    Own,
+    /// Every network namespace on the host.
+    All,
 }
 
 /// The lowest severity that is logged.

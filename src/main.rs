@@ -11,7 +11,7 @@ use portstat_exporter::aggregate::{aggregate, sockets_needing_owners};
 use portstat_exporter::cli::{Cli, Command};
 use portstat_exporter::inspect;
 use portstat_exporter::render::Renderer;
-use portstat_exporter::sampler::{Exposition, Sampler};
+use portstat_exporter::sampler::{Exposition, NamespaceScope, Sampler};
 use portstat_exporter::serve::{self, ServeConfig};
 use portstat_exporter::source::NamespaceReader;
 
@@ -24,9 +24,15 @@ fn main() -> ExitCode {
         return inspect(&cli, port, json);
     }
 
-    let reader = NamespaceReader::new(cli.procfs.clone(), cli.source, cli.processes);
+    let all_namespaces = cli.namespaces() != NamespaceScope::Own;
+    let reader = NamespaceReader::new(
+        cli.procfs.clone(),
+        cli.source,
+        cli.processes,
+        all_namespaces,
+    );
     let renderer = Renderer::new(!cli.disable_exporter_metrics, &cli.telemetry_path);
-    let mut sampler = Sampler::new(reader, renderer, cli.limits());
+    let mut sampler = Sampler::new(reader, renderer, cli.limits(), cli.namespaces());
 
     if cli.once {
         return sample_once(&mut sampler);
@@ -111,7 +117,7 @@ fn sample_once(sampler: &mut Sampler) -> ExitCode {
 /// Samples once and prints the report for people; exit status 1 if the
 /// sample failed.
 fn inspect(cli: &Cli, port: Option<u16>, json: bool) -> ExitCode {
-    let mut reader = NamespaceReader::new(cli.procfs.clone(), cli.source, cli.processes);
+    let mut reader = NamespaceReader::new(cli.procfs.clone(), cli.source, cli.processes, false);
     let mut sample = match reader.read() {
         Ok(sample) => sample,
         Err(error) => {

@@ -294,6 +294,19 @@ impl SocketOwners {
     }
 }
 
+/// Which network namespace figures belong to, as labels name it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NamespaceIdentity {
+    /// The namespace's inode number (`readlink /proc/<pid>/ns/net`).
+    pub inode: u64,
+    /// Its name under `/run/netns`, if it has one.
+    pub name: Option<String>,
+    /// The container whose process is in it, from that process's cgroup.
+    pub container_id: Option<String>,
+    /// The Kubernetes pod whose process is in it, from its cgroup.
+    pub pod_uid: Option<String>,
+}
+
 /// Everything the kernel told about one network namespace in one sample.
 #[derive(Debug, Clone)]
 pub struct NamespaceSample {

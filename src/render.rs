@@ -48,6 +48,19 @@ pub struct SampleStatus {
     pub last_success_seconds: Option<f64>,
     /// Failed samples since start, by the stage that failed (`Stage::ALL` order).
     pub errors: [u64; 2],
+    /// With every namespace sampled, how that went in the latest sample.
+    pub namespaces: Option<NamespaceCounts>,
+}
+
+/// How many network namespaces the latest sample covered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NamespaceCounts {
+    /// Namespaces sampled.
+    pub sampled: u64,
+    /// Namespaces beyond `--collector.netns.max`, not sampled.
+    pub omitted: u64,
+    /// Namespaces that could not be read.
+    pub failed: u64,
 }
 
 /// Renders expositions and landing pages; owns the collectors of the
@@ -76,13 +89,14 @@ impl Renderer {
     /// Renders the snapshot, if there is one yet, and the status as text.
     pub fn render(
         &self,
-        snapshot: Option<&Snapshot>,
+        snapshots: &[Snapshot],
         status: &SampleStatus,
     ) -> Result<String, prometheus::Error> {
         let mut families = Vec::new();
-        if let Some(snapshot) = snapshot {
+        for snapshot in snapshots {
             snapshot_families(snapshot, &mut families);
         }
+        let mut families = merge_by_name(families);
         status_families(status, &mut families);
         if let Some(process) = &self.process {
             families.extend(process.collect());
@@ -94,8 +108,46 @@ impl Renderer {
     }
 }
 
+/// Joins families of the same name (one per namespace) into one, keeping the
+/// order in which names first appear: the text format lists each family once.
+fn merge_by_name(families: Vec<MetricFamily>) -> Vec<MetricFamily> {
+    let mut merged: Vec<MetricFamily> = Vec::with_capacity(families.len());
+    for mut family in families {
+        match merged.iter_mut().find(|seen| seen.name() == family.name()) {
+            Some(seen) => {
+                let mut metrics = seen.take_metric();
+                metrics.extend(family.take_metric());
+                seen.set_metric(metrics);
+            }
+            None => merged.push(family),
+        }
+    }
+    merged
+}
+
+/// The labels that say which namespace a series belongs to: none when only
+/// the exporter's own namespace is sampled.
+fn namespace_labels(snapshot: &Snapshot) -> Vec<(&'static str, String)> {
+    let Some(namespace) = &snapshot.namespace else {
+        return Vec::new();
+    };
+    let mut labels = vec![("netns", namespace.inode.to_string())];
+    for (name, value) in [
+        ("netns_name", &namespace.name),
+        ("container_id", &namespace.container_id),
+        ("pod_uid", &namespace.pod_uid),
+    ] {
+        if let Some(value) = value {
+            labels.push((name, value.clone()));
+        }
+    }
+    labels
+}
+
 /// The families that describe the namespace.
 fn snapshot_families(snapshot: &Snapshot, families: &mut Vec<MetricFamily>) {
+    let base = namespace_labels(snapshot);
+    let family = |name: &str, help: &str| family_with(name, help, &base);
     let mut start = family(
         "portstat_ephemeral_range_start",
         "First port of the ephemeral port range (net.ipv4.ip_local_port_range).",
@@ -314,6 +366,30 @@ fn status_families(status: &SampleStatus, families: &mut Vec<MetricFamily>) {
     }
     families.extend(errors.done());
 
+    if let Some(counts) = status.namespaces {
+        for (name, help, value) in [
+            (
+                "portstat_netns_sampled",
+                "Network namespaces sampled in the last sample.",
+                counts.sampled,
+            ),
+            (
+                "portstat_netns_omitted",
+                "Network namespaces beyond --collector.netns.max, not sampled.",
+                counts.omitted,
+            ),
+            (
+                "portstat_netns_failed",
+                "Network namespaces that could not be read in the last sample.",
+                counts.failed,
+            ),
+        ] {
+            let mut builder = family(name, help);
+            builder.gauge(&[], value as f64);
+            families.extend(builder.done());
+        }
+    }
+
     let mut build = family(
         "portstat_build_info",
         "A constant 1, labelled with the version and source revision of the exporter.",
@@ -326,15 +402,22 @@ fn status_families(status: &SampleStatus, families: &mut Vec<MetricFamily>) {
 struct FamilyBuilder {
     family: MetricFamily,
     metrics: Vec<Metric>,
+    /// Labels every series of the family starts with.
+    base: Vec<(&'static str, String)>,
 }
 
 fn family(name: &str, help: &str) -> FamilyBuilder {
+    family_with(name, help, &[])
+}
+
+fn family_with(name: &str, help: &str, base: &[(&'static str, String)]) -> FamilyBuilder {
     let mut family = MetricFamily::default();
     family.set_name(name.to_string());
     family.set_help(help.to_string());
     FamilyBuilder {
         family,
         metrics: Vec::new(),
+        base: base.to_vec(),
     }
 }
 
@@ -344,7 +427,7 @@ impl FamilyBuilder {
         let mut gauge = Gauge::default();
         gauge.set_value(value);
         let mut metric = Metric::from_gauge(gauge);
-        metric.set_label(label_pairs(labels));
+        metric.set_label(self.label_pairs(labels));
         self.metrics.push(metric);
     }
 
@@ -354,7 +437,7 @@ impl FamilyBuilder {
         counter.set_value(value);
         let mut metric = Metric::default();
         metric.set_counter(counter);
-        metric.set_label(label_pairs(labels));
+        metric.set_label(self.label_pairs(labels));
         self.metrics.push(metric);
     }
 
@@ -369,16 +452,20 @@ impl FamilyBuilder {
     }
 }
 
-fn label_pairs(labels: &[(&str, &str)]) -> Vec<LabelPair> {
-    labels
-        .iter()
-        .map(|(name, value)| {
-            let mut pair = LabelPair::default();
-            pair.set_name(name.to_string());
-            pair.set_value(value.to_string());
-            pair
-        })
-        .collect()
+impl FamilyBuilder {
+    fn label_pairs(&self, labels: &[(&str, &str)]) -> Vec<LabelPair> {
+        self.base
+            .iter()
+            .map(|(name, value)| (*name, value.as_str()))
+            .chain(labels.iter().copied())
+            .map(|(name, value)| {
+                let mut pair = LabelPair::default();
+                pair.set_name(name.to_string());
+                pair.set_value(value.to_string());
+                pair
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -462,13 +549,14 @@ mod tests {
             duration_seconds: 0.0125,
             last_success_seconds: Some(1_795_694_629.5),
             errors: [2, 0],
+            namespaces: None,
         }
     }
 
     #[test]
     fn exposition() {
         let text = Renderer::new(false, "/metrics")
-            .render(Some(&snapshot()), &status())
+            .render(&[snapshot()], &status())
             .unwrap()
             .replace(&format!("revision=\"{REVISION}\""), "revision=\"REVISION\"");
         insta::assert_snapshot!(text);
@@ -481,9 +569,10 @@ mod tests {
             duration_seconds: 0.001,
             last_success_seconds: None,
             errors: [1, 0],
+            namespaces: None,
         };
         let text = Renderer::new(false, "/metrics")
-            .render(None, &status)
+            .render(&[], &status)
             .unwrap()
             .replace(&format!("revision=\"{REVISION}\""), "revision=\"REVISION\"");
         insta::assert_snapshot!(text);

@@ -7,9 +7,30 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use std::collections::HashSet;
+use std::path::Path;
+
 use crate::aggregate::{Limits, Snapshot, aggregate, sockets_needing_owners};
-use crate::render::{Renderer, SampleStatus, Stage};
-use crate::source::NamespaceReader;
+use crate::render::{NamespaceCounts, Renderer, SampleStatus, Stage};
+use crate::source::{NamespaceReader, SourceError, namespaces};
+
+/// Which network namespaces a sampler reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamespaceScope {
+    /// The one the exporter runs in; series carry no namespace labels.
+    Own,
+    /// Every one on the host, at most `max`; series carry `netns` labels.
+    All {
+        /// The most namespaces sampled; the rest are counted as omitted.
+        max: usize,
+    },
+}
+
+/// The inode of the exporter's own network namespace.
+fn own_namespace_inode() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino())
+}
 
 /// One rendered exposition, ready to be sent as it is.
 #[derive(Debug, Clone, Default)]
@@ -30,20 +51,28 @@ pub struct Sampler {
     reader: NamespaceReader,
     renderer: Renderer,
     limits: Limits,
-    last_good: Option<Snapshot>,
+    namespaces: NamespaceScope,
+    /// The last good snapshots, one per namespace; empty before any.
+    last_good: Vec<Snapshot>,
     status: SampleStatus,
     last_exposition: Exposition,
 }
 
 impl Sampler {
-    /// A sampler that reads with `reader`, computes within `limits` and
-    /// renders with `renderer`.
-    pub fn new(reader: NamespaceReader, renderer: Renderer, limits: Limits) -> Sampler {
+    /// A sampler that reads the `namespaces` with `reader`, computes within
+    /// `limits` and renders with `renderer`.
+    pub fn new(
+        reader: NamespaceReader,
+        renderer: Renderer,
+        limits: Limits,
+        namespaces: NamespaceScope,
+    ) -> Sampler {
         Sampler {
             reader,
             renderer,
             limits,
-            last_good: None,
+            namespaces,
+            last_good: Vec::new(),
             status: SampleStatus::default(),
             last_exposition: Exposition::default(),
         }
@@ -63,13 +92,13 @@ impl Sampler {
         let started = Instant::now();
         let was_failing =
             self.status.errors[stage_index(Stage::Source)] > 0 && !self.status.success;
-        match self.reader.read() {
-            Ok(mut sample) => {
-                let per_process = self.limits.processes_top > 0;
-                sample.owners = self
-                    .reader
-                    .resolve_owners(sockets_needing_owners(&sample, per_process));
-                self.last_good = Some(aggregate(&sample, &self.limits));
+        let result = match self.namespaces {
+            NamespaceScope::Own => self.sample_own(),
+            NamespaceScope::All { max } => self.sample_all(max),
+        };
+        match result {
+            Ok(snapshots) => {
+                self.last_good = snapshots;
                 self.status.success = true;
                 self.status.last_success_seconds = Some(unix_seconds());
                 if was_failing {
@@ -87,14 +116,14 @@ impl Sampler {
             }
         }
         self.status.duration_seconds = started.elapsed().as_secs_f64();
-        match self.renderer.render(self.last_good.as_ref(), &self.status) {
+        match self.renderer.render(&self.last_good, &self.status) {
             Ok(text) => {
-                let page = self.renderer.page(self.last_good.as_ref(), &self.status);
+                let page = self.renderer.page(self.own_snapshot(), &self.status);
                 self.last_exposition = Exposition {
                     gzip: gzip(text.as_bytes()),
                     text: Bytes::from(text),
                     page: Bytes::from(page),
-                    ready: self.last_good.is_some(),
+                    ready: !self.last_good.is_empty(),
                 };
             }
             Err(error) => {
@@ -103,6 +132,98 @@ impl Sampler {
             }
         }
         self.last_exposition.clone()
+    }
+
+    /// The snapshot of the exporter's own namespace, for the landing page.
+    fn own_snapshot(&self) -> Option<&Snapshot> {
+        let own = own_namespace_inode();
+        self.last_good
+            .iter()
+            .find(|snapshot| {
+                snapshot
+                    .namespace
+                    .as_ref()
+                    .is_none_or(|n| Some(n.inode) == own)
+            })
+            .or(self.last_good.first())
+    }
+
+    /// Samples the namespace the exporter runs in.
+    fn sample_own(&mut self) -> Result<Vec<Snapshot>, SourceError> {
+        let mut sample = self.reader.read()?;
+        let per_process = self.limits.processes_top > 0;
+        sample.owners = self
+            .reader
+            .resolve_owners(sockets_needing_owners(&sample, per_process));
+        Ok(vec![aggregate(&sample, &self.limits)])
+    }
+
+    /// Samples every network namespace on the host, at most `max`, entering
+    /// each on this thread in turn.
+    fn sample_all(&mut self, max: usize) -> Result<Vec<Snapshot>, SourceError> {
+        let mut entries = namespaces::discover(
+            self.reader.procfs_root(),
+            Path::new(namespaces::NAMED_NAMESPACES),
+        )?;
+        // Past the limit, the exporter's own namespace is kept first.
+        let own = own_namespace_inode();
+        entries.sort_by_key(|entry| Some(entry.identity.inode) != own);
+        let omitted = entries.len().saturating_sub(max);
+        entries.truncate(max);
+        entries.sort_by_key(|entry| entry.identity.inode);
+
+        let mut samples = Vec::with_capacity(entries.len());
+        let mut failed = 0;
+        for entry in entries {
+            let result = match namespaces::Entered::enter(&entry.handle) {
+                Ok(_inside) => {
+                    let result = self.reader.read();
+                    // Hold nothing of the namespace once out of it.
+                    self.reader.leave_namespace();
+                    result
+                }
+                // Gone since it was found: not a failure.
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(error) => Err(SourceError::Read {
+                    path: entry.handle.clone(),
+                    source: error,
+                }),
+            };
+            match result {
+                Ok(sample) => samples.push((entry.identity, sample)),
+                Err(error) => {
+                    failed += 1;
+                    tracing::debug!(netns = entry.identity.inode, err = %error, "cannot sample a network namespace");
+                }
+            }
+        }
+        self.status.namespaces = Some(NamespaceCounts {
+            sampled: samples.len() as u64,
+            omitted: omitted as u64,
+            failed,
+        });
+        if samples.is_empty() {
+            return Err(SourceError::Malformed {
+                path: Path::new(namespaces::NAMED_NAMESPACES).to_path_buf(),
+                reason: "no network namespace could be sampled".to_string(),
+            });
+        }
+        // One walk of the processes names the owners in every namespace.
+        let per_process = self.limits.processes_top > 0;
+        let mut wanted = HashSet::new();
+        for (_, sample) in &samples {
+            wanted.extend(sockets_needing_owners(sample, per_process));
+        }
+        let owners = self.reader.resolve_owners(wanted);
+        Ok(samples
+            .into_iter()
+            .map(|(identity, mut sample)| {
+                sample.owners = owners.clone();
+                let mut snapshot = aggregate(&sample, &self.limits);
+                snapshot.namespace = Some(identity);
+                snapshot
+            })
+            .collect())
     }
 
     /// Samples every `interval` forever on the calling thread, publishing each

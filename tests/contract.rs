@@ -13,6 +13,10 @@ use support::Netns;
 /// An exposition with every family present: a TCP listener inside the range,
 /// a UDP listener outside it, and a connection to a destination.
 fn full_exposition() -> String {
+    full_exposition_with(&[])
+}
+
+fn full_exposition_with(args: &[&str]) -> String {
     let netns = Netns::new((40000, 40099), "40090-40099");
     let _sockets = netns.run(|| {
         let server = TcpListener::bind("127.0.0.1:80").unwrap();
@@ -24,7 +28,7 @@ fn full_exposition() -> String {
             client,
         )
     });
-    let output = netns.once(&[]);
+    let output = netns.once(args);
     assert!(output.status.success());
     String::from_utf8(output.stdout).unwrap()
 }
@@ -57,8 +61,11 @@ fn exposition_passes_promtool_check_metrics() {
 #[test]
 fn readme_metric_table_matches_the_exposition() {
     let text = full_exposition();
+    // Every namespace sampled adds the namespace-count families.
+    let all = full_exposition_with(&["--collector.netns", "all"]);
     let rendered: BTreeSet<String> = text
         .lines()
+        .chain(all.lines())
         .filter_map(|line| line.strip_prefix("# TYPE "))
         .filter_map(|line| line.split(' ').next())
         .filter(|name| name.starts_with("portstat_"))

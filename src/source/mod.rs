@@ -2,6 +2,7 @@
 //! and the processes that own them. Everything here does I/O; what the figures
 //! mean is decided in `aggregate`.
 
+pub mod namespaces;
 pub mod netlink;
 pub mod owners;
 pub mod procfs;
@@ -64,13 +65,27 @@ pub struct NamespaceReader {
 impl NamespaceReader {
     /// A reader of the namespace through `choice`, with procfs at
     /// `procfs_root` (normally `/proc`); `attribution` resolves socket owners.
-    pub fn new(procfs_root: PathBuf, choice: SourceChoice, attribution: bool) -> NamespaceReader {
+    ///
+    /// With `thread_namespace`, procfs tables are read from `thread-self/net`,
+    /// the namespace of the calling thread (which `namespaces::Entered` may
+    /// have moved), rather than `net`, that of the process.
+    pub fn new(
+        procfs_root: PathBuf,
+        choice: SourceChoice,
+        attribution: bool,
+        thread_namespace: bool,
+    ) -> NamespaceReader {
         let initial = match choice {
             SourceChoice::Auto | SourceChoice::Netlink => SourceKind::Netlink,
             SourceChoice::Procfs => SourceKind::Procfs,
         };
+        let tables = if thread_namespace {
+            procfs_root.join("thread-self").join("net")
+        } else {
+            procfs_root.join("net")
+        };
         NamespaceReader {
-            procfs: procfs::ProcfsSockets::new(&procfs_root),
+            procfs: procfs::ProcfsSockets::new(&tables),
             netlink: netlink::NetlinkSockets::new(),
             owners: owners::OwnerResolver::new(&procfs_root),
             procfs_root,
@@ -97,6 +112,17 @@ impl NamespaceReader {
             owners: SocketOwners::default(),
             sources: self.sources,
         })
+    }
+
+    /// Closes what ties the reader to the namespace it last read (its netlink
+    /// socket), so that it holds nothing of that namespace afterwards.
+    pub fn leave_namespace(&mut self) {
+        self.netlink.close();
+    }
+
+    /// The procfs root this reader reads.
+    pub fn procfs_root(&self) -> &Path {
+        &self.procfs_root
     }
 
     /// Finds the processes that own the sockets with inodes `wanted`, unless

@@ -486,6 +486,12 @@ impl NetlinkSockets {
         }
     }
 
+    /// Closes the socket; the next dump opens one in the calling thread's
+    /// network namespace.
+    pub fn close(&mut self) {
+        self.socket = None;
+    }
+
     /// Appends the sockets of `protocol` the exporter needs: listeners
     /// anywhere, everything else whose source port is inside `range`.
     pub fn read_sockets(

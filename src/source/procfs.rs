@@ -40,9 +40,8 @@ pub struct ProcfsSockets {
 }
 
 impl ProcfsSockets {
-    /// A reader of the tables below `procfs`.
-    pub fn new(procfs: &Path) -> ProcfsSockets {
-        let net = procfs.join("net");
+    /// A reader of the tables in the folder `net` (normally `/proc/net`).
+    pub fn new(net: &Path) -> ProcfsSockets {
         ProcfsSockets {
             // The IPv6 tables are absent when the kernel runs without IPv6:
             // that is an empty table, not an error.

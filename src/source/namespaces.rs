@@ -1,0 +1,258 @@
+//! Finds every network namespace on the host, and enters one at a time.
+//!
+//! Namespaces are found through the processes in them (`/proc/<pid>/ns/net`)
+//! and through the names `ip netns` gives them (`/run/netns/<name>`). Nothing
+//! is kept open between samples, so a namespace that is gone is not kept
+//! alive by the exporter.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::model::NamespaceIdentity;
+use crate::source::SourceError;
+
+/// Where `ip netns` keeps the names of namespaces.
+pub const NAMED_NAMESPACES: &str = "/run/netns";
+
+/// A network namespace found on the host, and how to enter it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceEntry {
+    /// Its inode, name, container and pod.
+    pub identity: NamespaceIdentity,
+    /// A file that refers to it: a process's `ns/net` or a named bind mount.
+    pub handle: PathBuf,
+}
+
+/// Finds the network namespaces of every process below `procfs` and every
+/// name below `named`, sorted by inode. A namespace's container and pod come
+/// from the cgroup of the lowest pid in it.
+pub fn discover(procfs: &Path, named: &Path) -> Result<Vec<NamespaceEntry>, SourceError> {
+    let processes = std::fs::read_dir(procfs).map_err(|source| SourceError::Read {
+        path: procfs.to_path_buf(),
+        source,
+    })?;
+    let mut pids: Vec<u32> = processes
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    let mut found: BTreeMap<u64, NamespaceEntry> = BTreeMap::new();
+    for pid in pids {
+        let handle = procfs.join(pid.to_string()).join("ns").join("net");
+        // Following the link gives the namespace's own inode. A process that
+        // exited, or one we may not look at, is skipped.
+        let Ok(metadata) = std::fs::metadata(&handle) else {
+            continue;
+        };
+        found.entry(metadata.ino()).or_insert_with(|| {
+            let cgroup = std::fs::read_to_string(procfs.join(pid.to_string()).join("cgroup"))
+                .unwrap_or_default();
+            let (container_id, pod_uid) = parse_cgroup(&cgroup);
+            NamespaceEntry {
+                identity: NamespaceIdentity {
+                    inode: metadata.ino(),
+                    name: None,
+                    container_id,
+                    pod_uid,
+                },
+                handle,
+            }
+        });
+    }
+    if let Ok(names) = std::fs::read_dir(named) {
+        for entry in names.flatten() {
+            let path = entry.path();
+            let (Ok(metadata), Some(name)) = (
+                std::fs::metadata(&path),
+                entry.file_name().to_str().map(str::to_string),
+            ) else {
+                continue;
+            };
+            let namespace = found
+                .entry(metadata.ino())
+                .or_insert_with(|| NamespaceEntry {
+                    identity: NamespaceIdentity {
+                        inode: metadata.ino(),
+                        ..NamespaceIdentity::default()
+                    },
+                    handle: path.clone(),
+                });
+            // Several names for one namespace: the first in order.
+            if namespace
+                .identity
+                .name
+                .as_ref()
+                .is_none_or(|old| name < *old)
+            {
+                namespace.identity.name = Some(name);
+            }
+        }
+    }
+    Ok(found.into_values().collect())
+}
+
+/// The container id and pod uid that a process's `/proc/<pid>/cgroup` shows,
+/// for the layouts of Docker, containerd and CRI-O, with the cgroupfs and
+/// the systemd cgroup drivers.
+pub fn parse_cgroup(text: &str) -> (Option<String>, Option<String>) {
+    let mut container_id = None;
+    let mut pod_uid = None;
+    for line in text.lines() {
+        // "hierarchy:controllers:path"; the path may itself hold colons.
+        let Some(path) = line.splitn(3, ':').nth(2) else {
+            continue;
+        };
+        for segment in path.split('/').rev() {
+            if container_id.is_none() {
+                container_id = container_segment(segment);
+            }
+            if pod_uid.is_none() {
+                pod_uid = pod_segment(segment);
+            }
+        }
+        if container_id.is_some() && pod_uid.is_some() {
+            break;
+        }
+    }
+    (container_id, pod_uid)
+}
+
+/// `docker-<id>.scope`, `cri-containerd-<id>.scope`, `crio-<id>.scope`, or a
+/// bare `<id>`: 64 hexadecimal digits.
+fn container_segment(segment: &str) -> Option<String> {
+    let segment = segment.strip_suffix(".scope").unwrap_or(segment);
+    let id = [
+        "docker-",
+        "cri-containerd-",
+        "crio-",
+        "containerd-",
+        "libpod-",
+    ]
+    .iter()
+    .find_map(|prefix| segment.strip_prefix(prefix))
+    .unwrap_or(segment);
+    (id.len() == 64 && id.bytes().all(|byte| byte.is_ascii_hexdigit())).then(|| id.to_string())
+}
+
+/// `pod<uid>` (cgroupfs) or `kubepods-<class>-pod<uid with _>.slice`
+/// (systemd), as the uid's canonical text with dashes.
+fn pod_segment(segment: &str) -> Option<String> {
+    let segment = segment.strip_suffix(".slice").unwrap_or(segment);
+    let (_, uid) = segment.rsplit_once("pod")?;
+    let uid = uid.replace('_', "-");
+    let groups: Vec<&str> = uid.split('-').collect();
+    let lengths_match = groups.iter().map(|group| group.len()).eq([8, 4, 4, 4, 12]);
+    let hexadecimal = groups
+        .iter()
+        .all(|group| group.bytes().all(|byte| byte.is_ascii_hexdigit()));
+    (lengths_match && hexadecimal).then_some(uid)
+}
+
+/// The calling thread inside another network namespace; back in the one it
+/// came from when dropped. Only this thread moves: other threads, and the
+/// server's runtime, stay where they are.
+pub struct Entered {
+    original: File,
+}
+
+impl Entered {
+    /// Moves the calling thread into the namespace that `handle` refers to.
+    pub fn enter(handle: &Path) -> io::Result<Entered> {
+        let original = File::open("/proc/thread-self/ns/net")?;
+        let target = File::open(handle)?;
+        set_namespace(&target)?;
+        Ok(Entered { original })
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        if let Err(error) = set_namespace(&self.original) {
+            // The thread would read the wrong namespace from here on: there
+            // is no way to go on correctly.
+            tracing::error!(err = %error, "cannot return to the exporter's network namespace");
+            std::process::abort();
+        }
+    }
+}
+
+fn set_namespace(file: &File) -> io::Result<()> {
+    // SAFETY: setns on a namespace file we hold open; it affects this thread.
+    let result = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3f1b2c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f809";
+
+    #[test]
+    fn docker_and_containerd_and_crio_layouts() {
+        for text in [
+            format!("0::/system.slice/docker-{ID}.scope\n"),
+            format!("12:memory:/docker/{ID}\n"),
+            format!("0::/system.slice/crio-{ID}.scope\n"),
+        ] {
+            assert_eq!(parse_cgroup(&text), (Some(ID.to_string()), None), "{text}");
+        }
+    }
+
+    #[test]
+    fn kubernetes_pods_with_either_driver() {
+        let systemd = format!(
+            "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0a1b2c3d_4e5f_6789_abcd_ef0123456789.slice/cri-containerd-{ID}.scope\n"
+        );
+        assert_eq!(
+            parse_cgroup(&systemd),
+            (
+                Some(ID.to_string()),
+                Some("0a1b2c3d-4e5f-6789-abcd-ef0123456789".to_string())
+            )
+        );
+        let cgroupfs =
+            format!("0::/kubepods/burstable/pod0a1b2c3d-4e5f-6789-abcd-ef0123456789/{ID}\n");
+        assert_eq!(
+            parse_cgroup(&cgroupfs),
+            (
+                Some(ID.to_string()),
+                Some("0a1b2c3d-4e5f-6789-abcd-ef0123456789".to_string())
+            )
+        );
+    }
+
+    #[test]
+    fn hosts_and_garbage_name_nothing() {
+        for text in [
+            "0::/init.scope\n",
+            "0::/user.slice/user-0.slice/session-1.scope\n",
+            "",
+            "garbage",
+            "0::/docker/abc\n",
+            "0::/kubepods/podnot-a-uid\n",
+        ] {
+            assert_eq!(parse_cgroup(text), (None, None), "{text}");
+        }
+    }
+
+    #[test]
+    fn discovers_this_process_namespace() {
+        let own = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        let found = discover(Path::new("/proc"), Path::new(NAMED_NAMESPACES)).unwrap();
+        assert!(found.iter().any(|entry| entry.identity.inode == own));
+        let inodes: Vec<u64> = found.iter().map(|entry| entry.identity.inode).collect();
+        let mut sorted = inodes.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(inodes, sorted, "one entry per namespace, in order");
+    }
+}

@@ -1,0 +1,207 @@
+//! `--collector.netns=all`: every network namespace with its own range, its
+//! own sockets and its own exhaustion, labelled with its inode and name.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::ErrorKind;
+use std::net::TcpStream;
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+use support::{Netns, listening_socket};
+
+fn inode(netns: &Netns) -> u64 {
+    std::fs::metadata(format!("/run/netns/{}", netns.name()))
+        .unwrap()
+        .ino()
+}
+
+/// The labels of a namespace's series.
+fn labels(netns: &Netns) -> String {
+    format!(r#"netns="{}",netns_name="{}""#, inode(netns), netns.name())
+}
+
+/// Connects to `server` `count` times, or until EADDRNOTAVAIL when `None`.
+fn connect(netns: &Netns, server: &str, count: Option<usize>) -> Vec<TcpStream> {
+    let server = server.to_string();
+    netns.run(move || {
+        let mut streams = Vec::new();
+        while Some(streams.len()) != count {
+            match TcpStream::connect(&server) {
+                Ok(stream) => streams.push(stream),
+                Err(error) if count.is_none() && error.kind() == ErrorKind::AddrNotAvailable => {
+                    break;
+                }
+                Err(error) => panic!("connect: {error}"),
+            }
+            assert!(streams.len() < 1000);
+        }
+        streams
+    })
+}
+
+#[test]
+fn every_namespace_reports_its_own_figures_and_leaves_when_deleted() {
+    // Three namespaces with ranges of different sizes; the last one full.
+    let small = Netns::new((40000, 40049), "");
+    let large = Netns::new((41000, 41099), "41090-41099");
+    let full = Netns::new((42000, 42019), "");
+    let servers: Vec<_> = [&small, &large, &full]
+        .iter()
+        .map(|netns| netns.run(|| listening_socket("127.0.0.1:80", false, 1024)))
+        .collect();
+    let small_streams = connect(&small, "127.0.0.1:80", Some(10));
+    let mut large_streams = connect(&large, "127.0.0.1:80", Some(30));
+    let full_streams = connect(&full, "127.0.0.1:80", None);
+    assert_eq!(
+        full_streams.len(),
+        20,
+        "a 20-port range, driven to EADDRNOTAVAIL"
+    );
+
+    // The exporter runs in a namespace of its own and looks at all of them.
+    let home = Netns::new((43000, 43099), "");
+    let exporter =
+        home.start_exporter(&["--collector.netns", "all", "--collector.interval", "300ms"]);
+    let metrics = exporter.metrics_until(|metrics| {
+        metrics.get(&format!(
+            r#"portstat_ephemeral_ports_used{{{},protocol="tcp"}}"#,
+            labels(&full)
+        )) == Some(20.0)
+    });
+    for (netns, capacity, used) in [
+        (&small, 50.0, 10.0),
+        (&large, 90.0, 30.0),
+        (&full, 20.0, 20.0),
+    ] {
+        let labels = labels(netns);
+        assert_eq!(
+            metrics.value(&format!("portstat_ephemeral_ports_capacity{{{labels}}}")),
+            capacity,
+            "{labels}"
+        );
+        assert_eq!(
+            metrics.value(&format!(
+                r#"portstat_ephemeral_ports_used{{{labels},protocol="tcp"}}"#
+            )),
+            used,
+            "{labels}"
+        );
+        assert_eq!(
+            metrics.value(&format!(
+                "portstat_ephemeral_destination_max_used_ratio{{{labels}}}"
+            )),
+            used / capacity,
+            "{labels}"
+        );
+        assert_eq!(
+            metrics.value(&format!(
+                r#"portstat_ephemeral_destination_ports_used{{{labels},local_address="127.0.0.1",remote_address="127.0.0.1",remote_port="80"}}"#
+            )),
+            used,
+            "{labels}"
+        );
+    }
+    assert_eq!(
+        metrics.value(&format!(
+            r#"portstat_ephemeral_ports_used_ratio{{{},protocol="tcp"}}"#,
+            labels(&full)
+        )),
+        1.0
+    );
+    // The exporter's own namespace is there too, with its listener.
+    assert!(metrics.text.contains(&format!(
+        r#"portstat_listener_sockets{{{},protocol="tcp",address="127.0.0.1",port="10042",process="portstat_export"}} 1"#,
+        labels(&home)
+    )));
+    assert!(metrics.value("portstat_netns_sampled") >= 4.0);
+    assert_eq!(metrics.value("portstat_netns_omitted"), 0.0);
+    // Exporter-wide families carry no namespace.
+    assert!(metrics.get("portstat_sample_success") == Some(1.0));
+
+    // Delete one: its series go within two samples, and the exporter holds
+    // nothing of it open.
+    let gone = inode(&large);
+    let gone_label = format!(r#"netns="{gone}""#);
+    large_streams.clear();
+    drop(servers);
+    let before = metrics.value("portstat_sample_timestamp_seconds");
+    drop(large);
+    let mut samples_seen = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let last = loop {
+        let metrics = exporter.metrics();
+        let stamp = metrics.value("portstat_sample_timestamp_seconds");
+        if stamp > before {
+            samples_seen.insert(stamp.to_bits());
+        }
+        if !metrics.text.contains(&gone_label) || Instant::now() > deadline {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        !last.text.contains(&gone_label),
+        "the deleted namespace stayed"
+    );
+    assert!(
+        samples_seen.len() <= 2,
+        "the deleted namespace took {} samples to go",
+        samples_seen.len()
+    );
+    let held: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", exporter.pid()))
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+        .map(|target| target.to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !held.iter().any(|target| target == &format!("net:[{gone}]")),
+        "the exporter holds the deleted namespace: {held:?}"
+    );
+    drop(small_streams);
+    drop(full_streams);
+}
+
+#[test]
+fn the_procfs_source_reads_each_namespace_too() {
+    let other = Netns::new((40000, 40049), "40000-40009");
+    let _server = other.run(|| listening_socket("127.0.0.1:80", false, 64));
+    let _streams = connect(&other, "127.0.0.1:80", Some(7));
+    let home = Netns::new((43000, 43099), "");
+    let exporter =
+        home.start_exporter(&["--collector.netns", "all", "--collector.source", "procfs"]);
+    let metrics = exporter.metrics();
+    let labels = labels(&other);
+    assert_eq!(
+        metrics.value(&format!(
+            r#"portstat_source_info{{{labels},protocol="tcp",source="procfs"}}"#
+        )),
+        1.0
+    );
+    assert_eq!(
+        metrics.value(&format!("portstat_ephemeral_ports_capacity{{{labels}}}")),
+        40.0
+    );
+    assert_eq!(
+        metrics.value(&format!(
+            r#"portstat_ephemeral_ports_used{{{labels},protocol="tcp"}}"#
+        )),
+        7.0
+    );
+}
+
+#[test]
+fn the_namespace_limit_counts_what_it_leaves_out() {
+    let home = Netns::new((43000, 43099), "");
+    let _others: Vec<Netns> = (0..3).map(|_| Netns::new((40000, 40099), "")).collect();
+    let exporter = home.start_exporter(&["--collector.netns", "all", "--collector.netns.max", "1"]);
+    let metrics = exporter.metrics();
+    assert_eq!(metrics.value("portstat_netns_sampled"), 1.0);
+    assert!(metrics.value("portstat_netns_omitted") >= 3.0);
+    // The one kept is the exporter's own.
+    let capacities = metrics.family("portstat_ephemeral_ports_capacity");
+    assert_eq!(capacities.len(), 1);
+    assert!(capacities.keys().next().unwrap().contains(&labels(&home)));
+}
