@@ -62,6 +62,8 @@ pub struct Snapshot {
     pub destinations: Vec<DestinationUsage>,
     /// How many distinct destinations there are.
     pub destination_count: u64,
+    /// The most ports any one destination uses, over all destinations.
+    pub busiest_destination_ports: u32,
     /// (Most ports any one destination uses + exclusive ports) / capacity:
     /// 1 when `connect()` to that destination fails. 1 when the capacity is 0.
     pub destination_max_used_ratio: f64,
@@ -72,6 +74,16 @@ pub struct Snapshot {
     pub sources: [SourceKind; 2],
     /// The namespace, when several are sampled; `None` labels nothing.
     pub namespace: Option<NamespaceIdentity>,
+}
+
+impl Snapshot {
+    /// The ports `connect()` can still give a destination that uses `used`:
+    /// the capacity less the exclusive ports and its own.
+    pub fn headroom(&self, used: u32) -> u32 {
+        self.capacity
+            .saturating_sub(self.exclusive_ports)
+            .saturating_sub(used)
+    }
 }
 
 /// Where outgoing TCP connections go, as the kernel tells them apart when it
@@ -297,6 +309,7 @@ pub fn aggregate(sample: &NamespaceSample, limits: &Limits) -> Snapshot {
         exclusive_ports,
         destinations,
         destination_count,
+        busiest_destination_ports: largest,
         destination_max_used_ratio,
         processes: top_processes(process_ports, limits.processes_top),
         sources: sample.sources,
@@ -822,8 +835,33 @@ mod tests {
             ]
         );
         assert_eq!(snapshot.destination_max_used_ratio, (40.0 + 2.0) / 99.0);
+        assert_eq!(snapshot.busiest_destination_ports, 40);
+        assert_eq!(snapshot.headroom(40), 99 - 2 - 40);
+        // The top K is cut, the busiest figure is not.
+        let one = aggregate(
+            &sample(sockets_for_top_check(), "40099"),
+            &Limits {
+                destinations_top: 0,
+                ..Limits::default()
+            },
+        );
+        assert!(one.destinations.is_empty());
+        assert_eq!(one.busiest_destination_ports, 3);
         // The global count sees 44 ports: 42 for connections, 2 exclusive.
         assert_eq!(snapshot.occupancy[0].ports_used, 44);
+    }
+
+    fn sockets_for_top_check() -> Vec<SocketRecord> {
+        (40001..=40003u16)
+            .map(|port| {
+                tcp(
+                    TcpState::Established,
+                    &format!("10.0.0.1:{port}"),
+                    "10.0.0.7:80",
+                    1,
+                )
+            })
+            .collect()
     }
 
     #[test]

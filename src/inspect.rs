@@ -50,14 +50,6 @@ pub fn port_holders(sample: &NamespaceSample, port: u16) -> Vec<PortHolder> {
     holders
 }
 
-/// The headroom of a destination: ports `connect()` can still give it.
-fn headroom(snapshot: &Snapshot, used: u32) -> u32 {
-    snapshot
-        .capacity
-        .saturating_sub(snapshot.exclusive_ports)
-        .saturating_sub(used)
-}
-
 /// A bar of `width` cells, filled in proportion to `ratio`.
 fn bar(ratio: f64, width: usize) -> String {
     let filled = ((ratio.clamp(0.0, 1.0) * width as f64).round() as usize).min(width);
@@ -105,13 +97,10 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
         );
     }
     let _ = writeln!(out);
-    let largest = snapshot
-        .destinations
-        .first()
-        .map_or(0, |usage| usage.ports_used);
     let _ = writeln!(
         out,
-        "Busiest destination: {largest} ports + {} exclusive = {:.1}% of capacity",
+        "Busiest destination: {} ports + {} exclusive = {:.1}% of capacity",
+        snapshot.busiest_destination_ports,
         snapshot.exclusive_ports,
         snapshot.destination_max_used_ratio * 100.0
     );
@@ -138,7 +127,7 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
             "  {:<56}{:>6}{:>10}",
             fit(&name, 56),
             usage.ports_used,
-            headroom(snapshot, usage.ports_used)
+            snapshot.headroom(usage.ports_used)
         );
     }
     let _ = writeln!(out);
@@ -238,7 +227,7 @@ pub fn json_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
         json.field_string("remote_address", &destination.remote_address.to_string());
         json.field_number("remote_port", f64::from(destination.remote_port));
         json.field_number("used", f64::from(usage.ports_used));
-        json.field_number("headroom", f64::from(headroom(snapshot, usage.ports_used)));
+        json.field_number("headroom", f64::from(snapshot.headroom(usage.ports_used)));
         json.close('}');
     }
     json.close(']');

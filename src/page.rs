@@ -115,10 +115,6 @@ pub fn landing_page(
             protocol = occupancy.protocol.label(),
         );
     }
-    let largest = snapshot
-        .destinations
-        .first()
-        .map_or(0, |usage| usage.ports_used);
     let _ = write!(
         page,
         "<tr id=\"fill-busiest\"><td>busiest destination</td><td class=\"num\">{}</td>\
@@ -126,7 +122,7 @@ pub fn landing_page(
          <p class=\"meta\">The busiest destination's share counts its own ports and the \
          ports no destination can share (listeners, sockets bound but not connected: {} now); \
          <code>connect()</code> to it fails at 100%.</p>\n",
-        largest + snapshot.exclusive_ports,
+        snapshot.busiest_destination_ports + snapshot.exclusive_ports,
         bar(snapshot.destination_max_used_ratio),
         snapshot.destination_max_used_ratio * 100.0,
         snapshot.exclusive_ports
@@ -143,10 +139,7 @@ pub fn landing_page(
     for usage in &snapshot.destinations {
         let destination = usage.destination;
         let remote = std::net::SocketAddr::new(destination.remote_address, destination.remote_port);
-        let headroom = snapshot
-            .capacity
-            .saturating_sub(snapshot.exclusive_ports)
-            .saturating_sub(usage.ports_used);
+        let headroom = snapshot.headroom(usage.ports_used);
         let _ = writeln!(
             page,
             "<tr><td>{}</td><td>{remote}</td><td class=\"num\">{}</td><td class=\"num\">{headroom}</td></tr>",
