@@ -56,8 +56,10 @@ const MESSAGE_LENGTH: usize = 72;
 const BYTECODE_LENGTH: usize = 16;
 
 /// The receive buffer. The kernel sizes a dump's datagrams after the largest
-/// buffer a reader has offered, up to 32 KiB, so a 32 KiB buffer takes whole
-/// datagrams of the largest size it sends: the fewest system calls per dump.
+/// buffer a reader has offered, up to 32 KiB. Measured on 50,000 sockets
+/// (`strace -c` and `perf stat -r 10` of `--once`): 8 KiB took 398 `recv()`
+/// calls a sample, 32 KiB 104, 64 KiB 104 as well, for the same CPU within
+/// noise (50.9, 49.9 and 50.6 ms). 32 KiB is the smallest with the fewest.
 pub const RECEIVE_BUFFER_LENGTH: usize = 32 * 1024;
 
 /// The TCP state bits (`1 << state`) that a dump asks for.
