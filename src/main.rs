@@ -74,6 +74,7 @@ fn main() -> ExitCode {
     let config = ServeConfig {
         telemetry_path: cli.telemetry_path.clone(),
         max_requests: cli.max_requests,
+        max_connections: cli.max_connections as usize,
     };
     runtime.block_on(async move {
         let mut tokio_listeners = Vec::with_capacity(listeners.len());

@@ -27,6 +27,10 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The most a request's line and headers may take; beyond it the answer is
+/// 431. A scraper sends a few hundred bytes.
+const MAX_REQUEST_HEAD: usize = 16 * 1024;
+
 /// How long shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -37,6 +41,9 @@ pub struct ServeConfig {
     pub telemetry_path: String,
     /// Most requests served at once; 0 means no limit.
     pub max_requests: usize,
+    /// Most connections open at once; connections beyond it are closed as
+    /// soon as they are accepted.
+    pub max_connections: usize,
 }
 
 /// Binds a listening socket for `address`, as a blocking std listener.
@@ -83,6 +90,7 @@ pub async fn serve(
 ) {
     let state = Arc::new(State::new(config, expositions));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(state.config.max_connections));
     let (accepted_sender, mut accepted) = tokio::sync::mpsc::channel(64);
     for listener in listeners {
         let sender = accepted_sender.clone();
@@ -109,6 +117,13 @@ pub async fn serve(
         tokio::select! {
             stream = accepted.recv() => {
                 let Some(stream) = stream else { break };
+                let Ok(place) = connections.clone().try_acquire_owned() else {
+                    // Closing at once costs the attacker a connection and
+                    // the exporter nothing.
+                    tracing::debug!("connection limit reached; closing a new connection");
+                    drop(stream);
+                    continue;
+                };
                 let state = state.clone();
                 let service = hyper::service::service_fn(move |request| {
                     let state = state.clone();
@@ -117,12 +132,14 @@ pub async fn serve(
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .max_buf_size(MAX_REQUEST_HEAD)
                     .serve_connection(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
                     if let Err(error) = connection.await {
                         tracing::debug!(err = %error, "connection ended with an error");
                     }
+                    drop(place);
                 });
             }
             () = &mut shutdown => break,
@@ -318,6 +335,7 @@ mod tests {
             ServeConfig {
                 telemetry_path: "/metrics".to_string(),
                 max_requests,
+                max_connections: 10,
             },
             receiver,
         )

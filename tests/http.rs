@@ -179,3 +179,59 @@ fn a_client_that_never_finishes_its_headers_is_cut_off() {
     // Scrapes are still served.
     assert_eq!(exporter.get("/metrics").unwrap().status, 200);
 }
+
+#[test]
+fn an_unprivileged_exporter_still_works_and_says_so_once() {
+    let netns = Netns::new((40000, 40099), "");
+    // A listener of root's, whose descriptors nobody may read.
+    let _listener = netns.run(|| std::net::TcpListener::bind("127.0.0.1:7000").unwrap());
+    let mut command = netns.command("setpriv");
+    command.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        support::EXPORTER,
+        "--web.listen-address=127.0.0.1:10042",
+        "--collector.interval=100ms",
+    ]);
+    let log =
+        std::env::temp_dir().join(format!("portstat-unprivileged-{}.log", std::process::id()));
+    let mut child = command
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("setpriv (util-linux) is needed");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let response = netns.http_get("127.0.0.1:10042".parse().unwrap(), "/metrics");
+        if let Ok(response) = response
+            && response.status == 200
+            && response.text().contains("port=\"7000\"")
+        {
+            break support::Metrics::parse(&response.text());
+        }
+        assert!(std::time::Instant::now() < deadline, "never served");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(metrics.value("portstat_sample_success"), 1.0);
+    assert_eq!(
+        metrics.value(r#"portstat_listener_sockets{protocol="tcp",address="127.0.0.1",port="7000",process="unknown"}"#),
+        1.0
+    );
+    // Its own sockets it can still name.
+    assert_eq!(
+        metrics.value(r#"portstat_listener_sockets{protocol="tcp",address="127.0.0.1",port="10042",process="portstat_export"}"#),
+        1.0
+    );
+    assert_eq!(
+        text.matches("cannot read other users'").count(),
+        1,
+        "{text}"
+    );
+}

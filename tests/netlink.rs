@@ -228,9 +228,10 @@ fn netlink_and_procfs_agree_series_for_series() {
 fn a_socket_bound_but_never_connected_holds_its_port_for_netlink_only() {
     let netns = Netns::new((40000, 40099), "");
     let bound = netns.run(|| {
-        // Port 0: bind() picks a port from the ephemeral range.
-        let automatic = bound_socket("0.0.0.0:0", false);
+        // The explicit port first, so that port 0 (bind() then picks a
+        // port from the ephemeral range) cannot have taken it.
         let explicit = bound_socket("[::]:40077", false);
+        let automatic = bound_socket("0.0.0.0:0", false);
         (automatic, explicit)
     });
     let automatic_port = bound.0.local_addr().unwrap().as_socket().unwrap().port();

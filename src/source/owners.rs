@@ -50,6 +50,8 @@ pub struct OwnerResolver {
     /// Wanted sockets that the last full pass found no owner for.
     ownerless: HashSet<u64>,
     samples_since_full_pass: u32,
+    /// Whether the log already said that some descriptors are unreadable.
+    told_unprivileged: bool,
     path: PathBuf,
 }
 
@@ -62,6 +64,7 @@ impl OwnerResolver {
             wanted_before: HashSet::new(),
             ownerless: HashSet::new(),
             samples_since_full_pass: FULL_PASS_EVERY,
+            told_unprivileged: false,
             path: PathBuf::new(),
         }
     }
@@ -196,7 +199,19 @@ impl OwnerResolver {
         self.path.push(&self.procfs);
         self.path.push(pid.to_string());
         self.path.push("fd");
-        let listing = std::fs::read_dir(&self.path).ok()?;
+        let listing = match std::fs::read_dir(&self.path) {
+            Ok(listing) => listing,
+            Err(error) => {
+                if error.kind() == std::io::ErrorKind::PermissionDenied && !self.told_unprivileged {
+                    self.told_unprivileged = true;
+                    tracing::info!(
+                        "cannot read other users' /proc/<pid>/fd (needs root, or CAP_SYS_PTRACE \
+                         and CAP_DAC_READ_SEARCH): their sockets are labelled process=\"unknown\""
+                    );
+                }
+                return None;
+            }
+        };
         let mut descriptors = Descriptors::with_capacity(cached.len());
         for entry in listing.flatten() {
             let Some(fd) = parse_number(&entry.file_name()) else {

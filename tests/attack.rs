@@ -1,0 +1,146 @@
+//! Under attack on loopback, bounded in count and time: idle connections,
+//! slow-header (slowloris) connections and a flood of oversized headers at
+//! once, while a well-behaved scraper keeps scraping. Afterwards memory and
+//! descriptors are back where they started.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use support::Netns;
+
+const ATTACK: Duration = Duration::from_secs(12);
+
+fn resident_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn scrapes_stay_fast_under_attack_and_resources_come_back() {
+    let netns = Netns::new((40000, 40099), "");
+    let exporter = netns.start_exporter(&["--collector.interval", "1s"]);
+    let address = "127.0.0.1:10042".parse().unwrap();
+    // Warm up: the first scrapes and samples allocate what they keep.
+    for _ in 0..20 {
+        exporter.metrics();
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_before = resident_kib(exporter.pid());
+    let descriptors_before = open_descriptors(exporter.pid());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let rejected = Arc::new(AtomicU64::new(0));
+    std::thread::scope(|scope| {
+        // 1,000 connections that never send a byte.
+        let idle: Vec<TcpStream> = (0..1000)
+            .filter_map(|_| netns.connect(address).ok())
+            .collect();
+        // 200 that send a header line a second and never finish.
+        let mut slow: Vec<TcpStream> = (0..200)
+            .filter_map(|_| netns.connect(address).ok())
+            .collect();
+        for stream in &mut slow {
+            let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: slow\r\n");
+        }
+        let slow_stop = stop.clone();
+        scope.spawn(move || {
+            while !slow_stop.load(Ordering::Relaxed) {
+                for stream in &mut slow {
+                    let _ = stream.write_all(b"X-Slow: 1\r\n");
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+        // A flood of requests with 64 KiB of headers.
+        let flood_stop = stop.clone();
+        let flood_rejected = rejected.clone();
+        let netns = &netns;
+        scope.spawn(move || {
+            let header = format!(
+                "GET /metrics HTTP/1.1\r\nHost: flood\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(64 * 1024)
+            );
+            while !flood_stop.load(Ordering::Relaxed) {
+                let Ok(mut stream) = netns.connect(address) else {
+                    continue;
+                };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = stream.write_all(header.as_bytes());
+                let mut answer = [0u8; 12];
+                if stream.read_exact(&mut answer).is_ok() && &answer[9..12] == b"431" {
+                    flood_rejected.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+
+        // The well-behaved scraper, with a new connection each time.
+        let mut latencies = Vec::new();
+        let started = Instant::now();
+        while started.elapsed() < ATTACK {
+            let begun = Instant::now();
+            let response = exporter
+                .get("/metrics")
+                .expect("a scrape failed under attack");
+            latencies.push(begun.elapsed());
+            assert_eq!(response.status, 200);
+            assert!(
+                response
+                    .text()
+                    .contains("portstat_ephemeral_ports_capacity")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop.store(true, Ordering::Relaxed);
+        latencies.sort();
+        let p99 = latencies[latencies.len() * 99 / 100];
+        println!(
+            "{} scrapes under attack: p50 {:?}, p99 {:?}, max {:?}; {} oversized requests answered 431",
+            latencies.len(),
+            latencies[latencies.len() / 2],
+            p99,
+            latencies.last().unwrap(),
+            rejected.load(Ordering::Relaxed)
+        );
+        assert!(p99 < Duration::from_millis(100), "p99 {p99:?}");
+        drop(idle);
+    });
+    assert!(
+        rejected.load(Ordering::Relaxed) > 0,
+        "no oversized request was answered 431"
+    );
+
+    // Everything the attack opened is closed again, and memory returns.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while open_descriptors(exporter.pid()) > descriptors_before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_after = resident_kib(exporter.pid());
+    let descriptors_after = open_descriptors(exporter.pid());
+    println!(
+        "RSS {rss_before} KiB before, {rss_after} KiB after; descriptors {descriptors_before} before, {descriptors_after} after"
+    );
+    assert!(
+        descriptors_after as f64 <= descriptors_before as f64 * 1.1,
+        "descriptors {descriptors_before} -> {descriptors_after}"
+    );
+    assert!(
+        rss_after as f64 <= rss_before as f64 * 1.1,
+        "RSS {rss_before} KiB -> {rss_after} KiB"
+    );
+}
