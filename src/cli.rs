@@ -28,6 +28,12 @@ pub struct Cli {
     )]
     pub listen_addresses: Vec<SocketAddr>,
 
+    /// A web configuration file (exporter-toolkit format) enabling TLS,
+    /// basic authentication and response headers; re-read when it changes
+    /// or on SIGHUP.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
+
     /// Path under which to expose metrics.
     #[arg(
         long = "web.telemetry-path",

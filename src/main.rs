@@ -14,6 +14,7 @@ use portstat_exporter::render::Renderer;
 use portstat_exporter::sampler::{Exposition, NamespaceScope, Sampler};
 use portstat_exporter::serve::{self, ServeConfig};
 use portstat_exporter::source::NamespaceReader;
+use portstat_exporter::webconfig::WebConfig;
 
 fn main() -> ExitCode {
     // clap exits with status 2 and names the flag on a malformed value.
@@ -37,6 +38,18 @@ fn main() -> ExitCode {
     if cli.once {
         return sample_once(&mut sampler);
     }
+
+    let web = match &cli.web_config_file {
+        Some(path) => match WebConfig::load(path) {
+            Ok(web) => web,
+            Err(error) => {
+                eprintln!("portstat_exporter: {error}");
+                return ExitCode::from(1);
+            }
+        },
+        None => WebConfig::plain(),
+    };
+    let web = Arc::new(std::sync::RwLock::new(Arc::new(web)));
 
     // Bind before anything else runs, so that an address in use fails at once.
     let mut listeners = Vec::with_capacity(cli.listen_addresses.len());
@@ -75,6 +88,7 @@ fn main() -> ExitCode {
         telemetry_path: cli.telemetry_path.clone(),
         max_requests: cli.max_requests,
         max_connections: cli.max_connections as usize,
+        web: web.clone(),
     };
     runtime.block_on(async move {
         let mut tokio_listeners = Vec::with_capacity(listeners.len());
@@ -90,6 +104,9 @@ fn main() -> ExitCode {
         }
         for address in &cli.listen_addresses {
             tracing::info!(address = %address, path = %cli.telemetry_path, "listening");
+        }
+        if let Some(path) = cli.web_config_file.clone() {
+            tokio::spawn(serve::reload_web_config(path, web));
         }
         serve::serve(tokio_listeners, config, receiver, shutdown_signal()).await;
         tracing::info!("shut down");

@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::sampler::Exposition;
+use crate::webconfig::WebConfig;
 
 /// The content type of the Prometheus text format.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -44,7 +45,12 @@ pub struct ServeConfig {
     /// Most connections open at once; connections beyond it are closed as
     /// soon as they are accepted.
     pub max_connections: usize,
+    /// TLS, authentication and headers; replaced when the file is reloaded.
+    pub web: WebConfigHandle,
 }
+
+/// The web configuration in force, which a reload replaces.
+pub type WebConfigHandle = Arc<std::sync::RwLock<Arc<WebConfig>>>;
 
 /// Binds a listening socket for `address`, as a blocking std listener.
 ///
@@ -124,20 +130,25 @@ pub async fn serve(
                     drop(stream);
                     continue;
                 };
+                let tls = state.web().tls.clone();
+                let watcher = graceful.watcher();
                 let state = state.clone();
-                let service = hyper::service::service_fn(move |request| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(state.respond(&request)) }
-                });
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .max_buf_size(MAX_REQUEST_HEAD)
-                    .serve_connection(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection);
                 tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(err = %error, "connection ended with an error");
+                    match tls {
+                        None => serve_connection(TokioIo::new(stream), state, watcher).await,
+                        Some(tls) => {
+                            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                            // The handshake gets the same time as headers do.
+                            match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(stream)) => {
+                                    serve_connection(TokioIo::new(stream), state, watcher).await
+                                }
+                                Ok(Err(error)) => {
+                                    tracing::debug!(err = %error, "TLS handshake failed")
+                                }
+                                Err(_) => tracing::debug!("TLS handshake timed out"),
+                            }
+                        }
                     }
                     drop(place);
                 });
@@ -149,6 +160,70 @@ pub async fn serve(
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(SHUTDOWN_GRACE) => {
             tracing::warn!("requests still in flight at shutdown were dropped");
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on one connection, plain or TLS, until it closes.
+async fn serve_connection<I>(
+    io: I,
+    state: Arc<State>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(state.respond(&request)) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_REQUEST_HEAD)
+        .serve_connection(io, service);
+    if let Err(error) = watcher.watch(connection).await {
+        tracing::debug!(err = %error, "connection ended with an error");
+    }
+}
+
+/// Reloads the web configuration at `path` when the file changes (checked
+/// every second) or on SIGHUP. A file that does not load is logged and the
+/// configuration in force is kept.
+pub async fn reload_web_config(path: std::path::PathBuf, web: WebConfigHandle) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let fingerprint = |path: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.mtime(), m.mtime_nsec(), m.size(), m.ino()))
+    };
+    let mut last = fingerprint(&path);
+    let mut hangup = signal(SignalKind::hangup()).ok();
+    loop {
+        let signalled = tokio::select! {
+            _ = async {
+                match hangup.as_mut() {
+                    Some(hangup) => { hangup.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => true,
+            () = tokio::time::sleep(Duration::from_secs(1)) => false,
+        };
+        let now = fingerprint(&path);
+        if !signalled && now == last {
+            continue;
+        }
+        last = now;
+        match WebConfig::load(&path) {
+            Ok(config) => {
+                if let Ok(mut current) = web.write() {
+                    *current = Arc::new(config);
+                }
+                tracing::info!(file = %path.display(), "web configuration reloaded");
+            }
+            Err(error) => {
+                tracing::error!(err = %error, "web configuration not reloaded; keeping the one in force");
+            }
         }
     }
 }
@@ -204,17 +279,40 @@ impl State {
         }
     }
 
+    /// The web configuration in force.
+    fn web(&self) -> Arc<WebConfig> {
+        match self.config.web.read() {
+            Ok(web) => web.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
     fn respond<B>(&self, request: &Request<B>) -> Response<CountedBody> {
         let count = self.in_flight.fetch_add(1, Ordering::Relaxed);
         let place = InFlight(self.in_flight.clone());
-        let response = if self.config.max_requests != 0 && count >= self.config.max_requests {
+        let web = self.web();
+        let authorization = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        let mut response = if self.config.max_requests != 0 && count >= self.config.max_requests {
             text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many requests in flight\n",
             )
+        } else if web.requires_authentication() && !web.authorizes(authorization) {
+            let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"portstat_exporter\""),
+            );
+            response
         } else {
             self.route(request)
         };
+        for (name, value) in &web.headers {
+            response.headers_mut().insert(name.clone(), value.clone());
+        }
         response.map(|body| CountedBody {
             body,
             _place: place,
@@ -336,6 +434,7 @@ mod tests {
                 telemetry_path: "/metrics".to_string(),
                 max_requests,
                 max_connections: 10,
+                web: Arc::new(std::sync::RwLock::new(Arc::new(WebConfig::plain()))),
             },
             receiver,
         )

@@ -1,0 +1,320 @@
+//! `--web.config.file`: TLS, basic authentication, client certificates and
+//! reloading, with curl as the client and certificates made by openssl in
+//! the test.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use support::Netns;
+
+/// A folder of certificates and configurations, removed on drop.
+struct Folder(PathBuf);
+
+impl Folder {
+    fn new(name: &str) -> Folder {
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("tls-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Folder(path)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Folder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn openssl(folder: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(folder)
+        .output()
+        .expect("openssl is needed");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate.
+fn certificates(folder: &Folder) {
+    let dir = &folder.0;
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=portstat test CA",
+    ];
+    ca.extend(key);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.crt"]);
+    openssl(dir, &ca);
+    for (name, extensions) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        folder.write(&format!("{name}.ext"), extensions);
+        let mut request = vec!["req", "-new", "-subj"];
+        let subject = format!("/CN=portstat test {name}");
+        request.push(&subject);
+        request.extend(key);
+        let key_file = format!("{name}.key");
+        let request_file = format!("{name}.csr");
+        request.extend(["-keyout", &key_file, "-out", &request_file]);
+        openssl(dir, &request);
+        let certificate = format!("{name}.crt");
+        let extension_file = format!("{name}.ext");
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &request_file,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                &extension_file,
+                "-out",
+                &certificate,
+            ],
+        );
+    }
+}
+
+fn curl(netns: &Netns, folder: &Folder, args: &[&str]) -> Output {
+    netns
+        .command("curl")
+        .args(["--silent", "--show-error", "--max-time", "5", "--cacert"])
+        .arg(folder.path("ca.crt"))
+        .args(["--write-out", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl is needed")
+}
+
+/// The HTTP status curl got, or `None` when it got no answer.
+fn status(output: &Output) -> Option<u16> {
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines().last()?.parse().ok().filter(|&code| code != 0)
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const URL: &str = "https://127.0.0.1:10042/metrics";
+
+#[test]
+fn tls_and_basic_auth_with_a_reload() {
+    let folder = Folder::new("auth");
+    certificates(&folder);
+    let hash = bcrypt::hash("first secret", 10).unwrap();
+    let config_text = |hash: &str| {
+        format!(
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  min_version: TLS12\n\
+             basic_auth_users:\n  prometheus: '{hash}'\n\
+             http_server_config:\n  headers:\n    X-Content-Type-Options: nosniff\n"
+        )
+    };
+    let config = folder.write("web.yml", &config_text(&hash));
+    let netns = Netns::new((40000, 40099), "");
+    let exporter = netns.spawn_exporter(&["--web.config.file", config.to_str().unwrap()]);
+    wait_until("the TLS port", || {
+        status(&curl(
+            &netns,
+            &folder,
+            &["-u", "prometheus:first secret", URL],
+        )) == Some(200)
+    });
+
+    assert_eq!(
+        status(&curl(&netns, &folder, &[URL])),
+        Some(401),
+        "no credentials"
+    );
+    assert_eq!(
+        status(&curl(&netns, &folder, &["-u", "prometheus:wrong", URL])),
+        Some(401),
+        "a wrong password"
+    );
+    assert_eq!(
+        status(&curl(&netns, &folder, &["-u", "someone:first secret", URL])),
+        Some(401),
+        "an unknown user"
+    );
+    let good = curl(
+        &netns,
+        &folder,
+        &["-u", "prometheus:first secret", "--include", URL],
+    );
+    assert_eq!(status(&good), Some(200));
+    let text = String::from_utf8_lossy(&good.stdout);
+    assert!(
+        text.contains("portstat_ephemeral_ports_capacity 100"),
+        "{text}"
+    );
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("x-content-type-options: nosniff"),
+        "{text}"
+    );
+    // Plain HTTP to the TLS port gets no answer.
+    let plain = curl(&netns, &folder, &["http://127.0.0.1:10042/metrics"]);
+    assert!(status(&plain).is_none_or(|code| code >= 400), "{plain:?}");
+
+    // A new password is picked up without a restart.
+    let new_hash = bcrypt::hash("second secret", 10).unwrap();
+    std::fs::write(&config, config_text(&new_hash)).unwrap();
+    wait_until("the reload", || {
+        status(&curl(
+            &netns,
+            &folder,
+            &["-u", "prometheus:second secret", URL],
+        )) == Some(200)
+    });
+    assert_eq!(
+        status(&curl(
+            &netns,
+            &folder,
+            &["-u", "prometheus:first secret", URL]
+        )),
+        Some(401)
+    );
+    // A broken file is refused, and the one in force stays.
+    std::fs::write(
+        &config,
+        "tls_server_config:\n  cert_file: server.crt\n  colour: red\n",
+    )
+    .unwrap();
+    wait_until("the refusal in the log", || {
+        exporter.log().contains("not reloaded")
+    });
+    assert!(
+        exporter.log().contains("unknown field `colour`"),
+        "{}",
+        exporter.log()
+    );
+    assert_eq!(
+        status(&curl(
+            &netns,
+            &folder,
+            &["-u", "prometheus:second secret", URL]
+        )),
+        Some(200)
+    );
+}
+
+#[test]
+fn client_certificates_are_required_when_configured() {
+    let folder = Folder::new("clients");
+    certificates(&folder);
+    let config = folder.write(
+        "web.yml",
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  \
+         client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n",
+    );
+    let netns = Netns::new((40000, 40099), "");
+    let _exporter = netns.spawn_exporter(&["--web.config.file", config.to_str().unwrap()]);
+    let client = folder.path("client.crt");
+    let client_key = folder.path("client.key");
+    let with_certificate = [
+        "--cert",
+        client.to_str().unwrap(),
+        "--key",
+        client_key.to_str().unwrap(),
+        URL,
+    ];
+    wait_until("the TLS port", || {
+        status(&curl(&netns, &folder, &with_certificate)) == Some(200)
+    });
+    let without = curl(&netns, &folder, &[URL]);
+    assert!(
+        status(&without).is_none(),
+        "a client without a certificate got in: {without:?}"
+    );
+    // The server's own certificate is not a client certificate.
+    let server = folder.path("server.crt");
+    let server_key = folder.path("server.key");
+    let wrong = curl(
+        &netns,
+        &folder,
+        &[
+            "--cert",
+            server.to_str().unwrap(),
+            "--key",
+            server_key.to_str().unwrap(),
+            URL,
+        ],
+    );
+    assert!(status(&wrong).is_none(), "{wrong:?}");
+}
+
+#[test]
+fn a_bad_configuration_at_start_exits_1_naming_the_field() {
+    let folder = Folder::new("bad");
+    for (text, field) in [
+        (
+            "tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n",
+            "tls_server_config.cert_file",
+        ),
+        (
+            "basic_auth_users:\n  alice: plain\n",
+            "basic_auth_users.alice",
+        ),
+        (
+            "basic_auth_user:\n  alice: x\n",
+            "unknown field `basic_auth_user`",
+        ),
+        (
+            "tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: SSL3\n",
+            "tls_server_config",
+        ),
+    ] {
+        let config = folder.write("web.yml", text);
+        let output = Command::new(support::EXPORTER)
+            .args(["--web.listen-address", "127.0.0.1:0", "--web.config.file"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{text}: {stderr}");
+        assert!(stderr.contains(field), "{text}: {stderr}");
+    }
+}
