@@ -228,6 +228,29 @@ pub async fn reload_web_config(path: std::path::PathBuf, web: WebConfigHandle) {
     }
 }
 
+/// Answers one request as the server would, with a fixed exposition; for the
+/// fuzzer. Returns the status code.
+#[doc(hidden)]
+pub fn answer(request: &Request<()>, web: WebConfig) -> u16 {
+    let exposition = Exposition {
+        text: Bytes::from_static(b"portstat_sample_success 1\n"),
+        gzip: Bytes::from_static(b""),
+        page: Bytes::from_static(b"<html></html>"),
+        ready: true,
+    };
+    let (_sender, receiver) = watch::channel(Arc::new(exposition));
+    let state = State::new(
+        ServeConfig {
+            telemetry_path: "/metrics".to_string(),
+            max_requests: 40,
+            max_connections: 10,
+            web: Arc::new(std::sync::RwLock::new(Arc::new(web))),
+        },
+        receiver,
+    );
+    state.respond(request).status().as_u16()
+}
+
 struct State {
     config: ServeConfig,
     expositions: watch::Receiver<Arc<Exposition>>,

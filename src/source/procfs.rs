@@ -197,6 +197,17 @@ fn tcp_record(
     })
 }
 
+/// Parses the text of a TCP (`tcp`) or UDP table the way the source parses a
+/// live one; for the fuzzer.
+#[doc(hidden)]
+pub fn parse_table_text(
+    tcp: bool,
+    text: &str,
+    sockets: &mut Vec<SocketRecord>,
+) -> Result<(), String> {
+    parse_table(if tcp { Table::Tcp } else { Table::Udp }, text, sockets)
+}
+
 /// Parses a captured table (named `tcp`, `tcp6`, `udp` or `udp6`) the way the
 /// source parses a live one.
 #[cfg(test)]
