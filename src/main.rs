@@ -1,6 +1,8 @@
 //! portstat_exporter: parse flags, start logging, wire the pipeline, wait for
 //! a signal.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use std::process::ExitCode;
 use std::sync::Arc;
 

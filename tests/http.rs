@@ -235,3 +235,33 @@ fn an_unprivileged_exporter_still_works_and_says_so_once() {
         "{text}"
     );
 }
+
+#[test]
+fn connections_beyond_the_limit_are_closed_at_once() {
+    use std::io::Read;
+    let netns = Netns::new((40000, 40099), "");
+    let exporter = netns.start_exporter(&["--web.max-connections", "3"]);
+    let address = "127.0.0.1:10042".parse().unwrap();
+    let held: Vec<_> = (0..3).map(|_| exporter.connect(address).unwrap()).collect();
+    // Give the server the time to accept the three.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = exporter.connect(address).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buffer = [0u8; 16];
+    let started = std::time::Instant::now();
+    let read = extra.read(&mut buffer);
+    assert!(
+        matches!(read, Ok(0)) || read.is_err(),
+        "the connection past the limit was served: {read:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "not closed at once"
+    );
+    // Once the three close, connections are served again.
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(exporter.get("/-/healthy").unwrap().status, 200);
+}
