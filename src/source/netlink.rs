@@ -838,6 +838,33 @@ mod tests {
         bytes
     }
 
+    /// A reply for one IPv4 socket with empty queues.
+    fn v4_reply(
+        sequence: u32,
+        state: u8,
+        local: [u8; 4],
+        local_port: u16,
+        remote: [u8; 4],
+        remote_port: u16,
+        inode: u32,
+    ) -> Vec<u8> {
+        message(
+            SOCK_DIAG_BY_FAMILY,
+            2,
+            sequence,
+            &diag(
+                libc::AF_INET,
+                state,
+                v4(local),
+                local_port,
+                v4(remote),
+                remote_port,
+                (0, 0),
+                inode,
+            ),
+        )
+    }
+
     fn dump(protocol: Protocol, states: u32) -> Dump {
         Dump {
             family: Some(libc::AF_INET as u8),
@@ -850,21 +877,7 @@ mod tests {
     #[test]
     fn parses_sockets_then_done() {
         let tcp = dump(Protocol::Tcp, state_mask::CONNECTIONS);
-        let mut datagram = message(
-            SOCK_DIAG_BY_FAMILY,
-            2,
-            9,
-            &diag(
-                libc::AF_INET,
-                1,
-                v4([10, 0, 0, 1]),
-                40001,
-                v4([10, 0, 0, 9]),
-                443,
-                (0, 0),
-                77,
-            ),
-        );
+        let mut datagram = v4_reply(9, 1, [10, 0, 0, 1], 40001, [10, 0, 0, 9], 443, 77);
         let v6_local = "::ffff:10.0.0.1".parse::<Ipv6Addr>().unwrap().octets();
         let v6_remote = "2001:db8::9".parse::<Ipv6Addr>().unwrap().octets();
         datagram.extend(message(
@@ -932,21 +945,7 @@ mod tests {
             Protocol::Tcp,
             state_mask::CONNECTIONS | state_mask::BOUND_INACTIVE,
         );
-        let datagram = message(
-            SOCK_DIAG_BY_FAMILY,
-            2,
-            1,
-            &diag(
-                libc::AF_INET,
-                7,
-                v4([0; 4]),
-                40007,
-                v4([0; 4]),
-                0,
-                (0, 0),
-                5,
-            ),
-        );
+        let datagram = v4_reply(1, 7, [0; 4], 40007, [0; 4], 0, 5);
         let mut sockets = Vec::new();
         parse_datagram(&datagram, 1, &bound, &mut false, &mut sockets).unwrap();
         assert_eq!(sockets[0].state, SocketState::Tcp(TcpState::BoundInactive));
@@ -980,27 +979,8 @@ mod tests {
             Protocol::Udp,
             state_mask::UDP_CONNECTED | state_mask::UDP_UNCONNECTED,
         );
-        let mut datagram = message(
-            SOCK_DIAG_BY_FAMILY,
-            2,
-            1,
-            &diag(
-                libc::AF_INET,
-                1,
-                v4([127, 0, 0, 1]),
-                40001,
-                v4([127, 0, 0, 1]),
-                53,
-                (0, 0),
-                5,
-            ),
-        );
-        datagram.extend(message(
-            SOCK_DIAG_BY_FAMILY,
-            2,
-            1,
-            &diag(libc::AF_INET, 7, v4([0; 4]), 53, v4([0; 4]), 0, (0, 0), 6),
-        ));
+        let mut datagram = v4_reply(1, 1, [127, 0, 0, 1], 40001, [127, 0, 0, 1], 53, 5);
+        datagram.extend(v4_reply(1, 7, [0; 4], 53, [0; 4], 0, 6));
         let mut sockets = Vec::new();
         parse_datagram(&datagram, 1, &udp, &mut false, &mut sockets).unwrap();
         assert_eq!(sockets[0].state, SocketState::Udp(UdpState::Connected));
@@ -1068,21 +1048,7 @@ mod tests {
     #[test]
     fn truncated_and_garbage_replies_are_errors_not_panics() {
         let tcp = dump(Protocol::Tcp, state_mask::CONNECTIONS);
-        let whole = message(
-            SOCK_DIAG_BY_FAMILY,
-            2,
-            1,
-            &diag(
-                libc::AF_INET,
-                1,
-                v4([1, 1, 1, 1]),
-                40001,
-                v4([2, 2, 2, 2]),
-                1,
-                (0, 0),
-                1,
-            ),
-        );
+        let whole = v4_reply(1, 1, [1, 1, 1, 1], 40001, [2, 2, 2, 2], 1, 1);
         for cut in 1..whole.len() {
             let mut sockets = Vec::new();
             assert!(
@@ -1097,21 +1063,7 @@ mod tests {
         bad[0..4].copy_from_slice(&1000u32.to_ne_bytes());
         assert!(parse_datagram(&bad, 1, &tcp, &mut false, &mut Vec::new()).is_err());
         // An unknown TCP state.
-        let odd = message(
-            SOCK_DIAG_BY_FAMILY,
-            2,
-            1,
-            &diag(
-                libc::AF_INET,
-                99,
-                v4([1, 1, 1, 1]),
-                40001,
-                v4([2, 2, 2, 2]),
-                1,
-                (0, 0),
-                1,
-            ),
-        );
+        let odd = v4_reply(1, 99, [1, 1, 1, 1], 40001, [2, 2, 2, 2], 1, 1);
         assert!(parse_datagram(&odd, 1, &tcp, &mut false, &mut Vec::new()).is_err());
         // Pseudo-random bytes never panic.
         let mut state = 0x2545_f491_4f6c_dd1du64;
