@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
 use crate::model::{
-    ListenQueue, NamespaceIdentity, NamespaceSample, PortRange, PortSet, Protocol, SocketRecord,
-    SocketState, SourceKind, TcpState, UdpState,
+    ListenQueue, NamespaceIdentity, NamespaceSample, PortBinding, PortRange, PortSet, Protocol,
+    SocketRecord, SocketState, SourceKind, TcpState, TimeWaitReuse, UdpState,
 };
 
 /// The process label of a socket whose owner could not be resolved.
@@ -54,9 +54,16 @@ pub struct Snapshot {
     pub listeners: Vec<Listener>,
     /// Sockets of the listener groups beyond `Limits::listeners_max`.
     pub listeners_omitted: u64,
-    /// Unreserved TCP ports inside the range that no destination can share:
-    /// held by listeners or by sockets bound but not connected.
-    pub exclusive_ports: u32,
+    /// Unreserved TCP ports inside the range that no destination can share,
+    /// by why.
+    pub exclusive: ExclusivePorts,
+    /// TCP sockets in TIME_WAIT on unreserved, shared ports inside the range
+    /// that `connect()` may take over now.
+    pub time_wait_reusable: u64,
+    /// Processes holding the most ports bound before `connect()`, at most
+    /// `Limits::processes_top`, most first; empty unless the TCP source
+    /// sees bindings.
+    pub bind_before_connect_processes: Vec<ProcessUsage>,
     /// Destinations with the most ports used, at most
     /// `Limits::destinations_top`, most used first.
     pub destinations: Vec<DestinationUsage>,
@@ -81,8 +88,66 @@ impl Snapshot {
     /// the capacity less the exclusive ports and its own.
     pub fn headroom(&self, used: u32) -> u32 {
         self.capacity
-            .saturating_sub(self.exclusive_ports)
+            .saturating_sub(self.exclusive.total())
             .saturating_sub(used)
+    }
+
+    /// Whether the TCP source sees which ports were bound before
+    /// `connect()`. Without it those ports count as shared, so headroom is
+    /// an upper bound and the used ratios are lower bounds.
+    pub fn headroom_exact(&self) -> bool {
+        self.sources[0].sees_bindings()
+    }
+}
+
+/// Why a port inside the range is exclusive: `connect()` skips it for every
+/// destination, because `bind()` made its bind bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExclusiveReason {
+    /// A TCP listener holds it.
+    Listener,
+    /// A TCP socket is bound to it and neither listens nor is connected.
+    Bound,
+    /// TCP sockets bound before they connected hold it, connected or in
+    /// TIME_WAIT; seen only by the BPF source.
+    BindBeforeConnect,
+}
+
+impl ExclusiveReason {
+    /// Every reason, in the order metrics list them.
+    pub const ALL: [ExclusiveReason; 3] = [
+        ExclusiveReason::Listener,
+        ExclusiveReason::Bound,
+        ExclusiveReason::BindBeforeConnect,
+    ];
+
+    /// The `reason` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            ExclusiveReason::Listener => "listener",
+            ExclusiveReason::Bound => "bound",
+            ExclusiveReason::BindBeforeConnect => "bind_before_connect",
+        }
+    }
+}
+
+/// Exclusive ports by reason. A port is counted once, under the first
+/// reason of `ExclusiveReason::ALL` that holds for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExclusivePorts {
+    /// Ports, in `ExclusiveReason::ALL` order.
+    pub by_reason: [u32; 3],
+}
+
+impl ExclusivePorts {
+    /// All exclusive ports, whatever the reason.
+    pub fn total(&self) -> u32 {
+        self.by_reason.iter().sum()
+    }
+
+    /// Exclusive ports for one reason.
+    pub fn get(&self, reason: ExclusiveReason) -> u32 {
+        self.by_reason[reason as usize]
     }
 }
 
@@ -188,7 +253,7 @@ pub fn aggregate(sample: &NamespaceSample, limits: &Limits) -> Snapshot {
     let mut udp_states = [0u64; UdpState::ALL.len()];
     let mut scanned = [0u64; 2];
     let mut listeners: BTreeMap<(Protocol, IpAddr, u16, &str), ListenerTally> = BTreeMap::new();
-    let mut exclusive = PortSet::new();
+    let mut exclusive_sets = [PortSet::new(), PortSet::new(), PortSet::new()];
     let mut process_ports: Vec<(&str, Protocol, u16)> = Vec::new();
 
     for socket in &sample.sockets {
@@ -204,22 +269,11 @@ pub fn aggregate(sample: &NamespaceSample, limits: &Limits) -> Snapshot {
         }
         if is_ephemeral(port) {
             used[index].insert(port);
-            if matches!(
-                socket.state,
-                SocketState::Tcp(TcpState::Listen | TcpState::BoundInactive)
-            ) {
-                exclusive.insert(port);
+            if let Some(reason) = exclusive_reason(socket) {
+                exclusive_sets[reason as usize].insert(port);
             }
             if limits.processes_top > 0 {
-                let process = if socket.inode == 0 {
-                    NO_PROCESS
-                } else {
-                    sample
-                        .owners
-                        .process_name(socket.inode)
-                        .unwrap_or(UNKNOWN_PROCESS)
-                };
-                process_ports.push((process, protocol, port));
+                process_ports.push((process_of(sample, socket), protocol, port));
             }
         }
         if is_listener(socket, &is_ephemeral) {
@@ -244,7 +298,8 @@ pub fn aggregate(sample: &NamespaceSample, limits: &Limits) -> Snapshot {
             Protocol::Tcp => {
                 // procfs cannot see bound-but-inactive sockets: report the
                 // state only where the source can, rather than a false 0.
-                let sees_bound_inactive = sample.sources[index] == SourceKind::Netlink;
+                let sees_bound_inactive =
+                    matches!(sample.sources[index], SourceKind::Netlink | SourceKind::Bpf);
                 TcpState::ALL
                     .iter()
                     .copied()
@@ -294,10 +349,52 @@ pub fn aggregate(sample: &NamespaceSample, limits: &Limits) -> Snapshot {
         });
     }
 
-    let exclusive_ports = exclusive.len();
-    let (destinations, destination_count, largest) =
-        destination_usage(sample, &is_ephemeral, &exclusive, limits.destinations_top);
-    let destination_max_used_ratio = used_ratio(largest + exclusive_ports, capacity);
+    // Each port counts under its first reason only.
+    let [listener_ports, mut bound_ports, mut bind_first_ports] = exclusive_sets;
+    bound_ports.remove_all(&listener_ports);
+    bind_first_ports.remove_all(&listener_ports);
+    bind_first_ports.remove_all(&bound_ports);
+    let exclusive = ExclusivePorts {
+        by_reason: [
+            listener_ports.len(),
+            bound_ports.len(),
+            bind_first_ports.len(),
+        ],
+    };
+    let mut all_exclusive = listener_ports;
+    all_exclusive.insert_all(&bound_ports);
+    all_exclusive.insert_all(&bind_first_ports);
+    let usage = destination_usage(
+        sample,
+        &is_ephemeral,
+        &all_exclusive,
+        limits.destinations_top,
+    );
+    let largest = usage.largest;
+    let destination_max_used_ratio = used_ratio(largest + exclusive.total(), capacity);
+    let bind_before_connect_processes = if limits.processes_top > 0 {
+        let ports = sample
+            .sockets
+            .iter()
+            .filter(|socket| {
+                let port = socket.local.port();
+                socket.state.protocol() == Protocol::Tcp
+                    && bind_first_ports.contains(port)
+                    && is_ephemeral(port)
+                    && exclusive_reason(socket) == Some(ExclusiveReason::BindBeforeConnect)
+            })
+            .map(|socket| {
+                (
+                    process_of(sample, socket),
+                    Protocol::Tcp,
+                    socket.local.port(),
+                )
+            })
+            .collect();
+        top_processes(ports, limits.processes_top)
+    } else {
+        Vec::new()
+    };
 
     Snapshot {
         range,
@@ -306,9 +403,11 @@ pub fn aggregate(sample: &NamespaceSample, limits: &Limits) -> Snapshot {
         occupancy,
         listeners,
         listeners_omitted,
-        exclusive_ports,
-        destinations,
-        destination_count,
+        exclusive,
+        time_wait_reusable: usage.time_wait_reusable,
+        bind_before_connect_processes,
+        destinations: usage.top,
+        destination_count: usage.count,
         busiest_destination_ports: largest,
         destination_max_used_ratio,
         processes: top_processes(process_ports, limits.processes_top),
@@ -317,43 +416,60 @@ pub fn aggregate(sample: &NamespaceSample, limits: &Limits) -> Snapshot {
     }
 }
 
+/// What the destinations use, as `destination_usage` counts it.
+struct DestinationCounts {
+    /// The destinations that use the most, most first.
+    top: Vec<DestinationUsage>,
+    /// How many destinations there are.
+    count: u64,
+    /// The most ports any one destination uses.
+    largest: u32,
+    /// TIME_WAIT sockets on shared ports that `connect()` may take over.
+    time_wait_reusable: u64,
+}
+
 /// Counts the ports each destination uses: distinct unreserved local ports
 /// inside the range of TCP sockets connected to it (every state but LISTEN,
-/// CLOSE and bound-inactive). Sockets on exclusive ports are left out: no
-/// `connect()` can pick such a port, so they are the accepted ends of a
-/// listener's connections, or sockets bound before connecting.
+/// CLOSE and bound-inactive) that `connect()` could not pick again for it.
 ///
-/// Returns the `top` destinations most used first (ties by destination),
-/// how many destinations there are, and the largest count of all.
+/// Left out: sockets on exclusive ports (no `connect()` picks such a port:
+/// they are the accepted ends of a listener's connections, or sockets bound
+/// before connecting), and TIME_WAIT sockets that `connect()` may take over
+/// now (`tcp_twsk_unique`), which are counted apart.
+///
+/// Keeps the `top` destinations most used first (ties by destination).
 fn destination_usage(
     sample: &NamespaceSample,
     is_ephemeral: &impl Fn(u16) -> bool,
     exclusive: &PortSet,
     top: usize,
-) -> (Vec<DestinationUsage>, u64, u32) {
-    let mut pairs: Vec<(Destination, u16)> = sample
-        .sockets
-        .iter()
-        .filter(|socket| match socket.state {
-            SocketState::Tcp(state) => !matches!(
-                state,
-                TcpState::Listen | TcpState::Close | TcpState::BoundInactive
-            ),
-            SocketState::Udp(_) => false,
-        })
-        .filter(|socket| {
-            let port = socket.local.port();
-            is_ephemeral(port) && !exclusive.contains(port)
-        })
-        .map(|socket| {
-            let destination = Destination {
-                local_address: socket.local.ip(),
-                remote_address: socket.remote.ip(),
-                remote_port: socket.remote.port(),
-            };
-            (destination, socket.local.port())
-        })
-        .collect();
+) -> DestinationCounts {
+    let mut time_wait_reusable = 0;
+    let mut pairs: Vec<(Destination, u16)> = Vec::new();
+    for socket in &sample.sockets {
+        let SocketState::Tcp(state) = socket.state else {
+            continue;
+        };
+        let port = socket.local.port();
+        if matches!(
+            state,
+            TcpState::Listen | TcpState::Close | TcpState::BoundInactive
+        ) || !is_ephemeral(port)
+            || exclusive.contains(port)
+        {
+            continue;
+        }
+        if time_wait_reusable_now(socket, &sample.time_wait_reuse) {
+            time_wait_reusable += 1;
+            continue;
+        }
+        let destination = Destination {
+            local_address: socket.local.ip(),
+            remote_address: socket.remote.ip(),
+            remote_port: socket.remote.port(),
+        };
+        pairs.push((destination, port));
+    }
     pairs.sort_unstable();
     pairs.dedup();
     let mut usage: Vec<DestinationUsage> = Vec::new();
@@ -378,7 +494,75 @@ fn destination_usage(
             .then(a.destination.cmp(&b.destination))
     });
     usage.truncate(top);
-    (usage, count, largest)
+    DestinationCounts {
+        top: usage,
+        count,
+        largest,
+        time_wait_reusable,
+    }
+}
+
+/// Why a TCP socket makes its port exclusive, if it does: it listens, it is
+/// bound and idle, or `bind()` made its port's bucket before it connected.
+fn exclusive_reason(socket: &SocketRecord) -> Option<ExclusiveReason> {
+    match socket.state {
+        SocketState::Tcp(TcpState::Listen) => Some(ExclusiveReason::Listener),
+        SocketState::Tcp(TcpState::BoundInactive) => Some(ExclusiveReason::Bound),
+        SocketState::Tcp(_) if socket.binding == PortBinding::Bind => {
+            Some(ExclusiveReason::BindBeforeConnect)
+        }
+        _ => None,
+    }
+}
+
+/// The interface index of `lo`, which the kernel fixes at 1.
+const LOOPBACK_INTERFACE: i32 = 1;
+
+/// Whether `connect()` to the socket's destination may take over its
+/// 4-tuple now, as `tcp_twsk_unique` decides: reuse is on for it
+/// (`tcp_tw_reuse` 1, or 2 with a loopback address at either end or the
+/// socket bound to `lo`), the connection carried timestamps (assumed from
+/// `tcp_timestamps` where the source cannot tell), and it entered TIME_WAIT
+/// more than `tcp_tw_reuse_delay` ago.
+pub fn time_wait_reusable_now(socket: &SocketRecord, reuse: &TimeWaitReuse) -> bool {
+    let (SocketState::Tcp(TcpState::TimeWait), Some(time_wait)) = (socket.state, socket.time_wait)
+    else {
+        return false;
+    };
+    let allowed = match reuse.mode {
+        1 => true,
+        2 => {
+            is_loopback(socket.local.ip())
+                || is_loopback(socket.remote.ip())
+                || time_wait.bound_device == Some(LOOPBACK_INTERFACE)
+        }
+        _ => false,
+    };
+    allowed && time_wait.timestamps.unwrap_or(reuse.timestamps) && time_wait.age_ms > reuse.delay_ms
+}
+
+/// Loopback as `tcp_twsk_unique` sees it: 127.0.0.0/8, `::1`, and
+/// 127.0.0.0/8 mapped into IPv6.
+fn is_loopback(address: IpAddr) -> bool {
+    match address {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// The process label of a socket: its owner's `comm`, `none` for sockets no
+/// file refers to, `unknown` when the owner was not found.
+fn process_of<'a>(sample: &'a NamespaceSample, socket: &SocketRecord) -> &'a str {
+    if socket.inode == 0 {
+        NO_PROCESS
+    } else {
+        sample
+            .owners
+            .process_name(socket.inode)
+            .unwrap_or(UNKNOWN_PROCESS)
+    }
 }
 
 /// Counts distinct (protocol, port) pairs per process, and keeps the `top`
@@ -463,27 +647,42 @@ fn udp_index(state: UdpState) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::SocketOwners;
+    use crate::model::{SocketOwners, TimeWait};
     use crate::source::sysctl::parse_reserved_ports;
 
     fn tcp(state: TcpState, local: &str, remote: &str, inode: u64) -> SocketRecord {
-        SocketRecord {
-            state: SocketState::Tcp(state),
-            local: local.parse().unwrap(),
-            remote: remote.parse().unwrap(),
+        SocketRecord::new(
+            SocketState::Tcp(state),
+            local.parse().unwrap(),
+            remote.parse().unwrap(),
             inode,
-            listen_queue: None,
-        }
+        )
     }
 
     fn udp(state: UdpState, local: &str, remote: &str, inode: u64) -> SocketRecord {
-        SocketRecord {
-            state: SocketState::Udp(state),
-            local: local.parse().unwrap(),
-            remote: remote.parse().unwrap(),
+        SocketRecord::new(
+            SocketState::Udp(state),
+            local.parse().unwrap(),
+            remote.parse().unwrap(),
             inode,
-            listen_queue: None,
-        }
+        )
+    }
+
+    /// A TIME_WAIT socket with what the BPF source tells of it.
+    fn time_wait(
+        local: &str,
+        remote: &str,
+        age_ms: u32,
+        timestamps: bool,
+        device: i32,
+    ) -> SocketRecord {
+        let mut socket = tcp(TcpState::TimeWait, local, remote, 0);
+        socket.time_wait = Some(TimeWait {
+            age_ms,
+            timestamps: Some(timestamps),
+            bound_device: Some(device),
+        });
+        socket
     }
 
     fn sample(sockets: Vec<SocketRecord>, reserved: &str) -> NamespaceSample {
@@ -495,8 +694,166 @@ mod tests {
             reserved: parse_reserved_ports(reserved).unwrap(),
             sockets,
             owners: SocketOwners::default(),
+            time_wait_reuse: TimeWaitReuse::default(),
             sources: [SourceKind::Procfs; 2],
         }
+    }
+
+    #[test]
+    fn time_wait_reuse_follows_tcp_twsk_unique() {
+        let reuse = |mode, delay_ms, timestamps| TimeWaitReuse {
+            mode,
+            delay_ms,
+            timestamps,
+        };
+        let loopback = time_wait("127.0.0.1:40001", "127.0.0.1:8080", 1500, true, 0);
+        let remote = time_wait("10.0.0.1:40001", "10.0.0.9:80", 1500, true, 0);
+        let mapped = time_wait(
+            "[::ffff:127.0.0.1]:40001",
+            "[::ffff:10.0.0.9]:80",
+            1500,
+            true,
+            0,
+        );
+        let on_lo = time_wait("10.0.0.1:40001", "10.0.0.9:80", 1500, true, 1);
+        // Mode 0 never; 1 always; 2 for loopback at either end or bound to lo.
+        for socket in [&loopback, &remote, &mapped, &on_lo] {
+            assert!(!time_wait_reusable_now(socket, &reuse(0, 1000, true)));
+            assert!(time_wait_reusable_now(socket, &reuse(1, 1000, true)));
+        }
+        assert!(time_wait_reusable_now(&loopback, &reuse(2, 1000, true)));
+        assert!(time_wait_reusable_now(&mapped, &reuse(2, 1000, true)));
+        assert!(time_wait_reusable_now(&on_lo, &reuse(2, 1000, true)));
+        assert!(!time_wait_reusable_now(&remote, &reuse(2, 1000, true)));
+        // Only once older than the delay, strictly.
+        assert!(!time_wait_reusable_now(&loopback, &reuse(2, 1500, true)));
+        assert!(time_wait_reusable_now(&loopback, &reuse(2, 1499, true)));
+        // Without timestamps, never; the sysctl stands in where the source
+        // cannot tell.
+        let untimed = time_wait("127.0.0.1:40001", "127.0.0.1:8080", 1500, false, 0);
+        assert!(!time_wait_reusable_now(&untimed, &reuse(1, 1000, true)));
+        let mut unseen = loopback;
+        unseen.time_wait = Some(TimeWait {
+            timestamps: None,
+            bound_device: None,
+            ..unseen.time_wait.unwrap()
+        });
+        assert!(time_wait_reusable_now(&unseen, &reuse(2, 1000, true)));
+        assert!(!time_wait_reusable_now(&unseen, &reuse(2, 1000, false)));
+        // Other states, and TIME_WAIT with no detail, are never taken over.
+        let mut established = loopback;
+        established.state = SocketState::Tcp(TcpState::Established);
+        assert!(!time_wait_reusable_now(&established, &reuse(1, 0, true)));
+        let bare = tcp(TcpState::TimeWait, "127.0.0.1:40001", "127.0.0.1:8080", 0);
+        assert!(!time_wait_reusable_now(&bare, &reuse(1, 0, true)));
+    }
+
+    #[test]
+    fn reusable_time_wait_uses_no_port_of_its_destination() {
+        let mut sockets: Vec<SocketRecord> = (40000..40060u16)
+            .map(|port| {
+                time_wait(
+                    &format!("127.0.0.1:{port}"),
+                    "127.0.0.1:8080",
+                    5000,
+                    true,
+                    0,
+                )
+            })
+            .collect();
+        sockets.push(time_wait("10.0.0.1:40070", "10.0.0.9:80", 5000, true, 0));
+        let snapshot = aggregate(&sample(sockets, ""), &Limits::default());
+        assert_eq!(snapshot.time_wait_reusable, 60);
+        // Only the remote one blocks its destination under mode 2.
+        assert_eq!(snapshot.destination_count, 1);
+        assert_eq!(snapshot.busiest_destination_ports, 1);
+        assert_eq!(snapshot.destination_max_used_ratio, 1.0 / 100.0);
+        // The ports are still held.
+        assert_eq!(snapshot.occupancy[0].ports_used, 61);
+    }
+
+    #[test]
+    fn ports_bound_before_connect_are_exclusive_with_a_reason() {
+        let bound = |local: &str, remote: &str, inode| {
+            let mut socket = tcp(TcpState::Established, local, remote, inode);
+            socket.binding = PortBinding::Bind;
+            socket
+        };
+        let mut bind_first_time_wait = time_wait("10.0.0.1:40005", "10.0.0.9:80", 5000, true, 0);
+        bind_first_time_wait.binding = PortBinding::Bind;
+        let mut sockets = vec![
+            bound("10.0.0.1:40001", "10.0.0.9:80", 1),
+            bound("10.0.0.1:40002", "10.0.0.9:80", 1),
+            // Two destinations on one bound port count it once.
+            bound("10.0.0.1:40003", "10.0.0.9:80", 2),
+            bound("10.0.0.1:40003", "10.0.0.8:80", 2),
+            // Its TIME_WAIT keeps the bucket, and stays exclusive under
+            // tcp_tw_reuse=1.
+            bind_first_time_wait,
+            // A listener's port with a bound connection on it: listener.
+            tcp(TcpState::Listen, "0.0.0.0:40050", "0.0.0.0:0", 3),
+            bound("10.0.0.1:40050", "10.0.0.7:5000", 4),
+            tcp(TcpState::BoundInactive, "0.0.0.0:40051", "0.0.0.0:0", 5),
+        ];
+        // Connected by connect(): shared, counted for its destination.
+        let mut shared = tcp(TcpState::Established, "10.0.0.1:40001", "10.0.0.7:80", 6);
+        shared.binding = PortBinding::Connect;
+        sockets.push(shared);
+        let mut sample = sample(sockets, "");
+        sample.time_wait_reuse.mode = 1;
+        sample.sources = [SourceKind::Bpf, SourceKind::Netlink];
+        for (inode, pid) in [(1, 10), (2, 11), (4, 10)] {
+            sample.owners.pid_by_inode.insert(inode, pid);
+        }
+        sample.owners.comm_by_pid.insert(10, "haproxy".into());
+        sample.owners.comm_by_pid.insert(11, "java".into());
+        let snapshot = aggregate(&sample, &Limits::default());
+        let by_reason: Vec<(&str, u32)> = ExclusiveReason::ALL
+            .iter()
+            .map(|&reason| (reason.label(), snapshot.exclusive.get(reason)))
+            .collect();
+        assert_eq!(
+            by_reason,
+            vec![("listener", 1), ("bound", 1), ("bind_before_connect", 4)]
+        );
+        assert_eq!(snapshot.exclusive.total(), 6);
+        assert_eq!(snapshot.time_wait_reusable, 0, "its port is skipped first");
+        // Only the socket connect() placed counts for a destination, though
+        // it shares port 40001 with a bound one: the port is exclusive.
+        assert_eq!(snapshot.destination_count, 0);
+        assert_eq!(snapshot.headroom(0), 100 - 6);
+        assert!(snapshot.headroom_exact());
+        let holders: Vec<(String, u32)> = snapshot
+            .bind_before_connect_processes
+            .iter()
+            .map(|usage| (usage.process.clone(), usage.ports_used))
+            .collect();
+        assert_eq!(
+            holders,
+            vec![
+                ("haproxy".to_string(), 2),
+                ("java".to_string(), 1),
+                ("none".to_string(), 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn without_bindings_headroom_is_an_upper_bound() {
+        let sockets = vec![tcp(
+            TcpState::Established,
+            "10.0.0.1:40001",
+            "10.0.0.9:80",
+            1,
+        )];
+        let snapshot = aggregate(&sample(sockets, ""), &Limits::default());
+        assert!(!snapshot.headroom_exact());
+        assert_eq!(
+            snapshot.exclusive.get(ExclusiveReason::BindBeforeConnect),
+            0
+        );
+        assert_eq!(snapshot.headroom(0), 100);
+        assert!(snapshot.bind_before_connect_processes.is_empty());
     }
 
     fn states(occupancy: &ProtocolOccupancy) -> BTreeMap<&'static str, u64> {
@@ -682,6 +1039,7 @@ mod tests {
         let sample = NamespaceSample {
             range: parse_port_range(&fixture("ip_local_port_range")).unwrap(),
             reserved: parse_reserved_ports(&fixture("ip_local_reserved_ports")).unwrap(),
+            time_wait_reuse: TimeWaitReuse::default(),
             sockets,
             owners: SocketOwners::default(),
             sources: [SourceKind::Procfs; 2],
@@ -814,7 +1172,7 @@ mod tests {
         };
         let snapshot = aggregate(&sample(sockets, "40099"), &limits);
         assert_eq!(snapshot.capacity, 99);
-        assert_eq!(snapshot.exclusive_ports, 2);
+        assert_eq!(snapshot.exclusive.total(), 2);
         assert_eq!(snapshot.destination_count, 4);
         let top: Vec<(String, u32)> = snapshot
             .destinations

@@ -67,11 +67,22 @@ pub struct Cli {
     )]
     pub interval: Duration,
 
-    /// Where sockets are read from: netlink sock_diag, procfs, or netlink
-    /// falling back to procfs per protocol where the kernel refuses netlink.
+    /// Where sockets are read from: a BPF program for TCP (exact headroom;
+    /// needs CAP_BPF and CAP_PERFMON, and kernel BTF), netlink sock_diag,
+    /// procfs, or auto: BPF, else netlink, else procfs, per protocol.
     #[arg(long = "collector.source",
         global = true, value_enum, default_value_t = SourceChoice::Auto)]
     pub source: SourceChoice,
+
+    /// Load the BPF program from this object file instead of the one built
+    /// in (for a program rebuilt by src/source/bpf/build.sh).
+    #[arg(
+        long = "collector.bpf.object",
+        global = true,
+        value_name = "PATH",
+        hide = true
+    )]
+    pub bpf_object: Option<PathBuf>,
 
     /// Find the process that owns each socket (needs root, or
     /// CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH). `false` labels every

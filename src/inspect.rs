@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::aggregate::{NO_PROCESS, Snapshot, UNKNOWN_PROCESS};
+use crate::aggregate::{ExclusiveReason, NO_PROCESS, Snapshot, UNKNOWN_PROCESS};
 use crate::log::push_json_string;
 use crate::model::NamespaceSample;
 
@@ -101,9 +101,31 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
         out,
         "Busiest destination: {} ports + {} exclusive = {:.1}% of capacity",
         snapshot.busiest_destination_ports,
-        snapshot.exclusive_ports,
+        snapshot.exclusive.total(),
         snapshot.destination_max_used_ratio * 100.0
     );
+    let _ = writeln!(
+        out,
+        "Exclusive ports: {}; a new destination can get {} ports{}",
+        ExclusiveReason::ALL
+            .iter()
+            .map(|&reason| format!("{} {}", snapshot.exclusive.get(reason), reason.label()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        snapshot.headroom(0),
+        if snapshot.headroom_exact() {
+            ""
+        } else {
+            " at most (bind-before-connect unseen without BPF)"
+        }
+    );
+    if snapshot.time_wait_reusable > 0 {
+        let _ = writeln!(
+            out,
+            "TIME_WAIT that connect() may take over (not counted as used): {}",
+            snapshot.time_wait_reusable
+        );
+    }
     let _ = writeln!(
         out,
         "{}  (connect() to it fails at 100%)",
@@ -142,6 +164,21 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
             fit(&usage.process, 56),
             usage.ports_used
         );
+    }
+    if !snapshot.bind_before_connect_processes.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "Ports bound before connect(), exclusive (IP_BIND_ADDRESS_NO_PORT frees them)"
+        );
+        for usage in &snapshot.bind_before_connect_processes {
+            let _ = writeln!(
+                out,
+                "  {:<56}{:>6}",
+                fit(&usage.process, 56),
+                usage.ports_used
+            );
+        }
     }
     let _ = writeln!(out);
     let _ = writeln!(
@@ -212,7 +249,16 @@ pub fn json_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
         json.close('}');
     }
     json.close(']');
-    json.field_number("exclusive", f64::from(snapshot.exclusive_ports));
+    json.field_number("exclusive", f64::from(snapshot.exclusive.total()));
+    json.key("exclusive_by_reason");
+    json.open('{');
+    for reason in ExclusiveReason::ALL {
+        json.field_number(reason.label(), f64::from(snapshot.exclusive.get(reason)));
+    }
+    json.close('}');
+    json.field_number("new_destination_headroom", f64::from(snapshot.headroom(0)));
+    json.field_bool("headroom_exact", snapshot.headroom_exact());
+    json.field_number("time_wait_reusable", snapshot.time_wait_reusable as f64);
     json.field_number("destination_count", snapshot.destination_count as f64);
     json.field_number(
         "destination_max_used_ratio",
@@ -234,6 +280,15 @@ pub fn json_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
     json.key("processes");
     json.open('[');
     for usage in &snapshot.processes {
+        json.open('{');
+        json.field_string("process", &usage.process);
+        json.field_number("ports", f64::from(usage.ports_used));
+        json.close('}');
+    }
+    json.close(']');
+    json.key("bind_before_connect_processes");
+    json.open('[');
+    for usage in &snapshot.bind_before_connect_processes {
         json.open('{');
         json.field_string("process", &usage.process);
         json.field_number("ports", f64::from(usage.ports_used));

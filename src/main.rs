@@ -33,7 +33,8 @@ fn main() -> ExitCode {
         cli.source,
         cli.processes,
         all_namespaces,
-    );
+    )
+    .with_bpf_object(cli.bpf_object.clone());
     let renderer = Renderer::new(!cli.disable_exporter_metrics, &cli.telemetry_path);
     let mut sampler = Sampler::new(reader, renderer, cli.limits(), cli.namespaces());
 
@@ -137,7 +138,8 @@ fn sample_once(sampler: &mut Sampler) -> ExitCode {
 /// Samples once and prints the report for people; exit status 1 if the
 /// sample failed.
 fn inspect(cli: &Cli, port: Option<u16>, json: bool) -> ExitCode {
-    let mut reader = NamespaceReader::new(cli.procfs.clone(), cli.source, cli.processes, false);
+    let mut reader = NamespaceReader::new(cli.procfs.clone(), cli.source, cli.processes, false)
+        .with_bpf_object(cli.bpf_object.clone());
     let mut sample = match reader.read() {
         Ok(sample) => sample,
         Err(error) => {

@@ -156,6 +156,35 @@ pub struct ListenQueue {
     pub limit: u32,
 }
 
+/// Who made the bind bucket of a TCP socket's port, which decides whether
+/// `connect()` may pick that port for another destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PortBinding {
+    /// The source cannot tell (netlink and procfs cannot).
+    #[default]
+    Unseen,
+    /// `connect()` picked the port (`fastreuse` and `fastreuseport` both
+    /// -1): other destinations may share it.
+    Connect,
+    /// `bind()` made the bucket: `connect()` skips the port for every
+    /// destination (`__inet_hash_connect`).
+    Bind,
+}
+
+/// What the kernel tells of a TIME_WAIT socket that decides whether
+/// `connect()` may take its 4-tuple over (`tcp_twsk_unique`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWait {
+    /// Milliseconds since the socket entered TIME_WAIT.
+    pub age_ms: u32,
+    /// Whether the connection carried TCP timestamps (the kernel's
+    /// `tw_ts_recent_stamp` is set), where the source can tell.
+    pub timestamps: Option<bool>,
+    /// The interface the socket is bound to (`tw_bound_dev_if`), where the
+    /// source can tell; 0 for none.
+    pub bound_device: Option<i32>,
+}
+
 /// One socket of one network namespace, as the kernel reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SocketRecord {
@@ -167,8 +196,28 @@ pub struct SocketRecord {
     pub remote: SocketAddr,
     /// The socket's inode number; 0 for sockets no file refers to (TIME_WAIT).
     pub inode: u64,
-    /// For TCP listeners read over netlink, the accept queue.
+    /// For TCP listeners read over netlink or BPF, the accept queue.
     pub listen_queue: Option<ListenQueue>,
+    /// For TCP, who made the port's bind bucket, where the source can tell.
+    pub binding: PortBinding,
+    /// For TCP sockets in TIME_WAIT, what decides their reuse.
+    pub time_wait: Option<TimeWait>,
+}
+
+impl SocketRecord {
+    /// A socket with only what every source reports: no accept queue, no
+    /// binding, no TIME_WAIT detail.
+    pub fn new(state: SocketState, local: SocketAddr, remote: SocketAddr, inode: u64) -> Self {
+        SocketRecord {
+            state,
+            local,
+            remote,
+            inode,
+            listen_queue: None,
+            binding: PortBinding::Unseen,
+            time_wait: None,
+        }
+    }
 }
 
 /// Where a protocol's sockets were read from.
@@ -178,6 +227,8 @@ pub enum SourceKind {
     Procfs,
     /// `NETLINK_SOCK_DIAG` dumps.
     Netlink,
+    /// A BPF `iter/tcp` program, with a netlink dump for bound-only sockets.
+    Bpf,
 }
 
 impl SourceKind {
@@ -186,7 +237,14 @@ impl SourceKind {
         match self {
             SourceKind::Procfs => "procfs",
             SourceKind::Netlink => "netlink",
+            SourceKind::Bpf => "bpf",
         }
+    }
+
+    /// Whether the source sees who made each port's bind bucket, so that
+    /// ports bound before `connect()` are known to be exclusive.
+    pub fn sees_bindings(self) -> bool {
+        self == SourceKind::Bpf
     }
 }
 
@@ -237,6 +295,20 @@ impl PortSet {
         }
     }
 
+    /// Adds every port of `other`.
+    pub fn insert_all(&mut self, other: &PortSet) {
+        for (word, other) in self.words.iter_mut().zip(other.words.iter()) {
+            *word |= other;
+        }
+    }
+
+    /// Removes every port of `other`.
+    pub fn remove_all(&mut self, other: &PortSet) {
+        for (word, other) in self.words.iter_mut().zip(other.words.iter()) {
+            *word &= !other;
+        }
+    }
+
     /// Whether `port` is in the set.
     pub fn contains(&self, port: u16) -> bool {
         self.words[usize::from(port >> 6)] & (1 << (port & 63)) != 0
@@ -277,6 +349,30 @@ impl std::fmt::Debug for PortSet {
 /// assignment.
 pub type ReservedPorts = PortSet;
 
+/// The namespace's TIME_WAIT reuse settings, as `tcp_twsk_unique` reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWaitReuse {
+    /// `net.ipv4.tcp_tw_reuse`: 0 never, 1 always, 2 loopback only.
+    pub mode: u8,
+    /// `net.ipv4.tcp_tw_reuse_delay` in milliseconds (1000 before Linux 6.13,
+    /// which has no such setting).
+    pub delay_ms: u32,
+    /// Whether `net.ipv4.tcp_timestamps` is on: what is assumed of a
+    /// TIME_WAIT socket whose own timestamp flag the source cannot see.
+    pub timestamps: bool,
+}
+
+impl Default for TimeWaitReuse {
+    /// The kernel's defaults.
+    fn default() -> Self {
+        TimeWaitReuse {
+            mode: 2,
+            delay_ms: 1000,
+            timestamps: true,
+        }
+    }
+}
+
 /// Which process owns which socket inode.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SocketOwners {
@@ -314,6 +410,8 @@ pub struct NamespaceSample {
     pub range: PortRange,
     /// The reserved ports (anywhere, not only inside the range).
     pub reserved: ReservedPorts,
+    /// The TIME_WAIT reuse settings in force.
+    pub time_wait_reuse: TimeWaitReuse,
     /// Every TCP and UDP socket of the namespace.
     pub sockets: Vec<SocketRecord>,
     /// Owners of the sockets that could be resolved.

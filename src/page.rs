@@ -120,13 +120,38 @@ pub fn landing_page(
         "<tr id=\"fill-busiest\"><td>busiest destination</td><td class=\"num\">{}</td>\
          <td class=\"bar\">{}</td><td class=\"num\">{:.1}%</td></tr>\n</table>\n\
          <p class=\"meta\">The busiest destination's share counts its own ports and the \
-         ports no destination can share (listeners, sockets bound but not connected: {} now); \
-         <code>connect()</code> to it fails at 100%.</p>\n",
-        snapshot.busiest_destination_ports + snapshot.exclusive_ports,
+         ports no destination can share (listeners, sockets bound but not connected, sockets \
+         bound before <code>connect()</code>: {} now); \
+         <code>connect()</code> to it fails at 100%. A destination not yet connected to can \
+         get <span id=\"new-destination-headroom\">{}</span> ports{}.</p>\n",
+        snapshot.busiest_destination_ports + snapshot.exclusive.total(),
         bar(snapshot.destination_max_used_ratio),
         snapshot.destination_max_used_ratio * 100.0,
-        snapshot.exclusive_ports
+        snapshot.exclusive.total(),
+        snapshot.headroom(0),
+        if snapshot.headroom_exact() {
+            ""
+        } else {
+            " at most: ports bound before <code>connect()</code> are seen only by the BPF source"
+        }
     );
+    if !snapshot.bind_before_connect_processes.is_empty() {
+        page.push_str(
+            "<h2>Ports bound before connect()</h2>\n<p class=\"meta\">No other destination \
+             can use these ports. Setting <code>IP_BIND_ADDRESS_NO_PORT</code> before \
+             <code>bind()</code> frees them.</p>\n<table id=\"bind-before-connect\">\
+             <tr><th>process</th><th class=\"num\">ports</th></tr>\n",
+        );
+        for usage in &snapshot.bind_before_connect_processes {
+            let _ = writeln!(
+                page,
+                "<tr><td>{}</td><td class=\"num\">{}</td></tr>",
+                html_escape(&usage.process),
+                usage.ports_used
+            );
+        }
+        page.push_str("</table>\n");
+    }
 
     let _ = write!(
         page,

@@ -7,7 +7,7 @@ use prometheus::core::Collector;
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, TextEncoder};
 
-use crate::aggregate::Snapshot;
+use crate::aggregate::{ExclusiveReason, Snapshot};
 use crate::model::Protocol;
 
 /// The version and revision the binary was built from.
@@ -210,30 +210,60 @@ fn snapshot_families(snapshot: &Snapshot, families: &mut Vec<MetricFamily>) {
 
     let mut exclusive = family(
         "portstat_ephemeral_ports_exclusive",
-        "Unreserved ports inside the range that no destination can share: held by TCP listeners or by TCP sockets bound but not connected.",
+        "Unreserved ports inside the range that no destination can share, because bind() made their bind bucket: by reason (listener, bound: bound but not connected, bind_before_connect: bound before connect(), BPF source only). Each port counts under one reason.",
     );
-    exclusive.gauge(&[("protocol", "tcp")], f64::from(snapshot.exclusive_ports));
+    for reason in ExclusiveReason::ALL {
+        exclusive.gauge(
+            &[("protocol", "tcp"), ("reason", reason.label())],
+            f64::from(snapshot.exclusive.get(reason)),
+        );
+    }
     families.extend(exclusive.done());
+
+    let mut reusable = family(
+        "portstat_ephemeral_time_wait_reusable",
+        "TIME_WAIT sockets on shared ports inside the range that connect() may take over now (net.ipv4.tcp_tw_reuse); they count toward no destination's ports used.",
+    );
+    reusable.gauge(&[("protocol", "tcp")], snapshot.time_wait_reusable as f64);
+    families.extend(reusable.done());
+
+    let mut exact = family(
+        "portstat_ephemeral_headroom_exact",
+        "1 when the TCP source sees ports bound before connect() (BPF), so headroom is exact; 0 when they count as shared, so headroom is an upper bound.",
+    );
+    exact.gauge(&[], if snapshot.headroom_exact() { 1.0 } else { 0.0 });
+    families.extend(exact.done());
 
     let mut destination_ports = family(
         "portstat_ephemeral_destination_ports_used",
-        "Distinct unreserved local ports inside the range used by TCP connections to a destination, for the destinations that use the most.",
+        "Distinct unreserved local ports inside the range used by TCP connections to a destination that connect() cannot pick again for it, for the destinations that use the most.",
+    );
+    let mut destination_headroom = family(
+        "portstat_ephemeral_destination_headroom",
+        "Further connect() calls to a destination that can get a port: capacity - exclusive ports - the destination's ports used.",
     );
     for usage in &snapshot.destinations {
         let destination = &usage.destination;
-        destination_ports.gauge(
-            &[
-                ("local_address", &destination.local_address.to_string()),
-                ("remote_address", &destination.remote_address.to_string()),
-                (
-                    "remote_port",
-                    itoa::Buffer::new().format(destination.remote_port),
-                ),
-            ],
-            f64::from(usage.ports_used),
-        );
+        let local_address = destination.local_address.to_string();
+        let remote_address = destination.remote_address.to_string();
+        let mut port = itoa::Buffer::new();
+        let labels = [
+            ("local_address", local_address.as_str()),
+            ("remote_address", remote_address.as_str()),
+            ("remote_port", port.format(destination.remote_port)),
+        ];
+        destination_ports.gauge(&labels, f64::from(usage.ports_used));
+        destination_headroom.gauge(&labels, f64::from(snapshot.headroom(usage.ports_used)));
     }
     families.extend(destination_ports.done());
+    families.extend(destination_headroom.done());
+
+    let mut new_destination = family(
+        "portstat_ephemeral_new_destination_headroom",
+        "connect() calls to a destination not yet connected to that can get a port: capacity - exclusive ports.",
+    );
+    new_destination.gauge(&[], f64::from(snapshot.headroom(0)));
+    families.extend(new_destination.done());
 
     let mut max_ratio = family(
         "portstat_ephemeral_destination_max_used_ratio",
@@ -257,6 +287,15 @@ fn snapshot_families(snapshot: &Snapshot, families: &mut Vec<MetricFamily>) {
         process_ports.gauge(&[("process", &usage.process)], f64::from(usage.ports_used));
     }
     families.extend(process_ports.done());
+
+    let mut bind_first = family(
+        "portstat_ephemeral_process_bind_before_connect_ports",
+        "Distinct ports inside the range a process holds with TCP sockets bound before connect(), exclusive to it, for the processes that hold the most (BPF source only); none for TIME_WAIT.",
+    );
+    for usage in &snapshot.bind_before_connect_processes {
+        bind_first.gauge(&[("process", &usage.process)], f64::from(usage.ports_used));
+    }
+    families.extend(bind_first.done());
 
     let mut listeners = family(
         "portstat_listener_sockets",
@@ -472,21 +511,25 @@ impl FamilyBuilder {
 mod tests {
     use super::*;
     use crate::aggregate::aggregate;
-    use crate::model::{ListenQueue, SourceKind, TcpState, UdpState};
+    use crate::model::{
+        ListenQueue, PortBinding, SourceKind, TcpState, TimeWait, TimeWaitReuse, UdpState,
+    };
     use crate::model::{NamespaceSample, PortRange, SocketOwners, SocketRecord, SocketState};
     use crate::source::sysctl::parse_reserved_ports;
 
     fn snapshot() -> Snapshot {
-        let record = |state, local: &str, remote: &str, inode| SocketRecord {
-            state,
-            local: local.parse().unwrap(),
-            remote: remote.parse().unwrap(),
-            inode,
-            listen_queue: None,
+        let record = |state, local: &str, remote: &str, inode| {
+            SocketRecord::new(
+                state,
+                local.parse().unwrap(),
+                remote.parse().unwrap(),
+                inode,
+            )
         };
         let mut owners = SocketOwners::default();
         owners.pid_by_inode.insert(1, 100);
         owners.pid_by_inode.insert(2, 100);
+        owners.pid_by_inode.insert(5, 100);
         owners
             .comm_by_pid
             .insert(100, "haproxy \"edge\"".to_string());
@@ -527,11 +570,43 @@ mod tests {
                     "0.0.0.0:0",
                     4,
                 ),
+                // Bound before connecting: exclusive, held by haproxy.
+                record(
+                    SocketState::Tcp(TcpState::Established),
+                    "10.0.0.1:40003",
+                    "10.0.0.9:5432",
+                    5,
+                ),
+                // TIME_WAIT to loopback that connect() may take over.
+                record(
+                    SocketState::Tcp(TcpState::TimeWait),
+                    "127.0.0.1:40004",
+                    "127.0.0.1:8080",
+                    0,
+                ),
             ],
             owners,
-            // TCP over netlink (accept queues, bound_inactive), UDP over procfs.
-            sources: [SourceKind::Netlink, SourceKind::Procfs],
+            time_wait_reuse: TimeWaitReuse::default(),
+            // TCP over BPF (bindings, accept queues, bound_inactive), UDP
+            // over procfs.
+            sources: [SourceKind::Bpf, SourceKind::Procfs],
         };
+        for socket in &mut sample.sockets {
+            if socket.state.protocol() == Protocol::Tcp {
+                socket.binding = PortBinding::Connect;
+            }
+        }
+        sample.sockets[5].binding = PortBinding::Bind;
+        sample.sockets[6].time_wait = Some(TimeWait {
+            age_ms: 5000,
+            timestamps: Some(true),
+            bound_device: Some(0),
+        });
+        sample.sockets[3].time_wait = Some(TimeWait {
+            age_ms: 5000,
+            timestamps: Some(true),
+            bound_device: Some(0),
+        });
         sample.sockets[0].listen_queue = Some(ListenQueue {
             waiting: 3,
             limit: 4096,

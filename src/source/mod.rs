@@ -2,6 +2,7 @@
 //! and the processes that own them. Everything here does I/O; what the figures
 //! mean is decided in `aggregate`.
 
+pub mod bpf;
 pub mod namespaces;
 pub mod netlink;
 pub mod owners;
@@ -28,6 +29,9 @@ pub enum SourceError {
     /// A netlink dump failed.
     #[error(transparent)]
     Netlink(#[from] netlink::NetlinkError),
+    /// The BPF source failed.
+    #[error(transparent)]
+    Bpf(#[from] bpf::BpfError),
     /// A file was read but its content is not what the kernel writes.
     #[error("malformed {path}: {reason}")]
     Malformed {
@@ -41,9 +45,11 @@ pub enum SourceError {
 /// Which socket source to use, as `--collector.source` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SourceChoice {
-    /// Netlink, falling back to procfs per protocol where netlink is refused
-    /// or unsupported.
+    /// BPF for TCP, else netlink, else procfs, per protocol, each step
+    /// taken where the one before is refused or unsupported.
     Auto,
+    /// BPF for TCP and netlink for UDP; a sample fails where either does.
+    Bpf,
     /// Netlink only; a sample fails where netlink does.
     Netlink,
     /// procfs only.
@@ -57,6 +63,7 @@ pub struct NamespaceReader {
     attribution: bool,
     procfs: procfs::ProcfsSockets,
     netlink: netlink::NetlinkSockets,
+    bpf: bpf::BpfSockets,
     owners: owners::OwnerResolver,
     /// The source in use for TCP, then UDP.
     sources: [SourceKind; 2],
@@ -75,9 +82,10 @@ impl NamespaceReader {
         attribution: bool,
         thread_namespace: bool,
     ) -> NamespaceReader {
-        let initial = match choice {
-            SourceChoice::Auto | SourceChoice::Netlink => SourceKind::Netlink,
-            SourceChoice::Procfs => SourceKind::Procfs,
+        let sources = match choice {
+            SourceChoice::Auto | SourceChoice::Bpf => [SourceKind::Bpf, SourceKind::Netlink],
+            SourceChoice::Netlink => [SourceKind::Netlink; 2],
+            SourceChoice::Procfs => [SourceKind::Procfs; 2],
         };
         let tables = if thread_namespace {
             procfs_root.join("thread-self").join("net")
@@ -87,12 +95,20 @@ impl NamespaceReader {
         NamespaceReader {
             procfs: procfs::ProcfsSockets::new(&tables),
             netlink: netlink::NetlinkSockets::new(),
+            bpf: bpf::BpfSockets::new(None),
             owners: owners::OwnerResolver::new(&procfs_root),
             procfs_root,
             choice,
             attribution,
-            sources: [initial; 2],
+            sources,
         }
+    }
+
+    /// Loads the BPF program from `object` rather than the one built in:
+    /// for a rebuilt program, and for the tests that make it fail.
+    pub fn with_bpf_object(mut self, object: Option<PathBuf>) -> NamespaceReader {
+        self.bpf = bpf::BpfSockets::new(object);
+        self
     }
 
     /// Reads the namespace's port settings and sockets; owners are left
@@ -101,6 +117,7 @@ impl NamespaceReader {
     /// Settings are read fresh each time: the sysctls can change at run time.
     pub fn read(&mut self) -> Result<NamespaceSample, SourceError> {
         let (range, reserved) = sysctl::read_port_settings(&self.procfs_root)?;
+        let time_wait_reuse = sysctl::read_time_wait_reuse(&self.procfs_root)?;
         let mut sockets = Vec::new();
         for (index, protocol) in Protocol::ALL.into_iter().enumerate() {
             self.read_protocol(index, protocol, range, &mut sockets)?;
@@ -108,6 +125,7 @@ impl NamespaceReader {
         Ok(NamespaceSample {
             range,
             reserved,
+            time_wait_reuse,
             sockets,
             owners: SocketOwners::default(),
             sources: self.sources,
@@ -135,6 +153,9 @@ impl NamespaceReader {
         self.owners.resolve(wanted)
     }
 
+    /// Reads one protocol with its current source; in `auto`, a source
+    /// that cannot serve here hands over to the next (BPF, then netlink,
+    /// then procfs) for good, logged once.
     fn read_protocol(
         &mut self,
         index: usize,
@@ -142,23 +163,51 @@ impl NamespaceReader {
         range: PortRange,
         sockets: &mut Vec<SocketRecord>,
     ) -> Result<(), SourceError> {
-        if self.sources[index] == SourceKind::Procfs {
-            return self.procfs.read_sockets(protocol, sockets);
-        }
-        let start = sockets.len();
-        match self.netlink.read_sockets(protocol, range, sockets) {
-            Ok(()) => Ok(()),
-            Err(error) if self.choice == SourceChoice::Auto && error.is_unsupported() => {
-                sockets.truncate(start);
-                tracing::warn!(
+        loop {
+            let start = sockets.len();
+            let source = self.sources[index];
+            let result = match source {
+                SourceKind::Procfs => return self.procfs.read_sockets(protocol, sockets),
+                SourceKind::Netlink => self
+                    .netlink
+                    .read_sockets(protocol, range, sockets)
+                    .map_err(SourceError::Netlink),
+                SourceKind::Bpf => self
+                    .bpf
+                    .read_sockets(range, &mut self.netlink, sockets)
+                    .map_err(SourceError::Bpf),
+            };
+            let error = match result {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            let unsupported = match &error {
+                SourceError::Netlink(error) => error.is_unsupported(),
+                SourceError::Bpf(error) => error.is_unsupported(),
+                _ => false,
+            };
+            if self.choice != SourceChoice::Auto || !unsupported {
+                return Err(error);
+            }
+            sockets.truncate(start);
+            let next = match source {
+                SourceKind::Bpf => SourceKind::Netlink,
+                _ => SourceKind::Procfs,
+            };
+            match source {
+                SourceKind::Bpf => tracing::warn!(
+                    protocol = protocol.label(),
+                    err = %error,
+                    "the BPF source cannot run here; reading netlink instead, so ports bound \
+                     before connect() count as shared and headroom is an upper bound"
+                ),
+                _ => tracing::warn!(
                     protocol = protocol.label(),
                     err = %error,
                     "netlink sock_diag is not available; reading procfs instead"
-                );
-                self.sources[index] = SourceKind::Procfs;
-                self.procfs.read_sockets(protocol, sockets)
+                ),
             }
-            Err(error) => Err(SourceError::Netlink(error)),
+            self.sources[index] = next;
         }
     }
 }

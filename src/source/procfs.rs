@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use procfs::FromBufReadSI;
 use procfs::net::{TcpNetEntries, UdpNetEntries};
 
-use crate::model::{Protocol, SocketRecord, SocketState, TcpState, UdpState};
+use crate::model::{Protocol, SocketRecord, SocketState, TcpState, TimeWait, UdpState};
 use crate::source::SourceError;
+use crate::source::netlink::time_wait_age_ms;
 
 /// One of the four socket tables.
 #[derive(Debug, Clone, Copy)]
@@ -151,13 +152,25 @@ fn parse_table(table: Table, text: &str, sockets: &mut Vec<SocketRecord>) -> Res
         Table::Tcp => {
             let entries =
                 TcpNetEntries::from_buf_read(text.as_bytes(), system).map_err(|e| e.to_string())?;
+            // The crate does not keep the timer fields: read them from the
+            // same lines, for TIME_WAIT's age.
+            let mut lines = text.lines().skip(1).filter(|line| !line.trim().is_empty());
             for entry in entries.0 {
-                sockets.push(tcp_record(
+                let line = lines.next().unwrap_or_default();
+                let mut record = tcp_record(
                     entry.state.to_u8(),
                     entry.local_address,
                     entry.remote_address,
                     entry.inode,
-                )?);
+                )?;
+                if record.state == SocketState::Tcp(TcpState::TimeWait) {
+                    record.time_wait = Some(TimeWait {
+                        age_ms: time_wait_age_ms(time_wait_timer_ms(line)?),
+                        timestamps: None,
+                        bound_device: None,
+                    });
+                }
+                sockets.push(record);
             }
         }
         Table::Udp => {
@@ -168,13 +181,12 @@ fn parse_table(table: Table, text: &str, sockets: &mut Vec<SocketRecord>) -> Res
                     procfs::net::UdpState::Established => UdpState::Connected,
                     procfs::net::UdpState::Close => UdpState::Unconnected,
                 };
-                sockets.push(SocketRecord {
-                    state: SocketState::Udp(state),
-                    local: entry.local_address,
-                    remote: entry.remote_address,
-                    inode: entry.inode,
-                    listen_queue: None,
-                });
+                sockets.push(SocketRecord::new(
+                    SocketState::Udp(state),
+                    entry.local_address,
+                    entry.remote_address,
+                    entry.inode,
+                ));
             }
         }
     }
@@ -188,13 +200,33 @@ fn tcp_record(
     inode: u64,
 ) -> Result<SocketRecord, String> {
     let state = TcpState::from_kernel(state).ok_or_else(|| format!("unknown TCP state {state}"))?;
-    Ok(SocketRecord {
-        state: SocketState::Tcp(state),
+    Ok(SocketRecord::new(
+        SocketState::Tcp(state),
         local,
         remote,
         inode,
-        listen_queue: None,
-    })
+    ))
+}
+
+/// What is left of a TIME_WAIT socket's timer, in milliseconds, from its
+/// line's `tr:tm->when` field: timer 3 and clock ticks in hexadecimal.
+fn time_wait_timer_ms(line: &str) -> Result<u32, String> {
+    let field = line
+        .split_ascii_whitespace()
+        .nth(5)
+        .ok_or_else(|| format!("no timer field in {line:?}"))?;
+    let ticks = field
+        .split_once(':')
+        .and_then(|(_, when)| u64::from_str_radix(when, 16).ok())
+        .ok_or_else(|| format!("timer field {field:?} is not tr:when"))?;
+    Ok(u32::try_from(ticks.saturating_mul(1000) / clock_ticks_per_second()).unwrap_or(u32::MAX))
+}
+
+/// `USER_HZ`, the unit of procfs timers.
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf reads a constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as u64 } else { 100 }
 }
 
 /// Parses the text of a TCP (`tcp`) or UDP table the way the source parses a
@@ -238,6 +270,15 @@ mod tests {
             tcp.iter()
                 .any(|s| s.state == SocketState::Tcp(TcpState::TimeWait) && s.inode == 0)
         );
+        // TIME_WAIT carries its age, from the timer left.
+        let line = "   3: 0100007F:9C41 0100007F:1F90 06 00000000:00000000 03:00000DAC 00000000     0        0 0 3 0000000000000000\n";
+        let header = include_str!("../../tests/fixtures/netns/tcp")
+            .lines()
+            .next()
+            .unwrap();
+        let time_wait = parse_fixture("tcp", &format!("{header}\n{line}"));
+        // 0xDAC = 3500 ticks of 10 ms: 35 s left, 25 s old.
+        assert_eq!(time_wait[0].time_wait.unwrap().age_ms, 25_000);
         let udp6 = parse_fixture("udp6", include_str!("../../tests/fixtures/netns/udp6"));
         assert!(udp6.iter().all(|s| s.local.is_ipv6()));
     }

@@ -1,9 +1,11 @@
 //! Reads the namespace's port settings: `ip_local_port_range` and
-//! `ip_local_reserved_ports`. The parsers are pure; `read_port_settings` does the I/O.
+//! `ip_local_reserved_ports`, and the TIME_WAIT reuse settings. The parsers
+//! are pure; `read_port_settings` and `read_time_wait_reuse` do the I/O.
 
+use std::io;
 use std::path::Path;
 
-use crate::model::{PortRange, ReservedPorts};
+use crate::model::{PortRange, ReservedPorts, TimeWaitReuse};
 use crate::source::SourceError;
 
 /// Where the range lives below the procfs root.
@@ -27,6 +29,41 @@ pub fn read_port_settings(procfs: &Path) -> Result<(PortRange, ReservedPorts), S
             reason,
         })?;
     Ok((range, reserved))
+}
+
+/// Where the TIME_WAIT reuse settings live below the procfs root.
+const TW_REUSE_PATH: &str = "sys/net/ipv4/tcp_tw_reuse";
+const TW_REUSE_DELAY_PATH: &str = "sys/net/ipv4/tcp_tw_reuse_delay";
+const TIMESTAMPS_PATH: &str = "sys/net/ipv4/tcp_timestamps";
+
+/// Reads `tcp_tw_reuse`, `tcp_tw_reuse_delay` and `tcp_timestamps` below the
+/// procfs root `procfs`. A kernel older than 6.13 has no
+/// `tcp_tw_reuse_delay`: its fixed delay was one second.
+pub fn read_time_wait_reuse(procfs: &Path) -> Result<TimeWaitReuse, SourceError> {
+    let number = |relative: &str, absent: Option<u32>| -> Result<u32, SourceError> {
+        let path = procfs.join(relative);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == io::ErrorKind::NotFound && absent.is_some() => {
+                return Ok(absent.unwrap_or_default());
+            }
+            Err(source) => return Err(SourceError::Read { path, source }),
+        };
+        parse_number(&text).map_err(|reason| SourceError::Malformed { path, reason })
+    };
+    let mode = number(TW_REUSE_PATH, None)?;
+    Ok(TimeWaitReuse {
+        mode: u8::try_from(mode).unwrap_or(u8::MAX),
+        delay_ms: number(TW_REUSE_DELAY_PATH, Some(1000))?,
+        timestamps: number(TIMESTAMPS_PATH, None)? != 0,
+    })
+}
+
+/// Parses a sysctl that holds one unsigned number.
+pub fn parse_number(text: &str) -> Result<u32, String> {
+    let text = text.trim();
+    text.parse::<u32>()
+        .map_err(|_| format!("{text:?} is not an unsigned number"))
 }
 
 /// Parses `ip_local_port_range`: two port numbers separated by white space.
@@ -112,6 +149,41 @@ mod tests {
         ] {
             assert!(parse_port_range(text).is_err(), "{text:?} was accepted");
         }
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_number("2\n"), Ok(2));
+        assert_eq!(parse_number(" 1000 "), Ok(1000));
+        for text in ["", "-1", "x", "1 2"] {
+            assert!(parse_number(text).is_err(), "{text:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn time_wait_settings_from_a_tree() {
+        let root = std::env::temp_dir().join(format!("portstat-sysctl-{}", std::process::id()));
+        let ipv4 = root.join("sys/net/ipv4");
+        std::fs::create_dir_all(&ipv4).unwrap();
+        std::fs::write(ipv4.join("tcp_tw_reuse"), "1\n").unwrap();
+        std::fs::write(ipv4.join("tcp_timestamps"), "0\n").unwrap();
+        // No tcp_tw_reuse_delay: a kernel before 6.13.
+        assert_eq!(
+            read_time_wait_reuse(&root).unwrap(),
+            TimeWaitReuse {
+                mode: 1,
+                delay_ms: 1000,
+                timestamps: false
+            }
+        );
+        std::fs::write(ipv4.join("tcp_tw_reuse_delay"), "250\n").unwrap();
+        assert_eq!(read_time_wait_reuse(&root).unwrap().delay_ms, 250);
+        std::fs::remove_file(ipv4.join("tcp_tw_reuse")).unwrap();
+        assert!(
+            read_time_wait_reuse(&root).is_err(),
+            "tcp_tw_reuse is required"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

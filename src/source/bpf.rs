@@ -1,0 +1,528 @@
+//! The BPF source for TCP: an `iter/tcp` program (`bpf/tcp_ports.bpf.c`)
+//! that reports, for every TCP socket of the namespace that opens it, what
+//! sock_diag cannot: whether `bind()` made its port's bind bucket, and for
+//! TIME_WAIT when it began and whether it carried timestamps.
+//!
+//! The program walks the listening and connection tables. Sockets bound but
+//! neither listening nor connected are in neither, so they come from a
+//! netlink dump of `TCP_BOUND_INACTIVE` beside it.
+//!
+//! The compiled object is committed next to its source and embedded here,
+//! so building needs no clang; `bpf/build.sh --check` keeps the two in step.
+//! Loading needs kernel BTF and `CAP_BPF` with `CAP_PERFMON` (or
+//! `CAP_SYS_ADMIN`). Whatever stops it, the reader falls back to netlink.
+//!
+//! Record parsing is a pure function over bytes; only `BpfSockets` touches
+//! the kernel.
+
+use std::io::{self, Read};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+
+use aya::maps::Array;
+use aya::programs::Iter;
+use aya::{Btf, Ebpf, EbpfLoader};
+
+use crate::model::{
+    ListenQueue, PortBinding, PortRange, SocketRecord, SocketState, TcpState, TimeWait,
+};
+use crate::source::netlink::{NetlinkError, NetlinkSockets};
+
+/// The compiled program, built from `bpf/tcp_ports.bpf.c` by `bpf/build.sh`.
+pub const TCP_PORTS_OBJECT: &[u8] = include_bytes!("bpf/tcp_ports.bpf.o");
+
+/// The size of one record, `struct record` in the C source.
+pub const RECORD_LENGTH: usize = 72;
+
+/// Where the kernel keeps its BTF, which CO-RE relocates the program against.
+const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// The program's name in the object.
+const PROGRAM: &str = "dump_tcp";
+
+/// `RECORD_HAS_BUCKET`: the socket had a bind bucket to read.
+const HAS_BUCKET: u8 = 1;
+/// `RECORD_HAS_ENTRY_STAMP`: `tw_entry_stamp` exists (Linux 6.13+).
+const HAS_ENTRY_STAMP: u8 = 2;
+
+/// Why the BPF source could not read.
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    /// The program cannot run here: no BTF, a kernel without what it reads,
+    /// no capability, or the verifier refused it. Readers fall back.
+    #[error("BPF {stage}: {reason}")]
+    Unavailable {
+        /// What was being done.
+        stage: &'static str,
+        /// What went wrong, shortened to its last lines for a verifier log.
+        reason: String,
+    },
+    /// Reading the iterator failed.
+    #[error("reading the BPF iterator: {0}")]
+    Read(io::Error),
+    /// The iterator wrote something that is not whole records.
+    #[error("malformed BPF record stream: {0}")]
+    Malformed(String),
+    /// The netlink dump of bound-but-inactive sockets failed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+}
+
+impl BpfError {
+    /// Whether the error means that this source cannot serve here, so that
+    /// another should be used.
+    pub fn is_unsupported(&self) -> bool {
+        match self {
+            BpfError::Unavailable { .. } => true,
+            BpfError::Netlink(error) => error.is_unsupported(),
+            BpfError::Read(_) | BpfError::Malformed(_) => false,
+        }
+    }
+}
+
+fn unavailable(stage: &'static str, error: impl std::fmt::Display) -> BpfError {
+    // A verifier log runs to hundreds of lines; its end says why.
+    let text = error.to_string();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    let reason = if lines.len() > 6 {
+        format!("{} ... {}", lines[0], lines[lines.len() - 5..].join(" | "))
+    } else {
+        lines.join(" | ")
+    };
+    BpfError::Unavailable { stage, reason }
+}
+
+/// The loaded program, kept across samples and namespaces: an iterator
+/// reads the namespace of the thread that creates it.
+struct Loaded {
+    ebpf: Ebpf,
+}
+
+/// Reads TCP sockets with the BPF program, loading it at first use.
+pub struct BpfSockets {
+    /// An object to load instead of the embedded one.
+    object: Option<PathBuf>,
+    loaded: Option<Loaded>,
+    /// The iterator's output, reused.
+    buffer: Vec<u8>,
+}
+
+impl BpfSockets {
+    /// A source that loads `object`, or the embedded program when `None`.
+    pub fn new(object: Option<PathBuf>) -> BpfSockets {
+        BpfSockets {
+            object,
+            loaded: None,
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Appends every TCP socket the exporter needs: listeners anywhere,
+    /// every other socket whose local port is inside `range`, with bindings
+    /// and TIME_WAIT detail; bound-but-inactive sockets come from `netlink`.
+    pub fn read_sockets(
+        &mut self,
+        range: PortRange,
+        netlink: &mut NetlinkSockets,
+        sockets: &mut Vec<SocketRecord>,
+    ) -> Result<(), BpfError> {
+        let start = sockets.len();
+        let result = self
+            .read_iterator(range, sockets)
+            .and_then(|()| Ok(netlink.read_bound_inactive(range, sockets)?));
+        if result.is_err() {
+            sockets.truncate(start);
+        }
+        result
+    }
+
+    fn read_iterator(
+        &mut self,
+        range: PortRange,
+        sockets: &mut Vec<SocketRecord>,
+    ) -> Result<(), BpfError> {
+        if self.loaded.is_none() {
+            self.loaded = Some(self.load()?);
+        }
+        let Some(loaded) = self.loaded.as_mut() else {
+            unreachable!("loaded just above");
+        };
+        let map = loaded
+            .ebpf
+            .map_mut("settings")
+            .ok_or_else(|| unavailable("settings", "the object has no settings map"))?;
+        let mut settings: Array<_, u32> =
+            Array::try_from(map).map_err(|error| unavailable("settings", error))?;
+        settings
+            .set(0, u32::from(range.start) | (u32::from(range.end) << 16), 0)
+            .map_err(|error| unavailable("settings", error))?;
+        let program: &mut Iter = loaded
+            .ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| unavailable("program", "the object has no dump_tcp program"))?
+            .try_into()
+            .map_err(|error| unavailable("program", error))?;
+        let link = program
+            .attach()
+            .map_err(|error| unavailable("attach", error))?;
+        let link = program
+            .take_link(link)
+            .map_err(|error| unavailable("attach", error))?;
+        // The iterator is created here, in this thread's namespace.
+        let mut iterator = link
+            .into_file()
+            .map_err(|error| unavailable("iterator", error))?;
+        let now_ms = monotonic_ms();
+        self.buffer.clear();
+        iterator
+            .read_to_end(&mut self.buffer)
+            .map_err(BpfError::Read)?;
+        parse_records(&self.buffer, now_ms, sockets)
+    }
+
+    fn load(&self) -> Result<Loaded, BpfError> {
+        let btf = Btf::from_sys_fs()
+            .map_err(|error| unavailable("kernel BTF", format!("{KERNEL_BTF}: {error}")))?;
+        let bytes = match &self.object {
+            Some(path) => std::fs::read(path)
+                .map_err(|error| unavailable("object", format!("{}: {error}", path.display())))?,
+            // aya parses the ELF in place: give it an owned, aligned copy.
+            None => TCP_PORTS_OBJECT.to_vec(),
+        };
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .load(&bytes)
+            .map_err(|error| unavailable("load", error_chain(&error)))?;
+        let program: &mut Iter = ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| unavailable("program", "the object has no dump_tcp program"))?
+            .try_into()
+            .map_err(|error| unavailable("program", error))?;
+        program
+            .load("tcp", &btf)
+            .map_err(|error| unavailable("verify", error_chain(&error)))?;
+        Ok(Loaded { ebpf })
+    }
+}
+
+/// An error with its sources, which carry the verifier log and the system
+/// call's error.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// `CLOCK_MONOTONIC` in milliseconds, the clock of the kernel's
+/// `tcp_clock_ms()` that stamps TIME_WAIT entry.
+fn monotonic_ms() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` outlives the call; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    (now.tv_sec as u64) * 1000 + (now.tv_nsec as u64) / 1_000_000
+}
+
+/// Parses the iterator's output into sockets. `now_ms` is `CLOCK_MONOTONIC`
+/// when the iterator was read, in milliseconds.
+pub fn parse_records(
+    bytes: &[u8],
+    now_ms: u64,
+    sockets: &mut Vec<SocketRecord>,
+) -> Result<(), BpfError> {
+    if bytes.len() % RECORD_LENGTH != 0 {
+        return Err(BpfError::Malformed(format!(
+            "{} bytes is not a whole number of {RECORD_LENGTH}-byte records",
+            bytes.len()
+        )));
+    }
+    for record in bytes.chunks_exact(RECORD_LENGTH) {
+        sockets.push(parse_record(record, now_ms)?);
+    }
+    Ok(())
+}
+
+/// Parses one `struct record`.
+fn parse_record(record: &[u8], now_ms: u64) -> Result<SocketRecord, BpfError> {
+    let u16_at = |offset: usize| u16::from_ne_bytes([record[offset], record[offset + 1]]);
+    let u32_at = |offset: usize| {
+        u32::from_ne_bytes([
+            record[offset],
+            record[offset + 1],
+            record[offset + 2],
+            record[offset + 3],
+        ])
+    };
+    let family = i32::from(record[0]);
+    let state_number = record[1];
+    let flags = record[2];
+    let (fastreuse, fastreuseport) = (record[4] as i8, record[5] as i8);
+    let local_port = u16_at(6);
+    let remote_port = u16_at(8);
+    let bound_device = u32_at(12) as i32;
+    let inode = u64::from(u32_at(32)) | (u64::from(u32_at(36)) << 32);
+    let address = |offset: usize| -> Result<IpAddr, BpfError> {
+        let bytes: [u8; 16] = record[offset..offset + 16]
+            .try_into()
+            .map_err(|_| BpfError::Malformed("short address".into()))?;
+        match family {
+            libc::AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(
+                bytes[0], bytes[1], bytes[2], bytes[3],
+            ))),
+            libc::AF_INET6 => Ok(IpAddr::V6(Ipv6Addr::from(bytes))),
+            other => Err(BpfError::Malformed(format!("address family {other}"))),
+        }
+    };
+    let state = TcpState::from_kernel(state_number)
+        .ok_or_else(|| BpfError::Malformed(format!("unknown TCP state {state_number}")))?;
+    let mut socket = SocketRecord::new(
+        SocketState::Tcp(state),
+        SocketAddr::new(address(40)?, local_port),
+        SocketAddr::new(address(56)?, remote_port),
+        inode,
+    );
+    if flags & HAS_BUCKET != 0 {
+        // `__inet_hash_connect` skips a port whose bucket has either field
+        // at 0 or more: bind() set them; connect() sets both to -1.
+        socket.binding = if fastreuse >= 0 || fastreuseport >= 0 {
+            PortBinding::Bind
+        } else {
+            PortBinding::Connect
+        };
+    }
+    if state == TcpState::Listen {
+        socket.listen_queue = Some(ListenQueue {
+            waiting: u32_at(16),
+            limit: u32_at(20),
+        });
+    }
+    if state == TcpState::TimeWait {
+        let entry_stamp = u32_at(24);
+        let recent_stamp = u32_at(28);
+        let age_ms = if flags & HAS_ENTRY_STAMP != 0 {
+            // Both are tcp_clock_ms(), which wraps at 32 bits.
+            (now_ms as u32).wrapping_sub(entry_stamp)
+        } else {
+            // Before Linux 6.13 reuse was timed from the last timestamp
+            // seen, in seconds of the same clock.
+            ((now_ms / 1000) as u32)
+                .wrapping_sub(recent_stamp)
+                .saturating_mul(1000)
+        };
+        socket.time_wait = Some(TimeWait {
+            // A stamp from after `now` (read before the walk) is age 0.
+            age_ms: if age_ms > i32::MAX as u32 { 0 } else { age_ms },
+            timestamps: Some(recent_stamp != 0),
+            bound_device: Some(bound_device),
+        });
+    }
+    Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record as the program writes it.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        family: u8,
+        state: u8,
+        flags: u8,
+        fastreuse: i8,
+        local: (&[u8], u16),
+        remote: (&[u8], u16),
+        tw: (u32, u32),
+        inode: u64,
+    ) -> Vec<u8> {
+        let mut bytes = vec![0u8; RECORD_LENGTH];
+        bytes[0] = family;
+        bytes[1] = state;
+        bytes[2] = flags;
+        bytes[4] = fastreuse as u8;
+        bytes[5] = -1i8 as u8;
+        bytes[6..8].copy_from_slice(&local.1.to_ne_bytes());
+        bytes[8..10].copy_from_slice(&remote.1.to_ne_bytes());
+        bytes[12..16].copy_from_slice(&1i32.to_ne_bytes());
+        bytes[16..20].copy_from_slice(&3u32.to_ne_bytes());
+        bytes[20..24].copy_from_slice(&128u32.to_ne_bytes());
+        bytes[24..28].copy_from_slice(&tw.0.to_ne_bytes());
+        bytes[28..32].copy_from_slice(&tw.1.to_ne_bytes());
+        bytes[32..40].copy_from_slice(&inode.to_ne_bytes());
+        bytes[40..40 + local.0.len()].copy_from_slice(local.0);
+        bytes[56..56 + remote.0.len()].copy_from_slice(remote.0);
+        bytes
+    }
+
+    #[test]
+    fn records_carry_bindings_queues_and_time_wait() {
+        let mut bytes = record(
+            2,
+            10,
+            HAS_BUCKET,
+            0,
+            (&[0, 0, 0, 0], 8080),
+            (&[0, 0, 0, 0], 0),
+            (0, 0),
+            77,
+        );
+        bytes.extend(record(
+            2,
+            1,
+            HAS_BUCKET,
+            1,
+            (&[10, 0, 0, 1], 40001),
+            (&[10, 0, 0, 9], 80),
+            (0, 0),
+            1 << 40,
+        ));
+        bytes.extend(record(
+            2,
+            1,
+            HAS_BUCKET,
+            -1,
+            (&[10, 0, 0, 1], 40002),
+            (&[10, 0, 0, 9], 80),
+            (0, 0),
+            5,
+        ));
+        let mut v6 = [0u8; 16];
+        v6[15] = 1;
+        bytes.extend(record(
+            10,
+            6,
+            HAS_BUCKET | HAS_ENTRY_STAMP,
+            -1,
+            (&v6, 40003),
+            (&v6, 8080),
+            (98_500, 7),
+            0,
+        ));
+        // A request socket: no bucket read.
+        bytes.extend(record(
+            2,
+            12,
+            0,
+            0,
+            (&[127, 0, 0, 1], 8080),
+            (&[127, 0, 0, 1], 40009),
+            (0, 0),
+            0,
+        ));
+        let mut sockets = Vec::new();
+        parse_records(&bytes, 100_000, &mut sockets).unwrap();
+        assert_eq!(sockets.len(), 5);
+        let [listener, bound, shared, time_wait, request] = sockets.as_slice() else {
+            panic!("five records");
+        };
+        assert_eq!(listener.state, SocketState::Tcp(TcpState::Listen));
+        assert_eq!(listener.local, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(
+            listener.listen_queue,
+            Some(ListenQueue {
+                waiting: 3,
+                limit: 128
+            })
+        );
+        assert_eq!(listener.inode, 77);
+        assert_eq!(bound.binding, PortBinding::Bind);
+        assert_eq!(bound.inode, 1 << 40);
+        assert_eq!(bound.remote, "10.0.0.9:80".parse().unwrap());
+        assert_eq!(shared.binding, PortBinding::Connect);
+        assert_eq!(shared.listen_queue, None);
+        assert_eq!(time_wait.local, "[::1]:40003".parse().unwrap());
+        assert_eq!(
+            time_wait.time_wait,
+            Some(TimeWait {
+                age_ms: 1500,
+                timestamps: Some(true),
+                bound_device: Some(1)
+            })
+        );
+        assert_eq!(request.state, SocketState::Tcp(TcpState::SynRecv));
+        assert_eq!(request.binding, PortBinding::Unseen);
+    }
+
+    #[test]
+    fn time_wait_age_before_6_13_and_across_the_clock_wrap() {
+        // No entry stamp: seconds since the last timestamp; none means none
+        // were used.
+        let old = record(
+            2,
+            6,
+            HAS_BUCKET,
+            -1,
+            (&[1, 2, 3, 4], 40001),
+            (&[5, 6, 7, 8], 80),
+            (0, 98),
+            0,
+        );
+        let mut sockets = Vec::new();
+        parse_records(&old, 100_400, &mut sockets).unwrap();
+        let detail = sockets[0].time_wait.unwrap();
+        assert_eq!(detail.age_ms, 2000);
+        assert_eq!(detail.timestamps, Some(true));
+        // The 32-bit millisecond clock wraps every 49.7 days.
+        let wrapped = record(
+            2,
+            6,
+            HAS_ENTRY_STAMP,
+            -1,
+            (&[1, 2, 3, 4], 40001),
+            (&[5, 6, 7, 8], 80),
+            (u32::MAX - 999, 0),
+            0,
+        );
+        sockets.clear();
+        parse_records(&wrapped, 1u64 << 32, &mut sockets).unwrap();
+        let detail = sockets[0].time_wait.unwrap();
+        assert_eq!(detail.age_ms, 1000);
+        assert_eq!(detail.timestamps, Some(false));
+        // Stamped after the clock was read: age 0, not 49 days.
+        let later = record(
+            2,
+            6,
+            HAS_ENTRY_STAMP,
+            -1,
+            (&[1, 2, 3, 4], 40001),
+            (&[5, 6, 7, 8], 80),
+            (5_010, 1),
+            0,
+        );
+        sockets.clear();
+        parse_records(&later, 5_000, &mut sockets).unwrap();
+        assert_eq!(sockets[0].time_wait.unwrap().age_ms, 0);
+    }
+
+    #[test]
+    fn rejects_what_is_not_records() {
+        let mut sockets = Vec::new();
+        assert!(parse_records(&[0; 71], 0, &mut sockets).is_err());
+        let bad_family = record(3, 1, 0, 0, (&[], 1), (&[], 1), (0, 0), 0);
+        assert!(parse_records(&bad_family, 0, &mut sockets).is_err());
+        let bad_state = record(2, 99, 0, 0, (&[], 1), (&[], 1), (0, 0), 0);
+        assert!(parse_records(&bad_state, 0, &mut sockets).is_err());
+        assert!(sockets.is_empty());
+        assert!(parse_records(&[], 0, &mut sockets).is_ok());
+    }
+
+    #[test]
+    fn the_embedded_object_is_a_bpf_elf() {
+        assert_eq!(&TCP_PORTS_OBJECT[..4], b"\x7fELF");
+        // e_machine 247: EM_BPF.
+        assert_eq!(
+            u16::from_le_bytes([TCP_PORTS_OBJECT[18], TCP_PORTS_OBJECT[19]]),
+            247
+        );
+    }
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Rebuilds the committed BPF objects from their C sources, so that building
+# the exporter needs no clang. Needs Debian's clang and libbpf-dev.
+#
+#   src/source/bpf/build.sh           rebuild the objects in place
+#   src/source/bpf/build.sh --check   fail when an object no longer matches
+#                                     its source (CI runs this)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+build() {
+  # -g: BTF, which CO-RE needs. The debug line info is dropped again, with
+  # the source paths it records, so that the object depends on nothing but
+  # the source and the compiler.
+  clang -O2 -g -target bpf -D__TARGET_ARCH_x86 -I/usr/include/x86_64-linux-gnu \
+    -c "$1" -o "$2"
+  llvm-strip --strip-debug --keep-section=.BTF --keep-section=.BTF.ext "$2" 2>/dev/null \
+    || llvm-strip -g "$2"
+}
+
+status=0
+for source in *.bpf.c; do
+  object="${source%.c}.o"
+  if [ "${1:-}" = "--check" ]; then
+    fresh=$(mktemp --suffix=.o)
+    build "$source" "$fresh"
+    if ! cmp -s "$fresh" "$object"; then
+      echo "$object does not match $source: run src/source/bpf/build.sh and commit it" >&2
+      status=1
+    fi
+    rm -f "$fresh"
+  else
+    build "$source" "$object"
+    echo "built $object"
+  fi
+done
+exit "$status"
