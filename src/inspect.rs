@@ -106,17 +106,21 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
     );
     let _ = writeln!(
         out,
-        "Exclusive ports: {}; a new destination can get {} ports{}",
+        "Exclusive: {}",
         ExclusiveReason::ALL
             .iter()
             .map(|&reason| format!("{} {}", snapshot.exclusive.get(reason), reason.label()))
             .collect::<Vec<_>>()
-            .join(", "),
+            .join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "A new destination can get {} ports{}",
         snapshot.headroom(0),
         if snapshot.headroom_exact() {
             ""
         } else {
-            " at most (bind-before-connect unseen without BPF)"
+            " at most (bind-before-connect needs BPF)"
         }
     );
     if snapshot.time_wait_reusable > 0 {

@@ -48,6 +48,14 @@ fn ports(streams: &[TcpStream]) -> BTreeSet<u16> {
         .collect()
 }
 
+/// Exclusive ports, summed over reasons.
+fn exclusive(metrics: &Metrics) -> f64 {
+    metrics
+        .family("portstat_ephemeral_ports_exclusive")
+        .values()
+        .sum()
+}
+
 const MAX_RATIO: &str = "portstat_ephemeral_destination_max_used_ratio";
 
 #[test]
@@ -81,10 +89,7 @@ fn destinations_share_the_range_until_one_runs_dry() {
         assert_eq!(metrics.value(&destination(server)), 40.0, "{server}");
     }
     assert_eq!(metrics.value("portstat_ephemeral_destinations"), 3.0);
-    assert_eq!(
-        metrics.value(r#"portstat_ephemeral_ports_exclusive{protocol="tcp"}"#),
-        0.0
-    );
+    assert_eq!(exclusive(&metrics), 0.0);
     assert_eq!(metrics.value(MAX_RATIO), 40.0 / 60.0);
     // Every port is held by this process's sockets.
     assert_eq!(
@@ -143,18 +148,33 @@ fn bound_sockets_and_listeners_in_the_range_cut_every_destination_s_headroom() {
     // 60 ports, 3 taken from every destination.
     assert_eq!(first.len(), 57);
     let metrics: Metrics = netns.once_until(&["--collector.source", "netlink"], |_| true);
+    assert_eq!(exclusive(&metrics), 3.0);
     assert_eq!(
-        metrics.value(r#"portstat_ephemeral_ports_exclusive{protocol="tcp"}"#),
-        3.0
+        metrics.value(r#"portstat_ephemeral_ports_exclusive{protocol="tcp",reason="listener"}"#),
+        1.0
+    );
+    assert_eq!(
+        metrics.value(r#"portstat_ephemeral_ports_exclusive{protocol="tcp",reason="bound"}"#),
+        2.0
     );
     assert_eq!(metrics.value(&destination("127.0.0.1:80")), 57.0);
     assert_eq!(metrics.value(&destination("127.0.0.2:80")), 10.0);
     assert_eq!(metrics.value(MAX_RATIO), 1.0);
     // Headroom of the second destination: 60 - 3 - 10.
     let headroom = metrics.value("portstat_ephemeral_ports_capacity")
-        - metrics.value(r#"portstat_ephemeral_ports_exclusive{protocol="tcp"}"#)
+        - exclusive(&metrics)
         - metrics.value(&destination("127.0.0.2:80"));
     assert_eq!(headroom, 47.0);
+    assert_eq!(
+        metrics.value(
+            r#"portstat_ephemeral_destination_headroom{local_address="127.0.0.1",remote_address="127.0.0.2",remote_port="80"}"#
+        ),
+        47.0
+    );
+    assert_eq!(
+        metrics.value("portstat_ephemeral_new_destination_headroom"),
+        57.0
+    );
     drop(second);
 }
 

@@ -288,55 +288,15 @@ fn listeners_report_their_accept_queue_and_backlog() {
     );
 }
 
-/// Installs a seccomp filter that fails `socket(AF_NETLINK, ...)` with
-/// EAFNOSUPPORT, as a kernel without netlink diag support would.
+/// Fails `socket(AF_NETLINK, ...)` with EAFNOSUPPORT, as a kernel without
+/// netlink diag support would.
 fn refuse_netlink(command: &mut std::process::Command) {
-    // SAFETY: prctl and the filter program are async-signal-safe, and the
-    // program lives on the stack of the closure for the call.
-    unsafe {
-        command.pre_exec(|| {
-            let statement = |code: u16, k: u32| libc::sock_filter {
-                code,
-                jt: 0,
-                jf: 0,
-                k,
-            };
-            let jump = |k: u32, jt: u8, jf: u8| libc::sock_filter {
-                code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
-                jt,
-                jf,
-                k,
-            };
-            let load = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-            let ret = (libc::BPF_RET | libc::BPF_K) as u16;
-            // struct seccomp_data: nr at 0, arch at 4, args at 16.
-            let program = [
-                statement(load, 4),
-                jump(0xc000_003e, 1, 0), // AUDIT_ARCH_X86_64
-                statement(ret, libc::SECCOMP_RET_ALLOW),
-                statement(load, 0),
-                jump(libc::SYS_socket as u32, 0, 3),
-                statement(load, 16),
-                jump(libc::AF_NETLINK as u32, 0, 1),
-                statement(ret, libc::SECCOMP_RET_ERRNO | libc::EAFNOSUPPORT as u32),
-                statement(ret, libc::SECCOMP_RET_ALLOW),
-            ];
-            let filter = libc::sock_fprog {
-                len: program.len() as u16,
-                filter: program.as_ptr() as *mut libc::sock_filter,
-            };
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
-                || libc::prctl(
-                    libc::PR_SET_SECCOMP,
-                    libc::SECCOMP_MODE_FILTER,
-                    &filter as *const libc::sock_fprog,
-                ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    support::refuse_syscall(
+        command,
+        libc::SYS_socket,
+        Some(libc::AF_NETLINK as u32),
+        libc::EAFNOSUPPORT,
+    );
 }
 
 #[test]

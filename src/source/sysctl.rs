@@ -37,25 +37,25 @@ const TW_REUSE_DELAY_PATH: &str = "sys/net/ipv4/tcp_tw_reuse_delay";
 const TIMESTAMPS_PATH: &str = "sys/net/ipv4/tcp_timestamps";
 
 /// Reads `tcp_tw_reuse`, `tcp_tw_reuse_delay` and `tcp_timestamps` below the
-/// procfs root `procfs`. A kernel older than 6.13 has no
-/// `tcp_tw_reuse_delay`: its fixed delay was one second.
+/// procfs root `procfs`. A setting that is absent keeps the kernel's default:
+/// before Linux 6.13 there is no `tcp_tw_reuse_delay`, and the fixed delay
+/// was one second.
 pub fn read_time_wait_reuse(procfs: &Path) -> Result<TimeWaitReuse, SourceError> {
-    let number = |relative: &str, absent: Option<u32>| -> Result<u32, SourceError> {
+    let number = |relative: &str, default: u32| -> Result<u32, SourceError> {
         let path = procfs.join(relative);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(error) if error.kind() == io::ErrorKind::NotFound && absent.is_some() => {
-                return Ok(absent.unwrap_or_default());
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                parse_number(&text).map_err(|reason| SourceError::Malformed { path, reason })
             }
-            Err(source) => return Err(SourceError::Read { path, source }),
-        };
-        parse_number(&text).map_err(|reason| SourceError::Malformed { path, reason })
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(default),
+            Err(source) => Err(SourceError::Read { path, source }),
+        }
     };
-    let mode = number(TW_REUSE_PATH, None)?;
+    let defaults = TimeWaitReuse::default();
     Ok(TimeWaitReuse {
-        mode: u8::try_from(mode).unwrap_or(u8::MAX),
-        delay_ms: number(TW_REUSE_DELAY_PATH, Some(1000))?,
-        timestamps: number(TIMESTAMPS_PATH, None)? != 0,
+        mode: u8::try_from(number(TW_REUSE_PATH, u32::from(defaults.mode))?).unwrap_or(u8::MAX),
+        delay_ms: number(TW_REUSE_DELAY_PATH, defaults.delay_ms)?,
+        timestamps: number(TIMESTAMPS_PATH, u32::from(defaults.timestamps))? != 0,
     })
 }
 

@@ -501,3 +501,67 @@ pub fn own_comm() -> String {
         .trim_end()
         .to_string()
 }
+
+/// Installs a seccomp filter in `command`'s process that fails the system
+/// call `number` with `errno`; with `first_argument`, only calls whose first
+/// argument is that value.
+pub fn refuse_syscall(
+    command: &mut Command,
+    number: libc::c_long,
+    first_argument: Option<u32>,
+    errno: i32,
+) {
+    let statement = |code: u16, k: u32| libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let load = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    let allow = statement(ret, libc::SECCOMP_RET_ALLOW);
+    let refuse = statement(ret, libc::SECCOMP_RET_ERRNO | errno as u32);
+    // struct seccomp_data: nr at 0, arch at 4, args at 16.
+    let mut program = vec![
+        statement(load, 4),
+        jump(0xc000_003e, 1, 0), // AUDIT_ARCH_X86_64
+        allow,
+        statement(load, 0),
+    ];
+    match first_argument {
+        Some(argument) => program.extend([
+            jump(number as u32, 0, 3),
+            statement(load, 16),
+            jump(argument, 0, 1),
+            refuse,
+            allow,
+        ]),
+        None => program.extend([jump(number as u32, 0, 1), refuse, allow]),
+    }
+    // SAFETY: prctl is async-signal-safe, and the program, built before the
+    // fork, lives in the closure for the call.
+    unsafe {
+        command.pre_exec(move || {
+            let filter = libc::sock_fprog {
+                len: program.len() as u16,
+                filter: program.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &filter as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,428 @@
+//! The truth lab: for each scenario, every source predicts how many more
+//! `connect()` calls to one destination will get a port; then the test makes
+//! them until `EADDRNOTAVAIL` and counts. The BPF source must be exact in
+//! every scenario. netlink and procfs must be exact where they can see what
+//! decides (TIME_WAIT reuse, listeners, reserved ports), and otherwise report
+//! an upper bound and say so (`portstat_ephemeral_headroom_exact` 0).
+//!
+//! The range is 60 ports, 40000-40059, in a namespace of the test's own.
+
+mod support;
+
+use std::io::{ErrorKind, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use support::{Metrics, Netns, bound_socket, listening_socket, run};
+
+const RANGE: (u16, u16) = (40000, 40059);
+const SOURCES: [&str; 3] = ["bpf", "netlink", "procfs"];
+
+/// What a source must get right in a scenario.
+#[derive(Clone, Copy, PartialEq)]
+enum Expect {
+    /// The prediction is the count.
+    Exact,
+    /// The source cannot see ports bound before connect(): it predicts at
+    /// least the count, and says its figure is not exact.
+    UpperBound,
+}
+
+/// One source's prediction for a destination.
+struct Prediction {
+    source: &'static str,
+    headroom: f64,
+    exact: bool,
+}
+
+/// Reads the headroom of the destination `from` -> `to` as `--once` reports
+/// it with `source`: its own series when it is listed, else the figure for
+/// a destination not yet connected to.
+fn predict(netns: &Netns, source: &'static str, from: &str, to: SocketAddr) -> Prediction {
+    let metrics: Metrics = netns.once_until(
+        &["--collector.source", source, "--collector.processes=false"],
+        |_| true,
+    );
+    assert_eq!(
+        metrics.value(&format!(
+            r#"portstat_source_info{{protocol="tcp",source="{source}"}}"#
+        )),
+        1.0,
+        "{source} was not used"
+    );
+    let series = format!(
+        r#"portstat_ephemeral_destination_headroom{{local_address="{from}",remote_address="{}",remote_port="{}"}}"#,
+        to.ip(),
+        to.port()
+    );
+    let headroom = metrics
+        .get(&series)
+        .unwrap_or_else(|| metrics.value("portstat_ephemeral_new_destination_headroom"));
+    // The identity the figures keep, for every destination.
+    let exclusive: f64 = metrics
+        .family("portstat_ephemeral_ports_exclusive")
+        .values()
+        .sum();
+    let used = metrics
+        .get(&series.replace("_headroom{", "_ports_used{"))
+        .unwrap_or(0.0);
+    assert_eq!(
+        headroom,
+        metrics.value("portstat_ephemeral_ports_capacity") - exclusive - used,
+        "{source}: headroom = capacity - exclusive - used"
+    );
+    Prediction {
+        source,
+        headroom,
+        exact: metrics.value("portstat_ephemeral_headroom_exact") == 1.0,
+    }
+}
+
+/// Predicts with every source, then counts the connections to `to` that
+/// succeed, and checks each prediction against the count.
+fn check(netns: &Netns, from: &str, to: SocketAddr, expect: [Expect; 3]) -> usize {
+    let predictions: Vec<Prediction> = SOURCES
+        .iter()
+        .map(|source| predict(netns, source, from, to))
+        .collect();
+    let held = netns.run(|| connect_until_exhausted(to));
+    let count = held.len();
+    for (prediction, expect) in predictions.iter().zip(expect) {
+        match expect {
+            Expect::Exact => assert_eq!(
+                prediction.headroom, count as f64,
+                "{}: predicted {} connections to {to}, {count} succeeded",
+                prediction.source, prediction.headroom
+            ),
+            Expect::UpperBound => {
+                assert!(
+                    prediction.headroom >= count as f64,
+                    "{}: predicted {}, below the {count} that succeeded",
+                    prediction.source,
+                    prediction.headroom
+                );
+                assert!(
+                    !prediction.exact,
+                    "{} claims to be exact",
+                    prediction.source
+                );
+            }
+        }
+        if expect == Expect::Exact && prediction.source == "bpf" {
+            assert!(prediction.exact, "bpf says it is not exact");
+        }
+    }
+    count
+}
+
+/// Connects to `to` until `connect()` fails with EADDRNOTAVAIL.
+fn connect_until_exhausted(to: SocketAddr) -> Vec<TcpStream> {
+    let mut streams = Vec::new();
+    loop {
+        match TcpStream::connect_timeout(&to, Duration::from_secs(5)) {
+            Ok(stream) => streams.push(stream),
+            Err(error) if error.kind() == ErrorKind::AddrNotAvailable => return streams,
+            Err(error) => panic!("connect to {to}: {error}"),
+        }
+        assert!(streams.len() <= 1000, "connect() never failed");
+    }
+}
+
+/// A socket bound to `local` (port 0 picks one from the range), then
+/// connected to `to`: bind before connect.
+fn bind_then_connect(local: &str, to: SocketAddr, no_port: bool) -> TcpStream {
+    let local: SocketAddr = local.parse().unwrap();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    if no_port {
+        let one: libc::c_int = 1;
+        // SAFETY: a valid descriptor and option value of the size passed.
+        let result = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(result, 0, "IP_BIND_ADDRESS_NO_PORT");
+    }
+    socket.bind(&local.into()).unwrap();
+    socket.connect(&to.into()).unwrap();
+    socket.into()
+}
+
+/// Closes `clients` first, then the server's ends, so that the clients'
+/// sockets go to TIME_WAIT; waits past the default reuse delay (1 s).
+fn close_into_time_wait(clients: Vec<TcpStream>, server: &TcpListener) {
+    let accepted: Vec<TcpStream> = (0..clients.len())
+        .map(|_| server.accept().unwrap().0)
+        .collect();
+    drop(clients);
+    for mut stream in accepted {
+        // Wait for the client's FIN, then close: the client ends in TIME_WAIT.
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(stream.read(&mut byte).unwrap(), 0);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+}
+
+fn lab(reserved: &str) -> Netns {
+    Netns::new(RANGE, reserved)
+}
+
+fn server(netns: &Netns, address: &str) -> TcpListener {
+    netns.run(|| listening_socket(address, false, 4096).into())
+}
+
+const A: &str = "127.0.0.1:8080";
+const B: &str = "127.0.0.2:8080";
+
+fn at(address: &str) -> SocketAddr {
+    address.parse().unwrap()
+}
+
+use Expect::{Exact, UpperBound};
+
+#[test]
+fn plain_connections_share_ports_across_destinations() {
+    let netns = lab("");
+    let _servers = (server(&netns, A), server(&netns, B));
+    let _held = netns.run(|| {
+        (0..20)
+            .map(|_| TcpStream::connect(A).unwrap())
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(check(&netns, "127.0.0.1", at(A), [Exact; 3]), 40);
+    // A destination not yet connected to gets every port.
+    assert_eq!(check(&netns, "127.0.0.1", at(B), [Exact; 3]), 60);
+}
+
+#[test]
+fn ports_bound_before_connect_are_lost_to_every_destination() {
+    let netns = lab("");
+    let _servers = (server(&netns, A), server(&netns, B));
+    let _held = netns.run(|| {
+        (0..30)
+            .map(|_| bind_then_connect("127.0.0.1:0", at(A), false))
+            .collect::<Vec<_>>()
+    });
+    // netlink and procfs count the 30 as shared and predict 60.
+    assert_eq!(
+        check(&netns, "127.0.0.1", at(B), [Exact, UpperBound, UpperBound]),
+        30
+    );
+}
+
+#[test]
+fn bound_before_connect_and_closed_into_time_wait_still_costs_the_port() {
+    let netns = lab("");
+    let servers = (server(&netns, A), server(&netns, B));
+    let clients = netns.run(|| {
+        (0..30)
+            .map(|_| bind_then_connect("127.0.0.1:0", at(A), false))
+            .collect::<Vec<_>>()
+    });
+    close_into_time_wait(clients, &servers.0);
+    // tcp_tw_reuse=2 and loopback: reuse would be allowed, but connect()
+    // skips the port before it looks at the TIME_WAIT.
+    assert_eq!(
+        check(&netns, "127.0.0.1", at(B), [Exact, UpperBound, UpperBound]),
+        30
+    );
+}
+
+#[test]
+fn ip_bind_address_no_port_keeps_ports_shared() {
+    let netns = lab("");
+    let _servers = (server(&netns, A), server(&netns, B));
+    let _held = netns.run(|| {
+        (0..30)
+            .map(|_| bind_then_connect("127.0.0.1:0", at(A), true))
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(check(&netns, "127.0.0.1", at(B), [Exact; 3]), 60);
+    // A's own 30 ports are the only ones A cannot have again.
+    assert_eq!(check(&netns, "127.0.0.1", at(A), [Exact; 3]), 30);
+}
+
+#[test]
+fn fixed_ports_inside_the_range_bound_then_connected() {
+    let netns = lab("");
+    let _servers = (server(&netns, A), server(&netns, B));
+    let _held = netns.run(|| {
+        (40010..40015)
+            .map(|port| bind_then_connect(&format!("127.0.0.1:{port}"), at(A), false))
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(
+        check(&netns, "127.0.0.1", at(B), [Exact, UpperBound, UpperBound]),
+        55
+    );
+}
+
+#[test]
+fn listeners_and_bound_sockets_inside_the_range() {
+    let netns = lab("");
+    let _servers = (server(&netns, A), server(&netns, B));
+    let _held = netns.run(|| {
+        let listener = listening_socket("0.0.0.0:40030", false, 16);
+        let bound: Vec<socket2::Socket> =
+            (0..2).map(|_| bound_socket("0.0.0.0:0", false)).collect();
+        let streams: Vec<TcpStream> = (0..10).map(|_| TcpStream::connect(A).unwrap()).collect();
+        (listener, bound, streams)
+    });
+    // procfs cannot see sockets bound but not connected.
+    assert_eq!(
+        check(&netns, "127.0.0.1", at(A), [Exact, Exact, UpperBound]),
+        47
+    );
+}
+
+#[test]
+fn reserved_ports_are_never_handed_out() {
+    let netns = lab("40050-40059");
+    let _servers = server(&netns, A);
+    let _held = netns.run(|| {
+        (0..10)
+            .map(|_| TcpStream::connect(A).unwrap())
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(check(&netns, "127.0.0.1", at(A), [Exact; 3]), 40);
+}
+
+/// 40 connections to `to` closed into TIME_WAIT under `tcp_tw_reuse`
+/// `mode`; returns how many more `connect()` calls to it succeed.
+fn time_wait_scenario(
+    netns: &Netns,
+    server: &TcpListener,
+    from: &str,
+    to: SocketAddr,
+    mode: &str,
+) -> usize {
+    netns.write_sysctl("tcp_tw_reuse", mode);
+    let clients = netns.run(|| {
+        (0..40)
+            .map(|_| TcpStream::connect(to).unwrap())
+            .collect::<Vec<_>>()
+    });
+    close_into_time_wait(clients, server);
+    check(netns, from, to, [Exact; 3])
+}
+
+#[test]
+fn time_wait_to_loopback_under_each_reuse_mode() {
+    for (mode, expected) in [("0", 20), ("1", 60), ("2", 60)] {
+        let netns = lab("");
+        let listener = server(&netns, A);
+        assert_eq!(
+            time_wait_scenario(&netns, &listener, "127.0.0.1", at(A), mode),
+            expected,
+            "tcp_tw_reuse={mode}"
+        );
+    }
+}
+
+/// A client namespace (the lab) and a peer namespace joined by veth, the
+/// peer at 198.51.100.2.
+fn lab_with_peer() -> (Netns, Netns) {
+    let client = lab("");
+    let peer = Netns::new((50000, 50999), "");
+    run(std::process::Command::new("ip").args([
+        "-n",
+        client.name(),
+        "link",
+        "add",
+        "veth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "veth1",
+        "netns",
+        peer.name(),
+    ]));
+    for (netns, device, address) in [
+        (&client, "veth0", "198.51.100.1/24"),
+        (&peer, "veth1", "198.51.100.2/24"),
+    ] {
+        run(std::process::Command::new("ip").args([
+            "-n",
+            netns.name(),
+            "addr",
+            "add",
+            address,
+            "dev",
+            device,
+        ]));
+        run(std::process::Command::new("ip").args([
+            "-n",
+            netns.name(),
+            "link",
+            "set",
+            device,
+            "up",
+        ]));
+    }
+    (client, peer)
+}
+
+#[test]
+fn time_wait_to_a_peer_under_each_reuse_mode() {
+    const PEER: &str = "198.51.100.2:8080";
+    for (mode, expected) in [("0", 20), ("1", 60), ("2", 20)] {
+        let (client, peer) = lab_with_peer();
+        let listener = server(&peer, PEER);
+        assert_eq!(
+            time_wait_scenario(&client, &listener, "198.51.100.1", at(PEER), mode),
+            expected,
+            "tcp_tw_reuse={mode}"
+        );
+    }
+}
+
+#[test]
+fn reusable_time_wait_is_reported_and_bind_before_connect_is_named() {
+    let netns = lab("");
+    let servers = (server(&netns, A), server(&netns, B));
+    netns.write_sysctl("tcp_tw_reuse", "1");
+    let (clients, _bound) = netns.run(|| {
+        let clients: Vec<TcpStream> = (0..10).map(|_| TcpStream::connect(A).unwrap()).collect();
+        let bound: Vec<TcpStream> = (0..4)
+            .map(|_| bind_then_connect("127.0.0.1:0", at(B), false))
+            .collect();
+        (clients, bound)
+    });
+    close_into_time_wait(clients, &servers.0);
+    let metrics = netns.once_until(&["--collector.source", "bpf"], |_| true);
+    assert_eq!(
+        metrics.value(r#"portstat_ephemeral_time_wait_reusable{protocol="tcp"}"#),
+        10.0
+    );
+    assert_eq!(
+        metrics.value(
+            r#"portstat_ephemeral_ports_exclusive{protocol="tcp",reason="bind_before_connect"}"#
+        ),
+        4.0
+    );
+    assert_eq!(
+        metrics.value(&format!(
+            r#"portstat_ephemeral_process_bind_before_connect_ports{{process="{}"}}"#,
+            support::own_comm()
+        )),
+        4.0
+    );
+    let inspect = netns
+        .command(support::EXPORTER)
+        .args(["inspect", "--collector.source", "bpf"])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&inspect.stdout);
+    assert!(report.contains("Ports bound before connect()"), "{report}");
+    assert!(report.contains("4 bind_before_connect"), "{report}");
+    assert!(report.contains(&support::own_comm()), "{report}");
+}
