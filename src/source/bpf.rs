@@ -37,6 +37,10 @@ pub const RECORD_LENGTH: usize = 72;
 /// Where the kernel keeps its BTF, which CO-RE relocates the program against.
 const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
+/// The helper number a CO-RE loader writes in place of an access it could
+/// not relocate (0xbad2310), so that the verifier stops there.
+const POISONED_RELOCATION: u32 = 0x0bad_2310;
+
 /// The program's name in the object.
 const PROGRAM: &str = "dump_tcp";
 
@@ -201,9 +205,22 @@ impl BpfSockets {
             .ok_or_else(|| unavailable("program", "the object has no dump_tcp program"))?
             .try_into()
             .map_err(|error| unavailable("program", error))?;
-        program
-            .load("tcp", &btf)
-            .map_err(|error| unavailable("verify", error_chain(&error)))?;
+        program.load("tcp", &btf).map_err(|error| {
+            let text = error_chain(&error);
+            // Where CO-RE could not relocate an access, the loader leaves a
+            // call to this poison value, which the verifier then refuses.
+            if text.contains(&POISONED_RELOCATION.to_string()) {
+                unavailable(
+                    "relocate",
+                    format!(
+                        "this kernel lacks a field or type the program reads \
+                         (iter/tcp needs Linux 5.9+ with BTF): {text}"
+                    ),
+                )
+            } else {
+                unavailable("verify", text)
+            }
+        })?;
         Ok(Loaded { ebpf })
     }
 }

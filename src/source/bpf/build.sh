@@ -1,25 +1,27 @@
 #!/usr/bin/env bash
 # Rebuilds the committed BPF objects from their C sources, so that building
-# the exporter needs no clang. Needs Debian's clang and libbpf-dev.
+# the exporter needs no clang: the program in this folder, and the broken
+# ones in tests/fixtures/bpf that the fallback tests load. Needs Debian's
+# clang, llvm and libbpf-dev.
 #
 #   src/source/bpf/build.sh           rebuild the objects in place
 #   src/source/bpf/build.sh --check   fail when an object no longer matches
 #                                     its source (CI runs this)
 set -euo pipefail
-cd "$(dirname "$0")"
+cd "$(dirname "$0")/../../.."
 
 build() {
   # -g: BTF, which CO-RE needs. The debug line info is dropped again, with
   # the source paths it records, so that the object depends on nothing but
   # the source and the compiler.
-  clang -O2 -g -target bpf -D__TARGET_ARCH_x86 -I/usr/include/x86_64-linux-gnu \
-    -c "$1" -o "$2"
-  llvm-strip --strip-debug --keep-section=.BTF --keep-section=.BTF.ext "$2" 2>/dev/null \
-    || llvm-strip -g "$2"
+  (cd "$(dirname "$1")" &&
+    clang -O2 -g -target bpf -D__TARGET_ARCH_x86 -I/usr/include/x86_64-linux-gnu \
+      -c "$(basename "$1")" -o "$2")
+  llvm-strip --strip-debug "$2"
 }
 
 status=0
-for source in *.bpf.c; do
+for source in src/source/bpf/*.bpf.c tests/fixtures/bpf/*.bpf.c; do
   object="${source%.c}.o"
   if [ "${1:-}" = "--check" ]; then
     fresh=$(mktemp --suffix=.o)
@@ -30,7 +32,7 @@ for source in *.bpf.c; do
     fi
     rm -f "$fresh"
   else
-    build "$source" "$object"
+    build "$source" "$PWD/$object"
     echo "built $object"
   fi
 done

@@ -1,0 +1,249 @@
+//! The BPF source's fallbacks: wherever its program cannot load (no kernel
+//! BTF, a kernel without what it reads, no capability, `bpf()` refused, a
+//! verifier refusal), `auto` reads TCP over netlink instead, logs why once,
+//! loses no figure, and says which source it used and that headroom is now
+//! an upper bound. With `--collector.source bpf` the sample fails instead.
+
+mod support;
+
+use std::net::TcpStream;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use support::{Metrics, Netns, listening_socket};
+
+const WARNING: &str = "the BPF source cannot run here";
+
+/// A namespace with a listener inside the range, a bound socket and ten
+/// connections, so that the figures the fallback must keep are not zeros.
+fn populated() -> (Netns, impl Sized) {
+    let netns = Netns::new((40000, 40059), "");
+    let held = netns.run(|| {
+        let server = listening_socket("127.0.0.1:8080", false, 64);
+        let inside = listening_socket("0.0.0.0:40030", false, 16);
+        let bound = support::bound_socket("0.0.0.0:0", false);
+        let streams: Vec<TcpStream> = (0..10)
+            .map(|_| TcpStream::connect("127.0.0.1:8080").unwrap())
+            .collect();
+        (server, inside, bound, streams)
+    });
+    (netns, held)
+}
+
+/// The figures that must not change when TCP falls back from BPF.
+const KEPT: [&str; 7] = [
+    r#"portstat_ephemeral_ports_used{protocol="tcp"}"#,
+    r#"portstat_ephemeral_ports_exclusive{protocol="tcp",reason="listener"}"#,
+    r#"portstat_ephemeral_ports_exclusive{protocol="tcp",reason="bound"}"#,
+    r#"portstat_ephemeral_sockets{protocol="tcp",state="established"}"#,
+    r#"portstat_ephemeral_new_destination_headroom"#,
+    r#"portstat_ephemeral_destination_headroom{local_address="127.0.0.1",remote_address="127.0.0.1",remote_port="8080"}"#,
+    r#"portstat_listener_accept_queue_limit{address="127.0.0.1",port="8080",process="unknown"}"#,
+];
+
+fn run(command: &mut Command) -> (Output, String, Metrics) {
+    let output = command.output().expect("cannot run the exporter");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let metrics = Metrics::parse(&String::from_utf8_lossy(&output.stdout));
+    (output, stderr, metrics)
+}
+
+/// Runs `--once` in `auto` through `wrap`, and checks that it fell back to
+/// netlink, logged `reason` once, and kept every figure of a plain netlink
+/// sample; then that `--collector.source bpf` fails.
+fn assert_falls_back(netns: &Netns, wrap: impl Fn(&[&str]) -> Command, reason: &str) {
+    let args = [
+        "--once",
+        "--collector.processes=false",
+        "--log.level",
+        "warn",
+    ];
+    let (output, stderr, metrics) = run(&mut wrap(&args));
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        metrics.value(r#"portstat_source_info{protocol="tcp",source="netlink"}"#),
+        1.0,
+        "{stderr}"
+    );
+    assert_eq!(metrics.value("portstat_ephemeral_headroom_exact"), 0.0);
+    assert_eq!(stderr.matches(WARNING).count(), 1, "{stderr}");
+    assert!(stderr.contains(reason), "{reason:?} not in {stderr}");
+
+    let plain = netns.once_until(
+        &[
+            "--collector.source",
+            "netlink",
+            "--collector.processes=false",
+        ],
+        |_| true,
+    );
+    for series in KEPT {
+        assert_eq!(metrics.value(series), plain.value(series), "{series}");
+    }
+
+    let (output, stderr, _) = run(&mut wrap(&[
+        "--once",
+        "--collector.source",
+        "bpf",
+        "--collector.processes=false",
+    ]));
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(reason), "{reason:?} not in {stderr}");
+}
+
+#[test]
+fn the_bpf_source_reads_what_netlink_reads_and_more() {
+    let (netns, _held) = populated();
+    let bpf = netns.once_until(&["--collector.source", "bpf"], |_| true);
+    let netlink = netns.once_until(&["--collector.source", "netlink"], |_| true);
+    assert_eq!(
+        bpf.value(r#"portstat_source_info{protocol="tcp",source="bpf"}"#),
+        1.0
+    );
+    assert_eq!(bpf.value("portstat_ephemeral_headroom_exact"), 1.0);
+    for series in KEPT {
+        assert_eq!(
+            bpf.value(&series.replace("unknown", &support::own_comm())),
+            netlink.value(&series.replace("unknown", &support::own_comm())),
+            "{series}"
+        );
+    }
+    // The default is BPF where it can run.
+    let auto = netns.once_until(&[], |_| true);
+    assert_eq!(
+        auto.value(r#"portstat_source_info{protocol="tcp",source="bpf"}"#),
+        1.0
+    );
+}
+
+#[test]
+fn falls_back_when_bpf_is_refused_by_seccomp() {
+    let (netns, _held) = populated();
+    assert_falls_back(
+        &netns,
+        |args| {
+            let mut command = netns.command(support::EXPORTER);
+            command.args(args);
+            support::refuse_syscall(&mut command, libc::SYS_bpf, None, libc::EPERM);
+            command
+        },
+        "Operation not permitted",
+    );
+}
+
+#[test]
+fn falls_back_without_the_capability() {
+    let (netns, _held) = populated();
+    // Root without CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN, as in a container
+    // that was not granted them.
+    assert_falls_back(
+        &netns,
+        |args| {
+            let mut command = netns.command("capsh");
+            command
+                .arg("--drop=cap_bpf,cap_perfmon,cap_sys_admin")
+                .arg("--")
+                .arg("-c")
+                .arg(format!("exec {} \"$@\"", support::EXPORTER))
+                .arg("portstat_exporter")
+                .args(args);
+            command
+        },
+        "Operation not permitted",
+    );
+}
+
+#[test]
+fn falls_back_without_kernel_btf() {
+    let (netns, _held) = populated();
+    // A private mount namespace where /sys/kernel/btf is empty, as on a
+    // kernel built without CONFIG_DEBUG_INFO_BTF.
+    assert_falls_back(
+        &netns,
+        |args| {
+            let mut command = netns.command("unshare");
+            command
+                .args(["--mount", "--propagation", "private", "sh", "-c"])
+                .arg(format!(
+                    "mount -t tmpfs none /sys/kernel/btf && exec {} \"$@\"",
+                    support::EXPORTER
+                ))
+                .arg("portstat_exporter")
+                .args(args);
+            command
+        },
+        "/sys/kernel/btf/vmlinux",
+    );
+}
+
+fn fixture(name: &str) -> String {
+    format!(
+        "{}/tests/fixtures/bpf/{name}.bpf.o",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[test]
+fn falls_back_when_the_kernel_lacks_what_the_program_reads() {
+    let (netns, _held) = populated();
+    let object = fixture("needs_a_newer_kernel");
+    assert_falls_back(
+        &netns,
+        |args| {
+            let mut command = netns.command(support::EXPORTER);
+            command.args(args).args(["--collector.bpf.object", &object]);
+            command
+        },
+        "this kernel lacks a field or type the program reads",
+    );
+}
+
+#[test]
+fn falls_back_when_the_verifier_refuses_the_program() {
+    let (netns, _held) = populated();
+    let object = fixture("refused_by_verifier");
+    assert_falls_back(
+        &netns,
+        |args| {
+            let mut command = netns.command(support::EXPORTER);
+            command.args(args).args(["--collector.bpf.object", &object]);
+            command
+        },
+        "BPF verify",
+    );
+}
+
+#[test]
+fn a_running_exporter_logs_the_fallback_once() {
+    let (netns, _held) = populated();
+    let log = std::env::temp_dir().join(format!("{}-bpf-fallback.log", netns.name()));
+    let mut command = netns.command(support::EXPORTER);
+    command
+        .args([
+            "--web.listen-address",
+            "127.0.0.1:10042",
+            "--collector.interval",
+            "100ms",
+            "--log.level",
+            "warn",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    support::refuse_syscall(&mut command, libc::SYS_bpf, None, libc::EPERM);
+    let mut child = command.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let metrics = netns
+        .http_get("127.0.0.1:10042".parse().unwrap(), "/metrics")
+        .map(|response| Metrics::parse(&response.text()));
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    let metrics = metrics.expect("the exporter answers");
+    assert_eq!(
+        metrics.value(r#"portstat_source_info{protocol="tcp",source="netlink"}"#),
+        1.0
+    );
+    // About 15 samples; one line.
+    assert_eq!(text.matches(WARNING).count(), 1, "{text}");
+}
