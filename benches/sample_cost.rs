@@ -106,7 +106,7 @@ fn measure_size(sockets: usize, runs: usize) {
     // 500 ms: CPU of its sampler thread over 20 samples, after the first.
     println!("exporter daemon, 500 ms interval, over 20 samples:");
     println!("  source   processes  CPU/sample  sample wall  peak RSS");
-    for source in ["netlink", "procfs"] {
+    for source in ["bpf", "netlink", "procfs"] {
         for processes in ["false", "true"] {
             let processes_flag = format!("--collector.processes={processes}");
             let mut daemon = netns.spawn_exporter(&[

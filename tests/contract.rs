@@ -11,7 +11,9 @@ use std::process::{Command, Stdio};
 use support::Netns;
 
 /// An exposition with every family present: a TCP listener inside the range,
-/// a UDP listener outside it, and a connection to a destination.
+/// a UDP listener outside it, a connection to a destination, and one bound
+/// to its source address before connecting (seen by the BPF source, the
+/// default where it can run).
 fn full_exposition() -> String {
     full_exposition_with(&[])
 }
@@ -20,12 +22,22 @@ fn full_exposition_with(args: &[&str]) -> String {
     let netns = Netns::new((40000, 40099), "40090-40099");
     let _sockets = netns.run(|| {
         let server = TcpListener::bind("127.0.0.1:80").unwrap();
+        let inside = TcpListener::bind("0.0.0.0:40001").unwrap();
         let client = std::net::TcpStream::connect("127.0.0.1:80").unwrap();
+        let bound_first = support::bound_socket("127.0.0.1:0", false);
+        bound_first
+            .connect(
+                &"127.0.0.1:80"
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+                    .into(),
+            )
+            .unwrap();
         (
-            TcpListener::bind("0.0.0.0:40001").unwrap(),
+            inside,
             UdpSocket::bind("127.0.0.1:53").unwrap(),
             server,
-            client,
+            (client, bound_first),
         )
     });
     let output = netns.once(args);

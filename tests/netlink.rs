@@ -5,7 +5,6 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 use support::{Metrics, Netns, bound_socket, listening_socket};

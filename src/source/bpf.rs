@@ -257,7 +257,7 @@ pub fn parse_records(
     now_ms: u64,
     sockets: &mut Vec<SocketRecord>,
 ) -> Result<(), BpfError> {
-    if bytes.len() % RECORD_LENGTH != 0 {
+    if !bytes.len().is_multiple_of(RECORD_LENGTH) {
         return Err(BpfError::Malformed(format!(
             "{} bytes is not a whole number of {RECORD_LENGTH}-byte records",
             bytes.len()
