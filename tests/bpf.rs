@@ -176,17 +176,14 @@ fn falls_back_without_kernel_btf() {
     );
 }
 
-fn fixture(name: &str) -> String {
-    format!(
+/// Checks the fallback when the exporter loads the broken program
+/// `tests/fixtures/bpf/NAME.bpf.o` instead of its own.
+fn assert_falls_back_from_object(name: &str, reason: &str) {
+    let (netns, _held) = populated();
+    let object = format!(
         "{}/tests/fixtures/bpf/{name}.bpf.o",
         env!("CARGO_MANIFEST_DIR")
-    )
-}
-
-#[test]
-fn falls_back_when_the_kernel_lacks_what_the_program_reads() {
-    let (netns, _held) = populated();
-    let object = fixture("needs_a_newer_kernel");
+    );
     assert_falls_back(
         &netns,
         |args| {
@@ -194,23 +191,21 @@ fn falls_back_when_the_kernel_lacks_what_the_program_reads() {
             command.args(args).args(["--collector.bpf.object", &object]);
             command
         },
+        reason,
+    );
+}
+
+#[test]
+fn falls_back_when_the_kernel_lacks_what_the_program_reads() {
+    assert_falls_back_from_object(
+        "needs_a_newer_kernel",
         "this kernel lacks a field or type the program reads",
     );
 }
 
 #[test]
 fn falls_back_when_the_verifier_refuses_the_program() {
-    let (netns, _held) = populated();
-    let object = fixture("refused_by_verifier");
-    assert_falls_back(
-        &netns,
-        |args| {
-            let mut command = netns.command(support::EXPORTER);
-            command.args(args).args(["--collector.bpf.object", &object]);
-            command
-        },
-        "BPF verify",
-    );
+    assert_falls_back_from_object("refused_by_verifier", "BPF verify");
 }
 
 #[test]
