@@ -281,24 +281,11 @@ pub fn json_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
         json.close('}');
     }
     json.close(']');
-    json.key("processes");
-    json.open('[');
-    for usage in &snapshot.processes {
-        json.open('{');
-        json.field_string("process", &usage.process);
-        json.field_number("ports", f64::from(usage.ports_used));
-        json.close('}');
-    }
-    json.close(']');
-    json.key("bind_before_connect_processes");
-    json.open('[');
-    for usage in &snapshot.bind_before_connect_processes {
-        json.open('{');
-        json.field_string("process", &usage.process);
-        json.field_number("ports", f64::from(usage.ports_used));
-        json.close('}');
-    }
-    json.close(']');
+    json.process_list("processes", &snapshot.processes);
+    json.process_list(
+        "bind_before_connect_processes",
+        &snapshot.bind_before_connect_processes,
+    );
     json.key("listeners");
     json.open('[');
     for listener in &snapshot.listeners {
@@ -345,6 +332,19 @@ struct Json {
 }
 
 impl Json {
+    /// `key: [{process, ports}, ...]`.
+    fn process_list(&mut self, key: &str, usages: &[crate::aggregate::ProcessUsage]) {
+        self.key(key);
+        self.open('[');
+        for usage in usages {
+            self.open('{');
+            self.field_string("process", &usage.process);
+            self.field_number("ports", f64::from(usage.ports_used));
+            self.close('}');
+        }
+        self.close(']');
+    }
+
     fn separate(&mut self) {
         if self.needs_comma {
             self.text.push(',');
