@@ -11,12 +11,13 @@ set -euo pipefail
 cd "$(dirname "$0")/../../.."
 
 build() {
-  # -g: BTF, which CO-RE needs. The debug line info is dropped again, with
-  # the source paths it records, so that the object depends on nothing but
-  # the source and the compiler.
+  # -g: BTF, which CO-RE needs. BTF's line info names the source file: the
+  # prefix map makes that name relative, and the DWARF is dropped, so that
+  # the object depends on nothing but the source and the compiler, not on
+  # the folder the tree was checked out in.
   (cd "$(dirname "$1")" &&
     clang -O2 -g -target bpf -D__TARGET_ARCH_x86 -I/usr/include/x86_64-linux-gnu \
-      -c "$(basename "$1")" -o "$2")
+      -fdebug-prefix-map="$PWD"=. -c "$(basename "$1")" -o "$2")
   llvm-strip --strip-debug "$2"
 }
 
