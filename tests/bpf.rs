@@ -116,6 +116,87 @@ fn the_bpf_source_reads_what_netlink_reads_and_more() {
     );
 }
 
+/// Bound-but-inactive sockets are in no table `iter/tcp` walks: the program
+/// finds them in the bind hash itself. With netlink refused, TCP still reads
+/// through BPF alone (UDP falls back to procfs), with the bound sockets.
+#[test]
+fn the_program_finds_bound_sockets_without_netlink() {
+    let (netns, _held) = populated();
+    let netlink = netns.once_until(&["--collector.source", "netlink"], |_| true);
+    let mut command = netns.command(support::EXPORTER);
+    command.arg("--once");
+    support::refuse_syscall(
+        &mut command,
+        libc::SYS_socket,
+        Some(libc::AF_NETLINK as u32),
+        libc::EACCES,
+    );
+    let (output, stderr, bpf) = run(&mut command);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        bpf.value(r#"portstat_source_info{protocol="tcp",source="bpf"}"#),
+        1.0,
+        "{stderr}"
+    );
+    assert_eq!(
+        bpf.value(r#"portstat_source_info{protocol="udp",source="procfs"}"#),
+        1.0,
+        "{stderr}"
+    );
+    let bound = r#"portstat_ephemeral_sockets{protocol="tcp",state="bound_inactive"}"#;
+    assert_eq!(bpf.value(bound), 1.0, "{stderr}");
+    for series in KEPT.into_iter().chain([bound]) {
+        assert_eq!(
+            bpf.value(&series.replace("unknown", &support::own_comm())),
+            netlink.value(&series.replace("unknown", &support::own_comm())),
+            "{series}"
+        );
+    }
+}
+
+/// More bound sockets than the program's ring buffer holds (256 KiB, some
+/// 3,200 records): its walk says it is incomplete, and netlink reads them
+/// all instead, still under the BPF source.
+#[test]
+fn bound_sockets_beyond_the_ring_come_from_netlink() {
+    const BOUND: usize = 3500;
+    let (netns, _held) = populated();
+    let _many = netns.run(|| {
+        (0..BOUND)
+            .map(|_| support::bound_socket("0.0.0.0:40010", true))
+            .collect::<Vec<_>>()
+    });
+    let bpf = netns.once_until(&["--collector.source", "bpf"], |_| true);
+    assert_eq!(
+        bpf.value(r#"portstat_source_info{protocol="tcp",source="bpf"}"#),
+        1.0
+    );
+    assert_eq!(
+        bpf.value(r#"portstat_ephemeral_sockets{protocol="tcp",state="bound_inactive"}"#),
+        (BOUND + 1) as f64
+    );
+    assert_eq!(
+        bpf.value(r#"portstat_ephemeral_ports_exclusive{protocol="tcp",reason="bound"}"#),
+        2.0
+    );
+    // Without netlink the BPF source cannot complete these, and gives way.
+    let mut command = netns.command(support::EXPORTER);
+    command.args(["--once", "--log.level", "warn"]);
+    support::refuse_syscall(
+        &mut command,
+        libc::SYS_socket,
+        Some(libc::AF_NETLINK as u32),
+        libc::EACCES,
+    );
+    let (output, stderr, metrics) = run(&mut command);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        metrics.value(r#"portstat_source_info{protocol="tcp",source="procfs"}"#),
+        1.0,
+        "{stderr}"
+    );
+}
+
 #[test]
 fn falls_back_when_bpf_is_refused_by_seccomp() {
     let (netns, _held) = populated();

@@ -4,8 +4,11 @@
 //! TIME_WAIT when it began and whether it carried timestamps.
 //!
 //! The program walks the listening and connection tables. Sockets bound but
-//! neither listening nor connected are in neither, so they come from a
-//! netlink dump of `TCP_BOUND_INACTIVE` beside it.
+//! neither listening nor connected are in neither: after the last socket
+//! the program walks the bind hash for them (Linux 6.8+) and writes them to
+//! a ring buffer. Where that walk cannot run or is incomplete, they come
+//! from a netlink dump of `TCP_BOUND_INACTIVE` instead, which walks every
+//! socket of the namespace twice more.
 //!
 //! The compiled object is committed next to its source and embedded here,
 //! so building needs no clang; `bpf/build.sh --check` keeps the two in step.
@@ -19,7 +22,7 @@ use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
-use aya::maps::Array;
+use aya::maps::{Array, MapData, RingBuf};
 use aya::programs::Iter;
 use aya::{Btf, Ebpf, EbpfLoader};
 
@@ -48,6 +51,16 @@ const PROGRAM: &str = "dump_tcp";
 const HAS_BUCKET: u8 = 1;
 /// `RECORD_HAS_ENTRY_STAMP`: `tw_entry_stamp` exists (Linux 6.13+).
 const HAS_ENTRY_STAMP: u8 = 2;
+
+/// `TRAILER_WALKED`: the walk of the bind hash reached its end.
+const TRAILER_WALKED: u8 = 1;
+
+/// `TCP_BOUND_INACTIVE`, the state the program gives the bound-but-inactive
+/// sockets it finds in the bind hash.
+const BOUND_INACTIVE: u8 = 13;
+
+/// The ring buffer of bound-but-inactive sockets, `bound` in the C source.
+const BOUND_RING: &str = "bound";
 
 /// Why the BPF source could not read.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +116,8 @@ fn unavailable(stage: &'static str, error: impl std::fmt::Display) -> BpfError {
 /// reads the namespace of the thread that creates it.
 struct Loaded {
     ebpf: Ebpf,
+    /// Where the program writes the bound-but-inactive sockets it finds.
+    bound: RingBuf<MapData>,
 }
 
 /// Reads TCP sockets with the BPF program, loading it at first use.
@@ -134,20 +149,25 @@ impl BpfSockets {
         sockets: &mut Vec<SocketRecord>,
     ) -> Result<(), BpfError> {
         let start = sockets.len();
-        let result = self
-            .read_iterator(range, sockets)
-            .and_then(|()| Ok(netlink.read_bound_inactive(range, sockets)?));
+        let result = self.read_iterator(range, sockets).and_then(|walked| {
+            if !walked {
+                netlink.read_bound_inactive(range, sockets)?;
+            }
+            Ok(())
+        });
         if result.is_err() {
             sockets.truncate(start);
         }
         result
     }
 
+    /// Reads the iterator, then the ring buffer of bound-but-inactive
+    /// sockets; returns whether the program's walk for those was complete.
     fn read_iterator(
         &mut self,
         range: PortRange,
         sockets: &mut Vec<SocketRecord>,
-    ) -> Result<(), BpfError> {
+    ) -> Result<bool, BpfError> {
         if self.loaded.is_none() {
             self.loaded = Some(self.load()?);
         }
@@ -181,10 +201,23 @@ impl BpfSockets {
             .map_err(|error| unavailable("iterator", error))?;
         let now_ms = monotonic_ms();
         self.buffer.clear();
-        iterator
+        let read = iterator
             .read_to_end(&mut self.buffer)
-            .map_err(BpfError::Read)?;
-        parse_records(&self.buffer, now_ms, sockets)
+            .map_err(BpfError::Read)
+            .and_then(|_| parse_records(&self.buffer, now_ms, sockets));
+        // The walk of the bind hash is used only when it was complete;
+        // otherwise netlink reads those sockets. The ring is drained either
+        // way, so that the next pass starts empty.
+        let walked = matches!(read, Ok(Some(TRAILER_WALKED)));
+        let mut ring = Ok(None);
+        while let Some(item) = loaded.bound.next() {
+            if walked && ring.is_ok() {
+                ring = parse_records(&item, now_ms, sockets);
+            }
+        }
+        read?;
+        ring?;
+        Ok(walked)
     }
 
     fn load(&self) -> Result<Loaded, BpfError> {
@@ -221,7 +254,11 @@ impl BpfSockets {
                 unavailable("verify", text)
             }
         })?;
-        Ok(Loaded { ebpf })
+        let ring = ebpf
+            .take_map(BOUND_RING)
+            .ok_or_else(|| unavailable("ring buffer", "the object has no bound ring buffer"))?;
+        let bound = RingBuf::try_from(ring).map_err(|error| unavailable("ring buffer", error))?;
+        Ok(Loaded { ebpf, bound })
     }
 }
 
@@ -250,23 +287,31 @@ fn monotonic_ms() -> u64 {
     (now.tv_sec as u64) * 1000 + (now.tv_nsec as u64) / 1_000_000
 }
 
-/// Parses the iterator's output into sockets. `now_ms` is `CLOCK_MONOTONIC`
-/// when the iterator was read, in milliseconds.
+/// Parses the iterator's output into sockets, and returns the flags of its
+/// trailer, the record of family 0 that ends a complete pass. `now_ms` is
+/// `CLOCK_MONOTONIC` when the iterator was read, in milliseconds.
 pub fn parse_records(
     bytes: &[u8],
     now_ms: u64,
     sockets: &mut Vec<SocketRecord>,
-) -> Result<(), BpfError> {
+) -> Result<Option<u8>, BpfError> {
     if !bytes.len().is_multiple_of(RECORD_LENGTH) {
         return Err(BpfError::Malformed(format!(
             "{} bytes is not a whole number of {RECORD_LENGTH}-byte records",
             bytes.len()
         )));
     }
-    for record in bytes.chunks_exact(RECORD_LENGTH) {
+    let mut records = bytes.chunks_exact(RECORD_LENGTH).peekable();
+    while let Some(record) = records.next() {
+        if record[0] == 0 {
+            if records.peek().is_some() {
+                return Err(BpfError::Malformed("records after the trailer".into()));
+            }
+            return Ok(Some(record[2]));
+        }
         sockets.push(parse_record(record, now_ms)?);
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Parses one `struct record`.
@@ -300,8 +345,12 @@ fn parse_record(record: &[u8], now_ms: u64) -> Result<SocketRecord, BpfError> {
             other => Err(BpfError::Malformed(format!("address family {other}"))),
         }
     };
-    let state = TcpState::from_kernel(state_number)
-        .ok_or_else(|| BpfError::Malformed(format!("unknown TCP state {state_number}")))?;
+    let state = if state_number == BOUND_INACTIVE {
+        TcpState::BoundInactive
+    } else {
+        TcpState::from_kernel(state_number)
+            .ok_or_else(|| BpfError::Malformed(format!("unknown TCP state {state_number}")))?
+    };
     let mut socket = SocketRecord::new(
         SocketState::Tcp(state),
         SocketAddr::new(address(40)?, local_port),
@@ -530,7 +579,35 @@ mod tests {
         let bad_state = record(2, 99, 0, 0, (&[], 1), (&[], 1), (0, 0), 0);
         assert!(parse_records(&bad_state, 0, &mut sockets).is_err());
         assert!(sockets.is_empty());
-        assert!(parse_records(&[], 0, &mut sockets).is_ok());
+        assert_eq!(parse_records(&[], 0, &mut sockets).unwrap(), None);
+    }
+
+    #[test]
+    fn a_trailer_ends_the_stream_and_bound_sockets_parse() {
+        let mut sockets = Vec::new();
+        let mut bytes = record(
+            2,
+            BOUND_INACTIVE,
+            0,
+            0,
+            (&[0, 0, 0, 0], 40001),
+            (&[0, 0, 0, 0], 0),
+            (0, 0),
+            9,
+        );
+        let mut trailer = vec![0u8; RECORD_LENGTH];
+        trailer[2] = TRAILER_WALKED;
+        bytes.extend(&trailer);
+        assert_eq!(
+            parse_records(&bytes, 0, &mut sockets).unwrap(),
+            Some(TRAILER_WALKED)
+        );
+        assert_eq!(sockets.len(), 1);
+        assert_eq!(sockets[0].state, SocketState::Tcp(TcpState::BoundInactive));
+        assert_eq!(sockets[0].local.port(), 40001);
+        // A trailer says the stream is whole: nothing may follow it.
+        trailer.extend(record(2, 1, 0, 0, (&[], 1), (&[], 1), (0, 0), 0));
+        assert!(parse_records(&trailer, 0, &mut sockets).is_err());
     }
 
     #[test]

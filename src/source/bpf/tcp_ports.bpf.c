@@ -7,6 +7,11 @@
 // port's bind bucket was made by bind() (its fastreuse fields), and for
 // TIME_WAIT when it began and whether it holds a peer timestamp.
 //
+// Sockets bound but neither listening nor connected are in neither table.
+// When the walk ends, the program finds them in the bind hash instead (see
+// `walk_bind_hash`), writes them to the `bound` ring buffer, and ends the
+// stream with a trailer record that says whether that walk was complete.
+//
 // Nothing is decided here that Rust can decide: the fields are copied as the
 // kernel holds them, and `src/source/bpf.rs` reads them. Structures are
 // declared with only the fields used; CO-RE relocates their offsets against
@@ -20,12 +25,32 @@
 #include <bpf/bpf_core_read.h>
 
 #define TCP_TIME_WAIT 6
+#define TCP_CLOSE 7
 #define TCP_LISTEN 10
 #define TCP_NEW_SYN_RECV 12
+#define TCP_BOUND_INACTIVE 13
 #define AF_INET6 10
 
 #define RECORD_HAS_BUCKET 1
 #define RECORD_HAS_ENTRY_STAMP 2
+
+// The trailer: a record of family 0 whose flags say how the walk of the
+// bind hash went.
+#define TRAILER_WALKED 1
+#define TRAILER_RING_FULL 2
+#define TRAILER_TOO_LONG 4
+
+// The most steps the walk of the bind hash takes: every slot, bucket, second
+// level bucket and owner is one step. bpf_loop allows 1 << 23.
+#define WALK_STEPS (1 << 23)
+
+struct hlist_node {
+	struct hlist_node *next;
+} __attribute__((preserve_access_index));
+
+struct hlist_head {
+	struct hlist_node *first;
+} __attribute__((preserve_access_index));
 
 struct in6_addr {
 	union {
@@ -41,6 +66,7 @@ struct sock_common {
 	unsigned short skc_family;
 	volatile unsigned char skc_state;
 	int skc_bound_dev_if;
+	struct hlist_node skc_bind_node;
 	struct in6_addr skc_v6_daddr;
 	struct in6_addr skc_v6_rcv_saddr;
 } __attribute__((preserve_access_index));
@@ -49,12 +75,14 @@ struct inode {
 	unsigned long i_ino;
 } __attribute__((preserve_access_index));
 
-struct file {
-	struct inode *f_inode;
+struct socket {
+	int state;
 } __attribute__((preserve_access_index));
 
-struct socket {
-	struct file *file;
+// A socket's inode is allocated with it: the kernel's SOCK_INODE().
+struct socket_alloc {
+	struct socket socket;
+	struct inode vfs_inode;
 } __attribute__((preserve_access_index));
 
 struct sock {
@@ -63,9 +91,56 @@ struct sock {
 	__u32 sk_max_ack_backlog;
 } __attribute__((preserve_access_index));
 
+struct net;
+
+typedef struct {
+	struct net *net;
+} possible_net_t;
+
+// A port's bucket in the bind hash, one per (namespace, port). Since Linux
+// 6.8 its owners hang off its `bhash2` buckets, one per local address.
 struct inet_bind_bucket {
+	possible_net_t ib_net;
+	unsigned short port;
 	signed char fastreuse;
 	signed char fastreuseport;
+	struct hlist_node node;
+	struct hlist_head bhash2;
+} __attribute__((preserve_access_index));
+
+struct inet_bind2_bucket {
+	struct hlist_node bhash_node;
+	struct hlist_head owners;
+} __attribute__((preserve_access_index));
+
+struct inet_bind_hashbucket {
+	struct hlist_head chain;
+} __attribute__((preserve_access_index));
+
+struct inet_hashinfo {
+	struct inet_bind_hashbucket *bhash;
+	unsigned int bhash_size;
+} __attribute__((preserve_access_index));
+
+// Since Linux 6.1 each namespace names its TCP hash tables here.
+struct inet_timewait_death_row {
+	struct inet_hashinfo *hashinfo;
+} __attribute__((preserve_access_index));
+
+struct netns_ipv4 {
+	struct inet_timewait_death_row tcp_death_row;
+} __attribute__((preserve_access_index));
+
+struct net {
+	struct netns_ipv4 ipv4;
+} __attribute__((preserve_access_index));
+
+struct nsproxy {
+	struct net *net_ns;
+} __attribute__((preserve_access_index));
+
+struct task_struct {
+	struct nsproxy *nsproxy;
 } __attribute__((preserve_access_index));
 
 struct inet_connection_sock {
@@ -129,6 +204,135 @@ struct {
 	__type(value, __u32);
 } settings SEC(".maps");
 
+// Bound-but-inactive sockets found in the bind hash, as records.
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} bound SEC(".maps");
+
+// Where the walk of the bind hash stands: at most one of `owner`, `second`
+// and `bucket` is followed at each step, then the next slot.
+struct walk {
+	__u64 slots;
+	__u32 slot_size;
+	__u32 slot_count;
+	__u32 slot;
+	__u32 range;
+	__u64 net;
+	__u64 bucket;
+	__u64 second;
+	__u64 owner;
+	__u32 flags;
+};
+
+static __always_inline __u64 read_pointer(__u64 address)
+{
+	__u64 value = 0;
+
+	bpf_probe_read_kernel(&value, sizeof(value), (void *)address);
+	return value;
+}
+
+// One owner of a second-level bucket: a bound socket, written out when it
+// is neither listening nor connected.
+static __always_inline void visit_owner(struct walk *walk)
+{
+	struct sock_common *common =
+		(void *)(walk->owner - bpf_core_field_offset(struct sock_common, skc_bind_node));
+	struct record record = {};
+	struct socket *socket;
+
+	walk->owner = read_pointer(walk->owner + bpf_core_field_offset(struct hlist_node, next));
+	if (BPF_CORE_READ(common, skc_state) != TCP_CLOSE || !BPF_CORE_READ(common, skc_num))
+		return;
+	record.family = BPF_CORE_READ(common, skc_family);
+	record.state = TCP_BOUND_INACTIVE;
+	record.local_port = BPF_CORE_READ(common, skc_num);
+	record.bound_dev_if = BPF_CORE_READ(common, skc_bound_dev_if);
+	record.fastreuse = 0;
+	record.fastreuseport = 0;
+	if (record.family == AF_INET6)
+		BPF_CORE_READ_INTO(&record.local, common, skc_v6_rcv_saddr);
+	else
+		record.local[0] = BPF_CORE_READ(common, skc_rcv_saddr);
+	socket = BPF_CORE_READ((struct sock *)common, sk_socket);
+	if (socket)
+		record.inode = BPF_CORE_READ((struct socket_alloc *)socket, vfs_inode.i_ino);
+	if (bpf_ringbuf_output(&bound, &record, sizeof(record), 0))
+		walk->flags |= TRAILER_RING_FULL;
+}
+
+// One step of the walk of the bind hash; returns 1 when it is done.
+static long walk_step(__u32 index, struct walk *walk)
+{
+	if (walk->owner) {
+		visit_owner(walk);
+		return 0;
+	}
+	if (walk->second) {
+		struct inet_bind2_bucket *second =
+			(void *)(walk->second -
+				 bpf_core_field_offset(struct inet_bind2_bucket, bhash_node));
+
+		walk->owner = (__u64)BPF_CORE_READ(second, owners.first);
+		walk->second = (__u64)BPF_CORE_READ(second, bhash_node.next);
+		return 0;
+	}
+	if (walk->bucket) {
+		struct inet_bind_bucket *bucket =
+			(void *)(walk->bucket - bpf_core_field_offset(struct inet_bind_bucket, node));
+		__u16 port = BPF_CORE_READ(bucket, port);
+
+		walk->bucket = (__u64)BPF_CORE_READ(bucket, node.next);
+		// Only a bucket bind() made can hold a bound socket that makes
+		// its port exclusive; connect() makes the rest.
+		if ((__u64)BPF_CORE_READ(bucket, ib_net.net) == walk->net &&
+		    port >= (walk->range & 0xffff) && port <= (walk->range >> 16) &&
+		    (BPF_CORE_READ(bucket, fastreuse) >= 0 ||
+		     BPF_CORE_READ(bucket, fastreuseport) >= 0))
+			walk->second = (__u64)BPF_CORE_READ(bucket, bhash2.first);
+		return 0;
+	}
+	if (walk->slot >= walk->slot_count) {
+		walk->flags |= TRAILER_WALKED;
+		return 1;
+	}
+	walk->bucket = read_pointer(walk->slots + (__u64)walk->slot * walk->slot_size +
+				    bpf_core_field_offset(struct inet_bind_hashbucket, chain.first));
+	walk->slot++;
+	return 0;
+}
+
+// Walks the bind hash for bound-but-inactive sockets in the range, without
+// its locks, as the kernel's own RCU lookups of it do: a bucket that goes
+// away meanwhile is missed, and the walk is bounded. It needs the layout of
+// Linux 6.8 and later; elsewhere the trailer says it did not run.
+static __always_inline __u32 walk_bind_hash(__u32 range)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct inet_hashinfo *hashinfo;
+	struct walk walk = {};
+	struct net *net;
+
+	if (!bpf_core_field_exists(struct inet_timewait_death_row, hashinfo) ||
+	    !bpf_core_field_exists(struct inet_bind_bucket, bhash2))
+		return 0;
+	// The iterator reads the namespace of the thread that reads it.
+	net = BPF_CORE_READ(task, nsproxy, net_ns);
+	hashinfo = BPF_CORE_READ(net, ipv4.tcp_death_row.hashinfo);
+	if (!hashinfo)
+		return 0;
+	walk.slots = (__u64)BPF_CORE_READ(hashinfo, bhash);
+	walk.slot_count = BPF_CORE_READ(hashinfo, bhash_size);
+	walk.slot_size = bpf_core_type_size(struct inet_bind_hashbucket);
+	walk.net = (__u64)net;
+	walk.range = range;
+	bpf_loop(WALK_STEPS, walk_step, &walk, 0);
+	if (!(walk.flags & TRAILER_WALKED))
+		walk.flags |= TRAILER_TOO_LONG;
+	return walk.flags;
+}
+
 SEC("iter/tcp")
 int dump_tcp(struct bpf_iter__tcp *ctx)
 {
@@ -139,11 +343,15 @@ int dump_tcp(struct bpf_iter__tcp *ctx)
 	__u32 key = 0;
 	__u32 *range;
 
-	if (!common)
-		return 0;
 	range = bpf_map_lookup_elem(&settings, &key);
 	if (!range)
 		return 0;
+	// The last call, after the last socket.
+	if (!common) {
+		record.flags = walk_bind_hash(*range);
+		bpf_seq_write(seq, &record, sizeof(record));
+		return 0;
+	}
 	record.state = common->skc_state;
 	record.local_port = common->skc_num;
 	if (record.state != TCP_LISTEN &&
@@ -163,35 +371,38 @@ int dump_tcp(struct bpf_iter__tcp *ctx)
 		record.remote[0] = common->skc_daddr;
 	}
 
+	// The iterator hands over TCP sockets only: TIME_WAIT ones are
+	// tcp_timewait_socks, request sockets are skipped, the rest are full
+	// tcp_socks. The casts are read with probe reads, which fail safe,
+	// rather than with the bpf_skc_to_* helpers, whose checks would touch
+	// another cache line of every socket.
 	if (record.state == TCP_TIME_WAIT) {
-		struct tcp_timewait_sock *tw = bpf_skc_to_tcp_timewait_sock(common);
+		struct tcp_timewait_sock *tw = (void *)common;
 
-		if (!tw)
-			return 0;
-		record.state = tw->tw_sk.tw_substate;
-		record.tw_ts_recent_stamp = tw->tw_ts_recent_stamp;
+		record.state = BPF_CORE_READ(tw, tw_sk.tw_substate);
+		record.tw_ts_recent_stamp = BPF_CORE_READ(tw, tw_ts_recent_stamp);
 		if (bpf_core_field_exists(tw->tw_sk.tw_entry_stamp)) {
-			record.tw_entry_stamp = tw->tw_sk.tw_entry_stamp;
+			record.tw_entry_stamp = BPF_CORE_READ(tw, tw_sk.tw_entry_stamp);
 			record.flags |= RECORD_HAS_ENTRY_STAMP;
 		}
-		bucket = tw->tw_sk.tw_tb;
+		bucket = BPF_CORE_READ(tw, tw_sk.tw_tb);
 	} else if (record.state != TCP_NEW_SYN_RECV) {
-		struct tcp_sock *tp = bpf_skc_to_tcp_sock(common);
-		struct sock *sk = (struct sock *)tp;
+		struct tcp_sock *tp = (void *)common;
+		struct sock *sk = (void *)common;
+		struct socket *socket;
 
-		if (!tp)
-			return 0;
-		bucket = tp->inet_conn.icsk_bind_hash;
+		bucket = BPF_CORE_READ(tp, inet_conn.icsk_bind_hash);
 		if (record.state == TCP_LISTEN) {
-			record.queue_waiting = sk->sk_ack_backlog;
-			record.queue_limit = sk->sk_max_ack_backlog;
+			record.queue_waiting = BPF_CORE_READ(sk, sk_ack_backlog);
+			record.queue_limit = BPF_CORE_READ(sk, sk_max_ack_backlog);
 		}
-		if (sk->sk_socket && sk->sk_socket->file && sk->sk_socket->file->f_inode)
-			record.inode = sk->sk_socket->file->f_inode->i_ino;
+		socket = BPF_CORE_READ(sk, sk_socket);
+		if (socket)
+			record.inode = BPF_CORE_READ((struct socket_alloc *)socket, vfs_inode.i_ino);
 	}
 	if (bucket) {
-		record.fastreuse = bucket->fastreuse;
-		record.fastreuseport = bucket->fastreuseport;
+		record.fastreuse = BPF_CORE_READ(bucket, fastreuse);
+		record.fastreuseport = BPF_CORE_READ(bucket, fastreuseport);
 		record.flags |= RECORD_HAS_BUCKET;
 	}
 	bpf_seq_write(seq, &record, sizeof(record));
