@@ -161,10 +161,13 @@ fn the_program_finds_bound_sockets_without_netlink() {
 fn bound_sockets_beyond_the_ring_come_from_netlink() {
     const BOUND: usize = 3500;
     let (netns, _held) = populated();
+    // All on one port the kernel picks inside the range, with SO_REUSEPORT.
     let _many = netns.run(|| {
-        (0..BOUND)
-            .map(|_| support::bound_socket("0.0.0.0:40010", true))
-            .collect::<Vec<_>>()
+        let first = support::bound_socket("0.0.0.0:0", true);
+        let port = first.local_addr().unwrap().as_socket().unwrap().port();
+        let mut sockets = vec![first];
+        sockets.extend((1..BOUND).map(|_| support::bound_socket(&format!("0.0.0.0:{port}"), true)));
+        sockets
     });
     let bpf = netns.once_until(&["--collector.source", "bpf"], |_| true);
     assert_eq!(

@@ -210,6 +210,11 @@ struct {
 	__uint(max_entries, 256 * 1024);
 } bound SEC(".maps");
 
+// How many slots of the bind hash one read takes, where a slot is the
+// usual 16 bytes (a spinlock and a list head).
+#define SLOTS_AT_ONCE 8
+#define SLOT_SIZE 16
+
 // Where the walk of the bind hash stands: at most one of `owner`, `second`
 // and `bucket` is followed at each step, then the next slot.
 struct walk {
@@ -223,6 +228,10 @@ struct walk {
 	__u64 second;
 	__u64 owner;
 	__u32 flags;
+	// Chains of the last read of several slots, from `pending_next` on
+	// not yet followed.
+	__u32 pending_next;
+	__u64 pending[SLOTS_AT_ONCE];
 };
 
 static __always_inline __u64 read_pointer(__u64 address)
@@ -262,6 +271,56 @@ static __always_inline void visit_owner(struct walk *walk)
 		walk->flags |= TRAILER_RING_FULL;
 }
 
+// What the walk reads of a bind bucket.
+struct bucket_fields {
+	__u64 net;
+	__u64 next;
+	__u64 second;
+	__u16 port;
+	__s8 fastreuse;
+	__s8 fastreuseport;
+};
+
+// How much of a bind bucket is read at once: in every layout so far, all
+// the walk needs lies within it, and one read of a cache line or two costs
+// less than six small ones.
+#define BUCKET_WINDOW 96
+
+static __always_inline int read_bucket(__u64 address, struct bucket_fields *bucket)
+{
+	__u32 net_at = bpf_core_field_offset(struct inet_bind_bucket, ib_net.net);
+	__u32 next_at = bpf_core_field_offset(struct inet_bind_bucket, node.next);
+	__u32 second_at = bpf_core_field_offset(struct inet_bind_bucket, bhash2.first);
+	__u32 port_at = bpf_core_field_offset(struct inet_bind_bucket, port);
+	__u32 fastreuse_at = bpf_core_field_offset(struct inet_bind_bucket, fastreuse);
+	__u32 fastreuseport_at = bpf_core_field_offset(struct inet_bind_bucket, fastreuseport);
+	__u8 window[BUCKET_WINDOW];
+
+	if (net_at > BUCKET_WINDOW - 8 || next_at > BUCKET_WINDOW - 8 ||
+	    second_at > BUCKET_WINDOW - 8 || port_at > BUCKET_WINDOW - 2 ||
+	    fastreuse_at > BUCKET_WINDOW - 1 || fastreuseport_at > BUCKET_WINDOW - 1) {
+		// A layout this program does not know: field by field.
+		struct inet_bind_bucket *tb = (void *)address;
+
+		bucket->net = (__u64)BPF_CORE_READ(tb, ib_net.net);
+		bucket->next = (__u64)BPF_CORE_READ(tb, node.next);
+		bucket->second = (__u64)BPF_CORE_READ(tb, bhash2.first);
+		bucket->port = BPF_CORE_READ(tb, port);
+		bucket->fastreuse = BPF_CORE_READ(tb, fastreuse);
+		bucket->fastreuseport = BPF_CORE_READ(tb, fastreuseport);
+		return 0;
+	}
+	if (bpf_probe_read_kernel(window, sizeof(window), (void *)address))
+		return -1;
+	bucket->net = *(__u64 *)(window + net_at);
+	bucket->next = *(__u64 *)(window + next_at);
+	bucket->second = *(__u64 *)(window + second_at);
+	bucket->port = *(__u16 *)(window + port_at);
+	bucket->fastreuse = *(__s8 *)(window + fastreuse_at);
+	bucket->fastreuseport = *(__s8 *)(window + fastreuseport_at);
+	return 0;
+}
+
 // One step of the walk of the bind hash; returns 1 when it is done.
 static long walk_step(__u32 index, struct walk *walk)
 {
@@ -279,26 +338,51 @@ static long walk_step(__u32 index, struct walk *walk)
 		return 0;
 	}
 	if (walk->bucket) {
-		struct inet_bind_bucket *bucket =
-			(void *)(walk->bucket - bpf_core_field_offset(struct inet_bind_bucket, node));
-		__u16 port = BPF_CORE_READ(bucket, port);
+		struct bucket_fields bucket;
 
-		walk->bucket = (__u64)BPF_CORE_READ(bucket, node.next);
+		if (read_bucket(walk->bucket - bpf_core_field_offset(struct inet_bind_bucket, node),
+				&bucket)) {
+			walk->bucket = 0;
+			return 0;
+		}
+		walk->bucket = bucket.next;
 		// Only a bucket bind() made can hold a bound socket that makes
 		// its port exclusive; connect() makes the rest.
-		if ((__u64)BPF_CORE_READ(bucket, ib_net.net) == walk->net &&
-		    port >= (walk->range & 0xffff) && port <= (walk->range >> 16) &&
-		    (BPF_CORE_READ(bucket, fastreuse) >= 0 ||
-		     BPF_CORE_READ(bucket, fastreuseport) >= 0))
-			walk->second = (__u64)BPF_CORE_READ(bucket, bhash2.first);
+		if (bucket.net == walk->net && bucket.port >= (walk->range & 0xffff) &&
+		    bucket.port <= (walk->range >> 16) &&
+		    (bucket.fastreuse >= 0 || bucket.fastreuseport >= 0))
+			walk->second = bucket.second;
+		return 0;
+	}
+	if (walk->pending_next < SLOTS_AT_ONCE) {
+		walk->bucket = walk->pending[walk->pending_next & (SLOTS_AT_ONCE - 1)];
+		walk->pending_next++;
 		return 0;
 	}
 	if (walk->slot >= walk->slot_count) {
 		walk->flags |= TRAILER_WALKED;
 		return 1;
 	}
-	walk->bucket = read_pointer(walk->slots + (__u64)walk->slot * walk->slot_size +
-				    bpf_core_field_offset(struct inet_bind_hashbucket, chain.first));
+	__u32 chain_at = bpf_core_field_offset(struct inet_bind_hashbucket, chain.first);
+	__u64 slots = walk->slots + (__u64)walk->slot * walk->slot_size;
+
+	if (walk->slot_size == SLOT_SIZE && chain_at % 8 == 0 && chain_at < SLOT_SIZE &&
+	    walk->slot + SLOTS_AT_ONCE <= walk->slot_count) {
+		// Most slots are empty: read several at once, keep the chains.
+		__u64 window[SLOTS_AT_ONCE * SLOT_SIZE / 8];
+
+		walk->slot += SLOTS_AT_ONCE;
+		if (bpf_probe_read_kernel(window, sizeof(window), (void *)slots))
+			return 0;
+		// Empty chains are kept too, and skipped one step each: a
+		// branch per slot here would make the program too long to verify.
+		for (int i = 0; i < SLOTS_AT_ONCE; i++)
+			walk->pending[i] =
+				window[(i * SLOT_SIZE + chain_at) / 8 & (SLOTS_AT_ONCE * 2 - 1)];
+		walk->pending_next = 0;
+		return 0;
+	}
+	walk->bucket = read_pointer(slots + chain_at);
 	walk->slot++;
 	return 0;
 }
@@ -326,6 +410,7 @@ static __always_inline __u32 walk_bind_hash(__u32 range)
 	walk.slot_count = BPF_CORE_READ(hashinfo, bhash_size);
 	walk.slot_size = bpf_core_type_size(struct inet_bind_hashbucket);
 	walk.net = (__u64)net;
+	walk.pending_next = SLOTS_AT_ONCE;
 	walk.range = range;
 	bpf_loop(WALK_STEPS, walk_step, &walk, 0);
 	if (!(walk.flags & TRAILER_WALKED))
@@ -401,8 +486,16 @@ int dump_tcp(struct bpf_iter__tcp *ctx)
 			record.inode = BPF_CORE_READ((struct socket_alloc *)socket, vfs_inode.i_ino);
 	}
 	if (bucket) {
-		record.fastreuse = BPF_CORE_READ(bucket, fastreuse);
-		record.fastreuseport = BPF_CORE_READ(bucket, fastreuseport);
+		// The two fields sit side by side in every kernel: one read.
+		if (bpf_core_field_offset(struct inet_bind_bucket, fastreuseport) ==
+		    bpf_core_field_offset(struct inet_bind_bucket, fastreuse) + 1) {
+			bpf_probe_read_kernel(&record.fastreuse, 2,
+					      (void *)bucket + bpf_core_field_offset(
+								struct inet_bind_bucket, fastreuse));
+		} else {
+			record.fastreuse = BPF_CORE_READ(bucket, fastreuse);
+			record.fastreuseport = BPF_CORE_READ(bucket, fastreuseport);
+		}
 		record.flags |= RECORD_HAS_BUCKET;
 	}
 	bpf_seq_write(seq, &record, sizeof(record));
