@@ -2,7 +2,9 @@
 //!
 //! Run as root: `cargo bench --bench sample_cost` (10,000 then 50,000
 //! sockets), or `cargo bench --bench sample_cost -- --sockets 20000 --runs 5`
-//! (`--runs`: how many times each `ss` command runs, for its median).
+//! (`--runs`: how many times each `ss` command runs, for its median;
+//! `--rounds`, 3 by default: how many times each exporter configuration
+//! runs, in turn with the others, for its median).
 //! Needs `ss` (iproute2) and `wrk`.
 //!
 //! For each size it builds a network namespace, fills it with established and
@@ -12,7 +14,8 @@
 //!   CPU (getrusage);
 //! - the exporter as a daemon for each source, with and without socket
 //!   attribution: CPU of its sampler thread per sample (20 samples, after
-//!   the first), the last sample's wall time, and peak RSS;
+//!   the first), the last sample's wall time, and peak RSS, each the median
+//!   of several rounds taken in turn;
 //! - the daemon under `wrk` at 1 and at 32 concurrent scrapers: latency p50
 //!   and p99, then its peak RSS (VmHWM).
 
@@ -40,6 +43,7 @@ fn main() {
     }
     let mut sizes = vec![10_000usize, 50_000];
     let mut runs = 10usize;
+    let mut rounds = 3usize;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -52,15 +56,21 @@ fn main() {
                     .collect()
             }
             "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
+            "--rounds" => {
+                rounds = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--rounds N")
+            }
             _ => {} // cargo passes --bench
         }
     }
     for size in sizes {
-        measure_size(size, runs);
+        measure_size(size, runs, rounds);
     }
 }
 
-fn measure_size(sockets: usize, runs: usize) {
+fn measure_size(sockets: usize, runs: usize, rounds: usize) {
     let range = (32768, 60999);
     let netns = Netns::new(range, "");
     let helpers = populate(&netns, sockets);
@@ -104,10 +114,16 @@ fn measure_size(sockets: usize, runs: usize) {
 
     // Each source, with and without attribution, as a daemon sampling every
     // 500 ms: CPU of its sampler thread over 20 samples, after the first.
-    println!("exporter daemon, 500 ms interval, over 20 samples:");
-    println!("  source   processes  CPU/sample  sample wall  peak RSS");
-    for source in ["bpf", "netlink", "procfs"] {
-        for processes in ["false", "true"] {
+    // The configurations take turns, `rounds` times, and each reports its
+    // median round, so that a slow moment of the machine does not land on
+    // one source alone.
+    let configurations: Vec<(&str, &str)> = ["bpf", "netlink", "procfs"]
+        .into_iter()
+        .flat_map(|source| ["false", "true"].map(|processes| (source, processes)))
+        .collect();
+    let mut figures: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); configurations.len()];
+    for _ in 0..rounds {
+        for (index, (source, processes)) in configurations.iter().enumerate() {
             let processes_flag = format!("--collector.processes={processes}");
             let mut daemon = netns.spawn_exporter(&[
                 "--collector.interval",
@@ -121,14 +137,20 @@ fn measure_size(sockets: usize, runs: usize) {
             std::thread::sleep(Duration::from_secs(10));
             let per_sample = (sampler_cpu_seconds(daemon.pid()) - before) / 20.0;
             let metrics = daemon.metrics();
-            println!(
-                "  {source:<8} {processes:<10} {:>7.1} ms  {:>8.1} ms  {:>5.1} MiB",
+            figures[index].push((
                 per_sample * 1e3,
                 metrics.value("portstat_sample_duration_seconds") * 1e3,
-                vm_hwm_kib(daemon.pid()) as f64 / 1024.0
-            );
+                vm_hwm_kib(daemon.pid()) as f64 / 1024.0,
+            ));
             daemon.terminate(Duration::from_secs(5));
         }
+    }
+    println!("exporter daemon, 500 ms interval, 20 samples a round, median of {rounds} rounds:");
+    println!("  source   processes  CPU/sample  sample wall  peak RSS");
+    for ((source, processes), mut rounds) in configurations.into_iter().zip(figures) {
+        rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (cpu, wall, rss) = rounds[rounds.len() / 2];
+        println!("  {source:<8} {processes:<10} {cpu:>7.1} ms  {wall:>8.1} ms  {rss:>5.1} MiB");
     }
 
     // The daemon with its defaults (netlink, attribution), sampling every
