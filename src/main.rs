@@ -105,11 +105,17 @@ fn main() -> ExitCode {
                 }
             }
         }
+        // SIGHUP's default is to end the process: take it over before
+        // saying that the exporter listens.
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|error| tracing::warn!(err = %error, "cannot handle SIGHUP"))
+            .ok();
+        match cli.web_config_file.clone() {
+            Some(path) => tokio::spawn(serve::reload_web_config(path, web, hangup)),
+            None => tokio::spawn(serve::log_hangups(hangup)),
+        };
         for address in &cli.listen_addresses {
             tracing::info!(address = %address, path = %cli.telemetry_path, "listening");
-        }
-        if let Some(path) = cli.web_config_file.clone() {
-            tokio::spawn(serve::reload_web_config(path, web));
         }
         serve::serve(tokio_listeners, config, receiver, shutdown_signal()).await;
         tracing::info!("shut down");

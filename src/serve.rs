@@ -177,6 +177,9 @@ async fn serve_connection<I>(
         async move { Ok::<_, Infallible>(state.respond(&request)) }
     });
     let connection = hyper::server::conn::http1::Builder::new()
+        // A client that sends its request and then shuts down its side for
+        // writing (`nc -N`, socat, health checks) still gets every answer.
+        .half_close(true)
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_REQUEST_HEAD)
@@ -186,11 +189,27 @@ async fn serve_connection<I>(
     }
 }
 
+/// Logs each SIGHUP when there is no web configuration to reload, so that a
+/// service manager's reload neither kills the exporter nor goes unseen.
+/// `hangup` is installed by the caller before the exporter says it listens.
+pub async fn log_hangups(mut hangup: Option<tokio::signal::unix::Signal>) {
+    let Some(hangup) = hangup.as_mut() else {
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        tracing::info!("received SIGHUP; there is no --web.config.file to reload");
+    }
+}
+
 /// Reloads the web configuration at `path` when the file changes (checked
-/// every second) or on SIGHUP. A file that does not load is logged and the
+/// every second) or on SIGHUP (`hangup`, installed by the caller before the
+/// exporter says it listens). A file that does not load is logged and the
 /// configuration in force is kept.
-pub async fn reload_web_config(path: std::path::PathBuf, web: WebConfigHandle) {
-    use tokio::signal::unix::{SignalKind, signal};
+pub async fn reload_web_config(
+    path: std::path::PathBuf,
+    web: WebConfigHandle,
+    mut hangup: Option<tokio::signal::unix::Signal>,
+) {
     let fingerprint = |path: &std::path::Path| {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(path)
@@ -198,7 +217,6 @@ pub async fn reload_web_config(path: std::path::PathBuf, web: WebConfigHandle) {
             .map(|m| (m.mtime(), m.mtime_nsec(), m.size(), m.ino()))
     };
     let mut last = fingerprint(&path);
-    let mut hangup = signal(SignalKind::hangup()).ok();
     loop {
         let signalled = tokio::select! {
             _ = async {
@@ -212,6 +230,9 @@ pub async fn reload_web_config(path: std::path::PathBuf, web: WebConfigHandle) {
         let now = fingerprint(&path);
         if !signalled && now == last {
             continue;
+        }
+        if signalled {
+            tracing::info!(file = %path.display(), "received SIGHUP; reloading the web configuration");
         }
         last = now;
         match WebConfig::load(&path) {

@@ -2,7 +2,8 @@
 
 mod support;
 
-use std::io::Read;
+use std::io::{Read, Write};
+use std::net::Shutdown;
 use std::time::Duration;
 
 use support::Netns;
@@ -264,4 +265,56 @@ fn connections_beyond_the_limit_are_closed_at_once() {
     drop(held);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(exporter.get("/-/healthy").unwrap().status, 200);
+}
+
+/// `nc -N`, socat and many health checks send a request, then close their
+/// side for writing, and wait for the answer.
+#[test]
+fn a_request_followed_by_a_half_close_is_answered() {
+    let netns = Netns::new((40000, 40099), "");
+    let exporter = netns.start_exporter(&["--collector.interval", "200ms"]);
+    for _ in 0..20 {
+        let mut stream = exporter.connect(exporter.address()).unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        stream.shutdown(Shutdown::Write).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.0 200"), "{answer:?}");
+        assert!(answer.contains("portstat_ephemeral_ports_capacity"));
+    }
+    // 100 pipelined requests, then the half-close: 100 answers.
+    let mut stream = exporter.connect(exporter.address()).unwrap();
+    let request = "GET /-/healthy HTTP/1.1\r\nHost: a\r\n\r\n".repeat(100);
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answers = Vec::new();
+    stream.read_to_end(&mut answers).unwrap();
+    let answers = String::from_utf8_lossy(&answers);
+    assert_eq!(answers.matches("HTTP/1.1 200").count(), 100);
+}
+
+/// Service managers send SIGHUP to reload; without a web configuration
+/// there is nothing to reload, and the exporter must carry on.
+#[test]
+fn sighup_without_a_web_config_is_logged_and_survived() {
+    let netns = Netns::new((40000, 40099), "");
+    let mut exporter = netns.start_exporter(&["--collector.interval", "200ms"]);
+    exporter.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(exporter.running(), "SIGHUP killed the exporter");
+    assert_eq!(exporter.get("/metrics").unwrap().status, 200);
+    assert!(
+        exporter.log().contains("received SIGHUP"),
+        "{}",
+        exporter.log()
+    );
+    let status = exporter.terminate(Duration::from_secs(5)).unwrap();
+    assert!(status.success(), "{status:?}");
 }

@@ -269,6 +269,22 @@ impl Exporter<'_> {
         self.child.id()
     }
 
+    /// The address it serves on.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Sends `signal` to the exporter.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Whether the exporter has not exited.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// What the exporter logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
