@@ -54,6 +54,19 @@ fn main() -> ExitCode {
     };
     let web = Arc::new(std::sync::RwLock::new(Arc::new(web)));
 
+    // Before the sampler starts: the raised limit is the process's.
+    let (max_connections, descriptors) = serve::connection_budget(cli.max_connections as usize);
+    if max_connections < cli.max_connections as usize {
+        tracing::warn!(
+            requested = cli.max_connections,
+            limit = max_connections,
+            descriptors,
+            reserve = serve::DESCRIPTOR_RESERVE,
+            "--web.max-connections exceeds what the descriptor limit allows beside the sampler's reserve; lowered"
+        );
+    } else {
+        tracing::info!(limit = max_connections, descriptors, "connection limit");
+    }
     // Bind before anything else runs, so that an address in use fails at once.
     let mut listeners = Vec::with_capacity(cli.listen_addresses.len());
     for address in &cli.listen_addresses {
@@ -90,7 +103,7 @@ fn main() -> ExitCode {
     let config = ServeConfig {
         telemetry_path: cli.telemetry_path.clone(),
         max_requests: cli.max_requests,
-        max_connections: cli.max_connections as usize,
+        max_connections,
         web: web.clone(),
     };
     runtime.block_on(async move {

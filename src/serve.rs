@@ -52,6 +52,43 @@ pub struct ServeConfig {
 /// The web configuration in force, which a reload replaces.
 pub type WebConfigHandle = Arc<std::sync::RwLock<Arc<WebConfig>>>;
 
+/// Descriptors kept back from connections for sampling: netlink and BPF
+/// descriptors, procfs files, namespace handles, the owner walk's
+/// directories, and the server's own.
+pub const DESCRIPTOR_RESERVE: u64 = 128;
+
+/// Raises the soft limit on open descriptors to the hard limit, as Go
+/// programs do at start, and returns how many connections fit beside
+/// `DESCRIPTOR_RESERVE`: `requested`, or fewer where the limit is lower
+/// (at least one). Returns the limit too, for the log.
+pub fn connection_budget(requested: usize) -> (usize, u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` outlives both calls, which only read or write it.
+    let descriptors = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return (requested, 0);
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            }
+        }
+        limit.rlim_cur
+    };
+    let fits = descriptors.saturating_sub(DESCRIPTOR_RESERVE).max(1);
+    (
+        requested.min(usize::try_from(fits).unwrap_or(usize::MAX)),
+        descriptors,
+    )
+}
+
 /// Binds a listening socket for `address`, as a blocking std listener.
 ///
 /// The unspecified IPv6 address also accepts IPv4; where the kernel has no
@@ -101,16 +138,22 @@ pub async fn serve(
     for listener in listeners {
         let sender = accepted_sender.clone();
         tokio::spawn(async move {
+            // Logged once for each stretch of failures, not every 100 ms.
+            let mut failing = false;
             loop {
                 match listener.accept().await {
                     Ok((stream, _)) => {
+                        failing = false;
                         if sender.send(stream).await.is_err() {
                             return;
                         }
                     }
                     Err(error) => {
+                        if !failing {
+                            tracing::warn!(err = %error, "accepting a connection failed");
+                        }
+                        failing = true;
                         // Out of descriptors or similar: wait rather than spin.
-                        tracing::warn!(err = %error, "accepting a connection failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }

@@ -32,8 +32,69 @@ fn open_descriptors(pid: u32) -> usize {
 
 #[test]
 fn scrapes_stay_fast_under_attack_and_resources_come_back() {
+    attack(None, 1000);
+}
+
+/// The same attack under `ulimit -n 1024`, a common default: the exporter
+/// fits its connections beside the descriptors sampling needs (896 of
+/// them), with 600 idle connections and 200 slow ones held.
+#[test]
+fn scrapes_stay_fast_under_attack_with_1024_descriptors() {
+    attack(Some(1024), 600);
+}
+
+/// More idle connections than fit under `ulimit -n 1024`: the ones beyond
+/// the limit are closed at once, and sampling, which keeps a reserve of
+/// descriptors, goes on without an error. The limit is logged once.
+#[test]
+fn more_idle_connections_than_descriptors_do_not_stop_sampling() {
     let netns = Netns::new((40000, 40099), "");
-    let exporter = netns.start_exporter(&["--collector.interval", "1s"]);
+    let exporter = netns.start_exporter_with(&["--collector.interval", "200ms"], |command| {
+        support::limit_descriptors(command, 1024)
+    });
+    let log = exporter.log();
+    assert_eq!(
+        log.matches("--web.max-connections exceeds").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("limit=896"), "{log}");
+    let errors = r#"portstat_sample_errors_total{stage="source"}"#;
+    let before = exporter.metrics();
+    let idle: Vec<TcpStream> = (0..1100)
+        .filter_map(|_| netns.connect("127.0.0.1:10042".parse().unwrap()).ok())
+        .collect();
+    assert_eq!(idle.len(), 1100);
+    std::thread::sleep(Duration::from_secs(3));
+    drop(idle);
+    let after = exporter.metrics_until(|metrics| {
+        metrics.value("portstat_sample_timestamp_seconds")
+            > before.value("portstat_sample_timestamp_seconds") + 3.0
+    });
+    assert_eq!(
+        after.value(errors),
+        before.value(errors),
+        "{}",
+        exporter.log()
+    );
+    assert_eq!(after.value("portstat_sample_success"), 1.0);
+    let log = exporter.log();
+    assert!(!log.contains("sampling failed"), "{log}");
+    assert!(
+        log.matches("accepting a connection failed").count() <= 1,
+        "{log}"
+    );
+}
+
+/// Idle, slow-header and oversized-header connections at once, `idle` of
+/// the first kind, with the exporter under `descriptors` open files.
+fn attack(descriptors: Option<u64>, idle: usize) {
+    let netns = Netns::new((40000, 40099), "");
+    let exporter = netns.start_exporter_with(&["--collector.interval", "1s"], |command| {
+        if let Some(descriptors) = descriptors {
+            support::limit_descriptors(command, descriptors)
+        }
+    });
     let address = "127.0.0.1:10042".parse().unwrap();
     // Warm up: the first scrapes and samples allocate what they keep.
     for _ in 0..20 {
@@ -46,8 +107,8 @@ fn scrapes_stay_fast_under_attack_and_resources_come_back() {
     let stop = Arc::new(AtomicBool::new(false));
     let rejected = Arc::new(AtomicU64::new(0));
     std::thread::scope(|scope| {
-        // 1,000 connections that never send a byte.
-        let idle: Vec<TcpStream> = (0..1000)
+        // Connections that never send a byte.
+        let idle: Vec<TcpStream> = (0..idle)
             .filter_map(|_| netns.connect(address).ok())
             .collect();
         // 200 that send a header line a second and never finish.

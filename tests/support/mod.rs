@@ -156,7 +156,16 @@ impl Netns {
     /// Starts the exporter inside the namespace, listening on 127.0.0.1:10042
     /// there, and waits until it is ready.
     pub fn start_exporter(&self, args: &[&str]) -> Exporter<'_> {
-        let exporter = self.spawn_exporter(args);
+        self.start_exporter_with(args, |_| {})
+    }
+
+    /// `start_exporter`, with `prepare` applied to its command first.
+    pub fn start_exporter_with(
+        &self,
+        args: &[&str],
+        prepare: impl FnOnce(&mut Command),
+    ) -> Exporter<'_> {
+        let exporter = self.spawn_exporter_with(args, prepare);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(response) = exporter.get("/-/ready")
@@ -174,16 +183,25 @@ impl Netns {
 
     /// Starts the exporter inside the namespace without waiting for it.
     pub fn spawn_exporter(&self, args: &[&str]) -> Exporter<'_> {
+        self.spawn_exporter_with(args, |_| {})
+    }
+
+    /// `spawn_exporter`, with `prepare` applied to its command first.
+    pub fn spawn_exporter_with(
+        &self,
+        args: &[&str],
+        prepare: impl FnOnce(&mut Command),
+    ) -> Exporter<'_> {
         let log = std::env::temp_dir().join(format!("{}-{}.log", self.name, self.next_port()));
         let log_file = File::create(&log).expect("cannot create the exporter's log");
-        let child = self
-            .command(EXPORTER)
+        let mut command = self.command(EXPORTER);
+        command
             .args(["--web.listen-address", "127.0.0.1:10042"])
             .args(args)
             .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("cannot start the exporter");
+            .stderr(log_file);
+        prepare(&mut command);
+        let child = command.spawn().expect("cannot start the exporter");
         Exporter {
             child,
             netns: self,
@@ -578,6 +596,26 @@ pub fn refuse_syscall(
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
+        });
+    }
+}
+
+/// Starts `command` with at most `descriptors` open files, soft and hard,
+/// as `ulimit -n` would.
+pub fn limit_descriptors(command: &mut Command, descriptors: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe and touches no memory of ours.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: descriptors,
+                rlim_max: descriptors,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
         });
     }
 }
