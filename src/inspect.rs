@@ -56,14 +56,33 @@ fn bar(ratio: f64, width: usize) -> String {
     format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled))
 }
 
-/// Cuts `text` to `width` characters, marking a cut with `~`.
+/// `text` made printable and cut to `width` characters, a cut marked `~`.
 fn fit(text: &str, width: usize) -> String {
+    let text = &printable(text);
     if text.chars().count() <= width {
         return text.to_string();
     }
     let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
     cut.push('~');
     cut
+}
+
+/// `text` with each control character written as an escape (`\x1b`,
+/// `\u{85}`), so that a process name cannot drive the operator's terminal.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match u32::from(c) {
+            code if code < 0x80 && c.is_control() => {
+                let _ = write!(out, "\\x{code:02x}");
+            }
+            code if c.is_control() => {
+                let _ = write!(out, "\\u{{{code:x}}}");
+            }
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 /// The report as text, at most 80 columns wide.

@@ -157,3 +157,17 @@ fn inspect_fails_with_a_message_when_the_kernel_cannot_be_read() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent"));
 }
+
+/// A process named with terminal escapes changes nothing on the operator's
+/// terminal: every control character is written escaped.
+#[test]
+fn control_characters_in_a_process_name_reach_the_terminal_escaped() {
+    let netns = Netns::new((40000, 40099), "");
+    let _named = support::NamedListener::start(&netns, b"\x1b]0;PWN\x07\x1b[31mX", 7002);
+    let report = run_inspect(&netns, &["7002"]);
+    assert!(
+        !report.chars().any(|c| c.is_control() && c != '\n'),
+        "{report:?}"
+    );
+    assert!(report.contains("\\x1b]0;PWN"), "{report}");
+}

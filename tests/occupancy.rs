@@ -400,3 +400,15 @@ fn a_port_that_changes_hands_is_attributed_to_its_new_owner() {
     assert_eq!(metrics.value(&series(&comm)), 1.0);
     assert_eq!(metrics.get(&series("python3")), None);
 }
+
+/// The kernel cuts `comm` at 15 bytes, here inside the last `é`: the
+/// process is still named, with what the kernel kept.
+#[test]
+fn a_name_cut_inside_a_character_still_names_its_process() {
+    let netns = Netns::new((40000, 40099), "");
+    let _named = support::NamedListener::start(&netns, "écouteur-résé".as_bytes(), 7001);
+    let series = "portstat_listener_sockets{protocol=\"tcp\",address=\"127.0.0.1\",\
+                  port=\"7001\",process=\"écouteur-rés\u{fffd}\"}";
+    let metrics = netns.once_until(&[], |metrics| metrics.get(series).is_some());
+    assert_eq!(metrics.value(series), 1.0);
+}

@@ -108,9 +108,13 @@ impl OwnerResolver {
                 self.path.push(&self.procfs);
                 self.path.push(pid.to_string());
                 self.path.push("comm");
-                entry.comm = std::fs::read_to_string(&self.path)
-                    .ok()
-                    .map(|comm| comm.trim_end_matches('\n').to_string());
+                // The kernel cuts `comm` at 15 bytes, often inside a
+                // multibyte character: keep what is there.
+                entry.comm = std::fs::read(&self.path).ok().map(|comm| {
+                    String::from_utf8_lossy(&comm)
+                        .trim_end_matches('\n')
+                        .to_string()
+                });
             }
             if let Some(comm) = &entry.comm {
                 owners.comm_by_pid.insert(pid, comm.clone());

@@ -619,3 +619,44 @@ pub fn limit_descriptors(command: &mut Command, descriptors: u64) {
         });
     }
 }
+
+/// A python3 process inside a namespace, named `comm` (raw bytes, which the
+/// kernel cuts at 15), listening on 127.0.0.1:`port`; ended on drop.
+pub struct NamedListener(Child);
+
+impl NamedListener {
+    pub fn start(netns: &Netns, comm: &[u8], port: u16) -> NamedListener {
+        let hex: String = comm.iter().map(|byte| format!("{byte:02x}")).collect();
+        let mut child = netns
+            .command("python3")
+            .args([
+                "-c",
+                "import socket,sys\n\
+                 open('/proc/self/comm','wb').write(bytes.fromhex(sys.argv[1]))\n\
+                 s=socket.socket()\ns.bind(('127.0.0.1',int(sys.argv[2])))\ns.listen()\n\
+                 print('ready',flush=True)\nsys.stdin.read()",
+                &hex,
+                &port.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 is needed");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "ready");
+        NamedListener(child)
+    }
+}
+
+impl Drop for NamedListener {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
