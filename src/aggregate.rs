@@ -205,6 +205,9 @@ pub struct Listener {
     pub protocol: Protocol,
     /// The local address.
     pub address: IpAddr,
+    /// For a link-local address, the interface it belongs to: the same
+    /// address on two interfaces is two listeners.
+    pub interface: Option<String>,
     /// The local port.
     pub port: u16,
     /// The owner's `comm`, or `unknown`.
@@ -215,6 +218,25 @@ pub struct Listener {
     pub in_ephemeral_range: bool,
     /// The accept queue summed over the group, where the source reports it.
     pub accept_queue: Option<AcceptQueue>,
+}
+
+impl Listener {
+    /// The address as the `address` label writes it: with its interface
+    /// for a link-local one, as in `fe80::1%eth0`.
+    pub fn address_label(&self) -> String {
+        match &self.interface {
+            Some(interface) => format!("{}%{interface}", self.address),
+            None => self.address.to_string(),
+        }
+    }
+
+    /// The address and port, as in `127.0.0.1:80` or `[fe80::1%eth0]:80`.
+    pub fn endpoint(&self) -> String {
+        match self.address {
+            IpAddr::V6(_) => format!("[{}]:{}", self.address_label(), self.port),
+            IpAddr::V4(_) => format!("{}:{}", self.address, self.port),
+        }
+    }
 }
 
 /// A listener group's accept queue, summed over its sockets.
@@ -252,7 +274,8 @@ pub fn aggregate(sample: &NamespaceSample, limits: &Limits) -> Snapshot {
     let mut tcp_states = [0u64; TcpState::ALL.len() + 1];
     let mut udp_states = [0u64; UdpState::ALL.len()];
     let mut scanned = [0u64; 2];
-    let mut listeners: BTreeMap<(Protocol, IpAddr, u16, &str), ListenerTally> = BTreeMap::new();
+    type ListenerKey<'a> = (Protocol, IpAddr, Option<String>, u16, &'a str);
+    let mut listeners: BTreeMap<ListenerKey, ListenerTally> = BTreeMap::new();
     let mut exclusive_sets = [PortSet::new(), PortSet::new(), PortSet::new()];
     let mut process_ports: Vec<(&str, Protocol, u16)> = Vec::new();
 
@@ -282,7 +305,13 @@ pub fn aggregate(sample: &NamespaceSample, limits: &Limits) -> Snapshot {
                 .process_name(socket.inode)
                 .unwrap_or(UNKNOWN_PROCESS);
             let tally = listeners
-                .entry((protocol, socket.local.ip(), port, process))
+                .entry((
+                    protocol,
+                    socket.local.ip(),
+                    link_local_scope(sample, socket),
+                    port,
+                    process,
+                ))
                 .or_default();
             tally.sockets += 1;
             if let Some(queue) = socket.listen_queue {
@@ -323,15 +352,18 @@ pub fn aggregate(sample: &NamespaceSample, limits: &Limits) -> Snapshot {
 
     let mut listeners: Vec<Listener> = listeners
         .into_iter()
-        .map(|((protocol, address, port, process), tally)| Listener {
-            protocol,
-            address,
-            port,
-            process: process.to_string(),
-            sockets: tally.sockets,
-            in_ephemeral_range: protocol == Protocol::Tcp && is_ephemeral(port),
-            accept_queue: tally.accept_queue,
-        })
+        .map(
+            |((protocol, address, interface, port, process), tally)| Listener {
+                protocol,
+                address,
+                interface,
+                port,
+                process: process.to_string(),
+                sockets: tally.sockets,
+                in_ephemeral_range: protocol == Protocol::Tcp && is_ephemeral(port),
+                accept_queue: tally.accept_queue,
+            },
+        )
         .collect();
     // Listeners inside the range matter most: past the limit, they are kept
     // first (a stable sort keeps the rest in order), then listed in order.
@@ -609,6 +641,21 @@ pub fn sockets_needing_owners(sample: &NamespaceSample, per_process: bool) -> Ha
 /// Whether a socket is a listener: TCP in LISTEN, or an unconnected bound UDP
 /// socket whose port is not one the kernel hands out automatically (an
 /// unconnected UDP socket on an ephemeral port is almost always a client).
+/// The interface of a socket bound to a link-local IPv6 address, by name
+/// where the namespace named it, else by index; `None` for any other.
+fn link_local_scope(sample: &NamespaceSample, socket: &SocketRecord) -> Option<String> {
+    match socket.local.ip() {
+        IpAddr::V6(address) if address.is_unicast_link_local() && socket.interface != 0 => Some(
+            sample
+                .interfaces
+                .get(&socket.interface)
+                .cloned()
+                .unwrap_or_else(|| socket.interface.to_string()),
+        ),
+        _ => None,
+    }
+}
+
 fn is_listener(socket: &SocketRecord, is_ephemeral: &impl Fn(u16) -> bool) -> bool {
     match socket.state {
         SocketState::Tcp(state) => state == TcpState::Listen,
@@ -696,6 +743,7 @@ mod tests {
             owners: SocketOwners::default(),
             time_wait_reuse: TimeWaitReuse::default(),
             sources: [SourceKind::Procfs; 2],
+            interfaces: Default::default(),
         }
     }
 
@@ -1043,6 +1091,7 @@ mod tests {
             sockets,
             owners: SocketOwners::default(),
             sources: [SourceKind::Procfs; 2],
+            interfaces: Default::default(),
         };
         let snapshot = aggregate(&sample, &Limits::default());
         assert_eq!(

@@ -209,7 +209,7 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
         "Listeners (* inside the ephemeral range: may fail to restart)"
     );
     for listener in &snapshot.listeners {
-        let address = std::net::SocketAddr::new(listener.address, listener.port);
+        let address = listener.endpoint();
         let _ = writeln!(
             out,
             "{} {:<4} {:<40} {:<16} {:>5}",
@@ -219,7 +219,7 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
                 " "
             },
             listener.protocol.label(),
-            fit(&address.to_string(), 40),
+            fit(&address, 40),
             fit(&listener.process, 16),
             listener.sockets
         );
@@ -310,7 +310,7 @@ pub fn json_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
     for listener in &snapshot.listeners {
         json.open('{');
         json.field_string("protocol", listener.protocol.label());
-        json.field_string("address", &listener.address.to_string());
+        json.field_string("address", &listener.address_label());
         json.field_number("port", f64::from(listener.port));
         json.field_string("process", &listener.process);
         json.field_number("sockets", listener.sockets as f64);

@@ -3,7 +3,7 @@
 //! These types carry no I/O and no metric semantics: they describe what the
 //! kernel reported for one network namespace.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
 /// A transport protocol with its own port space.
@@ -202,6 +202,10 @@ pub struct SocketRecord {
     pub binding: PortBinding,
     /// For TCP sockets in TIME_WAIT, what decides their reuse.
     pub time_wait: Option<TimeWait>,
+    /// The interface the socket is bound to (`SO_BINDTODEVICE`, or the scope
+    /// of a link-local address), by index; 0 for none or where the source
+    /// cannot tell (procfs).
+    pub interface: u32,
 }
 
 impl SocketRecord {
@@ -216,6 +220,7 @@ impl SocketRecord {
             listen_queue: None,
             binding: PortBinding::Unseen,
             time_wait: None,
+            interface: 0,
         }
     }
 }
@@ -418,4 +423,7 @@ pub struct NamespaceSample {
     pub owners: SocketOwners,
     /// Where the TCP sockets, then the UDP sockets, were read from.
     pub sources: [SourceKind; 2],
+    /// The names of the interfaces link-local listeners are bound to, by
+    /// index, as the namespace named them when it was read.
+    pub interfaces: BTreeMap<u32, String>,
 }

@@ -194,7 +194,7 @@ pub fn landing_page(
                 ""
             },
             listener.protocol.label(),
-            listener.address,
+            html_escape(&listener.address_label()),
             listener.port,
             html_escape(&listener.process),
             listener.sockets

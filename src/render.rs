@@ -315,7 +315,7 @@ fn snapshot_families(snapshot: &Snapshot, families: &mut Vec<MetricFamily>) {
     );
     let mut port = itoa::Buffer::new();
     for listener in &snapshot.listeners {
-        let address = listener.address.to_string();
+        let address = listener.address_label();
         let port = port.format(listener.port);
         listeners.gauge(
             &[
@@ -590,6 +590,7 @@ mod tests {
             // TCP over BPF (bindings, accept queues, bound_inactive), UDP
             // over procfs.
             sources: [SourceKind::Bpf, SourceKind::Procfs],
+            interfaces: Default::default(),
         };
         for socket in &mut sample.sockets {
             if socket.state.protocol() == Protocol::Tcp {

@@ -412,3 +412,46 @@ fn a_name_cut_inside_a_character_still_names_its_process() {
     let metrics = netns.once_until(&[], |metrics| metrics.get(series).is_some());
     assert_eq!(metrics.value(series), 1.0);
 }
+
+/// The same link-local address on two interfaces is two listeners, each
+/// named with its interface, not one group of two sockets.
+#[test]
+fn link_local_listeners_keep_their_interface() {
+    let netns = Netns::new((40000, 40099), "");
+    for (name, peer) in [("lla0", "llb0"), ("lla1", "llb1")] {
+        for args in [
+            vec!["link", "add", name, "type", "veth", "peer", "name", peer],
+            vec!["link", "set", peer, "up"],
+            vec!["link", "set", name, "up"],
+            vec!["-6", "addr", "add", "fe80::1234/64", "dev", name, "nodad"],
+        ] {
+            let status = netns.command("ip").args(&args).status().unwrap();
+            assert!(status.success(), "ip {args:?}");
+        }
+    }
+    let _listeners = netns.run(|| {
+        ["lla0", "lla1"].map(|name| {
+            let name = std::ffi::CString::new(name).unwrap();
+            // SAFETY: `name` is a NUL-terminated string that outlives the call.
+            let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            assert_ne!(index, 0);
+            let address =
+                std::net::SocketAddrV6::new("fe80::1234".parse().unwrap(), 8001, 0, index);
+            TcpListener::bind(address).unwrap()
+        })
+    });
+    let series = |interface: &str| {
+        format!(
+            "portstat_listener_sockets{{protocol=\"tcp\",address=\"fe80::1234%{interface}\",\
+             port=\"8001\",process=\"{}\"}}",
+            support::own_comm()
+        )
+    };
+    for source in ["netlink", "bpf"] {
+        let metrics = netns.once_until(&["--collector.source", source], |metrics| {
+            metrics.get(&series("lla1")).is_some()
+        });
+        assert_eq!(metrics.value(&series("lla0")), 1.0, "{source}");
+        assert_eq!(metrics.value(&series("lla1")), 1.0, "{source}");
+    }
+}

@@ -357,6 +357,7 @@ fn parse_record(record: &[u8], now_ms: u64) -> Result<SocketRecord, BpfError> {
         SocketAddr::new(address(56)?, remote_port),
         inode,
     );
+    socket.interface = u32::try_from(bound_device).unwrap_or(0);
     if flags & HAS_BUCKET != 0 {
         // `__inet_hash_connect` skips a port whose bucket has either field
         // at 0 or more: bind() set them; connect() sets both to -1.

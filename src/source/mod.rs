@@ -9,7 +9,7 @@ pub mod owners;
 pub mod procfs;
 pub mod sysctl;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -122,6 +122,7 @@ impl NamespaceReader {
         for (index, protocol) in Protocol::ALL.into_iter().enumerate() {
             self.read_protocol(index, protocol, range, &mut sockets)?;
         }
+        let interfaces = interface_names(&sockets);
         Ok(NamespaceSample {
             range,
             reserved,
@@ -129,6 +130,7 @@ impl NamespaceReader {
             sockets,
             owners: SocketOwners::default(),
             sources: self.sources,
+            interfaces,
         })
     }
 
@@ -218,4 +220,31 @@ fn read_text(path: &Path) -> Result<String, SourceError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// The names of the interfaces that sockets bound to link-local addresses
+/// name by index, in the calling thread's namespace (the one just read): an
+/// interface's index means something only inside its namespace.
+fn interface_names(sockets: &[SocketRecord]) -> BTreeMap<u32, String> {
+    let mut names = BTreeMap::new();
+    for socket in sockets {
+        let std::net::IpAddr::V6(address) = socket.local.ip() else {
+            continue;
+        };
+        if !address.is_unicast_link_local()
+            || socket.interface == 0
+            || names.contains_key(&socket.interface)
+        {
+            continue;
+        }
+        let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+        // SAFETY: `name` has the IF_NAMESIZE bytes if_indextoname writes at most.
+        let found = unsafe { libc::if_indextoname(socket.interface, name.as_mut_ptr()) };
+        if !found.is_null() {
+            // SAFETY: on success the kernel's name is NUL-terminated in `name`.
+            let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
+            names.insert(socket.interface, name.to_string_lossy().into_owned());
+        }
+    }
+    names
 }

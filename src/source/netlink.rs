@@ -405,6 +405,7 @@ fn parse_socket(payload: &[u8], dump: &Dump) -> Result<SocketRecord, NetlinkErro
     let receive_queue = read_u32(payload, 56);
     let send_queue = read_u32(payload, 60);
     let inode = u64::from(read_u32(payload, 68));
+    let interface = read_u32(payload, 40);
     let state = match dump.protocol {
         // Bound-but-inactive sockets are reported as TCP_CLOSE (or, on some
         // kernels, TCP_BOUND_INACTIVE); connections are never in TCP_CLOSE.
@@ -423,6 +424,7 @@ fn parse_socket(payload: &[u8], dump: &Dump) -> Result<SocketRecord, NetlinkErro
         }),
     };
     let mut record = SocketRecord::new(state, local, remote, inode);
+    record.interface = interface;
     // For listeners the kernel reports the accept queue and its limit (the
     // backlog) in the queue fields.
     if state == SocketState::Tcp(TcpState::Listen) {
