@@ -15,7 +15,12 @@ struct FakeProcfs {
 
 impl FakeProcfs {
     fn new() -> FakeProcfs {
-        let root = std::env::temp_dir().join(format!("portstat-procfs-{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let root = std::env::temp_dir().join(format!(
+            "portstat-procfs-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&root);
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/netns");
         std::fs::create_dir_all(root.join("net")).unwrap();
@@ -42,7 +47,11 @@ impl FakeProcfs {
 
     fn replace_with_file(&self, relative: &str, content: &[u8]) {
         let path = self.root.join(relative);
-        let _ = std::fs::remove_dir_all(&path);
+        // Whatever is there: a file, a directory, a symlink or a FIFO,
+        // which writing through would block on.
+        if std::fs::remove_file(&path).is_err() {
+            let _ = std::fs::remove_dir_all(&path);
+        }
         std::fs::write(path, content).unwrap();
     }
 
@@ -118,11 +127,20 @@ fn faults_keep_the_last_good_figures_and_recover() {
     assert_eq!(bad.value("portstat_sample_timestamp_seconds"), stamp);
     assert_last_good_figures(&bad);
 
-    // Unreadable: a directory where the file should be.
+    // Unreadable: a directory where the file should be. net/tcp is made
+    // whole again after it, so that this fault alone fails the samples.
     std::fs::remove_file(procfs.path("net/udp")).unwrap();
     std::fs::create_dir(procfs.path("net/udp")).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    assert!(failing(&exporter.metrics()));
+    procfs.replace_with_file("net/tcp", &std::fs::read(fixtures.join("tcp")).unwrap());
+    let before = exporter.metrics().value(errors);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let bad = exporter.metrics();
+    assert!(
+        failing(&bad),
+        "a directory in place of net/udp was accepted"
+    );
+    assert!(bad.value(errors) > before, "the error counter did not rise");
+    assert_eq!(bad.value("portstat_sample_timestamp_seconds"), stamp);
 
     // One warning for the whole failing stretch, not one per sample.
     let warnings = exporter.log().matches("sampling failed").count();
@@ -147,4 +165,139 @@ fn faults_keep_the_last_good_figures_and_recover() {
     let log = exporter.log();
     assert_eq!(log.matches("sampling failed").count(), 2, "{log}");
     assert!(log.contains("ip_local_port_range"), "{log}");
+}
+
+/// Starts the exporter on `procfs`, sampling every 50 ms with the procfs
+/// source, and waits for its first good sample.
+fn start_on<'a>(netns: &'a Netns, procfs: &FakeProcfs) -> support::Exporter<'a> {
+    let exporter = netns.start_exporter(&[
+        "--collector.source",
+        "procfs",
+        "--path.procfs",
+        procfs.root.to_str().unwrap(),
+        "--collector.interval",
+        "50ms",
+    ]);
+    assert!(succeeding(&exporter.metrics_until(succeeding)));
+    exporter
+}
+
+/// Puts `fault` in place, checks that samples fail (and keep failing, so
+/// that the sampler is not stuck) with a warning containing `message`,
+/// then restores the fixtures and waits for recovery.
+fn assert_refused(
+    exporter: &support::Exporter,
+    procfs: &FakeProcfs,
+    fault: impl FnOnce(),
+    message: &str,
+) {
+    let errors = r#"portstat_sample_errors_total{stage="source"}"#;
+    let warnings = exporter.log().matches("sampling failed").count();
+    fault();
+    let bad = exporter.metrics_until(failing);
+    assert!(failing(&bad), "the fault was accepted: {message}");
+    let first = bad.value(errors);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let later = exporter.metrics();
+    assert!(
+        later.value(errors) > first,
+        "the sampler stopped: {message}"
+    );
+    assert_last_good_figures(&later);
+    let log = exporter.log();
+    assert_eq!(
+        log.matches("sampling failed").count(),
+        warnings + 1,
+        "{log}"
+    );
+    let warning = log
+        .lines()
+        .rev()
+        .find(|line| line.contains("sampling failed"))
+        .unwrap();
+    assert!(warning.contains(message), "{message:?} not in {warning}");
+    assert!(!warning.contains("bug"), "{warning}");
+    procfs.restore(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/netns"));
+    assert!(
+        succeeding(&exporter.metrics_until(succeeding)),
+        "did not recover"
+    );
+}
+
+/// A `--path.procfs` whose files are not what the kernel writes: a device
+/// that never ends, a FIFO that never answers, a line with no end, a line
+/// that is not a socket. Each is refused at once, naming the file and the
+/// line, in memory that does not grow.
+#[test]
+fn crafted_files_are_refused_without_hanging_or_growing() {
+    let netns = Netns::new((40000, 40099), "");
+    let procfs = FakeProcfs::new();
+    let exporter = start_on(&netns, &procfs);
+    let replace_with = |relative: &str, make: &dyn Fn(&Path)| {
+        let path = procfs.path(relative);
+        std::fs::remove_file(&path).unwrap();
+        make(&path);
+    };
+
+    assert_refused(
+        &exporter,
+        &procfs,
+        || {
+            replace_with("net/tcp", &|path| {
+                std::os::unix::fs::symlink("/dev/zero", path).unwrap()
+            })
+        },
+        "net/tcp: not a regular file",
+    );
+    assert_refused(
+        &exporter,
+        &procfs,
+        || {
+            replace_with("sys/net/ipv4/ip_local_port_range", &|path| {
+                let path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+                // SAFETY: `path` is NUL-terminated and outlives the call.
+                assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+            })
+        },
+        "ip_local_port_range: not a regular file",
+    );
+    let header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+    assert_refused(
+        &exporter,
+        &procfs,
+        || {
+            procfs.replace_with_file(
+                "net/tcp",
+                (header.to_string() + &"0".repeat(64 << 20)).as_bytes(),
+            )
+        },
+        "line 2 is malformed: longer than 4096 bytes",
+    );
+    let fixture = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/netns/tcp"),
+    )
+    .unwrap();
+    let mut lines: Vec<&str> = fixture.lines().collect();
+    lines[2] = "   1: this is not a socket";
+    assert_refused(
+        &exporter,
+        &procfs,
+        || procfs.replace_with_file("net/tcp", (lines.join("\n") + "\n").as_bytes()),
+        "line 3 is malformed: not a socket entry",
+    );
+
+    let peak = std::fs::read_to_string(format!("/proc/{}/status", exporter.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap();
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
 }

@@ -33,6 +33,10 @@ impl Table {
 /// few enough that a table of a million sockets is never held whole.
 const LINES_PER_CHUNK: usize = 1024;
 
+/// The longest line accepted. The kernel's lines are under 180 bytes; a
+/// longer one is not a socket table, and is not read whole.
+const MAX_LINE: usize = 4096;
+
 /// Reads the socket tables below one procfs root.
 pub struct ProcfsSockets {
     tables: [(Table, PathBuf, bool); 4],
@@ -66,7 +70,7 @@ impl ProcfsSockets {
             if table.protocol() != protocol {
                 continue;
             }
-            let file = match File::open(path) {
+            let file = match super::open_kernel_file(path) {
                 Ok(file) => file,
                 Err(error) if *may_be_absent && error.kind() == io::ErrorKind::NotFound => continue,
                 Err(source) => {
@@ -112,11 +116,11 @@ fn read_table(
 ) -> Result<(), TableError> {
     let mut reader = BufReader::with_capacity(64 * 1024, file);
     chunk.clear();
-    let header_length = reader.read_line(chunk).map_err(TableError::Read)?;
+    let header_length = read_line(&mut reader, chunk, 1)?;
     let mut first_line = 2;
     let mut lines = 0;
     loop {
-        let length = reader.read_line(chunk).map_err(TableError::Read)?;
+        let length = read_line(&mut reader, chunk, first_line + lines)?;
         if length > 0 {
             lines += 1;
             if lines < LINES_PER_CHUNK {
@@ -126,12 +130,17 @@ fn read_table(
         // The chunk is full, or the file ended. A file with no line past the
         // header is still parsed once, so that a missing header is caught.
         if lines > 0 || first_line == 2 {
-            parse_table(table, chunk, sockets).map_err(|reason| {
-                TableError::Malformed(format!(
-                    "lines {first_line}-{}: {reason}",
-                    first_line + lines.max(1) - 1
-                ))
-            })?;
+            let before = sockets.len();
+            if let Err(reason) = parse_table(table, chunk, sockets) {
+                sockets.truncate(before);
+                return Err(TableError::Malformed(bad_line(
+                    table,
+                    chunk,
+                    header_length,
+                    first_line,
+                    reason,
+                )));
+            }
             chunk.truncate(header_length);
             first_line += lines;
             lines = 0;
@@ -140,6 +149,72 @@ fn read_table(
             return Ok(());
         }
     }
+}
+
+/// Names the first line of a chunk that does not parse, numbered from
+/// `first_line`, and says what is wrong with it: the parser's own message
+/// reads as a bug of its own and covers the whole chunk.
+fn bad_line(
+    table: Table,
+    chunk: &str,
+    header_length: usize,
+    first_line: usize,
+    chunk_reason: String,
+) -> String {
+    let header = &chunk[..header_length];
+    if parse_table(table, header, &mut Vec::new()).is_err() {
+        return format!("line 1 is malformed: {chunk_reason}");
+    }
+    for (offset, line) in chunk[header_length..].lines().enumerate() {
+        let alone = format!("{header}{line}\n");
+        if let Err(reason) = parse_table(table, &alone, &mut Vec::new()) {
+            let reason = if reason.contains("bug") {
+                "not a socket entry".to_string()
+            } else {
+                reason
+            };
+            let mut excerpt: String = line
+                .chars()
+                .take(60)
+                .collect::<String>()
+                .escape_debug()
+                .to_string();
+            if line.chars().count() > 60 {
+                excerpt.push_str("...");
+            }
+            return format!(
+                "line {} is malformed: {reason}: \"{excerpt}\"",
+                first_line + offset
+            );
+        }
+    }
+    format!("lines from {first_line} are malformed: {chunk_reason}")
+}
+
+/// Appends one line to `chunk`, at most `MAX_LINE` bytes of it: a longer
+/// line is an error naming it, read no further.
+fn read_line(
+    reader: &mut BufReader<File>,
+    chunk: &mut String,
+    number: usize,
+) -> Result<usize, TableError> {
+    use std::io::Read;
+    let length = reader
+        .by_ref()
+        .take(MAX_LINE as u64 + 1)
+        .read_line(chunk)
+        .map_err(|error| match error.kind() {
+            io::ErrorKind::InvalidData => {
+                TableError::Malformed(format!("line {number} is malformed: not UTF-8 text"))
+            }
+            _ => TableError::Read(error),
+        })?;
+    if length > MAX_LINE {
+        return Err(TableError::Malformed(format!(
+            "line {number} is malformed: longer than {MAX_LINE} bytes"
+        )));
+    }
+    Ok(length)
 }
 
 /// Parses the text of one table and appends its sockets.
@@ -346,10 +421,30 @@ mod tests {
             &mut Vec::new(),
         ) {
             Err(TableError::Malformed(reason)) => {
-                assert!(reason.starts_with("lines 1026-2049:"), "{reason}")
+                assert!(
+                    reason.starts_with("line 1502 is malformed: not a socket entry: \"   0: "),
+                    "{reason}"
+                );
+                assert!(!reason.contains("bug"), "{reason}");
             }
             _ => panic!("a broken line was accepted"),
         }
+
+        // A line longer than any the kernel writes is refused, unread.
+        let long = format!("{}{}\n", text.lines().next().unwrap(), "\n") + &"1".repeat(1 << 20);
+        match read_table(
+            Table::Tcp,
+            table_file("long", &long),
+            &mut chunk,
+            &mut Vec::new(),
+        ) {
+            Err(TableError::Malformed(reason)) => assert_eq!(
+                reason,
+                format!("line 3 is malformed: longer than {MAX_LINE} bytes")
+            ),
+            _ => panic!("a 1 MiB line was accepted"),
+        }
+        assert!(chunk.len() <= 2 * MAX_LINE, "read {} bytes", chunk.len());
 
         // A header alone is an empty table; nothing at all is not a table.
         let mut sockets = Vec::new();

@@ -43,7 +43,7 @@ const TIMESTAMPS_PATH: &str = "sys/net/ipv4/tcp_timestamps";
 pub fn read_time_wait_reuse(procfs: &Path) -> Result<TimeWaitReuse, SourceError> {
     let number = |relative: &str, default: u32| -> Result<u32, SourceError> {
         let path = procfs.join(relative);
-        match std::fs::read_to_string(&path) {
+        match super::read_small_file(&path) {
             Ok(text) => {
                 parse_number(&text).map_err(|reason| SourceError::Malformed { path, reason })
             }
