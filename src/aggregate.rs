@@ -12,10 +12,7 @@ use crate::model::{
     SocketRecord, SocketState, SourceKind, TcpState, TimeWaitReuse, UdpState,
 };
 
-/// The process label of a socket whose owner could not be resolved.
-pub const UNKNOWN_PROCESS: &str = "unknown";
-/// The process label of sockets that no process holds (TIME_WAIT, orphans).
-pub const NO_PROCESS: &str = "none";
+pub use crate::model::{NO_PROCESS, UNKNOWN_PROCESS};
 
 /// Bounds on the families whose size follows the host, not the exporter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -251,23 +251,52 @@ pub fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("cannot resolve host {host:?}"))
 }
 
-/// Parses a telemetry path: it must start with `/`.
+/// The paths the server answers itself, which the telemetry path may not
+/// take over.
+const BUILT_IN_PATHS: [&str; 3] = ["/", "/-/healthy", "/-/ready"];
+
+/// Parses a telemetry path: it must start with `/`, be a path a request can
+/// ask for (no query, fragment, space or other character a URL path cannot
+/// hold as it is), and not be one of the built-in endpoints.
 fn parse_telemetry_path(text: &str) -> Result<String, String> {
-    if text.starts_with('/') {
-        Ok(text.to_string())
-    } else {
-        Err("expected a path starting with /, such as /metrics".to_string())
+    if !text.starts_with('/') {
+        return Err("expected a path starting with /, such as /metrics".to_string());
     }
+    // RFC 3986 path characters: unreserved, sub-delims, ':', '@', '/', and
+    // '%' for an escape.
+    if let Some(bad) = text
+        .chars()
+        .find(|&c| !(c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/%".contains(c)))
+    {
+        return Err(format!(
+            "{:?} cannot appear in a request's path as it is, so no scrape would match",
+            bad
+        ));
+    }
+    if BUILT_IN_PATHS.contains(&text) {
+        return Err(format!("{text} is the exporter's own endpoint"));
+    }
+    Ok(text.to_string())
 }
 
 /// Parses a positive duration in Prometheus's style: a number and a unit out of
 /// `ms`, `s`, `m`, `h`, such as `500ms`, `5s` or `1m30s`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     const FORM: &str = "expected a duration such as 500ms, 5s or 1m30s";
+    const ZERO: &str = "the duration must be above zero";
     let mut total = Duration::ZERO;
     let mut rest = text;
     if rest.is_empty() {
         return Err(FORM.to_string());
+    }
+    // A bare number has no unit; a bare zero is zero in every unit, and is
+    // refused as 0s is.
+    if rest.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(if rest.bytes().all(|byte| byte == b'0') {
+            ZERO.to_string()
+        } else {
+            format!("{FORM}: a number needs a unit")
+        });
     }
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
@@ -294,7 +323,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         rest = &rest[digits + unit_length..];
     }
     if total.is_zero() {
-        return Err("the duration must be above zero".to_string());
+        return Err(ZERO.to_string());
     }
     Ok(total)
 }

@@ -46,7 +46,7 @@ fn main() -> ExitCode {
         Some(path) => match WebConfig::load(path) {
             Ok(web) => web,
             Err(error) => {
-                eprintln!("portstat_exporter: {error}");
+                eprintln!("portstat_exporter: --web.config.file {error}");
                 return ExitCode::from(1);
             }
         },
@@ -127,8 +127,11 @@ fn main() -> ExitCode {
             Some(path) => tokio::spawn(serve::reload_web_config(path, web, hangup)),
             None => tokio::spawn(serve::log_hangups(hangup)),
         };
-        for address in &cli.listen_addresses {
-            tracing::info!(address = %address, path = %cli.telemetry_path, "listening");
+        // The addresses bound, with the port the kernel picked for `:0`.
+        for listener in &tokio_listeners {
+            if let Ok(address) = listener.local_addr() {
+                tracing::info!(address = %address, path = %cli.telemetry_path, "listening");
+            }
         }
         serve::serve(tokio_listeners, config, receiver, shutdown_signal()).await;
         tracing::info!("shut down");

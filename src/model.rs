@@ -387,6 +387,23 @@ pub struct SocketOwners {
     pub comm_by_pid: HashMap<u32, String>,
 }
 
+/// The process label of a socket whose owner could not be resolved.
+pub const UNKNOWN_PROCESS: &str = "unknown";
+/// The process label of sockets that no process holds (TIME_WAIT, orphans).
+pub const NO_PROCESS: &str = "none";
+
+/// The name a process goes by in labels: its `comm`, unless that is one of
+/// the built-in values, which then gains ` (a process)`. The kernel cuts a
+/// `comm` at 15 bytes, so a name of 16 or more without U+FFFD (which only
+/// the conversion of bytes that are not UTF-8 adds) cannot be a real one.
+pub fn process_label(comm: String) -> String {
+    if comm == UNKNOWN_PROCESS || comm == NO_PROCESS {
+        comm + " (a process)"
+    } else {
+        comm
+    }
+}
+
 impl SocketOwners {
     /// The `comm` of the process that owns the socket, if known.
     pub fn process_name(&self, inode: u64) -> Option<&str> {

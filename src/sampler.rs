@@ -56,6 +56,9 @@ pub struct Sampler {
     last_good: Vec<Snapshot>,
     status: SampleStatus,
     last_exposition: Exposition,
+    /// Whether a server serves what it renders (`run`), or the figures are
+    /// printed once (`--once`).
+    serving: bool,
 }
 
 impl Sampler {
@@ -73,6 +76,7 @@ impl Sampler {
             limits,
             namespaces,
             last_good: Vec::new(),
+            serving: false,
             status: SampleStatus::default(),
             last_exposition: Exposition::default(),
         }
@@ -107,7 +111,10 @@ impl Sampler {
             }
             Err(error) => {
                 self.status.errors[stage_index(Stage::Source)] += 1;
-                if !was_failing {
+                if !self.serving {
+                    // --once: nothing is served, and the exit status says it.
+                    tracing::error!(err = %error, "sampling failed");
+                } else if !was_failing {
                     tracing::warn!(err = %error, "sampling failed; serving the last good figures");
                 } else {
                     tracing::debug!(err = %error, "sampling still failing");
@@ -230,6 +237,7 @@ impl Sampler {
     /// exposition through `sender`. Returns when every receiver is gone.
     pub fn run(mut self, interval: Duration, sender: watch::Sender<Arc<Exposition>>) {
         lower_thread_priority();
+        self.serving = true;
         let mut next = Instant::now();
         loop {
             let exposition = self.sample();

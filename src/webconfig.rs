@@ -26,14 +26,30 @@ use serde::Deserialize;
 
 /// A web configuration that could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}: {field}: {reason}")]
 pub struct WebConfigError {
     /// The configuration file.
     pub file: PathBuf,
-    /// The field at fault, as a dotted path, or `(file)`.
+    /// The field at fault, as a dotted path; empty when the fault is the
+    /// file's (it cannot be read, or is not YAML).
     pub field: String,
     /// What is wrong.
     pub reason: String,
+}
+
+impl std::fmt::Display for WebConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.reason)
+        } else {
+            write!(
+                f,
+                "{}: {}: {}",
+                self.file.display(),
+                self.field,
+                self.reason
+            )
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,7 +123,8 @@ impl WebConfig {
             field: field.to_string(),
             reason,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| error("(file)", e.to_string()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| error("", format!("cannot read it: {e}")))?;
         let folder = path.parent().unwrap_or(Path::new("."));
         parse(&text, folder).map_err(|(field, reason)| error(&field, reason))
     }
@@ -167,7 +184,7 @@ pub fn parse(text: &str, folder: &Path) -> Result<WebConfig, (String, String)> {
             basic_auth_users: None,
         }
     } else {
-        serde_yaml::from_str(text).map_err(|e| ("(file)".to_string(), e.to_string()))?
+        serde_yaml::from_str(text).map_err(|e| (String::new(), e.to_string()))?
     };
     let mut users = HashMap::new();
     for (user, hash) in file.basic_auth_users.unwrap_or_default() {

@@ -76,6 +76,94 @@ fn once_exits_1_when_the_kernel_cannot_be_read() {
         stderr.contains("/nonexistent/sys/net/ipv4/ip_local_port_range"),
         "{stderr}"
     );
+    // Nothing is served by --once: the message must not say otherwise.
+    assert!(stderr.contains("sampling failed"), "{stderr}");
+    assert!(!stderr.contains("serving"), "{stderr}");
+}
+
+/// A zero interval is refused with one message however it is written, and
+/// a telemetry path no request could ask for, or one that takes over a
+/// built-in endpoint, is refused naming the flag.
+#[test]
+fn values_that_cannot_work_are_refused_alike() {
+    let refuse = |flag: &str, value: &str| -> String {
+        let output = Command::new(EXPORTER)
+            .arg(format!("{flag}={value}"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(2), "{flag}={value}: {stderr}");
+        assert!(stderr.contains(flag), "{flag}={value}: {stderr}");
+        stderr
+    };
+    let zero = refuse("--collector.interval", "0s");
+    assert!(zero.contains("above zero"), "{zero}");
+    for value in ["0", "000", "0ms", "0m0s"] {
+        let stderr = refuse("--collector.interval", value);
+        assert!(stderr.contains("above zero"), "{value}: {stderr}");
+    }
+    let bare = refuse("--collector.interval", "5");
+    assert!(bare.contains("needs a unit"), "{bare}");
+    for (path, why) in [
+        ("/metrics?x", "'?'"),
+        ("/a b", "' '"),
+        ("/metrics#top", "'#'"),
+        ("/-/healthy", "own endpoint"),
+        ("/-/ready", "own endpoint"),
+        ("/", "own endpoint"),
+    ] {
+        let stderr = refuse("--web.telemetry-path", path);
+        assert!(stderr.contains(why), "{path}: {stderr}");
+    }
+}
+
+/// `:0` asks the kernel for a port: the log names the one it gave.
+#[test]
+fn the_log_names_the_port_bound_for_port_0() {
+    let netns = Netns::new((40000, 40099), "");
+    let mut exporter = netns.spawn_exporter(&["--web.listen-address", "127.0.0.1:0"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !exporter.log().contains("msg=listening") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = exporter.log();
+    let address = log
+        .lines()
+        .find(|line| line.contains("msg=listening"))
+        .and_then(|line| line.split("address=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no listening line: {log}"));
+    let port: u16 = address.rsplit(':').next().unwrap().parse().unwrap();
+    assert_ne!(port, 0, "{log}");
+    assert!(address.starts_with("127.0.0.1:"), "{log}");
+    // The port logged is the one that answers.
+    let response = exporter
+        .get_at(address.parse().unwrap(), "/-/healthy")
+        .unwrap();
+    assert_eq!(response.status, 200);
+    exporter.terminate(Duration::from_secs(5));
+}
+
+/// A missing web configuration names the flag and the file, and says what
+/// is wrong with the file, not with a field.
+#[test]
+fn a_missing_web_config_names_the_flag() {
+    let output = Command::new(EXPORTER)
+        .args([
+            "--web.listen-address",
+            "127.0.0.1:0",
+            "--web.config.file",
+            "/nonexistent/web.yml",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--web.config.file /nonexistent/web.yml: cannot read it:"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("(file)"), "{stderr}");
 }
 
 #[test]

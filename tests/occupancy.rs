@@ -455,3 +455,28 @@ fn link_local_listeners_keep_their_interface() {
         assert_eq!(metrics.value(&series("lla1")), 1.0, "{source}");
     }
 }
+
+/// Processes really named `unknown` or `none` cannot pass for the built-in
+/// values of the `process` label: their names gain ` (a process)`, which no
+/// `comm` (15 bytes at most) can be.
+#[test]
+fn processes_named_like_the_built_in_labels_stay_apart() {
+    let netns = Netns::new((40000, 40099), "");
+    let _unknown = support::NamedListener::start(&netns, b"unknown", 7003);
+    let _none = support::NamedListener::start(&netns, b"none", 7004);
+    let series = |port: u16, process: &str| {
+        format!(
+            "portstat_listener_sockets{{protocol=\"tcp\",address=\"127.0.0.1\",\
+             port=\"{port}\",process=\"{process}\"}}"
+        )
+    };
+    let metrics = netns.once_until(&[], |metrics| {
+        metrics.get(&series(7004, "none (a process)")).is_some()
+    });
+    assert_eq!(metrics.value(&series(7003, "unknown (a process)")), 1.0);
+    assert_eq!(metrics.value(&series(7004, "none (a process)")), 1.0);
+    assert_eq!(metrics.get(&series(7003, "unknown")), None);
+    // With attribution off, the built-in value is what says "not known".
+    let off = netns.once_until(&["--collector.processes=false"], |_| true);
+    assert_eq!(off.value(&series(7003, "unknown")), 1.0);
+}

@@ -156,12 +156,11 @@ fn tls_and_basic_auth_with_a_reload() {
     let config = folder.write("web.yml", &config_text(&hash));
     let netns = Netns::new((40000, 40099), "");
     let exporter = netns.spawn_exporter(&["--web.config.file", config.to_str().unwrap()]);
-    wait_until("the TLS port", || {
-        status(&curl(
-            &netns,
-            &folder,
-            &["-u", "prometheus:first secret", URL],
-        )) == Some(200)
+    // Up, and past its first sample: before it the exposition is empty.
+    wait_until("the TLS port and the first sample", || {
+        let output = curl(&netns, &folder, &["-u", "prometheus:first secret", URL]);
+        status(&output) == Some(200)
+            && String::from_utf8_lossy(&output.stdout).contains("portstat_ephemeral_ports_capacity")
     });
 
     assert_eq!(
@@ -289,6 +288,7 @@ fn client_certificates_are_required_when_configured() {
 #[test]
 fn a_bad_configuration_at_start_exits_1_naming_the_field() {
     let folder = Folder::new("bad");
+    certificates(&folder);
     for (text, field) in [
         (
             "tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n",
@@ -302,9 +302,15 @@ fn a_bad_configuration_at_start_exits_1_naming_the_field() {
             "basic_auth_user:\n  alice: x\n",
             "unknown field `basic_auth_user`",
         ),
+        // With a certificate and key that load, so that the version itself
+        // is what is refused.
         (
-            "tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: SSL3\n",
-            "tls_server_config",
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  min_version: SSL3\n",
+            "tls_server_config.min_version: \"SSL3\": expected TLS12 or TLS13",
+        ),
+        (
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  min_version: TLS13\n  max_version: TLS12\n",
+            "tls_server_config.max_version: below min_version",
         ),
     ] {
         let config = folder.write("web.yml", text);

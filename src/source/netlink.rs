@@ -784,16 +784,33 @@ mod tests {
         let mut request = Vec::new();
         build_request(&dump, 7, &mut request);
         assert_eq!(request.len(), 16 + 56 + 4 + 16);
+        // The values the kernel's headers give, written out rather than
+        // taken from the constants the request was built with.
         assert_eq!(read_u32(&request, 0) as usize, request.len());
-        assert_eq!(read_u16(&request, 4), SOCK_DIAG_BY_FAMILY);
-        assert_eq!(read_u16(&request, 6), 0x301);
+        assert_eq!(
+            read_u16(&request, 4),
+            20,
+            "SOCK_DIAG_BY_FAMILY, linux/sock_diag.h"
+        );
+        assert_eq!(read_u16(&request, 6), 0x301, "NLM_F_REQUEST | NLM_F_DUMP");
         assert_eq!(read_u32(&request, 8), 7);
         assert_eq!(request[16], libc::AF_INET6 as u8);
         assert_eq!(request[17], libc::IPPROTO_TCP as u8);
         assert_eq!(request[18], 0, "no extensions");
-        assert_eq!(read_u32(&request, 20), state_mask::CONNECTIONS);
+        // Every TCP state of include/net/tcp_states.h but CLOSE (7), LISTEN
+        // (10) and BOUND_INACTIVE (13): ESTABLISHED (1) to LAST_ACK (9),
+        // CLOSING (11), NEW_SYN_RECV (12).
+        let connection_states = [1, 2, 3, 4, 5, 6, 8, 9, 11, 12];
+        let expected = connection_states
+            .iter()
+            .fold(0u32, |mask, state| mask | 1 << state);
+        assert_eq!(read_u32(&request, 20), expected);
         assert_eq!(read_u16(&request, 72), 20, "attribute length");
-        assert_eq!(read_u16(&request, 74), INET_DIAG_REQ_BYTECODE);
+        assert_eq!(
+            read_u16(&request, 74),
+            1,
+            "INET_DIAG_REQ_BYTECODE, linux/inet_diag.h"
+        );
         // The listener dump has no filter.
         let listeners = Dump {
             states: state_mask::LISTEN,

@@ -111,9 +111,11 @@ impl OwnerResolver {
                 // The kernel cuts `comm` at 15 bytes, often inside a
                 // multibyte character: keep what is there.
                 entry.comm = std::fs::read(&self.path).ok().map(|comm| {
-                    String::from_utf8_lossy(&comm)
-                        .trim_end_matches('\n')
-                        .to_string()
+                    crate::model::process_label(
+                        String::from_utf8_lossy(&comm)
+                            .trim_end_matches('\n')
+                            .to_string(),
+                    )
                 });
             }
             if let Some(comm) = &entry.comm {
