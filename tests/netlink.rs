@@ -305,6 +305,9 @@ fn auto_falls_back_to_procfs_once_where_netlink_is_refused() {
     let mut command = netns.command(support::EXPORTER);
     command.args(["--once", "--log.level", "warn"]);
     refuse_netlink(&mut command);
+    // BPF refused too: it reads TCP without netlink (tests/bpf.rs), and
+    // would keep TCP off procfs.
+    support::refuse_syscall(&mut command, libc::SYS_bpf, None, libc::EPERM);
     let output = command.output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
