@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::aggregate::{ExclusiveReason, NO_PROCESS, Snapshot, UNKNOWN_PROCESS};
+use crate::aggregate::{ExclusiveReason, NO_PROCESS, ProcessUsage, Snapshot, UNKNOWN_PROCESS};
 use crate::log::push_json_string;
 use crate::model::NamespaceSample;
 
@@ -83,6 +83,18 @@ fn printable(text: &str) -> String {
         }
     }
     out
+}
+
+/// One row per process: its name and the ports it holds.
+fn process_rows(out: &mut String, processes: &[ProcessUsage]) {
+    for usage in processes {
+        let _ = writeln!(
+            out,
+            "  {:<56}{:>6}",
+            fit(&usage.process, 56),
+            usage.ports_used
+        );
+    }
 }
 
 /// The report as text, at most 80 columns wide.
@@ -180,28 +192,14 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
     if snapshot.processes.is_empty() {
         let _ = writeln!(out, "  none");
     }
-    for usage in &snapshot.processes {
-        let _ = writeln!(
-            out,
-            "  {:<56}{:>6}",
-            fit(&usage.process, 56),
-            usage.ports_used
-        );
-    }
+    process_rows(&mut out, &snapshot.processes);
     if !snapshot.bind_before_connect_processes.is_empty() {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
             "Ports bound before connect(), exclusive (IP_BIND_ADDRESS_NO_PORT frees them)"
         );
-        for usage in &snapshot.bind_before_connect_processes {
-            let _ = writeln!(
-                out,
-                "  {:<56}{:>6}",
-                fit(&usage.process, 56),
-                usage.ports_used
-            );
-        }
+        process_rows(&mut out, &snapshot.bind_before_connect_processes);
     }
     let _ = writeln!(out);
     let _ = writeln!(

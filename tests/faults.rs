@@ -92,14 +92,7 @@ fn faults_keep_the_last_good_figures_and_recover() {
     let netns = Netns::new((40000, 40099), "");
     let procfs = FakeProcfs::new();
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/netns");
-    let exporter = netns.start_exporter(&[
-        "--collector.source",
-        "procfs",
-        "--path.procfs",
-        procfs.root.to_str().unwrap(),
-        "--collector.interval",
-        "50ms",
-    ]);
+    let exporter = start_on(&netns, &procfs);
     let good = exporter.metrics_until(succeeding);
     assert_last_good_figures(&good);
     let errors = r#"portstat_sample_errors_total{stage="source"}"#;
