@@ -741,6 +741,8 @@ mod tests {
             time_wait_reuse: TimeWaitReuse::default(),
             sources: [SourceKind::Procfs; 2],
             interfaces: Default::default(),
+            skipped: [false; 2],
+            shares_host_tcp_table: None,
         }
     }
 
@@ -1089,6 +1091,8 @@ mod tests {
             owners: SocketOwners::default(),
             sources: [SourceKind::Procfs; 2],
             interfaces: Default::default(),
+            skipped: [false; 2],
+            shares_host_tcp_table: None,
         };
         let snapshot = aggregate(&sample, &Limits::default());
         assert_eq!(

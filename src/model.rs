@@ -443,4 +443,11 @@ pub struct NamespaceSample {
     /// The names of the interfaces link-local listeners are bound to, by
     /// index, as the namespace named them when it was read.
     pub interfaces: BTreeMap<u32, String>,
+    /// For TCP, then UDP, whether the dump was skipped because the
+    /// namespace's socket counts showed nothing to find.
+    pub skipped: [bool; 2],
+    /// Whether the namespace shares the host's TCP hash table, so that a
+    /// dump of it walks every sharing namespace's sockets; `None` where the
+    /// kernel does not say (before Linux 6.1).
+    pub shares_host_tcp_table: Option<bool>,
 }

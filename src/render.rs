@@ -591,6 +591,8 @@ mod tests {
             // over procfs.
             sources: [SourceKind::Bpf, SourceKind::Procfs],
             interfaces: Default::default(),
+            skipped: [false; 2],
+            shares_host_tcp_table: None,
         };
         for socket in &mut sample.sockets {
             if socket.state.protocol() == Protocol::Tcp {

@@ -118,7 +118,7 @@ fn the_bpf_source_reads_what_netlink_reads_and_more() {
 
 /// Bound-but-inactive sockets are in no table `iter/tcp` walks: the program
 /// finds them in the bind hash itself. With netlink refused, TCP still reads
-/// through BPF alone (UDP falls back to procfs), with the bound sockets.
+/// through BPF alone, with the bound sockets.
 #[test]
 fn the_program_finds_bound_sockets_without_netlink() {
     let (netns, _held) = populated();
@@ -135,11 +135,6 @@ fn the_program_finds_bound_sockets_without_netlink() {
     assert!(output.status.success(), "{stderr}");
     assert_eq!(
         bpf.value(r#"portstat_source_info{protocol="tcp",source="bpf"}"#),
-        1.0,
-        "{stderr}"
-    );
-    assert_eq!(
-        bpf.value(r#"portstat_source_info{protocol="udp",source="procfs"}"#),
         1.0,
         "{stderr}"
     );

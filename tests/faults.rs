@@ -47,12 +47,16 @@ impl FakeProcfs {
 
     fn replace_with_file(&self, relative: &str, content: &[u8]) {
         let path = self.root.join(relative);
-        // Whatever is there: a file, a directory, a symlink or a FIFO,
-        // which writing through would block on.
-        if std::fs::remove_file(&path).is_err() {
-            let _ = std::fs::remove_dir_all(&path);
+        // Written beside, then renamed over whatever is there (a file, a
+        // symlink, a FIFO, which writing through would block on), so that
+        // a sample sees the old or the new, never a part. A directory
+        // cannot be renamed over: it goes first.
+        let beside = path.with_extension("new");
+        std::fs::write(&beside, content).unwrap();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).unwrap();
         }
-        std::fs::write(path, content).unwrap();
+        std::fs::rename(&beside, &path).unwrap();
     }
 
     fn path(&self, relative: &str) -> PathBuf {
@@ -226,10 +230,13 @@ fn crafted_files_are_refused_without_hanging_or_growing() {
     let netns = Netns::new((40000, 40099), "");
     let procfs = FakeProcfs::new();
     let exporter = start_on(&netns, &procfs);
+    // Made beside the file, then renamed over it: a sample never sees it
+    // missing, which would be another fault.
     let replace_with = |relative: &str, make: &dyn Fn(&Path)| {
         let path = procfs.path(relative);
-        std::fs::remove_file(&path).unwrap();
-        make(&path);
+        let beside = path.with_extension("new");
+        make(&beside);
+        std::fs::rename(&beside, &path).unwrap();
     };
 
     assert_refused(

@@ -301,7 +301,13 @@ fn refuse_netlink(command: &mut std::process::Command) {
 #[test]
 fn auto_falls_back_to_procfs_once_where_netlink_is_refused() {
     let netns = Netns::new((40000, 40099), "");
-    let _listener = netns.run(|| TcpListener::bind("127.0.0.1:40050").unwrap());
+    // A socket of each protocol, so that neither dump is skipped as empty.
+    let _sockets = netns.run(|| {
+        (
+            TcpListener::bind("127.0.0.1:40050").unwrap(),
+            std::net::UdpSocket::bind("127.0.0.1:40060").unwrap(),
+        )
+    });
     let mut command = netns.command(support::EXPORTER);
     command.args(["--once", "--log.level", "warn"]);
     refuse_netlink(&mut command);

@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     };
     for protocol in [Protocol::Tcp, Protocol::Udp] {
         for both in [true, false] {
-            for dump in dumps_for(protocol, range, both) {
+            for dump in dumps_for(protocol, range, both, true) {
                 let mut sockets = Vec::new();
                 let mut interrupted = false;
                 // The sequence number of replies is the first bytes' guess.

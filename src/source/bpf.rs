@@ -52,6 +52,9 @@ const HAS_BUCKET: u8 = 1;
 /// `RECORD_HAS_ENTRY_STAMP`: `tw_entry_stamp` exists (Linux 6.13+).
 const HAS_ENTRY_STAMP: u8 = 2;
 
+/// `SETTING_WALK_BIND_HASH`: walk the bind hash for bound sockets.
+const SETTING_WALK_BIND_HASH: u32 = 1;
+
 /// `TRAILER_WALKED`: the walk of the bind hash reached its end.
 const TRAILER_WALKED: u8 = 1;
 
@@ -142,19 +145,25 @@ impl BpfSockets {
     /// Appends every TCP socket the exporter needs: listeners anywhere,
     /// every other socket whose local port is inside `range`, with bindings
     /// and TIME_WAIT detail; bound-but-inactive sockets come from `netlink`.
+    ///
+    /// `bound_inactive`: whether to look for sockets bound but neither
+    /// listening nor connected (see `census`).
     pub fn read_sockets(
         &mut self,
         range: PortRange,
+        bound_inactive: bool,
         netlink: &mut NetlinkSockets,
         sockets: &mut Vec<SocketRecord>,
     ) -> Result<(), BpfError> {
         let start = sockets.len();
-        let result = self.read_iterator(range, sockets).and_then(|walked| {
-            if !walked {
-                netlink.read_bound_inactive(range, sockets)?;
-            }
-            Ok(())
-        });
+        let result = self
+            .read_iterator(range, bound_inactive, sockets)
+            .and_then(|walked| {
+                if bound_inactive && !walked {
+                    netlink.read_bound_inactive(range, sockets)?;
+                }
+                Ok(())
+            });
         if result.is_err() {
             sockets.truncate(start);
         }
@@ -166,6 +175,7 @@ impl BpfSockets {
     fn read_iterator(
         &mut self,
         range: PortRange,
+        bound_inactive: bool,
         sockets: &mut Vec<SocketRecord>,
     ) -> Result<bool, BpfError> {
         if self.loaded.is_none() {
@@ -182,6 +192,17 @@ impl BpfSockets {
             Array::try_from(map).map_err(|error| unavailable("settings", error))?;
         settings
             .set(0, u32::from(range.start) | (u32::from(range.end) << 16), 0)
+            .and_then(|()| {
+                settings.set(
+                    1,
+                    if bound_inactive {
+                        SETTING_WALK_BIND_HASH
+                    } else {
+                        0
+                    },
+                    0,
+                )
+            })
             .map_err(|error| unavailable("settings", error))?;
         let program: &mut Iter = loaded
             .ebpf

@@ -3,6 +3,7 @@
 //! mean is decided in `aggregate`.
 
 pub mod bpf;
+pub mod census;
 pub mod namespaces;
 pub mod netlink;
 pub mod owners;
@@ -59,6 +60,8 @@ pub enum SourceChoice {
 /// Reads whole samples of the network namespace that the process is in.
 pub struct NamespaceReader {
     procfs_root: PathBuf,
+    /// The namespace's `net` folder below the procfs root.
+    net: PathBuf,
     choice: SourceChoice,
     attribution: bool,
     procfs: procfs::ProcfsSockets,
@@ -94,6 +97,7 @@ impl NamespaceReader {
         };
         NamespaceReader {
             procfs: procfs::ProcfsSockets::new(&tables),
+            net: tables,
             netlink: netlink::NetlinkSockets::new(),
             bpf: bpf::BpfSockets::new(None),
             owners: owners::OwnerResolver::new(&procfs_root),
@@ -118,9 +122,20 @@ impl NamespaceReader {
     pub fn read(&mut self) -> Result<NamespaceSample, SourceError> {
         let (range, reserved) = sysctl::read_port_settings(&self.procfs_root)?;
         let time_wait_reuse = sysctl::read_time_wait_reuse(&self.procfs_root)?;
+        // Where the counts show a protocol has nothing to find, its dump,
+        // a walk of a table all namespaces may share, is skipped.
+        let census = census::read(&self.net);
+        let mut skipped = [false; 2];
         let mut sockets = Vec::new();
         for (index, protocol) in Protocol::ALL.into_iter().enumerate() {
-            self.read_protocol(index, protocol, range, &mut sockets)?;
+            skipped[index] = census.is_some_and(|census| match protocol {
+                Protocol::Tcp => census.tcp_empty(),
+                Protocol::Udp => census.udp_empty(),
+            });
+            if !skipped[index] {
+                let bound_inactive = census.is_none_or(|census| census.may_hold_bound_inactive());
+                self.read_protocol(index, protocol, range, bound_inactive, &mut sockets)?;
+            }
         }
         let interfaces = interface_names(&sockets);
         Ok(NamespaceSample {
@@ -131,6 +146,8 @@ impl NamespaceReader {
             owners: SocketOwners::default(),
             sources: self.sources,
             interfaces,
+            skipped,
+            shares_host_tcp_table: sysctl::read_shares_host_tcp_table(&self.procfs_root),
         })
     }
 
@@ -163,6 +180,7 @@ impl NamespaceReader {
         index: usize,
         protocol: Protocol,
         range: PortRange,
+        bound_inactive: bool,
         sockets: &mut Vec<SocketRecord>,
     ) -> Result<(), SourceError> {
         loop {
@@ -172,11 +190,11 @@ impl NamespaceReader {
                 SourceKind::Procfs => return self.procfs.read_sockets(protocol, sockets),
                 SourceKind::Netlink => self
                     .netlink
-                    .read_sockets(protocol, range, sockets)
+                    .read_sockets(protocol, range, bound_inactive, sockets)
                     .map_err(SourceError::Netlink),
                 SourceKind::Bpf => self
                     .bpf
-                    .read_sockets(range, &mut self.netlink, sockets)
+                    .read_sockets(range, bound_inactive, &mut self.netlink, sockets)
                     .map_err(SourceError::Bpf),
             };
             let error = match result {

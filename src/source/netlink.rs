@@ -111,7 +111,15 @@ impl Dump {
 /// protocol: listeners anywhere, everything else inside the range. With
 /// `both_families`, TCP takes one `TCPDIAG_GETSOCK` dump of each kind
 /// instead of one per family.
-pub fn dumps_for(protocol: Protocol, range: PortRange, both_families: bool) -> Vec<Dump> {
+///
+/// `bound_inactive` adds TCP's bound-but-inactive sockets, which costs the
+/// kernel a walk of the bind table besides the connection table.
+pub fn dumps_for(
+    protocol: Protocol,
+    range: PortRange,
+    both_families: bool,
+    bound_inactive: bool,
+) -> Vec<Dump> {
     let families: &[Option<u8>] = if protocol == Protocol::Tcp && both_families {
         &[None]
     } else {
@@ -128,10 +136,12 @@ pub fn dumps_for(protocol: Protocol, range: PortRange, both_families: bool) -> V
         match protocol {
             Protocol::Tcp => {
                 dumps.push(dump(state_mask::LISTEN, None));
-                dumps.push(dump(
-                    state_mask::CONNECTIONS | state_mask::BOUND_INACTIVE,
-                    Some(range),
-                ));
+                let bound = if bound_inactive {
+                    state_mask::BOUND_INACTIVE
+                } else {
+                    0
+                };
+                dumps.push(dump(state_mask::CONNECTIONS | bound, Some(range)));
             }
             // Unconnected sockets outside the range are listeners, so they
             // come from everywhere. Connected ones outside it matter to no
@@ -519,15 +529,18 @@ impl NetlinkSockets {
 
     /// Appends the sockets of `protocol` the exporter needs: listeners
     /// anywhere, everything else whose source port is inside `range`.
+    /// `bound_inactive`: whether to look for TCP sockets bound but neither
+    /// listening nor connected (see `census`).
     pub fn read_sockets(
         &mut self,
         protocol: Protocol,
         range: PortRange,
+        bound_inactive: bool,
         sockets: &mut Vec<SocketRecord>,
     ) -> Result<(), NetlinkError> {
         let start = sockets.len();
         let both_families = protocol == Protocol::Tcp && self.tcp_both_families;
-        match self.run_dumps(protocol, range, both_families, sockets) {
+        match self.run_dumps(protocol, range, both_families, bound_inactive, sockets) {
             Err(NetlinkError::Refused { source, .. }) if both_families => {
                 tracing::info!(
                     err = %source,
@@ -535,7 +548,7 @@ impl NetlinkSockets {
                 );
                 self.tcp_both_families = false;
                 sockets.truncate(start);
-                self.run_dumps(protocol, range, false, sockets)
+                self.run_dumps(protocol, range, false, bound_inactive, sockets)
             }
             other => other,
         }
@@ -572,9 +585,10 @@ impl NetlinkSockets {
         protocol: Protocol,
         range: PortRange,
         both_families: bool,
+        bound_inactive: bool,
         sockets: &mut Vec<SocketRecord>,
     ) -> Result<(), NetlinkError> {
-        for dump in dumps_for(protocol, range, both_families) {
+        for dump in dumps_for(protocol, range, both_families, bound_inactive) {
             match self.dump_retrying(&dump, sockets) {
                 // A kernel without IPv6 has no inet6 diag handler: that is no
                 // IPv6 sockets, once the IPv4 dumps have worked.
@@ -833,14 +847,18 @@ mod tests {
 
     #[test]
     fn dump_plans() {
-        let tcp = dumps_for(Protocol::Tcp, RANGE, true);
+        let tcp = dumps_for(Protocol::Tcp, RANGE, true, true);
         assert_eq!(tcp.len(), 2);
+        assert!(tcp[1].asks_bound_inactive());
+        // Where the counts show no socket outside the tables, the bind
+        // table is not walked.
+        assert!(!dumps_for(Protocol::Tcp, RANGE, true, false)[1].asks_bound_inactive());
         assert!(tcp.iter().all(|dump| dump.family.is_none()));
         assert_eq!(tcp[0].source_ports, None, "listeners anywhere");
         assert_eq!(tcp[1].source_ports, Some(RANGE));
-        assert_eq!(dumps_for(Protocol::Tcp, RANGE, false).len(), 4);
+        assert_eq!(dumps_for(Protocol::Tcp, RANGE, false, true).len(), 4);
         // UDP has no two-family request.
-        let udp = dumps_for(Protocol::Udp, RANGE, true);
+        let udp = dumps_for(Protocol::Udp, RANGE, true, true);
         assert_eq!(udp.len(), 2);
         assert!(udp.iter().all(|dump| dump.family.is_some()));
     }
@@ -1173,7 +1191,7 @@ mod tests {
             let mut source = NetlinkSockets::new();
             let mut sockets = Vec::new();
             source
-                .run_dumps(Protocol::Tcp, range, both_families, &mut sockets)
+                .run_dumps(Protocol::Tcp, range, both_families, true, &mut sockets)
                 .unwrap();
             let mut ours: Vec<String> = sockets
                 .iter()

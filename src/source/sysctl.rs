@@ -31,6 +31,18 @@ pub fn read_port_settings(procfs: &Path) -> Result<(PortRange, ReservedPorts), S
     Ok((range, reserved))
 }
 
+/// The size of the namespace's TCP hash table: negative when it shares the
+/// host's (Linux 6.1+).
+const EHASH_ENTRIES_PATH: &str = "sys/net/ipv4/tcp_ehash_entries";
+
+/// Whether the namespace shares the host's TCP hash table, from
+/// `tcp_ehash_entries` below the procfs root `procfs`, which is negative
+/// inside a namespace that does; `None` where it cannot be read.
+pub fn read_shares_host_tcp_table(procfs: &Path) -> Option<bool> {
+    let text = super::read_small_file(&procfs.join(EHASH_ENTRIES_PATH)).ok()?;
+    text.trim().parse::<i64>().ok().map(|entries| entries < 0)
+}
+
 /// Where the TIME_WAIT reuse settings live below the procfs root.
 const TW_REUSE_PATH: &str = "sys/net/ipv4/tcp_tw_reuse";
 const TW_REUSE_DELAY_PATH: &str = "sys/net/ipv4/tcp_tw_reuse_delay";

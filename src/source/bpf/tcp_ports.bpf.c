@@ -196,10 +196,13 @@ struct record {
 };
 
 // Index 0: the ephemeral range, first port in the low 16 bits, last port in
-// the high 16 bits. Written by the loader before each pass.
+// the high 16 bits. Index 1: SETTING_* flags. Written by the loader before
+// each pass.
+#define SETTING_WALK_BIND_HASH 1
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u32);
 } settings SEC(".maps");
@@ -431,9 +434,14 @@ int dump_tcp(struct bpf_iter__tcp *ctx)
 	range = bpf_map_lookup_elem(&settings, &key);
 	if (!range)
 		return 0;
-	// The last call, after the last socket.
+	// The last call, after the last socket: the walk for bound sockets,
+	// when the loader asks for it.
 	if (!common) {
-		record.flags = walk_bind_hash(*range);
+		__u32 flags_key = 1;
+		__u32 *flags = bpf_map_lookup_elem(&settings, &flags_key);
+
+		if (flags && (*flags & SETTING_WALK_BIND_HASH))
+			record.flags = walk_bind_hash(*range);
 		bpf_seq_write(seq, &record, sizeof(record));
 		return 0;
 	}
