@@ -50,6 +50,8 @@ pub struct SampleStatus {
     pub errors: [u64; 2],
     /// With every namespace sampled, how that went in the latest sample.
     pub namespaces: Option<NamespaceCounts>,
+    /// The time between samples, when sampling runs on (not `--once`).
+    pub interval_seconds: Option<f64>,
 }
 
 /// How many network namespaces the latest sample covered.
@@ -61,6 +63,11 @@ pub struct NamespaceCounts {
     pub omitted: u64,
     /// Namespaces that could not be read.
     pub failed: u64,
+    /// Sampled namespaces that share the host's TCP hash table.
+    pub sharing_host_tcp_table: u64,
+    /// Sampled namespaces whose TCP, then UDP, dump was skipped because
+    /// their socket counts showed nothing to find.
+    pub skipped: [u64; 2],
 }
 
 /// Renders expositions and landing pages; owns the collectors of the
@@ -387,6 +394,15 @@ fn status_families(status: &SampleStatus, families: &mut Vec<MetricFamily>) {
     duration.gauge(&[], status.duration_seconds);
     families.extend(duration.done());
 
+    if let Some(seconds) = status.interval_seconds {
+        let mut interval = family(
+            "portstat_sample_interval_seconds",
+            "Time between samples (--collector.interval), in seconds: a sample that takes nearly as long cannot keep up.",
+        );
+        interval.gauge(&[], seconds);
+        families.extend(interval.done());
+    }
+
     if let Some(seconds) = status.last_success_seconds {
         let mut timestamp = family(
             "portstat_sample_timestamp_seconds",
@@ -427,6 +443,20 @@ fn status_families(status: &SampleStatus, families: &mut Vec<MetricFamily>) {
             builder.gauge(&[], value as f64);
             families.extend(builder.done());
         }
+        let mut sharing = family(
+            "portstat_netns_sharing_host_tcp_table",
+            "Sampled network namespaces that share the host's TCP hash table (net.ipv4.tcp_ehash_entries negative inside them): a dump of any of them walks the sockets of all. net.ipv4.tcp_child_ehash_entries gives namespaces created after it is set their own.",
+        );
+        sharing.gauge(&[], counts.sharing_host_tcp_table as f64);
+        families.extend(sharing.done());
+        let mut skipped = family(
+            "portstat_netns_dumps_skipped",
+            "Sampled network namespaces whose sockets of a protocol were not dumped in the last sample, because their socket counts (sockstat) showed none to find.",
+        );
+        for (protocol, count) in Protocol::ALL.iter().zip(counts.skipped) {
+            skipped.gauge(&[("protocol", protocol.label())], count as f64);
+        }
+        families.extend(skipped.done());
     }
 
     let mut build = family(
@@ -628,6 +658,7 @@ mod tests {
             last_success_seconds: Some(1_795_694_629.5),
             errors: [2, 0],
             namespaces: None,
+            interval_seconds: Some(5.0),
         }
     }
 
@@ -648,6 +679,7 @@ mod tests {
             last_success_seconds: None,
             errors: [1, 0],
             namespaces: None,
+            interval_seconds: None,
         };
         let text = Renderer::new(false, "/metrics")
             .render(&[], &status)

@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use crate::aggregate::{Limits, Snapshot, aggregate, sockets_needing_owners};
+use crate::model::NamespaceSample;
 use crate::render::{NamespaceCounts, Renderer, SampleStatus, Stage};
 use crate::source::{NamespaceReader, SourceError, namespaces};
 
@@ -59,7 +60,13 @@ pub struct Sampler {
     /// Whether a server serves what it renders (`run`), or the figures are
     /// printed once (`--once`).
     serving: bool,
+    /// Whether the cost of sharing the host's TCP table was logged.
+    sharing_logged: bool,
 }
+
+/// The share of the interval past which a sample slowed by namespaces that
+/// share the host's TCP table is logged.
+const SHARING_LOG_SHARE: f64 = 0.25;
 
 impl Sampler {
     /// A sampler that reads the `namespaces` with `reader`, computes within
@@ -77,6 +84,7 @@ impl Sampler {
             namespaces,
             last_good: Vec::new(),
             serving: false,
+            sharing_logged: false,
             status: SampleStatus::default(),
             last_exposition: Exposition::default(),
         }
@@ -123,6 +131,7 @@ impl Sampler {
             }
         }
         self.status.duration_seconds = started.elapsed().as_secs_f64();
+        self.say_what_sharing_costs();
         match self.renderer.render(&self.last_good, &self.status) {
             Ok(text) => {
                 let page = self.renderer.page(self.own_snapshot(), &self.status);
@@ -204,10 +213,18 @@ impl Sampler {
                 }
             }
         }
+        let count = |keep: &dyn Fn(&NamespaceSample) -> bool| {
+            samples.iter().filter(|(_, sample)| keep(sample)).count() as u64
+        };
         self.status.namespaces = Some(NamespaceCounts {
             sampled: samples.len() as u64,
             omitted: omitted as u64,
             failed,
+            sharing_host_tcp_table: count(&|sample| sample.shares_host_tcp_table == Some(true)),
+            skipped: [
+                count(&|sample| sample.skipped[0]),
+                count(&|sample| sample.skipped[1]),
+            ],
         });
         if samples.is_empty() {
             return Err(SourceError::Malformed {
@@ -233,11 +250,39 @@ impl Sampler {
             .collect())
     }
 
+    /// Logs once, with the figures, when namespaces that share the host's
+    /// TCP hash table make a sample take more than `SHARING_LOG_SHARE` of
+    /// the interval, and what to do about it.
+    fn say_what_sharing_costs(&mut self) {
+        let (Some(counts), Some(interval)) = (self.status.namespaces, self.status.interval_seconds)
+        else {
+            return;
+        };
+        let duration = self.status.duration_seconds;
+        if self.sharing_logged
+            || counts.sharing_host_tcp_table == 0
+            || duration <= SHARING_LOG_SHARE * interval
+        {
+            return;
+        }
+        self.sharing_logged = true;
+        tracing::warn!(
+            sharing = counts.sharing_host_tcp_table,
+            sampled = counts.sampled,
+            sample_ms = (duration * 1e3).round() as u64,
+            interval_ms = (interval * 1e3).round() as u64,
+            "namespaces share the host's TCP hash table, so a dump of any of them walks the sockets of all; \
+             set net.ipv4.tcp_child_ehash_entries (Linux 6.1+) on the node before the namespaces are created \
+             to give each its own"
+        );
+    }
+
     /// Samples every `interval` forever on the calling thread, publishing each
     /// exposition through `sender`. Returns when every receiver is gone.
     pub fn run(mut self, interval: Duration, sender: watch::Sender<Arc<Exposition>>) {
         lower_thread_priority();
         self.serving = true;
+        self.status.interval_seconds = Some(interval.as_secs_f64());
         let mut next = Instant::now();
         loop {
             let exposition = self.sample();

@@ -75,9 +75,17 @@ fn readme_metric_table_matches_the_exposition() {
     let text = full_exposition();
     // Every namespace sampled adds the namespace-count families.
     let all = full_exposition_with(&["--collector.netns", "all"]);
+    // A daemon adds its interval, which --once has not.
+    let netns = Netns::new((40000, 40099), "");
+    let served = netns
+        .start_exporter(&[])
+        .get("/metrics")
+        .unwrap()
+        .text();
     let rendered: BTreeSet<String> = text
         .lines()
         .chain(all.lines())
+        .chain(served.lines())
         .filter_map(|line| line.strip_prefix("# TYPE "))
         .filter_map(|line| line.split(' ').next())
         .filter(|name| name.starts_with("portstat_"))

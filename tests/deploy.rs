@@ -44,5 +44,9 @@ fn every_alert_has_a_runbook_in_the_readme() {
             anchors += 1;
         }
     }
-    assert_eq!(anchors, 8, "every rule carries a runbook_url");
+    assert_eq!(
+        anchors,
+        rules.matches("- alert:").count(),
+        "every rule carries a runbook_url"
+    );
 }

@@ -205,3 +205,99 @@ fn the_namespace_limit_counts_what_it_leaves_out() {
     assert_eq!(capacities.len(), 1);
     assert!(capacities.keys().next().unwrap().contains(&labels(&home)));
 }
+
+/// `--collector.source netlink --once` in a namespace, with netlink
+/// refused: it succeeds only if no dump was needed.
+fn needs_no_dump(netns: &Netns) -> bool {
+    let mut command = netns.command(support::EXPORTER);
+    command.args(["--once", "--collector.source", "netlink"]);
+    support::refuse_syscall(
+        &mut command,
+        libc::SYS_socket,
+        Some(libc::AF_NETLINK as u32),
+        libc::EAFNOSUPPORT,
+    );
+    command.output().unwrap().status.success()
+}
+
+/// `needs_no_dump`, tried for up to 5 s: the kernel frees a closed socket
+/// after an RCU grace period, so `ip`'s netlink sockets from setting the
+/// namespace up count as used for a moment after they are closed.
+fn settles_to_no_dump(netns: &Netns) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if needs_no_dump(netns) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// A namespace whose socket counts show nothing is not dumped, since a dump
+/// walks a table that namespaces share; one with any TCP or UDP socket in a
+/// table, in TIME_WAIT, or bound and idle (in no table) is.
+#[test]
+fn only_namespaces_with_sockets_are_dumped() {
+    let empty = Netns::new((40000, 40099), "");
+    assert!(settles_to_no_dump(&empty), "an empty namespace was dumped");
+
+    let bound = Netns::new((40000, 40099), "");
+    assert!(settles_to_no_dump(&bound));
+    let _bound = bound.run(|| support::bound_socket("0.0.0.0:0", false));
+    assert!(!needs_no_dump(&bound), "a bound socket was not looked for");
+
+    let udp = Netns::new((40000, 40099), "");
+    assert!(settles_to_no_dump(&udp));
+    let _udp = udp.run(|| std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+    assert!(!needs_no_dump(&udp), "a UDP socket was not looked for");
+
+    let time_wait = Netns::new((40000, 40099), "");
+    assert!(settles_to_no_dump(&time_wait));
+    time_wait.run(|| {
+        let server = std::net::TcpListener::bind("127.0.0.1:80").unwrap();
+        let client = TcpStream::connect("127.0.0.1:80").unwrap();
+        let (accepted, _) = server.accept().unwrap();
+        drop(client);
+        std::thread::sleep(Duration::from_millis(20));
+        drop(accepted);
+    });
+    assert!(!needs_no_dump(&time_wait), "TIME_WAIT was not looked for");
+
+    // And the empty namespace still gets its figures, all zero.
+    let metrics = empty.once_until(&[], |_| true);
+    assert_eq!(
+        metrics.value(r#"portstat_ephemeral_ports_used{protocol="tcp"}"#),
+        0.0
+    );
+    assert_eq!(metrics.value("portstat_ephemeral_ports_capacity"), 100.0);
+}
+
+/// With every namespace sampled, the namespaces sharing the host's TCP
+/// table are counted, and when the sample takes more than a quarter of the
+/// interval the log says once what sharing costs and what to do.
+#[test]
+fn sharing_the_host_table_is_counted_and_explained_once() {
+    let home = Netns::new((40000, 40099), "");
+    let _empty = Netns::new((40000, 40099), "");
+    // 5 ms: every sample takes more than a quarter of it.
+    let exporter =
+        home.start_exporter(&["--collector.netns", "all", "--collector.interval", "5ms"]);
+    let metrics = exporter.metrics_until(|metrics| {
+        metrics
+            .get("portstat_netns_sharing_host_tcp_table")
+            .is_some()
+    });
+    let sampled = metrics.value("portstat_netns_sampled");
+    let sharing = metrics.value("portstat_netns_sharing_host_tcp_table");
+    // Both test namespaces share it; the host's own is the table.
+    assert!(
+        sharing >= 2.0 && sharing < sampled,
+        "{sharing} of {sampled}"
+    );
+    assert!(metrics.value(r#"portstat_netns_dumps_skipped{protocol="udp"}"#) >= 2.0);
+    assert_eq!(metrics.value("portstat_sample_interval_seconds"), 0.005);
+    std::thread::sleep(Duration::from_secs(1));
+    let log = exporter.log();
+    assert_eq!(log.matches("tcp_child_ehash_entries").count(), 1, "{log}");
+}
