@@ -24,22 +24,19 @@ mod support;
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{sampler_cpu_seconds, vm_hwm_kib};
 use support::Netns;
 
-/// Connections one helper process holds open: two descriptors each.
-const CONNECTIONS_PER_HELPER: usize = 4000;
 /// One connection in this many is closed by its client, to sit in TIME_WAIT.
 const TIME_WAIT_EVERY: usize = 10;
 
 fn main() {
-    if let Ok(spec) = std::env::var("PORTSTAT_BENCH_HELPER") {
-        return helper(&spec);
+    if common::run_helper_if_asked() {
+        return;
     }
     let mut sizes = vec![10_000usize, 50_000];
     let mut runs = 10usize;
@@ -197,59 +194,19 @@ fn measure_size(sockets: usize, runs: usize, rounds: usize) {
     );
     daemon.terminate(Duration::from_secs(5));
 
-    for mut helper in helpers {
-        drop(helper.stdin.take());
-        let _ = helper.wait();
-    }
+    common::end_helpers(helpers);
 }
 
 /// Starts helper processes inside the namespace until it holds `sockets`.
 fn populate(netns: &Netns, sockets: usize) -> Vec<Child> {
     // A held connection is two sockets; a TIME_WAIT one leaves one behind.
     let connections = (sockets * TIME_WAIT_EVERY).div_ceil(2 * TIME_WAIT_EVERY - 1);
-    let helpers_needed = connections.div_ceil(CONNECTIONS_PER_HELPER);
-    let mut helpers: Vec<Child> = Vec::new();
-    for index in 0..helpers_needed {
-        let count = CONNECTIONS_PER_HELPER.min(connections - index * CONNECTIONS_PER_HELPER);
-        let mut child = netns
-            .command(&std::env::current_exe().unwrap().to_string_lossy())
-            .env("PORTSTAT_BENCH_HELPER", format!("{count},{}", 1000 + index))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("cannot start a helper");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "a helper failed");
-        helpers.push(child);
-    }
-    helpers
-}
-
-/// A helper process: opens `count` connections to its own listener on
-/// `port`, reports ready, and holds them until its standard input closes.
-fn helper(spec: &str) {
-    let (count, port) = spec.split_once(',').unwrap();
-    let count: usize = count.parse().unwrap();
-    let listener = TcpListener::bind(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
-    let mut held = Vec::with_capacity(count * 2);
-    for index in 0..count {
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (accepted, _) = listener.accept().unwrap();
-        if index % TIME_WAIT_EVERY == 0 {
-            drop(client);
-            drop(accepted);
-        } else {
-            held.push(client);
-            held.push(accepted);
-        }
-    }
-    println!("ready");
-    std::io::stdout().flush().unwrap();
-    let mut rest = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut rest);
+    common::populate(
+        || netns.command(&std::env::current_exe().unwrap().to_string_lossy()),
+        connections,
+        TIME_WAIT_EVERY,
+        1000,
+    )
 }
 
 struct Usage {

@@ -1,4 +1,95 @@
-//! Measurements the benchmarks share.
+//! Measurements the benchmarks share, and the helper processes that fill a
+//! namespace with connections.
+
+// Each benchmark uses a part of this module.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+
+/// Connections one helper process holds open: two descriptors each, well
+/// inside the 20,000 a process may hold here.
+pub const CONNECTIONS_PER_HELPER: usize = 4000;
+
+/// The variable that makes a benchmark's binary run as a helper.
+const HELPER: &str = "PORTSTAT_BENCH_HELPER";
+
+/// Runs the helper and returns true when this process was started as one;
+/// a benchmark's `main` returns at once then.
+pub fn run_helper_if_asked() -> bool {
+    let Ok(spec) = std::env::var(HELPER) else {
+        return false;
+    };
+    let mut fields = spec.split(',').map(|field| field.parse::<usize>().unwrap());
+    let (count, port, time_wait_every) =
+        (fields.next().unwrap(), fields.next().unwrap(), fields.next().unwrap());
+    helper(count, port as u16, time_wait_every);
+    true
+}
+
+/// Starts helper processes through `command` (a `Command` for this binary,
+/// entering the namespace) until they hold `connections` connections, one
+/// in `time_wait_every` closed into TIME_WAIT (0: none). Each helper
+/// connects to a listener of its own, on port `first_port` + its index.
+pub fn populate(
+    command: impl Fn() -> Command,
+    connections: usize,
+    time_wait_every: usize,
+    first_port: u16,
+) -> Vec<Child> {
+    let helpers_needed = connections.div_ceil(CONNECTIONS_PER_HELPER);
+    let mut helpers: Vec<Child> = Vec::new();
+    for index in 0..helpers_needed {
+        let count = CONNECTIONS_PER_HELPER.min(connections - index * CONNECTIONS_PER_HELPER);
+        let mut child = command()
+            .env(
+                HELPER,
+                format!("{count},{},{time_wait_every}", first_port as usize + index),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("cannot start a helper");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "a helper failed");
+        helpers.push(child);
+    }
+    helpers
+}
+
+/// Ends the helpers: each exits when its standard input closes.
+pub fn end_helpers(helpers: Vec<Child>) {
+    for mut helper in helpers {
+        drop(helper.stdin.take());
+        let _ = helper.wait();
+    }
+}
+
+/// A helper process: opens `count` connections to its own listener on
+/// `port`, reports ready, and holds them until its standard input closes.
+fn helper(count: usize, port: u16, time_wait_every: usize) {
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let mut held = Vec::with_capacity(count * 2);
+    for index in 0..count {
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        if time_wait_every > 0 && index % time_wait_every == 0 {
+            drop(client);
+            drop(accepted);
+        } else {
+            held.push(client);
+            held.push(accepted);
+        }
+    }
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+    let mut rest = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut rest);
+}
 
 /// CPU time of the exporter's thread named `sampler`, from its stat file.
 pub fn sampler_cpu_seconds(pid: u32) -> f64 {
