@@ -161,7 +161,11 @@ fn child_ehash_entries(value: &str) -> String {
 }
 
 fn ss_lines(netns: &Netns) -> usize {
-    let output = netns.command("ss").arg("-tanH").output().expect("ss is needed");
+    let output = netns
+        .command("ss")
+        .arg("-tanH")
+        .output()
+        .expect("ss is needed");
     String::from_utf8_lossy(&output.stdout).lines().count()
 }
 
@@ -169,10 +173,7 @@ fn ss_lines(netns: &Netns) -> usize {
 // The child is reaped by wait4, which also returns its resource usage.
 #[allow(clippy::zombie_processes)]
 fn ss_cpu_seconds(command: &mut Command) -> f64 {
-    let child = command
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("ss is needed");
+    let child = command.stdout(Stdio::null()).spawn().expect("ss is needed");
     let mut status = 0;
     // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };

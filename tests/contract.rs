@@ -77,11 +77,7 @@ fn readme_metric_table_matches_the_exposition() {
     let all = full_exposition_with(&["--collector.netns", "all"]);
     // A daemon adds its interval, which --once has not.
     let netns = Netns::new((40000, 40099), "");
-    let served = netns
-        .start_exporter(&[])
-        .get("/metrics")
-        .unwrap()
-        .text();
+    let served = netns.start_exporter(&[]).get("/metrics").unwrap().text();
     let rendered: BTreeSet<String> = text
         .lines()
         .chain(all.lines())

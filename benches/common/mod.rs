@@ -22,8 +22,11 @@ pub fn run_helper_if_asked() -> bool {
         return false;
     };
     let mut fields = spec.split(',').map(|field| field.parse::<usize>().unwrap());
-    let (count, port, time_wait_every) =
-        (fields.next().unwrap(), fields.next().unwrap(), fields.next().unwrap());
+    let (count, port, time_wait_every) = (
+        fields.next().unwrap(),
+        fields.next().unwrap(),
+        fields.next().unwrap(),
+    );
     helper(count, port as u16, time_wait_every);
     true
 }

@@ -62,17 +62,32 @@ pub fn read(net: &Path) -> Option<Census> {
     let sockstat = super::read_small_file(&net.join("sockstat")).ok()?;
     // Without IPv6 there is no sockstat6: no IPv6 sockets.
     let sockstat6 = super::read_small_file(&net.join("sockstat6")).unwrap_or_default();
-    let protocols = super::read_small_file(&net.join("protocols")).ok()?;
-    parse(&sockstat, &sockstat6, &protocols)
+    // With no user socket at all, none can be outside the tables: the
+    // longest of the three files, which the kernel formats line by line,
+    // is not needed.
+    let protocols = if field(&sockstat, "sockets:", "used")? == 0 {
+        None
+    } else {
+        Some(super::read_small_file(&net.join("protocols")).ok()?)
+    };
+    parse(&sockstat, &sockstat6, protocols.as_deref())
 }
 
-/// Parses the three files' text.
-pub fn parse(sockstat: &str, sockstat6: &str, protocols: &str) -> Option<Census> {
+/// Parses the files' text; `protocols` may be left out when `sockets: used`
+/// is 0.
+pub fn parse(sockstat: &str, sockstat6: &str, protocols: Option<&str>) -> Option<Census> {
     let used = field(sockstat, "sockets:", "used")?;
     let tcp = field(sockstat, "TCP:", "inuse")? + field(sockstat, "TCP:", "tw")?;
     let udp = field(sockstat, "UDP:", "inuse")?;
     let tcp6 = field(sockstat6, "TCP6:", "inuse").unwrap_or(0);
     let udp6 = field(sockstat6, "UDP6:", "inuse").unwrap_or(0);
+    let Some(protocols) = protocols else {
+        return (used == 0).then_some(Census {
+            tcp_in_tables: tcp + tcp6,
+            udp_in_tables: udp + udp6,
+            outside_tables: 0,
+        });
+    };
     let mut in_use: u64 = 0;
     let mut lines = protocols.lines();
     // The header names the columns: find "sockets" rather than assume it.
@@ -129,11 +144,16 @@ NETLINK   1104      1      -1   NI       0   no   kernel      n  n  n  n  n  n  
         let census = parse(
             &sockstat(0, 0, 0, 0),
             "TCP6: inuse 0\nUDP6: inuse 0\n",
-            empty,
+            Some(empty),
         )
         .unwrap();
         assert!(census.tcp_empty() && census.udp_empty());
         assert!(!census.may_hold_bound_inactive());
+        // With no socket used, protocols is not needed.
+        let unread = parse(&sockstat(0, 0, 0, 0), "", None).unwrap();
+        assert_eq!(unread, census);
+        // With some, it is.
+        assert_eq!(parse(&sockstat(1, 0, 0, 0), "", None), None);
     }
 
     #[test]
@@ -142,7 +162,7 @@ NETLINK   1104      1      -1   NI       0   no   kernel      n  n  n  n  n  n  
         let census = parse(
             &sockstat(7, 3, 0, 2),
             "TCP6: inuse 0\nUDP6: inuse 0\n",
-            PROTOCOLS,
+            Some(PROTOCOLS),
         )
         .unwrap();
         assert_eq!(census.tcp_in_tables, 3);
@@ -150,13 +170,13 @@ NETLINK   1104      1      -1   NI       0   no   kernel      n  n  n  n  n  n  
         assert_eq!(census.outside_tables, 0);
         assert!(!census.tcp_empty() && !census.may_hold_bound_inactive());
         // TIME_WAIT alone is something to dump.
-        let tw = parse(&sockstat(0, 0, 4, 0), "", "protocol size sockets\n").unwrap();
+        let tw = parse(&sockstat(0, 0, 4, 0), "", Some("protocol size sockets\n")).unwrap();
         assert!(!tw.tcp_empty());
         // IPv6 alone too.
         let six = parse(
             &sockstat(1, 0, 0, 0),
             "TCP6: inuse 1\nUDP6: inuse 2\n",
-            "protocol size sockets\nTCPv6 1 1\n",
+            Some("protocol size sockets\nTCPv6 1 1\n"),
         )
         .unwrap();
         assert!(!six.tcp_empty() && !six.udp_empty());
@@ -165,14 +185,14 @@ NETLINK   1104      1      -1   NI       0   no   kernel      n  n  n  n  n  n  
     #[test]
     fn a_socket_outside_every_table_may_be_bound() {
         // 8 used, 7 counted in use: one is in no table.
-        let census = parse(&sockstat(8, 3, 0, 2), "", PROTOCOLS).unwrap();
+        let census = parse(&sockstat(8, 3, 0, 2), "", Some(PROTOCOLS)).unwrap();
         assert_eq!(census.outside_tables, 1);
         assert!(census.may_hold_bound_inactive());
         // No TCP socket in the tables, yet one may be bound: TCP is dumped.
         let bound = parse(
             &sockstat(1, 0, 0, 0),
             "",
-            "protocol size sockets\nTCP 1 0\n",
+            Some("protocol size sockets\nTCP 1 0\n"),
         )
         .unwrap();
         assert!(!bound.tcp_empty());
@@ -180,13 +200,13 @@ NETLINK   1104      1      -1   NI       0   no   kernel      n  n  n  n  n  n  
 
     #[test]
     fn unreadable_counts_skip_nothing() {
-        assert_eq!(parse("", "", PROTOCOLS), None);
-        assert_eq!(parse(&sockstat(1, 0, 0, 0), "", "no header\n"), None);
+        assert_eq!(parse("", "", Some(PROTOCOLS)), None);
+        assert_eq!(parse(&sockstat(1, 0, 0, 0), "", Some("no header\n")), None);
         assert_eq!(
             parse(
                 &sockstat(1, 0, 0, 0),
                 "",
-                "protocol size sockets\nTCP 1 x\n"
+                Some("protocol size sockets\nTCP 1 x\n")
             ),
             None
         );

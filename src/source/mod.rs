@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::model::{NamespaceSample, PortRange, Protocol, SocketOwners, SocketRecord, SourceKind};
+use crate::model::{
+    NamespaceSample, PortRange, Protocol, SocketOwners, SocketRecord, SourceKind, TimeWaitReuse,
+};
 
 /// A failure to read what the kernel reports.
 #[derive(Debug, thiserror::Error)]
@@ -121,10 +123,15 @@ impl NamespaceReader {
     /// Settings are read fresh each time: the sysctls can change at run time.
     pub fn read(&mut self) -> Result<NamespaceSample, SourceError> {
         let (range, reserved) = sysctl::read_port_settings(&self.procfs_root)?;
-        let time_wait_reuse = sysctl::read_time_wait_reuse(&self.procfs_root)?;
         // Where the counts show a protocol has nothing to find, its dump,
         // a walk of a table all namespaces may share, is skipped.
         let census = census::read(&self.net);
+        // Without TCP sockets there is no TIME_WAIT to judge.
+        let time_wait_reuse = if census.is_some_and(|census| census.tcp_empty()) {
+            TimeWaitReuse::default()
+        } else {
+            sysctl::read_time_wait_reuse(&self.procfs_root)?
+        };
         let mut skipped = [false; 2];
         let mut sockets = Vec::new();
         for (index, protocol) in Protocol::ALL.into_iter().enumerate() {
