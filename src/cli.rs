@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::aggregate::Limits;
+use crate::log::{LogFormat, LogLevel};
 use crate::sampler::NamespaceScope;
 use crate::source::SourceChoice;
 
@@ -207,22 +208,6 @@ pub enum NetnsChoice {
     Own,
     /// Every network namespace on the host.
     All,
-}
-
-/// The lowest severity that is logged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogLevel {
-    Debug,
-    Info,
-    Warn,
-    Error,
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Logfmt,
-    Json,
 }
 
 /// Parses `[HOST]:PORT`. An empty host is every address (IPv6 and IPv4); a

@@ -3,8 +3,9 @@
 //!
 //! One pipeline: `source` reads the kernel, `aggregate` computes the figures,
 //! `render` writes Prometheus text (and `page` the landing page), `serve`
-//! answers scrapes with the last rendering. `sampler` runs the first three on a timer; `cli`, `log` and
-//! `inspect` (a report for people) sit beside them.
+//! answers scrapes with the last rendering. `sampler` runs the first three
+//! on a timer and publishes its `status`; `cli`, `log` and `inspect` (a
+//! report for people) sit beside them.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -18,4 +19,5 @@ pub mod render;
 pub mod sampler;
 pub mod serve;
 pub mod source;
+pub mod status;
 pub mod webconfig;

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::aggregate::Snapshot;
 use crate::log::rfc3339;
-use crate::render::{SampleStatus, VERSION};
+use crate::status::{SampleStatus, VERSION};
 
 /// A fill from this ratio on shows as a warning, as the warning alert fires.
 const WARNING_RATIO: f64 = 0.8;

@@ -12,8 +12,10 @@ use std::path::Path;
 
 use crate::aggregate::{Limits, Snapshot, aggregate, sockets_needing_owners};
 use crate::model::NamespaceSample;
-use crate::render::{NamespaceCounts, Renderer, SampleStatus, Stage};
+use crate::page::landing_page;
+use crate::render::Renderer;
 use crate::source::{NamespaceReader, SourceError, namespaces};
+use crate::status::{NamespaceCounts, SampleStatus, Stage};
 
 /// Which network namespaces a sampler reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,7 +136,11 @@ impl Sampler {
         self.say_what_sharing_costs();
         match self.renderer.render(&self.last_good, &self.status) {
             Ok(text) => {
-                let page = self.renderer.page(self.own_snapshot(), &self.status);
+                let page = landing_page(
+                    self.own_snapshot(),
+                    &self.status,
+                    self.renderer.metrics_path(),
+                );
                 self.last_exposition = Exposition {
                     gzip: gzip(text.as_bytes()),
                     text: Bytes::from(text),

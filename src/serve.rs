@@ -462,7 +462,7 @@ impl State {
             // Before the first sample has finished.
             page = Bytes::from(crate::page::landing_page(
                 None,
-                &crate::render::SampleStatus::default(),
+                &crate::status::SampleStatus::default(),
                 &self.config.telemetry_path,
             ));
         }
