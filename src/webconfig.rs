@@ -184,7 +184,7 @@ pub fn parse(text: &str, folder: &Path) -> Result<WebConfig, (String, String)> {
             basic_auth_users: None,
         }
     } else {
-        serde_yaml::from_str(text).map_err(|e| (String::new(), e.to_string()))?
+        serde_yaml_ng::from_str(text).map_err(|e| (String::new(), e.to_string()))?
     };
     let mut users = HashMap::new();
     for (user, hash) in file.basic_auth_users.unwrap_or_default() {
@@ -329,38 +329,11 @@ pub fn parse_basic(value: &[u8]) -> Option<(String, String)> {
     Some((user.to_string(), password.to_string()))
 }
 
-/// Decodes standard base64 with padding; `None` on anything else.
+/// Decodes standard base64 with padding, canonical only (no stray bits in
+/// the last character); `None` on anything else.
 pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    let bytes = text.as_bytes();
-    if !bytes.len().is_multiple_of(4) {
-        return None;
-    }
-    let value = |byte: u8| -> Option<u32> {
-        Some(match byte {
-            b'A'..=b'Z' => byte - b'A',
-            b'a'..=b'z' => byte - b'a' + 26,
-            b'0'..=b'9' => byte - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
-    for (index, chunk) in bytes.chunks(4).enumerate() {
-        let last = index == bytes.len() / 4 - 1;
-        let padding = chunk.iter().rev().take_while(|&&byte| byte == b'=').count();
-        if padding > 2 || (padding > 0 && !last) {
-            return None;
-        }
-        let mut word = 0u32;
-        for &byte in &chunk[..4 - padding] {
-            word = word << 6 | value(byte)?;
-        }
-        word <<= 6 * padding as u32;
-        let produced = [(word >> 16) as u8, (word >> 8) as u8, word as u8];
-        out.extend_from_slice(&produced[..3 - padding]);
-    }
-    Some(out)
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
 
 #[cfg(test)]
@@ -376,7 +349,8 @@ mod tests {
         assert_eq!(decode_base64("YQ==").as_deref(), Some(&b"a"[..]));
         assert_eq!(decode_base64("YWI=").as_deref(), Some(&b"ab"[..]));
         assert_eq!(decode_base64("").as_deref(), Some(&b""[..]));
-        for bad in ["YQ=", "Y===", "YQ==YQ==", "****", "YW?="] {
+        // YR== decodes to "a" too, with bits left over: not canonical.
+        for bad in ["YQ=", "Y===", "YQ==YQ==", "****", "YW?=", "YR=="] {
             assert_eq!(decode_base64(bad), None, "{bad}");
         }
     }
