@@ -5,7 +5,10 @@ use std::fmt::Write as _;
 
 use crate::aggregate::{ExclusiveReason, NO_PROCESS, ProcessUsage, Snapshot, UNKNOWN_PROCESS};
 use crate::log::push_json_string;
-use crate::model::NamespaceSample;
+use crate::model::{NamespaceSample, SocketState, TcpState};
+
+/// Who holds a connection that no process has accepted yet.
+const WAITING_IN_ACCEPT_QUEUE: &str = "waiting in accept queue";
 
 /// One socket on the port asked about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +37,14 @@ pub fn port_holders(sample: &NamespaceSample, port: u16) -> Vec<PortHolder> {
             local: socket.local.to_string(),
             remote: socket.remote.to_string(),
             process: if socket.inode == 0 {
-                NO_PROCESS.to_string()
+                // Connected with no file: not accepted yet. Any other
+                // state with no file is TIME_WAIT or an orphan.
+                match socket.state {
+                    SocketState::Tcp(
+                        TcpState::Established | TcpState::SynRecv | TcpState::CloseWait,
+                    ) => WAITING_IN_ACCEPT_QUEUE.to_string(),
+                    _ => NO_PROCESS.to_string(),
+                }
             } else {
                 sample
                     .owners
@@ -86,14 +96,16 @@ fn printable(text: &str) -> String {
 }
 
 /// One row per process: its name and the ports it holds.
+/// The built-in `none` reads, in a list of processes, as if nothing held
+/// the ports: say what does.
 fn process_rows(out: &mut String, processes: &[ProcessUsage]) {
     for usage in processes {
-        let _ = writeln!(
-            out,
-            "  {:<56}{:>6}",
-            fit(&usage.process, 56),
-            usage.ports_used
-        );
+        let name = if usage.process == NO_PROCESS {
+            "none (TIME_WAIT, orphans, accept queues)"
+        } else {
+            &usage.process
+        };
+        let _ = writeln!(out, "  {:<56}{:>6}", fit(name, 56), usage.ports_used);
     }
 }
 
@@ -113,8 +125,8 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<8}{:>8}{:>10}{:>8}  fill",
-        "", "used", "capacity", ""
+        "{:<8}{:>8}{:>10}{:>8}",
+        "protocol", "used", "capacity", "fill"
     );
     for occupancy in &snapshot.occupancy {
         let _ = writeln!(
@@ -169,8 +181,10 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "Top destinations ({} in all)                      used  headroom",
-        snapshot.destination_count
+        "{:<58}{:>6}{:>10}",
+        format!("Top destinations ({} in all)", snapshot.destination_count),
+        "used",
+        "headroom"
     );
     if snapshot.destinations.is_empty() {
         let _ = writeln!(out, "  none");
@@ -188,7 +202,11 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
         );
     }
     let _ = writeln!(out);
-    let _ = writeln!(out, "Top processes (ports held in the range)");
+    let _ = writeln!(
+        out,
+        "{:<58}{:>6}",
+        "Top processes (ports held in the range)", "ports"
+    );
     if snapshot.processes.is_empty() {
         let _ = writeln!(out, "  none");
     }
@@ -197,8 +215,9 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "Ports bound before connect(), exclusive (IP_BIND_ADDRESS_NO_PORT frees them)"
+            "Ports bound before connect() are exclusive; IP_BIND_ADDRESS_NO_PORT frees them."
         );
+        let _ = writeln!(out, "{:<58}{:>6}", "Bound before connect()", "ports");
         process_rows(&mut out, &snapshot.bind_before_connect_processes);
     }
     let _ = writeln!(out);
@@ -206,11 +225,16 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
         out,
         "Listeners (* inside the ephemeral range: may fail to restart)"
     );
+    let _ = writeln!(
+        out,
+        "  {:<4} {:<40} {:<16} {:>7}",
+        "", "address", "process", "sockets"
+    );
     for listener in &snapshot.listeners {
         let address = listener.endpoint();
         let _ = writeln!(
             out,
-            "{} {:<4} {:<40} {:<16} {:>5}",
+            "{} {:<4} {:<40} {:<16} {:>7}",
             if listener.in_ephemeral_range {
                 "*"
             } else {
@@ -228,15 +252,26 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
     if let Some((port, holders)) = port {
         let _ = writeln!(out);
         let _ = writeln!(out, "Port {port}: {} sockets", holders.len());
+        // The local port is the one asked for: the address alone leaves
+        // the process room to be read whole.
+        let _ = writeln!(
+            out,
+            "  {:<4} {:<12}{:<16}{:<22}{}",
+            "", "state", "address", "remote", "process"
+        );
         for holder in holders {
+            let address = holder
+                .local
+                .rsplit_once(':')
+                .map_or(holder.local.as_str(), |(address, _)| address);
             let _ = writeln!(
                 out,
-                "  {:<4} {:<12} {:<22} {:<22} {}",
+                "  {:<4} {:<12}{:<16}{:<22}{}",
                 holder.protocol,
                 holder.state,
-                fit(&holder.local, 22),
-                fit(&holder.remote, 22),
-                fit(&holder.process, 15)
+                fit(address, 15),
+                fit(&holder.remote, 21),
+                fit(&holder.process, 23)
             );
         }
     }

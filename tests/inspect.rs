@@ -95,16 +95,54 @@ fn the_text_report_fits_80_columns_and_names_the_busiest() {
         .find(|line| line.trim_start().starts_with("none "))
         .expect("TIME_WAIT under none");
     assert!(none.ends_with(" 3"), "{none}");
+    assert!(none.contains("TIME_WAIT"), "{none}");
+
+    // Each heading ends where its column's numbers end.
+    let heading = |start: &str| {
+        report
+            .lines()
+            .find(|line| line.starts_with(start))
+            .unwrap_or_else(|| panic!("no heading {start:?} in {report}"))
+    };
+    let destinations = heading("Top destinations");
+    assert_eq!(destinations.len(), first.len(), "{destinations}\n{first}");
+    assert!(destinations[..destinations.len() - 10].ends_with("used"));
+    assert!(destinations.ends_with("headroom"));
+    let processes = heading("Top processes");
+    assert!(processes.ends_with("ports"), "{processes}");
+    assert_eq!(processes.len(), none.len(), "{processes}\n{none}");
+    let listeners = heading("       address");
+    assert!(listeners.ends_with("sockets"), "{listeners}");
+    assert_eq!(listeners.len(), listener.len(), "{listeners}\n{listener}");
+    let protocols = heading("protocol");
+    let tcp = heading("tcp ");
+    assert_eq!(
+        protocols.len(),
+        tcp.find('%').unwrap() + 1,
+        "fill heads the percentage:\n{protocols}\n{tcp}"
+    );
 }
 
 #[test]
 fn a_port_shows_who_holds_it_and_in_which_state() {
     let (netns, _held) = populated();
+    // A connection the listener has not accepted: its server end is on the
+    // listener's port, held by no process yet.
+    let _waiting = netns.run(|| TcpStream::connect("127.0.0.1:40050").unwrap());
     let report = run_inspect(&netns, &["40050"]);
     let section = report.split("Port 40050: ").nth(1).expect("a port section");
-    assert!(section.starts_with("1 sockets\n"), "{section}");
+    assert!(section.starts_with("2 sockets\n"), "{section}");
     assert!(section.contains("tcp  listen"), "{section}");
     assert!(section.contains(&own_comm()), "{section}");
+    let waiting = section
+        .lines()
+        .find(|line| line.contains("established"))
+        .expect("the connection waiting to be accepted");
+    assert!(waiting.ends_with("waiting in accept queue"), "{waiting}");
+    assert!(
+        section.lines().nth(1).unwrap().contains("state"),
+        "a heading over the columns: {section}"
+    );
 }
 
 #[test]
