@@ -256,8 +256,8 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
         // the process room to be read whole.
         let _ = writeln!(
             out,
-            "  {:<4} {:<12}{:<16}{:<22}{}",
-            "", "state", "address", "remote", "process"
+            "  {:<4} {:<12}{:<16}{:<22}process",
+            "", "state", "address", "remote"
         );
         for holder in holders {
             let address = holder
