@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::{TcpListener, UdpSocket};
 use std::process::{Command, Stdio};
@@ -99,6 +99,58 @@ fn readme_metric_table_matches_the_exposition() {
         rendered, documented,
         "rendered families (left) differ from the README's metric table (right)"
     );
+
+    // Each row's type and labels are what is rendered. The namespace labels
+    // of --collector.netns=all are documented once, not on every row.
+    let namespace_labels = ["netns", "netns_name", "container_id", "pod_uid"];
+    let mut rendered_rows: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
+    for line in text.lines().chain(all.lines()).chain(served.lines()) {
+        if let Some(declaration) = line.strip_prefix("# TYPE portstat_") {
+            let declaration = format!("portstat_{declaration}");
+            let (name, kind) = declaration.split_once(' ').unwrap();
+            rendered_rows.entry(name.to_string()).or_default().0 = kind.to_string();
+        } else if !line.starts_with('#') && line.starts_with("portstat_") {
+            let Some((name, labels)) = line.split_once('{') else {
+                continue;
+            };
+            let labels = labels.rsplit_once('}').unwrap().0;
+            let names = labels
+                .split("\",")
+                .filter_map(|pair| pair.split_once('=').map(|(name, _)| name.to_string()))
+                .filter(|name| !namespace_labels.contains(&name.as_str()));
+            rendered_rows
+                .entry(name.to_string())
+                .or_default()
+                .1
+                .extend(names);
+        }
+    }
+    // The metric table's rows: name, type, labels, help (other tables name
+    // families too, with other columns).
+    let documented_rows: BTreeMap<String, (String, BTreeSet<String>)> = readme
+        .lines()
+        .filter(|line| line.starts_with("| `portstat_"))
+        .map(|line| line.split('|').map(str::trim).collect::<Vec<&str>>())
+        .filter(|cells| cells.len() >= 6)
+        .map(|cells| {
+            let name = cells[1].trim_matches('`').to_string();
+            // `protocol` (`tcp`), `reason`: each label's name is its first
+            // quoted word; what follows it names its values.
+            let labels = cells[3]
+                .split(", ")
+                .filter_map(|label| label.split('`').nth(1))
+                .map(str::to_string)
+                .collect();
+            (name, (cells[2].to_string(), labels))
+        })
+        .collect();
+    for (name, row) in &rendered_rows {
+        assert_eq!(
+            Some(row),
+            documented_rows.get(name),
+            "{name}: rendered type and labels (left), README row (right)"
+        );
+    }
     assert!(text.contains("# TYPE process_resident_memory_bytes gauge"));
     assert!(readme.contains("`process_*`"));
 }
