@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Builds the Debian package, checks it with lintian (no error, no warning
+# that deploy/debian/lintian-overrides does not name and explain), installs
+# it, checks what it installed, and removes and purges it again.
+# Run as root on a Debian machine with cargo-deb, help2man and lintian.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+deploy/debian/build.sh
+deb=$(ls target/debian/portstat-exporter_*.deb)
+echo "== lintian $deb"
+lintian --fail-on error,warning "$deb"
+
+echo "== dpkg -i"
+dpkg -i "$deb"
+/usr/bin/portstat_exporter --version
+for file in /etc/default/portstat_exporter /usr/lib/systemd/system/portstat_exporter.service \
+  /usr/share/portstat_exporter/alerts.yml /usr/share/portstat_exporter/portstat.json \
+  /usr/share/man/man1/portstat_exporter.1.gz; do
+  test -f "$file" || { echo "not installed: $file" >&2; exit 1; }
+done
+zcat /usr/share/man/man1/portstat_exporter.1.gz | grep -q 'collector\\fR.interval' ||
+  { echo "the man page does not describe the flags" >&2; exit 1; }
+grep -q '^ExecStart=/usr/bin/portstat_exporter \$ARGS$' /usr/lib/systemd/system/portstat_exporter.service
+systemd-analyze verify --man=no /usr/lib/systemd/system/portstat_exporter.service
+# The unit's flags, as the service would start: the default file's ARGS.
+(. /etc/default/portstat_exporter && /usr/bin/portstat_exporter $ARGS --once >/dev/null)
+
+echo "== dpkg -r, then purge"
+dpkg -r portstat-exporter
+test ! -e /usr/bin/portstat_exporter
+test -f /etc/default/portstat_exporter # a conffile stays until purged
+dpkg -P portstat-exporter
+test ! -e /etc/default/portstat_exporter
+echo "package: built, lintian clean, installed, removed and purged"
