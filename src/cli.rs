@@ -4,11 +4,11 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
 use crate::aggregate::Limits;
 use crate::log::{LogFormat, LogLevel};
-use crate::sampler::NamespaceScope;
+use crate::sampler::{NamespaceScope, NetnsChoice};
 use crate::source::SourceChoice;
 
 /// Prometheus exporter for ephemeral port range usage and listening sockets.
@@ -161,12 +161,7 @@ pub struct Cli {
 impl Cli {
     /// The network namespaces to sample.
     pub fn namespaces(&self) -> NamespaceScope {
-        match self.netns {
-            NetnsChoice::Own => NamespaceScope::Own,
-            NetnsChoice::All => NamespaceScope::All {
-                max: self.netns_max,
-            },
-        }
+        NamespaceScope::new(self.netns, self.netns_max)
     }
 
     /// The bounds on the families that follow the host's size.
@@ -198,16 +193,6 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-}
-
-/// `--collector.netns`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum NetnsChoice {
-    /// The exporter's own network namespace.
-    #[value(name = "self")]
-    Own,
-    /// Every network namespace on the host.
-    All,
 }
 
 /// Parses `[HOST]:PORT`. An empty host is every address (IPv6 and IPv4); a

@@ -17,6 +17,18 @@ use crate::render::Renderer;
 use crate::source::{NamespaceReader, SourceError, namespaces};
 use crate::status::{NamespaceCounts, SampleStatus, Stage};
 
+/// `--collector.netns`. Like every flag's set of values, it derives clap's
+/// `ValueEnum` in the module whose choice it is (`SourceChoice` in
+/// `source`, `LogLevel` in `log`), and `cli` only names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetnsChoice {
+    /// The exporter's own network namespace.
+    #[value(name = "self")]
+    Own,
+    /// Every network namespace on the host.
+    All,
+}
+
 /// Which network namespaces a sampler reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NamespaceScope {
@@ -27,6 +39,16 @@ pub enum NamespaceScope {
         /// The most namespaces sampled; the rest are counted as omitted.
         max: usize,
     },
+}
+
+impl NamespaceScope {
+    /// The scope `choice` names, with at most `max` namespaces for `all`.
+    pub fn new(choice: NetnsChoice, max: usize) -> NamespaceScope {
+        match choice {
+            NetnsChoice::Own => NamespaceScope::Own,
+            NetnsChoice::All => NamespaceScope::All { max },
+        }
+    }
 }
 
 /// The inode of the exporter's own network namespace.
