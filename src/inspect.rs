@@ -26,7 +26,10 @@ pub struct PortHolder {
 }
 
 /// The sockets on `port`, TCP first, each with its owner.
-pub fn port_holders(sample: &NamespaceSample, port: u16) -> Vec<PortHolder> {
+///
+/// Without `attribution` the sources may leave inodes unread, so only
+/// TIME_WAIT, which no process ever holds, is known to be held by none.
+pub fn port_holders(sample: &NamespaceSample, port: u16, attribution: bool) -> Vec<PortHolder> {
     let mut holders: Vec<PortHolder> = sample
         .sockets
         .iter()
@@ -36,7 +39,11 @@ pub fn port_holders(sample: &NamespaceSample, port: u16) -> Vec<PortHolder> {
             state: socket.state.label(),
             local: socket.local.to_string(),
             remote: socket.remote.to_string(),
-            process: if socket.inode == 0 {
+            process: if socket.state == SocketState::Tcp(TcpState::TimeWait) {
+                NO_PROCESS.to_string()
+            } else if !attribution {
+                UNKNOWN_PROCESS.to_string()
+            } else if socket.inode == 0 {
                 // Connected with no file: not accepted yet. Any other
                 // state with no file is TIME_WAIT or an orphan.
                 match socket.state {

@@ -182,7 +182,7 @@ fn inspect(cli: &Cli, port: Option<u16>, json: bool) -> ExitCode {
     }
     sample.owners = reader.resolve_owners(wanted);
     let snapshot = aggregate(&sample, &limits);
-    let holders = port.map(|port| inspect::port_holders(&sample, port));
+    let holders = port.map(|port| inspect::port_holders(&sample, port, cli.processes));
     let port = port.zip(holders.as_deref());
     let report = if json {
         inspect::json_report(&snapshot, port)

@@ -143,6 +143,13 @@ fn a_port_shows_who_holds_it_and_in_which_state() {
         section.lines().nth(1).unwrap().contains("state"),
         "a heading over the columns: {section}"
     );
+
+    // Without attribution no owner is known, and none is made up.
+    let report = run_inspect(&netns, &["40050", "--collector.processes=false"]);
+    let section = report.split("Port 40050: ").nth(1).expect("a port section");
+    for line in section.lines().skip(2) {
+        assert!(line.ends_with("unknown"), "{line}");
+    }
 }
 
 #[test]

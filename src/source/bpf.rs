@@ -54,6 +54,8 @@ const HAS_ENTRY_STAMP: u8 = 2;
 
 /// `SETTING_WALK_BIND_HASH`: walk the bind hash for bound sockets.
 const SETTING_WALK_BIND_HASH: u32 = 1;
+/// `SETTING_READ_INODES`: read each socket's inode, for its owner.
+const SETTING_READ_INODES: u32 = 2;
 
 /// `TRAILER_WALKED`: the walk of the bind hash reached its end.
 const TRAILER_WALKED: u8 = 1;
@@ -127,16 +129,22 @@ struct Loaded {
 pub struct BpfSockets {
     /// An object to load instead of the embedded one.
     object: Option<PathBuf>,
+    /// Whether sockets' inodes are read: only finding owners needs them,
+    /// and they cost two cache misses a socket. Without them every inode
+    /// is 0.
+    inodes: bool,
     loaded: Option<Loaded>,
     /// The iterator's output, reused.
     buffer: Vec<u8>,
 }
 
 impl BpfSockets {
-    /// A source that loads `object`, or the embedded program when `None`.
-    pub fn new(object: Option<PathBuf>) -> BpfSockets {
+    /// A source that loads `object`, or the embedded program when `None`;
+    /// `inodes`: whether to read sockets' inodes, for their owners.
+    pub fn new(object: Option<PathBuf>, inodes: bool) -> BpfSockets {
         BpfSockets {
             object,
+            inodes,
             loaded: None,
             buffer: Vec::new(),
         }
@@ -193,15 +201,13 @@ impl BpfSockets {
         settings
             .set(0, u32::from(range.start) | (u32::from(range.end) << 16), 0)
             .and_then(|()| {
-                settings.set(
-                    1,
-                    if bound_inactive {
-                        SETTING_WALK_BIND_HASH
-                    } else {
-                        0
-                    },
-                    0,
-                )
+                let walk = if bound_inactive {
+                    SETTING_WALK_BIND_HASH
+                } else {
+                    0
+                };
+                let inodes = if self.inodes { SETTING_READ_INODES } else { 0 };
+                settings.set(1, walk | inodes, 0)
             })
             .map_err(|error| unavailable("settings", error))?;
         let program: &mut Iter = loaded

@@ -101,7 +101,7 @@ impl NamespaceReader {
             procfs: procfs::ProcfsSockets::new(&tables),
             net: tables,
             netlink: netlink::NetlinkSockets::new(),
-            bpf: bpf::BpfSockets::new(None),
+            bpf: bpf::BpfSockets::new(None, attribution),
             owners: owners::OwnerResolver::new(&procfs_root),
             procfs_root,
             choice,
@@ -113,7 +113,7 @@ impl NamespaceReader {
     /// Loads the BPF program from `object` rather than the one built in:
     /// for a rebuilt program, and for the tests that make it fail.
     pub fn with_bpf_object(mut self, object: Option<PathBuf>) -> NamespaceReader {
-        self.bpf = bpf::BpfSockets::new(object);
+        self.bpf = bpf::BpfSockets::new(object, self.attribution);
         self
     }
 
