@@ -125,12 +125,7 @@ fn the_program_finds_bound_sockets_without_netlink() {
     let netlink = netns.once_until(&["--collector.source", "netlink"], |_| true);
     let mut command = netns.command(support::EXPORTER);
     command.arg("--once");
-    support::refuse_syscall(
-        &mut command,
-        libc::SYS_socket,
-        Some(libc::AF_NETLINK as u32),
-        libc::EACCES,
-    );
+    support::refuse_netlink(&mut command, libc::EACCES);
     let (output, stderr, bpf) = run(&mut command);
     assert!(output.status.success(), "{stderr}");
     assert_eq!(
@@ -180,12 +175,7 @@ fn bound_sockets_beyond_the_ring_come_from_netlink() {
     // Without netlink the BPF source cannot complete these, and gives way.
     let mut command = netns.command(support::EXPORTER);
     command.args(["--once", "--log.level", "warn"]);
-    support::refuse_syscall(
-        &mut command,
-        libc::SYS_socket,
-        Some(libc::AF_NETLINK as u32),
-        libc::EACCES,
-    );
+    support::refuse_netlink(&mut command, libc::EACCES);
     let (output, stderr, metrics) = run(&mut command);
     assert!(output.status.success(), "{stderr}");
     assert_eq!(

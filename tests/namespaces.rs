@@ -211,12 +211,7 @@ fn the_namespace_limit_counts_what_it_leaves_out() {
 fn needs_no_dump(netns: &Netns) -> bool {
     let mut command = netns.command(support::EXPORTER);
     command.args(["--once", "--collector.source", "netlink"]);
-    support::refuse_syscall(
-        &mut command,
-        libc::SYS_socket,
-        Some(libc::AF_NETLINK as u32),
-        libc::EAFNOSUPPORT,
-    );
+    support::refuse_netlink(&mut command, libc::EAFNOSUPPORT);
     command.output().unwrap().status.success()
 }
 

@@ -290,12 +290,7 @@ fn listeners_report_their_accept_queue_and_backlog() {
 /// Fails `socket(AF_NETLINK, ...)` with EAFNOSUPPORT, as a kernel without
 /// netlink diag support would.
 fn refuse_netlink(command: &mut std::process::Command) {
-    support::refuse_syscall(
-        command,
-        libc::SYS_socket,
-        Some(libc::AF_NETLINK as u32),
-        libc::EAFNOSUPPORT,
-    );
+    support::refuse_netlink(command, libc::EAFNOSUPPORT);
 }
 
 #[test]

@@ -600,6 +600,17 @@ pub fn refuse_syscall(
     }
 }
 
+/// Makes `command` fail to open netlink sockets with `errno`, as a seccomp
+/// policy or a kernel without netlink would.
+pub fn refuse_netlink(command: &mut Command, errno: i32) {
+    refuse_syscall(
+        command,
+        libc::SYS_socket,
+        Some(libc::AF_NETLINK as u32),
+        errno,
+    );
+}
+
 /// Starts `command` with at most `descriptors` open files, soft and hard,
 /// as `ulimit -n` would.
 pub fn limit_descriptors(command: &mut Command, descriptors: u64) {
