@@ -4,12 +4,14 @@
 //! out. Every metric's meaning is decided here; the README's metric table
 //! states the same definitions for users.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::net::IpAddr;
 
+use crate::metrics::listeners::{Listener, ListenerGroups, is_listener};
+use crate::metrics::processes::{ProcessUsage, top_processes};
 use crate::model::{
-    ListenQueue, NamespaceIdentity, NamespaceSample, PortBinding, PortRange, PortSet, Protocol,
-    SocketRecord, SocketState, SourceKind, TcpState, TimeWaitReuse, UdpState,
+    NamespaceIdentity, NamespaceSample, PortBinding, PortRange, PortSet, Protocol, SocketRecord,
+    SocketState, SourceKind, TcpState, TimeWaitReuse, UdpState,
 };
 
 pub use crate::model::{NO_PROCESS, UNKNOWN_PROCESS};
@@ -169,15 +171,6 @@ pub struct DestinationUsage {
     pub ports_used: u32,
 }
 
-/// How many ports of the range one process holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessUsage {
-    /// The process's `comm`, `unknown`, or `none` for sockets no process holds.
-    pub process: String,
-    /// Distinct (protocol, port) pairs, unreserved and inside the range.
-    pub ports_used: u32,
-}
-
 /// How much of the range one protocol uses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProtocolOccupancy {
@@ -195,70 +188,6 @@ pub struct ProtocolOccupancy {
     pub sockets_scanned: u64,
 }
 
-/// Sockets that listen on one protocol, address and port, owned by one process.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listener {
-    /// TCP for LISTEN sockets, UDP for unconnected bound sockets.
-    pub protocol: Protocol,
-    /// The local address.
-    pub address: IpAddr,
-    /// For a link-local address, the interface it belongs to: the same
-    /// address on two interfaces is two listeners.
-    pub interface: Option<String>,
-    /// The local port.
-    pub port: u16,
-    /// The owner's `comm`, or `unknown`.
-    pub process: String,
-    /// How many sockets share this address and port (an SO_REUSEPORT group).
-    pub sockets: u64,
-    /// A TCP listener on an unreserved port inside the ephemeral range.
-    pub in_ephemeral_range: bool,
-    /// The accept queue summed over the group, where the source reports it.
-    pub accept_queue: Option<AcceptQueue>,
-}
-
-impl Listener {
-    /// The address as the `address` label writes it: with its interface
-    /// for a link-local one, as in `fe80::1%eth0`.
-    pub fn address_label(&self) -> String {
-        match &self.interface {
-            Some(interface) => format!("{}%{interface}", self.address),
-            None => self.address.to_string(),
-        }
-    }
-
-    /// The address and port, as in `127.0.0.1:80` or `[fe80::1%eth0]:80`.
-    pub fn endpoint(&self) -> String {
-        match self.address {
-            IpAddr::V6(_) => format!("[{}]:{}", self.address_label(), self.port),
-            IpAddr::V4(_) => format!("{}:{}", self.address, self.port),
-        }
-    }
-}
-
-/// A listener group's accept queue, summed over its sockets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct AcceptQueue {
-    /// Connections waiting for `accept()`.
-    pub waiting: u64,
-    /// The most that may wait.
-    pub limit: u64,
-}
-
-impl AcceptQueue {
-    fn add(&mut self, queue: ListenQueue) {
-        self.waiting += u64::from(queue.waiting);
-        self.limit += u64::from(queue.limit);
-    }
-}
-
-/// What a listener group adds up while the sockets are walked.
-#[derive(Default)]
-struct ListenerTally {
-    sockets: u64,
-    accept_queue: Option<AcceptQueue>,
-}
-
 /// Computes the figures of one namespace sample.
 pub fn aggregate(sample: &NamespaceSample, limits: &Limits) -> Snapshot {
     let range = sample.range;
@@ -271,8 +200,7 @@ pub fn aggregate(sample: &NamespaceSample, limits: &Limits) -> Snapshot {
     let mut tcp_states = [0u64; TcpState::ALL.len() + 1];
     let mut udp_states = [0u64; UdpState::ALL.len()];
     let mut scanned = [0u64; 2];
-    type ListenerKey<'a> = (Protocol, IpAddr, Option<String>, u16, &'a str);
-    let mut listeners: BTreeMap<ListenerKey, ListenerTally> = BTreeMap::new();
+    let mut listeners = ListenerGroups::default();
     let mut exclusive_sets = [PortSet::new(), PortSet::new(), PortSet::new()];
     let mut process_ports: Vec<(&str, Protocol, u16)> = Vec::new();
 
@@ -301,19 +229,7 @@ pub fn aggregate(sample: &NamespaceSample, limits: &Limits) -> Snapshot {
                 .owners
                 .process_name(socket.inode)
                 .unwrap_or(UNKNOWN_PROCESS);
-            let tally = listeners
-                .entry((
-                    protocol,
-                    socket.local.ip(),
-                    link_local_scope(sample, socket),
-                    port,
-                    process,
-                ))
-                .or_default();
-            tally.sockets += 1;
-            if let Some(queue) = socket.listen_queue {
-                tally.accept_queue.get_or_insert_default().add(queue);
-            }
+            listeners.add(socket, link_local_scope(sample, socket), process);
         }
     }
 
@@ -347,36 +263,7 @@ pub fn aggregate(sample: &NamespaceSample, limits: &Limits) -> Snapshot {
         }
     });
 
-    let mut listeners: Vec<Listener> = listeners
-        .into_iter()
-        .map(
-            |((protocol, address, interface, port, process), tally)| Listener {
-                protocol,
-                address,
-                interface,
-                port,
-                process: process.to_string(),
-                sockets: tally.sockets,
-                in_ephemeral_range: protocol == Protocol::Tcp && is_ephemeral(port),
-                accept_queue: tally.accept_queue,
-            },
-        )
-        .collect();
-    // Listeners inside the range matter most: past the limit, they are kept
-    // first (a stable sort keeps the rest in order), then listed in order.
-    let mut listeners_omitted = 0;
-    if listeners.len() > limits.listeners_max {
-        listeners.sort_by_key(|listener| !listener.in_ephemeral_range);
-        listeners_omitted = listeners[limits.listeners_max..]
-            .iter()
-            .map(|listener| listener.sockets)
-            .sum();
-        listeners.truncate(limits.listeners_max);
-        listeners.sort_by(|a, b| {
-            (a.protocol, a.address, a.port, &a.process)
-                .cmp(&(b.protocol, b.address, b.port, &b.process))
-        });
-    }
+    let (listeners, listeners_omitted) = listeners.finish(limits.listeners_max, is_ephemeral);
 
     // Each port counts under its first reason only.
     let [listener_ports, mut bound_ports, mut bind_first_ports] = exclusive_sets;
@@ -594,30 +481,6 @@ fn process_of<'a>(sample: &'a NamespaceSample, socket: &SocketRecord) -> &'a str
     }
 }
 
-/// Counts distinct (protocol, port) pairs per process, and keeps the `top`
-/// most first (ties by name).
-fn top_processes(mut ports: Vec<(&str, Protocol, u16)>, top: usize) -> Vec<ProcessUsage> {
-    ports.sort_unstable();
-    ports.dedup();
-    let mut usage: Vec<ProcessUsage> = Vec::new();
-    for (process, _, _) in ports {
-        match usage.last_mut() {
-            Some(last) if last.process == process => last.ports_used += 1,
-            _ => usage.push(ProcessUsage {
-                process: process.to_string(),
-                ports_used: 1,
-            }),
-        }
-    }
-    usage.sort_by(|a, b| {
-        b.ports_used
-            .cmp(&a.ports_used)
-            .then(a.process.cmp(&b.process))
-    });
-    usage.truncate(top);
-    usage
-}
-
 /// The inodes of the sockets whose owning process the figures name: the
 /// listeners', and with `per_process` every socket holding an ephemeral port.
 /// Attribution is asked for these only.
@@ -635,9 +498,6 @@ pub fn sockets_needing_owners(sample: &NamespaceSample, per_process: bool) -> Ha
         .collect()
 }
 
-/// Whether a socket is a listener: TCP in LISTEN, or an unconnected bound UDP
-/// socket whose port is not one the kernel hands out automatically (an
-/// unconnected UDP socket on an ephemeral port is almost always a client).
 /// The interface of a socket bound to a link-local IPv6 address, by name
 /// where the namespace named it, else by index; `None` for any other.
 fn link_local_scope(sample: &NamespaceSample, socket: &SocketRecord) -> Option<String> {
@@ -650,16 +510,6 @@ fn link_local_scope(sample: &NamespaceSample, socket: &SocketRecord) -> Option<S
                 .unwrap_or_else(|| socket.interface.to_string()),
         ),
         _ => None,
-    }
-}
-
-fn is_listener(socket: &SocketRecord, is_ephemeral: &impl Fn(u16) -> bool) -> bool {
-    match socket.state {
-        SocketState::Tcp(state) => state == TcpState::Listen,
-        SocketState::Udp(state) => {
-            let port = socket.local.port();
-            state == UdpState::Unconnected && port != 0 && !is_ephemeral(port)
-        }
     }
 }
 
@@ -693,6 +543,7 @@ mod tests {
     use super::*;
     use crate::model::{SocketOwners, TimeWait};
     use crate::source::sysctl::parse_reserved_ports;
+    use std::collections::BTreeMap;
 
     fn tcp(state: TcpState, local: &str, remote: &str, inode: u64) -> SocketRecord {
         SocketRecord::new(

@@ -3,8 +3,9 @@
 
 use std::fmt::Write as _;
 
-use crate::aggregate::{ExclusiveReason, NO_PROCESS, ProcessUsage, Snapshot, UNKNOWN_PROCESS};
+use crate::aggregate::{ExclusiveReason, NO_PROCESS, Snapshot, UNKNOWN_PROCESS};
 use crate::log::push_json_string;
+use crate::metrics::processes::ProcessUsage;
 use crate::model::{NamespaceSample, SocketState, TcpState};
 
 /// Who holds a connection that no process has accepted yet.
@@ -392,7 +393,7 @@ struct Json {
 
 impl Json {
     /// `key: [{process, ports}, ...]`.
-    fn process_list(&mut self, key: &str, usages: &[crate::aggregate::ProcessUsage]) {
+    fn process_list(&mut self, key: &str, usages: &[ProcessUsage]) {
         self.key(key);
         self.open('[');
         for usage in usages {

@@ -2,7 +2,8 @@
 //! what listens where, for Prometheus.
 //!
 //! One pipeline: `source` reads the kernel, `aggregate` computes the figures,
-//! `render` writes Prometheus text (and `page` the landing page), `serve`
+//! `render` writes Prometheus text, one family module of `metrics` at a time
+//! (and `page` the landing page), `serve`
 //! answers scrapes with the last rendering. `sampler` runs the first three
 //! on a timer and publishes its `status`; `cli`, `log` and `inspect` (a
 //! report for people) sit beside them.
@@ -13,6 +14,7 @@ pub mod aggregate;
 pub mod cli;
 pub mod inspect;
 pub mod log;
+pub mod metrics;
 pub mod model;
 pub mod page;
 pub mod render;

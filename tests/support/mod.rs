@@ -168,8 +168,9 @@ impl Netns {
         let exporter = self.spawn_exporter_with(args, prepare);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(response) = exporter.get("/-/ready")
-                && response.status == 200
+            if exporter
+                .get("/-/ready")
+                .is_ok_and(|response| response.status == 200)
             {
                 return exporter;
             }

@@ -1,0 +1,23 @@
+//! Where each protocol's sockets were read from.
+
+use prometheus::proto::MetricFamily;
+
+use super::{BaseLabels, Family};
+use crate::aggregate::Snapshot;
+use crate::model::Protocol;
+
+/// Writes the source family of one namespace.
+pub fn render(snapshot: &Snapshot, base: &BaseLabels, out: &mut Vec<MetricFamily>) {
+    let mut source = Family::new(
+        "portstat_source_info",
+        "A constant 1, labelled with where each protocol's sockets are read from.",
+        base,
+    );
+    for (protocol, kind) in Protocol::ALL.iter().zip(snapshot.sources) {
+        source.gauge(
+            &[("protocol", protocol.label()), ("source", kind.label())],
+            1.0,
+        );
+    }
+    source.finish(out);
+}
