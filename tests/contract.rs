@@ -1,5 +1,5 @@
 //! The metric contract: the exposition is valid for Prometheus's own linter,
-//! and the README's metric table lists exactly the families the exporter writes.
+//! and the metric table of `docs/metrics.md` lists exactly the families the exporter writes.
 
 mod support;
 
@@ -87,9 +87,9 @@ fn readme_metric_table_matches_the_exposition() {
         .filter(|name| name.starts_with("portstat_"))
         .map(str::to_string)
         .collect();
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let documented: BTreeSet<String> = readme
+    let table =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
+    let documented: BTreeSet<String> = table
         .lines()
         .filter_map(|line| line.strip_prefix("| `portstat_"))
         .filter_map(|rest| rest.split('`').next())
@@ -97,7 +97,7 @@ fn readme_metric_table_matches_the_exposition() {
         .collect();
     assert_eq!(
         rendered, documented,
-        "rendered families (left) differ from the README's metric table (right)"
+        "rendered families (left) differ from the metric table of docs/metrics.md (right)"
     );
 
     // Each row's type and labels are what is rendered. The namespace labels
@@ -127,7 +127,7 @@ fn readme_metric_table_matches_the_exposition() {
     }
     // The metric table's rows: name, type, labels, help (other tables name
     // families too, with other columns).
-    let documented_rows: BTreeMap<String, (String, BTreeSet<String>)> = readme
+    let documented_rows: BTreeMap<String, (String, BTreeSet<String>)> = table
         .lines()
         .filter(|line| line.starts_with("| `portstat_"))
         .map(|line| line.split('|').map(str::trim).collect::<Vec<&str>>())
@@ -148,11 +148,11 @@ fn readme_metric_table_matches_the_exposition() {
         assert_eq!(
             Some(row),
             documented_rows.get(name),
-            "{name}: rendered type and labels (left), README row (right)"
+            "{name}: rendered type and labels (left), docs/metrics.md row (right)"
         );
     }
     assert!(text.contains("# TYPE process_resident_memory_bytes gauge"));
-    assert!(readme.contains("`process_*`"));
+    assert!(table.contains("`process_*`"));
 }
 
 #[test]
