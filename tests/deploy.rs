@@ -41,7 +41,10 @@ fn every_alert_links_to_a_runbook_heading_that_exists() {
                 .filter(|line| line.starts_with('#'))
                 .map(|line| line.trim_start_matches('#').trim())
                 .any(|heading| heading.to_lowercase() == anchor);
-            assert!(heading, "no heading in {path} for the runbook anchor #{anchor}");
+            assert!(
+                heading,
+                "no heading in {path} for the runbook anchor #{anchor}"
+            );
             anchors += 1;
         }
     }
