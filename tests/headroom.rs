@@ -72,6 +72,11 @@ fn predict(netns: &Netns, source: &'static str, from: &str, to: SocketAddr) -> P
         metrics.value("portstat_ephemeral_ports_capacity") - exclusive - used,
         "{source}: headroom = capacity - exclusive - used"
     );
+    // No destination has less headroom than the fewest any has.
+    assert!(
+        metrics.value("portstat_ephemeral_destination_min_headroom") <= headroom,
+        "{source}: min headroom above a destination's headroom"
+    );
     Prediction {
         source,
         headroom,
@@ -112,7 +117,25 @@ fn check(netns: &Netns, from: &str, to: SocketAddr, expect: [Expect; 3]) -> usiz
         if expect == Expect::Exact && prediction.source == "bpf" {
             assert!(prediction.exact, "bpf says it is not exact");
         }
+        if expect == Expect::Exact {
+            // `to` is now out of ports: the fewest any destination has is 0.
+            let after: Metrics = netns.once_until(
+                &[
+                    "--collector.source",
+                    prediction.source,
+                    "--collector.processes=false",
+                ],
+                |_| true,
+            );
+            assert_eq!(
+                after.value("portstat_ephemeral_destination_min_headroom"),
+                0.0,
+                "{}: min headroom once connect() to {to} fails",
+                prediction.source
+            );
+        }
     }
+    drop(held);
     count
 }
 

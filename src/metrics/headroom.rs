@@ -76,6 +76,13 @@ pub fn render(snapshot: &Snapshot, base: &BaseLabels, out: &mut Vec<MetricFamily
     single_gauge(
         out,
         base,
+        "portstat_ephemeral_destination_min_headroom",
+        "Fewest further connect() calls any one destination can make: capacity - exclusive ports - the most ports any destination uses, whatever --collector.destinations.top lists.",
+        f64::from(snapshot.headroom(snapshot.busiest_destination_ports)),
+    );
+    single_gauge(
+        out,
+        base,
         "portstat_ephemeral_destination_max_used_ratio",
         "(Most ports used by connections to any one destination + exclusive ports) / capacity: 1 when connect() to that destination fails.",
         snapshot.destination_max_used_ratio,
