@@ -340,3 +340,95 @@ fn auto_falls_back_to_procfs_once_where_netlink_is_refused() {
     let output = command.output().unwrap();
     assert_eq!(output.status.code(), Some(1));
 }
+
+/// Where the recorded replies live, beside the codec they test.
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/source/netlink/fixtures");
+
+/// Records this kernel's replies to the source's dumps, for the tests of
+/// `src/source/netlink/wire.rs`: in a namespace with the range 40000-40099,
+/// TCP listeners on 127.0.0.1:7000 (one connection from 127.0.0.1:40001
+/// waiting to be accepted, backlog 8) and [::1]:7001, a TIME_WAIT from
+/// [::1]:40002, a socket bound to 127.0.0.1:40050, and UDP sockets on
+/// 127.0.0.1:5353, 127.0.0.1:40060 (connected to :5353) and [::1]:5354.
+/// Each file holds the datagrams of one dump, each after its length as a
+/// little-endian u32. Run by hand to record them again:
+/// `cargo test --test netlink -- --ignored record_sock_diag_fixtures`.
+#[test]
+#[ignore = "writes src/source/netlink/fixtures/; run by hand to record them again"]
+fn record_sock_diag_fixtures() {
+    use portstat_exporter::model::{PortRange, Protocol};
+    use portstat_exporter::source::netlink::socket::DiagSocket;
+    use portstat_exporter::source::netlink::wire::{build_request, dumps_for};
+    use std::io::Read;
+
+    let netns = Netns::new((40000, 40099), "");
+    netns.run(|| {
+        let v4 = listening_socket("127.0.0.1:7000", false, 8);
+        let v6 = TcpListener::from(listening_socket("[::1]:7001", false, 8));
+        let waiting = bound_socket("127.0.0.1:40001", false);
+        waiting
+            .connect(&"127.0.0.1:7000".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        let closing = TcpStream::from({
+            let socket = bound_socket("[::1]:40002", false);
+            socket
+                .connect(&"[::1]:7001".parse::<SocketAddr>().unwrap().into())
+                .unwrap();
+            socket
+        });
+        let (mut accepted, _) = v6.accept().unwrap();
+        drop(closing);
+        let mut rest = Vec::new();
+        accepted.read_to_end(&mut rest).unwrap();
+        drop(accepted);
+        let bound = bound_socket("127.0.0.1:40050", false);
+        let server = UdpSocket::bind("127.0.0.1:5353").unwrap();
+        let client = UdpSocket::bind("127.0.0.1:40060").unwrap();
+        client.connect("127.0.0.1:5353").unwrap();
+        let server6 = UdpSocket::bind("[::1]:5354").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+
+        let range = PortRange {
+            start: 40000,
+            end: 40099,
+        };
+        let tcp = dumps_for(Protocol::Tcp, range, true, true);
+        let tcp_per_family = dumps_for(Protocol::Tcp, range, false, true);
+        let udp = dumps_for(Protocol::Udp, range, false, false);
+        let recordings = [
+            ("tcp-listeners", &tcp[0]),
+            ("tcp-connections", &tcp[1]),
+            ("tcp-ipv4-connections", &tcp_per_family[1]),
+            ("udp-ipv4", &udp[0]),
+            ("udp-ipv6", &udp[1]),
+        ];
+        let socket = DiagSocket::open().unwrap();
+        let mut request = Vec::new();
+        let mut buffer = Vec::with_capacity(32 * 1024);
+        for (name, dump) in recordings {
+            build_request(dump, 1, &mut request);
+            socket.send(&request).unwrap();
+            let mut file = Vec::new();
+            loop {
+                let length = socket.receive(&mut buffer).unwrap();
+                assert!(length <= buffer.len(), "a datagram overflowed");
+                file.extend_from_slice(&(length as u32).to_le_bytes());
+                file.extend_from_slice(&buffer[..length]);
+                // NLMSG_DONE (3) ends the dump; it comes last in its datagram.
+                let mut at = 0;
+                let mut done = false;
+                while at + 16 <= length {
+                    let message = u32::from_ne_bytes(buffer[at..at + 4].try_into().unwrap());
+                    assert!(message >= 16, "a message shorter than its header");
+                    done |= u16::from_ne_bytes(buffer[at + 4..at + 6].try_into().unwrap()) == 3;
+                    at += (message as usize + 3) & !3;
+                }
+                if done {
+                    break;
+                }
+            }
+            std::fs::write(format!("{FIXTURES}/{name}.bin"), file).unwrap();
+        }
+        drop((v4, waiting, bound, server, client, server6));
+    });
+}

@@ -2,7 +2,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use portstat_exporter::model::{PortRange, Protocol};
-use portstat_exporter::source::netlink::{dumps_for, parse_datagram};
+use portstat_exporter::source::netlink::wire::{dumps_for, parse_datagram};
 
 fuzz_target!(|data: &[u8]| {
     let range = PortRange {

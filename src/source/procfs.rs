@@ -11,7 +11,7 @@ use procfs::net::{TcpNetEntries, UdpNetEntries};
 
 use crate::model::{Protocol, SocketRecord, SocketState, TcpState, TimeWait, UdpState};
 use crate::source::SourceError;
-use crate::source::netlink::time_wait_age_ms;
+use crate::source::netlink::wire::time_wait_age_ms;
 
 /// One of the four socket tables.
 #[derive(Debug, Clone, Copy)]

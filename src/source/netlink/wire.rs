@@ -1,26 +1,11 @@
-//! The netlink source: sock_diag dumps over a `NETLINK_SOCK_DIAG` socket, the
-//! interface `ss` uses.
-//!
-//! The kernel is asked for as little as possible. Each dump names the states
-//! it wants, and all but the listener dumps carry `INET_DIAG_REQ_BYTECODE`, a
-//! filter program the kernel runs on every socket so that only those whose
-//! source port is inside the ephemeral range come back. No extension is
-//! requested, so the kernel computes no per-socket info that goes unused.
-//!
-//! A dump walks the kernel's whole socket table whatever it returns, and a
-//! `SOCK_DIAG_BY_FAMILY` request names one address family, so IPv4 and IPv6
-//! would cost two walks. For TCP the older `TCPDIAG_GETSOCK` request (same
-//! replies, same filter) dumps both families in one walk; where a kernel
-//! refuses it, the reader falls back to one `SOCK_DIAG_BY_FAMILY` dump per
-//! family. UDP has only the per-family request.
-//!
-//! Request building and reply parsing are pure functions over bytes; only
-//! `NetlinkSockets` touches the socket. The layouts are those of
-//! `include/uapi/linux/{netlink,sock_diag,inet_diag}.h`.
+//! The sock_diag wire format, pure: dump requests and their filter bytecode
+//! built into bytes, reply datagrams parsed into socket records. Nothing
+//! here touches a socket, so every function is tested on bytes: constructed
+//! messages, and datagrams recorded from a real kernel (`fixtures/`). The
+//! layouts are those of `include/uapi/linux/{netlink,sock_diag,inet_diag}.h`.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use crate::model::UdpState;
 use crate::model::{
@@ -47,15 +32,15 @@ const INET_DIAG_BC_S_GE: u8 = 2;
 const INET_DIAG_BC_S_LE: u8 = 3;
 
 /// `struct nlmsghdr`.
-const HEADER_LENGTH: usize = 16;
+pub const HEADER_LENGTH: usize = 16;
 /// `struct inet_diag_req_v2`.
-const REQUEST_LENGTH: usize = 56;
+pub const REQUEST_LENGTH: usize = 56;
 /// `struct inet_diag_req`.
 const COMPAT_REQUEST_LENGTH: usize = 60;
 /// `struct inet_diag_msg`.
 const MESSAGE_LENGTH: usize = 72;
 /// Two `struct inet_diag_bc_op` per comparison, two comparisons.
-const BYTECODE_LENGTH: usize = 16;
+pub const BYTECODE_LENGTH: usize = 16;
 
 /// The receive buffer. The kernel sizes a dump's datagrams after the largest
 /// buffer a reader has offered, up to 32 KiB. Measured on 50,000 sockets
@@ -65,7 +50,7 @@ const BYTECODE_LENGTH: usize = 16;
 pub const RECEIVE_BUFFER_LENGTH: usize = 32 * 1024;
 
 /// The TCP state bits (`1 << state`) that a dump asks for.
-mod state_mask {
+pub mod state_mask {
     /// `TCP_LISTEN`.
     pub const LISTEN: u32 = 1 << 10;
     /// `TCP_CLOSE`. No socket in the connection table is in this state (the
@@ -465,7 +450,8 @@ pub fn time_wait_age_ms(remaining_ms: u32) -> u32 {
     TIME_WAIT_LENGTH_MS.saturating_sub(remaining_ms)
 }
 
-fn describe(dump: &Dump) -> String {
+/// The dump in words, for errors: protocol, family and states.
+pub fn describe(dump: &Dump) -> String {
     let family = match dump.family.map(i32::from) {
         Some(libc::AF_INET) => "inet",
         Some(_) => "inet6",
@@ -497,270 +483,6 @@ fn read_u32(bytes: &[u8], offset: usize) -> u32 {
 
 fn read_i32(bytes: &[u8], offset: usize) -> i32 {
     read_u32(bytes, offset) as i32
-}
-
-/// A `NETLINK_SOCK_DIAG` socket with its reused buffers.
-pub struct NetlinkSockets {
-    socket: Option<OwnedFd>,
-    request: Vec<u8>,
-    buffer: Vec<u8>,
-    sequence: u32,
-    /// Whether TCP is dumped with `TCPDIAG_GETSOCK`, until a kernel refuses it.
-    tcp_both_families: bool,
-}
-
-impl NetlinkSockets {
-    /// A source that opens its socket at first use.
-    pub fn new() -> NetlinkSockets {
-        NetlinkSockets {
-            socket: None,
-            request: Vec::with_capacity(HEADER_LENGTH + REQUEST_LENGTH + 4 + BYTECODE_LENGTH),
-            buffer: vec![0; RECEIVE_BUFFER_LENGTH],
-            sequence: 0,
-            tcp_both_families: true,
-        }
-    }
-
-    /// Closes the socket; the next dump opens one in the calling thread's
-    /// network namespace.
-    pub fn close(&mut self) {
-        self.socket = None;
-    }
-
-    /// Appends the sockets of `protocol` the exporter needs: listeners
-    /// anywhere, everything else whose source port is inside `range`.
-    /// `bound_inactive`: whether to look for TCP sockets bound but neither
-    /// listening nor connected (see `census`).
-    pub fn read_sockets(
-        &mut self,
-        protocol: Protocol,
-        range: PortRange,
-        bound_inactive: bool,
-        sockets: &mut Vec<SocketRecord>,
-    ) -> Result<(), NetlinkError> {
-        let start = sockets.len();
-        let both_families = protocol == Protocol::Tcp && self.tcp_both_families;
-        match self.run_dumps(protocol, range, both_families, bound_inactive, sockets) {
-            Err(NetlinkError::Refused { source, .. }) if both_families => {
-                tracing::info!(
-                    err = %source,
-                    "TCPDIAG_GETSOCK refused; dumping TCP one address family at a time"
-                );
-                self.tcp_both_families = false;
-                sockets.truncate(start);
-                self.run_dumps(protocol, range, false, bound_inactive, sockets)
-            }
-            other => other,
-        }
-    }
-
-    /// Appends the TCP sockets bound inside `range` that neither listen nor
-    /// are connected (Linux 6.5+; older kernels return none). They are in
-    /// no table a BPF `iter/tcp` program walks.
-    pub fn read_bound_inactive(
-        &mut self,
-        range: PortRange,
-        sockets: &mut Vec<SocketRecord>,
-    ) -> Result<(), NetlinkError> {
-        let both_families = self.tcp_both_families;
-        let families: &[Option<u8>] = if both_families {
-            &[None]
-        } else {
-            &[Some(libc::AF_INET as u8), Some(libc::AF_INET6 as u8)]
-        };
-        for &family in families {
-            let dump = Dump {
-                family,
-                protocol: Protocol::Tcp,
-                states: state_mask::BOUND_INACTIVE,
-                source_ports: Some(range),
-            };
-            self.dump_retrying(&dump, sockets)?;
-        }
-        Ok(())
-    }
-
-    fn run_dumps(
-        &mut self,
-        protocol: Protocol,
-        range: PortRange,
-        both_families: bool,
-        bound_inactive: bool,
-        sockets: &mut Vec<SocketRecord>,
-    ) -> Result<(), NetlinkError> {
-        for dump in dumps_for(protocol, range, both_families, bound_inactive) {
-            match self.dump_retrying(&dump, sockets) {
-                // A kernel without IPv6 has no inet6 diag handler: that is no
-                // IPv6 sockets, once the IPv4 dumps have worked.
-                Err(NetlinkError::Refused { source, .. })
-                    if dump.family == Some(libc::AF_INET6 as u8)
-                        && matches!(
-                            source.raw_os_error(),
-                            Some(libc::ENOENT | libc::EAFNOSUPPORT)
-                        ) => {}
-                other => other?,
-            }
-        }
-        Ok(())
-    }
-
-    /// Runs one dump, again once if the kernel marks it interrupted.
-    fn dump_retrying(
-        &mut self,
-        dump: &Dump,
-        sockets: &mut Vec<SocketRecord>,
-    ) -> Result<(), NetlinkError> {
-        let start = sockets.len();
-        for _ in 0..2 {
-            sockets.truncate(start);
-            match self.dump_once(dump, sockets) {
-                Ok(false) => return Ok(()),
-                Ok(true) => continue,
-                Err(error) => {
-                    // The socket may hold the rest of the failed dump.
-                    self.socket = None;
-                    sockets.truncate(start);
-                    return Err(error);
-                }
-            }
-        }
-        sockets.truncate(start);
-        Err(NetlinkError::Interrupted(describe(dump)))
-    }
-
-    /// Runs one dump; returns whether it was interrupted.
-    fn dump_once(
-        &mut self,
-        dump: &Dump,
-        sockets: &mut Vec<SocketRecord>,
-    ) -> Result<bool, NetlinkError> {
-        let fd = self.socket()?;
-        self.sequence = self.sequence.wrapping_add(1);
-        build_request(dump, self.sequence, &mut self.request);
-        send(fd, &self.request)?;
-        let mut interrupted = false;
-        loop {
-            let length = receive(fd, &mut self.buffer)?;
-            let datagram = &self.buffer[..length];
-            match parse_datagram(datagram, self.sequence, dump, &mut interrupted, sockets)? {
-                Progress::More => {}
-                Progress::Done { interrupted } => return Ok(interrupted),
-            }
-        }
-    }
-
-    fn socket(&mut self) -> Result<i32, NetlinkError> {
-        if let Some(socket) = &self.socket {
-            return Ok(socket.as_raw_fd());
-        }
-        // SAFETY: plain system calls; the descriptor is owned from here on.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_SOCK_DIAG,
-            )
-        };
-        if fd < 0 {
-            return Err(NetlinkError::System {
-                call: "socket",
-                source: io::Error::last_os_error(),
-            });
-        }
-        // SAFETY: fd is a fresh descriptor that nothing else owns.
-        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-        // A kernel that stops answering must not stall the sampler for ever.
-        let timeout = libc::timeval {
-            tv_sec: 10,
-            tv_usec: 0,
-        };
-        // SAFETY: timeout outlives the call and its size is passed.
-        let result = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if result != 0 {
-            return Err(NetlinkError::System {
-                call: "setsockopt(SO_RCVTIMEO)",
-                source: io::Error::last_os_error(),
-            });
-        }
-        self.socket = Some(socket);
-        Ok(fd)
-    }
-}
-
-impl Default for NetlinkSockets {
-    fn default() -> Self {
-        NetlinkSockets::new()
-    }
-}
-
-fn send(fd: i32, request: &[u8]) -> Result<(), NetlinkError> {
-    // SAFETY: an all-zero sockaddr_nl addresses the kernel (pid 0).
-    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    loop {
-        // SAFETY: request and kernel outlive the call; lengths are theirs.
-        let sent = unsafe {
-            libc::sendto(
-                fd,
-                request.as_ptr().cast(),
-                request.len(),
-                0,
-                (&kernel as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if sent >= 0 {
-            return Ok(());
-        }
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(NetlinkError::System {
-                call: "sendto",
-                source: error,
-            });
-        }
-    }
-}
-
-/// Receives one datagram into `buffer`; a datagram longer than the buffer
-/// is an error rather than silently cut.
-fn receive(fd: i32, buffer: &mut [u8]) -> Result<usize, NetlinkError> {
-    loop {
-        // SAFETY: buffer outlives the call and its length is passed.
-        let received = unsafe {
-            libc::recv(
-                fd,
-                buffer.as_mut_ptr().cast(),
-                buffer.len(),
-                libc::MSG_TRUNC,
-            )
-        };
-        if received >= 0 {
-            let received = received as usize;
-            if received > buffer.len() {
-                return Err(NetlinkError::Malformed(format!(
-                    "a datagram of {received} bytes overflowed the {}-byte buffer",
-                    buffer.len()
-                )));
-            }
-            return Ok(received);
-        }
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(NetlinkError::System {
-                call: "recv",
-                source: error,
-            });
-        }
-    }
 }
 
 #[cfg(test)]
@@ -1162,49 +884,150 @@ mod tests {
         }
     }
 
-    /// Both ways of dumping TCP return the same sockets, from the kernel this
-    /// test runs on (its own sockets, in whatever namespace it is in).
+    /// The datagrams of a dump recorded from a real kernel (see
+    /// `fixtures/README.md`), each after its length as a little-endian u32.
+    fn recorded(name: &str) -> Vec<Vec<u8>> {
+        let path = format!(
+            "{}/src/source/netlink/fixtures/{name}.bin",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let bytes = std::fs::read(&path).unwrap();
+        let mut datagrams = Vec::new();
+        let mut rest = bytes.as_slice();
+        while !rest.is_empty() {
+            let (length, after) = rest.split_at(4);
+            let length = u32::from_le_bytes(length.try_into().unwrap()) as usize;
+            datagrams.push(after[..length].to_vec());
+            rest = &after[length..];
+        }
+        datagrams
+    }
+
+    /// Parses a recorded dump to its end: the sockets, as state, local and
+    /// remote address.
+    fn parse_recorded(name: &str, dump: &Dump) -> Vec<SocketRecord> {
+        let mut sockets = Vec::new();
+        let mut interrupted = false;
+        let datagrams = recorded(name);
+        for (index, datagram) in datagrams.iter().enumerate() {
+            let progress =
+                parse_datagram(datagram, 1, dump, &mut interrupted, &mut sockets).unwrap();
+            let last = index + 1 == datagrams.len();
+            assert_eq!(
+                progress == (Progress::Done { interrupted: false }),
+                last,
+                "{name}"
+            );
+        }
+        sockets
+    }
+
+    fn summary(sockets: &[SocketRecord]) -> Vec<String> {
+        let mut lines: Vec<String> = sockets
+            .iter()
+            .map(|socket| {
+                format!(
+                    "{} {} {}",
+                    socket.state.label(),
+                    socket.local,
+                    socket.remote
+                )
+            })
+            .collect();
+        lines.sort();
+        lines
+    }
+
     #[test]
-    fn both_tcp_requests_agree_on_real_sockets() {
-        let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let v6 = std::net::TcpListener::bind("[::1]:0").unwrap();
-        let client4 = std::net::TcpStream::connect(v4.local_addr().unwrap()).unwrap();
-        let client6 = std::net::TcpStream::connect(v6.local_addr().unwrap()).unwrap();
-        let bound =
-            socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).unwrap();
-        bound
-            .bind(&"[::]:0".parse::<SocketAddr>().unwrap().into())
+    fn recorded_tcp_replies_from_a_real_kernel() {
+        let both = dumps_for(Protocol::Tcp, RANGE, true, true);
+        let listeners = parse_recorded("tcp-listeners", &both[0]);
+        assert_eq!(
+            summary(&listeners),
+            [
+                "listen 127.0.0.1:7000 0.0.0.0:0",
+                "listen [::1]:7001 [::]:0"
+            ]
+        );
+        let queues: Vec<_> = listeners.iter().map(|socket| socket.listen_queue).collect();
+        assert_eq!(
+            queues,
+            [
+                Some(ListenQueue {
+                    waiting: 1,
+                    limit: 8
+                }),
+                Some(ListenQueue {
+                    waiting: 0,
+                    limit: 8
+                })
+            ]
+        );
+        assert!(listeners.iter().all(|socket| socket.inode != 0));
+
+        let connections = parse_recorded("tcp-connections", &both[1]);
+        assert_eq!(
+            summary(&connections),
+            [
+                "bound_inactive 127.0.0.1:40050 0.0.0.0:0",
+                "established 127.0.0.1:40001 127.0.0.1:7000",
+                "time_wait [::1]:40002 [::1]:7001",
+            ]
+        );
+        let time_wait = connections
+            .iter()
+            .find(|socket| socket.state == SocketState::Tcp(TcpState::TimeWait))
             .unwrap();
-        let ours: Vec<u16> = [
-            v4.local_addr().unwrap().port(),
-            v6.local_addr().unwrap().port(),
-            client4.local_addr().unwrap().port(),
-            client6.local_addr().unwrap().port(),
-            bound.local_addr().unwrap().as_socket().unwrap().port(),
-        ]
-        .to_vec();
-        let range = PortRange {
-            start: 1,
-            end: 65535,
-        };
-        let read = |both_families: bool| {
-            let mut source = NetlinkSockets::new();
-            let mut sockets = Vec::new();
-            source
-                .run_dumps(Protocol::Tcp, range, both_families, true, &mut sockets)
-                .unwrap();
-            let mut ours: Vec<String> = sockets
-                .iter()
-                .filter(|socket| ours.contains(&socket.local.port()))
-                .map(|socket| format!("{socket:?}"))
-                .collect();
-            ours.sort();
-            ours
-        };
-        let both = read(true);
-        // Two listeners, two client ends, two accepted ends, one bound.
-        assert_eq!(both.len(), 7, "{both:#?}");
-        assert!(both.iter().any(|socket| socket.contains("BoundInactive")));
-        assert_eq!(both, read(false));
+        assert_eq!(time_wait.inode, 0, "TIME_WAIT belongs to no file");
+        let age = time_wait.time_wait.unwrap().age_ms;
+        assert!(age < 1000, "recorded within a second of closing: {age} ms");
+
+        let per_family = dumps_for(Protocol::Tcp, RANGE, false, true);
+        let ipv4 = parse_recorded("tcp-ipv4-connections", &per_family[1]);
+        assert_eq!(
+            summary(&ipv4),
+            [
+                "bound_inactive 127.0.0.1:40050 0.0.0.0:0",
+                "established 127.0.0.1:40001 127.0.0.1:7000",
+            ]
+        );
+    }
+
+    #[test]
+    fn recorded_udp_replies_from_a_real_kernel() {
+        let udp = dumps_for(Protocol::Udp, RANGE, false, false);
+        assert_eq!(
+            summary(&parse_recorded("udp-ipv4", &udp[0])),
+            [
+                "connected 127.0.0.1:40060 127.0.0.1:5353",
+                "unconnected 127.0.0.1:5353 0.0.0.0:0",
+            ]
+        );
+        assert_eq!(
+            summary(&parse_recorded("udp-ipv6", &udp[1])),
+            ["unconnected [::1]:5354 [::]:0"]
+        );
+    }
+
+    /// A recorded datagram cut anywhere before its end never panics and
+    /// never reads as a finished dump: the end of a dump comes last.
+    #[test]
+    fn recorded_replies_cut_short_never_finish() {
+        let both = dumps_for(Protocol::Tcp, RANGE, true, true);
+        for datagram in recorded("tcp-connections") {
+            for length in 0..datagram.len() {
+                let result = parse_datagram(
+                    &datagram[..length],
+                    1,
+                    &both[1],
+                    &mut false,
+                    &mut Vec::new(),
+                );
+                assert!(
+                    matches!(result, Ok(Progress::More) | Err(NetlinkError::Malformed(_))),
+                    "cut at {length}: {result:?}"
+                );
+            }
+        }
     }
 }
