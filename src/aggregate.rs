@@ -4,14 +4,15 @@
 //! out. Every metric's meaning is decided here; the README's metric table
 //! states the same definitions for users.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use crate::metrics::listeners::{Listener, ListenerGroups, is_listener};
 use crate::metrics::processes::{ProcessUsage, top_processes};
 use crate::model::{
-    NamespaceIdentity, NamespaceSample, PortBinding, PortRange, PortSet, Protocol, SocketRecord,
-    SocketState, SourceKind, TcpState, TimeWaitReuse, UdpState,
+    NamespaceIdentity, NamespaceSample, PortBinding, PortList, PortRange, PortSet, Protocol,
+    ReservedPorts, SocketOwners, SocketRecord, SocketSink, SocketState, SourceKind, TcpState,
+    TimeWaitReuse, UdpState,
 };
 
 pub use crate::model::{NO_PROCESS, UNKNOWN_PROCESS};
@@ -188,233 +189,369 @@ pub struct ProtocolOccupancy {
     pub sockets_scanned: u64,
 }
 
-/// Computes the figures of one namespace sample.
+/// Computes the figures of a namespace sample held whole in memory: its
+/// sockets streamed through an `Aggregator`.
 pub fn aggregate(sample: &NamespaceSample, limits: &Limits) -> Snapshot {
-    let range = sample.range;
-    let reserved = &sample.reserved;
-    let reserved_in_range = reserved.count_in(range);
-    let capacity = range.port_count() - reserved_in_range;
-    let is_ephemeral = |port: u16| range.contains(port) && !reserved.contains(port);
-
-    let mut used = [PortSet::new(), PortSet::new()];
-    let mut tcp_states = [0u64; TcpState::ALL.len() + 1];
-    let mut udp_states = [0u64; UdpState::ALL.len()];
-    let mut scanned = [0u64; 2];
-    let mut listeners = ListenerGroups::default();
-    let mut exclusive_sets = [PortSet::new(), PortSet::new(), PortSet::new()];
-    let mut process_ports: Vec<(&str, Protocol, u16)> = Vec::new();
-
+    let mut aggregator = Aggregator::new(
+        sample.range,
+        sample.reserved.clone(),
+        sample.time_wait_reuse,
+        *limits,
+    );
     for socket in &sample.sockets {
-        let protocol = socket.state.protocol();
-        let index = protocol_index(protocol);
-        let port = socket.local.port();
-        scanned[index] += 1;
-        if range.contains(port) {
-            match socket.state {
-                SocketState::Tcp(state) => tcp_states[tcp_index(state)] += 1,
-                SocketState::Udp(state) => udp_states[udp_index(state)] += 1,
-            }
-        }
-        if is_ephemeral(port) {
-            used[index].insert(port);
-            if let Some(reason) = exclusive_reason(socket) {
-                exclusive_sets[reason as usize].insert(port);
-            }
-            if limits.processes_top > 0 {
-                process_ports.push((process_of(sample, socket), protocol, port));
-            }
-        }
-        if is_listener(socket, &is_ephemeral) {
-            let process = sample
-                .owners
-                .process_name(socket.inode)
-                .unwrap_or(UNKNOWN_PROCESS);
-            listeners.add(socket, link_local_scope(sample, socket), process);
+        aggregator.add(socket);
+    }
+    aggregator.finish(&sample.owners, sample.sources, &sample.interfaces)
+}
+
+/// Computes the figures of one namespace from its sockets, taken one at a
+/// time as a source reads them.
+///
+/// What it keeps follows the range, the destinations, the listeners and
+/// the processes, not the sockets: bitmaps over the ports, a compact port
+/// list per destination, the listening sockets, and, while processes are
+/// counted, 16 bytes per socket on a port of the range that a file holds,
+/// until its owner is known.
+pub struct Aggregator {
+    range: PortRange,
+    reserved: ReservedPorts,
+    time_wait_reuse: TimeWaitReuse,
+    limits: Limits,
+    /// The port whose sockets are kept whole (`inspect PORT`).
+    keep_port: Option<u16>,
+    /// TCP, then UDP.
+    tallies: [ProtocolTally; 2],
+}
+
+/// What the sockets of one protocol have added up to so far.
+#[derive(Default)]
+struct ProtocolTally {
+    scanned: u64,
+    /// Distinct ephemeral ports held.
+    used: PortSet,
+    /// Sockets inside the range by state (TCP or UDP state numbering).
+    states: [u64; TcpState::ALL.len() + 1],
+    /// Listening sockets, grouped once their owners are known.
+    listeners: Vec<SocketRecord>,
+    /// Sockets on ephemeral ports that a file holds, until their owners
+    /// are known; only while processes are counted.
+    held: Vec<HeldPort>,
+    /// Ephemeral ports of sockets no file holds (TIME_WAIT, orphans).
+    unheld: PortSet,
+    /// TCP: exclusive ports, in `ExclusiveReason::ALL` order, before a port
+    /// is counted under its first reason only.
+    exclusive: [PortSet; 3],
+    /// TCP: ports bound before `connect()` held by sockets no file holds.
+    unheld_bind_first: PortSet,
+    /// TCP: the ports each destination uses, exclusive ones included.
+    destinations: HashMap<Destination, PortList>,
+    /// TCP: TIME_WAIT sockets `connect()` may take over now, by port
+    /// (index from the range's start); sized at the first one.
+    reusable_by_port: Vec<u32>,
+    /// Sockets on the kept port.
+    kept: Vec<SocketRecord>,
+}
+
+/// A socket on an ephemeral port that a file holds, waiting for its owner.
+#[derive(Debug, Clone, Copy)]
+struct HeldPort {
+    inode: u64,
+    port: u16,
+    /// Bound before `connect()`: its port is exclusive to its owner.
+    bind_first: bool,
+}
+
+impl Aggregator {
+    /// An aggregator for a namespace whose range, reserved ports and
+    /// TIME_WAIT reuse settings are these.
+    pub fn new(
+        range: PortRange,
+        reserved: ReservedPorts,
+        time_wait_reuse: TimeWaitReuse,
+        limits: Limits,
+    ) -> Aggregator {
+        Aggregator {
+            range,
+            reserved,
+            time_wait_reuse,
+            limits,
+            keep_port: None,
+            tallies: Default::default(),
         }
     }
 
-    let occupancy = Protocol::ALL.map(|protocol| {
-        let index = protocol_index(protocol);
-        let ports_used = used[index].len();
-        let sockets_by_state = match protocol {
-            Protocol::Tcp => {
-                // procfs cannot see bound-but-inactive sockets: report the
-                // state only where the source can, rather than a false 0.
-                let sees_bound_inactive =
-                    matches!(sample.sources[index], SourceKind::Netlink | SourceKind::Bpf);
-                TcpState::ALL
-                    .iter()
-                    .copied()
-                    .chain(sees_bound_inactive.then_some(TcpState::BoundInactive))
-                    .map(|state| (SocketState::Tcp(state), tcp_states[tcp_index(state)]))
-                    .collect()
-            }
-            Protocol::Udp => UdpState::ALL
-                .iter()
-                .map(|&state| (SocketState::Udp(state), udp_states[udp_index(state)]))
-                .collect(),
-        };
-        ProtocolOccupancy {
-            protocol,
-            ports_used,
-            used_ratio: used_ratio(ports_used, capacity),
-            sockets_by_state,
-            sockets_scanned: scanned[index],
-        }
-    });
+    /// Keeps every socket on `port` whole, for `kept_sockets`.
+    pub fn keep_sockets_on(&mut self, port: u16) {
+        self.keep_port = Some(port);
+    }
 
-    let (listeners, listeners_omitted) = listeners.finish(limits.listeners_max, is_ephemeral);
+    fn is_ephemeral(&self, port: u16) -> bool {
+        self.range.contains(port) && !self.reserved.contains(port)
+    }
 
-    // Each port counts under its first reason only.
-    let [listener_ports, mut bound_ports, mut bind_first_ports] = exclusive_sets;
-    bound_ports.remove_all(&listener_ports);
-    bind_first_ports.remove_all(&listener_ports);
-    bind_first_ports.remove_all(&bound_ports);
-    let exclusive = ExclusivePorts {
-        by_reason: [
-            listener_ports.len(),
-            bound_ports.len(),
-            bind_first_ports.len(),
-        ],
-    };
-    let mut all_exclusive = listener_ports;
-    all_exclusive.insert_all(&bound_ports);
-    all_exclusive.insert_all(&bind_first_ports);
-    let usage = destination_usage(
-        sample,
-        &is_ephemeral,
-        &all_exclusive,
-        limits.destinations_top,
-    );
-    let largest = usage.largest;
-    let destination_max_used_ratio = used_ratio(largest + exclusive.total(), capacity);
-    let bind_before_connect_processes = if limits.processes_top > 0 {
-        let ports = sample
-            .sockets
+    /// The inodes of the sockets whose owning process the figures name (the
+    /// listeners', and while processes are counted every socket holding an
+    /// ephemeral port), with those of the kept sockets: sorted, once each.
+    pub fn wanted_owners(&self) -> Vec<u64> {
+        let mut inodes: Vec<u64> = self
+            .tallies
             .iter()
-            .filter(|socket| {
-                let port = socket.local.port();
-                socket.state.protocol() == Protocol::Tcp
-                    && bind_first_ports.contains(port)
-                    && is_ephemeral(port)
-                    && exclusive_reason(socket) == Some(ExclusiveReason::BindBeforeConnect)
+            .flat_map(|tally| {
+                tally
+                    .listeners
+                    .iter()
+                    .chain(&tally.kept)
+                    .map(|socket| socket.inode)
+                    .chain(tally.held.iter().map(|held| held.inode))
             })
-            .map(|socket| {
-                (
-                    process_of(sample, socket),
-                    Protocol::Tcp,
-                    socket.local.port(),
-                )
+            .filter(|&inode| inode != 0)
+            .collect();
+        inodes.sort_unstable();
+        inodes.dedup();
+        inodes
+    }
+
+    /// The sockets on the kept port, TCP first.
+    pub fn kept_sockets(&self) -> impl Iterator<Item = &SocketRecord> {
+        self.tallies.iter().flat_map(|tally| &tally.kept)
+    }
+
+    /// Computes the figures, naming processes with `owners` and link-local
+    /// interfaces with `interfaces`.
+    pub fn finish(
+        mut self,
+        owners: &SocketOwners,
+        sources: [SourceKind; 2],
+        interfaces: &BTreeMap<u32, String>,
+    ) -> Snapshot {
+        let range = self.range;
+        let reserved_in_range = self.reserved.count_in(range);
+        let capacity = range.port_count() - reserved_in_range;
+        let occupancy = Protocol::ALL.map(|protocol| {
+            let tally = &self.tallies[protocol_index(protocol)];
+            let sockets_by_state = match protocol {
+                Protocol::Tcp => {
+                    // procfs cannot see bound-but-inactive sockets: report the
+                    // state only where the source can, rather than a false 0.
+                    let sees_bound_inactive = matches!(
+                        sources[protocol_index(protocol)],
+                        SourceKind::Netlink | SourceKind::Bpf
+                    );
+                    TcpState::ALL
+                        .iter()
+                        .copied()
+                        .chain(sees_bound_inactive.then_some(TcpState::BoundInactive))
+                        .map(|state| (SocketState::Tcp(state), tally.states[state as usize]))
+                        .collect()
+                }
+                Protocol::Udp => UdpState::ALL
+                    .iter()
+                    .map(|&state| (SocketState::Udp(state), tally.states[state as usize]))
+                    .collect(),
+            };
+            let ports_used = tally.used.len();
+            ProtocolOccupancy {
+                protocol,
+                ports_used,
+                used_ratio: used_ratio(ports_used, capacity),
+                sockets_by_state,
+                sockets_scanned: tally.scanned,
+            }
+        });
+
+        let mut groups = ListenerGroups::default();
+        for tally in &self.tallies {
+            for socket in &tally.listeners {
+                let process = owners.process_name(socket.inode).unwrap_or(UNKNOWN_PROCESS);
+                groups.add(socket, link_local_scope(interfaces, socket), process);
+            }
+        }
+        let (listeners, listeners_omitted) =
+            groups.finish(self.limits.listeners_max, |port| self.is_ephemeral(port));
+
+        // Each port counts under its first reason only.
+        let tcp = &mut self.tallies[0];
+        let [listener_ports, mut bound_ports, mut bind_first_ports] =
+            std::mem::take(&mut tcp.exclusive);
+        bound_ports.remove_all(&listener_ports);
+        bind_first_ports.remove_all(&listener_ports);
+        bind_first_ports.remove_all(&bound_ports);
+        let exclusive = ExclusivePorts {
+            by_reason: [
+                listener_ports.len(),
+                bound_ports.len(),
+                bind_first_ports.len(),
+            ],
+        };
+        let mut all_exclusive = listener_ports;
+        all_exclusive.insert_all(&bound_ports);
+        all_exclusive.insert_all(&bind_first_ports);
+
+        let time_wait_reusable = tcp
+            .reusable_by_port
+            .iter()
+            .enumerate()
+            .filter(|(offset, _)| !all_exclusive.contains(range.start + *offset as u16))
+            .map(|(_, &count)| u64::from(count))
+            .sum();
+        let mut usage: Vec<DestinationUsage> = tcp
+            .destinations
+            .drain()
+            .filter_map(|(destination, mut ports)| {
+                let ports_used = ports.count_without(&all_exclusive);
+                (ports_used > 0).then_some(DestinationUsage {
+                    destination,
+                    ports_used,
+                })
             })
             .collect();
-        top_processes(ports, limits.processes_top)
-    } else {
-        Vec::new()
-    };
+        let destination_count = usage.len() as u64;
+        let largest = usage
+            .iter()
+            .map(|usage| usage.ports_used)
+            .max()
+            .unwrap_or(0);
+        usage.sort_by(|a, b| {
+            b.ports_used
+                .cmp(&a.ports_used)
+                .then(a.destination.cmp(&b.destination))
+        });
+        usage.truncate(self.limits.destinations_top);
+        let destination_max_used_ratio = used_ratio(largest + exclusive.total(), capacity);
 
-    Snapshot {
-        range,
-        reserved_in_range,
-        capacity,
-        occupancy,
-        listeners,
-        listeners_omitted,
-        exclusive,
-        time_wait_reusable: usage.time_wait_reusable,
-        bind_before_connect_processes,
-        destinations: usage.top,
-        destination_count: usage.count,
-        busiest_destination_ports: largest,
-        destination_max_used_ratio,
-        processes: top_processes(process_ports, limits.processes_top),
-        sources: sample.sources,
-        namespace: None,
+        let top = self.limits.processes_top;
+        let (processes, bind_before_connect_processes) = if top > 0 {
+            let mut ports: Vec<(&str, Protocol, u16)> = Vec::new();
+            let mut bind_first: Vec<(&str, Protocol, u16)> = Vec::new();
+            for (protocol, tally) in Protocol::ALL.iter().zip(&self.tallies) {
+                for held in &tally.held {
+                    let process = owners.process_name(held.inode).unwrap_or(UNKNOWN_PROCESS);
+                    ports.push((process, *protocol, held.port));
+                    if held.bind_first && bind_first_ports.contains(held.port) {
+                        bind_first.push((process, *protocol, held.port));
+                    }
+                }
+                ports.extend(
+                    tally
+                        .unheld
+                        .iter()
+                        .map(|port| (NO_PROCESS, *protocol, port)),
+                );
+            }
+            bind_first.extend(
+                self.tallies[0]
+                    .unheld_bind_first
+                    .iter()
+                    .filter(|&port| bind_first_ports.contains(port))
+                    .map(|port| (NO_PROCESS, Protocol::Tcp, port)),
+            );
+            (top_processes(ports, top), top_processes(bind_first, top))
+        } else {
+            (Vec::new(), Vec::new())
+        };
+
+        Snapshot {
+            range,
+            reserved_in_range,
+            capacity,
+            occupancy,
+            listeners,
+            listeners_omitted,
+            exclusive,
+            time_wait_reusable,
+            bind_before_connect_processes,
+            destinations: usage,
+            destination_count,
+            busiest_destination_ports: largest,
+            destination_max_used_ratio,
+            processes,
+            sources,
+            namespace: None,
+        }
     }
 }
 
-/// What the destinations use, as `destination_usage` counts it.
-struct DestinationCounts {
-    /// The destinations that use the most, most first.
-    top: Vec<DestinationUsage>,
-    /// How many destinations there are.
-    count: u64,
-    /// The most ports any one destination uses.
-    largest: u32,
-    /// TIME_WAIT sockets on shared ports that `connect()` may take over.
-    time_wait_reusable: u64,
-}
-
-/// Counts the ports each destination uses: distinct unreserved local ports
-/// inside the range of TCP sockets connected to it (every state but LISTEN,
-/// CLOSE and bound-inactive) that `connect()` could not pick again for it.
-///
-/// Left out: sockets on exclusive ports (no `connect()` picks such a port:
-/// they are the accepted ends of a listener's connections, or sockets bound
-/// before connecting), and TIME_WAIT sockets that `connect()` may take over
-/// now (`tcp_twsk_unique`), which are counted apart.
-///
-/// Keeps the `top` destinations most used first (ties by destination).
-fn destination_usage(
-    sample: &NamespaceSample,
-    is_ephemeral: &impl Fn(u16) -> bool,
-    exclusive: &PortSet,
-    top: usize,
-) -> DestinationCounts {
-    let mut time_wait_reusable = 0;
-    let mut pairs: Vec<(Destination, u16)> = Vec::new();
-    for socket in &sample.sockets {
-        let SocketState::Tcp(state) = socket.state else {
-            continue;
-        };
+impl SocketSink for Aggregator {
+    fn add(&mut self, socket: &SocketRecord) {
+        let protocol = socket.state.protocol();
         let port = socket.local.port();
+        let ephemeral = self.is_ephemeral(port);
+        let in_range = self.range.contains(port);
+        let listener = is_listener(socket, &|port| self.is_ephemeral(port));
+        let count_processes = self.limits.processes_top > 0;
+        let keep = self.keep_port == Some(port);
+        let reusable = time_wait_reusable_now(socket, &self.time_wait_reuse);
+        let range_start = self.range.start;
+        let range_length = self.range.port_count() as usize;
+        let tally = &mut self.tallies[protocol_index(protocol)];
+        tally.scanned += 1;
+        if in_range {
+            match socket.state {
+                SocketState::Tcp(state) => tally.states[state as usize] += 1,
+                SocketState::Udp(state) => tally.states[state as usize] += 1,
+            }
+        }
+        if listener {
+            tally.listeners.push(*socket);
+        }
+        if keep {
+            tally.kept.push(*socket);
+        }
+        if !ephemeral {
+            return;
+        }
+        tally.used.insert(port);
+        let reason = exclusive_reason(socket);
+        if let Some(reason) = reason {
+            tally.exclusive[reason as usize].insert(port);
+        }
+        let bind_first = reason == Some(ExclusiveReason::BindBeforeConnect);
+        if count_processes {
+            if socket.inode == 0 {
+                tally.unheld.insert(port);
+                if bind_first {
+                    tally.unheld_bind_first.insert(port);
+                }
+            } else {
+                tally.held.push(HeldPort {
+                    inode: socket.inode,
+                    port,
+                    bind_first,
+                });
+            }
+        }
+        // Destinations: TCP sockets connected somewhere. Those on exclusive
+        // ports are left out when the figures are computed, once every
+        // exclusive port is known.
+        let SocketState::Tcp(state) = socket.state else {
+            return;
+        };
         if matches!(
             state,
             TcpState::Listen | TcpState::Close | TcpState::BoundInactive
-        ) || !is_ephemeral(port)
-            || exclusive.contains(port)
-        {
-            continue;
+        ) {
+            return;
         }
-        if time_wait_reusable_now(socket, &sample.time_wait_reuse) {
-            time_wait_reusable += 1;
-            continue;
+        if reusable {
+            if tally.reusable_by_port.is_empty() {
+                tally.reusable_by_port = vec![0; range_length];
+            }
+            tally.reusable_by_port[usize::from(port - range_start)] += 1;
+            return;
         }
-        let destination = Destination {
-            local_address: socket.local.ip(),
-            remote_address: socket.remote.ip(),
-            remote_port: socket.remote.port(),
-        };
-        pairs.push((destination, port));
+        tally
+            .destinations
+            .entry(Destination {
+                local_address: socket.local.ip(),
+                remote_address: socket.remote.ip(),
+                remote_port: socket.remote.port(),
+            })
+            .or_default()
+            .insert(port);
     }
-    pairs.sort_unstable();
-    pairs.dedup();
-    let mut usage: Vec<DestinationUsage> = Vec::new();
-    for (destination, _) in pairs {
-        match usage.last_mut() {
-            Some(last) if last.destination == destination => last.ports_used += 1,
-            _ => usage.push(DestinationUsage {
-                destination,
-                ports_used: 1,
-            }),
-        }
-    }
-    let count = usage.len() as u64;
-    let largest = usage
-        .iter()
-        .map(|usage| usage.ports_used)
-        .max()
-        .unwrap_or(0);
-    usage.sort_by(|a, b| {
-        b.ports_used
-            .cmp(&a.ports_used)
-            .then(a.destination.cmp(&b.destination))
-    });
-    usage.truncate(top);
-    DestinationCounts {
-        top: usage,
-        count,
-        largest,
-        time_wait_reusable,
+
+    fn restart(&mut self, protocol: Protocol) {
+        self.tallies[protocol_index(protocol)] = ProtocolTally::default();
     }
 }
 
@@ -468,43 +605,12 @@ fn is_loopback(address: IpAddr) -> bool {
     }
 }
 
-/// The process label of a socket: its owner's `comm`, `none` for sockets no
-/// file refers to, `unknown` when the owner was not found.
-fn process_of<'a>(sample: &'a NamespaceSample, socket: &SocketRecord) -> &'a str {
-    if socket.inode == 0 {
-        NO_PROCESS
-    } else {
-        sample
-            .owners
-            .process_name(socket.inode)
-            .unwrap_or(UNKNOWN_PROCESS)
-    }
-}
-
-/// The inodes of the sockets whose owning process the figures name: the
-/// listeners', and with `per_process` every socket holding an ephemeral port.
-/// Attribution is asked for these only.
-pub fn sockets_needing_owners(sample: &NamespaceSample, per_process: bool) -> HashSet<u64> {
-    let is_ephemeral = |port: u16| sample.range.contains(port) && !sample.reserved.contains(port);
-    sample
-        .sockets
-        .iter()
-        .filter(|socket| {
-            socket.inode != 0
-                && (is_listener(socket, &is_ephemeral)
-                    || (per_process && is_ephemeral(socket.local.port())))
-        })
-        .map(|socket| socket.inode)
-        .collect()
-}
-
 /// The interface of a socket bound to a link-local IPv6 address, by name
 /// where the namespace named it, else by index; `None` for any other.
-fn link_local_scope(sample: &NamespaceSample, socket: &SocketRecord) -> Option<String> {
+fn link_local_scope(interfaces: &BTreeMap<u32, String>, socket: &SocketRecord) -> Option<String> {
     match socket.local.ip() {
         IpAddr::V6(address) if address.is_unicast_link_local() && socket.interface != 0 => Some(
-            sample
-                .interfaces
+            interfaces
                 .get(&socket.interface)
                 .cloned()
                 .unwrap_or_else(|| socket.interface.to_string()),
@@ -528,14 +634,6 @@ fn protocol_index(protocol: Protocol) -> usize {
         Protocol::Tcp => 0,
         Protocol::Udp => 1,
     }
-}
-
-fn tcp_index(state: TcpState) -> usize {
-    state as usize
-}
-
-fn udp_index(state: UdpState) -> usize {
-    state as usize
 }
 
 #[cfg(test)]
@@ -1013,8 +1111,27 @@ mod tests {
             udp(UdpState::Unconnected, "0.0.0.0:40050", "0.0.0.0:0", 5),
             tcp(TcpState::TimeWait, "10.0.0.1:40003", "10.0.0.9:80", 0),
         ];
-        let wanted = sockets_needing_owners(&sample(sockets, "40050"), false);
-        assert_eq!(wanted, HashSet::from([1, 3, 5]));
+        let wanted = |processes_top| {
+            let sample = sample(sockets.clone(), "40050");
+            let limits = Limits {
+                processes_top,
+                ..Limits::default()
+            };
+            let mut aggregator = Aggregator::new(
+                sample.range,
+                sample.reserved,
+                sample.time_wait_reuse,
+                limits,
+            );
+            for socket in &sockets {
+                aggregator.add(socket);
+            }
+            aggregator.wanted_owners()
+        };
+        assert_eq!(wanted(0), [1, 3, 5]);
+        // Counting processes, every socket a file holds on an ephemeral port
+        // too (40050 is reserved; TIME_WAIT has no file).
+        assert_eq!(wanted(10), [1, 2, 3, 4, 5]);
     }
 
     #[test]

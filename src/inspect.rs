@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use crate::aggregate::{ExclusiveReason, NO_PROCESS, Snapshot, UNKNOWN_PROCESS};
 use crate::log::push_json_string;
 use crate::metrics::processes::ProcessUsage;
-use crate::model::{NamespaceSample, SocketState, TcpState};
+use crate::model::{SocketOwners, SocketRecord, SocketState, TcpState};
 
 /// Who holds a connection that no process has accepted yet.
 const WAITING_IN_ACCEPT_QUEUE: &str = "waiting in accept queue";
@@ -30,10 +30,13 @@ pub struct PortHolder {
 ///
 /// Without `attribution` the sources may leave inodes unread, so only
 /// TIME_WAIT, which no process ever holds, is known to be held by none.
-pub fn port_holders(sample: &NamespaceSample, port: u16, attribution: bool) -> Vec<PortHolder> {
-    let mut holders: Vec<PortHolder> = sample
-        .sockets
-        .iter()
+pub fn port_holders<'a>(
+    sockets: impl Iterator<Item = &'a SocketRecord>,
+    owners: &SocketOwners,
+    port: u16,
+    attribution: bool,
+) -> Vec<PortHolder> {
+    let mut holders: Vec<PortHolder> = sockets
         .filter(|socket| socket.local.port() == port)
         .map(|socket| PortHolder {
             protocol: socket.state.protocol().label(),
@@ -54,8 +57,7 @@ pub fn port_holders(sample: &NamespaceSample, port: u16, attribution: bool) -> V
                     _ => NO_PROCESS.to_string(),
                 }
             } else {
-                sample
-                    .owners
+                owners
                     .process_name(socket.inode)
                     .unwrap_or(UNKNOWN_PROCESS)
                     .to_string()

@@ -9,11 +9,10 @@ use std::sync::Arc;
 use clap::Parser;
 use tokio::sync::watch;
 
-use portstat_exporter::aggregate::{aggregate, sockets_needing_owners};
 use portstat_exporter::cli::{Cli, Command};
 use portstat_exporter::inspect;
 use portstat_exporter::render::Renderer;
-use portstat_exporter::sampler::{Exposition, NamespaceScope, Sampler};
+use portstat_exporter::sampler::{Exposition, NamespaceScope, Sampler, read_namespace};
 use portstat_exporter::serve::{self, ServeConfig};
 use portstat_exporter::source::NamespaceReader;
 use portstat_exporter::webconfig::WebConfig;
@@ -162,27 +161,19 @@ fn sample_once(sampler: &mut Sampler) -> ExitCode {
 fn inspect(cli: &Cli, port: Option<u16>, json: bool) -> ExitCode {
     let mut reader = NamespaceReader::new(cli.procfs.clone(), cli.source, cli.processes, false)
         .with_bpf_object(cli.bpf_object.clone());
-    let mut sample = match reader.read() {
-        Ok(sample) => sample,
+    let limits = cli.limits();
+    let read = match read_namespace(&mut reader, &limits, port) {
+        Ok(read) => read,
         Err(error) => {
             eprintln!("portstat_exporter: {error}");
             return ExitCode::from(1);
         }
     };
-    let limits = cli.limits();
-    let mut wanted = sockets_needing_owners(&sample, limits.processes_top > 0);
-    if let Some(port) = port {
-        wanted.extend(
-            sample
-                .sockets
-                .iter()
-                .filter(|socket| socket.local.port() == port && socket.inode != 0)
-                .map(|socket| socket.inode),
-        );
-    }
-    sample.owners = reader.resolve_owners(wanted);
-    let snapshot = aggregate(&sample, &limits);
-    let holders = port.map(|port| inspect::port_holders(&sample, port, cli.processes));
+    let owners = reader.resolve_owners(&read.aggregator.wanted_owners());
+    let holders = port.map(|port| {
+        inspect::port_holders(read.aggregator.kept_sockets(), &owners, port, cli.processes)
+    });
+    let snapshot = read.finish(&owners);
     let port = port.zip(holders.as_deref());
     let report = if json {
         inspect::json_report(&snapshot, port)

@@ -7,14 +7,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use std::collections::HashSet;
 use std::path::Path;
 
-use crate::aggregate::{Limits, Snapshot, aggregate, sockets_needing_owners};
-use crate::model::NamespaceSample;
+use crate::aggregate::{Aggregator, Limits, Snapshot};
+use crate::model::SocketOwners;
 use crate::page::landing_page;
 use crate::render::Renderer;
-use crate::source::{NamespaceReader, SourceError, namespaces};
+use crate::source::{NamespaceReader, ReadReport, SourceError, namespaces};
 use crate::status::{NamespaceCounts, SampleStatus, Stage};
 
 /// `--collector.netns`. Like every flag's set of values, it derives clap's
@@ -194,12 +193,9 @@ impl Sampler {
 
     /// Samples the namespace the exporter runs in.
     fn sample_own(&mut self) -> Result<Vec<Snapshot>, SourceError> {
-        let mut sample = self.reader.read()?;
-        let per_process = self.limits.processes_top > 0;
-        sample.owners = self
-            .reader
-            .resolve_owners(sockets_needing_owners(&sample, per_process));
-        Ok(vec![aggregate(&sample, &self.limits)])
+        let read = read_namespace(&mut self.reader, &self.limits, None)?;
+        let owners = self.reader.resolve_owners(&read.aggregator.wanted_owners());
+        Ok(vec![read.finish(&owners)])
     }
 
     /// Samples every network namespace on the host, at most `max`, entering
@@ -221,7 +217,7 @@ impl Sampler {
         for entry in entries {
             let result = match namespaces::Entered::enter(&entry.handle) {
                 Ok(_inside) => {
-                    let result = self.reader.read();
+                    let result = read_namespace(&mut self.reader, &self.limits, None);
                     // Hold nothing of the namespace once out of it.
                     self.reader.leave_namespace();
                     result
@@ -241,17 +237,20 @@ impl Sampler {
                 }
             }
         }
-        let count = |keep: &dyn Fn(&NamespaceSample) -> bool| {
-            samples.iter().filter(|(_, sample)| keep(sample)).count() as u64
+        let count = |keep: &dyn Fn(&ReadReport) -> bool| {
+            samples
+                .iter()
+                .filter(|(_, read)| keep(&read.report))
+                .count() as u64
         };
         self.status.namespaces = Some(NamespaceCounts {
             sampled: samples.len() as u64,
             omitted: omitted as u64,
             failed,
-            sharing_host_tcp_table: count(&|sample| sample.shares_host_tcp_table == Some(true)),
+            sharing_host_tcp_table: count(&|report| report.shares_host_tcp_table == Some(true)),
             skipped: [
-                count(&|sample| sample.skipped[0]),
-                count(&|sample| sample.skipped[1]),
+                count(&|report| report.skipped[0]),
+                count(&|report| report.skipped[1]),
             ],
         });
         if samples.is_empty() {
@@ -261,17 +260,17 @@ impl Sampler {
             });
         }
         // One walk of the processes names the owners in every namespace.
-        let per_process = self.limits.processes_top > 0;
-        let mut wanted = HashSet::new();
-        for (_, sample) in &samples {
-            wanted.extend(sockets_needing_owners(sample, per_process));
-        }
-        let owners = self.reader.resolve_owners(wanted);
+        let mut wanted: Vec<u64> = samples
+            .iter()
+            .flat_map(|(_, read)| read.aggregator.wanted_owners())
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let owners = self.reader.resolve_owners(&wanted);
         Ok(samples
             .into_iter()
-            .map(|(identity, mut sample)| {
-                sample.owners = owners.clone();
-                let mut snapshot = aggregate(&sample, &self.limits);
+            .map(|(identity, read)| {
+                let mut snapshot = read.finish(&owners);
                 snapshot.namespace = Some(identity);
                 snapshot
             })
@@ -355,6 +354,45 @@ struct SchedulingAttributes {
 /// Lowers the calling thread's scheduling priority, so that the scheduler
 /// runs the server before the sampler when both want a CPU: a sample of a
 /// busy host takes tens of milliseconds of CPU, and a scrape must not wait
+/// One namespace's sockets, taken into an `Aggregator` as they were read,
+/// waiting for their owners.
+pub struct NamespaceRead {
+    /// The figures so far.
+    pub aggregator: Aggregator,
+    /// What the read found besides the sockets.
+    pub report: ReadReport,
+}
+
+impl NamespaceRead {
+    /// The namespace's figures, naming processes with `owners`.
+    pub fn finish(self, owners: &SocketOwners) -> Snapshot {
+        self.aggregator
+            .finish(owners, self.report.sources, &self.report.interfaces)
+    }
+}
+
+/// Reads the namespace the calling thread is in: its settings, then its
+/// sockets, streamed into an `Aggregator` with `limits`. With `keep_port`,
+/// the sockets on that port are kept whole too (`inspect PORT`).
+pub fn read_namespace(
+    reader: &mut NamespaceReader,
+    limits: &Limits,
+    keep_port: Option<u16>,
+) -> Result<NamespaceRead, SourceError> {
+    let settings = reader.read_settings()?;
+    let mut aggregator = Aggregator::new(
+        settings.range,
+        settings.reserved,
+        settings.time_wait_reuse,
+        *limits,
+    );
+    if let Some(port) = keep_port {
+        aggregator.keep_sockets_on(port);
+    }
+    let report = reader.read_sockets(settings.range, &mut aggregator)?;
+    Ok(NamespaceRead { aggregator, report })
+}
+
 /// behind it. Both calls act on this thread only.
 fn lower_thread_priority() {
     // SAFETY: gettid has no preconditions.

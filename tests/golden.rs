@@ -6,9 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
-use portstat_exporter::aggregate::{Limits, aggregate};
-use portstat_exporter::model::NamespaceIdentity;
+use portstat_exporter::aggregate::Limits;
+use portstat_exporter::model::{NamespaceIdentity, SocketOwners};
 use portstat_exporter::render::Renderer;
+use portstat_exporter::sampler::read_namespace;
 use portstat_exporter::source::{NamespaceReader, SourceChoice};
 use portstat_exporter::status::{NamespaceCounts, SampleStatus};
 
@@ -55,8 +56,8 @@ fn exposition(trees: &[(&Tree, Option<NamespaceIdentity>)]) -> String {
         .map(|(tree, identity)| {
             let mut reader =
                 NamespaceReader::new(tree.0.clone(), SourceChoice::Procfs, false, false);
-            let sample = reader.read().expect("the fixtures read");
-            let mut snapshot = aggregate(&sample, &limits);
+            let read = read_namespace(&mut reader, &limits, None).expect("the fixtures read");
+            let mut snapshot = read.finish(&SocketOwners::default());
             snapshot.namespace = identity.clone();
             snapshot
         })

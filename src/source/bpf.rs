@@ -27,7 +27,7 @@ use aya::programs::Iter;
 use aya::{Btf, Ebpf, EbpfLoader};
 
 use crate::model::{
-    ListenQueue, PortBinding, PortRange, SocketRecord, SocketState, TcpState, TimeWait,
+    ListenQueue, PortBinding, PortRange, SocketRecord, SocketSink, SocketState, TcpState, TimeWait,
 };
 use crate::source::netlink::{NetlinkError, NetlinkSockets};
 
@@ -161,30 +161,23 @@ impl BpfSockets {
         range: PortRange,
         bound_inactive: bool,
         netlink: &mut NetlinkSockets,
-        sockets: &mut Vec<SocketRecord>,
+        sink: &mut dyn SocketSink,
     ) -> Result<(), BpfError> {
-        let start = sockets.len();
-        let result = self
-            .read_iterator(range, bound_inactive, sockets)
-            .and_then(|walked| {
-                if bound_inactive && !walked {
-                    netlink.read_bound_inactive(range, sockets)?;
-                }
-                Ok(())
-            });
-        if result.is_err() {
-            sockets.truncate(start);
+        let walked = self.read_iterator(range, bound_inactive, sink)?;
+        if bound_inactive && !walked {
+            netlink.read_bound_inactive(range, sink)?;
         }
-        result
+        Ok(())
     }
 
-    /// Reads the iterator, then the ring buffer of bound-but-inactive
-    /// sockets; returns whether the program's walk for those was complete.
+    /// Reads the iterator a chunk at a time, then the ring buffer of
+    /// bound-but-inactive sockets; returns whether the program's walk for
+    /// those was complete.
     fn read_iterator(
         &mut self,
         range: PortRange,
         bound_inactive: bool,
-        sockets: &mut Vec<SocketRecord>,
+        sink: &mut dyn SocketSink,
     ) -> Result<bool, BpfError> {
         if self.loaded.is_none() {
             self.loaded = Some(self.load()?);
@@ -227,11 +220,7 @@ impl BpfSockets {
             .into_file()
             .map_err(|error| unavailable("iterator", error))?;
         let now_ms = monotonic_ms();
-        self.buffer.clear();
-        let read = iterator
-            .read_to_end(&mut self.buffer)
-            .map_err(BpfError::Read)
-            .and_then(|_| parse_records(&self.buffer, now_ms, sockets));
+        let read = read_records(&mut iterator, &mut self.buffer, now_ms, sink);
         // The walk of the bind hash is used only when it was complete;
         // otherwise netlink reads those sockets. The ring is drained either
         // way, so that the next pass starts empty.
@@ -239,7 +228,7 @@ impl BpfSockets {
         let mut ring = Ok(None);
         while let Some(item) = loaded.bound.next() {
             if walked && ring.is_ok() {
-                ring = parse_records(&item, now_ms, sockets);
+                ring = parse_records(&item, now_ms, sink);
             }
         }
         read?;
@@ -314,13 +303,56 @@ fn monotonic_ms() -> u64 {
     (now.tv_sec as u64) * 1000 + (now.tv_nsec as u64) / 1_000_000
 }
 
-/// Parses the iterator's output into sockets, and returns the flags of its
-/// trailer, the record of family 0 that ends a complete pass. `now_ms` is
-/// `CLOCK_MONOTONIC` when the iterator was read, in milliseconds.
+/// How much of the iterator's output is read at a time: whole records, so
+/// that memory stays the same whatever the number of sockets.
+const READ_CHUNK: usize = RECORD_LENGTH * 910;
+
+/// Reads the iterator's output a chunk at a time into `buffer`, handing each
+/// socket to `sink`; returns the flags of its trailer, as `parse_records`.
+fn read_records(
+    iterator: &mut impl Read,
+    buffer: &mut Vec<u8>,
+    now_ms: u64,
+    sink: &mut dyn SocketSink,
+) -> Result<Option<u8>, BpfError> {
+    buffer.resize(READ_CHUNK, 0);
+    // Bytes of a record cut by the end of the last read.
+    let mut carried = 0;
+    let mut trailer = None;
+    loop {
+        let read = match iterator.read(&mut buffer[carried..]) {
+            Ok(read) => read,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(BpfError::Read(error)),
+        };
+        if read == 0 {
+            if carried != 0 {
+                return Err(BpfError::Malformed(format!(
+                    "the output ends in a {carried}-byte part of a {RECORD_LENGTH}-byte record"
+                )));
+            }
+            return Ok(trailer);
+        }
+        let filled = carried + read;
+        let whole = filled - filled % RECORD_LENGTH;
+        if whole > 0 {
+            if trailer.is_some() {
+                return Err(BpfError::Malformed("records after the trailer".into()));
+            }
+            trailer = parse_records(&buffer[..whole], now_ms, sink)?;
+        }
+        buffer.copy_within(whole..filled, 0);
+        carried = filled - whole;
+    }
+}
+
+/// Parses records of the iterator's output into sockets, and returns the
+/// flags of its trailer, the record of family 0 that ends a complete pass.
+/// `now_ms` is `CLOCK_MONOTONIC` when the iterator was read, in milliseconds.
 pub fn parse_records(
     bytes: &[u8],
     now_ms: u64,
-    sockets: &mut Vec<SocketRecord>,
+    sink: &mut dyn SocketSink,
 ) -> Result<Option<u8>, BpfError> {
     if !bytes.len().is_multiple_of(RECORD_LENGTH) {
         return Err(BpfError::Malformed(format!(
@@ -336,7 +368,7 @@ pub fn parse_records(
             }
             return Ok(Some(record[2]));
         }
-        sockets.push(parse_record(record, now_ms)?);
+        sink.add(&parse_record(record, now_ms)?);
     }
     Ok(None)
 }

@@ -10,12 +10,13 @@ pub mod owners;
 pub mod procfs;
 pub mod sysctl;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::model::{
-    NamespaceSample, PortRange, Protocol, SocketOwners, SocketRecord, SourceKind, TimeWaitReuse,
+    NamespaceSample, PortRange, Protocol, ReservedPorts, SocketOwners, SocketRecord, SocketSink,
+    SourceKind, TimeWaitReuse,
 };
 
 /// A failure to read what the kernel reports.
@@ -45,6 +46,30 @@ pub enum SourceError {
     },
 }
 
+/// A namespace's port settings, read fresh at every sample.
+#[derive(Debug, Clone)]
+pub struct PortSettings {
+    /// `net.ipv4.ip_local_port_range`.
+    pub range: PortRange,
+    /// `net.ipv4.ip_local_reserved_ports`.
+    pub reserved: ReservedPorts,
+    /// The settings that decide when `connect()` may take over TIME_WAIT.
+    pub time_wait_reuse: TimeWaitReuse,
+}
+
+/// What reading a namespace's sockets found besides the sockets.
+#[derive(Debug, Clone)]
+pub struct ReadReport {
+    /// Where the TCP sockets, then the UDP sockets, were read from.
+    pub sources: [SourceKind; 2],
+    /// Protocols whose dump was skipped: the socket counts showed none.
+    pub skipped: [bool; 2],
+    /// Names of the interfaces link-local sockets are bound to, by index.
+    pub interfaces: BTreeMap<u32, String>,
+    /// Whether the namespace shares the host's TCP hash table, where known.
+    pub shares_host_tcp_table: Option<bool>,
+}
+
 /// Which socket source to use, as `--collector.source` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SourceChoice {
@@ -72,6 +97,8 @@ pub struct NamespaceReader {
     owners: owners::OwnerResolver,
     /// The source in use for TCP, then UDP.
     sources: [SourceKind; 2],
+    /// The socket counts of the last `read_settings`, where readable.
+    census: Option<census::Census>,
 }
 
 impl NamespaceReader {
@@ -107,6 +134,7 @@ impl NamespaceReader {
             choice,
             attribution,
             sources,
+            census: None,
         }
     }
 
@@ -117,44 +145,77 @@ impl NamespaceReader {
         self
     }
 
-    /// Reads the namespace's port settings and sockets; owners are left
-    /// empty for `resolve_owners`.
+    /// Reads the namespace's port settings, and what the socket counts say
+    /// is there to find, for `read_sockets`.
     ///
     /// Settings are read fresh each time: the sysctls can change at run time.
-    pub fn read(&mut self) -> Result<NamespaceSample, SourceError> {
+    pub fn read_settings(&mut self) -> Result<PortSettings, SourceError> {
         let (range, reserved) = sysctl::read_port_settings(&self.procfs_root)?;
         // Where the counts show a protocol has nothing to find, its dump,
         // a walk of a table all namespaces may share, is skipped.
-        let census = census::read(&self.net);
+        self.census = census::read(&self.net);
         // Without TCP sockets there is no TIME_WAIT to judge.
-        let time_wait_reuse = if census.is_some_and(|census| census.tcp_empty()) {
+        let time_wait_reuse = if self.census.is_some_and(|census| census.tcp_empty()) {
             TimeWaitReuse::default()
         } else {
             sysctl::read_time_wait_reuse(&self.procfs_root)?
         };
+        Ok(PortSettings {
+            range,
+            reserved,
+            time_wait_reuse,
+        })
+    }
+
+    /// Hands every socket the figures need to `sink`, one at a time, for the
+    /// `range` of the last `read_settings`; owners are found afterwards with
+    /// `resolve_owners`.
+    pub fn read_sockets(
+        &mut self,
+        range: PortRange,
+        sink: &mut dyn SocketSink,
+    ) -> Result<ReadReport, SourceError> {
+        let mut sink = NotingInterfaces {
+            sink,
+            indexes: BTreeSet::new(),
+        };
         let mut skipped = [false; 2];
-        let mut sockets = Vec::new();
         for (index, protocol) in Protocol::ALL.into_iter().enumerate() {
-            skipped[index] = census.is_some_and(|census| match protocol {
+            skipped[index] = self.census.is_some_and(|census| match protocol {
                 Protocol::Tcp => census.tcp_empty(),
                 Protocol::Udp => census.udp_empty(),
             });
             if !skipped[index] {
-                let bound_inactive = census.is_none_or(|census| census.may_hold_bound_inactive());
-                self.read_protocol(index, protocol, range, bound_inactive, &mut sockets)?;
+                let bound_inactive = self
+                    .census
+                    .is_none_or(|census| census.may_hold_bound_inactive());
+                self.read_protocol(index, protocol, range, bound_inactive, &mut sink)?;
             }
         }
-        let interfaces = interface_names(&sockets);
+        Ok(ReadReport {
+            sources: self.sources,
+            skipped,
+            interfaces: interface_names(&sink.indexes),
+            shares_host_tcp_table: sysctl::read_shares_host_tcp_table(&self.procfs_root),
+        })
+    }
+
+    /// Reads the namespace's settings and every socket whole, into memory:
+    /// for tests and fixtures. Owners are left empty for `resolve_owners`.
+    pub fn read(&mut self) -> Result<NamespaceSample, SourceError> {
+        let settings = self.read_settings()?;
+        let mut sockets = Vec::new();
+        let report = self.read_sockets(settings.range, &mut sockets)?;
         Ok(NamespaceSample {
-            range,
-            reserved,
-            time_wait_reuse,
+            range: settings.range,
+            reserved: settings.reserved,
+            time_wait_reuse: settings.time_wait_reuse,
             sockets,
             owners: SocketOwners::default(),
-            sources: self.sources,
-            interfaces,
-            skipped,
-            shares_host_tcp_table: sysctl::read_shares_host_tcp_table(&self.procfs_root),
+            sources: report.sources,
+            interfaces: report.interfaces,
+            skipped: report.skipped,
+            shares_host_tcp_table: report.shares_host_tcp_table,
         })
     }
 
@@ -172,11 +233,11 @@ impl NamespaceReader {
     /// Finds the processes that own the sockets with inodes `wanted`, unless
     /// attribution is off. Owners that cannot be found are left out, never an
     /// error.
-    pub fn resolve_owners(&mut self, wanted: HashSet<u64>) -> SocketOwners {
-        if !self.attribution {
+    pub fn resolve_owners(&mut self, wanted: &[u64]) -> SocketOwners {
+        if !self.attribution || wanted.is_empty() {
             return SocketOwners::default();
         }
-        self.owners.resolve(wanted)
+        self.owners.resolve(wanted.iter().copied().collect())
     }
 
     /// Reads one protocol with its current source; in `auto`, a source
@@ -188,20 +249,19 @@ impl NamespaceReader {
         protocol: Protocol,
         range: PortRange,
         bound_inactive: bool,
-        sockets: &mut Vec<SocketRecord>,
+        sink: &mut dyn SocketSink,
     ) -> Result<(), SourceError> {
         loop {
-            let start = sockets.len();
             let source = self.sources[index];
             let result = match source {
-                SourceKind::Procfs => return self.procfs.read_sockets(protocol, sockets),
+                SourceKind::Procfs => return self.procfs.read_sockets(protocol, sink),
                 SourceKind::Netlink => self
                     .netlink
-                    .read_sockets(protocol, range, bound_inactive, sockets)
+                    .read_sockets(protocol, range, bound_inactive, sink)
                     .map_err(SourceError::Netlink),
                 SourceKind::Bpf => self
                     .bpf
-                    .read_sockets(range, bound_inactive, &mut self.netlink, sockets)
+                    .read_sockets(range, bound_inactive, &mut self.netlink, sink)
                     .map_err(SourceError::Bpf),
             };
             let error = match result {
@@ -216,7 +276,7 @@ impl NamespaceReader {
             if self.choice != SourceChoice::Auto || !unsupported {
                 return Err(error);
             }
-            sockets.truncate(start);
+            sink.restart(protocol);
             let next = match source {
                 SourceKind::Bpf => SourceKind::Netlink,
                 _ => SourceKind::Procfs,
@@ -288,28 +348,41 @@ fn read_text(path: &Path) -> Result<String, SourceError> {
     })
 }
 
-/// The names of the interfaces that sockets bound to link-local addresses
-/// name by index, in the calling thread's namespace (the one just read): an
-/// interface's index means something only inside its namespace.
-fn interface_names(sockets: &[SocketRecord]) -> BTreeMap<u32, String> {
-    let mut names = BTreeMap::new();
-    for socket in sockets {
-        let std::net::IpAddr::V6(address) = socket.local.ip() else {
-            continue;
-        };
-        if !address.is_unicast_link_local()
-            || socket.interface == 0
-            || names.contains_key(&socket.interface)
-        {
-            continue;
+/// A sink that passes sockets on, noting the interfaces that sockets bound
+/// to link-local addresses name by index.
+struct NotingInterfaces<'a> {
+    sink: &'a mut dyn SocketSink,
+    indexes: BTreeSet<u32>,
+}
+
+impl SocketSink for NotingInterfaces<'_> {
+    fn add(&mut self, socket: &SocketRecord) {
+        if let std::net::IpAddr::V6(address) = socket.local.ip() {
+            if address.is_unicast_link_local() && socket.interface != 0 {
+                self.indexes.insert(socket.interface);
+            }
         }
+        self.sink.add(socket);
+    }
+
+    fn restart(&mut self, protocol: Protocol) {
+        self.sink.restart(protocol);
+    }
+}
+
+/// The names of the interfaces with these indexes, in the calling thread's
+/// namespace (the one just read): an interface's index means something only
+/// inside its namespace.
+fn interface_names(indexes: &BTreeSet<u32>) -> BTreeMap<u32, String> {
+    let mut names = BTreeMap::new();
+    for &index in indexes {
         let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
         // SAFETY: `name` has the IF_NAMESIZE bytes if_indextoname writes at most.
-        let found = unsafe { libc::if_indextoname(socket.interface, name.as_mut_ptr()) };
+        let found = unsafe { libc::if_indextoname(index, name.as_mut_ptr()) };
         if !found.is_null() {
             // SAFETY: on success the kernel's name is NUL-terminated in `name`.
             let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
-            names.insert(socket.interface, name.to_string_lossy().into_owned());
+            names.insert(index, name.to_string_lossy().into_owned());
         }
     }
     names

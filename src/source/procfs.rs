@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use procfs::FromBufReadSI;
 use procfs::net::{TcpNetEntries, UdpNetEntries};
 
-use crate::model::{Protocol, SocketRecord, SocketState, TcpState, TimeWait, UdpState};
+use crate::model::{Protocol, SocketRecord, SocketSink, SocketState, TcpState, TimeWait, UdpState};
 use crate::source::SourceError;
 use crate::source::netlink::wire::time_wait_age_ms;
 
@@ -42,6 +42,8 @@ pub struct ProcfsSockets {
     tables: [(Table, PathBuf, bool); 4],
     /// The header line and up to `LINES_PER_CHUNK` lines, reused.
     chunk: String,
+    /// The sockets of one chunk, reused.
+    batch: Vec<SocketRecord>,
 }
 
 impl ProcfsSockets {
@@ -57,14 +59,15 @@ impl ProcfsSockets {
                 (Table::Udp, net.join("udp6"), true),
             ],
             chunk: String::new(),
+            batch: Vec::new(),
         }
     }
 
-    /// Appends every socket of `protocol` in the namespace to `sockets`.
+    /// Hands every socket of `protocol` in the namespace to `sink`.
     pub fn read_sockets(
         &mut self,
         protocol: Protocol,
-        sockets: &mut Vec<SocketRecord>,
+        sink: &mut dyn SocketSink,
     ) -> Result<(), SourceError> {
         for (table, path, may_be_absent) in &self.tables {
             if table.protocol() != protocol {
@@ -80,21 +83,23 @@ impl ProcfsSockets {
                     });
                 }
             };
-            read_table(*table, file, &mut self.chunk, sockets).map_err(|error| match error {
-                TableError::Read(source) if source.kind() != io::ErrorKind::InvalidData => {
-                    SourceError::Read {
-                        path: path.clone(),
-                        source,
+            read_table(*table, file, &mut self.chunk, &mut self.batch, sink).map_err(|error| {
+                match error {
+                    TableError::Read(source) if source.kind() != io::ErrorKind::InvalidData => {
+                        SourceError::Read {
+                            path: path.clone(),
+                            source,
+                        }
                     }
+                    TableError::Read(source) => SourceError::Malformed {
+                        path: path.clone(),
+                        reason: source.to_string(),
+                    },
+                    TableError::Malformed(reason) => SourceError::Malformed {
+                        path: path.clone(),
+                        reason,
+                    },
                 }
-                TableError::Read(source) => SourceError::Malformed {
-                    path: path.clone(),
-                    reason: source.to_string(),
-                },
-                TableError::Malformed(reason) => SourceError::Malformed {
-                    path: path.clone(),
-                    reason,
-                },
             })?;
         }
         Ok(())
@@ -107,12 +112,14 @@ enum TableError {
 }
 
 /// Reads one table a chunk of lines at a time, so that memory stays flat
-/// whatever the number of sockets.
+/// whatever the number of sockets: each chunk's sockets are parsed into
+/// `batch`, then handed to `sink`.
 fn read_table(
     table: Table,
     file: File,
     chunk: &mut String,
-    sockets: &mut Vec<SocketRecord>,
+    batch: &mut Vec<SocketRecord>,
+    sink: &mut dyn SocketSink,
 ) -> Result<(), TableError> {
     let mut reader = BufReader::with_capacity(64 * 1024, file);
     chunk.clear();
@@ -130,9 +137,8 @@ fn read_table(
         // The chunk is full, or the file ended. A file with no line past the
         // header is still parsed once, so that a missing header is caught.
         if lines > 0 || first_line == 2 {
-            let before = sockets.len();
-            if let Err(reason) = parse_table(table, chunk, sockets) {
-                sockets.truncate(before);
+            batch.clear();
+            if let Err(reason) = parse_table(table, chunk, batch) {
                 return Err(TableError::Malformed(bad_line(
                     table,
                     chunk,
@@ -140,6 +146,9 @@ fn read_table(
                     first_line,
                     reason,
                 )));
+            }
+            for socket in batch.iter() {
+                sink.add(socket);
             }
             chunk.truncate(header_length);
             first_line += lines;
@@ -400,6 +409,7 @@ mod tests {
                 Table::Tcp,
                 table_file("large", &text),
                 &mut chunk,
+                &mut Vec::new(),
                 &mut sockets
             )
             .is_ok()
@@ -419,6 +429,7 @@ mod tests {
             table_file("broken", &broken),
             &mut chunk,
             &mut Vec::new(),
+            &mut Vec::new(),
         ) {
             Err(TableError::Malformed(reason)) => {
                 assert!(
@@ -437,6 +448,7 @@ mod tests {
             table_file("long", &long),
             &mut chunk,
             &mut Vec::new(),
+            &mut Vec::new(),
         ) {
             Err(TableError::Malformed(reason)) => assert_eq!(
                 reason,
@@ -453,6 +465,7 @@ mod tests {
                 Table::Tcp,
                 table_file("empty", &format!("{header}\n")),
                 &mut chunk,
+                &mut Vec::new(),
                 &mut sockets
             )
             .is_ok()
@@ -463,6 +476,7 @@ mod tests {
                 Table::Tcp,
                 table_file("nothing", ""),
                 &mut chunk,
+                &mut Vec::new(),
                 &mut sockets
             )
             .is_err()

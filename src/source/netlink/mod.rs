@@ -21,7 +21,7 @@
 pub mod socket;
 pub mod wire;
 
-use crate::model::{PortRange, Protocol, SocketRecord};
+use crate::model::{PortRange, Protocol, SocketRecord, SocketSink};
 use socket::DiagSocket;
 use wire::{
     BYTECODE_LENGTH, Dump, HEADER_LENGTH, Progress, RECEIVE_BUFFER_LENGTH, REQUEST_LENGTH,
@@ -38,6 +38,8 @@ pub struct NetlinkSockets {
     sequence: u32,
     /// Whether TCP is dumped with `TCPDIAG_GETSOCK`, until a kernel refuses it.
     tcp_both_families: bool,
+    /// The sockets of one datagram, reused.
+    batch: Vec<SocketRecord>,
 }
 
 impl NetlinkSockets {
@@ -49,6 +51,7 @@ impl NetlinkSockets {
             buffer: Vec::with_capacity(RECEIVE_BUFFER_LENGTH),
             sequence: 0,
             tcp_both_families: true,
+            batch: Vec::new(),
         }
     }
 
@@ -58,40 +61,42 @@ impl NetlinkSockets {
         self.socket = None;
     }
 
-    /// Appends the sockets of `protocol` the exporter needs: listeners
+    /// Hands `sink` the sockets of `protocol` the exporter needs: listeners
     /// anywhere, everything else whose source port is inside `range`.
     /// `bound_inactive`: whether to look for TCP sockets bound but neither
-    /// listening nor connected (see `census`).
+    /// listening nor connected (see `census`). Where the dumps must be run
+    /// again, `sink` is told to forget the protocol's sockets first.
     pub fn read_sockets(
         &mut self,
         protocol: Protocol,
         range: PortRange,
         bound_inactive: bool,
-        sockets: &mut Vec<SocketRecord>,
+        sink: &mut dyn SocketSink,
     ) -> Result<(), NetlinkError> {
-        let start = sockets.len();
         let both_families = protocol == Protocol::Tcp && self.tcp_both_families;
-        match self.run_dumps(protocol, range, both_families, bound_inactive, sockets) {
+        match self.read_again_if_interrupted(protocol, range, both_families, bound_inactive, sink) {
             Err(NetlinkError::Refused { source, .. }) if both_families => {
                 tracing::info!(
                     err = %source,
                     "TCPDIAG_GETSOCK refused; dumping TCP one address family at a time"
                 );
                 self.tcp_both_families = false;
-                sockets.truncate(start);
-                self.run_dumps(protocol, range, false, bound_inactive, sockets)
+                sink.restart(protocol);
+                self.read_again_if_interrupted(protocol, range, false, bound_inactive, sink)
             }
             other => other,
         }
     }
 
-    /// Appends the TCP sockets bound inside `range` that neither listen nor
-    /// are connected (Linux 6.5+; older kernels return none). They are in
-    /// no table a BPF `iter/tcp` program walks.
+    /// Hands `sink` the TCP sockets bound inside `range` that neither listen
+    /// nor are connected (Linux 6.5+; older kernels return none). They are
+    /// in no table a BPF `iter/tcp` program walks. They are held until their
+    /// dumps complete, so that `sink` never needs to forget them: there are
+    /// few, one a port at most but for `SO_REUSEADDR`.
     pub fn read_bound_inactive(
         &mut self,
         range: PortRange,
-        sockets: &mut Vec<SocketRecord>,
+        sink: &mut dyn SocketSink,
     ) -> Result<(), NetlinkError> {
         let both_families = self.tcp_both_families;
         let families: &[Option<u8>] = if both_families {
@@ -99,6 +104,7 @@ impl NetlinkSockets {
         } else {
             &[Some(libc::AF_INET as u8), Some(libc::AF_INET6 as u8)]
         };
+        let mut bound: Vec<SocketRecord> = Vec::new();
         for &family in families {
             let dump = Dump {
                 family,
@@ -106,21 +112,59 @@ impl NetlinkSockets {
                 states: state_mask::BOUND_INACTIVE,
                 source_ports: Some(range),
             };
-            self.dump_retrying(&dump, sockets)?;
+            let start = bound.len();
+            let mut attempts = 0;
+            while self.dump_once(&dump, &mut bound)? {
+                bound.truncate(start);
+                attempts += 1;
+                if attempts == 2 {
+                    return Err(NetlinkError::Interrupted(describe(&dump)));
+                }
+            }
+        }
+        for socket in &bound {
+            sink.add(socket);
         }
         Ok(())
     }
 
+    /// Runs the protocol's dumps, and once again from the start if the
+    /// kernel marked any of them interrupted.
+    fn read_again_if_interrupted(
+        &mut self,
+        protocol: Protocol,
+        range: PortRange,
+        both_families: bool,
+        bound_inactive: bool,
+        sink: &mut dyn SocketSink,
+    ) -> Result<(), NetlinkError> {
+        for _ in 0..2 {
+            match self.run_dumps(protocol, range, both_families, bound_inactive, sink)? {
+                None => return Ok(()),
+                Some(_) => sink.restart(protocol),
+            }
+        }
+        let dumps = dumps_for(protocol, range, both_families, bound_inactive);
+        Err(NetlinkError::Interrupted(
+            dumps.last().map(describe).unwrap_or_default(),
+        ))
+    }
+
+    /// Runs the protocol's dumps; returns the last one the kernel marked
+    /// interrupted, if any.
     fn run_dumps(
         &mut self,
         protocol: Protocol,
         range: PortRange,
         both_families: bool,
         bound_inactive: bool,
-        sockets: &mut Vec<SocketRecord>,
-    ) -> Result<(), NetlinkError> {
+        sink: &mut dyn SocketSink,
+    ) -> Result<Option<Dump>, NetlinkError> {
+        let mut interrupted = None;
         for dump in dumps_for(protocol, range, both_families, bound_inactive) {
-            match self.dump_retrying(&dump, sockets) {
+            match self.dump_once(&dump, sink) {
+                Ok(true) => interrupted = Some(dump),
+                Ok(false) => {}
                 // A kernel without IPv6 has no inet6 diag handler: that is no
                 // IPv6 sockets, once the IPv4 dumps have worked.
                 Err(NetlinkError::Refused { source, .. })
@@ -129,41 +173,27 @@ impl NetlinkSockets {
                             source.raw_os_error(),
                             Some(libc::ENOENT | libc::EAFNOSUPPORT)
                         ) => {}
-                other => other?,
+                Err(error) => return Err(error),
             }
         }
-        Ok(())
+        Ok(interrupted)
     }
 
-    /// Runs one dump, again once if the kernel marks it interrupted.
-    fn dump_retrying(
-        &mut self,
-        dump: &Dump,
-        sockets: &mut Vec<SocketRecord>,
-    ) -> Result<(), NetlinkError> {
-        let start = sockets.len();
-        for _ in 0..2 {
-            sockets.truncate(start);
-            match self.dump_once(dump, sockets) {
-                Ok(false) => return Ok(()),
-                Ok(true) => continue,
-                Err(error) => {
-                    // The socket may hold the rest of the failed dump.
-                    self.socket = None;
-                    sockets.truncate(start);
-                    return Err(error);
-                }
-            }
+    /// Runs one dump, handing its sockets to `sink` a datagram at a time;
+    /// returns whether the kernel marked it interrupted. After an error the
+    /// socket, which may hold the rest of the dump, is closed.
+    fn dump_once(&mut self, dump: &Dump, sink: &mut dyn SocketSink) -> Result<bool, NetlinkError> {
+        let result = self.dump_once_on_socket(dump, sink);
+        if result.is_err() {
+            self.socket = None;
         }
-        sockets.truncate(start);
-        Err(NetlinkError::Interrupted(describe(dump)))
+        result
     }
 
-    /// Runs one dump; returns whether it was interrupted.
-    fn dump_once(
+    fn dump_once_on_socket(
         &mut self,
         dump: &Dump,
-        sockets: &mut Vec<SocketRecord>,
+        sink: &mut dyn SocketSink,
     ) -> Result<bool, NetlinkError> {
         let socket = match self.socket.take() {
             Some(socket) => socket,
@@ -195,7 +225,18 @@ impl NetlinkSockets {
                 )));
             }
             let datagram = &self.buffer[..length];
-            match parse_datagram(datagram, self.sequence, dump, &mut interrupted, sockets)? {
+            self.batch.clear();
+            let progress = parse_datagram(
+                datagram,
+                self.sequence,
+                dump,
+                &mut interrupted,
+                &mut self.batch,
+            )?;
+            for socket in &self.batch {
+                sink.add(socket);
+            }
+            match progress {
                 Progress::More => {}
                 Progress::Done { interrupted } => return Ok(interrupted),
             }
