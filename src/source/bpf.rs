@@ -18,13 +18,14 @@
 //! Record parsing is a pure function over bytes; only `BpfSockets` touches
 //! the kernel.
 
+pub mod btf;
+mod loader;
+
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
-use aya::maps::{Array, MapData, RingBuf};
-use aya::programs::Iter;
-use aya::{Btf, Ebpf, EbpfLoader};
+use aya::maps::{Array, Map, MapData, RingBuf};
 
 use crate::model::{
     ListenQueue, PortBinding, PortRange, SocketRecord, SocketSink, SocketState, TcpState, TimeWait,
@@ -120,7 +121,9 @@ fn unavailable(stage: &'static str, error: impl std::fmt::Display) -> BpfError {
 /// The loaded program, kept across samples and namespaces: an iterator
 /// reads the namespace of the thread that creates it.
 struct Loaded {
-    ebpf: Ebpf,
+    program: loader::IterProgram,
+    /// The program's settings: the range, and what to read.
+    settings: Array<MapData, u32>,
     /// Where the program writes the bound-but-inactive sockets it finds.
     bound: RingBuf<MapData>,
 }
@@ -185,39 +188,21 @@ impl BpfSockets {
         let Some(loaded) = self.loaded.as_mut() else {
             unreachable!("loaded just above");
         };
-        let map = loaded
-            .ebpf
-            .map_mut("settings")
-            .ok_or_else(|| unavailable("settings", "the object has no settings map"))?;
-        let mut settings: Array<_, u32> =
-            Array::try_from(map).map_err(|error| unavailable("settings", error))?;
-        settings
+        let walk = if bound_inactive {
+            SETTING_WALK_BIND_HASH
+        } else {
+            0
+        };
+        let inodes = if self.inodes { SETTING_READ_INODES } else { 0 };
+        loaded
+            .settings
             .set(0, u32::from(range.start) | (u32::from(range.end) << 16), 0)
-            .and_then(|()| {
-                let walk = if bound_inactive {
-                    SETTING_WALK_BIND_HASH
-                } else {
-                    0
-                };
-                let inodes = if self.inodes { SETTING_READ_INODES } else { 0 };
-                settings.set(1, walk | inodes, 0)
-            })
+            .and_then(|()| loaded.settings.set(1, walk | inodes, 0))
             .map_err(|error| unavailable("settings", error))?;
-        let program: &mut Iter = loaded
-            .ebpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| unavailable("program", "the object has no dump_tcp program"))?
-            .try_into()
-            .map_err(|error| unavailable("program", error))?;
-        let link = program
-            .attach()
-            .map_err(|error| unavailable("attach", error))?;
-        let link = program
-            .take_link(link)
-            .map_err(|error| unavailable("attach", error))?;
         // The iterator is created here, in this thread's namespace.
-        let mut iterator = link
-            .into_file()
+        let mut iterator = loaded
+            .program
+            .open()
             .map_err(|error| unavailable("iterator", error))?;
         let now_ms = monotonic_ms();
         let read = read_records(&mut iterator, &mut self.buffer, now_ms, sink);
@@ -237,58 +222,48 @@ impl BpfSockets {
     }
 
     fn load(&self) -> Result<Loaded, BpfError> {
-        let btf = Btf::from_sys_fs()
+        let kernel_btf = std::fs::read(KERNEL_BTF)
             .map_err(|error| unavailable("kernel BTF", format!("{KERNEL_BTF}: {error}")))?;
         let bytes = match &self.object {
             Some(path) => std::fs::read(path)
                 .map_err(|error| unavailable("object", format!("{}: {error}", path.display())))?,
-            // aya parses the ELF in place: give it an owned, aligned copy.
             None => TCP_PORTS_OBJECT.to_vec(),
         };
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
-            .load(&bytes)
-            .map_err(|error| unavailable("load", error_chain(&error)))?;
-        let program: &mut Iter = ebpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| unavailable("program", "the object has no dump_tcp program"))?
-            .try_into()
-            .map_err(|error| unavailable("program", error))?;
-        program.load("tcp", &btf).map_err(|error| {
-            let text = error_chain(&error);
-            // Where CO-RE could not relocate an access, the loader leaves a
-            // call to this poison value, which the verifier then refuses.
-            if text.contains(&POISONED_RELOCATION.to_string()) {
-                unavailable(
-                    "relocate",
-                    format!(
-                        "this kernel lacks a field or type the program reads \
-                         (iter/tcp needs Linux 5.9+ with BTF): {text}"
-                    ),
-                )
-            } else {
-                unavailable("verify", text)
-            }
-        })?;
-        let ring = ebpf
+        let mut program =
+            loader::IterProgram::load(&bytes, PROGRAM, "tcp", kernel_btf).map_err(|error| {
+                // Where CO-RE could not relocate an access, the loader leaves
+                // a call to this poison value, which the verifier then refuses.
+                if error.stage == "verify"
+                    && error.reason.contains(&POISONED_RELOCATION.to_string())
+                {
+                    unavailable(
+                        "relocate",
+                        format!(
+                            "this kernel lacks a field or type the program reads \
+                             (iter/tcp needs Linux 5.9+ with BTF): {}",
+                            error.reason
+                        ),
+                    )
+                } else {
+                    unavailable(error.stage, error.reason)
+                }
+            })?;
+        let settings = program
+            .take_map("settings")
+            .ok_or_else(|| unavailable("settings", "the object has no settings map"))?;
+        let settings = Array::try_from(Map::Array(settings))
+            .map_err(|error| unavailable("settings", error))?;
+        let ring = program
             .take_map(BOUND_RING)
             .ok_or_else(|| unavailable("ring buffer", "the object has no bound ring buffer"))?;
-        let bound = RingBuf::try_from(ring).map_err(|error| unavailable("ring buffer", error))?;
-        Ok(Loaded { ebpf, bound })
+        let bound = RingBuf::try_from(Map::RingBuf(ring))
+            .map_err(|error| unavailable("ring buffer", error))?;
+        Ok(Loaded {
+            program,
+            settings,
+            bound,
+        })
     }
-}
-
-/// An error with its sources, which carry the verifier log and the system
-/// call's error.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// `CLOCK_MONOTONIC` in milliseconds, the clock of the kernel's

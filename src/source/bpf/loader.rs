@@ -1,0 +1,373 @@
+//! Loads a BPF iterator program: the object parsed and relocated by
+//! `aya-obj`, its maps made by `aya`, and the program loaded, linked and
+//! opened with four `bpf()` commands of its own.
+//!
+//! The loader relocates against `btf::Btf::compact`, a copy of the kernel's
+//! types the program names, not a parse of all of them: loading then costs
+//! a few MiB for a moment (the kernel's BTF read once, then dropped) rather
+//! than the tens of MiB a full parse takes.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+
+use aya::maps::MapData;
+use aya_obj::btf::BtfFeatures;
+use aya_obj::generated::{bpf_attach_type, bpf_cmd, bpf_prog_type};
+use aya_obj::{Features, Object};
+
+use super::btf::Btf;
+
+/// Why loading failed, and at which stage.
+#[derive(Debug)]
+pub struct LoadError {
+    /// What was being done.
+    pub stage: &'static str,
+    /// What went wrong: for the verifier, its log.
+    pub reason: String,
+}
+
+fn failed(stage: &'static str, reason: impl std::fmt::Display) -> LoadError {
+    LoadError {
+        stage,
+        reason: reason.to_string(),
+    }
+}
+
+/// A loaded iterator program, linked to its target, with its maps.
+pub struct IterProgram {
+    link: OwnedFd,
+    maps: HashMap<String, MapData>,
+    // The program and its BTF stay loaded while the link holds them; the
+    // descriptors are kept so that they close with the program.
+    _program: OwnedFd,
+    _btf: Option<OwnedFd>,
+}
+
+/// What this loader assumes of the kernel: an iterator program needs Linux
+/// 5.9+, which has every BTF kind clang writes for these programs and
+/// `bpf_probe_read_kernel`.
+fn features() -> Features {
+    Features::new(
+        true,
+        true,
+        true,
+        true,
+        false,
+        false,
+        false,
+        Some(BtfFeatures::new(
+            true, true, true, true, true, true, true, true,
+        )),
+    )
+}
+
+impl IterProgram {
+    /// Loads the program `program` of `object`, an `iter/<target>` program,
+    /// relocated against the kernel BTF in `kernel_btf`, which is dropped
+    /// as soon as the types the program needs are copied out.
+    pub fn load(
+        object: &[u8],
+        program: &str,
+        target: &str,
+        kernel_btf: Vec<u8>,
+    ) -> Result<IterProgram, LoadError> {
+        let mut object = Object::parse(object).map_err(|error| failed("object", error))?;
+        let features = features();
+
+        // The kernel's types the program names, and the function its
+        // iterator attaches to, from one read of the kernel's BTF.
+        let (target_btf, attach_btf_id) = {
+            let kernel = Btf::parse(kernel_btf).map_err(|error| failed("kernel BTF", error))?;
+            let local = object
+                .btf
+                .as_ref()
+                .ok_or_else(|| failed("object", "the object has no BTF"))?;
+            let local =
+                Btf::parse(local.to_bytes()).map_err(|error| failed("object BTF", error))?;
+            let compact = kernel.compact(&local.named_types());
+            let function = format!("bpf_iter_{target}");
+            let id = kernel.func_id(&function).ok_or_else(|| {
+                failed(
+                    "kernel BTF",
+                    format!("no {function}: this kernel has no {target} iterator (Linux 5.9+)"),
+                )
+            })?;
+            let compact = aya_obj::btf::Btf::parse(&compact, object::Endianness::default())
+                .map_err(|error| failed("kernel BTF", error))?;
+            (compact, id)
+        };
+        object
+            .relocate_btf(&target_btf)
+            .map_err(|error| failed("relocate", error_chain(&error)))?;
+        drop(target_btf);
+
+        let btf = match object
+            .fixup_and_sanitize_btf(features.btf().unwrap_or(&BtfFeatures::default()))
+            .map_err(|error| failed("object BTF", error))?
+        {
+            Some(btf) => {
+                Some(load_btf(&btf.to_bytes()).map_err(|error| failed("load BTF", error))?)
+            }
+            None => None,
+        };
+
+        let mut maps = HashMap::new();
+        let mut definitions = HashMap::new();
+        for (name, definition) in object.maps.drain() {
+            let map = MapData::create(definition.clone(), &name, btf.as_ref().map(|fd| fd.as_fd()))
+                .map_err(|error| {
+                    failed("create map", format!("{name}: {}", error_chain(&error)))
+                })?;
+            definitions.insert(name.clone(), definition);
+            maps.insert(name, map);
+        }
+        let text_sections: HashSet<usize> = object
+            .functions
+            .keys()
+            .map(|(section_index, _)| *section_index)
+            .collect();
+        object
+            .relocate_maps(
+                maps.iter().filter_map(|(name, map)| {
+                    definitions
+                        .get(name)
+                        .map(|definition| (name.as_str(), map.fd().as_fd().as_raw_fd(), definition))
+                }),
+                &text_sections,
+            )
+            .map_err(|error| failed("relocate", error_chain(&error)))?;
+        object
+            .relocate_calls(&text_sections)
+            .map_err(|error| failed("relocate", error_chain(&error)))?;
+        object.sanitize_functions(&features);
+
+        let entry = object
+            .programs
+            .get(program)
+            .ok_or_else(|| failed("program", format!("the object has no {program}")))?;
+        let function = object
+            .functions
+            .get(&entry.function_key())
+            .ok_or_else(|| failed("program", format!("{program} has no code")))?;
+        let license =
+            CString::new(entry.license.as_bytes()).map_err(|error| failed("program", error))?;
+        let loaded = load_program(&ProgramToLoad {
+            instructions: &function.instructions,
+            license: &license,
+            attach_btf_id,
+            btf: btf.as_ref(),
+            func_info: (
+                function.func_info.func_info_bytes(),
+                function.func_info.len(),
+                function.func_info_rec_size,
+            ),
+            line_info: (
+                function.line_info.line_info_bytes(),
+                function.line_info.len(),
+                function.line_info_rec_size,
+            ),
+        })?;
+        let link = create_link(&loaded).map_err(|error| failed("attach", error))?;
+        Ok(IterProgram {
+            link,
+            maps,
+            _program: loaded,
+            _btf: btf,
+        })
+    }
+
+    /// Takes the map `name` out, for a wrapper that owns it.
+    pub fn take_map(&mut self, name: &str) -> Option<MapData> {
+        self.maps.remove(name)
+    }
+
+    /// A new iterator: reading it runs the program over its target in the
+    /// network namespace (and PID namespace) of the calling thread.
+    pub fn open(&self) -> io::Result<File> {
+        let mut attr = IterCreate {
+            link_fd: self.link.as_raw_fd() as u32,
+            flags: 0,
+        };
+        let fd = bpf(bpf_cmd::BPF_ITER_CREATE, &mut attr)?;
+        Ok(File::from(fd))
+    }
+}
+
+/// What `BPF_PROG_LOAD` is given.
+struct ProgramToLoad<'a> {
+    instructions: &'a [aya_obj::generated::bpf_insn],
+    license: &'a CString,
+    attach_btf_id: u32,
+    btf: Option<&'a OwnedFd>,
+    /// Records, how many, and the size of one.
+    func_info: (Vec<u8>, usize, usize),
+    line_info: (Vec<u8>, usize, usize),
+}
+
+/// The verifier's log on a refusal: enough for the end of it, which says why.
+const LOG_LENGTH: usize = 1 << 20;
+
+/// `BPF_PROG_LOAD` of a tracing program attached to an iterator target; a
+/// refusal is tried again with the verifier's log, which is the reason given.
+fn load_program(program: &ProgramToLoad<'_>) -> Result<OwnedFd, LoadError> {
+    let attr = |log: Option<&mut Vec<u8>>| {
+        let mut attr = ProgLoad {
+            prog_type: bpf_prog_type::BPF_PROG_TYPE_TRACING as u32,
+            insn_cnt: program.instructions.len() as u32,
+            insns: program.instructions.as_ptr() as u64,
+            license: program.license.as_ptr() as u64,
+            expected_attach_type: bpf_attach_type::BPF_TRACE_ITER as u32,
+            attach_btf_id: program.attach_btf_id,
+            ..ProgLoad::default()
+        };
+        if let Some(btf) = program.btf {
+            attr.prog_btf_fd = btf.as_raw_fd() as u32;
+            let (records, count, size) = &program.func_info;
+            if *size > 0 {
+                attr.func_info = records.as_ptr() as u64;
+                attr.func_info_cnt = *count as u32;
+                attr.func_info_rec_size = *size as u32;
+            }
+            let (records, count, size) = &program.line_info;
+            if *size > 0 {
+                attr.line_info = records.as_ptr() as u64;
+                attr.line_info_cnt = *count as u32;
+                attr.line_info_rec_size = *size as u32;
+            }
+        }
+        if let Some(log) = log {
+            attr.log_level = 1;
+            attr.log_buf = log.as_mut_ptr() as u64;
+            attr.log_size = log.len() as u32;
+        }
+        attr
+    };
+    let mut first = attr(None);
+    match bpf(bpf_cmd::BPF_PROG_LOAD, &mut first) {
+        Ok(fd) => Ok(fd),
+        Err(error) => {
+            let mut log = vec![0u8; LOG_LENGTH];
+            let mut again = attr(Some(&mut log));
+            let _ = bpf(bpf_cmd::BPF_PROG_LOAD, &mut again);
+            let end = log.iter().position(|&byte| byte == 0).unwrap_or(log.len());
+            let text = String::from_utf8_lossy(&log[..end]);
+            Err(failed("verify", format!("{error}: {text}")))
+        }
+    }
+}
+
+fn load_btf(bytes: &[u8]) -> io::Result<OwnedFd> {
+    let mut attr = BtfLoad {
+        btf: bytes.as_ptr() as u64,
+        btf_size: bytes.len() as u32,
+        ..BtfLoad::default()
+    };
+    bpf(bpf_cmd::BPF_BTF_LOAD, &mut attr)
+}
+
+fn create_link(program: &OwnedFd) -> io::Result<OwnedFd> {
+    let mut attr = LinkCreate {
+        prog_fd: program.as_raw_fd() as u32,
+        target_fd: 0,
+        attach_type: bpf_attach_type::BPF_TRACE_ITER as u32,
+        flags: 0,
+    };
+    bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)
+}
+
+/// The `bpf()` attribute blocks of the commands used, laid out as the
+/// `union bpf_attr` members of `include/uapi/linux/bpf.h`; the kernel reads
+/// as many bytes as it is given and takes the rest as zero.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoad {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+    prog_btf_fd: u32,
+    func_info_rec_size: u32,
+    func_info: u64,
+    func_info_cnt: u32,
+    line_info_rec_size: u32,
+    line_info: u64,
+    line_info_cnt: u32,
+    attach_btf_id: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct BtfLoad {
+    btf: u64,
+    btf_log_buf: u64,
+    btf_size: u32,
+    btf_log_size: u32,
+    btf_log_level: u32,
+    /// Written by the kernel; here so that the block has no padding.
+    btf_log_true_size: u32,
+}
+
+#[repr(C)]
+struct LinkCreate {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+}
+
+#[repr(C)]
+struct IterCreate {
+    link_fd: u32,
+    flags: u32,
+}
+
+/// One of the attribute blocks above.
+trait Attributes {}
+impl Attributes for ProgLoad {}
+impl Attributes for BtfLoad {}
+impl Attributes for LinkCreate {}
+impl Attributes for IterCreate {}
+
+/// Runs a `bpf()` command that returns a new descriptor.
+fn bpf<T: Attributes>(command: bpf_cmd, attr: &mut T) -> io::Result<OwnedFd> {
+    // SAFETY: `attr` is one of the repr(C) blocks above, laid out as the
+    // kernel reads it, and outlives the call; every pointer it holds points
+    // at memory the caller keeps alive for the call. The call returns a new
+    // descriptor or -1.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command as libc::c_int,
+            attr as *mut T,
+            std::mem::size_of::<T>() as libc::c_uint,
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the kernel just made, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(result as i32) })
+}
+
+/// An error with its sources.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
