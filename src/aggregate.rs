@@ -4,15 +4,16 @@
 //! out. Every metric's meaning is decided here; the README's metric table
 //! states the same definitions for users.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use crate::metrics::listeners::{Listener, ListenerGroups, is_listener};
-use crate::metrics::processes::{ProcessUsage, top_processes};
+use crate::metrics::processes::{ProcessUsage, keep_top, top_processes};
+pub use crate::model::OwnerLookup;
 use crate::model::{
-    NamespaceIdentity, NamespaceSample, PortBinding, PortList, PortRange, PortSet, Protocol,
-    ReservedPorts, SocketOwners, SocketRecord, SocketSink, SocketState, SourceKind, TcpState,
-    TimeWaitReuse, UdpState,
+    NamespaceIdentity, NamespaceSample, OwnedSocket, PortBinding, PortList, PortRange, PortSet,
+    Protocol, ReservedPorts, SocketOwners, SocketRecord, SocketSink, SocketState, SourceKind,
+    TcpState, TimeWaitReuse, UdpState, process_label,
 };
 
 pub use crate::model::{NO_PROCESS, UNKNOWN_PROCESS};
@@ -79,6 +80,8 @@ pub struct Snapshot {
     pub processes: Vec<ProcessUsage>,
     /// Where the TCP sockets, then the UDP sockets, were read from.
     pub sources: [SourceKind; 2],
+    /// How the owners of sockets were found.
+    pub owner_lookup: OwnerLookup,
     /// The namespace, when several are sampled; `None` labels nothing.
     pub namespace: Option<NamespaceIdentity>,
 }
@@ -221,6 +224,30 @@ pub struct Aggregator {
     keep_port: Option<u16>,
     /// TCP, then UDP.
     tallies: [ProtocolTally; 2],
+    /// How owners are learnt.
+    lookup: OwnerLookup,
+    /// Owners learnt from records (`OwnerLookup::Records`).
+    records: OwnerTally,
+}
+
+/// What owner records have added up to.
+#[derive(Default)]
+struct OwnerTally {
+    /// The inodes whose owner is named (listeners, kept sockets), made at
+    /// the first record.
+    wanted: Option<HashSet<u64>>,
+    /// Owners of the wanted inodes: the first record wins, which is the
+    /// lowest process id, as records come in process order.
+    named: SocketOwners,
+    /// Ports of the range each process holds, by `comm`, TCP then UDP.
+    ports: HashMap<[u8; 16], [PortList; 2]>,
+    /// Ports bound before `connect()` each process holds, by `comm`.
+    bind_first: HashMap<[u8; 16], PortList>,
+    /// Sockets referred to more than once, counted once at the end under
+    /// their lowest process: by inode, (process, comm, protocol, port).
+    shared: HashMap<u64, (u32, [u8; 16], Protocol, u16)>,
+    /// TCP sockets bound before `connect()` that a file holds: inode to port.
+    bind_first_inodes: HashMap<u64, u16>,
 }
 
 /// What the sockets of one protocol have added up to so far.
@@ -250,6 +277,11 @@ struct ProtocolTally {
     reusable_by_port: Vec<u32>,
     /// Sockets on the kept port.
     kept: Vec<SocketRecord>,
+    /// With `OwnerLookup::Records`: sockets a file holds on each port of
+    /// the range, then those owner records found (index from the range's
+    /// start); sized at the first one.
+    held_by_port: Vec<u32>,
+    owned_by_port: Vec<u32>,
 }
 
 /// A socket on an ephemeral port that a file holds, waiting for its owner.
@@ -277,7 +309,157 @@ impl Aggregator {
             limits,
             keep_port: None,
             tallies: Default::default(),
+            lookup: OwnerLookup::ByInode,
+            records: OwnerTally::default(),
         }
+    }
+
+    /// Learns owners as `lookup` says; `OwnerLookup::ByInode` unless set.
+    /// Set before the first socket.
+    pub fn set_owner_lookup(&mut self, lookup: OwnerLookup) {
+        self.lookup = lookup;
+    }
+
+    /// Takes the record of one socket a process holds, after every socket
+    /// was added (`OwnerLookup::Records`); records of sockets outside this
+    /// namespace are for the caller to leave out.
+    pub fn add_owner(&mut self, owned: &OwnedSocket) {
+        if self.records.wanted.is_none() {
+            self.records.wanted = Some(self.wanted_owners().into_iter().collect());
+        }
+        if self
+            .records
+            .wanted
+            .as_ref()
+            .is_some_and(|wanted| wanted.contains(&owned.inode))
+            && !self.records.named.pid_by_inode.contains_key(&owned.inode)
+        {
+            self.records
+                .named
+                .pid_by_inode
+                .insert(owned.inode, owned.tgid);
+            self.records
+                .named
+                .comm_by_pid
+                .entry(owned.tgid)
+                .or_insert_with(|| process_label(owned.comm()));
+        }
+        if self.lookup != OwnerLookup::Records
+            || self.limits.processes_top == 0
+            || !self.is_ephemeral(owned.port)
+        {
+            return;
+        }
+        if owned.shared {
+            let entry = (owned.tgid, owned.comm, owned.protocol, owned.port);
+            self.records
+                .shared
+                .entry(owned.inode)
+                .and_modify(|kept| {
+                    if entry.0 < kept.0 {
+                        *kept = entry;
+                    }
+                })
+                .or_insert(entry);
+            return;
+        }
+        self.count_owned(owned.comm, owned.protocol, owned.port, owned.inode);
+    }
+
+    /// Counts one socket, on an ephemeral port, that a process holds.
+    fn count_owned(&mut self, comm: [u8; 16], protocol: Protocol, port: u16, inode: u64) {
+        let offset = usize::from(port - self.range.start);
+        let tally = &mut self.tallies[protocol_index(protocol)];
+        if tally.owned_by_port.is_empty() {
+            tally.owned_by_port = vec![0; self.range.port_count() as usize];
+        }
+        tally.owned_by_port[offset] += 1;
+        self.records.ports.entry(comm).or_default()[protocol_index(protocol)].insert(port);
+        if protocol == Protocol::Tcp {
+            if let Some(&port) = self.records.bind_first_inodes.get(&inode) {
+                self.records
+                    .bind_first
+                    .entry(comm)
+                    .or_default()
+                    .insert(port);
+            }
+        }
+    }
+
+    /// The processes holding the most ports, then those holding the most
+    /// ports bound before `connect()`, from owner records.
+    fn processes_from_records(
+        &mut self,
+        bind_first_ports: &PortSet,
+    ) -> (Vec<ProcessUsage>, Vec<ProcessUsage>) {
+        for (inode, (_, comm, protocol, port)) in std::mem::take(&mut self.records.shared) {
+            self.count_owned(comm, protocol, port, inode);
+        }
+        let label = |comm: &[u8; 16]| {
+            let end = comm.iter().position(|&byte| byte == 0).unwrap_or(16);
+            process_label(String::from_utf8_lossy(&comm[..end]).into_owned())
+        };
+        let none = PortSet::new();
+        let mut usages: Vec<ProcessUsage> = self
+            .records
+            .ports
+            .iter_mut()
+            .map(|(comm, [tcp, udp])| ProcessUsage {
+                process: label(comm),
+                ports_used: tcp.count_without(&none) + udp.count_without(&none),
+            })
+            .collect();
+        let range = self.range;
+        let mut unheld = 0;
+        let mut unknown = 0;
+        for tally in &self.tallies {
+            unheld += tally.unheld.len();
+            // A port where more sockets are held than owners were found has
+            // a socket whose owner is not known.
+            unknown += tally
+                .held_by_port
+                .iter()
+                .enumerate()
+                .filter(|&(offset, &held)| {
+                    held > tally.owned_by_port.get(offset).copied().unwrap_or(0)
+                        && range.contains(range.start + offset as u16)
+                })
+                .count() as u32;
+        }
+        usages.extend(
+            [(NO_PROCESS, unheld), (UNKNOWN_PROCESS, unknown)]
+                .into_iter()
+                .filter(|&(_, ports)| ports > 0)
+                .map(|(process, ports_used)| ProcessUsage {
+                    process: process.to_string(),
+                    ports_used,
+                }),
+        );
+        let mut bind_first: Vec<ProcessUsage> = self
+            .records
+            .bind_first
+            .iter_mut()
+            .filter_map(|(comm, ports)| {
+                let ports_used = ports.count_within(bind_first_ports);
+                (ports_used > 0).then(|| ProcessUsage {
+                    process: label(comm),
+                    ports_used,
+                })
+            })
+            .collect();
+        let unheld_bind_first = self.tallies[0]
+            .unheld_bind_first
+            .iter()
+            .filter(|&port| bind_first_ports.contains(port))
+            .count() as u32;
+        if unheld_bind_first > 0 {
+            bind_first.push(ProcessUsage {
+                process: NO_PROCESS.to_string(),
+                ports_used: unheld_bind_first,
+            });
+        }
+        let top = self.limits.processes_top;
+        (keep_top(usages, top), keep_top(bind_first, top))
     }
 
     /// Keeps every socket on `port` whole, for `kept_sockets`.
@@ -309,6 +491,12 @@ impl Aggregator {
         inodes.sort_unstable();
         inodes.dedup();
         inodes
+    }
+
+    /// The owners of the listeners and kept sockets that owner records
+    /// named (`OwnerLookup::Records`).
+    pub fn named_owners(&self) -> &SocketOwners {
+        &self.records.named
     }
 
     /// The sockets on the kept port, TCP first.
@@ -359,10 +547,14 @@ impl Aggregator {
             }
         });
 
+        let named = std::mem::take(&mut self.records.named);
         let mut groups = ListenerGroups::default();
         for tally in &self.tallies {
             for socket in &tally.listeners {
-                let process = owners.process_name(socket.inode).unwrap_or(UNKNOWN_PROCESS);
+                let process = owners
+                    .process_name(socket.inode)
+                    .or_else(|| named.process_name(socket.inode))
+                    .unwrap_or(UNKNOWN_PROCESS);
                 groups.add(socket, link_local_scope(interfaces, socket), process);
             }
         }
@@ -420,7 +612,11 @@ impl Aggregator {
         let destination_max_used_ratio = used_ratio(largest + exclusive.total(), capacity);
 
         let top = self.limits.processes_top;
-        let (processes, bind_before_connect_processes) = if top > 0 {
+        let (processes, bind_before_connect_processes) = if top == 0 {
+            (Vec::new(), Vec::new())
+        } else if self.lookup == OwnerLookup::Records {
+            self.processes_from_records(&bind_first_ports)
+        } else {
             let mut ports: Vec<(&str, Protocol, u16)> = Vec::new();
             let mut bind_first: Vec<(&str, Protocol, u16)> = Vec::new();
             for (protocol, tally) in Protocol::ALL.iter().zip(&self.tallies) {
@@ -446,8 +642,6 @@ impl Aggregator {
                     .map(|port| (NO_PROCESS, Protocol::Tcp, port)),
             );
             (top_processes(ports, top), top_processes(bind_first, top))
-        } else {
-            (Vec::new(), Vec::new())
         };
 
         Snapshot {
@@ -466,6 +660,7 @@ impl Aggregator {
             destination_max_used_ratio,
             processes,
             sources,
+            owner_lookup: self.lookup,
             namespace: None,
         }
     }
@@ -511,6 +706,14 @@ impl SocketSink for Aggregator {
                 tally.unheld.insert(port);
                 if bind_first {
                     tally.unheld_bind_first.insert(port);
+                }
+            } else if self.lookup == OwnerLookup::Records {
+                if tally.held_by_port.is_empty() {
+                    tally.held_by_port = vec![0; range_length];
+                }
+                tally.held_by_port[usize::from(port - range_start)] += 1;
+                if bind_first {
+                    self.records.bind_first_inodes.insert(socket.inode, port);
                 }
             } else {
                 tally.held.push(HeldPort {
@@ -1292,6 +1495,143 @@ mod tests {
         );
         assert_eq!(processes(1), vec![("envoy".to_string(), 2)]);
         assert!(processes(0).is_empty());
+    }
+
+    /// The figures with owners learnt from records, as the BPF owners
+    /// program writes them: one record per process holding each socket whose
+    /// owner `sample.owners` knows, plus `others` holding it too.
+    fn aggregate_from_records(
+        sample: &NamespaceSample,
+        limits: &Limits,
+        others: &[(u64, u32, &str)],
+    ) -> Snapshot {
+        let mut aggregator = Aggregator::new(
+            sample.range,
+            sample.reserved.clone(),
+            sample.time_wait_reuse,
+            *limits,
+        );
+        aggregator.set_owner_lookup(OwnerLookup::Records);
+        for socket in &sample.sockets {
+            aggregator.add(socket);
+        }
+        let comm = |name: &str| {
+            // The comm whose label `name` is.
+            let name = name.strip_suffix(" (a process)").unwrap_or(name);
+            let mut comm = [0u8; 16];
+            comm[..name.len()].copy_from_slice(name.as_bytes());
+            comm
+        };
+        let mut records = Vec::new();
+        for socket in &sample.sockets {
+            let Some(&pid) = sample.owners.pid_by_inode.get(&socket.inode) else {
+                continue;
+            };
+            let holders: Vec<(u32, &str)> =
+                std::iter::once((pid, sample.owners.comm_by_pid[&pid].as_str()))
+                    .chain(
+                        others
+                            .iter()
+                            .filter(|(inode, _, _)| *inode == socket.inode)
+                            .map(|(_, pid, name)| (*pid, *name)),
+                    )
+                    .collect();
+            for &(tgid, name) in &holders {
+                records.push(OwnedSocket {
+                    tgid,
+                    comm: comm(name),
+                    netns: 1,
+                    inode: socket.inode,
+                    protocol: socket.state.protocol(),
+                    port: socket.local.port(),
+                    shared: holders.len() > 1,
+                });
+            }
+        }
+        // Records come in process order.
+        records.sort_by_key(|record| record.tgid);
+        for record in &records {
+            aggregator.add_owner(record);
+        }
+        aggregator.finish(&SocketOwners::default(), sample.sources, &sample.interfaces)
+    }
+
+    #[test]
+    fn owners_from_records_give_the_figures_owners_by_inode_give() {
+        let mut sockets = vec![
+            tcp(TcpState::Listen, "0.0.0.0:80", "0.0.0.0:0", 1),
+            tcp(TcpState::Listen, "0.0.0.0:40050", "0.0.0.0:0", 2),
+            tcp(TcpState::Established, "10.0.0.1:40001", "10.0.0.9:80", 3),
+            tcp(TcpState::Established, "10.0.0.1:40001", "10.0.0.8:80", 4),
+            udp(UdpState::Connected, "10.0.0.1:40001", "10.0.0.9:53", 5),
+            tcp(TcpState::Established, "10.0.0.1:40002", "10.0.0.9:80", 6),
+            tcp(TcpState::TimeWait, "10.0.0.1:40003", "10.0.0.9:80", 0),
+            // Bound before connecting, held by curl; and in TIME_WAIT.
+            tcp(TcpState::Established, "10.0.0.1:40010", "10.0.0.9:80", 7),
+            tcp(TcpState::TimeWait, "10.0.0.1:40011", "10.0.0.9:80", 0),
+            // A socket no process was found holding.
+            tcp(TcpState::Established, "10.0.0.1:40020", "10.0.0.9:80", 8),
+            // Held by envoy and, inherited, by a worker with a higher pid.
+            tcp(TcpState::Established, "10.0.0.1:40030", "10.0.0.9:80", 9),
+            udp(UdpState::Unconnected, "0.0.0.0:53", "0.0.0.0:0", 10),
+        ];
+        sockets[7].binding = PortBinding::Bind;
+        sockets[8].binding = PortBinding::Bind;
+        let mut sample = sample(sockets, "");
+        sample.sources = [SourceKind::Bpf, SourceKind::Netlink];
+        for (inode, pid) in [
+            (1, 10),
+            (2, 12),
+            (3, 10),
+            (4, 10),
+            (5, 10),
+            (6, 11),
+            (7, 11),
+            (9, 10),
+            (10, 13),
+        ] {
+            sample.owners.pid_by_inode.insert(inode, pid);
+        }
+        for (pid, comm) in [
+            (10, "envoy"),
+            (11, "curl"),
+            (12, "unknown"),
+            (13, "dnsmasq"),
+        ] {
+            sample
+                .owners
+                .comm_by_pid
+                .insert(pid, crate::model::process_label(comm.to_string()));
+        }
+        let others = [(9, 20, "worker"), (1, 21, "worker")];
+        for top in [10, 2, 0] {
+            let limits = Limits {
+                processes_top: top,
+                ..Limits::default()
+            };
+            let by_inode = aggregate(&sample, &limits);
+            let mut from_records = aggregate_from_records(&sample, &limits, &others);
+            assert_eq!(from_records.owner_lookup, OwnerLookup::Records);
+            from_records.owner_lookup = OwnerLookup::ByInode;
+            assert_eq!(from_records, by_inode, "processes_top {top}");
+        }
+        let figures = aggregate(&sample, &Limits::default());
+        let named: Vec<(&str, u32)> = figures
+            .processes
+            .iter()
+            .map(|usage| (usage.process.as_str(), usage.ports_used))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("envoy", 3),
+                ("curl", 2),
+                ("none", 2),
+                ("unknown", 1),
+                ("unknown (a process)", 1),
+            ]
+        );
+        assert_eq!(figures.bind_before_connect_processes.len(), 2);
     }
 
     #[test]

@@ -12,7 +12,9 @@ use tokio::sync::watch;
 use portstat_exporter::cli::{Cli, Command};
 use portstat_exporter::inspect;
 use portstat_exporter::render::Renderer;
-use portstat_exporter::sampler::{Exposition, NamespaceScope, Sampler, read_namespace};
+use portstat_exporter::sampler::{
+    Exposition, NamespaceScope, Sampler, own_namespace_inode, read_namespace, resolve_owners,
+};
 use portstat_exporter::serve::{self, ServeConfig};
 use portstat_exporter::source::NamespaceReader;
 use portstat_exporter::webconfig::WebConfig;
@@ -169,7 +171,17 @@ fn inspect(cli: &Cli, port: Option<u16>, json: bool) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let owners = reader.resolve_owners(&read.aggregator.wanted_owners());
+    let mut read = read;
+    let mut owners = resolve_owners(&mut reader, &mut [(own_namespace_inode(), &mut read)]);
+    // With BPF, the owners of the kept sockets are named by the aggregator.
+    let named = read.aggregator.named_owners();
+    owners.pid_by_inode.extend(&named.pid_by_inode);
+    owners.comm_by_pid.extend(
+        named
+            .comm_by_pid
+            .iter()
+            .map(|(pid, comm)| (*pid, comm.clone())),
+    );
     let holders = port.map(|port| {
         inspect::port_holders(read.aggregator.kept_sockets(), &owners, port, cli.processes)
     });

@@ -274,6 +274,63 @@ impl PortRange {
     }
 }
 
+/// One socket a process holds open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnedSocket {
+    /// The process (its thread group id, in the initial PID namespace).
+    pub tgid: u32,
+    /// The process's `comm`, NUL-padded.
+    pub comm: [u8; 16],
+    /// The inode number of the socket's network namespace.
+    pub netns: u32,
+    /// The socket's inode.
+    pub inode: u64,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// The local port.
+    pub port: u16,
+    /// Whether the file is referred to more than once (several
+    /// descriptors or processes, or a reference held for a moment): such a
+    /// socket must be counted once, under its lowest process.
+    pub shared: bool,
+}
+
+impl OwnedSocket {
+    /// The process's `comm` as text.
+    pub fn comm(&self) -> String {
+        let end = self.comm.iter().position(|&byte| byte == 0).unwrap_or(16);
+        String::from_utf8_lossy(&self.comm[..end]).into_owned()
+    }
+}
+
+/// How the figures learn which process holds each socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerLookup {
+    /// By inode once the sockets are read, with `SocketOwners` (the walk of
+    /// `/proc/<pid>/fd`): 16 bytes are kept meanwhile for each socket on a
+    /// port of the range.
+    ByInode,
+    /// From records of the sockets each process holds, streamed after the
+    /// sockets with `add_owner` (BPF `iter/task_file`): counts per port and
+    /// ports per process are kept, nothing per socket.
+    Records,
+    /// Not at all (`--collector.processes=false`): every listener is
+    /// `unknown`, and processes are not counted.
+    Off,
+}
+
+impl OwnerLookup {
+    /// The `source` label of `portstat_owners_source_info`, where owners
+    /// are looked for.
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            OwnerLookup::ByInode => Some("procfs"),
+            OwnerLookup::Records => Some("bpf"),
+            OwnerLookup::Off => None,
+        }
+    }
+}
+
 /// Where a source hands the sockets it reads, one at a time, so that no
 /// table of sockets is ever held whole.
 pub trait SocketSink {
@@ -437,6 +494,21 @@ impl PortList {
                 }
                 self.set = Some(set);
                 self.list = Vec::new();
+            }
+        }
+    }
+
+    /// How many distinct ports of `within` are in the list.
+    pub fn count_within(&mut self, within: &PortSet) -> u32 {
+        match &self.set {
+            Some(set) => set.iter().filter(|&port| within.contains(port)).count() as u32,
+            None => {
+                self.list.sort_unstable();
+                self.list.dedup();
+                self.list
+                    .iter()
+                    .filter(|&&port| within.contains(port))
+                    .count() as u32
             }
         }
     }

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use crate::aggregate::{Aggregator, Limits, Snapshot};
-use crate::model::SocketOwners;
+use crate::model::{OwnerLookup, SocketOwners};
 use crate::page::landing_page;
 use crate::render::Renderer;
 use crate::source::{NamespaceReader, ReadReport, SourceError, namespaces};
@@ -51,7 +52,7 @@ impl NamespaceScope {
 }
 
 /// The inode of the exporter's own network namespace.
-fn own_namespace_inode() -> Option<u64> {
+pub fn own_namespace_inode() -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino())
 }
@@ -193,8 +194,9 @@ impl Sampler {
 
     /// Samples the namespace the exporter runs in.
     fn sample_own(&mut self) -> Result<Vec<Snapshot>, SourceError> {
-        let read = read_namespace(&mut self.reader, &self.limits, None)?;
-        let owners = self.reader.resolve_owners(&read.aggregator.wanted_owners());
+        let mut read = read_namespace(&mut self.reader, &self.limits, None)?;
+        let own = own_namespace_inode();
+        let owners = resolve_owners(&mut self.reader, &mut [(own, &mut read)]);
         Ok(vec![read.finish(&owners)])
     }
 
@@ -260,13 +262,13 @@ impl Sampler {
             });
         }
         // One walk of the processes names the owners in every namespace.
-        let mut wanted: Vec<u64> = samples
-            .iter()
-            .flat_map(|(_, read)| read.aggregator.wanted_owners())
-            .collect();
-        wanted.sort_unstable();
-        wanted.dedup();
-        let owners = self.reader.resolve_owners(&wanted);
+        let owners = {
+            let mut reads: Vec<(Option<u64>, &mut NamespaceRead)> = samples
+                .iter_mut()
+                .map(|(identity, read)| (Some(identity.inode), read))
+                .collect();
+            resolve_owners(&mut self.reader, &mut reads)
+        };
         Ok(samples
             .into_iter()
             .map(|(identity, read)| {
@@ -361,6 +363,8 @@ pub struct NamespaceRead {
     pub aggregator: Aggregator,
     /// What the read found besides the sockets.
     pub report: ReadReport,
+    /// How its owners are found.
+    pub lookup: OwnerLookup,
 }
 
 impl NamespaceRead {
@@ -369,6 +373,42 @@ impl NamespaceRead {
         self.aggregator
             .finish(owners, self.report.sources, &self.report.interfaces)
     }
+}
+
+/// Finds the owners of the sockets of `reads`, each with its namespace's
+/// inode, in one pass over the processes: with BPF, each owner record goes
+/// to its namespace's aggregator; otherwise the walk of `/proc/<pid>/fd`
+/// names the inodes every aggregator wants, returned for `finish`.
+pub fn resolve_owners(
+    reader: &mut NamespaceReader,
+    reads: &mut [(Option<u64>, &mut NamespaceRead)],
+) -> SocketOwners {
+    if reads
+        .iter()
+        .any(|(_, read)| read.lookup == OwnerLookup::Records)
+    {
+        let by_namespace: HashMap<u64, usize> = reads
+            .iter()
+            .enumerate()
+            .filter_map(|(index, (inode, _))| inode.map(|inode| (inode, index)))
+            .collect();
+        let result = reader.read_owner_records(&mut |owned| {
+            if let Some(&index) = by_namespace.get(&u64::from(owned.netns)) {
+                reads[index].1.aggregator.add_owner(owned);
+            }
+        });
+        if let Err(error) = result {
+            tracing::warn!(err = %error, "reading socket owners failed; they show as unknown");
+        }
+        return SocketOwners::default();
+    }
+    let mut wanted: Vec<u64> = reads
+        .iter()
+        .flat_map(|(_, read)| read.aggregator.wanted_owners())
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    reader.resolve_owners(&wanted)
 }
 
 /// Reads the namespace the calling thread is in: its settings, then its
@@ -380,17 +420,23 @@ pub fn read_namespace(
     keep_port: Option<u16>,
 ) -> Result<NamespaceRead, SourceError> {
     let settings = reader.read_settings()?;
+    let lookup = reader.owner_lookup();
     let mut aggregator = Aggregator::new(
         settings.range,
         settings.reserved,
         settings.time_wait_reuse,
         *limits,
     );
+    aggregator.set_owner_lookup(lookup);
     if let Some(port) = keep_port {
         aggregator.keep_sockets_on(port);
     }
     let report = reader.read_sockets(settings.range, &mut aggregator)?;
-    Ok(NamespaceRead { aggregator, report })
+    Ok(NamespaceRead {
+        aggregator,
+        report,
+        lookup,
+    })
 }
 
 /// behind it. Both calls act on this thread only.

@@ -311,3 +311,34 @@ fn a_running_exporter_logs_the_fallback_once() {
     // About 15 samples; one line.
     assert_eq!(text.matches(WARNING).count(), 1, "{text}");
 }
+
+/// Where BPF is refused, owners come from the walk of `/proc/<pid>/fd`,
+/// and name the same processes with the same ports as the BPF pass does.
+#[test]
+fn owners_fall_back_to_procfs_and_agree_with_bpf() {
+    let (netns, _held) = populated();
+    let comm = support::own_comm();
+    let ports = format!(r#"portstat_ephemeral_process_ports_used{{process="{comm}"}}"#);
+    let listener = format!(
+        r#"portstat_listener_sockets{{protocol="tcp",address="127.0.0.1",port="8080",process="{comm}"}}"#
+    );
+    let mut command = netns.command(support::EXPORTER);
+    command.args(["--once", "--log.level", "warn"]);
+    support::refuse_syscall(&mut command, libc::SYS_bpf, None, libc::EPERM);
+    let (output, stderr, refused) = run(&mut command);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        refused.value(r#"portstat_owners_source_info{source="procfs"}"#),
+        1.0
+    );
+    let bpf = netns.once_until(&[], |_| true);
+    assert_eq!(
+        bpf.value(r#"portstat_owners_source_info{source="bpf"}"#),
+        1.0
+    );
+    // The listener inside the range, the bound socket, ten connections.
+    assert_eq!(bpf.value(&ports), 12.0, "{}", bpf.text);
+    for series in [&ports, &listener] {
+        assert_eq!(refused.value(series), bpf.value(series), "{series}");
+    }
+}

@@ -136,6 +136,8 @@ fn comparable(metrics: &Metrics) -> BTreeMap<String, f64> {
         .filter(|(series, _)| {
             ![
                 "portstat_source_info",
+                "portstat_owners_source_info",
+                "portstat_ephemeral_headroom_exact",
                 "portstat_sockets_scanned",
                 "portstat_listener_accept_queue",
                 "portstat_sample_duration_seconds",
@@ -151,7 +153,7 @@ fn comparable(metrics: &Metrics) -> BTreeMap<String, f64> {
 }
 
 #[test]
-fn netlink_and_procfs_agree_series_for_series() {
+fn netlink_bpf_and_procfs_agree_series_for_series() {
     let seed = std::env::var("PORTSTAT_TEST_SEED")
         .ok()
         .and_then(|seed| seed.parse().ok())
@@ -184,9 +186,20 @@ fn netlink_and_procfs_agree_series_for_series() {
         };
         let procfs = netns.once_until(&["--collector.source", "procfs"], settled);
         let netlink = netns.once_until(&["--collector.source", "netlink"], settled);
+        // BPF reads TCP and names owners from its task_file pass.
+        let bpf = netns.once_until(&["--collector.source", "bpf"], settled);
         assert!(
-            settled(&procfs) && settled(&netlink),
+            settled(&procfs) && settled(&netlink) && settled(&bpf),
             "round {round}: never settled"
+        );
+        assert_eq!(
+            bpf.value(r#"portstat_source_info{protocol="tcp",source="bpf"}"#),
+            1.0
+        );
+        assert_eq!(
+            comparable(&bpf),
+            comparable(&procfs),
+            "round {round}, seed {seed}: bpf (left) and procfs (right) differ"
         );
         assert_eq!(
             netlink.value(r#"portstat_source_info{protocol="tcp",source="netlink"}"#),

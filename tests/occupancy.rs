@@ -480,3 +480,78 @@ fn processes_named_like_the_built_in_labels_stay_apart() {
     let off = netns.once_until(&["--collector.processes=false"], |_| true);
     assert_eq!(off.value(&series(7003, "unknown")), 1.0);
 }
+
+/// Sockets a process shares with the children it forked count once, under
+/// the lowest process id, whichever way owners are found: one BPF
+/// `iter/task_file` pass (the `bpf` source) or the walk of `/proc/<pid>/fd`
+/// (the `netlink` source).
+#[test]
+fn forked_processes_share_sockets_and_each_is_counted_once() {
+    let netns = Netns::new((40000, 40099), "");
+    let script = r#"
+import ctypes, os, signal, socket, sys
+libc = ctypes.CDLL(None)
+def name(text):
+    libc.prctl(15, text.encode(), 0, 0, 0)
+name('master')
+listener = socket.socket()
+listener.bind(('127.0.0.1', 7000))
+listener.listen(64)
+shared = [socket.create_connection(('127.0.0.1', 7000)) for _ in range(6)]
+accepted = [listener.accept()[0] for _ in range(6)]
+ready_r, ready_w = os.pipe()
+children = []
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        name('worker')
+        own = [socket.create_connection(('127.0.0.1', 7000)) for _ in range(3)]
+        os.write(ready_w, b'x')
+        while True:
+            signal.pause()
+    children.append(pid)
+os.read(ready_r, 1)
+os.read(ready_r, 1)
+print('ready', flush=True)
+sys.stdin.read()
+for pid in children:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+"#;
+    let mut master = netns
+        .command("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 is needed");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(master.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let ports =
+        |process: &str| format!(r#"portstat_ephemeral_process_ports_used{{process="{process}"}}"#);
+    let listener = r#"portstat_listener_sockets{protocol="tcp",address="127.0.0.1",port="7000",process="master"}"#;
+    for (source, owners) in [("bpf", "bpf"), ("netlink", "procfs")] {
+        let metrics = netns.once_until(&["--collector.source", source], |_| true);
+        assert_eq!(
+            metrics.value(&format!(
+                r#"portstat_owners_source_info{{source="{owners}"}}"#
+            )),
+            1.0,
+            "{source}: owners from {owners}"
+        );
+        // The six connections made before the fork: the master's, though
+        // both workers hold them too.
+        assert_eq!(metrics.value(&ports("master")), 6.0, "{source}");
+        // Each worker's own three.
+        assert_eq!(metrics.value(&ports("worker")), 6.0, "{source}");
+        assert_eq!(metrics.get(&ports("unknown")), None, "{source}");
+        assert_eq!(metrics.value(listener), 1.0, "{source}");
+    }
+    drop(master.stdin.take());
+    master.wait().unwrap();
+}

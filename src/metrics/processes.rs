@@ -33,6 +33,12 @@ pub fn top_processes(mut ports: Vec<(&str, Protocol, u16)>, top: usize) -> Vec<P
             }),
         }
     }
+    keep_top(usage, top)
+}
+
+/// Keeps the `top` processes holding the most ports, most first (ties by
+/// name).
+pub fn keep_top(mut usage: Vec<ProcessUsage>, top: usize) -> Vec<ProcessUsage> {
     usage.sort_by(|a, b| {
         b.ports_used
             .cmp(&a.ports_used)

@@ -1,4 +1,5 @@
-//! Where each protocol's sockets were read from.
+//! Where each protocol's sockets were read from, and where their owners
+//! were looked for.
 
 use prometheus::proto::MetricFamily;
 
@@ -20,4 +21,14 @@ pub fn render(snapshot: &Snapshot, base: &BaseLabels, out: &mut Vec<MetricFamily
         );
     }
     source.finish(out);
+
+    let mut owners = Family::new(
+        "portstat_owners_source_info",
+        "A constant 1, labelled with where the processes holding sockets are found: bpf (one iter/task_file pass) or procfs (a walk of /proc/<pid>/fd); absent with --collector.processes=false.",
+        base,
+    );
+    if let Some(label) = snapshot.owner_lookup.label() {
+        owners.gauge(&[("source", label)], 1.0);
+    }
+    owners.finish(out);
 }

@@ -20,6 +20,7 @@
 
 pub mod btf;
 mod loader;
+pub mod owners;
 
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

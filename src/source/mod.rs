@@ -15,8 +15,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::model::{
-    NamespaceSample, PortRange, Protocol, ReservedPorts, SocketOwners, SocketRecord, SocketSink,
-    SourceKind, TimeWaitReuse,
+    NamespaceSample, OwnedSocket, OwnerLookup, PortRange, Protocol, ReservedPorts, SocketOwners,
+    SocketRecord, SocketSink, SourceKind, TimeWaitReuse,
 };
 
 /// A failure to read what the kernel reports.
@@ -99,6 +99,9 @@ pub struct NamespaceReader {
     sources: [SourceKind; 2],
     /// The socket counts of the last `read_settings`, where readable.
     census: Option<census::Census>,
+    /// Owners from BPF: `None` until first asked, then the loaded program
+    /// or `Err` where it cannot load (owners then come from procfs).
+    bpf_owners: Option<Result<bpf::owners::BpfOwners, ()>>,
 }
 
 impl NamespaceReader {
@@ -135,6 +138,7 @@ impl NamespaceReader {
             attribution,
             sources,
             census: None,
+            bpf_owners: None,
         }
     }
 
@@ -228,6 +232,44 @@ impl NamespaceReader {
     /// The procfs root this reader reads.
     pub fn procfs_root(&self) -> &Path {
         &self.procfs_root
+    }
+
+    /// How owners are found: not at all without attribution; from BPF
+    /// records where the owners program loads (with the `auto` and `bpf`
+    /// sources); else by inode through `/proc/<pid>/fd`. Decided at the
+    /// first call, logged once.
+    pub fn owner_lookup(&mut self) -> OwnerLookup {
+        if !self.attribution {
+            return OwnerLookup::Off;
+        }
+        if !matches!(self.choice, SourceChoice::Auto | SourceChoice::Bpf) {
+            return OwnerLookup::ByInode;
+        }
+        let loaded = self.bpf_owners.get_or_insert_with(|| {
+            bpf::owners::BpfOwners::load().map_err(|error| {
+                tracing::info!(
+                    err = %error,
+                    "socket owners cannot come from BPF here; walking /proc/<pid>/fd instead"
+                );
+            })
+        });
+        if loaded.is_ok() {
+            OwnerLookup::Records
+        } else {
+            OwnerLookup::ByInode
+        }
+    }
+
+    /// Hands every TCP and UDP socket a process holds to `take`, with
+    /// `OwnerLookup::Records`; each record names the socket's namespace.
+    pub fn read_owner_records(
+        &mut self,
+        take: &mut dyn FnMut(&OwnedSocket),
+    ) -> Result<(), SourceError> {
+        match &mut self.bpf_owners {
+            Some(Ok(owners)) => owners.read(take).map_err(SourceError::Bpf),
+            _ => Ok(()),
+        }
     }
 
     /// Finds the processes that own the sockets with inodes `wanted`, unless

@@ -1,0 +1,173 @@
+//! Socket owners from BPF: an `iter/task_file` program
+//! (`socket_owners.bpf.c`) writes a record for every TCP and UDP socket any
+//! process holds open, in one pass over the host's processes. The records
+//! are streamed, a chunk at a time, to whoever counts them; nothing is kept
+//! between passes.
+//!
+//! Where the program cannot load (no BTF, no `CAP_BPF`/`CAP_PERFMON`, a
+//! kernel before 5.8), owners come from the walk of `/proc/<pid>/fd`
+//! (`source::owners`) instead.
+
+use std::io::Read;
+
+use super::loader::IterProgram;
+use super::{BpfError, unavailable};
+use crate::model::{OwnedSocket, Protocol};
+
+/// The compiled program, built from `socket_owners.bpf.c` by `build.sh`.
+pub const SOCKET_OWNERS_OBJECT: &[u8] = include_bytes!("socket_owners.bpf.o");
+
+/// The size of one record, `struct owner_record` in the C source.
+pub const OWNER_RECORD_LENGTH: usize = 48;
+
+/// `RECORD_FILE_REF`: the reference count is a `file_ref_t`, which holds the
+/// count less one.
+const FILE_REF: u8 = 1;
+
+/// How much of the iterator's output is read at a time.
+const READ_CHUNK: usize = OWNER_RECORD_LENGTH * 1365;
+
+/// Parses one `struct owner_record`; `None` for a protocol other than TCP
+/// and UDP, which the program does not write.
+pub fn parse_owner_record(record: &[u8]) -> Option<OwnedSocket> {
+    if record.len() != OWNER_RECORD_LENGTH {
+        return None;
+    }
+    let u32_at = |at: usize| {
+        u32::from_ne_bytes([record[at], record[at + 1], record[at + 2], record[at + 3]])
+    };
+    let u64_at = |at: usize| {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(&record[at..at + 8]);
+        u64::from_ne_bytes(bytes)
+    };
+    let protocol = match record[28] {
+        6 => Protocol::Tcp,
+        17 => Protocol::Udp,
+        _ => return None,
+    };
+    let references = u64_at(16) as i64;
+    let shared = if record[29] & FILE_REF != 0 {
+        references != 0
+    } else {
+        references > 1
+    };
+    let mut comm = [0; 16];
+    comm.copy_from_slice(&record[32..48]);
+    Some(OwnedSocket {
+        tgid: u32_at(0),
+        comm,
+        netns: u32_at(4),
+        inode: u64_at(8),
+        protocol,
+        port: u16::from_ne_bytes([record[24], record[25]]),
+        shared,
+    })
+}
+
+/// Finds socket owners with the `iter/task_file` program, loading it at
+/// first use.
+pub struct BpfOwners {
+    program: Option<IterProgram>,
+    buffer: Vec<u8>,
+}
+
+impl BpfOwners {
+    /// Loads the program now: whether owners can come from BPF is decided
+    /// before any socket is read.
+    pub fn load() -> Result<BpfOwners, BpfError> {
+        let kernel_btf = std::fs::read(super::KERNEL_BTF).map_err(|error| {
+            unavailable("kernel BTF", format!("{}: {error}", super::KERNEL_BTF))
+        })?;
+        let program = IterProgram::load(
+            SOCKET_OWNERS_OBJECT,
+            "dump_socket_owners",
+            "task_file",
+            kernel_btf,
+        )
+        .map_err(|error| unavailable(error.stage, error.reason))?;
+        Ok(BpfOwners {
+            program: Some(program),
+            buffer: Vec::new(),
+        })
+    }
+
+    /// Hands every TCP and UDP socket held open by a process visible from
+    /// the calling thread's PID namespace to `take`, in the order of the
+    /// processes' ids.
+    pub fn read(&mut self, take: &mut dyn FnMut(&OwnedSocket)) -> Result<(), BpfError> {
+        let Some(program) = &self.program else {
+            return Err(unavailable("owners", "not loaded"));
+        };
+        let mut iterator = program
+            .open()
+            .map_err(|error| unavailable("iterator", error))?;
+        self.buffer.resize(READ_CHUNK, 0);
+        let mut carried = 0;
+        loop {
+            let read = match iterator.read(&mut self.buffer[carried..]) {
+                Ok(read) => read,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(BpfError::Read(error)),
+            };
+            if read == 0 {
+                if carried != 0 {
+                    return Err(BpfError::Malformed(format!(
+                        "the owners end in a {carried}-byte part of a record"
+                    )));
+                }
+                return Ok(());
+            }
+            let filled = carried + read;
+            let whole = filled - filled % OWNER_RECORD_LENGTH;
+            for record in self.buffer[..whole].chunks_exact(OWNER_RECORD_LENGTH) {
+                if let Some(owned) = parse_owner_record(record) {
+                    take(&owned);
+                }
+            }
+            self.buffer.copy_within(whole..filled, 0);
+            carried = filled - whole;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(protocol: u8, flags: u8, references: i64) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&4321u32.to_ne_bytes());
+        bytes.extend_from_slice(&4026531840u32.to_ne_bytes());
+        bytes.extend_from_slice(&98765u64.to_ne_bytes());
+        bytes.extend_from_slice(&references.to_ne_bytes());
+        bytes.extend_from_slice(&40001u16.to_ne_bytes());
+        bytes.extend_from_slice(&[10, 1, protocol, flags, 0, 0]);
+        bytes.extend_from_slice(b"haproxy\0\0\0\0\0\0\0\0\0");
+        bytes
+    }
+
+    #[test]
+    fn records_parse_and_sharing_follows_the_count_layout() {
+        let owned = parse_owner_record(&record(6, FILE_REF, 0)).unwrap();
+        assert_eq!(owned.tgid, 4321);
+        assert_eq!(owned.netns, 4026531840);
+        assert_eq!(owned.inode, 98765);
+        assert_eq!(owned.protocol, Protocol::Tcp);
+        assert_eq!(owned.port, 40001);
+        assert_eq!(owned.comm(), "haproxy");
+        // file_ref_t holds the count less one: 0 is one reference.
+        assert!(!owned.shared);
+        assert!(parse_owner_record(&record(6, FILE_REF, 1)).unwrap().shared);
+        // f_count holds the count.
+        assert!(!parse_owner_record(&record(17, 0, 1)).unwrap().shared);
+        assert!(parse_owner_record(&record(17, 0, 2)).unwrap().shared);
+        assert_eq!(
+            parse_owner_record(&record(17, 0, 1)).unwrap().protocol,
+            Protocol::Udp
+        );
+        // Other protocols and cut records are not owners.
+        assert_eq!(parse_owner_record(&record(132, 0, 1)), None);
+        assert_eq!(parse_owner_record(&record(6, 0, 1)[..47]), None);
+    }
+}

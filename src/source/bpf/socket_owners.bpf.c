@@ -1,0 +1,159 @@
+// SPDX-License-Identifier: GPL-2.0
+//
+// An `iter/task_file` program that writes one fixed-size record for every
+// open file of every process that is a TCP or UDP socket: who holds it (the
+// process's tgid and comm), and which socket it is (network namespace,
+// inode, protocol, local port, state). One pass over the host's processes
+// names the owners of the sockets of every namespace, with no readlink() of
+// /proc/<pid>/fd/* and no table of descriptors kept between passes.
+//
+// The kernel visits each process once: threads that share their process's
+// descriptor table are skipped (task_file's skip_if_dup_files). A file held
+// by several descriptors or processes carries its reference count, so that
+// `src/source/bpf/owners.rs` counts such a socket once.
+//
+// Nothing is decided here that Rust can decide: the fields are copied as the
+// kernel holds them. Structures are declared with only the fields used;
+// CO-RE relocates their offsets against the running kernel's BTF.
+//
+// Rebuild the committed object with `src/source/bpf/build.sh`.
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+
+// How the file's reference count is kept: `f_ref`, a file_ref_t that holds
+// the count less one (Linux 6.13+), or `f_count`, the count itself.
+#define RECORD_FILE_REF 1
+
+// The record layout `src/source/bpf/owners.rs` parses: 48 bytes, native
+// byte order.
+struct owner_record {
+	__u32 tgid;
+	__u32 netns;
+	__u64 inode;
+	__s64 file_refs;
+	__u16 port;
+	__u8 family;
+	__u8 state;
+	__u8 protocol;
+	__u8 flags;
+	__u16 pad;
+	char comm[16];
+};
+
+typedef struct {
+	__s64 counter;
+} atomic_long_t;
+
+typedef struct {
+	atomic_long_t refcnt;
+} file_ref_t;
+
+struct inode {
+	unsigned short i_mode;
+	unsigned long i_ino;
+} __attribute__((preserve_access_index));
+
+struct file {
+	struct inode *f_inode;
+	void *private_data;
+	atomic_long_t f_count;
+	file_ref_t f_ref;
+} __attribute__((preserve_access_index));
+
+struct ns_common {
+	unsigned int inum;
+} __attribute__((preserve_access_index));
+
+struct net {
+	struct ns_common ns;
+} __attribute__((preserve_access_index));
+
+typedef struct {
+	struct net *net;
+} possible_net_t;
+
+struct sock_common {
+	unsigned short skc_family;
+	volatile unsigned char skc_state;
+	__u16 skc_num;
+	possible_net_t skc_net;
+} __attribute__((preserve_access_index));
+
+struct sock {
+	struct sock_common __sk_common;
+	__u16 sk_protocol;
+} __attribute__((preserve_access_index));
+
+struct socket {
+	struct sock *sk;
+} __attribute__((preserve_access_index));
+
+struct task_struct {
+	int pid;
+	int tgid;
+	char comm[16];
+} __attribute__((preserve_access_index));
+
+struct seq_file;
+
+struct bpf_iter_meta {
+	struct seq_file *seq;
+} __attribute__((preserve_access_index));
+
+struct bpf_iter__task_file {
+	struct bpf_iter_meta *meta;
+	struct task_struct *task;
+	__u32 fd;
+	struct file *file;
+} __attribute__((preserve_access_index));
+
+SEC("iter/task_file")
+int dump_socket_owners(struct bpf_iter__task_file *ctx)
+{
+	struct task_struct *task = ctx->task;
+	struct file *file = ctx->file;
+	struct owner_record record = {};
+	struct socket *socket;
+	struct sock *sk;
+
+	if (!task || !file)
+		return 0;
+	if ((BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return 0;
+	socket = BPF_CORE_READ(file, private_data);
+	sk = BPF_CORE_READ(socket, sk);
+	if (!sk)
+		return 0;
+	record.family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (record.family != AF_INET && record.family != AF_INET6)
+		return 0;
+	record.protocol = BPF_CORE_READ(sk, sk_protocol);
+	if (record.protocol != IPPROTO_TCP && record.protocol != IPPROTO_UDP)
+		return 0;
+	record.tgid = task->tgid;
+	record.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	record.inode = BPF_CORE_READ(file, f_inode, i_ino);
+	record.port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	record.state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (bpf_core_field_exists(file->f_ref)) {
+		record.file_refs = BPF_CORE_READ(file, f_ref.refcnt.counter);
+		record.flags |= RECORD_FILE_REF;
+	} else {
+		record.file_refs = BPF_CORE_READ(file, f_count.counter);
+	}
+	bpf_probe_read_kernel_str(record.comm, sizeof(record.comm), task->comm);
+	bpf_seq_write(ctx->meta->seq, &record, sizeof(record));
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";
