@@ -22,12 +22,13 @@ pub fn run_helper_if_asked() -> bool {
         return false;
     };
     let mut fields = spec.split(',').map(|field| field.parse::<usize>().unwrap());
-    let (count, port, time_wait_every) = (
+    let (count, port, time_wait_every, threads) = (
         fields.next().unwrap(),
         fields.next().unwrap(),
         fields.next().unwrap(),
+        fields.next().unwrap_or(0),
     );
-    helper(count, port as u16, time_wait_every);
+    helper(count, port as u16, time_wait_every, threads);
     true
 }
 
@@ -41,14 +42,38 @@ pub fn populate(
     time_wait_every: usize,
     first_port: u16,
 ) -> Vec<Child> {
-    let helpers_needed = connections.div_ceil(CONNECTIONS_PER_HELPER);
+    populate_with(
+        command,
+        connections,
+        time_wait_every,
+        first_port,
+        CONNECTIONS_PER_HELPER,
+        0,
+    )
+}
+
+/// `populate`, with `per_helper` connections a helper and `threads` idle
+/// threads in each besides its main one, as a multi-threaded proxy's
+/// workers have.
+pub fn populate_with(
+    command: impl Fn() -> Command,
+    connections: usize,
+    time_wait_every: usize,
+    first_port: u16,
+    per_helper: usize,
+    threads: usize,
+) -> Vec<Child> {
+    let helpers_needed = connections.div_ceil(per_helper);
     let mut helpers: Vec<Child> = Vec::new();
     for index in 0..helpers_needed {
-        let count = CONNECTIONS_PER_HELPER.min(connections - index * CONNECTIONS_PER_HELPER);
+        let count = per_helper.min(connections - index * per_helper);
         let mut child = command()
             .env(
                 HELPER,
-                format!("{count},{},{time_wait_every}", first_port as usize + index),
+                format!(
+                    "{count},{},{time_wait_every},{threads}",
+                    first_port as usize + index
+                ),
             )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -73,8 +98,16 @@ pub fn end_helpers(helpers: Vec<Child>) {
 }
 
 /// A helper process: opens `count` connections to its own listener on
-/// `port`, reports ready, and holds them until its standard input closes.
-fn helper(count: usize, port: u16, time_wait_every: usize) {
+/// `port`, starts `threads` idle threads, reports ready, and holds them
+/// until its standard input closes.
+fn helper(count: usize, port: u16, time_wait_every: usize, threads: usize) {
+    for _ in 0..threads {
+        std::thread::spawn(|| {
+            loop {
+                std::thread::park();
+            }
+        });
+    }
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let mut held = Vec::with_capacity(count * 2);
     for index in 0..count {

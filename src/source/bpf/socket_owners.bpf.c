@@ -27,8 +27,6 @@
 #define AF_INET6 10
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
-#define S_IFMT 00170000
-#define S_IFSOCK 0140000
 
 // How the file's reference count is kept: `f_ref`, a file_ref_t that holds
 // the count less one (Linux 6.13+), or `f_count`, the count itself.
@@ -128,30 +126,33 @@ int dump_socket_owners(struct bpf_iter__task_file *ctx)
 
 	if (!task || !file)
 		return 0;
-	if ((BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+	// Every field below is read with a plain load of a BTF-typed pointer,
+	// which the verifier turns into a fault-safe load: several times
+	// cheaper than a bpf_probe_read_kernel call each.
+	socket = bpf_sock_from_file(file);
+	if (!socket)
 		return 0;
-	socket = BPF_CORE_READ(file, private_data);
-	sk = BPF_CORE_READ(socket, sk);
+	sk = socket->sk;
 	if (!sk)
 		return 0;
-	record.family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	record.family = sk->__sk_common.skc_family;
 	if (record.family != AF_INET && record.family != AF_INET6)
 		return 0;
-	record.protocol = BPF_CORE_READ(sk, sk_protocol);
+	record.protocol = sk->sk_protocol;
 	if (record.protocol != IPPROTO_TCP && record.protocol != IPPROTO_UDP)
 		return 0;
 	record.tgid = task->tgid;
-	record.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	record.inode = BPF_CORE_READ(file, f_inode, i_ino);
-	record.port = BPF_CORE_READ(sk, __sk_common.skc_num);
-	record.state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	record.netns = sk->__sk_common.skc_net.net->ns.inum;
+	record.inode = file->f_inode->i_ino;
+	record.port = sk->__sk_common.skc_num;
+	record.state = sk->__sk_common.skc_state;
 	if (bpf_core_field_exists(file->f_ref)) {
-		record.file_refs = BPF_CORE_READ(file, f_ref.refcnt.counter);
+		record.file_refs = file->f_ref.refcnt.counter;
 		record.flags |= RECORD_FILE_REF;
 	} else {
-		record.file_refs = BPF_CORE_READ(file, f_count.counter);
+		record.file_refs = file->f_count.counter;
 	}
-	bpf_probe_read_kernel_str(record.comm, sizeof(record.comm), task->comm);
+	__builtin_memcpy(record.comm, task->comm, sizeof(record.comm));
 	bpf_seq_write(ctx->meta->seq, &record, sizeof(record));
 	return 0;
 }
