@@ -11,9 +11,9 @@ use crate::metrics::listeners::{Listener, ListenerGroups, is_listener};
 use crate::metrics::processes::{ProcessUsage, keep_top, top_processes};
 pub use crate::model::OwnerLookup;
 use crate::model::{
-    NamespaceIdentity, NamespaceSample, OwnedSocket, PortBinding, PortList, PortRange, PortSet,
-    Protocol, ReservedPorts, SocketOwners, SocketRecord, SocketSink, SocketState, SourceKind,
-    TcpState, TimeWaitReuse, UdpState, process_label,
+    INODE_NOT_READ, NamespaceIdentity, NamespaceSample, OwnedSocket, PortBinding, PortList,
+    PortRange, PortSet, Protocol, ReservedPorts, SocketOwners, SocketRecord, SocketSink,
+    SocketState, SourceKind, TcpState, TimeWaitReuse, UdpState, process_label,
 };
 
 pub use crate::model::{NO_PROCESS, UNKNOWN_PROCESS};
@@ -239,15 +239,16 @@ struct OwnerTally {
     /// Owners of the wanted inodes: the first record wins, which is the
     /// lowest process id, as records come in process order.
     named: SocketOwners,
-    /// Ports of the range each process holds, by `comm`, TCP then UDP.
-    ports: HashMap<[u8; 16], [PortList; 2]>,
-    /// Ports bound before `connect()` each process holds, by `comm`.
-    bind_first: HashMap<[u8; 16], PortList>,
+    /// Ports of the range each process holds, by `comm`: TCP then UDP.
+    ports: Vec<([u8; 16], [PortList; 2])>,
+    /// Where each `comm` is in `ports`.
+    index: HashMap<[u8; 16], usize>,
+    /// The last `comm` seen and where it is: records come a process at a
+    /// time, so most need no lookup.
+    last: Option<([u8; 16], usize)>,
     /// Sockets referred to more than once, counted once at the end under
     /// their lowest process: by inode, (process, comm, protocol, port).
     shared: HashMap<u64, (u32, [u8; 16], Protocol, u16)>,
-    /// TCP sockets bound before `connect()` that a file holds: inode to port.
-    bind_first_inodes: HashMap<u64, u16>,
 }
 
 /// What the sockets of one protocol have added up to so far.
@@ -324,16 +325,18 @@ impl Aggregator {
     /// was added (`OwnerLookup::Records`); records of sockets outside this
     /// namespace are for the caller to leave out.
     pub fn add_owner(&mut self, owned: &OwnedSocket) {
+        // Records carry inodes only where a socket must be told apart.
+        let inode = (owned.inode != 0 && owned.inode != INODE_NOT_READ).then_some(owned.inode);
         if self.records.wanted.is_none() {
             self.records.wanted = Some(self.wanted_owners().into_iter().collect());
         }
-        if self
-            .records
-            .wanted
-            .as_ref()
-            .is_some_and(|wanted| wanted.contains(&owned.inode))
-            && !self.records.named.pid_by_inode.contains_key(&owned.inode)
-        {
+        if inode.is_some_and(|inode| {
+            self.records
+                .wanted
+                .as_ref()
+                .is_some_and(|wanted| wanted.contains(&inode))
+                && !self.records.named.pid_by_inode.contains_key(&inode)
+        }) {
             self.records
                 .named
                 .pid_by_inode
@@ -350,11 +353,11 @@ impl Aggregator {
         {
             return;
         }
-        if owned.shared {
+        if let (true, Some(inode)) = (owned.shared, inode) {
             let entry = (owned.tgid, owned.comm, owned.protocol, owned.port);
             self.records
                 .shared
-                .entry(owned.inode)
+                .entry(inode)
                 .and_modify(|kept| {
                     if entry.0 < kept.0 {
                         *kept = entry;
@@ -363,27 +366,30 @@ impl Aggregator {
                 .or_insert(entry);
             return;
         }
-        self.count_owned(owned.comm, owned.protocol, owned.port, owned.inode);
+        self.count_owned(owned.comm, owned.protocol, owned.port);
     }
 
     /// Counts one socket, on an ephemeral port, that a process holds.
-    fn count_owned(&mut self, comm: [u8; 16], protocol: Protocol, port: u16, inode: u64) {
+    fn count_owned(&mut self, comm: [u8; 16], protocol: Protocol, port: u16) {
         let offset = usize::from(port - self.range.start);
         let tally = &mut self.tallies[protocol_index(protocol)];
         if tally.owned_by_port.is_empty() {
             tally.owned_by_port = vec![0; self.range.port_count() as usize];
         }
         tally.owned_by_port[offset] += 1;
-        self.records.ports.entry(comm).or_default()[protocol_index(protocol)].insert(port);
-        if protocol == Protocol::Tcp {
-            if let Some(&port) = self.records.bind_first_inodes.get(&inode) {
-                self.records
-                    .bind_first
-                    .entry(comm)
-                    .or_default()
-                    .insert(port);
+        let records = &mut self.records;
+        let at = match records.last {
+            Some((last, at)) if last == comm => at,
+            _ => {
+                let at = *records.index.entry(comm).or_insert_with(|| {
+                    records.ports.push((comm, Default::default()));
+                    records.ports.len() - 1
+                });
+                records.last = Some((comm, at));
+                at
             }
-        }
+        };
+        records.ports[at].1[protocol_index(protocol)].insert(port);
     }
 
     /// The processes holding the most ports, then those holding the most
@@ -392,8 +398,8 @@ impl Aggregator {
         &mut self,
         bind_first_ports: &PortSet,
     ) -> (Vec<ProcessUsage>, Vec<ProcessUsage>) {
-        for (inode, (_, comm, protocol, port)) in std::mem::take(&mut self.records.shared) {
-            self.count_owned(comm, protocol, port, inode);
+        for (_, (_, comm, protocol, port)) in std::mem::take(&mut self.records.shared) {
+            self.count_owned(comm, protocol, port);
         }
         let label = |comm: &[u8; 16]| {
             let end = comm.iter().position(|&byte| byte == 0).unwrap_or(16);
@@ -435,12 +441,15 @@ impl Aggregator {
                     ports_used,
                 }),
         );
+        // Every TCP socket on a port shares its bind bucket, so a process
+        // holds a port bound before connect() when it holds a TCP socket on
+        // a port whose only reason to be exclusive is that.
         let mut bind_first: Vec<ProcessUsage> = self
             .records
-            .bind_first
+            .ports
             .iter_mut()
-            .filter_map(|(comm, ports)| {
-                let ports_used = ports.count_within(bind_first_ports);
+            .filter_map(|(comm, [tcp, _])| {
+                let ports_used = tcp.count_within(bind_first_ports);
                 (ports_used > 0).then(|| ProcessUsage {
                     process: label(comm),
                     ports_used,
@@ -465,6 +474,11 @@ impl Aggregator {
     /// Keeps every socket on `port` whole, for `kept_sockets`.
     pub fn keep_sockets_on(&mut self, port: u16) {
         self.keep_port = Some(port);
+    }
+
+    /// The port whose sockets are kept whole, if any.
+    pub fn kept_port(&self) -> Option<u16> {
+        self.keep_port
     }
 
     fn is_ephemeral(&self, port: u16) -> bool {
@@ -712,9 +726,6 @@ impl SocketSink for Aggregator {
                     tally.held_by_port = vec![0; range_length];
                 }
                 tally.held_by_port[usize::from(port - range_start)] += 1;
-                if bind_first {
-                    self.records.bind_first_inodes.insert(socket.inode, port);
-                }
             } else {
                 tally.held.push(HeldPort {
                     inode: socket.inode,

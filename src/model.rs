@@ -331,6 +331,11 @@ impl OwnerLookup {
     }
 }
 
+/// The inode of a socket that a file holds but whose inode was not read:
+/// where owners are counted from records by port, only listeners' and
+/// inspected sockets' inodes are needed (`InodeReading::Listeners`).
+pub const INODE_NOT_READ: u64 = u64::MAX;
+
 /// Where a source hands the sockets it reads, one at a time, so that no
 /// table of sockets is ever held whole.
 pub trait SocketSink {

@@ -392,7 +392,10 @@ pub fn resolve_owners(
             .enumerate()
             .filter_map(|(index, (inode, _))| inode.map(|inode| (inode, index)))
             .collect();
-        let result = reader.read_owner_records(&mut |owned| {
+        let keep_port = reads
+            .iter()
+            .find_map(|(_, read)| read.aggregator.kept_port());
+        let result = reader.read_owner_records(keep_port, &mut |owned| {
             if let Some(&index) = by_namespace.get(&u64::from(owned.netns)) {
                 reads[index].1.aggregator.add_owner(owned);
             }
@@ -431,7 +434,7 @@ pub fn read_namespace(
     if let Some(port) = keep_port {
         aggregator.keep_sockets_on(port);
     }
-    let report = reader.read_sockets(settings.range, &mut aggregator)?;
+    let report = reader.read_sockets(settings.range, keep_port, &mut aggregator)?;
     Ok(NamespaceRead {
         aggregator,
         report,

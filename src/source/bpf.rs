@@ -29,7 +29,8 @@ use std::path::PathBuf;
 use aya::maps::{Array, Map, MapData, RingBuf};
 
 use crate::model::{
-    ListenQueue, PortBinding, PortRange, SocketRecord, SocketSink, SocketState, TcpState, TimeWait,
+    INODE_NOT_READ, ListenQueue, PortBinding, PortRange, SocketRecord, SocketSink, SocketState,
+    TcpState, TimeWait,
 };
 use crate::source::netlink::{NetlinkError, NetlinkSockets};
 
@@ -53,11 +54,29 @@ const PROGRAM: &str = "dump_tcp";
 const HAS_BUCKET: u8 = 1;
 /// `RECORD_HAS_ENTRY_STAMP`: `tw_entry_stamp` exists (Linux 6.13+).
 const HAS_ENTRY_STAMP: u8 = 2;
+/// `RECORD_HAS_FILE`: a file holds the socket, whose inode may be unread.
+const HAS_FILE: u8 = 4;
 
 /// `SETTING_WALK_BIND_HASH`: walk the bind hash for bound sockets.
 const SETTING_WALK_BIND_HASH: u32 = 1;
 /// `SETTING_READ_INODES`: read each socket's inode, for its owner.
 const SETTING_READ_INODES: u32 = 2;
+/// `SETTING_MARK_FILES`: mark sockets a file holds, reading the inodes of
+/// listeners and of the kept port's sockets only.
+const SETTING_MARK_FILES: u32 = 4;
+
+/// Which inodes the program reads: each costs two cache misses a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InodeReading {
+    /// None: no owner is looked for; every inode is 0.
+    None,
+    /// Every socket's, for owners found by inode.
+    All,
+    /// Those of listeners and of sockets on `port`, if any; the others
+    /// are only marked as held by a file (`INODE_NOT_READ`), for owners
+    /// counted from the owners program's records.
+    Listeners { port: Option<u16> },
+}
 
 /// `TRAILER_WALKED`: the walk of the bind hash reached its end.
 const TRAILER_WALKED: u8 = 1;
@@ -133,25 +152,28 @@ struct Loaded {
 pub struct BpfSockets {
     /// An object to load instead of the embedded one.
     object: Option<PathBuf>,
-    /// Whether sockets' inodes are read: only finding owners needs them,
-    /// and they cost two cache misses a socket. Without them every inode
-    /// is 0.
-    inodes: bool,
+    /// Which sockets' inodes are read.
+    inodes: InodeReading,
     loaded: Option<Loaded>,
     /// The iterator's output, reused.
     buffer: Vec<u8>,
 }
 
 impl BpfSockets {
-    /// A source that loads `object`, or the embedded program when `None`;
-    /// `inodes`: whether to read sockets' inodes, for their owners.
-    pub fn new(object: Option<PathBuf>, inodes: bool) -> BpfSockets {
+    /// A source that loads `object`, or the embedded program when `None`,
+    /// reading the inodes `inodes` says.
+    pub fn new(object: Option<PathBuf>, inodes: InodeReading) -> BpfSockets {
         BpfSockets {
             object,
             inodes,
             loaded: None,
             buffer: Vec::new(),
         }
+    }
+
+    /// Reads the inodes `inodes` says from the next pass on.
+    pub fn set_inode_reading(&mut self, inodes: InodeReading) {
+        self.inodes = inodes;
     }
 
     /// Appends every TCP socket the exporter needs: listeners anywhere,
@@ -194,11 +216,16 @@ impl BpfSockets {
         } else {
             0
         };
-        let inodes = if self.inodes { SETTING_READ_INODES } else { 0 };
+        let (inodes, port) = match self.inodes {
+            InodeReading::None => (0, 0),
+            InodeReading::All => (SETTING_READ_INODES, 0),
+            InodeReading::Listeners { port } => (SETTING_MARK_FILES, port.unwrap_or(0)),
+        };
         loaded
             .settings
             .set(0, u32::from(range.start) | (u32::from(range.end) << 16), 0)
             .and_then(|()| loaded.settings.set(1, walk | inodes, 0))
+            .and_then(|()| loaded.settings.set(2, u32::from(port), 0))
             .map_err(|error| unavailable("settings", error))?;
         // The iterator is created here, in this thread's namespace.
         let mut iterator = loaded
@@ -367,7 +394,10 @@ fn parse_record(record: &[u8], now_ms: u64) -> Result<SocketRecord, BpfError> {
     let local_port = u16_at(6);
     let remote_port = u16_at(8);
     let bound_device = u32_at(12) as i32;
-    let inode = u64::from(u32_at(32)) | (u64::from(u32_at(36)) << 32);
+    let inode = match u64::from(u32_at(32)) | (u64::from(u32_at(36)) << 32) {
+        0 if flags & HAS_FILE != 0 => INODE_NOT_READ,
+        inode => inode,
+    };
     let address = |offset: usize| -> Result<IpAddr, BpfError> {
         let bytes: [u8; 16] = record[offset..offset + 16]
             .try_into()

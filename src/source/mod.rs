@@ -131,7 +131,7 @@ impl NamespaceReader {
             procfs: procfs::ProcfsSockets::new(&tables),
             net: tables,
             netlink: netlink::NetlinkSockets::new(),
-            bpf: bpf::BpfSockets::new(None, attribution),
+            bpf: bpf::BpfSockets::new(None, inode_reading(attribution)),
             owners: owners::OwnerResolver::new(&procfs_root),
             procfs_root,
             choice,
@@ -145,7 +145,7 @@ impl NamespaceReader {
     /// Loads the BPF program from `object` rather than the one built in:
     /// for a rebuilt program, and for the tests that make it fail.
     pub fn with_bpf_object(mut self, object: Option<PathBuf>) -> NamespaceReader {
-        self.bpf = bpf::BpfSockets::new(object, self.attribution);
+        self.bpf = bpf::BpfSockets::new(object, inode_reading(self.attribution));
         self
     }
 
@@ -173,12 +173,18 @@ impl NamespaceReader {
 
     /// Hands every socket the figures need to `sink`, one at a time, for the
     /// `range` of the last `read_settings`; owners are found afterwards with
-    /// `resolve_owners`.
+    /// `resolve_owners` or `read_owner_records`. The inodes of sockets on
+    /// `keep_port` are always read.
     pub fn read_sockets(
         &mut self,
         range: PortRange,
+        keep_port: Option<u16>,
         sink: &mut dyn SocketSink,
     ) -> Result<ReadReport, SourceError> {
+        if self.owner_lookup() == OwnerLookup::Records {
+            self.bpf
+                .set_inode_reading(bpf::InodeReading::Listeners { port: keep_port });
+        }
         let mut sink = NotingInterfaces {
             sink,
             indexes: BTreeSet::new(),
@@ -209,7 +215,7 @@ impl NamespaceReader {
     pub fn read(&mut self) -> Result<NamespaceSample, SourceError> {
         let settings = self.read_settings()?;
         let mut sockets = Vec::new();
-        let report = self.read_sockets(settings.range, &mut sockets)?;
+        let report = self.read_sockets(settings.range, None, &mut sockets)?;
         Ok(NamespaceSample {
             range: settings.range,
             reserved: settings.reserved,
@@ -262,12 +268,16 @@ impl NamespaceReader {
 
     /// Hands every TCP and UDP socket a process holds to `take`, with
     /// `OwnerLookup::Records`; each record names the socket's namespace.
+    /// The inodes of sockets on `keep_port` are always read; of other
+    /// sockets, only where they must be told apart from the rest on their
+    /// port (listeners, files referred to more than once).
     pub fn read_owner_records(
         &mut self,
+        keep_port: Option<u16>,
         take: &mut dyn FnMut(&OwnedSocket),
     ) -> Result<(), SourceError> {
         match &mut self.bpf_owners {
-            Some(Ok(owners)) => owners.read(take).map_err(SourceError::Bpf),
+            Some(Ok(owners)) => owners.read(keep_port, take).map_err(SourceError::Bpf),
             _ => Ok(()),
         }
     }
@@ -428,4 +438,14 @@ fn interface_names(indexes: &BTreeSet<u32>) -> BTreeMap<u32, String> {
         }
     }
     names
+}
+
+/// The inodes the BPF source reads until the owner lookup is known: all of
+/// them when owners are looked for.
+fn inode_reading(attribution: bool) -> bpf::InodeReading {
+    if attribution {
+        bpf::InodeReading::All
+    } else {
+        bpf::InodeReading::None
+    }
 }

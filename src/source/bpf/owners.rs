@@ -10,6 +10,8 @@
 
 use std::io::Read;
 
+use aya::maps::{Array, Map, MapData};
+
 use super::loader::IterProgram;
 use super::{BpfError, unavailable};
 use crate::model::{OwnedSocket, Protocol};
@@ -69,6 +71,8 @@ pub fn parse_owner_record(record: &[u8]) -> Option<OwnedSocket> {
 /// first use.
 pub struct BpfOwners {
     program: Option<IterProgram>,
+    /// Index 0: the port whose sockets' inodes are always read.
+    settings: Option<Array<MapData, u32>>,
     buffer: Vec<u8>,
 }
 
@@ -79,26 +83,40 @@ impl BpfOwners {
         let kernel_btf = std::fs::read(super::KERNEL_BTF).map_err(|error| {
             unavailable("kernel BTF", format!("{}: {error}", super::KERNEL_BTF))
         })?;
-        let program = IterProgram::load(
+        let mut program = IterProgram::load(
             SOCKET_OWNERS_OBJECT,
             "dump_socket_owners",
             "task_file",
             kernel_btf,
         )
         .map_err(|error| unavailable(error.stage, error.reason))?;
+        let settings = program
+            .take_map("settings")
+            .ok_or_else(|| unavailable("settings", "the object has no settings map"))?;
+        let settings = Array::try_from(Map::Array(settings))
+            .map_err(|error| unavailable("settings", error))?;
         Ok(BpfOwners {
             program: Some(program),
+            settings: Some(settings),
             buffer: Vec::new(),
         })
     }
 
     /// Hands every TCP and UDP socket held open by a process visible from
     /// the calling thread's PID namespace to `take`, in the order of the
-    /// processes' ids.
-    pub fn read(&mut self, take: &mut dyn FnMut(&OwnedSocket)) -> Result<(), BpfError> {
-        let Some(program) = &self.program else {
+    /// processes' ids. Inodes are read (else 0) where a socket must be told
+    /// apart from the others on its port, and on `keep_port`.
+    pub fn read(
+        &mut self,
+        keep_port: Option<u16>,
+        take: &mut dyn FnMut(&OwnedSocket),
+    ) -> Result<(), BpfError> {
+        let (Some(program), Some(settings)) = (&self.program, &mut self.settings) else {
             return Err(unavailable("owners", "not loaded"));
         };
+        settings
+            .set(0, u32::from(keep_port.unwrap_or(0)), 0)
+            .map_err(|error| unavailable("settings", error))?;
         let mut iterator = program
             .open()
             .map_err(|error| unavailable("iterator", error))?;

@@ -12,6 +12,11 @@
 // by several descriptors or processes carries its reference count, so that
 // `src/source/bpf/owners.rs` counts such a socket once.
 //
+// The inode, a cache miss a socket, is read only where a socket must be
+// told apart from the others on its port: a file referred to more than
+// once, a TCP listener, an unconnected UDP socket (a listener, unless its
+// port is in the range), and any socket on the port of `settings`.
+//
 // Nothing is decided here that Rust can decide: the fields are copied as the
 // kernel holds them. Structures are declared with only the fields used;
 // CO-RE relocates their offsets against the running kernel's BTF.
@@ -28,9 +33,21 @@
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
 
+#define TCP_CLOSE 7
+#define TCP_LISTEN 10
+
 // How the file's reference count is kept: `f_ref`, a file_ref_t that holds
 // the count less one (Linux 6.13+), or `f_count`, the count itself.
 #define RECORD_FILE_REF 1
+
+// Index 0: a port whose sockets' inodes are always read (0: none). Written
+// by the loader before each pass.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} settings SEC(".maps");
 
 // The record layout `src/source/bpf/owners.rs` parses: 48 bytes, native
 // byte order.
@@ -123,6 +140,9 @@ int dump_socket_owners(struct bpf_iter__task_file *ctx)
 	struct owner_record record = {};
 	struct socket *socket;
 	struct sock *sk;
+	__u32 key = 0;
+	__u32 *port;
+	int shared;
 
 	if (!task || !file)
 		return 0;
@@ -143,15 +163,21 @@ int dump_socket_owners(struct bpf_iter__task_file *ctx)
 		return 0;
 	record.tgid = task->tgid;
 	record.netns = sk->__sk_common.skc_net.net->ns.inum;
-	record.inode = file->f_inode->i_ino;
 	record.port = sk->__sk_common.skc_num;
 	record.state = sk->__sk_common.skc_state;
 	if (bpf_core_field_exists(file->f_ref)) {
 		record.file_refs = file->f_ref.refcnt.counter;
 		record.flags |= RECORD_FILE_REF;
+		shared = record.file_refs != 0;
 	} else {
 		record.file_refs = file->f_count.counter;
+		shared = record.file_refs > 1;
 	}
+	port = bpf_map_lookup_elem(&settings, &key);
+	if (shared || (record.protocol == IPPROTO_TCP && record.state == TCP_LISTEN) ||
+	    (record.protocol == IPPROTO_UDP && record.state == TCP_CLOSE) ||
+	    (port && *port == record.port))
+		record.inode = file->f_inode->i_ino;
 	__builtin_memcpy(record.comm, task->comm, sizeof(record.comm));
 	bpf_seq_write(ctx->meta->seq, &record, sizeof(record));
 	return 0;

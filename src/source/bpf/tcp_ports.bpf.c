@@ -33,6 +33,7 @@
 
 #define RECORD_HAS_BUCKET 1
 #define RECORD_HAS_ENTRY_STAMP 2
+#define RECORD_HAS_FILE 4
 
 // The trailer: a record of family 0 whose flags say how the walk of the
 // bind hash went.
@@ -196,16 +197,21 @@ struct record {
 };
 
 // Index 0: the ephemeral range, first port in the low 16 bits, last port in
-// the high 16 bits. Index 1: SETTING_* flags. Written by the loader before
-// each pass.
+// the high 16 bits. Index 1: SETTING_* flags. Index 2: a port whose sockets'
+// inodes are always read (0: none). Written by the loader before each pass.
 #define SETTING_WALK_BIND_HASH 1
-// Read each socket's inode, which only finding its owner needs: two more
-// cache misses a socket.
+// Read each socket's inode, which only finding its owner by inode needs:
+// two more cache misses a socket.
 #define SETTING_READ_INODES 2
+// Say only whether a file holds the socket (RECORD_HAS_FILE), one cache
+// miss, and read the inode of listeners and of sockets on the port of
+// index 2 alone: when owners come from the owners program, which counts
+// the rest by port.
+#define SETTING_MARK_FILES 4
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 3);
 	__type(key, __u32);
 	__type(value, __u32);
 } settings SEC(".maps");
@@ -433,13 +439,16 @@ int dump_tcp(struct bpf_iter__tcp *ctx)
 	struct record record = {};
 	__u32 key = 0;
 	__u32 flags_key = 1;
+	__u32 port_key = 2;
 	__u32 *flags;
 	__u32 *range;
+	__u32 *port;
 
 	range = bpf_map_lookup_elem(&settings, &key);
 	if (!range)
 		return 0;
 	flags = bpf_map_lookup_elem(&settings, &flags_key);
+	port = bpf_map_lookup_elem(&settings, &port_key);
 	// The last call, after the last socket: the walk for bound sockets,
 	// when the loader asks for it.
 	if (!common) {
@@ -492,11 +501,14 @@ int dump_tcp(struct bpf_iter__tcp *ctx)
 			record.queue_waiting = BPF_CORE_READ(sk, sk_ack_backlog);
 			record.queue_limit = BPF_CORE_READ(sk, sk_max_ack_backlog);
 		}
-		if (flags && (*flags & SETTING_READ_INODES)) {
+		if (flags && (*flags & (SETTING_READ_INODES | SETTING_MARK_FILES))) {
 			socket = BPF_CORE_READ(sk, sk_socket);
-			if (socket)
+			if (socket && ((*flags & SETTING_READ_INODES) || record.state == TCP_LISTEN ||
+				       (port && *port == record.local_port)))
 				record.inode = BPF_CORE_READ((struct socket_alloc *)socket,
 							     vfs_inode.i_ino);
+			if (socket)
+				record.flags |= RECORD_HAS_FILE;
 		}
 	}
 	if (bucket) {
