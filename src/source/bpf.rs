@@ -307,8 +307,11 @@ fn monotonic_ms() -> u64 {
 }
 
 /// How much of the iterator's output is read at a time: whole records, so
-/// that memory stays the same whatever the number of sockets.
-const READ_CHUNK: usize = RECORD_LENGTH * 910;
+/// that memory stays the same whatever the number of sockets, and about 16
+/// KiB, so that each read() returns within a fraction of a millisecond: the
+/// kernel runs the program without a preemption point until the buffer is
+/// full, and a scrape waiting for the CPU waits that long.
+const READ_CHUNK: usize = RECORD_LENGTH * 227;
 
 /// Reads the iterator's output a chunk at a time into `buffer`, handing each
 /// socket to `sink`; returns the flags of its trailer, as `parse_records`.

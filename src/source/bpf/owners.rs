@@ -26,8 +26,9 @@ pub const OWNER_RECORD_LENGTH: usize = 48;
 /// count less one.
 const FILE_REF: u8 = 1;
 
-/// How much of the iterator's output is read at a time.
-const READ_CHUNK: usize = OWNER_RECORD_LENGTH * 1365;
+/// How much of the iterator's output is read at a time: about 16 KiB, for
+/// the reason the TCP iterator's reads are that size (`READ_CHUNK` there).
+const READ_CHUNK: usize = OWNER_RECORD_LENGTH * 341;
 
 /// Parses one `struct owner_record`; `None` for a protocol other than TCP
 /// and UDP, which the program does not write.
@@ -48,11 +49,13 @@ pub fn parse_owner_record(record: &[u8]) -> Option<OwnedSocket> {
         17 => Protocol::Udp,
         _ => return None,
     };
+    // The iterator holds a reference of its own while the program runs
+    // (fget_task_next), so a file one descriptor refers to counts two.
     let references = u64_at(16) as i64;
     let shared = if record[29] & FILE_REF != 0 {
-        references != 0
-    } else {
         references > 1
+    } else {
+        references > 2
     };
     let mut comm = [0; 16];
     comm.copy_from_slice(&record[32..48]);
@@ -174,12 +177,14 @@ mod tests {
         assert_eq!(owned.protocol, Protocol::Tcp);
         assert_eq!(owned.port, 40001);
         assert_eq!(owned.comm(), "haproxy");
-        // file_ref_t holds the count less one: 0 is one reference.
+        // file_ref_t holds the count less one, and the iterator holds one
+        // reference: 1 is one descriptor's.
         assert!(!owned.shared);
-        assert!(parse_owner_record(&record(6, FILE_REF, 1)).unwrap().shared);
+        assert!(!parse_owner_record(&record(6, FILE_REF, 1)).unwrap().shared);
+        assert!(parse_owner_record(&record(6, FILE_REF, 2)).unwrap().shared);
         // f_count holds the count.
-        assert!(!parse_owner_record(&record(17, 0, 1)).unwrap().shared);
-        assert!(parse_owner_record(&record(17, 0, 2)).unwrap().shared);
+        assert!(!parse_owner_record(&record(17, 0, 2)).unwrap().shared);
+        assert!(parse_owner_record(&record(17, 0, 3)).unwrap().shared);
         assert_eq!(
             parse_owner_record(&record(17, 0, 1)).unwrap().protocol,
             Protocol::Udp

@@ -165,13 +165,14 @@ int dump_socket_owners(struct bpf_iter__task_file *ctx)
 	record.netns = sk->__sk_common.skc_net.net->ns.inum;
 	record.port = sk->__sk_common.skc_num;
 	record.state = sk->__sk_common.skc_state;
+	// The iterator holds a reference of its own while this runs.
 	if (bpf_core_field_exists(file->f_ref)) {
 		record.file_refs = file->f_ref.refcnt.counter;
 		record.flags |= RECORD_FILE_REF;
-		shared = record.file_refs != 0;
+		shared = record.file_refs > 1;
 	} else {
 		record.file_refs = file->f_count.counter;
-		shared = record.file_refs > 1;
+		shared = record.file_refs > 2;
 	}
 	port = bpf_map_lookup_elem(&settings, &key);
 	if (shared || (record.protocol == IPPROTO_TCP && record.state == TCP_LISTEN) ||
