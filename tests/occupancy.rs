@@ -488,6 +488,7 @@ fn processes_named_like_the_built_in_labels_stay_apart() {
 #[test]
 fn forked_processes_share_sockets_and_each_is_counted_once() {
     let netns = Netns::new((40000, 40099), "");
+    netns.write_sysctl("ping_group_range", "0 0");
     let script = r#"
 import ctypes, os, signal, socket, sys
 libc = ctypes.CDLL(None)
@@ -499,6 +500,9 @@ listener.bind(('127.0.0.1', 7000))
 listener.listen(64)
 shared = [socket.create_connection(('127.0.0.1', 7000)) for _ in range(6)]
 accepted = [listener.accept()[0] for _ in range(6)]
+# A ping socket whose identifier is a number in the range: not a UDP port.
+ping = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+ping.bind(('127.0.0.1', 40077))
 ready_r, ready_w = os.pipe()
 children = []
 for _ in range(2):
