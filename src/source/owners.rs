@@ -11,6 +11,10 @@ use crate::model::SocketOwners;
 /// Every this many samples, every descriptor is read again.
 const FULL_PASS_EVERY: u32 = 60;
 
+/// The most threads whose run times are summed to tell that a process has
+/// not run.
+const MOST_THREADS_SUMMED: u64 = 64;
+
 /// What a descriptor was last seen to refer to: a socket inode, or 0 for
 /// anything else.
 type Descriptors = HashMap<u32, u64>;
@@ -19,8 +23,8 @@ type Descriptors = HashMap<u32, u64>;
 #[derive(Default)]
 struct ProcessEntry {
     descriptors: Descriptors,
-    /// CPU time the process had run for when its descriptors were listed, in
-    /// nanoseconds, if it had a single thread.
+    /// CPU time the process's threads had run for, summed, when its
+    /// descriptors were listed, in nanoseconds; `None` where not read.
     runtime: Option<u64>,
     /// Its `comm`, once read; read again whenever the descriptors are (a
     /// process that has not run cannot have renamed itself).
@@ -39,10 +43,13 @@ struct ProcessEntry {
 /// samples. Sockets that even a full pass cannot place (their owner is in
 /// another PID namespace, or unreadable) do not trigger another one.
 ///
-/// A process with one thread that has not run since its descriptors were
-/// listed (its `schedstat` run time is unchanged) cannot have opened or
-/// closed any: its listing is reused without reading the directory, which on
-/// a host of mostly idle processes is most of the cost.
+/// A process none of whose threads has run since its descriptors were listed
+/// (the run times of `schedstat`, summed over its threads, are unchanged)
+/// cannot have opened or closed any: its listing is reused without reading
+/// the directory, which on a host of mostly idle processes is most of the
+/// cost, and for a proxy's workers holding thousands of sockets each spares
+/// listing them all. A process of more than `MOST_THREADS_SUMMED` threads is
+/// listed each time: reading that many run times costs more than it saves.
 pub struct OwnerResolver {
     procfs: PathBuf,
     processes: HashMap<u32, ProcessEntry>,
@@ -147,7 +154,7 @@ impl OwnerResolver {
         let mut processes = HashMap::with_capacity(pids.len());
         for pid in pids {
             let cached = self.processes.remove(&pid).unwrap_or_default();
-            let runtime = self.single_thread_runtime(pid);
+            let runtime = self.runtime(pid);
             let entry = if !full && runtime.is_some() && runtime == cached.runtime {
                 cached
             } else {
@@ -173,23 +180,35 @@ impl OwnerResolver {
         owners
     }
 
-    /// The CPU time, in nanoseconds, that a single-threaded process has run
-    /// for; `None` for a process with several threads, or where the kernel
-    /// does not say (no `schedstat`).
-    fn single_thread_runtime(&mut self, pid: u32) -> Option<u64> {
+    /// The CPU time, in nanoseconds, that a process's threads have run for,
+    /// summed; `None` for a process of more than `MOST_THREADS_SUMMED`
+    /// threads, or where the kernel does not say (no `schedstat`).
+    fn runtime(&mut self, pid: u32) -> Option<u64> {
         use std::os::unix::fs::MetadataExt;
         self.path.clear();
         self.path.push(&self.procfs);
         self.path.push(pid.to_string());
         self.path.push("task");
         // A task directory links to itself, its parent and each thread.
-        if std::fs::metadata(&self.path).ok()?.nlink() != 3 {
+        let threads = std::fs::metadata(&self.path).ok()?.nlink().checked_sub(2)?;
+        if threads == 1 {
+            self.path.pop();
+            self.path.push("schedstat");
+            return first_number(&std::fs::read_to_string(&self.path).ok()?);
+        }
+        if threads == 0 || threads > MOST_THREADS_SUMMED {
             return None;
         }
-        self.path.pop();
-        self.path.push("schedstat");
-        let text = std::fs::read_to_string(&self.path).ok()?;
-        text.split_ascii_whitespace().next()?.parse().ok()
+        let mut total: u64 = 0;
+        let mut counted = 0;
+        for thread in std::fs::read_dir(&self.path).ok()?.flatten() {
+            let text = std::fs::read_to_string(thread.path().join("schedstat")).ok()?;
+            total = total.wrapping_add(first_number(&text)?);
+            counted += 1;
+        }
+        // A thread that came or went while they were read changes the sum
+        // next time anyway; one that was missed must not hide a change.
+        (counted == threads).then_some(total)
     }
 
     /// Lists one process's descriptors and reads those that need it; `None`
@@ -238,6 +257,11 @@ impl OwnerResolver {
         }
         Some(descriptors)
     }
+}
+
+/// The first number of a `schedstat` line: time spent running, in ns.
+fn first_number(text: &str) -> Option<u64> {
+    text.split_ascii_whitespace().next()?.parse().ok()
 }
 
 /// Parses a directory name below procfs as a pid or a descriptor number.
@@ -383,6 +407,30 @@ mod tests {
             owner(&mut resolver, &[903, 904], 904).as_deref(),
             Some("p200")
         );
+    }
+
+    /// A process of several threads none of which ran since the last
+    /// sample is not listed again; once one runs, it is.
+    #[test]
+    fn a_process_whose_threads_have_not_run_is_not_listed_again() {
+        let tree = FakeProcesses::new("threads");
+        tree.descriptor(400, 3, "socket:[61]");
+        let runtimes = |first: u64, second: u64| {
+            for (thread, runtime) in [(400, first), (401, second)] {
+                let directory = tree.0.join("400/task").join(thread.to_string());
+                std::fs::create_dir_all(&directory).unwrap();
+                std::fs::write(directory.join("schedstat"), format!("{runtime} 0 0\n")).unwrap();
+            }
+        };
+        runtimes(1000, 2000);
+        let mut resolver = OwnerResolver::new(&tree.0);
+        assert_eq!(owner(&mut resolver, &[61, 62], 61).as_deref(), Some("p400"));
+        // A new socket, but no thread ran: the listing is reused.
+        tree.descriptor(400, 4, "socket:[62]");
+        assert_eq!(owner(&mut resolver, &[61, 62], 62), None);
+        // The second thread ran.
+        runtimes(1000, 2500);
+        assert_eq!(owner(&mut resolver, &[61, 62], 62).as_deref(), Some("p400"));
     }
 
     #[test]
