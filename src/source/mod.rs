@@ -421,7 +421,7 @@ pub(crate) const SOCKETS_BETWEEN_YIELDS: u32 = 256;
 impl SocketSink for NotingInterfaces<'_> {
     fn add(&mut self, socket: &SocketRecord) {
         self.added += 1;
-        if self.added % SOCKETS_BETWEEN_YIELDS == 0 {
+        if self.added.is_multiple_of(SOCKETS_BETWEEN_YIELDS) {
             std::thread::yield_now();
         }
         if let std::net::IpAddr::V6(address) = socket.local.ip() {
