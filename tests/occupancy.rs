@@ -372,28 +372,15 @@ fn a_port_that_changes_hands_is_attributed_to_its_new_owner() {
         )
     };
     // Another process listens first.
-    let mut other = netns
-        .command("python3")
-        .args([
-            "-c",
-            "import socket,sys\ns=socket.socket()\ns.bind(('127.0.0.1',7000))\ns.listen()\nprint('ready',flush=True)\nsys.stdin.read()",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 is needed");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(other.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "ready");
+    let other = support::ReadyScript::start(
+        &netns,
+        "import socket,sys\ns=socket.socket()\ns.bind(('127.0.0.1',7000))\ns.listen()\nprint('ready',flush=True)\nsys.stdin.read()",
+        &[],
+    );
     let metrics = exporter.metrics_until(|metrics| metrics.get(&series("python3")).is_some());
     assert_eq!(metrics.value(&series("python3")), 1.0);
     // It exits, and this process takes the port.
-    drop(other.stdin.take());
-    other.wait().unwrap();
+    drop(other);
     let _listener = netns.run(|| TcpListener::bind("127.0.0.1:7000").unwrap());
     let comm = own_comm();
     let metrics = exporter.metrics_until(|metrics| metrics.get(&series(&comm)).is_some());
@@ -522,20 +509,7 @@ for pid in children:
     os.kill(pid, 9)
     os.waitpid(pid, 0)
 "#;
-    let mut master = netns
-        .command("python3")
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 is needed");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(master.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "ready");
+    let master = support::ReadyScript::start(&netns, script, &[]);
     let ports =
         |process: &str| format!(r#"portstat_ephemeral_process_ports_used{{process="{process}"}}"#);
     let listener = r#"portstat_listener_sockets{protocol="tcp",address="127.0.0.1",port="7000",process="master"}"#;
@@ -556,6 +530,5 @@ for pid in children:
         assert_eq!(metrics.get(&ports("unknown")), None, "{source}");
         assert_eq!(metrics.value(listener), 1.0, "{source}");
     }
-    drop(master.stdin.take());
-    master.wait().unwrap();
+    drop(master);
 }

@@ -321,10 +321,37 @@ fn read_records(
     now_ms: u64,
     sink: &mut dyn SocketSink,
 ) -> Result<Option<u8>, BpfError> {
-    buffer.resize(READ_CHUNK, 0);
+    let mut trailer = None;
+    read_whole_records(
+        iterator,
+        buffer,
+        RECORD_LENGTH,
+        READ_CHUNK,
+        &mut |records| {
+            if trailer.is_some() {
+                return Err(BpfError::Malformed("records after the trailer".into()));
+            }
+            trailer = parse_records(records, now_ms, sink)?;
+            Ok(())
+        },
+    )?;
+    Ok(trailer)
+}
+
+/// Reads an iterator to its end, `chunk` bytes at a time into `buffer`,
+/// handing `each` the whole `record_length`-byte records of every read; a
+/// record cut by a read is completed by the next. Output that ends inside a
+/// record is an error.
+fn read_whole_records(
+    iterator: &mut impl Read,
+    buffer: &mut Vec<u8>,
+    record_length: usize,
+    chunk: usize,
+    each: &mut dyn FnMut(&[u8]) -> Result<(), BpfError>,
+) -> Result<(), BpfError> {
+    buffer.resize(chunk, 0);
     // Bytes of a record cut by the end of the last read.
     let mut carried = 0;
-    let mut trailer = None;
     loop {
         let read = match iterator.read(&mut buffer[carried..]) {
             Ok(read) => read,
@@ -334,18 +361,15 @@ fn read_records(
         if read == 0 {
             if carried != 0 {
                 return Err(BpfError::Malformed(format!(
-                    "the output ends in a {carried}-byte part of a {RECORD_LENGTH}-byte record"
+                    "the output ends in a {carried}-byte part of a {record_length}-byte record"
                 )));
             }
-            return Ok(trailer);
+            return Ok(());
         }
         let filled = carried + read;
-        let whole = filled - filled % RECORD_LENGTH;
+        let whole = filled - filled % record_length;
         if whole > 0 {
-            if trailer.is_some() {
-                return Err(BpfError::Malformed("records after the trailer".into()));
-            }
-            trailer = parse_records(&buffer[..whole], now_ms, sink)?;
+            each(&buffer[..whole])?;
         }
         buffer.copy_within(whole..filled, 0);
         carried = filled - whole;

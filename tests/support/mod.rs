@@ -632,24 +632,18 @@ pub fn limit_descriptors(command: &mut Command, descriptors: u64) {
     }
 }
 
-/// A python3 process inside a namespace, named `comm` (raw bytes, which the
-/// kernel cuts at 15), listening on 127.0.0.1:`port`; ended on drop.
-pub struct NamedListener(Child);
+/// A Python script run inside a namespace, started once it printed
+/// `ready`; it is told to end by the close of its standard input, and ended
+/// on drop.
+pub struct ReadyScript(Child);
 
-impl NamedListener {
-    pub fn start(netns: &Netns, comm: &[u8], port: u16) -> NamedListener {
-        let hex: String = comm.iter().map(|byte| format!("{byte:02x}")).collect();
+impl ReadyScript {
+    pub fn start(netns: &Netns, script: &str, args: &[&str]) -> ReadyScript {
         let mut child = netns
             .command("python3")
-            .args([
-                "-c",
-                "import socket,sys\n\
-                 open('/proc/self/comm','wb').write(bytes.fromhex(sys.argv[1]))\n\
-                 s=socket.socket()\ns.bind(('127.0.0.1',int(sys.argv[2])))\ns.listen()\n\
-                 print('ready',flush=True)\nsys.stdin.read()",
-                &hex,
-                &port.to_string(),
-            ])
+            .arg("-c")
+            .arg(script)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -661,14 +655,39 @@ impl NamedListener {
         )
         .unwrap();
         assert_eq!(line.trim(), "ready");
-        NamedListener(child)
+        ReadyScript(child)
     }
 }
 
-impl Drop for NamedListener {
+impl Drop for ReadyScript {
     fn drop(&mut self) {
         drop(self.0.stdin.take());
+        // A script given a moment to end on its own ends what it started.
+        for _ in 0..50 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A python3 process inside a namespace, named `comm` (raw bytes, which the
+/// kernel cuts at 15), listening on 127.0.0.1:`port`; ended on drop.
+pub struct NamedListener(#[allow(dead_code)] ReadyScript);
+
+impl NamedListener {
+    pub fn start(netns: &Netns, comm: &[u8], port: u16) -> NamedListener {
+        let hex: String = comm.iter().map(|byte| format!("{byte:02x}")).collect();
+        NamedListener(ReadyScript::start(
+            netns,
+            "import socket,sys\n\
+             open('/proc/self/comm','wb').write(bytes.fromhex(sys.argv[1]))\n\
+             s=socket.socket()\ns.bind(('127.0.0.1',int(sys.argv[2])))\ns.listen()\n\
+             print('ready',flush=True)\nsys.stdin.read()",
+            &[&hex, &port.to_string()],
+        ))
     }
 }

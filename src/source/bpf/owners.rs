@@ -8,12 +8,10 @@
 //! kernel before 5.8), owners come from the walk of `/proc/<pid>/fd`
 //! (`source::owners`) instead.
 
-use std::io::Read;
-
 use aya::maps::{Array, Map, MapData};
 
 use super::loader::IterProgram;
-use super::{BpfError, unavailable};
+use super::{BpfError, read_whole_records, unavailable};
 use crate::model::{OwnedSocket, Protocol};
 
 /// The compiled program, built from `socket_owners.bpf.c` by `build.sh`.
@@ -123,34 +121,22 @@ impl BpfOwners {
         let mut iterator = program
             .open()
             .map_err(|error| unavailable("iterator", error))?;
-        self.buffer.resize(READ_CHUNK, 0);
-        let mut carried = 0;
-        loop {
-            let read = match iterator.read(&mut self.buffer[carried..]) {
-                Ok(read) => read,
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(error) => return Err(BpfError::Read(error)),
-            };
-            if read == 0 {
-                if carried != 0 {
-                    return Err(BpfError::Malformed(format!(
-                        "the owners end in a {carried}-byte part of a record"
-                    )));
+        read_whole_records(
+            &mut iterator,
+            &mut self.buffer,
+            OWNER_RECORD_LENGTH,
+            READ_CHUNK,
+            &mut |records| {
+                for record in records.chunks_exact(OWNER_RECORD_LENGTH) {
+                    if let Some(owned) = parse_owner_record(record) {
+                        take(&owned);
+                    }
                 }
-                return Ok(());
-            }
-            let filled = carried + read;
-            let whole = filled - filled % OWNER_RECORD_LENGTH;
-            for record in self.buffer[..whole].chunks_exact(OWNER_RECORD_LENGTH) {
-                if let Some(owned) = parse_owner_record(record) {
-                    take(&owned);
-                }
-            }
-            // As the socket sources do: let a scrape have the CPU.
-            std::thread::yield_now();
-            self.buffer.copy_within(whole..filled, 0);
-            carried = filled - whole;
-        }
+                // As the socket sources do: let a scrape have the CPU.
+                std::thread::yield_now();
+                Ok(())
+            },
+        )
     }
 }
 
