@@ -260,23 +260,28 @@ impl Btf {
             types.extend_from_slice(&copy);
         }
 
-        let mut blob = Vec::with_capacity(HEADER_LENGTH + types.len() + strings.len());
-        blob.extend_from_slice(&MAGIC.to_ne_bytes());
-        blob.push(1); // version
-        blob.push(0); // flags
-        for value in [
-            HEADER_LENGTH as u32,
-            0,
-            types.len() as u32,
-            types.len() as u32,
-            strings.len() as u32,
-        ] {
-            blob.extend_from_slice(&value.to_ne_bytes());
-        }
-        blob.extend_from_slice(&types);
-        blob.extend_from_slice(&strings);
-        blob
+        assemble(&types, &strings)
     }
+}
+
+/// A blob of a type section and a string section, after its header.
+fn assemble(types: &[u8], strings: &[u8]) -> Vec<u8> {
+    let mut blob = Vec::with_capacity(HEADER_LENGTH + types.len() + strings.len());
+    blob.extend_from_slice(&MAGIC.to_ne_bytes());
+    blob.push(1); // version
+    blob.push(0); // flags
+    for value in [
+        HEADER_LENGTH as u32,
+        0,
+        types.len() as u32,
+        types.len() as u32,
+        strings.len() as u32,
+    ] {
+        blob.extend_from_slice(&value.to_ne_bytes());
+    }
+    blob.extend_from_slice(types);
+    blob.extend_from_slice(strings);
+    blob
 }
 
 /// The types a record embeds, which a relocation may walk into: not the
@@ -358,20 +363,7 @@ mod tests {
                 section.extend_from_slice(&word.to_ne_bytes());
             }
         }
-        let mut blob = MAGIC.to_ne_bytes().to_vec();
-        blob.extend_from_slice(&[1, 0]);
-        for value in [
-            24,
-            0,
-            section.len() as u32,
-            section.len() as u32,
-            strings.len() as u32,
-        ] {
-            blob.extend_from_slice(&value.to_ne_bytes());
-        }
-        blob.extend_from_slice(&section);
-        blob.extend_from_slice(&strings);
-        blob
+        assemble(&section, &strings)
     }
 
     fn info(kind: u32, vlen: u32) -> u32 {

@@ -138,15 +138,16 @@ impl NetlinkSockets {
         bound_inactive: bool,
         sink: &mut dyn SocketSink,
     ) -> Result<(), NetlinkError> {
+        let mut interrupted = None;
         for _ in 0..2 {
-            match self.run_dumps(protocol, range, both_families, bound_inactive, sink)? {
+            interrupted = self.run_dumps(protocol, range, both_families, bound_inactive, sink)?;
+            match &interrupted {
                 None => return Ok(()),
                 Some(_) => sink.restart(protocol),
             }
         }
-        let dumps = dumps_for(protocol, range, both_families, bound_inactive);
         Err(NetlinkError::Interrupted(
-            dumps.last().map(describe).unwrap_or_default(),
+            interrupted.as_ref().map(describe).unwrap_or_default(),
         ))
     }
 
