@@ -8,12 +8,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use crate::metrics::listeners::{Listener, ListenerGroups, is_listener};
+use crate::metrics::nat::{self, NatFigures, NatTable};
 use crate::metrics::processes::{ProcessUsage, keep_top, top_processes};
 pub use crate::model::OwnerLookup;
 use crate::model::{
-    INODE_NOT_READ, NamespaceIdentity, NamespaceSample, OwnedSocket, PortBinding, PortList,
-    PortRange, PortSet, Protocol, ReservedPorts, SocketOwners, SocketRecord, SocketSink,
-    SocketState, SourceKind, TcpState, TimeWaitReuse, UdpState, process_label,
+    ConntrackCounters, INODE_NOT_READ, NamespaceIdentity, NamespaceSample, NatEntry, NatSink,
+    OwnedSocket, PortBinding, PortList, PortRange, PortSet, Protocol, ReservedPorts, SocketOwners,
+    SocketRecord, SocketSink, SocketState, SourceKind, TcpState, TimeWaitReuse, UdpState,
+    process_label,
 };
 
 pub use crate::model::{NO_PROCESS, UNKNOWN_PROCESS};
@@ -27,6 +29,9 @@ pub struct Limits {
     pub processes_top: usize,
     /// Listener groups listed; the rest are summed as omitted.
     pub listeners_max: usize,
+    /// The ports NAT rules pick from, the capacity of each (NAT address,
+    /// destination): `--collector.nat.port-range`.
+    pub nat_ports: PortRange,
 }
 
 impl Default for Limits {
@@ -35,6 +40,7 @@ impl Default for Limits {
             destinations_top: 10,
             processes_top: 10,
             listeners_max: 1000,
+            nat_ports: nat::DEFAULT_PORTS,
         }
     }
 }
@@ -84,6 +90,8 @@ pub struct Snapshot {
     pub owner_lookup: OwnerLookup,
     /// The namespace, when several are sampled; `None` labels nothing.
     pub namespace: Option<NamespaceIdentity>,
+    /// Source NAT from conntrack, where the namespace translates sources.
+    pub nat: Option<NatFigures>,
 }
 
 impl Snapshot {
@@ -228,6 +236,10 @@ pub struct Aggregator {
     lookup: OwnerLookup,
     /// Owners learnt from records (`OwnerLookup::Records`).
     records: OwnerTally,
+    /// Source-NAT'd conntrack entries, made at the first.
+    nat: Option<NatTable>,
+    /// Whether NAT figures are written, with the table's counters.
+    nat_shown: Option<Option<ConntrackCounters>>,
 }
 
 /// What owner records have added up to.
@@ -312,7 +324,16 @@ impl Aggregator {
             tallies: Default::default(),
             lookup: OwnerLookup::ByInode,
             records: OwnerTally::default(),
+            nat: None,
+            nat_shown: None,
         }
+    }
+
+    /// Writes NAT figures, with the conntrack table's `counters` where
+    /// readable: the source found conntrack, and source NAT in this
+    /// namespace now or before. Without this call, none are written.
+    pub fn show_nat(&mut self, counters: Option<ConntrackCounters>) {
+        self.nat_shown = Some(counters);
     }
 
     /// Learns owners as `lookup` says; `OwnerLookup::ByInode` unless set.
@@ -676,6 +697,26 @@ impl Aggregator {
             sources,
             owner_lookup: self.lookup,
             namespace: None,
+            nat: self.nat_shown.map(|counters| {
+                self.nat
+                    .unwrap_or_else(|| NatTable::new(self.limits.nat_ports))
+                    .finish(self.limits.destinations_top, counters)
+            }),
+        }
+    }
+}
+
+impl NatSink for Aggregator {
+    fn add_nat(&mut self, entry: &NatEntry) {
+        let ports = self.limits.nat_ports;
+        self.nat
+            .get_or_insert_with(|| NatTable::new(ports))
+            .add(entry);
+    }
+
+    fn restart_nat(&mut self) {
+        if let Some(table) = &mut self.nat {
+            table.clear();
         }
     }
 }

@@ -8,8 +8,10 @@ use clap::Parser;
 
 use crate::aggregate::Limits;
 use crate::log::{LogFormat, LogLevel};
+use crate::model::PortRange;
 use crate::sampler::{NamespaceScope, NetnsChoice};
-use crate::source::SourceChoice;
+use crate::source::conntrack::wire::MarkFilter;
+use crate::source::{NamespaceReader, SourceChoice};
 
 /// Prometheus exporter for ephemeral port range usage and listening sockets.
 #[derive(Debug, Parser)]
@@ -125,6 +127,40 @@ pub struct Cli {
     )]
     pub listeners_max: usize,
 
+    /// Read source NAT from conntrack: the ports NAT rules picked per NAT
+    /// address and destination, and the table's fill and failures (needs
+    /// CAP_NET_ADMIN; without it, or without conntrack, no NAT series).
+    #[arg(
+        long = "collector.nat",
+        global = true,
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub nat: bool,
+
+    /// The ports NAT rules pick from, FIRST-LAST: the capacity of each (NAT
+    /// address, destination). Set it to a rule's --to-ports where rules
+    /// narrow it.
+    #[arg(
+        long = "collector.nat.port-range",
+        global = true,
+        value_name = "FIRST-LAST",
+        default_value = "1024-65535",
+        value_parser = parse_port_range,
+    )]
+    pub nat_ports: PortRange,
+
+    /// Only conntrack entries whose mark, masked, is VALUE (decimal or
+    /// 0x hexadecimal; MASK defaults to every bit), filtered in the kernel.
+    #[arg(
+        long = "collector.nat.mark",
+        global = true,
+        value_name = "VALUE[/MASK]",
+        value_parser = parse_mark,
+    )]
+    pub nat_mark: Option<MarkFilter>,
+
     /// Which network namespaces to sample: `self`, the exporter's own, or
     /// `all` on the host, each series then labelled with its namespace.
     #[arg(long = "collector.netns", value_enum, default_value_t = NetnsChoice::Own)]
@@ -164,6 +200,24 @@ impl Cli {
         NamespaceScope::new(self.netns, self.netns_max)
     }
 
+    /// The reader of namespaces these flags ask for; with
+    /// `thread_namespace`, of whichever namespace the sampling thread has
+    /// entered.
+    pub fn namespace_reader(&self, thread_namespace: bool) -> NamespaceReader {
+        let reader = NamespaceReader::new(
+            self.procfs.clone(),
+            self.source,
+            self.processes,
+            thread_namespace,
+        )
+        .with_bpf_object(self.bpf_object.clone());
+        if self.nat {
+            reader.with_nat(self.nat_mark)
+        } else {
+            reader
+        }
+    }
+
     /// The bounds on the families that follow the host's size.
     pub fn limits(&self) -> Limits {
         Limits {
@@ -175,6 +229,7 @@ impl Cli {
                 0
             },
             listeners_max: self.listeners_max,
+            nat_ports: self.nat_ports,
         }
     }
 }
@@ -219,6 +274,43 @@ pub fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
         .ok()
         .and_then(|mut addresses| addresses.next())
         .ok_or_else(|| format!("cannot resolve host {host:?}"))
+}
+
+/// Parses a port range, `FIRST-LAST`, both ends inclusive and at least 1.
+pub fn parse_port_range(text: &str) -> Result<PortRange, String> {
+    const FORM: &str = "expected FIRST-LAST, such as 1024-65535";
+    let (start, end) = text.split_once('-').ok_or(FORM)?;
+    let port = |text: &str| -> Result<u16, String> {
+        match text.trim().parse::<u16>() {
+            Ok(port) if port > 0 => Ok(port),
+            _ => Err(format!("{text:?} is not a port number (1 to 65535)")),
+        }
+    };
+    let (start, end) = (port(start)?, port(end)?);
+    if start > end {
+        return Err(format!("{FORM}: {start} is above {end}"));
+    }
+    Ok(PortRange { start, end })
+}
+
+/// Parses a conntrack mark filter, `VALUE[/MASK]`, each decimal or `0x`
+/// hexadecimal.
+pub fn parse_mark(text: &str) -> Result<MarkFilter, String> {
+    let number = |text: &str| {
+        match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+            Some(hex) => u32::from_str_radix(hex, 16),
+            None => text.parse(),
+        }
+        .map_err(|_| format!("{text:?} is not a 32-bit number"))
+    };
+    let (value, mask) = match text.split_once('/') {
+        Some((value, mask)) => (number(value)?, number(mask)?),
+        None => (number(text)?, u32::MAX),
+    };
+    Ok(MarkFilter {
+        value: value & mask,
+        mask,
+    })
 }
 
 /// The paths the server answers itself, which the telemetry path may not
@@ -320,6 +412,37 @@ mod tests {
             "99999999999999999999s",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn port_ranges_and_marks() {
+        assert_eq!(
+            parse_port_range("45000-45019"),
+            Ok(PortRange {
+                start: 45000,
+                end: 45019
+            })
+        );
+        for bad in ["", "1024", "0-10", "10-9", "1-65536", "a-b"] {
+            assert!(parse_port_range(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert_eq!(
+            parse_mark("0x10/0xf0"),
+            Ok(MarkFilter {
+                value: 0x10,
+                mask: 0xf0
+            })
+        );
+        assert_eq!(
+            parse_mark("7"),
+            Ok(MarkFilter {
+                value: 7,
+                mask: u32::MAX
+            })
+        );
+        for bad in ["", "x", "1/", "0x1g", "4294967296"] {
+            assert!(parse_mark(bad).is_err(), "{bad:?} was accepted");
         }
     }
 

@@ -16,7 +16,6 @@ use portstat_exporter::sampler::{
     Exposition, NamespaceScope, Sampler, own_namespace_inode, read_namespace, resolve_owners,
 };
 use portstat_exporter::serve::{self, ServeConfig};
-use portstat_exporter::source::NamespaceReader;
 use portstat_exporter::webconfig::WebConfig;
 
 fn main() -> ExitCode {
@@ -29,13 +28,7 @@ fn main() -> ExitCode {
     }
 
     let all_namespaces = cli.namespaces() != NamespaceScope::Own;
-    let reader = NamespaceReader::new(
-        cli.procfs.clone(),
-        cli.source,
-        cli.processes,
-        all_namespaces,
-    )
-    .with_bpf_object(cli.bpf_object.clone());
+    let reader = cli.namespace_reader(all_namespaces);
     let renderer = Renderer::new(!cli.disable_exporter_metrics, &cli.telemetry_path);
     let mut sampler = Sampler::new(reader, renderer, cli.limits(), cli.namespaces());
 
@@ -161,8 +154,7 @@ fn sample_once(sampler: &mut Sampler) -> ExitCode {
 /// Samples once and prints the report for people; exit status 1 if the
 /// sample failed.
 fn inspect(cli: &Cli, port: Option<u16>, json: bool) -> ExitCode {
-    let mut reader = NamespaceReader::new(cli.procfs.clone(), cli.source, cli.processes, false)
-        .with_bpf_object(cli.bpf_object.clone());
+    let mut reader = cli.namespace_reader(false);
     let limits = cli.limits();
     let read = match read_namespace(&mut reader, &limits, port) {
         Ok(read) => read,

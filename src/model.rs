@@ -359,6 +359,54 @@ impl SocketSink for Vec<SocketRecord> {
     }
 }
 
+/// One connection tracking entry whose source the kernel rewrote (source
+/// NAT or MASQUERADE), over TCP or UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatEntry {
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The address and port the connection leaves from once translated.
+    pub nat: SocketAddr,
+    /// Where the translated connection goes.
+    pub remote: SocketAddr,
+}
+
+/// Where the conntrack source hands the source-NAT'd entries it reads, one
+/// at a time.
+pub trait NatSink {
+    /// Takes one entry.
+    fn add_nat(&mut self, entry: &NatEntry);
+
+    /// Forgets every entry taken so far: the source reads them again.
+    fn restart_nat(&mut self);
+}
+
+/// Keeps every entry: for tests.
+impl NatSink for Vec<NatEntry> {
+    fn add_nat(&mut self, entry: &NatEntry) {
+        self.push(*entry);
+    }
+
+    fn restart_nat(&mut self) {
+        self.clear();
+    }
+}
+
+/// The connection tracking table's fill and failures, as the kernel counts
+/// them for one network namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConntrackCounters {
+    /// Entries in the table (`nf_conntrack_count`).
+    pub entries: u64,
+    /// Most entries the table takes (`nf_conntrack_max`), where readable.
+    pub limit: Option<u64>,
+    /// New connections whose entry could not be inserted, summed over CPUs.
+    pub insert_failed: u64,
+    /// Packets dropped because their connection could not be tracked,
+    /// summed over CPUs.
+    pub drop: u64,
+}
+
 /// A set of port numbers, one bit per port: 8 KiB once a port is in it,
 /// nothing while it is empty (a namespace with no sockets costs no bitmap).
 #[derive(Clone)]

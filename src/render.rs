@@ -107,6 +107,9 @@ fn snapshot_families(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
     );
     metrics::listeners::render(&snapshot.listeners, snapshot.listeners_omitted, &base, out);
     metrics::source::render(snapshot, &base, out);
+    if let Some(nat) = &snapshot.nat {
+        metrics::nat::render(nat, &base, out);
+    }
 }
 
 /// The families that describe the sampler and the build.

@@ -435,6 +435,9 @@ pub fn read_namespace(
         aggregator.keep_sockets_on(port);
     }
     let report = reader.read_sockets(settings.range, keep_port, &mut aggregator)?;
+    if let Some(counters) = reader.read_nat(&mut aggregator) {
+        aggregator.show_nat(counters);
+    }
     Ok(NamespaceRead {
         aggregator,
         report,

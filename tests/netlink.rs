@@ -370,7 +370,7 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/source/netlink/
 #[ignore = "writes src/source/netlink/fixtures/; run by hand to record them again"]
 fn record_sock_diag_fixtures() {
     use portstat_exporter::model::{PortRange, Protocol};
-    use portstat_exporter::source::netlink::socket::DiagSocket;
+    use portstat_exporter::source::netlink::socket::NetlinkSocket;
     use portstat_exporter::source::netlink::wire::{build_request, dumps_for};
     use std::io::Read;
 
@@ -415,7 +415,7 @@ fn record_sock_diag_fixtures() {
             ("udp-ipv4", &udp[0]),
             ("udp-ipv6", &udp[1]),
         ];
-        let socket = DiagSocket::open().unwrap();
+        let socket = NetlinkSocket::open().unwrap();
         let mut request = Vec::new();
         let mut buffer = Vec::with_capacity(32 * 1024);
         for (name, dump) in recordings {

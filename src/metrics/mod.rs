@@ -16,6 +16,7 @@ use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricT
 pub mod build;
 pub mod headroom;
 pub mod listeners;
+pub mod nat;
 pub mod netns;
 pub mod occupancy;
 pub mod processes;

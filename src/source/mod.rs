@@ -4,19 +4,20 @@
 
 pub mod bpf;
 pub mod census;
+pub mod conntrack;
 pub mod namespaces;
 pub mod netlink;
 pub mod owners;
 pub mod procfs;
 pub mod sysctl;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::model::{
-    NamespaceSample, OwnedSocket, OwnerLookup, PortRange, Protocol, ReservedPorts, SocketOwners,
-    SocketRecord, SocketSink, SourceKind, TimeWaitReuse,
+    ConntrackCounters, NamespaceSample, NatSink, OwnedSocket, OwnerLookup, PortRange, Protocol,
+    ReservedPorts, SocketOwners, SocketRecord, SocketSink, SourceKind, TimeWaitReuse,
 };
 
 /// A failure to read what the kernel reports.
@@ -102,6 +103,14 @@ pub struct NamespaceReader {
     /// Owners from BPF: `None` until first asked, then the loaded program
     /// or `Err` where it cannot load (owners then come from procfs).
     bpf_owners: Option<Result<bpf::owners::BpfOwners, ()>>,
+    /// Source NAT from conntrack, where asked for (`with_nat`).
+    conntrack: Option<conntrack::ConntrackReader>,
+    /// The namespaces, by inode, where source NAT was seen: their NAT
+    /// figures are written from then on, at zero too, so that series do
+    /// not come and go with the traffic.
+    nat_seen: HashSet<u64>,
+    /// Whether it was logged that conntrack cannot be read.
+    conntrack_unavailable_logged: bool,
 }
 
 impl NamespaceReader {
@@ -139,7 +148,50 @@ impl NamespaceReader {
             sources,
             census: None,
             bpf_owners: None,
+            conntrack: None,
+            nat_seen: HashSet::new(),
+            conntrack_unavailable_logged: false,
         }
+    }
+
+    /// Also reads source NAT from conntrack (`read_nat`), only the entries
+    /// `mark` matches where given.
+    pub fn with_nat(mut self, mark: Option<conntrack::wire::MarkFilter>) -> NamespaceReader {
+        self.conntrack = Some(conntrack::ConntrackReader::new(mark));
+        self
+    }
+
+    /// Hands `sink` the source-NAT'd conntrack entries of the calling
+    /// thread's namespace, where NAT is read. Returns whether NAT figures
+    /// are to be written, with the table's counters where readable: when
+    /// conntrack can be read and the namespace translates sources, or did
+    /// before. No conntrack, no permission, or no NAT is no error; a failed
+    /// dump is logged, and its namespace writes no NAT figures this time.
+    pub fn read_nat(&mut self, sink: &mut dyn NatSink) -> Option<Option<ConntrackCounters>> {
+        let reader = self.conntrack.as_mut()?;
+        let mut counting = CountingNat { sink, added: 0 };
+        if let Err(error) = reader.read(&mut counting) {
+            if !error.is_unavailable() {
+                tracing::warn!(err = %error, "reading conntrack failed; no NAT figures this sample");
+            } else if !self.conntrack_unavailable_logged {
+                self.conntrack_unavailable_logged = true;
+                tracing::info!(
+                    err = %error,
+                    "conntrack cannot be read (it needs CAP_NET_ADMIN and nf_conntrack_netlink); no NAT figures"
+                );
+            }
+            return None;
+        }
+        let namespace = namespaces::thread_namespace_inode(&self.procfs_root).unwrap_or(0);
+        if counting.added > 0 {
+            self.nat_seen.insert(namespace);
+        } else if !self.nat_seen.contains(&namespace) {
+            return None;
+        }
+        Some(conntrack::read_counters(
+            &self.net.join("stat").join("nf_conntrack"),
+            &self.procfs_root.join("sys/net/netfilter/nf_conntrack_max"),
+        ))
     }
 
     /// Loads the BPF program from `object` rather than the one built in:
@@ -234,6 +286,9 @@ impl NamespaceReader {
     /// socket), so that it holds nothing of that namespace afterwards.
     pub fn leave_namespace(&mut self) {
         self.netlink.close();
+        if let Some(conntrack) = &mut self.conntrack {
+            conntrack.close();
+        }
     }
 
     /// The procfs root this reader reads.
@@ -462,5 +517,23 @@ fn inode_reading(attribution: bool) -> bpf::InodeReading {
         bpf::InodeReading::All
     } else {
         bpf::InodeReading::None
+    }
+}
+
+/// Passes entries on to a sink, counting them.
+struct CountingNat<'a> {
+    sink: &'a mut dyn NatSink,
+    added: u64,
+}
+
+impl NatSink for CountingNat<'_> {
+    fn add_nat(&mut self, entry: &crate::model::NatEntry) {
+        self.added += 1;
+        self.sink.add_nat(entry);
+    }
+
+    fn restart_nat(&mut self) {
+        self.added = 0;
+        self.sink.restart_nat();
     }
 }

@@ -95,6 +95,15 @@ pub fn discover(procfs: &Path, named: &Path) -> Result<Vec<NamespaceEntry>, Sour
     Ok(found.into_values().collect())
 }
 
+/// The inode of the calling thread's network namespace, which `Entered`
+/// may have moved it to, below the procfs root `procfs`.
+pub fn thread_namespace_inode(procfs: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(procfs.join("thread-self/ns/net"))
+        .ok()
+        .map(|metadata| metadata.ino())
+}
+
 /// The container id and pod uid that a process's `/proc/<pid>/cgroup` shows,
 /// for the layouts of Docker, containerd and CRI-O, with the cgroupfs and
 /// the systemd cgroup drivers.

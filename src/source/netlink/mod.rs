@@ -22,7 +22,7 @@ pub mod socket;
 pub mod wire;
 
 use crate::model::{PortRange, Protocol, SocketRecord, SocketSink};
-use socket::DiagSocket;
+use socket::NetlinkSocket;
 use wire::{
     BYTECODE_LENGTH, Dump, HEADER_LENGTH, Progress, RECEIVE_BUFFER_LENGTH, REQUEST_LENGTH,
     build_request, describe, dumps_for, parse_datagram, state_mask,
@@ -32,7 +32,7 @@ pub use wire::NetlinkError;
 
 /// A `NETLINK_SOCK_DIAG` socket with its reused buffers.
 pub struct NetlinkSockets {
-    socket: Option<DiagSocket>,
+    socket: Option<NetlinkSocket>,
     request: Vec<u8>,
     buffer: Vec<u8>,
     sequence: u32,
@@ -198,7 +198,7 @@ impl NetlinkSockets {
     ) -> Result<bool, NetlinkError> {
         let socket = match self.socket.take() {
             Some(socket) => socket,
-            None => DiagSocket::open()
+            None => NetlinkSocket::open()
                 .map_err(|(call, source)| NetlinkError::System { call, source })?,
         };
         let socket = self.socket.insert(socket);

@@ -1,5 +1,5 @@
-//! The `NETLINK_SOCK_DIAG` socket itself: open, send a request, receive a
-//! datagram. No bytes are interpreted here (`wire` does that), and no
+//! A netlink socket itself (`NETLINK_SOCK_DIAG` here, `NETLINK_NETFILTER`
+//! for conntrack): open, send a request, receive a datagram. No bytes are interpreted here (`wire` does that), and no
 //! `unsafe` is needed: `netlink-sys` owns the descriptor and `socket2` sets
 //! its timeout.
 
@@ -13,20 +13,26 @@ const NETLINK_SOCK_DIAG: isize = libc::NETLINK_SOCK_DIAG as isize;
 /// the sampler for ever.
 const RECEIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A sock_diag socket, in the network namespace of the thread that opened it.
-pub struct DiagSocket {
+/// A netlink socket, in the network namespace of the thread that opened it.
+pub struct NetlinkSocket {
     socket: netlink_sys::Socket,
 }
 
-impl DiagSocket {
-    /// Opens a socket in the calling thread's network namespace. Errors name
-    /// the call that failed.
-    pub fn open() -> Result<DiagSocket, (&'static str, io::Error)> {
-        let socket = netlink_sys::Socket::new(NETLINK_SOCK_DIAG).map_err(|e| ("socket", e))?;
+impl NetlinkSocket {
+    /// Opens a sock_diag socket in the calling thread's network namespace.
+    /// Errors name the call that failed.
+    pub fn open() -> Result<NetlinkSocket, (&'static str, io::Error)> {
+        NetlinkSocket::open_family(NETLINK_SOCK_DIAG)
+    }
+
+    /// Opens a socket of the netlink `family` (`NETLINK_*`) in the calling
+    /// thread's network namespace.
+    pub fn open_family(family: isize) -> Result<NetlinkSocket, (&'static str, io::Error)> {
+        let socket = netlink_sys::Socket::new(family).map_err(|e| ("socket", e))?;
         socket2::SockRef::from(&socket)
             .set_read_timeout(Some(RECEIVE_TIMEOUT))
             .map_err(|e| ("setsockopt(SO_RCVTIMEO)", e))?;
-        Ok(DiagSocket { socket })
+        Ok(NetlinkSocket { socket })
     }
 
     /// Sends one request to the kernel (an unconnected netlink socket sends

@@ -464,15 +464,18 @@ pub fn describe(dump: &Dump) -> String {
     )
 }
 
-fn align4(length: usize) -> usize {
+/// `length` rounded up to netlink's 4-byte alignment.
+pub fn align4(length: usize) -> usize {
     (length + 3) & !3
 }
 
-fn read_u16(bytes: &[u8], offset: usize) -> u16 {
+/// The native-endian u16 at `offset`.
+pub fn read_u16(bytes: &[u8], offset: usize) -> u16 {
     u16::from_ne_bytes([bytes[offset], bytes[offset + 1]])
 }
 
-fn read_u32(bytes: &[u8], offset: usize) -> u32 {
+/// The native-endian u32 at `offset`.
+pub fn read_u32(bytes: &[u8], offset: usize) -> u32 {
     u32::from_ne_bytes([
         bytes[offset],
         bytes[offset + 1],
@@ -481,7 +484,8 @@ fn read_u32(bytes: &[u8], offset: usize) -> u32 {
     ])
 }
 
-fn read_i32(bytes: &[u8], offset: usize) -> i32 {
+/// The native-endian i32 at `offset`.
+pub fn read_i32(bytes: &[u8], offset: usize) -> i32 {
     read_u32(bytes, offset) as i32
 }
 

@@ -1,0 +1,321 @@
+//! Source NAT: the ports a NAT gateway or a masquerading node picks for the
+//! connections it translates, per NAT address and destination, from
+//! conntrack; and the conntrack table's fill and failure counters.
+//!
+//! The kernel gives a translated connection a source port that no other
+//! entry uses with the same NAT address, destination and protocol (the
+//! reply tuple must be unique: `nf_nat_used_tuple`). So each (protocol, NAT
+//! address, destination) has the NAT port range to itself, and runs out
+//! when its entries hold every port of it: the next new connection's first
+//! packet is dropped. The figures are computed here, fed entry by entry.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+use prometheus::proto::MetricFamily;
+
+use super::{BaseLabels, Family, single_gauge};
+use crate::model::{ConntrackCounters, NatEntry, PortList, PortRange, PortSet, Protocol};
+
+/// The ports MASQUERADE and SNAT pick from without `--to-ports`, for
+/// original source ports of 1024 and up (`nf_nat_l4proto_unique_tuple`).
+pub const DEFAULT_PORTS: PortRange = PortRange {
+    start: 1024,
+    end: 65535,
+};
+
+/// Where translated connections go, as the kernel tells their NAT ports
+/// apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NatDestination {
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The address the connections leave from once translated.
+    pub nat_address: IpAddr,
+    /// Where they go.
+    pub remote: SocketAddr,
+}
+
+/// How many NAT ports one destination's connections hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatUsage {
+    /// The NAT address and destination.
+    pub destination: NatDestination,
+    /// Distinct NAT ports inside the NAT port range its entries hold.
+    pub ports_used: u32,
+}
+
+/// The NAT figures of one namespace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NatFigures {
+    /// Ports a NAT rule can pick from: `--collector.nat.port-range`.
+    pub capacity: u32,
+    /// The destinations whose entries hold the most ports, at most the
+    /// destinations top, most first.
+    pub destinations: Vec<NatUsage>,
+    /// For TCP, then UDP: distinct (NAT address, destination) pairs.
+    pub destination_count: [u64; 2],
+    /// For TCP, then UDP: the most ports any one of them holds.
+    pub busiest: [u32; 2],
+    /// The table's fill and failure counters, where readable.
+    pub counters: Option<ConntrackCounters>,
+}
+
+impl NatFigures {
+    /// The busiest destination's ports used over the capacity, for TCP or
+    /// UDP: 1 when its next new connection is dropped. 1 when the capacity
+    /// is 0.
+    pub fn max_used_ratio(&self, protocol: Protocol) -> f64 {
+        let busiest = self.busiest[protocol_index(protocol)];
+        if self.capacity == 0 {
+            1.0
+        } else {
+            f64::from(busiest) / f64::from(self.capacity)
+        }
+    }
+}
+
+/// Source-NAT'd entries taken one at a time: a compact list of ports per
+/// destination, nothing per entry.
+#[derive(Debug, Clone)]
+pub struct NatTable {
+    ports: PortRange,
+    /// The ports of `ports`, as a set to count lists within.
+    port_set: PortSet,
+    destinations: HashMap<NatDestination, PortList>,
+}
+
+impl NatTable {
+    /// An empty table whose NAT rules pick ports from `ports`.
+    pub fn new(ports: PortRange) -> NatTable {
+        let mut port_set = PortSet::new();
+        port_set.insert_range(ports.start, ports.end);
+        NatTable {
+            ports,
+            port_set,
+            destinations: HashMap::new(),
+        }
+    }
+
+    /// Takes one entry.
+    pub fn add(&mut self, entry: &NatEntry) {
+        let destination = NatDestination {
+            protocol: entry.protocol,
+            nat_address: entry.nat.ip(),
+            remote: entry.remote,
+        };
+        self.destinations
+            .entry(destination)
+            .or_default()
+            .insert(entry.nat.port());
+    }
+
+    /// Forgets every entry.
+    pub fn clear(&mut self) {
+        self.destinations.clear();
+    }
+
+    /// The figures, listing at most `top` destinations.
+    pub fn finish(self, top: usize, counters: Option<ConntrackCounters>) -> NatFigures {
+        let mut destination_count = [0; 2];
+        let mut busiest = [0; 2];
+        let port_set = self.port_set;
+        let mut usage: Vec<NatUsage> = self
+            .destinations
+            .into_iter()
+            .map(|(destination, mut ports)| {
+                let index = protocol_index(destination.protocol);
+                let ports_used = ports.count_within(&port_set);
+                destination_count[index] += 1;
+                busiest[index] = busiest[index].max(ports_used);
+                NatUsage {
+                    destination,
+                    ports_used,
+                }
+            })
+            .collect();
+        usage.sort_by(|a, b| {
+            b.ports_used
+                .cmp(&a.ports_used)
+                .then(a.destination.cmp(&b.destination))
+        });
+        usage.truncate(top);
+        NatFigures {
+            capacity: self.ports.port_count(),
+            destinations: usage,
+            destination_count,
+            busiest,
+            counters,
+        }
+    }
+}
+
+fn protocol_index(protocol: Protocol) -> usize {
+    match protocol {
+        Protocol::Tcp => 0,
+        Protocol::Udp => 1,
+    }
+}
+
+/// Writes the NAT families of one namespace.
+pub fn render(figures: &NatFigures, base: &BaseLabels, out: &mut Vec<MetricFamily>) {
+    let mut ports_used = Family::new(
+        "portstat_nat_destination_ports_used",
+        "Distinct NAT ports inside --collector.nat.port-range held by conntrack entries whose source was translated to nat_address, going to a destination, for the destinations that hold the most.",
+        base,
+    );
+    for usage in &figures.destinations {
+        let destination = &usage.destination;
+        let nat_address = destination.nat_address.to_string();
+        let remote_address = destination.remote.ip().to_string();
+        let mut port = itoa::Buffer::new();
+        ports_used.gauge(
+            &[
+                ("protocol", destination.protocol.label()),
+                ("nat_address", &nat_address),
+                ("remote_address", &remote_address),
+                ("remote_port", port.format(destination.remote.port())),
+            ],
+            f64::from(usage.ports_used),
+        );
+    }
+    ports_used.finish(out);
+
+    let mut destinations = Family::new(
+        "portstat_nat_destinations",
+        "Distinct (NAT address, destination address, destination port) of source-NAT'd conntrack entries.",
+        base,
+    );
+    let mut ratio = Family::new(
+        "portstat_nat_destination_max_used_ratio",
+        "Most NAT ports held by the entries of any one (NAT address, destination), over the ports of --collector.nat.port-range: 1 when the next new connection to it is dropped.",
+        base,
+    );
+    for protocol in Protocol::ALL {
+        let labels = [("protocol", protocol.label())];
+        destinations.gauge(
+            &labels,
+            figures.destination_count[protocol_index(protocol)] as f64,
+        );
+        ratio.gauge(&labels, figures.max_used_ratio(protocol));
+    }
+    destinations.finish(out);
+    ratio.finish(out);
+
+    single_gauge(
+        out,
+        base,
+        "portstat_nat_port_capacity",
+        "Ports a NAT rule picks from for one (NAT address, destination): the size of --collector.nat.port-range.",
+        f64::from(figures.capacity),
+    );
+
+    let Some(counters) = &figures.counters else {
+        return;
+    };
+    single_gauge(
+        out,
+        base,
+        "portstat_nat_conntrack_entries",
+        "Entries in the connection tracking table (nf_conntrack_count).",
+        counters.entries as f64,
+    );
+    if let Some(limit) = counters.limit {
+        single_gauge(
+            out,
+            base,
+            "portstat_nat_conntrack_entries_limit",
+            "Most entries the connection tracking table takes (nf_conntrack_max).",
+            limit as f64,
+        );
+    }
+    let mut insert_failed = Family::new(
+        "portstat_nat_insert_failed_total",
+        "New connections whose conntrack entry could not be inserted, as when NAT found no free port, summed over CPUs (/proc/net/stat/nf_conntrack).",
+        base,
+    );
+    insert_failed.counter(&[], counters.insert_failed as f64);
+    insert_failed.finish(out);
+    let mut dropped = Family::new(
+        "portstat_nat_drop_total",
+        "Packets dropped because their connection could not be tracked, as a first packet whose NAT found no free port, summed over CPUs (/proc/net/stat/nf_conntrack).",
+        base,
+    );
+    dropped.counter(&[], counters.drop as f64);
+    dropped.finish(out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(protocol: Protocol, nat: &str, remote: &str) -> NatEntry {
+        NatEntry {
+            protocol,
+            nat: nat.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn ports_are_counted_per_protocol_nat_address_and_destination() {
+        let mut table = NatTable::new(PortRange {
+            start: 45000,
+            end: 45019,
+        });
+        for port in 45000..45020 {
+            table.add(&entry(
+                Protocol::Tcp,
+                &format!("10.0.0.1:{port}"),
+                "10.0.9.9:443",
+            ));
+        }
+        // The same ports toward another destination, from another NAT
+        // address, or over UDP are other pairs.
+        for port in 45000..45005 {
+            table.add(&entry(
+                Protocol::Tcp,
+                &format!("10.0.0.1:{port}"),
+                "10.0.9.9:80",
+            ));
+            table.add(&entry(
+                Protocol::Tcp,
+                &format!("10.0.0.2:{port}"),
+                "10.0.9.9:443",
+            ));
+            table.add(&entry(
+                Protocol::Udp,
+                &format!("10.0.0.1:{port}"),
+                "10.0.9.9:53",
+            ));
+        }
+        // A port outside the range is no port of the capacity, and a
+        // repeated one counts once.
+        table.add(&entry(Protocol::Udp, "10.0.0.1:999", "10.0.9.9:53"));
+        table.add(&entry(Protocol::Udp, "10.0.0.1:45000", "10.0.9.9:53"));
+        let figures = table.finish(2, None);
+        assert_eq!(figures.capacity, 20);
+        assert_eq!(figures.destination_count, [3, 1]);
+        assert_eq!(figures.busiest, [20, 5]);
+        assert_eq!(figures.max_used_ratio(Protocol::Tcp), 1.0);
+        assert_eq!(figures.max_used_ratio(Protocol::Udp), 0.25);
+        let listed: Vec<(String, u32)> = figures
+            .destinations
+            .iter()
+            .map(|usage| {
+                let d = usage.destination;
+                (
+                    format!("{} {} {}", d.protocol.label(), d.nat_address, d.remote),
+                    usage.ports_used,
+                )
+            })
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("tcp 10.0.0.1 10.0.9.9:443".to_string(), 20),
+                ("tcp 10.0.0.1 10.0.9.9:80".to_string(), 5),
+            ]
+        );
+    }
+}
