@@ -417,29 +417,9 @@ fn record_sock_diag_fixtures() {
         ];
         let socket = NetlinkSocket::open().unwrap();
         let mut request = Vec::new();
-        let mut buffer = Vec::with_capacity(32 * 1024);
         for (name, dump) in recordings {
             build_request(dump, 1, &mut request);
-            socket.send(&request).unwrap();
-            let mut file = Vec::new();
-            loop {
-                let length = socket.receive(&mut buffer).unwrap();
-                assert!(length <= buffer.len(), "a datagram overflowed");
-                file.extend_from_slice(&(length as u32).to_le_bytes());
-                file.extend_from_slice(&buffer[..length]);
-                // NLMSG_DONE (3) ends the dump; it comes last in its datagram.
-                let mut at = 0;
-                let mut done = false;
-                while at + 16 <= length {
-                    let message = u32::from_ne_bytes(buffer[at..at + 4].try_into().unwrap());
-                    assert!(message >= 16, "a message shorter than its header");
-                    done |= u16::from_ne_bytes(buffer[at + 4..at + 6].try_into().unwrap()) == 3;
-                    at += (message as usize + 3) & !3;
-                }
-                if done {
-                    break;
-                }
-            }
+            let file = support::record_dump(&socket, &request);
             std::fs::write(format!("{FIXTURES}/{name}.bin"), file).unwrap();
         }
         drop((v4, waiting, bound, server, client, server6));

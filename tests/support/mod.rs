@@ -691,3 +691,228 @@ impl NamedListener {
         ))
     }
 }
+
+/// Three namespaces joined by two links: a client with 11 addresses
+/// (10.77.1.2 to .12) routed through a router (10.77.1.1, 10.77.2.1) that
+/// masquerades TCP and UDP leaving for the server (10.77.2.2) to its own
+/// address and the ports `nat_ports`, as a NAT gateway or a Kubernetes node
+/// does. The server listens on TCP port 8080 and UDP port 53. Every
+/// namespace is deleted on drop, which takes the links with it.
+pub struct NatLab {
+    pub client: Netns,
+    pub router: Netns,
+    pub server: Netns,
+    /// The server's sockets, open as long as the lab.
+    _listeners: (socket2::Socket, std::net::UdpSocket),
+}
+
+impl NatLab {
+    /// The router's address toward the server: the NAT address.
+    pub const NAT_ADDRESS: &'static str = "10.77.2.1";
+    /// The server's address.
+    pub const SERVER: &'static str = "10.77.2.2";
+
+    /// The lab, masquerading to the ports `nat_ports` (`--to-ports`).
+    pub fn new(nat_ports: (u16, u16)) -> NatLab {
+        let range = (40000, 40999);
+        let client = Netns::new(range, "");
+        let router = Netns::new(range, "");
+        let server = Netns::new(range, "");
+        let ip = |args: &[&str]| run(Command::new("ip").args(args));
+        ip(&[
+            "link",
+            "add",
+            "nat-c0",
+            "netns",
+            client.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "nat-r0",
+            "netns",
+            router.name(),
+        ]);
+        ip(&[
+            "link",
+            "add",
+            "nat-r1",
+            "netns",
+            router.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "nat-s0",
+            "netns",
+            server.name(),
+        ]);
+        for (netns, link) in [
+            (&client, "nat-c0"),
+            (&router, "nat-r0"),
+            (&router, "nat-r1"),
+            (&server, "nat-s0"),
+        ] {
+            ip(&["-n", netns.name(), "link", "set", link, "up"]);
+        }
+        for host in 2..=12 {
+            let address = format!("10.77.1.{host}/24");
+            ip(&[
+                "-n",
+                client.name(),
+                "addr",
+                "add",
+                &address,
+                "dev",
+                "nat-c0",
+            ]);
+        }
+        ip(&[
+            "-n",
+            router.name(),
+            "addr",
+            "add",
+            "10.77.1.1/24",
+            "dev",
+            "nat-r0",
+        ]);
+        ip(&[
+            "-n",
+            router.name(),
+            "addr",
+            "add",
+            "10.77.2.1/24",
+            "dev",
+            "nat-r1",
+        ]);
+        ip(&[
+            "-n",
+            server.name(),
+            "addr",
+            "add",
+            "10.77.2.2/24",
+            "dev",
+            "nat-s0",
+        ]);
+        ip(&[
+            "-n",
+            client.name(),
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.77.1.1",
+        ]);
+        ip(&[
+            "-n",
+            server.name(),
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.77.2.1",
+        ]);
+        router.write_sysctl("ip_forward", "1");
+        let to_ports = format!("{}-{}", nat_ports.0, nat_ports.1);
+        for protocol in ["tcp", "udp"] {
+            run(router.command("iptables").args([
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                "nat-r1",
+                "-p",
+                protocol,
+                "-j",
+                "MASQUERADE",
+                "--to-ports",
+                &to_ports,
+            ]));
+        }
+        let listeners = server.run(|| {
+            (
+                listening_socket("10.77.2.2:8080", false, 1024),
+                std::net::UdpSocket::bind("10.77.2.2:53").expect("bind UDP 53"),
+            )
+        });
+        NatLab {
+            client,
+            router,
+            server,
+            _listeners: listeners,
+        }
+    }
+
+    /// A TCP connection from the client's address `10.77.1.(2 + n % 11)` to
+    /// the server's port 8080, given a second for its handshake.
+    pub fn connect(&self, n: usize) -> std::io::Result<TcpStream> {
+        let local: SocketAddr = format!("10.77.1.{}:0", 2 + n % 11).parse().unwrap();
+        let server: SocketAddr = format!("{}:8080", Self::SERVER).parse().unwrap();
+        self.client.run(move || -> std::io::Result<TcpStream> {
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            socket.bind(&local.into())?;
+            socket.connect_timeout(&server.into(), Duration::from_secs(1))?;
+            Ok(socket.into())
+        })
+    }
+
+    /// A DNS-sized UDP datagram from a new client socket to the server's
+    /// port 53: one more UDP conntrack entry. The socket is returned so
+    /// that its port stays the client's.
+    pub fn send_udp(&self) -> std::net::UdpSocket {
+        let server: SocketAddr = format!("{}:53", Self::SERVER).parse().unwrap();
+        self.client.run(move || {
+            let socket = std::net::UdpSocket::bind("10.77.1.2:0").expect("bind UDP");
+            socket.send_to(&[0; 32], server).expect("send UDP");
+            socket
+        })
+    }
+
+    /// The router's conntrack entries of `protocol` to the server's `port`,
+    /// as `conntrack -L` lists them.
+    pub fn conntrack_entries(&self, protocol: &str, port: u16) -> usize {
+        let output = self
+            .router
+            .command("conntrack")
+            .args(["-L", "-p", protocol, "--dport", &port.to_string()])
+            .output()
+            .expect("conntrack is needed (Debian package conntrack); .ci/run installs it");
+        assert!(
+            output.status.success(),
+            "conntrack -L: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).lines().count()
+    }
+}
+
+/// Sends `request` on `socket` and records the datagrams of the dump that
+/// answers it, each after its length as a little-endian u32: the format of
+/// the recorded fixtures under `src/source/*/fixtures/`.
+pub fn record_dump(
+    socket: &portstat_exporter::source::netlink::socket::NetlinkSocket,
+    request: &[u8],
+) -> Vec<u8> {
+    socket.send(request).unwrap();
+    let mut buffer = Vec::with_capacity(32 * 1024);
+    let mut file = Vec::new();
+    loop {
+        let length = socket.receive(&mut buffer).unwrap();
+        assert!(length <= buffer.len(), "a datagram overflowed");
+        file.extend_from_slice(&(length as u32).to_le_bytes());
+        file.extend_from_slice(&buffer[..length]);
+        // NLMSG_DONE (3) ends the dump; it comes last in its datagram.
+        let mut at = 0;
+        let mut done = false;
+        while at + 16 <= length {
+            let message = u32::from_ne_bytes(buffer[at..at + 4].try_into().unwrap());
+            assert!(message >= 16, "a message shorter than its header");
+            done |= u16::from_ne_bytes(buffer[at + 4..at + 6].try_into().unwrap()) == 3;
+            at += (message as usize + 3) & !3;
+        }
+        if done {
+            return file;
+        }
+    }
+}
