@@ -130,7 +130,10 @@ mod tests {
         ListenQueue, PortBinding, SourceKind, TcpState, TimeWait, TimeWaitReuse, UdpState,
     };
     use crate::model::{NamespaceSample, PortRange, SocketOwners, SocketRecord, SocketState};
+    use crate::metrics::nat::NatTable;
+    use crate::model::{ConntrackCounters, NatEntry};
     use crate::source::sysctl::parse_reserved_ports;
+    use std::net::SocketAddr;
     use crate::status::REVISION;
 
     fn snapshot() -> Snapshot {
@@ -234,7 +237,32 @@ mod tests {
             waiting: 0,
             limit: 128,
         });
-        aggregate(&sample, &crate::aggregate::Limits::default())
+        let mut snapshot = aggregate(&sample, &crate::aggregate::Limits::default());
+        // A masquerading router: 17 of 20 NAT ports to one TCP destination,
+        // 3 to a DNS server, and a dropped first packet.
+        let mut nat = NatTable::new(PortRange {
+            start: 45000,
+            end: 45019,
+        });
+        let entry = |protocol, port: u16, remote: &str| NatEntry {
+            protocol,
+            nat: SocketAddr::from(([10, 0, 2, 1], port)),
+            remote: remote.parse().unwrap(),
+        };
+        for port in 45000..45017 {
+            nat.add(&entry(Protocol::Tcp, port, "10.0.9.9:443"));
+        }
+        for port in 45000..45003 {
+            nat.add(&entry(Protocol::Udp, port, "10.0.9.53:53"));
+        }
+        let counters = ConntrackCounters {
+            entries: 20,
+            limit: Some(262_144),
+            insert_failed: 1,
+            drop: 1,
+        };
+        snapshot.nat = Some(nat.finish(10, Some(counters)));
+        snapshot
     }
 
     fn status() -> SampleStatus {

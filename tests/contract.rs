@@ -45,29 +45,48 @@ fn full_exposition_with(args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// The exposition of a masquerading router (`support::NatLab`) with a TCP
+/// connection and a UDP datagram translated: every `portstat_nat_` family.
+fn nat_exposition() -> String {
+    let lab = support::NatLab::new((45000, 45019));
+    let _connection = lab.connect(0).unwrap();
+    let _datagram = lab.send_udp();
+    let metrics = lab.router.once_until(&[], |metrics| {
+        metrics.get("portstat_nat_destinations{protocol=\"udp\"}") == Some(1.0)
+    });
+    assert_eq!(
+        metrics.get("portstat_nat_destinations{protocol=\"tcp\"}"),
+        Some(1.0)
+    );
+    let output = lab.router.once(&[]);
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap()
+}
+
 #[test]
 fn exposition_passes_promtool_check_metrics() {
-    let text = full_exposition();
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool is needed (Debian package prometheus); .ci/run installs it");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let output = promtool.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    for text in [full_exposition(), nat_exposition()] {
+        let mut promtool = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool is needed (Debian package prometheus); .ci/run installs it");
+        promtool
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let output = promtool.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
 
 #[test]
@@ -78,10 +97,12 @@ fn readme_metric_table_matches_the_exposition() {
     // A daemon adds its interval, which --once has not.
     let netns = Netns::new((40000, 40099), "");
     let served = netns.start_exporter(&[]).get("/metrics").unwrap().text();
+    let nat = nat_exposition();
     let rendered: BTreeSet<String> = text
         .lines()
         .chain(all.lines())
         .chain(served.lines())
+        .chain(nat.lines())
         .filter_map(|line| line.strip_prefix("# TYPE "))
         .filter_map(|line| line.split(' ').next())
         .filter(|name| name.starts_with("portstat_"))
@@ -104,7 +125,12 @@ fn readme_metric_table_matches_the_exposition() {
     // of --collector.netns=all are documented once, not on every row.
     let namespace_labels = ["netns", "netns_name", "container_id", "pod_uid"];
     let mut rendered_rows: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
-    for line in text.lines().chain(all.lines()).chain(served.lines()) {
+    for line in text
+        .lines()
+        .chain(all.lines())
+        .chain(served.lines())
+        .chain(nat.lines())
+    {
         if let Some(declaration) = line.strip_prefix("# TYPE portstat_") {
             let declaration = format!("portstat_{declaration}");
             let (name, kind) = declaration.split_once(' ').unwrap();
