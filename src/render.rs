@@ -125,16 +125,16 @@ fn status_families(status: &SampleStatus, out: &mut Vec<MetricFamily>) {
 mod tests {
     use super::*;
     use crate::aggregate::aggregate;
+    use crate::metrics::nat::NatTable;
     use crate::model::Protocol;
+    use crate::model::{ConntrackCounters, NatEntry};
     use crate::model::{
         ListenQueue, PortBinding, SourceKind, TcpState, TimeWait, TimeWaitReuse, UdpState,
     };
     use crate::model::{NamespaceSample, PortRange, SocketOwners, SocketRecord, SocketState};
-    use crate::metrics::nat::NatTable;
-    use crate::model::{ConntrackCounters, NatEntry};
     use crate::source::sysctl::parse_reserved_ports;
-    use std::net::SocketAddr;
     use crate::status::REVISION;
+    use std::net::SocketAddr;
 
     fn snapshot() -> Snapshot {
         let record = |state, local: &str, remote: &str, inode| {

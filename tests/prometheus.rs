@@ -227,7 +227,18 @@ fn alerts_fire_before_connect_fails_and_the_dashboard_queries_answer() {
     });
     assert!(!firing(&netns, "PortstatSamplingFailing"));
 
-    // Every query of the dashboard, as Grafana would send it.
+    // Every query of the dashboard but the source NAT row's (tested on a
+    // router below), as Grafana would send it.
+    let expressions: Vec<String> = dashboard_expressions()
+        .into_iter()
+        .filter(|expression| !expression.contains("portstat_nat_"))
+        .collect();
+    assert!(expressions.len() >= 10, "{expressions:?}");
+    assert_every_query_answers(&netns, &expressions);
+}
+
+/// Every `expr` of the Grafana dashboard.
+fn dashboard_expressions() -> Vec<String> {
     let dashboard: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("grafana/portstat.json"),
@@ -237,18 +248,106 @@ fn alerts_fire_before_connect_fails_and_the_dashboard_queries_answer() {
     .unwrap();
     let mut expressions = Vec::new();
     collect_expressions(&dashboard, &mut expressions);
-    assert!(expressions.len() >= 10, "{expressions:?}");
+    expressions
+}
+
+/// Runs each dashboard query as Grafana would send it, and fails on any
+/// that returns no data.
+fn assert_every_query_answers(netns: &Netns, expressions: &[String]) {
     for expression in expressions {
         let query = expression
             .replace("$instance", ".*")
             .replace("$__rate_interval", "1m");
-        let json = api(&netns, &format!("/api/v1/query?query={}", encode(&query)));
+        let json = api(netns, &format!("/api/v1/query?query={}", encode(&query)));
         let result = json["data"]["result"].as_array().expect("a vector");
         assert!(
             !result.is_empty(),
             "no result for the dashboard query {expression}"
         );
     }
+}
+
+/// The value of a query that returns one series.
+fn query_value(netns: &Netns, query: &str) -> Option<f64> {
+    let json = api(netns, &format!("/api/v1/query?query={}", encode(query)));
+    let result = json["data"]["result"].as_array()?.first()?.clone();
+    result["value"][1].as_str()?.parse().ok()
+}
+
+/// A masquerading router with 20 NAT ports (`support::NatLab`): the NAT
+/// warning fires before the first connection is dropped, the critical and
+/// drop alerts once it is, and every query of the dashboard's source NAT
+/// row answers.
+#[test]
+fn nat_alerts_fire_before_the_first_dropped_syn_and_the_nat_row_answers() {
+    let lab = support::NatLab::new((45000, 45019));
+    let _exporter = lab.router.start_exporter(&[
+        "--collector.interval",
+        "500ms",
+        "--collector.nat.port-range",
+        "45000-45019",
+    ]);
+    let _prometheus = start_prometheus(&lab.router);
+    let mut streams = Vec::new();
+    let mut connect_up_to = |count: usize| {
+        while streams.len() < count {
+            let n = streams.len();
+            streams.push(
+                lab.connect(n)
+                    .unwrap_or_else(|error| panic!("connection {} failed: {error}", n + 1)),
+            );
+        }
+    };
+    // 16 of 20 ports: 80 %, under the warning.
+    connect_up_to(16);
+    wait_for(
+        Duration::from_secs(30),
+        "16 NAT ports in Prometheus",
+        || query_value(&lab.router, "max(portstat_nat_destination_ports_used)") == Some(16.0),
+    );
+    let drops = query_value(&lab.router, "portstat_nat_drop_total").expect("drop counter");
+    // 17: 85 %. The warning fires while every connection still succeeds.
+    connect_up_to(17);
+    wait_for(Duration::from_secs(30), "the NAT warning", || {
+        firing(&lab.router, "NatPortsFillingUp")
+    });
+    assert!(!firing(&lab.router, "NatPortsNearlyExhausted"));
+    assert!(!firing(&lab.router, "NatConnectionsDropped"));
+    assert_eq!(
+        query_value(&lab.router, "portstat_nat_drop_total"),
+        Some(drops),
+        "a packet was dropped before the warning fired"
+    );
+    // On to the last port, then the first dropped SYN.
+    connect_up_to(20);
+    let error = lab
+        .connect(20)
+        .expect_err("a 21st connection through 20 NAT ports");
+    assert_eq!(error.kind(), ErrorKind::TimedOut, "{error}");
+    wait_for(
+        Duration::from_secs(30),
+        "the ratio at 1 in Prometheus",
+        || {
+            query_value(
+                &lab.router,
+                "portstat_nat_destination_max_used_ratio{protocol=\"tcp\"}",
+            ) == Some(1.0)
+        },
+    );
+    wait_for(Duration::from_secs(30), "the drop alert", || {
+        firing(&lab.router, "NatConnectionsDropped")
+    });
+    wait_for(Duration::from_secs(30), "the critical NAT alert", || {
+        firing(&lab.router, "NatPortsNearlyExhausted")
+    });
+    assert!(query_value(&lab.router, "portstat_nat_drop_total").unwrap() > drops);
+
+    let expressions: Vec<String> = dashboard_expressions()
+        .into_iter()
+        .filter(|expression| expression.contains("portstat_nat_"))
+        .collect();
+    assert!(expressions.len() >= 4, "{expressions:?}");
+    assert_every_query_answers(&lab.router, &expressions);
 }
 
 /// Every `expr` in the dashboard's panels.
