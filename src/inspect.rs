@@ -5,8 +5,9 @@ use std::fmt::Write as _;
 
 use crate::aggregate::{ExclusiveReason, NO_PROCESS, Snapshot, UNKNOWN_PROCESS};
 use crate::log::push_json_string;
+use crate::metrics::nat::NatFigures;
 use crate::metrics::processes::ProcessUsage;
-use crate::model::{SocketOwners, SocketRecord, SocketState, TcpState};
+use crate::model::{Protocol, SocketOwners, SocketRecord, SocketState, TcpState};
 
 /// Who holds a connection that no process has accepted yet.
 const WAITING_IN_ACCEPT_QUEUE: &str = "waiting in accept queue";
@@ -259,6 +260,9 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
     if snapshot.listeners_omitted > 0 {
         let _ = writeln!(out, "  ... and {} more sockets", snapshot.listeners_omitted);
     }
+    if let Some(nat) = &snapshot.nat {
+        nat_text(&mut out, nat);
+    }
     if let Some((port, holders)) = port {
         let _ = writeln!(out);
         let _ = writeln!(out, "Port {port}: {} sockets", holders.len());
@@ -286,6 +290,58 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
         }
     }
     out
+}
+
+/// The source NAT section: the busiest (NAT address, destination) pairs
+/// against the NAT port capacity, and the conntrack table.
+fn nat_text(out: &mut String, nat: &NatFigures) {
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Source NAT (conntrack): {} ports per (NAT address, destination)",
+        nat.capacity
+    );
+    for protocol in Protocol::ALL {
+        let ratio = nat.max_used_ratio(protocol);
+        let _ = writeln!(
+            out,
+            "  {:<4} busiest {:>5.1}% {}  ({} pairs)",
+            protocol.label(),
+            ratio * 100.0,
+            bar(ratio, 30),
+            nat.pairs(protocol)
+        );
+    }
+    let _ = writeln!(out, "{:<58}{:>6}{:>10}", "Top NAT pairs", "used", "left");
+    if nat.destinations.is_empty() {
+        let _ = writeln!(out, "  none");
+    }
+    for usage in &nat.destinations {
+        let destination = usage.destination;
+        let name = format!(
+            "{} {} -> {}",
+            destination.protocol.label(),
+            destination.nat_address,
+            destination.remote
+        );
+        let _ = writeln!(
+            out,
+            "  {:<56}{:>6}{:>10}",
+            fit(&name, 56),
+            usage.ports_used,
+            nat.capacity.saturating_sub(usage.ports_used)
+        );
+    }
+    if let Some(counters) = &nat.counters {
+        let limit = counters
+            .limit
+            .map_or_else(|| "?".to_string(), |limit| limit.to_string());
+        let _ = writeln!(
+            out,
+            "conntrack: {} of {limit} entries; so far {} inserts failed, {} packets dropped",
+            counters.entries, counters.insert_failed, counters.drop
+        );
+    }
 }
 
 /// The report as one JSON object.
@@ -362,6 +418,9 @@ pub fn json_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
     }
     json.close(']');
     json.field_number("listeners_omitted", snapshot.listeners_omitted as f64);
+    if let Some(nat) = &snapshot.nat {
+        json.nat(nat);
+    }
     if let Some((port, holders)) = port {
         json.key("port");
         json.open('{');
@@ -394,6 +453,45 @@ struct Json {
 }
 
 impl Json {
+    /// `nat: {capacity, max_used_ratio, destinations, conntrack}`.
+    fn nat(&mut self, nat: &NatFigures) {
+        self.key("nat");
+        self.open('{');
+        self.field_number("capacity", f64::from(nat.capacity));
+        for protocol in Protocol::ALL {
+            self.key(protocol.label());
+            self.open('{');
+            self.field_number("max_used_ratio", nat.max_used_ratio(protocol));
+            self.field_number("destination_count", nat.pairs(protocol) as f64);
+            self.close('}');
+        }
+        self.key("destinations");
+        self.open('[');
+        for usage in &nat.destinations {
+            let destination = usage.destination;
+            self.open('{');
+            self.field_string("protocol", destination.protocol.label());
+            self.field_string("nat_address", &destination.nat_address.to_string());
+            self.field_string("remote_address", &destination.remote.ip().to_string());
+            self.field_number("remote_port", f64::from(destination.remote.port()));
+            self.field_number("used", f64::from(usage.ports_used));
+            self.close('}');
+        }
+        self.close(']');
+        if let Some(counters) = &nat.counters {
+            self.key("conntrack");
+            self.open('{');
+            self.field_number("entries", counters.entries as f64);
+            if let Some(limit) = counters.limit {
+                self.field_number("limit", limit as f64);
+            }
+            self.field_number("insert_failed", counters.insert_failed as f64);
+            self.field_number("drop", counters.drop as f64);
+            self.close('}');
+        }
+        self.close('}');
+    }
+
     /// `key: [{process, ports}, ...]`.
     fn process_list(&mut self, key: &str, usages: &[ProcessUsage]) {
         self.key(key);

@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 
 use crate::aggregate::Snapshot;
 use crate::log::rfc3339;
+use crate::metrics::nat::NatFigures;
+use crate::model::Protocol;
 use crate::status::{SampleStatus, VERSION};
 
 /// A fill from this ratio on shows as a warning, as the warning alert fires.
@@ -41,11 +43,24 @@ pub fn html_escape(text: &str) -> String {
     escaped
 }
 
-/// A bar filled to `ratio`, coloured by the alert thresholds.
+/// A NAT pair's fill from this ratio on shows as a warning, as
+/// `NatPortsFillingUp` fires.
+const NAT_WARNING_RATIO: f64 = 0.85;
+/// A NAT pair's fill from this ratio on shows as critical, as
+/// `NatPortsNearlyExhausted` fires.
+const NAT_CRITICAL_RATIO: f64 = 0.97;
+
+/// A bar filled to `ratio`, coloured by the ephemeral port alerts'
+/// thresholds.
 fn bar(ratio: f64) -> String {
-    let level = if ratio >= CRITICAL_RATIO {
+    bar_at(ratio, WARNING_RATIO, CRITICAL_RATIO)
+}
+
+/// A bar filled to `ratio`, amber from `warning`, red from `critical`.
+fn bar_at(ratio: f64, warning: f64, critical: f64) -> String {
+    let level = if ratio >= critical {
         " critical"
-    } else if ratio >= WARNING_RATIO {
+    } else if ratio >= warning {
         " warning"
     } else {
         ""
@@ -177,6 +192,10 @@ pub fn landing_page(
         snapshot.destination_count
     );
 
+    if let Some(nat) = &snapshot.nat {
+        nat_section(&mut page, nat);
+    }
+
     let _ = write!(
         page,
         "<h2>Listeners</h2>\n<p class=\"meta\">Highlighted: TCP listeners inside the \
@@ -210,6 +229,62 @@ pub fn landing_page(
     }
     page.push_str("</body>\n</html>\n");
     page
+}
+
+/// Source NAT: the busiest (NAT address, destination) pairs, against the
+/// NAT port capacity, and the conntrack table.
+fn nat_section(page: &mut String, nat: &NatFigures) {
+    let _ = write!(
+        page,
+        "<h2>Source NAT</h2>\n<p class=\"meta\">Connections this host translates \
+         (MASQUERADE, SNAT), from conntrack: each (NAT address, destination) has {} NAT \
+         ports (<code>--collector.nat.port-range</code>); when they are all held, the \
+         first packet of each new connection to it is dropped.</p>\n\
+         <table id=\"nat\"><tr><th>protocol</th><th>NAT address</th><th>to</th>\
+         <th class=\"num\">ports used</th><th>fill</th><th class=\"num\">left</th></tr>\n",
+        nat.capacity
+    );
+    if nat.destinations.is_empty() {
+        page.push_str("<tr><td colspan=\"6\">none</td></tr>\n");
+    }
+    for usage in &nat.destinations {
+        let destination = usage.destination;
+        let ratio = if nat.capacity == 0 {
+            1.0
+        } else {
+            f64::from(usage.ports_used) / f64::from(nat.capacity)
+        };
+        let _ = writeln!(
+            page,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td>\
+             <td class=\"bar\">{}</td><td class=\"num\">{}</td></tr>",
+            destination.protocol.label(),
+            destination.nat_address,
+            destination.remote,
+            usage.ports_used,
+            bar_at(ratio, NAT_WARNING_RATIO, NAT_CRITICAL_RATIO),
+            nat.capacity.saturating_sub(usage.ports_used)
+        );
+    }
+    page.push_str("</table>\n");
+    let pairs = Protocol::ALL.map(|protocol| nat.pairs(protocol));
+    let _ = write!(
+        page,
+        "<p class=\"meta\">{} TCP and {} UDP pairs in all.",
+        pairs[0], pairs[1]
+    );
+    if let Some(counters) = &nat.counters {
+        let limit = counters
+            .limit
+            .map_or_else(|| "?".to_string(), |limit| limit.to_string());
+        let _ = write!(
+            page,
+            " conntrack holds {} of {limit} entries; so far {} inserts failed and {} \
+             packets were dropped.",
+            counters.entries, counters.insert_failed, counters.drop
+        );
+    }
+    page.push_str("</p>\n");
 }
 
 #[cfg(test)]

@@ -288,3 +288,69 @@ fn record_ctnetlink_fixtures() {
         }
     });
 }
+
+#[test]
+fn inspect_and_the_landing_page_show_the_busiest_nat_pairs() {
+    let lab = NatLab::new(NAT_PORTS);
+    let mut streams = Vec::new();
+    connect_all(&lab, &mut streams, 17);
+    let _query = lab.send_udp();
+    let inspect = |args: &[&str]| {
+        let output = lab
+            .router
+            .command(support::EXPORTER)
+            .arg("inspect")
+            .args(args)
+            .args(PORT_RANGE_FLAG)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let text = inspect(&[]);
+    assert!(
+        text.contains("Source NAT (conntrack): 20 ports per (NAT address, destination)"),
+        "{text}"
+    );
+    let pair = text
+        .lines()
+        .find(|line| line.contains("tcp 10.77.2.1 -> 10.77.2.2:8080"))
+        .unwrap_or_else(|| panic!("no TCP pair in {text}"));
+    let figures: Vec<&str> = pair.split_whitespace().rev().take(2).collect();
+    assert_eq!(figures, ["3", "17"], "{pair}");
+    assert!(text.contains("udp 10.77.2.1 -> 10.77.2.2:53"), "{text}");
+    assert!(text.contains(" 85.0% "), "{text}");
+    for line in text.lines() {
+        assert!(line.chars().count() <= 80, "over 80 columns: {line:?}");
+    }
+
+    let json: serde_json::Value = serde_json::from_str(&inspect(&["--json"])).unwrap();
+    let nat = &json["nat"];
+    assert_eq!(nat["capacity"], 20.0);
+    assert_eq!(nat["tcp"]["max_used_ratio"], 0.85);
+    assert_eq!(nat["udp"]["destination_count"], 1.0);
+    assert_eq!(nat["destinations"][0]["used"], 17.0);
+    assert_eq!(nat["destinations"][0]["remote_port"], 8080.0);
+    assert!(nat["conntrack"]["entries"].as_f64().unwrap() >= 18.0);
+
+    let exporter = lab
+        .router
+        .start_exporter(&["--collector.nat.port-range", "45000-45019"]);
+    let page = exporter.get("/").unwrap().text();
+    assert!(page.contains("Source NAT"), "{page}");
+    assert!(
+        page.contains(
+            "<tr><td>tcp</td><td>10.77.2.1</td><td>10.77.2.2:8080</td><td class=\"num\">17</td>"
+        ),
+        "{page}"
+    );
+    // 85 %: amber, as the warning alert fires.
+    assert!(
+        page.contains("<div class=\"fill warning\" style=\"width:85.0%\">"),
+        "{page}"
+    );
+}

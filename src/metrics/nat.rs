@@ -62,6 +62,11 @@ pub struct NatFigures {
 }
 
 impl NatFigures {
+    /// Distinct (NAT address, destination) pairs of TCP or UDP.
+    pub fn pairs(&self, protocol: Protocol) -> u64 {
+        self.destination_count[protocol_index(protocol)]
+    }
+
     /// The busiest destination's ports used over the capacity, for TCP or
     /// UDP: 1 when its next new connection is dropped. 1 when the capacity
     /// is 0.
@@ -193,10 +198,7 @@ pub fn render(figures: &NatFigures, base: &BaseLabels, out: &mut Vec<MetricFamil
     );
     for protocol in Protocol::ALL {
         let labels = [("protocol", protocol.label())];
-        destinations.gauge(
-            &labels,
-            figures.destination_count[protocol_index(protocol)] as f64,
-        );
+        destinations.gauge(&labels, figures.pairs(protocol) as f64);
         ratio.gauge(&labels, figures.max_used_ratio(protocol));
     }
     destinations.finish(out);
