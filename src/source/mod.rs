@@ -170,7 +170,17 @@ impl NamespaceReader {
     pub fn read_nat(&mut self, sink: &mut dyn NatSink) -> Option<Option<ConntrackCounters>> {
         let reader = self.conntrack.as_mut()?;
         let mut counting = CountingNat { sink, added: 0 };
-        if let Err(error) = reader.read(&mut counting) {
+        // conntrack's hash table is shared by every namespace, and a dump
+        // walks all of it: an empty table, as most pods' are, is not
+        // dumped.
+        let empty = std::fs::read_to_string(self.procfs_root.join(CONNTRACK_COUNT))
+            .is_ok_and(|count| count.trim() == "0");
+        let result = if empty {
+            Ok(0)
+        } else {
+            reader.read(&mut counting)
+        };
+        if let Err(error) = result {
             if !error.is_unavailable() {
                 tracing::warn!(err = %error, "reading conntrack failed; no NAT figures this sample");
             } else if !self.conntrack_unavailable_logged {
@@ -190,7 +200,7 @@ impl NamespaceReader {
         }
         Some(conntrack::read_counters(
             &self.net.join("stat").join("nf_conntrack"),
-            &self.procfs_root.join("sys/net/netfilter/nf_conntrack_max"),
+            &self.procfs_root.join(CONNTRACK_MAX),
         ))
     }
 
@@ -519,6 +529,11 @@ fn inode_reading(attribution: bool) -> bpf::InodeReading {
         bpf::InodeReading::None
     }
 }
+
+/// Entries in the namespace's conntrack table, below the procfs root.
+const CONNTRACK_COUNT: &str = "sys/net/netfilter/nf_conntrack_count";
+/// The most entries the table takes, below the procfs root.
+const CONNTRACK_MAX: &str = "sys/net/netfilter/nf_conntrack_max";
 
 /// Passes entries on to a sink, counting them.
 struct CountingNat<'a> {
