@@ -11,20 +11,15 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::model::{NatEntry, Protocol};
-use crate::source::netlink::wire::{HEADER_LENGTH, align4, read_i32, read_u16, read_u32};
+pub use crate::source::netlink::wire::Progress;
+use crate::source::netlink::wire::{DatagramError, align4, read_u16, walk_datagram};
 
 /// `NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET`: the dump request.
 const CT_GET: u16 = 1 << 8 | 1;
 /// `NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_NEW`: each entry of a dump.
 const CT_NEW: u16 = 1 << 8;
-/// `NLMSG_ERROR`: an error, or an acknowledgement when its code is 0.
-const NLMSG_ERROR: u16 = 2;
-/// `NLMSG_DONE`: the end of a dump.
-const NLMSG_DONE: u16 = 3;
 /// `NLM_F_REQUEST | NLM_F_DUMP`.
 const DUMP_REQUEST_FLAGS: u16 = 0x1 | 0x100 | 0x200;
-/// `NLM_F_DUMP_INTR`: the dump saw the table change under it.
-const NLM_F_DUMP_INTR: u16 = 0x10;
 /// `struct nfgenmsg`: family, version, resource id.
 const NFGENMSG_LENGTH: usize = 4;
 /// `NLA_TYPE_MASK`: an attribute's type without its nested and
@@ -144,19 +139,6 @@ impl ConntrackError {
     }
 }
 
-/// Where a dump stands after one datagram.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
-    /// More datagrams follow.
-    More,
-    /// `NLMSG_DONE` was seen; `interrupted` if any message of the dump
-    /// carried `NLM_F_DUMP_INTR`.
-    Done {
-        /// Whether the kernel marked the dump interrupted.
-        interrupted: bool,
-    },
-}
-
 /// Parses one datagram of the dump answering `sequence`: hands `entry` each
 /// entry that was source-NAT'd, over TCP or UDP. `interrupted` accumulates
 /// `NLM_F_DUMP_INTR` across datagrams. Returns how many entries the datagram
@@ -167,70 +149,25 @@ pub fn parse_datagram(
     interrupted: &mut bool,
     entry: &mut dyn FnMut(&NatEntry),
 ) -> Result<(Progress, u64), ConntrackError> {
-    let mut rest = datagram;
     let mut entries = 0;
-    while !rest.is_empty() {
-        if rest.len() < HEADER_LENGTH {
+    let progress = walk_datagram(datagram, sequence, interrupted, |kind, payload| {
+        if kind != CT_NEW {
             return Err(ConntrackError::Malformed(format!(
-                "{} bytes left, less than a message header",
-                rest.len()
+                "unexpected message type {kind:#x}"
             )));
         }
-        let length = read_u32(rest, 0) as usize;
-        let kind = read_u16(rest, 4);
-        let flags = read_u16(rest, 6);
-        let message_sequence = read_u32(rest, 8);
-        if length < HEADER_LENGTH || length > rest.len() {
-            return Err(ConntrackError::Malformed(format!(
-                "message length {length} with {} bytes left",
-                rest.len()
-            )));
+        entries += 1;
+        if let Some(nat) = parse_entry(payload)? {
+            entry(&nat);
         }
-        let payload = &rest[HEADER_LENGTH..length];
-        rest = &rest[align4(length).min(rest.len())..];
-        if message_sequence != sequence {
-            // Left over from an earlier, abandoned dump.
-            continue;
-        }
-        if flags & NLM_F_DUMP_INTR != 0 {
-            *interrupted = true;
-        }
-        match kind {
-            NLMSG_DONE => {
-                if payload.len() >= 4 {
-                    let code = read_i32(payload, 0);
-                    if code < 0 {
-                        return Err(refused(code));
-                    }
-                }
-                let progress = Progress::Done {
-                    interrupted: *interrupted,
-                };
-                return Ok((progress, entries));
-            }
-            NLMSG_ERROR => {
-                if payload.len() < 4 {
-                    return Err(ConntrackError::Malformed("short NLMSG_ERROR".into()));
-                }
-                let code = read_i32(payload, 0);
-                if code < 0 {
-                    return Err(refused(code));
-                }
-            }
-            CT_NEW => {
-                entries += 1;
-                if let Some(nat) = parse_entry(payload)? {
-                    entry(&nat);
-                }
-            }
-            other => {
-                return Err(ConntrackError::Malformed(format!(
-                    "unexpected message type {other:#x}"
-                )));
-            }
-        }
-    }
-    Ok((Progress::More, entries))
+        Ok(())
+    })
+    .map_err(|error| match error {
+        DatagramError::Malformed(reason) => ConntrackError::Malformed(reason),
+        DatagramError::Refused(code) => refused(code),
+        DatagramError::Message(error) => error,
+    })?;
+    Ok((progress, entries))
 }
 
 fn refused(code: i32) -> ConntrackError {
@@ -403,6 +340,12 @@ fn be_u32(value: &[u8], what: &str) -> Result<u32, ConntrackError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::netlink::wire::{HEADER_LENGTH, read_u32};
+
+    /// `NLMSG_ERROR`, `NLMSG_DONE` and `NLM_F_DUMP_INTR`.
+    const NLMSG_ERROR: u16 = 2;
+    const NLMSG_DONE: u16 = 3;
+    const NLM_F_DUMP_INTR: u16 = 0x10;
 
     /// An attribute: header then value, padded to 4 bytes.
     fn attribute(kind: u16, value: &[u8]) -> Vec<u8> {

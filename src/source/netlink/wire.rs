@@ -292,19 +292,32 @@ pub enum Progress {
     Done { interrupted: bool },
 }
 
-/// Parses one datagram of a dump answering `sequence`, appending the sockets
-/// it carries. `interrupted` accumulates `NLM_F_DUMP_INTR` across datagrams.
-pub fn parse_datagram(
+/// Why a dump datagram could not be walked.
+#[derive(Debug)]
+pub enum DatagramError<E> {
+    /// The framing is not netlink's; what is wrong.
+    Malformed(String),
+    /// The kernel answered with this negative error code.
+    Refused(i32),
+    /// A message's own parser failed.
+    Message(E),
+}
+
+/// Walks one datagram of any netlink dump answering `sequence`: hands
+/// `take` the type and payload of each of the dump's data messages, and
+/// handles what every dump shares, `NLMSG_DONE` (perhaps with an error),
+/// `NLMSG_ERROR`, messages of an earlier sequence, and `NLM_F_DUMP_INTR`,
+/// which `interrupted` accumulates across datagrams.
+pub fn walk_datagram<E>(
     datagram: &[u8],
     sequence: u32,
-    dump: &Dump,
     interrupted: &mut bool,
-    sockets: &mut Vec<SocketRecord>,
-) -> Result<Progress, NetlinkError> {
+    mut take: impl FnMut(u16, &[u8]) -> Result<(), E>,
+) -> Result<Progress, DatagramError<E>> {
     let mut rest = datagram;
     while !rest.is_empty() {
         if rest.len() < HEADER_LENGTH {
-            return Err(NetlinkError::Malformed(format!(
+            return Err(DatagramError::Malformed(format!(
                 "{} bytes left, less than a message header",
                 rest.len()
             )));
@@ -314,7 +327,7 @@ pub fn parse_datagram(
         let flags = read_u16(rest, 6);
         let message_sequence = read_u32(rest, 8);
         if length < HEADER_LENGTH || length > rest.len() {
-            return Err(NetlinkError::Malformed(format!(
+            return Err(DatagramError::Malformed(format!(
                 "message length {length} with {} bytes left",
                 rest.len()
             )));
@@ -335,7 +348,7 @@ pub fn parse_datagram(
                 if payload.len() >= 4 {
                     let code = read_i32(payload, 0);
                     if code < 0 {
-                        return Err(refused(dump, code));
+                        return Err(DatagramError::Refused(code));
                     }
                 }
                 return Ok(Progress::Done {
@@ -344,22 +357,47 @@ pub fn parse_datagram(
             }
             NLMSG_ERROR => {
                 if payload.len() < 4 {
-                    return Err(NetlinkError::Malformed("short NLMSG_ERROR".into()));
+                    return Err(DatagramError::Malformed("short NLMSG_ERROR".into()));
                 }
                 let code = read_i32(payload, 0);
                 if code < 0 {
-                    return Err(refused(dump, code));
+                    return Err(DatagramError::Refused(code));
                 }
             }
-            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => sockets.push(parse_socket(payload, dump)?),
-            other => {
-                return Err(NetlinkError::Malformed(format!(
-                    "unexpected message type {other}"
-                )));
-            }
+            kind => take(kind, payload).map_err(DatagramError::Message)?,
         }
     }
     Ok(Progress::More)
+}
+
+/// Parses one datagram of a dump answering `sequence`, appending the sockets
+/// it carries. `interrupted` accumulates `NLM_F_DUMP_INTR` across datagrams.
+pub fn parse_datagram(
+    datagram: &[u8],
+    sequence: u32,
+    dump: &Dump,
+    interrupted: &mut bool,
+    sockets: &mut Vec<SocketRecord>,
+) -> Result<Progress, NetlinkError> {
+    walk_datagram(
+        datagram,
+        sequence,
+        interrupted,
+        |kind, payload| match kind {
+            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => {
+                sockets.push(parse_socket(payload, dump)?);
+                Ok(())
+            }
+            other => Err(NetlinkError::Malformed(format!(
+                "unexpected message type {other}"
+            ))),
+        },
+    )
+    .map_err(|error| match error {
+        DatagramError::Malformed(reason) => NetlinkError::Malformed(reason),
+        DatagramError::Refused(code) => refused(dump, code),
+        DatagramError::Message(error) => error,
+    })
 }
 
 fn refused(dump: &Dump, code: i32) -> NetlinkError {
