@@ -235,21 +235,26 @@ pub struct Aggregator {
     /// How owners are learnt.
     lookup: OwnerLookup,
     /// Owners learnt from records (`OwnerLookup::Records`).
-    records: OwnerTally,
+    records: OwnerRecords,
     /// Source-NAT'd conntrack entries, made at the first.
     nat: Option<NatTable>,
     /// Whether NAT figures are written, with the table's counters.
     nat_shown: Option<Option<ConntrackCounters>>,
 }
 
-/// What owner records have added up to.
-#[derive(Default)]
-struct OwnerTally {
-    /// The inodes whose owner is named (listeners, kept sockets), made at
-    /// the first record.
-    wanted: Option<HashSet<u64>>,
-    /// Owners of the wanted inodes: the first record wins, which is the
-    /// lowest process id, as records come in process order.
+/// Owner records (`OwnerLookup::Records`) added up apart from the sockets,
+/// so that they may be read before, after or beside them: ports per
+/// process, sockets owned per port, and the owners of the sockets whose
+/// records carry inodes.
+pub struct OwnerRecords {
+    range: PortRange,
+    reserved: ReservedPorts,
+    /// Whether processes are counted (`Limits::processes_top` above 0).
+    count_processes: bool,
+    /// Owners of the sockets whose records carry inodes (listeners,
+    /// unconnected UDP, the kept port), but for those shared on an
+    /// ephemeral port, which are in `shared`: the first record wins, which
+    /// is the lowest process id, as records come in process order.
     named: SocketOwners,
     /// Ports of the range each process holds, by `comm`: TCP then UDP.
     ports: Vec<([u8; 16], [PortList; 2])>,
@@ -261,6 +266,114 @@ struct OwnerTally {
     /// Sockets referred to more than once, counted once at the end under
     /// their lowest process: by inode, (process, comm, protocol, port).
     shared: HashMap<u64, (u32, [u8; 16], Protocol, u16)>,
+    /// Sockets the records found on each port of the range (index from the
+    /// range's start), TCP then UDP; sized at the first one.
+    owned_by_port: [Vec<u32>; 2],
+}
+
+impl OwnerRecords {
+    /// Empty records for a namespace whose range and reserved ports are
+    /// these, counting processes within `limits`.
+    pub fn new(range: PortRange, reserved: ReservedPorts, limits: &Limits) -> OwnerRecords {
+        OwnerRecords {
+            range,
+            reserved,
+            count_processes: limits.processes_top > 0,
+            named: SocketOwners::default(),
+            ports: Vec::new(),
+            index: HashMap::new(),
+            last: None,
+            shared: HashMap::new(),
+            owned_by_port: Default::default(),
+        }
+    }
+
+    /// Takes the record of one socket a process holds; records of sockets
+    /// outside this namespace are for the caller to leave out.
+    pub fn add(&mut self, owned: &OwnedSocket) {
+        // Records carry inodes only where a socket must be told apart.
+        let inode = (owned.inode != 0 && owned.inode != INODE_NOT_READ).then_some(owned.inode);
+        let counted = self.count_processes
+            && self.range.contains(owned.port)
+            && !self.reserved.contains(owned.port);
+        match inode {
+            Some(inode) if owned.shared && counted => {
+                let entry = (owned.tgid, owned.comm, owned.protocol, owned.port);
+                self.shared
+                    .entry(inode)
+                    .and_modify(|kept| {
+                        if entry.0 < kept.0 {
+                            *kept = entry;
+                        }
+                    })
+                    .or_insert(entry);
+                return;
+            }
+            Some(inode) if !self.named.pid_by_inode.contains_key(&inode) => {
+                self.named.pid_by_inode.insert(inode, owned.tgid);
+                self.named
+                    .comm_by_pid
+                    .entry(owned.tgid)
+                    .or_insert_with(|| process_label(owned.comm()));
+            }
+            _ => {}
+        }
+        if counted {
+            self.count_owned(owned.comm, owned.protocol, owned.port);
+        }
+    }
+
+    /// Counts one socket, on an ephemeral port, that a process holds.
+    fn count_owned(&mut self, comm: [u8; 16], protocol: Protocol, port: u16) {
+        let offset = usize::from(port - self.range.start);
+        let owned = &mut self.owned_by_port[protocol_index(protocol)];
+        if owned.is_empty() {
+            *owned = vec![0; self.range.port_count() as usize];
+        }
+        owned[offset] += 1;
+        let at = match self.last {
+            Some((last, at)) if last == comm => at,
+            _ => {
+                let ports = &mut self.ports;
+                let at = *self.index.entry(comm).or_insert_with(|| {
+                    ports.push((comm, Default::default()));
+                    ports.len() - 1
+                });
+                self.last = Some((comm, at));
+                at
+            }
+        };
+        self.ports[at].1[protocol_index(protocol)].insert(port);
+    }
+
+    /// The owners of `inodes` that the records name.
+    fn owners_of(&self, inodes: &HashSet<u64>) -> SocketOwners {
+        let mut owners = SocketOwners::default();
+        for &inode in inodes {
+            let owner = match self.named.pid_by_inode.get(&inode) {
+                Some(&tgid) => self
+                    .named
+                    .comm_by_pid
+                    .get(&tgid)
+                    .map(|comm| (tgid, comm.clone())),
+                None => self
+                    .shared
+                    .get(&inode)
+                    .map(|&(tgid, comm, ..)| (tgid, comm_label(&comm))),
+            };
+            if let Some((tgid, comm)) = owner {
+                owners.pid_by_inode.insert(inode, tgid);
+                owners.comm_by_pid.entry(tgid).or_insert(comm);
+            }
+        }
+        owners
+    }
+}
+
+/// The label of a `comm` as a BPF record carries it.
+fn comm_label(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&byte| byte == 0).unwrap_or(16);
+    process_label(String::from_utf8_lossy(&comm[..end]).into_owned())
 }
 
 /// What the sockets of one protocol have added up to so far.
@@ -291,10 +404,8 @@ struct ProtocolTally {
     /// Sockets on the kept port.
     kept: Vec<SocketRecord>,
     /// With `OwnerLookup::Records`: sockets a file holds on each port of
-    /// the range, then those owner records found (index from the range's
-    /// start); sized at the first one.
+    /// the range (index from the range's start); sized at the first one.
     held_by_port: Vec<u32>,
-    owned_by_port: Vec<u32>,
 }
 
 /// A socket on an ephemeral port that a file holds, waiting for its owner.
@@ -316,6 +427,7 @@ impl Aggregator {
         limits: Limits,
     ) -> Aggregator {
         Aggregator {
+            records: OwnerRecords::new(range, reserved.clone(), &limits),
             range,
             reserved,
             time_wait_reuse,
@@ -323,7 +435,6 @@ impl Aggregator {
             keep_port: None,
             tallies: Default::default(),
             lookup: OwnerLookup::ByInode,
-            records: OwnerTally::default(),
             nat: None,
             nat_shown: None,
         }
@@ -342,75 +453,23 @@ impl Aggregator {
         self.lookup = lookup;
     }
 
-    /// Takes the record of one socket a process holds, after every socket
-    /// was added (`OwnerLookup::Records`); records of sockets outside this
-    /// namespace are for the caller to leave out.
+    /// Takes the record of one socket a process holds
+    /// (`OwnerLookup::Records`); records of sockets outside this namespace
+    /// are for the caller to leave out.
     pub fn add_owner(&mut self, owned: &OwnedSocket) {
-        // Records carry inodes only where a socket must be told apart.
-        let inode = (owned.inode != 0 && owned.inode != INODE_NOT_READ).then_some(owned.inode);
-        if self.records.wanted.is_none() {
-            self.records.wanted = Some(self.wanted_owners().into_iter().collect());
-        }
-        if inode.is_some_and(|inode| {
-            self.records
-                .wanted
-                .as_ref()
-                .is_some_and(|wanted| wanted.contains(&inode))
-                && !self.records.named.pid_by_inode.contains_key(&inode)
-        }) {
-            self.records
-                .named
-                .pid_by_inode
-                .insert(owned.inode, owned.tgid);
-            self.records
-                .named
-                .comm_by_pid
-                .entry(owned.tgid)
-                .or_insert_with(|| process_label(owned.comm()));
-        }
-        if self.lookup != OwnerLookup::Records
-            || self.limits.processes_top == 0
-            || !self.is_ephemeral(owned.port)
-        {
-            return;
-        }
-        if let (true, Some(inode)) = (owned.shared, inode) {
-            let entry = (owned.tgid, owned.comm, owned.protocol, owned.port);
-            self.records
-                .shared
-                .entry(inode)
-                .and_modify(|kept| {
-                    if entry.0 < kept.0 {
-                        *kept = entry;
-                    }
-                })
-                .or_insert(entry);
-            return;
-        }
-        self.count_owned(owned.comm, owned.protocol, owned.port);
+        self.records.add(owned);
     }
 
-    /// Counts one socket, on an ephemeral port, that a process holds.
-    fn count_owned(&mut self, comm: [u8; 16], protocol: Protocol, port: u16) {
-        let offset = usize::from(port - self.range.start);
-        let tally = &mut self.tallies[protocol_index(protocol)];
-        if tally.owned_by_port.is_empty() {
-            tally.owned_by_port = vec![0; self.range.port_count() as usize];
-        }
-        tally.owned_by_port[offset] += 1;
-        let records = &mut self.records;
-        let at = match records.last {
-            Some((last, at)) if last == comm => at,
-            _ => {
-                let at = *records.index.entry(comm).or_insert_with(|| {
-                    records.ports.push((comm, Default::default()));
-                    records.ports.len() - 1
-                });
-                records.last = Some((comm, at));
-                at
-            }
-        };
-        records.ports[at].1[protocol_index(protocol)].insert(port);
+    /// Empty owner records for this namespace, to be filled apart from the
+    /// aggregator (on another thread, while it takes the sockets) and
+    /// handed back with `take_owner_records`.
+    pub fn owner_records(&self) -> OwnerRecords {
+        OwnerRecords::new(self.range, self.reserved.clone(), &self.limits)
+    }
+
+    /// Takes the owner records filled apart, in place of any added here.
+    pub fn take_owner_records(&mut self, records: OwnerRecords) {
+        self.records = records;
     }
 
     /// The processes holding the most ports, then those holding the most
@@ -420,12 +479,9 @@ impl Aggregator {
         bind_first_ports: &PortSet,
     ) -> (Vec<ProcessUsage>, Vec<ProcessUsage>) {
         for (_, (_, comm, protocol, port)) in std::mem::take(&mut self.records.shared) {
-            self.count_owned(comm, protocol, port);
+            self.records.count_owned(comm, protocol, port);
         }
-        let label = |comm: &[u8; 16]| {
-            let end = comm.iter().position(|&byte| byte == 0).unwrap_or(16);
-            process_label(String::from_utf8_lossy(&comm[..end]).into_owned())
-        };
+        let label = comm_label;
         let none = PortSet::new();
         let mut usages: Vec<ProcessUsage> = self
             .records
@@ -439,7 +495,7 @@ impl Aggregator {
         let range = self.range;
         let mut unheld = 0;
         let mut unknown = 0;
-        for tally in &self.tallies {
+        for (tally, owned_by_port) in self.tallies.iter().zip(&self.records.owned_by_port) {
             unheld += tally.unheld.len();
             // A port where more sockets are held than owners were found has
             // a socket whose owner is not known.
@@ -448,7 +504,7 @@ impl Aggregator {
                 .iter()
                 .enumerate()
                 .filter(|&(offset, &held)| {
-                    held > tally.owned_by_port.get(offset).copied().unwrap_or(0)
+                    held > owned_by_port.get(offset).copied().unwrap_or(0)
                         && range.contains(range.start + offset as u16)
                 })
                 .count() as u32;
@@ -530,8 +586,15 @@ impl Aggregator {
 
     /// The owners of the listeners and kept sockets that owner records
     /// named (`OwnerLookup::Records`).
-    pub fn named_owners(&self) -> &SocketOwners {
-        &self.records.named
+    pub fn named_owners(&self) -> SocketOwners {
+        let wanted: HashSet<u64> = self
+            .tallies
+            .iter()
+            .flat_map(|tally| tally.listeners.iter().chain(&tally.kept))
+            .map(|socket| socket.inode)
+            .filter(|&inode| inode != 0)
+            .collect();
+        self.records.owners_of(&wanted)
     }
 
     /// The sockets on the kept port, TCP first.
@@ -582,7 +645,7 @@ impl Aggregator {
             }
         });
 
-        let named = std::mem::take(&mut self.records.named);
+        let named = self.named_owners();
         let mut groups = ListenerGroups::default();
         for tally in &self.tallies {
             for socket in &tally.listeners {
