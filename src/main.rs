@@ -12,9 +12,7 @@ use tokio::sync::watch;
 use portstat_exporter::cli::{Cli, Command};
 use portstat_exporter::inspect;
 use portstat_exporter::render::Renderer;
-use portstat_exporter::sampler::{
-    Exposition, NamespaceScope, Sampler, own_namespace_inode, read_namespace, resolve_owners,
-};
+use portstat_exporter::sampler::{Exposition, NamespaceScope, Sampler, read_own_namespace_at_once};
 use portstat_exporter::serve::{self, ServeConfig};
 use portstat_exporter::webconfig::WebConfig;
 
@@ -156,15 +154,13 @@ fn sample_once(sampler: &mut Sampler) -> ExitCode {
 fn inspect(cli: &Cli, port: Option<u16>, json: bool) -> ExitCode {
     let mut reader = cli.namespace_reader(false);
     let limits = cli.limits();
-    let read = match read_namespace(&mut reader, &limits, port) {
+    let (read, mut owners) = match read_own_namespace_at_once(&mut reader, &limits, port) {
         Ok(read) => read,
         Err(error) => {
             eprintln!("portstat_exporter: {error}");
             return ExitCode::from(1);
         }
     };
-    let mut read = read;
-    let mut owners = resolve_owners(&mut reader, &mut [(own_namespace_inode(), &mut read)]);
     // With BPF, the owners of the kept sockets are named by the aggregator.
     let named = read.aggregator.named_owners();
     owners.pid_by_inode.extend(&named.pid_by_inode);

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::aggregate::{Aggregator, Limits, Snapshot};
-use crate::model::{OwnerLookup, SocketOwners};
+use crate::model::{OwnerLookup, PortRange, SocketOwners};
 use crate::page::landing_page;
 use crate::render::Renderer;
 use crate::source::{NamespaceReader, ReadReport, SourceError, namespaces};
@@ -194,6 +194,10 @@ impl Sampler {
 
     /// Samples the namespace the exporter runs in.
     fn sample_own(&mut self) -> Result<Vec<Snapshot>, SourceError> {
+        if !self.serving {
+            let (read, owners) = read_own_namespace_at_once(&mut self.reader, &self.limits, None)?;
+            return Ok(vec![read.finish(&owners)]);
+        }
         let mut read = read_namespace(&mut self.reader, &self.limits, None)?;
         let own = own_namespace_inode();
         let owners = resolve_owners(&mut self.reader, &mut [(own, &mut read)]);
@@ -416,12 +420,61 @@ pub fn resolve_owners(
 
 /// Reads the namespace the calling thread is in: its settings, then its
 /// sockets, streamed into an `Aggregator` with `limits`. With `keep_port`,
-/// the sockets on that port are kept whole too (`inspect PORT`).
+/// the sockets on that port are kept whole too (`inspect PORT`). Owners are
+/// found afterwards, with `resolve_owners`.
 pub fn read_namespace(
     reader: &mut NamespaceReader,
     limits: &Limits,
     keep_port: Option<u16>,
 ) -> Result<NamespaceRead, SourceError> {
+    let (range, mut aggregator, lookup) = start_namespace(reader, limits, keep_port)?;
+    let report = reader.read_sockets(range, keep_port, &mut aggregator)?;
+    Ok(end_namespace(reader, aggregator, report, lookup))
+}
+
+/// `read_namespace` and `resolve_owners` for the exporter's own namespace,
+/// for one-shot commands (`--once`, `inspect`): where owners come from BPF
+/// records, their pass over the host's processes runs beside the socket
+/// pass, on a second thread, so that the command takes about as long as the
+/// longer of the two. The daemon reads them one after the other, leaving
+/// the second core to the server.
+pub fn read_own_namespace_at_once(
+    reader: &mut NamespaceReader,
+    limits: &Limits,
+    keep_port: Option<u16>,
+) -> Result<(NamespaceRead, SocketOwners), SourceError> {
+    let (range, mut aggregator, lookup) = start_namespace(reader, limits, keep_port)?;
+    if lookup != OwnerLookup::Records {
+        let report = reader.read_sockets(range, keep_port, &mut aggregator)?;
+        let mut read = end_namespace(reader, aggregator, report, lookup);
+        let owners = resolve_owners(reader, &mut [(own_namespace_inode(), &mut read)]);
+        return Ok((read, owners));
+    }
+    let mut records = aggregator.owner_records();
+    let own = own_namespace_inode();
+    let report = reader.read_sockets_beside_owner_records(
+        range,
+        keep_port,
+        &mut aggregator,
+        &mut |owned| {
+            if Some(u64::from(owned.netns)) == own {
+                records.add(owned);
+            }
+        },
+    )?;
+    aggregator.take_owner_records(records);
+    Ok((
+        end_namespace(reader, aggregator, report, lookup),
+        SocketOwners::default(),
+    ))
+}
+
+/// Reads the settings and makes the aggregator of a namespace read.
+fn start_namespace(
+    reader: &mut NamespaceReader,
+    limits: &Limits,
+    keep_port: Option<u16>,
+) -> Result<(PortRange, Aggregator, OwnerLookup), SourceError> {
     let settings = reader.read_settings()?;
     let lookup = reader.owner_lookup();
     let mut aggregator = Aggregator::new(
@@ -434,15 +487,24 @@ pub fn read_namespace(
     if let Some(port) = keep_port {
         aggregator.keep_sockets_on(port);
     }
-    let report = reader.read_sockets(settings.range, keep_port, &mut aggregator)?;
+    Ok((settings.range, aggregator, lookup))
+}
+
+/// Adds source NAT to a namespace whose sockets were read.
+fn end_namespace(
+    reader: &mut NamespaceReader,
+    mut aggregator: Aggregator,
+    report: ReadReport,
+    lookup: OwnerLookup,
+) -> NamespaceRead {
     if let Some(counters) = reader.read_nat(&mut aggregator) {
         aggregator.show_nat(counters);
     }
-    Ok(NamespaceRead {
+    NamespaceRead {
         aggregator,
         report,
         lookup,
-    })
+    }
 }
 
 /// behind it. Both calls act on this thread only.

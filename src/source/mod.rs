@@ -273,6 +273,43 @@ impl NamespaceReader {
         })
     }
 
+    /// `read_sockets`, with the owner records of `read_owner_records` read
+    /// at the same time, on a second thread that hands them to `take`: the
+    /// two passes are independent walks of the kernel (its socket tables,
+    /// and every process's open files), so the wall time is the longer of
+    /// the two rather than their sum. For one-shot commands, whose user
+    /// waits for them; the CPU spent is the same. Without owner records
+    /// (`OwnerLookup::Records`), only the sockets are read.
+    pub fn read_sockets_beside_owner_records(
+        &mut self,
+        range: PortRange,
+        keep_port: Option<u16>,
+        sink: &mut dyn SocketSink,
+        take: &mut (dyn FnMut(&OwnedSocket) + Send),
+    ) -> Result<ReadReport, SourceError> {
+        let Some(Ok(mut owners)) = self.bpf_owners.take() else {
+            return self.read_sockets(range, keep_port, sink);
+        };
+        let (report, owned) = std::thread::scope(|scope| {
+            let pass = scope.spawn(|| {
+                let result = owners.read(keep_port, take);
+                (owners, result)
+            });
+            let report = self.read_sockets(range, keep_port, sink);
+            match pass.join() {
+                Ok((owners, result)) => {
+                    self.bpf_owners = Some(Ok(owners));
+                    (report, result)
+                }
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        });
+        if let Err(error) = owned {
+            tracing::warn!(err = %error, "reading socket owners failed; they show as unknown");
+        }
+        report
+    }
+
     /// Reads the namespace's settings and every socket whole, into memory:
     /// for tests and fixtures. Owners are left empty for `resolve_owners`.
     pub fn read(&mut self) -> Result<NamespaceSample, SourceError> {
