@@ -15,7 +15,9 @@
 //! - the exporter's default source (BPF where it loads) as a daemon sampling
 //!   every second, without and with owners: CPU of its sampler thread per
 //!   sample, the sample's wall time, and its peak RSS (VmHWM);
-//! - `--once` without and with owners: wall time, the median of `--runs`;
+//! - `--once` without and with owners: wall time and CPU, the medians of
+//!   `--runs` (one-shot commands read owners beside the sockets, on a
+//!   second thread, so their wall time is not their CPU);
 //! - scrapes under `wrk` at 1 and 32 concurrent scrapers while the daemon
 //!   samples every second with owners: latency p50 and p99;
 //! - the ratios the targets are stated in.
@@ -107,15 +109,19 @@ fn measure_size(sockets: usize, runs: usize) {
     );
 
     let exporter = support::EXPORTER;
+    // Wall time and CPU: one-shot commands read owners beside the sockets
+    // on a second thread, so the two differ.
     let once = |processes: &str| {
         let flag = format!("--collector.processes={processes}");
-        let mut walls: Vec<f64> = (0..runs)
-            .map(|_| run(&netns, exporter, &["--once", &flag], None).wall)
+        let runs: Vec<Run> = (0..runs)
+            .map(|_| run(&netns, exporter, &["--once", &flag], None))
             .collect();
-        median(&mut walls)
+        let mut walls: Vec<f64> = runs.iter().map(|run| run.wall).collect();
+        let mut cpus: Vec<f64> = runs.iter().map(|run| run.cpu).collect();
+        (median(&mut walls), median(&mut cpus))
     };
-    let once_without = once("false");
-    let once_with = once("true");
+    let (once_without, once_cpu_without) = once("false");
+    let (once_with, once_cpu_with) = once("true");
 
     let without = daemon(&netns, "false", false);
     let with = daemon(&netns, "true", true);
@@ -123,13 +129,17 @@ fn measure_size(sockets: usize, runs: usize) {
         "exporter, default source ({}), sampling every second:",
         with.source
     );
-    println!("  owners  CPU/sample  sample wall  --once wall  peak RSS");
-    for (label, figures, once) in [("off", &without, once_without), ("on", &with, once_with)] {
+    println!("  owners  CPU/sample  sample wall  --once wall  --once CPU  peak RSS");
+    for (label, figures, once, once_cpu) in [
+        ("off", &without, once_without, once_cpu_without),
+        ("on", &with, once_with, once_cpu_with),
+    ] {
         println!(
-            "  {label:<6} {:>8.1} ms  {:>8.1} ms  {:>8.1} ms  {:>5.1} MiB",
+            "  {label:<6} {:>8.1} ms  {:>8.1} ms  {:>8.1} ms  {:>7.1} ms  {:>5.1} MiB",
             figures.cpu_per_sample * 1e3,
             figures.sample_wall * 1e3,
             once * 1e3,
+            once_cpu * 1e3,
             figures.peak_rss_mib
         );
     }
@@ -138,10 +148,11 @@ fn measure_size(sockets: usize, runs: usize) {
     }
     println!(
         "ratios: sample CPU without owners / ss -tan {:.2}; with owners / ss -tan {:.2}; \
-         --once with owners / without {:.2}",
+         --once with owners / without {:.2} (its CPU {:.2})",
         without.cpu_per_sample / ss_tan,
         with.cpu_per_sample / ss_tan,
-        once_with / once_without
+        once_with / once_without,
+        once_cpu_with / once_cpu_without
     );
     common::end_helpers(helpers);
 }
