@@ -111,6 +111,9 @@ pub struct NamespaceReader {
     nat_seen: HashSet<u64>,
     /// Whether it was logged that conntrack cannot be read.
     conntrack_unavailable_logged: bool,
+    /// Whether the last conntrack dump failed (logged when failing starts
+    /// and when it stops, not at every sample).
+    conntrack_failing: bool,
 }
 
 impl NamespaceReader {
@@ -151,6 +154,7 @@ impl NamespaceReader {
             conntrack: None,
             nat_seen: HashSet::new(),
             conntrack_unavailable_logged: false,
+            conntrack_failing: false,
         }
     }
 
@@ -182,7 +186,10 @@ impl NamespaceReader {
         };
         if let Err(error) = result {
             if !error.is_unavailable() {
-                tracing::warn!(err = %error, "reading conntrack failed; no NAT figures this sample");
+                if !self.conntrack_failing {
+                    tracing::warn!(err = %error, "reading conntrack failed; no NAT figures until it works again");
+                }
+                self.conntrack_failing = true;
             } else if !self.conntrack_unavailable_logged {
                 self.conntrack_unavailable_logged = true;
                 tracing::info!(
@@ -191,6 +198,9 @@ impl NamespaceReader {
                 );
             }
             return None;
+        }
+        if std::mem::take(&mut self.conntrack_failing) {
+            tracing::info!("reading conntrack works again");
         }
         let namespace = namespaces::thread_namespace_inode(&self.procfs_root).unwrap_or(0);
         if counting.added > 0 {
