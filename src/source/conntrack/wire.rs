@@ -340,7 +340,9 @@ fn be_u32(value: &[u8], what: &str) -> Result<u32, ConntrackError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::netlink::wire::{HEADER_LENGTH, read_u32};
+    use crate::source::netlink::wire::{
+        HEADER_LENGTH, pseudo_random_datagrams, read_u32, recorded_datagrams,
+    };
 
     /// `NLMSG_ERROR`, `NLMSG_DONE` and `NLM_F_DUMP_INTR`.
     const NLMSG_ERROR: u16 = 2;
@@ -630,38 +632,14 @@ mod tests {
         }
         let portless = message(CT_NEW, 2, &payload);
         assert!(parse_datagram(&portless, 7, &mut false, &mut |_| {}).is_err());
-        // Random bytes.
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        for _ in 0..2000 {
-            let bytes: Vec<u8> = (0..(state % 300) as usize)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
-                .collect();
+        // Pseudo-random bytes.
+        for bytes in pseudo_random_datagrams() {
             let _ = parse_datagram(&bytes, 7, &mut false, &mut |_| {});
         }
     }
 
-    /// The datagrams of a dump recorded from a real kernel (see
-    /// `fixtures/README.md`), each after its length as a little-endian u32.
     fn recorded(name: &str) -> Vec<Vec<u8>> {
-        let path = format!(
-            "{}/src/source/conntrack/fixtures/{name}.bin",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let bytes = std::fs::read(&path).unwrap();
-        let mut datagrams = Vec::new();
-        let mut rest = bytes.as_slice();
-        while !rest.is_empty() {
-            let (length, after) = rest.split_at(4);
-            let length = u32::from_le_bytes(length.try_into().unwrap()) as usize;
-            datagrams.push(after[..length].to_vec());
-            rest = &after[length..];
-        }
-        datagrams
+        recorded_datagrams("src/source/conntrack/fixtures", name)
     }
 
     fn described(entries: &[NatEntry]) -> Vec<String> {

@@ -527,6 +527,42 @@ pub fn read_i32(bytes: &[u8], offset: usize) -> i32 {
     read_u32(bytes, offset) as i32
 }
 
+/// The datagrams of a dump recorded from a real kernel, `folder/name.bin`
+/// below the crate (see the folder's `README.md`): each after its length
+/// as a little-endian u32.
+#[cfg(test)]
+pub fn recorded_datagrams(folder: &str, name: &str) -> Vec<Vec<u8>> {
+    let path = format!("{}/{folder}/{name}.bin", env!("CARGO_MANIFEST_DIR"));
+    let bytes = std::fs::read(&path).unwrap();
+    let mut datagrams = Vec::new();
+    let mut rest = bytes.as_slice();
+    while !rest.is_empty() {
+        let (length, after) = rest.split_at(4);
+        let length = u32::from_le_bytes(length.try_into().unwrap()) as usize;
+        datagrams.push(after[..length].to_vec());
+        rest = &after[length..];
+    }
+    datagrams
+}
+
+/// 2,000 byte strings of up to 300 pseudo-random bytes (xorshift, fixed
+/// seed), for parsers that must never panic.
+#[cfg(test)]
+pub fn pseudo_random_datagrams() -> impl Iterator<Item = Vec<u8>> {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    (0..2000).map(move |_| {
+        let length = (state % 300) as usize;
+        (0..length)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -911,38 +947,13 @@ mod tests {
         let odd = v4_reply(1, 99, [1, 1, 1, 1], 40001, [2, 2, 2, 2], 1, 1);
         assert!(parse_datagram(&odd, 1, &tcp, &mut false, &mut Vec::new()).is_err());
         // Pseudo-random bytes never panic.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        for _ in 0..2000 {
-            let length = (state % 300) as usize;
-            let bytes: Vec<u8> = (0..length)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
-                .collect();
+        for bytes in pseudo_random_datagrams() {
             let _ = parse_datagram(&bytes, 1, &tcp, &mut false, &mut Vec::new());
         }
     }
 
-    /// The datagrams of a dump recorded from a real kernel (see
-    /// `fixtures/README.md`), each after its length as a little-endian u32.
     fn recorded(name: &str) -> Vec<Vec<u8>> {
-        let path = format!(
-            "{}/src/source/netlink/fixtures/{name}.bin",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let bytes = std::fs::read(&path).unwrap();
-        let mut datagrams = Vec::new();
-        let mut rest = bytes.as_slice();
-        while !rest.is_empty() {
-            let (length, after) = rest.split_at(4);
-            let length = u32::from_le_bytes(length.try_into().unwrap()) as usize;
-            datagrams.push(after[..length].to_vec());
-            rest = &after[length..];
-        }
-        datagrams
+        recorded_datagrams("src/source/netlink/fixtures", name)
     }
 
     /// Parses a recorded dump to its end: the sockets, as state, local and
