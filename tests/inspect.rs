@@ -38,25 +38,10 @@ fn populated() -> (Netns, impl Sized) {
     (netns, held)
 }
 
-fn run_inspect(netns: &Netns, args: &[&str]) -> String {
-    let output = netns
-        .command(support::EXPORTER)
-        .arg("inspect")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
 #[test]
 fn the_text_report_fits_80_columns_and_names_the_busiest() {
     let (netns, _held) = populated();
-    let report = run_inspect(&netns, &[]);
+    let report = netns.inspect(&[]);
     println!("{report}");
     for line in report.lines() {
         assert!(line.chars().count() <= 80, "too wide: {line:?}");
@@ -129,7 +114,7 @@ fn a_port_shows_who_holds_it_and_in_which_state() {
     // A connection the listener has not accepted: its server end is on the
     // listener's port, held by no process yet.
     let _waiting = netns.run(|| TcpStream::connect("127.0.0.1:40050").unwrap());
-    let report = run_inspect(&netns, &["40050"]);
+    let report = netns.inspect(&["40050"]);
     let section = report.split("Port 40050: ").nth(1).expect("a port section");
     assert!(section.starts_with("2 sockets\n"), "{section}");
     assert!(section.contains("tcp  listen"), "{section}");
@@ -145,7 +130,7 @@ fn a_port_shows_who_holds_it_and_in_which_state() {
     );
 
     // Without attribution no owner is known, and none is made up.
-    let report = run_inspect(&netns, &["40050", "--collector.processes=false"]);
+    let report = netns.inspect(&["40050", "--collector.processes=false"]);
     let section = report.split("Port 40050: ").nth(1).expect("a port section");
     for line in section.lines().skip(2) {
         assert!(line.ends_with("unknown"), "{line}");
@@ -156,7 +141,7 @@ fn a_port_shows_who_holds_it_and_in_which_state() {
 fn json_matches_the_metrics() {
     let (netns, _held) = populated();
     let json: serde_json::Value =
-        serde_json::from_str(&run_inspect(&netns, &["40050", "--json"])).unwrap();
+        serde_json::from_str(&netns.inspect(&["40050", "--json"])).unwrap();
     let metrics = netns.once_until(&[], |_| true);
     assert_eq!(json["capacity"], 90);
     assert_eq!(json["reserved"], 10);
@@ -209,7 +194,7 @@ fn inspect_fails_with_a_message_when_the_kernel_cannot_be_read() {
 fn control_characters_in_a_process_name_reach_the_terminal_escaped() {
     let netns = Netns::new((40000, 40099), "");
     let _named = support::NamedListener::start(&netns, b"\x1b]0;PWN\x07\x1b[31mX", 7002);
-    let report = run_inspect(&netns, &["7002"]);
+    let report = netns.inspect(&["7002"]);
     assert!(
         !report.chars().any(|c| c.is_control() && c != '\n'),
         "{report:?}"

@@ -296,20 +296,8 @@ fn inspect_and_the_landing_page_show_the_busiest_nat_pairs() {
     connect_all(&lab, &mut streams, 17);
     let _query = lab.send_udp();
     let inspect = |args: &[&str]| {
-        let output = lab
-            .router
-            .command(support::EXPORTER)
-            .arg("inspect")
-            .args(args)
-            .args(PORT_RANGE_FLAG)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
+        let args: Vec<&str> = args.iter().chain(&PORT_RANGE_FLAG).copied().collect();
+        lab.router.inspect(&args)
     };
     let text = inspect(&[]);
     assert!(

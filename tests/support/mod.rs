@@ -133,6 +133,23 @@ impl Netns {
             .expect("cannot run the exporter")
     }
 
+    /// Runs `portstat_exporter inspect` with `args` inside the namespace;
+    /// fails the test unless it succeeds. Returns its standard output.
+    pub fn inspect(&self, args: &[&str]) -> String {
+        let output = self
+            .command(EXPORTER)
+            .arg("inspect")
+            .args(args)
+            .output()
+            .expect("cannot run the exporter");
+        assert!(
+            output.status.success(),
+            "inspect failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("inspect writes UTF-8")
+    }
+
     /// Runs `--once` with `args` until `done` holds for its metrics, or 10 s
     /// have passed; returns the last metrics either way, for the caller to
     /// assert on.
