@@ -582,7 +582,8 @@ const CONNTRACK_COUNT: &str = "sys/net/netfilter/nf_conntrack_count";
 /// The most entries the table takes, below the procfs root.
 const CONNTRACK_MAX: &str = "sys/net/netfilter/nf_conntrack_max";
 
-/// Passes entries on to a sink, counting them.
+/// Passes entries on to a sink, counting them, and yielding the CPU every
+/// `SOCKETS_BETWEEN_YIELDS` entries, as the socket sources do.
 struct CountingNat<'a> {
     sink: &'a mut dyn NatSink,
     added: u64,
@@ -591,6 +592,9 @@ struct CountingNat<'a> {
 impl NatSink for CountingNat<'_> {
     fn add_nat(&mut self, entry: &crate::model::NatEntry) {
         self.added += 1;
+        if self.added.is_multiple_of(u64::from(SOCKETS_BETWEEN_YIELDS)) {
+            std::thread::yield_now();
+        }
         self.sink.add_nat(entry);
     }
 
