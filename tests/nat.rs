@@ -119,6 +119,41 @@ fn udp_nat_is_counted_apart_from_tcp() {
 }
 
 #[test]
+fn ipv6_masquerade_is_a_pair_of_its_own() {
+    let lab = NatLab::new(NAT_PORTS);
+    let mut streams = Vec::new();
+    connect_all(&lab, &mut streams, 2);
+    let ipv6: Vec<TcpStream> = (0..3)
+        .map(|n| {
+            lab.connect_v6()
+                .unwrap_or_else(|error| panic!("IPv6 connection {}: {error}", n + 1))
+        })
+        .collect();
+    let metrics = lab.router.once_until(&PORT_RANGE_FLAG, |metrics| {
+        metrics.get("portstat_nat_destinations{protocol=\"tcp\"}") == Some(2.0)
+    });
+    let output = lab
+        .router
+        .command("conntrack")
+        .args(["-L", "-f", "ipv6", "-p", "tcp", "--dport", "8080"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&output.stdout).lines().count();
+    assert_eq!(listed, 3, "conntrack -L -f ipv6");
+    assert_eq!(
+        metrics.value(&format!(
+            "portstat_nat_destination_ports_used{{protocol=\"tcp\",nat_address=\"{}\",remote_address=\"{}\",remote_port=\"8080\"}}",
+            NatLab::NAT_ADDRESS_V6,
+            NatLab::SERVER_V6
+        )),
+        3.0
+    );
+    assert_eq!(tcp_ports_used(&metrics), 2.0);
+    assert_eq!(tcp_ratio(&metrics), 0.15);
+    drop(ipv6);
+}
+
+#[test]
 fn a_mark_filter_keeps_only_the_marked_connections() {
     let lab = NatLab::new(NAT_PORTS);
     // Connections from 10.77.1.2 carry conntrack mark 0x10 (with other bits

@@ -710,9 +710,10 @@ impl NamedListener {
 }
 
 /// Three namespaces joined by two links: a client with 11 addresses
-/// (10.77.1.2 to .12) routed through a router (10.77.1.1, 10.77.2.1) that
-/// masquerades TCP and UDP leaving for the server (10.77.2.2) to its own
-/// address and the ports `nat_ports`, as a NAT gateway or a Kubernetes node
+/// (10.77.1.2 to .12, and fd77:1::2) routed through a router (10.77.1.1,
+/// 10.77.2.1; fd77:1::1, fd77:2::1) that masquerades TCP and UDP leaving for
+/// the server (10.77.2.2, fd77:2::2) to its own address and the ports
+/// `nat_ports`, over IPv4 and IPv6, as a NAT gateway or a Kubernetes node
 /// does. The server listens on TCP port 8080 and UDP port 53. Every
 /// namespace is deleted on drop, which takes the links with it.
 pub struct NatLab {
@@ -720,7 +721,7 @@ pub struct NatLab {
     pub router: Netns,
     pub server: Netns,
     /// The server's sockets, open as long as the lab.
-    _listeners: (socket2::Socket, std::net::UdpSocket),
+    _listeners: (socket2::Socket, socket2::Socket, std::net::UdpSocket),
 }
 
 impl NatLab {
@@ -728,6 +729,10 @@ impl NatLab {
     pub const NAT_ADDRESS: &'static str = "10.77.2.1";
     /// The server's address.
     pub const SERVER: &'static str = "10.77.2.2";
+    /// The router's IPv6 address toward the server.
+    pub const NAT_ADDRESS_V6: &'static str = "fd77:2::1";
+    /// The server's IPv6 address.
+    pub const SERVER_V6: &'static str = "fd77:2::2";
 
     /// The lab, masquerading to the ports `nat_ports` (`--to-ports`).
     pub fn new(nat_ports: (u16, u16)) -> NatLab {
@@ -735,121 +740,58 @@ impl NatLab {
         let client = Netns::new(range, "");
         let router = Netns::new(range, "");
         let server = Netns::new(range, "");
-        let ip = |args: &[&str]| run(Command::new("ip").args(args));
-        ip(&[
-            "link",
-            "add",
-            "nat-c0",
-            "netns",
-            client.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "nat-r0",
-            "netns",
-            router.name(),
-        ]);
-        ip(&[
-            "link",
-            "add",
-            "nat-r1",
-            "netns",
-            router.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "nat-s0",
-            "netns",
-            server.name(),
-        ]);
-        for (netns, link) in [
-            (&client, "nat-c0"),
-            (&router, "nat-r0"),
-            (&router, "nat-r1"),
-            (&server, "nat-s0"),
-        ] {
-            ip(&["-n", netns.name(), "link", "set", link, "up"]);
+        let (c, r, s) = (client.name(), router.name(), server.name());
+        let ip = |line: String| run(Command::new("ip").args(line.split_whitespace()));
+        ip(format!(
+            "link add nat-c0 netns {c} type veth peer name nat-r0 netns {r}"
+        ));
+        ip(format!(
+            "link add nat-r1 netns {r} type veth peer name nat-s0 netns {s}"
+        ));
+        for (netns, link) in [(c, "nat-c0"), (r, "nat-r0"), (r, "nat-r1"), (s, "nat-s0")] {
+            ip(format!("-n {netns} link set {link} up"));
         }
         for host in 2..=12 {
-            let address = format!("10.77.1.{host}/24");
-            ip(&[
-                "-n",
-                client.name(),
-                "addr",
-                "add",
-                &address,
-                "dev",
-                "nat-c0",
-            ]);
+            ip(format!("-n {c} addr add 10.77.1.{host}/24 dev nat-c0"));
         }
-        ip(&[
-            "-n",
-            router.name(),
-            "addr",
-            "add",
-            "10.77.1.1/24",
-            "dev",
-            "nat-r0",
-        ]);
-        ip(&[
-            "-n",
-            router.name(),
-            "addr",
-            "add",
-            "10.77.2.1/24",
-            "dev",
-            "nat-r1",
-        ]);
-        ip(&[
-            "-n",
-            server.name(),
-            "addr",
-            "add",
-            "10.77.2.2/24",
-            "dev",
-            "nat-s0",
-        ]);
-        ip(&[
-            "-n",
-            client.name(),
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.77.1.1",
-        ]);
-        ip(&[
-            "-n",
-            server.name(),
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.77.2.1",
-        ]);
+        // nodad: the addresses are usable at once, not after duplicate
+        // address detection.
+        for (netns, address, link) in [
+            (r, "10.77.1.1/24", "nat-r0"),
+            (r, "10.77.2.1/24", "nat-r1"),
+            (s, "10.77.2.2/24", "nat-s0"),
+            (c, "fd77:1::2/64 nodad", "nat-c0"),
+            (r, "fd77:1::1/64 nodad", "nat-r0"),
+            (r, "fd77:2::1/64 nodad", "nat-r1"),
+            (s, "fd77:2::2/64 nodad", "nat-s0"),
+        ] {
+            ip(format!("-n {netns} addr add {address} dev {link}"));
+        }
+        for (netns, gateway) in [
+            (c, "10.77.1.1"),
+            (s, "10.77.2.1"),
+            (c, "fd77:1::1"),
+            (s, "fd77:2::1"),
+        ] {
+            ip(format!("-n {netns} route add default via {gateway}"));
+        }
         router.write_sysctl("ip_forward", "1");
+        router
+            .run(|| std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1"))
+            .expect("cannot turn IPv6 forwarding on");
         let to_ports = format!("{}-{}", nat_ports.0, nat_ports.1);
-        for protocol in ["tcp", "udp"] {
-            run(router.command("iptables").args([
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-o",
-                "nat-r1",
-                "-p",
-                protocol,
-                "-j",
-                "MASQUERADE",
-                "--to-ports",
-                &to_ports,
-            ]));
+        for tables in ["iptables", "ip6tables"] {
+            for protocol in ["tcp", "udp"] {
+                let rule = format!(
+                    "-t nat -A POSTROUTING -o nat-r1 -p {protocol} -j MASQUERADE --to-ports {to_ports}"
+                );
+                run(router.command(tables).args(rule.split_whitespace()));
+            }
         }
         let listeners = server.run(|| {
             (
                 listening_socket("10.77.2.2:8080", false, 1024),
+                listening_socket("[fd77:2::2]:8080", false, 1024),
                 std::net::UdpSocket::bind("10.77.2.2:53").expect("bind UDP 53"),
             )
         });
@@ -859,6 +801,14 @@ impl NatLab {
             server,
             _listeners: listeners,
         }
+    }
+
+    /// A TCP connection over IPv6 from the client's fd77:1::2 to the
+    /// server's port 8080, given a second for its handshake.
+    pub fn connect_v6(&self) -> std::io::Result<TcpStream> {
+        let server: SocketAddr = format!("[{}]:8080", Self::SERVER_V6).parse().unwrap();
+        self.client
+            .run(move || TcpStream::connect_timeout(&server, Duration::from_secs(1)))
     }
 
     /// A TCP connection from the client's address `10.77.1.(2 + n % 11)` to
