@@ -357,9 +357,6 @@ struct SchedulingAttributes {
     period: u64,
 }
 
-/// Lowers the calling thread's scheduling priority, so that the scheduler
-/// runs the server before the sampler when both want a CPU: a sample of a
-/// busy host takes tens of milliseconds of CPU, and a scrape must not wait
 /// One namespace's sockets, taken into an `Aggregator` as they were read,
 /// waiting for their owners.
 pub struct NamespaceRead {
@@ -507,6 +504,9 @@ fn end_namespace(
     }
 }
 
+/// Lowers the calling thread's scheduling priority, so that the scheduler
+/// runs the server before the sampler when both want a CPU: a sample of a
+/// busy host takes tens of milliseconds of CPU, and a scrape must not wait
 /// behind it. Both calls act on this thread only.
 fn lower_thread_priority() {
     // SAFETY: gettid has no preconditions.
