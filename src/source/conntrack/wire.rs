@@ -12,7 +12,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::model::{NatEntry, Protocol};
 pub use crate::source::netlink::wire::Progress;
-use crate::source::netlink::wire::{DatagramError, align4, read_u16, walk_datagram};
+use crate::source::netlink::wire::{
+    DatagramError, align4, means_unavailable, read_u16, walk_datagram,
+};
 
 /// `NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET`: the dump request.
 const CT_GET: u16 = 1 << 8 | 1;
@@ -125,17 +127,7 @@ impl ConntrackError {
             }
             _ => None,
         };
-        matches!(
-            code,
-            Some(
-                libc::ENOENT
-                    | libc::EPROTONOSUPPORT
-                    | libc::EAFNOSUPPORT
-                    | libc::EOPNOTSUPP
-                    | libc::EPERM
-                    | libc::EACCES
-            )
-        )
+        means_unavailable(code)
     }
 }
 

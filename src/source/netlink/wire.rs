@@ -267,19 +267,26 @@ impl NetlinkError {
             }
             _ => None,
         };
-        matches!(
-            code,
-            Some(
-                libc::ENOENT
-                    | libc::EPROTONOSUPPORT
-                    | libc::EAFNOSUPPORT
-                    | libc::EOPNOTSUPP
-                    | libc::EPERM
-                    | libc::EACCES
-                    | libc::EINVAL
-            )
-        )
+        // sock_diag answers EINVAL to a request kind it does not know.
+        code == Some(libc::EINVAL) || means_unavailable(code)
     }
+}
+
+/// Whether a netlink error code means that the kernel cannot serve a kind
+/// of request at all (no such netlink family or subsystem, not permitted),
+/// as opposed to a passing failure.
+pub fn means_unavailable(code: Option<i32>) -> bool {
+    matches!(
+        code,
+        Some(
+            libc::ENOENT
+                | libc::EPROTONOSUPPORT
+                | libc::EAFNOSUPPORT
+                | libc::EOPNOTSUPP
+                | libc::EPERM
+                | libc::EACCES
+        )
+    )
 }
 
 /// Where a dump stands after one datagram.
