@@ -20,6 +20,12 @@ const HEADER_LENGTH: usize = 24;
 /// `struct btf_type`: name offset, info, size or type.
 const TYPE_LENGTH: usize = 12;
 
+/// A type's name without its CO-RE flavour, the `___` suffix a program
+/// gives a second declaration of one kernel type.
+fn essential_name(name: &str) -> &str {
+    name.split_once("___").map_or(name, |(essential, _)| essential)
+}
+
 /// The kinds, as `BTF_KIND_*` numbers them.
 mod kind {
     pub const INT: u32 = 1;
@@ -137,7 +143,9 @@ impl Btf {
     }
 
     /// The names of the structures, unions, enums and typedefs the blob
-    /// declares: for a program's BTF, what a loader relocates against.
+    /// declares: for a program's BTF, what a loader relocates against. A
+    /// CO-RE flavour (`inet_bind_bucket___owners`, the same type as an
+    /// older kernel lays it out) is named by its essential name.
     pub fn named_types(&self) -> Vec<String> {
         let mut names: Vec<String> = (1..=self.offsets.len() as u32)
             .filter_map(|id| {
@@ -147,7 +155,7 @@ impl Btf {
                     kind_of(info),
                     kind::STRUCT | kind::UNION | kind::ENUM | kind::ENUM64 | kind::TYPEDEF
                 )
-                .then(|| self.string(read_u32(record, 0)).to_string())
+                .then(|| essential_name(self.string(read_u32(record, 0))).to_string())
             })
             .filter(|name| !name.is_empty())
             .collect();
@@ -409,6 +417,13 @@ mod tests {
         assert_eq!(btf.named_types(), ["inner", "other", "outer"]);
         assert_eq!(btf.func_id("bpf_iter_tcp"), Some(7));
         assert_eq!(btf.func_id("bpf_iter_udp"), None);
+    }
+
+    #[test]
+    fn a_flavour_is_named_by_the_type_it_stands_for() {
+        assert_eq!(essential_name("inet_bind_bucket___owners"), "inet_bind_bucket");
+        assert_eq!(essential_name("inet_bind_bucket"), "inet_bind_bucket");
+        assert_eq!(essential_name("a___b___c"), "a");
     }
 
     #[test]

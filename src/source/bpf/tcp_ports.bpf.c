@@ -109,6 +109,12 @@ struct inet_bind_bucket {
 	struct hlist_head bhash2;
 } __attribute__((preserve_access_index));
 
+// The same bucket before Linux 6.8: its owners hang off it directly, linked
+// by their `skc_bind_node` as they are in the `bhash2` buckets since.
+struct inet_bind_bucket___owners {
+	struct hlist_head owners;
+} __attribute__((preserve_access_index));
+
 struct inet_bind2_bucket {
 	struct hlist_node bhash_node;
 	struct hlist_head owners;
@@ -199,6 +205,7 @@ struct record {
 // Index 0: the ephemeral range, first port in the low 16 bits, last port in
 // the high 16 bits. Index 1: SETTING_* flags. Index 2: a port whose sockets'
 // inodes are always read (0: none). Written by the loader before each pass.
+// Index 3: always 0, never written (see `walk_bind_hash`).
 #define SETTING_WALK_BIND_HASH 1
 // Read each socket's inode, which only finding its owner by inode needs:
 // two more cache misses a socket.
@@ -211,7 +218,7 @@ struct record {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 3);
+	__uint(max_entries, 4);
 	__type(key, __u32);
 	__type(value, __u32);
 } settings SEC(".maps");
@@ -240,6 +247,9 @@ struct walk {
 	__u64 second;
 	__u64 owner;
 	__u32 flags;
+	// Whether a bucket's owners hang off it (before Linux 6.8) rather
+	// than off its second-level buckets.
+	__u32 owners_in_bucket;
 	// Chains of the last read of several slots, from `pending_next` on
 	// not yet followed.
 	__u32 pending_next;
@@ -254,8 +264,8 @@ static __always_inline __u64 read_pointer(__u64 address)
 	return value;
 }
 
-// One owner of a second-level bucket: a bound socket, written out when it
-// is neither listening nor connected.
+// One owner of a bind bucket (of a second-level bucket since Linux 6.8): a
+// bound socket, written out when it is neither listening nor connected.
 static __always_inline void visit_owner(struct walk *walk)
 {
 	struct sock_common *common =
@@ -283,7 +293,8 @@ static __always_inline void visit_owner(struct walk *walk)
 		walk->flags |= TRAILER_RING_FULL;
 }
 
-// What the walk reads of a bind bucket.
+// What the walk reads of a bind bucket: `second` is the head of its
+// second-level buckets, or of its owners before Linux 6.8.
 struct bucket_fields {
 	__u64 net;
 	__u64 next;
@@ -302,12 +313,18 @@ static __always_inline int read_bucket(__u64 address, struct bucket_fields *buck
 {
 	__u32 net_at = bpf_core_field_offset(struct inet_bind_bucket, ib_net.net);
 	__u32 next_at = bpf_core_field_offset(struct inet_bind_bucket, node.next);
-	__u32 second_at = bpf_core_field_offset(struct inet_bind_bucket, bhash2.first);
+	__u32 second_at;
 	__u32 port_at = bpf_core_field_offset(struct inet_bind_bucket, port);
 	__u32 fastreuse_at = bpf_core_field_offset(struct inet_bind_bucket, fastreuse);
 	__u32 fastreuseport_at = bpf_core_field_offset(struct inet_bind_bucket, fastreuseport);
 	__u8 window[BUCKET_WINDOW];
 
+	// Each offset is relocated only on the kernels that have its field:
+	// elsewhere its branch is never taken.
+	if (bpf_core_field_exists(struct inet_bind_bucket___owners, owners))
+		second_at = bpf_core_field_offset(struct inet_bind_bucket___owners, owners.first);
+	else
+		second_at = bpf_core_field_offset(struct inet_bind_bucket, bhash2.first);
 	if (net_at > BUCKET_WINDOW - 8 || next_at > BUCKET_WINDOW - 8 ||
 	    second_at > BUCKET_WINDOW - 8 || port_at > BUCKET_WINDOW - 2 ||
 	    fastreuse_at > BUCKET_WINDOW - 1 || fastreuseport_at > BUCKET_WINDOW - 1) {
@@ -316,7 +333,11 @@ static __always_inline int read_bucket(__u64 address, struct bucket_fields *buck
 
 		bucket->net = (__u64)BPF_CORE_READ(tb, ib_net.net);
 		bucket->next = (__u64)BPF_CORE_READ(tb, node.next);
-		bucket->second = (__u64)BPF_CORE_READ(tb, bhash2.first);
+		if (bpf_core_field_exists(struct inet_bind_bucket___owners, owners))
+			bucket->second = (__u64)BPF_CORE_READ(
+				(struct inet_bind_bucket___owners *)tb, owners.first);
+		else
+			bucket->second = (__u64)BPF_CORE_READ(tb, bhash2.first);
 		bucket->port = BPF_CORE_READ(tb, port);
 		bucket->fastreuse = BPF_CORE_READ(tb, fastreuse);
 		bucket->fastreuseport = BPF_CORE_READ(tb, fastreuseport);
@@ -340,7 +361,9 @@ static long walk_step(__u32 index, struct walk *walk)
 		visit_owner(walk);
 		return 0;
 	}
-	if (walk->second) {
+	// Second-level buckets are followed only where buckets hang off the
+	// bucket (Linux 6.8 and later): elsewhere this is no step of the walk.
+	if (walk->second && bpf_core_field_exists(struct inet_bind2_bucket, bhash_node)) {
 		struct inet_bind2_bucket *second =
 			(void *)(walk->second -
 				 bpf_core_field_offset(struct inet_bind2_bucket, bhash_node));
@@ -362,8 +385,12 @@ static long walk_step(__u32 index, struct walk *walk)
 		// its port exclusive; connect() makes the rest.
 		if (bucket.net == walk->net && bucket.port >= (walk->range & 0xffff) &&
 		    bucket.port <= (walk->range >> 16) &&
-		    (bucket.fastreuse >= 0 || bucket.fastreuseport >= 0))
-			walk->second = bucket.second;
+		    (bucket.fastreuse >= 0 || bucket.fastreuseport >= 0)) {
+			if (walk->owners_in_bucket)
+				walk->owner = bucket.second;
+			else
+				walk->second = bucket.second;
+		}
 		return 0;
 	}
 	if (walk->pending_next < SLOTS_AT_ONCE) {
@@ -401,28 +428,48 @@ static long walk_step(__u32 index, struct walk *walk)
 
 // Walks the bind hash for bound-but-inactive sockets in the range, without
 // its locks, as the kernel's own RCU lookups of it do: a bucket that goes
-// away meanwhile is missed, and the walk is bounded. It needs the layout of
-// Linux 6.8 and later; elsewhere the trailer says it did not run.
+// away meanwhile is missed, and the walk is bounded. It reads both layouts,
+// owners off the bucket (Linux 6.1 to 6.7) and off its second-level buckets
+// (6.8 and later); it needs each namespace's `hashinfo` (6.1 and later), and
+// elsewhere the trailer says it did not run.
 static __always_inline __u32 walk_bind_hash(__u32 range)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct inet_hashinfo *hashinfo;
 	struct walk walk = {};
+	__u32 zero_key = 3;
 	struct net *net;
+	__u32 *zero;
 
-	if (!bpf_core_field_exists(struct inet_timewait_death_row, hashinfo) ||
-	    !bpf_core_field_exists(struct inet_bind_bucket, bhash2))
+	if (!bpf_core_field_exists(struct inet_timewait_death_row, hashinfo))
+		return 0;
+	if (bpf_core_field_exists(struct inet_bind_bucket___owners, owners))
+		walk.owners_in_bucket = 1;
+	else if (!bpf_core_field_exists(struct inet_bind_bucket, bhash2))
 		return 0;
 	// The iterator reads the namespace of the thread that reads it.
 	net = BPF_CORE_READ(task, nsproxy, net_ns);
 	hashinfo = BPF_CORE_READ(net, ipv4.tcp_death_row.hashinfo);
 	if (!hashinfo)
 		return 0;
+	// Before the verifier learnt to check a bpf_loop callback as called
+	// any number of times (it is not, in Debian's 6.1), it checks it once,
+	// from the state at the call, and removes as dead every branch that
+	// state does not take: with the walk starting from constants, all but
+	// the first step. The walk starts from a zero the verifier cannot know,
+	// read from the map, so that every branch is checked and kept.
+	zero = bpf_map_lookup_elem(&settings, &zero_key);
+	if (!zero)
+		return 0;
+	walk.owner = *zero;
+	walk.second = *zero;
+	walk.bucket = *zero;
+	walk.slot = *zero;
+	walk.pending_next = SLOTS_AT_ONCE + *zero;
 	walk.slots = (__u64)BPF_CORE_READ(hashinfo, bhash);
 	walk.slot_count = BPF_CORE_READ(hashinfo, bhash_size);
 	walk.slot_size = bpf_core_type_size(struct inet_bind_hashbucket);
 	walk.net = (__u64)net;
-	walk.pending_next = SLOTS_AT_ONCE;
 	walk.range = range;
 	bpf_loop(WALK_STEPS, walk_step, &walk, 0);
 	if (!(walk.flags & TRAILER_WALKED))
