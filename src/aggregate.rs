@@ -13,12 +13,16 @@ use crate::metrics::processes::{ProcessUsage, keep_top, top_processes};
 pub use crate::model::OwnerLookup;
 use crate::model::{
     ConntrackCounters, INODE_NOT_READ, NamespaceIdentity, NamespaceSample, NatEntry, NatSink,
-    OwnedSocket, PortBinding, PortList, PortRange, PortSet, Protocol, ReservedPorts, SocketOwners,
+    OwnedSocket, PortList, PortRange, PortSet, Protocol, ReadReport, ReservedPorts, SocketOwners,
     SocketRecord, SocketSink, SocketState, SourceKind, TcpState, TimeWaitReuse, UdpState,
     process_label,
 };
 
 pub use crate::model::{NO_PROCESS, UNKNOWN_PROCESS};
+pub use crate::rules::{Destination, ExclusiveReason};
+use crate::rules::{
+    connect_destination, exclusive_reason, inet_hash_connect_scan, tcp_twsk_unique,
+};
 
 /// Bounds on the families whose size follows the host, not the exporter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,14 +82,29 @@ pub struct Snapshot {
     pub destination_count: u64,
     /// The most ports any one destination uses, over all destinations.
     pub busiest_destination_ports: u32,
-    /// (Most ports any one destination uses + exclusive ports) / capacity:
-    /// 1 when `connect()` to that destination fails. 1 when the capacity is 0.
+    /// The fewest further `connect()` calls that surely get a port, for a
+    /// destination not yet connected to.
+    pub new_destination_headroom: u32,
+    /// The fewest further `connect()` calls that surely get a port, for the
+    /// destination that has fewest, over all destinations (a new one when
+    /// there is none).
+    pub min_destination_headroom: u32,
+    /// How many more `connect()` calls than each headroom says may still
+    /// get a port: 1 on a range whose scan leaves out the first or the last
+    /// port by a secret offset (`rules::ScanReach`), else 0.
+    pub headroom_slack: u32,
+    /// (capacity - the fewest headroom any destination has) / capacity: 1
+    /// when `connect()` to that destination fails, and on a range with
+    /// slack possibly one port before. 1 when the capacity is 0.
     pub destination_max_used_ratio: f64,
     /// Processes holding the most ports, at most `Limits::processes_top`,
     /// most first.
     pub processes: Vec<ProcessUsage>,
     /// Where the TCP sockets, then the UDP sockets, were read from.
     pub sources: [SourceKind; 2],
+    /// Whether every TCP socket bound and neither listening nor connected
+    /// was seen: found by the source, or none can exist (`census`).
+    pub bound_inactive_seen: bool,
     /// How the owners of sockets were found.
     pub owner_lookup: OwnerLookup,
     /// The namespace, when several are sampled; `None` labels nothing.
@@ -95,50 +114,13 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The ports `connect()` can still give a destination that uses `used`:
-    /// the capacity less the exclusive ports and its own.
-    pub fn headroom(&self, used: u32) -> u32 {
-        self.capacity
-            .saturating_sub(self.exclusive.total())
-            .saturating_sub(used)
-    }
-
-    /// Whether the TCP source sees which ports were bound before
-    /// `connect()`. Without it those ports count as shared, so headroom is
-    /// an upper bound and the used ratios are lower bounds.
+    /// Whether headroom is exact (within `headroom_slack`): the TCP source
+    /// sees which ports were bound before `connect()`, and every socket
+    /// bound but idle was seen. Otherwise such ports count as shared or
+    /// free, so headroom is an upper bound and the used ratios are lower
+    /// bounds.
     pub fn headroom_exact(&self) -> bool {
-        self.sources[0].sees_bindings()
-    }
-}
-
-/// Why a port inside the range is exclusive: `connect()` skips it for every
-/// destination, because `bind()` made its bind bucket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExclusiveReason {
-    /// A TCP listener holds it.
-    Listener,
-    /// A TCP socket is bound to it and neither listens nor is connected.
-    Bound,
-    /// TCP sockets bound before they connected hold it, connected or in
-    /// TIME_WAIT; seen only by the BPF source.
-    BindBeforeConnect,
-}
-
-impl ExclusiveReason {
-    /// Every reason, in the order metrics list them.
-    pub const ALL: [ExclusiveReason; 3] = [
-        ExclusiveReason::Listener,
-        ExclusiveReason::Bound,
-        ExclusiveReason::BindBeforeConnect,
-    ];
-
-    /// The `reason` label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            ExclusiveReason::Listener => "listener",
-            ExclusiveReason::Bound => "bound",
-            ExclusiveReason::BindBeforeConnect => "bind_before_connect",
-        }
+        self.sources[0].sees_bindings() && self.bound_inactive_seen
     }
 }
 
@@ -162,18 +144,6 @@ impl ExclusivePorts {
     }
 }
 
-/// Where outgoing TCP connections go, as the kernel tells them apart when it
-/// picks a local port: the local address, the remote address and port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Destination {
-    /// The local address connections leave from.
-    pub local_address: IpAddr,
-    /// The remote address.
-    pub remote_address: IpAddr,
-    /// The remote port.
-    pub remote_port: u16,
-}
-
 /// How many ports of the range connections to one destination use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DestinationUsage {
@@ -181,6 +151,9 @@ pub struct DestinationUsage {
     pub destination: Destination,
     /// Distinct unreserved local ports inside the range its sockets hold.
     pub ports_used: u32,
+    /// The fewest further `connect()` calls to it that surely get a port:
+    /// the free ports its scan reaches (`rules::ScanReach::connects`).
+    pub headroom: u32,
 }
 
 /// How much of the range one protocol uses.
@@ -212,7 +185,7 @@ pub fn aggregate(sample: &NamespaceSample, limits: &Limits) -> Snapshot {
     for socket in &sample.sockets {
         aggregator.add(socket);
     }
-    aggregator.finish(&sample.owners, sample.sources, &sample.interfaces)
+    aggregator.finish(&sample.owners, &sample.report)
 }
 
 /// Computes the figures of one namespace from its sockets, taken one at a
@@ -604,12 +577,8 @@ impl Aggregator {
 
     /// Computes the figures, naming processes with `owners` and link-local
     /// interfaces with `interfaces`.
-    pub fn finish(
-        mut self,
-        owners: &SocketOwners,
-        sources: [SourceKind; 2],
-        interfaces: &BTreeMap<u32, String>,
-    ) -> Snapshot {
+    pub fn finish(mut self, owners: &SocketOwners, report: &ReadReport) -> Snapshot {
+        let (sources, interfaces) = (report.sources, &report.interfaces);
         let range = self.range;
         let reserved_in_range = self.reserved.count_in(range);
         let capacity = range.port_count() - reserved_in_range;
@@ -617,12 +586,15 @@ impl Aggregator {
             let tally = &self.tallies[protocol_index(protocol)];
             let sockets_by_state = match protocol {
                 Protocol::Tcp => {
-                    // procfs cannot see bound-but-inactive sockets: report the
-                    // state only where the source can, rather than a false 0.
-                    let sees_bound_inactive = matches!(
-                        sources[protocol_index(protocol)],
-                        SourceKind::Netlink | SourceKind::Bpf
-                    );
+                    // procfs cannot see bound-but-inactive sockets, nor
+                    // netlink before Linux 6.5 where some may exist: report
+                    // the state only where they were seen, rather than a
+                    // false 0.
+                    let sees_bound_inactive = report.bound_inactive_seen
+                        && matches!(
+                            sources[protocol_index(protocol)],
+                            SourceKind::Netlink | SourceKind::Bpf
+                        );
                     TcpState::ALL
                         .iter()
                         .copied()
@@ -684,14 +656,31 @@ impl Aggregator {
             .filter(|(offset, _)| !all_exclusive.contains(range.start + *offset as u16))
             .map(|(_, &count)| u64::from(count))
             .sum();
+        // connect() fills the free ports its scan reaches: those of the
+        // range, less the reserved, the exclusive and the destination's own;
+        // on a range of an odd length, maybe not an end port.
+        let scan = inet_hash_connect_scan(range);
+        let mut edges = PortSet::new();
+        for port in scan.edge_ports() {
+            if !self.reserved.contains(port) && !all_exclusive.contains(port) {
+                edges.insert(port);
+            }
+        }
+        let shared = capacity.saturating_sub(exclusive.total());
+        let headroom = |used: u32, used_edges: u32| {
+            scan.connects(shared.saturating_sub(used), edges.len() - used_edges)
+                .0
+        };
+        let new_destination_headroom = headroom(0, 0);
         let mut usage: Vec<DestinationUsage> = tcp
             .destinations
             .drain()
             .filter_map(|(destination, mut ports)| {
                 let ports_used = ports.count_without(&all_exclusive);
-                (ports_used > 0).then_some(DestinationUsage {
+                (ports_used > 0).then(|| DestinationUsage {
                     destination,
                     ports_used,
+                    headroom: headroom(ports_used, ports.count_within(&edges)),
                 })
             })
             .collect();
@@ -701,13 +690,19 @@ impl Aggregator {
             .map(|usage| usage.ports_used)
             .max()
             .unwrap_or(0);
+        let min_destination_headroom = usage
+            .iter()
+            .map(|usage| usage.headroom)
+            .min()
+            .unwrap_or(new_destination_headroom);
         usage.sort_by(|a, b| {
             b.ports_used
                 .cmp(&a.ports_used)
                 .then(a.destination.cmp(&b.destination))
         });
         usage.truncate(self.limits.destinations_top);
-        let destination_max_used_ratio = used_ratio(largest + exclusive.total(), capacity);
+        let destination_max_used_ratio =
+            used_ratio(capacity.saturating_sub(min_destination_headroom), capacity);
 
         let top = self.limits.processes_top;
         let (processes, bind_before_connect_processes) = if top == 0 {
@@ -755,9 +750,13 @@ impl Aggregator {
             destinations: usage,
             destination_count,
             busiest_destination_ports: largest,
+            new_destination_headroom,
+            min_destination_headroom,
+            headroom_slack: scan.slack(),
             destination_max_used_ratio,
             processes,
             sources,
+            bound_inactive_seen: report.bound_inactive_seen,
             owner_lookup: self.lookup,
             namespace: None,
             nat: self.nat_shown.map(|counters| {
@@ -793,7 +792,7 @@ impl SocketSink for Aggregator {
         let listener = is_listener(socket, &|port| self.is_ephemeral(port));
         let count_processes = self.limits.processes_top > 0;
         let keep = self.keep_port == Some(port);
-        let reusable = time_wait_reusable_now(socket, &self.time_wait_reuse);
+        let reusable = tcp_twsk_unique(socket, &self.time_wait_reuse);
         let range_start = self.range.start;
         let range_length = self.range.port_count() as usize;
         let tally = &mut self.tallies[protocol_index(protocol)];
@@ -859,67 +858,13 @@ impl SocketSink for Aggregator {
         }
         tally
             .destinations
-            .entry(Destination {
-                local_address: socket.local.ip(),
-                remote_address: socket.remote.ip(),
-                remote_port: socket.remote.port(),
-            })
+            .entry(connect_destination(socket))
             .or_default()
             .insert(port);
     }
 
     fn restart(&mut self, protocol: Protocol) {
         self.tallies[protocol_index(protocol)] = ProtocolTally::default();
-    }
-}
-
-/// Why a TCP socket makes its port exclusive, if it does: it listens, it is
-/// bound and idle, or `bind()` made its port's bucket before it connected.
-fn exclusive_reason(socket: &SocketRecord) -> Option<ExclusiveReason> {
-    match socket.state {
-        SocketState::Tcp(TcpState::Listen) => Some(ExclusiveReason::Listener),
-        SocketState::Tcp(TcpState::BoundInactive) => Some(ExclusiveReason::Bound),
-        SocketState::Tcp(_) if socket.binding == PortBinding::Bind => {
-            Some(ExclusiveReason::BindBeforeConnect)
-        }
-        _ => None,
-    }
-}
-
-/// The interface index of `lo`, which the kernel fixes at 1.
-const LOOPBACK_INTERFACE: i32 = 1;
-
-/// Whether `connect()` to the socket's destination may take over its
-/// 4-tuple now, as `tcp_twsk_unique` decides: reuse is on for it
-/// (`tcp_tw_reuse` 1, or 2 with a loopback address at either end or the
-/// socket bound to `lo`), the connection carried timestamps (assumed from
-/// `tcp_timestamps` where the source cannot tell), and it entered TIME_WAIT
-/// more than `tcp_tw_reuse_delay` ago.
-pub fn time_wait_reusable_now(socket: &SocketRecord, reuse: &TimeWaitReuse) -> bool {
-    let (SocketState::Tcp(TcpState::TimeWait), Some(time_wait)) = (socket.state, socket.time_wait)
-    else {
-        return false;
-    };
-    let allowed = match reuse.mode {
-        1 => true,
-        2 => {
-            is_loopback(socket.local.ip())
-                || is_loopback(socket.remote.ip())
-                || time_wait.bound_device == Some(LOOPBACK_INTERFACE)
-        }
-        _ => false,
-    };
-    allowed && time_wait.timestamps.unwrap_or(reuse.timestamps) && time_wait.age_ms > reuse.delay_ms
-}
-
-/// Loopback as `tcp_twsk_unique` sees it: 127.0.0.0/8, `::1`, and
-/// 127.0.0.0/8 mapped into IPv6.
-fn is_loopback(address: IpAddr) -> bool {
-    match address {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
     }
 }
 
@@ -957,7 +902,7 @@ fn protocol_index(protocol: Protocol) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{SocketOwners, TimeWait};
+    use crate::model::{PortBinding, SocketOwners, TimeWait};
     use crate::source::sysctl::parse_reserved_ports;
     use std::collections::BTreeMap;
 
@@ -1006,60 +951,8 @@ mod tests {
             sockets,
             owners: SocketOwners::default(),
             time_wait_reuse: TimeWaitReuse::default(),
-            sources: [SourceKind::Procfs; 2],
-            interfaces: Default::default(),
-            skipped: [false; 2],
-            shares_host_tcp_table: None,
+            report: ReadReport::complete([SourceKind::Procfs; 2]),
         }
-    }
-
-    #[test]
-    fn time_wait_reuse_follows_tcp_twsk_unique() {
-        let reuse = |mode, delay_ms, timestamps| TimeWaitReuse {
-            mode,
-            delay_ms,
-            timestamps,
-        };
-        let loopback = time_wait("127.0.0.1:40001", "127.0.0.1:8080", 1500, true, 0);
-        let remote = time_wait("10.0.0.1:40001", "10.0.0.9:80", 1500, true, 0);
-        let mapped = time_wait(
-            "[::ffff:127.0.0.1]:40001",
-            "[::ffff:10.0.0.9]:80",
-            1500,
-            true,
-            0,
-        );
-        let on_lo = time_wait("10.0.0.1:40001", "10.0.0.9:80", 1500, true, 1);
-        // Mode 0 never; 1 always; 2 for loopback at either end or bound to lo.
-        for socket in [&loopback, &remote, &mapped, &on_lo] {
-            assert!(!time_wait_reusable_now(socket, &reuse(0, 1000, true)));
-            assert!(time_wait_reusable_now(socket, &reuse(1, 1000, true)));
-        }
-        assert!(time_wait_reusable_now(&loopback, &reuse(2, 1000, true)));
-        assert!(time_wait_reusable_now(&mapped, &reuse(2, 1000, true)));
-        assert!(time_wait_reusable_now(&on_lo, &reuse(2, 1000, true)));
-        assert!(!time_wait_reusable_now(&remote, &reuse(2, 1000, true)));
-        // Only once older than the delay, strictly.
-        assert!(!time_wait_reusable_now(&loopback, &reuse(2, 1500, true)));
-        assert!(time_wait_reusable_now(&loopback, &reuse(2, 1499, true)));
-        // Without timestamps, never; the sysctl stands in where the source
-        // cannot tell.
-        let untimed = time_wait("127.0.0.1:40001", "127.0.0.1:8080", 1500, false, 0);
-        assert!(!time_wait_reusable_now(&untimed, &reuse(1, 1000, true)));
-        let mut unseen = loopback;
-        unseen.time_wait = Some(TimeWait {
-            timestamps: None,
-            bound_device: None,
-            ..unseen.time_wait.unwrap()
-        });
-        assert!(time_wait_reusable_now(&unseen, &reuse(2, 1000, true)));
-        assert!(!time_wait_reusable_now(&unseen, &reuse(2, 1000, false)));
-        // Other states, and TIME_WAIT with no detail, are never taken over.
-        let mut established = loopback;
-        established.state = SocketState::Tcp(TcpState::Established);
-        assert!(!time_wait_reusable_now(&established, &reuse(1, 0, true)));
-        let bare = tcp(TcpState::TimeWait, "127.0.0.1:40001", "127.0.0.1:8080", 0);
-        assert!(!time_wait_reusable_now(&bare, &reuse(1, 0, true)));
     }
 
     #[test]
@@ -1115,7 +1008,7 @@ mod tests {
         sockets.push(shared);
         let mut sample = sample(sockets, "");
         sample.time_wait_reuse.mode = 1;
-        sample.sources = [SourceKind::Bpf, SourceKind::Netlink];
+        sample.report.sources = [SourceKind::Bpf, SourceKind::Netlink];
         for (inode, pid) in [(1, 10), (2, 11), (4, 10)] {
             sample.owners.pid_by_inode.insert(inode, pid);
         }
@@ -1135,7 +1028,7 @@ mod tests {
         // Only the socket connect() placed counts for a destination, though
         // it shares port 40001 with a bound one: the port is exclusive.
         assert_eq!(snapshot.destination_count, 0);
-        assert_eq!(snapshot.headroom(0), 100 - 6);
+        assert_eq!(snapshot.new_destination_headroom, 100 - 6);
         assert!(snapshot.headroom_exact());
         let holders: Vec<(String, u32)> = snapshot
             .bind_before_connect_processes
@@ -1166,8 +1059,161 @@ mod tests {
             snapshot.exclusive.get(ExclusiveReason::BindBeforeConnect),
             0
         );
-        assert_eq!(snapshot.headroom(0), 100);
+        assert_eq!(snapshot.new_destination_headroom, 100);
         assert!(snapshot.bind_before_connect_processes.is_empty());
+    }
+
+    #[test]
+    fn unseen_bound_sockets_make_bpf_inexact_and_hide_their_state() {
+        let sockets = vec![tcp(
+            TcpState::Established,
+            "10.0.0.1:40001",
+            "10.0.0.9:80",
+            1,
+        )];
+        let mut seen = sample(sockets, "");
+        seen.report.sources = [SourceKind::Bpf, SourceKind::Netlink];
+        let snapshot = aggregate(&seen, &Limits::default());
+        assert!(snapshot.headroom_exact());
+        assert!(states(&snapshot.occupancy[0]).contains_key("bound_inactive"));
+        // Netlink before Linux 6.5 beside the program's walk that did not
+        // run: some socket may be bound unseen.
+        let mut unseen = seen;
+        unseen.report.bound_inactive_seen = false;
+        let snapshot = aggregate(&unseen, &Limits::default());
+        assert!(!snapshot.headroom_exact());
+        assert!(!states(&snapshot.occupancy[0]).contains_key("bound_inactive"));
+    }
+
+    #[test]
+    fn ipv4_mapped_connections_count_toward_the_ipv4_destination() {
+        let mut sockets: Vec<SocketRecord> = (40000..40030u16)
+            .map(|port| {
+                tcp(
+                    TcpState::Established,
+                    &format!("127.0.0.1:{port}"),
+                    "127.0.0.1:8080",
+                    u64::from(port),
+                )
+            })
+            .collect();
+        // Dual-stack sockets to the same peer, on other ports and on one
+        // port an IPv4 socket holds too (no conflict: not one 4-tuple).
+        sockets.extend((40029..40050u16).map(|port| {
+            tcp(
+                TcpState::Established,
+                &format!("[::ffff:127.0.0.1]:{port}"),
+                "[::ffff:127.0.0.1]:8080",
+                u64::from(port) + 100,
+            )
+        }));
+        // A TIME_WAIT of a dual-stack socket blocks its 4-tuple for IPv4 too.
+        sockets.push(tcp(
+            TcpState::TimeWait,
+            "[::ffff:127.0.0.1]:40050",
+            "[::ffff:127.0.0.1]:8080",
+            0,
+        ));
+        let snapshot = aggregate(&sample(sockets, ""), &Limits::default());
+        assert_eq!(snapshot.destination_count, 1);
+        let usage = &snapshot.destinations[0];
+        assert_eq!(
+            usage.destination.remote_address,
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            usage.destination.local_address,
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(usage.ports_used, 51);
+        assert_eq!(usage.headroom, 100 - 51);
+        assert_eq!(snapshot.destination_max_used_ratio, 51.0 / 100.0);
+        // Real IPv6 to the same port is a destination of its own.
+        let v6 = vec![tcp(TcpState::Established, "[::1]:40001", "[::1]:8080", 1)];
+        let snapshot = aggregate(&sample(v6, ""), &Limits::default());
+        assert!(
+            snapshot.destinations[0]
+                .destination
+                .remote_address
+                .is_ipv6()
+        );
+    }
+
+    fn sample_in(range: (u16, u16), sockets: Vec<SocketRecord>) -> NamespaceSample {
+        let mut sample = sample(sockets, "");
+        sample.range = PortRange {
+            start: range.0,
+            end: range.1,
+        };
+        sample
+    }
+
+    fn connected(ports: impl Iterator<Item = u16>) -> Vec<SocketRecord> {
+        ports
+            .map(|port| {
+                tcp(
+                    TcpState::Established,
+                    &format!("127.0.0.1:{port}"),
+                    "127.0.0.1:8080",
+                    u64::from(port),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn three_ports_scan_two_and_the_ratio_is_one_when_connect_fails() {
+        let empty = aggregate(&sample_in((40000, 40002), Vec::new()), &Limits::default());
+        assert_eq!(empty.capacity, 3);
+        assert_eq!(empty.new_destination_headroom, 2);
+        assert_eq!(empty.headroom_slack, 0);
+        // connect() got 40000 and 40001, then EADDRNOTAVAIL.
+        let full = aggregate(
+            &sample_in((40000, 40002), connected(40000..=40001)),
+            &Limits::default(),
+        );
+        assert_eq!(full.destinations[0].headroom, 0);
+        assert_eq!(full.min_destination_headroom, 0);
+        assert_eq!(full.destination_max_used_ratio, 1.0);
+        // A port the scan never reaches, held by a fixed bind(), costs no
+        // destination a connect().
+        let mut bound = tcp(TcpState::BoundInactive, "0.0.0.0:40002", "0.0.0.0:0", 9);
+        bound.binding = PortBinding::Bind;
+        let snapshot = aggregate(&sample_in((40000, 40002), vec![bound]), &Limits::default());
+        assert_eq!(snapshot.new_destination_headroom, 2);
+    }
+
+    #[test]
+    fn odd_ranges_give_the_safe_side_with_a_slack_of_one() {
+        let empty = aggregate(&sample_in((40000, 40004), Vec::new()), &Limits::default());
+        assert_eq!(empty.new_destination_headroom, 4);
+        assert_eq!(empty.headroom_slack, 1);
+        // Three middle ports used: both edges free, 1 or 2 connects left.
+        let middle = aggregate(
+            &sample_in((40000, 40004), connected(40001..=40003)),
+            &Limits::default(),
+        );
+        assert_eq!(middle.destinations[0].headroom, 1);
+        assert_eq!(middle.destination_max_used_ratio, 4.0 / 5.0);
+        // The first edge used too: the last one is reached or not.
+        let mut ports = connected(40000..=40003);
+        let one_left = aggregate(
+            &sample_in((40000, 40004), ports.clone()),
+            &Limits::default(),
+        );
+        assert_eq!(one_left.destinations[0].headroom, 0);
+        assert_eq!(one_left.destination_max_used_ratio, 1.0);
+        // Only the middle free: every scan reaches it.
+        ports.retain(|socket| socket.local.port() != 40002);
+        ports.extend(connected(40004..=40004));
+        let middle_free = aggregate(&sample_in((40000, 40004), ports), &Limits::default());
+        assert_eq!(middle_free.destinations[0].headroom, 1);
+        // An edge that is reserved or exclusive is no port to miss.
+        let mut sample = sample_in((40000, 40004), connected(40001..=40003));
+        sample.reserved = parse_reserved_ports("40000,40004").unwrap();
+        let reserved = aggregate(&sample, &Limits::default());
+        assert_eq!(reserved.new_destination_headroom, 3);
+        assert_eq!(reserved.destinations[0].headroom, 0);
     }
 
     fn states(occupancy: &ProtocolOccupancy) -> BTreeMap<&'static str, u64> {
@@ -1356,10 +1402,7 @@ mod tests {
             time_wait_reuse: TimeWaitReuse::default(),
             sockets,
             owners: SocketOwners::default(),
-            sources: [SourceKind::Procfs; 2],
-            interfaces: Default::default(),
-            skipped: [false; 2],
-            shares_host_tcp_table: None,
+            report: ReadReport::complete([SourceKind::Procfs; 2]),
         };
         let snapshot = aggregate(&sample, &Limits::default());
         assert_eq!(
@@ -1530,7 +1573,13 @@ mod tests {
         );
         assert_eq!(snapshot.destination_max_used_ratio, (40.0 + 2.0) / 99.0);
         assert_eq!(snapshot.busiest_destination_ports, 40);
-        assert_eq!(snapshot.headroom(40), 99 - 2 - 40);
+        assert_eq!(snapshot.min_destination_headroom, 99 - 2 - 40);
+        assert!(
+            snapshot
+                .destinations
+                .iter()
+                .all(|usage| usage.headroom == 99 - 2 - 40)
+        );
         // The top K is cut, the busiest figure is not.
         let one = aggregate(
             &sample(sockets_for_top_check(), "40099"),
@@ -1668,7 +1717,7 @@ mod tests {
         for record in &records {
             aggregator.add_owner(record);
         }
-        aggregator.finish(&SocketOwners::default(), sample.sources, &sample.interfaces)
+        aggregator.finish(&SocketOwners::default(), &sample.report)
     }
 
     #[test]
@@ -1693,7 +1742,7 @@ mod tests {
         sockets[7].binding = PortBinding::Bind;
         sockets[8].binding = PortBinding::Bind;
         let mut sample = sample(sockets, "");
-        sample.sources = [SourceKind::Bpf, SourceKind::Netlink];
+        sample.report.sources = [SourceKind::Bpf, SourceKind::Netlink];
         for (inode, pid) in [
             (1, 10),
             (2, 12),

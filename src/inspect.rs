@@ -170,7 +170,7 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
     let _ = writeln!(
         out,
         "A new destination can get {} ports{}",
-        snapshot.headroom(0),
+        snapshot.new_destination_headroom,
         if snapshot.headroom_exact() {
             ""
         } else {
@@ -209,7 +209,7 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
             "  {:<56}{:>6}{:>10}",
             fit(&name, 56),
             usage.ports_used,
-            snapshot.headroom(usage.ports_used)
+            usage.headroom
         );
     }
     let _ = writeln!(out);
@@ -378,7 +378,10 @@ pub fn json_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
         json.field_number(reason.label(), f64::from(snapshot.exclusive.get(reason)));
     }
     json.close('}');
-    json.field_number("new_destination_headroom", f64::from(snapshot.headroom(0)));
+    json.field_number(
+        "new_destination_headroom",
+        f64::from(snapshot.new_destination_headroom),
+    );
     json.field_bool("headroom_exact", snapshot.headroom_exact());
     json.field_number("time_wait_reusable", snapshot.time_wait_reusable as f64);
     json.field_number("destination_count", snapshot.destination_count as f64);
@@ -395,7 +398,7 @@ pub fn json_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
         json.field_string("remote_address", &destination.remote_address.to_string());
         json.field_number("remote_port", f64::from(destination.remote_port));
         json.field_number("used", f64::from(usage.ports_used));
-        json.field_number("headroom", f64::from(snapshot.headroom(usage.ports_used)));
+        json.field_number("headroom", f64::from(usage.headroom));
         json.close('}');
     }
     json.close(']');

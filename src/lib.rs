@@ -1,7 +1,8 @@
 //! portstat_exporter: how full the ephemeral port range is, who holds it, and
 //! what listens where, for Prometheus.
 //!
-//! One pipeline: `source` reads the kernel, `aggregate` computes the figures,
+//! One pipeline: `source` reads the kernel, `aggregate` computes the figures
+//! by the kernel's port rules of `rules`,
 //! `render` writes Prometheus text, one family module of `metrics` at a time
 //! (and `page` the landing page), `serve`
 //! answers scrapes with the last rendering. `sampler` runs the first three
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod model;
 pub mod page;
 pub mod render;
+pub mod rules;
 pub mod sampler;
 pub mod serve;
 pub mod source;

@@ -687,16 +687,42 @@ pub struct NamespaceSample {
     pub sockets: Vec<SocketRecord>,
     /// Owners of the sockets that could be resolved.
     pub owners: SocketOwners,
+    /// What the read found besides the sockets.
+    pub report: ReadReport,
+}
+
+/// What reading a namespace's sockets found besides the sockets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadReport {
     /// Where the TCP sockets, then the UDP sockets, were read from.
     pub sources: [SourceKind; 2],
-    /// The names of the interfaces link-local listeners are bound to, by
-    /// index, as the namespace named them when it was read.
-    pub interfaces: BTreeMap<u32, String>,
     /// For TCP, then UDP, whether the dump was skipped because the
     /// namespace's socket counts showed nothing to find.
     pub skipped: [bool; 2],
+    /// The names of the interfaces link-local sockets are bound to, by
+    /// index, as the namespace named them when it was read.
+    pub interfaces: BTreeMap<u32, String>,
     /// Whether the namespace shares the host's TCP hash table, so that a
     /// dump of it walks every sharing namespace's sockets; `None` where the
     /// kernel does not say (before Linux 6.1).
     pub shares_host_tcp_table: Option<bool>,
+    /// Whether every TCP socket bound and neither listening nor connected
+    /// was seen: the source found them (a complete walk of the bind hash,
+    /// or a netlink dump on a kernel that reports them), or the socket
+    /// counts show that none can exist.
+    pub bound_inactive_seen: bool,
+}
+
+impl ReadReport {
+    /// The report of a read from `sources` that skipped nothing and saw
+    /// every socket: for tests and fixtures.
+    pub fn complete(sources: [SourceKind; 2]) -> ReadReport {
+        ReadReport {
+            sources,
+            skipped: [false; 2],
+            interfaces: BTreeMap::new(),
+            shares_host_tcp_table: None,
+            bound_inactive_seen: true,
+        }
+    }
 }

@@ -143,7 +143,7 @@ pub fn landing_page(
         bar(snapshot.destination_max_used_ratio),
         snapshot.destination_max_used_ratio * 100.0,
         snapshot.exclusive.total(),
-        snapshot.headroom(0),
+        snapshot.new_destination_headroom,
         if snapshot.headroom_exact() {
             ""
         } else {
@@ -179,7 +179,7 @@ pub fn landing_page(
     for usage in &snapshot.destinations {
         let destination = usage.destination;
         let remote = std::net::SocketAddr::new(destination.remote_address, destination.remote_port);
-        let headroom = snapshot.headroom(usage.ports_used);
+        let headroom = usage.headroom;
         let _ = writeln!(
             page,
             "<tr><td>{}</td><td>{remote}</td><td class=\"num\">{}</td><td class=\"num\">{headroom}</td></tr>",

@@ -127,7 +127,7 @@ mod tests {
     use crate::aggregate::aggregate;
     use crate::metrics::nat::NatTable;
     use crate::model::Protocol;
-    use crate::model::{ConntrackCounters, NatEntry};
+    use crate::model::{ConntrackCounters, NatEntry, ReadReport};
     use crate::model::{
         ListenQueue, PortBinding, SourceKind, TcpState, TimeWait, TimeWaitReuse, UdpState,
     };
@@ -208,10 +208,7 @@ mod tests {
             time_wait_reuse: TimeWaitReuse::default(),
             // TCP over BPF (bindings, accept queues, bound_inactive), UDP
             // over procfs.
-            sources: [SourceKind::Bpf, SourceKind::Procfs],
-            interfaces: Default::default(),
-            skipped: [false; 2],
-            shares_host_tcp_table: None,
+            report: ReadReport::complete([SourceKind::Bpf, SourceKind::Procfs]),
         };
         for socket in &mut sample.sockets {
             if socket.state.protocol() == Protocol::Tcp {

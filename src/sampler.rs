@@ -371,8 +371,7 @@ pub struct NamespaceRead {
 impl NamespaceRead {
     /// The namespace's figures, naming processes with `owners`.
     pub fn finish(self, owners: &SocketOwners) -> Snapshot {
-        self.aggregator
-            .finish(owners, self.report.sources, &self.report.interfaces)
+        self.aggregator.finish(owners, &self.report)
     }
 }
 

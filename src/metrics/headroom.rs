@@ -36,8 +36,15 @@ pub fn render(snapshot: &Snapshot, base: &BaseLabels, out: &mut Vec<MetricFamily
         out,
         base,
         "portstat_ephemeral_headroom_exact",
-        "1 when the TCP source sees ports bound before connect() (BPF), so headroom is exact; 0 when they count as shared, so headroom is an upper bound.",
+        "1 when the TCP source sees ports bound before connect() (BPF) and every socket bound but idle, so headroom is exact (within portstat_ephemeral_headroom_slack); 0 when some of those may have counted as shared or free, so headroom is an upper bound.",
         if snapshot.headroom_exact() { 1.0 } else { 0.0 },
+    );
+    single_gauge(
+        out,
+        base,
+        "portstat_ephemeral_headroom_slack",
+        "How many more connect() calls than each headroom says may still get a port: 1 on a range of an odd number of ports (5 or more), whose scan leaves out its first or its last port by a secret per-destination offset, else 0. Headroom and the used ratio take the safe side.",
+        f64::from(snapshot.headroom_slack),
     );
 
     let mut destination_ports = Family::new(
@@ -47,7 +54,7 @@ pub fn render(snapshot: &Snapshot, base: &BaseLabels, out: &mut Vec<MetricFamily
     );
     let mut destination_headroom = Family::new(
         "portstat_ephemeral_destination_headroom",
-        "Further connect() calls to a destination that can get a port: capacity - exclusive ports - the destination's ports used.",
+        "Further connect() calls to a destination that surely get a port: capacity - exclusive ports - the destination's ports used, less an end port its scan may leave out on a range of an odd length.",
         base,
     );
     for usage in &snapshot.destinations {
@@ -61,7 +68,7 @@ pub fn render(snapshot: &Snapshot, base: &BaseLabels, out: &mut Vec<MetricFamily
             ("remote_port", port.format(destination.remote_port)),
         ];
         destination_ports.gauge(&labels, f64::from(usage.ports_used));
-        destination_headroom.gauge(&labels, f64::from(snapshot.headroom(usage.ports_used)));
+        destination_headroom.gauge(&labels, f64::from(usage.headroom));
     }
     destination_ports.finish(out);
     destination_headroom.finish(out);
@@ -70,21 +77,21 @@ pub fn render(snapshot: &Snapshot, base: &BaseLabels, out: &mut Vec<MetricFamily
         out,
         base,
         "portstat_ephemeral_new_destination_headroom",
-        "connect() calls to a destination not yet connected to that can get a port: capacity - exclusive ports.",
-        f64::from(snapshot.headroom(0)),
+        "connect() calls to a destination not yet connected to that surely get a port: capacity - exclusive ports, less an end port its scan may leave out on a range of an odd length.",
+        f64::from(snapshot.new_destination_headroom),
     );
     single_gauge(
         out,
         base,
         "portstat_ephemeral_destination_min_headroom",
-        "Fewest further connect() calls any one destination can make: capacity - exclusive ports - the most ports any destination uses, whatever --collector.destinations.top lists.",
-        f64::from(snapshot.headroom(snapshot.busiest_destination_ports)),
+        "Fewest further connect() calls that surely get a port, for the destination that has fewest, whatever --collector.destinations.top lists.",
+        f64::from(snapshot.min_destination_headroom),
     );
     single_gauge(
         out,
         base,
         "portstat_ephemeral_destination_max_used_ratio",
-        "(Most ports used by connections to any one destination + exclusive ports) / capacity: 1 when connect() to that destination fails.",
+        "(capacity - the fewest headroom any destination has) / capacity: (most ports used by connections to one destination + exclusive ports) / capacity on ranges of an even length; 1 when connect() to that destination fails, and on a range with slack possibly one port before.",
         snapshot.destination_max_used_ratio,
     );
     single_gauge(

@@ -181,19 +181,21 @@ impl BpfSockets {
     /// and TIME_WAIT detail; bound-but-inactive sockets come from `netlink`.
     ///
     /// `bound_inactive`: whether to look for sockets bound but neither
-    /// listening nor connected (see `census`).
+    /// listening nor connected (see `census`). Returns whether the
+    /// program's walk found them; where it did not run or was incomplete,
+    /// they come from netlink, which reports them from Linux 6.5 on.
     pub fn read_sockets(
         &mut self,
         range: PortRange,
         bound_inactive: bool,
         netlink: &mut NetlinkSockets,
         sink: &mut dyn SocketSink,
-    ) -> Result<(), BpfError> {
+    ) -> Result<bool, BpfError> {
         let walked = self.read_iterator(range, bound_inactive, sink)?;
         if bound_inactive && !walked {
             netlink.read_bound_inactive(range, sink)?;
         }
-        Ok(())
+        Ok(walked)
     }
 
     /// Reads the iterator a chunk at a time, then the ring buffer of

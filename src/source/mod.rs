@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub use crate::model::ReadReport;
 use crate::model::{
     ConntrackCounters, NamespaceSample, NatSink, OwnedSocket, OwnerLookup, PortRange, Protocol,
     ReservedPorts, SocketOwners, SocketRecord, SocketSink, SourceKind, TimeWaitReuse,
@@ -58,19 +59,6 @@ pub struct PortSettings {
     pub time_wait_reuse: TimeWaitReuse,
 }
 
-/// What reading a namespace's sockets found besides the sockets.
-#[derive(Debug, Clone)]
-pub struct ReadReport {
-    /// Where the TCP sockets, then the UDP sockets, were read from.
-    pub sources: [SourceKind; 2],
-    /// Protocols whose dump was skipped: the socket counts showed none.
-    pub skipped: [bool; 2],
-    /// Names of the interfaces link-local sockets are bound to, by index.
-    pub interfaces: BTreeMap<u32, String>,
-    /// Whether the namespace shares the host's TCP hash table, where known.
-    pub shares_host_tcp_table: Option<bool>,
-}
-
 /// Which socket source to use, as `--collector.source` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SourceChoice {
@@ -100,6 +88,14 @@ pub struct NamespaceReader {
     sources: [SourceKind; 2],
     /// The socket counts of the last `read_settings`, where readable.
     census: Option<census::Census>,
+    /// For TCP, then UDP, whether the source in use has read once: until
+    /// it has, its dump is not skipped whatever the counts say, so that a
+    /// source that cannot run here is found out at the first sample rather
+    /// than named while it never ran.
+    proven: [bool; 2],
+    /// The running kernel, where its release parses: what netlink reports
+    /// depends on it.
+    kernel: Option<crate::rules::KernelVersion>,
     /// Owners from BPF: `None` until first asked, then the loaded program
     /// or `Err` where it cannot load (owners then come from procfs).
     bpf_owners: Option<Result<bpf::owners::BpfOwners, ()>>,
@@ -150,6 +146,8 @@ impl NamespaceReader {
             attribution,
             sources,
             census: None,
+            proven: [false; 2],
+            kernel: running_kernel(),
             bpf_owners: None,
             conntrack: None,
             nat_seen: HashSet::new(),
@@ -263,16 +261,24 @@ impl NamespaceReader {
             added: 0,
         };
         let mut skipped = [false; 2];
+        // Where the counts show that no socket is outside every table, no
+        // bound-but-inactive one can exist: there is nothing to miss.
+        let bound_inactive = self
+            .census
+            .is_none_or(|census| census.may_hold_bound_inactive());
+        let mut bound_inactive_seen = !bound_inactive;
         for (index, protocol) in Protocol::ALL.into_iter().enumerate() {
-            skipped[index] = self.census.is_some_and(|census| match protocol {
-                Protocol::Tcp => census.tcp_empty(),
-                Protocol::Udp => census.udp_empty(),
-            });
+            skipped[index] = self.proven[index]
+                && self.census.is_some_and(|census| match protocol {
+                    Protocol::Tcp => census.tcp_empty(),
+                    Protocol::Udp => census.udp_empty(),
+                });
             if !skipped[index] {
-                let bound_inactive = self
-                    .census
-                    .is_none_or(|census| census.may_hold_bound_inactive());
-                self.read_protocol(index, protocol, range, bound_inactive, &mut sink)?;
+                let seen = self.read_protocol(index, protocol, range, bound_inactive, &mut sink)?;
+                self.proven[index] = true;
+                if protocol == Protocol::Tcp {
+                    bound_inactive_seen |= seen;
+                }
             }
         }
         Ok(ReadReport {
@@ -280,6 +286,7 @@ impl NamespaceReader {
             skipped,
             interfaces: interface_names(&sink.indexes),
             shares_host_tcp_table: sysctl::read_shares_host_tcp_table(&self.procfs_root),
+            bound_inactive_seen,
         })
     }
 
@@ -332,10 +339,7 @@ impl NamespaceReader {
             time_wait_reuse: settings.time_wait_reuse,
             sockets,
             owners: SocketOwners::default(),
-            sources: report.sources,
-            interfaces: report.interfaces,
-            skipped: report.skipped,
-            shares_host_tcp_table: report.shares_host_tcp_table,
+            report,
         })
     }
 
@@ -407,7 +411,9 @@ impl NamespaceReader {
 
     /// Reads one protocol with its current source; in `auto`, a source
     /// that cannot serve here hands over to the next (BPF, then netlink,
-    /// then procfs) for good, logged once.
+    /// then procfs) for good, logged once. Returns whether the TCP sockets
+    /// bound but neither listening nor connected were read: by a complete
+    /// walk of the bind hash, or over netlink where the kernel reports them.
     fn read_protocol(
         &mut self,
         index: usize,
@@ -415,22 +421,30 @@ impl NamespaceReader {
         range: PortRange,
         bound_inactive: bool,
         sink: &mut dyn SocketSink,
-    ) -> Result<(), SourceError> {
+    ) -> Result<bool, SourceError> {
+        let netlink_reports_bound_inactive = self
+            .kernel
+            .is_some_and(|kernel| kernel.inet_diag_reports_bound_inactive());
         loop {
             let source = self.sources[index];
             let result = match source {
-                SourceKind::Procfs => return self.procfs.read_sockets(protocol, sink),
+                SourceKind::Procfs => {
+                    self.procfs.read_sockets(protocol, sink)?;
+                    return Ok(false);
+                }
                 SourceKind::Netlink => self
                     .netlink
                     .read_sockets(protocol, range, bound_inactive, sink)
+                    .map(|()| netlink_reports_bound_inactive)
                     .map_err(SourceError::Netlink),
                 SourceKind::Bpf => self
                     .bpf
                     .read_sockets(range, bound_inactive, &mut self.netlink, sink)
+                    .map(|walked| walked || netlink_reports_bound_inactive)
                     .map_err(SourceError::Bpf),
             };
             let error = match result {
-                Ok(()) => return Ok(()),
+                Ok(seen) => return Ok(seen),
                 Err(error) => error,
             };
             let unsupported = match &error {
@@ -565,6 +579,23 @@ fn interface_names(indexes: &BTreeSet<u32>) -> BTreeMap<u32, String> {
         }
     }
     names
+}
+
+/// The release of the running kernel (`uname -r`), where it parses.
+fn running_kernel() -> Option<crate::rules::KernelVersion> {
+    // SAFETY: utsname is plain bytes, for which zeroes are valid; uname
+    // fills the struct it is given, with NUL-terminated fields.
+    let (names, result) = unsafe {
+        let mut names: libc::utsname = std::mem::zeroed();
+        let result = libc::uname(&mut names);
+        (names, result)
+    };
+    if result != 0 {
+        return None;
+    }
+    // SAFETY: on success `release` is NUL-terminated within its array.
+    let release = unsafe { std::ffi::CStr::from_ptr(names.release.as_ptr()) };
+    crate::rules::KernelVersion::parse(&release.to_string_lossy())
 }
 
 /// The inodes the BPF source reads until the owner lookup is known: all of

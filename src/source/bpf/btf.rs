@@ -23,7 +23,8 @@ const TYPE_LENGTH: usize = 12;
 /// A type's name without its CO-RE flavour, the `___` suffix a program
 /// gives a second declaration of one kernel type.
 fn essential_name(name: &str) -> &str {
-    name.split_once("___").map_or(name, |(essential, _)| essential)
+    name.split_once("___")
+        .map_or(name, |(essential, _)| essential)
 }
 
 /// The kinds, as `BTF_KIND_*` numbers them.
@@ -421,7 +422,10 @@ mod tests {
 
     #[test]
     fn a_flavour_is_named_by_the_type_it_stands_for() {
-        assert_eq!(essential_name("inet_bind_bucket___owners"), "inet_bind_bucket");
+        assert_eq!(
+            essential_name("inet_bind_bucket___owners"),
+            "inet_bind_bucket"
+        );
         assert_eq!(essential_name("inet_bind_bucket"), "inet_bind_bucket");
         assert_eq!(essential_name("a___b___c"), "a");
     }
