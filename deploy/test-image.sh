@@ -38,8 +38,10 @@ fi
 docker build --quiet -t "$tag" "$context"
 layers=$(docker history --format '{{.Size}}' "$tag" | grep -vc '^0B$' || true)
 echo "image: $(docker image inspect -f '{{.Size}}' "$tag") bytes, $layers non-empty layer(s)"
+# The DaemonSet's privileges: the BPF capabilities, the runtime's default
+# seccomp profile, host networking and PID, a read-only root.
 container=$(docker run -d --network host --pid host \
-  --cap-drop ALL --cap-add SYS_PTRACE --cap-add DAC_READ_SEARCH --read-only \
+  --cap-drop ALL --cap-add BPF --cap-add PERFMON --read-only \
   "$tag" "--web.listen-address=127.0.0.1:$port")
 
 for _ in $(seq 1 50); do
@@ -51,7 +53,13 @@ for family in portstat_ephemeral_ports_capacity portstat_ephemeral_ports_used \
               portstat_listener_sockets portstat_build_info; do
   grep -q "^$family" <<<"$body" || { echo "missing $family" >&2; docker logs "$container" >&2; exit 1; }
 done
-# Host PID and the two capabilities: the exporter names its own listener.
+# With those alone, TCP and owners come from BPF, and headroom is exact.
+for series in 'portstat_source_info{protocol="tcp",source="bpf"} 1' \
+              'portstat_owners_source_info{source="bpf"} 1' \
+              'portstat_ephemeral_headroom_exact 1'; do
+  grep -qF "$series" <<<"$body" || { echo "missing: $series" >&2; docker logs "$container" >&2; exit 1; }
+done
+# The owners program names the exporter's own listener.
 grep -q "portstat_listener_sockets{protocol=\"tcp\",address=\"127.0.0.1\",port=\"$port\",process=\"portstat_export\"} 1" <<<"$body" \
   || { echo "the exporter's own listener is not attributed" >&2; exit 1; }
 echo "scraped $(grep -c '^portstat_' <<<"$body") portstat series from the container"

@@ -169,12 +169,17 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
     );
     let _ = writeln!(
         out,
-        "A new destination can get {} ports{}",
+        "A new destination can get {} ports{}{}",
         snapshot.new_destination_headroom,
+        if snapshot.headroom_slack > 0 {
+            " (or one more: an odd-sized range)"
+        } else {
+            ""
+        },
         if snapshot.headroom_exact() {
             ""
         } else {
-            " at most (bind-before-connect needs BPF)"
+            " at most (ports bound before connect() need BPF to be seen)"
         }
     );
     if snapshot.time_wait_reusable > 0 {
@@ -383,6 +388,7 @@ pub fn json_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
         f64::from(snapshot.new_destination_headroom),
     );
     json.field_bool("headroom_exact", snapshot.headroom_exact());
+    json.field_number("headroom_slack", f64::from(snapshot.headroom_slack));
     json.field_number("time_wait_reusable", snapshot.time_wait_reusable as f64);
     json.field_number("destination_count", snapshot.destination_count as f64);
     json.field_number(

@@ -26,6 +26,29 @@ systemd-analyze verify --man=no /usr/lib/systemd/system/portstat_exporter.servic
 # The unit's flags, as the service would start: the default file's ARGS.
 (. /etc/default/portstat_exporter && /usr/bin/portstat_exporter $ARGS --once >/dev/null)
 
+echo "== run as the unit runs it"
+# The unit's ExecStart, as an unprivileged user holding only the unit's
+# capabilities (this machine's PID 1 may not be systemd): TCP over BPF,
+# owners from BPF, exact headroom.
+unit=/usr/lib/systemd/system/portstat_exporter.service
+setting() { sed -n "s/^$1=//p" "$unit"; }
+caps=$(setting AmbientCapabilities | tr ' ' '\n' | sed -n 's/^CAP_\(.*\)/+\L\1/p' | paste -sd, -)
+[ "$caps" = "$(setting CapabilityBoundingSet | tr ' ' '\n' | sed -n 's/^CAP_\(.*\)/+\L\1/p' | paste -sd, -)" ]
+grep -q '^DynamicUser=yes$' "$unit"
+exec_start=$(setting ExecStart)
+out=$(mktemp)
+(. /etc/default/portstat_exporter &&
+  setpriv --reuid=nobody --regid=nogroup --clear-groups --no-new-privs \
+    --bounding-set="-all,$caps" --inh-caps="-all,$caps" --ambient-caps="-all,$caps" \
+    ${exec_start//\$ARGS/$ARGS} --once >"$out")
+for series in 'portstat_source_info{protocol="tcp",source="bpf"} 1' \
+              'portstat_owners_source_info{source="bpf"} 1' \
+              'portstat_ephemeral_headroom_exact 1'; do
+  grep -qF "$series" "$out" || { echo "as the unit runs it, missing: $series" >&2; exit 1; }
+done
+echo "unit's capabilities ($caps), user nobody: TCP and owners over BPF, headroom exact"
+rm -f "$out"
+
 echo "== dpkg -r, then purge"
 dpkg -r portstat-exporter
 test ! -e /usr/bin/portstat_exporter

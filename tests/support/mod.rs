@@ -18,6 +18,16 @@ use std::time::{Duration, Instant};
 /// The exporter binary under test.
 pub const EXPORTER: &str = env!("CARGO_BIN_EXE_portstat_exporter");
 
+/// Whether the running kernel reports TCP sockets bound but neither
+/// listening nor connected over netlink (Linux 6.5 and later): before, a
+/// netlink source does not see them.
+pub fn netlink_reports_bound_inactive() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    portstat_exporter::rules::KernelVersion::parse(&release)
+        .expect("a kernel release")
+        .inet_diag_reports_bound_inactive()
+}
+
 /// Fails the test loudly unless it can create network namespaces.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.

@@ -1,0 +1,325 @@
+//! The kernel matrix: the truth lab (`tests/headroom.rs`) and the BPF
+//! source's tests (`tests/bpf.rs`) run on the host's kernel and inside each
+//! kernel users run, booted under QEMU over the host's root filesystem
+//! with virtme-ng; then the kernel × source table of `docs/sources.md` is
+//! built from the truth lab's results and must be the one committed.
+//!
+//! It boots kernels for minutes, so it is left out of the plain test run:
+//!
+//! ```sh
+//! cargo test --locked --test kernel_matrix -- --ignored --nocapture
+//! ```
+//!
+//! `.ci/run` runs it the same way, after installing what it needs:
+//! Debian's `linux-image-6.1.0-*-amd64` and `linux-image-6.12.*+deb12-amd64`
+//! (the newest of each), `qemu-system-x86`, `busybox-static`, and
+//! virtme-ng from PyPI. The guests run under TCG (`--disable-kvm`): a
+//! nested KVM guest hangs at boot on the VMs this is developed on. With
+//! `PORTSTAT_UPDATE_MATRIX=1` the table in `docs/sources.md` is rewritten
+//! from the results rather than compared.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// The kernels of the matrix beside the host's: the newest installed
+/// kernel image whose name starts with each prefix and ends with the
+/// suffix, as Debian names its generic images.
+const KERNELS: [(&str, &str); 2] = [
+    ("vmlinuz-6.1.0-", "-amd64"),
+    ("vmlinuz-6.12.", "+deb12-amd64"),
+];
+
+/// The test binaries run in each kernel.
+const LABS: [&str; 2] = ["headroom", "bpf"];
+
+/// Where the table is, between these two lines.
+const TABLE_START: &str = "<!-- kernel-matrix: start -->";
+const TABLE_END: &str = "<!-- kernel-matrix: end -->";
+
+#[test]
+#[ignore = "boots kernels under QEMU for minutes: run with --ignored (see docs/sources.md)"]
+fn every_kernel_of_the_matrix() {
+    support::require_root();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = root.join("target").join("kernel-matrix");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    let results = out.join("results.tsv");
+    let labs = lab_binaries(root);
+
+    let started = Instant::now();
+    run_labs(None, &labs, &results, &out);
+    println!("host kernel: {:.0} s", started.elapsed().as_secs_f64());
+    for (prefix, suffix) in KERNELS {
+        let image = newest_kernel(prefix, suffix).unwrap_or_else(|| {
+            panic!(
+                "no /boot/{prefix}*{suffix}: install the newest such Debian kernel image \
+                 (.ci/run does)"
+            )
+        });
+        let started = Instant::now();
+        run_labs(Some(&image), &labs, &results, &out);
+        println!(
+            "{}: {:.0} s",
+            image.display(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    let rows = read_results(&results);
+    let table = table(&rows);
+    let docs = root.join("docs").join("sources.md");
+    let text = std::fs::read_to_string(&docs).unwrap();
+    let (before, rest) = text
+        .split_once(TABLE_START)
+        .expect("docs/sources.md has the matrix table's start line");
+    let (committed, after) = rest
+        .split_once(TABLE_END)
+        .expect("docs/sources.md has the matrix table's end line");
+    let built = format!("\n{table}");
+    if std::env::var_os("PORTSTAT_UPDATE_MATRIX").is_some() {
+        std::fs::write(
+            &docs,
+            format!("{before}{TABLE_START}{built}{TABLE_END}{after}"),
+        )
+        .unwrap();
+    } else {
+        assert_eq!(
+            committed, built,
+            "the kernel matrix gave another table than docs/sources.md holds; \
+             rerun with PORTSTAT_UPDATE_MATRIX=1 to write it, and read the difference"
+        );
+    }
+}
+
+/// Builds the labs' test binaries (already built by the test run that runs
+/// this) and returns their paths.
+fn lab_binaries(root: &Path) -> Vec<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(root)
+        .args(["test", "--locked", "--no-run", "--message-format=json"]);
+    for lab in LABS {
+        command.args(["--test", lab]);
+    }
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "cannot build the labs: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut binaries = BTreeMap::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let name = message["target"]["name"].as_str().unwrap_or_default();
+        if let Some(executable) = message["executable"].as_str() {
+            if LABS.contains(&name) {
+                binaries.insert(name.to_string(), PathBuf::from(executable));
+            }
+        }
+    }
+    assert_eq!(binaries.len(), LABS.len(), "found {binaries:?}");
+    binaries.into_values().collect()
+}
+
+/// The newest `/boot/PREFIX*SUFFIX`, by the version numbers in its name.
+fn newest_kernel(prefix: &str, suffix: &str) -> Option<PathBuf> {
+    let mut images: Vec<(Vec<u64>, PathBuf)> = std::fs::read_dir("/boot")
+        .ok()?
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let middle = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+            let version = middle
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|part| part.parse().ok())
+                .collect();
+            Some((version, entry.path()))
+        })
+        .collect();
+    images.sort();
+    images.pop().map(|(_, path)| path)
+}
+
+/// Runs every lab on the host (`image` None) or inside the kernel `image`,
+/// appending the truth lab's results to `results`; fails with the labs'
+/// output when any of their tests fails.
+fn run_labs(image: Option<&Path>, labs: &[PathBuf], results: &Path, out: &Path) {
+    // One shell command that runs each lab and fails when any fails. A
+    // guest under TCG runs about ten times slower than the host: one test
+    // at a time there, so that none of the lab's timings (TIME_WAIT lasts
+    // 60 s) is stretched by another. The guest's descriptor limit is
+    // raised to the host's, for the tests that hold thousands of sockets.
+    let threads = if image.is_some() { 1 } else { 2 };
+    let script: Vec<String> = labs
+        .iter()
+        .map(|lab| {
+            format!(
+                "PORTSTAT_TRUTH_LAB_RESULTS={} {} --test-threads {threads} || status=1",
+                results.display(),
+                lab.display()
+            )
+        })
+        .collect();
+    let script = format!(
+        "ulimit -n 20000; status=0; {}; exit $status",
+        script.join("; ")
+    );
+    let mut command = match image {
+        None => {
+            let mut command = Command::new("sh");
+            command.args(["-c", &script]);
+            command
+        }
+        Some(image) => {
+            let mut command = Command::new("vng");
+            command
+                .arg("--run")
+                .arg(image)
+                .args([
+                    "--disable-kvm",
+                    "--force-9p",
+                    "--memory",
+                    "2G",
+                    "--cpus",
+                    "2",
+                ])
+                // The guest writes the results, and its own files go to a
+                // throwaway layer.
+                .arg("--rwdir")
+                .arg(out)
+                .args(["--overlay-rwdir", "/tmp", "--"])
+                .arg(&script);
+            command
+        }
+    };
+    let output = command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap_or_else(|error| {
+            panic!("cannot run {command:?} (is virtme-ng installed?): {error}")
+        });
+    let where_ = image.map_or("the host".to_string(), |image| image.display().to_string());
+    assert!(
+        output.status.success(),
+        "the labs failed on {where_}:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// One prediction of the truth lab and what came of it.
+#[derive(Debug, Clone)]
+struct Row {
+    kernel: String,
+    source: String,
+    headroom: f64,
+    slack: f64,
+    count: f64,
+    exact_flag: bool,
+}
+
+fn read_results(path: &Path) -> Vec<Row> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|error| panic!("no results in {}: {error}", path.display()))
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            assert_eq!(fields.len(), 8, "a results line: {line}");
+            Row {
+                kernel: fields[0].to_string(),
+                source: fields[2].to_string(),
+                headroom: fields[3].parse().unwrap(),
+                slack: fields[4].parse().unwrap(),
+                count: fields[5].parse().unwrap(),
+                exact_flag: fields[6] == "1",
+            }
+        })
+        .collect()
+}
+
+/// The kernel series a release belongs to: `6.1` for `6.1.0-57-amd64`.
+fn series(release: &str) -> String {
+    release.split('.').take(2).collect::<Vec<_>>().join(".")
+}
+
+/// The table: a row per kernel series, a column per source, each cell
+/// what the source's predictions were against the counts.
+fn table(rows: &[Row]) -> String {
+    const SOURCES: [(&str, &str); 4] = [
+        ("auto", "default (`auto`)"),
+        ("bpf", "`bpf`"),
+        ("netlink", "`netlink`"),
+        ("procfs", "`procfs`"),
+    ];
+    let mut kernels: Vec<String> = rows
+        .iter()
+        .map(|row| series(&row.kernel))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    kernels.sort_by_key(|kernel| {
+        kernel
+            .split('.')
+            .map(|part| part.parse::<u32>().unwrap_or(0))
+            .collect::<Vec<_>>()
+    });
+    let mut text = String::from("| Linux |");
+    for (_, title) in SOURCES {
+        text.push_str(&format!(" {title} |"));
+    }
+    text.push_str("\n|---|---|---|---|---|\n");
+    for kernel in &kernels {
+        text.push_str(&format!("| {kernel} |"));
+        for (source, _) in SOURCES {
+            let cell: Vec<&Row> = rows
+                .iter()
+                .filter(|row| &series(&row.kernel) == kernel && row.source == source)
+                .collect();
+            text.push_str(&format!(" {} |", verdict(&cell)));
+        }
+        text.push('\n');
+    }
+    text
+}
+
+/// What a source's predictions on one kernel came to.
+fn verdict(rows: &[&Row]) -> String {
+    let checks = rows.len();
+    let within = |row: &&Row| row.headroom <= row.count && row.count <= row.headroom + row.slack;
+    let matched = rows.iter().filter(|row| within(row)).count();
+    let slack = rows.iter().filter(|row| row.slack > 0.0).count();
+    // Wrong: fewer predicted than the slack allows, or exactness claimed
+    // for a prediction off the count.
+    let wrong = rows
+        .iter()
+        .filter(|row| row.count > row.headroom + row.slack || (row.exact_flag && !within(row)))
+        .count();
+    let slack_note = if slack > 0 {
+        format!(" ({slack} on odd-sized ranges, within their stated slack of 1)")
+    } else {
+        String::new()
+    };
+    if checks == 0 {
+        "not run".to_string()
+    } else if wrong > 0 {
+        format!("**wrong** in {wrong} of {checks} checks")
+    } else if matched == checks && rows.iter().all(|row| row.exact_flag) {
+        format!("exact in all {checks} checks{slack_note}")
+    } else if matched == checks {
+        format!("exact in all {checks} checks{slack_note}, yet `headroom_exact` 0: it cannot tell")
+    } else {
+        format!(
+            "exact in {matched} of {checks} checks{slack_note}, an upper bound in the \
+             {} others; `headroom_exact` 0",
+            checks - matched
+        )
+    }
+}
