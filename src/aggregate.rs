@@ -680,7 +680,15 @@ impl Aggregator {
                 (ports_used > 0).then(|| DestinationUsage {
                     destination,
                     ports_used,
-                    headroom: headroom(ports_used, ports.count_within(&edges)),
+                    // Most ranges are of an even length, with no edge.
+                    headroom: headroom(
+                        ports_used,
+                        if edges.is_empty() {
+                            0
+                        } else {
+                            ports.count_within(&edges)
+                        },
+                    ),
                 })
             })
             .collect();

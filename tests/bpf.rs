@@ -150,7 +150,7 @@ fn the_bpf_source_reads_what_netlink_reads_and_more() {
 fn the_program_finds_bound_sockets_without_netlink() {
     let (netns, _held) = populated();
     let netlink = netns.once_until(&["--collector.source", "netlink"], |_| true);
-    let mut command = netns.command(support::EXPORTER);
+    let mut command = netns.command(support::exporter());
     command.arg("--once");
     support::refuse_netlink(&mut command, libc::EACCES);
     let (output, stderr, bpf) = run(&mut command);
@@ -219,7 +219,7 @@ fn bound_sockets_beyond_the_ring_come_from_netlink() {
         2.0
     );
     // Without netlink the BPF source cannot complete these, and gives way.
-    let mut command = netns.command(support::EXPORTER);
+    let mut command = netns.command(support::exporter());
     command.args(["--once", "--log.level", "warn"]);
     support::refuse_netlink(&mut command, libc::EACCES);
     let (output, stderr, metrics) = run(&mut command);
@@ -237,7 +237,7 @@ fn falls_back_when_bpf_is_refused_by_seccomp() {
     assert_falls_back(
         &netns,
         |args| {
-            let mut command = netns.command(support::EXPORTER);
+            let mut command = netns.command(support::exporter());
             command.args(args);
             support::refuse_syscall(&mut command, libc::SYS_bpf, None, libc::EPERM);
             command
@@ -259,7 +259,7 @@ fn falls_back_without_the_capability() {
                 .arg("--drop=cap_bpf,cap_perfmon,cap_sys_admin")
                 .arg("--")
                 .arg("-c")
-                .arg(format!("exec {} \"$@\"", support::EXPORTER))
+                .arg(format!("exec {} \"$@\"", support::exporter()))
                 .arg("portstat_exporter")
                 .args(args);
             command
@@ -280,7 +280,7 @@ fn a_source_that_cannot_run_is_found_out_with_no_socket_to_read() {
             .arg("--drop=cap_bpf,cap_perfmon,cap_sys_admin")
             .arg("--")
             .arg("-c")
-            .arg(format!("exec {} \"$@\"", support::EXPORTER))
+            .arg(format!("exec {} \"$@\"", support::exporter()))
             .arg("portstat_exporter")
             .args(args);
         command
@@ -324,7 +324,7 @@ fn falls_back_without_kernel_btf() {
                 .args(["--mount", "--propagation", "private", "sh", "-c"])
                 .arg(format!(
                     "mount -t tmpfs none /sys/kernel/btf && exec {} \"$@\"",
-                    support::EXPORTER
+                    support::exporter()
                 ))
                 .arg("portstat_exporter")
                 .args(args);
@@ -345,7 +345,7 @@ fn assert_falls_back_from_object(name: &str, reason: &str) {
     assert_falls_back(
         &netns,
         |args| {
-            let mut command = netns.command(support::EXPORTER);
+            let mut command = netns.command(support::exporter());
             command.args(args).args(["--collector.bpf.object", &object]);
             command
         },
@@ -370,7 +370,7 @@ fn falls_back_when_the_verifier_refuses_the_program() {
 fn a_running_exporter_logs_the_fallback_once() {
     let (netns, _held) = populated();
     let log = std::env::temp_dir().join(format!("{}-bpf-fallback.log", netns.name()));
-    let mut command = netns.command(support::EXPORTER);
+    let mut command = netns.command(support::exporter());
     command
         .args([
             "--web.listen-address",
@@ -430,7 +430,7 @@ fn owners_fall_back_to_procfs_and_agree_with_bpf() {
     let listener = format!(
         r#"portstat_listener_sockets{{protocol="tcp",address="127.0.0.1",port="8080",process="{comm}"}}"#
     );
-    let mut command = netns.command(support::EXPORTER);
+    let mut command = netns.command(support::exporter());
     command.args(["--once", "--log.level", "warn"]);
     support::refuse_syscall(&mut command, libc::SYS_bpf, None, libc::EPERM);
     let (output, stderr, refused) = run(&mut command);

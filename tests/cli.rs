@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{EXPORTER, Netns};
+use support::{Netns, exporter};
 
 #[test]
 fn malformed_flag_values_exit_2_naming_the_flag() {
@@ -20,7 +20,7 @@ fn malformed_flag_values_exit_2_naming_the_flag() {
         ("--log.level", "verbose"),
         ("--log.format", "xml"),
     ] {
-        let output = Command::new(EXPORTER)
+        let output = Command::new(exporter())
             .arg(format!("{flag}={value}"))
             .output()
             .unwrap();
@@ -29,7 +29,7 @@ fn malformed_flag_values_exit_2_naming_the_flag() {
         assert!(stderr.contains(flag), "{flag}={value}: {stderr}");
         assert!(stderr.contains(value), "{flag}={value}: {stderr}");
     }
-    let output = Command::new(EXPORTER)
+    let output = Command::new(exporter())
         .arg("--no-such-flag")
         .output()
         .unwrap();
@@ -87,7 +87,7 @@ fn once_exits_1_when_the_kernel_cannot_be_read() {
 #[test]
 fn values_that_cannot_work_are_refused_alike() {
     let refuse = |flag: &str, value: &str| -> String {
-        let output = Command::new(EXPORTER)
+        let output = Command::new(exporter())
             .arg(format!("{flag}={value}"))
             .output()
             .unwrap();
@@ -148,7 +148,7 @@ fn the_log_names_the_port_bound_for_port_0() {
 /// is wrong with the file, not with a field.
 #[test]
 fn a_missing_web_config_names_the_flag() {
-    let output = Command::new(EXPORTER)
+    let output = Command::new(exporter())
         .args([
             "--web.listen-address",
             "127.0.0.1:0",
@@ -168,13 +168,13 @@ fn a_missing_web_config_names_the_flag() {
 
 #[test]
 fn version_and_help() {
-    let output = Command::new(EXPORTER).arg("--version").output().unwrap();
+    let output = Command::new(exporter()).arg("--version").output().unwrap();
     assert!(output.status.success());
     assert_eq!(
         String::from_utf8_lossy(&output.stdout).trim(),
         format!("portstat_exporter {}", env!("CARGO_PKG_VERSION"))
     );
-    let output = Command::new(EXPORTER).arg("--help").output().unwrap();
+    let output = Command::new(exporter()).arg("--help").output().unwrap();
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
     for flag in [

@@ -193,7 +193,7 @@ fn an_unprivileged_exporter_still_works_and_says_so_once() {
         "--clear-groups",
         "--inh-caps=-all",
         "--bounding-set=-all",
-        support::EXPORTER,
+        support::exporter(),
         "--web.listen-address=127.0.0.1:10042",
         "--collector.interval=100ms",
     ]);

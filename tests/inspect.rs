@@ -180,7 +180,7 @@ fn json_matches_the_metrics() {
 fn inspect_fails_with_a_message_when_the_kernel_cannot_be_read() {
     let netns = Netns::new((40000, 40099), "");
     let output = netns
-        .command(support::EXPORTER)
+        .command(support::exporter())
         .args(["inspect", "--path.procfs", "/nonexistent"])
         .output()
         .unwrap();

@@ -209,7 +209,7 @@ fn the_namespace_limit_counts_what_it_leaves_out() {
 /// `--collector.source netlink --once` in a namespace, with netlink
 /// refused: it succeeds only if no dump was needed.
 fn needs_no_dump(netns: &Netns) -> bool {
-    let mut command = netns.command(support::EXPORTER);
+    let mut command = netns.command(support::exporter());
     command.args(["--once", "--collector.source", "netlink"]);
     support::refuse_netlink(&mut command, libc::EAFNOSUPPORT);
     command.output().unwrap().status.success()

@@ -238,7 +238,7 @@ fn without_cap_net_admin_there_are_no_nat_series_and_no_error() {
         .arg("--drop=cap_net_admin")
         .arg("--")
         .arg("-c")
-        .arg(format!("exec {} --once \"$@\"", support::EXPORTER))
+        .arg(format!("exec {} --once \"$@\"", support::exporter()))
         .arg("portstat_exporter")
         .args(PORT_RANGE_FLAG)
         .output()

@@ -316,7 +316,7 @@ fn auto_falls_back_to_procfs_once_where_netlink_is_refused() {
             std::net::UdpSocket::bind("127.0.0.1:40060").unwrap(),
         )
     });
-    let mut command = netns.command(support::EXPORTER);
+    let mut command = netns.command(support::exporter());
     command.args(["--once", "--log.level", "warn"]);
     refuse_netlink(&mut command);
     // BPF refused too: it reads TCP without netlink (tests/bpf.rs), and
@@ -347,7 +347,7 @@ fn auto_falls_back_to_procfs_once_where_netlink_is_refused() {
     assert!(stderr.contains("Address family not supported"), "{stderr}");
 
     // With netlink demanded, the sample fails instead.
-    let mut command = netns.command(support::EXPORTER);
+    let mut command = netns.command(support::exporter());
     command.args(["--once", "--collector.source", "netlink"]);
     refuse_netlink(&mut command);
     let output = command.output().unwrap();

@@ -314,7 +314,7 @@ fn a_bad_configuration_at_start_exits_1_naming_the_field() {
         ),
     ] {
         let config = folder.write("web.yml", text);
-        let output = Command::new(support::EXPORTER)
+        let output = Command::new(support::exporter())
             .args(["--web.listen-address", "127.0.0.1:0", "--web.config.file"])
             .arg(&config)
             .output()

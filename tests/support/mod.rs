@@ -15,8 +15,17 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// The exporter binary under test.
-pub const EXPORTER: &str = env!("CARGO_BIN_EXE_portstat_exporter");
+/// The exporter binary under test: the one this test binary was built
+/// with, or `PORTSTAT_TEST_EXPORTER` where set (the kernel matrix runs a
+/// release build inside its guests, where a debug build's 90 MB take
+/// seconds to load over 9p at every run).
+pub fn exporter() -> &'static str {
+    static EXPORTER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    EXPORTER.get_or_init(|| {
+        std::env::var("PORTSTAT_TEST_EXPORTER")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_portstat_exporter").to_string())
+    })
+}
 
 /// Whether the running kernel reports TCP sockets bound but neither
 /// listening nor connected over netlink (Linux 6.5 and later): before, a
@@ -136,7 +145,7 @@ impl Netns {
 
     /// Runs `portstat_exporter --once` inside the namespace.
     pub fn once(&self, args: &[&str]) -> Output {
-        self.command(EXPORTER)
+        self.command(exporter())
             .arg("--once")
             .args(args)
             .output()
@@ -147,7 +156,7 @@ impl Netns {
     /// fails the test unless it succeeds. Returns its standard output.
     pub fn inspect(&self, args: &[&str]) -> String {
         let output = self
-            .command(EXPORTER)
+            .command(exporter())
             .arg("inspect")
             .args(args)
             .output()
@@ -222,7 +231,7 @@ impl Netns {
     ) -> Exporter<'_> {
         let log = std::env::temp_dir().join(format!("{}-{}.log", self.name, self.next_port()));
         let log_file = File::create(&log).expect("cannot create the exporter's log");
-        let mut command = self.command(EXPORTER);
+        let mut command = self.command(exporter());
         command
             .args(["--web.listen-address", "127.0.0.1:10042"])
             .args(args)
