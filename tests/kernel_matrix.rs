@@ -187,8 +187,10 @@ fn run_labs(image: Option<&Path>, labs: &[PathBuf], exporter: &Path, results: &P
             )
         })
         .collect();
+    // What the kernel said of TCP meanwhile (orphans reset, memory
+    // pressure) goes with a failure's output.
     let script = format!(
-        "ulimit -n 20000; status=0; {}; exit $status",
+        "ulimit -n 20000; status=0; {}; dmesg | grep -i tcp | tail -n 5; exit $status",
         script.join("; ")
     );
     let mut command = match image {
