@@ -293,7 +293,7 @@ fn table(rows: &[Row]) -> String {
             .map(|part| part.parse::<u32>().unwrap_or(0))
             .collect::<Vec<_>>()
     });
-    let mut text = String::from("| Linux | checks | on odd-sized ranges |");
+    let mut text = String::from("| Linux | checks | of them with slack (odd-sized ranges) |");
     for (_, title) in SOURCES {
         text.push_str(&format!(" {title} |"));
     }
