@@ -253,19 +253,23 @@ fn falls_back_without_the_capability() {
     // that was not granted them.
     assert_falls_back(
         &netns,
-        |args| {
-            let mut command = netns.command("capsh");
-            command
-                .arg("--drop=cap_bpf,cap_perfmon,cap_sys_admin")
-                .arg("--")
-                .arg("-c")
-                .arg(format!("exec {} \"$@\"", support::exporter()))
-                .arg("portstat_exporter")
-                .args(args);
-            command
-        },
+        |args| without_bpf_capabilities(&netns, args),
         "Operation not permitted",
     );
+}
+
+/// The exporter with `args` in `netns`, as root without CAP_BPF,
+/// CAP_PERFMON and CAP_SYS_ADMIN.
+fn without_bpf_capabilities(netns: &Netns, args: &[&str]) -> Command {
+    let mut command = netns.command("capsh");
+    command
+        .arg("--drop=cap_bpf,cap_perfmon,cap_sys_admin")
+        .arg("--")
+        .arg("-c")
+        .arg(format!("exec {} \"$@\"", support::exporter()))
+        .arg("portstat_exporter")
+        .args(args);
+    command
 }
 
 /// A namespace with no TCP socket, whose dump the socket counts let the
@@ -274,17 +278,7 @@ fn falls_back_without_the_capability() {
 #[test]
 fn a_source_that_cannot_run_is_found_out_with_no_socket_to_read() {
     let netns = Netns::new((40000, 40059), "");
-    let without_bpf = |args: &[&str]| {
-        let mut command = netns.command("capsh");
-        command
-            .arg("--drop=cap_bpf,cap_perfmon,cap_sys_admin")
-            .arg("--")
-            .arg("-c")
-            .arg(format!("exec {} \"$@\"", support::exporter()))
-            .arg("portstat_exporter")
-            .args(args);
-        command
-    };
+    let without_bpf = |args: &[&str]| without_bpf_capabilities(&netns, args);
     let (output, stderr, metrics) = run(&mut without_bpf(&["--once", "--log.level", "warn"]));
     assert!(output.status.success(), "{stderr}");
     assert_eq!(
