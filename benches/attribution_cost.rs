@@ -21,7 +21,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{sampler_cpu_seconds, vm_hwm_kib};
-use support::{EXPORTER, Netns};
+use support::{Netns, exporter};
 
 fn main() {
     if let Ok(count) = std::env::var("PORTSTAT_BENCH_PROCESSES") {
@@ -87,7 +87,7 @@ fn main() {
 
     let started = Instant::now();
     let output = netns
-        .command(EXPORTER)
+        .command(exporter())
         .arg("--once")
         .output()
         .expect("cannot run --once");

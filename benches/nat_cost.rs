@@ -137,7 +137,7 @@ fn main() {
             .map(|_| {
                 let child = lab
                     .router
-                    .command(support::EXPORTER)
+                    .command(support::exporter())
                     .args(["--once", "--collector.nat", nat])
                     .stdout(Stdio::null())
                     .spawn()

@@ -108,7 +108,7 @@ fn measure_size(sockets: usize, runs: usize) {
         }
     );
 
-    let exporter = support::EXPORTER;
+    let exporter = support::exporter();
     // Wall time and CPU: one-shot commands read owners beside the sockets
     // on a second thread, so the two differ.
     let once = |processes: &str| {

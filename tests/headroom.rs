@@ -112,7 +112,7 @@ fn predict(
         .get(&series.replace("_headroom{", "_ports_used{"))
         .unwrap_or(0.0);
     let free = metrics.value("portstat_ephemeral_ports_capacity") - exclusive - used;
-    let odd = (range.1 - range.0) % 2 == 0 && range.1 > range.0;
+    let odd = (range.1 - range.0).is_multiple_of(2) && range.1 > range.0;
     assert!(
         headroom == free || (odd && headroom == free - 1.0),
         "{source}: headroom {headroom} from {free} free ports"
