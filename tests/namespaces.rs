@@ -206,12 +206,14 @@ fn the_namespace_limit_counts_what_it_leaves_out() {
     assert!(capacities.keys().next().unwrap().contains(&labels(&home)));
 }
 
-/// `--collector.source netlink --once` in a namespace, with netlink
-/// refused: it succeeds only if no dump was needed.
+/// `--collector.source netlink --once` in a namespace, with every request
+/// sent refused (`sendto`), so that the netlink socket opens (which proves
+/// the source can run) but no dump can: it succeeds only if no dump was
+/// needed.
 fn needs_no_dump(netns: &Netns) -> bool {
     let mut command = netns.command(support::exporter());
     command.args(["--once", "--collector.source", "netlink"]);
-    support::refuse_netlink(&mut command, libc::EAFNOSUPPORT);
+    support::refuse_syscall(&mut command, libc::SYS_sendto, None, libc::EPERM);
     command.output().unwrap().status.success()
 }
 

@@ -198,6 +198,15 @@ impl BpfSockets {
         Ok(walked)
     }
 
+    /// Loads the program where it is not loaded yet: proves that this source
+    /// can run here without reading.
+    pub fn load_once(&mut self) -> Result<(), BpfError> {
+        if self.loaded.is_none() {
+            self.loaded = Some(self.load()?);
+        }
+        Ok(())
+    }
+
     /// Reads the iterator a chunk at a time, then the ring buffer of
     /// bound-but-inactive sockets; returns whether the program's walk for
     /// those was complete.
@@ -207,9 +216,7 @@ impl BpfSockets {
         bound_inactive: bool,
         sink: &mut dyn SocketSink,
     ) -> Result<bool, BpfError> {
-        if self.loaded.is_none() {
-            self.loaded = Some(self.load()?);
-        }
+        self.load_once()?;
         let Some(loaded) = self.loaded.as_mut() else {
             unreachable!("loaded just above");
         };

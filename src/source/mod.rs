@@ -88,10 +88,11 @@ pub struct NamespaceReader {
     sources: [SourceKind; 2],
     /// The socket counts of the last `read_settings`, where readable.
     census: Option<census::Census>,
-    /// For TCP, then UDP, whether the source in use has read once: until
-    /// it has, its dump is not skipped whatever the counts say, so that a
-    /// source that cannot run here is found out at the first sample rather
-    /// than named while it never ran.
+    /// For TCP, then UDP, whether the source in use is known to run here
+    /// (it read, or was loaded): where the counts let a dump be skipped,
+    /// a source not yet proven is loaded first (the BPF program, the
+    /// netlink socket), so that one that cannot run is found out and
+    /// replaced rather than named while it never ran.
     proven: [bool; 2],
     /// The running kernel, where its release parses: what netlink reports
     /// depends on it.
@@ -268,17 +269,22 @@ impl NamespaceReader {
             .is_none_or(|census| census.may_hold_bound_inactive());
         let mut bound_inactive_seen = !bound_inactive;
         for (index, protocol) in Protocol::ALL.into_iter().enumerate() {
-            skipped[index] = self.proven[index]
-                && self.census.is_some_and(|census| match protocol {
-                    Protocol::Tcp => census.tcp_empty(),
-                    Protocol::Udp => census.udp_empty(),
-                });
-            if !skipped[index] {
-                let seen = self.read_protocol(index, protocol, range, bound_inactive, &mut sink)?;
-                self.proven[index] = true;
-                if protocol == Protocol::Tcp {
-                    bound_inactive_seen |= seen;
-                }
+            skipped[index] = self.census.is_some_and(|census| match protocol {
+                Protocol::Tcp => census.tcp_empty(),
+                Protocol::Udp => census.udp_empty(),
+            });
+            if skipped[index] && self.proven[index] {
+                continue;
+            }
+            let read = if skipped[index] {
+                Reading::Prove
+            } else {
+                Reading::Read { bound_inactive }
+            };
+            let seen = self.read_protocol(index, protocol, range, read, &mut sink)?;
+            self.proven[index] = true;
+            if protocol == Protocol::Tcp {
+                bound_inactive_seen |= seen;
             }
         }
         Ok(ReadReport {
@@ -409,17 +415,18 @@ impl NamespaceReader {
         self.owners.resolve(wanted.iter().copied().collect())
     }
 
-    /// Reads one protocol with its current source; in `auto`, a source
-    /// that cannot serve here hands over to the next (BPF, then netlink,
-    /// then procfs) for good, logged once. Returns whether the TCP sockets
-    /// bound but neither listening nor connected were read: by a complete
-    /// walk of the bind hash, or over netlink where the kernel reports them.
+    /// Reads one protocol with its current source, or only proves that
+    /// the source can run; in `auto`, a source that cannot serve here
+    /// hands over to the next (BPF, then netlink, then procfs) for good,
+    /// logged once. Returns whether the TCP sockets bound but neither
+    /// listening nor connected were read: by a complete walk of the bind
+    /// hash, or over netlink where the kernel reports them.
     fn read_protocol(
         &mut self,
         index: usize,
         protocol: Protocol,
         range: PortRange,
-        bound_inactive: bool,
+        read: Reading,
         sink: &mut dyn SocketSink,
     ) -> Result<bool, SourceError> {
         let netlink_reports_bound_inactive = self
@@ -427,17 +434,28 @@ impl NamespaceReader {
             .is_some_and(|kernel| kernel.inet_diag_reports_bound_inactive());
         loop {
             let source = self.sources[index];
-            let result = match source {
-                SourceKind::Procfs => {
+            let result = match (source, read) {
+                (SourceKind::Procfs, Reading::Prove) => return Ok(false),
+                (SourceKind::Procfs, Reading::Read { .. }) => {
                     self.procfs.read_sockets(protocol, sink)?;
                     return Ok(false);
                 }
-                SourceKind::Netlink => self
+                (SourceKind::Netlink, Reading::Prove) => self
+                    .netlink
+                    .open()
+                    .map(|()| false)
+                    .map_err(SourceError::Netlink),
+                (SourceKind::Netlink, Reading::Read { bound_inactive }) => self
                     .netlink
                     .read_sockets(protocol, range, bound_inactive, sink)
                     .map(|()| netlink_reports_bound_inactive)
                     .map_err(SourceError::Netlink),
-                SourceKind::Bpf => self
+                (SourceKind::Bpf, Reading::Prove) => self
+                    .bpf
+                    .load_once()
+                    .map(|()| false)
+                    .map_err(SourceError::Bpf),
+                (SourceKind::Bpf, Reading::Read { bound_inactive }) => self
                     .bpf
                     .read_sockets(range, bound_inactive, &mut self.netlink, sink)
                     .map(|walked| walked || netlink_reports_bound_inactive)
@@ -476,6 +494,17 @@ impl NamespaceReader {
             self.sources[index] = next;
         }
     }
+}
+
+/// What `read_protocol` does with a protocol's source.
+#[derive(Debug, Clone, Copy)]
+enum Reading {
+    /// Only proves that the source can run here: the counts show that a
+    /// dump would find nothing.
+    Prove,
+    /// Reads the sockets; `bound_inactive`: look for TCP sockets bound but
+    /// neither listening nor connected.
+    Read { bound_inactive: bool },
 }
 
 /// The most a sysctl file may hold: `ip_local_reserved_ports` listing

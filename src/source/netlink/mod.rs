@@ -55,6 +55,18 @@ impl NetlinkSockets {
         }
     }
 
+    /// Opens the socket where none is open, in the calling thread's network
+    /// namespace: what a dump needs first, to prove that this source can
+    /// run here without running one.
+    pub fn open(&mut self) -> Result<(), NetlinkError> {
+        if self.socket.is_none() {
+            let socket = NetlinkSocket::open()
+                .map_err(|(call, source)| NetlinkError::System { call, source })?;
+            self.socket = Some(socket);
+        }
+        Ok(())
+    }
+
     /// Closes the socket; the next dump opens one in the calling thread's
     /// network namespace.
     pub fn close(&mut self) {
