@@ -39,9 +39,17 @@ docker build --quiet -t "$tag" "$context"
 layers=$(docker history --format '{{.Size}}' "$tag" | grep -vc '^0B$' || true)
 echo "image: $(docker image inspect -f '{{.Size}}' "$tag") bytes, $layers non-empty layer(s)"
 # The DaemonSet's privileges: the BPF capabilities, the runtime's default
-# seccomp profile, host networking and PID, a read-only root.
+# seccomp profile, host networking and PID, a read-only root. An engine
+# older than Docker 23 (Debian 12's docker.io is 20.10) knows neither
+# capability by name: there SYS_ADMIN stands in for both, which its default
+# seccomp profile also requires for bpf().
+caps=(--cap-add BPF --cap-add PERFMON)
+if ! docker run --rm --cap-drop ALL "${caps[@]}" --entrypoint /portstat_exporter "$tag" --version >/dev/null 2>&1; then
+  echo "this engine ($(docker version -f '{{.Server.Version}}')) knows no CAP_BPF: SYS_ADMIN in its place"
+  caps=(--cap-add SYS_ADMIN)
+fi
 container=$(docker run -d --network host --pid host \
-  --cap-drop ALL --cap-add BPF --cap-add PERFMON --read-only \
+  --cap-drop ALL "${caps[@]}" --read-only \
   "$tag" "--web.listen-address=127.0.0.1:$port")
 
 for _ in $(seq 1 50); do
