@@ -713,9 +713,10 @@ pub struct ReadReport {
     pub bound_inactive_seen: bool,
 }
 
+#[cfg(test)]
 impl ReadReport {
     /// The report of a read from `sources` that skipped nothing and saw
-    /// every socket: for tests and fixtures.
+    /// every socket: for unit tests.
     pub fn complete(sources: [SourceKind; 2]) -> ReadReport {
         ReadReport {
             sources,
