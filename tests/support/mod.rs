@@ -357,10 +357,10 @@ impl Exporter<'_> {
         Metrics::parse(&response.text())
     }
 
-    /// Scrapes until `done` holds for the metrics, or 10 s have passed;
+    /// Scrapes until `done` holds for the metrics, or 30 s have passed;
     /// returns the last metrics either way, for the caller to assert on.
     pub fn metrics_until(&self, done: impl Fn(&Metrics) -> bool) -> Metrics {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let metrics = self.metrics();
             if done(&metrics) || Instant::now() > deadline {
