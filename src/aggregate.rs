@@ -12,10 +12,10 @@ use crate::metrics::nat::{self, NatFigures, NatTable};
 use crate::metrics::processes::{ProcessUsage, keep_top, top_processes};
 pub use crate::model::OwnerLookup;
 use crate::model::{
-    ConntrackCounters, INODE_NOT_READ, NamespaceIdentity, NamespaceSample, NatEntry, NatSink,
-    OwnedSocket, PortList, PortRange, PortSet, Protocol, ReadReport, ReservedPorts, SocketOwners,
-    SocketRecord, SocketSink, SocketState, SourceKind, TcpState, TimeWaitReuse, UdpState,
-    process_label,
+    ConntrackCounters, INODE_NOT_READ, NamespaceFailures, NamespaceIdentity, NamespaceSample,
+    NatEntry, NatSink, OwnedSocket, PortList, PortRange, PortSet, Protocol, ReadReport,
+    ReservedPorts, SocketOwners, SocketRecord, SocketSink, SocketState, SourceKind, TcpState,
+    TimeWaitReuse, UdpState, process_label,
 };
 
 pub use crate::model::{NO_PROCESS, UNKNOWN_PROCESS};
@@ -111,6 +111,8 @@ pub struct Snapshot {
     pub namespace: Option<NamespaceIdentity>,
     /// Source NAT from conntrack, where the namespace translates sources.
     pub nat: Option<NatFigures>,
+    /// The failures counted in the kernel, where they are counted.
+    pub failures: Option<NamespaceFailures>,
 }
 
 impl Snapshot {
@@ -772,6 +774,7 @@ impl Aggregator {
                     .unwrap_or_else(|| NatTable::new(self.limits.nat_ports))
                     .finish(self.limits.destinations_top, counters)
             }),
+            failures: None,
         }
     }
 }

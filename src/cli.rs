@@ -139,6 +139,18 @@ pub struct Cli {
     )]
     pub nat: bool,
 
+    /// Count the connect() calls that find no free local port, in the kernel
+    /// as they happen, by destination and process (needs the BPF source's
+    /// privileges; without them, no failure series).
+    #[arg(
+        long = "collector.failures",
+        global = true,
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub failures: bool,
+
     /// The ports NAT rules pick from, FIRST-LAST: the capacity of each (NAT
     /// address, destination). Set it to a rule's --to-ports where rules
     /// narrow it.

@@ -72,6 +72,9 @@ fn main() -> ExitCode {
         }
     }
 
+    if cli.failures {
+        sampler.count_failures();
+    }
     let (sender, receiver) = watch::channel(Arc::new(Exposition::default()));
     let interval = cli.interval;
     let spawned = std::thread::Builder::new()

@@ -4,7 +4,7 @@
 //! kernel reported for one network namespace.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// A transport protocol with its own port space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -405,6 +405,119 @@ pub struct ConntrackCounters {
     /// Packets dropped because their connection could not be tracked,
     /// summed over CPUs.
     pub drop: u64,
+}
+
+/// A call that asked the kernel for a local port of the range and got none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FailureKind {
+    /// `connect()` (TCP: `EADDRNOTAVAIL`).
+    Connect,
+}
+
+impl FailureKind {
+    /// Every kind, in the order metrics list them.
+    pub const ALL: [FailureKind; 1] = [FailureKind::Connect];
+}
+
+/// Failures counted in the kernel toward one destination, from one
+/// process name, since the exporter started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortFailure {
+    /// The network namespace's inode.
+    pub netns: u64,
+    /// What failed.
+    pub kind: FailureKind,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The local address the connection would have left from; an
+    /// IPv4-mapped socket's is its IPv4 address.
+    pub local_address: IpAddr,
+    /// The remote address, IPv4 for an IPv4-mapped peer.
+    pub remote_address: IpAddr,
+    /// The remote port.
+    pub remote_port: u16,
+    /// Whether the calls came from AF_INET6 sockets to IPv4-mapped peers.
+    pub ipv4_mapped: bool,
+    /// The calling process's `comm`.
+    pub process: String,
+    /// The process id of the last call that failed.
+    pub last_pid: u32,
+    /// Failures so far; only rises.
+    pub count: u64,
+}
+
+/// What tells failures apart in metrics: namespace, kind, protocol,
+/// destination and process name.
+pub type PortFailureKey<'a> = (u64, FailureKind, Protocol, IpAddr, IpAddr, u16, &'a str);
+
+impl PortFailure {
+    /// The failure's identity in metrics: IPv4 and IPv4-mapped calls to
+    /// one destination are one.
+    pub fn key(&self) -> PortFailureKey<'_> {
+        (
+            self.netns,
+            self.kind,
+            self.protocol,
+            self.local_address,
+            self.remote_address,
+            self.remote_port,
+            &self.process,
+        )
+    }
+}
+
+/// Every count of the failure counter at one moment, for every namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortFailureCounts {
+    /// Failures by destination and process, as far as the kernel's map
+    /// holds them, sorted by `PortFailure::key`.
+    pub failures: Vec<PortFailure>,
+    /// Failures by namespace, kind and protocol: every one counted.
+    pub totals: BTreeMap<(u64, FailureKind, Protocol), u64>,
+    /// TCP `connect()` calls that asked for a port, by namespace.
+    pub attempts: BTreeMap<u64, u64>,
+    /// Failures or namespaces the kernel's maps had no room to record by
+    /// key: counted here, never lost.
+    pub unrecorded: u64,
+}
+
+impl PortFailureCounts {
+    /// Adds `count` failures to a namespace's total.
+    pub fn add_total(&mut self, netns: u64, kind: FailureKind, protocol: Protocol, count: u64) {
+        *self.totals.entry((netns, kind, protocol)).or_default() += count;
+    }
+
+    /// Adds `count` connect attempts to a namespace's.
+    pub fn add_connect_attempts(&mut self, netns: u64, count: u64) {
+        *self.attempts.entry(netns).or_default() += count;
+    }
+
+    /// A namespace's failures of one kind and protocol.
+    pub fn total(&self, netns: u64, kind: FailureKind, protocol: Protocol) -> u64 {
+        self.totals
+            .get(&(netns, kind, protocol))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// A namespace's TCP connect attempts.
+    pub fn connect_attempts(&self, netns: u64) -> u64 {
+        self.attempts.get(&netns).copied().unwrap_or(0)
+    }
+}
+
+/// One namespace's failures, as its metrics show them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamespaceFailures {
+    /// Every failure so far, by kind and protocol.
+    pub totals: BTreeMap<(FailureKind, Protocol), u64>,
+    /// Failures by destination and process, as far as the kernel's map
+    /// holds them, IPv4-mapped calls merged into their IPv4 destination.
+    pub by_destination_and_process: Vec<PortFailure>,
+    /// TCP connect failures toward destinations whose headroom, at the
+    /// sample before, was more than every connect attempt made since could
+    /// have used: the model disagreed with the kernel.
+    pub unpredicted: u64,
 }
 
 /// A set of port numbers, one bit per port: 8 KiB once a port is in it,

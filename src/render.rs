@@ -110,11 +110,15 @@ fn snapshot_families(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
     if let Some(nat) = &snapshot.nat {
         metrics::nat::render(nat, &base, out);
     }
+    if let Some(failures) = &snapshot.failures {
+        metrics::failures::render(failures, &base, out);
+    }
 }
 
 /// The families that describe the sampler and the build.
 fn status_families(status: &SampleStatus, out: &mut Vec<MetricFamily>) {
     metrics::sampling::render(status, out);
+    metrics::failures::render_counting(&status.failure_counting, status.failures_unrecorded, out);
     if let Some(counts) = &status.namespaces {
         metrics::netns::render(counts, out);
     }
@@ -128,11 +132,13 @@ mod tests {
     use crate::metrics::nat::NatTable;
     use crate::model::Protocol;
     use crate::model::{ConntrackCounters, NatEntry, ReadReport};
+    use crate::model::{FailureKind, NamespaceFailures, PortFailure};
     use crate::model::{
         ListenQueue, PortBinding, SourceKind, TcpState, TimeWait, TimeWaitReuse, UdpState,
     };
     use crate::model::{NamespaceSample, PortRange, SocketOwners, SocketRecord, SocketState};
     use crate::source::sysctl::parse_reserved_ports;
+    use crate::status::FailureCounting;
     use crate::status::REVISION;
     use std::net::SocketAddr;
 
@@ -259,6 +265,30 @@ mod tests {
             drop: 1,
         };
         snapshot.nat = Some(nat.finish(10, Some(counters)));
+        // Failed connect() calls: 5 to one destination from two processes
+        // (3 of them from IPv4-mapped sockets), 2 to another, one of them
+        // past the prediction.
+        let failure = |process: &str, remote: &str, mapped, count| PortFailure {
+            netns: 1,
+            kind: FailureKind::Connect,
+            protocol: Protocol::Tcp,
+            local_address: "10.0.0.1".parse().unwrap(),
+            remote_address: remote.parse().unwrap(),
+            remote_port: 443,
+            ipv4_mapped: mapped,
+            process: process.to_string(),
+            last_pid: 4321,
+            count,
+        };
+        snapshot.failures = Some(NamespaceFailures {
+            totals: [((FailureKind::Connect, Protocol::Tcp), 7)].into(),
+            by_destination_and_process: vec![
+                failure("java", "10.0.9.9", true, 3),
+                failure("curl", "10.0.9.9", false, 2),
+                failure("java", "10.0.9.10", false, 2),
+            ],
+            unpredicted: 1,
+        });
         snapshot
     }
 
@@ -270,6 +300,8 @@ mod tests {
             errors: [2, 0],
             namespaces: None,
             interval_seconds: Some(5.0),
+            failure_counting: FailureCounting::Bpf,
+            failures_unrecorded: 0,
         }
     }
 
@@ -291,6 +323,10 @@ mod tests {
             errors: [1, 0],
             namespaces: None,
             interval_seconds: None,
+            failure_counting: FailureCounting::Unavailable {
+                stage: "verify".to_string(),
+            },
+            failures_unrecorded: 0,
         };
         let text = Renderer::new(false, "/metrics")
             .render(&[], &status)

@@ -11,11 +11,13 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::aggregate::{Aggregator, Limits, Snapshot};
-use crate::model::{OwnerLookup, PortRange, SocketOwners};
+use crate::metrics::failures::FailureHistory;
+use crate::model::{OwnerLookup, PortFailureCounts, PortRange, SocketOwners};
 use crate::page::landing_page;
 use crate::render::Renderer;
+use crate::source::bpf::failures::PortFailureCounter;
 use crate::source::{NamespaceReader, ReadReport, SourceError, namespaces};
-use crate::status::{NamespaceCounts, SampleStatus, Stage};
+use crate::status::{FailureCounting, NamespaceCounts, SampleStatus, Stage};
 
 /// `--collector.netns`. Like every flag's set of values, it derives clap's
 /// `ValueEnum` in the module whose choice it is (`SourceChoice` in
@@ -86,6 +88,13 @@ pub struct Sampler {
     serving: bool,
     /// Whether the cost of sharing the host's TCP table was logged.
     sharing_logged: bool,
+    /// The kernel's count of failed `connect()` calls, where it loaded.
+    failure_counter: Option<PortFailureCounter>,
+    /// Its counts at the last sample, and the unpredicted failures so far.
+    failure_history: FailureHistory,
+    /// Whether reading the failure counter is failing (logged when failing
+    /// starts and when it stops).
+    failure_read_failing: bool,
 }
 
 /// The share of the interval past which a sample slowed by namespaces that
@@ -109,9 +118,79 @@ impl Sampler {
             last_good: Vec::new(),
             serving: false,
             sharing_logged: false,
+            failure_counter: None,
+            failure_history: FailureHistory::default(),
+            failure_read_failing: false,
             status: SampleStatus::default(),
             last_exposition: Exposition::default(),
         }
+    }
+
+    /// Counts failed `connect()` calls in the kernel from now on, for as
+    /// long as the sampler lives, where the BPF program loads; logs why
+    /// once where it does not. For a sampler that runs (`run`): a one-shot
+    /// sample would only count its own instant.
+    pub fn count_failures(&mut self) {
+        match PortFailureCounter::load() {
+            Ok(counter) => {
+                self.failure_counter = Some(counter);
+                self.status.failure_counting = FailureCounting::Bpf;
+                tracing::info!("counting failed connect() calls in the kernel");
+            }
+            Err(error) => {
+                let stage = match &error {
+                    crate::source::bpf::BpfError::Unavailable { stage, .. } => {
+                        stage.to_lowercase().replace(" ", "_")
+                    }
+                    _ => "read".to_string(),
+                };
+                tracing::info!(err = %error, "cannot count failed connect() calls (needs the BPF source's privileges); the failure families are absent");
+                self.status.failure_counting = FailureCounting::Unavailable { stage };
+            }
+        }
+    }
+
+    /// The failure counter's counts now, where it counts.
+    fn read_failures(&mut self) -> Option<PortFailureCounts> {
+        let counter = self.failure_counter.as_ref()?;
+        match counter.read() {
+            Ok(counts) => {
+                if self.failure_read_failing {
+                    self.failure_read_failing = false;
+                    tracing::info!("reading the failure counter recovered");
+                }
+                self.status.failures_unrecorded = counts.unrecorded;
+                Some(counts)
+            }
+            Err(error) => {
+                if !self.failure_read_failing {
+                    self.failure_read_failing = true;
+                    tracing::warn!(err = %error, "reading the failure counter failed; its families are absent meanwhile");
+                }
+                None
+            }
+        }
+    }
+
+    /// Gives each snapshot its namespace's failures from `counts`, weighed
+    /// against the namespace's snapshot of the last sample.
+    fn attach_failures(&mut self, snapshots: &mut [Snapshot], counts: PortFailureCounts) {
+        let own = own_namespace_inode();
+        let inode = |snapshot: &Snapshot| snapshot.namespace.as_ref().map(|n| n.inode).or(own);
+        for snapshot in snapshots.iter_mut() {
+            let Some(netns) = inode(snapshot) else {
+                continue;
+            };
+            let before = self
+                .last_good
+                .iter()
+                .find(|previous| inode(previous) == Some(netns));
+            snapshot.failures = Some(
+                self.failure_history
+                    .figures(netns, &counts, before, snapshot),
+            );
+        }
+        self.failure_history.remember(counts);
     }
 
     /// Whether the latest sample succeeded.
@@ -128,12 +207,18 @@ impl Sampler {
         let started = Instant::now();
         let was_failing =
             self.status.errors[stage_index(Stage::Source)] > 0 && !self.status.success;
+        // Read before the sockets, so that every call the counts miss is
+        // made after, and is counted as an attempt by the next sample.
+        let failure_counts = self.read_failures();
         let result = match self.namespaces {
             NamespaceScope::Own => self.sample_own(),
             NamespaceScope::All { max } => self.sample_all(max),
         };
         match result {
-            Ok(snapshots) => {
+            Ok(mut snapshots) => {
+                if let Some(counts) = failure_counts {
+                    self.attach_failures(&mut snapshots, counts);
+                }
                 self.last_good = snapshots;
                 self.status.success = true;
                 self.status.last_success_seconds = Some(unix_seconds());

@@ -29,6 +29,21 @@ impl Stage {
     }
 }
 
+/// Where failures are counted from, for `portstat_failures_source_info`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum FailureCounting {
+    /// `--collector.failures=false`, or a one-shot run: nothing is written.
+    #[default]
+    Off,
+    /// The BPF program counts.
+    Bpf,
+    /// The program could not load or attach.
+    Unavailable {
+        /// Where loading stopped, as a label value (`verify`, `kernel_btf`).
+        stage: String,
+    },
+}
+
 /// How the sampler has fared, published beside the snapshot.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SampleStatus {
@@ -44,6 +59,10 @@ pub struct SampleStatus {
     pub namespaces: Option<NamespaceCounts>,
     /// The time between samples, when sampling runs on (not `--once`).
     pub interval_seconds: Option<f64>,
+    /// Where failures are counted from.
+    pub failure_counting: FailureCounting,
+    /// Failures the kernel's maps had no room to record by key, so far.
+    pub failures_unrecorded: u64,
 }
 
 /// How many network namespaces the latest sample covered.

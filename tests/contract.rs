@@ -63,9 +63,35 @@ fn nat_exposition() -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// The exposition of a daemon (which adds its interval and the failure
+/// families, which --once has not) in a namespace of two ports, after a
+/// third `connect()` to one destination failed.
+fn served_exposition() -> String {
+    let netns = Netns::new((40000, 40001), "");
+    let exporter = netns.start_exporter(&[]);
+    let _sockets = netns.run(|| {
+        let server = TcpListener::bind("127.0.0.1:80").unwrap();
+        let clients: Vec<_> = (0..2)
+            .map(|_| std::net::TcpStream::connect("127.0.0.1:80").unwrap())
+            .collect();
+        let refused = std::net::TcpStream::connect("127.0.0.1:80").unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::AddrNotAvailable);
+        (server, clients)
+    });
+    let metrics = exporter.metrics_until(|metrics| {
+        metrics.get("portstat_ephemeral_connect_failures_total{protocol=\"tcp\"}") == Some(1.0)
+    });
+    assert_eq!(
+        metrics.get("portstat_ephemeral_connect_failures_total{protocol=\"tcp\"}"),
+        Some(1.0),
+        "the failure counter runs where the tests run (root, BPF)"
+    );
+    metrics.text
+}
+
 #[test]
 fn exposition_passes_promtool_check_metrics() {
-    for text in [full_exposition(), nat_exposition()] {
+    for text in [full_exposition(), nat_exposition(), served_exposition()] {
         let mut promtool = Command::new("promtool")
             .args(["check", "metrics"])
             .stdin(Stdio::piped())
@@ -94,9 +120,7 @@ fn readme_metric_table_matches_the_exposition() {
     let text = full_exposition();
     // Every namespace sampled adds the namespace-count families.
     let all = full_exposition_with(&["--collector.netns", "all"]);
-    // A daemon adds its interval, which --once has not.
-    let netns = Netns::new((40000, 40099), "");
-    let served = netns.start_exporter(&[]).get("/metrics").unwrap().text();
+    let served = served_exposition();
     let nat = nat_exposition();
     let rendered: BTreeSet<String> = text
         .lines()

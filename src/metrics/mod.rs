@@ -14,6 +14,7 @@
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
 pub mod build;
+pub mod failures;
 pub mod headroom;
 pub mod listeners;
 pub mod nat;

@@ -19,6 +19,7 @@
 //! the kernel.
 
 pub mod btf;
+pub mod failures;
 mod loader;
 pub mod owners;
 
@@ -141,7 +142,7 @@ fn unavailable(stage: &'static str, error: impl std::fmt::Display) -> BpfError {
 /// The loaded program, kept across samples and namespaces: an iterator
 /// reads the namespace of the thread that creates it.
 struct Loaded {
-    program: loader::IterProgram,
+    program: loader::LoadedProgram,
     /// The program's settings: the range, and what to read.
     settings: Array<MapData, u32>,
     /// Where the program writes the bound-but-inactive sockets it finds.
@@ -266,25 +267,28 @@ impl BpfSockets {
                 .map_err(|error| unavailable("object", format!("{}: {error}", path.display())))?,
             None => TCP_PORTS_OBJECT.to_vec(),
         };
-        let mut program =
-            loader::IterProgram::load(&bytes, PROGRAM, "tcp", kernel_btf).map_err(|error| {
-                // Where CO-RE could not relocate an access, the loader leaves
-                // a call to this poison value, which the verifier then refuses.
-                if error.stage == "verify"
-                    && error.reason.contains(&POISONED_RELOCATION.to_string())
-                {
-                    unavailable(
-                        "relocate",
-                        format!(
-                            "this kernel lacks a field or type the program reads \
+        let mut program = loader::LoadedProgram::load(
+            &bytes,
+            PROGRAM,
+            loader::AttachPoint::Iterator("tcp"),
+            kernel_btf,
+        )
+        .map_err(|error| {
+            // Where CO-RE could not relocate an access, the loader leaves
+            // a call to this poison value, which the verifier then refuses.
+            if error.stage == "verify" && error.reason.contains(&POISONED_RELOCATION.to_string()) {
+                unavailable(
+                    "relocate",
+                    format!(
+                        "this kernel lacks a field or type the program reads \
                              (iter/tcp needs Linux 5.9+ with BTF): {}",
-                            error.reason
-                        ),
-                    )
-                } else {
-                    unavailable(error.stage, error.reason)
-                }
-            })?;
+                        error.reason
+                    ),
+                )
+            } else {
+                unavailable(error.stage, error.reason)
+            }
+        })?;
         let settings = program
             .take_map("settings")
             .ok_or_else(|| unavailable("settings", "the object has no settings map"))?;

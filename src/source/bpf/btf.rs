@@ -168,10 +168,19 @@ impl Btf {
     /// The id of the function named `name`, as `BPF_PROG_LOAD` wants it in
     /// `attach_btf_id` (an iterator attaches to `bpf_iter_<target>`).
     pub fn func_id(&self, name: &str) -> Option<u32> {
+        self.id_of(kind::FUNC, name)
+    }
+
+    /// The id of the typedef named `name`: a BTF-enabled raw tracepoint
+    /// program attaches to `btf_trace_<tracepoint>`.
+    pub fn typedef_id(&self, name: &str) -> Option<u32> {
+        self.id_of(kind::TYPEDEF, name)
+    }
+
+    fn id_of(&self, wanted: u32, name: &str) -> Option<u32> {
         (1..=self.offsets.len() as u32).find(|&id| {
             self.record(id).is_some_and(|record| {
-                kind_of(read_u32(record, 4)) == kind::FUNC
-                    && self.string(read_u32(record, 0)) == name
+                kind_of(read_u32(record, 4)) == wanted && self.string(read_u32(record, 0)) == name
             })
         })
     }

@@ -1,6 +1,7 @@
-//! Loads a BPF iterator program: the object parsed and relocated by
-//! `aya-obj`, its maps made by `aya`, and the program loaded, linked and
-//! opened with four `bpf()` commands of its own.
+//! Loads a BPF tracing program, an iterator or a BTF-enabled raw
+//! tracepoint: the object parsed and relocated by `aya-obj`, its maps made
+//! by `aya`, and the program loaded, attached and (an iterator) opened with
+//! five `bpf()` commands of its own.
 //!
 //! The loader relocates against `btf::Btf::compact`, a copy of the kernel's
 //! types the program names, not a parse of all of them: loading then costs
@@ -36,8 +37,19 @@ fn failed(stage: &'static str, reason: impl std::fmt::Display) -> LoadError {
     }
 }
 
-/// A loaded iterator program, linked to its target, with its maps.
-pub struct IterProgram {
+/// Where a tracing program attaches.
+#[derive(Debug, Clone, Copy)]
+pub enum AttachPoint<'a> {
+    /// An `iter/<target>` program, run whenever an iterator made from its
+    /// link is read (`LoadedProgram::open`).
+    Iterator(&'a str),
+    /// A `tp_btf/<tracepoint>` program, run at every hit of the tracepoint
+    /// for as long as it stays loaded.
+    RawTracepoint(&'a str),
+}
+
+/// A loaded program, attached to its target, with its maps.
+pub struct LoadedProgram {
     link: OwnedFd,
     maps: HashMap<String, MapData>,
     // The program and its BTF stay loaded while the link holds them; the
@@ -47,8 +59,8 @@ pub struct IterProgram {
 }
 
 /// What this loader assumes of the kernel: an iterator program needs Linux
-/// 5.9+, which has every BTF kind clang writes for these programs and
-/// `bpf_probe_read_kernel`.
+/// 5.9+ (a BTF-enabled raw tracepoint 5.5+), which has every BTF kind clang
+/// writes for these programs and `bpf_probe_read_kernel`.
 fn features() -> Features {
     Features::new(
         true,
@@ -64,21 +76,21 @@ fn features() -> Features {
     )
 }
 
-impl IterProgram {
-    /// Loads the program `program` of `object`, an `iter/<target>` program,
+impl LoadedProgram {
+    /// Loads the program `program` of `object` and attaches it at `attach`,
     /// relocated against the kernel BTF in `kernel_btf`, which is dropped
     /// as soon as the types the program needs are copied out.
     pub fn load(
         object: &[u8],
         program: &str,
-        target: &str,
+        attach: AttachPoint<'_>,
         kernel_btf: Vec<u8>,
-    ) -> Result<IterProgram, LoadError> {
+    ) -> Result<LoadedProgram, LoadError> {
         let mut object = Object::parse(object).map_err(|error| failed("object", error))?;
         let features = features();
 
-        // The kernel's types the program names, and the function its
-        // iterator attaches to, from one read of the kernel's BTF.
+        // The kernel's types the program names, and the function or
+        // tracepoint type it attaches to, from one read of the kernel's BTF.
         let (target_btf, attach_btf_id) = {
             let kernel = Btf::parse(kernel_btf).map_err(|error| failed("kernel BTF", error))?;
             let local = object
@@ -88,13 +100,28 @@ impl IterProgram {
             let local =
                 Btf::parse(local.to_bytes()).map_err(|error| failed("object BTF", error))?;
             let compact = kernel.compact(&local.named_types());
-            let function = format!("bpf_iter_{target}");
-            let id = kernel.func_id(&function).ok_or_else(|| {
-                failed(
-                    "kernel BTF",
-                    format!("no {function}: this kernel has no {target} iterator (Linux 5.9+)"),
-                )
-            })?;
+            let id = match attach {
+                AttachPoint::Iterator(target) => {
+                    let function = format!("bpf_iter_{target}");
+                    kernel.func_id(&function).ok_or_else(|| {
+                        failed(
+                            "kernel BTF",
+                            format!(
+                                "no {function}: this kernel has no {target} iterator (Linux 5.9+)"
+                            ),
+                        )
+                    })?
+                }
+                AttachPoint::RawTracepoint(tracepoint) => {
+                    let typedef = format!("btf_trace_{tracepoint}");
+                    kernel.typedef_id(&typedef).ok_or_else(|| {
+                        failed(
+                            "kernel BTF",
+                            format!("no {typedef}: this kernel has no {tracepoint} tracepoint"),
+                        )
+                    })?
+                }
+            };
             let compact = aya_obj::btf::Btf::parse(&compact, object::Endianness::default())
                 .map_err(|error| failed("kernel BTF", error))?;
             (compact, id)
@@ -155,6 +182,10 @@ impl IterProgram {
         let license =
             CString::new(entry.license.as_bytes()).map_err(|error| failed("program", error))?;
         let loaded = load_program(&ProgramToLoad {
+            attach_type: match attach {
+                AttachPoint::Iterator(_) => bpf_attach_type::BPF_TRACE_ITER,
+                AttachPoint::RawTracepoint(_) => bpf_attach_type::BPF_TRACE_RAW_TP,
+            },
             instructions: &function.instructions,
             license: &license,
             attach_btf_id,
@@ -170,8 +201,12 @@ impl IterProgram {
                 function.line_info_rec_size,
             ),
         })?;
-        let link = create_link(&loaded).map_err(|error| failed("attach", error))?;
-        Ok(IterProgram {
+        let link = match attach {
+            AttachPoint::Iterator(_) => create_link(&loaded),
+            AttachPoint::RawTracepoint(_) => open_raw_tracepoint(&loaded),
+        }
+        .map_err(|error| failed("attach", error))?;
+        Ok(LoadedProgram {
             link,
             maps,
             _program: loaded,
@@ -184,8 +219,9 @@ impl IterProgram {
         self.maps.remove(name)
     }
 
-    /// A new iterator: reading it runs the program over its target in the
-    /// network namespace (and PID namespace) of the calling thread.
+    /// A new iterator of an `AttachPoint::Iterator` program: reading it
+    /// runs the program over its target in the network namespace (and PID
+    /// namespace) of the calling thread.
     pub fn open(&self) -> io::Result<File> {
         let mut attr = IterCreate {
             link_fd: self.link.as_raw_fd() as u32,
@@ -198,6 +234,7 @@ impl IterProgram {
 
 /// What `BPF_PROG_LOAD` is given.
 struct ProgramToLoad<'a> {
+    attach_type: bpf_attach_type,
     instructions: &'a [aya_obj::generated::bpf_insn],
     license: &'a CString,
     attach_btf_id: u32,
@@ -210,8 +247,8 @@ struct ProgramToLoad<'a> {
 /// The verifier's log on a refusal: enough for the end of it, which says why.
 const LOG_LENGTH: usize = 1 << 20;
 
-/// `BPF_PROG_LOAD` of a tracing program attached to an iterator target; a
-/// refusal is tried again with the verifier's log, which is the reason given.
+/// `BPF_PROG_LOAD` of a tracing program of the given attach type; a refusal
+/// is tried again with the verifier's log, which is the reason given.
 fn load_program(program: &ProgramToLoad<'_>) -> Result<OwnedFd, LoadError> {
     let attr = |log: Option<&mut Vec<u8>>| {
         let mut attr = ProgLoad {
@@ -219,7 +256,7 @@ fn load_program(program: &ProgramToLoad<'_>) -> Result<OwnedFd, LoadError> {
             insn_cnt: program.instructions.len() as u32,
             insns: program.instructions.as_ptr() as u64,
             license: program.license.as_ptr() as u64,
-            expected_attach_type: bpf_attach_type::BPF_TRACE_ITER as u32,
+            expected_attach_type: program.attach_type as u32,
             attach_btf_id: program.attach_btf_id,
             ..ProgLoad::default()
         };
@@ -278,6 +315,17 @@ fn create_link(program: &OwnedFd) -> io::Result<OwnedFd> {
     bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)
 }
 
+/// Attaches a `tp_btf` program to its tracepoint, until the returned
+/// descriptor closes.
+fn open_raw_tracepoint(program: &OwnedFd) -> io::Result<OwnedFd> {
+    let mut attr = RawTracepointOpen {
+        name: 0,
+        prog_fd: program.as_raw_fd() as u32,
+        pad: 0,
+    };
+    bpf(bpf_cmd::BPF_RAW_TRACEPOINT_OPEN, &mut attr)
+}
+
 /// The `bpf()` attribute blocks of the commands used, laid out as the
 /// `union bpf_attr` members of `include/uapi/linux/bpf.h`; the kernel reads
 /// as many bytes as it is given and takes the rest as zero.
@@ -326,6 +374,15 @@ struct LinkCreate {
     flags: u32,
 }
 
+/// `BPF_RAW_TRACEPOINT_OPEN` of a BTF-enabled program: no name, since the
+/// program's `attach_btf_id` names the tracepoint.
+#[repr(C)]
+struct RawTracepointOpen {
+    name: u64,
+    prog_fd: u32,
+    pad: u32,
+}
+
 #[repr(C)]
 struct IterCreate {
     link_fd: u32,
@@ -338,6 +395,7 @@ impl Attributes for ProgLoad {}
 impl Attributes for BtfLoad {}
 impl Attributes for LinkCreate {}
 impl Attributes for IterCreate {}
+impl Attributes for RawTracepointOpen {}
 
 /// Runs a `bpf()` command that returns a new descriptor.
 fn bpf<T: Attributes>(command: bpf_cmd, attr: &mut T) -> io::Result<OwnedFd> {

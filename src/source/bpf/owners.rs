@@ -10,7 +10,7 @@
 
 use aya::maps::{Array, Map, MapData};
 
-use super::loader::IterProgram;
+use super::loader::{AttachPoint, LoadedProgram};
 use super::{BpfError, read_whole_records, unavailable};
 use crate::model::{OwnedSocket, Protocol};
 
@@ -71,7 +71,7 @@ pub fn parse_owner_record(record: &[u8]) -> Option<OwnedSocket> {
 /// Finds socket owners with the `iter/task_file` program, loading it at
 /// first use.
 pub struct BpfOwners {
-    program: Option<IterProgram>,
+    program: Option<LoadedProgram>,
     /// Index 0: the port whose sockets' inodes are always read.
     settings: Option<Array<MapData, u32>>,
     buffer: Vec<u8>,
@@ -84,10 +84,10 @@ impl BpfOwners {
         let kernel_btf = std::fs::read(super::KERNEL_BTF).map_err(|error| {
             unavailable("kernel BTF", format!("{}: {error}", super::KERNEL_BTF))
         })?;
-        let mut program = IterProgram::load(
+        let mut program = LoadedProgram::load(
             SOCKET_OWNERS_OBJECT,
             "dump_socket_owners",
-            "task_file",
+            AttachPoint::Iterator("task_file"),
             kernel_btf,
         )
         .map_err(|error| unavailable(error.stage, error.reason))?;

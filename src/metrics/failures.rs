@@ -1,0 +1,426 @@
+//! The failures themselves: TCP `connect()` calls that found no free local
+//! port, counted in the kernel as they happen (`source::bpf::failures`), so
+//! that a burst between two samples is counted in full; and, of those, the
+//! ones the last prediction said could not happen.
+//!
+//! Every family here is a counter since the exporter started. The kernel's
+//! maps never drop an entry, so a series, once written, is written at every
+//! sample until the exporter restarts, and only rises: `rate()` and
+//! `increase()` see no series come and go.
+
+use std::collections::BTreeMap;
+
+use prometheus::proto::MetricFamily;
+
+use super::{BaseLabels, Family};
+use crate::aggregate::Snapshot;
+use crate::model::{FailureKind, NamespaceFailures, PortFailure, PortFailureCounts, Protocol};
+use crate::rules::Destination;
+use crate::status::FailureCounting;
+
+/// What the failure counter said at the last sample, to tell what rose
+/// since, and the unpredicted failures counted so far, by namespace.
+#[derive(Debug, Default)]
+pub struct FailureHistory {
+    previous: Option<PortFailureCounts>,
+    unpredicted: BTreeMap<u64, u64>,
+}
+
+impl FailureHistory {
+    /// The figures of namespace `netns` from `counts`, read at the start of
+    /// this sample; `before` and `now` are the namespace's snapshots of the
+    /// last sample and of this one, whose predictions the failures since
+    /// are weighed against.
+    pub fn figures(
+        &mut self,
+        netns: u64,
+        counts: &PortFailureCounts,
+        before: Option<&Snapshot>,
+        now: &Snapshot,
+    ) -> NamespaceFailures {
+        let mut figures = NamespaceFailures::default();
+        for kind in FailureKind::ALL {
+            figures.totals.insert(
+                (kind, Protocol::Tcp),
+                counts.total(netns, kind, Protocol::Tcp),
+            );
+        }
+        figures.by_destination_and_process = merged(
+            counts
+                .failures
+                .iter()
+                .filter(|failure| failure.netns == netns),
+        );
+        if let (Some(previous), Some(before)) = (&self.previous, before) {
+            *self.unpredicted.entry(netns).or_default() +=
+                unpredicted(netns, previous, counts, before, now);
+        }
+        figures.unpredicted = self.unpredicted.get(&netns).copied().unwrap_or(0);
+        figures
+    }
+
+    /// Keeps `counts` as the last sample's, once every namespace's figures
+    /// were taken from them.
+    pub fn remember(&mut self, counts: PortFailureCounts) {
+        self.previous = Some(counts);
+    }
+}
+
+/// `failures` (of one namespace, sorted by key) with the entries that
+/// share a key (IPv4 and IPv4-mapped calls) added up.
+fn merged<'a>(failures: impl Iterator<Item = &'a PortFailure>) -> Vec<PortFailure> {
+    let mut merged: Vec<PortFailure> = Vec::new();
+    for failure in failures {
+        match merged.last_mut() {
+            Some(last) if last.key() == failure.key() => {
+                last.count += failure.count;
+                last.ipv4_mapped |= failure.ipv4_mapped;
+                last.last_pid = failure.last_pid;
+            }
+            _ => merged.push(failure.clone()),
+        }
+    }
+    merged
+}
+
+/// TCP connect failures of namespace `netns` between the counts `previous`
+/// and `counts` that the snapshot `before` did not allow for: toward a
+/// destination whose headroom in `before` was more than the connect
+/// attempts made since, each of which takes at most one port. Only where
+/// `before` claimed its headroom exact and the range is the one `now` has.
+pub fn unpredicted(
+    netns: u64,
+    previous: &PortFailureCounts,
+    counts: &PortFailureCounts,
+    before: &Snapshot,
+    now: &Snapshot,
+) -> u64 {
+    if !before.headroom_exact() || before.range != now.range || before.capacity != now.capacity {
+        return 0;
+    }
+    let attempts = counts
+        .connect_attempts(netns)
+        .saturating_sub(previous.connect_attempts(netns));
+    let by_destination = |counts: &PortFailureCounts| -> BTreeMap<Destination, u64> {
+        let mut totals = BTreeMap::new();
+        for failure in counts.failures.iter().filter(|failure| {
+            failure.netns == netns
+                && failure.kind == FailureKind::Connect
+                && failure.protocol == Protocol::Tcp
+        }) {
+            *totals
+                .entry(Destination {
+                    local_address: failure.local_address,
+                    remote_address: failure.remote_address,
+                    remote_port: failure.remote_port,
+                })
+                .or_default() += failure.count;
+        }
+        totals
+    };
+    let old = by_destination(previous);
+    by_destination(counts)
+        .into_iter()
+        .filter(|(destination, _)| u64::from(predicted_headroom(before, destination)) > attempts)
+        .map(|(destination, count)| {
+            count.saturating_sub(old.get(&destination).copied().unwrap_or(0))
+        })
+        .sum()
+}
+
+/// The fewest `connect()` calls to `destination` that `snapshot` said
+/// would get a port: its own headroom where it is listed, else that of a
+/// new destination less the most ports an unlisted destination may use.
+pub fn predicted_headroom(snapshot: &Snapshot, destination: &Destination) -> u32 {
+    if let Some(usage) = snapshot
+        .destinations
+        .iter()
+        .find(|usage| usage.destination == *destination)
+    {
+        return usage.headroom;
+    }
+    let every_one_listed = snapshot.destinations.len() as u64 >= snapshot.destination_count;
+    let most_unlisted = if every_one_listed {
+        0
+    } else {
+        snapshot
+            .destinations
+            .last()
+            .map_or(snapshot.busiest_destination_ports, |usage| usage.ports_used)
+    };
+    snapshot
+        .new_destination_headroom
+        .saturating_sub(most_unlisted)
+}
+
+/// Writes the failure families of one namespace.
+pub fn render(figures: &NamespaceFailures, base: &BaseLabels, out: &mut Vec<MetricFamily>) {
+    let mut totals = Family::new(
+        "portstat_ephemeral_connect_failures_total",
+        "connect() calls that found no free local port of the range (EADDRNOTAVAIL), counted in the kernel as they happened, since the exporter started.",
+        base,
+    );
+    for ((kind, protocol), count) in &figures.totals {
+        if *kind == FailureKind::Connect {
+            totals.counter(&[("protocol", protocol.label())], *count as f64);
+        }
+    }
+    totals.finish(out);
+
+    let mut by_destination = Family::new(
+        "portstat_ephemeral_destination_connect_failures_total",
+        "connect() calls that found no free local port, by destination (IPv4-mapped peers as IPv4), since the exporter started; the kernel keeps 1,024 (destination, process) pairs, the rest are in portstat_ephemeral_failures_unrecorded_total.",
+        base,
+    );
+    let mut destinations: BTreeMap<(Protocol, Destination), u64> = BTreeMap::new();
+    let mut processes: BTreeMap<(Protocol, &str), u64> = BTreeMap::new();
+    for failure in &figures.by_destination_and_process {
+        *destinations
+            .entry((
+                failure.protocol,
+                Destination {
+                    local_address: failure.local_address,
+                    remote_address: failure.remote_address,
+                    remote_port: failure.remote_port,
+                },
+            ))
+            .or_default() += failure.count;
+        *processes
+            .entry((failure.protocol, failure.process.as_str()))
+            .or_default() += failure.count;
+    }
+    for ((protocol, destination), count) in &destinations {
+        by_destination.counter(
+            &[
+                ("protocol", protocol.label()),
+                ("local_address", &destination.local_address.to_string()),
+                ("remote_address", &destination.remote_address.to_string()),
+                ("remote_port", &destination.remote_port.to_string()),
+            ],
+            *count as f64,
+        );
+    }
+    by_destination.finish(out);
+
+    let mut by_process = Family::new(
+        "portstat_ephemeral_process_connect_failures_total",
+        "connect() calls that found no free local port, by the calling process's name (comm), since the exporter started.",
+        base,
+    );
+    for ((protocol, process), count) in &processes {
+        by_process.counter(
+            &[("protocol", protocol.label()), ("process", process)],
+            *count as f64,
+        );
+    }
+    by_process.finish(out);
+
+    let mut unpredicted = Family::new(
+        "portstat_ephemeral_connect_failures_unpredicted_total",
+        "TCP connect() failures toward a destination whose exact headroom at the sample before exceeded the connect() calls made since: the prediction disagreed with the kernel.",
+        base,
+    );
+    unpredicted.counter(
+        &[("protocol", Protocol::Tcp.label())],
+        figures.unpredicted as f64,
+    );
+    unpredicted.finish(out);
+}
+
+/// Writes the exporter-wide failure families: where failures are counted
+/// from, and how many the kernel's maps had no room to record by key.
+pub fn render_counting(counting: &FailureCounting, unrecorded: u64, out: &mut Vec<MetricFamily>) {
+    let mut source = Family::new(
+        "portstat_failures_source_info",
+        "A constant 1, labelled with where connect() failures are counted: bpf (reason loaded), or none with the reason, the stage at which the BPF program could not load (the failure families are then absent).",
+        &[],
+    );
+    match counting {
+        FailureCounting::Off => return,
+        FailureCounting::Bpf => source.gauge(&[("source", "bpf"), ("reason", "loaded")], 1.0),
+        FailureCounting::Unavailable { stage } => {
+            source.gauge(&[("source", "none"), ("reason", stage)], 1.0)
+        }
+    }
+    source.finish(out);
+    if *counting == FailureCounting::Bpf {
+        let mut unrecorded_family = Family::new(
+            "portstat_ephemeral_failures_unrecorded_total",
+            "Failures counted in the totals that the kernel's maps had no room to record by destination and process (or namespace), since the exporter started.",
+            &[],
+        );
+        unrecorded_family.counter(&[], unrecorded as f64);
+        unrecorded_family.finish(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{Limits, aggregate};
+    use crate::model::{
+        NamespaceSample, PortRange, ReadReport, ReservedPorts, SocketOwners, SocketRecord,
+        SocketState, SourceKind, TcpState, TimeWaitReuse,
+    };
+    use std::net::IpAddr;
+
+    fn failure(process: &str, remote: &str, mapped: bool, count: u64) -> PortFailure {
+        PortFailure {
+            netns: 7,
+            kind: FailureKind::Connect,
+            protocol: Protocol::Tcp,
+            local_address: "127.0.0.1".parse().unwrap(),
+            remote_address: remote.parse().unwrap(),
+            remote_port: 8080,
+            ipv4_mapped: mapped,
+            process: process.to_string(),
+            last_pid: 1,
+            count,
+        }
+    }
+
+    fn counts(failures: Vec<PortFailure>, attempts: u64) -> PortFailureCounts {
+        let mut counts = PortFailureCounts::default();
+        for failure in &failures {
+            counts.add_total(7, failure.kind, failure.protocol, failure.count);
+        }
+        counts.add_connect_attempts(7, attempts);
+        counts.failures = failures;
+        counts.failures.sort_by(|a, b| a.key().cmp(&b.key()));
+        counts
+    }
+
+    /// A namespace with a 10-port range and `connected` connections to
+    /// 127.0.0.2:8080, seen by a source that sees bindings.
+    fn snapshot(connected: u16) -> Snapshot {
+        let sockets = (0..connected)
+            .map(|index| {
+                SocketRecord::new(
+                    SocketState::Tcp(TcpState::Established),
+                    format!("127.0.0.1:{}", 40000 + index).parse().unwrap(),
+                    "127.0.0.2:8080".parse().unwrap(),
+                    u64::from(index) + 1,
+                )
+            })
+            .collect();
+        let sample = NamespaceSample {
+            range: PortRange {
+                start: 40000,
+                end: 40009,
+            },
+            reserved: ReservedPorts::default(),
+            sockets,
+            owners: SocketOwners::default(),
+            time_wait_reuse: TimeWaitReuse::default(),
+            report: ReadReport::complete([SourceKind::Bpf; 2]),
+        };
+        let snapshot = aggregate(&sample, &Limits::default());
+        assert!(snapshot.headroom_exact());
+        snapshot
+    }
+
+    const DESTINATION: &str = "127.0.0.2";
+
+    fn destination() -> Destination {
+        Destination {
+            local_address: "127.0.0.1".parse().unwrap(),
+            remote_address: DESTINATION.parse::<IpAddr>().unwrap(),
+            remote_port: 8080,
+        }
+    }
+
+    #[test]
+    fn mapped_and_ipv4_calls_to_one_destination_are_one_series() {
+        let mut history = FailureHistory::default();
+        let now = snapshot(10);
+        let figures = history.figures(
+            7,
+            &counts(
+                vec![
+                    failure("java", DESTINATION, false, 2),
+                    failure("java", DESTINATION, true, 3),
+                    failure("curl", DESTINATION, false, 1),
+                ],
+                20,
+            ),
+            None,
+            &now,
+        );
+        assert_eq!(figures.by_destination_and_process.len(), 2);
+        let java = &figures.by_destination_and_process[1];
+        assert_eq!((java.process.as_str(), java.count), ("java", 5));
+        assert!(java.ipv4_mapped);
+        assert_eq!(figures.totals[&(FailureKind::Connect, Protocol::Tcp)], 6);
+        assert_eq!(figures.unpredicted, 0, "no sample before: nothing to weigh");
+    }
+
+    #[test]
+    fn a_failure_is_unpredicted_only_past_every_attempt_since() {
+        let before = snapshot(4);
+        assert_eq!(predicted_headroom(&before, &destination()), 6);
+        let now = snapshot(10);
+        let previous = counts(vec![], 100);
+        // Six attempts since: they may have taken the six ports.
+        let after = counts(vec![failure("java", DESTINATION, false, 2)], 106);
+        assert_eq!(unpredicted(7, &previous, &after, &before, &now), 0);
+        // Five attempts since, and still failures: one port at least was
+        // free by the prediction, so the model was wrong.
+        let after = counts(vec![failure("java", DESTINATION, false, 2)], 105);
+        assert_eq!(unpredicted(7, &previous, &after, &before, &now), 2);
+        // Only what rose since counts.
+        let previous = counts(vec![failure("java", DESTINATION, false, 1)], 100);
+        assert_eq!(unpredicted(7, &previous, &after, &before, &now), 1);
+        // Not where the headroom was not claimed exact.
+        let mut inexact = before.clone();
+        inexact.bound_inactive_seen = false;
+        assert!(!inexact.headroom_exact());
+        assert_eq!(unpredicted(7, &previous, &after, &inexact, &now), 0);
+        // Nor across a change of the range.
+        let mut moved = now.clone();
+        moved.range.end += 1;
+        assert_eq!(unpredicted(7, &previous, &after, &before, &moved), 0);
+    }
+
+    #[test]
+    fn unlisted_destinations_get_the_lower_bound() {
+        let mut before = snapshot(4);
+        let other = Destination {
+            remote_address: "127.0.0.3".parse().unwrap(),
+            ..destination()
+        };
+        // Every destination listed: one not listed has no port.
+        assert_eq!(predicted_headroom(&before, &other), 10);
+        // A list cut short: an unlisted one may use as many as the last.
+        before.destination_count = 2;
+        assert_eq!(predicted_headroom(&before, &other), 6);
+    }
+
+    #[test]
+    fn the_unpredicted_count_adds_up_across_samples() {
+        let mut history = FailureHistory::default();
+        let before = snapshot(4);
+        history.remember(counts(vec![], 100));
+        let after = counts(vec![failure("java", DESTINATION, false, 2)], 101);
+        assert_eq!(
+            history
+                .figures(7, &after, Some(&before), &before)
+                .unpredicted,
+            2
+        );
+        history.remember(after);
+        let later = counts(vec![failure("java", DESTINATION, false, 3)], 102);
+        assert_eq!(
+            history
+                .figures(7, &later, Some(&before), &before)
+                .unpredicted,
+            3
+        );
+        history.remember(later.clone());
+        assert_eq!(
+            history
+                .figures(7, &later, Some(&before), &before)
+                .unpredicted,
+            3
+        );
+    }
+}

@@ -1,0 +1,245 @@
+// SPDX-License-Identifier: GPL-2.0
+//
+// Counts, as they happen, the TCP `connect()` calls that found no free local
+// port: a `tp_btf/inet_sock_set_state` program, attached for as long as the
+// exporter runs.
+//
+// `tcp_v4_connect` and `tcp_v6_connect` (every kernel from 4.16, when the
+// tracepoint came) move the socket to SYN_SENT, then ask
+// `inet_hash_connect` for a port; when none is free it returns
+// -EADDRNOTAVAIL and the socket goes back to CLOSE before it ever had one.
+// The tracepoint fires after `tcp_set_state` released the port, so a local
+// port of 0 tells nothing by itself. What such a socket lacks is what
+// `connect()` sets once it has a port: its initial sequence number
+// (`write_seq`, 0 until then). A connection refused, reset or timed out
+// had its sequence number and carries an error (`sk_err`); one closed by
+// the application in SYN_SENT had its sequence number too. A socket bound
+// to a port of its own (`SOCK_BINDPORT_LOCK`) keeps its port, and its
+// failure is a busy 4-tuple, not the range: it is not counted. An AF_INET6
+// socket connecting to an IPv4-mapped peer goes
+// through `tcp_v4_connect`, which fills the IPv4 fields: it is counted with
+// those, as the IPv4 destination it competes for. The tracepoint fires in
+// the task that called `connect()`, so its tgid and comm are the caller's.
+//
+// Counts are kept per (namespace, kind, protocol) in `totals`, and per
+// (namespace, destination, comm) in `failures`. Neither map ever loses an
+// entry: a key that finds its map full is counted in `unrecorded`, so no
+// failure goes uncounted. `totals` also counts every move to SYN_SENT (each
+// a `connect()` asking for a port), which bounds how many ports connects
+// took between two samples.
+//
+// Nothing is decided here that Rust can decide. Structures are declared
+// with only the fields used; CO-RE relocates their offsets against the
+// running kernel's BTF. Rebuild the object with `src/source/bpf/build.sh`.
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+
+#define TCP_SYN_SENT 2
+#define TCP_CLOSE 7
+
+// `failure_key.kind` and `total_key.kind`.
+#define KIND_CONNECT_FAILED 1
+#define KIND_CONNECT_ATTEMPT 3
+
+// `failure_key.family`: an AF_INET6 socket whose peer is IPv4-mapped, and
+// whose addresses are therefore the IPv4 ones.
+#define FAMILY_MAPPED 255
+
+// `unrecorded` indexes.
+#define UNRECORDED_FAILURE 0
+#define UNRECORDED_TOTAL 1
+
+struct in6_addr {
+	__u8 s6_addr[16];
+};
+
+struct ns_common {
+	unsigned int inum;
+} __attribute__((preserve_access_index));
+
+struct net {
+	struct ns_common ns;
+} __attribute__((preserve_access_index));
+
+typedef struct {
+	struct net *net;
+} possible_net_t;
+
+struct sock_common {
+	__be32 skc_daddr;
+	__be32 skc_rcv_saddr;
+	__be16 skc_dport;
+	__u16 skc_num;
+	unsigned short skc_family;
+	possible_net_t skc_net;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+} __attribute__((preserve_access_index));
+
+struct sock {
+	struct sock_common __sk_common;
+	__u16 sk_protocol;
+	int sk_err;
+} __attribute__((preserve_access_index));
+
+struct tcp_sock {
+	__u32 write_seq;
+} __attribute__((preserve_access_index));
+
+// The key layout `src/source/bpf/failures.rs` parses: 64 bytes, native byte
+// order but for the addresses, which stay in network order.
+struct failure_key {
+	__u32 netns;
+	__u8 kind;
+	__u8 protocol;
+	__u8 family;
+	__u8 pad;
+	__u16 remote_port;
+	__u16 pad2;
+	__u8 local[16];
+	__u8 remote[16];
+	char comm[16];
+	__u32 pad3;
+};
+
+struct failure_value {
+	__u64 count;
+	__u32 last_tgid;
+	__u32 pad;
+};
+
+struct total_key {
+	__u32 netns;
+	__u8 kind;
+	__u8 protocol;
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct failure_key);
+	__type(value, struct failure_value);
+} failures SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct total_key);
+	__type(value, __u64);
+} totals SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} unrecorded SEC(".maps");
+
+static void count_unrecorded(__u32 index)
+{
+	__u64 *count = bpf_map_lookup_elem(&unrecorded, &index);
+	if (count)
+		__sync_fetch_and_add(count, 1);
+}
+
+static void add_total(__u32 netns, __u8 kind, __u8 protocol)
+{
+	struct total_key key = {.netns = netns, .kind = kind, .protocol = protocol};
+	__u64 one = 1;
+	__u64 *count = bpf_map_lookup_elem(&totals, &key);
+	if (count) {
+		__sync_fetch_and_add(count, 1);
+		return;
+	}
+	// Another CPU may have made the entry meanwhile: then add to it.
+	if (bpf_map_update_elem(&totals, &key, &one, BPF_NOEXIST) == 0)
+		return;
+	count = bpf_map_lookup_elem(&totals, &key);
+	if (count)
+		__sync_fetch_and_add(count, 1);
+	else
+		count_unrecorded(UNRECORDED_TOTAL);
+}
+
+static void add_failure(struct failure_key *key)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct failure_value first = {.count = 1, .last_tgid = tgid};
+	struct failure_value *value = bpf_map_lookup_elem(&failures, key);
+	if (!value) {
+		if (bpf_map_update_elem(&failures, key, &first, BPF_NOEXIST) == 0)
+			return;
+		value = bpf_map_lookup_elem(&failures, key);
+		if (!value) {
+			count_unrecorded(UNRECORDED_FAILURE);
+			return;
+		}
+	}
+	__sync_fetch_and_add(&value->count, 1);
+	value->last_tgid = tgid;
+}
+
+static int is_v4_mapped(const __u8 *address)
+{
+	for (int i = 0; i < 10; i++)
+		if (address[i])
+			return 0;
+	return address[10] == 0xff && address[11] == 0xff;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int count_port_failures(__u64 *ctx)
+{
+	struct sock *sk = (struct sock *)ctx[0];
+	int oldstate = (int)ctx[1];
+	int newstate = (int)ctx[2];
+
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	__u32 netns = sk->__sk_common.skc_net.net->ns.inum;
+	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) {
+		add_total(netns, KIND_CONNECT_ATTEMPT, IPPROTO_TCP);
+		return 0;
+	}
+	if (oldstate != TCP_SYN_SENT || newstate != TCP_CLOSE || sk->__sk_common.skc_num != 0 ||
+	    sk->sk_err != 0)
+		return 0;
+	// Past the end of `struct sock`, which is all the tracepoint's
+	// argument is typed as: read it, relocated, as kernel memory.
+	if (BPF_CORE_READ((struct tcp_sock *)sk, write_seq) != 0)
+		return 0;
+
+	add_total(netns, KIND_CONNECT_FAILED, IPPROTO_TCP);
+	struct failure_key key = {};
+	key.netns = netns;
+	key.kind = KIND_CONNECT_FAILED;
+	key.protocol = IPPROTO_TCP;
+	key.remote_port = __builtin_bswap16(sk->__sk_common.skc_dport);
+	unsigned short family = sk->__sk_common.skc_family;
+	struct in6_addr remote6 = sk->__sk_common.skc_v6_daddr;
+	if (family == AF_INET6 && !is_v4_mapped(remote6.s6_addr)) {
+		struct in6_addr local6 = sk->__sk_common.skc_v6_rcv_saddr;
+		key.family = AF_INET6;
+		__builtin_memcpy(key.local, local6.s6_addr, 16);
+		__builtin_memcpy(key.remote, remote6.s6_addr, 16);
+	} else {
+		__be32 local4 = sk->__sk_common.skc_rcv_saddr;
+		__be32 remote4 = sk->__sk_common.skc_daddr;
+		key.family = family == AF_INET6 ? FAMILY_MAPPED : AF_INET;
+		__builtin_memcpy(key.local, &local4, 4);
+		__builtin_memcpy(key.remote, &remote4, 4);
+	}
+	bpf_get_current_comm(key.comm, sizeof(key.comm));
+	add_failure(&key);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";
