@@ -19,7 +19,9 @@
 // socket connecting to an IPv4-mapped peer goes
 // through `tcp_v4_connect`, which fills the IPv4 fields: it is counted with
 // those, as the IPv4 destination it competes for. The tracepoint fires in
-// the task that called `connect()`, so its tgid and comm are the caller's.
+// the task that called `connect()`: the process is its thread group's, and
+// is named by its leader's comm (as the owners program names processes),
+// not by the calling thread's.
 //
 // Counts are kept per (namespace, kind, protocol) in `totals`, and per
 // (namespace, destination, comm) in `failures`. Neither map ever loses an
@@ -91,6 +93,11 @@ struct sock {
 
 struct tcp_sock {
 	__u32 write_seq;
+} __attribute__((preserve_access_index));
+
+struct task_struct {
+	struct task_struct *group_leader;
+	char comm[16];
 } __attribute__((preserve_access_index));
 
 // The key layout `src/source/bpf/failures.rs` parses: 64 bytes, native byte
@@ -237,7 +244,8 @@ int count_port_failures(__u64 *ctx)
 		__builtin_memcpy(key.local, &local4, 4);
 		__builtin_memcpy(key.remote, &remote4, 4);
 	}
-	bpf_get_current_comm(key.comm, sizeof(key.comm));
+	struct task_struct *task = bpf_get_current_task_btf();
+	bpf_probe_read_kernel_str(key.comm, sizeof(key.comm), task->group_leader->comm);
 	add_failure(&key);
 	return 0;
 }

@@ -1,0 +1,260 @@
+//! The failures themselves: every `connect()` that found no free local port
+//! is counted in the kernel, once, with its destination and process; calls
+//! that failed for other reasons are not; a burst between two samples is
+//! counted in full; and where BPF is refused the failure families are
+//! absent and the log says why, once.
+
+mod support;
+
+use std::io::{ErrorKind, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use support::{Metrics, Netns, listening_socket, own_comm};
+
+const TOTAL: &str = r#"portstat_ephemeral_connect_failures_total{protocol="tcp"}"#;
+
+fn destination_series(local: &str, remote: &str, port: u16) -> String {
+    format!(
+        r#"portstat_ephemeral_destination_connect_failures_total{{protocol="tcp",local_address="{local}",remote_address="{remote}",remote_port="{port}"}}"#
+    )
+}
+
+fn process_series() -> String {
+    format!(
+        r#"portstat_ephemeral_process_connect_failures_total{{protocol="tcp",process="{}"}}"#,
+        own_comm()
+    )
+}
+
+/// Connects to `server` `count` times from inside `netns`; every call must
+/// succeed.
+fn connect(netns: &Netns, server: &str, count: usize) -> Vec<TcpStream> {
+    let server: SocketAddr = server.parse().unwrap();
+    netns.run(move || {
+        (0..count)
+            .map(|index| {
+                TcpStream::connect(server)
+                    .unwrap_or_else(|error| panic!("connect {index} to {server}: {error}"))
+            })
+            .collect()
+    })
+}
+
+/// Makes `count` calls to `server` from inside `netns`, each of which must
+/// fail with EADDRNOTAVAIL.
+fn fail(netns: &Netns, server: &str, count: usize) {
+    let server: SocketAddr = server.parse().unwrap();
+    netns.run(move || {
+        for index in 0..count {
+            let error = TcpStream::connect(server)
+                .err()
+                .unwrap_or_else(|| panic!("call {index} to {server} got a port"));
+            assert_eq!(error.kind(), ErrorKind::AddrNotAvailable, "{error}");
+        }
+    });
+}
+
+fn unix_seconds() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Scrapes until a sample that began after `moment` (a Unix time) is
+/// served; a sample began no later than its timestamp less its duration.
+fn first_sample_after(exporter: &support::Exporter<'_>, moment: f64) -> Metrics {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = exporter.metrics();
+        let began = metrics
+            .get("portstat_sample_timestamp_seconds")
+            .unwrap_or(0.0)
+            - metrics.value("portstat_sample_duration_seconds");
+        if began > moment {
+            return metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no sample began within 60 s of {moment}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn each_failed_connect_counts_once_with_its_destination_and_process() {
+    // Ten ports; a dual-stack listener.
+    let netns = Netns::new((40000, 40009), "");
+    let _server = netns.run(|| listening_socket("[::]:8080", false, 1024));
+    let exporter = netns.start_exporter(&["--collector.interval", "300ms"]);
+    let metrics = exporter.metrics();
+    assert_eq!(
+        metrics.value(r#"portstat_failures_source_info{source="bpf",reason="loaded"}"#),
+        1.0
+    );
+    assert_eq!(metrics.value(TOTAL), 0.0);
+
+    // IPv4: the ten ports to one destination, then three calls that fail.
+    let _v4 = connect(&netns, "127.0.0.1:8080", 10);
+    fail(&netns, "127.0.0.1:8080", 3);
+    // IPv6 has a destination of its own: ten more, then four that fail.
+    let _v6 = connect(&netns, "[::1]:8080", 10);
+    fail(&netns, "[::1]:8080", 4);
+    // IPv4-mapped: the IPv4 destination, already full.
+    fail(&netns, "[::ffff:127.0.0.1]:8080", 2);
+
+    let v4 = destination_series("127.0.0.1", "127.0.0.1", 8080);
+    let v6 = destination_series("::1", "::1", 8080);
+    let metrics = first_sample_after(&exporter, unix_seconds());
+    assert_eq!(metrics.value(TOTAL), 9.0, "{}", metrics.text);
+    assert_eq!(metrics.value(&v4), 5.0, "3 IPv4 and 2 IPv4-mapped calls");
+    assert_eq!(metrics.value(&v6), 4.0);
+    assert_eq!(metrics.value(&process_series()), 9.0);
+    assert_eq!(
+        metrics
+            .family("portstat_ephemeral_destination_connect_failures_total")
+            .len(),
+        2,
+        "no other destination: {}",
+        metrics.text
+    );
+    assert_eq!(
+        metrics.value("portstat_ephemeral_failures_unrecorded_total"),
+        0.0
+    );
+    // The destination in the range's figures and in the failures is one.
+    assert_eq!(
+        metrics.value(
+            r#"portstat_ephemeral_destination_ports_used{local_address="127.0.0.1",remote_address="127.0.0.1",remote_port="8080"}"#
+        ),
+        10.0
+    );
+    // The prediction was right: the ports were gone when the calls failed.
+    assert_eq!(
+        metrics.value(r#"portstat_ephemeral_connect_failures_unpredicted_total{protocol="tcp"}"#),
+        0.0
+    );
+    // Counters only rise: a later sample reads the same.
+    let later = first_sample_after(&exporter, unix_seconds());
+    assert_eq!(later.value(TOTAL), 9.0);
+    assert_eq!(later.value(&v4), 5.0);
+}
+
+#[test]
+fn refused_reset_timed_out_and_abandoned_connects_do_not_count() {
+    let netns = Netns::new((40000, 40009), "");
+    // SYNs to port 7 go nowhere; a kernel timeout comes after one retry.
+    support::run(netns.command("iptables").args([
+        "-A", "INPUT", "-p", "tcp", "--dport", "7", "--syn", "-j", "DROP",
+    ]));
+    netns.write_sysctl("tcp_syn_retries", "1");
+    let server = netns.run(|| listening_socket("127.0.0.1:8080", false, 1024));
+    let exporter = netns.start_exporter(&["--collector.interval", "300ms"]);
+
+    netns.run(|| {
+        // Refused: nothing listens on port 9.
+        for _ in 0..3 {
+            let error = TcpStream::connect("127.0.0.1:9").unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::ConnectionRefused, "{error}");
+        }
+        // Reset: the server aborts the connection.
+        let client = TcpStream::connect("127.0.0.1:8080").unwrap();
+        let (accepted, _) = server.accept().unwrap();
+        accepted.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(accepted);
+        let mut buffer = [0u8; 1];
+        let error = (&client).read(&mut buffer).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::ConnectionReset, "{error}");
+        // Abandoned: the application gives up while the SYN goes unanswered.
+        let address: SocketAddr = "127.0.0.1:7".parse().unwrap();
+        let error = TcpStream::connect_timeout(&address, Duration::from_millis(200)).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::TimedOut, "{error}");
+        // Timed out by the kernel, after its one retry.
+        let error = TcpStream::connect(address).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::TimedOut, "{error}");
+    });
+    let metrics = first_sample_after(&exporter, unix_seconds());
+    assert_eq!(metrics.value(TOTAL), 0.0, "{}", metrics.text);
+
+    // And the counter does count here: the range to one destination, then
+    // two calls that fail.
+    let _held = connect(&netns, "127.0.0.1:8080", 10);
+    fail(&netns, "127.0.0.1:8080", 2);
+    let metrics = first_sample_after(&exporter, unix_seconds());
+    assert_eq!(metrics.value(TOTAL), 2.0, "{}", metrics.text);
+    drop(server);
+}
+
+#[test]
+fn a_burst_between_two_samples_is_counted_in_full() {
+    let netns = Netns::new((40000, 40009), "");
+    let _server = netns.run(|| listening_socket("127.0.0.1:8080", false, 1024));
+    let exporter = netns.start_exporter(&["--collector.interval", "2s"]);
+    let before = first_sample_after(&exporter, 0.0);
+    assert_eq!(before.value(TOTAL), 0.0);
+
+    // Within one interval: the range filled, five failures, and every
+    // connection reset, so that no TIME_WAIT is left.
+    let held = connect(&netns, "127.0.0.1:8080", 10);
+    fail(&netns, "127.0.0.1:8080", 5);
+    for stream in held {
+        socket2::SockRef::from(&stream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+    }
+    let burst_ended = unix_seconds();
+
+    let after = first_sample_after(&exporter, burst_ended);
+    assert_eq!(after.value(TOTAL), 5.0, "{}", after.text);
+    assert_eq!(
+        after.value(&destination_series("127.0.0.1", "127.0.0.1", 8080)),
+        5.0
+    );
+    // The sample found no socket of the burst.
+    assert_eq!(
+        after.value(r#"portstat_ephemeral_ports_used{protocol="tcp"}"#),
+        0.0,
+        "{}",
+        after.text
+    );
+}
+
+#[test]
+fn without_bpf_the_failure_families_are_absent_and_the_log_says_why_once() {
+    let netns = Netns::new((40000, 40009), "");
+    let _server = netns.run(|| listening_socket("127.0.0.1:8080", false, 1024));
+    let exporter = netns.start_exporter_with(&["--collector.interval", "300ms"], |command| {
+        support::refuse_syscall(command, libc::SYS_bpf, None, libc::EPERM);
+    });
+    let _held = connect(&netns, "127.0.0.1:8080", 10);
+    fail(&netns, "127.0.0.1:8080", 2);
+    let first = first_sample_after(&exporter, unix_seconds());
+    // Samples go on, and the other figures are there.
+    let metrics = first_sample_after(&exporter, first.value("portstat_sample_timestamp_seconds"));
+    assert_eq!(metrics.value("portstat_sample_success"), 1.0);
+    assert_eq!(
+        metrics.value(r#"portstat_ephemeral_ports_used{protocol="tcp"}"#),
+        10.0
+    );
+    assert!(
+        !metrics.text.contains("_failures_total"),
+        "failure families without a counter: {}",
+        metrics.text
+    );
+    let source = metrics.family("portstat_failures_source_info");
+    assert_eq!(source.len(), 1, "{source:?}");
+    let (series, value) = source.iter().next().unwrap();
+    assert!(
+        series.contains(r#"source="none""#) && *value == 1.0,
+        "{series}"
+    );
+    let log = exporter.log();
+    assert_eq!(
+        log.matches("cannot count failed connect() calls").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("Operation not permitted"), "{log}");
+}
