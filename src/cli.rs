@@ -151,6 +151,19 @@ pub struct Cli {
     )]
     pub failures: bool,
 
+    /// Count bind() to port 0 and UDP connect()/sendto()/sendmsg() calls
+    /// that find no free port too. A program then runs at the exit of every
+    /// system call on the host, which costs each call some tens of
+    /// nanoseconds (see docs/cost.md).
+    #[arg(
+        long = "collector.failures.autobind",
+        global = true,
+        value_name = "BOOL",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub failures_autobind: bool,
+
     /// The ports NAT rules pick from, FIRST-LAST: the capacity of each (NAT
     /// address, destination). Set it to a rule's --to-ports where rules
     /// narrow it.

@@ -73,7 +73,7 @@ fn main() -> ExitCode {
     }
 
     if cli.failures {
-        sampler.count_failures();
+        sampler.count_failures(cli.failures_autobind);
     }
     let (sender, receiver) = watch::channel(Arc::new(Exposition::default()));
     let interval = cli.interval;

@@ -410,13 +410,16 @@ pub struct ConntrackCounters {
 /// A call that asked the kernel for a local port of the range and got none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FailureKind {
-    /// `connect()` (TCP: `EADDRNOTAVAIL`).
+    /// `connect()` (TCP: `EADDRNOTAVAIL`), or UDP's `connect()` or
+    /// `sendto()`/`sendmsg()` whose automatic bind found no port (`EAGAIN`).
     Connect,
+    /// `bind()` to port 0 (`EADDRINUSE`).
+    Bind,
 }
 
 impl FailureKind {
     /// Every kind, in the order metrics list them.
-    pub const ALL: [FailureKind; 1] = [FailureKind::Connect];
+    pub const ALL: [FailureKind; 2] = [FailureKind::Connect, FailureKind::Bind];
 }
 
 /// Failures counted in the kernel toward one destination, from one

@@ -300,7 +300,7 @@ mod tests {
             errors: [2, 0],
             namespaces: None,
             interval_seconds: Some(5.0),
-            failure_counting: FailureCounting::Bpf,
+            failure_counting: FailureCounting::Bpf { autobind: false },
             failures_unrecorded: 0,
         }
     }

@@ -127,15 +127,16 @@ impl Sampler {
     }
 
     /// Counts failed `connect()` calls in the kernel from now on, for as
-    /// long as the sampler lives, where the BPF program loads; logs why
-    /// once where it does not. For a sampler that runs (`run`): a one-shot
+    /// long as the sampler lives, where the BPF program loads, and with
+    /// `autobind` failed `bind()` to port 0 and UDP calls too; logs why
+    /// once where it cannot. For a sampler that runs (`run`): a one-shot
     /// sample would only count its own instant.
-    pub fn count_failures(&mut self) {
-        match PortFailureCounter::load() {
+    pub fn count_failures(&mut self, autobind: bool) {
+        match PortFailureCounter::load(autobind) {
             Ok(counter) => {
                 self.failure_counter = Some(counter);
-                self.status.failure_counting = FailureCounting::Bpf;
-                tracing::info!("counting failed connect() calls in the kernel");
+                self.status.failure_counting = FailureCounting::Bpf { autobind };
+                tracing::info!(autobind, "counting failed connect() calls in the kernel");
             }
             Err(error) => {
                 let stage = match &error {
@@ -177,6 +178,10 @@ impl Sampler {
     fn attach_failures(&mut self, snapshots: &mut [Snapshot], counts: PortFailureCounts) {
         let own = own_namespace_inode();
         let inode = |snapshot: &Snapshot| snapshot.namespace.as_ref().map(|n| n.inode).or(own);
+        let counted = crate::metrics::failures::counted(matches!(
+            self.status.failure_counting,
+            FailureCounting::Bpf { autobind: true }
+        ));
         for snapshot in snapshots.iter_mut() {
             let Some(netns) = inode(snapshot) else {
                 continue;
@@ -187,7 +192,7 @@ impl Sampler {
                 .find(|previous| inode(previous) == Some(netns));
             snapshot.failures = Some(
                 self.failure_history
-                    .figures(netns, &counts, before, snapshot),
+                    .figures(netns, &counts, &counted, before, snapshot),
             );
         }
         self.failure_history.remember(counts);

@@ -35,8 +35,12 @@ pub enum FailureCounting {
     /// `--collector.failures=false`, or a one-shot run: nothing is written.
     #[default]
     Off,
-    /// The BPF program counts.
-    Bpf,
+    /// The BPF programs count.
+    Bpf {
+        /// Whether bind() to port 0 and UDP failures are counted too
+        /// (`--collector.failures.autobind`).
+        autobind: bool,
+    },
     /// The program could not load or attach.
     Unavailable {
         /// Where loading stopped, as a label value (`verify`, `kernel_btf`).

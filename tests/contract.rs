@@ -65,10 +65,10 @@ fn nat_exposition() -> String {
 
 /// The exposition of a daemon (which adds its interval and the failure
 /// families, which --once has not) in a namespace of two ports, after a
-/// third `connect()` to one destination failed.
+/// third `connect()` to one destination failed, and a third UDP `bind()`.
 fn served_exposition() -> String {
     let netns = Netns::new((40000, 40001), "");
-    let exporter = netns.start_exporter(&[]);
+    let exporter = netns.start_exporter(&["--collector.failures.autobind", "true"]);
     let _sockets = netns.run(|| {
         let server = TcpListener::bind("127.0.0.1:80").unwrap();
         let clients: Vec<_> = (0..2)
@@ -76,7 +76,12 @@ fn served_exposition() -> String {
             .collect();
         let refused = std::net::TcpStream::connect("127.0.0.1:80").unwrap_err();
         assert_eq!(refused.kind(), std::io::ErrorKind::AddrNotAvailable);
-        (server, clients)
+        let bound: Vec<_> = (0..2)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let in_use = UdpSocket::bind("127.0.0.1:0").unwrap_err();
+        assert_eq!(in_use.kind(), std::io::ErrorKind::AddrInUse);
+        (server, clients, bound)
     });
     let metrics = exporter.metrics_until(|metrics| {
         metrics.get("portstat_ephemeral_connect_failures_total{protocol=\"tcp\"}") == Some(1.0)

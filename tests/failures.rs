@@ -10,6 +10,7 @@ use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use socket2::{Domain, Socket, Type};
 use support::{Metrics, Netns, listening_socket, own_comm};
 
 const TOTAL: &str = r#"portstat_ephemeral_connect_failures_total{protocol="tcp"}"#;
@@ -257,4 +258,90 @@ fn without_bpf_the_failure_families_are_absent_and_the_log_says_why_once() {
         "{log}"
     );
     assert!(log.contains("Operation not permitted"), "{log}");
+}
+
+#[test]
+fn bind_to_port_zero_and_udp_autobind_failures_count_with_autobind_on() {
+    let netns = Netns::new((40000, 40009), "");
+    let exporter = netns.start_exporter(&[
+        "--collector.interval",
+        "300ms",
+        "--collector.failures.autobind",
+        "true",
+    ]);
+    // Every port of the range taken by TCP bind(…, 0), then three more
+    // binds that fail; the same for UDP, two of them from IPv6 sockets.
+    let held = netns.run(|| {
+        let mut held = Vec::new();
+        for (domain, kind, address, failing) in [
+            (Domain::IPV4, Type::STREAM, "127.0.0.1:0", 3),
+            (Domain::IPV4, Type::DGRAM, "0.0.0.0:0", 1),
+            (Domain::IPV6, Type::DGRAM, "[::]:0", 2),
+        ] {
+            let address: SocketAddr = address.parse().unwrap();
+            let mut failed = 0;
+            while failed < failing {
+                let socket = Socket::new(domain, kind, None).unwrap();
+                match socket.bind(&address.into()) {
+                    Ok(()) => held.push(socket),
+                    Err(error) => {
+                        assert_eq!(error.kind(), ErrorKind::AddrInUse, "{error}");
+                        failed += 1;
+                    }
+                }
+                assert!(held.len() <= 20, "the range never filled");
+            }
+        }
+        // UDP's automatic bind finds no port: connect(), sendto() and an
+        // IPv4-mapped sendmsg() fail with EAGAIN, toward one destination.
+        let peer: SocketAddr = "127.0.0.1:53".parse().unwrap();
+        let udp = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+        let error = udp.connect(&peer.into()).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::EAGAIN), "{error}");
+        let error = udp.send_to(b"x", &peer.into()).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::EAGAIN), "{error}");
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:53".parse().unwrap();
+        let udp6 = Socket::new(Domain::IPV6, Type::DGRAM, None).unwrap();
+        let error = udp6
+            .send_to_vectored(&[std::io::IoSlice::new(b"x")], &mapped.into())
+            .unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::EAGAIN), "{error}");
+        held
+    });
+    let metrics = first_sample_after(&exporter, unix_seconds());
+    let comm = own_comm();
+    for (series, expected) in [
+        (r#"portstat_ephemeral_bind_failures_total{protocol="tcp"}"#.to_string(), 3.0),
+        (r#"portstat_ephemeral_bind_failures_total{protocol="udp"}"#.to_string(), 3.0),
+        (
+            format!(r#"portstat_ephemeral_process_bind_failures_total{{protocol="tcp",process="{comm}"}}"#),
+            3.0,
+        ),
+        (TOTAL.to_string(), 0.0),
+        (r#"portstat_ephemeral_connect_failures_total{protocol="udp"}"#.to_string(), 3.0),
+        (
+            r#"portstat_ephemeral_destination_connect_failures_total{protocol="udp",local_address="0.0.0.0",remote_address="127.0.0.1",remote_port="53"}"#.to_string(),
+            3.0,
+        ),
+    ] {
+        assert_eq!(metrics.value(&series), expected, "{series}\n{}", metrics.text);
+    }
+    drop(held);
+}
+
+#[test]
+fn without_autobind_no_bind_or_udp_failure_is_written() {
+    let netns = Netns::new((40000, 40009), "");
+    let exporter = netns.start_exporter(&["--collector.interval", "300ms"]);
+    let metrics = first_sample_after(&exporter, unix_seconds());
+    assert_eq!(metrics.value(TOTAL), 0.0);
+    assert_eq!(
+        metrics.get(r#"portstat_ephemeral_connect_failures_total{protocol="udp"}"#),
+        None
+    );
+    assert!(
+        !metrics
+            .text
+            .contains("portstat_ephemeral_bind_failures_total")
+    );
 }

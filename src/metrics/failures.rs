@@ -28,22 +28,23 @@ pub struct FailureHistory {
 
 impl FailureHistory {
     /// The figures of namespace `netns` from `counts`, read at the start of
-    /// this sample; `before` and `now` are the namespace's snapshots of the
+    /// this sample, with a total for each of the `counted` kinds and
+    /// protocols; `before` and `now` are the namespace's snapshots of the
     /// last sample and of this one, whose predictions the failures since
     /// are weighed against.
     pub fn figures(
         &mut self,
         netns: u64,
         counts: &PortFailureCounts,
+        counted: &[(FailureKind, Protocol)],
         before: Option<&Snapshot>,
         now: &Snapshot,
     ) -> NamespaceFailures {
         let mut figures = NamespaceFailures::default();
-        for kind in FailureKind::ALL {
-            figures.totals.insert(
-                (kind, Protocol::Tcp),
-                counts.total(netns, kind, Protocol::Tcp),
-            );
+        for &(kind, protocol) in counted {
+            figures
+                .totals
+                .insert((kind, protocol), counts.total(netns, kind, protocol));
         }
         figures.by_destination_and_process = merged(
             counts
@@ -153,19 +154,42 @@ pub fn predicted_headroom(snapshot: &Snapshot, destination: &Destination) -> u32
         .saturating_sub(most_unlisted)
 }
 
+/// The kinds and protocols counted: TCP connect() always, and with
+/// `autobind` UDP connect() and bind() to port 0 of both protocols.
+pub fn counted(autobind: bool) -> Vec<(FailureKind, Protocol)> {
+    let mut counted = vec![(FailureKind::Connect, Protocol::Tcp)];
+    if autobind {
+        counted.extend([
+            (FailureKind::Connect, Protocol::Udp),
+            (FailureKind::Bind, Protocol::Tcp),
+            (FailureKind::Bind, Protocol::Udp),
+        ]);
+    }
+    counted
+}
+
 /// Writes the failure families of one namespace.
 pub fn render(figures: &NamespaceFailures, base: &BaseLabels, out: &mut Vec<MetricFamily>) {
-    let mut totals = Family::new(
-        "portstat_ephemeral_connect_failures_total",
-        "connect() calls that found no free local port of the range (EADDRNOTAVAIL), counted in the kernel as they happened, since the exporter started.",
-        base,
-    );
-    for ((kind, protocol), count) in &figures.totals {
-        if *kind == FailureKind::Connect {
-            totals.counter(&[("protocol", protocol.label())], *count as f64);
+    for (kind, name, help) in [
+        (
+            FailureKind::Connect,
+            "portstat_ephemeral_connect_failures_total",
+            "connect() calls that found no free local port of the range (TCP EADDRNOTAVAIL; UDP, with --collector.failures.autobind, EAGAIN from connect(), sendto() or sendmsg()), counted in the kernel as they happened, since the exporter started.",
+        ),
+        (
+            FailureKind::Bind,
+            "portstat_ephemeral_bind_failures_total",
+            "bind() calls to port 0 that found no free port of the range (EADDRINUSE), counted in the kernel as they happened, since the exporter started; with --collector.failures.autobind.",
+        ),
+    ] {
+        let mut totals = Family::new(name, help, base);
+        for ((counted_kind, protocol), count) in &figures.totals {
+            if *counted_kind == kind {
+                totals.counter(&[("protocol", protocol.label())], *count as f64);
+            }
         }
+        totals.finish(out);
     }
-    totals.finish(out);
 
     let mut by_destination = Family::new(
         "portstat_ephemeral_destination_connect_failures_total",
@@ -173,8 +197,14 @@ pub fn render(figures: &NamespaceFailures, base: &BaseLabels, out: &mut Vec<Metr
         base,
     );
     let mut destinations: BTreeMap<(Protocol, Destination), u64> = BTreeMap::new();
-    let mut processes: BTreeMap<(Protocol, &str), u64> = BTreeMap::new();
+    let mut processes: BTreeMap<(FailureKind, Protocol, &str), u64> = BTreeMap::new();
     for failure in &figures.by_destination_and_process {
+        *processes
+            .entry((failure.kind, failure.protocol, failure.process.as_str()))
+            .or_default() += failure.count;
+        if failure.kind != FailureKind::Connect {
+            continue;
+        }
         *destinations
             .entry((
                 failure.protocol,
@@ -184,9 +214,6 @@ pub fn render(figures: &NamespaceFailures, base: &BaseLabels, out: &mut Vec<Metr
                     remote_port: failure.remote_port,
                 },
             ))
-            .or_default() += failure.count;
-        *processes
-            .entry((failure.protocol, failure.process.as_str()))
             .or_default() += failure.count;
     }
     for ((protocol, destination), count) in &destinations {
@@ -202,18 +229,29 @@ pub fn render(figures: &NamespaceFailures, base: &BaseLabels, out: &mut Vec<Metr
     }
     by_destination.finish(out);
 
-    let mut by_process = Family::new(
-        "portstat_ephemeral_process_connect_failures_total",
-        "connect() calls that found no free local port, by the calling process's name (comm), since the exporter started.",
-        base,
-    );
-    for ((protocol, process), count) in &processes {
-        by_process.counter(
-            &[("protocol", protocol.label()), ("process", process)],
-            *count as f64,
-        );
+    for (kind, name, help) in [
+        (
+            FailureKind::Connect,
+            "portstat_ephemeral_process_connect_failures_total",
+            "connect() calls that found no free local port, by the calling process's name (comm), since the exporter started.",
+        ),
+        (
+            FailureKind::Bind,
+            "portstat_ephemeral_process_bind_failures_total",
+            "bind() calls to port 0 that found no free port, by the calling process's name (comm), since the exporter started.",
+        ),
+    ] {
+        let mut by_process = Family::new(name, help, base);
+        for ((counted_kind, protocol, process), count) in &processes {
+            if *counted_kind == kind {
+                by_process.counter(
+                    &[("protocol", protocol.label()), ("process", process)],
+                    *count as f64,
+                );
+            }
+        }
+        by_process.finish(out);
     }
-    by_process.finish(out);
 
     let mut unpredicted = Family::new(
         "portstat_ephemeral_connect_failures_unpredicted_total",
@@ -237,13 +275,15 @@ pub fn render_counting(counting: &FailureCounting, unrecorded: u64, out: &mut Ve
     );
     match counting {
         FailureCounting::Off => return,
-        FailureCounting::Bpf => source.gauge(&[("source", "bpf"), ("reason", "loaded")], 1.0),
+        FailureCounting::Bpf { .. } => {
+            source.gauge(&[("source", "bpf"), ("reason", "loaded")], 1.0)
+        }
         FailureCounting::Unavailable { stage } => {
             source.gauge(&[("source", "none"), ("reason", stage)], 1.0)
         }
     }
     source.finish(out);
-    if *counting == FailureCounting::Bpf {
+    if matches!(counting, FailureCounting::Bpf { .. }) {
         let mut unrecorded_family = Family::new(
             "portstat_ephemeral_failures_unrecorded_total",
             "Failures counted in the totals that the kernel's maps had no room to record by destination and process (or namespace), since the exporter started.",
@@ -343,6 +383,7 @@ mod tests {
                 ],
                 20,
             ),
+            &counted(false),
             None,
             &now,
         );
@@ -403,7 +444,7 @@ mod tests {
         let after = counts(vec![failure("java", DESTINATION, false, 2)], 101);
         assert_eq!(
             history
-                .figures(7, &after, Some(&before), &before)
+                .figures(7, &after, &counted(false), Some(&before), &before)
                 .unpredicted,
             2
         );
@@ -411,14 +452,14 @@ mod tests {
         let later = counts(vec![failure("java", DESTINATION, false, 3)], 102);
         assert_eq!(
             history
-                .figures(7, &later, Some(&before), &before)
+                .figures(7, &later, &counted(false), Some(&before), &before)
                 .unpredicted,
             3
         );
         history.remember(later.clone());
         assert_eq!(
             history
-                .figures(7, &later, Some(&before), &before)
+                .figures(7, &later, &counted(false), Some(&before), &before)
                 .unpredicted,
             3
         );

@@ -269,8 +269,7 @@ impl BpfSockets {
         };
         let mut program = loader::LoadedProgram::load(
             &bytes,
-            PROGRAM,
-            loader::AttachPoint::Iterator("tcp"),
+            &[(PROGRAM, loader::AttachPoint::Iterator("tcp"))],
             kernel_btf,
         )
         .map_err(|error| {

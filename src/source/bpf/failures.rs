@@ -20,12 +20,18 @@ use crate::model::{FailureKind, PortFailure, PortFailureCounts, Protocol};
 /// The compiled program, built from `port_failures.bpf.c` by `build.sh`.
 pub const PORT_FAILURES_OBJECT: &[u8] = include_bytes!("port_failures.bpf.o");
 
-/// The program's name in the object, and the tracepoint it attaches to.
-const PROGRAM: &str = "count_port_failures";
-const TRACEPOINT: &str = "inet_sock_set_state";
+/// The programs' names in the object, and the tracepoints they attach to:
+/// TCP connect() failures at the socket's change of state, and bind() and
+/// UDP failures at the exit of their system call.
+const CONNECT_PROGRAM: &str = "count_port_failures";
+const CONNECT_TRACEPOINT: &str = "inet_sock_set_state";
+const AUTOBIND_PROGRAM: &str = "count_autobind_failures";
+const AUTOBIND_TRACEPOINT: &str = "sys_exit";
 
-/// `KIND_CONNECT_FAILED` and `KIND_CONNECT_ATTEMPT` in the C source.
+/// `KIND_CONNECT_FAILED`, `KIND_BIND_FAILED` and `KIND_CONNECT_ATTEMPT` in
+/// the C source.
 const KIND_CONNECT_FAILED: u8 = 1;
+const KIND_BIND_FAILED: u8 = 2;
 const KIND_CONNECT_ATTEMPT: u8 = 3;
 
 /// `FAMILY_MAPPED`: an AF_INET6 socket with an IPv4-mapped peer, whose
@@ -119,6 +125,7 @@ fn address(family: u8, bytes: &[u8; 16]) -> Option<IpAddr> {
 pub fn failure_from_entry(key: &FailureKey, value: &FailureValue) -> Option<PortFailure> {
     let kind = match key.kind {
         KIND_CONNECT_FAILED => FailureKind::Connect,
+        KIND_BIND_FAILED => FailureKind::Bind,
         _ => return None,
     };
     let end = key.comm.iter().position(|&byte| byte == 0).unwrap_or(16);
@@ -144,6 +151,7 @@ pub fn total_from_entry(key: &TotalKey, count: u64, counts: &mut PortFailureCoun
     let netns = u64::from(key.netns);
     match key.kind {
         KIND_CONNECT_FAILED => counts.add_total(netns, FailureKind::Connect, protocol, count),
+        KIND_BIND_FAILED => counts.add_total(netns, FailureKind::Bind, protocol, count),
         KIND_CONNECT_ATTEMPT => counts.add_connect_attempts(netns, count),
         _ => {}
     }
@@ -159,19 +167,29 @@ pub struct PortFailureCounter {
 }
 
 impl PortFailureCounter {
-    /// Loads the program and attaches it: from now on every namespace's
-    /// failures are counted.
-    pub fn load() -> Result<PortFailureCounter, BpfError> {
+    /// Loads the programs and attaches them: from now on every namespace's
+    /// TCP connect() failures are counted, and with `autobind` bind() to
+    /// port 0 and UDP failures too, at the cost of a program run at the
+    /// exit of every system call on the host.
+    pub fn load(autobind: bool) -> Result<PortFailureCounter, BpfError> {
         let kernel_btf = std::fs::read(super::KERNEL_BTF).map_err(|error| {
             unavailable("kernel BTF", format!("{}: {error}", super::KERNEL_BTF))
         })?;
-        let mut program = LoadedProgram::load(
-            PORT_FAILURES_OBJECT,
-            PROGRAM,
-            AttachPoint::RawTracepoint(TRACEPOINT),
-            kernel_btf,
-        )
-        .map_err(|error| unavailable(error.stage, error.reason))?;
+        let connect = (
+            CONNECT_PROGRAM,
+            AttachPoint::RawTracepoint(CONNECT_TRACEPOINT),
+        );
+        let autobind_program = (
+            AUTOBIND_PROGRAM,
+            AttachPoint::RawTracepoint(AUTOBIND_TRACEPOINT),
+        );
+        let programs = if autobind {
+            &[connect, autobind_program][..]
+        } else {
+            &[connect][..]
+        };
+        let mut program = LoadedProgram::load(PORT_FAILURES_OBJECT, programs, kernel_btf)
+            .map_err(|error| unavailable(error.stage, error.reason))?;
         let mut take = |name: &str| {
             program
                 .take_map(name)
@@ -285,6 +303,13 @@ mod tests {
         assert_eq!(v6.remote_address.to_string(), "::1");
 
         assert_eq!(failure_from_entry(&key(1, &[], &[]), &VALUE), None);
+        let mut bind = key(AF_INET, &[127, 0, 0, 1], &[]);
+        bind.kind = KIND_BIND_FAILED;
+        bind.remote_port = 0;
+        let bind = failure_from_entry(&bind, &VALUE).unwrap();
+        assert_eq!(bind.kind, FailureKind::Bind);
+        assert_eq!(bind.local_address.to_string(), "127.0.0.1");
+
         let mut other_kind = key(AF_INET, &[], &[]);
         other_kind.kind = 9;
         assert_eq!(failure_from_entry(&other_kind, &VALUE), None);
@@ -301,7 +326,9 @@ mod tests {
         };
         total_from_entry(&total(KIND_CONNECT_FAILED), 3, &mut counts);
         total_from_entry(&total(KIND_CONNECT_ATTEMPT), 40, &mut counts);
+        total_from_entry(&total(KIND_BIND_FAILED), 2, &mut counts);
         total_from_entry(&total(42), 1, &mut counts);
+        assert_eq!(counts.total(7, FailureKind::Bind, Protocol::Tcp), 2);
         assert_eq!(counts.total(7, FailureKind::Connect, Protocol::Tcp), 3);
         assert_eq!(counts.total(7, FailureKind::Connect, Protocol::Udp), 0);
         assert_eq!(counts.connect_attempts(7), 40);

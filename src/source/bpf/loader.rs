@@ -48,13 +48,15 @@ pub enum AttachPoint<'a> {
     RawTracepoint(&'a str),
 }
 
-/// A loaded program, attached to its target, with its maps.
+/// The programs of one object, loaded and attached to their targets, with
+/// the maps they share.
 pub struct LoadedProgram {
-    link: OwnedFd,
+    /// One link a program, in the order they were asked for.
+    links: Vec<OwnedFd>,
     maps: HashMap<String, MapData>,
-    // The program and its BTF stay loaded while the link holds them; the
-    // descriptors are kept so that they close with the program.
-    _program: OwnedFd,
+    // The programs and their BTF stay loaded while the links hold them; the
+    // descriptors are kept so that they close with the programs.
+    _programs: Vec<OwnedFd>,
     _btf: Option<OwnedFd>,
 }
 
@@ -77,21 +79,22 @@ fn features() -> Features {
 }
 
 impl LoadedProgram {
-    /// Loads the program `program` of `object` and attaches it at `attach`,
-    /// relocated against the kernel BTF in `kernel_btf`, which is dropped
-    /// as soon as the types the program needs are copied out.
+    /// Loads the `programs` of `object`, each attached at its point, with
+    /// one set of the object's maps, relocated against the kernel BTF in
+    /// `kernel_btf`, which is dropped as soon as the types the programs
+    /// need are copied out. A program that fails to load or attach fails
+    /// them all.
     pub fn load(
         object: &[u8],
-        program: &str,
-        attach: AttachPoint<'_>,
+        programs: &[(&str, AttachPoint<'_>)],
         kernel_btf: Vec<u8>,
     ) -> Result<LoadedProgram, LoadError> {
         let mut object = Object::parse(object).map_err(|error| failed("object", error))?;
         let features = features();
 
-        // The kernel's types the program names, and the function or
-        // tracepoint type it attaches to, from one read of the kernel's BTF.
-        let (target_btf, attach_btf_id) = {
+        // The kernel's types the programs name, and the function or
+        // tracepoint type each attaches to, from one read of the kernel's BTF.
+        let (target_btf, attach_btf_ids) = {
             let kernel = Btf::parse(kernel_btf).map_err(|error| failed("kernel BTF", error))?;
             let local = object
                 .btf
@@ -100,7 +103,7 @@ impl LoadedProgram {
             let local =
                 Btf::parse(local.to_bytes()).map_err(|error| failed("object BTF", error))?;
             let compact = kernel.compact(&local.named_types());
-            let id = match attach {
+            let id = |attach: AttachPoint<'_>| match attach {
                 AttachPoint::Iterator(target) => {
                     let function = format!("bpf_iter_{target}");
                     kernel.func_id(&function).ok_or_else(|| {
@@ -110,7 +113,7 @@ impl LoadedProgram {
                                 "no {function}: this kernel has no {target} iterator (Linux 5.9+)"
                             ),
                         )
-                    })?
+                    })
                 }
                 AttachPoint::RawTracepoint(tracepoint) => {
                     let typedef = format!("btf_trace_{tracepoint}");
@@ -119,12 +122,16 @@ impl LoadedProgram {
                             "kernel BTF",
                             format!("no {typedef}: this kernel has no {tracepoint} tracepoint"),
                         )
-                    })?
+                    })
                 }
             };
+            let ids = programs
+                .iter()
+                .map(|&(_, attach)| id(attach))
+                .collect::<Result<Vec<u32>, LoadError>>()?;
             let compact = aya_obj::btf::Btf::parse(&compact, object::Endianness::default())
                 .map_err(|error| failed("kernel BTF", error))?;
-            (compact, id)
+            (compact, ids)
         };
         object
             .relocate_btf(&target_btf)
@@ -171,45 +178,51 @@ impl LoadedProgram {
             .map_err(|error| failed("relocate", error_chain(&error)))?;
         object.sanitize_functions(&features);
 
-        let entry = object
-            .programs
-            .get(program)
-            .ok_or_else(|| failed("program", format!("the object has no {program}")))?;
-        let function = object
-            .functions
-            .get(&entry.function_key())
-            .ok_or_else(|| failed("program", format!("{program} has no code")))?;
-        let license =
-            CString::new(entry.license.as_bytes()).map_err(|error| failed("program", error))?;
-        let loaded = load_program(&ProgramToLoad {
-            attach_type: match attach {
-                AttachPoint::Iterator(_) => bpf_attach_type::BPF_TRACE_ITER,
-                AttachPoint::RawTracepoint(_) => bpf_attach_type::BPF_TRACE_RAW_TP,
-            },
-            instructions: &function.instructions,
-            license: &license,
-            attach_btf_id,
-            btf: btf.as_ref(),
-            func_info: (
-                function.func_info.func_info_bytes(),
-                function.func_info.len(),
-                function.func_info_rec_size,
-            ),
-            line_info: (
-                function.line_info.line_info_bytes(),
-                function.line_info.len(),
-                function.line_info_rec_size,
-            ),
-        })?;
-        let link = match attach {
-            AttachPoint::Iterator(_) => create_link(&loaded),
-            AttachPoint::RawTracepoint(_) => open_raw_tracepoint(&loaded),
+        let mut links = Vec::with_capacity(programs.len());
+        let mut loaded_programs = Vec::with_capacity(programs.len());
+        for (&(program, attach), attach_btf_id) in programs.iter().zip(attach_btf_ids) {
+            let entry = object
+                .programs
+                .get(program)
+                .ok_or_else(|| failed("program", format!("the object has no {program}")))?;
+            let function = object
+                .functions
+                .get(&entry.function_key())
+                .ok_or_else(|| failed("program", format!("{program} has no code")))?;
+            let license =
+                CString::new(entry.license.as_bytes()).map_err(|error| failed("program", error))?;
+            let loaded = load_program(&ProgramToLoad {
+                attach_type: match attach {
+                    AttachPoint::Iterator(_) => bpf_attach_type::BPF_TRACE_ITER,
+                    AttachPoint::RawTracepoint(_) => bpf_attach_type::BPF_TRACE_RAW_TP,
+                },
+                instructions: &function.instructions,
+                license: &license,
+                attach_btf_id,
+                btf: btf.as_ref(),
+                func_info: (
+                    function.func_info.func_info_bytes(),
+                    function.func_info.len(),
+                    function.func_info_rec_size,
+                ),
+                line_info: (
+                    function.line_info.line_info_bytes(),
+                    function.line_info.len(),
+                    function.line_info_rec_size,
+                ),
+            })?;
+            let link = match attach {
+                AttachPoint::Iterator(_) => create_link(&loaded),
+                AttachPoint::RawTracepoint(_) => open_raw_tracepoint(&loaded),
+            }
+            .map_err(|error| failed("attach", format!("{program}: {error}")))?;
+            links.push(link);
+            loaded_programs.push(loaded);
         }
-        .map_err(|error| failed("attach", error))?;
         Ok(LoadedProgram {
-            link,
+            links,
             maps,
-            _program: loaded,
+            _programs: loaded_programs,
             _btf: btf,
         })
     }
@@ -219,12 +232,16 @@ impl LoadedProgram {
         self.maps.remove(name)
     }
 
-    /// A new iterator of an `AttachPoint::Iterator` program: reading it
-    /// runs the program over its target in the network namespace (and PID
-    /// namespace) of the calling thread.
+    /// A new iterator of the first program, an `AttachPoint::Iterator`
+    /// one: reading it runs the program over its target in the network
+    /// namespace (and PID namespace) of the calling thread.
     pub fn open(&self) -> io::Result<File> {
+        let link = self
+            .links
+            .first()
+            .ok_or_else(|| io::Error::other("no program was loaded"))?;
         let mut attr = IterCreate {
-            link_fd: self.link.as_raw_fd() as u32,
+            link_fd: link.as_raw_fd() as u32,
             flags: 0,
         };
         let fd = bpf(bpf_cmd::BPF_ITER_CREATE, &mut attr)?;

@@ -86,8 +86,7 @@ impl BpfOwners {
         })?;
         let mut program = LoadedProgram::load(
             SOCKET_OWNERS_OBJECT,
-            "dump_socket_owners",
-            AttachPoint::Iterator("task_file"),
+            &[("dump_socket_owners", AttachPoint::Iterator("task_file"))],
             kernel_btf,
         )
         .map_err(|error| unavailable(error.stage, error.reason))?;

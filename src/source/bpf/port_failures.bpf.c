@@ -42,12 +42,23 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+
+#define EAGAIN 11
+#define EADDRINUSE 98
+
+// x86-64 system call numbers.
+#define NR_CONNECT 42
+#define NR_SENDTO 44
+#define NR_SENDMSG 46
+#define NR_BIND 49
 
 #define TCP_SYN_SENT 2
 #define TCP_CLOSE 7
 
 // `failure_key.kind` and `total_key.kind`.
 #define KIND_CONNECT_FAILED 1
+#define KIND_BIND_FAILED 2
 #define KIND_CONNECT_ATTEMPT 3
 
 // `failure_key.family`: an AF_INET6 socket whose peer is IPv4-mapped, and
@@ -95,9 +106,47 @@ struct tcp_sock {
 	__u32 write_seq;
 } __attribute__((preserve_access_index));
 
+struct file {
+	void *private_data;
+} __attribute__((preserve_access_index));
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+} __attribute__((preserve_access_index));
+
+struct files_struct {
+	struct fdtable *fdt;
+} __attribute__((preserve_access_index));
+
 struct task_struct {
 	struct task_struct *group_leader;
+	struct files_struct *files;
 	char comm[16];
+} __attribute__((preserve_access_index));
+
+struct socket {
+	struct sock *sk;
+} __attribute__((preserve_access_index));
+
+struct pt_regs {
+	unsigned long di;
+	unsigned long si;
+	unsigned long r8;
+	unsigned long orig_ax;
+} __attribute__((preserve_access_index));
+
+// The start of `struct sockaddr_in` and `struct sockaddr_in6`: the port is
+// at the same offset in both.
+struct sockaddr_head {
+	__u16 family;
+	__be16 port;
+	__u32 v4_or_flowinfo;
+	__u8 v6[16];
+};
+
+struct user_msghdr {
+	void *msg_name;
 } __attribute__((preserve_access_index));
 
 // The key layout `src/source/bpf/failures.rs` parses: 64 bytes, native byte
@@ -244,6 +293,97 @@ int count_port_failures(__u64 *ctx)
 		__builtin_memcpy(key.local, &local4, 4);
 		__builtin_memcpy(key.remote, &remote4, 4);
 	}
+	struct task_struct *task = bpf_get_current_task_btf();
+	bpf_probe_read_kernel_str(key.comm, sizeof(key.comm), task->group_leader->comm);
+	add_failure(&key);
+	return 0;
+}
+
+// The socket behind descriptor `fd` of the calling task, read as kernel
+// memory: a descriptor whose bind(), connect() or sendto() failed as these
+// did is a socket (any other file fails with ENOTSOCK).
+static struct sock *socket_of(unsigned long fd)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	struct file **files = BPF_CORE_READ(fdt, fd);
+	struct file *file = 0;
+	bpf_probe_read_kernel(&file, sizeof(file), &files[fd]);
+	if (!file)
+		return 0;
+	struct socket *socket = BPF_CORE_READ(file, private_data);
+	return socket ? BPF_CORE_READ(socket, sk) : 0;
+}
+
+// Fills the key's family and one address from a caller's socket address.
+static int read_address(struct failure_key *key, __u8 *address, const void *user)
+{
+	struct sockaddr_head head = {};
+	if (!user || bpf_probe_read_user(&head, sizeof(head), user) != 0)
+		return -1;
+	if (head.family == AF_INET) {
+		key->family = AF_INET;
+		__builtin_memcpy(address, &head.v4_or_flowinfo, 4);
+	} else if (head.family == AF_INET6 && is_v4_mapped(head.v6)) {
+		key->family = FAMILY_MAPPED;
+		__builtin_memcpy(address, &head.v6[12], 4);
+	} else if (head.family == AF_INET6) {
+		key->family = AF_INET6;
+		__builtin_memcpy(address, head.v6, 16);
+	} else {
+		return -1;
+	}
+	return __builtin_bswap16(head.port);
+}
+
+// The failures no socket state shows: bind() to port 0 that found no port
+// (EADDRINUSE from `inet_csk_get_port` or `udp_lib_get_port`), and a UDP
+// socket's connect() or sendto()/sendmsg() whose automatic bind found none
+// (EAGAIN from `inet_autobind`; the socket still has no port, which tells
+// it from a full send buffer). Read at the exit of every system call, on
+// x86-64, where the registers still hold the call's arguments; the return
+// value is tested first, so that a call that succeeded costs one compare.
+SEC("tp_btf/sys_exit")
+int count_autobind_failures(__u64 *ctx)
+{
+	long ret = (long)ctx[1];
+	if (ret != -EADDRINUSE && ret != -EAGAIN)
+		return 0;
+	struct pt_regs *regs = (struct pt_regs *)ctx[0];
+	long nr = regs->orig_ax;
+	struct failure_key key = {};
+	if (ret == -EADDRINUSE && nr == NR_BIND) {
+		if (read_address(&key, key.local, (const void *)regs->si) != 0)
+			return 0;
+		key.kind = KIND_BIND_FAILED;
+	} else if (ret == -EAGAIN && (nr == NR_CONNECT || nr == NR_SENDTO || nr == NR_SENDMSG)) {
+		const void *name = (const void *)regs->si;
+		if (nr == NR_SENDTO)
+			name = (const void *)regs->r8;
+		else if (nr == NR_SENDMSG)
+			name = BPF_CORE_READ_USER((struct user_msghdr *)regs->si, msg_name);
+		int port = read_address(&key, key.remote, name);
+		if (port < 0)
+			return 0;
+		key.remote_port = port;
+		key.kind = KIND_CONNECT_FAILED;
+	} else {
+		return 0;
+	}
+	struct sock *sk = socket_of(regs->di);
+	if (!sk)
+		return 0;
+	__u16 protocol = BPF_CORE_READ(sk, sk_protocol);
+	if (key.kind == KIND_CONNECT_FAILED &&
+	    (protocol != IPPROTO_UDP || BPF_CORE_READ(sk, __sk_common.skc_num) != 0))
+		return 0;
+	if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
+		return 0;
+	key.protocol = protocol;
+	key.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	add_total(key.netns, key.kind, key.protocol);
 	struct task_struct *task = bpf_get_current_task_btf();
 	bpf_probe_read_kernel_str(key.comm, sizeof(key.comm), task->group_leader->comm);
 	add_failure(&key);
