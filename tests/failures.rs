@@ -146,12 +146,15 @@ fn each_failed_connect_counts_once_with_its_destination_and_process() {
 #[test]
 fn refused_reset_timed_out_and_abandoned_connects_do_not_count() {
     let netns = Netns::new((40000, 40009), "");
-    // SYNs to port 7 go nowhere; a kernel timeout comes after one retry.
-    support::run(netns.command("iptables").args([
-        "-A", "INPUT", "-p", "tcp", "--dport", "7", "--syn", "-j", "DROP",
-    ]));
+    // SYNs to port 7 go unanswered: its listener's accept queue is full,
+    // and the kernel drops them. A kernel timeout comes after one retry.
     netns.write_sysctl("tcp_syn_retries", "1");
     let server = netns.run(|| listening_socket("127.0.0.1:8080", false, 1024));
+    let (_full, _queued) = netns.run(|| {
+        let full = listening_socket("127.0.0.1:7", false, 0);
+        let queued = TcpStream::connect("127.0.0.1:7").unwrap();
+        (full, queued)
+    });
     let exporter = netns.start_exporter(&["--collector.interval", "300ms"]);
 
     netns.run(|| {
@@ -179,8 +182,9 @@ fn refused_reset_timed_out_and_abandoned_connects_do_not_count() {
     let metrics = first_sample_after(&exporter, unix_seconds());
     assert_eq!(metrics.value(TOTAL), 0.0, "{}", metrics.text);
 
-    // And the counter does count here: the range to one destination, then
-    // two calls that fail.
+    // And the counter does count here: the range to one destination (the
+    // port of the connection queued on port 7 is shared), then two calls
+    // that fail.
     let _held = connect(&netns, "127.0.0.1:8080", 10);
     fail(&netns, "127.0.0.1:8080", 2);
     let metrics = first_sample_after(&exporter, unix_seconds());

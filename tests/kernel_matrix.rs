@@ -1,5 +1,6 @@
-//! The kernel matrix: the truth lab (`tests/headroom.rs`) and the BPF
-//! source's tests (`tests/bpf.rs`) run on the host's kernel and inside each
+//! The kernel matrix: the truth lab (`tests/headroom.rs`), the BPF
+//! source's tests (`tests/bpf.rs`) and the failure counter's
+//! (`tests/failures.rs`) run on the host's kernel and inside each
 //! kernel users run, booted under QEMU over the host's root filesystem
 //! with virtme-ng; then the kernel × source table of `docs/sources.md` is
 //! built from the truth lab's results and must be the one committed.
@@ -34,7 +35,7 @@ const KERNELS: [(&str, &str); 2] = [
 ];
 
 /// The test binaries run in each kernel.
-const LABS: [&str; 2] = ["headroom", "bpf"];
+const LABS: [&str; 3] = ["headroom", "bpf", "failures"];
 
 /// Where the table is, between these two lines.
 const TABLE_START: &str = "<!-- kernel-matrix: start -->";
