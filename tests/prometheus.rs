@@ -168,7 +168,12 @@ fn alerts_fire_before_connect_fails_and_the_dashboard_queries_answer() {
             listening_socket("0.0.0.0:40090", false, 1024),
         )
     });
-    let _exporter = netns.start_exporter(&["--collector.interval", "500ms"]);
+    let _exporter = netns.start_exporter(&[
+        "--collector.interval",
+        "500ms",
+        "--collector.failures.autobind",
+        "true",
+    ]);
     let _prometheus = start_prometheus(&netns);
     wait_for(Duration::from_secs(30), "the first scrape", || {
         api(
@@ -201,9 +206,58 @@ fn alerts_fire_before_connect_fails_and_the_dashboard_queries_answer() {
     wait_for(Duration::from_secs(30), "the critical alert", || {
         firing(&netns, "EphemeralPortsNearlyExhausted")
     });
+    assert_eq!(
+        alert_states(&netns, "EphemeralPortConnectFailures"),
+        Vec::<String>::new(),
+        "no call has failed yet"
+    );
     // On to the first EADDRNOTAVAIL.
     assert!(connect_up_to(&netns, server, &mut streams, 1000).is_none());
     assert_eq!(streams.len(), 99, "100 ports less the listener's");
+    // The failure alert has no `for`: it fires at the first evaluation that
+    // sees the counter rise, never pending.
+    let mut states_seen = Vec::new();
+    wait_for(Duration::from_secs(30), "the failure alert", || {
+        let states = alert_states(&netns, "EphemeralPortConnectFailures");
+        states_seen.extend(states.iter().cloned());
+        states.iter().any(|state| state == "firing")
+    });
+    assert!(
+        !states_seen.iter().any(|state| state == "pending"),
+        "{states_seen:?}"
+    );
+    assert_eq!(
+        query_value(
+            &netns,
+            "portstat_ephemeral_destination_connect_failures_total{remote_address=\"127.0.0.2\",remote_port=\"80\"}"
+        ),
+        Some(1.0)
+    );
+    // A bind() to port 0 finds none either, for the dashboard's bind query.
+    let in_use = netns
+        .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap_err();
+    assert_eq!(in_use.kind(), ErrorKind::AddrInUse, "{in_use}");
+    // Two scrapes of its process series, which the failure made, so that
+    // the dashboard's increase() has two points.
+    wait_for(
+        Duration::from_secs(30),
+        "the bind failure in Prometheus",
+        || {
+            query_value(
+                &netns,
+                "count_over_time(portstat_ephemeral_process_bind_failures_total{protocol=\"tcp\"}[1m])",
+            )
+            .is_some_and(|samples| samples >= 2.0)
+        },
+    );
+    assert_eq!(
+        query_value(
+            &netns,
+            "portstat_ephemeral_bind_failures_total{protocol=\"tcp\"}"
+        ),
+        Some(1.0)
+    );
     assert!(firing(&netns, "EphemeralPortsFillingUp"));
     assert!(firing(&netns, "EphemeralPortsNearlyExhausted"));
     wait_for(
