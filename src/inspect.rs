@@ -5,9 +5,12 @@ use std::fmt::Write as _;
 
 use crate::aggregate::{ExclusiveReason, NO_PROCESS, Snapshot, UNKNOWN_PROCESS};
 use crate::log::push_json_string;
+use crate::metrics::failures;
 use crate::metrics::nat::NatFigures;
 use crate::metrics::processes::ProcessUsage;
-use crate::model::{Protocol, SocketOwners, SocketRecord, SocketState, TcpState};
+use crate::model::{
+    NamespaceFailures, Protocol, SocketOwners, SocketRecord, SocketState, TcpState,
+};
 
 /// Who holds a connection that no process has accepted yet.
 const WAITING_IN_ACCEPT_QUEUE: &str = "waiting in accept queue";
@@ -265,6 +268,9 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
     if snapshot.listeners_omitted > 0 {
         let _ = writeln!(out, "  ... and {} more sockets", snapshot.listeners_omitted);
     }
+    if let Some(failures) = &snapshot.failures {
+        failures_text(&mut out, failures);
+    }
     if let Some(nat) = &snapshot.nat {
         nat_text(&mut out, nat);
     }
@@ -295,6 +301,56 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
         }
     }
     out
+}
+
+/// How many destinations and processes the failures section lists.
+const FAILURES_LISTED: usize = 5;
+
+/// The failures the running exporter counted: totals, then the
+/// destinations and processes with the most.
+fn failures_text(out: &mut String, failures: &NamespaceFailures) {
+    let _ = writeln!(out);
+    let totals: Vec<String> = failures
+        .totals
+        .iter()
+        .map(|((kind, protocol), count)| format!("{} {} {count}", protocol.label(), kind.call()))
+        .collect();
+    let _ = writeln!(
+        out,
+        "Failed calls since the exporter started: {}",
+        totals.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "{:<64}{:>10}",
+        "Top destinations of failed calls", "failed"
+    );
+    let destinations = failures::most(&failures::by_destination(failures), FAILURES_LISTED);
+    if destinations.is_empty() {
+        let _ = writeln!(out, "  none");
+    }
+    for ((protocol, destination), count) in destinations {
+        let name = format!(
+            "{} {} -> {}",
+            protocol.label(),
+            destination.local_address,
+            std::net::SocketAddr::new(destination.remote_address, destination.remote_port)
+        );
+        let _ = writeln!(out, "  {:<62}{count:>10}", fit(&name, 62));
+    }
+    let _ = writeln!(
+        out,
+        "{:<64}{:>10}",
+        "Top processes of failed calls", "failed"
+    );
+    let processes = failures::most(&failures::by_process(failures), FAILURES_LISTED);
+    if processes.is_empty() {
+        let _ = writeln!(out, "  none");
+    }
+    for ((kind, protocol, process), count) in processes {
+        let name = format!("{process} {} {}", protocol.label(), kind.call());
+        let _ = writeln!(out, "  {:<62}{count:>10}", fit(&name, 62));
+    }
 }
 
 /// The source NAT section: the busiest (NAT address, destination) pairs
@@ -427,6 +483,9 @@ pub fn json_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
     }
     json.close(']');
     json.field_number("listeners_omitted", snapshot.listeners_omitted as f64);
+    if let Some(failures) = &snapshot.failures {
+        json.failures(failures);
+    }
     if let Some(nat) = &snapshot.nat {
         json.nat(nat);
     }
@@ -462,6 +521,50 @@ struct Json {
 }
 
 impl Json {
+    /// `failures: {totals, destinations, processes}`, every entry.
+    fn failures(&mut self, failures: &NamespaceFailures) {
+        self.key("failures");
+        self.open('{');
+        self.key("totals");
+        self.open('[');
+        for ((kind, protocol), count) in &failures.totals {
+            self.open('{');
+            self.field_string("call", kind.call().trim_end_matches("()"));
+            self.field_string("protocol", protocol.label());
+            self.field_number("failed", *count as f64);
+            self.close('}');
+        }
+        self.close(']');
+        self.key("destinations");
+        self.open('[');
+        for ((protocol, destination), count) in
+            failures::most(&failures::by_destination(failures), usize::MAX)
+        {
+            self.open('{');
+            self.field_string("protocol", protocol.label());
+            self.field_string("local_address", &destination.local_address.to_string());
+            self.field_string("remote_address", &destination.remote_address.to_string());
+            self.field_number("remote_port", f64::from(destination.remote_port));
+            self.field_number("failed", count as f64);
+            self.close('}');
+        }
+        self.close(']');
+        self.key("processes");
+        self.open('[');
+        for ((kind, protocol, process), count) in
+            failures::most(&failures::by_process(failures), usize::MAX)
+        {
+            self.open('{');
+            self.field_string("process", process);
+            self.field_string("call", kind.call().trim_end_matches("()"));
+            self.field_string("protocol", protocol.label());
+            self.field_number("failed", count as f64);
+            self.close('}');
+        }
+        self.close(']');
+        self.close('}');
+    }
+
     /// `nat: {capacity, max_used_ratio, destinations, conntrack}`.
     fn nat(&mut self, nat: &NatFigures) {
         self.key("nat");

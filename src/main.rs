@@ -12,7 +12,9 @@ use tokio::sync::watch;
 use portstat_exporter::cli::{Cli, Command};
 use portstat_exporter::inspect;
 use portstat_exporter::render::Renderer;
-use portstat_exporter::sampler::{Exposition, NamespaceScope, Sampler, read_own_namespace_at_once};
+use portstat_exporter::sampler::{
+    Exposition, NamespaceScope, Sampler, read_own_namespace_at_once, running_exporter_failures,
+};
 use portstat_exporter::serve::{self, ServeConfig};
 use portstat_exporter::webconfig::WebConfig;
 
@@ -176,7 +178,17 @@ fn inspect(cli: &Cli, port: Option<u16>, json: bool) -> ExitCode {
     let holders = port.map(|port| {
         inspect::port_holders(read.aggregator.kept_sockets(), &owners, port, cli.processes)
     });
-    let snapshot = read.finish(&owners);
+    let mut snapshot = read.finish(&owners);
+    match running_exporter_failures(&snapshot) {
+        Ok(Some(failures)) => snapshot.failures = Some(failures),
+        Ok(None) => {
+            eprintln!("portstat_exporter: no exporter counts failed connect() calls on this host")
+        }
+        Err(error) => eprintln!(
+            "portstat_exporter: cannot read the failures the running exporter counted \
+             (needs CAP_SYS_ADMIN): {error}"
+        ),
+    }
     let port = port.zip(holders.as_deref());
     let report = if json {
         inspect::json_report(&snapshot, port)

@@ -420,6 +420,14 @@ pub enum FailureKind {
 impl FailureKind {
     /// Every kind, in the order metrics list them.
     pub const ALL: [FailureKind; 2] = [FailureKind::Connect, FailureKind::Bind];
+
+    /// The call, as people name it.
+    pub fn call(self) -> &'static str {
+        match self {
+            FailureKind::Connect => "connect()",
+            FailureKind::Bind => "bind()",
+        }
+    }
 }
 
 /// Failures counted in the kernel toward one destination, from one

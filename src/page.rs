@@ -5,8 +5,9 @@ use std::fmt::Write as _;
 
 use crate::aggregate::Snapshot;
 use crate::log::rfc3339;
+use crate::metrics::failures;
 use crate::metrics::nat::NatFigures;
-use crate::model::Protocol;
+use crate::model::{NamespaceFailures, Protocol};
 use crate::status::{SampleStatus, VERSION};
 
 /// A fill from this ratio on shows as a warning, as the warning alert fires.
@@ -192,6 +193,9 @@ pub fn landing_page(
         snapshot.destination_count
     );
 
+    if let Some(failures) = &snapshot.failures {
+        failures_section(&mut page, failures);
+    }
     if let Some(nat) = &snapshot.nat {
         nat_section(&mut page, nat);
     }
@@ -229,6 +233,62 @@ pub fn landing_page(
     }
     page.push_str("</body>\n</html>\n");
     page
+}
+
+/// How many destinations and processes the failures section lists.
+const FAILURES_LISTED: usize = 5;
+
+/// The calls that found no free port since the exporter started, counted
+/// in the kernel: the totals, and the destinations and processes with the
+/// most.
+fn failures_section(page: &mut String, failures: &NamespaceFailures) {
+    let totals: Vec<String> = failures
+        .totals
+        .iter()
+        .map(|((kind, protocol), count)| format!("{} {} {count}", protocol.label(), kind.call()))
+        .collect();
+    let failed = failures.totals.values().any(|&count| count > 0);
+    let _ = write!(
+        page,
+        "<h2>Failures</h2>\n<p class=\"meta\">Calls that found no free port since the \
+         exporter started, counted in the kernel as they happened: \
+         <span id=\"failure-totals\"{}>{}</span>.</p>\n\
+         <table id=\"failure-destinations\"><tr><th>protocol</th><th>from</th><th>to</th>\
+         <th class=\"num\">failed calls</th></tr>\n",
+        if failed { " class=\"failing\"" } else { "" },
+        totals.join(", ")
+    );
+    let destinations = failures::most(&failures::by_destination(failures), FAILURES_LISTED);
+    if destinations.is_empty() {
+        page.push_str("<tr><td colspan=\"4\">none</td></tr>\n");
+    }
+    for ((protocol, destination), count) in destinations {
+        let remote = std::net::SocketAddr::new(destination.remote_address, destination.remote_port);
+        let _ = writeln!(
+            page,
+            "<tr><td>{}</td><td>{}</td><td>{remote}</td><td class=\"num\">{count}</td></tr>",
+            protocol.label(),
+            destination.local_address
+        );
+    }
+    page.push_str(
+        "</table>\n<table id=\"failure-processes\"><tr><th>process</th><th>call</th>\
+         <th>protocol</th><th class=\"num\">failed calls</th></tr>\n",
+    );
+    let processes = failures::most(&failures::by_process(failures), FAILURES_LISTED);
+    if processes.is_empty() {
+        page.push_str("<tr><td colspan=\"4\">none</td></tr>\n");
+    }
+    for ((kind, protocol, process), count) in processes {
+        let _ = writeln!(
+            page,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{count}</td></tr>",
+            html_escape(process),
+            kind.call(),
+            protocol.label()
+        );
+    }
+    page.push_str("</table>\n");
 }
 
 /// Source NAT: the busiest (NAT address, destination) pairs, against the

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use crate::aggregate::{Aggregator, Limits, Snapshot};
 use crate::metrics::failures::FailureHistory;
-use crate::model::{OwnerLookup, PortFailureCounts, PortRange, SocketOwners};
+use crate::model::{NamespaceFailures, OwnerLookup, PortFailureCounts, PortRange, SocketOwners};
 use crate::page::landing_page;
 use crate::render::Renderer;
 use crate::source::bpf::failures::PortFailureCounter;
@@ -424,6 +424,35 @@ impl Sampler {
             std::thread::sleep(next - now);
         }
     }
+}
+
+/// The failures the exporter running on this host counted in the
+/// snapshot's namespace (`inspect`): `Ok(None)` where none counts, `Err`
+/// with why where its counts cannot be read.
+pub fn running_exporter_failures(snapshot: &Snapshot) -> Result<Option<NamespaceFailures>, String> {
+    let Some(counts) = crate::source::bpf::failures::running_counts().map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    let Some(netns) = snapshot
+        .namespace
+        .as_ref()
+        .map(|namespace| namespace.inode)
+        .or_else(own_namespace_inode)
+    else {
+        return Ok(None);
+    };
+    // What the exporter counts: TCP connect() always, the rest where it
+    // has counted some.
+    let mut counted = crate::metrics::failures::counted(false);
+    for &(counted_netns, kind, protocol) in counts.totals.keys() {
+        if counted_netns == netns && !counted.contains(&(kind, protocol)) {
+            counted.push((kind, protocol));
+        }
+    }
+    Ok(Some(
+        FailureHistory::default().figures(netns, &counts, &counted, None, snapshot),
+    ))
 }
 
 /// Niceness of the sampler thread above the server's.

@@ -201,3 +201,50 @@ fn control_characters_in_a_process_name_reach_the_terminal_escaped() {
     );
     assert!(report.contains("\\x1b]0;PWN"), "{report}");
 }
+
+#[test]
+fn the_failures_the_running_exporter_counted_are_listed() {
+    let netns = Netns::new((40000, 40009), "");
+    let exporter = netns.start_exporter(&["--collector.interval", "300ms"]);
+    let _held = netns.run(|| {
+        let server = TcpListener::bind("127.0.0.1:8080").unwrap();
+        let streams: Vec<TcpStream> = (0..10)
+            .map(|_| TcpStream::connect("127.0.0.1:8080").unwrap())
+            .collect();
+        for _ in 0..3 {
+            let error = TcpStream::connect("127.0.0.1:8080").unwrap_err();
+            assert_eq!(error.kind(), std::io::ErrorKind::AddrNotAvailable);
+        }
+        (server, streams)
+    });
+    exporter.metrics_until(|metrics| {
+        metrics.get(r#"portstat_ephemeral_connect_failures_total{protocol="tcp"}"#) == Some(3.0)
+    });
+
+    let text = netns.inspect(&[]);
+    assert!(
+        text.contains("Failed calls since the exporter started: tcp connect() 3\n"),
+        "{text}"
+    );
+    let destination = text
+        .lines()
+        .find(|line| line.contains("tcp 127.0.0.1 -> 127.0.0.1:8080"))
+        .unwrap_or_else(|| panic!("no destination line: {text}"));
+    assert!(destination.ends_with(" 3"), "{destination}");
+    let process = text
+        .lines()
+        .find(|line| line.contains(&format!("{} tcp connect()", own_comm())))
+        .unwrap_or_else(|| panic!("no process line: {text}"));
+    assert!(process.ends_with(" 3"), "{process}");
+    assert!(text.lines().all(|line| line.chars().count() <= 80), "{text}");
+
+    let json: serde_json::Value = serde_json::from_str(&netns.inspect(&["--json"])).unwrap();
+    let failures = &json["failures"];
+    assert_eq!(failures["totals"][0]["call"], "connect");
+    assert_eq!(failures["totals"][0]["failed"], 3);
+    assert_eq!(failures["destinations"][0]["remote_address"], "127.0.0.1");
+    assert_eq!(failures["destinations"][0]["remote_port"], 8080);
+    assert_eq!(failures["destinations"][0]["failed"], 3);
+    assert_eq!(failures["processes"][0]["process"], own_comm());
+    assert_eq!(failures["processes"][0]["failed"], 3);
+}

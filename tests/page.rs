@@ -147,5 +147,53 @@ fn the_landing_page_shows_fill_destinations_and_listeners_in_a_browser() {
     assert_eq!(png_size(&bytes), (1100, 1000));
     assert!(bytes.len() > 10_000, "a near-empty screenshot");
     println!("screenshot of the landing page: {}", screenshot.display());
+
+    // No call has failed yet; then the destination's last 17 ports, and
+    // two calls that find none.
+    assert!(
+        dom.contains("<span id=\"failure-totals\">tcp connect() 0</span>"),
+        "{dom}"
+    );
+    let _more = netns.run(|| {
+        let streams: Vec<TcpStream> = (0..17)
+            .map(|_| TcpStream::connect("127.0.0.1:80").unwrap())
+            .collect();
+        for _ in 0..2 {
+            let error = TcpStream::connect("127.0.0.1:80").unwrap_err();
+            assert_eq!(error.kind(), std::io::ErrorKind::AddrNotAvailable);
+        }
+        streams
+    });
+    exporter.metrics_until(|metrics| {
+        metrics.get(r#"portstat_ephemeral_connect_failures_total{protocol="tcp"}"#) == Some(2.0)
+    });
+    let output = chromium(&netns, &profile, &["--dump-dom"]);
+    let dom = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        dom.contains("<span id=\"failure-totals\" class=\"failing\">tcp connect() 2</span>"),
+        "{dom}"
+    );
+    let table = |id: &str| {
+        dom.split(&format!("<table id=\"{id}\">"))
+            .nth(1)
+            .and_then(|rest| rest.split("</table>").next())
+            .unwrap_or_else(|| panic!("the {id} table"))
+            .to_string()
+    };
+    let destinations = table("failure-destinations");
+    assert!(
+        destinations.contains(
+            "<td>tcp</td><td>127.0.0.1</td><td>127.0.0.1:80</td><td class=\"num\">2</td>"
+        ),
+        "{destinations}"
+    );
+    let processes = table("failure-processes");
+    assert!(
+        processes.contains(&format!(
+            "<td>{}</td><td>connect()</td><td>tcp</td><td class=\"num\">2</td>",
+            own_comm()
+        )),
+        "{processes}"
+    );
     let _ = std::fs::remove_dir_all(&profile);
 }

@@ -168,6 +168,49 @@ pub fn counted(autobind: bool) -> Vec<(FailureKind, Protocol)> {
     counted
 }
 
+/// `connect()` failures by protocol and destination, over processes.
+pub fn by_destination(figures: &NamespaceFailures) -> BTreeMap<(Protocol, Destination), u64> {
+    let mut destinations = BTreeMap::new();
+    for failure in &figures.by_destination_and_process {
+        if failure.kind == FailureKind::Connect {
+            *destinations
+                .entry((
+                    failure.protocol,
+                    Destination {
+                        local_address: failure.local_address,
+                        remote_address: failure.remote_address,
+                        remote_port: failure.remote_port,
+                    },
+                ))
+                .or_default() += failure.count;
+        }
+    }
+    destinations
+}
+
+/// Failures by kind, protocol and process, over destinations.
+pub fn by_process(figures: &NamespaceFailures) -> BTreeMap<(FailureKind, Protocol, &str), u64> {
+    let mut processes = BTreeMap::new();
+    for failure in &figures.by_destination_and_process {
+        *processes
+            .entry((failure.kind, failure.protocol, failure.process.as_str()))
+            .or_default() += failure.count;
+    }
+    processes
+}
+
+/// The `top` entries of `counts` with the most failures, most first (ties
+/// in key order), for people: the metrics write every entry.
+pub fn most<K: Clone>(counts: &BTreeMap<K, u64>, top: usize) -> Vec<(K, u64)> {
+    let mut entries: Vec<(K, u64)> = counts
+        .iter()
+        .map(|(key, count)| (key.clone(), *count))
+        .collect();
+    entries.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+    entries.truncate(top);
+    entries
+}
+
 /// Writes the failure families of one namespace.
 pub fn render(figures: &NamespaceFailures, base: &BaseLabels, out: &mut Vec<MetricFamily>) {
     for (kind, name, help) in [
@@ -191,33 +234,13 @@ pub fn render(figures: &NamespaceFailures, base: &BaseLabels, out: &mut Vec<Metr
         totals.finish(out);
     }
 
-    let mut by_destination = Family::new(
+    let mut destinations = Family::new(
         "portstat_ephemeral_destination_connect_failures_total",
         "connect() calls that found no free local port, by destination (IPv4-mapped peers as IPv4), since the exporter started; the kernel keeps 1,024 (destination, process) pairs, the rest are in portstat_ephemeral_failures_unrecorded_total.",
         base,
     );
-    let mut destinations: BTreeMap<(Protocol, Destination), u64> = BTreeMap::new();
-    let mut processes: BTreeMap<(FailureKind, Protocol, &str), u64> = BTreeMap::new();
-    for failure in &figures.by_destination_and_process {
-        *processes
-            .entry((failure.kind, failure.protocol, failure.process.as_str()))
-            .or_default() += failure.count;
-        if failure.kind != FailureKind::Connect {
-            continue;
-        }
-        *destinations
-            .entry((
-                failure.protocol,
-                Destination {
-                    local_address: failure.local_address,
-                    remote_address: failure.remote_address,
-                    remote_port: failure.remote_port,
-                },
-            ))
-            .or_default() += failure.count;
-    }
-    for ((protocol, destination), count) in &destinations {
-        by_destination.counter(
+    for ((protocol, destination), count) in &by_destination(figures) {
+        destinations.counter(
             &[
                 ("protocol", protocol.label()),
                 ("local_address", &destination.local_address.to_string()),
@@ -227,8 +250,9 @@ pub fn render(figures: &NamespaceFailures, base: &BaseLabels, out: &mut Vec<Metr
             *count as f64,
         );
     }
-    by_destination.finish(out);
+    destinations.finish(out);
 
+    let processes = by_process(figures);
     for (kind, name, help) in [
         (
             FailureKind::Connect,

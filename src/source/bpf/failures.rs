@@ -157,13 +157,61 @@ pub fn total_from_entry(key: &TotalKey, count: u64, counts: &mut PortFailureCoun
     }
 }
 
-/// The program, attached, and its maps.
+/// The maps' names, in the object and in the kernel (at most 15 bytes):
+/// the exporter's own, so that `running_counts` finds them.
+const FAILURES_MAP: &str = "portstat_fails";
+const TOTALS_MAP: &str = "portstat_totals";
+const LOST_MAP: &str = "portstat_lost";
+
+/// The three maps the programs count into.
+struct FailureMaps {
+    failures: HashMap<MapData, FailureKey, FailureValue>,
+    totals: HashMap<MapData, TotalKey, u64>,
+    lost: Array<MapData, u64>,
+}
+
+impl FailureMaps {
+    /// The maps from their data, as made by the loader or opened by id.
+    fn new(failures: MapData, totals: MapData, lost: MapData) -> Result<FailureMaps, BpfError> {
+        Ok(FailureMaps {
+            failures: HashMap::try_from(Map::HashMap(failures))
+                .map_err(|error| unavailable("maps", error))?,
+            totals: HashMap::try_from(Map::HashMap(totals))
+                .map_err(|error| unavailable("maps", error))?,
+            lost: Array::try_from(Map::Array(lost)).map_err(|error| unavailable("maps", error))?,
+        })
+    }
+
+    /// Every count so far, of every namespace. The cost follows the number
+    /// of map entries, which the maps bound, not the number of failures.
+    fn read(&self) -> Result<PortFailureCounts, BpfError> {
+        let mut counts = PortFailureCounts::default();
+        for entry in self.totals.iter() {
+            let (key, count) = entry.map_err(|error| BpfError::Read(error_to_io(error)))?;
+            total_from_entry(&key, count, &mut counts);
+        }
+        for entry in self.failures.iter() {
+            let (key, value) = entry.map_err(|error| BpfError::Read(error_to_io(error)))?;
+            if let Some(failure) = failure_from_entry(&key, &value) {
+                counts.failures.push(failure);
+            }
+        }
+        for index in 0..2 {
+            counts.unrecorded += self
+                .lost
+                .get(&index, 0)
+                .map_err(|error| BpfError::Read(error_to_io(error)))?;
+        }
+        counts.failures.sort_by(|a, b| a.key().cmp(&b.key()));
+        Ok(counts)
+    }
+}
+
+/// The programs, attached, and their maps.
 pub struct PortFailureCounter {
     // Detaches when dropped.
     _program: LoadedProgram,
-    failures: HashMap<MapData, FailureKey, FailureValue>,
-    totals: HashMap<MapData, TotalKey, u64>,
-    unrecorded: Array<MapData, u64>,
+    maps: FailureMaps,
 }
 
 impl PortFailureCounter {
@@ -195,43 +243,42 @@ impl PortFailureCounter {
                 .take_map(name)
                 .ok_or_else(|| unavailable("maps", format!("the object has no {name} map")))
         };
-        let failures = HashMap::try_from(Map::HashMap(take("failures")?))
-            .map_err(|error| unavailable("maps", error))?;
-        let totals = HashMap::try_from(Map::HashMap(take("totals")?))
-            .map_err(|error| unavailable("maps", error))?;
-        let unrecorded = Array::try_from(Map::Array(take("unrecorded")?))
-            .map_err(|error| unavailable("maps", error))?;
+        let maps = FailureMaps::new(take(FAILURES_MAP)?, take(TOTALS_MAP)?, take(LOST_MAP)?)?;
         Ok(PortFailureCounter {
             _program: program,
-            failures,
-            totals,
-            unrecorded,
+            maps,
         })
     }
 
-    /// Every count so far, of every namespace. The cost follows the number
-    /// of map entries, which the maps bound, not the number of failures.
+    /// Every count so far, of every namespace.
     pub fn read(&self) -> Result<PortFailureCounts, BpfError> {
-        let mut counts = PortFailureCounts::default();
-        for entry in self.totals.iter() {
-            let (key, count) = entry.map_err(|error| BpfError::Read(error_to_io(error)))?;
-            total_from_entry(&key, count, &mut counts);
-        }
-        for entry in self.failures.iter() {
-            let (key, value) = entry.map_err(|error| BpfError::Read(error_to_io(error)))?;
-            if let Some(failure) = failure_from_entry(&key, &value) {
-                counts.failures.push(failure);
-            }
-        }
-        for index in 0..2 {
-            counts.unrecorded += self
-                .unrecorded
-                .get(&index, 0)
-                .map_err(|error| BpfError::Read(error_to_io(error)))?;
-        }
-        counts.failures.sort_by(|a, b| a.key().cmp(&b.key()));
-        Ok(counts)
+        self.maps.read()
     }
+}
+
+/// The counts of the exporter running on this host, found by its maps'
+/// names (the newest, where several run), for `inspect`; `None` where no
+/// exporter counts. Opening another process's maps by id needs
+/// `CAP_SYS_ADMIN`.
+pub fn running_counts() -> Result<Option<PortFailureCounts>, BpfError> {
+    let mut newest: [Option<u32>; 3] = [None; 3];
+    for info in aya::maps::loaded_maps() {
+        let info = info.map_err(|error| unavailable("map ids", error))?;
+        let slot = match info.name_as_str() {
+            Some(FAILURES_MAP) => 0,
+            Some(TOTALS_MAP) => 1,
+            Some(LOST_MAP) => 2,
+            _ => continue,
+        };
+        newest[slot] = newest[slot].max(Some(info.id()));
+    }
+    let [Some(failures), Some(totals), Some(lost)] = newest else {
+        return Ok(None);
+    };
+    let open = |id| MapData::from_id(id).map_err(|error| unavailable("open map", error));
+    FailureMaps::new(open(failures)?, open(totals)?, open(lost)?)?
+        .read()
+        .map(Some)
 }
 
 fn error_to_io(error: aya::maps::MapError) -> std::io::Error {

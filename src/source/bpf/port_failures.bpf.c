@@ -23,12 +23,14 @@
 // is named by its leader's comm (as the owners program names processes),
 // not by the calling thread's.
 //
-// Counts are kept per (namespace, kind, protocol) in `totals`, and per
-// (namespace, destination, comm) in `failures`. Neither map ever loses an
-// entry: a key that finds its map full is counted in `unrecorded`, so no
-// failure goes uncounted. `totals` also counts every move to SYN_SENT (each
-// a `connect()` asking for a port), which bounds how many ports connects
-// took between two samples.
+// Counts are kept per (namespace, kind, protocol) in `portstat_totals`, and
+// per (namespace, destination, comm) in `portstat_fails`. Neither map ever
+// loses an entry: a key that finds its map full is counted in
+// `portstat_lost`, so no failure goes uncounted. `portstat_totals` also
+// counts every move to SYN_SENT (each a `connect()` asking for a port),
+// which bounds how many ports connects took between two samples. The names
+// are the exporter's own, so that `inspect` finds the running exporter's
+// maps by name (BPF_MAP_GET_NEXT_ID).
 //
 // Nothing is decided here that Rust can decide. Structures are declared
 // with only the fields used; CO-RE relocates their offsets against the
@@ -65,7 +67,7 @@
 // whose addresses are therefore the IPv4 ones.
 #define FAMILY_MAPPED 255
 
-// `unrecorded` indexes.
+// `portstat_lost` indexes.
 #define UNRECORDED_FAILURE 0
 #define UNRECORDED_TOTAL 1
 
@@ -183,25 +185,25 @@ struct {
 	__uint(max_entries, 1024);
 	__type(key, struct failure_key);
 	__type(value, struct failure_value);
-} failures SEC(".maps");
+} portstat_fails SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
 	__type(key, struct total_key);
 	__type(value, __u64);
-} totals SEC(".maps");
+} portstat_totals SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u64);
-} unrecorded SEC(".maps");
+} portstat_lost SEC(".maps");
 
 static void count_unrecorded(__u32 index)
 {
-	__u64 *count = bpf_map_lookup_elem(&unrecorded, &index);
+	__u64 *count = bpf_map_lookup_elem(&portstat_lost, &index);
 	if (count)
 		__sync_fetch_and_add(count, 1);
 }
@@ -210,15 +212,15 @@ static void add_total(__u32 netns, __u8 kind, __u8 protocol)
 {
 	struct total_key key = {.netns = netns, .kind = kind, .protocol = protocol};
 	__u64 one = 1;
-	__u64 *count = bpf_map_lookup_elem(&totals, &key);
+	__u64 *count = bpf_map_lookup_elem(&portstat_totals, &key);
 	if (count) {
 		__sync_fetch_and_add(count, 1);
 		return;
 	}
 	// Another CPU may have made the entry meanwhile: then add to it.
-	if (bpf_map_update_elem(&totals, &key, &one, BPF_NOEXIST) == 0)
+	if (bpf_map_update_elem(&portstat_totals, &key, &one, BPF_NOEXIST) == 0)
 		return;
-	count = bpf_map_lookup_elem(&totals, &key);
+	count = bpf_map_lookup_elem(&portstat_totals, &key);
 	if (count)
 		__sync_fetch_and_add(count, 1);
 	else
@@ -229,11 +231,11 @@ static void add_failure(struct failure_key *key)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct failure_value first = {.count = 1, .last_tgid = tgid};
-	struct failure_value *value = bpf_map_lookup_elem(&failures, key);
+	struct failure_value *value = bpf_map_lookup_elem(&portstat_fails, key);
 	if (!value) {
-		if (bpf_map_update_elem(&failures, key, &first, BPF_NOEXIST) == 0)
+		if (bpf_map_update_elem(&portstat_fails, key, &first, BPF_NOEXIST) == 0)
 			return;
-		value = bpf_map_lookup_elem(&failures, key);
+		value = bpf_map_lookup_elem(&portstat_fails, key);
 		if (!value) {
 			count_unrecorded(UNRECORDED_FAILURE);
 			return;
