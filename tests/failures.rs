@@ -349,3 +349,62 @@ fn without_autobind_no_bind_or_udp_failure_is_written() {
             .contains("portstat_ephemeral_bind_failures_total")
     );
 }
+
+#[test]
+fn ports_taken_between_samples_by_bind_show_as_unpredicted_failures() {
+    // A sample sees ten free ports; bind() then takes them all before the
+    // next, which no count of connect() attempts sees: the failure that
+    // follows is one the prediction did not allow for. That holds when no
+    // sample began between the sample seen and the failure; an attempt
+    // where one did is made again.
+    let netns = Netns::new((40000, 40009), "");
+    let _server = netns.run(|| listening_socket("127.0.0.1:8080", false, 1024));
+    let exporter = netns.start_exporter(&["--collector.interval", "1s"]);
+    let unpredicted = r#"portstat_ephemeral_connect_failures_unpredicted_total{protocol="tcp"}"#;
+    let began = |metrics: &Metrics| {
+        metrics.value("portstat_sample_timestamp_seconds")
+            - metrics.value("portstat_sample_duration_seconds")
+    };
+    for _attempt in 0..5 {
+        let before = first_sample_after(&exporter, unix_seconds());
+        assert_eq!(before.value("portstat_ephemeral_headroom_exact"), 1.0);
+        assert_eq!(
+            before.value("portstat_ephemeral_new_destination_headroom"),
+            10.0
+        );
+        let bound = netns.run(|| {
+            let bound: Vec<Socket> = (0..10)
+                .map(|_| support::bound_socket("127.0.0.1:0", false))
+                .collect();
+            let error = TcpStream::connect("127.0.0.1:8080").unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::AddrNotAvailable, "{error}");
+            bound
+        });
+        let failed_at = unix_seconds();
+        // The first sample after the one seen.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let next = loop {
+            let metrics = exporter.metrics();
+            if metrics.value("portstat_sample_timestamp_seconds")
+                != before.value("portstat_sample_timestamp_seconds")
+            {
+                break metrics;
+            }
+            assert!(Instant::now() < deadline, "no sample within 60 s");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        drop(bound);
+        if began(&next) < failed_at {
+            // It began before the failure, and may have seen the binds.
+            continue;
+        }
+        assert_eq!(
+            next.value(unpredicted) - before.value(unpredicted),
+            1.0,
+            "{}",
+            next.text
+        );
+        return;
+    }
+    panic!("in 5 attempts, a sample always began between the binds and the failure");
+}

@@ -236,7 +236,10 @@ fn the_failures_the_running_exporter_counted_are_listed() {
         .find(|line| line.contains(&format!("{} tcp connect()", own_comm())))
         .unwrap_or_else(|| panic!("no process line: {text}"));
     assert!(process.ends_with(" 3"), "{process}");
-    assert!(text.lines().all(|line| line.chars().count() <= 80), "{text}");
+    assert!(
+        text.lines().all(|line| line.chars().count() <= 80),
+        "{text}"
+    );
 
     let json: serde_json::Value = serde_json::from_str(&netns.inspect(&["--json"])).unwrap();
     let failures = &json["failures"];

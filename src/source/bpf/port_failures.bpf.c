@@ -16,21 +16,22 @@
 // the application in SYN_SENT had its sequence number too. A socket bound
 // to a port of its own (`SOCK_BINDPORT_LOCK`) keeps its port, and its
 // failure is a busy 4-tuple, not the range: it is not counted. An AF_INET6
-// socket connecting to an IPv4-mapped peer goes
-// through `tcp_v4_connect`, which fills the IPv4 fields: it is counted with
-// those, as the IPv4 destination it competes for. The tracepoint fires in
-// the task that called `connect()`: the process is its thread group's, and
-// is named by its leader's comm (as the owners program names processes),
-// not by the calling thread's.
+// socket connecting to an IPv4-mapped peer goes through `tcp_v4_connect`,
+// which fills the IPv4 fields: it is counted with those, as the IPv4
+// destination it competes for. The tracepoint fires in the task that
+// called `connect()`: the process is its thread group's, and is named by
+// its leader's comm (as the owners program names processes), not by the
+// calling thread's.
 //
 // Counts are kept per (namespace, kind, protocol) in `portstat_totals`, and
 // per (namespace, destination, comm) in `portstat_fails`. Neither map ever
 // loses an entry: a key that finds its map full is counted in
 // `portstat_lost`, so no failure goes uncounted. `portstat_totals` also
-// counts every move to SYN_SENT (each a `connect()` asking for a port),
-// which bounds how many ports connects took between two samples. The names
-// are the exporter's own, so that `inspect` finds the running exporter's
-// maps by name (BPF_MAP_GET_NEXT_ID).
+// counts every move to SYN_SENT of a socket with no port yet (each a
+// `connect()` asking the range for one), which bounds how many ports
+// connects took between two samples. The names are the exporter's own, so
+// that `inspect` finds the running exporter's maps by name
+// (BPF_MAP_GET_NEXT_ID).
 //
 // Nothing is decided here that Rust can decide. Structures are declared
 // with only the fields used; CO-RE relocates their offsets against the
@@ -260,15 +261,21 @@ int count_port_failures(__u64 *ctx)
 	int oldstate = (int)ctx[1];
 	int newstate = (int)ctx[2];
 
+	// Every other change returns here, having read nothing of the socket.
+	int attempt = oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT;
+	if (!attempt && (oldstate != TCP_SYN_SENT || newstate != TCP_CLOSE))
+		return 0;
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 	__u32 netns = sk->__sk_common.skc_net.net->ns.inum;
-	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) {
-		add_total(netns, KIND_CONNECT_ATTEMPT, IPPROTO_TCP);
+	if (attempt) {
+		// Only a connect() whose socket has no port yet asks the range
+		// for one; a socket bound to its port before keeps it.
+		if (sk->__sk_common.skc_num == 0)
+			add_total(netns, KIND_CONNECT_ATTEMPT, IPPROTO_TCP);
 		return 0;
 	}
-	if (oldstate != TCP_SYN_SENT || newstate != TCP_CLOSE || sk->__sk_common.skc_num != 0 ||
-	    sk->sk_err != 0)
+	if (sk->__sk_common.skc_num != 0 || sk->sk_err != 0)
 		return 0;
 	// Past the end of `struct sock`, which is all the tracepoint's
 	// argument is typed as: read it, relocated, as kernel memory.

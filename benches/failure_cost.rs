@@ -1,0 +1,195 @@
+//! What counting failures costs: the slowdown of a tight loop of loopback
+//! `connect()` + `close()` with the failure counter's programs attached,
+//! against without, and what reading the counts costs as failures pile up.
+//!
+//! Run as root: `cargo bench --bench failure_cost`, or
+//! `cargo bench --bench failure_cost -- --connects 20000 --rounds 7`.
+//!
+//! In a namespace of its own, a thread accepts and drops connections to
+//! 127.0.0.1:8080 (a queue of 4,096) while the loop connects, and closes each connection with
+//! a reset (SO_LINGER 0), so that no TIME_WAIT fills the range. Rounds
+//! alternate: without the programs, with the TCP program (the default),
+//! and with `--collector.failures.autobind`'s program at the exit of every
+//! system call too; the median time per connect+close of each is printed,
+//! with its slowdown. Then, with the programs attached, the time one read
+//! of the counts takes: after 10 failures to one destination, after
+//! 100,000 to the same one, and with 1,000 destinations of one failure
+//! each.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use portstat_exporter::source::bpf::failures::PortFailureCounter;
+use support::Netns;
+
+fn main() {
+    let mut connects = 20_000usize;
+    let mut rounds = 7usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--connects" => {
+                connects = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--connects N")
+            }
+            "--rounds" => {
+                rounds = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--rounds N")
+            }
+            // cargo bench passes --bench.
+            _ => {}
+        }
+    }
+    support::require_root();
+    loop_cost(connects, rounds);
+    read_cost();
+}
+
+/// The median time per connect+close, in microseconds, with no program,
+/// with the TCP program, and with both.
+fn loop_cost(connects: usize, rounds: usize) {
+    let netns = Netns::new((10000, 60999), "");
+    let server: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    // A deep accept queue: a late wake-up of the accepting thread must not
+    // drop SYNs, which would cost the loop a second's retransmission.
+    let listener = netns.run(|| support::listening_socket("127.0.0.1:8080", false, 4096));
+    std::thread::spawn(move || {
+        while let Ok((stream, _)) = listener.accept() {
+            drop(stream);
+        }
+    });
+    let run = || -> f64 {
+        netns.run(|| {
+            let started = Instant::now();
+            for _ in 0..connects {
+                let stream = TcpStream::connect(server).unwrap();
+                socket2::SockRef::from(&stream)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+            }
+            started.elapsed().as_secs_f64() * 1e6 / connects as f64
+        })
+    };
+    // Warm up the path and the caches once.
+    run();
+    let mut times: [Vec<f64>; 3] = Default::default();
+    for _ in 0..rounds {
+        times[0].push(run());
+        let counter = PortFailureCounter::load(false).expect("the TCP program loads");
+        times[1].push(run());
+        drop(counter);
+        let counter = PortFailureCounter::load(true).expect("both programs load");
+        times[2].push(run());
+        drop(counter);
+    }
+    if std::env::var_os("FAILURE_COST_ALL").is_some() {
+        println!("{times:?}");
+    }
+    let medians = times.clone().map(|mut values| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    });
+    // Rounds run one after the other, so each with-program round is also
+    // weighed against the round without just before it: the median of
+    // those ratios cancels slow drift in the machine's speed.
+    let paired = |with: &[f64]| {
+        let mut ratios: Vec<f64> = with
+            .iter()
+            .zip(&times[0])
+            .map(|(with, without)| with / without)
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        ratios[ratios.len() / 2]
+    };
+    let spread = {
+        let mut without = times[0].clone();
+        without.sort_by(f64::total_cmp);
+        (without[without.len() - 1] / without[0] - 1.0) * 100.0
+    };
+    println!(
+        "connect()+close() on loopback, {connects} a round, {rounds} rounds (rounds without \
+         the programs differ by up to {spread:.1} %):"
+    );
+    println!(
+        "  {:<60} {:>10} {:>9} {:>9}",
+        "", "median", "vs none", "paired"
+    );
+    for (index, name) in [
+        "no program",
+        "TCP program (--collector.failures, the default)",
+        "and the system call exit program (…failures.autobind)",
+    ]
+    .iter()
+    .enumerate()
+    {
+        println!(
+            "  {name:<60} {:>7.2} µs {:>+8.1} % {:>+8.1} %",
+            medians[index],
+            (medians[index] / medians[0] - 1.0) * 100.0,
+            (paired(&times[index]) - 1.0) * 100.0
+        );
+    }
+}
+
+/// The time one read of the counts takes, in microseconds (median of 21).
+fn read_cost() {
+    let counter = PortFailureCounter::load(false).expect("the TCP program loads");
+    let time_reads = || {
+        let mut times: Vec<f64> = (0..21)
+            .map(|_| {
+                let started = Instant::now();
+                counter.read().unwrap();
+                started.elapsed().as_secs_f64() * 1e6
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    };
+    println!("one read of the counts (median of 21):");
+    // A range of one port: one connection takes it for its destination.
+    let netns = Netns::new((40000, 40000), "");
+    let listeners: Vec<TcpListener> = netns.run(|| {
+        (0..1000)
+            .map(|index| TcpListener::bind(("127.0.0.1", 20000 + index)).unwrap())
+            .collect()
+    });
+    let fail = |port: u16, count: usize| {
+        netns.run(|| {
+            for _ in 0..count {
+                TcpStream::connect(("127.0.0.1", port)).unwrap_err();
+            }
+        })
+    };
+    let _held: Vec<TcpStream> = netns.run(|| {
+        (0..1000)
+            .map(|index| TcpStream::connect(("127.0.0.1", 20000 + index)).unwrap())
+            .collect()
+    });
+    fail(20000, 10);
+    let entries = counter.read().unwrap().failures.len();
+    println!("  10 failures, {entries} entry: {:.1} µs", time_reads());
+    fail(20000, 99_990);
+    let entries = counter.read().unwrap().failures.len();
+    println!(
+        "  100,000 failures, {entries} entry: {:.1} µs",
+        time_reads()
+    );
+    for port in 20001..21000 {
+        fail(port, 1);
+    }
+    let counts = counter.read().unwrap();
+    println!(
+        "  {} failures, {} entries: {:.1} µs",
+        counts.totals.values().sum::<u64>(),
+        counts.failures.len(),
+        time_reads()
+    );
+    drop(listeners);
+}
