@@ -11,7 +11,8 @@
 //! alternate: without the programs, with the TCP program (the default),
 //! and with `--collector.failures.autobind`'s program at the exit of every
 //! system call too; the median time per connect+close of each is printed,
-//! with its slowdown. Then, with the programs attached, the time one read
+//! with its slowdown; and the same for a system call that has nothing to
+//! do with ports (`getppid`). Then, with the programs attached, the time one read
 //! of the counts takes: after 10 failures to one destination, after
 //! 100,000 to the same one, and with 1,000 destinations of one failure
 //! each.
@@ -49,7 +50,52 @@ fn main() {
     }
     support::require_root();
     loop_cost(connects, rounds);
+    syscall_cost(rounds);
     read_cost();
+}
+
+/// What a system call that has nothing to do with ports costs, in
+/// nanoseconds (`getppid`), with each set of programs: the autobind
+/// program runs at the exit of every system call on the host.
+fn syscall_cost(rounds: usize) {
+    let calls = 2_000_000;
+    let run = || {
+        let started = Instant::now();
+        for _ in 0..calls {
+            // SAFETY: getppid takes no argument and cannot fail.
+            unsafe { libc::syscall(libc::SYS_getppid) };
+        }
+        started.elapsed().as_secs_f64() * 1e9 / f64::from(calls)
+    };
+    run();
+    let mut times: [Vec<f64>; 3] = Default::default();
+    for _ in 0..rounds {
+        times[0].push(run());
+        let counter = PortFailureCounter::load(false).expect("the TCP program loads");
+        times[1].push(run());
+        drop(counter);
+        let counter = PortFailureCounter::load(true).expect("both programs load");
+        times[2].push(run());
+        drop(counter);
+    }
+    let medians = times.map(|mut values| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    });
+    println!("getppid(), {calls} a round, median of {rounds} rounds:");
+    for (name, median) in [
+        "no program",
+        "TCP program (--collector.failures, the default)",
+        "and the system call exit program (…failures.autobind)",
+    ]
+    .iter()
+    .zip(medians)
+    {
+        println!(
+            "  {name:<60} {median:>7.1} ns {:>+8.1} ns",
+            median - medians[0]
+        );
+    }
 }
 
 /// The median time per connect+close, in microseconds, with no program,

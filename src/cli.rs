@@ -153,8 +153,8 @@ pub struct Cli {
 
     /// Count bind() to port 0 and UDP connect()/sendto()/sendmsg() calls
     /// that find no free port too. A program then runs at the exit of every
-    /// system call on the host, which costs each call some tens of
-    /// nanoseconds (see docs/cost.md).
+    /// system call on the host, which costs each call about 100 ns (see
+    /// docs/cost.md).
     #[arg(
         long = "collector.failures.autobind",
         global = true,
