@@ -408,3 +408,56 @@ fn ports_taken_between_samples_by_bind_show_as_unpredicted_failures() {
     }
     panic!("in 5 attempts, a sample always began between the binds and the failure");
 }
+
+#[test]
+fn with_every_namespace_each_counts_its_own_failures() {
+    let home = Netns::new((43000, 43099), "");
+    let exporter =
+        home.start_exporter(&["--collector.netns", "all", "--collector.interval", "300ms"]);
+    let labels = |netns: &Netns| {
+        use std::os::unix::fs::MetadataExt;
+        let inode = std::fs::metadata(format!("/run/netns/{}", netns.name()))
+            .unwrap()
+            .ino();
+        format!(r#"netns="{inode}",netns_name="{}""#, netns.name())
+    };
+    let namespaces: Vec<(Netns, usize)> = [2, 3]
+        .into_iter()
+        .map(|failing| (Netns::new((40000, 40009), ""), failing))
+        .collect();
+    let mut held = Vec::new();
+    for (netns, failing) in &namespaces {
+        held.push(netns.run(|| listening_socket("127.0.0.1:8080", false, 1024)));
+        held.extend(
+            connect(netns, "127.0.0.1:8080", 10)
+                .into_iter()
+                .map(socket2::Socket::from),
+        );
+        fail(netns, "127.0.0.1:8080", *failing);
+    }
+    let metrics = first_sample_after(&exporter, unix_seconds());
+    for (netns, failing) in &namespaces {
+        let labels = labels(netns);
+        assert_eq!(
+            metrics.value(&format!(
+                r#"portstat_ephemeral_connect_failures_total{{{labels},protocol="tcp"}}"#
+            )),
+            *failing as f64,
+            "{}",
+            metrics.text
+        );
+        assert_eq!(
+            metrics.value(&format!(
+                r#"portstat_ephemeral_destination_connect_failures_total{{{labels},protocol="tcp",local_address="127.0.0.1",remote_address="127.0.0.1",remote_port="8080"}}"#
+            )),
+            *failing as f64
+        );
+    }
+    assert_eq!(
+        metrics.value(&format!(
+            r#"portstat_ephemeral_connect_failures_total{{{},protocol="tcp"}}"#,
+            labels(&home)
+        )),
+        0.0
+    );
+}

@@ -47,6 +47,21 @@ for series in 'portstat_source_info{protocol="tcp",source="bpf"} 1' \
   grep -qF "$series" "$out" || { echo "as the unit runs it, missing: $series" >&2; exit 1; }
 done
 echo "unit's capabilities ($caps), user nobody: TCP and owners over BPF, headroom exact"
+# The daemon, likewise: it counts failed connect() calls in the kernel.
+(. /etc/default/portstat_exporter &&
+  exec setpriv --reuid=nobody --regid=nogroup --clear-groups --no-new-privs \
+    --bounding-set="-all,$caps" --inh-caps="-all,$caps" --ambient-caps="-all,$caps" \
+    ${exec_start//\$ARGS/$ARGS} --web.listen-address=127.0.0.1:10142) 2>/dev/null &
+daemon=$!
+series='portstat_failures_source_info{source="bpf",reason="loaded"} 1'
+for _ in $(seq 1 100); do
+  curl -sf http://127.0.0.1:10142/metrics >"$out" && grep -qF "$series" "$out" && break
+  sleep 0.2
+done
+kill "$daemon"
+wait "$daemon" || true
+grep -qF "$series" "$out" || { echo "as the unit runs it, the daemon misses: $series" >&2; exit 1; }
+echo "the daemon as the unit runs it counts failed connect() calls over BPF"
 rm -f "$out"
 
 echo "== dpkg -r, then purge"
