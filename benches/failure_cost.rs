@@ -67,30 +67,9 @@ fn syscall_cost(rounds: usize) {
         }
         started.elapsed().as_secs_f64() * 1e9 / f64::from(calls)
     };
-    run();
-    let mut times: [Vec<f64>; 3] = Default::default();
-    for _ in 0..rounds {
-        times[0].push(run());
-        let counter = PortFailureCounter::load(false).expect("the TCP program loads");
-        times[1].push(run());
-        drop(counter);
-        let counter = PortFailureCounter::load(true).expect("both programs load");
-        times[2].push(run());
-        drop(counter);
-    }
-    let medians = times.map(|mut values| {
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    });
+    let medians = alternate(rounds, run).map(median);
     println!("getppid(), {calls} a round, median of {rounds} rounds:");
-    for (name, median) in [
-        "no program",
-        "TCP program (--collector.failures, the default)",
-        "and the system call exit program (…failures.autobind)",
-    ]
-    .iter()
-    .zip(medians)
-    {
+    for (name, median) in SETUPS.iter().zip(medians) {
         println!(
             "  {name:<60} {median:>7.1} ns {:>+8.1} ns",
             median - medians[0]
@@ -123,25 +102,8 @@ fn loop_cost(connects: usize, rounds: usize) {
             started.elapsed().as_secs_f64() * 1e6 / connects as f64
         })
     };
-    // Warm up the path and the caches once.
-    run();
-    let mut times: [Vec<f64>; 3] = Default::default();
-    for _ in 0..rounds {
-        times[0].push(run());
-        let counter = PortFailureCounter::load(false).expect("the TCP program loads");
-        times[1].push(run());
-        drop(counter);
-        let counter = PortFailureCounter::load(true).expect("both programs load");
-        times[2].push(run());
-        drop(counter);
-    }
-    if std::env::var_os("FAILURE_COST_ALL").is_some() {
-        println!("{times:?}");
-    }
-    let medians = times.clone().map(|mut values| {
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    });
+    let times = alternate(rounds, run);
+    let medians = times.clone().map(median);
     // Rounds run one after the other, so each with-program round is also
     // weighed against the round without just before it: the median of
     // those ratios cancels slow drift in the machine's speed.
@@ -167,14 +129,7 @@ fn loop_cost(connects: usize, rounds: usize) {
         "  {:<60} {:>10} {:>9} {:>9}",
         "", "median", "vs none", "paired"
     );
-    for (index, name) in [
-        "no program",
-        "TCP program (--collector.failures, the default)",
-        "and the system call exit program (…failures.autobind)",
-    ]
-    .iter()
-    .enumerate()
-    {
+    for (index, name) in SETUPS.iter().enumerate() {
         println!(
             "  {name:<60} {:>7.2} µs {:>+8.1} % {:>+8.1} %",
             medians[index],
@@ -184,19 +139,47 @@ fn loop_cost(connects: usize, rounds: usize) {
     }
 }
 
+/// What runs beside the measured work, in the order of `alternate`'s times.
+const SETUPS: [&str; 3] = [
+    "no program",
+    "TCP program (--collector.failures, the default)",
+    "and the system call exit program (…failures.autobind)",
+];
+
+/// Runs `run` once to warm up, then `rounds` times with each of `SETUPS` in
+/// turn, and returns its results by setup.
+fn alternate(rounds: usize, mut run: impl FnMut() -> f64) -> [Vec<f64>; 3] {
+    run();
+    let mut times: [Vec<f64>; 3] = Default::default();
+    for _ in 0..rounds {
+        times[0].push(run());
+        let counter = PortFailureCounter::load(false).expect("the TCP program loads");
+        times[1].push(run());
+        drop(counter);
+        let counter = PortFailureCounter::load(true).expect("both programs load");
+        times[2].push(run());
+        drop(counter);
+    }
+    times
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 /// The time one read of the counts takes, in microseconds (median of 21).
 fn read_cost() {
     let counter = PortFailureCounter::load(false).expect("the TCP program loads");
     let time_reads = || {
-        let mut times: Vec<f64> = (0..21)
+        let times: Vec<f64> = (0..21)
             .map(|_| {
                 let started = Instant::now();
                 counter.read().unwrap();
                 started.elapsed().as_secs_f64() * 1e6
             })
             .collect();
-        times.sort_by(f64::total_cmp);
-        times[times.len() / 2]
+        median(times)
     };
     println!("one read of the counts (median of 21):");
     // A range of one port: one connection takes it for its destination.
