@@ -1,7 +1,9 @@
-//! The failures themselves: TCP `connect()` calls that found no free local
-//! port, counted in the kernel as they happen (`source::bpf::failures`), so
-//! that a burst between two samples is counted in full; and, of those, the
-//! ones the last prediction said could not happen.
+//! The failures themselves: `connect()` calls (and, with
+//! `--collector.failures.autobind`, `bind()` calls to port 0) that found no
+//! free local port, counted in the kernel as they happen
+//! (`source::bpf::failures`), so that a burst between two samples is
+//! counted in full; and, of the TCP connect failures, the ones the last
+//! prediction said could not happen.
 //!
 //! Every family here is a counter since the exporter started. The kernel's
 //! maps never drop an entry, so a series, once written, is written at every
@@ -453,7 +455,7 @@ mod tests {
             remote_address: "127.0.0.3".parse().unwrap(),
             ..destination()
         };
-        // Every destination listed: one not listed has no port.
+        // Every destination listed: one not listed uses no port yet.
         assert_eq!(predicted_headroom(&before, &other), 10);
         // A list cut short: an unlisted one may use as many as the last.
         before.destination_count = 2;
