@@ -95,7 +95,14 @@ pub struct Sampler {
     /// Whether reading the failure counter is failing (logged when failing
     /// starts and when it stops).
     failure_read_failing: bool,
+    /// When the host's namespaces were last looked for, to forget the
+    /// failures of those gone.
+    failure_namespaces_looked: Option<Instant>,
 }
+
+/// How often the failure counter's namespaces are checked against the
+/// host's: a namespace gone is forgotten at the second check that misses it.
+const FORGET_EVERY: Duration = Duration::from_secs(60);
 
 /// The share of the interval past which a sample slowed by namespaces that
 /// share the host's TCP table is logged.
@@ -121,6 +128,7 @@ impl Sampler {
             failure_counter: None,
             failure_history: FailureHistory::default(),
             failure_read_failing: false,
+            failure_namespaces_looked: None,
             status: SampleStatus::default(),
             last_exposition: Exposition::default(),
         }
@@ -182,10 +190,12 @@ impl Sampler {
             self.status.failure_counting,
             FailureCounting::Bpf { autobind: true }
         ));
+        let mut sampled = Vec::with_capacity(snapshots.len());
         for snapshot in snapshots.iter_mut() {
             let Some(netns) = inode(snapshot) else {
                 continue;
             };
+            sampled.push(netns);
             let before = self
                 .last_good
                 .iter()
@@ -195,7 +205,48 @@ impl Sampler {
                     .figures(netns, &counts, &counted, before, snapshot),
             );
         }
-        self.failure_history.remember(counts);
+        self.forget_gone_namespaces(&counts, &sampled);
+        self.failure_history.remember(counts, &sampled);
+    }
+
+    /// Removes from the failure counter's maps what it counted in
+    /// namespaces that are gone from the host, which a node's churn of pods
+    /// would otherwise pile up until the maps are full. Looks for the
+    /// host's namespaces only when the counts hold one not sampled, and
+    /// then at most once every `FORGET_EVERY`.
+    fn forget_gone_namespaces(&mut self, counts: &PortFailureCounts, sampled: &[u64]) {
+        if self
+            .failure_namespaces_looked
+            .is_some_and(|looked| looked.elapsed() < FORGET_EVERY)
+        {
+            return;
+        }
+        self.failure_namespaces_looked = Some(Instant::now());
+        let others = counts
+            .attempts
+            .keys()
+            .chain(counts.totals.keys().map(|(netns, _, _)| netns))
+            .any(|netns| !sampled.contains(netns));
+        let live: Vec<u64> = if others {
+            match namespaces::discover(
+                self.reader.procfs_root(),
+                Path::new(namespaces::NAMED_NAMESPACES),
+            ) {
+                Ok(entries) => entries.iter().map(|entry| entry.identity.inode).collect(),
+                Err(_) => return,
+            }
+        } else {
+            sampled.to_vec()
+        };
+        let gone = self.failure_history.gone(counts, &live);
+        if gone.is_empty() {
+            return;
+        }
+        if let Some(counter) = &mut self.failure_counter {
+            if let Err(error) = counter.forget(&gone) {
+                tracing::debug!(err = %error, "cannot forget the failures of namespaces that are gone");
+            }
+        }
     }
 
     /// Whether the latest sample succeeded.

@@ -6,9 +6,10 @@
 //! prediction said could not happen.
 //!
 //! Every family here is a counter since the exporter started. The kernel's
-//! maps never drop an entry, so a series, once written, is written at every
-//! sample until the exporter restarts, and only rises: `rate()` and
-//! `increase()` see no series come and go.
+//! maps drop no entry of a namespace that exists, so a series, once
+//! written, is written at every sample until the exporter restarts or the
+//! namespace is gone, and only rises: `rate()` and `increase()` see no
+//! series come and go.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +27,8 @@ use crate::status::FailureCounting;
 pub struct FailureHistory {
     previous: Option<PortFailureCounts>,
     unpredicted: BTreeMap<u64, u64>,
+    /// Namespaces with counts that were not on the host at the last look.
+    missing: Vec<u64>,
 }
 
 impl FailureHistory {
@@ -62,10 +65,39 @@ impl FailureHistory {
         figures
     }
 
+    /// The namespaces whose counts can be forgotten: those of `counts` not
+    /// among the `live` ones now nor at the last look. Two looks, so that a
+    /// namespace made after a look, whose process was not there yet, is not
+    /// taken for gone.
+    pub fn gone(&mut self, counts: &PortFailureCounts, live: &[u64]) -> Vec<u64> {
+        let mut counted: Vec<u64> = counts
+            .totals
+            .keys()
+            .map(|&(netns, _, _)| netns)
+            .chain(counts.attempts.keys().copied())
+            .chain(counts.failures.iter().map(|failure| failure.netns))
+            .collect();
+        counted.sort_unstable();
+        counted.dedup();
+        let missing: Vec<u64> = counted
+            .into_iter()
+            .filter(|netns| !live.contains(netns))
+            .collect();
+        let gone = missing
+            .iter()
+            .copied()
+            .filter(|netns| self.missing.contains(netns))
+            .collect();
+        self.missing = missing;
+        gone
+    }
+
     /// Keeps `counts` as the last sample's, once every namespace's figures
-    /// were taken from them.
-    pub fn remember(&mut self, counts: PortFailureCounts) {
+    /// were taken from them, and forgets the namespaces not among
+    /// `sampled`: a namespace that is gone leaves nothing behind.
+    pub fn remember(&mut self, counts: PortFailureCounts, sampled: &[u64]) {
         self.previous = Some(counts);
+        self.unpredicted.retain(|netns, _| sampled.contains(netns));
     }
 }
 
@@ -463,10 +495,25 @@ mod tests {
     }
 
     #[test]
+    fn a_namespace_is_gone_once_missing_at_two_looks() {
+        let mut history = FailureHistory::default();
+        let mut counts = counts(vec![failure("java", DESTINATION, false, 1)], 3);
+        counts.add_connect_attempts(8, 1);
+        assert_eq!(history.gone(&counts, &[7, 8]), Vec::<u64>::new());
+        // 8 is missing once: maybe made after the look.
+        assert_eq!(history.gone(&counts, &[7]), Vec::<u64>::new());
+        assert_eq!(history.gone(&counts, &[7]), vec![8]);
+        // Back again: not gone.
+        assert_eq!(history.gone(&counts, &[7, 8]), Vec::<u64>::new());
+        assert_eq!(history.gone(&counts, &[]), Vec::<u64>::new());
+        assert_eq!(history.gone(&counts, &[]), vec![7, 8]);
+    }
+
+    #[test]
     fn the_unpredicted_count_adds_up_across_samples() {
         let mut history = FailureHistory::default();
         let before = snapshot(4);
-        history.remember(counts(vec![], 100));
+        history.remember(counts(vec![], 100), &[7]);
         let after = counts(vec![failure("java", DESTINATION, false, 2)], 101);
         assert_eq!(
             history
@@ -474,7 +521,7 @@ mod tests {
                 .unpredicted,
             2
         );
-        history.remember(after);
+        history.remember(after, &[7]);
         let later = counts(vec![failure("java", DESTINATION, false, 3)], 102);
         assert_eq!(
             history
@@ -482,7 +529,7 @@ mod tests {
                 .unpredicted,
             3
         );
-        history.remember(later.clone());
+        history.remember(later.clone(), &[7]);
         assert_eq!(
             history
                 .figures(7, &later, &counted(false), Some(&before), &before)

@@ -4,8 +4,9 @@
 //! read from its maps at each sample.
 //!
 //! The program counts every namespace's failures; the maps are read whole
-//! and split by namespace by the caller. Nothing is removed from the maps,
-//! so every count only rises while the exporter runs. Converting the maps'
+//! and split by namespace by the caller. Nothing is removed from the maps
+//! but the entries of namespaces gone from the host (`forget`), so every
+//! count only rises while the exporter runs. Converting the maps'
 //! entries is pure (`failure_from_entry`, `total_from_entry`); only
 //! `PortFailureCounter` touches the kernel.
 
@@ -253,6 +254,39 @@ impl PortFailureCounter {
     /// Every count so far, of every namespace.
     pub fn read(&self) -> Result<PortFailureCounts, BpfError> {
         self.maps.read()
+    }
+
+    /// Removes every entry of the namespaces `gone`, so that the room they
+    /// held in the maps goes to the namespaces still there.
+    pub fn forget(&mut self, gone: &[u64]) -> Result<(), BpfError> {
+        let is_gone = |netns: u32| gone.contains(&u64::from(netns));
+        let failures: Vec<FailureKey> = self
+            .maps
+            .failures
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| is_gone(key.netns))
+            .collect();
+        for key in &failures {
+            self.maps
+                .failures
+                .remove(key)
+                .map_err(|error| BpfError::Read(error_to_io(error)))?;
+        }
+        let totals: Vec<TotalKey> = self
+            .maps
+            .totals
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| is_gone(key.netns))
+            .collect();
+        for key in &totals {
+            self.maps
+                .totals
+                .remove(key)
+                .map_err(|error| BpfError::Read(error_to_io(error)))?;
+        }
+        Ok(())
     }
 }
 
