@@ -348,7 +348,8 @@ fn failures_text(out: &mut String, failures: &NamespaceFailures) {
         let _ = writeln!(out, "  none");
     }
     for ((kind, protocol, process), count) in processes {
-        let name = format!("{process} {} {}", protocol.label(), kind.call());
+        let pid = failures::a_pid_of(failures, kind, protocol, process).unwrap_or(0);
+        let name = format!("{process} (pid {pid}) {} {}", protocol.label(), kind.call());
         let _ = writeln!(out, "  {:<62}{count:>10}", fit(&name, 62));
     }
 }
@@ -556,6 +557,9 @@ impl Json {
         {
             self.open('{');
             self.field_string("process", process);
+            if let Some(pid) = failures::a_pid_of(failures, kind, protocol, process) {
+                self.field_number("pid", f64::from(pid));
+            }
             self.field_string("call", kind.call().trim_end_matches("()"));
             self.field_string("protocol", protocol.label());
             self.field_number("failed", count as f64);

@@ -233,7 +233,13 @@ fn the_failures_the_running_exporter_counted_are_listed() {
     assert!(destination.ends_with(" 3"), "{destination}");
     let process = text
         .lines()
-        .find(|line| line.contains(&format!("{} tcp connect()", own_comm())))
+        .find(|line| {
+            line.contains(&format!(
+                "{} (pid {}) tcp connect()",
+                own_comm(),
+                std::process::id()
+            ))
+        })
         .unwrap_or_else(|| panic!("no process line: {text}"));
     assert!(process.ends_with(" 3"), "{process}");
     assert!(
@@ -249,5 +255,6 @@ fn the_failures_the_running_exporter_counted_are_listed() {
     assert_eq!(failures["destinations"][0]["remote_port"], 8080);
     assert_eq!(failures["destinations"][0]["failed"], 3);
     assert_eq!(failures["processes"][0]["process"], own_comm());
+    assert_eq!(failures["processes"][0]["pid"], std::process::id());
     assert_eq!(failures["processes"][0]["failed"], 3);
 }

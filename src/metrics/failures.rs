@@ -233,6 +233,25 @@ pub fn by_process(figures: &NamespaceFailures) -> BTreeMap<(FailureKind, Protoco
     processes
 }
 
+/// The id of a process named `process` whose calls of that kind failed:
+/// the last one the kernel recorded toward its destination with the most
+/// failures, for people to find it (metrics name processes by `comm`).
+pub fn a_pid_of(
+    figures: &NamespaceFailures,
+    kind: FailureKind,
+    protocol: Protocol,
+    process: &str,
+) -> Option<u32> {
+    figures
+        .by_destination_and_process
+        .iter()
+        .filter(|failure| {
+            failure.kind == kind && failure.protocol == protocol && failure.process == process
+        })
+        .max_by_key(|failure| failure.count)
+        .map(|failure| failure.last_pid)
+}
+
 /// The `top` entries of `counts` with the most failures, most first (ties
 /// in key order), for people: the metrics write every entry.
 pub fn most<K: Clone>(counts: &BTreeMap<K, u64>, top: usize) -> Vec<(K, u64)> {
