@@ -437,6 +437,14 @@ impl State {
 
     fn metrics<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
         let exposition = self.expositions.borrow().clone();
+        if exposition.text.is_empty() {
+            // Before the first sample has been rendered: no figures to
+            // serve, and an empty body is no gzip stream.
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "No sample yet: the first is still being taken\n",
+            );
+        }
         let gzip = accepts_gzip(request.headers().get_all(header::ACCEPT_ENCODING));
         let body = if gzip {
             exposition.gzip.clone()
@@ -485,24 +493,36 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     response
 }
 
-/// Whether an `Accept-Encoding` header allows gzip (and does not give it q=0).
+/// Whether an `Accept-Encoding` header allows gzip: `gzip` listed with a
+/// weight above 0, or, where `gzip` is not listed, `*` with one (RFC 9110,
+/// 12.5.3). Parameter names are case-insensitive.
 fn accepts_gzip<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> bool {
-    values
+    let mut gzip = None;
+    let mut any = None;
+    for coding in values
         .into_iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .any(|coding| {
-            let mut parts = coding.split(';');
-            let name = parts.next().unwrap_or("").trim();
-            let refused = parts.any(|parameter| {
-                let parameter = parameter.trim();
-                parameter
-                    .strip_prefix("q=")
-                    .and_then(|q| q.trim().parse::<f32>().ok())
-                    == Some(0.0)
-            });
-            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
-        })
+    {
+        let mut parts = coding.split(';');
+        let name = parts.next().unwrap_or("").trim();
+        let weight = parts
+            .filter_map(|parameter| {
+                let (key, value) = parameter.split_once('=')?;
+                key.trim()
+                    .eq_ignore_ascii_case("q")
+                    .then(|| value.trim().parse::<f32>().ok())
+                    .flatten()
+            })
+            .next_back()
+            .unwrap_or(1.0);
+        if name.eq_ignore_ascii_case("gzip") {
+            gzip = Some(gzip.map_or(weight, |old: f32| old.max(weight)));
+        } else if name == "*" {
+            any = Some(weight);
+        }
+    }
+    gzip.or(any).is_some_and(|weight| weight > 0.0)
 }
 
 #[cfg(test)]
@@ -534,16 +554,16 @@ mod tests {
     #[test]
     fn requests_beyond_the_limit_get_503_until_one_finishes() {
         let state = state(2);
-        let first = state.respond(&get("/metrics"));
+        let first = state.respond(&get("/-/healthy"));
         let second = state.respond(&get("/-/healthy"));
         assert_eq!(first.status(), StatusCode::OK);
         assert_eq!(second.status(), StatusCode::OK);
         assert_eq!(
-            state.respond(&get("/metrics")).status(),
+            state.respond(&get("/-/healthy")).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
         drop(first);
-        assert_eq!(state.respond(&get("/metrics")).status(), StatusCode::OK);
+        assert_eq!(state.respond(&get("/-/healthy")).status(), StatusCode::OK);
         drop(second);
         assert_eq!(state.in_flight.load(Ordering::Relaxed), 0);
     }
@@ -551,7 +571,7 @@ mod tests {
     #[test]
     fn no_limit_when_zero() {
         let state = state(0);
-        let held: Vec<_> = (0..100).map(|_| state.respond(&get("/metrics"))).collect();
+        let held: Vec<_> = (0..100).map(|_| state.respond(&get("/-/healthy"))).collect();
         assert!(
             held.iter()
                 .all(|response| response.status() == StatusCode::OK)
@@ -567,6 +587,10 @@ mod tests {
             state.respond(&get("/-/ready")).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
+        // Nothing rendered yet: no empty 200, gzip or not.
+        let metrics = state.respond(&get("/metrics"));
+        assert_eq!(metrics.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!metrics.headers().contains_key(header::CONTENT_ENCODING));
         let post = Request::post("/metrics").body(()).unwrap();
         let response = state.respond(&post);
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
@@ -583,5 +607,11 @@ mod tests {
         assert!(!accepts(&["identity"]));
         assert!(!accepts(&["gzip;q=0"]));
         assert!(!accepts(&["x-gzip-ish"]));
+        // Refused by name, whatever `*` says; the parameter's name in any case.
+        assert!(!accepts(&["gzip;q=0, *"]));
+        assert!(!accepts(&["gzip;Q=0"]));
+        assert!(!accepts(&["gzip; q=0.000"]));
+        assert!(!accepts(&["*;q=0"]));
+        assert!(accepts(&["*;q=0, gzip"]));
     }
 }
