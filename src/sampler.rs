@@ -95,6 +95,9 @@ pub struct Sampler {
     /// Whether reading the failure counter is failing (logged when failing
     /// starts and when it stops).
     failure_read_failing: bool,
+    /// The sources of the own namespace's sample last logged, to log them
+    /// at the first sample and whenever they change.
+    sources_logged: Option<String>,
     /// When the host's namespaces were last looked for, to forget the
     /// failures of those gone.
     failure_namespaces_looked: Option<Instant>,
@@ -128,6 +131,7 @@ impl Sampler {
             failure_counter: None,
             failure_history: FailureHistory::default(),
             failure_read_failing: false,
+            sources_logged: None,
             failure_namespaces_looked: None,
             status: SampleStatus::default(),
             last_exposition: Exposition::default(),
@@ -249,6 +253,38 @@ impl Sampler {
         }
     }
 
+    /// Logs where each protocol's sockets and their owners were read from,
+    /// at the first sample a daemon takes and when that changes (a source
+    /// fell back), for the exporter's own namespace.
+    fn log_sources(&mut self, snapshots: &[Snapshot]) {
+        if !self.serving {
+            return;
+        }
+        let own = own_namespace_inode();
+        let Some(snapshot) = snapshots.iter().find(|snapshot| {
+            snapshot
+                .namespace
+                .as_ref()
+                .is_none_or(|n| Some(n.inode) == own)
+        }) else {
+            return;
+        };
+        let [tcp, udp] = snapshot.sources.map(|source| source.label());
+        let owners = snapshot.owner_lookup.label().unwrap_or("off");
+        let sources = format!("{tcp} {udp} {owners}");
+        if self.sources_logged.as_deref() == Some(sources.as_str()) {
+            return;
+        }
+        tracing::info!(
+            tcp,
+            udp,
+            owners,
+            exact = snapshot.headroom_exact(),
+            "sockets read"
+        );
+        self.sources_logged = Some(sources);
+    }
+
     /// Whether the latest sample succeeded.
     pub fn succeeded(&self) -> bool {
         self.status.success
@@ -275,6 +311,7 @@ impl Sampler {
                 if let Some(counts) = failure_counts {
                     self.attach_failures(&mut snapshots, counts);
                 }
+                self.log_sources(&snapshots);
                 self.last_good = snapshots;
                 self.status.success = true;
                 self.status.last_success_seconds = Some(unix_seconds());

@@ -571,7 +571,9 @@ mod tests {
     #[test]
     fn no_limit_when_zero() {
         let state = state(0);
-        let held: Vec<_> = (0..100).map(|_| state.respond(&get("/-/healthy"))).collect();
+        let held: Vec<_> = (0..100)
+            .map(|_| state.respond(&get("/-/healthy")))
+            .collect();
         assert!(
             held.iter()
                 .all(|response| response.status() == StatusCode::OK)

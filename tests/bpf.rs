@@ -385,10 +385,12 @@ fn a_running_exporter_logs_the_fallback_once() {
     let metrics = loop {
         let metrics = netns
             .http_get("127.0.0.1:10042".parse().unwrap(), "/metrics")
+            .ok()
+            // 503 until the first sample.
+            .filter(|response| response.status == 200)
             .map(|response| Metrics::parse(&response.text()));
         let taken = metrics
             .as_ref()
-            .ok()
             .and_then(|metrics| metrics.get("portstat_sample_timestamp_seconds"));
         if let Some(taken) = taken {
             let first = *first_sample.get_or_insert(taken);

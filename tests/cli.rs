@@ -208,3 +208,38 @@ fn json_logs_are_one_object_per_line() {
     }
     assert!(log.contains(r#""msg":"listening""#), "{log}");
 }
+
+#[test]
+fn the_log_says_where_each_protocol_was_read_from() {
+    let netns = Netns::new((40000, 40099), "");
+    let exporter = netns.start_exporter(&["--collector.interval", "200ms"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !exporter.log().contains("sockets read") {
+        assert!(Instant::now() < deadline, "{}", exporter.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let metrics = exporter.metrics();
+    let source = |protocol: &str| {
+        ["bpf", "netlink", "procfs"]
+            .into_iter()
+            .find(|source| {
+                metrics.get(&format!(
+                    r#"portstat_source_info{{protocol="{protocol}",source="{source}"}}"#
+                )) == Some(1.0)
+            })
+            .unwrap()
+    };
+    let log = exporter.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("sockets read"))
+        .unwrap();
+    assert!(
+        line.contains(&format!("tcp={} udp={}", source("tcp"), source("udp"))),
+        "{line}"
+    );
+    assert!(line.contains("owners="), "{line}");
+    // Once, while nothing changes.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(exporter.log().matches("sockets read").count(), 1);
+}
