@@ -163,6 +163,11 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
     );
     let _ = writeln!(
         out,
+        "{}  (connect() to it fails at 100%)",
+        bar(snapshot.destination_max_used_ratio, 30)
+    );
+    let _ = writeln!(
+        out,
         "Exclusive: {}",
         ExclusiveReason::ALL
             .iter()
@@ -192,11 +197,6 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
             snapshot.time_wait_reusable
         );
     }
-    let _ = writeln!(
-        out,
-        "{}  (connect() to it fails at 100%)",
-        bar(snapshot.destination_max_used_ratio, 30)
-    );
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -266,7 +266,11 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
         );
     }
     if snapshot.listeners_omitted > 0 {
-        let _ = writeln!(out, "  ... and {} more sockets", snapshot.listeners_omitted);
+        let _ = writeln!(
+            out,
+            "  ... and {} more",
+            count_of(snapshot.listeners_omitted as usize, "socket")
+        );
     }
     if let Some(failures) = &snapshot.failures {
         failures_text(&mut out, failures);
@@ -276,7 +280,11 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
     }
     if let Some((port, holders)) = port {
         let _ = writeln!(out);
-        let _ = writeln!(out, "Port {port}: {} sockets", holders.len());
+        if holders.is_empty() {
+            let _ = writeln!(out, "Port {port}: no socket");
+            return out;
+        }
+        let _ = writeln!(out, "Port {port}: {}", count_of(holders.len(), "socket"));
         // The local port is the one asked for: the address alone leaves
         // the process room to be read whole.
         let _ = writeln!(
@@ -301,6 +309,15 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
         }
     }
     out
+}
+
+/// `count` things, in the singular for one: "1 socket", "2 sockets".
+fn count_of(count: usize, thing: &str) -> String {
+    if count == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{count} {thing}s")
+    }
 }
 
 /// How many destinations and processes the failures section lists.

@@ -258,3 +258,25 @@ fn the_failures_the_running_exporter_counted_are_listed() {
     assert_eq!(failures["processes"][0]["pid"], std::process::id());
     assert_eq!(failures["processes"][0]["failed"], 3);
 }
+
+#[test]
+fn the_text_report_counts_in_the_singular_and_keeps_the_bar_with_its_line() {
+    let (netns, _held) = populated();
+    // The listener alone: one socket.
+    let report = netns.inspect(&["40050"]);
+    let section = report.split("Port 40050: ").nth(1).expect("a port section");
+    assert!(section.starts_with("1 socket\n"), "{section}");
+    // A port nothing holds: said so, and no table heading under it.
+    let report = netns.inspect(&["40077"]);
+    assert!(report.ends_with("Port 40077: no socket\n"), "{report}");
+    // The bar of the busiest destination comes right under its line.
+    let lines: Vec<&str> = report.lines().collect();
+    let busiest = lines
+        .iter()
+        .position(|line| line.starts_with("Busiest destination:"))
+        .expect("the busiest destination's line");
+    assert!(
+        lines[busiest + 1].contains("connect() to it fails at 100%"),
+        "{report}"
+    );
+}
