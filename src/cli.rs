@@ -67,6 +67,7 @@ pub struct Cli {
         value_name = "DURATION",
         default_value = "5s",
         value_parser = parse_duration,
+        allow_hyphen_values = true,
     )]
     pub interval: Duration,
 
@@ -366,15 +367,24 @@ fn parse_telemetry_path(text: &str) -> Result<String, String> {
     Ok(text.to_string())
 }
 
-/// Parses a positive duration in Prometheus's style: a number and a unit out of
-/// `ms`, `s`, `m`, `h`, such as `500ms`, `5s` or `1m30s`.
+/// The longest duration taken: whatever is added to a clock's reading
+/// must stay a reading the clock can hold.
+const LONGEST_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// Parses a positive duration in Prometheus's style: numbers each with a unit
+/// out of `ms`, `s`, `m`, `h`, `d`, `w`, `y` (365 days), such as `500ms`,
+/// `5s` or `1m30s`; at most 100 years.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     const FORM: &str = "expected a duration such as 500ms, 5s or 1m30s";
     const ZERO: &str = "the duration must be above zero";
+    const LONG: &str = "the duration must be at most 100y";
     let mut total = Duration::ZERO;
     let mut rest = text;
     if rest.is_empty() {
         return Err(FORM.to_string());
+    }
+    if rest.starts_with('-') {
+        return Err("the duration must be above zero, not negative".to_string());
     }
     // A bare number has no unit; a bare zero is zero in every unit, and is
     // refused as 0s is.
@@ -394,19 +404,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         if digits == 0 || unit_length == 0 {
             return Err(FORM.to_string());
         }
-        let number: u64 = rest[..digits].parse().map_err(|_| FORM.to_string())?;
+        let number: u64 = rest[..digits].parse().map_err(|_| LONG.to_string())?;
         let unit = &rest[digits..digits + unit_length];
         let millis_per_unit: u64 = match unit {
             "ms" => 1,
             "s" => 1_000,
             "m" => 60_000,
             "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 7 * 86_400_000,
+            "y" => 365 * 86_400_000,
             _ => return Err(FORM.to_string()),
         };
-        let millis = number
+        total = number
             .checked_mul(millis_per_unit)
-            .ok_or_else(|| "duration is too long".to_string())?;
-        total += Duration::from_millis(millis);
+            .map(Duration::from_millis)
+            .and_then(|part| total.checked_add(part))
+            .filter(|total| *total <= LONGEST_DURATION)
+            .ok_or_else(|| LONG.to_string())?;
         rest = &rest[digits + unit_length..];
     }
     if total.is_zero() {
@@ -425,6 +440,18 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("1w1d"), Ok(Duration::from_secs(8 * 86_400)));
+        assert_eq!(parse_duration("100y"), Ok(LONGEST_DURATION));
+        assert!(
+            parse_duration("100y1ms")
+                .unwrap_err()
+                .contains("at most 100y")
+        );
+        // A sum that would overflow is refused, not a panic.
+        let huge = "18446744073709551615ms".repeat(1001);
+        assert!(parse_duration(&huge).unwrap_err().contains("at most 100y"));
+        assert!(parse_duration("-1s").unwrap_err().contains("negative"));
         for bad in [
             "",
             "5",

@@ -34,6 +34,21 @@ fn malformed_flag_values_exit_2_naming_the_flag() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
+    // Given apart from its flag, a negative duration is the flag's value
+    // still; and one too long to add to a clock is refused, not a panic.
+    for (value, says) in [
+        ("-1s".to_string(), "negative"),
+        ("18446744073709551615ms".repeat(1001), "at most 100y"),
+    ] {
+        let output = Command::new(exporter())
+            .args(["--collector.interval", &value, "--once"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("--collector.interval"), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+    }
 }
 
 #[test]
