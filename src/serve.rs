@@ -246,8 +246,9 @@ pub async fn log_hangups(mut hangup: Option<tokio::signal::unix::Signal>) {
 
 /// Reloads the web configuration at `path` when the file changes (checked
 /// every second) or on SIGHUP (`hangup`, installed by the caller before the
-/// exporter says it listens). A file that does not load is logged and the
-/// configuration in force is kept.
+/// exporter says it listens). A file that does not load, or that would turn
+/// TLS or authentication off, is logged and the configuration in force is
+/// kept.
 pub async fn reload_web_config(
     path: std::path::PathBuf,
     web: WebConfigHandle,
@@ -280,9 +281,20 @@ pub async fn reload_web_config(
         last = now;
         match WebConfig::load(&path) {
             Ok(config) => {
-                if let Ok(mut current) = web.write() {
-                    *current = Arc::new(config);
+                let Ok(mut current) = web.write() else {
+                    continue;
+                };
+                if let Some(reason) = config.lowers_security_of(&current) {
+                    tracing::error!(
+                        file = %path.display(),
+                        reason,
+                        "web configuration not reloaded: a reload may not lower security; \
+                         restart the exporter to do that; keeping the one in force"
+                    );
+                    continue;
                 }
+                *current = Arc::new(config);
+                drop(current);
                 tracing::info!(file = %path.display(), "web configuration reloaded");
             }
             Err(error) => {

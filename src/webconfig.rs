@@ -134,6 +134,19 @@ impl WebConfig {
         !self.users.is_empty()
     }
 
+    /// What taking this configuration in place of `current` would turn
+    /// off, if anything: a reload must not drop TLS or authentication by
+    /// accident (an emptied or half-written file), so that takes a restart.
+    pub fn lowers_security_of(&self, current: &WebConfig) -> Option<&'static str> {
+        if current.tls.is_some() && self.tls.is_none() {
+            Some("it would turn TLS off")
+        } else if current.requires_authentication() && !self.requires_authentication() {
+            Some("it would turn basic authentication off")
+        } else {
+            None
+        }
+    }
+
     /// Whether an `Authorization` header value names a user with the right
     /// password.
     pub fn authorizes(&self, authorization: Option<&[u8]>) -> bool {
@@ -174,6 +187,18 @@ fn cache_key(user: &str, password: &str, hash: &str) -> [u8; 32] {
     key
 }
 
+/// The response headers `http_server_config.headers` may set, lower-cased:
+/// security headers only, as exporter-toolkit allows. Others could break
+/// every response (`Content-Length`, `Content-Encoding`, `Transfer-Encoding`)
+/// or lie about it (`Content-Type`).
+const SETTABLE_HEADERS: [&str; 5] = [
+    "strict-transport-security",
+    "content-security-policy",
+    "x-frame-options",
+    "x-content-type-options",
+    "x-xss-protection",
+];
+
 /// Parses the YAML text of a configuration whose relative paths are relative
 /// to `folder`. Errors are (field, reason).
 pub fn parse(text: &str, folder: &Path) -> Result<WebConfig, (String, String)> {
@@ -206,6 +231,15 @@ pub fn parse(text: &str, folder: &Path) -> Result<WebConfig, (String, String)> {
         let field = format!("http_server_config.headers.{name}");
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| (field.clone(), "not a header name".to_string()))?;
+        if !SETTABLE_HEADERS.contains(&name.as_str()) {
+            return Err((
+                field,
+                format!(
+                    "not a header the configuration may set; these may be (as exporter-toolkit allows): {}",
+                    SETTABLE_HEADERS.join(", ")
+                ),
+            ));
+        }
         let value = HeaderValue::from_str(&value)
             .map_err(|_| (field.clone(), "not a header value".to_string()))?;
         headers.push((name, value));
@@ -395,6 +429,57 @@ mod tests {
             error("tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n").0,
             "tls_server_config.cert_file"
         );
+    }
+
+    #[test]
+    fn only_security_headers_may_be_set() {
+        let parsed = |name: &str| {
+            parse(
+                &format!("http_server_config:\n  headers:\n    {name}: '5'\n"),
+                Path::new("."),
+            )
+        };
+        for allowed in [
+            "Strict-Transport-Security",
+            "X-Frame-Options",
+            "x-content-type-options",
+            "X-XSS-Protection",
+            "Content-Security-Policy",
+        ] {
+            assert!(parsed(allowed).is_ok(), "{allowed}");
+        }
+        for refused in [
+            "Content-Length",
+            "Content-Encoding",
+            "Content-Type",
+            "Transfer-Encoding",
+            "Set-Cookie",
+        ] {
+            let (field, reason) = parsed(refused).unwrap_err();
+            assert_eq!(field, format!("http_server_config.headers.{refused}"));
+            assert!(
+                reason.contains("Strict-Transport-Security")
+                    || reason.contains("strict-transport-security"),
+                "{reason}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_reload_may_not_drop_authentication() {
+        let hash = bcrypt::hash("secret", 4).unwrap();
+        let with_users = parse(
+            &format!("basic_auth_users:\n  alice: '{hash}'\n"),
+            Path::new("."),
+        )
+        .unwrap();
+        let empty = parse("", Path::new(".")).unwrap();
+        assert_eq!(
+            empty.lowers_security_of(&with_users),
+            Some("it would turn basic authentication off")
+        );
+        assert_eq!(with_users.lowers_security_of(&empty), None);
+        assert_eq!(with_users.lowers_security_of(&with_users), None);
     }
 
     #[test]

@@ -238,6 +238,30 @@ fn tls_and_basic_auth_with_a_reload() {
         )),
         Some(200)
     );
+    // An emptied file, as a half-failed template run leaves, would turn TLS
+    // and authentication off: refused, and both stay.
+    std::fs::write(&config, "").unwrap();
+    wait_until("the refusal to lower security", || {
+        exporter.log().contains("a reload may not lower security")
+    });
+    assert!(
+        exporter.log().contains("it would turn TLS off"),
+        "{}",
+        exporter.log()
+    );
+    assert_eq!(
+        status(&curl(&netns, &folder, &[URL])),
+        Some(401),
+        "no credentials, after the emptied file"
+    );
+    assert_eq!(
+        status(&curl(
+            &netns,
+            &folder,
+            &["-u", "prometheus:second secret", URL]
+        )),
+        Some(200)
+    );
 }
 
 #[test]
