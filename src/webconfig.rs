@@ -57,6 +57,7 @@ impl std::fmt::Display for WebConfigError {
 struct File {
     tls_server_config: Option<TlsFile>,
     http_server_config: Option<HttpFile>,
+    #[serde(default, deserialize_with = "without_duplicates")]
     basic_auth_users: Option<BTreeMap<String, String>>,
 }
 
@@ -74,7 +75,43 @@ struct TlsFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HttpFile {
+    #[serde(default, deserialize_with = "without_duplicates")]
     headers: Option<BTreeMap<String, String>>,
+}
+
+/// A map whose keys are all different: YAML takes the last of a key given
+/// twice, so a user or header written twice would be silently replaced.
+fn without_duplicates<'de, D>(deserializer: D) -> Result<Option<BTreeMap<String, String>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Unique;
+    impl<'de> serde::de::Visitor<'de> for Unique {
+        type Value = Option<BTreeMap<String, String>>;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            formatter.write_str("a map of strings")
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_map<M: serde::de::MapAccess<'de>>(
+            self,
+            mut map: M,
+        ) -> Result<Self::Value, M::Error> {
+            let mut entries = BTreeMap::new();
+            while let Some((key, value)) = map.next_entry::<String, String>()? {
+                if entries.contains_key(&key) {
+                    return Err(serde::de::Error::custom(format!("duplicate key `{key}`")));
+                }
+                entries.insert(key, value);
+            }
+            Ok(Some(entries))
+        }
+    }
+    deserializer.deserialize_any(Unique)
 }
 
 /// A web configuration, checked and ready to serve with.
@@ -463,6 +500,20 @@ mod tests {
                 "{reason}"
             );
         }
+    }
+
+    #[test]
+    fn a_user_named_twice_is_an_error() {
+        let hash = bcrypt::hash("secret", 4).unwrap();
+        let text = format!("basic_auth_users:\n  alice: '{hash}'\n  alice: '{hash}'\n");
+        let error = parse(&text, Path::new(".")).unwrap_err();
+        assert!(error.1.contains("duplicate key `alice`"), "{error:?}");
+        // Given but empty is no user at all, as before.
+        assert!(
+            !parse("basic_auth_users:\n", Path::new("."))
+                .unwrap()
+                .requires_authentication()
+        );
     }
 
     #[test]
