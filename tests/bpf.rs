@@ -7,7 +7,7 @@
 mod support;
 
 use std::net::TcpStream;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use support::{Metrics, Netns, listening_socket};
@@ -363,28 +363,18 @@ fn falls_back_when_the_verifier_refuses_the_program() {
 #[test]
 fn a_running_exporter_logs_the_fallback_once() {
     let (netns, _held) = populated();
-    let log = std::env::temp_dir().join(format!("{}-bpf-fallback.log", netns.name()));
-    let mut command = netns.command(support::exporter());
-    command
-        .args([
-            "--web.listen-address",
-            "127.0.0.1:10042",
-            "--collector.interval",
-            "100ms",
-            "--log.level",
-            "warn",
-        ])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    support::refuse_syscall(&mut command, libc::SYS_bpf, None, libc::EPERM);
-    let mut child = command.spawn().unwrap();
+    // The guard kills the exporter however the test ends.
+    let exporter = netns.spawn_exporter_with(
+        &["--collector.interval", "100ms", "--log.level", "warn"],
+        |command| support::refuse_syscall(command, libc::SYS_bpf, None, libc::EPERM),
+    );
     // Until samples a second apart or more have been served, however slow
     // the machine: several samples, each of which could have logged.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let mut first_sample = None;
     let metrics = loop {
-        let metrics = netns
-            .http_get("127.0.0.1:10042".parse().unwrap(), "/metrics")
+        let metrics = exporter
+            .get("/metrics")
             .ok()
             // 503 until the first sample.
             .filter(|response| response.status == 200)
@@ -403,10 +393,8 @@ fn a_running_exporter_logs_the_fallback_once() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let _ = child.kill();
-    let _ = child.wait();
-    let text = std::fs::read_to_string(&log).unwrap();
-    let _ = std::fs::remove_file(&log);
+    let text = exporter.log();
+    drop(exporter);
     let metrics = metrics.expect("the exporter answers");
     assert_eq!(
         metrics.value(r#"portstat_source_info{protocol="tcp",source="netlink"}"#),
