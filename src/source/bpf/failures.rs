@@ -260,34 +260,26 @@ impl PortFailureCounter {
     /// held in the maps goes to the namespaces still there.
     pub fn forget(&mut self, gone: &[u64]) -> Result<(), BpfError> {
         let is_gone = |netns: u32| gone.contains(&u64::from(netns));
-        let failures: Vec<FailureKey> = self
-            .maps
-            .failures
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|key| is_gone(key.netns))
-            .collect();
-        for key in &failures {
-            self.maps
-                .failures
-                .remove(key)
-                .map_err(|error| BpfError::Read(error_to_io(error)))?;
-        }
-        let totals: Vec<TotalKey> = self
-            .maps
-            .totals
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|key| is_gone(key.netns))
-            .collect();
-        for key in &totals {
-            self.maps
-                .totals
-                .remove(key)
-                .map_err(|error| BpfError::Read(error_to_io(error)))?;
-        }
-        Ok(())
+        remove_keys(&mut self.maps.failures, |key| is_gone(key.netns))?;
+        remove_keys(&mut self.maps.totals, |key| is_gone(key.netns))
     }
+}
+
+/// Removes the keys of `map` that `remove` picks.
+fn remove_keys<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    remove: impl Fn(&K) -> bool,
+) -> Result<(), BpfError> {
+    let keys: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| remove(key))
+        .collect();
+    for key in &keys {
+        map.remove(key)
+            .map_err(|error| BpfError::Read(error_to_io(error)))?;
+    }
+    Ok(())
 }
 
 /// The counts of the exporter running on this host, found by its maps'
