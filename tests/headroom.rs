@@ -467,25 +467,33 @@ fn ports_bound_before_connect_are_lost_to_every_destination() {
 
 #[test]
 fn bound_before_connect_and_closed_into_time_wait_still_costs_the_port() {
-    let netns = lab("");
-    let servers = (server(&netns, A), server(&netns, B));
-    let clients = netns.run(|| {
-        (0..30)
-            .map(|_| bind_then_connect("127.0.0.1:0", at(A), false))
-            .collect::<Vec<_>>()
-    });
-    close_into_time_wait(clients, &servers.0);
-    // The kernel's own list of them, not the exporter's. On a slow machine
-    // running other tests beside this one, a few of the 30 have been seen
-    // to be gone already (under QEMU, on 6.1 and 6.12), with their ports.
-    let time_wait = time_wait_to(&netns, at(A));
-    assert!(time_wait > 20, "{time_wait} of 30 sockets in TIME_WAIT");
-    // tcp_tw_reuse=2 and loopback: reuse would be allowed, but connect()
-    // skips the port before it looks at the TIME_WAIT.
-    assert_eq!(
-        check(&netns, "127.0.0.1", at(B), [Exact, UpperBound, UpperBound]),
-        60 - time_wait
-    );
+    // The kernel's own list of TIME_WAIT sockets, not the exporter's. Under
+    // QEMU's TCG the guest's clock can leap, and most of the 30 have been
+    // seen gone already, with their ports: the scenario is then set up
+    // again in a new namespace, a few times at most.
+    for _attempt in 0..3 {
+        let netns = lab("");
+        let servers = (server(&netns, A), server(&netns, B));
+        let clients = netns.run(|| {
+            (0..30)
+                .map(|_| bind_then_connect("127.0.0.1:0", at(A), false))
+                .collect::<Vec<_>>()
+        });
+        close_into_time_wait(clients, &servers.0);
+        let time_wait = time_wait_to(&netns, at(A));
+        if time_wait <= 20 {
+            eprintln!("{time_wait} of 30 sockets in TIME_WAIT: again");
+            continue;
+        }
+        // tcp_tw_reuse=2 and loopback: reuse would be allowed, but connect()
+        // skips the port before it looks at the TIME_WAIT.
+        assert_eq!(
+            check(&netns, "127.0.0.1", at(B), [Exact, UpperBound, UpperBound]),
+            60 - time_wait
+        );
+        return;
+    }
+    panic!("in 3 attempts, 20 or fewer of 30 sockets stayed in TIME_WAIT");
 }
 
 /// How many sockets of the namespace `ss` lists in TIME_WAIT toward `to`.
