@@ -6,13 +6,14 @@
 //! `render` writes Prometheus text, one family module of `metrics` at a time
 //! (and `page` the landing page), `serve`
 //! answers scrapes with the last rendering. `sampler` runs the first three
-//! on a timer and publishes its `status`; `cli`, `log` and `inspect` (a
-//! report for people) sit beside them.
+//! on a timer and publishes its `status`; `cli`, `log`, `files` and `inspect`
+//! (a report for people) sit beside them.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod aggregate;
 pub mod cli;
+pub mod files;
 pub mod inspect;
 pub mod log;
 pub mod metrics;

@@ -46,6 +46,11 @@ fn main() -> ExitCode {
         },
         None => WebConfig::plain(),
     };
+    if let Some(path) = &cli.web_config_file {
+        for warning in &web.warnings {
+            tracing::warn!(file = %path.display(), "{warning}");
+        }
+    }
     let web = Arc::new(std::sync::RwLock::new(Arc::new(web)));
 
     // Before the sampler starts: the raised limit is the process's.

@@ -217,7 +217,7 @@ async fn serve_connection<I>(
 {
     let service = hyper::service::service_fn(move |request| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(state.respond(&request)) }
+        async move { Ok::<_, Infallible>(state.respond(&request).await) }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         // A client that sends its request and then shuts down its side for
@@ -244,23 +244,30 @@ pub async fn log_hangups(mut hangup: Option<tokio::signal::unix::Signal>) {
     }
 }
 
-/// Reloads the web configuration at `path` when the file changes (checked
-/// every second) or on SIGHUP (`hangup`, installed by the caller before the
-/// exporter says it listens). A file that does not load, or that would turn
-/// TLS or authentication off, is logged and the configuration in force is
-/// kept.
+/// Reloads the web configuration at `path` when it or a file it names
+/// (certificate, key, CA) changes (checked every second), or on SIGHUP
+/// (`hangup`, installed by the caller before the exporter says it listens).
+/// Files are read and parsed on a blocking thread, so that a slow or
+/// hostile file stalls no request. A file that does not load, or that
+/// would turn TLS or authentication off, is logged and the configuration in
+/// force is kept.
 pub async fn reload_web_config(
     path: std::path::PathBuf,
     web: WebConfigHandle,
     mut hangup: Option<tokio::signal::unix::Signal>,
 ) {
-    let fingerprint = |path: &std::path::Path| {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(path)
-            .ok()
-            .map(|m| (m.mtime(), m.mtime_nsec(), m.size(), m.ino()))
+    let watched = |web: &WebConfigHandle| {
+        let mut files = match web.read() {
+            Ok(web) => web.files.clone(),
+            Err(poisoned) => poisoned.into_inner().files.clone(),
+        };
+        if !files.contains(&path) {
+            files.insert(0, path.clone());
+        }
+        files
     };
-    let mut last = fingerprint(&path);
+    let mut files = watched(&web);
+    let mut last = fingerprints(&files);
     loop {
         let signalled = tokio::select! {
             _ = async {
@@ -271,7 +278,7 @@ pub async fn reload_web_config(
             } => true,
             () = tokio::time::sleep(Duration::from_secs(1)) => false,
         };
-        let now = fingerprint(&path);
+        let now = fingerprints(&files);
         if !signalled && now == last {
             continue;
         }
@@ -279,8 +286,10 @@ pub async fn reload_web_config(
             tracing::info!(file = %path.display(), "received SIGHUP; reloading the web configuration");
         }
         last = now;
-        match WebConfig::load(&path) {
-            Ok(config) => {
+        let loading = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || WebConfig::load(&loading)).await;
+        match loaded {
+            Ok(Ok(config)) => {
                 let Ok(mut current) = web.write() else {
                     continue;
                 };
@@ -293,15 +302,46 @@ pub async fn reload_web_config(
                     );
                     continue;
                 }
+                config.remember_accepted_from(&current);
+                for warning in &config.warnings {
+                    tracing::warn!(file = %path.display(), "{warning}");
+                }
                 *current = Arc::new(config);
                 drop(current);
+                // Watch what the new configuration names. Where that is what
+                // was watched already, the fingerprints taken before the
+                // load stay, so that a change made during it is seen.
+                let named = watched(&web);
+                if named != files {
+                    files = named;
+                    last = fingerprints(&files);
+                }
                 tracing::info!(file = %path.display(), "web configuration reloaded");
+            }
+            Ok(Err(error)) => {
+                tracing::error!(err = %error, "web configuration not reloaded; keeping the one in force");
             }
             Err(error) => {
                 tracing::error!(err = %error, "web configuration not reloaded; keeping the one in force");
             }
         }
     }
+}
+
+/// What tells that a file changed: its modification time, size and inode
+/// (a file renamed into place, as certbot and cert-manager do, is a new
+/// inode), or `None` while it cannot be read. Metadata only: it never opens
+/// the file, so a FIFO in its place cannot block it.
+fn fingerprints(files: &[std::path::PathBuf]) -> Vec<Option<(i64, i64, u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    files
+        .iter()
+        .map(|path| {
+            std::fs::metadata(path)
+                .ok()
+                .map(|m| (m.mtime(), m.mtime_nsec(), m.size(), m.ino()))
+        })
+        .collect()
 }
 
 /// Answers one request as the server would, with a fixed exposition; for the
@@ -315,6 +355,9 @@ pub fn answer(request: &Request<()>, web: WebConfig) -> u16 {
         ready: true,
     };
     let (_sender, receiver) = watch::channel(Arc::new(exposition));
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else {
+        return 500;
+    };
     let state = State::new(
         ServeConfig {
             telemetry_path: "/metrics".to_string(),
@@ -324,13 +367,41 @@ pub fn answer(request: &Request<()>, web: WebConfig) -> u16 {
         },
         receiver,
     );
-    state.respond(request).status().as_u16()
+    runtime.block_on(state.respond(request)).status().as_u16()
 }
 
 struct State {
     config: ServeConfig,
     expositions: watch::Receiver<Arc<Exposition>>,
     in_flight: Arc<AtomicUsize>,
+    /// Places for password checks running at once.
+    checks: Arc<tokio::sync::Semaphore>,
+    /// Password checks waiting for a place.
+    checks_waiting: Arc<AtomicUsize>,
+}
+
+/// How many bcrypt checks run at once, each on a thread of its own: half
+/// the CPUs (at least one, at most four), so that a flood of wrong
+/// passwords leaves the others to the server and the sampler.
+fn checks_at_once() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |cpus| cpus.get() / 2)
+        .clamp(1, 4)
+}
+
+/// How many password checks may wait for a place; beyond it a request
+/// whose credentials need checking is answered 503 at once. Credentials
+/// checked before never wait.
+const CHECKS_WAITING_MAX: usize = 64;
+
+/// A place among the waiting password checks, given back on drop (also
+/// when the client goes away while it waits).
+struct Waiting(Arc<AtomicUsize>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A place in the in-flight count, released when the response body has been
@@ -343,10 +414,11 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that holds its request's place in the in-flight count.
+/// A response body that holds its request's place in the in-flight count,
+/// if it took one.
 pub struct CountedBody {
     body: Full<Bytes>,
-    _place: InFlight,
+    _place: Option<InFlight>,
 }
 
 impl Body for CountedBody {
@@ -375,6 +447,8 @@ impl State {
             config,
             expositions,
             in_flight: Arc::new(AtomicUsize::new(0)),
+            checks: Arc::new(tokio::sync::Semaphore::new(checks_at_once())),
+            checks_waiting: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -386,28 +460,26 @@ impl State {
         }
     }
 
-    fn respond<B>(&self, request: &Request<B>) -> Response<CountedBody> {
-        let count = self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let place = InFlight(self.in_flight.clone());
+    /// Authenticates, then answers. Authentication comes first and takes
+    /// no place among the requests in flight, so that a flood of wrong
+    /// passwords cannot fill `--web.max-requests` either.
+    async fn respond<B>(&self, request: &Request<B>) -> Response<CountedBody> {
         let web = self.web();
-        let authorization = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes);
-        let mut response = if self.config.max_requests != 0 && count >= self.config.max_requests {
-            text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many requests in flight\n",
-            )
-        } else if web.requires_authentication() && !web.authorizes(authorization) {
-            let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"portstat_exporter\""),
-            );
-            response
-        } else {
-            self.route(request)
+        let mut place = None;
+        let mut response = match self.authenticate(&web, request).await {
+            Err(refusal) => refusal,
+            Ok(()) => {
+                let count = self.in_flight.fetch_add(1, Ordering::Relaxed);
+                place = Some(InFlight(self.in_flight.clone()));
+                if self.config.max_requests != 0 && count >= self.config.max_requests {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too many requests in flight\n",
+                    )
+                } else {
+                    self.route(request)
+                }
+            }
         };
         for (name, value) in &web.headers {
             response.headers_mut().insert(name.clone(), value.clone());
@@ -416,6 +488,64 @@ impl State {
             body,
             _place: place,
         })
+    }
+
+    /// Checks the request's credentials where authentication is on. A
+    /// bcrypt check runs on a blocking thread, a bounded number at once,
+    /// never on the server's; credentials checked before are answered from
+    /// memory.
+    async fn authenticate<B>(
+        &self,
+        web: &Arc<WebConfig>,
+        request: &Request<B>,
+    ) -> Result<(), Response<Full<Bytes>>> {
+        if !web.requires_authentication() {
+            return Ok(());
+        }
+        let authorization = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        let authorized = match web.remembered(authorization) {
+            Some(known) => known,
+            None => {
+                let waiting = self.checks_waiting.fetch_add(1, Ordering::Relaxed);
+                let place = Waiting(self.checks_waiting.clone());
+                if waiting >= CHECKS_WAITING_MAX {
+                    let mut response = text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too many password checks in progress\n",
+                    );
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return Err(response);
+                }
+                let Ok(permit) = self.checks.clone().acquire_owned().await else {
+                    return Err(text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"));
+                };
+                drop(place);
+                let web = web.clone();
+                let authorization = authorization.map(<[u8]>::to_vec);
+                // The permit goes with the check: a client that leaves does
+                // not free a place while its hash is still being computed.
+                tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    web.authorizes(authorization.as_deref())
+                })
+                .await
+                .unwrap_or(false)
+            }
+        };
+        if authorized {
+            return Ok(());
+        }
+        let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"portstat_exporter\""),
+        );
+        Err(response)
     }
 
     fn route<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
@@ -559,6 +689,13 @@ mod tests {
         )
     }
 
+    fn respond(state: &State, request: &Request<()>) -> Response<CountedBody> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(state.respond(request))
+    }
+
     fn get(path: &str) -> Request<()> {
         Request::get(path).body(()).unwrap()
     }
@@ -566,16 +703,16 @@ mod tests {
     #[test]
     fn requests_beyond_the_limit_get_503_until_one_finishes() {
         let state = state(2);
-        let first = state.respond(&get("/-/healthy"));
-        let second = state.respond(&get("/-/healthy"));
+        let first = respond(&state, &get("/-/healthy"));
+        let second = respond(&state, &get("/-/healthy"));
         assert_eq!(first.status(), StatusCode::OK);
         assert_eq!(second.status(), StatusCode::OK);
         assert_eq!(
-            state.respond(&get("/-/healthy")).status(),
+            respond(&state, &get("/-/healthy")).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
         drop(first);
-        assert_eq!(state.respond(&get("/-/healthy")).status(), StatusCode::OK);
+        assert_eq!(respond(&state, &get("/-/healthy")).status(), StatusCode::OK);
         drop(second);
         assert_eq!(state.in_flight.load(Ordering::Relaxed), 0);
     }
@@ -584,7 +721,7 @@ mod tests {
     fn no_limit_when_zero() {
         let state = state(0);
         let held: Vec<_> = (0..100)
-            .map(|_| state.respond(&get("/-/healthy")))
+            .map(|_| respond(&state, &get("/-/healthy")))
             .collect();
         assert!(
             held.iter()
@@ -595,18 +732,21 @@ mod tests {
     #[test]
     fn routes() {
         let state = state(0);
-        assert_eq!(state.respond(&get("/")).status(), StatusCode::OK);
-        assert_eq!(state.respond(&get("/nope")).status(), StatusCode::NOT_FOUND);
+        assert_eq!(respond(&state, &get("/")).status(), StatusCode::OK);
         assert_eq!(
-            state.respond(&get("/-/ready")).status(),
+            respond(&state, &get("/nope")).status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            respond(&state, &get("/-/ready")).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
         // Nothing rendered yet: no empty 200, gzip or not.
-        let metrics = state.respond(&get("/metrics"));
+        let metrics = respond(&state, &get("/metrics"));
         assert_eq!(metrics.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(!metrics.headers().contains_key(header::CONTENT_ENCODING));
         let post = Request::post("/metrics").body(()).unwrap();
-        let response = state.respond(&post);
+        let response = respond(&state, &post);
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(response.headers()[header::ALLOW], "GET, HEAD");
     }

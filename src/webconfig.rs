@@ -17,7 +17,7 @@
 //!
 //! Unknown keys are errors. Every error names the field at fault.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -120,11 +120,30 @@ pub struct WebConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// User name to bcrypt hash; empty when authentication is off.
     users: HashMap<String, String>,
+    /// The hash an unknown user's password is checked against, so that
+    /// refusing one costs what refusing a wrong password does: timing does
+    /// not tell which users exist.
+    decoy: Option<String>,
     /// Headers added to every response.
     pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// Results of checked passwords, so that a scrape does not pay a bcrypt
-    /// hash each time: (user, SHA-256 of user, password and hash) to result.
-    checked: Mutex<HashMap<[u8; 32], bool>>,
+    /// Every file the configuration was read from (the YAML, certificates,
+    /// keys, CA), for the reload to watch.
+    pub files: Vec<PathBuf>,
+    /// What is wrong but does not stop it from loading, for the log: a
+    /// server certificate that has expired or is not valid yet.
+    pub warnings: Vec<String>,
+    /// Checked credentials, so that a scrape does not pay a bcrypt hash each
+    /// time; by SHA-256 of user, password and hash.
+    remembered: Mutex<Remembered>,
+}
+
+/// Credentials checked before. The accepted ones are kept apart from the
+/// refused ones, so that a flood of wrong passwords cannot push a good one
+/// out and make the next correct scrape wait behind the flood.
+#[derive(Default)]
+struct Remembered {
+    accepted: HashSet<[u8; 32]>,
+    refused: HashSet<[u8; 32]>,
 }
 
 impl std::fmt::Debug for WebConfig {
@@ -135,12 +154,23 @@ impl std::fmt::Debug for WebConfig {
             .field("tls", &self.tls.is_some())
             .field("users", &self.users.keys().collect::<Vec<_>>())
             .field("headers", &self.headers)
+            .field("files", &self.files)
             .finish()
     }
 }
 
-/// How many checked passwords are remembered.
-const CHECKED_MAX: usize = 1024;
+/// How many checked credentials of each kind are remembered; beyond it the
+/// kind is forgotten and checked anew.
+const REMEMBERED_MAX: usize = 1024;
+
+/// The most a configuration file (YAML, certificate, key, CA) may hold. A
+/// CA bundle of every public root is about 200 KiB.
+pub const FILE_LIMIT: u64 = 1 << 20;
+
+/// The deepest nesting of flow collections (`[`, `{`) the YAML may have.
+/// A web configuration needs none; the YAML parser's time grows with the
+/// square of the depth.
+const NESTING_LIMIT: usize = 32;
 
 impl WebConfig {
     /// No TLS, no authentication, no extra headers.
@@ -148,22 +178,31 @@ impl WebConfig {
         WebConfig {
             tls: None,
             users: HashMap::new(),
+            decoy: None,
             headers: Vec::new(),
-            checked: Mutex::new(HashMap::new()),
+            files: Vec::new(),
+            warnings: Vec::new(),
+            remembered: Mutex::new(Remembered::default()),
         }
     }
 
-    /// Reads and checks the file at `path`.
+    /// Reads and checks the file at `path`. Files are read as
+    /// `files::read_bounded` does: regular files only, without blocking,
+    /// at most `FILE_LIMIT` bytes each. This can take tens of milliseconds:
+    /// call it where it stalls no request.
     pub fn load(path: &Path) -> Result<WebConfig, WebConfigError> {
         let error = |field: &str, reason: String| WebConfigError {
             file: path.to_path_buf(),
             field: field.to_string(),
             reason,
         };
-        let text =
-            std::fs::read_to_string(path).map_err(|e| error("", format!("cannot read it: {e}")))?;
+        let bytes = crate::files::read_bounded(path, FILE_LIMIT)
+            .map_err(|e| error("", format!("cannot read it: {e}")))?;
+        let text = String::from_utf8(bytes).map_err(|_| error("", "not UTF-8".to_string()))?;
         let folder = path.parent().unwrap_or(Path::new("."));
-        parse(&text, folder).map_err(|(field, reason)| error(&field, reason))
+        let mut config = parse(&text, folder).map_err(|(field, reason)| error(&field, reason))?;
+        config.files.insert(0, path.to_path_buf());
+        Ok(config)
     }
 
     /// Whether requests must carry a user and password.
@@ -184,44 +223,81 @@ impl WebConfig {
         }
     }
 
+    /// Takes over the credentials `old` accepted: those whose user still has
+    /// the same hash are accepted again at once after a reload.
+    pub fn remember_accepted_from(&self, old: &WebConfig) {
+        let (Ok(mut mine), Ok(theirs)) = (self.remembered.lock(), old.remembered.lock()) else {
+            return;
+        };
+        mine.accepted.extend(theirs.accepted.iter().copied());
+    }
+
+    /// Whether an `Authorization` header value is known to be right or
+    /// wrong without a bcrypt check: it is missing or malformed, or these
+    /// credentials were checked before. `None` when `authorizes` has to
+    /// check them.
+    pub fn remembered(&self, authorization: Option<&[u8]>) -> Option<bool> {
+        let Some((user, password)) = authorization.and_then(parse_basic) else {
+            return Some(false);
+        };
+        let key = self.key(&user, &password);
+        let remembered = self.remembered.lock().ok()?;
+        if remembered.accepted.contains(&key) {
+            Some(true)
+        } else if remembered.refused.contains(&key) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
     /// Whether an `Authorization` header value names a user with the right
-    /// password.
+    /// password. A bcrypt check, tens of milliseconds, unless `remembered`
+    /// knows the answer: call it where it stalls no request. An unknown
+    /// user's password is checked against a real user's hash all the same.
     pub fn authorizes(&self, authorization: Option<&[u8]>) -> bool {
+        if let Some(known) = self.remembered(authorization) {
+            return known;
+        }
         let Some((user, password)) = authorization.and_then(parse_basic) else {
             return false;
         };
-        let Some(hash) = self.users.get(&user) else {
-            return false;
-        };
-        let key = cache_key(&user, &password, hash);
-        if let Some(known) = self
-            .checked
-            .lock()
-            .ok()
-            .and_then(|checked| checked.get(&key).copied())
-        {
-            return known;
-        }
-        let result = bcrypt::verify(&password, hash).unwrap_or(false);
-        if let Ok(mut checked) = self.checked.lock() {
-            if checked.len() >= CHECKED_MAX {
-                checked.clear();
+        let key = self.key(&user, &password);
+        let result = match (self.users.get(&user), &self.decoy) {
+            (Some(hash), _) => bcrypt::verify(&password, hash).unwrap_or(false),
+            (None, Some(decoy)) => {
+                let _ = bcrypt::verify(&password, decoy);
+                false
             }
-            checked.insert(key, result);
+            (None, None) => false,
+        };
+        if let Ok(mut remembered) = self.remembered.lock() {
+            let kind = if result {
+                &mut remembered.accepted
+            } else {
+                &mut remembered.refused
+            };
+            if kind.len() >= REMEMBERED_MAX {
+                kind.clear();
+            }
+            kind.insert(key);
         }
         result
     }
-}
 
-fn cache_key(user: &str, password: &str, hash: &str) -> [u8; 32] {
-    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
-    for part in [user, password, hash] {
-        context.update(&(part.len() as u64).to_le_bytes());
-        context.update(part.as_bytes());
+    /// The key under which credentials are remembered: it covers the hash,
+    /// so that a reload that changes a user's hash forgets them.
+    fn key(&self, user: &str, password: &str) -> [u8; 32] {
+        let hash = self.users.get(user).map_or("", String::as_str);
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        for part in [user, password, hash] {
+            context.update(&(part.len() as u64).to_le_bytes());
+            context.update(part.as_bytes());
+        }
+        let mut key = [0u8; 32];
+        key.copy_from_slice(context.finish().as_ref());
+        key
     }
-    let mut key = [0u8; 32];
-    key.copy_from_slice(context.finish().as_ref());
-    key
 }
 
 /// The response headers `http_server_config.headers` may set, lower-cased:
@@ -239,6 +315,15 @@ const SETTABLE_HEADERS: [&str; 5] = [
 /// Parses the YAML text of a configuration whose relative paths are relative
 /// to `folder`. Errors are (field, reason).
 pub fn parse(text: &str, folder: &Path) -> Result<WebConfig, (String, String)> {
+    if let Some(line) = too_deeply_nested(text) {
+        return Err((
+            String::new(),
+            format!(
+                "line {line}: brackets nested more than {NESTING_LIMIT} deep; \
+                 a web configuration needs none"
+            ),
+        ));
+    }
     let file: File = if text.trim().is_empty() {
         File {
             tls_server_config: None,
@@ -281,33 +366,97 @@ pub fn parse(text: &str, folder: &Path) -> Result<WebConfig, (String, String)> {
             .map_err(|_| (field.clone(), "not a header value".to_string()))?;
         headers.push((name, value));
     }
+    let mut files = Vec::new();
+    let mut warnings = Vec::new();
     let tls = match file.tls_server_config {
-        Some(tls) => Some(Arc::new(tls_config(&tls, folder)?)),
+        Some(tls) => Some(Arc::new(tls_config(
+            &tls,
+            folder,
+            &mut files,
+            &mut warnings,
+        )?)),
         None => None,
     };
+    // The costliest hash, so that an unknown user never costs less.
+    let decoy = users
+        .values()
+        .max_by_key(|hash| {
+            hash.parse::<bcrypt::HashParts>()
+                .map_or(0, |parts| parts.get_cost())
+        })
+        .cloned();
     Ok(WebConfig {
         tls,
         users,
+        decoy,
         headers,
-        checked: Mutex::new(HashMap::new()),
+        files,
+        warnings,
+        remembered: Mutex::new(Remembered::default()),
     })
 }
 
-fn tls_config(tls: &TlsFile, folder: &Path) -> Result<rustls::ServerConfig, (String, String)> {
+/// The line on which flow collections (`[`, `{`) nest deeper than
+/// `NESTING_LIMIT`, if any; quoted text and comments aside.
+fn too_deeply_nested(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    for (number, line) in text.lines().enumerate() {
+        let mut quote = None;
+        for character in line.chars() {
+            match (quote, character) {
+                (Some(open), c) if c == open => quote = None,
+                (Some(_), _) => {}
+                (None, '\'' | '"') => quote = Some(character),
+                (None, '#') => break,
+                (None, '[' | '{') => {
+                    depth += 1;
+                    if depth > NESTING_LIMIT {
+                        return Some(number + 1);
+                    }
+                }
+                (None, ']' | '}') => depth = depth.saturating_sub(1),
+                (None, _) => {}
+            }
+        }
+    }
+    None
+}
+
+fn tls_config(
+    tls: &TlsFile,
+    folder: &Path,
+    files: &mut Vec<PathBuf>,
+    warnings: &mut Vec<String>,
+) -> Result<rustls::ServerConfig, (String, String)> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
     let field = |name: &str| format!("tls_server_config.{name}");
-    let resolve = |file: &str| folder.join(file);
+    // Each file bounded and regular, and watched from then on.
+    let mut read = |name: &str, file: &str| {
+        let path = folder.join(file);
+        files.push(path.clone());
+        crate::files::read_bounded(&path, FILE_LIMIT)
+            .map_err(|e| (field(name), format!("{}: {e}", path.display())))
+    };
+    let certificate_pem = read("cert_file", &tls.cert_file)?;
     let certificates: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(resolve(&tls.cert_file))
-            .and_then(|certificates| certificates.collect())
+        CertificateDer::pem_slice_iter(&certificate_pem)
+            .collect::<Result<_, _>>()
             .map_err(|e| (field("cert_file"), e.to_string()))?;
     if certificates.is_empty() {
         return Err((field("cert_file"), "no certificate in the file".to_string()));
     }
-    let key = PrivateKeyDer::from_pem_file(resolve(&tls.key_file))
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs() as i64);
+    warnings.extend(validity_warning(&certificates[0], now));
+    let key = PrivateKeyDer::from_pem_slice(&read("key_file", &tls.key_file)?)
         .map_err(|e| (field("key_file"), e.to_string()))?;
+    let client_ca = match &tls.client_ca_file {
+        Some(file) => Some(read("client_ca_file", file)?),
+        None => None,
+    };
     let version = |name: &str, value: &Option<String>, default| match value.as_deref() {
         None => Ok(default),
         Some("TLS12") => Ok(12),
@@ -333,16 +482,14 @@ fn tls_config(tls: &TlsFile, folder: &Path) -> Result<rustls::ServerConfig, (Str
         .with_protocol_versions(&versions)
         .map_err(|e| (field("min_version"), e.to_string()))?;
     let client_roots = || -> Result<Arc<rustls::RootCertStore>, (String, String)> {
-        let Some(file) = &tls.client_ca_file else {
+        let Some(pem) = &client_ca else {
             return Err((
                 field("client_ca_file"),
                 "needed to verify client certificates".to_string(),
             ));
         };
         let mut roots = rustls::RootCertStore::empty();
-        for certificate in CertificateDer::pem_file_iter(resolve(file))
-            .map_err(|e| (field("client_ca_file"), e.to_string()))?
-        {
+        for certificate in CertificateDer::pem_slice_iter(pem) {
             let certificate = certificate.map_err(|e| (field("client_ca_file"), e.to_string()))?;
             roots
                 .add(certificate)
@@ -385,6 +532,138 @@ fn tls_config(tls: &TlsFile, folder: &Path) -> Result<rustls::ServerConfig, (Str
         .map_err(|e| (field("key_file"), e.to_string()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// A warning when a server certificate (DER) is outside its validity at
+/// `now` (seconds since the epoch): clients will refuse it. `None` when it
+/// is valid, or its validity cannot be read (rustls has accepted it).
+fn validity_warning(certificate: &[u8], now: i64) -> Option<String> {
+    let (not_before, not_after) = validity(certificate)?;
+    let date = |seconds: i64| {
+        let (days, seconds) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+        let (year, month, day) = civil_from_days(days);
+        format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+            seconds / 3600,
+            seconds / 60 % 60,
+            seconds % 60
+        )
+    };
+    if now > not_after {
+        Some(format!(
+            "tls_server_config.cert_file: the certificate expired at {} ({} days ago); \
+             clients that verify it will refuse to connect",
+            date(not_after),
+            (now - not_after) / 86_400
+        ))
+    } else if now < not_before {
+        Some(format!(
+            "tls_server_config.cert_file: the certificate is not valid until {}; \
+             clients that verify it will refuse to connect",
+            date(not_before)
+        ))
+    } else {
+        None
+    }
+}
+
+/// A certificate's validity, (notBefore, notAfter) in seconds since the
+/// epoch, read from its DER: Certificate ::= SEQUENCE { tbsCertificate
+/// SEQUENCE { [0] version OPTIONAL, serialNumber, signature, issuer,
+/// validity SEQUENCE { notBefore, notAfter }, ... }, ... } (RFC 5280,
+/// 4.1).
+fn validity(certificate: &[u8]) -> Option<(i64, i64)> {
+    let (0x30, certificate, _) = der(certificate)? else {
+        return None;
+    };
+    let (0x30, mut fields, _) = der(certificate)? else {
+        return None;
+    };
+    if let (0xa0, _, rest) = der(fields)? {
+        fields = rest;
+    }
+    for _ in 0..3 {
+        fields = der(fields)?.2;
+    }
+    let (0x30, validity, _) = der(fields)? else {
+        return None;
+    };
+    let (tag, not_before, rest) = der(validity)?;
+    let not_before = der_time(tag, not_before)?;
+    let (tag, not_after, _) = der(rest)?;
+    Some((not_before, der_time(tag, not_after)?))
+}
+
+/// One DER element: its tag, its contents and what follows it.
+fn der(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = bytes.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (length, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let (length, rest) = rest.split_at(count);
+        (
+            length
+                .iter()
+                .fold(0usize, |length, &byte| length << 8 | usize::from(byte)),
+            rest,
+        )
+    };
+    (rest.len() >= length).then(|| (tag, &rest[..length], &rest[length..]))
+}
+
+/// A UTCTime (tag 23, `YYMMDDHHMMSSZ`, years 1950-2049) or GeneralizedTime
+/// (tag 24, `YYYYMMDDHHMMSSZ`) in seconds since the epoch.
+fn der_time(tag: u8, text: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(text).ok()?.strip_suffix('Z')?;
+    let (year, rest) = match (tag, text.len()) {
+        (23, 12) => {
+            let year: i64 = text[..2].parse().ok()?;
+            (
+                if year < 50 { 2000 + year } else { 1900 + year },
+                &text[2..],
+            )
+        }
+        (24, 14) => (text[..4].parse().ok()?, &text[4..]),
+        _ => return None,
+    };
+    let field = |at: usize| -> Option<i64> { rest.get(at..at + 2)?.parse().ok() };
+    let days = days_from_civil(year, field(0)?, field(2)?);
+    Some(days * 86_400 + field(4)? * 3600 + field(6)? * 60 + field(8)?)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
+/// algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// The date of a day since 1970-01-01: the inverse of `days_from_civil`.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let days = days + 719_468;
+    let era = days.div_euclid(146_097);
+    let day_of_era = days - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 /// Parses `Basic <base64 of user:password>`.
@@ -551,12 +830,123 @@ mod tests {
         let header = |user_password: &str| {
             format!("Basic {}", encode_for_test(user_password.as_bytes())).into_bytes()
         };
+        assert_eq!(config.remembered(None), Some(false));
+        assert_eq!(config.remembered(Some(b"Bearer x")), Some(false));
+        assert_eq!(config.remembered(Some(&header("alice:secret"))), None);
         assert!(config.authorizes(Some(&header("alice:secret"))));
-        assert!(config.authorizes(Some(&header("alice:secret"))));
+        assert_eq!(config.remembered(Some(&header("alice:secret"))), Some(true));
         assert!(!config.authorizes(Some(&header("alice:wrong"))));
         assert!(!config.authorizes(Some(&header("bob:secret"))));
+        assert_eq!(config.remembered(Some(&header("bob:secret"))), Some(false));
         assert!(!config.authorizes(None));
-        assert_eq!(config.checked.lock().unwrap().len(), 2);
+        let remembered = config.remembered.lock().unwrap();
+        assert_eq!(
+            (remembered.accepted.len(), remembered.refused.len()),
+            (1, 2)
+        );
+        drop(remembered);
+
+        // Refused credentials beyond the bound do not push accepted ones out.
+        for attempt in 0..REMEMBERED_MAX + 1 {
+            config
+                .remembered
+                .lock()
+                .unwrap()
+                .refused
+                .insert([attempt as u8; 32]);
+        }
+        assert!(!config.authorizes(Some(&header("alice:wrong again"))));
+        assert_eq!(config.remembered(Some(&header("alice:secret"))), Some(true));
+
+        // A reload keeps them while the hash stays, and forgets them when it
+        // changes.
+        let same = parse(
+            &format!("basic_auth_users:\n  alice: '{hash}'\n"),
+            Path::new("."),
+        )
+        .unwrap();
+        same.remember_accepted_from(&config);
+        assert_eq!(same.remembered(Some(&header("alice:secret"))), Some(true));
+        let changed = parse(
+            &format!(
+                "basic_auth_users:\n  alice: '{}'\n",
+                bcrypt::hash("secret", 4).unwrap()
+            ),
+            Path::new("."),
+        )
+        .unwrap();
+        changed.remember_accepted_from(&config);
+        assert_eq!(changed.remembered(Some(&header("alice:secret"))), None);
+    }
+
+    #[test]
+    fn deeply_nested_brackets_are_refused_before_parsing() {
+        let text = format!(
+            "basic_auth_users: {}{}\n",
+            "[".repeat(60_000),
+            "]".repeat(60_000)
+        );
+        let started = std::time::Instant::now();
+        let (field, reason) = parse(&text, Path::new(".")).unwrap_err();
+        assert_eq!(field, "");
+        assert!(
+            reason.contains("line 1: brackets nested more than 32 deep"),
+            "{reason}"
+        );
+        println!("refused in {:?}", started.elapsed());
+        // Brackets in quotes and comments are text.
+        assert!(
+            too_deeply_nested(&format!("a: '{}' # {}\n", "[".repeat(99), "{".repeat(99))).is_none()
+        );
+        assert_eq!(
+            too_deeply_nested(&format!("a:\n b: {}\n", "[".repeat(33))),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(days_from_civil(2026, 12, 4), 20_791);
+        for days in [-1, 0, 59, 11_016, 11_017, 20_791, 1_000_000] {
+            let (year, month, day) = civil_from_days(days);
+            assert_eq!(days_from_civil(year, month, day), days);
+        }
+        assert_eq!(der_time(23, b"491231235959Z"), Some(2_524_607_999));
+        assert_eq!(der_time(23, b"500101000000Z"), Some(-631_152_000));
+        assert_eq!(der_time(24, b"20261204000000Z"), Some(20_791 * 86_400));
+        assert_eq!(der_time(24, b"2026120400000Z"), None);
+        assert_eq!(der_time(4, b"491231235959Z"), None);
+    }
+
+    #[test]
+    fn validity_from_der() {
+        // tbsCertificate with a version, serial 1, an empty signature
+        // algorithm and issuer, and a validity of two UTCTimes.
+        let mut period = vec![0x30, 30, 0x17, 13];
+        period.extend(b"200101000000Z");
+        period.extend([0x17, 13]);
+        period.extend(b"200102000000Z");
+        let mut tbs = vec![0xa0, 3, 0x02, 1, 2, 0x02, 1, 1, 0x30, 0, 0x30, 0];
+        tbs.extend(&period);
+        let mut certificate = vec![0x30, tbs.len() as u8 + 2, 0x30, tbs.len() as u8];
+        certificate.extend(&tbs);
+        let (not_before, not_after) = validity(&certificate).unwrap();
+        assert_eq!(not_after - not_before, 86_400);
+        assert_eq!(not_before, days_from_civil(2020, 1, 1) * 86_400);
+        assert!(validity_warning(&certificate, not_before + 1).is_none());
+        let expired = validity_warning(&certificate, not_after + 3 * 86_400).unwrap();
+        assert!(
+            expired.contains("expired at 2020-01-02T00:00:00Z (3 days ago)"),
+            "{expired}"
+        );
+        assert!(
+            validity_warning(&certificate, 0)
+                .unwrap()
+                .contains("not valid until 2020-01-01")
+        );
+        assert_eq!(validity(&certificate[..20]), None);
     }
 
     fn encode_for_test(bytes: &[u8]) -> String {

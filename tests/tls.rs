@@ -52,16 +52,21 @@ fn openssl(folder: &Path, args: &[&str]) {
     );
 }
 
+/// How the test's keys are made.
+const KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
+/// The server extensions: a certificate for 127.0.0.1.
+const SERVER: &str = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n";
+
 /// A CA, a server certificate for 127.0.0.1 and a client certificate.
 fn certificates(folder: &Folder) {
     let dir = &folder.0;
-    let key = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
     let mut ca = vec![
         "req",
         "-x509",
@@ -70,48 +75,52 @@ fn certificates(folder: &Folder) {
         "-subj",
         "/CN=portstat test CA",
     ];
-    ca.extend(key);
+    ca.extend(KEY);
     ca.extend(["-keyout", "ca.key", "-out", "ca.crt"]);
     openssl(dir, &ca);
     for (name, extensions) in [
-        (
-            "server",
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-        ),
+        ("server", SERVER),
         ("client", "extendedKeyUsage=clientAuth\n"),
     ] {
-        folder.write(&format!("{name}.ext"), extensions);
-        let mut request = vec!["req", "-new", "-subj"];
-        let subject = format!("/CN=portstat test {name}");
-        request.push(&subject);
-        request.extend(key);
-        let key_file = format!("{name}.key");
-        let request_file = format!("{name}.csr");
-        request.extend(["-keyout", &key_file, "-out", &request_file]);
-        openssl(dir, &request);
-        let certificate = format!("{name}.crt");
-        let extension_file = format!("{name}.ext");
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &request_file,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "1",
-                "-extfile",
-                &extension_file,
-                "-out",
-                &certificate,
-            ],
-        );
+        signed(folder, name, extensions);
     }
+}
+
+/// `NAME.key` and `NAME.crt` for the subject "portstat test NAME", signed
+/// by the folder's CA with `extensions`.
+fn signed(folder: &Folder, name: &str, extensions: &str) {
+    let dir = &folder.0;
+    folder.write(&format!("{name}.ext"), extensions);
+    let mut request = vec!["req", "-new", "-subj"];
+    let subject = format!("/CN=portstat test {name}");
+    request.push(&subject);
+    request.extend(KEY);
+    let key_file = format!("{name}.key");
+    let request_file = format!("{name}.csr");
+    request.extend(["-keyout", &key_file, "-out", &request_file]);
+    openssl(dir, &request);
+    let certificate = format!("{name}.crt");
+    let extension_file = format!("{name}.ext");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &request_file,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &extension_file,
+            "-out",
+            &certificate,
+        ],
+    );
 }
 
 fn curl(netns: &Netns, folder: &Folder, args: &[&str]) -> Output {
@@ -347,4 +356,234 @@ fn a_bad_configuration_at_start_exits_1_naming_the_field() {
         assert_eq!(output.status.code(), Some(1), "{text}: {stderr}");
         assert!(stderr.contains(field), "{text}: {stderr}");
     }
+}
+
+/// The subject of the certificate the exporter presents.
+fn served_subject(netns: &Netns) -> String {
+    let output = netns
+        .command("sh")
+        .args([
+            "-c",
+            "openssl s_client -connect 127.0.0.1:10042 </dev/null 2>/dev/null \
+             | openssl x509 -noout -subject",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// certbot and cert-manager renew by renaming new files into place, and
+/// send no signal: the exporter serves the new certificate all the same.
+#[test]
+fn a_renewed_certificate_is_served_without_a_signal() {
+    let folder = Folder::new("renew");
+    certificates(&folder);
+    let config = folder.write(
+        "web.yml",
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
+    );
+    let netns = Netns::new((40000, 40099), "");
+    let exporter = netns.spawn_exporter(&["--web.config.file", config.to_str().unwrap()]);
+    wait_until("the TLS port", || {
+        served_subject(&netns).contains("portstat test server")
+    });
+    signed(&folder, "renewed", SERVER);
+    std::fs::rename(folder.path("renewed.crt"), folder.path("server.crt")).unwrap();
+    std::fs::rename(folder.path("renewed.key"), folder.path("server.key")).unwrap();
+    wait_until("the renewed certificate", || {
+        served_subject(&netns).contains("portstat test renewed")
+    });
+    assert_eq!(
+        status(&curl(&netns, &folder, &[URL])),
+        Some(200),
+        "{}",
+        exporter.log()
+    );
+    assert!(
+        exporter.log().contains("web configuration reloaded"),
+        "{}",
+        exporter.log()
+    );
+}
+
+/// A certificate past its end is loaded, as before, but said in the log.
+#[test]
+fn an_expired_certificate_is_warned_of() {
+    let folder = Folder::new("expired");
+    let dir = &folder.0;
+    folder.write(
+        "ca.cnf",
+        "[ca]\ndefault_ca = lab\n[lab]\ndatabase = index.txt\nnew_certs_dir = .\n\
+         serial = serial\ndefault_md = sha256\npolicy = any\nx509_extensions = server\n\
+         [any]\ncommonName = supplied\n[server]\nsubjectAltName = IP:127.0.0.1\n",
+    );
+    folder.write("index.txt", "");
+    folder.write("serial", "01\n");
+    let mut request = vec!["req", "-new", "-subj", "/CN=portstat test expired"];
+    request.extend(KEY);
+    request.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    openssl(dir, &request);
+    openssl(
+        dir,
+        &[
+            "ca",
+            "-batch",
+            "-config",
+            "ca.cnf",
+            "-selfsign",
+            "-keyfile",
+            "server.key",
+            "-in",
+            "server.csr",
+            "-startdate",
+            "20200101000000Z",
+            "-enddate",
+            "20200301000000Z",
+            "-notext",
+            "-out",
+            "server.crt",
+        ],
+    );
+    let config = folder.write(
+        "web.yml",
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
+    );
+    let netns = Netns::new((40000, 40099), "");
+    let exporter = netns.spawn_exporter(&["--web.config.file", config.to_str().unwrap()]);
+    wait_until("the warning", || {
+        exporter
+            .log()
+            .contains("the certificate expired at 2020-03-01T00:00:00Z")
+    });
+    let log = exporter.log();
+    assert!(log.contains("level=warn"), "{log}");
+    assert!(log.contains("clients that verify it will refuse"), "{log}");
+}
+
+/// Files that are not regular files, or are too big, are refused at start
+/// at once, with a message; nothing waits on a FIFO or reads a device.
+#[test]
+fn a_configuration_that_is_no_regular_file_is_refused_at_start() {
+    let folder = Folder::new("special");
+    let fifo = folder.path("fifo.yml");
+    let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: `name` is a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+    let big = folder.write("big.yml", &format!("# {}\n", "x".repeat(2 << 20)));
+    for (config, reason) in [
+        (fifo.as_path(), "not a regular file"),
+        (Path::new("/dev/zero"), "not a regular file"),
+        (big.as_path(), "longer than 1048576 bytes"),
+    ] {
+        let mut child = Command::new(support::exporter())
+            .args(["--web.listen-address", "127.0.0.1:0", "--web.config.file"])
+            .arg(config)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{}: the exporter did not exit", config.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(1), "{}: {stderr}", config.display());
+        assert!(stderr.contains(reason), "{}: {stderr}", config.display());
+    }
+}
+
+/// Reloads of hostile files (deep brackets, a FIFO, a device) are refused
+/// without stalling a request, and SIGTERM still ends the exporter.
+#[test]
+fn a_hostile_reload_stalls_no_request() {
+    let folder = Folder::new("hostile");
+    let hash = bcrypt::hash("secret", 10).unwrap();
+    let config = folder.write(
+        "web.yml",
+        &format!("basic_auth_users:\n  prometheus: '{hash}'\n"),
+    );
+    let netns = Netns::new((40000, 40099), "");
+    let mut exporter = netns.spawn_exporter(&["--web.config.file", config.to_str().unwrap()]);
+    wait_until("the exporter", || {
+        exporter
+            .get("/-/healthy")
+            .is_ok_and(|response| response.status == 401)
+    });
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    /// Stops the watcher however the scope ends, so that a failed wait
+    /// does not leave the scope waiting on it.
+    struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let (slowest, failures) = std::thread::scope(|scope| {
+        let _stop = Stop(&stop);
+        let watcher = scope.spawn(|| {
+            let mut slowest = Duration::ZERO;
+            let mut failures = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let begun = Instant::now();
+                match exporter.get("/-/healthy") {
+                    // Authentication is on: the answer is a 401, at once.
+                    Ok(response) if response.status == 401 => {}
+                    other => failures.push(format!("{other:?}")),
+                }
+                slowest = slowest.max(begun.elapsed());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (slowest, failures)
+        });
+        let refused = |what: &str, reason: &str| {
+            wait_until(what, || {
+                exporter
+                    .log()
+                    .lines()
+                    .any(|line| line.contains("not reloaded") && line.contains(reason))
+            })
+        };
+        let nested = format!(
+            "basic_auth_users: {}{}\n",
+            "[".repeat(60_000),
+            "]".repeat(60_000)
+        );
+        let replacement = folder.write("nested.yml", &nested);
+        std::fs::rename(&replacement, &config).unwrap();
+        refused("the nested brackets", "brackets nested more than 32 deep");
+        let fifo = folder.path("fifo");
+        let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: `name` is a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        std::fs::rename(&fifo, &config).unwrap();
+        refused("the FIFO", "not a regular file");
+        std::fs::remove_file(&config).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &config).unwrap();
+        exporter.signal(libc::SIGHUP);
+        wait_until("the device", || {
+            exporter
+                .log()
+                .lines()
+                .filter(|line| line.contains("not reloaded") && line.contains("not a regular file"))
+                .count()
+                >= 2
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        watcher.join().unwrap()
+    });
+    println!("the slowest request during hostile reloads took {slowest:?}");
+    assert!(failures.is_empty(), "{failures:?}\n{}", exporter.log());
+    let status = exporter.terminate(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|status| status.success()),
+        "SIGTERM did not end the exporter: {status:?}"
+    );
 }

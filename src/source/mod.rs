@@ -511,41 +511,17 @@ enum Reading {
 /// every port one by one would take about 330 KiB.
 const SMALL_FILE_LIMIT: u64 = 1 << 20;
 
-/// Opens a file below the procfs root for reading, refusing what a kernel
-/// file never is: anything but a regular file (procfs files are regular).
-/// It opens without blocking, so that a FIFO put in a file's place is
-/// refused rather than waited on, and a device such as `/dev/zero` is
-/// refused rather than read forever.
+/// Opens a file below the procfs root for reading: a regular file, as
+/// kernel files are, opened without blocking (`files::open_regular`).
 pub(crate) fn open_kernel_file(path: &Path) -> io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)?;
-    if !file.metadata()?.file_type().is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file, as kernel files are",
-        ));
-    }
-    Ok(file)
+    crate::files::open_regular(path)
 }
 
 /// Reads a whole small kernel file as text: a regular file of at most
 /// `SMALL_FILE_LIMIT` bytes.
 pub(crate) fn read_small_file(path: &Path) -> io::Result<String> {
-    use std::io::Read;
-    let mut text = String::new();
-    open_kernel_file(path)?
-        .take(SMALL_FILE_LIMIT + 1)
-        .read_to_string(&mut text)?;
-    if text.len() as u64 > SMALL_FILE_LIMIT {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("longer than {SMALL_FILE_LIMIT} bytes"),
-        ));
-    }
-    Ok(text)
+    String::from_utf8(crate::files::read_bounded(path, SMALL_FILE_LIMIT)?)
+        .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))
 }
 
 /// Reads a whole small text file, naming it in the error.
