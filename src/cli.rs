@@ -50,8 +50,9 @@ pub struct Cli {
     #[arg(long = "web.max-requests", value_name = "N", default_value_t = 40)]
     pub max_requests: usize,
 
-    /// Most connections open at once; beyond it new connections are closed
-    /// at once. Idle connections are closed after 10 s without a request.
+    /// Most connections open at once; beyond it a new connection takes the
+    /// place of the oldest that has sent no request, or is closed at once.
+    /// Idle connections are closed after 10 s without a request.
     #[arg(long = "web.max-connections", value_name = "N", default_value_t = 4096,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,

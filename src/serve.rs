@@ -32,6 +32,10 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// 431. A scraper sends a few hundred bytes.
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
 
+/// How long a write may make no progress before the connection is closed:
+/// a client that asks and never reads holds nothing for longer.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -134,6 +138,7 @@ pub async fn serve(
     let state = Arc::new(State::new(config, expositions));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let connections = Arc::new(tokio::sync::Semaphore::new(state.config.max_connections));
+    let open = Arc::new(OpenConnections::default());
     let (accepted_sender, mut accepted) = tokio::sync::mpsc::channel(64);
     for listener in listeners {
         let sender = accepted_sender.clone();
@@ -166,34 +171,63 @@ pub async fn serve(
         tokio::select! {
             stream = accepted.recv() => {
                 let Some(stream) = stream else { break };
-                let Ok(place) = connections.clone().try_acquire_owned() else {
-                    // Closing at once costs the attacker a connection and
-                    // the exporter nothing.
-                    tracing::debug!("connection limit reached; closing a new connection");
-                    drop(stream);
-                    continue;
+                let place = match connections.clone().try_acquire_owned() {
+                    Ok(place) => place,
+                    Err(_) => match open.evict_idle() {
+                        Some(place) => {
+                            tracing::debug!(
+                                "connection limit reached; closed the oldest connection \
+                                 that sent no request to make room"
+                            );
+                            place
+                        }
+                        None => {
+                            // Every connection has sent a request: closing
+                            // at once costs the client a connection and the
+                            // exporter nothing.
+                            tracing::debug!("connection limit reached; closing a new connection");
+                            drop(stream);
+                            continue;
+                        }
+                    },
                 };
+                let (id, slot) = open.add(place);
                 let tls = state.web().tls.clone();
                 let watcher = graceful.watcher();
                 let state = state.clone();
+                let open = open.clone();
                 tokio::spawn(async move {
-                    match tls {
-                        None => serve_connection(TokioIo::new(stream), state, watcher).await,
-                        Some(tls) => {
-                            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-                            // The handshake gets the same time as headers do.
-                            match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
-                                Ok(Ok(stream)) => {
-                                    serve_connection(TokioIo::new(stream), state, watcher).await
+                    let served = async {
+                        if let Some(refusal) = wrong_protocol(&stream, tls.is_some()).await {
+                            refuse(stream, refusal).await;
+                            return;
+                        }
+                        let io = WriteTimeout::new(stream);
+                        match tls {
+                            None => {
+                                serve_connection(TokioIo::new(io), state, watcher, &slot).await
+                            }
+                            Some(tls) => {
+                                let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                                // The handshake gets the same time as headers do.
+                                match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(io))
+                                    .await
+                                {
+                                    Ok(Ok(stream)) => {
+                                        serve_connection(TokioIo::new(stream), state, watcher, &slot)
+                                            .await
+                                    }
+                                    Ok(Err(error)) => tls_failed(&error),
+                                    Err(_) => tracing::debug!("TLS handshake timed out"),
                                 }
-                                Ok(Err(error)) => {
-                                    tracing::debug!(err = %error, "TLS handshake failed")
-                                }
-                                Err(_) => tracing::debug!("TLS handshake timed out"),
                             }
                         }
+                    };
+                    tokio::select! {
+                        () = served => {}
+                        () = slot.evicted.notified() => {}
                     }
-                    drop(place);
+                    open.remove(id);
                 });
             }
             () = &mut shutdown => break,
@@ -207,15 +241,225 @@ pub async fn serve(
     }
 }
 
+fn tls_failed(error: &std::io::Error) {
+    tracing::debug!(err = %error, "TLS handshake failed");
+}
+
+/// The HTTP/2 connection preface a client with prior knowledge opens with.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What to answer a client that speaks a protocol the port does not: plain
+/// HTTP to the TLS port (as Go's servers answer it), or HTTP/2 with prior
+/// knowledge (a SETTINGS frame, then GOAWAY with HTTP_1_1_REQUIRED and the
+/// reason as debug data, RFC 9113 6.8). `None` when its first bytes are
+/// what the port expects, or it sends none within the header timeout.
+async fn wrong_protocol(stream: &tokio::net::TcpStream, tls: bool) -> Option<Vec<u8>> {
+    let mut first = [0u8; HTTP2_PREFACE.len()];
+    let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
+    let seen = loop {
+        let seen = tokio::time::timeout_at(deadline, stream.peek(&mut first))
+            .await
+            .ok()?
+            .ok()?;
+        // A preface that arrives in pieces: wait for the rest.
+        if seen == 0 || seen == first.len() || !HTTP2_PREFACE.starts_with(&first[..seen]) {
+            break seen;
+        }
+        tokio::time::sleep_until(
+            deadline.min(tokio::time::Instant::now() + Duration::from_millis(10)),
+        )
+        .await;
+        if tokio::time::Instant::now() >= deadline {
+            break seen;
+        }
+    };
+    let first = &first[..seen];
+    if tls {
+        // A TLS record of type handshake (22) starts every TLS connection.
+        let plain = first.first().is_some_and(u8::is_ascii_alphabetic);
+        tracing::debug!(
+            plain,
+            "a client spoke something other than TLS to the TLS port"
+        );
+        return plain.then(|| {
+            b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
+              Connection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+                .to_vec()
+        });
+    }
+    if first != HTTP2_PREFACE {
+        return None;
+    }
+    tracing::debug!("a client spoke HTTP/2; only HTTP/1.1 is served");
+    let reason = b"HTTP/2 is not served here; use HTTP/1.1";
+    let mut answer = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+    let length = 8 + reason.len();
+    answer.extend([0, 0, length as u8, 0x7, 0, 0, 0, 0, 0]);
+    answer.extend([0, 0, 0, 0, 0, 0, 0, 0xd]);
+    answer.extend(reason);
+    Some(answer)
+}
+
+/// Writes `answer` and closes the connection, giving up after the write
+/// timeout.
+async fn refuse(mut stream: tokio::net::TcpStream, answer: Vec<u8>) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+        stream.write_all(&answer).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// One open connection's place and state.
+struct Slot {
+    /// Whether it has sent a request; until then it may be closed to make
+    /// room for a new connection.
+    requested: std::sync::atomic::AtomicBool,
+    /// Its place among `--web.max-connections`, taken away when it is
+    /// closed to make room.
+    place: std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+    /// Tells its task to close it.
+    evicted: tokio::sync::Notify,
+}
+
+/// The open connections, in the order they were accepted.
+#[derive(Default)]
+struct OpenConnections {
+    slots: std::sync::Mutex<std::collections::BTreeMap<u64, Arc<Slot>>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl OpenConnections {
+    fn add(&self, place: tokio::sync::OwnedSemaphorePermit) -> (u64, Arc<Slot>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let slot = Arc::new(Slot {
+            requested: std::sync::atomic::AtomicBool::new(false),
+            place: std::sync::Mutex::new(Some(place)),
+            evicted: tokio::sync::Notify::new(),
+        });
+        if let Ok(mut slots) = self.slots.lock() {
+            slots.insert(id, slot.clone());
+        }
+        (id, slot)
+    }
+
+    fn remove(&self, id: u64) {
+        if let Ok(mut slots) = self.slots.lock() {
+            slots.remove(&id);
+        }
+    }
+
+    /// Closes the oldest connection that has sent no request and hands
+    /// over its place: an idle flood cannot keep a scraper out.
+    fn evict_idle(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let mut slots = self.slots.lock().ok()?;
+        let (&id, slot) = slots
+            .iter()
+            .find(|(_, slot)| !slot.requested.load(Ordering::Relaxed))?;
+        let place = slot.place.lock().ok()?.take();
+        slot.evicted.notify_one();
+        slots.remove(&id);
+        place
+    }
+}
+
+/// A connection whose writes fail with `TimedOut` once they have made no
+/// progress for `WRITE_TIMEOUT`.
+struct WriteTimeout<I> {
+    io: I,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I> WriteTimeout<I> {
+    fn new(io: I) -> WriteTimeout<I> {
+        WriteTimeout { io, stalled: None }
+    }
+
+    /// Passes a write's result on, timing how long it has been pending.
+    fn timed<T>(
+        &mut self,
+        context: &mut Context<'_>,
+        result: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if result.is_ready() {
+            self.stalled = None;
+            return result;
+        }
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_TIMEOUT)));
+        match stalled.as_mut().poll(context) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "a write made no progress",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteTimeout<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(context, buffer)
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteTimeout<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_write(context, bytes);
+        this.timed(context, result)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffers: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_write_vectored(context, buffers);
+        this.timed(context, result)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_flush(context);
+        this.timed(context, result)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_shutdown(context);
+        this.timed(context, result)
+    }
+}
+
 /// Serves HTTP/1.1 on one connection, plain or TLS, until it closes.
 async fn serve_connection<I>(
     io: I,
     state: Arc<State>,
     watcher: hyper_util::server::graceful::Watcher,
+    slot: &Arc<Slot>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let slot = slot.clone();
     let service = hyper::service::service_fn(move |request| {
+        // From its first request on, a connection keeps its place.
+        slot.requested.store(true, Ordering::Relaxed);
         let state = state.clone();
         async move { Ok::<_, Infallible>(state.respond(&request).await) }
     });

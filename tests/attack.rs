@@ -205,3 +205,116 @@ fn attack(descriptors: Option<u64>, idle: usize) {
         "RSS {rss_before} KiB -> {rss_after} KiB"
     );
 }
+
+/// More idle connections than the limit allows, opened faster than any
+/// timeout: the oldest that sent no request gives its place to each new
+/// connection, so the scraper still gets in.
+#[test]
+fn an_idle_flood_does_not_lock_out_the_scraper() {
+    let netns = Netns::new((40000, 40099), "");
+    let exporter = netns.start_exporter_with(&["--collector.interval", "1s"], |command| {
+        support::limit_descriptors(command, 1024)
+    });
+    assert!(exporter.log().contains("limit=896"), "{}", exporter.log());
+    let address = "127.0.0.1:10042".parse().unwrap();
+    let started = Instant::now();
+    let idle: Vec<TcpStream> = (0..1100)
+        .filter_map(|_| netns.connect(address).ok())
+        .collect();
+    println!("1100 idle connections opened in {:?}", started.elapsed());
+    assert_eq!(idle.len(), 1100);
+    let scrapes: Vec<_> = (0..5)
+        .map(|_| exporter.get("/metrics").map(|response| response.status))
+        .collect();
+    println!("scrapes during the idle flood: {scrapes:?}");
+    assert!(
+        scrapes.iter().all(|status| matches!(status, Ok(200))),
+        "{scrapes:?}\n{}",
+        exporter.log()
+    );
+    drop(idle);
+}
+
+/// Clients that ask for the metrics and never read hold nothing for
+/// longer than the write timeout (10 s without progress): their
+/// connections, and the exposition each was being sent, are let go.
+#[test]
+fn clients_that_never_read_are_let_go() {
+    let netns = Netns::new((40000, 40099), "");
+    // 3,000 listeners: an exposition far larger than the socket buffers.
+    let listeners: Vec<socket2::Socket> = netns.run(|| {
+        (0..3000)
+            .map(|index| {
+                support::listening_socket(&format!("127.0.0.1:{}", 50000 + index), false, 8)
+            })
+            .collect()
+    });
+    let exporter = netns.start_exporter(&[
+        "--collector.interval",
+        "1s",
+        "--collector.listeners.max",
+        "5000",
+    ]);
+    let size =
+        exporter.metrics_until(|metrics| metrics.family("portstat_listener_sockets").len() >= 3000);
+    let exposition = exporter.get("/metrics").unwrap().body.len();
+    assert!(
+        size.family("portstat_listener_sockets").len() >= 3000,
+        "{} listener series\n{}",
+        size.family("portstat_listener_sockets").len(),
+        exporter.log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_before = resident_kib(exporter.pid());
+    let descriptors_before = open_descriptors(exporter.pid());
+    let address: std::net::SocketAddr = "127.0.0.1:10042".parse().unwrap();
+    let clients: Vec<socket2::Socket> = netns.run(|| {
+        (0..40)
+            .map(|_| {
+                let socket = socket2::Socket::new(
+                    socket2::Domain::IPV4,
+                    socket2::Type::STREAM,
+                    Some(socket2::Protocol::TCP),
+                )
+                .unwrap();
+                // A small window.
+                socket.set_recv_buffer_size(4096).unwrap();
+                socket.connect(&address.into()).unwrap();
+                // Twenty requests at once, pipelined: more than the kernel's
+                // buffers take, so the exporter's writes stall.
+                socket
+                    .send(
+                        b"GET /metrics HTTP/1.1\r\nHost: slow\r\n\r\n"
+                            .repeat(20)
+                            .as_slice(),
+                    )
+                    .unwrap();
+                socket
+            })
+            .collect()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_held = resident_kib(exporter.pid());
+    let descriptors_held = open_descriptors(exporter.pid());
+    assert!(descriptors_held >= descriptors_before + 40);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while open_descriptors(exporter.pid()) > descriptors_before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let let_go = open_descriptors(exporter.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_after = resident_kib(exporter.pid());
+    println!(
+        "exposition {exposition} bytes; RSS {rss_before} KiB before, {rss_held} KiB with 40 \
+         non-reading clients, {rss_after} KiB after they were let go; descriptors \
+         {descriptors_before}, {descriptors_held}, {let_go}"
+    );
+    assert!(
+        let_go <= descriptors_before,
+        "the non-reading clients were not let go: {descriptors_before} -> {let_go}"
+    );
+    // A scrape still works.
+    assert_eq!(exporter.get("/metrics").unwrap().status, 200);
+    drop(clients);
+    drop(listeners);
+}

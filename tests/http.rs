@@ -236,34 +236,50 @@ fn an_unprivileged_exporter_still_works_and_says_so_once() {
     );
 }
 
+/// At the limit, a new connection takes the place of the oldest that has
+/// sent no request; where every connection has sent one, the new one is
+/// closed at once.
 #[test]
 fn connections_beyond_the_limit_are_closed_at_once() {
     use std::io::Read;
     let netns = Netns::new((40000, 40099), "");
     let exporter = netns.start_exporter(&["--web.max-connections", "3"]);
     let address = "127.0.0.1:10042".parse().unwrap();
-    let held: Vec<_> = (0..3).map(|_| exporter.connect(address).unwrap()).collect();
-    // Give the server the time to accept the three.
-    std::thread::sleep(Duration::from_millis(200));
+    let closed_at_once = |stream: &mut std::net::TcpStream| {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buffer = [0u8; 16];
+        let started = std::time::Instant::now();
+        let read = stream.read(&mut buffer);
+        assert!(
+            matches!(read, Ok(0)) || read.is_err(),
+            "the connection was served: {read:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "not closed at once"
+        );
+    };
+    // Three that ask once and keep their connection open.
+    let mut held: Vec<_> = (0..3).map(|_| exporter.connect(address).unwrap()).collect();
+    for stream in &mut held {
+        stream
+            .write_all(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut answer = [0u8; 12];
+        stream.read_exact(&mut answer).unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 200");
+    }
     let mut extra = exporter.connect(address).unwrap();
-    extra
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut buffer = [0u8; 16];
-    let started = std::time::Instant::now();
-    let read = extra.read(&mut buffer);
-    assert!(
-        matches!(read, Ok(0)) || read.is_err(),
-        "the connection past the limit was served: {read:?}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "not closed at once"
-    );
-    // Once the three close, connections are served again.
+    closed_at_once(&mut extra);
     drop(held);
+    // Three idle ones: each new connection pushes out the oldest.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut idle: Vec<_> = (0..3).map(|_| exporter.connect(address).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(exporter.get("/-/healthy").unwrap().status, 200);
+    closed_at_once(&mut idle[0]);
 }
 
 /// `nc -N`, socat and many health checks send a request, then close their
@@ -316,4 +332,33 @@ fn sighup_without_a_web_config_is_logged_and_survived() {
     );
     let status = exporter.terminate(Duration::from_secs(5)).unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// A client with HTTP/2 prior knowledge is told, in HTTP/2, that only
+/// HTTP/1.1 is served: a GOAWAY with HTTP_1_1_REQUIRED and the reason.
+#[test]
+fn http2_with_prior_knowledge_is_told_to_use_http1() {
+    let netns = Netns::new((40000, 40099), "");
+    let exporter = netns.start_exporter(&[]);
+    let mut stream = exporter.connect(exporter.address()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    // The preface in two pieces, as a slow client may send it.
+    stream.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    stream.write_all(b"\r\nSM\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    // A SETTINGS frame (type 4), then GOAWAY (type 7) with error code 13.
+    assert_eq!(&answer[..9], &[0, 0, 0, 4, 0, 0, 0, 0, 0], "{answer:?}");
+    let goaway = &answer[9..];
+    assert_eq!(goaway[3], 7, "{answer:?}");
+    assert_eq!(&goaway[13..17], &[0, 0, 0, 13], "{answer:?}");
+    assert!(
+        String::from_utf8_lossy(&goaway[17..]).contains("use HTTP/1.1"),
+        "{answer:?}"
+    );
+    // HTTP/1.1 is served as before.
+    assert_eq!(exporter.get("/-/healthy").unwrap().status, 200);
 }

@@ -203,9 +203,14 @@ fn tls_and_basic_auth_with_a_reload() {
             .contains("x-content-type-options: nosniff"),
         "{text}"
     );
-    // Plain HTTP to the TLS port gets no answer.
+    // Plain HTTP to the TLS port is told so, as Go's servers tell it.
     let plain = curl(&netns, &folder, &["http://127.0.0.1:10042/metrics"]);
-    assert!(status(&plain).is_none_or(|code| code >= 400), "{plain:?}");
+    assert_eq!(status(&plain), Some(400), "{plain:?}");
+    assert!(
+        String::from_utf8_lossy(&plain.stdout)
+            .contains("Client sent an HTTP request to an HTTPS server."),
+        "{plain:?}"
+    );
 
     // A new password is picked up without a restart.
     let new_hash = bcrypt::hash("second secret", 10).unwrap();
