@@ -135,7 +135,24 @@ fn main() -> ExitCode {
                 tracing::info!(address = %address, path = %cli.telemetry_path, "listening");
             }
         }
-        serve::serve(tokio_listeners, config, receiver, shutdown_signal()).await;
+        let stopped = std::sync::atomic::AtomicBool::new(false);
+        let sampler = serve::sampler_stopped(receiver.clone());
+        let shutdown = async {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                () = sampler => {
+                    stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(
+                        "the sampler stopped; exiting with status 1 so that the service \
+                         manager restarts the exporter"
+                    );
+                }
+            }
+        };
+        serve::serve(tokio_listeners, config, receiver, shutdown).await;
+        if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            return ExitCode::from(1);
+        }
         tracing::info!("shut down");
         ExitCode::SUCCESS
     })

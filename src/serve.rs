@@ -476,6 +476,14 @@ async fn serve_connection<I>(
     }
 }
 
+/// Resolves when the sampler has stopped: its end of `expositions` is gone,
+/// as when its thread panicked. The exporter then exits non-zero, so that
+/// its supervisor restarts it, rather than serve the last figures as if
+/// they were current.
+pub async fn sampler_stopped(mut expositions: watch::Receiver<Arc<Exposition>>) {
+    while expositions.changed().await.is_ok() {}
+}
+
 /// Logs each SIGHUP when there is no web configuration to reload, so that a
 /// service manager's reload neither kills the exporter nor goes unseen.
 /// `hangup` is installed by the caller before the exporter says it listens.
@@ -942,6 +950,25 @@ mod tests {
 
     fn get(path: &str) -> Request<()> {
         Request::get(path).body(()).unwrap()
+    }
+
+    #[test]
+    fn a_sampler_that_stops_is_noticed() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let (sender, receiver) = watch::channel(Arc::new(Exposition::default()));
+        let sampler = std::thread::spawn(move || {
+            sender.send(Arc::new(Exposition::default())).unwrap();
+            panic!("a sampler bug");
+        });
+        assert!(sampler.join().is_err());
+        runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(60), sampler_stopped(receiver))
+                .await
+                .expect("the stopped sampler went unnoticed");
+        });
     }
 
     #[test]
