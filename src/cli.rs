@@ -193,8 +193,10 @@ pub struct Cli {
     #[arg(long = "collector.netns", value_enum, default_value_t = NetnsChoice::Own)]
     pub netns: NetnsChoice,
 
-    /// Most network namespaces sampled with --collector.netns=all.
-    #[arg(long = "collector.netns.max", value_name = "N", default_value_t = 500)]
+    /// Most network namespaces sampled with --collector.netns=all (at
+    /// least 1: the exporter's own comes first).
+    #[arg(long = "collector.netns.max", value_name = "N", default_value_t = 500,
+          value_parser = parse_at_least_one)]
     pub netns_max: usize,
 
     /// procfs mountpoint.
@@ -347,6 +349,15 @@ const BUILT_IN_PATHS: [&str; 3] = ["/", "/-/healthy", "/-/ready"];
 /// Parses a telemetry path: it must start with `/`, be a path a request can
 /// ask for (no query, fragment, space or other character a URL path cannot
 /// hold as it is), and not be one of the built-in endpoints.
+/// A count of at least 1: `0` would sample nothing and fail every sample.
+fn parse_at_least_one(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(count) => Ok(count),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 fn parse_telemetry_path(text: &str) -> Result<String, String> {
     if !text.starts_with('/') {
         return Err("expected a path starting with /, such as /metrics".to_string());

@@ -101,6 +101,9 @@ pub struct Sampler {
     /// When the host's namespaces were last looked for, to forget the
     /// failures of those gone.
     failure_namespaces_looked: Option<Instant>,
+    /// Whether namespaces are failing to be sampled (logged, with the first
+    /// reason, when failing starts).
+    namespaces_failing: bool,
 }
 
 /// How often the failure counter's namespaces are checked against the
@@ -133,6 +136,7 @@ impl Sampler {
             failure_read_failing: false,
             sources_logged: None,
             failure_namespaces_looked: None,
+            namespaces_failing: false,
             status: SampleStatus::default(),
             last_exposition: Exposition::default(),
         }
@@ -398,26 +402,43 @@ impl Sampler {
 
         let mut samples = Vec::with_capacity(entries.len());
         let mut failed = 0;
+        let mut first_failure = None;
         for entry in entries {
-            let result = match namespaces::Entered::enter(&entry.handle) {
-                Ok(_inside) => {
-                    let result = read_namespace(&mut self.reader, &self.limits, None);
-                    // Hold nothing of the namespace once out of it.
-                    self.reader.leave_namespace();
-                    result
+            // The exporter's own namespace needs no setns (nor the
+            // CAP_SYS_ADMIN it takes).
+            let result = if Some(entry.identity.inode) == own {
+                read_namespace(&mut self.reader, &self.limits, None)
+            } else {
+                match namespaces::Entered::enter(&entry.handle) {
+                    Ok(_inside) => {
+                        let result = read_namespace(&mut self.reader, &self.limits, None);
+                        // Hold nothing of the namespace once out of it.
+                        self.reader.leave_namespace();
+                        result
+                    }
+                    // Gone since it was found, or its name no longer a
+                    // namespace (`ip netns` creates the file before it mounts
+                    // the namespace there, and unmounts it before deleting
+                    // it: setns then finds no namespace, EINVAL): not a
+                    // failure.
+                    Err(error)
+                        if error.kind() == std::io::ErrorKind::NotFound
+                            || error.raw_os_error() == Some(libc::EINVAL) =>
+                    {
+                        continue;
+                    }
+                    Err(error) => Err(SourceError::Enter {
+                        path: entry.handle.clone(),
+                        source: error,
+                    }),
                 }
-                // Gone since it was found: not a failure.
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(error) => Err(SourceError::Read {
-                    path: entry.handle.clone(),
-                    source: error,
-                }),
             };
             match result {
                 Ok(sample) => samples.push((entry.identity, sample)),
                 Err(error) => {
                     failed += 1;
                     tracing::debug!(netns = entry.identity.inode, err = %error, "cannot sample a network namespace");
+                    first_failure.get_or_insert(error);
                 }
             }
         }
@@ -438,10 +459,21 @@ impl Sampler {
             ],
         });
         if samples.is_empty() {
-            return Err(SourceError::Malformed {
-                path: Path::new(namespaces::NAMED_NAMESPACES).to_path_buf(),
-                reason: "no network namespace could be sampled".to_string(),
+            return Err(SourceError::NoNamespace {
+                reason: why_no_namespace(first_failure, failed),
             });
+        }
+        match first_failure {
+            Some(first) if !self.namespaces_failing => {
+                self.namespaces_failing = true;
+                tracing::warn!(
+                    failed,
+                    "some network namespaces cannot be sampled (portstat_netns_failed): {}",
+                    why_no_namespace(Some(first), failed)
+                );
+            }
+            Some(_) => {}
+            None => self.namespaces_failing = false,
         }
         // One walk of the processes names the owners in every namespace.
         let owners = {
@@ -511,6 +543,27 @@ impl Sampler {
             }
             std::thread::sleep(next - now);
         }
+    }
+}
+
+/// Why no namespace could be sampled, from the first failure of `failed`.
+fn why_no_namespace(first: Option<SourceError>, failed: u64) -> String {
+    let Some(first) = first else {
+        return "none was found".to_string();
+    };
+    let denied = matches!(
+        &first,
+        SourceError::Enter { source, .. }
+            if matches!(source.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+    );
+    if denied {
+        format!(
+            "{first}: entering another network namespace needs CAP_SYS_ADMIN, and opening \
+             other processes' needs CAP_SYS_PTRACE (run as root, or grant both); \
+             --collector.netns=self needs neither"
+        )
+    } else {
+        format!("{failed} failed; the first: {first}")
     }
 }
 

@@ -258,3 +258,18 @@ fn the_log_says_where_each_protocol_was_read_from() {
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(exporter.log().matches("sockets read").count(), 1);
 }
+
+/// `--collector.netns.max 0` would sample nothing: refused at parse time.
+#[test]
+fn a_namespace_limit_of_zero_is_refused() {
+    let output = std::process::Command::new(support::exporter())
+        .args(["--collector.netns.max", "0", "--once"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--collector.netns.max") && stderr.contains("must be at least 1"),
+        "{stderr}"
+    );
+}

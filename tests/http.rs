@@ -362,3 +362,36 @@ fn http2_with_prior_knowledge_is_told_to_use_http1() {
     // HTTP/1.1 is served as before.
     assert_eq!(exporter.get("/-/healthy").unwrap().status, 200);
 }
+
+/// As root with every capability dropped, the exporter can list root's
+/// processes' descriptors but not read them: their sockets are
+/// `process="unknown"`, and one line in the log says why.
+#[test]
+fn root_without_capabilities_says_why_owners_are_unknown() {
+    let netns = Netns::new((40000, 40099), "");
+    let _listener = netns.run(|| std::net::TcpListener::bind("127.0.0.1:7000").unwrap());
+    let output = netns
+        .command("setpriv")
+        .args([
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            support::exporter(),
+            "--once",
+        ])
+        .output()
+        .expect("setpriv (util-linux) is needed");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let metrics = support::Metrics::parse(&String::from_utf8_lossy(&output.stdout));
+    assert_eq!(
+        metrics.value(r#"portstat_listener_sockets{protocol="tcp",address="127.0.0.1",port="7000",process="unknown"}"#),
+        1.0
+    );
+    assert_eq!(
+        stderr
+            .matches("nor those of processes holding capabilities the exporter lacks")
+            .count(),
+        1,
+        "{stderr}"
+    );
+}

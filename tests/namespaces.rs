@@ -313,3 +313,77 @@ fn sharing_the_host_table_is_counted_and_explained_once() {
     let log = exporter.log();
     assert_eq!(log.matches("tcp_child_ehash_entries").count(), 1, "{log}");
 }
+
+/// Without privileges, `all` samples the exporter's own namespace (which
+/// needs no setns), counts the others it cannot enter as failed, and says
+/// why in one warning.
+#[test]
+fn unprivileged_all_samples_its_own_namespace_and_says_why_not_the_others() {
+    let home = Netns::new((40000, 40099), "");
+    let _other = Netns::new((41000, 41099), "");
+    let output = home
+        .command("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            support::exporter(),
+            "--once",
+            "--collector.netns",
+            "all",
+        ])
+        .output()
+        .expect("setpriv (util-linux) is needed");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let metrics = support::Metrics::parse(&String::from_utf8_lossy(&output.stdout));
+    assert_eq!(metrics.value("portstat_netns_sampled"), 1.0, "{stderr}");
+    assert!(metrics.value("portstat_netns_failed") >= 1.0, "{stderr}");
+    assert_eq!(
+        metrics.value(&format!(
+            "portstat_ephemeral_ports_capacity{{{}}}",
+            labels(&home)
+        )),
+        100.0
+    );
+    assert!(
+        stderr.contains("Operation not permitted")
+            && stderr.contains("entering another network namespace needs CAP_SYS_ADMIN"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr
+            .matches("some network namespaces cannot be sampled")
+            .count(),
+        1,
+        "{stderr}"
+    );
+}
+
+/// `ip netns add` creates the name's file before it mounts the namespace
+/// there: a name that is no namespace yet is not a failure.
+#[test]
+fn a_namespace_being_created_is_not_a_failure() {
+    /// The file, removed on drop.
+    struct Creating(std::path::PathBuf);
+    impl Drop for Creating {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let home = Netns::new((40000, 40099), "");
+    let creating = Creating(std::path::PathBuf::from(format!(
+        "/run/netns/portstat-test-{}-being-created",
+        std::process::id()
+    )));
+    std::fs::write(&creating.0, "").unwrap();
+    let output = home.once(&["--collector.netns", "all"]);
+    drop(creating);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let metrics = support::Metrics::parse(&String::from_utf8_lossy(&output.stdout));
+    assert_eq!(metrics.value("portstat_netns_failed"), 0.0, "{stderr}");
+    assert!(!metrics.text.contains("being-created"), "{}", metrics.text);
+}

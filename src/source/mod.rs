@@ -38,6 +38,20 @@ pub enum SourceError {
     /// The BPF source failed.
     #[error(transparent)]
     Bpf(#[from] bpf::BpfError),
+    /// A network namespace could not be entered.
+    #[error("cannot enter the network namespace of {path}: {source}")]
+    Enter {
+        /// The file that refers to it.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// With `--collector.netns=all`, no namespace could be sampled.
+    #[error("no network namespace could be sampled: {reason}")]
+    NoNamespace {
+        /// Why, from the first namespace that failed.
+        reason: String,
+    },
     /// A file was read but its content is not what the kernel writes.
     #[error("malformed {path}: {reason}")]
     Malformed {

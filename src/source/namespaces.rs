@@ -27,6 +27,18 @@ pub struct NamespaceEntry {
     pub handle: PathBuf,
 }
 
+/// Says once that other users' processes hide their namespaces.
+fn tell_unseen_once() {
+    static TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !TOLD.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            "cannot look at other users' processes' network namespaces (needs root, or \
+             CAP_SYS_PTRACE): a namespace none of the exporter's user's processes is in, \
+             and that has no name under /run/netns, is not sampled"
+        );
+    }
+}
+
 /// Finds the network namespaces of every process below `procfs` and every
 /// name below `named`, sorted by inode. A namespace's container and pod come
 /// from the cgroup of the lowest pid in it.
@@ -45,8 +57,14 @@ pub fn discover(procfs: &Path, named: &Path) -> Result<Vec<NamespaceEntry>, Sour
         let handle = procfs.join(pid.to_string()).join("ns").join("net");
         // Following the link gives the namespace's own inode. A process that
         // exited, or one we may not look at, is skipped.
-        let Ok(metadata) = std::fs::metadata(&handle) else {
-            continue;
+        let metadata = match std::fs::metadata(&handle) {
+            Ok(metadata) => metadata,
+            Err(error) => {
+                if error.kind() == std::io::ErrorKind::PermissionDenied {
+                    tell_unseen_once();
+                }
+                continue;
+            }
         };
         found.entry(metadata.ino()).or_insert_with(|| {
             let cgroup = std::fs::read_to_string(procfs.join(pid.to_string()).join("cgroup"))

@@ -227,13 +227,7 @@ impl OwnerResolver {
         let listing = match std::fs::read_dir(&self.path) {
             Ok(listing) => listing,
             Err(error) => {
-                if error.kind() == std::io::ErrorKind::PermissionDenied && !self.told_unprivileged {
-                    self.told_unprivileged = true;
-                    tracing::info!(
-                        "cannot read other users' /proc/<pid>/fd (needs root, or CAP_SYS_PTRACE \
-                         and CAP_DAC_READ_SEARCH): their sockets are labelled process=\"unknown\""
-                    );
-                }
+                self.tell_if_denied(&error);
                 return None;
             }
         };
@@ -249,6 +243,14 @@ impl OwnerResolver {
                 Some(inode) => inode,
                 None => match std::fs::read_link(entry.path()) {
                     Ok(target) => parse_socket_link(target.as_os_str()).unwrap_or(0),
+                    // A process of the exporter's own user that holds
+                    // capabilities the exporter lacks (root's, to an
+                    // exporter whose capabilities were dropped): listed,
+                    // but its descriptors cannot be read.
+                    Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+                        self.tell_if_denied(&error);
+                        return None;
+                    }
                     // Closed since the listing.
                     Err(_) => continue,
                 },
@@ -256,6 +258,22 @@ impl OwnerResolver {
             descriptors.insert(fd, target);
         }
         Some(descriptors)
+    }
+}
+
+impl OwnerResolver {
+    /// Says once why some processes' sockets are not attributed, when
+    /// `error` is a refusal.
+    fn tell_if_denied(&mut self, error: &std::io::Error) {
+        if error.kind() != std::io::ErrorKind::PermissionDenied || self.told_unprivileged {
+            return;
+        }
+        self.told_unprivileged = true;
+        tracing::info!(
+            "cannot read other users' /proc/<pid>/fd, nor those of processes holding \
+             capabilities the exporter lacks (needs root with CAP_SYS_PTRACE and \
+             CAP_DAC_READ_SEARCH): their sockets are labelled process=\"unknown\""
+        );
     }
 }
 
