@@ -48,12 +48,46 @@ impl Renderer {
         let mut families = merge_by_name(families);
         status_families(status, &mut families);
         if let Some(process) = &self.process {
-            families.extend(process.collect());
+            let mut process_families = process.collect();
+            precise_cpu_seconds(&mut process_families, cpu_seconds());
+            families.extend(process_families);
         }
         let mut text = Vec::with_capacity(4096);
         TextEncoder::new().encode(&families, &mut text)?;
         // The text encoder writes only UTF-8 (it escapes label values itself).
         String::from_utf8(text).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+/// The CPU time the process has used, user and system, from
+/// `getrusage(2)` in microseconds.
+fn cpu_seconds() -> Option<f64> {
+    // SAFETY: `usage` is a plain C struct that getrusage fills in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` outlives the call, which only writes it.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return None;
+    }
+    let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+    Some(seconds(usage.ru_utime) + seconds(usage.ru_stime))
+}
+
+/// Sets `process_cpu_seconds_total` to `seconds`: the process collector
+/// counts whole seconds (clock ticks divided, as integers, by their rate),
+/// so a `rate()` of it moves in steps of one second.
+fn precise_cpu_seconds(families: &mut [MetricFamily], seconds: Option<f64>) {
+    let Some(seconds) = seconds else {
+        return;
+    };
+    for family in families
+        .iter_mut()
+        .filter(|family| family.name() == "process_cpu_seconds_total")
+    {
+        for metric in family.mut_metric() {
+            let mut counter = prometheus::proto::Counter::default();
+            counter.set_value(seconds);
+            metric.set_counter(counter);
+        }
     }
 }
 
@@ -141,6 +175,28 @@ mod tests {
     use crate::status::FailureCounting;
     use crate::status::REVISION;
     use std::net::SocketAddr;
+
+    #[test]
+    fn process_cpu_seconds_are_not_truncated() {
+        // Some CPU time, so that truncation to whole seconds would show.
+        let mut spin = 0u64;
+        while cpu_seconds().unwrap() < 0.3 {
+            for _ in 0..100_000 {
+                spin = std::hint::black_box(spin.wrapping_add(1));
+            }
+        }
+        let renderer = Renderer::new(true, "/metrics");
+        let before = cpu_seconds().unwrap();
+        let text = renderer.render(&[], &SampleStatus::default()).unwrap();
+        let after = cpu_seconds().unwrap();
+        let value: f64 = text
+            .lines()
+            .find_map(|line| line.strip_prefix("process_cpu_seconds_total "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(before <= value && value <= after, "{before} <= {value} <= {after}");
+    }
 
     fn snapshot() -> Snapshot {
         let record = |state, local: &str, remote: &str, inode| {
