@@ -195,7 +195,10 @@ mod tests {
             .unwrap()
             .parse()
             .unwrap();
-        assert!(before <= value && value <= after, "{before} <= {value} <= {after}");
+        assert!(
+            before <= value && value <= after,
+            "{before} <= {value} <= {after}"
+        );
     }
 
     fn snapshot() -> Snapshot {

@@ -280,3 +280,54 @@ fn the_text_report_counts_in_the_singular_and_keeps_the_bar_with_its_line() {
         "{report}"
     );
 }
+
+/// A port outside the ephemeral range: every connection accepted on it is
+/// listed, whichever source reads the kernel, as `ss` lists them.
+#[test]
+fn a_port_outside_the_range_lists_every_connection_on_it() {
+    let netns = Netns::new((40000, 40099), "");
+    let _held = netns.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:6000").unwrap();
+        // Clients from ports outside the range too, which it has room for.
+        let mut streams = Vec::new();
+        for index in 0..3000u16 {
+            let client = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )
+            .unwrap();
+            let local: std::net::SocketAddr =
+                format!("127.0.0.1:{}", 20000 + index).parse().unwrap();
+            client.bind(&local.into()).unwrap();
+            client
+                .connect(
+                    &"127.0.0.1:6000"
+                        .parse::<std::net::SocketAddr>()
+                        .unwrap()
+                        .into(),
+                )
+                .unwrap();
+            let (accepted, _) = listener.accept().unwrap();
+            streams.push((TcpStream::from(client), accepted));
+        }
+        (listener, streams)
+    });
+    for source in ["auto", "netlink", "procfs"] {
+        let report = netns.inspect(&["6000", "--collector.source", source]);
+        let section = report.split("Port 6000: ").nth(1).expect("a port section");
+        assert!(
+            section.starts_with("3001 sockets\n"),
+            "{source}: {}",
+            &section[..200.min(section.len())]
+        );
+        assert_eq!(
+            section
+                .lines()
+                .filter(|line| line.contains("established"))
+                .count(),
+            3000,
+            "{source}"
+        );
+    }
+}

@@ -297,6 +297,17 @@ impl NamespaceReader {
             };
             let seen = self.read_protocol(index, protocol, range, read, &mut sink)?;
             self.proven[index] = true;
+            // The dumps and the BPF walk leave out connections whose local
+            // port is outside the range; procfs and UDP read every socket.
+            if let Some(port) = keep_port.filter(|&port| !range.contains(port))
+                && protocol == Protocol::Tcp
+                && matches!(read, Reading::Read { .. })
+                && self.sources[index] != SourceKind::Procfs
+            {
+                self.netlink
+                    .read_port(port, &mut sink)
+                    .map_err(SourceError::Netlink)?;
+            }
             if protocol == Protocol::Tcp {
                 bound_inactive_seen |= seen;
             }

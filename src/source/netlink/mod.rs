@@ -102,12 +102,38 @@ impl NetlinkSockets {
 
     /// Hands `sink` the TCP sockets bound inside `range` that neither listen
     /// nor are connected (Linux 6.5+; older kernels return none). They are
-    /// in no table a BPF `iter/tcp` program walks. They are held until their
-    /// dumps complete, so that `sink` never needs to forget them: there are
-    /// few, one a port at most but for `SO_REUSEADDR`.
+    /// in no table a BPF `iter/tcp` program walks.
     pub fn read_bound_inactive(
         &mut self,
         range: PortRange,
+        sink: &mut dyn SocketSink,
+    ) -> Result<(), NetlinkError> {
+        self.read_held(state_mask::BOUND_INACTIVE, range, sink)
+    }
+
+    /// Hands `sink` the TCP sockets on local `port` that do not listen:
+    /// connections, and bound-but-inactive sockets where the kernel reports
+    /// them. For a port outside the ephemeral range, whose sockets the
+    /// range's dumps leave out (`inspect PORT`).
+    pub fn read_port(&mut self, port: u16, sink: &mut dyn SocketSink) -> Result<(), NetlinkError> {
+        let only = PortRange {
+            start: port,
+            end: port,
+        };
+        self.read_held(
+            state_mask::CONNECTIONS | state_mask::BOUND_INACTIVE,
+            only,
+            sink,
+        )
+    }
+
+    /// Dumps the TCP sockets in `states` whose local port is in `ports`,
+    /// holding them until every dump completes, so that `sink` never needs
+    /// to forget them: they are few.
+    fn read_held(
+        &mut self,
+        states: u32,
+        ports: PortRange,
         sink: &mut dyn SocketSink,
     ) -> Result<(), NetlinkError> {
         let both_families = self.tcp_both_families;
@@ -116,25 +142,25 @@ impl NetlinkSockets {
         } else {
             &[Some(libc::AF_INET as u8), Some(libc::AF_INET6 as u8)]
         };
-        let mut bound: Vec<SocketRecord> = Vec::new();
+        let mut held: Vec<SocketRecord> = Vec::new();
         for &family in families {
             let dump = Dump {
                 family,
                 protocol: Protocol::Tcp,
-                states: state_mask::BOUND_INACTIVE,
-                source_ports: Some(range),
+                states,
+                source_ports: Some(ports),
             };
-            let start = bound.len();
+            let start = held.len();
             let mut attempts = 0;
-            while self.dump_once(&dump, &mut bound)? {
-                bound.truncate(start);
+            while self.dump_once(&dump, &mut held)? {
+                held.truncate(start);
                 attempts += 1;
                 if attempts == 2 {
                     return Err(NetlinkError::Interrupted(describe(&dump)));
                 }
             }
         }
-        for socket in &bound {
+        for socket in &held {
             sink.add(socket);
         }
         Ok(())
