@@ -384,11 +384,11 @@ fn nat_text(out: &mut String, nat: &NatFigures) {
         let ratio = nat.max_used_ratio(protocol);
         let _ = writeln!(
             out,
-            "  {:<4} busiest {:>5.1}% {}  ({} pairs)",
+            "  {:<4} busiest {:>5.1}% {}  ({})",
             protocol.label(),
             ratio * 100.0,
             bar(ratio, 30),
-            nat.pairs(protocol)
+            count_of(nat.pairs(protocol) as usize, "pair")
         );
     }
     let _ = writeln!(out, "{:<58}{:>6}{:>10}", "Top NAT pairs", "used", "left");

@@ -273,3 +273,43 @@ fn a_namespace_limit_of_zero_is_refused() {
         "{stderr}"
     );
 }
+
+/// Every flag `--help` lists (the exporter's and `inspect`'s) is described
+/// in docs/running.md, so that the docs cannot fall behind the flags.
+#[test]
+fn every_flag_of_help_is_in_the_running_docs() {
+    let docs = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/running.md"),
+    )
+    .unwrap();
+    let mut flags = std::collections::BTreeSet::new();
+    for args in [&["--help"][..], &["inspect", "--help"][..]] {
+        let output = Command::new(exporter()).args(args).output().unwrap();
+        assert!(output.status.success());
+        let help = String::from_utf8_lossy(&output.stdout).into_owned();
+        for (at, _) in help.match_indices("--") {
+            let flag: String = help[at..]
+                .chars()
+                .enumerate()
+                .take_while(|&(index, c)| {
+                    index < 2 || c.is_ascii_alphanumeric() || c == '.' || c == '-'
+                })
+                .map(|(_, c)| c)
+                .collect();
+            if flag.len() > 2 {
+                flags.insert(flag);
+            }
+        }
+    }
+    assert!(flags.contains("--collector.netns.max"), "{flags:?}");
+    let missing: Vec<&String> = flags
+        .iter()
+        .filter(|flag| {
+            // Named as a flag: in backticks, alone or with a value.
+            !docs.contains(&format!("`{flag}`"))
+                && !docs.contains(&format!("`{flag} "))
+                && !docs.contains(&format!("`{flag}="))
+        })
+        .collect();
+    assert!(missing.is_empty(), "not in docs/running.md: {missing:?}");
+}

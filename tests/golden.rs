@@ -105,3 +105,40 @@ fn two_namespaces_from_recorded_tables() {
         (&second, Some(identity(4026532001, "second"))),
     ]));
 }
+
+/// The `inspect` report of the recorded tables.
+fn inspect_report(tree: &Tree) -> String {
+    let mut reader = NamespaceReader::new(tree.0.clone(), SourceChoice::Procfs, false, false);
+    let read = read_namespace(&mut reader, &Limits::default(), None).expect("the fixtures read");
+    let snapshot = read.finish(&SocketOwners::default());
+    portstat_exporter::inspect::text_report(&snapshot, None)
+}
+
+#[test]
+fn inspect_report_from_recorded_tables() {
+    let tree = Tree::new("inspect", None);
+    insta::assert_snapshot!(inspect_report(&tree));
+}
+
+/// The sample of `inspect`'s report in docs/running.md is the golden
+/// report above; `UPDATE_DOCS=1 cargo test --test golden` writes it there.
+#[test]
+fn the_inspect_sample_in_the_docs_is_the_golden_report() {
+    let tree = Tree::new("inspect-docs", None);
+    let report = inspect_report(&tree);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/running.md");
+    let docs = std::fs::read_to_string(&path).unwrap();
+    let marker = "<!-- The inspect sample below is tests/golden.rs's report of the recorded tables. -->\n```text\n";
+    let start = docs.find(marker).expect("the marker before the sample") + marker.len();
+    let end = start + docs[start..].find("```\n").expect("the end of the sample");
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        std::fs::write(&path, format!("{}{report}{}", &docs[..start], &docs[end..])).unwrap();
+        return;
+    }
+    assert_eq!(
+        &docs[start..end],
+        report,
+        "docs/running.md's inspect sample differs from the report: \
+         run UPDATE_DOCS=1 cargo test --test golden"
+    );
+}

@@ -347,6 +347,8 @@ fn inspect_and_the_landing_page_show_the_busiest_nat_pairs() {
     assert_eq!(figures, ["3", "17"], "{pair}");
     assert!(text.contains("udp 10.77.2.1 -> 10.77.2.2:53"), "{text}");
     assert!(text.contains(" 85.0% "), "{text}");
+    // One pair of each protocol, counted in the singular.
+    assert!(text.contains("  (1 pair)\n"), "{text}");
     for line in text.lines() {
         assert!(line.chars().count() <= 80, "over 80 columns: {line:?}");
     }

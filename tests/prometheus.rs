@@ -289,6 +289,74 @@ fn alerts_fire_before_connect_fails_and_the_dashboard_queries_answer() {
         .collect();
     assert!(expressions.len() >= 10, "{expressions:?}");
     assert_every_query_answers(&netns, &expressions);
+    assert_every_docs_example_evaluates(&netns);
+}
+
+/// Every PromQL example of the docs (each line of a ```promql block but
+/// comments), with where it is.
+fn docs_examples() -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "md"))
+        .collect();
+    files.push(root.join("README.md"));
+    files.sort();
+    let mut examples = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut inside = false;
+        for (number, line) in text.lines().enumerate() {
+            let trimmed = line.trim();
+            if trimmed.starts_with("```") {
+                inside = trimmed == "```promql";
+                continue;
+            }
+            if inside && !trimmed.is_empty() && !trimmed.starts_with('#') {
+                let place = format!(
+                    "{}:{}",
+                    file.strip_prefix(root).unwrap().display(),
+                    number + 1
+                );
+                examples.push((place, trimmed.to_string()));
+            }
+        }
+    }
+    examples
+}
+
+/// Runs every PromQL example of the docs against Prometheus scraping the
+/// exporter: each must parse and evaluate without error (a many-to-many
+/// match is an error only at evaluation, on real series), and name only
+/// metric families that docs/metrics.md lists.
+fn assert_every_docs_example_evaluates(netns: &Netns) {
+    let examples = docs_examples();
+    assert!(examples.len() >= 10, "{examples:?}");
+    let families =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/metrics.md"))
+            .unwrap();
+    for (place, expression) in &examples {
+        let response = netns
+            .http_get(
+                PROMETHEUS.parse().unwrap(),
+                &format!("/api/v1/query?query={}", encode(expression)),
+            )
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        assert_eq!(json["status"], "success", "{place}: {expression}: {json}");
+        for (at, _) in expression.match_indices("portstat_") {
+            let name: String = expression[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                families.contains(&format!("`{name}`")),
+                "{place}: {name} is no family listed in docs/metrics.md"
+            );
+        }
+    }
+    println!("{} PromQL examples of the docs evaluated", examples.len());
 }
 
 /// Every `expr` of the Grafana dashboard.
