@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use crate::metrics::listeners::{Listener, ListenerGroups, is_listener};
 use crate::metrics::nat::{self, NatFigures, NatTable};
-use crate::metrics::processes::{ProcessUsage, keep_top, top_processes};
+use crate::metrics::processes::{Pids, ProcessUsage, keep_top, top_processes};
 pub use crate::model::OwnerLookup;
 use crate::model::{
     ConntrackCounters, INODE_NOT_READ, NamespaceFailures, NamespaceIdentity, NamespaceSample,
@@ -231,8 +231,12 @@ pub struct OwnerRecords {
     /// ephemeral port, which are in `shared`: the first record wins, which
     /// is the lowest process id, as records come in process order.
     named: SocketOwners,
-    /// Ports of the range each process holds, by `comm`: TCP then UDP.
-    ports: Vec<([u8; 16], [PortList; 2])>,
+    /// Ports of the range each process holds, by `comm`: TCP then UDP;
+    /// and the processes of that name.
+    ports: Vec<([u8; 16], [PortList; 2], Pids)>,
+    /// The process whose records came last: records come a process at a
+    /// time, so a new one is a process not counted yet.
+    last_pid: Option<u32>,
     /// Where each `comm` is in `ports`.
     index: HashMap<[u8; 16], usize>,
     /// The last `comm` seen and where it is: records come a process at a
@@ -258,6 +262,7 @@ impl OwnerRecords {
             ports: Vec::new(),
             index: HashMap::new(),
             last: None,
+            last_pid: None,
             shared: HashMap::new(),
             owned_by_port: Default::default(),
         }
@@ -294,12 +299,12 @@ impl OwnerRecords {
             _ => {}
         }
         if counted {
-            self.count_owned(owned.comm, owned.protocol, owned.port);
+            self.count_owned(owned.tgid, owned.comm, owned.protocol, owned.port);
         }
     }
 
-    /// Counts one socket, on an ephemeral port, that a process holds.
-    fn count_owned(&mut self, comm: [u8; 16], protocol: Protocol, port: u16) {
+    /// Counts one socket, on an ephemeral port, that process `tgid` holds.
+    fn count_owned(&mut self, tgid: u32, comm: [u8; 16], protocol: Protocol, port: u16) {
         let offset = usize::from(port - self.range.start);
         let owned = &mut self.owned_by_port[protocol_index(protocol)];
         if owned.is_empty() {
@@ -311,7 +316,7 @@ impl OwnerRecords {
             _ => {
                 let ports = &mut self.ports;
                 let at = *self.index.entry(comm).or_insert_with(|| {
-                    ports.push((comm, Default::default()));
+                    ports.push((comm, Default::default(), Pids::default()));
                     ports.len() - 1
                 });
                 self.last = Some((comm, at));
@@ -319,6 +324,13 @@ impl OwnerRecords {
             }
         };
         self.ports[at].1[protocol_index(protocol)].insert(port);
+        if self.last_pid != Some(tgid) {
+            self.last_pid = Some(tgid);
+            let pids = &mut self.ports[at].2;
+            if !pids.lowest.contains(&tgid) {
+                pids.add_new(tgid);
+            }
+        }
     }
 
     /// The owners of `inodes` that the records name.
@@ -453,8 +465,9 @@ impl Aggregator {
         &mut self,
         bind_first_ports: &PortSet,
     ) -> (Vec<ProcessUsage>, Vec<ProcessUsage>) {
-        for (_, (_, comm, protocol, port)) in std::mem::take(&mut self.records.shared) {
-            self.records.count_owned(comm, protocol, port);
+        for (_, (tgid, comm, protocol, port)) in std::mem::take(&mut self.records.shared) {
+            self.records.last_pid = None;
+            self.records.count_owned(tgid, comm, protocol, port);
         }
         let label = comm_label;
         let none = PortSet::new();
@@ -462,9 +475,10 @@ impl Aggregator {
             .records
             .ports
             .iter_mut()
-            .map(|(comm, [tcp, udp])| ProcessUsage {
+            .map(|(comm, [tcp, udp], pids)| ProcessUsage {
                 process: label(comm),
                 ports_used: tcp.count_without(&none) + udp.count_without(&none),
+                pids: pids.clone(),
             })
             .collect();
         let range = self.range;
@@ -491,6 +505,7 @@ impl Aggregator {
                 .map(|(process, ports_used)| ProcessUsage {
                     process: process.to_string(),
                     ports_used,
+                    pids: Pids::default(),
                 }),
         );
         // Every TCP socket on a port shares its bind bucket, so a process
@@ -500,11 +515,12 @@ impl Aggregator {
             .records
             .ports
             .iter_mut()
-            .filter_map(|(comm, [tcp, _])| {
+            .filter_map(|(comm, [tcp, _], pids)| {
                 let ports_used = tcp.count_within(bind_first_ports);
                 (ports_used > 0).then(|| ProcessUsage {
                     process: label(comm),
                     ports_used,
+                    pids: pids.clone(),
                 })
             })
             .collect();
@@ -517,6 +533,7 @@ impl Aggregator {
             bind_first.push(ProcessUsage {
                 process: NO_PROCESS.to_string(),
                 ports_used: unheld_bind_first,
+                pids: Pids::default(),
             });
         }
         let top = self.limits.processes_top;
@@ -627,7 +644,12 @@ impl Aggregator {
                     .process_name(socket.inode)
                     .or_else(|| named.process_name(socket.inode))
                     .unwrap_or(UNKNOWN_PROCESS);
-                groups.add(socket, link_local_scope(interfaces, socket), process);
+                let pid = owners
+                    .pid_by_inode
+                    .get(&socket.inode)
+                    .or_else(|| named.pid_by_inode.get(&socket.inode))
+                    .copied();
+                groups.add(socket, link_local_scope(interfaces, socket), process, pid);
             }
         }
         let (listeners, listeners_omitted) =
@@ -722,9 +744,13 @@ impl Aggregator {
         } else {
             let mut ports: Vec<(&str, Protocol, u16)> = Vec::new();
             let mut bind_first: Vec<(&str, Protocol, u16)> = Vec::new();
+            let mut pids: HashMap<&str, HashSet<u32>> = HashMap::new();
             for (protocol, tally) in Protocol::ALL.iter().zip(&self.tallies) {
                 for held in &tally.held {
                     let process = owners.process_name(held.inode).unwrap_or(UNKNOWN_PROCESS);
+                    if let Some(&pid) = owners.pid_by_inode.get(&held.inode) {
+                        pids.entry(process).or_default().insert(pid);
+                    }
                     ports.push((process, *protocol, held.port));
                     if held.bind_first && bind_first_ports.contains(held.port) {
                         bind_first.push((process, *protocol, held.port));
@@ -744,7 +770,14 @@ impl Aggregator {
                     .filter(|&port| bind_first_ports.contains(port))
                     .map(|port| (NO_PROCESS, Protocol::Tcp, port)),
             );
-            (top_processes(ports, top), top_processes(bind_first, top))
+            let mut processes = top_processes(ports, top);
+            let mut bind_first = top_processes(bind_first, top);
+            for usage in processes.iter_mut().chain(bind_first.iter_mut()) {
+                if let Some(pids) = pids.get(usage.process.as_str()) {
+                    usage.pids = Pids::of(pids.iter().copied());
+                }
+            }
+            (processes, bind_first)
         };
 
         Snapshot {

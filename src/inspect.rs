@@ -7,7 +7,7 @@ use crate::aggregate::{ExclusiveReason, NO_PROCESS, Snapshot, UNKNOWN_PROCESS};
 use crate::log::push_json_string;
 use crate::metrics::failures;
 use crate::metrics::nat::NatFigures;
-use crate::metrics::processes::ProcessUsage;
+use crate::metrics::processes::{Pids, ProcessUsage};
 use crate::model::{
     NamespaceFailures, Protocol, SocketOwners, SocketRecord, SocketState, TcpState,
 };
@@ -115,11 +115,22 @@ fn printable(text: &str) -> String {
 fn process_rows(out: &mut String, processes: &[ProcessUsage]) {
     for usage in processes {
         let name = if usage.process == NO_PROCESS {
-            "none (TIME_WAIT, orphans, accept queues)"
+            "none (TIME_WAIT, orphans, accept queues)".to_string()
         } else {
-            &usage.process
+            named_with_pids(&usage.process, &usage.pids)
         };
-        let _ = writeln!(out, "  {:<56}{:>6}", fit(name, 56), usage.ports_used);
+        let _ = writeln!(out, "  {:<56}{:>6}", fit(&name, 56), usage.ports_used);
+    }
+}
+
+/// A process name with its pids, as in `python3 (pid 812)`: two processes
+/// of one name are told apart.
+fn named_with_pids(name: &str, pids: &Pids) -> String {
+    let pids = pids.describe();
+    if pids.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name} ({pids})")
     }
 }
 
@@ -156,8 +167,8 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "Busiest destination: {} ports + {} exclusive = {:.1}% of capacity",
-        snapshot.busiest_destination_ports,
+        "Busiest destination: {} + {} exclusive = {:.1}% of capacity",
+        count_of(snapshot.busiest_destination_ports as usize, "port"),
         snapshot.exclusive.total(),
         snapshot.destination_max_used_ratio * 100.0
     );
@@ -246,22 +257,22 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
     );
     let _ = writeln!(
         out,
-        "  {:<4} {:<40} {:<16} {:>7}",
+        "  {:<4} {:<34} {:<24} {:>7}",
         "", "address", "process", "sockets"
     );
     for listener in &snapshot.listeners {
         let address = listener.endpoint();
         let _ = writeln!(
             out,
-            "{} {:<4} {:<40} {:<16} {:>7}",
+            "{} {:<4} {:<34} {:<24} {:>7}",
             if listener.in_ephemeral_range {
                 "*"
             } else {
                 " "
             },
             listener.protocol.label(),
-            fit(&address, 40),
-            fit(&listener.process, 16),
+            fit(&address, 34),
+            fit(&named_with_pids(&listener.process, &listener.pids), 24),
             listener.sockets
         );
     }
@@ -495,6 +506,7 @@ pub fn json_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
         json.field_string("address", &listener.address_label());
         json.field_number("port", f64::from(listener.port));
         json.field_string("process", &listener.process);
+        json.pids(&listener.pids);
         json.field_number("sockets", listener.sockets as f64);
         json.field_bool("in_ephemeral_range", listener.in_ephemeral_range);
         json.close('}');
@@ -632,6 +644,7 @@ impl Json {
         for usage in usages {
             self.open('{');
             self.field_string("process", &usage.process);
+            self.pids(&usage.pids);
             self.field_number("ports", f64::from(usage.ports_used));
             self.close('}');
         }
@@ -675,6 +688,19 @@ impl Json {
             self.text.push_str("null");
         }
         self.needs_comma = true;
+    }
+
+    /// `pids: [the lowest], processes: how many`.
+    fn pids(&mut self, pids: &Pids) {
+        self.key("pids");
+        self.open('[');
+        for &pid in &pids.lowest {
+            self.separate();
+            let _ = write!(self.text, "{pid}");
+            self.needs_comma = true;
+        }
+        self.close(']');
+        self.field_number("process_count", f64::from(pids.count));
     }
 
     fn field_bool(&mut self, key: &str, value: bool) {

@@ -7,6 +7,7 @@ use crate::aggregate::Snapshot;
 use crate::log::rfc3339;
 use crate::metrics::failures;
 use crate::metrics::nat::NatFigures;
+use crate::metrics::processes::Pids;
 use crate::model::{NamespaceFailures, Protocol};
 use crate::status::{SampleStatus, VERSION};
 
@@ -151,6 +152,23 @@ pub fn landing_page(
             " at most: ports bound before <code>connect()</code> are seen only by the BPF source"
         }
     );
+    page.push_str(
+        "<h2>Top processes</h2>\n<p class=\"meta\">Ports of the range each process \
+         holds; none: sockets no process holds (TIME_WAIT, orphans, accept queues).</p>\n\
+         <table id=\"processes\"><tr><th>process</th><th class=\"num\">ports</th></tr>\n",
+    );
+    if snapshot.processes.is_empty() {
+        page.push_str("<tr><td colspan=\"2\">none known</td></tr>\n");
+    }
+    for usage in &snapshot.processes {
+        let _ = writeln!(
+            page,
+            "<tr><td>{}</td><td class=\"num\">{}</td></tr>",
+            process_cell(&usage.process, &usage.pids),
+            usage.ports_used
+        );
+    }
+    page.push_str("</table>\n");
     if !snapshot.bind_before_connect_processes.is_empty() {
         page.push_str(
             "<h2>Ports bound before connect()</h2>\n<p class=\"meta\">No other destination \
@@ -162,7 +180,7 @@ pub fn landing_page(
             let _ = writeln!(
                 page,
                 "<tr><td>{}</td><td class=\"num\">{}</td></tr>",
-                html_escape(&usage.process),
+                process_cell(&usage.process, &usage.pids),
                 usage.ports_used
             );
         }
@@ -219,7 +237,7 @@ pub fn landing_page(
             listener.protocol.label(),
             html_escape(&listener.address_label()),
             listener.port,
-            html_escape(&listener.process),
+            process_cell(&listener.process, &listener.pids),
             listener.sockets
         );
     }
@@ -280,15 +298,26 @@ fn failures_section(page: &mut String, failures: &NamespaceFailures) {
         page.push_str("<tr><td colspan=\"4\">none</td></tr>\n");
     }
     for ((kind, protocol, process), count) in processes {
+        let pids = Pids::of(failures::a_pid_of(failures, kind, protocol, process));
         let _ = writeln!(
             page,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{count}</td></tr>",
-            html_escape(process),
+            process_cell(process, &pids),
             kind.call(),
             protocol.label()
         );
     }
     page.push_str("</table>\n");
+}
+
+/// A process's name with its pids, as in `python3 (pid 812)`, escaped.
+fn process_cell(name: &str, pids: &Pids) -> String {
+    let pids = pids.describe();
+    if pids.is_empty() {
+        html_escape(name)
+    } else {
+        format!("{} ({pids})", html_escape(name))
+    }
 }
 
 /// Source NAT: the busiest (NAT address, destination) pairs, against the

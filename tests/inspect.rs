@@ -331,3 +331,74 @@ fn a_port_outside_the_range_lists_every_connection_on_it() {
         );
     }
 }
+
+/// Two python3 processes, a listener and a client holding a port of the
+/// range, are told apart by pid in `inspect` and on the landing page.
+#[test]
+fn processes_of_one_name_are_told_apart_by_pid() {
+    let netns = Netns::new((40000, 40099), "");
+    // Each writes its own pid: `python3` may be a wrapper that forks.
+    let pid_file = |name: &str| {
+        std::env::temp_dir().join(format!("portstat-pid-{}-{name}", std::process::id()))
+    };
+    let (listener_file, client_file) = (pid_file("listener"), pid_file("client"));
+    let _listener = support::ReadyScript::start(
+        &netns,
+        "import os, socket, sys\n\
+         open(sys.argv[1], 'w').write(str(os.getpid()))\n\
+         s = socket.socket(); s.bind(('127.0.0.1', 7100)); s.listen(8)\n\
+         print('ready', flush=True); sys.stdin.read()",
+        &[listener_file.to_str().unwrap()],
+    );
+    let _client = support::ReadyScript::start(
+        &netns,
+        "import os, socket, sys\n\
+         open(sys.argv[1], 'w').write(str(os.getpid()))\n\
+         c = socket.create_connection(('127.0.0.1', 7100))\n\
+         print('ready', flush=True); sys.stdin.read()",
+        &[client_file.to_str().unwrap()],
+    );
+    let read_pid = |file: &std::path::Path| -> u32 {
+        let pid = std::fs::read_to_string(file).unwrap().parse().unwrap();
+        let _ = std::fs::remove_file(file);
+        pid
+    };
+    let (listener, client) = (read_pid(&listener_file), read_pid(&client_file));
+    let report = netns.inspect(&[]);
+    // One port to the busiest destination, in the singular.
+    assert!(
+        report.contains("Busiest destination: 1 port + 0 exclusive"),
+        "{report}"
+    );
+    let listener_row = report
+        .lines()
+        .find(|line| line.starts_with("  tcp  127.0.0.1:7100 "))
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(
+        listener_row.contains(&format!("python3 (pid {listener})")),
+        "listener {listener}, client {client}: {report}"
+    );
+    assert!(
+        report.lines().any(|line| line
+            .trim_start()
+            .starts_with(&format!("python3 (pid {client})"))),
+        "{report}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&netns.inspect(&["--json"])).unwrap();
+    let listed = json["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry["port"] == 7100)
+        .unwrap();
+    assert_eq!(listed["pids"], serde_json::json!([listener]), "{listed}");
+    assert_eq!(listed["process_count"], 1);
+    // The landing page names them the same way.
+    let exporter = netns.start_exporter(&[]);
+    let page = exporter.get("/").unwrap().text();
+    assert!(
+        page.contains(&format!("python3 (pid {listener})")),
+        "{page}"
+    );
+    assert!(page.contains(&format!("python3 (pid {client})")), "{page}");
+}

@@ -187,11 +187,13 @@ fn the_landing_page_shows_fill_destinations_and_listeners_in_a_browser() {
         ),
         "{destinations}"
     );
+    // Named with its pid: the test's own process made the calls.
     let processes = table("failure-processes");
     assert!(
         processes.contains(&format!(
-            "<td>{}</td><td>connect()</td><td>tcp</td><td class=\"num\">2</td>",
-            own_comm()
+            "<td>{} (pid {})</td><td>connect()</td><td>tcp</td><td class=\"num\">2</td>",
+            own_comm(),
+            std::process::id()
         )),
         "{processes}"
     );

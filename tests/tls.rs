@@ -398,8 +398,14 @@ fn a_renewed_certificate_is_served_without_a_signal() {
     wait_until("the renewed certificate", || {
         served_subject(&netns).contains("portstat test renewed")
     });
+    // Verified by the client, against the CA (the first sample need not
+    // be done: /-/healthy answers before it).
     assert_eq!(
-        status(&curl(&netns, &folder, &[URL])),
+        status(&curl(
+            &netns,
+            &folder,
+            &["https://127.0.0.1:10042/-/healthy"]
+        )),
         Some(200),
         "{}",
         exporter.log()

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 
 use prometheus::proto::MetricFamily;
 
+use super::processes::Pids;
 use super::{BaseLabels, Family, single_gauge};
 use crate::model::{ListenQueue, Protocol, SocketRecord, SocketState, TcpState, UdpState};
 
@@ -26,6 +27,8 @@ pub struct Listener {
     pub port: u16,
     /// The owner's `comm`, or `unknown`.
     pub process: String,
+    /// The processes of that name that hold the sockets, for people.
+    pub pids: Pids,
     /// How many sockets share this address and port (an SO_REUSEPORT group).
     pub sockets: u64,
     /// A TCP listener on an unreserved port inside the ephemeral range.
@@ -90,6 +93,7 @@ type GroupKey<'a> = (Protocol, IpAddr, Option<String>, u16, &'a str);
 struct Tally {
     sockets: u64,
     accept_queue: Option<AcceptQueue>,
+    pids: std::collections::BTreeSet<u32>,
 }
 
 /// Listening sockets gathered into groups while the sockets are walked.
@@ -99,9 +103,15 @@ pub struct ListenerGroups<'a> {
 }
 
 impl<'a> ListenerGroups<'a> {
-    /// Adds one listening socket, owned by `process`, on `interface` when
-    /// its address is link-local.
-    pub fn add(&mut self, socket: &SocketRecord, interface: Option<String>, process: &'a str) {
+    /// Adds one listening socket, owned by `process` (`pid`, where known),
+    /// on `interface` when its address is link-local.
+    pub fn add(
+        &mut self,
+        socket: &SocketRecord,
+        interface: Option<String>,
+        process: &'a str,
+        pid: Option<u32>,
+    ) {
         let tally = self
             .groups
             .entry((
@@ -113,6 +123,7 @@ impl<'a> ListenerGroups<'a> {
             ))
             .or_default();
         tally.sockets += 1;
+        tally.pids.extend(pid);
         if let Some(queue) = socket.listen_queue {
             tally.accept_queue.get_or_insert_default().add(queue);
         }
@@ -132,6 +143,7 @@ impl<'a> ListenerGroups<'a> {
                     interface,
                     port,
                     process: process.to_string(),
+                    pids: Pids::of(tally.pids),
                     sockets: tally.sockets,
                     in_ephemeral_range: protocol == Protocol::Tcp && is_ephemeral(port),
                     accept_queue: tally.accept_queue,
