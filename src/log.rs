@@ -172,14 +172,12 @@ fn rfc3339_now() -> String {
     rfc3339(since_epoch.as_secs(), since_epoch.subsec_millis())
 }
 
-/// Formats Unix seconds and milliseconds as an RFC 3339 UTC time.
-pub(crate) fn rfc3339(seconds: u64, millis: u32) -> String {
-    let days = (seconds / 86_400) as i64;
-    let second_of_day = seconds % 86_400;
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
+/// The (year, month, day) of a day since 1970-01-01, in the proleptic
+/// Gregorian calendar (Howard Hinnant's days-to-civil algorithm).
+pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let days = days + 719_468;
+    let era = days.div_euclid(146_097);
+    let day_of_era = days.rem_euclid(146_097);
     let year_of_era =
         (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
@@ -191,6 +189,14 @@ pub(crate) fn rfc3339(seconds: u64, millis: u32) -> String {
         month_index - 9
     };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Formats Unix seconds and milliseconds as an RFC 3339 UTC time.
+pub(crate) fn rfc3339(seconds: u64, millis: u32) -> String {
+    let days = (seconds / 86_400) as i64;
+    let second_of_day = seconds % 86_400;
+    let (year, month, day) = civil_from_days(days);
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
         second_of_day / 3600,

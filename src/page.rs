@@ -7,7 +7,7 @@ use crate::aggregate::Snapshot;
 use crate::log::rfc3339;
 use crate::metrics::failures;
 use crate::metrics::nat::NatFigures;
-use crate::metrics::processes::Pids;
+use crate::metrics::processes::{Pids, ProcessUsage};
 use crate::model::{NamespaceFailures, Protocol};
 use crate::status::{SampleStatus, VERSION};
 
@@ -160,14 +160,7 @@ pub fn landing_page(
     if snapshot.processes.is_empty() {
         page.push_str("<tr><td colspan=\"2\">none known</td></tr>\n");
     }
-    for usage in &snapshot.processes {
-        let _ = writeln!(
-            page,
-            "<tr><td>{}</td><td class=\"num\">{}</td></tr>",
-            process_cell(&usage.process, &usage.pids),
-            usage.ports_used
-        );
-    }
+    process_rows(&mut page, &snapshot.processes);
     page.push_str("</table>\n");
     if !snapshot.bind_before_connect_processes.is_empty() {
         page.push_str(
@@ -176,14 +169,7 @@ pub fn landing_page(
              <code>bind()</code> frees them.</p>\n<table id=\"bind-before-connect\">\
              <tr><th>process</th><th class=\"num\">ports</th></tr>\n",
         );
-        for usage in &snapshot.bind_before_connect_processes {
-            let _ = writeln!(
-                page,
-                "<tr><td>{}</td><td class=\"num\">{}</td></tr>",
-                process_cell(&usage.process, &usage.pids),
-                usage.ports_used
-            );
-        }
+        process_rows(&mut page, &snapshot.bind_before_connect_processes);
         page.push_str("</table>\n");
     }
 
@@ -308,6 +294,18 @@ fn failures_section(page: &mut String, failures: &NamespaceFailures) {
         );
     }
     page.push_str("</table>\n");
+}
+
+/// A row per process: its name with its pids, and the ports it holds.
+fn process_rows(page: &mut String, usages: &[ProcessUsage]) {
+    for usage in usages {
+        let _ = writeln!(
+            page,
+            "<tr><td>{}</td><td class=\"num\">{}</td></tr>",
+            process_cell(&usage.process, &usage.pids),
+            usage.ports_used
+        );
+    }
 }
 
 /// A process's name with its pids, as in `python3 (pid 812)`, escaped.

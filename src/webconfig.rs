@@ -541,7 +541,7 @@ fn validity_warning(certificate: &[u8], now: i64) -> Option<String> {
     let (not_before, not_after) = validity(certificate)?;
     let date = |seconds: i64| {
         let (days, seconds) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-        let (year, month, day) = civil_from_days(days);
+        let (year, month, day) = crate::log::civil_from_days(days);
         format!(
             "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
             seconds / 3600,
@@ -637,7 +637,7 @@ fn der_time(tag: u8, text: &[u8]) -> Option<i64> {
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
-/// algorithm).
+/// algorithm; `log::civil_from_days` is its inverse).
 fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let year = if month <= 2 { year - 1 } else { year };
     let era = year.div_euclid(400);
@@ -645,25 +645,6 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
     let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
     era * 146_097 + day_of_era - 719_468
-}
-
-/// The date of a day since 1970-01-01: the inverse of `days_from_civil`.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let days = days + 719_468;
-    let era = days.div_euclid(146_097);
-    let day_of_era = days - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Parses `Basic <base64 of user:password>`.
@@ -910,7 +891,7 @@ mod tests {
         assert_eq!(days_from_civil(2000, 3, 1), 11_017);
         assert_eq!(days_from_civil(2026, 12, 4), 20_791);
         for days in [-1, 0, 59, 11_016, 11_017, 20_791, 1_000_000] {
-            let (year, month, day) = civil_from_days(days);
+            let (year, month, day) = crate::log::civil_from_days(days);
             assert_eq!(days_from_civil(year, month, day), days);
         }
         assert_eq!(der_time(23, b"491231235959Z"), Some(2_524_607_999));
