@@ -186,14 +186,7 @@ fn an_unprivileged_exporter_still_works_and_says_so_once() {
     let netns = Netns::new((40000, 40099), "");
     // A listener of root's, whose descriptors nobody may read.
     let _listener = netns.run(|| std::net::TcpListener::bind("127.0.0.1:7000").unwrap());
-    let mut command = netns.command("setpriv");
-    command.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--inh-caps=-all",
-        "--bounding-set=-all",
-        support::exporter(),
+    let mut command = netns.unprivileged_exporter(&[
         "--web.listen-address=127.0.0.1:10042",
         "--collector.interval=100ms",
     ]);

@@ -322,18 +322,7 @@ fn unprivileged_all_samples_its_own_namespace_and_says_why_not_the_others() {
     let home = Netns::new((40000, 40099), "");
     let _other = Netns::new((41000, 41099), "");
     let output = home
-        .command("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-            support::exporter(),
-            "--once",
-            "--collector.netns",
-            "all",
-        ])
+        .unprivileged_exporter(&["--once", "--collector.netns", "all"])
         .output()
         .expect("setpriv (util-linux) is needed");
     let stderr = String::from_utf8_lossy(&output.stderr);

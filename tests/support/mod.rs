@@ -143,6 +143,23 @@ impl Netns {
         command
     }
 
+    /// The exporter inside the namespace as `nobody`, without any
+    /// capability (setpriv, from util-linux), with `args`.
+    pub fn unprivileged_exporter(&self, args: &[&str]) -> Command {
+        let mut command = self.command("setpriv");
+        command
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+                exporter(),
+            ])
+            .args(args);
+        command
+    }
+
     /// Runs `portstat_exporter --once` inside the namespace.
     pub fn once(&self, args: &[&str]) -> Output {
         self.command(exporter())
