@@ -406,16 +406,11 @@ impl Sampler {
         for entry in entries {
             // The exporter's own namespace needs no setns (nor the
             // CAP_SYS_ADMIN it takes).
-            let result = if Some(entry.identity.inode) == own {
-                read_namespace(&mut self.reader, &self.limits, None)
+            let inside = if Some(entry.identity.inode) == own {
+                None
             } else {
                 match namespaces::Entered::enter(&entry.handle) {
-                    Ok(_inside) => {
-                        let result = read_namespace(&mut self.reader, &self.limits, None);
-                        // Hold nothing of the namespace once out of it.
-                        self.reader.leave_namespace();
-                        result
-                    }
+                    Ok(inside) => Some(inside),
                     // Gone since it was found, or its name no longer a
                     // namespace (`ip netns` creates the file before it mounts
                     // the namespace there, and unmounts it before deleting
@@ -427,12 +422,23 @@ impl Sampler {
                     {
                         continue;
                     }
-                    Err(error) => Err(SourceError::Enter {
-                        path: entry.handle.clone(),
-                        source: error,
-                    }),
+                    Err(error) => {
+                        failed += 1;
+                        tracing::debug!(netns = entry.identity.inode, err = %error, "cannot enter a network namespace");
+                        first_failure.get_or_insert(SourceError::Enter {
+                            path: entry.handle.clone(),
+                            source: error,
+                        });
+                        continue;
+                    }
                 }
             };
+            let result = read_namespace(&mut self.reader, &self.limits, None);
+            // Hold nothing of the namespace once out of it, the exporter's
+            // own too: a netlink socket left open would read this namespace
+            // for the next one.
+            self.reader.leave_namespace();
+            drop(inside);
             match result {
                 Ok(sample) => samples.push((entry.identity, sample)),
                 Err(error) => {

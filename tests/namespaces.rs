@@ -376,3 +376,37 @@ fn a_namespace_being_created_is_not_a_failure() {
     assert_eq!(metrics.value("portstat_netns_failed"), 0.0, "{stderr}");
     assert!(!metrics.text.contains("being-created"), "{}", metrics.text);
 }
+
+/// The exporter's own namespace, read without entering it, leaves nothing
+/// open that the next namespace's read would use: each namespace's UDP
+/// sockets are its own (a netlink socket kept open reads the namespace it
+/// was opened in).
+#[test]
+fn the_namespace_read_after_the_exporters_own_gets_its_own_sockets() {
+    let home = Netns::new((40000, 40099), "");
+    // Created after `home`: later inodes, read after it.
+    let others: Vec<Netns> = (0..3).map(|_| Netns::new((41000, 41099), "")).collect();
+    let _home_sockets = home.run(|| {
+        (0..3)
+            .map(|index| std::net::UdpSocket::bind(("127.0.0.1", 40010 + index)).unwrap())
+            .collect::<Vec<_>>()
+    });
+    let _other_sockets: Vec<_> = others
+        .iter()
+        .map(|other| other.run(|| std::net::UdpSocket::bind("127.0.0.1:41010").unwrap()))
+        .collect();
+    let output = home.once(&["--collector.netns", "all"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let metrics = support::Metrics::parse(&String::from_utf8_lossy(&output.stdout));
+    let used = |netns: &Netns| {
+        metrics.value(&format!(
+            r#"portstat_ephemeral_ports_used{{{},protocol="udp"}}"#,
+            labels(netns)
+        ))
+    };
+    assert_eq!(used(&home), 3.0);
+    for other in &others {
+        assert_eq!(used(other), 1.0, "{}", other.name());
+    }
+}
