@@ -232,10 +232,10 @@ pub struct OwnerRecords {
     /// is the lowest process id, as records come in process order.
     named: SocketOwners,
     /// Ports of the range each process holds, by `comm`: TCP then UDP;
-    /// and the processes of that name.
-    ports: Vec<([u8; 16], [PortList; 2], Pids)>,
+    /// and the pids of the processes of that name that hold them.
+    ports: Vec<([u8; 16], [PortList; 2], HashSet<u32>)>,
     /// The process whose records came last: records come a process at a
-    /// time, so a new one is a process not counted yet.
+    /// time, so its pid is noted once, not once a socket.
     last_pid: Option<u32>,
     /// Where each `comm` is in `ports`.
     index: HashMap<[u8; 16], usize>,
@@ -316,7 +316,7 @@ impl OwnerRecords {
             _ => {
                 let ports = &mut self.ports;
                 let at = *self.index.entry(comm).or_insert_with(|| {
-                    ports.push((comm, Default::default(), Pids::default()));
+                    ports.push((comm, Default::default(), HashSet::new()));
                     ports.len() - 1
                 });
                 self.last = Some((comm, at));
@@ -326,10 +326,7 @@ impl OwnerRecords {
         self.ports[at].1[protocol_index(protocol)].insert(port);
         if self.last_pid != Some(tgid) {
             self.last_pid = Some(tgid);
-            let pids = &mut self.ports[at].2;
-            if !pids.lowest.contains(&tgid) {
-                pids.add_new(tgid);
-            }
+            self.ports[at].2.insert(tgid);
         }
     }
 
@@ -466,7 +463,6 @@ impl Aggregator {
         bind_first_ports: &PortSet,
     ) -> (Vec<ProcessUsage>, Vec<ProcessUsage>) {
         for (_, (tgid, comm, protocol, port)) in std::mem::take(&mut self.records.shared) {
-            self.records.last_pid = None;
             self.records.count_owned(tgid, comm, protocol, port);
         }
         let label = comm_label;
@@ -478,7 +474,7 @@ impl Aggregator {
             .map(|(comm, [tcp, udp], pids)| ProcessUsage {
                 process: label(comm),
                 ports_used: tcp.count_without(&none) + udp.count_without(&none),
-                pids: pids.clone(),
+                pids: Pids::of(pids.iter().copied()),
             })
             .collect();
         let range = self.range;
@@ -520,7 +516,7 @@ impl Aggregator {
                 (ports_used > 0).then(|| ProcessUsage {
                     process: label(comm),
                     ports_used,
-                    pids: pids.clone(),
+                    pids: Pids::of(pids.iter().copied()),
                 })
             })
             .collect();
@@ -744,12 +740,17 @@ impl Aggregator {
         } else {
             let mut ports: Vec<(&str, Protocol, u16)> = Vec::new();
             let mut bind_first: Vec<(&str, Protocol, u16)> = Vec::new();
-            let mut pids: HashMap<&str, HashSet<u32>> = HashMap::new();
+            // The processes holding ports, by pid: grouped by name once,
+            // below, rather than a name hashed for every socket.
+            let mut holders: HashSet<u32> = HashSet::new();
             for (protocol, tally) in Protocol::ALL.iter().zip(&self.tallies) {
                 for held in &tally.held {
-                    let process = owners.process_name(held.inode).unwrap_or(UNKNOWN_PROCESS);
-                    if let Some(&pid) = owners.pid_by_inode.get(&held.inode) {
-                        pids.entry(process).or_default().insert(pid);
+                    let pid = owners.pid_by_inode.get(&held.inode);
+                    let process = pid
+                        .and_then(|pid| owners.comm_by_pid.get(pid))
+                        .map_or(UNKNOWN_PROCESS, String::as_str);
+                    if let Some(&pid) = pid {
+                        holders.insert(pid);
                     }
                     ports.push((process, *protocol, held.port));
                     if held.bind_first && bind_first_ports.contains(held.port) {
@@ -772,6 +773,12 @@ impl Aggregator {
             );
             let mut processes = top_processes(ports, top);
             let mut bind_first = top_processes(bind_first, top);
+            let mut pids: HashMap<&str, Vec<u32>> = HashMap::new();
+            for pid in holders {
+                if let Some(comm) = owners.comm_by_pid.get(&pid) {
+                    pids.entry(comm.as_str()).or_default().push(pid);
+                }
+            }
             for usage in processes.iter_mut().chain(bind_first.iter_mut()) {
                 if let Some(pids) = pids.get(usage.process.as_str()) {
                     usage.pids = Pids::of(pids.iter().copied());

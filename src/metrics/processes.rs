@@ -45,16 +45,6 @@ impl Pids {
         Pids { lowest: all, count }
     }
 
-    /// Adds a process not added before.
-    pub fn add_new(&mut self, pid: u32) {
-        self.count += 1;
-        let at = self.lowest.partition_point(|&lower| lower < pid);
-        if at < PIDS_SHOWN {
-            self.lowest.insert(at, pid);
-            self.lowest.truncate(PIDS_SHOWN);
-        }
-    }
-
     /// "pid 12", "pids 12, 40", "pids 12, 40, 41 and 2 more"; empty when
     /// no process is known.
     pub fn describe(&self) -> String {
@@ -143,10 +133,5 @@ mod tests {
             Pids::of([50, 12, 40, 41, 7]).describe(),
             "pids 7, 12, 40 and 2 more"
         );
-        let mut added = Pids::default();
-        for pid in [50, 12, 40, 41, 7] {
-            added.add_new(pid);
-        }
-        assert_eq!(added, Pids::of([50, 12, 40, 41, 7]));
     }
 }
