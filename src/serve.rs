@@ -217,7 +217,9 @@ pub async fn serve(
                                         serve_connection(TokioIo::new(stream), state, watcher, &slot)
                                             .await
                                     }
-                                    Ok(Err(error)) => tls_failed(&error),
+                                    Ok(Err(error)) => {
+                                        tracing::debug!(err = %error, "TLS handshake failed")
+                                    }
                                     Err(_) => tracing::debug!("TLS handshake timed out"),
                                 }
                             }
@@ -239,10 +241,6 @@ pub async fn serve(
             tracing::warn!("requests still in flight at shutdown were dropped");
         }
     }
-}
-
-fn tls_failed(error: &std::io::Error) {
-    tracing::debug!(err = %error, "TLS handshake failed");
 }
 
 /// The HTTP/2 connection preface a client with prior knowledge opens with.

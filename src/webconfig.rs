@@ -237,14 +237,18 @@ impl WebConfig {
     /// credentials were checked before. `None` when `authorizes` has to
     /// check them.
     pub fn remembered(&self, authorization: Option<&[u8]>) -> Option<bool> {
-        let Some((user, password)) = authorization.and_then(parse_basic) else {
-            return Some(false);
-        };
-        let key = self.key(&user, &password);
+        match authorization.and_then(parse_basic) {
+            None => Some(false),
+            Some((user, password)) => self.recall(&self.key(&user, &password)),
+        }
+    }
+
+    /// What the credentials under `key` were found to be, if checked.
+    fn recall(&self, key: &[u8; 32]) -> Option<bool> {
         let remembered = self.remembered.lock().ok()?;
-        if remembered.accepted.contains(&key) {
+        if remembered.accepted.contains(key) {
             Some(true)
-        } else if remembered.refused.contains(&key) {
+        } else if remembered.refused.contains(key) {
             Some(false)
         } else {
             None
@@ -256,13 +260,13 @@ impl WebConfig {
     /// knows the answer: call it where it stalls no request. An unknown
     /// user's password is checked against a real user's hash all the same.
     pub fn authorizes(&self, authorization: Option<&[u8]>) -> bool {
-        if let Some(known) = self.remembered(authorization) {
-            return known;
-        }
         let Some((user, password)) = authorization.and_then(parse_basic) else {
             return false;
         };
         let key = self.key(&user, &password);
+        if let Some(known) = self.recall(&key) {
+            return known;
+        }
         let result = match (self.users.get(&user), &self.decoy) {
             (Some(hash), _) => bcrypt::verify(&password, hash).unwrap_or(false),
             (None, Some(decoy)) => {
