@@ -1,0 +1,297 @@
+//! One walk of the host's TCP tables for every namespace that shares them
+//! (`shared_tables.bpf.c`): each socket tagged with its namespace, so that
+//! sampling a node's pods costs one walk of the table they share rather
+//! than one walk each.
+//!
+//! `SharedTables::walk` is read in the namespace whose table is to be
+//! walked; `SharedTables::on_host_table` says whether the calling thread's
+//! namespace is on the host's table, for namespaces whose
+//! `tcp_ehash_entries` does not say (the host's own namespace shows a
+//! positive count, as one with a table of its own does).
+
+use std::collections::HashSet;
+use std::io::Read;
+
+use aya::maps::{Array, HashMap, Map, MapData, RingBuf};
+
+use super::{BpfError, InodeReading, KERNEL_BTF, loader, monotonic_ms, unavailable};
+use crate::model::{PortRange, SocketRecord};
+
+/// The compiled program, built from `shared_tables.bpf.c` by `build.sh`.
+pub const SHARED_TABLES_OBJECT: &[u8] = include_bytes!("shared_tables.bpf.o");
+
+/// The program's name in the object.
+const PROGRAM: &str = "walk_tables";
+
+/// Where `settings` holds the next part to walk.
+const NEXT_PART: u32 = 4;
+
+/// More parts than any table has (a part is 4,096 slots): a walk that
+/// does not end by then is not trusted.
+const PARTS_MAX: u32 = 1 << 16;
+
+/// The size of a tagged record, `struct tagged_record` in the C source: a
+/// record and the inode of its socket's namespace.
+pub const TAGGED_RECORD_LENGTH: usize = 80;
+
+/// The size of a marker, `struct marker`.
+const MARKER_LENGTH: usize = 8;
+
+/// `MARKER_PART`, `MARKER_TRAILER`.
+const MARKER_PART: u8 = 1;
+const MARKER_TRAILER: u8 = 2;
+
+/// A part's flags: walked to its end; the ring was full; the kernel lacks
+/// what the walk reads; a layout the walk does not read; a socket could
+/// not be read; the calling thread's namespace has a table of its own; the
+/// probe's answer that it has not.
+const PART_WALKED: u8 = 1;
+const PART_UNSUPPORTED: u8 = 4;
+const PART_NOT_SHARED: u8 = 32;
+const PART_SHARED: u8 = 64;
+
+/// The trailer's flag: the bind hash's walk completed.
+const TRAILER_WALKED: u8 = 1;
+
+/// Settings, as in `tcp_ports.bpf.c`, and `SETTING_PROBE`.
+const SETTING_WALK_BIND_HASH: u32 = 1;
+const SETTING_READ_INODES: u32 = 2;
+const SETTING_MARK_FILES: u32 = 4;
+const SETTING_PROBE: u32 = 8;
+
+/// How a walk went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalkOutcome {
+    /// Whether every part of the connection and listening tables was
+    /// walked to its end, with every socket found handed over. Where not,
+    /// what was handed over is incomplete.
+    pub complete: bool,
+    /// Whether the walk of the bind hash for sockets bound but neither
+    /// listening nor connected was asked for and complete.
+    pub bound_inactive_walked: bool,
+}
+
+struct Loaded {
+    program: loader::LoadedProgram,
+    settings: Array<MapData, u32>,
+    namespaces: HashMap<MapData, u32, u32>,
+    ring: RingBuf<MapData>,
+    /// The namespaces now in `namespaces`.
+    listed: HashSet<u32>,
+}
+
+/// The shared-table walk, loaded at first use.
+#[derive(Default)]
+pub struct SharedTables {
+    loaded: Option<Loaded>,
+}
+
+impl SharedTables {
+    /// A walk not loaded yet.
+    pub fn new() -> SharedTables {
+        SharedTables::default()
+    }
+
+    fn load_once(&mut self) -> Result<&mut Loaded, BpfError> {
+        if self.loaded.is_none() {
+            self.loaded = Some(load()?);
+        }
+        Ok(self.loaded.as_mut().expect("loaded just above"))
+    }
+
+    /// Whether the calling thread's namespace keeps its TCP sockets in the
+    /// host's tables, which this walk reads. Runs the program on its first
+    /// part only, walking nothing.
+    pub fn on_host_table(&mut self) -> Result<bool, BpfError> {
+        let loaded = self.load_once()?;
+        set(&mut loaded.settings, 1, SETTING_PROBE)?;
+        let [kind, flags, ..] = read_marker(&loaded.program)?;
+        if kind != MARKER_PART || flags & PART_UNSUPPORTED != 0 {
+            return Err(unavailable(
+                "shared tables",
+                "this kernel does not name each namespace's TCP tables (Linux 6.1+)",
+            ));
+        }
+        Ok(flags & PART_SHARED != 0 && flags & PART_NOT_SHARED == 0)
+    }
+
+    /// Walks the calling thread's namespace's TCP tables once, handing
+    /// `each` every socket of the `namespaces` (by the inode of their
+    /// namespace file) with the namespace's inode: listeners on any port,
+    /// other sockets within the namespace's range, and with
+    /// `bound_inactive` the sockets bound but neither listening nor
+    /// connected. Inodes are read as `inodes` says. Fails as unavailable
+    /// where the calling thread's namespace has a table of its own.
+    pub fn walk(
+        &mut self,
+        namespaces: &[(u32, PortRange)],
+        inodes: InodeReading,
+        bound_inactive: bool,
+        each: &mut dyn FnMut(u32, &SocketRecord),
+    ) -> Result<WalkOutcome, BpfError> {
+        let loaded = self.load_once()?;
+        loaded.list(namespaces)?;
+        let (inode_setting, port) = match inodes {
+            InodeReading::None => (0, 0),
+            InodeReading::All => (SETTING_READ_INODES, 0),
+            InodeReading::Listeners { port } => (SETTING_MARK_FILES, port.unwrap_or(0)),
+        };
+        let walk = if bound_inactive {
+            SETTING_WALK_BIND_HASH
+        } else {
+            0
+        };
+        set(&mut loaded.settings, 1, walk | inode_setting)?;
+        set(&mut loaded.settings, 2, u32::from(port))?;
+        set(&mut loaded.settings, NEXT_PART, 0)?;
+        let now_ms = monotonic_ms();
+        let mut complete = true;
+        let mut failure = None;
+        // One iterator a part, until the trailer.
+        let trailer = loop {
+            let marker = read_marker(&loaded.program);
+            // What the part found, whether or not it read well.
+            drain(&mut loaded.ring, now_ms, each, &mut failure);
+            let [kind, flags, _, _, index @ ..] = marker?;
+            if let Some(failure) = failure {
+                return Err(failure);
+            }
+            match kind {
+                MARKER_PART => {
+                    unsupported(flags)?;
+                    complete &= flags == PART_WALKED;
+                    if u32::from_ne_bytes(index) >= PARTS_MAX {
+                        return Err(BpfError::Malformed(format!(
+                            "the walk did not end after {PARTS_MAX} parts"
+                        )));
+                    }
+                }
+                MARKER_TRAILER => break flags,
+                kind => return Err(BpfError::Malformed(format!("marker kind {kind}"))),
+            }
+        };
+        Ok(WalkOutcome {
+            complete,
+            bound_inactive_walked: bound_inactive && trailer == TRAILER_WALKED,
+        })
+    }
+}
+
+/// Runs the program once with a new iterator, and returns what it wrote:
+/// one marker.
+fn read_marker(program: &loader::LoadedProgram) -> Result<[u8; MARKER_LENGTH], BpfError> {
+    let mut iterator = program
+        .open()
+        .map_err(|error| unavailable("iterator", error))?;
+    let mut marker = [0u8; MARKER_LENGTH];
+    iterator.read_exact(&mut marker).map_err(BpfError::Read)?;
+    Ok(marker)
+}
+
+/// Fails as unavailable where a part's `flags` say the walk cannot run in
+/// the calling thread's namespace.
+fn unsupported(flags: u8) -> Result<(), BpfError> {
+    if flags & PART_UNSUPPORTED != 0 {
+        return Err(unavailable(
+            "shared tables",
+            "this kernel does not name each namespace's TCP tables (Linux 6.1+)",
+        ));
+    }
+    if flags & PART_NOT_SHARED != 0 {
+        return Err(unavailable(
+            "shared tables",
+            "the namespace walked from has TCP tables of its own",
+        ));
+    }
+    Ok(())
+}
+
+impl Loaded {
+    /// Makes `namespaces` hold exactly these namespaces and ranges.
+    fn list(&mut self, namespaces: &[(u32, PortRange)]) -> Result<(), BpfError> {
+        let wanted: HashSet<u32> = namespaces.iter().map(|&(inode, _)| inode).collect();
+        for gone in self.listed.difference(&wanted) {
+            // A key already gone is no error.
+            let _ = self.namespaces.remove(gone);
+        }
+        self.listed.clear();
+        for &(inode, range) in namespaces {
+            self.namespaces
+                .insert(
+                    inode,
+                    u32::from(range.start) | (u32::from(range.end) << 16),
+                    0,
+                )
+                .map_err(|error| unavailable("namespaces", error))?;
+            self.listed.insert(inode);
+        }
+        Ok(())
+    }
+}
+
+/// Hands over every record in the ring; the first malformed one is kept in
+/// `failure`, and the ring is drained all the same.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    now_ms: u64,
+    each: &mut dyn FnMut(u32, &SocketRecord),
+    failure: &mut Option<BpfError>,
+) {
+    while let Some(item) = ring.next() {
+        if failure.is_some() {
+            continue;
+        }
+        if let Err(error) = super::parse_tagged_records(&item, now_ms, each) {
+            *failure = Some(error);
+        }
+    }
+}
+
+fn set(settings: &mut Array<MapData, u32>, index: u32, value: u32) -> Result<(), BpfError> {
+    settings
+        .set(index, value, 0)
+        .map_err(|error| unavailable("settings", error))
+}
+
+fn load() -> Result<Loaded, BpfError> {
+    let kernel_btf = std::fs::read(KERNEL_BTF)
+        .map_err(|error| unavailable("kernel BTF", format!("{KERNEL_BTF}: {error}")))?;
+    let mut program = loader::LoadedProgram::load(
+        SHARED_TABLES_OBJECT,
+        &[(PROGRAM, loader::AttachPoint::Iterator("bpf_map"))],
+        kernel_btf,
+    )
+    .map_err(|error| unavailable(error.stage, error.reason))?;
+    let mut take = |name: &'static str| {
+        program
+            .take_map(name)
+            .ok_or_else(|| unavailable("maps", format!("the object has no {name} map")))
+    };
+    let settings = Array::try_from(Map::Array(take("settings")?))
+        .map_err(|error| unavailable("settings", error))?;
+    let namespaces = HashMap::try_from(Map::HashMap(take("namespaces")?))
+        .map_err(|error| unavailable("namespaces", error))?;
+    let ring = RingBuf::try_from(Map::RingBuf(take("bound")?))
+        .map_err(|error| unavailable("ring buffer", error))?;
+    Ok(Loaded {
+        program,
+        settings,
+        namespaces,
+        ring,
+        listed: HashSet::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_object_is_a_bpf_elf() {
+        assert_eq!(&SHARED_TABLES_OBJECT[..4], b"\x7fELF");
+        assert_eq!(
+            u16::from_le_bytes([SHARED_TABLES_OBJECT[18], SHARED_TABLES_OBJECT[19]]),
+            247
+        );
+    }
+}
