@@ -1,31 +1,33 @@
 //! What sampling every network namespace costs beside one busy namespace.
 //!
 //! Run as root: `cargo bench --bench netns_cost` (500,000 sockets in the busy
-//! namespace, 50 others), or
-//! `cargo bench --bench netns_cost -- --sockets 100000 --namespaces 20`.
+//! namespace; 50, then 200 others), or
+//! `cargo bench --bench netns_cost -- --sockets 100000 --namespaces 20,80`.
 //! Needs `ss` (iproute2).
 //!
 //! The busy namespace is filled by helper processes holding loopback
-//! connections, as an ingress pod's would be. Beside it, 50 namespaces in
-//! three ways, one after the other:
-//! - idle: nothing in them;
-//! - small: a listener and 20 connections each, on the host's shared TCP
-//!   table (the default);
-//! - own tables: the same, created while `net.ipv4.tcp_child_ehash_entries`
-//!   is 1024, so each has a TCP table of its own.
+//! connections, as an ingress pod's would be. Beside it, small namespaces,
+//! each with a listener, 20 TCP connections to it and 2 UDP sockets (one
+//! bound, one connected), on the host's shared TCP tables (the default):
+//! 50, then 200. For each count, the exporter as a daemon in the busy
+//! namespace (1 s interval), with owners off and on
+//! (`--collector.processes`): the sampler thread's CPU per sample with
+//! `--collector.netns=all` and with the busy namespace alone (`self`); with
+//! owners off also `all` read namespace by namespace
+//! (`--collector.netns.one-walk=false`), as before the one walk; and
+//! `ss -tuan` run in every namespace, CPU summed.
 //!
-//! For each: the exporter as a daemon in the busy namespace (owners off, 1 s
-//! interval), the sampler thread's CPU per sample with
-//! `--collector.netns=all` and with the busy namespace alone (`self`), and
-//! `ss -tan` run in every namespace, CPU summed. Then the kernel memory that
-//! 50 tables of 1,024 entries take (`SUnreclaim` in `/proc/meminfo`).
+//! Then, with the first count: the same number of idle namespaces, and of
+//! small ones created with tables of their own (while
+//! `net.ipv4.tcp_child_ehash_entries` is 1024), owners off; and the kernel
+//! memory such tables take (`SUnreclaim` in `/proc/meminfo`).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 mod common;
 
-use std::net::TcpStream;
+use std::net::{TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -35,18 +37,27 @@ use support::{Netns, listening_socket};
 /// Each small namespace's connections to its own listener.
 const SMALL_CONNECTIONS: usize = 20;
 
+/// What a small namespace holds open.
+type Held = (socket2::Socket, Vec<TcpStream>, [UdpSocket; 2]);
+
 fn main() {
     if common::run_helper_if_asked() {
         return;
     }
     let mut sockets = 500_000usize;
-    let mut namespaces = 50usize;
+    let mut counts = vec![50usize, 200];
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mut value = || args.next().and_then(|v| v.parse().ok()).expect("a number");
         match arg.as_str() {
-            "--sockets" => sockets = value(),
-            "--namespaces" => namespaces = value(),
+            "--sockets" => sockets = args.next().and_then(|v| v.parse().ok()).expect("a number"),
+            "--namespaces" => {
+                counts = args
+                    .next()
+                    .expect("counts")
+                    .split(',')
+                    .map(|count| count.parse().expect("a number"))
+                    .collect()
+            }
             _ => {} // cargo passes --bench
         }
     }
@@ -60,64 +71,41 @@ fn main() {
     );
     let held = ss_lines(&busy);
     println!(
-        "busy namespace: {held} TCP sockets (ss -tanH lines), {} helper processes; {namespaces} other namespaces",
+        "busy namespace: {held} TCP sockets (ss -tanH lines), {} helper processes",
         helpers.len()
     );
-    println!("  others       all-namespace CPU  busy alone  ratio  ss -tan, every namespace");
+    println!(
+        "  others                          owners  all-namespace CPU  busy alone  ratio  \
+         one at a time  ss -tuan, every namespace"
+    );
 
-    for (name, small, own_tables) in [
-        ("idle", false, false),
-        ("small", true, false),
-        ("own tables", true, true),
-    ] {
-        let previous = own_tables.then(|| child_ehash_entries("1024"));
-        let others: Vec<Netns> = (0..namespaces)
-            .map(|_| Netns::new((32768, 60999), ""))
-            .collect();
-        if let Some(previous) = previous {
-            child_ehash_entries(&previous);
-        }
-        let _held: Vec<_> = others
-            .iter()
-            .filter(|_| small)
-            .map(|netns| {
-                netns.run(|| {
-                    let server = listening_socket("127.0.0.1:80", false, 64);
-                    let streams: Vec<TcpStream> = (0..SMALL_CONNECTIONS)
-                        .map(|_| TcpStream::connect("127.0.0.1:80").unwrap())
-                        .collect();
-                    (server, streams)
-                })
-            })
-            .collect();
-        let all = sampler_cpu_per_sample(&busy, "all");
-        let alone = sampler_cpu_per_sample(&busy, "self");
-        let ss: f64 = std::iter::once(&busy)
-            .chain(&others)
-            .map(|netns| ss_cpu_seconds(netns.command("ss").arg("-tanH")))
-            .sum::<f64>()
-            + ss_cpu_seconds(Command::new("ss").arg("-tanH"));
-        println!(
-            "  {name:<12} {:>12.1} ms {:>10.1} ms  {:>5.2}  {:>8.1} ms",
-            all * 1e3,
-            alone * 1e3,
-            all / alone,
-            ss * 1e3
+    let first = counts[0];
+    for &count in &counts {
+        let others = namespaces(count, false);
+        let _held: Vec<Held> = others.iter().map(small).collect();
+        row(
+            &busy,
+            &others,
+            &format!("{count} small, shared tables"),
+            true,
         );
     }
+    {
+        let others = namespaces(first, false);
+        row(&busy, &others, &format!("{first} idle"), false);
+    }
+    {
+        let others = namespaces(first, true);
+        let _held: Vec<Held> = others.iter().map(small).collect();
+        row(&busy, &others, &format!("{first} small, own tables"), false);
+    }
 
-    // What a table of its own costs each namespace: kernel memory for 50
+    // What a table of its own costs each namespace: kernel memory for the
     // namespaces created with and without one.
     let unreclaimable = |own: bool| {
-        let previous = own.then(|| child_ehash_entries("1024"));
         let before = meminfo_kib("SUnreclaim");
-        let created: Vec<Netns> = (0..namespaces)
-            .map(|_| Netns::new((32768, 60999), ""))
-            .collect();
+        let created = namespaces(first, own);
         let after = meminfo_kib("SUnreclaim");
-        if let Some(previous) = previous {
-            child_ehash_entries(&previous);
-        }
         drop(created);
         std::thread::sleep(Duration::from_secs(2));
         after.saturating_sub(before)
@@ -125,23 +113,85 @@ fn main() {
     let shared = unreclaimable(false);
     let own = unreclaimable(true);
     println!(
-        "kernel memory (SUnreclaim) for {namespaces} new namespaces: {shared} KiB sharing the host's table, \
+        "kernel memory (SUnreclaim) for {first} new namespaces: {shared} KiB sharing the host's table, \
          {own} KiB with tables of 1,024 entries: about {:.1} KiB a table",
-        own.saturating_sub(shared) as f64 / namespaces as f64
+        own.saturating_sub(shared) as f64 / first as f64
     );
     common::end_helpers(helpers);
 }
 
-/// The exporter as a daemon in `busy`, sampling `scope` every second
-/// without owners: its sampler thread's CPU per sample over 10 samples,
-/// after the first two.
-fn sampler_cpu_per_sample(busy: &Netns, scope: &str) -> f64 {
+/// `count` new namespaces, each with a TCP table of its own of 1,024
+/// entries where `own_tables`.
+fn namespaces(count: usize, own_tables: bool) -> Vec<Netns> {
+    let previous = own_tables.then(|| child_ehash_entries("1024"));
+    let created = (0..count).map(|_| Netns::new((32768, 60999), "")).collect();
+    if let Some(previous) = previous {
+        child_ehash_entries(&previous);
+    }
+    created
+}
+
+/// A listener, `SMALL_CONNECTIONS` connections to it and two UDP sockets,
+/// in `netns`.
+fn small(netns: &Netns) -> Held {
+    netns.run(|| {
+        let server = listening_socket("127.0.0.1:80", false, 64);
+        let streams: Vec<TcpStream> = (0..SMALL_CONNECTIONS)
+            .map(|_| TcpStream::connect("127.0.0.1:80").unwrap())
+            .collect();
+        let bound = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let connected = UdpSocket::bind("0.0.0.0:0").unwrap();
+        connected.connect("127.0.0.1:53").unwrap();
+        (server, streams, [bound, connected])
+    })
+}
+
+/// Measures and prints the rows of one set of `others`: owners off, then
+/// on where `owners_too`.
+fn row(busy: &Netns, others: &[Netns], name: &str, owners_too: bool) {
+    let ss: f64 = std::iter::once(busy)
+        .chain(others)
+        .map(|netns| ss_cpu_seconds(netns.command("ss").arg("-tuanH")))
+        .sum::<f64>()
+        + ss_cpu_seconds(Command::new("ss").arg("-tuanH"));
+    for owners in [false, true]
+        .into_iter()
+        .take(if owners_too { 2 } else { 1 })
+    {
+        let all = sampler_cpu_per_sample(busy, "all", owners, true);
+        let alone = sampler_cpu_per_sample(busy, "self", owners, true);
+        let one_at_a_time = if owners {
+            "".to_string()
+        } else {
+            format!(
+                "{:>10.1} ms",
+                sampler_cpu_per_sample(busy, "all", owners, false) * 1e3
+            )
+        };
+        println!(
+            "  {name:<31} {:<6} {:>12.1} ms {:>10.1} ms  {:>5.2}  {one_at_a_time:>13}  {:>8.1} ms",
+            if owners { "on" } else { "off" },
+            all * 1e3,
+            alone * 1e3,
+            all / alone,
+            ss * 1e3
+        );
+    }
+}
+
+/// The exporter as a daemon in `busy`, sampling `scope` every second, with
+/// owners or without, in one walk or namespace by namespace: its sampler
+/// thread's CPU per sample over 10 samples, after the first two.
+fn sampler_cpu_per_sample(busy: &Netns, scope: &str, owners: bool, one_walk: bool) -> f64 {
+    let processes = format!("--collector.processes={owners}");
+    let one_walk = format!("--collector.netns.one-walk={one_walk}");
     let mut daemon = busy.spawn_exporter(&[
         "--collector.netns",
         scope,
         "--collector.interval",
         "1s",
-        "--collector.processes=false",
+        &processes,
+        &one_walk,
     ]);
     std::thread::sleep(Duration::from_millis(2500));
     let before = sampler_cpu_seconds(daemon.pid());

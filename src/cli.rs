@@ -199,6 +199,18 @@ pub struct Cli {
           value_parser = parse_at_least_one)]
     pub netns_max: usize,
 
+    /// With --collector.netns=all and the BPF source, read the TCP sockets
+    /// of every namespace on the host's shared TCP tables in one walk of
+    /// them, rather than one walk a namespace. `false` reads each namespace
+    /// on its own, as the netlink and procfs sources do.
+    #[arg(
+        long = "collector.netns.one-walk",
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub netns_one_walk: bool,
+
     /// procfs mountpoint.
     #[arg(
         long = "path.procfs",
@@ -239,7 +251,8 @@ impl Cli {
             self.processes,
             thread_namespace,
         )
-        .with_bpf_object(self.bpf_object.clone());
+        .with_bpf_object(self.bpf_object.clone())
+        .with_shared_tables(self.netns == NetnsChoice::All && self.netns_one_walk);
         if self.nat {
             reader.with_nat(self.nat_mark)
         } else {

@@ -835,6 +835,10 @@ pub struct ReadReport {
     /// or a netlink dump on a kernel that reports them), or the socket
     /// counts show that none can exist.
     pub bound_inactive_seen: bool,
+    /// Whether the TCP sockets came from the one walk of the host's shared
+    /// TCP tables for every namespace on them, rather than from a walk of
+    /// this namespace's own.
+    pub one_walk: bool,
 }
 
 #[cfg(test)]
@@ -848,6 +852,7 @@ impl ReadReport {
             interfaces: BTreeMap::new(),
             shares_host_tcp_table: None,
             bound_inactive_seen: true,
+            one_walk: false,
         }
     }
 }

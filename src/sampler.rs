@@ -7,12 +7,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::path::Path;
 
 use crate::aggregate::{Aggregator, Limits, Snapshot};
 use crate::metrics::failures::FailureHistory;
-use crate::model::{NamespaceFailures, OwnerLookup, PortFailureCounts, PortRange, SocketOwners};
+use crate::model::{
+    NamespaceFailures, NamespaceIdentity, OwnerLookup, PortFailureCounts, PortRange, Protocol,
+    SocketOwners, SocketSink,
+};
 use crate::page::landing_page;
 use crate::render::Renderer;
 use crate::source::bpf::failures::PortFailureCounter;
@@ -403,6 +407,9 @@ impl Sampler {
         let mut samples = Vec::with_capacity(entries.len());
         let mut failed = 0;
         let mut first_failure = None;
+        // The namespaces whose TCP sockets come from one walk of the
+        // host's tables, after every namespace's settings are read.
+        let mut on_shared_tables = Vec::new();
         for entry in entries {
             // The exporter's own namespace needs no setns (nor the
             // CAP_SYS_ADMIN it takes).
@@ -433,19 +440,38 @@ impl Sampler {
                     }
                 }
             };
-            let result = read_namespace(&mut self.reader, &self.limits, None);
+            let result = read_namespace_but_shared_tcp(&mut self.reader, &self.limits);
             // Hold nothing of the namespace once out of it, the exporter's
             // own too: a netlink socket left open would read this namespace
             // for the next one.
             self.reader.leave_namespace();
             drop(inside);
             match result {
-                Ok(sample) => samples.push((entry.identity, sample)),
+                Ok((sample, shared)) => {
+                    if let Some((range, may_hold_bound_inactive)) = shared {
+                        on_shared_tables.push(OnSharedTables {
+                            index: samples.len(),
+                            handle: entry.handle.clone(),
+                            own: Some(entry.identity.inode) == own,
+                            range,
+                            may_hold_bound_inactive,
+                        });
+                    }
+                    samples.push((entry.identity, sample));
+                }
                 Err(error) => {
                     failed += 1;
                     tracing::debug!(netns = entry.identity.inode, err = %error, "cannot sample a network namespace");
                     first_failure.get_or_insert(error);
                 }
+            }
+        }
+        if !on_shared_tables.is_empty() {
+            let failures = self.read_shared_tables(&mut samples, &on_shared_tables);
+            for (index, error) in failures.into_iter().rev() {
+                failed += 1;
+                first_failure.get_or_insert(error);
+                samples.remove(index);
             }
         }
         let count = |keep: &dyn Fn(&ReadReport) -> bool| {
@@ -459,6 +485,7 @@ impl Sampler {
             omitted: omitted as u64,
             failed,
             sharing_host_tcp_table: count(&|report| report.shares_host_tcp_table == Some(true)),
+            one_walk: count(&|report| report.one_walk),
             skipped: [
                 count(&|report| report.skipped[0]),
                 count(&|report| report.skipped[1]),
@@ -497,6 +524,118 @@ impl Sampler {
                 snapshot
             })
             .collect())
+    }
+
+    /// Reads the TCP sockets of the namespaces `on_shared` of `samples` in
+    /// one walk of the host's tables, from the exporter's own namespace
+    /// where it is one of them, else from inside the first. Where the walk
+    /// fails or is incomplete, each namespace is read on its own instead,
+    /// as without it. Returns the namespaces that could not be read either
+    /// way, by index in `samples`, in order, with why.
+    fn read_shared_tables(
+        &mut self,
+        samples: &mut [(NamespaceIdentity, NamespaceRead)],
+        on_shared: &[OnSharedTables],
+    ) -> Vec<(usize, SourceError)> {
+        let list: Vec<(u32, PortRange)> = on_shared
+            .iter()
+            .map(|shared| (samples[shared.index].0.inode as u32, shared.range))
+            .collect();
+        let by_namespace: HashMap<u32, usize> = on_shared
+            .iter()
+            .map(|shared| (samples[shared.index].0.inode as u32, shared.index))
+            .collect();
+        let bound_inactive = on_shared
+            .iter()
+            .any(|shared| shared.may_hold_bound_inactive);
+        let from = on_shared
+            .iter()
+            .find(|shared| shared.own)
+            .unwrap_or(&on_shared[0]);
+        // Link-local sockets name an interface of their namespace by index.
+        let mut link_local: BTreeMap<usize, BTreeSet<u32>> = BTreeMap::new();
+        let walked = match enter_unless_own(from) {
+            Ok(inside) => {
+                let walked =
+                    self.reader
+                        .read_shared_tables(&list, bound_inactive, &mut |netns, socket| {
+                            let Some(&index) = by_namespace.get(&netns) else {
+                                return;
+                            };
+                            if let IpAddr::V6(address) = socket.local.ip()
+                                && address.is_unicast_link_local()
+                                && socket.interface != 0
+                            {
+                                link_local
+                                    .entry(index)
+                                    .or_default()
+                                    .insert(socket.interface);
+                            }
+                            samples[index].1.aggregator.add(socket);
+                        });
+                self.reader.leave_namespace();
+                drop(inside);
+                walked
+            }
+            Err(error) => Err(error),
+        };
+        let whole = match &walked {
+            Ok(walk) => walk.complete && (!bound_inactive || walk.bound_inactive_walked),
+            Err(_) => false,
+        };
+        if whole {
+            for shared in on_shared {
+                // Walked for, or none can exist.
+                samples[shared.index].1.report.bound_inactive_seen = true;
+                samples[shared.index].1.report.one_walk = true;
+            }
+            for (index, indexes) in link_local {
+                let Some(shared) = on_shared.iter().find(|shared| shared.index == index) else {
+                    continue;
+                };
+                if let Ok(inside) = enter_unless_own(shared) {
+                    let names = crate::source::interface_names(&indexes);
+                    drop(inside);
+                    samples[index].1.report.interfaces.extend(names);
+                }
+            }
+            return Vec::new();
+        }
+        match walked {
+            Err(error) => {
+                tracing::debug!(err = %error, "the one walk of the host's TCP tables failed; each namespace is read on its own");
+            }
+            Ok(walk) => {
+                tracing::debug!(
+                    complete = walk.complete,
+                    bound_inactive_walked = walk.bound_inactive_walked,
+                    "the one walk of the host's TCP tables was incomplete; each namespace is read on its own"
+                );
+            }
+        }
+        let mut failures = Vec::new();
+        for shared in on_shared {
+            let read = &mut samples[shared.index].1;
+            read.aggregator.restart(Protocol::Tcp);
+            let result = enter_unless_own(shared).and_then(|inside| {
+                let result = self.reader.read_settings().and_then(|_| {
+                    self.reader
+                        .read_tcp_sockets(shared.range, &mut read.aggregator)
+                });
+                self.reader.leave_namespace();
+                drop(inside);
+                result
+            });
+            match result {
+                Ok(report) => {
+                    read.report.sources[0] = report.sources[0];
+                    read.report.bound_inactive_seen = report.bound_inactive_seen;
+                    read.report.interfaces.extend(report.interfaces);
+                }
+                Err(error) => failures.push((shared.index, error)),
+            }
+        }
+        failures
     }
 
     /// Logs once, with the figures, when namespaces that share the host's
@@ -678,6 +817,56 @@ pub fn resolve_owners(
     wanted.sort_unstable();
     wanted.dedup();
     reader.resolve_owners(&wanted)
+}
+
+/// A namespace whose TCP sockets come from the one walk of the host's
+/// tables.
+struct OnSharedTables {
+    /// Its read, in the sample's reads.
+    index: usize,
+    /// How to enter it.
+    handle: std::path::PathBuf,
+    /// Whether it is the exporter's own, which needs no entering.
+    own: bool,
+    /// Its ephemeral range.
+    range: PortRange,
+    /// Whether its counts allow sockets bound but neither listening nor
+    /// connected.
+    may_hold_bound_inactive: bool,
+}
+
+/// Enters the namespace of `shared`, unless it is the exporter's own.
+fn enter_unless_own(shared: &OnSharedTables) -> Result<Option<namespaces::Entered>, SourceError> {
+    if shared.own {
+        return Ok(None);
+    }
+    namespaces::Entered::enter(&shared.handle)
+        .map(Some)
+        .map_err(|source| SourceError::Enter {
+            path: shared.handle.clone(),
+            source,
+        })
+}
+
+/// `read_namespace` for `--collector.netns=all`, but where the namespace's
+/// TCP sockets are to come from the one walk of the host's tables: then
+/// only its UDP sockets are read, and its range is returned with whether
+/// it may hold sockets bound but neither listening nor connected.
+fn read_namespace_but_shared_tcp(
+    reader: &mut NamespaceReader,
+    limits: &Limits,
+) -> Result<(NamespaceRead, Option<(PortRange, bool)>), SourceError> {
+    let (range, mut aggregator, lookup) = start_namespace(reader, limits, None)?;
+    if !reader.on_shared_tables() {
+        let report = reader.read_sockets(range, None, &mut aggregator)?;
+        return Ok((end_namespace(reader, aggregator, report, lookup), None));
+    }
+    let report = reader.read_sockets_but_shared_tcp(range, &mut aggregator)?;
+    let may_hold = reader.may_hold_bound_inactive();
+    Ok((
+        end_namespace(reader, aggregator, report, lookup),
+        Some((range, may_hold)),
+    ))
 }
 
 /// Reads the namespace the calling thread is in: its settings, then its

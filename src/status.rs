@@ -80,6 +80,9 @@ pub struct NamespaceCounts {
     pub failed: u64,
     /// Sampled namespaces that share the host's TCP hash table.
     pub sharing_host_tcp_table: u64,
+    /// Sampled namespaces whose TCP sockets came from the one walk of the
+    /// host's shared tables.
+    pub one_walk: u64,
     /// Sampled namespaces whose TCP, then UDP, dump was skipped because
     /// their socket counts showed nothing to find.
     pub skipped: [u64; 2],

@@ -440,3 +440,164 @@ fn owners_fall_back_to_procfs_and_agree_with_bpf() {
     assert_eq!(refused.value(&ports), bpf.value(&ports) - missed, "{ports}");
     assert_eq!(refused.value(&listener), bpf.value(&listener), "{listener}");
 }
+
+/// What the namespaces of `one_walk_reads_what_each_namespace_reads` hold:
+/// listeners inside and outside the range, IPv4 and IPv6 connections,
+/// TIME_WAIT, a bound socket, one bound before connect(), UDP sockets.
+fn busy_namespace(netns: &Netns, listener_port: u16, connections: usize) -> impl Sized + use<> {
+    netns.run(move || {
+        let server = listening_socket("127.0.0.1:8080", false, 64);
+        let inside = listening_socket(&format!("0.0.0.0:{listener_port}"), false, 16);
+        let server6 = listening_socket("[::1]:8443", false, 16);
+        let bound = support::bound_socket("0.0.0.0:0", false);
+        let streams: Vec<TcpStream> = (0..connections)
+            .map(|_| TcpStream::connect("127.0.0.1:8080").unwrap())
+            .chain(
+                (0..3).map(|_| TcpStream::connect(format!("127.0.0.1:{listener_port}")).unwrap()),
+            )
+            .chain((0..3).map(|_| TcpStream::connect("[::1]:8443").unwrap()))
+            .collect();
+        let bound_first = support::bound_socket("127.0.0.1:0", false);
+        bound_first
+            .connect(
+                &"127.0.0.1:8080"
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+                    .into(),
+            )
+            .unwrap();
+        // Closed by the client first, then by the server: TIME_WAIT on an
+        // ephemeral port.
+        let closing = listening_socket("127.0.0.1:8081", false, 16);
+        for _ in 0..5 {
+            let client = TcpStream::connect("127.0.0.1:8081").unwrap();
+            let (accepted, _) = closing.accept().unwrap();
+            drop(client);
+            drop(accepted);
+        }
+        let udp = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let udp_connected = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        udp_connected.connect("127.0.0.1:53").unwrap();
+        (
+            server,
+            inside,
+            server6,
+            bound,
+            streams,
+            bound_first,
+            udp,
+            udp_connected,
+        )
+    })
+}
+
+/// The inode of a namespace's file, as its series' `netns` label shows it.
+fn namespace_inode(netns: &Netns) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/run/netns/{}", netns.name()))
+        .unwrap()
+        .ino()
+}
+
+/// `--collector.netns=all` reads the namespaces on the host's shared TCP
+/// tables in one walk of them (BPF), and each on its own with
+/// `--collector.netns.one-walk=false`: on the same sockets, every series of
+/// every namespace is the same both ways. One namespace has a table of its
+/// own where the kernel allows it (Linux 6.1+), which the walk leaves to
+/// the read of its own. Where the two reads differ, a third in one walk
+/// must agree with the one apart: sockets can end between two reads.
+#[test]
+fn one_walk_reads_what_each_namespace_reads() {
+    support::require_root();
+    let mut namespaces = vec![
+        Netns::new((40000, 40999), ""),
+        Netns::new((41000, 41499), "41010-41020"),
+        Netns::new((50000, 50099), ""),
+    ];
+    let child_ehash = "/proc/sys/net/ipv4/tcp_child_ehash_entries";
+    if let Ok(previous) = std::fs::read_to_string(child_ehash) {
+        std::fs::write(child_ehash, "1024").unwrap();
+        let own_table = std::panic::catch_unwind(|| Netns::new((45000, 45999), ""));
+        std::fs::write(child_ehash, previous.trim()).unwrap();
+        namespaces.push(own_table.unwrap());
+    }
+    let _held: Vec<_> = namespaces
+        .iter()
+        .enumerate()
+        .map(|(index, netns)| {
+            let (start, _) = [(40000, 0), (41000, 0), (50000, 0), (45000, 0)][index];
+            busy_namespace(netns, start + 30, 10 + index * 7)
+        })
+        .collect();
+    // TIME_WAIT sockets become reusable a second after they close: both
+    // reads must see them past it.
+    std::thread::sleep(Duration::from_millis(1500));
+    let sample = |one_walk: bool| {
+        let (output, stderr, metrics) = run(Command::new(support::exporter()).args([
+            "--once",
+            "--collector.netns",
+            "all",
+            "--collector.source",
+            "bpf",
+            &format!("--collector.netns.one-walk={one_walk}"),
+        ]));
+        assert!(output.status.success(), "--once failed: {stderr}");
+        let ours: std::collections::BTreeMap<String, f64> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter(|line| {
+                namespaces
+                    .iter()
+                    .any(|netns| line.contains(&format!("netns=\"{}\"", namespace_inode(netns))))
+            })
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                Some((series.to_string(), value.parse().ok()?))
+            })
+            .collect();
+        (metrics, ours)
+    };
+    let (walked, mut one_walk) = sample(true);
+    let (apart, each) = sample(false);
+    // A TIME_WAIT socket may end between the two reads (a guest's clock
+    // can leap): then the read after must agree with the one apart.
+    if one_walk != each {
+        one_walk = sample(true).1;
+    }
+    let shared_count = namespaces.len().min(3) as f64;
+    assert!(
+        walked.value("portstat_netns_read_in_one_walk") >= shared_count,
+        "the namespaces on the shared tables were not read in one walk"
+    );
+    assert_eq!(apart.value("portstat_netns_read_in_one_walk"), 0.0);
+    for netns in &namespaces {
+        let used = format!(
+            r#"portstat_ephemeral_ports_used{{netns="{}",netns_name="{}",protocol="tcp"}}"#,
+            namespace_inode(netns),
+            netns.name()
+        );
+        assert!(
+            walked.value(&used) >= 13.0,
+            "{used}: the namespace's connections were not all read"
+        );
+    }
+    let differing: Vec<String> = one_walk
+        .keys()
+        .chain(each.keys())
+        .filter(|series| one_walk.get(*series) != each.get(*series))
+        .map(|series| {
+            format!(
+                "{series}: {:?} in one walk, {:?} apart",
+                one_walk.get(series),
+                each.get(series)
+            )
+        })
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "{} series differ:\n{}",
+        differing.len(),
+        differing.join("\n")
+    );
+    assert!(one_walk.len() > 100, "{} series", one_walk.len());
+}

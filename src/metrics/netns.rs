@@ -38,6 +38,13 @@ pub fn render(counts: &NamespaceCounts, out: &mut Vec<MetricFamily>) {
         "Sampled network namespaces that share the host's TCP hash table (net.ipv4.tcp_ehash_entries negative inside them): a dump of any of them walks the sockets of all. net.ipv4.tcp_child_ehash_entries gives namespaces created after it is set their own.",
         counts.sharing_host_tcp_table as f64,
     );
+    single_gauge(
+        out,
+        &[],
+        "portstat_netns_read_in_one_walk",
+        "Sampled network namespaces whose TCP sockets came from one walk of the host's shared TCP tables for all of them in the last sample (BPF source, --collector.netns.one-walk), rather than from a walk each.",
+        counts.one_walk as f64,
+    );
     let mut skipped = Family::new(
         "portstat_netns_dumps_skipped",
         "Sampled network namespaces whose sockets of a protocol were not dumped in the last sample, because their socket counts (sockstat) showed none to find.",

@@ -22,6 +22,7 @@ pub mod btf;
 pub mod failures;
 mod loader;
 pub mod owners;
+pub mod shared;
 
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -413,6 +414,28 @@ pub fn parse_records(
         sink.add(&parse_record(record, now_ms)?);
     }
     Ok(None)
+}
+
+/// Parses tagged records (`struct tagged_record`: a record, then the inode
+/// of its socket's namespace), handing each socket to `each` with it.
+pub fn parse_tagged_records(
+    bytes: &[u8],
+    now_ms: u64,
+    each: &mut dyn FnMut(u32, &SocketRecord),
+) -> Result<(), BpfError> {
+    if !bytes.len().is_multiple_of(shared::TAGGED_RECORD_LENGTH) {
+        return Err(BpfError::Malformed(format!(
+            "{} bytes is not a whole number of {}-byte tagged records",
+            bytes.len(),
+            shared::TAGGED_RECORD_LENGTH
+        )));
+    }
+    for tagged in bytes.chunks_exact(shared::TAGGED_RECORD_LENGTH) {
+        let (record, tag) = tagged.split_at(RECORD_LENGTH);
+        let netns = u32::from_ne_bytes([tag[0], tag[1], tag[2], tag[3]]);
+        each(netns, &parse_record(record, now_ms)?);
+    }
+    Ok(())
 }
 
 /// Parses one `struct record`.

@@ -125,6 +125,21 @@ pub struct NamespaceReader {
     /// Whether the last conntrack dump failed (logged when failing starts
     /// and when it stops, not at every sample).
     conntrack_failing: bool,
+    /// The one walk of the host's TCP tables for every namespace on them
+    /// (`--collector.netns=all`), `None` where it is not to be used: turned
+    /// off, or found not to run here.
+    shared_tables: Option<bpf::shared::SharedTables>,
+}
+
+/// What the one walk of the host's TCP tables found for one namespace:
+/// its sockets went to its sink, and this is the rest of its read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedWalk {
+    /// Whether every part of the tables was walked.
+    pub complete: bool,
+    /// Whether the sockets bound but neither listening nor connected were
+    /// walked for (the walk of the bind hash, complete).
+    pub bound_inactive_walked: bool,
 }
 
 impl NamespaceReader {
@@ -168,7 +183,142 @@ impl NamespaceReader {
             nat_seen: HashSet::new(),
             conntrack_unavailable_logged: false,
             conntrack_failing: false,
+            shared_tables: None,
         }
+    }
+
+    /// Reads the TCP sockets of every namespace on the host's shared tables
+    /// in one walk (`on_shared_tables`, `read_shared_tables`) where the BPF
+    /// source runs, rather than namespace by namespace.
+    pub fn with_shared_tables(mut self, shared: bool) -> NamespaceReader {
+        self.shared_tables = shared.then(bpf::shared::SharedTables::new);
+        self
+    }
+
+    /// Whether the TCP sockets of the namespace of the last `read_settings`
+    /// (the calling thread's) are to come from the one walk of the host's
+    /// tables: the walk is on, TCP is read with BPF, the counts show TCP
+    /// sockets, and the kernel says the namespace is on the host's table
+    /// (`tcp_ehash_entries` below 0, or, for the host's own namespace, the
+    /// program's probe). Where the walk cannot run here, it is turned off
+    /// for good, logged once.
+    pub fn on_shared_tables(&mut self) -> bool {
+        if self.sources[0] != SourceKind::Bpf
+            || self.census.is_some_and(|census| census.tcp_empty())
+        {
+            return false;
+        }
+        let Some(shared) = &mut self.shared_tables else {
+            return false;
+        };
+        let on_host_table = match sysctl::read_shares_host_tcp_table(&self.procfs_root) {
+            Some(true) => shared.load_once().map(|()| true),
+            Some(false) => shared.on_host_table(),
+            // Before Linux 6.1 the kernel does not say.
+            None => return false,
+        };
+        match on_host_table {
+            Ok(on) => on,
+            Err(error) => {
+                if error.is_unsupported() {
+                    tracing::info!(
+                        err = %error,
+                        "the host's TCP tables cannot be walked once for every namespace here; \
+                         each namespace is read on its own"
+                    );
+                    self.shared_tables = None;
+                } else {
+                    tracing::debug!(err = %error, "cannot tell whether a namespace shares the host's TCP tables");
+                }
+                false
+            }
+        }
+    }
+
+    /// `read_sockets` but for the TCP sockets, which are to come from
+    /// `read_shared_tables`: `bound_inactive_seen` in the report says
+    /// whether any bound-but-inactive socket is possible, and is to be
+    /// set from the walk.
+    pub fn read_sockets_but_shared_tcp(
+        &mut self,
+        range: PortRange,
+        sink: &mut dyn SocketSink,
+    ) -> Result<ReadReport, SourceError> {
+        self.read_sockets_with(range, None, sink, [false, true])
+    }
+
+    /// `read_sockets` for the TCP sockets alone: those of a namespace whose
+    /// one walk failed.
+    pub fn read_tcp_sockets(
+        &mut self,
+        range: PortRange,
+        sink: &mut dyn SocketSink,
+    ) -> Result<ReadReport, SourceError> {
+        self.read_sockets_with(range, None, sink, [true, false])
+    }
+
+    /// Whether the namespace of the last `read_settings` may hold TCP
+    /// sockets bound but neither listening nor connected.
+    pub fn may_hold_bound_inactive(&self) -> bool {
+        self.census
+            .is_none_or(|census| census.may_hold_bound_inactive())
+    }
+
+    /// Walks the host's TCP tables once, from the calling thread's
+    /// namespace, which must be on them, handing `each` the TCP sockets of
+    /// the `namespaces` (each by the inode of its namespace file, with its
+    /// range) with their namespace's inode. With `bound_inactive`, the
+    /// sockets bound but neither listening nor connected too.
+    pub fn read_shared_tables(
+        &mut self,
+        namespaces: &[(u32, PortRange)],
+        bound_inactive: bool,
+        each: &mut dyn FnMut(u32, &SocketRecord),
+    ) -> Result<SharedWalk, SourceError> {
+        let inodes = match self.owner_lookup() {
+            OwnerLookup::Off => bpf::InodeReading::None,
+            OwnerLookup::ByInode => bpf::InodeReading::All,
+            OwnerLookup::Records => bpf::InodeReading::Listeners { port: None },
+        };
+        let Some(shared) = &mut self.shared_tables else {
+            return Err(SourceError::Bpf(bpf::BpfError::Unavailable {
+                stage: "shared tables",
+                reason: "turned off".into(),
+            }));
+        };
+        let mut added = 0u32;
+        let walked = shared.walk(namespaces, inodes, bound_inactive, &mut |netns, socket| {
+            added += 1;
+            if added.is_multiple_of(SOCKETS_BETWEEN_YIELDS) {
+                std::thread::yield_now();
+            }
+            each(netns, socket);
+        });
+        let outcome = match walked {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                if error.is_unsupported() {
+                    tracing::info!(
+                        err = %error,
+                        "the host's TCP tables cannot be walked once for every namespace here; \
+                         each namespace is read on its own"
+                    );
+                    self.shared_tables = None;
+                }
+                return Err(SourceError::Bpf(error));
+            }
+        };
+        Ok(SharedWalk {
+            complete: outcome.complete,
+            bound_inactive_walked: outcome.bound_inactive_walked,
+        })
+    }
+
+    /// Whether netlink reports the TCP sockets bound but neither listening
+    /// nor connected on the running kernel (Linux 6.5+).
+    pub fn netlink_reports_bound_inactive(&self) -> bool {
+        self.kernel
+            .is_some_and(|kernel| kernel.inet_diag_reports_bound_inactive())
     }
 
     /// Also reads source NAT from conntrack (`read_nat`), only the entries
@@ -266,6 +416,17 @@ impl NamespaceReader {
         keep_port: Option<u16>,
         sink: &mut dyn SocketSink,
     ) -> Result<ReadReport, SourceError> {
+        self.read_sockets_with(range, keep_port, sink, [true, true])
+    }
+
+    /// `read_sockets` of the protocols `read` says (TCP, then UDP).
+    fn read_sockets_with(
+        &mut self,
+        range: PortRange,
+        keep_port: Option<u16>,
+        sink: &mut dyn SocketSink,
+        read: [bool; 2],
+    ) -> Result<ReadReport, SourceError> {
         if self.owner_lookup() == OwnerLookup::Records {
             self.bpf
                 .set_inode_reading(bpf::InodeReading::Listeners { port: keep_port });
@@ -288,6 +449,9 @@ impl NamespaceReader {
                 Protocol::Udp => census.udp_empty(),
             });
             if skipped[index] && self.proven[index] {
+                continue;
+            }
+            if !read[index] {
                 continue;
             }
             let read = if skipped[index] {
@@ -318,6 +482,7 @@ impl NamespaceReader {
             interfaces: interface_names(&sink.indexes),
             shares_host_tcp_table: sysctl::read_shares_host_tcp_table(&self.procfs_root),
             bound_inactive_seen,
+            one_walk: false,
         })
     }
 
@@ -596,7 +761,7 @@ impl SocketSink for NotingInterfaces<'_> {
 /// The names of the interfaces with these indexes, in the calling thread's
 /// namespace (the one just read): an interface's index means something only
 /// inside its namespace.
-fn interface_names(indexes: &BTreeSet<u32>) -> BTreeMap<u32, String> {
+pub fn interface_names(indexes: &BTreeSet<u32>) -> BTreeMap<u32, String> {
     let mut names = BTreeMap::new();
     for &index in indexes {
         let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];

@@ -92,18 +92,24 @@ impl SharedTables {
         SharedTables::default()
     }
 
-    fn load_once(&mut self) -> Result<&mut Loaded, BpfError> {
-        if self.loaded.is_none() {
-            self.loaded = Some(load()?);
+    /// Loads the program where it is not loaded yet: proves that the walk
+    /// can run here.
+    pub fn load_once(&mut self) -> Result<(), BpfError> {
+        self.loaded_program().map(|_| ())
+    }
+
+    fn loaded_program(&mut self) -> Result<&mut Loaded, BpfError> {
+        match &mut self.loaded {
+            Some(loaded) => Ok(loaded),
+            slot => Ok(slot.insert(load()?)),
         }
-        Ok(self.loaded.as_mut().expect("loaded just above"))
     }
 
     /// Whether the calling thread's namespace keeps its TCP sockets in the
     /// host's tables, which this walk reads. Runs the program on its first
     /// part only, walking nothing.
     pub fn on_host_table(&mut self) -> Result<bool, BpfError> {
-        let loaded = self.load_once()?;
+        let loaded = self.loaded_program()?;
         set(&mut loaded.settings, 1, SETTING_PROBE)?;
         let [kind, flags, ..] = read_marker(&loaded.program)?;
         if kind != MARKER_PART || flags & PART_UNSUPPORTED != 0 {
@@ -129,7 +135,7 @@ impl SharedTables {
         bound_inactive: bool,
         each: &mut dyn FnMut(u32, &SocketRecord),
     ) -> Result<WalkOutcome, BpfError> {
-        let loaded = self.load_once()?;
+        let loaded = self.loaded_program()?;
         loaded.list(namespaces)?;
         let (inode_setting, port) = match inodes {
             InodeReading::None => (0, 0),
