@@ -21,6 +21,10 @@
 //! small ones created with tables of their own (while
 //! `net.ipv4.tcp_child_ehash_entries` is 1024), owners off; and the kernel
 //! memory such tables take (`SUnreclaim` in `/proc/meminfo`).
+//!
+//! With `--profile`, each all-namespace measurement in one walk is also
+//! recorded with `perf record -g` on the sampler thread, and the symbols
+//! above 2 % of it printed (needs `perf`, from `linux-perf`).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -45,6 +49,7 @@ fn main() {
         return;
     }
     let mut sockets = 500_000usize;
+    let mut profile = false;
     let mut counts = vec![50usize, 200];
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -58,6 +63,7 @@ fn main() {
                     .map(|count| count.parse().expect("a number"))
                     .collect()
             }
+            "--profile" => profile = true,
             _ => {} // cargo passes --bench
         }
     }
@@ -88,16 +94,23 @@ fn main() {
             &others,
             &format!("{count} small, shared tables"),
             true,
+            profile,
         );
     }
     {
         let others = namespaces(first, false);
-        row(&busy, &others, &format!("{first} idle"), false);
+        row(&busy, &others, &format!("{first} idle"), false, false);
     }
     {
         let others = namespaces(first, true);
         let _held: Vec<Held> = others.iter().map(small).collect();
-        row(&busy, &others, &format!("{first} small, own tables"), false);
+        row(
+            &busy,
+            &others,
+            &format!("{first} small, own tables"),
+            false,
+            false,
+        );
     }
 
     // What a table of its own costs each namespace: kernel memory for the
@@ -147,8 +160,8 @@ fn small(netns: &Netns) -> Held {
 }
 
 /// Measures and prints the rows of one set of `others`: owners off, then
-/// on where `owners_too`.
-fn row(busy: &Netns, others: &[Netns], name: &str, owners_too: bool) {
+/// on where `owners_too`; with `profile`, the all-namespace runs' profiles.
+fn row(busy: &Netns, others: &[Netns], name: &str, owners_too: bool, profile: bool) {
     let ss: f64 = std::iter::once(busy)
         .chain(others)
         .map(|netns| ss_cpu_seconds(netns.command("ss").arg("-tuanH")))
@@ -158,14 +171,16 @@ fn row(busy: &Netns, others: &[Netns], name: &str, owners_too: bool) {
         .into_iter()
         .take(if owners_too { 2 } else { 1 })
     {
-        let all = sampler_cpu_per_sample(busy, "all", owners, true);
-        let alone = sampler_cpu_per_sample(busy, "self", owners, true);
+        let all = sampler_cpu_per_sample(busy, "all", owners, true, 1, profile);
+        let alone = sampler_cpu_per_sample(busy, "self", owners, true, 1, false);
+        // Namespace by namespace a sample takes seconds: a longer interval,
+        // so that each sample ends before the next is due.
         let one_at_a_time = if owners {
             "".to_string()
         } else {
             format!(
                 "{:>10.1} ms",
-                sampler_cpu_per_sample(busy, "all", owners, false) * 1e3
+                sampler_cpu_per_sample(busy, "all", owners, false, 5, false) * 1e3
             )
         };
         println!(
@@ -179,25 +194,74 @@ fn row(busy: &Netns, others: &[Netns], name: &str, owners_too: bool) {
     }
 }
 
-/// The exporter as a daemon in `busy`, sampling `scope` every second, with
-/// owners or without, in one walk or namespace by namespace: its sampler
-/// thread's CPU per sample over 10 samples, after the first two.
-fn sampler_cpu_per_sample(busy: &Netns, scope: &str, owners: bool, one_walk: bool) -> f64 {
+/// The exporter as a daemon in `busy`, sampling `scope` every `interval`
+/// seconds, with owners or without, in one walk or namespace by namespace:
+/// its sampler thread's CPU per sample over the samples of 10 s (at least
+/// 3), after the first two.
+fn sampler_cpu_per_sample(
+    busy: &Netns,
+    scope: &str,
+    owners: bool,
+    one_walk: bool,
+    interval: u64,
+    profile: bool,
+) -> f64 {
     let processes = format!("--collector.processes={owners}");
     let one_walk = format!("--collector.netns.one-walk={one_walk}");
+    let every = format!("{interval}s");
     let mut daemon = busy.spawn_exporter(&[
         "--collector.netns",
         scope,
         "--collector.interval",
-        "1s",
+        &every,
         &processes,
         &one_walk,
     ]);
-    std::thread::sleep(Duration::from_millis(2500));
+    // Two samples, then from the middle of an interval.
+    std::thread::sleep(Duration::from_millis(interval * 2500));
+    let samples = (10 / interval).max(3);
     let before = sampler_cpu_seconds(daemon.pid());
-    std::thread::sleep(Duration::from_secs(10));
-    let per_sample = (sampler_cpu_seconds(daemon.pid()) - before) / 10.0;
+    let window = (samples * interval).to_string();
+    let data = std::env::temp_dir().join(format!("netns_cost-{}.perf.data", std::process::id()));
+    if profile {
+        // Recording costs the thread it records a little.
+        let tid = common::sampler_tid(daemon.pid()).to_string();
+        support::run(
+            Command::new("perf")
+                .args(["record", "-q", "-g", "-t", &tid, "-o"])
+                .arg(&data)
+                .args(["--", "sleep", &window]),
+        );
+    } else {
+        std::thread::sleep(Duration::from_secs(samples * interval));
+    }
+    let per_sample = (sampler_cpu_seconds(daemon.pid()) - before) / samples as f64;
     daemon.terminate(Duration::from_secs(5));
+    if profile {
+        let report = Command::new("perf")
+            .args([
+                "report",
+                "-q",
+                "--stdio",
+                "--no-children",
+                "-g",
+                "none",
+                "--percent-limit",
+                "2",
+                "--sort",
+                "symbol",
+                "-i",
+            ])
+            .arg(&data)
+            .output()
+            .expect("perf is needed for --profile");
+        println!(
+            "    profile (owners {}):\n{}",
+            if owners { "on" } else { "off" },
+            String::from_utf8_lossy(&report.stdout)
+        );
+        let _ = std::fs::remove_file(&data);
+    }
     per_sample
 }
 

@@ -469,8 +469,10 @@ impl Sampler {
         if !on_shared_tables.is_empty() {
             let failures = self.read_shared_tables(&mut samples, &on_shared_tables);
             for (index, error) in failures.into_iter().rev() {
-                failed += 1;
-                first_failure.get_or_insert(error);
+                if let Some(error) = error {
+                    failed += 1;
+                    first_failure.get_or_insert(error);
+                }
                 samples.remove(index);
             }
         }
@@ -531,12 +533,13 @@ impl Sampler {
     /// where it is one of them, else from inside the first. Where the walk
     /// fails or is incomplete, each namespace is read on its own instead,
     /// as without it. Returns the namespaces that could not be read either
-    /// way, by index in `samples`, in order, with why.
+    /// way, by index in `samples`, in order, with why (`None`: gone since
+    /// their settings were read).
     fn read_shared_tables(
         &mut self,
         samples: &mut [(NamespaceIdentity, NamespaceRead)],
         on_shared: &[OnSharedTables],
-    ) -> Vec<(usize, SourceError)> {
+    ) -> Vec<(usize, Option<SourceError>)> {
         let list: Vec<(u32, PortRange)> = on_shared
             .iter()
             .map(|shared| (samples[shared.index].0.inode as u32, shared.range))
@@ -548,13 +551,24 @@ impl Sampler {
         let bound_inactive = on_shared
             .iter()
             .any(|shared| shared.may_hold_bound_inactive);
-        let from = on_shared
+        // From the exporter's own namespace where it is on the tables, else
+        // from the first that can still be entered.
+        let mut from = Err(SourceError::NoNamespace {
+            reason: "every namespace on the host's TCP tables is gone".into(),
+        });
+        for shared in on_shared
             .iter()
-            .find(|shared| shared.own)
-            .unwrap_or(&on_shared[0]);
+            .filter(|shared| shared.own)
+            .chain(on_shared.iter().filter(|shared| !shared.own))
+        {
+            from = enter_unless_own(shared);
+            if from.is_ok() {
+                break;
+            }
+        }
         // Link-local sockets name an interface of their namespace by index.
         let mut link_local: BTreeMap<usize, BTreeSet<u32>> = BTreeMap::new();
-        let walked = match enter_unless_own(from) {
+        let walked = match from {
             Ok(inside) => {
                 let walked =
                     self.reader
@@ -632,7 +646,15 @@ impl Sampler {
                     read.report.bound_inactive_seen = report.bound_inactive_seen;
                     read.report.interfaces.extend(report.interfaces);
                 }
-                Err(error) => failures.push((shared.index, error)),
+                // Gone since its settings were read: left out, as a
+                // namespace gone before is, not a failure.
+                Err(SourceError::Enter { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound
+                        || source.raw_os_error() == Some(libc::EINVAL) =>
+                {
+                    failures.push((shared.index, None));
+                }
+                Err(error) => failures.push((shared.index, Some(error))),
             }
         }
         failures

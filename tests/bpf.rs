@@ -541,7 +541,11 @@ fn one_walk_reads_what_each_namespace_reads() {
             "bpf",
             &format!("--collector.netns.one-walk={one_walk}"),
         ]));
-        assert!(output.status.success(), "--once failed: {stderr}");
+        assert!(
+            output.status.success(),
+            "--once failed ({}): {stderr}",
+            output.status
+        );
         let ours: std::collections::BTreeMap<String, f64> = String::from_utf8_lossy(&output.stdout)
             .lines()
             .filter(|line| !line.starts_with('#'))

@@ -127,6 +127,19 @@ fn helper(count: usize, port: u16, time_wait_every: usize, threads: usize) {
     let _ = std::io::stdin().read_to_end(&mut rest);
 }
 
+/// The thread id of the exporter's thread named `sampler`.
+pub fn sampler_tid(pid: u32) -> u32 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .find(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|comm| comm.trim() == "sampler")
+        })
+        .and_then(|task| task.file_name().to_str()?.parse().ok())
+        .unwrap_or_else(|| panic!("no sampler thread in process {pid}"))
+}
+
 /// CPU time of the exporter's thread named `sampler`, from its stat file.
 pub fn sampler_cpu_seconds(pid: u32) -> f64 {
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))

@@ -739,6 +739,50 @@ mod tests {
     }
 
     #[test]
+    fn tagged_records_carry_their_namespace() {
+        let mut bytes = record(
+            2,
+            1,
+            HAS_BUCKET,
+            -1,
+            (&[10, 0, 0, 1], 40001),
+            (&[10, 0, 0, 9], 80),
+            (0, 0),
+            5,
+        );
+        bytes.extend(4_026_532_175u32.to_ne_bytes());
+        bytes.extend([0; 4]);
+        bytes.extend(record(
+            2,
+            BOUND_INACTIVE,
+            0,
+            0,
+            (&[0, 0, 0, 0], 40002),
+            (&[0, 0, 0, 0], 0),
+            (0, 0),
+            9,
+        ));
+        bytes.extend(4_026_531_833u32.to_ne_bytes());
+        bytes.extend([0; 4]);
+        let mut sockets = Vec::new();
+        parse_tagged_records(&bytes, 0, &mut |netns, socket| {
+            sockets.push((netns, *socket))
+        })
+        .unwrap();
+        assert_eq!(sockets.len(), 2);
+        assert_eq!(sockets[0].0, 4_026_532_175);
+        assert_eq!(sockets[0].1.remote, "10.0.0.9:80".parse().unwrap());
+        assert_eq!(sockets[0].1.binding, PortBinding::Connect);
+        assert_eq!(sockets[1].0, 4_026_531_833);
+        assert_eq!(
+            sockets[1].1.state,
+            SocketState::Tcp(TcpState::BoundInactive)
+        );
+        // A plain record is no tagged one.
+        assert!(parse_tagged_records(&bytes[..RECORD_LENGTH], 0, &mut |_, _| {}).is_err());
+    }
+
+    #[test]
     fn the_embedded_object_is_a_bpf_elf() {
         assert_eq!(&TCP_PORTS_OBJECT[..4], b"\x7fELF");
         // e_machine 247: EM_BPF.
