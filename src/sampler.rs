@@ -15,12 +15,13 @@ use crate::aggregate::{Aggregator, Limits, Snapshot};
 use crate::metrics::failures::FailureHistory;
 use crate::model::{
     NamespaceFailures, NamespaceIdentity, OwnerLookup, PortFailureCounts, PortRange, Protocol,
-    SocketOwners, SocketSink,
+    SocketOwners, SocketSink, SourceKind,
 };
 use crate::page::landing_page;
 use crate::render::Renderer;
 use crate::source::bpf::failures::PortFailureCounter;
-use crate::source::{NamespaceReader, ReadReport, SourceError, namespaces};
+use crate::source::bpf::shared::SharedNamespace;
+use crate::source::{NamespaceReader, ReadReport, SharedTablesUse, SourceError, namespaces};
 use crate::status::{FailureCounting, NamespaceCounts, SampleStatus, Stage};
 
 /// `--collector.netns`. Like every flag's set of values, it derives clap's
@@ -440,7 +441,7 @@ impl Sampler {
                     }
                 }
             };
-            let result = read_namespace_but_shared_tcp(&mut self.reader, &self.limits);
+            let result = read_namespace_but_shared(&mut self.reader, &self.limits);
             // Hold nothing of the namespace once out of it, the exporter's
             // own too: a netlink socket left open would read this namespace
             // for the next one.
@@ -448,13 +449,15 @@ impl Sampler {
             drop(inside);
             match result {
                 Ok((sample, shared)) => {
-                    if let Some((range, may_hold_bound_inactive)) = shared {
+                    if let Some(left) = shared {
                         on_shared_tables.push(OnSharedTables {
                             index: samples.len(),
                             handle: entry.handle.clone(),
                             own: Some(entry.identity.inode) == own,
-                            range,
-                            may_hold_bound_inactive,
+                            range: left.range,
+                            may_hold_bound_inactive: left.may_hold_bound_inactive,
+                            udp: left.using.udp,
+                            host_udp_table: left.using.host_udp_table,
                         });
                     }
                     samples.push((entry.identity, sample));
@@ -529,64 +532,76 @@ impl Sampler {
     }
 
     /// Reads the TCP sockets of the namespaces `on_shared` of `samples` in
-    /// one walk of the host's tables, from the exporter's own namespace
-    /// where it is one of them, else from inside the first. Where the walk
-    /// fails or is incomplete, each namespace is read on its own instead,
-    /// as without it. Returns the namespaces that could not be read either
-    /// way, by index in `samples`, in order, with why (`None`: gone since
-    /// their settings were read).
+    /// one walk of the host's tables, and the UDP sockets of those that
+    /// left them to the walk. The walk runs from the exporter's own
+    /// namespace where it is one of them, else from inside the first that
+    /// can still be entered; one on the host's UDP table first where UDP is
+    /// to be read. Where the walk fails or is incomplete, each namespace is
+    /// read on its own instead, as without it; so is the UDP of namespaces
+    /// the walk could not read it for. Returns the namespaces that could not
+    /// be read either way, by index in `samples`, in order, with why
+    /// (`None`: gone since their settings were read).
     fn read_shared_tables(
         &mut self,
         samples: &mut [(NamespaceIdentity, NamespaceRead)],
         on_shared: &[OnSharedTables],
     ) -> Vec<(usize, Option<SourceError>)> {
-        let list: Vec<(u32, PortRange)> = on_shared
+        let bound_inactive = on_shared
             .iter()
-            .map(|shared| (samples[shared.index].0.inode as u32, shared.range))
+            .any(|shared| shared.may_hold_bound_inactive);
+        let any_udp = on_shared.iter().any(|shared| shared.udp);
+        // Whence to walk, best first: a namespace on the host's UDP table
+        // too (where UDP is to be read), the exporter's own first.
+        let rank = |shared: &OnSharedTables| (!(any_udp && shared.host_udp_table), !shared.own);
+        let mut order: Vec<&OnSharedTables> = on_shared.iter().collect();
+        order.sort_by_key(|shared| rank(shared));
+        let mut from = Err(SourceError::NoNamespace {
+            reason: "every namespace on the host's TCP tables is gone".into(),
+        });
+        let mut read_udp = false;
+        for shared in order {
+            from = enter_unless_own(shared);
+            if from.is_ok() {
+                read_udp = any_udp && shared.host_udp_table;
+                break;
+            }
+        }
+        let list: Vec<SharedNamespace> = on_shared
+            .iter()
+            .map(|shared| SharedNamespace {
+                inode: samples[shared.index].0.inode as u32,
+                range: shared.range,
+                udp: shared.udp && read_udp,
+            })
             .collect();
         let by_namespace: HashMap<u32, usize> = on_shared
             .iter()
             .map(|shared| (samples[shared.index].0.inode as u32, shared.index))
             .collect();
-        let bound_inactive = on_shared
-            .iter()
-            .any(|shared| shared.may_hold_bound_inactive);
-        // From the exporter's own namespace where it is on the tables, else
-        // from the first that can still be entered.
-        let mut from = Err(SourceError::NoNamespace {
-            reason: "every namespace on the host's TCP tables is gone".into(),
-        });
-        for shared in on_shared
-            .iter()
-            .filter(|shared| shared.own)
-            .chain(on_shared.iter().filter(|shared| !shared.own))
-        {
-            from = enter_unless_own(shared);
-            if from.is_ok() {
-                break;
-            }
-        }
         // Link-local sockets name an interface of their namespace by index.
         let mut link_local: BTreeMap<usize, BTreeSet<u32>> = BTreeMap::new();
         let walked = match from {
             Ok(inside) => {
-                let walked =
-                    self.reader
-                        .read_shared_tables(&list, bound_inactive, &mut |netns, socket| {
-                            let Some(&index) = by_namespace.get(&netns) else {
-                                return;
-                            };
-                            if let IpAddr::V6(address) = socket.local.ip()
-                                && address.is_unicast_link_local()
-                                && socket.interface != 0
-                            {
-                                link_local
-                                    .entry(index)
-                                    .or_default()
-                                    .insert(socket.interface);
-                            }
-                            samples[index].1.aggregator.add(socket);
-                        });
+                let walked = self.reader.read_shared_tables(
+                    &list,
+                    read_udp,
+                    bound_inactive,
+                    &mut |netns, socket| {
+                        let Some(&index) = by_namespace.get(&netns) else {
+                            return;
+                        };
+                        if let IpAddr::V6(address) = socket.local.ip()
+                            && address.is_unicast_link_local()
+                            && socket.interface != 0
+                        {
+                            link_local
+                                .entry(index)
+                                .or_default()
+                                .insert(socket.interface);
+                        }
+                        samples[index].1.aggregator.add(socket);
+                    },
+                );
                 self.reader.leave_namespace();
                 drop(inside);
                 walked
@@ -597,11 +612,19 @@ impl Sampler {
             Ok(walk) => walk.complete && (!bound_inactive || walk.bound_inactive_walked),
             Err(_) => false,
         };
+        // What each namespace still needs read on its own: TCP, then UDP.
+        let mut apart: Vec<(&OnSharedTables, [bool; 2])> = Vec::new();
         if whole {
             for shared in on_shared {
+                let report = &mut samples[shared.index].1.report;
                 // Walked for, or none can exist.
-                samples[shared.index].1.report.bound_inactive_seen = true;
-                samples[shared.index].1.report.one_walk = true;
+                report.bound_inactive_seen = true;
+                report.one_walk = true;
+                if shared.udp && read_udp {
+                    report.sources[1] = SourceKind::Bpf;
+                } else if shared.udp {
+                    apart.push((shared, [false, true]));
+                }
             }
             for (index, indexes) in link_local {
                 let Some(shared) = on_shared.iter().find(|shared| shared.index == index) else {
@@ -613,28 +636,35 @@ impl Sampler {
                     samples[index].1.report.interfaces.extend(names);
                 }
             }
-            return Vec::new();
-        }
-        match walked {
-            Err(error) => {
-                tracing::debug!(err = %error, "the one walk of the host's TCP tables failed; each namespace is read on its own");
+        } else {
+            match walked {
+                Err(error) => {
+                    tracing::debug!(err = %error, "the one walk of the host's TCP tables failed; each namespace is read on its own");
+                }
+                Ok(walk) => {
+                    tracing::debug!(
+                        complete = walk.complete,
+                        bound_inactive_walked = walk.bound_inactive_walked,
+                        "the one walk of the host's TCP tables was incomplete; each namespace is read on its own"
+                    );
+                }
             }
-            Ok(walk) => {
-                tracing::debug!(
-                    complete = walk.complete,
-                    bound_inactive_walked = walk.bound_inactive_walked,
-                    "the one walk of the host's TCP tables was incomplete; each namespace is read on its own"
-                );
+            for shared in on_shared {
+                let aggregator = &mut samples[shared.index].1.aggregator;
+                aggregator.restart(Protocol::Tcp);
+                if shared.udp {
+                    aggregator.restart(Protocol::Udp);
+                }
+                apart.push((shared, [true, shared.udp]));
             }
         }
         let mut failures = Vec::new();
-        for shared in on_shared {
+        for (shared, protocols) in apart {
             let read = &mut samples[shared.index].1;
-            read.aggregator.restart(Protocol::Tcp);
             let result = enter_unless_own(shared).and_then(|inside| {
                 let result = self.reader.read_settings().and_then(|_| {
                     self.reader
-                        .read_tcp_sockets(shared.range, &mut read.aggregator)
+                        .read_protocols(shared.range, protocols, &mut read.aggregator)
                 });
                 self.reader.leave_namespace();
                 drop(inside);
@@ -642,8 +672,14 @@ impl Sampler {
             });
             match result {
                 Ok(report) => {
-                    read.report.sources[0] = report.sources[0];
-                    read.report.bound_inactive_seen = report.bound_inactive_seen;
+                    for (index, &read_now) in protocols.iter().enumerate() {
+                        if read_now {
+                            read.report.sources[index] = report.sources[index];
+                        }
+                    }
+                    if protocols[0] {
+                        read.report.bound_inactive_seen = report.bound_inactive_seen;
+                    }
                     read.report.interfaces.extend(report.interfaces);
                 }
                 // Gone since its settings were read: left out, as a
@@ -657,6 +693,7 @@ impl Sampler {
                 Err(error) => failures.push((shared.index, Some(error))),
             }
         }
+        failures.sort_by_key(|(index, _)| *index);
         failures
     }
 
@@ -855,6 +892,11 @@ struct OnSharedTables {
     /// Whether its counts allow sockets bound but neither listening nor
     /// connected.
     may_hold_bound_inactive: bool,
+    /// Whether its UDP sockets are to come from the walk too.
+    udp: bool,
+    /// Whether it is on the host's UDP table, which the walk can then read
+    /// from inside it.
+    host_udp_table: bool,
 }
 
 /// Enters the namespace of `shared`, unless it is the exporter's own.
@@ -871,24 +913,41 @@ fn enter_unless_own(shared: &OnSharedTables) -> Result<Option<namespaces::Entere
 }
 
 /// `read_namespace` for `--collector.netns=all`, but where the namespace's
-/// TCP sockets are to come from the one walk of the host's tables: then
-/// only its UDP sockets are read, and its range is returned with whether
-/// it may hold sockets bound but neither listening nor connected.
-fn read_namespace_but_shared_tcp(
+/// TCP sockets (and maybe its UDP ones) are to come from the one walk of
+/// the host's tables: then only the rest is read, and its range is
+/// returned with whether it may hold sockets bound but neither listening
+/// nor connected, and what the walk is to read of it.
+fn read_namespace_but_shared(
     reader: &mut NamespaceReader,
     limits: &Limits,
-) -> Result<(NamespaceRead, Option<(PortRange, bool)>), SourceError> {
+) -> Result<(NamespaceRead, Option<LeftToTheWalk>), SourceError> {
     let (range, mut aggregator, lookup) = start_namespace(reader, limits, None)?;
-    if !reader.on_shared_tables() {
+    let using = reader.on_shared_tables();
+    if !using.tcp {
         let report = reader.read_sockets(range, None, &mut aggregator)?;
         return Ok((end_namespace(reader, aggregator, report, lookup), None));
     }
-    let report = reader.read_sockets_but_shared_tcp(range, &mut aggregator)?;
+    let report = reader.read_sockets_but_shared(range, using, &mut aggregator)?;
     let may_hold = reader.may_hold_bound_inactive();
     Ok((
         end_namespace(reader, aggregator, report, lookup),
-        Some((range, may_hold)),
+        Some(LeftToTheWalk {
+            range,
+            may_hold_bound_inactive: may_hold,
+            using,
+        }),
     ))
+}
+
+/// What a namespace left to the one walk of the host's tables.
+struct LeftToTheWalk {
+    /// Its ephemeral range.
+    range: PortRange,
+    /// Whether its counts allow sockets bound but neither listening nor
+    /// connected.
+    may_hold_bound_inactive: bool,
+    /// What the walk is to read of it.
+    using: SharedTablesUse,
 }
 
 /// Reads the namespace the calling thread is in: its settings, then its

@@ -32,7 +32,7 @@ use aya::maps::{Array, Map, MapData, RingBuf};
 
 use crate::model::{
     INODE_NOT_READ, ListenQueue, PortBinding, PortRange, SocketRecord, SocketSink, SocketState,
-    TcpState, TimeWait,
+    TcpState, TimeWait, UdpState,
 };
 use crate::source::netlink::{NetlinkError, NetlinkSockets};
 
@@ -58,6 +58,8 @@ const HAS_BUCKET: u8 = 1;
 const HAS_ENTRY_STAMP: u8 = 2;
 /// `RECORD_HAS_FILE`: a file holds the socket, whose inode may be unread.
 const HAS_FILE: u8 = 4;
+/// `RECORD_UDP`: a UDP socket, from the walk of shared tables.
+const UDP: u8 = 8;
 
 /// `SETTING_WALK_BIND_HASH`: walk the bind hash for bound sockets.
 const SETTING_WALK_BIND_HASH: u32 = 1;
@@ -472,14 +474,23 @@ fn parse_record(record: &[u8], now_ms: u64) -> Result<SocketRecord, BpfError> {
             other => Err(BpfError::Malformed(format!("address family {other}"))),
         }
     };
-    let state = if state_number == BOUND_INACTIVE {
-        TcpState::BoundInactive
+    let state = if flags & UDP != 0 {
+        // As sock_diag reports them: TCP_ESTABLISHED is connected.
+        SocketState::Udp(if state_number == 1 {
+            UdpState::Connected
+        } else {
+            UdpState::Unconnected
+        })
+    } else if state_number == BOUND_INACTIVE {
+        SocketState::Tcp(TcpState::BoundInactive)
     } else {
-        TcpState::from_kernel(state_number)
-            .ok_or_else(|| BpfError::Malformed(format!("unknown TCP state {state_number}")))?
+        SocketState::Tcp(
+            TcpState::from_kernel(state_number)
+                .ok_or_else(|| BpfError::Malformed(format!("unknown TCP state {state_number}")))?,
+        )
     };
     let mut socket = SocketRecord::new(
-        SocketState::Tcp(state),
+        state,
         SocketAddr::new(address(40)?, local_port),
         SocketAddr::new(address(56)?, remote_port),
         inode,
@@ -494,13 +505,13 @@ fn parse_record(record: &[u8], now_ms: u64) -> Result<SocketRecord, BpfError> {
             PortBinding::Connect
         };
     }
-    if state == TcpState::Listen {
+    if state == SocketState::Tcp(TcpState::Listen) {
         socket.listen_queue = Some(ListenQueue {
             waiting: u32_at(16),
             limit: u32_at(20),
         });
     }
-    if state == TcpState::TimeWait {
+    if state == SocketState::Tcp(TcpState::TimeWait) {
         let entry_stamp = u32_at(24);
         let recent_stamp = u32_at(28);
         let age_ms = if flags & HAS_ENTRY_STAMP != 0 {

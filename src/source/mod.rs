@@ -131,6 +131,19 @@ pub struct NamespaceReader {
     shared_tables: Option<bpf::shared::SharedTables>,
 }
 
+/// How the namespace of the last `read_settings` is read with the one walk
+/// of the host's tables (`NamespaceReader::on_shared_tables`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SharedTablesUse {
+    /// Its TCP sockets come from the walk.
+    pub tcp: bool,
+    /// Its UDP sockets come from the walk too.
+    pub udp: bool,
+    /// It is on the host's UDP table as well, and the walk can read that
+    /// table from inside it.
+    pub host_udp_table: bool,
+}
+
 /// What the one walk of the host's TCP tables found for one namespace:
 /// its sockets went to its sink, and this is the rest of its read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,23 +215,47 @@ impl NamespaceReader {
     /// (`tcp_ehash_entries` below 0, or, for the host's own namespace, the
     /// program's probe). Where the walk cannot run here, it is turned off
     /// for good, logged once.
-    pub fn on_shared_tables(&mut self) -> bool {
+    ///
+    /// Its UDP sockets come from the walk too where the kernel names each
+    /// namespace's UDP table (Linux 6.2+), netlink reads UDP, the counts
+    /// show UDP sockets, and the namespace is on the host's UDP table
+    /// (`udp_hash_entries` below 0, or the host's own namespace).
+    pub fn on_shared_tables(&mut self) -> SharedTablesUse {
         if self.sources[0] != SourceKind::Bpf
             || self.census.is_some_and(|census| census.tcp_empty())
         {
-            return false;
+            return SharedTablesUse::default();
         }
         let Some(shared) = &mut self.shared_tables else {
-            return false;
+            return SharedTablesUse::default();
         };
+        // The host's own namespace shows a positive count, as one with
+        // tables of its own does: the probe tells them apart.
         let on_host_table = match sysctl::read_shares_host_tcp_table(&self.procfs_root) {
-            Some(true) => shared.load_once().map(|()| true),
-            Some(false) => shared.on_host_table(),
+            Some(true) => shared.load_once().map(|()| (true, false)),
+            Some(false) => shared
+                .probe()
+                .map(|probe| (probe.on_host_table, probe.on_host_table)),
             // Before Linux 6.1 the kernel does not say.
-            None => return false,
+            None => return SharedTablesUse::default(),
         };
+        let on_host_table = on_host_table.and_then(|(tcp, host)| {
+            let udp_table = shared.reads_udp()?
+                && match sysctl::read_shares_host_udp_table(&self.procfs_root) {
+                    Some(shares) => shares || host,
+                    None => false,
+                };
+            Ok(SharedTablesUse {
+                tcp,
+                udp: tcp
+                    && udp_table
+                    && self.sources[1] == SourceKind::Netlink
+                    && !self.census.is_some_and(|census| census.udp_empty()),
+                host_udp_table: tcp && udp_table,
+            })
+        });
         match on_host_table {
-            Ok(on) => on,
+            Ok(using) => using,
             Err(error) => {
                 if error.is_unsupported() {
                     tracing::info!(
@@ -230,31 +267,33 @@ impl NamespaceReader {
                 } else {
                     tracing::debug!(err = %error, "cannot tell whether a namespace shares the host's TCP tables");
                 }
-                false
+                SharedTablesUse::default()
             }
         }
     }
 
-    /// `read_sockets` but for the TCP sockets, which are to come from
-    /// `read_shared_tables`: `bound_inactive_seen` in the report says
-    /// whether any bound-but-inactive socket is possible, and is to be
-    /// set from the walk.
-    pub fn read_sockets_but_shared_tcp(
+    /// `read_sockets` but for the protocols whose sockets are to come from
+    /// `read_shared_tables`, as `using` says. For TCP, `bound_inactive_seen`
+    /// in the report then says only whether no bound-but-inactive socket is
+    /// possible, and is to be set from the walk.
+    pub fn read_sockets_but_shared(
         &mut self,
         range: PortRange,
+        using: SharedTablesUse,
         sink: &mut dyn SocketSink,
     ) -> Result<ReadReport, SourceError> {
-        self.read_sockets_with(range, None, sink, [false, true])
+        self.read_sockets_with(range, None, sink, [!using.tcp, !using.udp])
     }
 
-    /// `read_sockets` for the TCP sockets alone: those of a namespace whose
-    /// one walk failed.
-    pub fn read_tcp_sockets(
+    /// `read_sockets` for the protocols `read` says (TCP, then UDP): those
+    /// of a namespace that the one walk did not read.
+    pub fn read_protocols(
         &mut self,
         range: PortRange,
+        read: [bool; 2],
         sink: &mut dyn SocketSink,
     ) -> Result<ReadReport, SourceError> {
-        self.read_sockets_with(range, None, sink, [true, false])
+        self.read_sockets_with(range, None, sink, read)
     }
 
     /// Whether the namespace of the last `read_settings` may hold TCP
@@ -266,12 +305,14 @@ impl NamespaceReader {
 
     /// Walks the host's TCP tables once, from the calling thread's
     /// namespace, which must be on them, handing `each` the TCP sockets of
-    /// the `namespaces` (each by the inode of its namespace file, with its
-    /// range) with their namespace's inode. With `bound_inactive`, the
-    /// sockets bound but neither listening nor connected too.
+    /// the `namespaces` with their namespace's inode. With `bound_inactive`,
+    /// the sockets bound but neither listening nor connected too. With
+    /// `read_udp`, the UDP sockets of the namespaces that ask for them, from
+    /// the calling thread's namespace's UDP table, which must be the host's.
     pub fn read_shared_tables(
         &mut self,
-        namespaces: &[(u32, PortRange)],
+        namespaces: &[bpf::shared::SharedNamespace],
+        read_udp: bool,
         bound_inactive: bool,
         each: &mut dyn FnMut(u32, &SocketRecord),
     ) -> Result<SharedWalk, SourceError> {
@@ -287,13 +328,19 @@ impl NamespaceReader {
             }));
         };
         let mut added = 0u32;
-        let walked = shared.walk(namespaces, inodes, bound_inactive, &mut |netns, socket| {
-            added += 1;
-            if added.is_multiple_of(SOCKETS_BETWEEN_YIELDS) {
-                std::thread::yield_now();
-            }
-            each(netns, socket);
-        });
+        let walked = shared.walk(
+            namespaces,
+            read_udp,
+            inodes,
+            bound_inactive,
+            &mut |netns, socket| {
+                added += 1;
+                if added.is_multiple_of(SOCKETS_BETWEEN_YIELDS) {
+                    std::thread::yield_now();
+                }
+                each(netns, socket);
+            },
+        );
         let outcome = match walked {
             Ok(outcome) => outcome,
             Err(error) => {

@@ -39,7 +39,21 @@ const EHASH_ENTRIES_PATH: &str = "sys/net/ipv4/tcp_ehash_entries";
 /// `tcp_ehash_entries` below the procfs root `procfs`, which is negative
 /// inside a namespace that does; `None` where it cannot be read.
 pub fn read_shares_host_tcp_table(procfs: &Path) -> Option<bool> {
-    let text = super::read_small_file(&procfs.join(EHASH_ENTRIES_PATH)).ok()?;
+    shares_host_table(procfs, EHASH_ENTRIES_PATH)
+}
+
+/// The size of the namespace's UDP hash table: negative when it shares the
+/// host's (Linux 6.2+).
+const UDP_HASH_ENTRIES_PATH: &str = "sys/net/ipv4/udp_hash_entries";
+
+/// Whether the namespace shares the host's UDP hash table, from
+/// `udp_hash_entries`, as `read_shares_host_tcp_table`.
+pub fn read_shares_host_udp_table(procfs: &Path) -> Option<bool> {
+    shares_host_table(procfs, UDP_HASH_ENTRIES_PATH)
+}
+
+fn shares_host_table(procfs: &Path, entries: &str) -> Option<bool> {
+    let text = super::read_small_file(&procfs.join(entries)).ok()?;
     text.trim().parse::<i64>().ok().map(|entries| entries < 0)
 }
 

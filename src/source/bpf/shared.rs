@@ -49,6 +49,8 @@ const PART_WALKED: u8 = 1;
 const PART_UNSUPPORTED: u8 = 4;
 const PART_NOT_SHARED: u8 = 32;
 const PART_SHARED: u8 = 64;
+/// In a probe's marker: the walk can read UDP sockets (Linux 6.2+).
+const PART_READS_UDP: u8 = 128;
 
 /// The trailer's flag: the bind hash's walk completed.
 const TRAILER_WALKED: u8 = 1;
@@ -58,6 +60,29 @@ const SETTING_WALK_BIND_HASH: u32 = 1;
 const SETTING_READ_INODES: u32 = 2;
 const SETTING_MARK_FILES: u32 = 4;
 const SETTING_PROBE: u32 = 8;
+const SETTING_READ_UDP: u32 = 16;
+
+/// A namespace a walk reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedNamespace {
+    /// The inode of its namespace file.
+    pub inode: u32,
+    /// Its ephemeral range: its TCP sockets outside it are left out, but
+    /// for listeners.
+    pub range: PortRange,
+    /// Whether its UDP sockets are read too.
+    pub udp: bool,
+}
+
+/// What the probe of a namespace found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    /// Whether the namespace keeps its TCP sockets in the host's tables.
+    pub on_host_table: bool,
+    /// Whether the kernel names each namespace's UDP table (Linux 6.2+),
+    /// so that the walk can read the host's.
+    pub reads_udp: bool,
+}
 
 /// How a walk went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +99,7 @@ pub struct WalkOutcome {
 struct Loaded {
     program: loader::LoadedProgram,
     settings: Array<MapData, u32>,
-    namespaces: HashMap<MapData, u32, u32>,
+    namespaces: HashMap<MapData, u32, [u32; 2]>,
     ring: RingBuf<MapData>,
     /// The namespaces now in `namespaces`.
     listed: HashSet<u32>,
@@ -84,6 +109,8 @@ struct Loaded {
 #[derive(Default)]
 pub struct SharedTables {
     loaded: Option<Loaded>,
+    /// Whether the walk can read UDP here, once a probe has said.
+    reads_udp: Option<bool>,
 }
 
 impl SharedTables {
@@ -106,9 +133,9 @@ impl SharedTables {
     }
 
     /// Whether the calling thread's namespace keeps its TCP sockets in the
-    /// host's tables, which this walk reads. Runs the program on its first
-    /// part only, walking nothing.
-    pub fn on_host_table(&mut self) -> Result<bool, BpfError> {
+    /// host's tables, which this walk reads, and whether the walk can read
+    /// UDP. Runs the program on its first part only, walking nothing.
+    pub fn probe(&mut self) -> Result<Probe, BpfError> {
         let loaded = self.loaded_program()?;
         set(&mut loaded.settings, 1, SETTING_PROBE)?;
         let [kind, flags, ..] = read_marker(&loaded.program)?;
@@ -118,7 +145,21 @@ impl SharedTables {
                 "this kernel does not name each namespace's TCP tables (Linux 6.1+)",
             ));
         }
-        Ok(flags & PART_SHARED != 0 && flags & PART_NOT_SHARED == 0)
+        let probe = Probe {
+            on_host_table: flags & PART_SHARED != 0 && flags & PART_NOT_SHARED == 0,
+            reads_udp: flags & PART_READS_UDP != 0,
+        };
+        self.reads_udp = Some(probe.reads_udp);
+        Ok(probe)
+    }
+
+    /// Whether the walk can read UDP sockets on this kernel (Linux 6.2+),
+    /// from the first probe.
+    pub fn reads_udp(&mut self) -> Result<bool, BpfError> {
+        match self.reads_udp {
+            Some(reads) => Ok(reads),
+            None => self.probe().map(|probe| probe.reads_udp),
+        }
     }
 
     /// Walks the calling thread's namespace's TCP tables once, handing
@@ -128,9 +169,14 @@ impl SharedTables {
     /// `bound_inactive` the sockets bound but neither listening nor
     /// connected. Inodes are read as `inodes` says. Fails as unavailable
     /// where the calling thread's namespace has a table of its own.
+    ///
+    /// With `read_udp`, the calling thread's namespace's UDP table is
+    /// walked too, for the namespaces whose UDP sockets are asked for: it
+    /// must be the host's, which they share.
     pub fn walk(
         &mut self,
-        namespaces: &[(u32, PortRange)],
+        namespaces: &[SharedNamespace],
+        read_udp: bool,
         inodes: InodeReading,
         bound_inactive: bool,
         each: &mut dyn FnMut(u32, &SocketRecord),
@@ -147,7 +193,8 @@ impl SharedTables {
         } else {
             0
         };
-        set(&mut loaded.settings, 1, walk | inode_setting)?;
+        let udp = if read_udp { SETTING_READ_UDP } else { 0 };
+        set(&mut loaded.settings, 1, walk | inode_setting | udp)?;
         set(&mut loaded.settings, 2, u32::from(port))?;
         set(&mut loaded.settings, NEXT_PART, 0)?;
         let now_ms = monotonic_ms();
@@ -213,23 +260,23 @@ fn unsupported(flags: u8) -> Result<(), BpfError> {
 }
 
 impl Loaded {
-    /// Makes `namespaces` hold exactly these namespaces and ranges.
-    fn list(&mut self, namespaces: &[(u32, PortRange)]) -> Result<(), BpfError> {
-        let wanted: HashSet<u32> = namespaces.iter().map(|&(inode, _)| inode).collect();
+    /// Makes `namespaces` hold exactly these namespaces, as
+    /// `struct namespace_entry`: the range, first port in the low 16 bits,
+    /// then whether to read UDP.
+    fn list(&mut self, namespaces: &[SharedNamespace]) -> Result<(), BpfError> {
+        let wanted: HashSet<u32> = namespaces.iter().map(|namespace| namespace.inode).collect();
         for gone in self.listed.difference(&wanted) {
             // A key already gone is no error.
             let _ = self.namespaces.remove(gone);
         }
         self.listed.clear();
-        for &(inode, range) in namespaces {
+        for namespace in namespaces {
+            let range = u32::from(namespace.range.start) | (u32::from(namespace.range.end) << 16);
+            let entry = [range, u32::from(namespace.udp)];
             self.namespaces
-                .insert(
-                    inode,
-                    u32::from(range.start) | (u32::from(range.end) << 16),
-                    0,
-                )
+                .insert(namespace.inode, entry, 0)
                 .map_err(|error| unavailable("namespaces", error))?;
-            self.listed.insert(inode);
+            self.listed.insert(namespace.inode);
         }
         Ok(())
     }

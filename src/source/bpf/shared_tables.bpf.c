@@ -42,6 +42,17 @@
 
 struct bpf_map;
 
+// A slot of the UDP table, by port. Since Linux 6.14 `head` shares a union
+// with the head of a nulls list, for the table by four-tuple.
+struct udp_hslot {
+	struct hlist_head head;
+} __attribute__((preserve_access_index));
+
+struct udp_table {
+	struct udp_hslot *hash;
+	unsigned int mask;
+} __attribute__((preserve_access_index));
+
 struct bpf_iter__bpf_map {
 	struct bpf_iter_meta *meta;
 	struct bpf_map *map;
@@ -75,11 +86,17 @@ struct bpf_iter__bpf_map {
 #define PART_NOT_SHARED 32
 // A run of the probe (SETTING_PROBE), on the host's table.
 #define PART_SHARED 64
+// In every probe's marker: the kernel names each namespace's UDP table
+// (Linux 6.2+), so that the walk can read UDP sockets.
+#define PART_READS_UDP 128
 
 // Settings beside SETTING_* of `tcp_tables.bpf.h`: only say, in the first
 // part's marker, whether the calling thread's namespace is on the host's
 // table, and walk nothing.
 #define SETTING_PROBE 8
+// Walk the calling thread's namespace's UDP table too, for the namespaces
+// in `namespaces` whose UDP sockets are asked for.
+#define SETTING_READ_UDP 16
 
 
 struct marker {
@@ -94,6 +111,8 @@ struct marker {
 struct tables_walk {
 	__u64 slots;
 	__u64 listening_slots;
+	// 0 where UDP is not walked.
+	__u64 udp_slots;
 	__u64 node;
 	struct namespace_cache cache;
 	__u32 slot;
@@ -104,7 +123,12 @@ struct tables_walk {
 	__u32 listening_end;
 	__u32 listening_slot_size;
 	__u32 listening_chain_at;
-	__u32 listening;
+	__u32 udp_start;
+	__u32 udp_end;
+	__u32 udp_slot_size;
+	__u32 udp_chain_at;
+	// 0: the connection table, 1: the listening table, 2: UDP.
+	__u32 phase;
 	__u32 flags;
 	__u32 settings;
 	__u32 port;
@@ -130,10 +154,12 @@ static __always_inline __u64 visit_socket(struct tables_walk *walk, __u64 addres
 	__u32 saddr_at = bpf_core_field_offset(struct sock_common, skc_rcv_saddr);
 	__u32 daddr6_at = bpf_core_field_offset(struct sock_common, skc_v6_daddr);
 	__u32 saddr6_at = bpf_core_field_offset(struct sock_common, skc_v6_rcv_saddr);
-	struct tagged_record tagged = {};
-	struct record *record = &tagged.record;
+	struct tagged_record *tagged;
+	struct record *record;
 	__u8 window[SOCKET_WINDOW];
+	__u16 local_port;
 	__u32 range;
+	__u8 state;
 	__u64 next;
 
 	if (next_at > SOCKET_WINDOW - 8 || net_at > SOCKET_WINDOW - 8 ||
@@ -153,11 +179,27 @@ static __always_inline __u64 visit_socket(struct tables_walk *walk, __u64 addres
 	range = namespace_range(&walk->cache, *(__u64 *)(window + net_at));
 	if (!range)
 		return next;
-	record->state = window[state_at];
-	record->local_port = *(__u16 *)(window + num_at);
-	if (record->state != TCP_LISTEN &&
-	    (record->local_port < (range & 0xffff) || record->local_port > (range >> 16)))
+	state = window[state_at];
+	local_port = *(__u16 *)(window + num_at);
+	// UDP sockets of every port, as a netlink dump reports them.
+	if (walk->phase == 2 && !walk->cache.udp)
 		return next;
+	if (walk->phase != 2 && state != TCP_LISTEN &&
+	    (local_port < (range & 0xffff) || local_port > (range >> 16)))
+		return next;
+	// The record is written in the ring itself: a copy on the stack would
+	// take more of it than Linux 6.1 allows with the callers' frames.
+	tagged = bpf_ringbuf_reserve(&bound, sizeof(*tagged), 0);
+	if (!tagged) {
+		walk->flags |= PART_RING_FULL;
+		return next;
+	}
+	__builtin_memset(tagged, 0, sizeof(*tagged));
+	record = &tagged->record;
+	record->state = state;
+	record->local_port = local_port;
+	if (walk->phase == 2)
+		record->flags = RECORD_UDP;
 	record->family = *(__u16 *)(window + family_at);
 	record->remote_port = __builtin_bswap16(*(__u16 *)(window + dport_at));
 	record->bound_dev_if = *(__s32 *)(window + dev_at);
@@ -168,10 +210,17 @@ static __always_inline __u64 visit_socket(struct tables_walk *walk, __u64 addres
 		record->local[0] = *(__u32 *)(window + saddr_at);
 		record->remote[0] = *(__u32 *)(window + daddr_at);
 	}
-	fill_detail((void *)address, record, walk->settings, walk->port);
-	tagged.netns = walk->cache.inum;
-	if (bpf_ringbuf_output(&bound, &tagged, sizeof(tagged), 0))
-		walk->flags |= PART_RING_FULL;
+	if (walk->phase == 2) {
+		struct socket *socket = BPF_CORE_READ((struct sock *)address, sk_socket);
+
+		if (socket)
+			record->inode =
+				BPF_CORE_READ((struct socket_alloc *)socket, vfs_inode.i_ino);
+	} else {
+		fill_detail((void *)address, record, walk->settings, walk->port);
+	}
+	tagged->netns = walk->cache.inum;
+	bpf_ringbuf_submit(tagged, 0);
 	return next;
 }
 
@@ -179,7 +228,9 @@ static __always_inline __u64 visit_socket(struct tables_walk *walk, __u64 addres
 static long tables_step(__u32 index, struct tables_walk *walk)
 {
 	if (walk->node) {
-		// A chain ends in an odd "nulls" value.
+		// A chain of the TCP tables ends in an odd "nulls" value, one of
+		// the UDP table in NULL. A socket is linked into either by the
+		// same node (`skc_node` and `skc_nulls_node` share a union).
 		if (walk->node & 1)
 			walk->node = 0;
 		else
@@ -189,17 +240,26 @@ static long tables_step(__u32 index, struct tables_walk *walk)
 		return 0;
 	}
 	if (walk->slot >= walk->slot_end) {
-		if (walk->listening) {
-			walk->flags |= PART_WALKED;
-			return 1;
+		if (walk->phase == 0) {
+			walk->phase = 1;
+			walk->slots = walk->listening_slots;
+			walk->slot = walk->listening_start;
+			walk->slot_end = walk->listening_end;
+			walk->slot_size = walk->listening_slot_size;
+			walk->chain_at = walk->listening_chain_at;
+			return 0;
 		}
-		walk->listening = 1;
-		walk->slots = walk->listening_slots;
-		walk->slot = walk->listening_start;
-		walk->slot_end = walk->listening_end;
-		walk->slot_size = walk->listening_slot_size;
-		walk->chain_at = walk->listening_chain_at;
-		return 0;
+		if (walk->phase == 1 && walk->udp_slots) {
+			walk->phase = 2;
+			walk->slots = walk->udp_slots;
+			walk->slot = walk->udp_start;
+			walk->slot_end = walk->udp_end;
+			walk->slot_size = walk->udp_slot_size;
+			walk->chain_at = walk->udp_chain_at;
+			return 0;
+		}
+		walk->flags |= PART_WALKED;
+		return 1;
 	}
 	walk->node = read_pointer(walk->slots + (__u64)walk->slot * walk->slot_size + walk->chain_at);
 	walk->slot++;
@@ -218,30 +278,35 @@ static __always_inline void share(__u32 index, __u32 parts, __u32 count, __u32 *
 	*end = last < count ? last : count;
 }
 
-// Walks part `index` of `parts` of the tables of `hashinfo`, reading inodes
-// as the SETTING_* `settings` say, with `port` the kept port; returns the
-// part's flags. A function of its own, so that its stack and that of the
-// bind hash's walk are not both on the stack of the program.
-static __noinline __u32 walk_part(struct inet_hashinfo *hashinfo, __u32 index, __u32 parts,
-				  __u32 settings_flags, __u32 port)
+// Walks part `index` of `parts` of the TCP tables of `hashinfo` and of the
+// UDP table `udp` (none: 0), reading inodes as the SETTING_* `settings`
+// say; returns the part's flags. A function of its own, so that its stack
+// and that of the bind hash's walk are not both on the stack of the
+// program.
+static __noinline __u32 walk_part(struct inet_hashinfo *hashinfo, struct udp_table *udp,
+				  __u32 index, __u32 parts, __u32 settings_flags)
 {
 	struct tables_walk walk = {};
 	__u32 zero_key = 3;
+	__u32 port_key = 2;
 	__u32 *zero;
+	__u32 *port;
 	__u32 ehash_slots = BPF_CORE_READ(hashinfo, ehash_mask) + 1;
 
 	// As in `walk_bind_hash`: the walk starts from a zero the verifier of
 	// Linux 6.1 cannot know, so that it checks every branch of the step.
 	zero = bpf_map_lookup_elem(&settings, &zero_key);
-	if (!zero)
+	port = bpf_map_lookup_elem(&settings, &port_key);
+	if (!zero || !port)
 		return PART_UNSUPPORTED;
 	walk.node = *zero;
-	walk.listening = *zero;
+	walk.phase = *zero;
 	walk.flags = *zero;
 	walk.cache.net = *zero;
 	walk.cache.range = *zero;
+	walk.cache.udp = *zero;
 	walk.settings = settings_flags;
-	walk.port = port;
+	walk.port = *port;
 	walk.slots = (__u64)BPF_CORE_READ(hashinfo, ehash);
 	walk.slot_size = bpf_core_type_size(struct inet_ehash_bucket);
 	walk.chain_at = bpf_core_field_offset(struct inet_ehash_bucket, chain.first);
@@ -252,6 +317,12 @@ static __noinline __u32 walk_part(struct inet_hashinfo *hashinfo, __u32 index, _
 		bpf_core_field_offset(struct inet_listen_hashbucket, nulls_head.first);
 	share(index, parts, BPF_CORE_READ(hashinfo, lhash2_mask) + 1, &walk.listening_start,
 	      &walk.listening_end);
+	if (udp) {
+		walk.udp_slots = (__u64)BPF_CORE_READ(udp, hash);
+		walk.udp_slot_size = bpf_core_type_size(struct udp_hslot);
+		walk.udp_chain_at = bpf_core_field_offset(struct udp_hslot, head.first);
+		share(index, parts, BPF_CORE_READ(udp, mask) + 1, &walk.udp_start, &walk.udp_end);
+	}
 	bpf_loop(PART_STEPS, tables_step, &walk, 0);
 	return walk.flags;
 }
@@ -270,14 +341,13 @@ int walk_tables(struct bpf_iter__bpf_map *ctx)
 	struct seq_file *seq = ctx->meta->seq;
 	struct marker marker = {};
 	struct inet_hashinfo *hashinfo;
+	struct udp_table *udp = 0;
 	__u32 next_key = NEXT_PART_KEY;
 	__u32 flags_key = 1;
-	__u32 port_key = 2;
 	__u32 zero_key = 3;
 	__u32 ehash_slots;
 	__u32 parts;
 	__u32 *flags;
-	__u32 *port;
 	__u32 *zero;
 	__u32 *next;
 
@@ -286,10 +356,9 @@ int walk_tables(struct bpf_iter__bpf_map *ctx)
 		return 0;
 	marker.kind = MARKER_PART;
 	flags = bpf_map_lookup_elem(&settings, &flags_key);
-	port = bpf_map_lookup_elem(&settings, &port_key);
 	zero = bpf_map_lookup_elem(&settings, &zero_key);
 	next = bpf_map_lookup_elem(&settings, &next_key);
-	if (!flags || !port || !zero || !next ||
+	if (!flags || !zero || !next ||
 	    !bpf_core_field_exists(struct inet_timewait_death_row, hashinfo) ||
 	    !bpf_core_field_exists(struct inet_hashinfo, pernet) ||
 	    !bpf_core_field_exists(struct inet_listen_hashbucket, nulls_head)) {
@@ -297,17 +366,23 @@ int walk_tables(struct bpf_iter__bpf_map *ctx)
 		bpf_seq_write(seq, &marker, sizeof(marker));
 		return 0;
 	}
+	if (bpf_core_field_exists(struct netns_ipv4, udp_table)) {
+		marker.flags = PART_READS_UDP;
+		if (*flags & SETTING_READ_UDP)
+			udp = BPF_CORE_READ(task, nsproxy, net_ns, ipv4.udp_table);
+	}
 	hashinfo = BPF_CORE_READ(task, nsproxy, net_ns, ipv4.tcp_death_row.hashinfo);
 	if (!hashinfo || BPF_CORE_READ(hashinfo, pernet)) {
-		marker.flags = PART_NOT_SHARED;
+		marker.flags |= PART_NOT_SHARED;
 		bpf_seq_write(seq, &marker, sizeof(marker));
 		return 0;
 	}
 	if (*flags & SETTING_PROBE) {
-		marker.flags = PART_SHARED;
+		marker.flags |= PART_SHARED;
 		bpf_seq_write(seq, &marker, sizeof(marker));
 		return 0;
 	}
+	marker.flags = 0;
 	ehash_slots = BPF_CORE_READ(hashinfo, ehash_mask) + 1;
 	parts = ehash_slots / SLOTS_A_PART + (ehash_slots % SLOTS_A_PART != 0);
 	marker.index = *next;
@@ -319,7 +394,7 @@ int walk_tables(struct bpf_iter__bpf_map *ctx)
 		return 0;
 	}
 	*next = marker.index + 1;
-	marker.flags = walk_part(hashinfo, marker.index, parts, *flags, *port);
+	marker.flags = walk_part(hashinfo, udp, marker.index, parts, *flags);
 	bpf_seq_write(seq, &marker, sizeof(marker));
 	return 0;
 }

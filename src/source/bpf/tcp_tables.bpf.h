@@ -25,6 +25,9 @@
 #define RECORD_HAS_BUCKET 1
 #define RECORD_HAS_ENTRY_STAMP 2
 #define RECORD_HAS_FILE 4
+// A UDP socket (the walk of shared tables only): its state is TCP_CLOSE
+// unconnected, TCP_ESTABLISHED connected.
+#define RECORD_UDP 8
 
 // The trailer: a record of family 0 whose flags say how the walk of the
 // bind hash went.
@@ -152,8 +155,12 @@ struct inet_timewait_death_row {
 	struct inet_hashinfo *hashinfo;
 } __attribute__((preserve_access_index));
 
+struct udp_table;
+
 struct netns_ipv4 {
 	struct inet_timewait_death_row tcp_death_row;
+	// Since Linux 6.2: the namespace's UDP table.
+	struct udp_table *udp_table;
 } __attribute__((preserve_access_index));
 
 struct ns_common {
@@ -250,16 +257,23 @@ struct tagged_record {
 	__u32 pad;
 };
 
-// The namespaces a walk of a shared table reports, by the inode of their
-// namespace file, each with its ephemeral range (as index 0 of `settings`).
-// Filled by the loader before a walk; empty for a walk of one namespace.
+// A namespace a walk of shared tables reports: its ephemeral range (as
+// index 0 of `settings`), and whether its UDP sockets are read too.
+struct namespace_entry {
+	__u32 range;
+	__u32 udp;
+};
+
+// The namespaces a walk of shared tables reports, by the inode of their
+// namespace file. Filled by the loader before a walk; empty for a walk of
+// one namespace.
 #define NAMESPACES_MAX 16384
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, NAMESPACES_MAX);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct namespace_entry);
 } namespaces SEC(".maps");
 
 // Bound-but-inactive sockets found in the bind hash, as records (tagged
@@ -277,8 +291,6 @@ struct {
 #define SLOTS_AT_ONCE 8
 #define SLOT_SIZE 16
 
-// Where the walk of the bind hash stands: at most one of `owner`, `second`
-// and `bucket` is followed at each step, then the next slot.
 // The namespace last looked up in `namespaces`: sockets and buckets of
 // one namespace tend to follow each other.
 struct namespace_cache {
@@ -286,26 +298,33 @@ struct namespace_cache {
 	__u32 inum;
 	// Its range, 0 for a namespace not asked for.
 	__u32 range;
+	// Whether its UDP sockets are asked for.
+	__u32 udp;
+	__u32 pad;
 };
 
 // The range of the namespace `net` in `namespaces`, 0 where it is not
-// there, with its inode in `cache->inum`.
+// there, with its inode and whether its UDP sockets are asked for in
+// `cache`.
 static __always_inline __u32 namespace_range(struct namespace_cache *cache, __u64 net)
 {
+	struct namespace_entry *entry;
 	__u32 inum = 0;
-	__u32 *range;
 
 	if (net == cache->net)
 		return cache->range;
 	bpf_probe_read_kernel(&inum, sizeof(inum),
 			      (void *)net + bpf_core_field_offset(struct net, ns.inum));
-	range = bpf_map_lookup_elem(&namespaces, &inum);
+	entry = bpf_map_lookup_elem(&namespaces, &inum);
 	cache->net = net;
 	cache->inum = inum;
-	cache->range = range ? *range : 0;
+	cache->range = entry ? entry->range : 0;
+	cache->udp = entry ? entry->udp : 0;
 	return cache->range;
 }
 
+// Where the walk of the bind hash stands: at most one of `owner`, `second`
+// and `bucket` is followed at each step, then the next slot.
 struct walk {
 	__u64 slots;
 	__u32 slot_size;
