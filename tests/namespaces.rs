@@ -410,3 +410,95 @@ fn the_namespace_read_after_the_exporters_own_gets_its_own_sockets() {
         assert_eq!(used(other), 1.0, "{}", other.name());
     }
 }
+
+/// Namespaces come and go while the exporter samples every namespace, the
+/// sockets of those on the host's shared TCP tables in one walk of them:
+/// none counts as failed, the namespace that stays keeps its figures in
+/// every sample, and the series of those gone go with them.
+#[test]
+fn namespaces_that_come_and_go_while_sampling_are_no_failures() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Stops the churn however the test ends.
+    struct Stop<'a>(&'a AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+
+    let home = Netns::new((40000, 40099), "");
+    let _server = home.run(|| listening_socket("127.0.0.1:8080", false, 64));
+    let _streams = connect(&home, "127.0.0.1:8080", Some(5));
+    let exporter =
+        home.start_exporter(&["--collector.netns", "all", "--collector.interval", "50ms"]);
+    let used = format!(
+        r#"portstat_ephemeral_ports_used{{{},protocol="tcp"}}"#,
+        labels(&home)
+    );
+    let stop = AtomicBool::new(false);
+    let gone: Vec<String> = std::thread::scope(|scope| {
+        let churn = scope.spawn(|| {
+            let mut names = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let netns = Netns::new((50000, 50099), "");
+                let held = netns.run(|| {
+                    let server = listening_socket("127.0.0.1:80", false, 16);
+                    let streams: Vec<TcpStream> = (0..3)
+                        .map(|_| TcpStream::connect("127.0.0.1:80").unwrap())
+                        .collect();
+                    (server, streams)
+                });
+                names.push(netns.name().to_string());
+                std::thread::sleep(Duration::from_millis(30));
+                // Half the time the namespace goes first, its sockets after.
+                if names.len() % 2 == 0 {
+                    drop(netns);
+                    drop(held);
+                } else {
+                    drop(held);
+                    drop(netns);
+                }
+            }
+            names
+        });
+        let _stop = Stop(&stop);
+        let mut walked = 0.0f64;
+        let mut scrapes = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(6);
+        while std::time::Instant::now() < deadline {
+            let metrics = exporter.metrics();
+            assert_eq!(metrics.value("portstat_sample_success"), 1.0);
+            assert_eq!(
+                metrics.value("portstat_netns_failed"),
+                0.0,
+                "{}",
+                exporter.log()
+            );
+            assert_eq!(metrics.value(&used), 5.0, "{used}");
+            walked = walked.max(metrics.value("portstat_netns_read_in_one_walk"));
+            scrapes += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(scrapes > 10, "{scrapes} scrapes");
+        // Where the one walk can run (BPF, Linux 6.1+), it read the home
+        // namespace at least.
+        if std::path::Path::new("/proc/sys/net/ipv4/tcp_ehash_entries").exists() {
+            assert!(walked >= 1.0, "no namespace was read in one walk");
+        }
+        stop.store(true, Ordering::Relaxed);
+        churn.join().expect("the churn thread panicked")
+    });
+    assert!(gone.len() > 3, "{} namespaces came and went", gone.len());
+    let metrics = exporter.metrics_until(|metrics| {
+        !gone
+            .iter()
+            .any(|name| metrics.text.contains(&format!("netns_name=\"{name}\"")))
+    });
+    for name in &gone {
+        assert!(
+            !metrics.text.contains(&format!("netns_name=\"{name}\"")),
+            "the series of {name} outlived it"
+        );
+    }
+}

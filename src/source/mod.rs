@@ -79,7 +79,8 @@ pub enum SourceChoice {
     /// BPF for TCP, else netlink, else procfs, per protocol, each step
     /// taken where the one before is refused or unsupported.
     Auto,
-    /// BPF for TCP and netlink for UDP; a sample fails where either does.
+    /// BPF for TCP and netlink for UDP (UDP too from the one walk of
+    /// `--collector.netns=all`); a sample fails where either does.
     Bpf,
     /// Netlink only; a sample fails where netlink does.
     Netlink,
