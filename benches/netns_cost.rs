@@ -22,9 +22,9 @@
 //! `net.ipv4.tcp_child_ehash_entries` is 1024), owners off; and the kernel
 //! memory such tables take (`SUnreclaim` in `/proc/meminfo`).
 //!
-//! With `--profile`, each all-namespace measurement in one walk is also
-//! recorded with `perf record -g` on the sampler thread, and the symbols
-//! above 2 % of it printed (needs `perf`, from `linux-perf`).
+//! With `--profile`, each all-namespace daemon in one walk is also recorded
+//! with `perf record -g` on the sampler thread, after its measurement, and
+//! the symbols above 2 % of it printed (needs `perf`, from `linux-perf`).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -221,10 +221,13 @@ fn sampler_cpu_per_sample(
     std::thread::sleep(Duration::from_millis(interval * 2500));
     let samples = (10 / interval).max(3);
     let before = sampler_cpu_seconds(daemon.pid());
+    std::thread::sleep(Duration::from_secs(samples * interval));
+    let per_sample = (sampler_cpu_seconds(daemon.pid()) - before) / samples as f64;
     let window = (samples * interval).to_string();
     let data = std::env::temp_dir().join(format!("netns_cost-{}.perf.data", std::process::id()));
     if profile {
-        // Recording costs the thread it records a little.
+        // After the measurement: recording with call graphs costs the
+        // thread it records about a third more.
         let tid = common::sampler_tid(daemon.pid()).to_string();
         support::run(
             Command::new("perf")
@@ -232,10 +235,7 @@ fn sampler_cpu_per_sample(
                 .arg(&data)
                 .args(["--", "sleep", &window]),
         );
-    } else {
-        std::thread::sleep(Duration::from_secs(samples * interval));
     }
-    let per_sample = (sampler_cpu_seconds(daemon.pid()) - before) / samples as f64;
     daemon.terminate(Duration::from_secs(5));
     if profile {
         let report = Command::new("perf")
