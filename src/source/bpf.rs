@@ -82,6 +82,18 @@ pub enum InodeReading {
     Listeners { port: Option<u16> },
 }
 
+impl InodeReading {
+    /// The program's `SETTING_*` flag for these inodes, and the port whose
+    /// sockets' inodes are always read (0: none).
+    fn settings(self) -> (u32, u16) {
+        match self {
+            InodeReading::None => (0, 0),
+            InodeReading::All => (SETTING_READ_INODES, 0),
+            InodeReading::Listeners { port } => (SETTING_MARK_FILES, port.unwrap_or(0)),
+        }
+    }
+}
+
 /// `TRAILER_WALKED`: the walk of the bind hash reached its end.
 const TRAILER_WALKED: u8 = 1;
 
@@ -229,11 +241,7 @@ impl BpfSockets {
         } else {
             0
         };
-        let (inodes, port) = match self.inodes {
-            InodeReading::None => (0, 0),
-            InodeReading::All => (SETTING_READ_INODES, 0),
-            InodeReading::Listeners { port } => (SETTING_MARK_FILES, port.unwrap_or(0)),
-        };
+        let (inodes, port) = self.inodes.settings();
         loaded
             .settings
             .set(0, u32::from(range.start) | (u32::from(range.end) << 16), 0)

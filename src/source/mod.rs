@@ -259,12 +259,7 @@ impl NamespaceReader {
             Ok(using) => using,
             Err(error) => {
                 if error.is_unsupported() {
-                    tracing::info!(
-                        err = %error,
-                        "the host's TCP tables cannot be walked once for every namespace here; \
-                         each namespace is read on its own"
-                    );
-                    self.shared_tables = None;
+                    self.give_up_shared_tables(&error);
                 } else {
                     tracing::debug!(err = %error, "cannot tell whether a namespace shares the host's TCP tables");
                 }
@@ -346,12 +341,7 @@ impl NamespaceReader {
             Ok(outcome) => outcome,
             Err(error) => {
                 if error.is_unsupported() {
-                    tracing::info!(
-                        err = %error,
-                        "the host's TCP tables cannot be walked once for every namespace here; \
-                         each namespace is read on its own"
-                    );
-                    self.shared_tables = None;
+                    self.give_up_shared_tables(&error);
                 }
                 return Err(SourceError::Bpf(error));
             }
@@ -360,6 +350,17 @@ impl NamespaceReader {
             complete: outcome.complete,
             bound_inactive_walked: outcome.bound_inactive_walked,
         })
+    }
+
+    /// Turns the one walk off for good, where `error` says it cannot run
+    /// here; logged once.
+    fn give_up_shared_tables(&mut self, error: &bpf::BpfError) {
+        tracing::info!(
+            err = %error,
+            "the host's TCP tables cannot be walked once for every namespace here; \
+             each namespace is read on its own"
+        );
+        self.shared_tables = None;
     }
 
     /// Whether netlink reports the TCP sockets bound but neither listening

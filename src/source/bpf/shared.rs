@@ -55,10 +55,7 @@ const PART_READS_UDP: u8 = 128;
 /// The trailer's flag: the bind hash's walk completed.
 const TRAILER_WALKED: u8 = 1;
 
-/// Settings, as in `tcp_ports.bpf.c`, and `SETTING_PROBE`.
-const SETTING_WALK_BIND_HASH: u32 = 1;
-const SETTING_READ_INODES: u32 = 2;
-const SETTING_MARK_FILES: u32 = 4;
+/// Settings beside those of `tcp_ports.bpf.c` (`super::SETTING_*`).
 const SETTING_PROBE: u32 = 8;
 const SETTING_READ_UDP: u32 = 16;
 
@@ -183,13 +180,9 @@ impl SharedTables {
     ) -> Result<WalkOutcome, BpfError> {
         let loaded = self.loaded_program()?;
         loaded.list(namespaces)?;
-        let (inode_setting, port) = match inodes {
-            InodeReading::None => (0, 0),
-            InodeReading::All => (SETTING_READ_INODES, 0),
-            InodeReading::Listeners { port } => (SETTING_MARK_FILES, port.unwrap_or(0)),
-        };
+        let (inode_setting, port) = inodes.settings();
         let walk = if bound_inactive {
-            SETTING_WALK_BIND_HASH
+            super::SETTING_WALK_BIND_HASH
         } else {
             0
         };
