@@ -491,6 +491,9 @@ impl Sampler {
             failed,
             sharing_host_tcp_table: count(&|report| report.shares_host_tcp_table == Some(true)),
             one_walk: count(&|report| report.one_walk),
+            sharing_dumped_apart: count(&|report| {
+                report.shares_host_tcp_table == Some(true) && !report.one_walk && !report.skipped[0]
+            }),
             skipped: [
                 count(&|report| report.skipped[0]),
                 count(&|report| report.skipped[1]),
@@ -707,7 +710,7 @@ impl Sampler {
         };
         let duration = self.status.duration_seconds;
         if self.sharing_logged
-            || counts.sharing_host_tcp_table == 0
+            || counts.sharing_dumped_apart == 0
             || duration <= SHARING_LOG_SHARE * interval
         {
             return;

@@ -83,6 +83,9 @@ pub struct NamespaceCounts {
     /// Sampled namespaces whose TCP sockets came from the one walk of the
     /// host's shared tables.
     pub one_walk: u64,
+    /// Sampled namespaces on the host's TCP table whose TCP sockets were
+    /// dumped on their own, each dump a walk of every namespace's.
+    pub sharing_dumped_apart: u64,
     /// Sampled namespaces whose TCP, then UDP, dump was skipped because
     /// their socket counts showed nothing to find.
     pub skipped: [u64; 2],
