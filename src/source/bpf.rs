@@ -527,10 +527,17 @@ fn parse_record(record: &[u8], now_ms: u64) -> Result<SocketRecord, BpfError> {
             (now_ms as u32).wrapping_sub(entry_stamp)
         } else {
             // Before Linux 6.13 reuse was timed from the last timestamp
-            // seen, in seconds of the same clock.
-            ((now_ms / 1000) as u32)
-                .wrapping_sub(recent_stamp)
-                .saturating_mul(1000)
+            // seen, in whole seconds of the same clock: `tcp_twsk_unique`
+            // reuses once the second has changed (`now > stamp`), a second
+            // after it at most. The age is counted to the end of the
+            // second the stamp names, so that the rule's `age > 1000 ms`
+            // holds exactly when the kernel's `now > stamp` does.
+            let seconds = ((now_ms / 1000) as u32).wrapping_sub(recent_stamp);
+            if seconds > i32::MAX as u32 {
+                seconds
+            } else {
+                seconds.saturating_mul(1000).saturating_add(999)
+            }
         };
         socket.time_wait = Some(TimeWait {
             // A stamp from after `now` (read before the walk) is age 0.
@@ -683,7 +690,33 @@ mod tests {
         let mut sockets = Vec::new();
         parse_records(&old, 100_400, &mut sockets).unwrap();
         let detail = sockets[0].time_wait.unwrap();
-        assert_eq!(detail.age_ms, 2000);
+        // Two seconds after the stamp's, to the end of the stamp's.
+        assert_eq!(detail.age_ms, 2999);
+        // The kernel reuses once the second has changed since the stamp,
+        // and not within it: so does the rule, at its 1 s delay.
+        let reuse = crate::model::TimeWaitReuse {
+            mode: 1,
+            ..crate::model::TimeWaitReuse::default()
+        };
+        for (stamp, reusable) in [(99, true), (100, false)] {
+            let record = record(
+                2,
+                6,
+                HAS_BUCKET,
+                -1,
+                (&[1, 2, 3, 4], 40001),
+                (&[5, 6, 7, 8], 80),
+                (0, stamp),
+                0,
+            );
+            sockets.clear();
+            parse_records(&record, 100_400, &mut sockets).unwrap();
+            assert_eq!(
+                crate::rules::tcp_twsk_unique(&sockets[0], &reuse),
+                reusable,
+                "stamp {stamp}, now 100.4 s"
+            );
+        }
         assert_eq!(detail.timestamps, Some(true));
         // The 32-bit millisecond clock wraps every 49.7 days.
         let wrapped = record(
