@@ -145,17 +145,6 @@ pub struct SharedTablesUse {
     pub host_udp_table: bool,
 }
 
-/// What the one walk of the host's TCP tables found for one namespace:
-/// its sockets went to its sink, and this is the rest of its read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SharedWalk {
-    /// Whether every part of the tables was walked.
-    pub complete: bool,
-    /// Whether the sockets bound but neither listening nor connected were
-    /// walked for (the walk of the bind hash, complete).
-    pub bound_inactive_walked: bool,
-}
-
 impl NamespaceReader {
     /// A reader of the namespace through `choice`, with procfs at
     /// `procfs_root` (normally `/proc`); `attribution` resolves socket owners.
@@ -311,7 +300,7 @@ impl NamespaceReader {
         read_udp: bool,
         bound_inactive: bool,
         each: &mut dyn FnMut(u32, &SocketRecord),
-    ) -> Result<SharedWalk, SourceError> {
+    ) -> Result<bpf::shared::WalkOutcome, SourceError> {
         let inodes = match self.owner_lookup() {
             OwnerLookup::Off => bpf::InodeReading::None,
             OwnerLookup::ByInode => bpf::InodeReading::All,
@@ -337,18 +326,11 @@ impl NamespaceReader {
                 each(netns, socket);
             },
         );
-        let outcome = match walked {
-            Ok(outcome) => outcome,
-            Err(error) => {
-                if error.is_unsupported() {
-                    self.give_up_shared_tables(&error);
-                }
-                return Err(SourceError::Bpf(error));
+        walked.map_err(|error| {
+            if error.is_unsupported() {
+                self.give_up_shared_tables(&error);
             }
-        };
-        Ok(SharedWalk {
-            complete: outcome.complete,
-            bound_inactive_walked: outcome.bound_inactive_walked,
+            SourceError::Bpf(error)
         })
     }
 
@@ -361,13 +343,6 @@ impl NamespaceReader {
              each namespace is read on its own"
         );
         self.shared_tables = None;
-    }
-
-    /// Whether netlink reports the TCP sockets bound but neither listening
-    /// nor connected on the running kernel (Linux 6.5+).
-    pub fn netlink_reports_bound_inactive(&self) -> bool {
-        self.kernel
-            .is_some_and(|kernel| kernel.inet_diag_reports_bound_inactive())
     }
 
     /// Also reads source NAT from conntrack (`read_nat`), only the entries

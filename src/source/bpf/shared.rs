@@ -52,9 +52,6 @@ const PART_SHARED: u8 = 64;
 /// In a probe's marker: the walk can read UDP sockets (Linux 6.2+).
 const PART_READS_UDP: u8 = 128;
 
-/// The trailer's flag: the bind hash's walk completed.
-const TRAILER_WALKED: u8 = 1;
-
 /// Settings beside those of `tcp_ports.bpf.c` (`super::SETTING_*`).
 const SETTING_PROBE: u32 = 8;
 const SETTING_READ_UDP: u32 = 16;
@@ -136,12 +133,12 @@ impl SharedTables {
         let loaded = self.loaded_program()?;
         set(&mut loaded.settings, 1, SETTING_PROBE)?;
         let [kind, flags, ..] = read_marker(&loaded.program)?;
-        if kind != MARKER_PART || flags & PART_UNSUPPORTED != 0 {
-            return Err(unavailable(
-                "shared tables",
-                "this kernel does not name each namespace's TCP tables (Linux 6.1+)",
-            ));
-        }
+        // A namespace with tables of its own is an answer here, not an error.
+        unsupported(if kind == MARKER_PART {
+            flags & !PART_NOT_SHARED
+        } else {
+            PART_UNSUPPORTED
+        })?;
         let probe = Probe {
             on_host_table: flags & PART_SHARED != 0 && flags & PART_NOT_SHARED == 0,
             reads_udp: flags & PART_READS_UDP != 0,
@@ -218,7 +215,7 @@ impl SharedTables {
         };
         Ok(WalkOutcome {
             complete,
-            bound_inactive_walked: bound_inactive && trailer == TRAILER_WALKED,
+            bound_inactive_walked: bound_inactive && trailer == super::TRAILER_WALKED,
         })
     }
 }
