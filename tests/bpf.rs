@@ -634,3 +634,72 @@ fn one_walk_reads_what_each_namespace_reads() {
     );
     assert!(one_walk.len() > 100, "{} series", one_walk.len());
 }
+
+/// The most instructions the verifier may process for any program: a tenth
+/// of its budget of a million, so that a program passes on the verifiers of
+/// kernels to come, which each spend it differently.
+const VERIFIER_BUDGET: u64 = 100_000;
+
+/// Every program verifies within a tenth of the verifier's budget on the
+/// running kernel. The figures go to `PORTSTAT_VERIFIER_RESULTS` where the
+/// kernel matrix asks for them, one line a program: kernel, object,
+/// program, processed instructions, total and peak states, verification
+/// and load time in microseconds.
+#[test]
+fn every_program_verifies_within_a_tenth_of_the_budget() {
+    support::require_root();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let release = release.trim();
+    let mut lines = String::new();
+    let mut over = Vec::new();
+    for (object, costs) in portstat_exporter::source::bpf::verify_every_program() {
+        let costs = costs.unwrap_or_else(|error| {
+            panic!("the {object} object does not load on Linux {release}: {error}")
+        });
+        for cost in costs {
+            println!(
+                "{object}/{}: {} instructions processed, {} states ({} at most), \
+                 verified in {} µs, loaded in {:.1} ms",
+                cost.program,
+                cost.processed_instructions,
+                cost.total_states,
+                cost.peak_states,
+                cost.verification_microseconds,
+                cost.load_time.as_secs_f64() * 1000.0
+            );
+            assert!(
+                cost.processed_instructions > 0,
+                "{object}/{}: the verifier gave no statistics",
+                cost.program
+            );
+            if cost.processed_instructions > VERIFIER_BUDGET {
+                over.push(format!(
+                    "{object}/{}: {}",
+                    cost.program, cost.processed_instructions
+                ));
+            }
+            lines.push_str(&format!(
+                "{release}\t{object}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+                cost.program,
+                cost.processed_instructions,
+                cost.total_states,
+                cost.peak_states,
+                cost.verification_microseconds,
+                cost.load_time.as_micros()
+            ));
+        }
+    }
+    if let Some(path) = std::env::var_os("PORTSTAT_VERIFIER_RESULTS") {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut file| file.write_all(lines.as_bytes()))
+            .expect("cannot write the verifier's figures");
+    }
+    assert!(
+        over.is_empty(),
+        "over {VERIFIER_BUDGET} instructions processed on Linux {release}: {over:?}"
+    );
+}

@@ -154,6 +154,55 @@ fn unavailable(stage: &'static str, error: impl std::fmt::Display) -> BpfError {
     BpfError::Unavailable { stage, reason }
 }
 
+pub use loader::VerifierCost;
+
+/// What verifying every program the exporter can load costs on this
+/// kernel, by object: each object loaded whole (its programs, maps and
+/// links) and dropped at once. A refusal gives the verifier's reason.
+pub fn verify_every_program() -> Vec<(&'static str, Result<Vec<VerifierCost>, BpfError>)> {
+    use loader::AttachPoint::{Iterator, RawTracepoint};
+    let objects: [(&str, &[u8], &[(&str, loader::AttachPoint<'_>)]); 4] = [
+        ("tcp_ports", TCP_PORTS_OBJECT, &[(PROGRAM, Iterator("tcp"))]),
+        (
+            "shared_tables",
+            shared::SHARED_TABLES_OBJECT,
+            &[(shared::PROGRAM, Iterator("bpf_map"))],
+        ),
+        (
+            "socket_owners",
+            owners::SOCKET_OWNERS_OBJECT,
+            &[(owners::PROGRAM, Iterator("task_file"))],
+        ),
+        (
+            "port_failures",
+            failures::PORT_FAILURES_OBJECT,
+            &[
+                (
+                    failures::CONNECT_PROGRAM,
+                    RawTracepoint(failures::CONNECT_TRACEPOINT),
+                ),
+                (
+                    failures::AUTOBIND_PROGRAM,
+                    RawTracepoint(failures::AUTOBIND_TRACEPOINT),
+                ),
+            ],
+        ),
+    ];
+    objects
+        .into_iter()
+        .map(|(name, object, programs)| {
+            let costs = std::fs::read(KERNEL_BTF)
+                .map_err(|error| unavailable("kernel BTF", format!("{KERNEL_BTF}: {error}")))
+                .and_then(|kernel_btf| {
+                    loader::LoadedProgram::load(object, programs, kernel_btf)
+                        .map_err(|error| unavailable(error.stage, error.reason))
+                })
+                .map(|loaded| loaded.costs().to_vec());
+            (name, costs)
+        })
+        .collect()
+}
+
 /// The loaded program, kept across samples and namespaces: an iterator
 /// reads the namespace of the thread that creates it.
 struct Loaded {

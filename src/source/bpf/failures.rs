@@ -24,10 +24,10 @@ pub const PORT_FAILURES_OBJECT: &[u8] = include_bytes!("port_failures.bpf.o");
 /// The programs' names in the object, and the tracepoints they attach to:
 /// TCP connect() failures at the socket's change of state, and bind() and
 /// UDP failures at the exit of their system call.
-const CONNECT_PROGRAM: &str = "count_port_failures";
-const CONNECT_TRACEPOINT: &str = "inet_sock_set_state";
-const AUTOBIND_PROGRAM: &str = "count_autobind_failures";
-const AUTOBIND_TRACEPOINT: &str = "sys_exit";
+pub(super) const CONNECT_PROGRAM: &str = "count_port_failures";
+pub(super) const CONNECT_TRACEPOINT: &str = "inet_sock_set_state";
+pub(super) const AUTOBIND_PROGRAM: &str = "count_autobind_failures";
+pub(super) const AUTOBIND_TRACEPOINT: &str = "sys_exit";
 
 /// `KIND_CONNECT_FAILED`, `KIND_BIND_FAILED` and `KIND_CONNECT_ATTEMPT` in
 /// the C source.

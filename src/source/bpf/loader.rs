@@ -48,11 +48,62 @@ pub enum AttachPoint<'a> {
     RawTracepoint(&'a str),
 }
 
+/// What the verifier spent on one program, from its statistics (log level
+/// 4, `BPF_LOG_STATS`), and how long loading it took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifierCost {
+    /// The program's name in its object.
+    pub program: String,
+    /// Instructions the verifier processed: `processed N insns`. It refuses
+    /// a program at 1,000,000.
+    pub processed_instructions: u64,
+    /// States it kept: `total_states N`.
+    pub total_states: u64,
+    /// The most states it held at once: `peak_states N`.
+    pub peak_states: u64,
+    /// The verifier's own time, in microseconds: `verification time N usec`.
+    pub verification_microseconds: u64,
+    /// The whole `BPF_PROG_LOAD` call, as the caller waited for it.
+    pub load_time: std::time::Duration,
+}
+
+/// Reads the verifier's statistics lines out of its log; a figure the log
+/// does not give is 0.
+pub fn parse_verifier_statistics(
+    program: &str,
+    log: &str,
+    load_time: std::time::Duration,
+) -> VerifierCost {
+    // The number after `key` anywhere in the log: its lines are
+    // "verification time N usec" and "processed N insns (limit 1000000)
+    // max_states_per_insn N total_states N peak_states N mark_read N".
+    let after = |key: &str| -> u64 {
+        log.rfind(key)
+            .and_then(|at| {
+                log[at + key.len()..]
+                    .split_whitespace()
+                    .next()
+                    .and_then(|word| word.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    VerifierCost {
+        program: program.to_string(),
+        processed_instructions: after("processed "),
+        total_states: after("total_states "),
+        peak_states: after("peak_states "),
+        verification_microseconds: after("verification time "),
+        load_time,
+    }
+}
+
 /// The programs of one object, loaded and attached to their targets, with
 /// the maps they share.
 pub struct LoadedProgram {
     /// One link a program, in the order they were asked for.
     links: Vec<OwnedFd>,
+    /// What verifying each program cost, in the same order.
+    costs: Vec<VerifierCost>,
     maps: HashMap<String, MapData>,
     // The programs and their BTF stay loaded while the links hold them; the
     // descriptors are kept so that they close with the programs.
@@ -179,6 +230,7 @@ impl LoadedProgram {
         object.sanitize_functions(&features);
 
         let mut links = Vec::with_capacity(programs.len());
+        let mut costs = Vec::with_capacity(programs.len());
         let mut loaded_programs = Vec::with_capacity(programs.len());
         for (&(program, attach), attach_btf_id) in programs.iter().zip(attach_btf_ids) {
             let entry = object
@@ -191,7 +243,8 @@ impl LoadedProgram {
                 .ok_or_else(|| failed("program", format!("{program} has no code")))?;
             let license =
                 CString::new(entry.license.as_bytes()).map_err(|error| failed("program", error))?;
-            let loaded = load_program(&ProgramToLoad {
+            let (loaded, cost) = load_program(&ProgramToLoad {
+                name: program,
                 attach_type: match attach {
                     AttachPoint::Iterator(_) => bpf_attach_type::BPF_TRACE_ITER,
                     AttachPoint::RawTracepoint(_) => bpf_attach_type::BPF_TRACE_RAW_TP,
@@ -218,13 +271,20 @@ impl LoadedProgram {
             .map_err(|error| failed("attach", format!("{program}: {error}")))?;
             links.push(link);
             loaded_programs.push(loaded);
+            costs.push(cost);
         }
         Ok(LoadedProgram {
             links,
+            costs,
             maps,
             _programs: loaded_programs,
             _btf: btf,
         })
+    }
+
+    /// What verifying each program cost, in the order they were asked for.
+    pub fn costs(&self) -> &[VerifierCost] {
+        &self.costs
     }
 
     /// Takes the map `name` out, for a wrapper that owns it.
@@ -251,6 +311,7 @@ impl LoadedProgram {
 
 /// What `BPF_PROG_LOAD` is given.
 struct ProgramToLoad<'a> {
+    name: &'a str,
     attach_type: bpf_attach_type,
     instructions: &'a [aya_obj::generated::bpf_insn],
     license: &'a CString,
@@ -261,55 +322,60 @@ struct ProgramToLoad<'a> {
     line_info: (Vec<u8>, usize, usize),
 }
 
-/// The verifier's log on a refusal: enough for the end of it, which says why.
-const LOG_LENGTH: usize = 1 << 20;
+/// The verifier's log: at log level 4 it holds the reason for a refusal
+/// and the statistics, a few lines, never the instruction-by-instruction
+/// trace. Before Linux 6.4 a log that overflows fails the load, so it is
+/// far larger than those lines.
+const LOG_LENGTH: usize = 64 * 1024;
 
-/// `BPF_PROG_LOAD` of a tracing program of the given attach type; a refusal
-/// is tried again with the verifier's log, which is the reason given.
-fn load_program(program: &ProgramToLoad<'_>) -> Result<OwnedFd, LoadError> {
-    let attr = |log: Option<&mut Vec<u8>>| {
-        let mut attr = ProgLoad {
-            prog_type: bpf_prog_type::BPF_PROG_TYPE_TRACING as u32,
-            insn_cnt: program.instructions.len() as u32,
-            insns: program.instructions.as_ptr() as u64,
-            license: program.license.as_ptr() as u64,
-            expected_attach_type: program.attach_type as u32,
-            attach_btf_id: program.attach_btf_id,
-            ..ProgLoad::default()
-        };
-        if let Some(btf) = program.btf {
-            attr.prog_btf_fd = btf.as_raw_fd() as u32;
-            let (records, count, size) = &program.func_info;
-            if *size > 0 {
-                attr.func_info = records.as_ptr() as u64;
-                attr.func_info_cnt = *count as u32;
-                attr.func_info_rec_size = *size as u32;
-            }
-            let (records, count, size) = &program.line_info;
-            if *size > 0 {
-                attr.line_info = records.as_ptr() as u64;
-                attr.line_info_cnt = *count as u32;
-                attr.line_info_rec_size = *size as u32;
-            }
-        }
-        if let Some(log) = log {
-            attr.log_level = 1;
-            attr.log_buf = log.as_mut_ptr() as u64;
-            attr.log_size = log.len() as u32;
-        }
-        attr
+/// `BPF_LOG_STATS`: the verifier's statistics, and its reason for a refusal.
+const LOG_STATISTICS: u32 = 4;
+
+/// `BPF_PROG_LOAD` of a tracing program of the given attach type, once,
+/// with the verifier's statistics asked for: a refusal's reason is in the
+/// same log, so a program the verifier spends seconds on is not verified
+/// twice.
+fn load_program(program: &ProgramToLoad<'_>) -> Result<(OwnedFd, VerifierCost), LoadError> {
+    let mut log = vec![0u8; LOG_LENGTH];
+    let mut attr = ProgLoad {
+        prog_type: bpf_prog_type::BPF_PROG_TYPE_TRACING as u32,
+        insn_cnt: program.instructions.len() as u32,
+        insns: program.instructions.as_ptr() as u64,
+        license: program.license.as_ptr() as u64,
+        expected_attach_type: program.attach_type as u32,
+        attach_btf_id: program.attach_btf_id,
+        log_level: LOG_STATISTICS,
+        log_buf: log.as_mut_ptr() as u64,
+        log_size: log.len() as u32,
+        ..ProgLoad::default()
     };
-    let mut first = attr(None);
-    match bpf(bpf_cmd::BPF_PROG_LOAD, &mut first) {
-        Ok(fd) => Ok(fd),
-        Err(error) => {
-            let mut log = vec![0u8; LOG_LENGTH];
-            let mut again = attr(Some(&mut log));
-            let _ = bpf(bpf_cmd::BPF_PROG_LOAD, &mut again);
-            let end = log.iter().position(|&byte| byte == 0).unwrap_or(log.len());
-            let text = String::from_utf8_lossy(&log[..end]);
-            Err(failed("verify", format!("{error}: {text}")))
+    if let Some(btf) = program.btf {
+        attr.prog_btf_fd = btf.as_raw_fd() as u32;
+        let (records, count, size) = &program.func_info;
+        if *size > 0 {
+            attr.func_info = records.as_ptr() as u64;
+            attr.func_info_cnt = *count as u32;
+            attr.func_info_rec_size = *size as u32;
         }
+        let (records, count, size) = &program.line_info;
+        if *size > 0 {
+            attr.line_info = records.as_ptr() as u64;
+            attr.line_info_cnt = *count as u32;
+            attr.line_info_rec_size = *size as u32;
+        }
+    }
+    let started = std::time::Instant::now();
+    let result = bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr);
+    let load_time = started.elapsed();
+    let end = log.iter().position(|&byte| byte == 0).unwrap_or(log.len());
+    let text = String::from_utf8_lossy(&log[..end]);
+    let cost = parse_verifier_statistics(program.name, &text, load_time);
+    match result {
+        Ok(fd) => Ok((fd, cost)),
+        Err(error) => Err(failed(
+            "verify",
+            format!("{}: {error}: {text}", program.name),
+        )),
     }
 }
 

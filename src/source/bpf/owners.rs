@@ -17,6 +17,9 @@ use crate::model::{OwnedSocket, Protocol};
 /// The compiled program, built from `socket_owners.bpf.c` by `build.sh`.
 pub const SOCKET_OWNERS_OBJECT: &[u8] = include_bytes!("socket_owners.bpf.o");
 
+/// The program's name in the object.
+pub(super) const PROGRAM: &str = "dump_socket_owners";
+
 /// The size of one record, `struct owner_record` in the C source.
 pub const OWNER_RECORD_LENGTH: usize = 48;
 
@@ -86,7 +89,7 @@ impl BpfOwners {
         })?;
         let mut program = LoadedProgram::load(
             SOCKET_OWNERS_OBJECT,
-            &[("dump_socket_owners", AttachPoint::Iterator("task_file"))],
+            &[(PROGRAM, AttachPoint::Iterator("task_file"))],
             kernel_btf,
         )
         .map_err(|error| unavailable(error.stage, error.reason))?;

@@ -21,7 +21,7 @@ use crate::model::{PortRange, SocketRecord};
 pub const SHARED_TABLES_OBJECT: &[u8] = include_bytes!("shared_tables.bpf.o");
 
 /// The program's name in the object.
-const PROGRAM: &str = "walk_tables";
+pub(super) const PROGRAM: &str = "walk_tables";
 
 /// Where `settings` holds the next part to walk.
 const NEXT_PART: u32 = 4;

@@ -134,6 +134,16 @@ struct tables_walk {
 	__u32 port;
 };
 
+// The walk of a part under way, one a CPU. As the walk of the bind hash
+// (`struct walk`), it lives in a map value so that the verifier checks
+// each branch of a step once, whatever the cursor holds.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tables_walk);
+} tables_walk_state SEC(".maps");
+
 // How much of a socket is read at once: in every layout so far, all the
 // common fields the walk needs lie within it.
 #define SOCKET_WINDOW 112
@@ -225,8 +235,13 @@ static __always_inline __u64 visit_socket(struct tables_walk *walk, __u64 addres
 }
 
 // One step of the walk of a part; returns 1 when it is done.
-static long tables_step(__u32 index, struct tables_walk *walk)
+static long tables_step(__u32 index, void *unused)
 {
+	__u32 key = 0;
+	struct tables_walk *walk = bpf_map_lookup_elem(&tables_walk_state, &key);
+
+	if (!walk)
+		return 1;
 	if (walk->node) {
 		// A chain of the TCP tables ends in an odd "nulls" value, one of
 		// the UDP table in NULL. A socket is linked into either by the
@@ -286,45 +301,36 @@ static __always_inline void share(__u32 index, __u32 parts, __u32 count, __u32 *
 static __noinline __u32 walk_part(struct inet_hashinfo *hashinfo, struct udp_table *udp,
 				  __u32 index, __u32 parts, __u32 settings_flags)
 {
-	struct tables_walk walk = {};
-	__u32 zero_key = 3;
+	__u32 key = 0;
 	__u32 port_key = 2;
-	__u32 *zero;
-	__u32 *port;
+	struct tables_walk *walk = bpf_map_lookup_elem(&tables_walk_state, &key);
+	__u32 *port = bpf_map_lookup_elem(&settings, &port_key);
 	__u32 ehash_slots = BPF_CORE_READ(hashinfo, ehash_mask) + 1;
 
-	// As in `walk_bind_hash`: the walk starts from a zero the verifier of
-	// Linux 6.1 cannot know, so that it checks every branch of the step.
-	zero = bpf_map_lookup_elem(&settings, &zero_key);
-	port = bpf_map_lookup_elem(&settings, &port_key);
-	if (!zero || !port)
+	if (!walk || !port)
 		return PART_UNSUPPORTED;
-	walk.node = *zero;
-	walk.phase = *zero;
-	walk.flags = *zero;
-	walk.cache.net = *zero;
-	walk.cache.range = *zero;
-	walk.cache.udp = *zero;
-	walk.settings = settings_flags;
-	walk.port = *port;
-	walk.slots = (__u64)BPF_CORE_READ(hashinfo, ehash);
-	walk.slot_size = bpf_core_type_size(struct inet_ehash_bucket);
-	walk.chain_at = bpf_core_field_offset(struct inet_ehash_bucket, chain.first);
-	share(index, parts, ehash_slots, &walk.slot, &walk.slot_end);
-	walk.listening_slots = (__u64)BPF_CORE_READ(hashinfo, lhash2);
-	walk.listening_slot_size = bpf_core_type_size(struct inet_listen_hashbucket);
-	walk.listening_chain_at =
+	__builtin_memset(walk, 0, sizeof(*walk));
+	walk->settings = settings_flags;
+	walk->port = *port;
+	walk->slots = (__u64)BPF_CORE_READ(hashinfo, ehash);
+	walk->slot_size = bpf_core_type_size(struct inet_ehash_bucket);
+	walk->chain_at = bpf_core_field_offset(struct inet_ehash_bucket, chain.first);
+	share(index, parts, ehash_slots, &walk->slot, &walk->slot_end);
+	walk->listening_slots = (__u64)BPF_CORE_READ(hashinfo, lhash2);
+	walk->listening_slot_size = bpf_core_type_size(struct inet_listen_hashbucket);
+	walk->listening_chain_at =
 		bpf_core_field_offset(struct inet_listen_hashbucket, nulls_head.first);
-	share(index, parts, BPF_CORE_READ(hashinfo, lhash2_mask) + 1, &walk.listening_start,
-	      &walk.listening_end);
+	share(index, parts, BPF_CORE_READ(hashinfo, lhash2_mask) + 1, &walk->listening_start,
+	      &walk->listening_end);
 	if (udp) {
-		walk.udp_slots = (__u64)BPF_CORE_READ(udp, hash);
-		walk.udp_slot_size = bpf_core_type_size(struct udp_hslot);
-		walk.udp_chain_at = bpf_core_field_offset(struct udp_hslot, head.first);
-		share(index, parts, BPF_CORE_READ(udp, mask) + 1, &walk.udp_start, &walk.udp_end);
+		walk->udp_slots = (__u64)BPF_CORE_READ(udp, hash);
+		walk->udp_slot_size = bpf_core_type_size(struct udp_hslot);
+		walk->udp_chain_at = bpf_core_field_offset(struct udp_hslot, head.first);
+		share(index, parts, BPF_CORE_READ(udp, mask) + 1, &walk->udp_start,
+		      &walk->udp_end);
 	}
-	bpf_loop(PART_STEPS, tables_step, &walk, 0);
-	return walk.flags;
+	bpf_loop(PART_STEPS, tables_step, 0, 0);
+	return walk->flags;
 }
 
 // The walk of the bind hash for every namespace in `namespaces`, in a
@@ -344,11 +350,9 @@ int walk_tables(struct bpf_iter__bpf_map *ctx)
 	struct udp_table *udp = 0;
 	__u32 next_key = NEXT_PART_KEY;
 	__u32 flags_key = 1;
-	__u32 zero_key = 3;
 	__u32 ehash_slots;
 	__u32 parts;
 	__u32 *flags;
-	__u32 *zero;
 	__u32 *next;
 
 	// Every map on the host, before the run that walks.
@@ -356,9 +360,8 @@ int walk_tables(struct bpf_iter__bpf_map *ctx)
 		return 0;
 	marker.kind = MARKER_PART;
 	flags = bpf_map_lookup_elem(&settings, &flags_key);
-	zero = bpf_map_lookup_elem(&settings, &zero_key);
 	next = bpf_map_lookup_elem(&settings, &next_key);
-	if (!flags || !zero || !next ||
+	if (!flags || !next ||
 	    !bpf_core_field_exists(struct inet_timewait_death_row, hashinfo) ||
 	    !bpf_core_field_exists(struct inet_hashinfo, pernet) ||
 	    !bpf_core_field_exists(struct inet_listen_hashbucket, nulls_head)) {

@@ -230,8 +230,8 @@ struct record {
 // Index 0: the ephemeral range, first port in the low 16 bits, last port in
 // the high 16 bits. Index 1: SETTING_* flags. Index 2: a port whose sockets'
 // inodes are always read (0: none). Written by the loader before each pass.
-// Index 3: always 0, never written (see `walk_bind_hash`). Index 4 and on:
-// for the program that includes this (`shared_tables.bpf.c`).
+// Index 3: unused. Index 4 and on: for the program that includes this
+// (`shared_tables.bpf.c`).
 #define SETTING_WALK_BIND_HASH 1
 // Read each socket's inode, which only finding its owner by inode needs:
 // two more cache misses a socket.
@@ -325,6 +325,17 @@ static __always_inline __u32 namespace_range(struct namespace_cache *cache, __u6
 
 // Where the walk of the bind hash stands: at most one of `owner`, `second`
 // and `bucket` is followed at each step, then the next slot.
+//
+// It lives in a map value (`bind_walk`), not on the stack. The verifier
+// tracks a stack value exactly, so a walk kept there gives it a new state
+// for every value its cursor, flags and pending slots take: newer
+// verifiers, which check a `bpf_loop` callback until its states converge,
+// spent the whole budget of a million instructions on it. What a step
+// reads from a map value is a number it knows nothing of, so one check of
+// each branch covers every step. That also keeps every branch alive on the
+// verifiers that check a callback only once, from the state at the call
+// (Debian's 6.1), which would remove as dead each branch a walk starting
+// from known constants does not take at first.
 struct walk {
 	__u64 slots;
 	__u32 slot_size;
@@ -349,6 +360,16 @@ struct walk {
 	__u32 pending_next;
 	__u64 pending[SLOTS_AT_ONCE];
 };
+
+// The walk of the bind hash under way, one a CPU: a program runs on one
+// CPU from start to end, and the exporter reads one iterator of a loaded
+// object at a time.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct walk);
+} bind_walk SEC(".maps");
 
 static __always_inline __u64 read_pointer(__u64 address)
 {
@@ -451,8 +472,13 @@ static __always_inline int read_bucket(__u64 address, struct bucket_fields *buck
 }
 
 // One step of the walk of the bind hash; returns 1 when it is done.
-static long walk_step(__u32 index, struct walk *walk)
+static long walk_step(__u32 index, void *unused)
 {
+	__u32 key = 0;
+	struct walk *walk = bpf_map_lookup_elem(&bind_walk, &key);
+
+	if (!walk)
+		return 1;
 	if (walk->owner) {
 		visit_owner(walk);
 		return 0;
@@ -543,48 +569,33 @@ static __always_inline __u32 walk_bind_hash(__u32 range, int every_namespace)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct inet_hashinfo *hashinfo;
-	struct walk walk = {};
-	__u32 zero_key = 3;
+	struct walk *walk;
 	struct net *net;
-	__u32 *zero;
+	__u32 key = 0;
 
 	if (!bpf_core_field_exists(struct inet_timewait_death_row, hashinfo))
 		return 0;
-	if (bpf_core_field_exists(struct inet_bind_bucket___owners, owners))
-		walk.owners_in_bucket = 1;
-	else if (!bpf_core_field_exists(struct inet_bind_bucket, bhash2))
+	if (!bpf_core_field_exists(struct inet_bind_bucket___owners, owners) &&
+	    !bpf_core_field_exists(struct inet_bind_bucket, bhash2))
 		return 0;
 	// The iterator reads the namespace of the thread that reads it.
 	net = BPF_CORE_READ(task, nsproxy, net_ns);
 	hashinfo = BPF_CORE_READ(net, ipv4.tcp_death_row.hashinfo);
-	if (!hashinfo)
+	walk = bpf_map_lookup_elem(&bind_walk, &key);
+	if (!hashinfo || !walk)
 		return 0;
-	// Before the verifier learnt to check a bpf_loop callback as called
-	// any number of times (it is not, in Debian's 6.1), it checks it once,
-	// from the state at the call, and removes as dead every branch that
-	// state does not take: with the walk starting from constants, all but
-	// the first step. The walk starts from a zero the verifier cannot know,
-	// read from the map, so that every branch is checked and kept.
-	zero = bpf_map_lookup_elem(&settings, &zero_key);
-	if (!zero)
-		return 0;
-	walk.owner = *zero;
-	walk.owner_netns = *zero;
-	walk.cache.net = *zero;
-	walk.cache.range = *zero;
-	walk.second = *zero;
-	walk.bucket = *zero;
-	walk.slot = *zero;
-	walk.pending_next = SLOTS_AT_ONCE + *zero;
-	walk.slots = (__u64)BPF_CORE_READ(hashinfo, bhash);
-	walk.slot_count = BPF_CORE_READ(hashinfo, bhash_size);
-	walk.slot_size = bpf_core_type_size(struct inet_bind_hashbucket);
-	walk.net = every_namespace ? 0 : (__u64)net;
-	walk.range = range;
-	bpf_loop(WALK_STEPS, walk_step, &walk, 0);
-	if (!(walk.flags & TRAILER_WALKED))
-		walk.flags |= TRAILER_TOO_LONG;
-	return walk.flags;
+	__builtin_memset(walk, 0, sizeof(*walk));
+	walk->owners_in_bucket = bpf_core_field_exists(struct inet_bind_bucket___owners, owners);
+	walk->pending_next = SLOTS_AT_ONCE;
+	walk->slots = (__u64)BPF_CORE_READ(hashinfo, bhash);
+	walk->slot_count = BPF_CORE_READ(hashinfo, bhash_size);
+	walk->slot_size = bpf_core_type_size(struct inet_bind_hashbucket);
+	walk->net = every_namespace ? 0 : (__u64)net;
+	walk->range = range;
+	bpf_loop(WALK_STEPS, walk_step, 0, 0);
+	if (!(walk->flags & TRAILER_WALKED))
+		walk->flags |= TRAILER_TOO_LONG;
+	return walk->flags;
 }
 
 // Fills in what a record says beyond the addresses, from the socket
