@@ -115,6 +115,10 @@ pub struct Sampler {
 /// host's: a namespace gone is forgotten at the second check that misses it.
 const FORGET_EVERY: Duration = Duration::from_secs(60);
 
+/// How long a daemon's first sample waits for the BPF programs to load
+/// before it reads without them.
+const FIRST_SAMPLE_WAITS_FOR_PROGRAMS: Duration = Duration::from_millis(500);
+
 /// The share of the interval past which a sample slowed by namespaces that
 /// share the host's TCP table is logged.
 const SHARING_LOG_SHARE: f64 = 0.25;
@@ -733,8 +737,15 @@ impl Sampler {
         lower_thread_priority();
         self.serving = true;
         self.status.interval_seconds = Some(interval.as_secs_f64());
+        self.reader.load_programs_in_background();
+        // The first sample waits a moment for the programs, which most
+        // verifiers pass in milliseconds; never longer, so that the exporter
+        // is ready soon whatever the verifier does.
+        let mut wait = FIRST_SAMPLE_WAITS_FOR_PROGRAMS;
         let mut next = Instant::now();
         loop {
+            self.reader.take_loaded_programs(wait);
+            wait = Duration::ZERO;
             let exposition = self.sample();
             if sender.send(Arc::new(exposition)).is_err() {
                 return;

@@ -28,18 +28,26 @@ use std::time::Instant;
 
 /// The kernels of the matrix beside the host's: the newest installed
 /// kernel image whose name starts with each prefix and ends with the
-/// suffix, as Debian names its generic images.
-const KERNELS: [(&str, &str); 2] = [
+/// suffix, as Debian names its generic images. 6.1 and 6.12 come from
+/// bookworm's suites, the newest 6.18 and 7.x from trixie-backports
+/// (`.ci/backports-kernel`).
+const KERNELS: [(&str, &str); 4] = [
     ("vmlinuz-6.1.0-", "-amd64"),
     ("vmlinuz-6.12.", "+deb12-amd64"),
+    ("vmlinuz-6.18.", "+deb13-amd64"),
+    ("vmlinuz-7.", "+deb13-amd64"),
 ];
 
 /// The test binaries run in each kernel.
 const LABS: [&str; 3] = ["headroom", "bpf", "failures"];
 
-/// Where the table is, between these two lines.
+/// Where the truth lab's table is, between these two lines.
 const TABLE_START: &str = "<!-- kernel-matrix: start -->";
 const TABLE_END: &str = "<!-- kernel-matrix: end -->";
+
+/// Where the verifier's table is, between these two lines.
+const VERIFIER_START: &str = "<!-- verifier-matrix: start -->";
+const VERIFIER_END: &str = "<!-- verifier-matrix: end -->";
 
 #[test]
 #[ignore = "boots kernels under QEMU for minutes: run with --ignored (see docs/sources.md)"]
@@ -50,12 +58,20 @@ fn every_kernel_of_the_matrix() {
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
     let results = out.join("results.tsv");
+    let verifier = out.join("verifier.tsv");
     let labs = lab_binaries(root);
     let exporter = release_exporter(root);
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .trim()
+        .to_string();
 
     let started = Instant::now();
-    run_labs(None, &labs, &exporter, &results, &out);
-    println!("host kernel: {:.0} s", started.elapsed().as_secs_f64());
+    run_labs(None, &labs, &exporter, &results, &verifier, &out);
+    println!(
+        "host kernel {host}: {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     for (prefix, suffix) in KERNELS {
         let image = newest_kernel(prefix, suffix).unwrap_or_else(|| {
             panic!(
@@ -64,7 +80,7 @@ fn every_kernel_of_the_matrix() {
             )
         });
         let started = Instant::now();
-        run_labs(Some(&image), &labs, &exporter, &results, &out);
+        run_labs(Some(&image), &labs, &exporter, &results, &verifier, &out);
         println!(
             "{}: {:.0} s",
             image.display(),
@@ -72,30 +88,170 @@ fn every_kernel_of_the_matrix() {
         );
     }
 
-    let rows = read_results(&results);
-    let table = table(&rows);
+    // The host's kernel differs from one machine to the next: its labs
+    // must pass, but the tables are of Debian's kernels, the same on every
+    // machine.
+    let rows: Vec<Row> = read_results(&results)
+        .into_iter()
+        .filter(|row| row.kernel != host)
+        .collect();
+    let costs = read_costs(&verifier);
+    println!("{}", verifier_table(&costs));
+    let costs: Vec<Cost> = costs
+        .into_iter()
+        .filter(|cost| cost.kernel != host)
+        .collect();
     let docs = root.join("docs").join("sources.md");
     let text = std::fs::read_to_string(&docs).unwrap();
-    let (before, rest) = text
-        .split_once(TABLE_START)
-        .expect("docs/sources.md has the matrix table's start line");
-    let (committed, after) = rest
-        .split_once(TABLE_END)
-        .expect("docs/sources.md has the matrix table's end line");
-    let built = format!("\n{table}");
+    let (text, committed_truth, built_truth) =
+        replace_between(&text, TABLE_START, TABLE_END, &table(&rows));
+    let (text, committed_costs, _) =
+        replace_between(&text, VERIFIER_START, VERIFIER_END, &verifier_table(&costs));
     if std::env::var_os("PORTSTAT_UPDATE_MATRIX").is_some() {
-        std::fs::write(
-            &docs,
-            format!("{before}{TABLE_START}{built}{TABLE_END}{after}"),
-        )
-        .unwrap();
+        std::fs::write(&docs, text).unwrap();
     } else {
         assert_eq!(
-            committed, built,
+            committed_truth, built_truth,
             "the kernel matrix gave another table than docs/sources.md holds; \
              rerun with PORTSTAT_UPDATE_MATRIX=1 to write it, and read the difference"
         );
+        // The verifier's figures of a kernel change only with the kernel,
+        // but load times vary from run to run: the committed table must
+        // name the same kernels and programs, and every program on every
+        // kernel was held within the budget by the labs themselves.
+        let keys = |table: &str| -> Vec<String> {
+            table
+                .lines()
+                .map(|line| {
+                    line.split('|')
+                        .nth(1)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string()
+                })
+                .collect()
+        };
+        assert_eq!(
+            keys(&committed_costs),
+            keys(&format!("\n{}", verifier_table(&costs))),
+            "the verifier's table in docs/sources.md names other kernels or programs than \
+             the matrix measured; rerun with PORTSTAT_UPDATE_MATRIX=1 to write it"
+        );
+        let header = |table: &str| table.lines().nth(1).unwrap_or_default().to_string();
+        assert_eq!(
+            header(&committed_costs),
+            header(&format!("\n{}", verifier_table(&costs))),
+            "the verifier's table in docs/sources.md names other kernels than the matrix \
+             measured; rerun with PORTSTAT_UPDATE_MATRIX=1 to write it"
+        );
     }
+}
+
+/// `text` with what stands between the lines `start` and `end` replaced by
+/// `table`; with what stood there, and what stands there now.
+fn replace_between(text: &str, start: &str, end: &str, table: &str) -> (String, String, String) {
+    let (before, rest) = text
+        .split_once(start)
+        .unwrap_or_else(|| panic!("docs/sources.md has the line {start}"));
+    let (committed, after) = rest
+        .split_once(end)
+        .unwrap_or_else(|| panic!("docs/sources.md has the line {end}"));
+    let built = format!("\n{table}");
+    (
+        format!("{before}{start}{built}{end}{after}"),
+        committed.to_string(),
+        built,
+    )
+}
+
+/// What verifying one program cost on one kernel
+/// (`tests/bpf.rs::every_program_verifies_within_a_tenth_of_the_budget`).
+#[derive(Debug, Clone)]
+struct Cost {
+    kernel: String,
+    program: String,
+    instructions: u64,
+    load_microseconds: u64,
+}
+
+fn read_costs(path: &Path) -> Vec<Cost> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|error| panic!("no verifier figures in {}: {error}", path.display()))
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            assert_eq!(fields.len(), 8, "a verifier line: {line}");
+            Cost {
+                kernel: fields[0].to_string(),
+                program: format!("{}/{}", fields[1], fields[2]),
+                instructions: fields[3].parse().unwrap(),
+                load_microseconds: fields[7].parse().unwrap(),
+            }
+        })
+        .collect()
+}
+
+/// The verifier's table: a row per program, a column per kernel series,
+/// each cell the instructions the verifier processed and how long the load
+/// took (under QEMU's emulation, for the guests).
+fn verifier_table(costs: &[Cost]) -> String {
+    let mut kernels: Vec<String> = costs
+        .iter()
+        .map(|cost| series(&cost.kernel))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    kernels.sort_by_key(|kernel| {
+        kernel
+            .split('.')
+            .map(|part| part.parse::<u32>().unwrap_or(0))
+            .collect::<Vec<_>>()
+    });
+    let programs: BTreeSet<&str> = costs.iter().map(|cost| cost.program.as_str()).collect();
+    let mut text = String::from("| program |");
+    for kernel in &kernels {
+        text.push_str(&format!(" Linux {kernel} |"));
+    }
+    text.push_str(&format!("\n|---|{}\n", "---|".repeat(kernels.len())));
+    for program in programs {
+        text.push_str(&format!("| `{program}` |"));
+        for kernel in &kernels {
+            let cell: Vec<&Cost> = costs
+                .iter()
+                .filter(|cost| cost.program == program && &series(&cost.kernel) == kernel)
+                .collect();
+            match cell.iter().map(|cost| cost.instructions).max() {
+                Some(instructions) => {
+                    let load = cell
+                        .iter()
+                        .map(|cost| cost.load_microseconds)
+                        .max()
+                        .unwrap_or(0);
+                    text.push_str(&format!(
+                        " {} insns, {:.0} ms |",
+                        group_thousands(instructions),
+                        (load as f64 / 1000.0).ceil()
+                    ));
+                }
+                None => text.push_str(" not run |"),
+            }
+        }
+        text.push('\n');
+    }
+    text
+}
+
+/// `n` with a comma between each group of three digits.
+fn group_thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut text = String::new();
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
+            text.push(',');
+        }
+        text.push(digit);
+    }
+    text
 }
 
 /// Builds the labs' test binaries (already built by the test run that runs
@@ -172,8 +328,16 @@ fn newest_kernel(prefix: &str, suffix: &str) -> Option<PathBuf> {
 
 /// Runs every lab on the host (`image` None) or inside the kernel `image`,
 /// with the exporter `exporter`, appending the truth lab's results to
-/// `results`; fails with the labs' output when any of their tests fails.
-fn run_labs(image: Option<&Path>, labs: &[PathBuf], exporter: &Path, results: &Path, out: &Path) {
+/// `results` and the verifier's figures to `verifier`; fails with the
+/// labs' output when any of their tests fails.
+fn run_labs(
+    image: Option<&Path>,
+    labs: &[PathBuf],
+    exporter: &Path,
+    results: &Path,
+    verifier: &Path,
+    out: &Path,
+) {
     // One shell command that runs each lab and fails when any fails. The
     // guest's descriptor limit is raised to the host's, for the tests that
     // hold thousands of sockets.
@@ -181,8 +345,10 @@ fn run_labs(image: Option<&Path>, labs: &[PathBuf], exporter: &Path, results: &P
         .iter()
         .map(|lab| {
             format!(
-                "PORTSTAT_TRUTH_LAB_RESULTS={} PORTSTAT_TEST_EXPORTER={} {} || status=1",
+                "PORTSTAT_TRUTH_LAB_RESULTS={} PORTSTAT_VERIFIER_RESULTS={} \
+                 PORTSTAT_TEST_EXPORTER={} {} || status=1",
                 results.display(),
+                verifier.display(),
                 exporter.display(),
                 lab.display()
             )

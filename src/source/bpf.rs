@@ -18,6 +18,7 @@
 //! Record parsing is a pure function over bytes; only `BpfSockets` touches
 //! the kernel.
 
+pub mod background;
 pub mod btf;
 pub mod failures;
 mod loader;
@@ -26,7 +27,7 @@ pub mod shared;
 
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, Map, MapData, RingBuf};
 
@@ -156,12 +157,20 @@ fn unavailable(stage: &'static str, error: impl std::fmt::Display) -> BpfError {
 
 pub use loader::VerifierCost;
 
+/// An object the exporter loads: its name, its bytes, and its programs with
+/// where each attaches.
+type ObjectToVerify = (
+    &'static str,
+    &'static [u8],
+    &'static [(&'static str, loader::AttachPoint<'static>)],
+);
+
 /// What verifying every program the exporter can load costs on this
 /// kernel, by object: each object loaded whole (its programs, maps and
 /// links) and dropped at once. A refusal gives the verifier's reason.
 pub fn verify_every_program() -> Vec<(&'static str, Result<Vec<VerifierCost>, BpfError>)> {
     use loader::AttachPoint::{Iterator, RawTracepoint};
-    let objects: [(&str, &[u8], &[(&str, loader::AttachPoint<'_>)]); 4] = [
+    let objects: [ObjectToVerify; 4] = [
         ("tcp_ports", TCP_PORTS_OBJECT, &[(PROGRAM, Iterator("tcp"))]),
         (
             "shared_tables",
@@ -205,7 +214,7 @@ pub fn verify_every_program() -> Vec<(&'static str, Result<Vec<VerifierCost>, Bp
 
 /// The loaded program, kept across samples and namespaces: an iterator
 /// reads the namespace of the thread that creates it.
-struct Loaded {
+pub struct Loaded {
     program: loader::LoadedProgram,
     /// The program's settings: the range, and what to read.
     settings: Array<MapData, u32>,
@@ -263,11 +272,22 @@ impl BpfSockets {
         Ok(walked)
     }
 
+    /// The object loaded instead of the embedded one, if any.
+    pub fn object(&self) -> Option<&Path> {
+        self.object.as_deref()
+    }
+
+    /// Uses `loaded`, loaded elsewhere (`background::ProgramLoad`), from
+    /// now on.
+    pub fn install(&mut self, loaded: Loaded) {
+        self.loaded = Some(loaded);
+    }
+
     /// Loads the program where it is not loaded yet: proves that this source
     /// can run here without reading.
     pub fn load_once(&mut self) -> Result<(), BpfError> {
         if self.loaded.is_none() {
-            self.loaded = Some(self.load()?);
+            self.loaded = Some(load(self.object.as_deref())?);
         }
         Ok(())
     }
@@ -318,52 +338,53 @@ impl BpfSockets {
         ring?;
         Ok(walked)
     }
+}
 
-    fn load(&self) -> Result<Loaded, BpfError> {
-        let kernel_btf = std::fs::read(KERNEL_BTF)
-            .map_err(|error| unavailable("kernel BTF", format!("{KERNEL_BTF}: {error}")))?;
-        let bytes = match &self.object {
-            Some(path) => std::fs::read(path)
-                .map_err(|error| unavailable("object", format!("{}: {error}", path.display())))?,
-            None => TCP_PORTS_OBJECT.to_vec(),
-        };
-        let mut program = loader::LoadedProgram::load(
-            &bytes,
-            &[(PROGRAM, loader::AttachPoint::Iterator("tcp"))],
-            kernel_btf,
-        )
-        .map_err(|error| {
-            // Where CO-RE could not relocate an access, the loader leaves
-            // a call to this poison value, which the verifier then refuses.
-            if error.stage == "verify" && error.reason.contains(&POISONED_RELOCATION.to_string()) {
-                unavailable(
-                    "relocate",
-                    format!(
-                        "this kernel lacks a field or type the program reads \
-                             (iter/tcp needs Linux 5.9+ with BTF): {}",
-                        error.reason
-                    ),
-                )
-            } else {
-                unavailable(error.stage, error.reason)
-            }
-        })?;
-        let settings = program
-            .take_map("settings")
-            .ok_or_else(|| unavailable("settings", "the object has no settings map"))?;
-        let settings = Array::try_from(Map::Array(settings))
-            .map_err(|error| unavailable("settings", error))?;
-        let ring = program
-            .take_map(BOUND_RING)
-            .ok_or_else(|| unavailable("ring buffer", "the object has no bound ring buffer"))?;
-        let bound = RingBuf::try_from(Map::RingBuf(ring))
-            .map_err(|error| unavailable("ring buffer", error))?;
-        Ok(Loaded {
-            program,
-            settings,
-            bound,
-        })
-    }
+/// Loads the TCP program from `object`, or the embedded one, with its maps.
+pub fn load(object: Option<&Path>) -> Result<Loaded, BpfError> {
+    let kernel_btf = std::fs::read(KERNEL_BTF)
+        .map_err(|error| unavailable("kernel BTF", format!("{KERNEL_BTF}: {error}")))?;
+    let bytes = match object {
+        Some(path) => std::fs::read(path)
+            .map_err(|error| unavailable("object", format!("{}: {error}", path.display())))?,
+        None => TCP_PORTS_OBJECT.to_vec(),
+    };
+    let mut program = loader::LoadedProgram::load(
+        &bytes,
+        &[(PROGRAM, loader::AttachPoint::Iterator("tcp"))],
+        kernel_btf,
+    )
+    .map_err(|error| {
+        // Where CO-RE could not relocate an access, the loader leaves
+        // a call to this poison value, which the verifier then refuses.
+        if error.stage == "verify" && error.reason.contains(&POISONED_RELOCATION.to_string()) {
+            unavailable(
+                "relocate",
+                format!(
+                    "this kernel lacks a field or type the program reads \
+                         (iter/tcp needs Linux 5.9+ with BTF): {}",
+                    error.reason
+                ),
+            )
+        } else {
+            unavailable(error.stage, error.reason)
+        }
+    })?;
+    let settings = program
+        .take_map("settings")
+        .ok_or_else(|| unavailable("settings", "the object has no settings map"))?;
+    let settings =
+        Array::try_from(Map::Array(settings)).map_err(|error| unavailable("settings", error))?;
+    let ring = program
+        .take_map(BOUND_RING)
+        .ok_or_else(|| unavailable("ring buffer", "the object has no bound ring buffer"))?;
+    let bound =
+        RingBuf::try_from(Map::RingBuf(ring)).map_err(|error| unavailable("ring buffer", error))?;
+    Ok(Loaded {
+        program,
+        settings,
+        bound,
+    })
 }
 
 /// `CLOCK_MONOTONIC` in milliseconds, the clock of the kernel's

@@ -130,6 +130,9 @@ pub struct NamespaceReader {
     /// (`--collector.netns=all`), `None` where it is not to be used: turned
     /// off, or found not to run here.
     shared_tables: Option<bpf::shared::SharedTables>,
+    /// The BPF programs loading on a thread of their own
+    /// (`load_programs_in_background`); TCP is read over netlink meanwhile.
+    loading: Option<bpf::background::ProgramLoad>,
 }
 
 /// How the namespace of the last `read_settings` is read with the one walk
@@ -187,7 +190,80 @@ impl NamespaceReader {
             conntrack_unavailable_logged: false,
             conntrack_failing: false,
             shared_tables: None,
+            loading: None,
         }
+    }
+
+    /// With the `auto` source, starts loading the BPF programs (TCP,
+    /// owners where they are found, the one walk where it is on) on a
+    /// thread of their own, and reads TCP over netlink and owners through
+    /// `/proc/<pid>/fd` until `take_loaded_programs` finds them loaded: a
+    /// daemon's first samples then never wait for the verifier. Elsewhere
+    /// (`bpf` asked for, which fails where BPF cannot load, or a one-shot
+    /// run), the programs load where they are first used.
+    pub fn load_programs_in_background(&mut self) {
+        if self.choice != SourceChoice::Auto
+            || self.sources[0] != SourceKind::Bpf
+            || self.loading.is_some()
+        {
+            return;
+        }
+        let owners = self.attribution && self.bpf_owners.is_none();
+        match bpf::background::ProgramLoad::start(
+            self.bpf.object().map(Path::to_path_buf),
+            owners,
+            self.shared_tables.is_some(),
+        ) {
+            Ok(loading) => {
+                self.loading = Some(loading);
+                self.sources[0] = SourceKind::Netlink;
+            }
+            Err(error) => {
+                tracing::debug!(err = %error, "cannot load the BPF programs on a thread of their own; loading them at first use");
+            }
+        }
+    }
+
+    /// Where the programs of `load_programs_in_background` are loaded
+    /// (waiting at most `wait` for them), switches to them: TCP is read
+    /// with BPF from the next read on, logged once; a program that cannot
+    /// load is logged once with the reason, and its fallback kept.
+    /// Returns whether they are still loading.
+    pub fn take_loaded_programs(&mut self, wait: std::time::Duration) -> bool {
+        let Some(loading) = &self.loading else {
+            return false;
+        };
+        let Some(loaded) = loading.finished(wait) else {
+            return true;
+        };
+        self.loading = None;
+        let took_ms = loaded.took.as_millis() as u64;
+        match loaded.sockets {
+            Ok(program) => {
+                self.bpf.install(program);
+                self.sources[0] = SourceKind::Bpf;
+                self.proven[0] = true;
+                tracing::info!(
+                    took_ms,
+                    "the BPF programs are loaded; TCP is read with BPF from now on, with exact headroom"
+                );
+            }
+            Err(error) => warn_of_fallback(Protocol::Tcp, SourceKind::Bpf, &error.into()),
+        }
+        if let Some(owners) = loaded.owners {
+            self.bpf_owners = Some(owners.map_err(|error| log_owners_fallback(&error)));
+        }
+        if let Some(shared) = loaded.shared_tables {
+            match shared {
+                Ok(program) => {
+                    if let Some(tables) = &mut self.shared_tables {
+                        tables.install(program);
+                    }
+                }
+                Err(error) => self.give_up_shared_tables(&error),
+            }
+        }
+        false
     }
 
     /// Reads the TCP sockets of every namespace on the host's shared tables
@@ -588,13 +664,12 @@ impl NamespaceReader {
         if !matches!(self.choice, SourceChoice::Auto | SourceChoice::Bpf) {
             return OwnerLookup::ByInode;
         }
+        // Until the program loading in the background is loaded.
+        if self.loading.is_some() && self.bpf_owners.is_none() {
+            return OwnerLookup::ByInode;
+        }
         let loaded = self.bpf_owners.get_or_insert_with(|| {
-            bpf::owners::BpfOwners::load().map_err(|error| {
-                tracing::info!(
-                    err = %error,
-                    "socket owners cannot come from BPF here; walking /proc/<pid>/fd instead"
-                );
-            })
+            bpf::owners::BpfOwners::load().map_err(|error| log_owners_fallback(&error))
         });
         if loaded.is_ok() {
             OwnerLookup::Records
@@ -692,22 +767,36 @@ impl NamespaceReader {
                 SourceKind::Bpf => SourceKind::Netlink,
                 _ => SourceKind::Procfs,
             };
-            match source {
-                SourceKind::Bpf => tracing::warn!(
-                    protocol = protocol.label(),
-                    err = %error,
-                    "the BPF source cannot run here; reading netlink instead, so ports bound \
-                     before connect() count as shared and headroom is an upper bound"
-                ),
-                _ => tracing::warn!(
-                    protocol = protocol.label(),
-                    err = %error,
-                    "netlink sock_diag is not available; reading procfs instead"
-                ),
-            }
+            warn_of_fallback(protocol, source, &error);
             self.sources[index] = next;
         }
     }
+}
+
+/// Logs that `protocol` cannot be read from `source` here, for `error`,
+/// and what is read instead.
+fn warn_of_fallback(protocol: Protocol, source: SourceKind, error: &SourceError) {
+    match source {
+        SourceKind::Bpf => tracing::warn!(
+            protocol = protocol.label(),
+            err = %error,
+            "the BPF source cannot run here; reading netlink instead, so ports bound \
+             before connect() count as shared and headroom is an upper bound"
+        ),
+        _ => tracing::warn!(
+            protocol = protocol.label(),
+            err = %error,
+            "netlink sock_diag is not available; reading procfs instead"
+        ),
+    }
+}
+
+/// Logs that owners cannot come from the BPF program here, for `error`.
+fn log_owners_fallback(error: &bpf::BpfError) {
+    tracing::info!(
+        err = %error,
+        "socket owners cannot come from BPF here; walking /proc/<pid>/fd instead"
+    );
 }
 
 /// What `read_protocol` does with a protocol's source.

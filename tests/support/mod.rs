@@ -27,6 +27,55 @@ pub fn exporter() -> &'static str {
     })
 }
 
+/// How long the harness waits for an exporter to be ready, or for a
+/// condition on `--once` runs: far longer than a start takes, even on a
+/// loaded machine, so that only an exporter that will not start fails.
+pub const READY_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Whether the suite runs as if the kernel refused BPF
+/// (`PORTSTAT_TEST_REFUSE_BPF=1`): every exporter the harness starts in a
+/// namespace has `bpf()` refused by seccomp, as on a kernel or in a
+/// container that refuses it. The tests that are not about BPF then pass,
+/// and those that are fail at `require_bpf`, naming why.
+pub fn refusing_bpf() -> bool {
+    std::env::var_os("PORTSTAT_TEST_REFUSE_BPF")
+        .is_some_and(|value| !value.is_empty() && value != "0")
+}
+
+/// Fails the test, with the reason, where the BPF source cannot run here:
+/// for the tests about BPF, whose figures mean nothing without it. The
+/// reason is what `--collector.source bpf` says when it fails (the
+/// verifier's, where it refused a program), found once a test binary.
+pub fn require_bpf() {
+    static REFUSAL: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let refusal = REFUSAL.get_or_init(|| {
+        let mut command = Command::new(exporter());
+        command.args([
+            "--once",
+            "--collector.source",
+            "bpf",
+            "--collector.processes=false",
+            "--log.level",
+            "warn",
+        ]);
+        if refusing_bpf() {
+            refuse_syscall(&mut command, libc::SYS_bpf, None, libc::EPERM);
+        }
+        let output = command.output().expect("cannot run the exporter");
+        let refused = refusing_bpf().then(|| "PORTSTAT_TEST_REFUSE_BPF is set".to_string());
+        (!output.status.success()).then(|| {
+            let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+            match refused {
+                Some(switch) => format!("{switch}: {stderr}"),
+                None => stderr,
+            }
+        })
+    });
+    if let Some(reason) = refusal {
+        panic!("this test needs the BPF source, which cannot run here: {reason}");
+    }
+}
+
 /// Whether the running kernel reports TCP sockets bound but neither
 /// listening nor connected over netlink (Linux 6.5 and later): before, a
 /// netlink source does not see them.
@@ -126,7 +175,8 @@ impl Netns {
         })
     }
 
-    /// A command that runs inside the namespace.
+    /// A command that runs inside the namespace; with
+    /// `PORTSTAT_TEST_REFUSE_BPF` set, `bpf()` is refused to it.
     pub fn command(&self, program: &str) -> Command {
         let mut command = Command::new(program);
         let fd = self.handle.as_raw_fd();
@@ -139,6 +189,9 @@ impl Netns {
                 }
                 Ok(())
             });
+        }
+        if refusing_bpf() {
+            refuse_syscall(&mut command, libc::SYS_bpf, None, libc::EPERM);
         }
         command
     }
@@ -186,11 +239,11 @@ impl Netns {
         String::from_utf8(output.stdout).expect("inspect writes UTF-8")
     }
 
-    /// Runs `--once` with `args` until `done` holds for its metrics, or 10 s
-    /// have passed; returns the last metrics either way, for the caller to
-    /// assert on.
+    /// Runs `--once` with `args` until `done` holds for its metrics, or a
+    /// minute has passed; returns the last metrics either way, for the
+    /// caller to assert on.
     pub fn once_until(&self, args: &[&str], done: impl Fn(&Metrics) -> bool) -> Metrics {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + READY_DEADLINE;
         loop {
             let output = self.once(args);
             assert!(
@@ -218,8 +271,8 @@ impl Netns {
         args: &[&str],
         prepare: impl FnOnce(&mut Command),
     ) -> Exporter<'_> {
-        let exporter = self.spawn_exporter_with(args, prepare);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut exporter = self.spawn_exporter_with(args, prepare);
+        let deadline = Instant::now() + READY_DEADLINE;
         loop {
             if exporter
                 .get("/-/ready")
@@ -227,9 +280,16 @@ impl Netns {
             {
                 return exporter;
             }
+            if let Ok(Some(status)) = exporter.child.try_wait() {
+                panic!(
+                    "the exporter exited ({status}) before it was ready; it logged:\n{}",
+                    exporter.log()
+                );
+            }
             assert!(
                 Instant::now() < deadline,
-                "the exporter did not become ready"
+                "the exporter did not become ready within {READY_DEADLINE:?}; it logged:\n{}",
+                exporter.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -90,7 +90,8 @@ pub struct WalkOutcome {
     pub bound_inactive_walked: bool,
 }
 
-struct Loaded {
+/// The walk's program, loaded, with its maps.
+pub struct Loaded {
     program: loader::LoadedProgram,
     settings: Array<MapData, u32>,
     namespaces: HashMap<MapData, u32, [u32; 2]>,
@@ -117,6 +118,12 @@ impl SharedTables {
     /// can run here.
     pub fn load_once(&mut self) -> Result<(), BpfError> {
         self.loaded_program().map(|_| ())
+    }
+
+    /// Uses `loaded`, loaded elsewhere (`background::ProgramLoad`), from
+    /// now on.
+    pub fn install(&mut self, loaded: Loaded) {
+        self.loaded = Some(loaded);
     }
 
     fn loaded_program(&mut self) -> Result<&mut Loaded, BpfError> {
@@ -296,7 +303,8 @@ fn set(settings: &mut Array<MapData, u32>, index: u32, value: u32) -> Result<(),
         .map_err(|error| unavailable("settings", error))
 }
 
-fn load() -> Result<Loaded, BpfError> {
+/// Loads the walk's program and its maps.
+pub fn load() -> Result<Loaded, BpfError> {
     let kernel_btf = std::fs::read(KERNEL_BTF)
         .map_err(|error| unavailable("kernel BTF", format!("{KERNEL_BTF}: {error}")))?;
     let mut program = loader::LoadedProgram::load(
