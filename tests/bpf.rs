@@ -119,6 +119,7 @@ fn assert_falls_back(netns: &Netns, wrap: impl Fn(&[&str]) -> Command, reason: &
 
 #[test]
 fn the_bpf_source_reads_what_netlink_reads_and_more() {
+    support::require_bpf();
     let (netns, _held) = populated();
     let bpf = netns.once_until(&["--collector.source", "bpf"], |_| true);
     let netlink = netns.once_until(&["--collector.source", "netlink"], |_| true);
@@ -148,6 +149,7 @@ fn the_bpf_source_reads_what_netlink_reads_and_more() {
 /// through BPF alone, with the bound sockets.
 #[test]
 fn the_program_finds_bound_sockets_without_netlink() {
+    support::require_bpf();
     let (netns, _held) = populated();
     let netlink = netns.once_until(&["--collector.source", "netlink"], |_| true);
     let mut command = netns.command(support::exporter());
@@ -185,6 +187,7 @@ fn the_program_finds_bound_sockets_without_netlink() {
 /// all instead, still under the BPF source.
 #[test]
 fn bound_sockets_beyond_the_ring_come_from_netlink() {
+    support::require_bpf();
     const BOUND: usize = 3500;
     let (netns, _held) = populated();
     // All on one port the kernel picks inside the range, with SO_REUSEPORT.
@@ -277,6 +280,7 @@ fn without_bpf_capabilities(netns: &Netns, args: &[&str]) -> Command {
 /// one that cannot run is not named, nor its exactness claimed.
 #[test]
 fn a_source_that_cannot_run_is_found_out_with_no_socket_to_read() {
+    support::require_bpf();
     let netns = Netns::new((40000, 40059), "");
     let without_bpf = |args: &[&str]| without_bpf_capabilities(&netns, args);
     let (output, stderr, metrics) = run(&mut without_bpf(&["--once", "--log.level", "warn"]));
@@ -349,6 +353,7 @@ fn assert_falls_back_from_object(name: &str, reason: &str) {
 
 #[test]
 fn falls_back_when_the_kernel_lacks_what_the_program_reads() {
+    support::require_bpf();
     assert_falls_back_from_object(
         "needs_a_newer_kernel",
         "this kernel lacks a field or type the program reads",
@@ -357,11 +362,13 @@ fn falls_back_when_the_kernel_lacks_what_the_program_reads() {
 
 #[test]
 fn falls_back_when_the_verifier_refuses_the_program() {
+    support::require_bpf();
     assert_falls_back_from_object("refused_by_verifier", "BPF verify");
 }
 
 #[test]
 fn a_running_exporter_logs_the_fallback_once() {
+    support::require_bpf();
     let (netns, _held) = populated();
     // The guard kills the exporter however the test ends.
     let exporter = netns.spawn_exporter_with(
@@ -408,6 +415,7 @@ fn a_running_exporter_logs_the_fallback_once() {
 /// and name the same processes with the same ports as the BPF pass does.
 #[test]
 fn owners_fall_back_to_procfs_and_agree_with_bpf() {
+    support::require_bpf();
     let (netns, _held) = populated();
     let comm = support::own_comm();
     let ports = format!(r#"portstat_ephemeral_process_ports_used{{process="{comm}"}}"#);
@@ -510,6 +518,7 @@ fn namespace_inode(netns: &Netns) -> u64 {
 /// the walk too where the kernel allows (Linux 6.2+).
 #[test]
 fn one_walk_reads_what_each_namespace_reads() {
+    support::require_bpf();
     support::require_root();
     let mut namespaces = vec![
         Netns::new((40000, 40999), ""),
@@ -648,6 +657,7 @@ const VERIFIER_BUDGET: u64 = 100_000;
 #[test]
 fn every_program_verifies_within_a_tenth_of_the_budget() {
     support::require_root();
+    support::require_bpf();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     let release = release.trim();
     let mut lines = String::new();

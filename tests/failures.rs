@@ -86,6 +86,7 @@ fn first_sample_after(exporter: &support::Exporter<'_>, moment: f64) -> Metrics 
 
 #[test]
 fn each_failed_connect_counts_once_with_its_destination_and_process() {
+    support::require_bpf();
     // Ten ports; a dual-stack listener.
     let netns = Netns::new((40000, 40009), "");
     let _server = netns.run(|| listening_socket("[::]:8080", false, 1024));
@@ -145,6 +146,7 @@ fn each_failed_connect_counts_once_with_its_destination_and_process() {
 
 #[test]
 fn refused_reset_timed_out_and_abandoned_connects_do_not_count() {
+    support::require_bpf();
     let netns = Netns::new((40000, 40009), "");
     // SYNs to port 7 go unanswered: its listener's accept queue is full,
     // and the kernel drops them. A kernel timeout comes after one retry.
@@ -194,6 +196,7 @@ fn refused_reset_timed_out_and_abandoned_connects_do_not_count() {
 
 #[test]
 fn a_burst_between_two_samples_is_counted_in_full() {
+    support::require_bpf();
     let netns = Netns::new((40000, 40009), "");
     let _server = netns.run(|| listening_socket("127.0.0.1:8080", false, 1024));
     let exporter = netns.start_exporter(&["--collector.interval", "2s"]);
@@ -266,6 +269,7 @@ fn without_bpf_the_failure_families_are_absent_and_the_log_says_why_once() {
 
 #[test]
 fn bind_to_port_zero_and_udp_autobind_failures_count_with_autobind_on() {
+    support::require_bpf();
     let netns = Netns::new((40000, 40009), "");
     let exporter = netns.start_exporter(&[
         "--collector.interval",
@@ -335,6 +339,7 @@ fn bind_to_port_zero_and_udp_autobind_failures_count_with_autobind_on() {
 
 #[test]
 fn without_autobind_no_bind_or_udp_failure_is_written() {
+    support::require_bpf();
     let netns = Netns::new((40000, 40009), "");
     let exporter = netns.start_exporter(&["--collector.interval", "300ms"]);
     let metrics = first_sample_after(&exporter, unix_seconds());
@@ -352,6 +357,7 @@ fn without_autobind_no_bind_or_udp_failure_is_written() {
 
 #[test]
 fn ports_taken_between_samples_by_bind_show_as_unpredicted_failures() {
+    support::require_bpf();
     // A sample sees ten free ports; bind() then takes them all before the
     // next, which no count of connect() attempts sees: the failure that
     // follows is one the prediction did not allow for. That holds when no
@@ -411,6 +417,7 @@ fn ports_taken_between_samples_by_bind_show_as_unpredicted_failures() {
 
 #[test]
 fn with_every_namespace_each_counts_its_own_failures() {
+    support::require_bpf();
     let home = Netns::new((43000, 43099), "");
     let exporter =
         home.start_exporter(&["--collector.netns", "all", "--collector.interval", "300ms"]);

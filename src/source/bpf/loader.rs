@@ -269,6 +269,13 @@ impl LoadedProgram {
                 AttachPoint::RawTracepoint(_) => open_raw_tracepoint(&loaded),
             }
             .map_err(|error| failed("attach", format!("{program}: {error}")))?;
+            tracing::debug!(
+                program,
+                processed_instructions = cost.processed_instructions,
+                total_states = cost.total_states,
+                load_ms = cost.load_time.as_secs_f64() * 1000.0,
+                "BPF program verified and loaded"
+            );
             links.push(link);
             loaded_programs.push(loaded);
             costs.push(cost);
