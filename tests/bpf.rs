@@ -368,7 +368,6 @@ fn falls_back_when_the_verifier_refuses_the_program() {
 
 #[test]
 fn a_running_exporter_logs_the_fallback_once() {
-    support::require_bpf();
     let (netns, _held) = populated();
     // The guard kills the exporter however the test ends.
     let exporter = netns.spawn_exporter_with(
@@ -409,6 +408,159 @@ fn a_running_exporter_logs_the_fallback_once() {
     );
     // Several samples; one line.
     assert_eq!(text.matches(WARNING).count(), 1, "{text}");
+}
+
+/// A FIFO in a folder of its own, for an exporter to load its TCP program
+/// from (`--collector.bpf.object`): the load waits until the test writes
+/// the object into it, so that what the daemon does meanwhile is seen
+/// without reading a clock. Removed on drop.
+struct HeldObject {
+    folder: std::path::PathBuf,
+    fifo: std::path::PathBuf,
+}
+
+impl HeldObject {
+    fn new() -> HeldObject {
+        let folder = std::env::temp_dir().join(format!(
+            "portstat-held-object-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&folder).unwrap();
+        let fifo = folder.join("tcp_ports.bpf.o");
+        let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `name` is a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        HeldObject { folder, fifo }
+    }
+
+    /// Lets the load go on, with the object at `path` of the tree.
+    fn release(&self, path: &str) {
+        let object = std::fs::read(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        std::fs::write(&self.fifo, object).unwrap();
+    }
+}
+
+impl Drop for HeldObject {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.folder);
+    }
+}
+
+/// Waits, `limit` at most, until the exporter has logged `text`; returns
+/// its log.
+fn wait_for_log(exporter: &support::Exporter<'_>, text: &str, limit: Duration) -> String {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let log = exporter.log();
+        if log.contains(text) {
+            return log;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the exporter never logged {text:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A daemon does not wait for its programs to load: it is ready, and
+/// serves samples read over netlink, while they load (here, until the test
+/// hands it the object); once they are loaded it reads TCP with BPF, exact,
+/// and says so once.
+#[test]
+fn a_daemon_serves_samples_before_its_programs_load_then_switches() {
+    support::require_bpf();
+    let (netns, _held) = populated();
+    let held = HeldObject::new();
+    let fifo = held.fifo.to_string_lossy().into_owned();
+    let args = [
+        "--collector.interval",
+        "100ms",
+        "--collector.bpf.object",
+        &fifo,
+        "--log.level",
+        "info",
+    ];
+    let exporter = netns.start_exporter(&args);
+    let before = exporter.metrics();
+    assert_eq!(
+        before.value(r#"portstat_source_info{protocol="tcp",source="netlink"}"#),
+        1.0,
+        "{}",
+        exporter.log()
+    );
+    assert_eq!(before.value("portstat_ephemeral_headroom_exact"), 0.0);
+    for series in KEPT {
+        let series = series.replace("unknown", &support::own_comm());
+        assert!(before.get(&series).is_some(), "{series} is missing");
+    }
+
+    held.release("src/source/bpf/tcp_ports.bpf.o");
+    let after = exporter.metrics_until(|metrics| {
+        metrics.get(r#"portstat_source_info{protocol="tcp",source="bpf"}"#) == Some(1.0)
+    });
+    assert_eq!(
+        after.value(r#"portstat_source_info{protocol="tcp",source="bpf"}"#),
+        1.0,
+        "{}",
+        exporter.log()
+    );
+    assert_eq!(after.value("portstat_ephemeral_headroom_exact"), 1.0);
+    let log = exporter.log();
+    assert_eq!(
+        log.matches("the BPF programs are loaded").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(log.matches(WARNING).count(), 0, "{log}");
+    // The log's order is the order of events: a sample over netlink, then
+    // the switch.
+    let first_sample = log.find("tcp=netlink").unwrap_or(usize::MAX);
+    assert!(
+        first_sample < log.find("the BPF programs are loaded").unwrap_or_default(),
+        "{log}"
+    );
+}
+
+/// A daemon whose TCP program the verifier works on for its whole budget
+/// (`tests/fixtures/bpf/costly_to_verify.bpf.c`), then refuses, serves
+/// samples over netlink meanwhile, logs the refusal once with the
+/// verifier's reason, and stays on netlink.
+#[test]
+fn a_daemon_logs_a_refusal_after_its_first_samples_once_with_the_reason() {
+    support::require_bpf();
+    let (netns, _held) = populated();
+    let held = HeldObject::new();
+    let fifo = held.fifo.to_string_lossy().into_owned();
+    let exporter = netns.start_exporter(&[
+        "--collector.interval",
+        "100ms",
+        "--collector.bpf.object",
+        &fifo,
+        "--log.level",
+        "info",
+    ]);
+    assert_eq!(
+        exporter
+            .metrics()
+            .value(r#"portstat_source_info{protocol="tcp",source="netlink"}"#),
+        1.0
+    );
+    held.release("tests/fixtures/bpf/costly_to_verify.bpf.o");
+    // The verifier's million instructions take seconds: the wait is for
+    // the log line, ten minutes at most.
+    let log = wait_for_log(&exporter, WARNING, Duration::from_secs(600));
+    assert_eq!(log.matches(WARNING).count(), 1, "{log}");
+    assert!(log.contains("too large"), "no verifier's reason:\n{log}");
+    assert!(!log.contains("the BPF programs are loaded"), "{log}");
+    let metrics = exporter
+        .metrics_until(|metrics| metrics.get("portstat_sample_timestamp_seconds").is_some());
+    assert_eq!(
+        metrics.value(r#"portstat_source_info{protocol="tcp",source="netlink"}"#),
+        1.0
+    );
+    assert_eq!(metrics.value("portstat_ephemeral_headroom_exact"), 0.0);
 }
 
 /// Where BPF is refused, owners come from the walk of `/proc/<pid>/fd`,

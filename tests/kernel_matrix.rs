@@ -60,7 +60,12 @@ fn every_kernel_of_the_matrix() {
     let results = out.join("results.tsv");
     let verifier = out.join("verifier.tsv");
     let labs = lab_binaries(root);
-    let exporter = release_exporter(root);
+    // The guests read the host's files over 9p, which caches nothing but
+    // below /tmp (an overlay in the guest): an exporter started a hundred
+    // times is read from there, not from the tree, a second a start
+    // faster under emulation.
+    let copy = TemporaryCopy::of(&release_exporter(root));
+    let exporter = copy.path.clone();
     let host = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap()
         .trim()
@@ -254,6 +259,29 @@ fn group_thousands(n: u64) -> String {
     text
 }
 
+/// A copy of a file in a folder of its own below the temporary folder,
+/// removed with the folder on drop.
+struct TemporaryCopy {
+    folder: PathBuf,
+    path: PathBuf,
+}
+
+impl TemporaryCopy {
+    fn of(file: &Path) -> TemporaryCopy {
+        let folder = std::env::temp_dir().join(format!("portstat-matrix-{}", std::process::id()));
+        std::fs::create_dir_all(&folder).unwrap();
+        let path = folder.join(file.file_name().unwrap());
+        std::fs::copy(file, &path).unwrap();
+        TemporaryCopy { folder, path }
+    }
+}
+
+impl Drop for TemporaryCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.folder);
+    }
+}
+
 /// Builds the labs' test binaries (already built by the test run that runs
 /// this) and returns their paths.
 fn lab_binaries(root: &Path) -> Vec<PathBuf> {
@@ -341,12 +369,20 @@ fn run_labs(
     // One shell command that runs each lab and fails when any fails. The
     // guest's descriptor limit is raised to the host's, for the tests that
     // hold thousands of sockets.
+    // A guest skips the test whose program keeps the verifier busy for its
+    // whole budget (minutes under emulation): it tests the daemon's start,
+    // not the kernel, and runs on the host.
+    let skip = if image.is_some() {
+        " --skip a_daemon_logs_a_refusal_after_its_first_samples_once_with_the_reason"
+    } else {
+        ""
+    };
     let script: Vec<String> = labs
         .iter()
         .map(|lab| {
             format!(
                 "PORTSTAT_TRUTH_LAB_RESULTS={} PORTSTAT_VERIFIER_RESULTS={} \
-                 PORTSTAT_TEST_EXPORTER={} {} || status=1",
+                 PORTSTAT_TEST_EXPORTER={} {}{skip} || status=1",
                 results.display(),
                 verifier.display(),
                 exporter.display(),

@@ -234,14 +234,17 @@ static __always_inline __u64 visit_socket(struct tables_walk *walk, __u64 addres
 	return next;
 }
 
-// One step of the walk of a part; returns 1 when it is done.
-static long tables_step(__u32 index, void *unused)
-{
-	__u32 key = 0;
-	struct tables_walk *walk = bpf_map_lookup_elem(&tables_walk_state, &key);
+// What each step of the walk of a part is handed: the walk, in its map
+// value (see `struct walk_context`).
+struct tables_walk_context {
+	struct tables_walk *walk;
+};
 
-	if (!walk)
-		return 1;
+// One step of the walk of a part; returns 1 when it is done.
+static long tables_step(__u32 index, struct tables_walk_context *context)
+{
+	struct tables_walk *walk = context->walk;
+
 	if (walk->node) {
 		// A chain of the TCP tables ends in an odd "nulls" value, one of
 		// the UDP table in NULL. A socket is linked into either by the
@@ -306,6 +309,7 @@ static __noinline __u32 walk_part(struct inet_hashinfo *hashinfo, struct udp_tab
 	struct tables_walk *walk = bpf_map_lookup_elem(&tables_walk_state, &key);
 	__u32 *port = bpf_map_lookup_elem(&settings, &port_key);
 	__u32 ehash_slots = BPF_CORE_READ(hashinfo, ehash_mask) + 1;
+	struct tables_walk_context context;
 
 	if (!walk || !port)
 		return PART_UNSUPPORTED;
@@ -329,7 +333,8 @@ static __noinline __u32 walk_part(struct inet_hashinfo *hashinfo, struct udp_tab
 		share(index, parts, BPF_CORE_READ(udp, mask) + 1, &walk->udp_start,
 		      &walk->udp_end);
 	}
-	bpf_loop(PART_STEPS, tables_step, 0, 0);
+	context.walk = walk;
+	bpf_loop(PART_STEPS, tables_step, &context, 0);
 	return walk->flags;
 }
 

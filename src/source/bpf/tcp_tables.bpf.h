@@ -471,14 +471,18 @@ static __always_inline int read_bucket(__u64 address, struct bucket_fields *buck
 	return 0;
 }
 
-// One step of the walk of the bind hash; returns 1 when it is done.
-static long walk_step(__u32 index, void *unused)
-{
-	__u32 key = 0;
-	struct walk *walk = bpf_map_lookup_elem(&bind_walk, &key);
+// What each step of the walk of the bind hash is handed: the walk, in its
+// map value, looked up once rather than at every step (a helper call a step
+// before Linux 6.9 inlines the lookup).
+struct walk_context {
+	struct walk *walk;
+};
 
-	if (!walk)
-		return 1;
+// One step of the walk of the bind hash; returns 1 when it is done.
+static long walk_step(__u32 index, struct walk_context *context)
+{
+	struct walk *walk = context->walk;
+
 	if (walk->owner) {
 		visit_owner(walk);
 		return 0;
@@ -568,6 +572,7 @@ static long walk_step(__u32 index, void *unused)
 static __always_inline __u32 walk_bind_hash(__u32 range, int every_namespace)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
+	struct walk_context context;
 	struct inet_hashinfo *hashinfo;
 	struct walk *walk;
 	struct net *net;
@@ -592,7 +597,8 @@ static __always_inline __u32 walk_bind_hash(__u32 range, int every_namespace)
 	walk->slot_size = bpf_core_type_size(struct inet_bind_hashbucket);
 	walk->net = every_namespace ? 0 : (__u64)net;
 	walk->range = range;
-	bpf_loop(WALK_STEPS, walk_step, 0, 0);
+	context.walk = walk;
+	bpf_loop(WALK_STEPS, walk_step, &context, 0);
 	if (!(walk->flags & TRAILER_WALKED))
 		walk->flags |= TRAILER_TOO_LONG;
 	return walk->flags;
