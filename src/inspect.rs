@@ -186,21 +186,26 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
             .collect::<Vec<_>>()
             .join(", ")
     );
+    // The reason for "at most" goes on a line of its own, within 80
+    // columns.
     let _ = writeln!(
         out,
         "A new destination can get {} ports{}{}",
         snapshot.new_destination_headroom,
+        if snapshot.headroom_exact() {
+            ""
+        } else {
+            " at most"
+        },
         if snapshot.headroom_slack > 0 {
             " (or one more: an odd-sized range)"
         } else {
             ""
         },
-        if snapshot.headroom_exact() {
-            ""
-        } else {
-            " at most (ports bound before connect() need BPF to be seen)"
-        }
     );
+    if !snapshot.headroom_exact() {
+        let _ = writeln!(out, "  (ports bound before connect() need BPF to be seen)");
+    }
     if snapshot.time_wait_reusable > 0 {
         let _ = writeln!(
             out,

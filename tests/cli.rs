@@ -219,9 +219,17 @@ fn json_logs_are_one_object_per_line() {
             line.starts_with("{\"ts\":\"") && line.ends_with('}'),
             "{line}"
         );
-        assert!(line.contains("\"level\":\"info\""), "{line}");
+        // Info, or a warning where the machine gives one (BPF refused).
+        assert!(
+            line.contains("\"level\":\"info\"") || line.contains("\"level\":\"warn\""),
+            "{line}"
+        );
     }
-    assert!(log.contains(r#""msg":"listening""#), "{log}");
+    assert!(
+        log.lines()
+            .any(|line| line.contains(r#""level":"info","msg":"listening""#)),
+        "{log}"
+    );
 }
 
 #[test]

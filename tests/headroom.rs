@@ -379,6 +379,7 @@ const MAPPED_A: &str = "[::ffff:127.0.0.1]:8080";
 
 #[test]
 fn ipv4_and_ipv4_mapped_connections_share_one_destination() {
+    support::require_bpf();
     let netns = lab("");
     let _server = dual_stack_server(&netns);
     let _held = netns.run(|| {
@@ -726,6 +727,7 @@ fn time_wait_to_a_peer_under_each_reuse_mode() {
 
 #[test]
 fn reusable_time_wait_is_reported_and_bind_before_connect_is_named() {
+    support::require_bpf();
     let netns = lab("");
     let servers = (server(&netns, A), server(&netns, B));
     netns.write_sysctl("tcp_tw_reuse", "1");

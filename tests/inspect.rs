@@ -204,6 +204,7 @@ fn control_characters_in_a_process_name_reach_the_terminal_escaped() {
 
 #[test]
 fn the_failures_the_running_exporter_counted_are_listed() {
+    support::require_bpf();
     let netns = Netns::new((40000, 40009), "");
     let exporter = netns.start_exporter(&["--collector.interval", "300ms"]);
     let _held = netns.run(|| {

@@ -435,6 +435,7 @@ fn the_namespace_read_after_the_exporters_own_gets_its_own_sockets() {
 /// every sample, and the series of those gone go with them.
 #[test]
 fn namespaces_that_come_and_go_while_sampling_are_no_failures() {
+    support::require_bpf();
     use std::sync::atomic::{AtomicBool, Ordering};
 
     /// Stops the churn however the test ends.

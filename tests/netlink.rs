@@ -154,6 +154,7 @@ fn comparable(metrics: &Metrics) -> BTreeMap<String, f64> {
 
 #[test]
 fn netlink_bpf_and_procfs_agree_series_for_series() {
+    support::require_bpf();
     let seed = std::env::var("PORTSTAT_TEST_SEED")
         .ok()
         .and_then(|seed| seed.parse().ok())

@@ -404,6 +404,7 @@ fn a_name_cut_inside_a_character_still_names_its_process() {
 /// named with its interface, not one group of two sockets.
 #[test]
 fn link_local_listeners_keep_their_interface() {
+    support::require_bpf();
     let netns = Netns::new((40000, 40099), "");
     for (name, peer) in [("lla0", "llb0"), ("lla1", "llb1")] {
         for args in [
@@ -474,6 +475,7 @@ fn processes_named_like_the_built_in_labels_stay_apart() {
 /// (the `netlink` source).
 #[test]
 fn forked_processes_share_sockets_and_each_is_counted_once() {
+    support::require_bpf();
     let netns = Netns::new((40000, 40099), "");
     netns.write_sysctl("ping_group_range", "0 0");
     let script = r#"

@@ -55,6 +55,7 @@ fn png_size(bytes: &[u8]) -> (u32, u32) {
 
 #[test]
 fn the_landing_page_shows_fill_destinations_and_listeners_in_a_browser() {
+    support::require_bpf();
     let netns = Netns::new((40000, 40099), "40090-40099");
     let _held = netns.run(|| {
         let server = TcpListener::bind("127.0.0.1:80").unwrap();

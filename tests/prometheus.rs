@@ -159,6 +159,7 @@ fn connect_up_to(
 
 #[test]
 fn alerts_fire_before_connect_fails_and_the_dashboard_queries_answer() {
+    support::require_bpf();
     // 100 ports; a listener inside the range takes one from every destination.
     let netns = Netns::new((40000, 40099), "");
     let server: SocketAddr = "127.0.0.2:80".parse().unwrap();
