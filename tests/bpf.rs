@@ -434,6 +434,20 @@ impl HeldObject {
         HeldObject { folder, fifo }
     }
 
+    /// A daemon in `netns` sampling every 100 ms, logging at info, whose
+    /// TCP program is loaded from the FIFO.
+    fn start_exporter<'a>(&self, netns: &'a Netns) -> support::Exporter<'a> {
+        let fifo = self.fifo.to_string_lossy().into_owned();
+        netns.start_exporter(&[
+            "--collector.interval",
+            "100ms",
+            "--collector.bpf.object",
+            &fifo,
+            "--log.level",
+            "info",
+        ])
+    }
+
     /// Lets the load go on, with the object at `path` of the tree.
     fn release(&self, path: &str) {
         let object = std::fs::read(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
@@ -473,16 +487,7 @@ fn a_daemon_serves_samples_before_its_programs_load_then_switches() {
     support::require_bpf();
     let (netns, _held) = populated();
     let held = HeldObject::new();
-    let fifo = held.fifo.to_string_lossy().into_owned();
-    let args = [
-        "--collector.interval",
-        "100ms",
-        "--collector.bpf.object",
-        &fifo,
-        "--log.level",
-        "info",
-    ];
-    let exporter = netns.start_exporter(&args);
+    let exporter = held.start_exporter(&netns);
     let before = exporter.metrics();
     assert_eq!(
         before.value(r#"portstat_source_info{protocol="tcp",source="netlink"}"#),
@@ -532,15 +537,7 @@ fn a_daemon_logs_a_refusal_after_its_first_samples_once_with_the_reason() {
     support::require_bpf();
     let (netns, _held) = populated();
     let held = HeldObject::new();
-    let fifo = held.fifo.to_string_lossy().into_owned();
-    let exporter = netns.start_exporter(&[
-        "--collector.interval",
-        "100ms",
-        "--collector.bpf.object",
-        &fifo,
-        "--log.level",
-        "info",
-    ]);
+    let exporter = held.start_exporter(&netns);
     assert_eq!(
         exporter
             .metrics()

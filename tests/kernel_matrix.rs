@@ -180,29 +180,34 @@ struct Cost {
 }
 
 fn read_costs(path: &Path) -> Vec<Cost> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|error| panic!("no verifier figures in {}: {error}", path.display()))
-        .lines()
-        .map(|line| {
-            let fields: Vec<&str> = line.split('\t').collect();
-            assert_eq!(fields.len(), 8, "a verifier line: {line}");
-            Cost {
-                kernel: fields[0].to_string(),
-                program: format!("{}/{}", fields[1], fields[2]),
-                instructions: fields[3].parse().unwrap(),
-                load_microseconds: fields[7].parse().unwrap(),
-            }
+    read_lines(path, "verifier figures")
+        .into_iter()
+        .map(|fields| Cost {
+            kernel: fields[0].clone(),
+            program: format!("{}/{}", fields[1], fields[2]),
+            instructions: fields[3].parse().unwrap(),
+            load_microseconds: fields[7].parse().unwrap(),
         })
         .collect()
 }
 
-/// The verifier's table: a row per program, a column per kernel series,
-/// each cell the instructions the verifier processed and how long the load
-/// took (under QEMU's emulation, for the guests).
-fn verifier_table(costs: &[Cost]) -> String {
-    let mut kernels: Vec<String> = costs
-        .iter()
-        .map(|cost| series(&cost.kernel))
+/// The lines of a results file the labs wrote, eight fields each.
+fn read_lines(path: &Path, what: &str) -> Vec<Vec<String>> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|error| panic!("no {what} in {}: {error}", path.display()))
+        .lines()
+        .map(|line| {
+            let fields: Vec<String> = line.split('\t').map(str::to_string).collect();
+            assert_eq!(fields.len(), 8, "a line of {what}: {line}");
+            fields
+        })
+        .collect()
+}
+
+/// The kernel series of `releases`, each once, oldest first.
+fn sorted_series<'a>(releases: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut kernels: Vec<String> = releases
+        .map(series)
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -212,6 +217,14 @@ fn verifier_table(costs: &[Cost]) -> String {
             .map(|part| part.parse::<u32>().unwrap_or(0))
             .collect::<Vec<_>>()
     });
+    kernels
+}
+
+/// The verifier's table: a row per program, a column per kernel series,
+/// each cell the instructions the verifier processed and how long the load
+/// took (under QEMU's emulation, for the guests).
+fn verifier_table(costs: &[Cost]) -> String {
+    let kernels = sorted_series(costs.iter().map(|cost| cost.kernel.as_str()));
     let programs: BTreeSet<&str> = costs.iter().map(|cost| cost.program.as_str()).collect();
     let mut text = String::from("| program |");
     for kernel in &kernels {
@@ -451,20 +464,15 @@ struct Row {
 }
 
 fn read_results(path: &Path) -> Vec<Row> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|error| panic!("no results in {}: {error}", path.display()))
-        .lines()
-        .map(|line| {
-            let fields: Vec<&str> = line.split('\t').collect();
-            assert_eq!(fields.len(), 8, "a results line: {line}");
-            Row {
-                kernel: fields[0].to_string(),
-                source: fields[2].to_string(),
-                headroom: fields[3].parse().unwrap(),
-                slack: fields[4].parse().unwrap(),
-                count: fields[5].parse().unwrap(),
-                exact_flag: fields[6] == "1",
-            }
+    read_lines(path, "results")
+        .into_iter()
+        .map(|fields| Row {
+            kernel: fields[0].clone(),
+            source: fields[2].clone(),
+            headroom: fields[3].parse().unwrap(),
+            slack: fields[4].parse().unwrap(),
+            count: fields[5].parse().unwrap(),
+            exact_flag: fields[6] == "1",
         })
         .collect()
 }
@@ -484,18 +492,7 @@ fn table(rows: &[Row]) -> String {
         ("netlink", "`netlink`"),
         ("procfs", "`procfs`"),
     ];
-    let mut kernels: Vec<String> = rows
-        .iter()
-        .map(|row| series(&row.kernel))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    kernels.sort_by_key(|kernel| {
-        kernel
-            .split('.')
-            .map(|part| part.parse::<u32>().unwrap_or(0))
-            .collect::<Vec<_>>()
-    });
+    let kernels = sorted_series(rows.iter().map(|row| row.kernel.as_str()));
     let mut text = String::from("| Linux | checks | of them with slack (odd-sized ranges) |");
     for (_, title) in SOURCES {
         text.push_str(&format!(" {title} |"));
