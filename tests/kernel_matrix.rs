@@ -404,15 +404,88 @@ fn run_labs(
         })
         .collect();
     // What the kernel said of TCP meanwhile (orphans reset, memory
-    // pressure) goes with a failure's output.
+    // pressure) goes with a failure's output. The first thing the script
+    // does is say that it runs, so that a guest that never came up is told
+    // apart from labs that take long.
+    let started = out.join("labs-started");
+    let _ = std::fs::remove_file(&started);
     let script = format!(
-        "ulimit -n 20000; status=0; {}; dmesg | grep -i tcp | tail -n 5; exit $status",
+        "touch {}; ulimit -n 20000; status=0; {}; dmesg | grep -i tcp | tail -n 5; exit $status",
+        started.display(),
         script.join("; ")
     );
-    let mut command = match image {
+    let where_ = image.map_or("the host".to_string(), |image| image.display().to_string());
+    for attempt in 1..=BOOT_ATTEMPTS {
+        let mut command = labs_command(image, &script, out);
+        match run_unless_it_never_starts(&mut command, &started, out) {
+            Some((status, stdout, stderr)) => {
+                assert!(
+                    status.success(),
+                    "the labs failed on {where_}:\n{stdout}\n{stderr}"
+                );
+                return;
+            }
+            None => println!(
+                "{where_}: the guest did not come up within {BOOT_LIMIT:?} \
+                 (attempt {attempt} of {BOOT_ATTEMPTS}); booting it again"
+            ),
+        }
+    }
+    panic!("{where_}: the guest never came up in {BOOT_ATTEMPTS} attempts");
+}
+
+/// How long a guest may take to come up and start the labs: about 25 s
+/// under TCG; a guest that has not by then hung at boot.
+const BOOT_LIMIT: std::time::Duration = std::time::Duration::from_secs(240);
+
+/// How many times a guest that hangs at boot is booted.
+const BOOT_ATTEMPTS: u32 = 3;
+
+/// Runs `command` to its end, its output in files below `out`, and returns
+/// its status and output; `None`, having killed it, where the file
+/// `started` did not appear within `BOOT_LIMIT`.
+fn run_unless_it_never_starts(
+    command: &mut Command,
+    started: &Path,
+    out: &Path,
+) -> Option<(std::process::ExitStatus, String, String)> {
+    let stdout_path = out.join("labs-stdout.txt");
+    let stderr_path = out.join("labs-stderr.txt");
+    let mut child = command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::fs::File::create(&stdout_path).unwrap())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap_or_else(|error| {
+            panic!("cannot run {command:?} (is virtme-ng installed?): {error}")
+        });
+    let began = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if !started.exists() && began.elapsed() > BOOT_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            // virtme-ng leaves its QEMU behind when killed.
+            let _ = Command::new("pkill")
+                .args(["-f", "qemu-system-x86_64 -name virtme-ng"])
+                .status();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    };
+    let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+    Some((status, read(&stdout_path), read(&stderr_path)))
+}
+
+/// The command that runs `script` on the host (`image` None) or inside the
+/// kernel `image`, writing below `out`.
+fn labs_command(image: Option<&Path>, script: &str, out: &Path) -> Command {
+    match image {
         None => {
             let mut command = Command::new("sh");
-            command.args(["-c", &script]);
+            command.args(["-c", script]);
             command
         }
         Some(image) => {
@@ -433,23 +506,10 @@ fn run_labs(
                 .arg("--rwdir")
                 .arg(out)
                 .args(["--overlay-rwdir", "/tmp", "--"])
-                .arg(&script);
+                .arg(script);
             command
         }
-    };
-    let output = command
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap_or_else(|error| {
-            panic!("cannot run {command:?} (is virtme-ng installed?): {error}")
-        });
-    let where_ = image.map_or("the host".to_string(), |image| image.display().to_string());
-    assert!(
-        output.status.success(),
-        "the labs failed on {where_}:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    }
 }
 
 /// One prediction of the truth lab and what came of it.
