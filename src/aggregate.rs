@@ -306,7 +306,7 @@ impl OwnerRecords {
     /// Counts one socket, on an ephemeral port, that process `tgid` holds.
     fn count_owned(&mut self, tgid: u32, comm: [u8; 16], protocol: Protocol, port: u16) {
         let offset = usize::from(port - self.range.start);
-        let owned = &mut self.owned_by_port[protocol_index(protocol)];
+        let owned = &mut self.owned_by_port[protocol.index()];
         if owned.is_empty() {
             *owned = vec![0; self.range.port_count() as usize];
         }
@@ -323,7 +323,7 @@ impl OwnerRecords {
                 at
             }
         };
-        self.ports[at].1[protocol_index(protocol)].insert(port);
+        self.ports[at].1[protocol.index()].insert(port);
         if self.last_pid != Some(tgid) {
             self.last_pid = Some(tgid);
             self.ports[at].2.insert(tgid);
@@ -598,7 +598,7 @@ impl Aggregator {
         let reserved_in_range = self.reserved.count_in(range);
         let capacity = range.port_count() - reserved_in_range;
         let occupancy = Protocol::ALL.map(|protocol| {
-            let tally = &self.tallies[protocol_index(protocol)];
+            let tally = &self.tallies[protocol.index()];
             let sockets_by_state = match protocol {
                 Protocol::Tcp => {
                     // procfs cannot see bound-but-inactive sockets, nor
@@ -607,7 +607,7 @@ impl Aggregator {
                     // false 0.
                     let sees_bound_inactive = report.bound_inactive_seen
                         && matches!(
-                            sources[protocol_index(protocol)],
+                            sources[protocol.index()],
                             SourceKind::Netlink | SourceKind::Bpf
                         );
                     TcpState::ALL
@@ -846,7 +846,7 @@ impl SocketSink for Aggregator {
         let reusable = tcp_twsk_unique(socket, &self.time_wait_reuse);
         let range_start = self.range.start;
         let range_length = self.range.port_count() as usize;
-        let tally = &mut self.tallies[protocol_index(protocol)];
+        let tally = &mut self.tallies[protocol.index()];
         tally.scanned += 1;
         if in_range {
             match socket.state {
@@ -915,7 +915,7 @@ impl SocketSink for Aggregator {
     }
 
     fn restart(&mut self, protocol: Protocol) {
-        self.tallies[protocol_index(protocol)] = ProtocolTally::default();
+        self.tallies[protocol.index()] = ProtocolTally::default();
     }
 }
 
@@ -940,13 +940,6 @@ fn used_ratio(used: u32, capacity: u32) -> f64 {
         1.0
     } else {
         f64::from(used) / f64::from(capacity)
-    }
-}
-
-fn protocol_index(protocol: Protocol) -> usize {
-    match protocol {
-        Protocol::Tcp => 0,
-        Protocol::Udp => 1,
     }
 }
 

@@ -17,6 +17,14 @@ impl Protocol {
     /// Every protocol, in the order metrics list them.
     pub const ALL: [Protocol; 2] = [Protocol::Tcp, Protocol::Udp];
 
+    /// Its place in `ALL`, for tables kept by protocol.
+    pub fn index(self) -> usize {
+        match self {
+            Protocol::Tcp => 0,
+            Protocol::Udp => 1,
+        }
+    }
+
     /// The `protocol` label value.
     pub fn label(self) -> &'static str {
         match self {

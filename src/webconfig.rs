@@ -572,83 +572,19 @@ fn validity_warning(certificate: &[u8], now: i64) -> Option<String> {
 }
 
 /// A certificate's validity, (notBefore, notAfter) in seconds since the
-/// epoch, read from its DER: Certificate ::= SEQUENCE { tbsCertificate
-/// SEQUENCE { [0] version OPTIONAL, serialNumber, signature, issuer,
-/// validity SEQUENCE { notBefore, notAfter }, ... }, ... } (RFC 5280,
-/// 4.1).
+/// epoch, read from its DER by `x509-cert` (RFC 5280, 4.1.2.5); `None`
+/// where it does not parse as a certificate.
 fn validity(certificate: &[u8]) -> Option<(i64, i64)> {
-    let (0x30, certificate, _) = der(certificate)? else {
-        return None;
+    use x509_cert::der::Decode;
+    let certificate = x509_cert::Certificate::from_der(certificate).ok()?;
+    let validity = certificate.tbs_certificate().validity();
+    let seconds = |time: &x509_cert::time::Time| -> Option<i64> {
+        i64::try_from(time.to_unix_duration().as_secs()).ok()
     };
-    let (0x30, mut fields, _) = der(certificate)? else {
-        return None;
-    };
-    if let (0xa0, _, rest) = der(fields)? {
-        fields = rest;
-    }
-    for _ in 0..3 {
-        fields = der(fields)?.2;
-    }
-    let (0x30, validity, _) = der(fields)? else {
-        return None;
-    };
-    let (tag, not_before, rest) = der(validity)?;
-    let not_before = der_time(tag, not_before)?;
-    let (tag, not_after, _) = der(rest)?;
-    Some((not_before, der_time(tag, not_after)?))
-}
-
-/// One DER element: its tag, its contents and what follows it.
-fn der(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = bytes.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (length, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let count = usize::from(first & 0x7f);
-        if count == 0 || count > 4 || rest.len() < count {
-            return None;
-        }
-        let (length, rest) = rest.split_at(count);
-        (
-            length
-                .iter()
-                .fold(0usize, |length, &byte| length << 8 | usize::from(byte)),
-            rest,
-        )
-    };
-    (rest.len() >= length).then(|| (tag, &rest[..length], &rest[length..]))
-}
-
-/// A UTCTime (tag 23, `YYMMDDHHMMSSZ`, years 1950-2049) or GeneralizedTime
-/// (tag 24, `YYYYMMDDHHMMSSZ`) in seconds since the epoch.
-fn der_time(tag: u8, text: &[u8]) -> Option<i64> {
-    let text = std::str::from_utf8(text).ok()?.strip_suffix('Z')?;
-    let (year, rest) = match (tag, text.len()) {
-        (23, 12) => {
-            let year: i64 = text[..2].parse().ok()?;
-            (
-                if year < 50 { 2000 + year } else { 1900 + year },
-                &text[2..],
-            )
-        }
-        (24, 14) => (text[..4].parse().ok()?, &text[4..]),
-        _ => return None,
-    };
-    let field = |at: usize| -> Option<i64> { rest.get(at..at + 2)?.parse().ok() };
-    let days = days_from_civil(year, field(0)?, field(2)?);
-    Some(days * 86_400 + field(4)? * 3600 + field(6)? * 60 + field(8)?)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
-/// algorithm; `log::civil_from_days` is its inverse).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
+    Some((
+        seconds(&validity.not_before)?,
+        seconds(&validity.not_after)?,
+    ))
 }
 
 /// Parses `Basic <base64 of user:password>`.
@@ -889,37 +825,68 @@ mod tests {
         );
     }
 
-    #[test]
-    fn dates() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        assert_eq!(days_from_civil(2026, 12, 4), 20_791);
-        for days in [-1, 0, 59, 11_016, 11_017, 20_791, 1_000_000] {
-            let (year, month, day) = crate::log::civil_from_days(days);
-            assert_eq!(days_from_civil(year, month, day), days);
+    /// A DER element of `tag` holding `content`.
+    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut element = vec![tag];
+        match content.len() {
+            length @ 0..0x80 => element.push(length as u8),
+            length => element.extend([0x82, (length >> 8) as u8, length as u8]),
         }
-        assert_eq!(der_time(23, b"491231235959Z"), Some(2_524_607_999));
-        assert_eq!(der_time(23, b"500101000000Z"), Some(-631_152_000));
-        assert_eq!(der_time(24, b"20261204000000Z"), Some(20_791 * 86_400));
-        assert_eq!(der_time(24, b"2026120400000Z"), None);
-        assert_eq!(der_time(4, b"491231235959Z"), None);
+        element.extend(content);
+        element
+    }
+
+    /// A certificate whose validity is the two times given as (tag,
+    /// text): an empty issuer and subject, a P-256 key of no points, and an
+    /// empty signature, which nothing here checks.
+    fn certificate(not_before: (u8, &[u8]), not_after: (u8, &[u8])) -> Vec<u8> {
+        // ecdsa-with-SHA256; id-ecPublicKey with prime256v1.
+        let signature_algorithm = tlv(
+            0x30,
+            &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02],
+        );
+        let key_algorithm = tlv(
+            0x30,
+            &[
+                0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
+                0xce, 0x3d, 0x03, 0x01, 0x07,
+            ],
+        );
+        let name = tlv(0x30, &[]);
+        let validity = tlv(
+            0x30,
+            &[
+                tlv(not_before.0, not_before.1),
+                tlv(not_after.0, not_after.1),
+            ]
+            .concat(),
+        );
+        let key = tlv(0x30, &[key_algorithm, tlv(0x03, &[0x00, 0x04])].concat());
+        let tbs = tlv(
+            0x30,
+            &[
+                tlv(0xa0, &tlv(0x02, &[2])),
+                tlv(0x02, &[1]),
+                signature_algorithm.clone(),
+                name.clone(),
+                validity,
+                name,
+                key,
+            ]
+            .concat(),
+        );
+        tlv(
+            0x30,
+            &[tbs, signature_algorithm, tlv(0x03, &[0x00])].concat(),
+        )
     }
 
     #[test]
     fn validity_from_der() {
-        // tbsCertificate with a version, serial 1, an empty signature
-        // algorithm and issuer, and a validity of two UTCTimes.
-        let mut period = vec![0x30, 30, 0x17, 13];
-        period.extend(b"200101000000Z");
-        period.extend([0x17, 13]);
-        period.extend(b"200102000000Z");
-        let mut tbs = vec![0xa0, 3, 0x02, 1, 2, 0x02, 1, 1, 0x30, 0, 0x30, 0];
-        tbs.extend(&period);
-        let mut certificate = vec![0x30, tbs.len() as u8 + 2, 0x30, tbs.len() as u8];
-        certificate.extend(&tbs);
+        let certificate = certificate((0x17, b"200101000000Z"), (0x18, b"20200102000000Z"));
         let (not_before, not_after) = validity(&certificate).unwrap();
         assert_eq!(not_after - not_before, 86_400);
-        assert_eq!(not_before, days_from_civil(2020, 1, 1) * 86_400);
+        assert_eq!(not_before, 18_262 * 86_400);
         assert!(validity_warning(&certificate, not_before + 1).is_none());
         let expired = validity_warning(&certificate, not_after + 3 * 86_400).unwrap();
         assert!(
@@ -932,6 +899,23 @@ mod tests {
                 .contains("not valid until 2020-01-01")
         );
         assert_eq!(validity(&certificate[..20]), None);
+    }
+
+    /// Times that are not digits, multi-byte characters among them, are
+    /// no validity, never a panic.
+    #[test]
+    fn validity_of_malformed_times_is_none() {
+        for (tag, text) in [
+            (0x17, "2é204190329Z"),
+            (0x18, "2é2204190329Z"),
+            (0x18, "20200101000000é"),
+            (0x17, "20010100000"),
+            (0x17, "209901000000Z"),
+        ] {
+            let certificate = certificate((tag, text.as_bytes()), (0x17, b"300101000000Z"));
+            assert_eq!(validity(&certificate), None, "{text}");
+            assert_eq!(validity_warning(&certificate, 0), None, "{text}");
+        }
     }
 
     fn encode_for_test(bytes: &[u8]) -> String {

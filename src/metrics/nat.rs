@@ -64,14 +64,14 @@ pub struct NatFigures {
 impl NatFigures {
     /// Distinct (NAT address, destination) pairs of TCP or UDP.
     pub fn pairs(&self, protocol: Protocol) -> u64 {
-        self.destination_count[protocol_index(protocol)]
+        self.destination_count[protocol.index()]
     }
 
     /// The busiest destination's ports used over the capacity, for TCP or
     /// UDP: 1 when its next new connection is dropped. 1 when the capacity
     /// is 0.
     pub fn max_used_ratio(&self, protocol: Protocol) -> f64 {
-        let busiest = self.busiest[protocol_index(protocol)];
+        let busiest = self.busiest[protocol.index()];
         if self.capacity == 0 {
             1.0
         } else {
@@ -129,7 +129,7 @@ impl NatTable {
             .destinations
             .into_iter()
             .map(|(destination, mut ports)| {
-                let index = protocol_index(destination.protocol);
+                let index = destination.protocol.index();
                 let ports_used = ports.count_within(&port_set);
                 destination_count[index] += 1;
                 busiest[index] = busiest[index].max(ports_used);
@@ -152,13 +152,6 @@ impl NatTable {
             busiest,
             counters,
         }
-    }
-}
-
-fn protocol_index(protocol: Protocol) -> usize {
-    match protocol {
-        Protocol::Tcp => 0,
-        Protocol::Udp => 1,
     }
 }
 
