@@ -473,7 +473,7 @@ static __always_inline int read_bucket(__u64 address, struct bucket_fields *buck
 
 // What each step of the walk of the bind hash is handed: the walk, in its
 // map value, looked up once rather than at every step (a helper call a step
-// before Linux 6.9 inlines the lookup).
+// wherever the kernel does not inline the lookup).
 struct walk_context {
 	struct walk *walk;
 };
