@@ -228,13 +228,12 @@ impl NamespaceReader {
     /// (waiting at most `wait` for them), switches to them: TCP is read
     /// with BPF from the next read on, logged once; a program that cannot
     /// load is logged once with the reason, and its fallback kept.
-    /// Returns whether they are still loading.
-    pub fn take_loaded_programs(&mut self, wait: std::time::Duration) -> bool {
+    pub fn take_loaded_programs(&mut self, wait: std::time::Duration) {
         let Some(loading) = &self.loading else {
-            return false;
+            return;
         };
         let Some(loaded) = loading.finished(wait) else {
-            return true;
+            return;
         };
         self.loading = None;
         let took_ms = loaded.took.as_millis() as u64;
@@ -263,7 +262,6 @@ impl NamespaceReader {
                 Err(error) => self.give_up_shared_tables(&error),
             }
         }
-        false
     }
 
     /// Reads the TCP sockets of every namespace on the host's shared tables

@@ -79,9 +79,4 @@ impl ProgramLoad {
             }
         }
     }
-
-    /// How long the load has been under way.
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
-    }
 }
