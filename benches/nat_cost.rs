@@ -26,8 +26,8 @@ mod support;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use portstat_exporter::metrics::nat::NatTable;
-use portstat_exporter::model::{NatEntry, NatSink, PortRange, Protocol};
+use portstat_core::aggregate::nat::NatTable;
+use portstat_core::model::{NatEntry, NatSink, PortRange, Protocol};
 use portstat_exporter::source::conntrack::ConntrackReader;
 use support::NatLab;
 

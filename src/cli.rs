@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::aggregate::Limits;
 use crate::log::{LogFormat, LogLevel};
-use crate::model::PortRange;
 use crate::sampler::{NamespaceScope, NetnsChoice};
 use crate::source::conntrack::wire::MarkFilter;
 use crate::source::{NamespaceReader, SourceChoice};
+use portstat_core::aggregate::Limits;
+use portstat_core::model::PortRange;
 
 /// Prometheus exporter for ephemeral port range usage and listening sockets.
 #[derive(Debug, Parser)]

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use clap::Parser;
 use tokio::sync::watch;
 
+use portstat_core::inspect;
 use portstat_exporter::cli::{Cli, Command};
-use portstat_exporter::inspect;
 use portstat_exporter::render::Renderer;
 use portstat_exporter::sampler::{
     Exposition, NamespaceScope, Sampler, read_own_namespace_at_once, running_exporter_failures,

@@ -11,18 +11,18 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::Path;
 
-use crate::aggregate::{Aggregator, Limits, Snapshot};
-use crate::metrics::failures::FailureHistory;
-use crate::model::{
-    NamespaceFailures, NamespaceIdentity, OwnerLookup, PortFailureCounts, PortRange, Protocol,
-    SocketOwners, SocketSink, SourceKind,
-};
-use crate::page::landing_page;
 use crate::render::Renderer;
 use crate::source::bpf::failures::PortFailureCounter;
 use crate::source::bpf::shared::SharedNamespace;
 use crate::source::{NamespaceReader, ReadReport, SharedTablesUse, SourceError, namespaces};
-use crate::status::{FailureCounting, NamespaceCounts, SampleStatus, Stage};
+use portstat_core::aggregate::{Aggregator, Limits, Snapshot};
+use portstat_core::metrics::failures::FailureHistory;
+use portstat_core::model::{
+    NamespaceFailures, NamespaceIdentity, OwnerLookup, PortFailureCounts, PortRange, Protocol,
+    SocketOwners, SocketSink, SourceKind,
+};
+use portstat_core::page::landing_page;
+use portstat_core::status::{FailureCounting, NamespaceCounts, SampleStatus, Stage};
 
 /// `--collector.netns`. Like every flag's set of values, it derives clap's
 /// `ValueEnum` in the module whose choice it is (`SourceChoice` in
@@ -146,7 +146,10 @@ impl Sampler {
             sources_logged: None,
             failure_namespaces_looked: None,
             namespaces_failing: false,
-            status: SampleStatus::default(),
+            status: SampleStatus {
+                build: crate::render::BUILD,
+                ..SampleStatus::default()
+            },
             last_exposition: Exposition::default(),
         }
     }
@@ -203,7 +206,7 @@ impl Sampler {
     fn attach_failures(&mut self, snapshots: &mut [Snapshot], counts: PortFailureCounts) {
         let own = own_namespace_inode();
         let inode = |snapshot: &Snapshot| snapshot.namespace.as_ref().map(|n| n.inode).or(own);
-        let counted = crate::metrics::failures::counted(matches!(
+        let counted = portstat_core::metrics::failures::counted(matches!(
             self.status.failure_counting,
             FailureCounting::Bpf { autobind: true }
         ));
@@ -803,7 +806,7 @@ pub fn running_exporter_failures(snapshot: &Snapshot) -> Result<Option<Namespace
     };
     // What the exporter counts: TCP connect() always, the rest where it
     // has counted some.
-    let mut counted = crate::metrics::failures::counted(false);
+    let mut counted = portstat_core::metrics::failures::counted(false);
     for &(counted_netns, kind, protocol) in counts.totals.keys() {
         if counted_netns == netns && !counted.contains(&(kind, protocol)) {
             counted.push((kind, protocol));

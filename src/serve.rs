@@ -860,9 +860,12 @@ impl State {
         let mut page = self.expositions.borrow().page.clone();
         if page.is_empty() {
             // Before the first sample has finished.
-            page = Bytes::from(crate::page::landing_page(
+            page = Bytes::from(portstat_core::page::landing_page(
                 None,
-                &crate::status::SampleStatus::default(),
+                &portstat_core::status::SampleStatus {
+                    build: crate::render::BUILD,
+                    ..Default::default()
+                },
                 &self.config.telemetry_path,
             ));
         }

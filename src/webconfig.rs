@@ -545,7 +545,7 @@ fn validity_warning(certificate: &[u8], now: i64) -> Option<String> {
     let (not_before, not_after) = validity(certificate)?;
     let date = |seconds: i64| {
         let (days, seconds) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-        let (year, month, day) = crate::log::civil_from_days(days);
+        let (year, month, day) = portstat_core::text::civil_from_days(days);
         format!(
             "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
             seconds / 3600,

@@ -1,15 +1,100 @@
-//! The shape of the tree: no module of `src` reaches, through the modules it
-//! imports (`crate::...`), a module that reaches it back. Run alone with
-//! `cargo test --test architecture`; a failure names the circle.
+//! The shape of the tree, as `docs/development.md` draws it:
+//! - two crates, `portstat-core` (the pure stages) and `portstat_exporter`
+//!   (the binary), and no crate of the workspace depends on one that
+//!   depends on it back;
+//! - `portstat-core` reaches nothing that reads the kernel or runs a
+//!   server: none of `libc`, `aya`, `tokio` or `hyper`, directly or
+//!   through another crate;
+//! - in each crate, no module reaches, through the modules it imports, a
+//!   module that reaches it back: at every depth, so `aggregate` importing
+//!   `metrics::nat` while `metrics::headroom` imports `aggregate` is a
+//!   circle between `aggregate` and `metrics`.
+//!
+//! Run alone with `cargo test --test architecture`; a failure names the
+//! circle or the crate.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// Every module below `src`, by path (`source::netlink`), with its text.
-fn modules() -> BTreeMap<String, String> {
+/// The crates of the workspace: name, folder.
+fn crates() -> Vec<(&'static str, PathBuf)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    vec![
+        ("portstat_exporter", root.to_path_buf()),
+        ("portstat-core", root.join("crates/portstat-core")),
+    ]
+}
+
+/// The names in the `[dependencies]` table of a manifest.
+fn dependencies(manifest: &Path) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(manifest).unwrap();
+    let mut names = BTreeSet::new();
+    let mut inside = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            inside = line == "[dependencies]";
+            continue;
+        }
+        if inside && !line.is_empty() && !line.starts_with('#') {
+            if let Some((name, _)) = line.split_once('=') {
+                names.insert(name.trim().to_string());
+            }
+        }
+    }
+    names
+}
+
+/// Every package of `Cargo.lock` with the names of the packages it depends
+/// on (of any kind, for any feature the workspace enables: more than a
+/// build of one crate uses, never less).
+fn locked_packages() -> BTreeMap<String, BTreeSet<String>> {
+    let lock = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.lock");
+    let text = std::fs::read_to_string(lock).unwrap();
+    let mut packages: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for block in text.split("[[package]]").skip(1) {
+        let name = block
+            .lines()
+            .find_map(|line| line.strip_prefix("name = "))
+            .unwrap()
+            .trim_matches('"')
+            .to_string();
+        let mut dependencies = BTreeSet::new();
+        if let Some((_, list)) = block.split_once("dependencies = [") {
+            let list = list.split(']').next().unwrap();
+            for entry in list.split(',') {
+                // `"name"` or `"name version"`.
+                let entry = entry.trim().trim_matches('"');
+                if let Some(name) = entry.split_whitespace().next() {
+                    dependencies.insert(name.to_string());
+                }
+            }
+        }
+        packages.entry(name).or_default().extend(dependencies);
+    }
+    packages
+}
+
+/// The packages `roots` reach in `packages`, `roots` included.
+fn reached(
+    roots: &BTreeSet<String>,
+    packages: &BTreeMap<String, BTreeSet<String>>,
+) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let mut stack: Vec<String> = roots.iter().cloned().collect();
+    while let Some(name) = stack.pop() {
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        stack.extend(packages.get(&name).into_iter().flatten().cloned());
+    }
+    seen
+}
+
+/// Every module below a crate's `src`, by path (`source::netlink`), with
+/// its text.
+fn modules(src: &Path) -> BTreeMap<String, String> {
     let mut modules = BTreeMap::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut folders = vec![root.clone()];
+    let mut folders = vec![src.to_path_buf()];
     while let Some(folder) = folders.pop() {
         for entry in std::fs::read_dir(&folder).unwrap().flatten() {
             let path = entry.path();
@@ -20,7 +105,7 @@ fn modules() -> BTreeMap<String, String> {
             if path.extension().is_none_or(|extension| extension != "rs") {
                 continue;
             }
-            let relative = path.strip_prefix(&root).unwrap().with_extension("");
+            let relative = path.strip_prefix(src).unwrap().with_extension("");
             let name = relative
                 .to_string_lossy()
                 .trim_end_matches("/mod")
@@ -33,19 +118,55 @@ fn modules() -> BTreeMap<String, String> {
     modules
 }
 
-/// The modules each module names as `crate::a` or `crate::a::b`, taking the
-/// longest that is a module; a module's own parents and children aside.
+/// The paths a text names after `prefix` (`crate::` or `super::`), with a
+/// brace group expanded: `crate::a::{b, c::d}` names `a::b` and `a::c::d`.
+fn named_paths(text: &str, prefix: &str) -> Vec<String> {
+    let mut paths = Vec::new();
+    for (at, _) in text.match_indices(prefix) {
+        if text[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+            continue;
+        }
+        let rest = &text[at + prefix.len()..];
+        let stem: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+            .collect();
+        let after = &rest[stem.len()..];
+        match after.strip_prefix('{') {
+            Some(group) if stem.ends_with("::") || stem.is_empty() => {
+                let group = &group[..group.find('}').unwrap_or(group.len())];
+                for item in group.split(',') {
+                    let item = item.trim().trim_start_matches("self");
+                    let item = item.split_whitespace().next().unwrap_or("");
+                    let path = format!("{stem}{item}");
+                    paths.push(path.trim_end_matches(':').to_string());
+                }
+            }
+            _ => paths.push(stem.trim_end_matches(':').to_string()),
+        }
+    }
+    paths
+}
+
+/// The modules each module imports, as `crate::a::b` or `super::b`, taking
+/// the longest path that is a module; a module's own parents and children
+/// aside, which hold or are held by it.
 fn imports(modules: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String>> {
     modules
         .iter()
         .map(|(name, text)| {
+            let parent = name.rsplit_once("::").map_or("", |(parent, _)| parent);
+            let absolute = named_paths(text, "crate::");
+            let relative = named_paths(text, "super::").into_iter().map(|path| {
+                if parent.is_empty() {
+                    path
+                } else {
+                    format!("{parent}::{path}")
+                }
+            });
             let mut used = BTreeSet::new();
-            for (at, _) in text.match_indices("crate::") {
-                let path: String = text[at + "crate::".len()..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
-                    .collect();
-                let parts: Vec<&str> = path.split("::").collect();
+            for path in absolute.into_iter().chain(relative) {
+                let parts: Vec<&str> = path.split("::").filter(|part| !part.is_empty()).collect();
                 let target = (1..=parts.len())
                     .rev()
                     .map(|count| parts[..count].join("::"))
@@ -62,6 +183,32 @@ fn imports(modules: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<Stri
             (name.clone(), used)
         })
         .collect()
+}
+
+/// The edges with each module named by its first `depth` parts, a module's
+/// edges to itself left out.
+fn at_depth(
+    edges: &BTreeMap<String, BTreeSet<String>>,
+    depth: usize,
+) -> BTreeMap<String, BTreeSet<String>> {
+    let cut = |name: &str| name.split("::").take(depth).collect::<Vec<_>>().join("::");
+    let mut collapsed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (from, targets) in edges {
+        let from = cut(from);
+        let entry = collapsed.entry(from.clone()).or_default();
+        entry.extend(
+            targets
+                .iter()
+                .map(|target| cut(target))
+                .filter(|target| *target != from),
+        );
+    }
+    for targets in edges.values() {
+        for target in targets {
+            collapsed.entry(cut(target)).or_default();
+        }
+    }
+    collapsed
 }
 
 /// A path from `from` back to itself, if there is one.
@@ -84,26 +231,161 @@ fn circle_through(from: &str, edges: &BTreeMap<String, BTreeSet<String>>) -> Opt
     None
 }
 
-#[test]
-fn no_module_imports_one_that_imports_it_back() {
-    let modules = modules();
-    assert!(
-        modules.contains_key("source::netlink"),
-        "{:?}",
-        modules.keys()
-    );
-    let edges = imports(&modules);
-    // The check itself works: the pipeline's known edges are seen.
-    assert!(edges["render"].contains("aggregate"));
-    assert!(edges["sampler"].contains("render"));
-    let circles: Vec<String> = modules
+/// Every circle of `edges`, at every depth, one line each.
+fn circles(edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+    let deepest = edges
         .keys()
-        .filter_map(|module| circle_through(module, &edges))
+        .map(|name| name.split("::").count())
+        .max()
+        .unwrap_or(1);
+    let mut found = BTreeSet::new();
+    for depth in 1..=deepest {
+        let collapsed = at_depth(edges, depth);
+        for module in collapsed.keys() {
+            if let Some(circle) = circle_through(module, &collapsed) {
+                found.insert(circle.join(" -> "));
+            }
+        }
+    }
+    found.into_iter().collect()
+}
+
+#[test]
+fn no_crate_depends_on_one_that_depends_on_it_back() {
+    let crates = crates();
+    let names: BTreeSet<String> = crates.iter().map(|(name, _)| name.to_string()).collect();
+    let edges: BTreeMap<String, BTreeSet<String>> = crates
+        .iter()
+        .map(|(name, folder)| {
+            let inside = dependencies(&folder.join("Cargo.toml"))
+                .into_iter()
+                .filter(|dependency| names.contains(dependency))
+                .collect();
+            (name.to_string(), inside)
+        })
+        .collect();
+    // The check itself works: the binary's use of the core is seen.
+    assert!(
+        edges["portstat_exporter"].contains("portstat-core"),
+        "{edges:?}"
+    );
+    let found: Vec<String> = names
+        .iter()
+        .filter_map(|name| circle_through(name, &edges))
         .map(|circle| circle.join(" -> "))
         .collect();
+    assert!(found.is_empty(), "crate circles:\n{}", found.join("\n"));
+}
+
+#[test]
+fn the_core_reaches_nothing_that_reads_the_kernel_or_serves() {
+    let (_, core) = &crates()[1];
+    let roots = dependencies(&core.join("Cargo.toml"));
+    let packages = locked_packages();
+    // The check itself works: the binary reaches all of them.
+    let binary = reached(&dependencies(&crates()[0].1.join("Cargo.toml")), &packages);
+    let forbidden = [
+        "libc",
+        "aya",
+        "tokio",
+        "hyper",
+        "rustix",
+        "nix",
+        "socket2",
+        "netlink-sys",
+    ];
+    for name in ["libc", "aya", "tokio", "hyper"] {
+        assert!(binary.contains(name), "the binary does not reach {name}");
+    }
+    let reached = reached(&roots, &packages);
+    let bad: Vec<&str> = forbidden
+        .iter()
+        .copied()
+        .filter(|name| reached.contains(*name))
+        .collect();
     assert!(
-        circles.is_empty(),
-        "import circles:\n{}",
-        circles.join("\n")
+        bad.is_empty(),
+        "portstat-core reaches {bad:?} (it reaches {reached:?})"
+    );
+}
+
+#[test]
+fn no_module_imports_one_that_imports_it_back() {
+    for (name, folder) in crates() {
+        let modules = modules(&folder.join("src"));
+        let edges = imports(&modules);
+        // The check itself works: the pipeline's known edges are seen.
+        match name {
+            "portstat-core" => {
+                assert!(edges["render"].contains("aggregate"), "{edges:?}");
+                assert!(
+                    edges["metrics::headroom"].contains("aggregate"),
+                    "{edges:?}"
+                );
+                assert!(edges["aggregate"].contains("rules"), "{edges:?}");
+            }
+            _ => {
+                assert!(edges["sampler"].contains("render"), "{edges:?}");
+                assert!(edges.contains_key("source::netlink"), "{edges:?}");
+            }
+        }
+        let found = circles(&edges);
+        assert!(
+            found.is_empty(),
+            "import circles in {name}:\n{}",
+            found.join("\n")
+        );
+    }
+}
+
+#[test]
+fn a_circle_through_submodules_is_found() {
+    let text = |body: &str| body.to_string();
+    let modules: BTreeMap<String, String> = [
+        (
+            "aggregate".to_string(),
+            text("use crate::metrics::{nat, processes::Pids};"),
+        ),
+        (
+            "metrics".to_string(),
+            text("pub mod headroom; pub mod nat;"),
+        ),
+        (
+            "metrics::nat".to_string(),
+            text("use super::Family; use crate::model::Protocol;"),
+        ),
+        ("metrics::processes".to_string(), text("")),
+        (
+            "metrics::headroom".to_string(),
+            text("use crate::aggregate::Snapshot;"),
+        ),
+        ("model".to_string(), text("")),
+    ]
+    .into_iter()
+    .collect();
+    let edges = imports(&modules);
+    assert_eq!(
+        edges["aggregate"],
+        ["metrics::nat", "metrics::processes"]
+            .map(String::from)
+            .into_iter()
+            .collect()
+    );
+    assert_eq!(
+        edges["metrics::nat"],
+        ["model".to_string()].into_iter().collect()
+    );
+    // No circle between files; one between `aggregate` and `metrics`.
+    assert!(
+        modules
+            .keys()
+            .all(|module| circle_through(module, &edges).is_none())
+    );
+    assert_eq!(
+        circles(&edges),
+        [
+            "aggregate -> metrics -> aggregate",
+            "metrics -> aggregate -> metrics"
+        ]
     );
 }

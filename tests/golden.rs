@@ -6,12 +6,12 @@
 
 use std::path::{Path, PathBuf};
 
-use portstat_exporter::aggregate::Limits;
-use portstat_exporter::model::{NamespaceIdentity, SocketOwners};
+use portstat_core::aggregate::Limits;
+use portstat_core::model::{NamespaceIdentity, SocketOwners};
+use portstat_core::status::{NamespaceCounts, SampleStatus};
 use portstat_exporter::render::Renderer;
 use portstat_exporter::sampler::read_namespace;
 use portstat_exporter::source::{NamespaceReader, SourceChoice};
-use portstat_exporter::status::{NamespaceCounts, SampleStatus};
 
 /// A procfs tree made from the recorded fixtures, with `range` in place of
 /// the recorded one when given; removed on drop.
@@ -72,6 +72,7 @@ fn exposition(trees: &[(&Tree, Option<NamespaceIdentity>)]) -> String {
             ..NamespaceCounts::default()
         }),
         interval_seconds: Some(5.0),
+        build: portstat_exporter::render::BUILD,
         // No failure counter reads recorded tables.
         ..SampleStatus::default()
     };
@@ -79,7 +80,7 @@ fn exposition(trees: &[(&Tree, Option<NamespaceIdentity>)]) -> String {
         .render(&snapshots, &status)
         .unwrap()
         .replace(
-            &format!("revision=\"{}\"", portstat_exporter::status::REVISION),
+            &format!("revision=\"{}\"", portstat_exporter::render::BUILD.revision),
             "revision=\"REVISION\"",
         )
 }
@@ -111,7 +112,7 @@ fn inspect_report(tree: &Tree) -> String {
     let mut reader = NamespaceReader::new(tree.0.clone(), SourceChoice::Procfs, false, false);
     let read = read_namespace(&mut reader, &Limits::default(), None).expect("the fixtures read");
     let snapshot = read.finish(&SocketOwners::default());
-    portstat_exporter::inspect::text_report(&snapshot, None)
+    portstat_core::inspect::text_report(&snapshot, None)
 }
 
 #[test]

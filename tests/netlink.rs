@@ -370,7 +370,7 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/source/netlink/
 #[test]
 #[ignore = "writes src/source/netlink/fixtures/; run by hand to record them again"]
 fn record_sock_diag_fixtures() {
-    use portstat_exporter::model::{PortRange, Protocol};
+    use portstat_core::model::{PortRange, Protocol};
     use portstat_exporter::source::netlink::socket::NetlinkSocket;
     use portstat_exporter::source::netlink::wire::{build_request, dumps_for};
     use std::io::Read;

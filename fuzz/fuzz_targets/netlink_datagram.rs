@@ -1,7 +1,7 @@
 //! A sock_diag reply datagram, for each kind of dump the source makes.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use portstat_exporter::model::{PortRange, Protocol};
+use portstat_core::model::{PortRange, Protocol};
 use portstat_exporter::source::netlink::wire::{dumps_for, parse_datagram};
 
 fuzz_target!(|data: &[u8]| {

@@ -31,11 +31,11 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, Map, MapData, RingBuf};
 
-use crate::model::{
+use crate::source::netlink::{NetlinkError, NetlinkSockets};
+use portstat_core::model::{
     INODE_NOT_READ, ListenQueue, PortBinding, PortRange, SocketRecord, SocketSink, SocketState,
     TcpState, TimeWait, UdpState,
 };
-use crate::source::netlink::{NetlinkError, NetlinkSockets};
 
 /// The compiled program, built from `bpf/tcp_ports.bpf.c` by `bpf/build.sh`.
 pub const TCP_PORTS_OBJECT: &[u8] = include_bytes!("bpf/tcp_ports.bpf.o");
@@ -764,9 +764,9 @@ mod tests {
         assert_eq!(detail.age_ms, 2999);
         // The kernel reuses once the second has changed since the stamp,
         // and not within it: so does the rule, at its 1 s delay.
-        let reuse = crate::model::TimeWaitReuse {
+        let reuse = portstat_core::model::TimeWaitReuse {
             mode: 1,
-            ..crate::model::TimeWaitReuse::default()
+            ..portstat_core::model::TimeWaitReuse::default()
         };
         for (stamp, reusable) in [(99, true), (100, false)] {
             let record = record(
@@ -782,7 +782,7 @@ mod tests {
             sockets.clear();
             parse_records(&record, 100_400, &mut sockets).unwrap();
             assert_eq!(
-                crate::rules::tcp_twsk_unique(&sockets[0], &reuse),
+                portstat_core::rules::tcp_twsk_unique(&sockets[0], &reuse),
                 reusable,
                 "stamp {stamp}, now 100.4 s"
             );

@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use crate::model::ReadReport;
-use crate::model::{
+pub use portstat_core::model::ReadReport;
+use portstat_core::model::{
     ConntrackCounters, NamespaceSample, NatSink, OwnedSocket, OwnerLookup, PortRange, Protocol,
     ReservedPorts, SocketOwners, SocketRecord, SocketSink, SourceKind, TimeWaitReuse,
 };
@@ -111,7 +111,7 @@ pub struct NamespaceReader {
     proven: [bool; 2],
     /// The running kernel, where its release parses: what netlink reports
     /// depends on it.
-    kernel: Option<crate::rules::KernelVersion>,
+    kernel: Option<portstat_core::rules::KernelVersion>,
     /// Owners from BPF: `None` until first asked, then the loaded program
     /// or `Err` where it cannot load (owners then come from procfs).
     bpf_owners: Option<Result<bpf::owners::BpfOwners, ()>>,
@@ -888,7 +888,7 @@ pub fn interface_names(indexes: &BTreeSet<u32>) -> BTreeMap<u32, String> {
 }
 
 /// The release of the running kernel (`uname -r`), where it parses.
-fn running_kernel() -> Option<crate::rules::KernelVersion> {
+fn running_kernel() -> Option<portstat_core::rules::KernelVersion> {
     // SAFETY: utsname is plain bytes, for which zeroes are valid; uname
     // fills the struct it is given, with NUL-terminated fields.
     let (names, result) = unsafe {
@@ -901,7 +901,7 @@ fn running_kernel() -> Option<crate::rules::KernelVersion> {
     }
     // SAFETY: on success `release` is NUL-terminated within its array.
     let release = unsafe { std::ffi::CStr::from_ptr(names.release.as_ptr()) };
-    crate::rules::KernelVersion::parse(&release.to_string_lossy())
+    portstat_core::rules::KernelVersion::parse(&release.to_string_lossy())
 }
 
 /// The inodes the BPF source reads until the owner lookup is known: all of
@@ -927,7 +927,7 @@ struct CountingNat<'a> {
 }
 
 impl NatSink for CountingNat<'_> {
-    fn add_nat(&mut self, entry: &crate::model::NatEntry) {
+    fn add_nat(&mut self, entry: &portstat_core::model::NatEntry) {
         self.added += 1;
         if self.added.is_multiple_of(u64::from(SOCKETS_BETWEEN_YIELDS)) {
             std::thread::yield_now();

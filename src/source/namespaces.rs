@@ -12,8 +12,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::model::NamespaceIdentity;
 use crate::source::SourceError;
+use portstat_core::model::NamespaceIdentity;
 
 /// Where `ip netns` keeps the names of namespaces.
 pub const NAMED_NAMESPACES: &str = "/run/netns";

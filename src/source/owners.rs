@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::model::SocketOwners;
+use portstat_core::model::SocketOwners;
 
 /// Every this many samples, every descriptor is read again.
 const FULL_PASS_EVERY: u32 = 60;
@@ -118,7 +118,7 @@ impl OwnerResolver {
                 // The kernel cuts `comm` at 15 bytes, often inside a
                 // multibyte character: keep what is there.
                 entry.comm = std::fs::read(&self.path).ok().map(|comm| {
-                    crate::model::process_label(
+                    portstat_core::model::process_label(
                         String::from_utf8_lossy(&comm)
                             .trim_end_matches('\n')
                             .to_string(),

@@ -1,33 +1,14 @@
-//! The procfs socket source: `/proc/net/{tcp,tcp6,udp,udp6}`, parsed with the
-//! `procfs` crate.
+//! The procfs socket source: `/proc/net/{tcp,tcp6,udp,udp6}`, read a chunk
+//! of lines at a time and parsed by `portstat_core::parse::procfs`.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use procfs::FromBufReadSI;
-use procfs::net::{TcpNetEntries, UdpNetEntries};
+use portstat_core::model::{Protocol, SocketRecord, SocketSink};
+use portstat_core::parse::procfs::{Table, parse_table};
 
-use crate::model::{Protocol, SocketRecord, SocketSink, SocketState, TcpState, TimeWait, UdpState};
 use crate::source::SourceError;
-use crate::source::netlink::wire::time_wait_age_ms;
-
-/// One of the four socket tables.
-#[derive(Debug, Clone, Copy)]
-enum Table {
-    Tcp,
-    Udp,
-}
-
-impl Table {
-    fn protocol(self) -> Protocol {
-        match self {
-            Table::Tcp => Protocol::Tcp,
-            Table::Udp => Protocol::Udp,
-        }
-    }
-}
 
 /// Lines parsed at a time: enough to amortise each call into the parser,
 /// few enough that a table of a million sockets is never held whole.
@@ -138,7 +119,7 @@ fn read_table(
         // header is still parsed once, so that a missing header is caught.
         if lines > 0 || first_line == 2 {
             batch.clear();
-            if let Err(reason) = parse_table(table, chunk, batch) {
+            if let Err(reason) = parse_table(table, chunk, clock_ticks_per_second(), batch) {
                 return Err(TableError::Malformed(bad_line(
                     table,
                     chunk,
@@ -171,12 +152,12 @@ fn bad_line(
     chunk_reason: String,
 ) -> String {
     let header = &chunk[..header_length];
-    if parse_table(table, header, &mut Vec::new()).is_err() {
+    if parse_table(table, header, 100, &mut Vec::new()).is_err() {
         return format!("line 1 is malformed: {chunk_reason}");
     }
     for (offset, line) in chunk[header_length..].lines().enumerate() {
         let alone = format!("{header}{line}\n");
-        if let Err(reason) = parse_table(table, &alone, &mut Vec::new()) {
+        if let Err(reason) = parse_table(table, &alone, 100, &mut Vec::new()) {
             let reason = if reason.contains("bug") {
                 "not a socket entry".to_string()
             } else {
@@ -226,86 +207,6 @@ fn read_line(
     Ok(length)
 }
 
-/// Parses the text of one table and appends its sockets.
-fn parse_table(table: Table, text: &str, sockets: &mut Vec<SocketRecord>) -> Result<(), String> {
-    if !text.starts_with("  sl") && !text.starts_with("   sl") {
-        return Err("the header line is missing".to_string());
-    }
-    let system = procfs::current_system_info();
-    match table {
-        Table::Tcp => {
-            let entries =
-                TcpNetEntries::from_buf_read(text.as_bytes(), system).map_err(|e| e.to_string())?;
-            // The crate does not keep the timer fields: read them from the
-            // same lines, for TIME_WAIT's age.
-            let mut lines = text.lines().skip(1).filter(|line| !line.trim().is_empty());
-            for entry in entries.0 {
-                let line = lines.next().unwrap_or_default();
-                let mut record = tcp_record(
-                    entry.state.to_u8(),
-                    entry.local_address,
-                    entry.remote_address,
-                    entry.inode,
-                )?;
-                if record.state == SocketState::Tcp(TcpState::TimeWait) {
-                    record.time_wait = Some(TimeWait {
-                        age_ms: time_wait_age_ms(time_wait_timer_ms(line)?),
-                        timestamps: None,
-                        bound_device: None,
-                    });
-                }
-                sockets.push(record);
-            }
-        }
-        Table::Udp => {
-            let entries =
-                UdpNetEntries::from_buf_read(text.as_bytes(), system).map_err(|e| e.to_string())?;
-            for entry in entries.0 {
-                let state = match entry.state {
-                    procfs::net::UdpState::Established => UdpState::Connected,
-                    procfs::net::UdpState::Close => UdpState::Unconnected,
-                };
-                sockets.push(SocketRecord::new(
-                    SocketState::Udp(state),
-                    entry.local_address,
-                    entry.remote_address,
-                    entry.inode,
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn tcp_record(
-    state: u8,
-    local: SocketAddr,
-    remote: SocketAddr,
-    inode: u64,
-) -> Result<SocketRecord, String> {
-    let state = TcpState::from_kernel(state).ok_or_else(|| format!("unknown TCP state {state}"))?;
-    Ok(SocketRecord::new(
-        SocketState::Tcp(state),
-        local,
-        remote,
-        inode,
-    ))
-}
-
-/// What is left of a TIME_WAIT socket's timer, in milliseconds, from its
-/// line's `tr:tm->when` field: timer 3 and clock ticks in hexadecimal.
-fn time_wait_timer_ms(line: &str) -> Result<u32, String> {
-    let field = line
-        .split_ascii_whitespace()
-        .nth(5)
-        .ok_or_else(|| format!("no timer field in {line:?}"))?;
-    let ticks = field
-        .split_once(':')
-        .and_then(|(_, when)| u64::from_str_radix(when, 16).ok())
-        .ok_or_else(|| format!("timer field {field:?} is not tr:when"))?;
-    Ok(u32::try_from(ticks.saturating_mul(1000) / clock_ticks_per_second()).unwrap_or(u32::MAX))
-}
-
 /// `USER_HZ`, the unit of procfs timers.
 fn clock_ticks_per_second() -> u64 {
     // SAFETY: sysconf reads a constant.
@@ -321,68 +222,13 @@ pub fn parse_table_text(
     text: &str,
     sockets: &mut Vec<SocketRecord>,
 ) -> Result<(), String> {
-    parse_table(if tcp { Table::Tcp } else { Table::Udp }, text, sockets)
-}
-
-/// Parses a captured table (named `tcp`, `tcp6`, `udp` or `udp6`) the way the
-/// source parses a live one.
-#[cfg(test)]
-pub(crate) fn parse_fixture(table: &str, text: &str) -> Vec<SocketRecord> {
-    let table = if table.starts_with("tcp") {
-        Table::Tcp
-    } else {
-        Table::Udp
-    };
-    let mut sockets = Vec::new();
-    parse_table(table, text, &mut sockets).unwrap();
-    sockets
+    let table = if tcp { Table::Tcp } else { Table::Udp };
+    parse_table(table, text, clock_ticks_per_second(), sockets)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_real_tables() {
-        let tcp = parse_fixture("tcp", include_str!("../../tests/fixtures/netns/tcp"));
-        let listeners = tcp
-            .iter()
-            .filter(|socket| socket.state == SocketState::Tcp(TcpState::Listen))
-            .count();
-        assert!(listeners >= 1);
-        assert!(
-            tcp.iter()
-                .any(|s| s.state == SocketState::Tcp(TcpState::TimeWait) && s.inode == 0)
-        );
-        // TIME_WAIT carries its age, from the timer left.
-        let line = "   3: 0100007F:9C41 0100007F:1F90 06 00000000:00000000 03:00000DAC 00000000     0        0 0 3 0000000000000000\n";
-        let header = include_str!("../../tests/fixtures/netns/tcp")
-            .lines()
-            .next()
-            .unwrap();
-        let time_wait = parse_fixture("tcp", &format!("{header}\n{line}"));
-        // 0xDAC = 3500 ticks of 10 ms: 35 s left, 25 s old.
-        assert_eq!(time_wait[0].time_wait.unwrap().age_ms, 25_000);
-        let udp6 = parse_fixture("udp6", include_str!("../../tests/fixtures/netns/udp6"));
-        assert!(udp6.iter().all(|s| s.local.is_ipv6()));
-    }
-
-    #[test]
-    fn rejects_garbage() {
-        let mut sockets = Vec::new();
-        for text in [
-            "",
-            "garbage",
-            "\u{0}\u{1}\u{2}",
-            "  sl  local_address rem_address   st\n   0: zz:0050 00000000:0000 0A\n",
-            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:0050 00000000:0000 3F 00000000:00000000 00:00000000 00000000     0        0 1 1\n",
-        ] {
-            assert!(
-                parse_table(Table::Tcp, text, &mut sockets).is_err(),
-                "{text:?}"
-            );
-        }
-    }
 
     fn table_file(name: &str, text: &str) -> File {
         let path = std::env::temp_dir().join(format!("portstat-{}-{name}", std::process::id()));

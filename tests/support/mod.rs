@@ -81,7 +81,7 @@ pub fn require_bpf() {
 /// netlink source does not see them.
 pub fn netlink_reports_bound_inactive() -> bool {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
-    portstat_exporter::rules::KernelVersion::parse(&release)
+    portstat_core::rules::KernelVersion::parse(&release)
         .expect("a kernel release")
         .inet_diag_reports_bound_inactive()
 }

@@ -16,7 +16,7 @@ use aya::maps::{Array, HashMap, Map, MapData};
 
 use super::loader::{AttachPoint, LoadedProgram};
 use super::{BpfError, unavailable};
-use crate::model::{FailureKind, PortFailure, PortFailureCounts, Protocol};
+use portstat_core::model::{FailureKind, PortFailure, PortFailureCounts, Protocol};
 
 /// The compiled program, built from `port_failures.bpf.c` by `build.sh`.
 pub const PORT_FAILURES_OBJECT: &[u8] = include_bytes!("port_failures.bpf.o");

@@ -12,7 +12,7 @@ use aya::maps::{Array, Map, MapData};
 
 use super::loader::{AttachPoint, LoadedProgram};
 use super::{BpfError, read_whole_records, unavailable};
-use crate::model::{OwnedSocket, Protocol};
+use portstat_core::model::{OwnedSocket, Protocol};
 
 /// The compiled program, built from `socket_owners.bpf.c` by `build.sh`.
 pub const SOCKET_OWNERS_OBJECT: &[u8] = include_bytes!("socket_owners.bpf.o");

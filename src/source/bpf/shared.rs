@@ -15,7 +15,7 @@ use std::io::Read;
 use aya::maps::{Array, HashMap, Map, MapData, RingBuf};
 
 use super::{BpfError, InodeReading, KERNEL_BTF, loader, monotonic_ms, unavailable};
-use crate::model::{PortRange, SocketRecord};
+use portstat_core::model::{PortRange, SocketRecord};
 
 /// The compiled program, built from `shared_tables.bpf.c` by `build.sh`.
 pub const SHARED_TABLES_OBJECT: &[u8] = include_bytes!("shared_tables.bpf.o");

@@ -16,8 +16,8 @@ pub mod wire;
 
 use std::path::Path;
 
-use crate::model::{ConntrackCounters, NatSink};
 use crate::source::netlink::socket::NetlinkSocket;
+use portstat_core::model::{ConntrackCounters, NatSink};
 use wire::{MarkFilter, Progress, RECEIVE_BUFFER_LENGTH, build_request, parse_datagram};
 
 pub use wire::ConntrackError;

@@ -10,11 +10,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::model::{NatEntry, Protocol};
 pub use crate::source::netlink::wire::Progress;
 use crate::source::netlink::wire::{
     DatagramError, align4, means_unavailable, read_u16, walk_datagram,
 };
+use portstat_core::model::{NatEntry, Protocol};
 
 /// `NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET`: the dump request.
 const CT_GET: u16 = 1 << 8 | 1;

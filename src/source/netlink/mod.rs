@@ -21,7 +21,7 @@
 pub mod socket;
 pub mod wire;
 
-use crate::model::{PortRange, Protocol, SocketRecord, SocketSink};
+use portstat_core::model::{PortRange, Protocol, SocketRecord, SocketSink};
 use socket::NetlinkSocket;
 use wire::{
     BYTECODE_LENGTH, Dump, HEADER_LENGTH, Progress, RECEIVE_BUFFER_LENGTH, REQUEST_LENGTH,

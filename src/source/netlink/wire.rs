@@ -7,10 +7,11 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::model::UdpState;
-use crate::model::{
+use portstat_core::model::UdpState;
+use portstat_core::model::{
     ListenQueue, PortRange, Protocol, SocketRecord, SocketState, TcpState, TimeWait,
 };
+use portstat_core::rules::time_wait_age_ms;
 
 /// `SOCK_DIAG_BY_FAMILY`, the request type with `struct inet_diag_req_v2`.
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -484,15 +485,6 @@ fn parse_socket(payload: &[u8], dump: &Dump) -> Result<SocketRecord, NetlinkErro
         });
     }
     Ok(record)
-}
-
-/// `TCP_TIMEWAIT_LEN`: how long a socket stays in TIME_WAIT, in milliseconds.
-pub const TIME_WAIT_LENGTH_MS: u32 = 60_000;
-
-/// The age of a TIME_WAIT socket whose timer has `remaining_ms` left. A
-/// retransmitted FIN re-arms the timer, so the age may read low, never high.
-pub fn time_wait_age_ms(remaining_ms: u32) -> u32 {
-    TIME_WAIT_LENGTH_MS.saturating_sub(remaining_ms)
 }
 
 /// The dump in words, for errors: protocol, family and states.

@@ -4,7 +4,7 @@
 //! The semantics (which ports are exclusive, which a destination uses) are
 //! shared with the occupancy and process families and live in `aggregate`.
 
-use prometheus::proto::MetricFamily;
+use crate::exposition::MetricFamily;
 
 use super::{BaseLabels, Family, single_gauge};
 use crate::aggregate::{ExclusiveReason, Snapshot};

@@ -2,10 +2,24 @@
 //! the landing page and the server, written by the sampler. A leaf: it
 //! imports no other module of the exporter.
 
-/// The version and revision the binary was built from.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// The source revision the binary was built from, or `unknown`.
-pub const REVISION: &str = env!("PORTSTAT_REVISION");
+/// What the binary is, for `portstat_build_info` and the landing page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Build {
+    /// The version the binary was built from.
+    pub version: &'static str,
+    /// The source revision the binary was built from, or `unknown`.
+    pub revision: &'static str,
+}
+
+impl Default for Build {
+    /// This crate's version, of an unknown revision.
+    fn default() -> Self {
+        Build {
+            version: env!("CARGO_PKG_VERSION"),
+            revision: "unknown",
+        }
+    }
+}
 
 /// The stages of a sample that can fail, as the `stage` label names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +81,8 @@ pub struct SampleStatus {
     pub failure_counting: FailureCounting,
     /// Failures the kernel's maps had no room to record by key, so far.
     pub failures_unrecorded: u64,
+    /// What the binary is.
+    pub build: Build,
 }
 
 /// How many network namespaces the latest sample covered.

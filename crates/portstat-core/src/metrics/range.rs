@@ -3,7 +3,7 @@
 //!
 //! Computed in `aggregate` (the capacity is shared by every ratio).
 
-use prometheus::proto::MetricFamily;
+use crate::exposition::MetricFamily;
 
 use super::{BaseLabels, single_gauge};
 use crate::aggregate::Snapshot;

@@ -263,6 +263,15 @@ impl KernelVersion {
     }
 }
 
+/// `TCP_TIMEWAIT_LEN`: how long a socket stays in TIME_WAIT, in milliseconds.
+pub const TIME_WAIT_LENGTH_MS: u32 = 60_000;
+
+/// The age of a TIME_WAIT socket whose timer has `remaining_ms` left. A
+/// retransmitted FIN re-arms the timer, so the age may read low, never high.
+pub fn time_wait_age_ms(remaining_ms: u32) -> u32 {
+    TIME_WAIT_LENGTH_MS.saturating_sub(remaining_ms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

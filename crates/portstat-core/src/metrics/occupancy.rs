@@ -4,7 +4,7 @@
 //! Computed in `aggregate`, in the one walk over the sockets that every
 //! family shares.
 
-use prometheus::proto::MetricFamily;
+use crate::exposition::MetricFamily;
 
 use super::{BaseLabels, Family};
 use crate::aggregate::Snapshot;

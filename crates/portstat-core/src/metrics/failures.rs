@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use prometheus::proto::MetricFamily;
+use crate::exposition::MetricFamily;
 
 use super::{BaseLabels, Family};
 use crate::aggregate::Snapshot;

@@ -4,12 +4,12 @@
 use std::fmt::Write as _;
 
 use crate::aggregate::Snapshot;
-use crate::log::rfc3339;
+use crate::aggregate::nat::NatFigures;
+use crate::aggregate::processes::{Pids, ProcessUsage};
 use crate::metrics::failures;
-use crate::metrics::nat::NatFigures;
-use crate::metrics::processes::{Pids, ProcessUsage};
 use crate::model::{NamespaceFailures, Protocol};
-use crate::status::{SampleStatus, VERSION};
+use crate::status::SampleStatus;
+use crate::text::rfc3339;
 
 /// A fill from this ratio on shows as a warning, as the warning alert fires.
 const WARNING_RATIO: f64 = 0.8;
@@ -81,12 +81,13 @@ pub fn landing_page(
 ) -> String {
     let mut page = String::with_capacity(8 * 1024);
     let metrics_path = html_escape(metrics_path);
+    let version = html_escape(status.build.version);
     let _ = write!(
         page,
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\">\
          <title>portstat_exporter</title><style>{STYLE}</style></head>\n<body>\n\
          <h1>portstat_exporter</h1>\n<p class=\"meta\">Ephemeral port range usage and listening \
-         sockets, for Prometheus. Version {VERSION}. \
+         sockets, for Prometheus. Version {version}. \
          <a href=\"{metrics_path}\">Metrics</a> · <a href=\"/-/healthy\">Health</a> · \
          <a href=\"/-/ready\">Readiness</a></p>\n"
     );

@@ -7,9 +7,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
-use crate::metrics::listeners::{Listener, ListenerGroups, is_listener};
-use crate::metrics::nat::{self, NatFigures, NatTable};
-use crate::metrics::processes::{Pids, ProcessUsage, keep_top, top_processes};
+pub mod listeners;
+pub mod nat;
+pub mod processes;
+
 pub use crate::model::OwnerLookup;
 use crate::model::{
     ConntrackCounters, INODE_NOT_READ, NamespaceFailures, NamespaceIdentity, NamespaceSample,
@@ -17,6 +18,9 @@ use crate::model::{
     ReservedPorts, SocketOwners, SocketRecord, SocketSink, SocketState, SourceKind, TcpState,
     TimeWaitReuse, UdpState, process_label,
 };
+use listeners::{Listener, ListenerGroups, is_listener};
+use nat::{NatFigures, NatTable};
+use processes::{Pids, ProcessUsage, keep_top, top_processes};
 
 pub use crate::model::{NO_PROCESS, UNKNOWN_PROCESS};
 pub use crate::rules::{Destination, ExclusiveReason};
@@ -947,7 +951,7 @@ fn used_ratio(used: u32, capacity: u32) -> f64 {
 mod tests {
     use super::*;
     use crate::model::{PortBinding, SocketOwners, TimeWait};
-    use crate::source::sysctl::parse_reserved_ports;
+    use crate::parse::sysctl::parse_reserved_ports;
     use std::collections::BTreeMap;
 
     fn tcp(state: TcpState, local: &str, remote: &str, inode: u64) -> SocketRecord {
@@ -1427,11 +1431,11 @@ mod tests {
     /// from the tables it captured.
     #[test]
     fn captured_namespace() {
-        use crate::source::procfs::parse_fixture;
-        use crate::source::sysctl::parse_port_range;
+        use crate::parse::procfs::parse_fixture;
+        use crate::parse::sysctl::parse_port_range;
         let fixture = |name: &str| {
             std::fs::read_to_string(format!(
-                "{}/tests/fixtures/netns/{name}",
+                "{}/../../tests/fixtures/netns/{name}",
                 env!("CARGO_MANIFEST_DIR")
             ))
             .unwrap()

@@ -2,7 +2,7 @@
 //! `self`: how many were sampled, left out or failed, and what their
 //! dumps cost.
 
-use prometheus::proto::MetricFamily;
+use crate::exposition::MetricFamily;
 
 use super::{Family, single_gauge};
 use crate::model::Protocol;

@@ -1,7 +1,7 @@
 //! The sampler's own health: whether the last sample succeeded, how long it
 //! took, how often samples run, and the failures since start.
 
-use prometheus::proto::MetricFamily;
+use crate::exposition::MetricFamily;
 
 use super::{Family, single_gauge};
 use crate::status::{SampleStatus, Stage};

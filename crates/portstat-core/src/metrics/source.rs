@@ -1,7 +1,7 @@
 //! Where each protocol's sockets were read from, and where their owners
 //! were looked for.
 
-use prometheus::proto::MetricFamily;
+use crate::exposition::MetricFamily;
 
 use super::{BaseLabels, Family};
 use crate::aggregate::Snapshot;

@@ -3,14 +3,14 @@
 
 use std::fmt::Write as _;
 
+use crate::aggregate::nat::NatFigures;
+use crate::aggregate::processes::{Pids, ProcessUsage};
 use crate::aggregate::{ExclusiveReason, NO_PROCESS, Snapshot, UNKNOWN_PROCESS};
-use crate::log::push_json_string;
 use crate::metrics::failures;
-use crate::metrics::nat::NatFigures;
-use crate::metrics::processes::{Pids, ProcessUsage};
 use crate::model::{
     NamespaceFailures, Protocol, SocketOwners, SocketRecord, SocketState, TcpState,
 };
+use crate::text::push_json_string;
 
 /// Who holds a connection that no process has accepted yet.
 const WAITING_IN_ACCEPT_QUEUE: &str = "waiting in accept queue";
