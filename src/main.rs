@@ -10,12 +10,13 @@ use clap::Parser;
 use tokio::sync::watch;
 
 use portstat_core::inspect;
+use portstat_core::status::Collector;
 use portstat_exporter::cli::{Cli, Command};
+use portstat_exporter::collector::Collectors;
 use portstat_exporter::render::Renderer;
-use portstat_exporter::sampler::{
-    Exposition, NamespaceScope, Sampler, read_own_namespace_at_once, running_exporter_failures,
-};
+use portstat_exporter::sampler::{Exposition, NamespaceScope, Sampler, running_exporter_failures};
 use portstat_exporter::serve::{self, ServeConfig};
+use portstat_exporter::source::read::read_own_namespace_at_once;
 use portstat_exporter::webconfig::WebConfig;
 
 fn main() -> ExitCode {
@@ -181,7 +182,13 @@ fn sample_once(sampler: &mut Sampler) -> ExitCode {
 fn inspect(cli: &Cli, port: Option<u16>, json: bool) -> ExitCode {
     let mut reader = cli.namespace_reader(false);
     let limits = cli.limits();
-    let (read, mut owners) = match read_own_namespace_at_once(&mut reader, &limits, port) {
+    // Its reads' failures are logged as a daemon's are, once.
+    let mut collectors =
+        Collectors::new(&[Collector::Sockets, Collector::Conntrack, Collector::Owners]);
+    collectors.start_sample();
+    let read = read_own_namespace_at_once(&mut reader, &limits, port, &mut collectors);
+    collectors.finish_sample();
+    let (read, mut owners) = match read {
         Ok(read) => read,
         Err(error) => {
             eprintln!("portstat_exporter: {error}");

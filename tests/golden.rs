@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use portstat_core::aggregate::Limits;
 use portstat_core::model::{NamespaceIdentity, SocketOwners};
-use portstat_core::status::{NamespaceCounts, SampleStatus};
+use portstat_core::status::{Collector, NamespaceCounts, SampleStatus};
+use portstat_exporter::collector::Collectors;
 use portstat_exporter::render::Renderer;
-use portstat_exporter::sampler::read_namespace;
+use portstat_exporter::source::read::read_namespace;
 use portstat_exporter::source::{NamespaceReader, SourceChoice};
 
 /// A procfs tree made from the recorded fixtures, with `range` in place of
@@ -38,7 +39,26 @@ impl Tree {
         if let Some(range) = range {
             std::fs::write(root.join("sys/net/ipv4/ip_local_port_range"), range).unwrap();
         }
+        // Conntrack: an empty table, which is not dumped, and its counters.
+        std::fs::create_dir_all(root.join("sys/net/netfilter")).unwrap();
+        std::fs::write(root.join("sys/net/netfilter/nf_conntrack_count"), "0\n").unwrap();
+        std::fs::create_dir_all(root.join("net/stat")).unwrap();
+        std::fs::copy(
+            fixtures.join("nf_conntrack"),
+            root.join("net/stat/nf_conntrack"),
+        )
+        .unwrap();
         Tree(root)
+    }
+
+    /// Makes conntrack's counters unreadable: a table without its `drop`
+    /// column.
+    fn break_conntrack(&self) {
+        std::fs::write(
+            self.0.join("net/stat/nf_conntrack"),
+            "entries  found\n00000000 00000000\n",
+        )
+        .unwrap();
     }
 }
 
@@ -48,15 +68,20 @@ impl Drop for Tree {
     }
 }
 
-/// The exposition of the trees, each read as one namespace.
+/// The exposition of the trees, each read as one namespace with source
+/// NAT, its collectors' durations written as `DURATION`.
 fn exposition(trees: &[(&Tree, Option<NamespaceIdentity>)]) -> String {
     let limits = Limits::default();
+    let mut collectors = Collectors::new(&[Collector::Sockets, Collector::Conntrack]);
+    collectors.start_sample();
     let snapshots: Vec<_> = trees
         .iter()
         .map(|(tree, identity)| {
             let mut reader =
-                NamespaceReader::new(tree.0.clone(), SourceChoice::Procfs, false, false);
-            let read = read_namespace(&mut reader, &limits, None).expect("the fixtures read");
+                NamespaceReader::new(tree.0.clone(), SourceChoice::Procfs, false, false)
+                    .with_nat(None);
+            let read = read_namespace(&mut reader, &limits, None, &mut collectors)
+                .expect("the fixtures read");
             let mut snapshot = read.finish(&SocketOwners::default());
             snapshot.namespace = identity.clone();
             snapshot
@@ -73,16 +98,28 @@ fn exposition(trees: &[(&Tree, Option<NamespaceIdentity>)]) -> String {
         }),
         interval_seconds: Some(5.0),
         build: portstat_exporter::render::BUILD,
+        collectors: collectors.finish_sample(),
         // No failure counter reads recorded tables.
         ..SampleStatus::default()
     };
-    Renderer::new(false, "/metrics")
+    let text = Renderer::new(false, "/metrics")
         .render(&snapshots, &status)
         .unwrap()
         .replace(
             &format!("revision=\"{}\"", portstat_exporter::render::BUILD.revision),
             "revision=\"REVISION\"",
+        );
+    text.lines()
+        .map(
+            |line| match line.strip_prefix("portstat_collector_duration_seconds{") {
+                Some(rest) => {
+                    let labels = rest.split_once(' ').unwrap().0;
+                    format!("portstat_collector_duration_seconds{{{labels} DURATION\n")
+                }
+                None => format!("{line}\n"),
+            },
         )
+        .collect()
 }
 
 #[test]
@@ -95,6 +132,9 @@ fn one_namespace_from_recorded_tables() {
 fn two_namespaces_from_recorded_tables() {
     let first = Tree::new("first", None);
     let second = Tree::new("second", Some("40000\t40049\n"));
+    // Conntrack fails in one namespace: its collector reads 0, and every
+    // other figure of both namespaces stays.
+    second.break_conntrack();
     let identity = |inode, name: &str| NamespaceIdentity {
         inode,
         name: Some(name.to_string()),
@@ -110,7 +150,9 @@ fn two_namespaces_from_recorded_tables() {
 /// The `inspect` report of the recorded tables.
 fn inspect_report(tree: &Tree) -> String {
     let mut reader = NamespaceReader::new(tree.0.clone(), SourceChoice::Procfs, false, false);
-    let read = read_namespace(&mut reader, &Limits::default(), None).expect("the fixtures read");
+    let mut collectors = Collectors::new(&[Collector::Sockets]);
+    let read = read_namespace(&mut reader, &Limits::default(), None, &mut collectors)
+        .expect("the fixtures read");
     let snapshot = read.finish(&SocketOwners::default());
     portstat_core::inspect::text_report(&snapshot, None)
 }

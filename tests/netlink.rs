@@ -141,6 +141,7 @@ fn comparable(metrics: &Metrics) -> BTreeMap<String, f64> {
                 "portstat_sockets_scanned",
                 "portstat_listener_accept_queue",
                 "portstat_sample_duration_seconds",
+                "portstat_collector_duration_seconds",
                 "portstat_sample_timestamp_seconds",
                 "process_",
             ]

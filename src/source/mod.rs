@@ -2,6 +2,7 @@
 //! and the processes that own them. Everything here does I/O; what the figures
 //! mean is decided in `aggregate`.
 
+pub mod all;
 pub mod bpf;
 pub mod census;
 pub mod conntrack;
@@ -9,7 +10,9 @@ pub mod namespaces;
 pub mod netlink;
 pub mod owners;
 pub mod procfs;
+pub mod read;
 pub mod sysctl;
+pub mod walk;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io;
@@ -121,11 +124,6 @@ pub struct NamespaceReader {
     /// figures are written from then on, at zero too, so that series do
     /// not come and go with the traffic.
     nat_seen: HashSet<u64>,
-    /// Whether it was logged that conntrack cannot be read.
-    conntrack_unavailable_logged: bool,
-    /// Whether the last conntrack dump failed (logged when failing starts
-    /// and when it stops, not at every sample).
-    conntrack_failing: bool,
     /// The one walk of the host's TCP tables for every namespace on them
     /// (`--collector.netns=all`), `None` where it is not to be used: turned
     /// off, or found not to run here.
@@ -146,6 +144,25 @@ pub struct SharedTablesUse {
     /// It is on the host's UDP table as well, and the walk can read that
     /// table from inside it.
     pub host_udp_table: bool,
+}
+
+/// Why a namespace's source NAT was not read.
+#[derive(Debug)]
+pub enum NatError {
+    /// There is nothing to read: `CAP_NET_ADMIN` or `nf_conntrack_netlink`
+    /// is missing. Not a failure.
+    Unavailable(conntrack::ConntrackError),
+    /// The dump or the table's counters failed to read.
+    Failed(String),
+}
+
+impl std::fmt::Display for NatError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NatError::Unavailable(error) => error.fmt(f),
+            NatError::Failed(reason) => f.write_str(reason),
+        }
+    }
 }
 
 impl NamespaceReader {
@@ -187,8 +204,6 @@ impl NamespaceReader {
             bpf_owners: None,
             conntrack: None,
             nat_seen: HashSet::new(),
-            conntrack_unavailable_logged: false,
-            conntrack_failing: false,
             shared_tables: None,
             loading: None,
         }
@@ -428,51 +443,56 @@ impl NamespaceReader {
 
     /// Hands `sink` the source-NAT'd conntrack entries of the calling
     /// thread's namespace, where NAT is read. Returns whether NAT figures
-    /// are to be written, with the table's counters where readable: when
-    /// conntrack can be read and the namespace translates sources, or did
-    /// before. No conntrack, no permission, or no NAT is no error; a failed
-    /// dump is logged, and its namespace writes no NAT figures this time.
-    pub fn read_nat(&mut self, sink: &mut dyn NatSink) -> Option<Option<ConntrackCounters>> {
-        let reader = self.conntrack.as_mut()?;
+    /// are to be written, with the table's counters where the kernel has
+    /// them: when the namespace translates sources, or did before. No NAT
+    /// is no error; no permission or no module is `NatError::Unavailable`,
+    /// and a failed dump, or counters that do not parse,
+    /// `NatError::Failed`: either way the namespace writes no NAT figures
+    /// this time.
+    pub fn read_nat(
+        &mut self,
+        sink: &mut dyn NatSink,
+    ) -> Result<Option<Option<ConntrackCounters>>, NatError> {
+        let Some(reader) = self.conntrack.as_mut() else {
+            return Ok(None);
+        };
         let mut counting = CountingNat { sink, added: 0 };
         // conntrack's hash table is shared by every namespace, and a dump
         // walks all of it: an empty table, as most pods' are, is not
         // dumped.
         let empty = std::fs::read_to_string(self.procfs_root.join(CONNTRACK_COUNT))
             .is_ok_and(|count| count.trim() == "0");
-        let result = if empty {
-            Ok(0)
-        } else {
-            reader.read(&mut counting)
-        };
-        if let Err(error) = result {
-            if !error.is_unavailable() {
-                if !self.conntrack_failing {
-                    tracing::warn!(err = %error, "reading conntrack failed; no NAT figures until it works again");
+        if !empty {
+            reader.read(&mut counting).map_err(|error| {
+                if error.is_unavailable() {
+                    NatError::Unavailable(error)
+                } else {
+                    NatError::Failed(error.to_string())
                 }
-                self.conntrack_failing = true;
-            } else if !self.conntrack_unavailable_logged {
-                self.conntrack_unavailable_logged = true;
-                tracing::info!(
-                    err = %error,
-                    "conntrack cannot be read (it needs CAP_NET_ADMIN and nf_conntrack_netlink); no NAT figures"
-                );
-            }
-            return None;
+            })?;
         }
-        if std::mem::take(&mut self.conntrack_failing) {
-            tracing::info!("reading conntrack works again");
-        }
+        let counters = conntrack::read_counters(
+            &self.net.join("stat").join("nf_conntrack"),
+            &self.procfs_root.join(CONNTRACK_MAX),
+        )
+        .map_err(NatError::Failed)?;
         let namespace = namespaces::thread_namespace_inode(&self.procfs_root).unwrap_or(0);
         if counting.added > 0 {
             self.nat_seen.insert(namespace);
         } else if !self.nat_seen.contains(&namespace) {
-            return None;
+            return Ok(None);
         }
-        Some(conntrack::read_counters(
-            &self.net.join("stat").join("nf_conntrack"),
-            &self.procfs_root.join(CONNTRACK_MAX),
-        ))
+        Ok(Some(counters))
+    }
+
+    /// Whether socket owners are found.
+    pub fn finds_owners(&self) -> bool {
+        self.attribution
+    }
+
+    /// Whether source NAT is read (`with_nat`).
+    pub fn reads_nat(&self) -> bool {
+        self.conntrack.is_some()
     }
 
     /// Loads the BPF program from `object` rather than the one built in:

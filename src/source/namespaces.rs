@@ -15,6 +15,20 @@ use std::path::{Path, PathBuf};
 use crate::source::SourceError;
 use portstat_core::model::NamespaceIdentity;
 
+/// Whether a namespace could not be entered because it is gone since it
+/// was found, or its name no longer a namespace (`ip netns` creates the
+/// file before it mounts the namespace there, and unmounts it before
+/// deleting it: setns then finds no namespace, EINVAL): not a failure.
+pub fn is_gone(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::NotFound || error.raw_os_error() == Some(libc::EINVAL)
+}
+
+/// The inode of the exporter's own network namespace.
+pub fn own_namespace_inode() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino())
+}
+
 /// Where `ip netns` keeps the names of namespaces.
 pub const NAMED_NAMESPACES: &str = "/run/netns";
 

@@ -67,6 +67,7 @@ fn snapshot_families(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
 /// The families that describe the sampler and the build.
 fn status_families(status: &SampleStatus, out: &mut Vec<MetricFamily>) {
     metrics::sampling::render(status, out);
+    metrics::collector::render(status, out);
     metrics::failures::render_counting(&status.failure_counting, status.failures_unrecorded, out);
     if let Some(counts) = &status.namespaces {
         metrics::netns::render(counts, out);
@@ -87,7 +88,7 @@ mod tests {
     };
     use crate::model::{NamespaceSample, PortRange, SocketOwners, SocketRecord, SocketState};
     use crate::parse::sysctl::parse_reserved_ports;
-    use crate::status::{Build, FailureCounting};
+    use crate::status::{Build, Collector, CollectorStatus, FailureCounting};
 
     const BUILD: Build = Build {
         version: "0.1.0",
@@ -256,6 +257,18 @@ mod tests {
             failure_counting: FailureCounting::Bpf { autobind: false },
             failures_unrecorded: 0,
             build: BUILD,
+            collectors: vec![
+                CollectorStatus {
+                    collector: Collector::Sockets,
+                    success: true,
+                    duration_seconds: 0.0105,
+                },
+                CollectorStatus {
+                    collector: Collector::Conntrack,
+                    success: false,
+                    duration_seconds: 0.002,
+                },
+            ],
         }
     }
 
@@ -279,6 +292,7 @@ mod tests {
             },
             failures_unrecorded: 0,
             build: BUILD,
+            collectors: Vec::new(),
         };
         let text = render(&[], &status);
         insta::assert_snapshot!(text);

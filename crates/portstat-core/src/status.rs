@@ -43,6 +43,58 @@ impl Stage {
     }
 }
 
+/// The collectors a sample runs, as the `collector` label names them: each
+/// reads one kind of thing from the kernel, and its health is reported on
+/// its own (`portstat_collector_success`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Collector {
+    /// The failure counter's maps, read at the start of a sample.
+    Failures,
+    /// The network namespaces of the host (`--collector.netns=all`).
+    Namespaces,
+    /// Each namespace's port settings and sockets.
+    Sockets,
+    /// Each namespace's source NAT, from conntrack
+    /// (`--collector.nat`).
+    Conntrack,
+    /// The processes that own the sockets.
+    Owners,
+}
+
+impl Collector {
+    /// Every collector, in the order a sample runs them and metrics list
+    /// them.
+    pub const ALL: [Collector; 5] = [
+        Collector::Failures,
+        Collector::Namespaces,
+        Collector::Sockets,
+        Collector::Conntrack,
+        Collector::Owners,
+    ];
+
+    /// The `collector` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Collector::Failures => "failures",
+            Collector::Namespaces => "namespaces",
+            Collector::Sockets => "sockets",
+            Collector::Conntrack => "conntrack",
+            Collector::Owners => "owners",
+        }
+    }
+}
+
+/// How one collector fared in the latest sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CollectorStatus {
+    /// The collector.
+    pub collector: Collector,
+    /// Whether every read it made succeeded.
+    pub success: bool,
+    /// The time its reads took, summed over the namespaces, in seconds.
+    pub duration_seconds: f64,
+}
+
 /// Where failures are counted from, for `portstat_failures_source_info`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum FailureCounting {
@@ -83,6 +135,8 @@ pub struct SampleStatus {
     pub failures_unrecorded: u64,
     /// What the binary is.
     pub build: Build,
+    /// The collectors the latest sample ran, in `Collector::ALL` order.
+    pub collectors: Vec<CollectorStatus>,
 }
 
 /// How many network namespaces the latest sample covered.

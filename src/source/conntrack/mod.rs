@@ -120,21 +120,18 @@ impl ConntrackReader {
 
 /// Reads the table's counters of the calling thread's namespace:
 /// `statistics` is its `net/stat/nf_conntrack`, `limit` the
-/// `nf_conntrack_max` sysctl. `None` where the statistics cannot be read
-/// (no conntrack in the kernel).
-pub fn read_counters(statistics: &Path, limit: &Path) -> Option<ConntrackCounters> {
-    let text = std::fs::read_to_string(statistics).ok()?;
-    let mut counters = match parse_statistics(&text) {
-        Ok(counters) => counters,
-        Err(reason) => {
-            tracing::debug!(path = %statistics.display(), %reason, "cannot parse conntrack statistics");
-            return None;
-        }
+/// `nf_conntrack_max` sysctl. `Ok(None)` where the statistics cannot be
+/// read (no conntrack in the kernel); `Err` where they do not parse.
+pub fn read_counters(statistics: &Path, limit: &Path) -> Result<Option<ConntrackCounters>, String> {
+    let Ok(text) = std::fs::read_to_string(statistics) else {
+        return Ok(None);
     };
+    let mut counters =
+        parse_statistics(&text).map_err(|reason| format!("{}: {reason}", statistics.display()))?;
     counters.limit = std::fs::read_to_string(limit)
         .ok()
         .and_then(|text| text.trim().parse().ok());
-    Some(counters)
+    Ok(Some(counters))
 }
 
 /// Parses `/proc/net/stat/nf_conntrack`: a header naming the columns, then

@@ -13,6 +13,7 @@
 use crate::exposition::{MetricFamily, MetricType, Series};
 
 pub mod build;
+pub mod collector;
 pub mod failures;
 pub mod headroom;
 pub mod listeners;
