@@ -683,6 +683,18 @@ impl PortList {
         }
     }
 
+    /// Adds every port of `other`.
+    pub fn extend(&mut self, other: PortList) {
+        if self.list.is_empty() && self.set.is_none() {
+            *self = other;
+            return;
+        }
+        match other.set {
+            Some(set) => set.iter().for_each(|port| self.insert(port)),
+            None => other.list.into_iter().for_each(|port| self.insert(port)),
+        }
+    }
+
     /// How many distinct ports of `within` are in the list.
     pub fn count_within(&mut self, within: &PortSet) -> u32 {
         match &self.set {

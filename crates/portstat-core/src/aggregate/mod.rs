@@ -20,7 +20,7 @@ use crate::model::{
 };
 use listeners::{Listener, ListenerGroups, is_listener};
 use nat::{NatFigures, NatTable};
-use processes::{Pids, ProcessUsage, keep_top, top_processes};
+use processes::{Holders, ProcessUsage};
 
 pub use crate::model::{NO_PROCESS, UNKNOWN_PROCESS};
 pub use crate::rules::{Destination, ExclusiveReason};
@@ -401,8 +401,6 @@ struct ProtocolTally {
 struct HeldPort {
     inode: u64,
     port: u16,
-    /// Bound before `connect()`: its port is exclusive to its owner.
-    bind_first: bool,
 }
 
 impl Aggregator {
@@ -460,86 +458,6 @@ impl Aggregator {
         self.records = records;
     }
 
-    /// The processes holding the most ports, then those holding the most
-    /// ports bound before `connect()`, from owner records.
-    fn processes_from_records(
-        &mut self,
-        bind_first_ports: &PortSet,
-    ) -> (Vec<ProcessUsage>, Vec<ProcessUsage>) {
-        for (_, (tgid, comm, protocol, port)) in std::mem::take(&mut self.records.shared) {
-            self.records.count_owned(tgid, comm, protocol, port);
-        }
-        let label = comm_label;
-        let none = PortSet::new();
-        let mut usages: Vec<ProcessUsage> = self
-            .records
-            .ports
-            .iter_mut()
-            .map(|(comm, [tcp, udp], pids)| ProcessUsage {
-                process: label(comm),
-                ports_used: tcp.count_without(&none) + udp.count_without(&none),
-                pids: Pids::of(pids.iter().copied()),
-            })
-            .collect();
-        let range = self.range;
-        let mut unheld = 0;
-        let mut unknown = 0;
-        for (tally, owned_by_port) in self.tallies.iter().zip(&self.records.owned_by_port) {
-            unheld += tally.unheld.len();
-            // A port where more sockets are held than owners were found has
-            // a socket whose owner is not known.
-            unknown += tally
-                .held_by_port
-                .iter()
-                .enumerate()
-                .filter(|&(offset, &held)| {
-                    held > owned_by_port.get(offset).copied().unwrap_or(0)
-                        && range.contains(range.start + offset as u16)
-                })
-                .count() as u32;
-        }
-        usages.extend(
-            [(NO_PROCESS, unheld), (UNKNOWN_PROCESS, unknown)]
-                .into_iter()
-                .filter(|&(_, ports)| ports > 0)
-                .map(|(process, ports_used)| ProcessUsage {
-                    process: process.to_string(),
-                    ports_used,
-                    pids: Pids::default(),
-                }),
-        );
-        // Every TCP socket on a port shares its bind bucket, so a process
-        // holds a port bound before connect() when it holds a TCP socket on
-        // a port whose only reason to be exclusive is that.
-        let mut bind_first: Vec<ProcessUsage> = self
-            .records
-            .ports
-            .iter_mut()
-            .filter_map(|(comm, [tcp, _], pids)| {
-                let ports_used = tcp.count_within(bind_first_ports);
-                (ports_used > 0).then(|| ProcessUsage {
-                    process: label(comm),
-                    ports_used,
-                    pids: Pids::of(pids.iter().copied()),
-                })
-            })
-            .collect();
-        let unheld_bind_first = self.tallies[0]
-            .unheld_bind_first
-            .iter()
-            .filter(|&port| bind_first_ports.contains(port))
-            .count() as u32;
-        if unheld_bind_first > 0 {
-            bind_first.push(ProcessUsage {
-                process: NO_PROCESS.to_string(),
-                ports_used: unheld_bind_first,
-                pids: Pids::default(),
-            });
-        }
-        let top = self.limits.processes_top;
-        (keep_top(usages, top), keep_top(bind_first, top))
-    }
-
     /// Keeps every socket on `port` whole, for `kept_sockets`.
     pub fn keep_sockets_on(&mut self, port: u16) {
         self.keep_port = Some(port);
@@ -595,13 +513,53 @@ impl Aggregator {
     }
 
     /// Computes the figures, naming processes with `owners` and link-local
-    /// interfaces with `interfaces`.
+    /// interfaces with the report's.
     pub fn finish(mut self, owners: &SocketOwners, report: &ReadReport) -> Snapshot {
-        let (sources, interfaces) = (report.sources, &report.interfaces);
         let range = self.range;
         let reserved_in_range = self.reserved.count_in(range);
         let capacity = range.port_count() - reserved_in_range;
-        let occupancy = Protocol::ALL.map(|protocol| {
+        let occupancy = self.occupancy(report, capacity);
+        let (listeners, listeners_omitted) = self.listeners(owners, &report.interfaces);
+        let exclusive = self.exclusive_ports();
+        let time_wait_reusable = self.time_wait_reusable(&exclusive.all);
+        let headroom = self.headroom(capacity, &exclusive);
+        let (processes, bind_before_connect_processes) =
+            self.processes(owners, &exclusive.bind_first);
+        let nat = self.nat_shown.map(|counters| {
+            self.nat
+                .unwrap_or_else(|| NatTable::new(self.limits.nat_ports))
+                .finish(self.limits.destinations_top, counters)
+        });
+        Snapshot {
+            range,
+            reserved_in_range,
+            capacity,
+            occupancy,
+            listeners,
+            listeners_omitted,
+            exclusive: exclusive.by_reason,
+            time_wait_reusable,
+            bind_before_connect_processes,
+            destinations: headroom.destinations,
+            destination_count: headroom.destination_count,
+            busiest_destination_ports: headroom.busiest,
+            new_destination_headroom: headroom.new_destination,
+            min_destination_headroom: headroom.min_destination,
+            headroom_slack: headroom.slack,
+            destination_max_used_ratio: headroom.max_used_ratio,
+            processes,
+            sources: report.sources,
+            bound_inactive_seen: report.bound_inactive_seen,
+            owner_lookup: self.lookup,
+            namespace: None,
+            nat,
+            failures: None,
+        }
+    }
+
+    /// How much of the range each protocol uses, and its sockets by state.
+    fn occupancy(&self, report: &ReadReport, capacity: u32) -> [ProtocolOccupancy; 2] {
+        Protocol::ALL.map(|protocol| {
             let tally = &self.tallies[protocol.index()];
             let sockets_by_state = match protocol {
                 Protocol::Tcp => {
@@ -611,7 +569,7 @@ impl Aggregator {
                     // false 0.
                     let sees_bound_inactive = report.bound_inactive_seen
                         && matches!(
-                            sources[protocol.index()],
+                            report.sources[protocol.index()],
                             SourceKind::Netlink | SourceKind::Bpf
                         );
                     TcpState::ALL
@@ -634,8 +592,16 @@ impl Aggregator {
                 sockets_by_state,
                 sockets_scanned: tally.scanned,
             }
-        });
+        })
+    }
 
+    /// The listener groups, at most `Limits::listeners_max`, and the
+    /// sockets of those beyond.
+    fn listeners(
+        &self,
+        owners: &SocketOwners,
+        interfaces: &BTreeMap<u32, String>,
+    ) -> (Vec<Listener>, u64) {
         let named = self.named_owners();
         let mut groups = ListenerGroups::default();
         for tally in &self.tallies {
@@ -652,55 +618,71 @@ impl Aggregator {
                 groups.add(socket, link_local_scope(interfaces, socket), process, pid);
             }
         }
-        let (listeners, listeners_omitted) =
-            groups.finish(self.limits.listeners_max, |port| self.is_ephemeral(port));
+        groups.finish(self.limits.listeners_max, |port| self.is_ephemeral(port))
+    }
 
-        // Each port counts under its first reason only.
+    /// The TCP ports no destination can share, each under its first
+    /// reason only.
+    fn exclusive_ports(&mut self) -> Exclusive {
         let tcp = &mut self.tallies[0];
         let [listener_ports, mut bound_ports, mut bind_first_ports] =
             std::mem::take(&mut tcp.exclusive);
         bound_ports.remove_all(&listener_ports);
         bind_first_ports.remove_all(&listener_ports);
         bind_first_ports.remove_all(&bound_ports);
-        let exclusive = ExclusivePorts {
+        let by_reason = ExclusivePorts {
             by_reason: [
                 listener_ports.len(),
                 bound_ports.len(),
                 bind_first_ports.len(),
             ],
         };
-        let mut all_exclusive = listener_ports;
-        all_exclusive.insert_all(&bound_ports);
-        all_exclusive.insert_all(&bind_first_ports);
+        let mut all = listener_ports;
+        all.insert_all(&bound_ports);
+        all.insert_all(&bind_first_ports);
+        Exclusive {
+            by_reason,
+            all,
+            bind_first: bind_first_ports,
+        }
+    }
 
-        let time_wait_reusable = tcp
+    /// TIME_WAIT sockets `connect()` may take over now, on ports none of
+    /// `exclusive` holds.
+    fn time_wait_reusable(&self, exclusive: &PortSet) -> u64 {
+        let start = self.range.start;
+        self.tallies[0]
             .reusable_by_port
             .iter()
             .enumerate()
-            .filter(|(offset, _)| !all_exclusive.contains(range.start + *offset as u16))
+            .filter(|(offset, _)| !exclusive.contains(start + *offset as u16))
             .map(|(_, &count)| u64::from(count))
-            .sum();
-        // connect() fills the free ports its scan reaches: those of the
-        // range, less the reserved, the exclusive and the destination's own;
-        // on a range of an odd length, maybe not an end port.
-        let scan = inet_hash_connect_scan(range);
+            .sum()
+    }
+
+    /// The headroom of each destination and of a new one. `connect()`
+    /// fills the free ports its scan reaches: those of the range, less the
+    /// reserved, the exclusive and the destination's own; on a range of an
+    /// odd length, maybe not an end port.
+    fn headroom(&mut self, capacity: u32, exclusive: &Exclusive) -> Headroom {
+        let scan = inet_hash_connect_scan(self.range);
         let mut edges = PortSet::new();
         for port in scan.edge_ports() {
-            if !self.reserved.contains(port) && !all_exclusive.contains(port) {
+            if !self.reserved.contains(port) && !exclusive.all.contains(port) {
                 edges.insert(port);
             }
         }
-        let shared = capacity.saturating_sub(exclusive.total());
+        let shared = capacity.saturating_sub(exclusive.by_reason.total());
         let headroom = |used: u32, used_edges: u32| {
             scan.connects(shared.saturating_sub(used), edges.len() - used_edges)
                 .0
         };
-        let new_destination_headroom = headroom(0, 0);
-        let mut usage: Vec<DestinationUsage> = tcp
+        let new_destination = headroom(0, 0);
+        let mut usage: Vec<DestinationUsage> = self.tallies[0]
             .destinations
             .drain()
             .filter_map(|(destination, mut ports)| {
-                let ports_used = ports.count_without(&all_exclusive);
+                let ports_used = ports.count_without(&exclusive.all);
                 (ports_used > 0).then(|| DestinationUsage {
                     destination,
                     ports_used,
@@ -717,110 +699,138 @@ impl Aggregator {
             })
             .collect();
         let destination_count = usage.len() as u64;
-        let largest = usage
+        let busiest = usage
             .iter()
             .map(|usage| usage.ports_used)
             .max()
             .unwrap_or(0);
-        let min_destination_headroom = usage
+        let min_destination = usage
             .iter()
             .map(|usage| usage.headroom)
             .min()
-            .unwrap_or(new_destination_headroom);
+            .unwrap_or(new_destination);
         usage.sort_by(|a, b| {
             b.ports_used
                 .cmp(&a.ports_used)
                 .then(a.destination.cmp(&b.destination))
         });
         usage.truncate(self.limits.destinations_top);
-        let destination_max_used_ratio =
-            used_ratio(capacity.saturating_sub(min_destination_headroom), capacity);
-
-        let top = self.limits.processes_top;
-        let (processes, bind_before_connect_processes) = if top == 0 {
-            (Vec::new(), Vec::new())
-        } else if self.lookup == OwnerLookup::Records {
-            self.processes_from_records(&bind_first_ports)
-        } else {
-            let mut ports: Vec<(&str, Protocol, u16)> = Vec::new();
-            let mut bind_first: Vec<(&str, Protocol, u16)> = Vec::new();
-            // The processes holding ports, by pid: grouped by name once,
-            // below, rather than a name hashed for every socket.
-            let mut holders: HashSet<u32> = HashSet::new();
-            for (protocol, tally) in Protocol::ALL.iter().zip(&self.tallies) {
-                for held in &tally.held {
-                    let pid = owners.pid_by_inode.get(&held.inode);
-                    let process = pid
-                        .and_then(|pid| owners.comm_by_pid.get(pid))
-                        .map_or(UNKNOWN_PROCESS, String::as_str);
-                    if let Some(&pid) = pid {
-                        holders.insert(pid);
-                    }
-                    ports.push((process, *protocol, held.port));
-                    if held.bind_first && bind_first_ports.contains(held.port) {
-                        bind_first.push((process, *protocol, held.port));
-                    }
-                }
-                ports.extend(
-                    tally
-                        .unheld
-                        .iter()
-                        .map(|port| (NO_PROCESS, *protocol, port)),
-                );
-            }
-            bind_first.extend(
-                self.tallies[0]
-                    .unheld_bind_first
-                    .iter()
-                    .filter(|&port| bind_first_ports.contains(port))
-                    .map(|port| (NO_PROCESS, Protocol::Tcp, port)),
-            );
-            let mut processes = top_processes(ports, top);
-            let mut bind_first = top_processes(bind_first, top);
-            let mut pids: HashMap<&str, Vec<u32>> = HashMap::new();
-            for pid in holders {
-                if let Some(comm) = owners.comm_by_pid.get(&pid) {
-                    pids.entry(comm.as_str()).or_default().push(pid);
-                }
-            }
-            for usage in processes.iter_mut().chain(bind_first.iter_mut()) {
-                if let Some(pids) = pids.get(usage.process.as_str()) {
-                    usage.pids = Pids::of(pids.iter().copied());
-                }
-            }
-            (processes, bind_first)
-        };
-
-        Snapshot {
-            range,
-            reserved_in_range,
-            capacity,
-            occupancy,
-            listeners,
-            listeners_omitted,
-            exclusive,
-            time_wait_reusable,
-            bind_before_connect_processes,
+        Headroom {
             destinations: usage,
             destination_count,
-            busiest_destination_ports: largest,
-            new_destination_headroom,
-            min_destination_headroom,
-            headroom_slack: scan.slack(),
-            destination_max_used_ratio,
-            processes,
-            sources,
-            bound_inactive_seen: report.bound_inactive_seen,
-            owner_lookup: self.lookup,
-            namespace: None,
-            nat: self.nat_shown.map(|counters| {
-                self.nat
-                    .unwrap_or_else(|| NatTable::new(self.limits.nat_ports))
-                    .finish(self.limits.destinations_top, counters)
-            }),
-            failures: None,
+            busiest,
+            new_destination,
+            min_destination,
+            slack: scan.slack(),
+            max_used_ratio: used_ratio(capacity.saturating_sub(min_destination), capacity),
         }
     }
+
+    /// The processes holding the most ports, then those holding the most
+    /// ports bound before `connect()` (`bind_first_ports`): from owner
+    /// records, or from `owners` by inode.
+    fn processes(
+        &mut self,
+        owners: &SocketOwners,
+        bind_first_ports: &PortSet,
+    ) -> (Vec<ProcessUsage>, Vec<ProcessUsage>) {
+        let top = self.limits.processes_top;
+        if top == 0 {
+            return (Vec::new(), Vec::new());
+        }
+        let (holders, unknown) = if self.lookup == OwnerLookup::Records {
+            self.holders_from_records()
+        } else {
+            self.holders_by_inode(owners)
+        };
+        let unheld = self.tallies.iter().map(|tally| tally.unheld.len()).sum();
+        let unheld_bind_first = self.tallies[0]
+            .unheld_bind_first
+            .iter()
+            .filter(|&port| bind_first_ports.contains(port))
+            .count() as u32;
+        holders.figures(bind_first_ports, unheld, unheld_bind_first, unknown, top)
+    }
+
+    /// The ports each process holds from owner records, and the ports
+    /// where more sockets are held than owners were found, which have a
+    /// socket whose owner is not known.
+    fn holders_from_records(&mut self) -> (Holders, u32) {
+        for (_, (tgid, comm, protocol, port)) in std::mem::take(&mut self.records.shared) {
+            self.records.count_owned(tgid, comm, protocol, port);
+        }
+        let mut holders = Holders::default();
+        for (comm, ports, pids) in std::mem::take(&mut self.records.ports) {
+            holders.add_ports(&comm_label(&comm), ports, pids);
+        }
+        let range = self.range;
+        let mut unknown = 0;
+        for (tally, owned_by_port) in self.tallies.iter().zip(&self.records.owned_by_port) {
+            unknown += tally
+                .held_by_port
+                .iter()
+                .enumerate()
+                .filter(|&(offset, &held)| {
+                    held > owned_by_port.get(offset).copied().unwrap_or(0)
+                        && range.contains(range.start + offset as u16)
+                })
+                .count() as u32;
+        }
+        (holders, unknown)
+    }
+
+    /// The ports each process holds, from the owners of the sockets that
+    /// hold them, and how many ports sockets whose owner was not found hold.
+    fn holders_by_inode(&self, owners: &SocketOwners) -> (Holders, u32) {
+        let mut unknown: [PortList; 2] = Default::default();
+        // The ports of each process, by pid: named once, below, rather than
+        // a name hashed for every socket.
+        let mut by_pid: HashMap<u32, [PortList; 2]> = HashMap::new();
+        for (protocol, tally) in Protocol::ALL.iter().zip(&self.tallies) {
+            for held in &tally.held {
+                let ports = match owners.pid_by_inode.get(&held.inode) {
+                    Some(pid) if owners.comm_by_pid.contains_key(pid) => {
+                        by_pid.entry(*pid).or_default()
+                    }
+                    _ => &mut unknown,
+                };
+                ports[protocol.index()].insert(held.port);
+            }
+        }
+        let mut holders = Holders::default();
+        for (pid, ports) in by_pid {
+            if let Some(comm) = owners.comm_by_pid.get(&pid) {
+                holders.add_ports(comm, ports, [pid]);
+            }
+        }
+        let none = PortSet::new();
+        let unknown = unknown
+            .iter_mut()
+            .map(|ports| ports.count_without(&none))
+            .sum();
+        (holders, unknown)
+    }
+}
+
+/// The exclusive TCP ports of a namespace.
+struct Exclusive {
+    /// How many, by reason.
+    by_reason: ExclusivePorts,
+    /// All of them.
+    all: PortSet,
+    /// Those exclusive only because they were bound before `connect()`.
+    bind_first: PortSet,
+}
+
+/// The headroom figures of a namespace (`Snapshot` has their meaning).
+struct Headroom {
+    destinations: Vec<DestinationUsage>,
+    destination_count: u64,
+    busiest: u32,
+    new_destination: u32,
+    min_destination: u32,
+    slack: u32,
+    max_used_ratio: f64,
 }
 
 impl NatSink for Aggregator {
@@ -888,7 +898,6 @@ impl SocketSink for Aggregator {
                 tally.held.push(HeldPort {
                     inode: socket.inode,
                     port,
-                    bind_first,
                 });
             }
         }

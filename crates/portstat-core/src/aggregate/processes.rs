@@ -1,11 +1,13 @@
 //! The processes that hold the most ports of the range, and those holding
 //! ports bound before `connect()`.
 //!
-//! `aggregate` decides which (process, protocol, port) triples count; this
-//! module counts them per process and keeps the top ones; `metrics::processes`
-//! writes them.
+//! `aggregate` decides which ports each process holds (`Holders`); this
+//! module counts them per process and keeps the top ones;
+//! `metrics::processes` writes them.
 
-use crate::model::Protocol;
+use std::collections::HashMap;
+
+use crate::model::{NO_PROCESS, PortList, PortSet, UNKNOWN_PROCESS};
 
 /// How many ports of the range one process holds.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -57,23 +59,107 @@ impl Pids {
     }
 }
 
-/// Counts distinct (protocol, port) pairs per process, and keeps the `top`
-/// most first (ties by name).
-pub fn top_processes(mut ports: Vec<(&str, Protocol, u16)>, top: usize) -> Vec<ProcessUsage> {
-    ports.sort_unstable();
-    ports.dedup();
-    let mut usage: Vec<ProcessUsage> = Vec::new();
-    for (process, _, _) in ports {
-        match usage.last_mut() {
-            Some(last) if last.process == process => last.ports_used += 1,
-            _ => usage.push(ProcessUsage {
-                process: process.to_string(),
-                ports_used: 1,
-                pids: Pids::default(),
-            }),
-        }
+/// The ports of the range each process holds, by name, with the pids of
+/// the processes of that name: what the process figures are computed from,
+/// however the owners were found (owner records, or `/proc/<pid>/fd`).
+#[derive(Debug, Default)]
+pub struct Holders {
+    /// By name: its TCP ports, its UDP ports, and the pids.
+    names: Vec<(String, [PortList; 2], Vec<u32>)>,
+    /// Where each name is in `names`.
+    index: HashMap<String, usize>,
+}
+
+impl Holders {
+    fn at(&mut self, name: &str) -> &mut (String, [PortList; 2], Vec<u32>) {
+        let names = &mut self.names;
+        let at = match self.index.get(name) {
+            Some(&at) => at,
+            None => {
+                names.push((name.to_string(), Default::default(), Vec::new()));
+                self.index.insert(name.to_string(), names.len() - 1);
+                names.len() - 1
+            }
+        };
+        &mut names[at]
     }
-    keep_top(usage, top)
+
+    /// Notes that processes named `name`, `pids`, hold the ports `ports`
+    /// (TCP, then UDP).
+    pub fn add_ports(
+        &mut self,
+        name: &str,
+        ports: [PortList; 2],
+        pids: impl IntoIterator<Item = u32>,
+    ) {
+        let entry = self.at(name);
+        for (held, more) in entry.1.iter_mut().zip(ports) {
+            held.extend(more);
+        }
+        entry.2.extend(pids);
+    }
+
+    /// The processes holding the most ports, then those holding the most
+    /// TCP ports of `bind_first_ports` (every TCP socket on a port shares
+    /// its bind bucket, so a process holds a port bound before `connect()`
+    /// when it holds a TCP socket on a port whose only reason to be
+    /// exclusive is that): at most `top` of each, most first. `unheld`
+    /// ports are held by sockets no process holds (TIME_WAIT, orphans), of
+    /// which `unheld_bind_first` were bound before `connect()`, and
+    /// `unknown` ports by sockets whose owner was not found.
+    pub fn figures(
+        self,
+        bind_first_ports: &PortSet,
+        unheld: u32,
+        unheld_bind_first: u32,
+        unknown: u32,
+        top: usize,
+    ) -> (Vec<ProcessUsage>, Vec<ProcessUsage>) {
+        let none = PortSet::new();
+        let mut usages = Vec::with_capacity(self.names.len() + 2);
+        let mut bind_first = Vec::new();
+        for (process, [mut tcp, mut udp], pids) in self.names {
+            let pids = Pids::of(pids);
+            let ports_used = tcp.count_without(&none) + udp.count_without(&none);
+            let bound_first = tcp.count_within(bind_first_ports);
+            if bound_first > 0 {
+                bind_first.push(ProcessUsage {
+                    process: process.clone(),
+                    ports_used: bound_first,
+                    pids: pids.clone(),
+                });
+            }
+            if ports_used > 0 {
+                usages.push(ProcessUsage {
+                    process,
+                    ports_used,
+                    pids,
+                });
+            }
+        }
+        let nobody = |process: &str, ports_used| ProcessUsage {
+            process: process.to_string(),
+            ports_used,
+            pids: Pids::default(),
+        };
+        // Under the name of a process so named, if there is one.
+        let add = |usages: &mut Vec<ProcessUsage>, process: &str, ports| match usages
+            .iter_mut()
+            .find(|usage| usage.process == process)
+        {
+            Some(usage) => usage.ports_used += ports,
+            None => usages.push(nobody(process, ports)),
+        };
+        for (process, ports) in [(NO_PROCESS, unheld), (UNKNOWN_PROCESS, unknown)] {
+            if ports > 0 {
+                add(&mut usages, process, ports);
+            }
+        }
+        if unheld_bind_first > 0 {
+            add(&mut bind_first, NO_PROCESS, unheld_bind_first);
+        }
+        (keep_top(usages, top), keep_top(bind_first, top))
+    }
 }
 
 /// Keeps the `top` processes holding the most ports, most first (ties by
@@ -101,5 +187,47 @@ mod tests {
             Pids::of([50, 12, 40, 41, 7]).describe(),
             "pids 7, 12, 40 and 2 more"
         );
+    }
+
+    #[test]
+    fn holders_count_distinct_ports_and_merge_the_names_of_nobody() {
+        let ports = |tcp: &[u16], udp: &[u16]| {
+            let mut lists: [PortList; 2] = Default::default();
+            for (list, ports) in lists.iter_mut().zip([tcp, udp]) {
+                ports.iter().for_each(|&port| list.insert(port));
+            }
+            lists
+        };
+        let mut holders = Holders::default();
+        holders.add_ports("nginx", ports(&[40001, 40002, 40002], &[40002]), [12]);
+        holders.add_ports("nginx", ports(&[40003], &[]), [40]);
+        // A process named as nobody is: counted under one name.
+        holders.add_ports("unknown", ports(&[40009], &[]), []);
+        let mut bind_first = PortSet::new();
+        bind_first.insert(40001);
+        let (usages, bound_first) = holders.figures(&bind_first, 2, 1, 3, 10);
+        let figures: Vec<(&str, u32, String)> = usages
+            .iter()
+            .map(|usage| {
+                (
+                    usage.process.as_str(),
+                    usage.ports_used,
+                    usage.pids.describe(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            figures,
+            [
+                ("nginx", 4, "pids 12, 40".to_string()),
+                ("unknown", 4, String::new()),
+                ("none", 2, String::new())
+            ]
+        );
+        let bound_first: Vec<(&str, u32)> = bound_first
+            .iter()
+            .map(|usage| (usage.process.as_str(), usage.ports_used))
+            .collect();
+        assert_eq!(bound_first, [("nginx", 1), ("none", 1)]);
     }
 }
