@@ -3,6 +3,8 @@
 
 use std::fmt::Write as _;
 
+mod json;
+
 use crate::aggregate::nat::NatFigures;
 use crate::aggregate::processes::{Pids, ProcessUsage};
 use crate::aggregate::{ExclusiveReason, NO_PROCESS, Snapshot, UNKNOWN_PROCESS};
@@ -10,7 +12,6 @@ use crate::metrics::failures;
 use crate::model::{
     NamespaceFailures, Protocol, SocketOwners, SocketRecord, SocketState, TcpState,
 };
-use crate::text::push_json_string;
 
 /// Who holds a connection that no process has accepted yet.
 const WAITING_IN_ACCEPT_QUEUE: &str = "waiting in accept queue";
@@ -137,6 +138,29 @@ fn named_with_pids(name: &str, pids: &Pids) -> String {
 /// The report as text, at most 80 columns wide.
 pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> String {
     let mut out = String::new();
+    occupancy_text(&mut out, snapshot);
+    let _ = writeln!(out);
+    headroom_text(&mut out, snapshot);
+    let _ = writeln!(out);
+    destinations_text(&mut out, snapshot);
+    let _ = writeln!(out);
+    processes_text(&mut out, snapshot);
+    let _ = writeln!(out);
+    listeners_text(&mut out, snapshot);
+    if let Some(failures) = &snapshot.failures {
+        failures_text(&mut out, failures);
+    }
+    if let Some(nat) = &snapshot.nat {
+        nat_text(&mut out, nat);
+    }
+    if let Some((port, holders)) = port {
+        port_text(&mut out, port, holders);
+    }
+    out
+}
+
+/// The range, and how much of it each protocol uses.
+fn occupancy_text(out: &mut String, snapshot: &Snapshot) {
     let range = snapshot.range;
     let _ = writeln!(
         out,
@@ -164,7 +188,11 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
             bar(occupancy.used_ratio, 30)
         );
     }
-    let _ = writeln!(out);
+}
+
+/// The busiest destination, the exclusive ports, and a new destination's
+/// headroom.
+fn headroom_text(out: &mut String, snapshot: &Snapshot) {
     let _ = writeln!(
         out,
         "Busiest destination: {} + {} exclusive = {:.1}% of capacity",
@@ -213,7 +241,10 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
             snapshot.time_wait_reusable
         );
     }
-    let _ = writeln!(out);
+}
+
+/// The destinations using the most ports.
+fn destinations_text(out: &mut String, snapshot: &Snapshot) {
     let _ = writeln!(
         out,
         "{:<58}{:>6}{:>10}",
@@ -236,7 +267,11 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
             usage.headroom
         );
     }
-    let _ = writeln!(out);
+}
+
+/// The processes holding the most ports, and those holding ports bound
+/// before `connect()`.
+fn processes_text(out: &mut String, snapshot: &Snapshot) {
     let _ = writeln!(
         out,
         "{:<58}{:>6}",
@@ -245,7 +280,7 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
     if snapshot.processes.is_empty() {
         let _ = writeln!(out, "  none");
     }
-    process_rows(&mut out, &snapshot.processes);
+    process_rows(out, &snapshot.processes);
     if !snapshot.bind_before_connect_processes.is_empty() {
         let _ = writeln!(out);
         let _ = writeln!(
@@ -253,9 +288,12 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
             "Ports bound before connect() are exclusive; IP_BIND_ADDRESS_NO_PORT frees them."
         );
         let _ = writeln!(out, "{:<58}{:>6}", "Bound before connect()", "ports");
-        process_rows(&mut out, &snapshot.bind_before_connect_processes);
+        process_rows(out, &snapshot.bind_before_connect_processes);
     }
-    let _ = writeln!(out);
+}
+
+/// The listeners.
+fn listeners_text(out: &mut String, snapshot: &Snapshot) {
     let _ = writeln!(
         out,
         "Listeners (* inside the ephemeral range: may fail to restart)"
@@ -288,43 +326,38 @@ pub fn text_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> S
             count_of(snapshot.listeners_omitted as usize, "socket")
         );
     }
-    if let Some(failures) = &snapshot.failures {
-        failures_text(&mut out, failures);
+}
+
+/// Every socket on `port`, with its owner.
+fn port_text(out: &mut String, port: u16, holders: &[PortHolder]) {
+    let _ = writeln!(out);
+    if holders.is_empty() {
+        let _ = writeln!(out, "Port {port}: no socket");
+        return;
     }
-    if let Some(nat) = &snapshot.nat {
-        nat_text(&mut out, nat);
-    }
-    if let Some((port, holders)) = port {
-        let _ = writeln!(out);
-        if holders.is_empty() {
-            let _ = writeln!(out, "Port {port}: no socket");
-            return out;
-        }
-        let _ = writeln!(out, "Port {port}: {}", count_of(holders.len(), "socket"));
-        // The local port is the one asked for: the address alone leaves
-        // the process room to be read whole.
+    let _ = writeln!(out, "Port {port}: {}", count_of(holders.len(), "socket"));
+    // The local port is the one asked for: the address alone leaves
+    // the process room to be read whole.
+    let _ = writeln!(
+        out,
+        "  {:<4} {:<12}{:<16}{:<22}process",
+        "", "state", "address", "remote"
+    );
+    for holder in holders {
+        let address = holder
+            .local
+            .rsplit_once(':')
+            .map_or(holder.local.as_str(), |(address, _)| address);
         let _ = writeln!(
             out,
-            "  {:<4} {:<12}{:<16}{:<22}process",
-            "", "state", "address", "remote"
+            "  {:<4} {:<12}{:<16}{:<22}{}",
+            holder.protocol,
+            holder.state,
+            fit(address, 15),
+            fit(&holder.remote, 21),
+            fit(&holder.process, 23)
         );
-        for holder in holders {
-            let address = holder
-                .local
-                .rsplit_once(':')
-                .map_or(holder.local.as_str(), |(address, _)| address);
-            let _ = writeln!(
-                out,
-                "  {:<4} {:<12}{:<16}{:<22}{}",
-                holder.protocol,
-                holder.state,
-                fit(address, 15),
-                fit(&holder.remote, 21),
-                fit(&holder.process, 23)
-            );
-        }
     }
-    out
 }
 
 /// `count` things, in the singular for one: "1 socket", "2 sockets".
@@ -439,280 +472,12 @@ fn nat_text(out: &mut String, nat: &NatFigures) {
     }
 }
 
-/// The report as one JSON object.
+/// The report as one JSON object (`inspect --json`), on one line.
 pub fn json_report(snapshot: &Snapshot, port: Option<(u16, &[PortHolder])>) -> String {
-    let mut json = Json::default();
-    json.open('{');
-    json.key("range");
-    json.open('{');
-    json.field_number("start", f64::from(snapshot.range.start));
-    json.field_number("end", f64::from(snapshot.range.end));
-    json.close('}');
-    json.field_number("reserved", f64::from(snapshot.reserved_in_range));
-    json.field_number("capacity", f64::from(snapshot.capacity));
-    json.key("protocols");
-    json.open('[');
-    for occupancy in &snapshot.occupancy {
-        json.open('{');
-        json.field_string("protocol", occupancy.protocol.label());
-        json.field_number("used", f64::from(occupancy.ports_used));
-        json.field_number("used_ratio", occupancy.used_ratio);
-        json.key("sockets");
-        json.open('{');
-        for (state, count) in &occupancy.sockets_by_state {
-            json.field_number(state.label(), *count as f64);
-        }
-        json.close('}');
-        json.close('}');
-    }
-    json.close(']');
-    json.field_number("exclusive", f64::from(snapshot.exclusive.total()));
-    json.key("exclusive_by_reason");
-    json.open('{');
-    for reason in ExclusiveReason::ALL {
-        json.field_number(reason.label(), f64::from(snapshot.exclusive.get(reason)));
-    }
-    json.close('}');
-    json.field_number(
-        "new_destination_headroom",
-        f64::from(snapshot.new_destination_headroom),
-    );
-    json.field_bool("headroom_exact", snapshot.headroom_exact());
-    json.field_number("headroom_slack", f64::from(snapshot.headroom_slack));
-    json.field_number("time_wait_reusable", snapshot.time_wait_reusable as f64);
-    json.field_number("destination_count", snapshot.destination_count as f64);
-    json.field_number(
-        "destination_max_used_ratio",
-        snapshot.destination_max_used_ratio,
-    );
-    json.key("destinations");
-    json.open('[');
-    for usage in &snapshot.destinations {
-        let destination = usage.destination;
-        json.open('{');
-        json.field_string("local_address", &destination.local_address.to_string());
-        json.field_string("remote_address", &destination.remote_address.to_string());
-        json.field_number("remote_port", f64::from(destination.remote_port));
-        json.field_number("used", f64::from(usage.ports_used));
-        json.field_number("headroom", f64::from(usage.headroom));
-        json.close('}');
-    }
-    json.close(']');
-    json.process_list("processes", &snapshot.processes);
-    json.process_list(
-        "bind_before_connect_processes",
-        &snapshot.bind_before_connect_processes,
-    );
-    json.key("listeners");
-    json.open('[');
-    for listener in &snapshot.listeners {
-        json.open('{');
-        json.field_string("protocol", listener.protocol.label());
-        json.field_string("address", &listener.address_label());
-        json.field_number("port", f64::from(listener.port));
-        json.field_string("process", &listener.process);
-        json.pids(&listener.pids);
-        json.field_number("sockets", listener.sockets as f64);
-        json.field_bool("in_ephemeral_range", listener.in_ephemeral_range);
-        json.close('}');
-    }
-    json.close(']');
-    json.field_number("listeners_omitted", snapshot.listeners_omitted as f64);
-    if let Some(failures) = &snapshot.failures {
-        json.failures(failures);
-    }
-    if let Some(nat) = &snapshot.nat {
-        json.nat(nat);
-    }
-    if let Some((port, holders)) = port {
-        json.key("port");
-        json.open('{');
-        json.field_number("port", f64::from(port));
-        json.key("sockets");
-        json.open('[');
-        for holder in holders {
-            json.open('{');
-            json.field_string("protocol", holder.protocol);
-            json.field_string("state", holder.state);
-            json.field_string("local", &holder.local);
-            json.field_string("remote", &holder.remote);
-            json.field_string("process", &holder.process);
-            json.close('}');
-        }
-        json.close(']');
-        json.close('}');
-    }
-    json.close('}');
-    json.text.push('\n');
-    json.text
-}
-
-/// A small JSON writer: objects, arrays, strings, numbers and booleans.
-#[derive(Default)]
-struct Json {
-    text: String,
-    /// Whether the next value needs a comma before it.
-    needs_comma: bool,
-}
-
-impl Json {
-    /// `failures: {totals, destinations, processes}`, every entry.
-    fn failures(&mut self, failures: &NamespaceFailures) {
-        self.key("failures");
-        self.open('{');
-        self.key("totals");
-        self.open('[');
-        for ((kind, protocol), count) in &failures.totals {
-            self.open('{');
-            self.field_string("call", kind.call().trim_end_matches("()"));
-            self.field_string("protocol", protocol.label());
-            self.field_number("failed", *count as f64);
-            self.close('}');
-        }
-        self.close(']');
-        self.key("destinations");
-        self.open('[');
-        for ((protocol, destination), count) in
-            failures::most(&failures::by_destination(failures), usize::MAX)
-        {
-            self.open('{');
-            self.field_string("protocol", protocol.label());
-            self.field_string("local_address", &destination.local_address.to_string());
-            self.field_string("remote_address", &destination.remote_address.to_string());
-            self.field_number("remote_port", f64::from(destination.remote_port));
-            self.field_number("failed", count as f64);
-            self.close('}');
-        }
-        self.close(']');
-        self.key("processes");
-        self.open('[');
-        for ((kind, protocol, process), count) in
-            failures::most(&failures::by_process(failures), usize::MAX)
-        {
-            self.open('{');
-            self.field_string("process", process);
-            if let Some(pid) = failures::a_pid_of(failures, kind, protocol, process) {
-                self.field_number("pid", f64::from(pid));
-            }
-            self.field_string("call", kind.call().trim_end_matches("()"));
-            self.field_string("protocol", protocol.label());
-            self.field_number("failed", count as f64);
-            self.close('}');
-        }
-        self.close(']');
-        self.close('}');
-    }
-
-    /// `nat: {capacity, max_used_ratio, destinations, conntrack}`.
-    fn nat(&mut self, nat: &NatFigures) {
-        self.key("nat");
-        self.open('{');
-        self.field_number("capacity", f64::from(nat.capacity));
-        for protocol in Protocol::ALL {
-            self.key(protocol.label());
-            self.open('{');
-            self.field_number("max_used_ratio", nat.max_used_ratio(protocol));
-            self.field_number("destination_count", nat.pairs(protocol) as f64);
-            self.close('}');
-        }
-        self.key("destinations");
-        self.open('[');
-        for usage in &nat.destinations {
-            let destination = usage.destination;
-            self.open('{');
-            self.field_string("protocol", destination.protocol.label());
-            self.field_string("nat_address", &destination.nat_address.to_string());
-            self.field_string("remote_address", &destination.remote.ip().to_string());
-            self.field_number("remote_port", f64::from(destination.remote.port()));
-            self.field_number("used", f64::from(usage.ports_used));
-            self.close('}');
-        }
-        self.close(']');
-        if let Some(counters) = &nat.counters {
-            self.key("conntrack");
-            self.open('{');
-            self.field_number("entries", counters.entries as f64);
-            if let Some(limit) = counters.limit {
-                self.field_number("limit", limit as f64);
-            }
-            self.field_number("insert_failed", counters.insert_failed as f64);
-            self.field_number("drop", counters.drop as f64);
-            self.close('}');
-        }
-        self.close('}');
-    }
-
-    /// `key: [{process, ports}, ...]`.
-    fn process_list(&mut self, key: &str, usages: &[ProcessUsage]) {
-        self.key(key);
-        self.open('[');
-        for usage in usages {
-            self.open('{');
-            self.field_string("process", &usage.process);
-            self.pids(&usage.pids);
-            self.field_number("ports", f64::from(usage.ports_used));
-            self.close('}');
-        }
-        self.close(']');
-    }
-
-    fn separate(&mut self) {
-        if self.needs_comma {
-            self.text.push(',');
-        }
-        self.needs_comma = false;
-    }
-
-    fn open(&mut self, bracket: char) {
-        self.separate();
-        self.text.push(bracket);
-    }
-
-    fn close(&mut self, bracket: char) {
-        self.text.push(bracket);
-        self.needs_comma = true;
-    }
-
-    fn key(&mut self, key: &str) {
-        self.separate();
-        push_json_string(&mut self.text, key);
-        self.text.push(':');
-    }
-
-    fn field_string(&mut self, key: &str, value: &str) {
-        self.key(key);
-        push_json_string(&mut self.text, value);
-        self.needs_comma = true;
-    }
-
-    fn field_number(&mut self, key: &str, value: f64) {
-        self.key(key);
-        if value.is_finite() {
-            let _ = write!(self.text, "{value}");
-        } else {
-            self.text.push_str("null");
-        }
-        self.needs_comma = true;
-    }
-
-    /// `pids: [the lowest], processes: how many`.
-    fn pids(&mut self, pids: &Pids) {
-        self.key("pids");
-        self.open('[');
-        for &pid in &pids.lowest {
-            self.separate();
-            let _ = write!(self.text, "{pid}");
-            self.needs_comma = true;
-        }
-        self.close(']');
-        self.field_number("process_count", f64::from(pids.count));
-    }
-
-    fn field_bool(&mut self, key: &str, value: bool) {
-        self.key(key);
-        self.text.push_str(if value { "true" } else { "false" });
-        self.needs_comma = true;
-    }
+    let mut text = serde_json::to_string(&json::Report::of(snapshot, port))
+        .unwrap_or_else(|error| format!("{{\"error\":{:?}}}", error.to_string()));
+    text.push('\n');
+    text
 }
 
 #[cfg(test)]
@@ -729,13 +494,40 @@ mod tests {
     }
 
     #[test]
-    fn json_escapes() {
-        let mut json = Json::default();
-        json.open('{');
-        json.field_string("a\"b", "c\\d\u{1}");
-        json.field_number("n", f64::NAN);
-        json.field_bool("t", true);
-        json.close('}');
-        assert_eq!(json.text, r#"{"a\"b":"c\\d\u0001","n":null,"t":true}"#);
+    fn json_keeps_its_order_and_escapes_names() {
+        use crate::aggregate::{Limits, aggregate};
+        use crate::model::{NamespaceSample, PortRange, ReadReport, ReservedPorts, SourceKind};
+        let listener = SocketRecord::new(
+            SocketState::Tcp(TcpState::Listen),
+            "0.0.0.0:8080".parse().unwrap(),
+            "0.0.0.0:0".parse().unwrap(),
+            7,
+        );
+        let mut owners = SocketOwners::default();
+        owners.pid_by_inode.insert(7, 42);
+        owners.comm_by_pid.insert(42, "a\"b\\c\u{1}".to_string());
+        let sample = NamespaceSample {
+            range: PortRange {
+                start: 40000,
+                end: 40099,
+            },
+            reserved: ReservedPorts::new(),
+            time_wait_reuse: Default::default(),
+            sockets: vec![listener],
+            owners,
+            report: ReadReport::complete([SourceKind::Procfs; 2]),
+        };
+        let snapshot = aggregate(&sample, &Limits::default());
+        let text = json_report(&snapshot, None);
+        assert!(text.starts_with(r#"{"range":{"start":40000,"end":40099},"reserved":0,"capacity":100,"protocols":[{"protocol":"tcp""#), "{text}");
+        assert!(
+            text.contains(r#""process":"a\"b\\c\u0001","pids":[42],"process_count":1"#),
+            "{text}"
+        );
+        assert!(text.ends_with("}\n"));
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["listeners"][0]["port"], 8080);
+        assert_eq!(json["exclusive_by_reason"]["listener"], 0);
+        assert!(json.get("port").is_none() && json.get("nat").is_none());
     }
 }
