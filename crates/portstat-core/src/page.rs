@@ -80,6 +80,27 @@ pub fn landing_page(
     metrics_path: &str,
 ) -> String {
     let mut page = String::with_capacity(8 * 1024);
+    header(&mut page, status, metrics_path);
+    let Some(snapshot) = snapshot else {
+        page.push_str("<p>No sample has succeeded yet.</p>\n</body>\n</html>\n");
+        return page;
+    };
+    fill_section(&mut page, snapshot);
+    processes_section(&mut page, snapshot);
+    destinations_section(&mut page, snapshot);
+    if let Some(failures) = &snapshot.failures {
+        failures_section(&mut page, failures);
+    }
+    if let Some(nat) = &snapshot.nat {
+        nat_section(&mut page, nat);
+    }
+    listeners_section(&mut page, snapshot);
+    page.push_str("</body>\n</html>\n");
+    page
+}
+
+/// The page's head, its links, and when it was last sampled.
+fn header(page: &mut String, status: &SampleStatus, metrics_path: &str) {
     let metrics_path = html_escape(metrics_path);
     let version = html_escape(status.build.version);
     let _ = write!(
@@ -106,11 +127,10 @@ pub fn landing_page(
         );
     }
     page.push_str("</p>\n");
-    let Some(snapshot) = snapshot else {
-        page.push_str("<p>No sample has succeeded yet.</p>\n</body>\n</html>\n");
-        return page;
-    };
+}
 
+/// How full the range is, per protocol and for the busiest destination.
+fn fill_section(page: &mut String, snapshot: &Snapshot) {
     let range = snapshot.range;
     let _ = write!(
         page,
@@ -153,6 +173,11 @@ pub fn landing_page(
             " at most: ports bound before <code>connect()</code> are seen only by the BPF source"
         }
     );
+}
+
+/// The processes holding the most ports, and those holding ports bound
+/// before `connect()`.
+fn processes_section(page: &mut String, snapshot: &Snapshot) {
     page.push_str(
         "<h2>Top processes</h2>\n<p class=\"meta\">Ports of the range each process \
          holds; none: sockets no process holds (TIME_WAIT, orphans, accept queues).</p>\n\
@@ -161,7 +186,7 @@ pub fn landing_page(
     if snapshot.processes.is_empty() {
         page.push_str("<tr><td colspan=\"2\">none known</td></tr>\n");
     }
-    process_rows(&mut page, &snapshot.processes);
+    process_rows(page, &snapshot.processes);
     page.push_str("</table>\n");
     if !snapshot.bind_before_connect_processes.is_empty() {
         page.push_str(
@@ -170,10 +195,13 @@ pub fn landing_page(
              <code>bind()</code> frees them.</p>\n<table id=\"bind-before-connect\">\
              <tr><th>process</th><th class=\"num\">ports</th></tr>\n",
         );
-        process_rows(&mut page, &snapshot.bind_before_connect_processes);
+        process_rows(page, &snapshot.bind_before_connect_processes);
         page.push_str("</table>\n");
     }
+}
 
+/// The destinations using the most ports.
+fn destinations_section(page: &mut String, snapshot: &Snapshot) {
     let _ = write!(
         page,
         "<h2>Top destinations</h2>\n<table id=\"destinations\"><tr><th>from</th><th>to</th>\
@@ -197,14 +225,10 @@ pub fn landing_page(
         "</table>\n<p class=\"meta\">{} destinations in all.</p>\n",
         snapshot.destination_count
     );
+}
 
-    if let Some(failures) = &snapshot.failures {
-        failures_section(&mut page, failures);
-    }
-    if let Some(nat) = &snapshot.nat {
-        nat_section(&mut page, nat);
-    }
-
+/// The listeners.
+fn listeners_section(page: &mut String, snapshot: &Snapshot) {
     let _ = write!(
         page,
         "<h2>Listeners</h2>\n<p class=\"meta\">Highlighted: TCP listeners inside the \
@@ -236,8 +260,6 @@ pub fn landing_page(
             snapshot.listeners_omitted
         );
     }
-    page.push_str("</body>\n</html>\n");
-    page
 }
 
 /// How many destinations and processes the failures section lists.
