@@ -142,48 +142,7 @@ impl LoadedProgram {
     ) -> Result<LoadedProgram, LoadError> {
         let mut object = Object::parse(object).map_err(|error| failed("object", error))?;
         let features = features();
-
-        // The kernel's types the programs name, and the function or
-        // tracepoint type each attaches to, from one read of the kernel's BTF.
-        let (target_btf, attach_btf_ids) = {
-            let kernel = Btf::parse(kernel_btf).map_err(|error| failed("kernel BTF", error))?;
-            let local = object
-                .btf
-                .as_ref()
-                .ok_or_else(|| failed("object", "the object has no BTF"))?;
-            let local =
-                Btf::parse(local.to_bytes()).map_err(|error| failed("object BTF", error))?;
-            let compact = kernel.compact(&local.named_types());
-            let id = |attach: AttachPoint<'_>| match attach {
-                AttachPoint::Iterator(target) => {
-                    let function = format!("bpf_iter_{target}");
-                    kernel.func_id(&function).ok_or_else(|| {
-                        failed(
-                            "kernel BTF",
-                            format!(
-                                "no {function}: this kernel has no {target} iterator (Linux 5.9+)"
-                            ),
-                        )
-                    })
-                }
-                AttachPoint::RawTracepoint(tracepoint) => {
-                    let typedef = format!("btf_trace_{tracepoint}");
-                    kernel.typedef_id(&typedef).ok_or_else(|| {
-                        failed(
-                            "kernel BTF",
-                            format!("no {typedef}: this kernel has no {tracepoint} tracepoint"),
-                        )
-                    })
-                }
-            };
-            let ids = programs
-                .iter()
-                .map(|&(_, attach)| id(attach))
-                .collect::<Result<Vec<u32>, LoadError>>()?;
-            let compact = aya_obj::btf::Btf::parse(&compact, object::Endianness::default())
-                .map_err(|error| failed("kernel BTF", error))?;
-            (compact, ids)
-        };
+        let (target_btf, attach_btf_ids) = kernel_types(&object, programs, kernel_btf)?;
         object
             .relocate_btf(&target_btf)
             .map_err(|error| failed("relocate", error_chain(&error)))?;
@@ -198,88 +157,10 @@ impl LoadedProgram {
             }
             None => None,
         };
-
-        let mut maps = HashMap::new();
-        let mut definitions = HashMap::new();
-        for (name, definition) in object.maps.drain() {
-            let map = MapData::create(definition.clone(), &name, btf.as_ref().map(|fd| fd.as_fd()))
-                .map_err(|error| {
-                    failed("create map", format!("{name}: {}", error_chain(&error)))
-                })?;
-            definitions.insert(name.clone(), definition);
-            maps.insert(name, map);
-        }
-        let text_sections: HashSet<usize> = object
-            .functions
-            .keys()
-            .map(|(section_index, _)| *section_index)
-            .collect();
-        object
-            .relocate_maps(
-                maps.iter().filter_map(|(name, map)| {
-                    definitions
-                        .get(name)
-                        .map(|definition| (name.as_str(), map.fd().as_fd().as_raw_fd(), definition))
-                }),
-                &text_sections,
-            )
-            .map_err(|error| failed("relocate", error_chain(&error)))?;
-        object
-            .relocate_calls(&text_sections)
-            .map_err(|error| failed("relocate", error_chain(&error)))?;
+        let maps = create_maps(&mut object, btf.as_ref())?;
         object.sanitize_functions(&features);
-
-        let mut links = Vec::with_capacity(programs.len());
-        let mut costs = Vec::with_capacity(programs.len());
-        let mut loaded_programs = Vec::with_capacity(programs.len());
-        for (&(program, attach), attach_btf_id) in programs.iter().zip(attach_btf_ids) {
-            let entry = object
-                .programs
-                .get(program)
-                .ok_or_else(|| failed("program", format!("the object has no {program}")))?;
-            let function = object
-                .functions
-                .get(&entry.function_key())
-                .ok_or_else(|| failed("program", format!("{program} has no code")))?;
-            let license =
-                CString::new(entry.license.as_bytes()).map_err(|error| failed("program", error))?;
-            let (loaded, cost) = load_program(&ProgramToLoad {
-                name: program,
-                attach_type: match attach {
-                    AttachPoint::Iterator(_) => bpf_attach_type::BPF_TRACE_ITER,
-                    AttachPoint::RawTracepoint(_) => bpf_attach_type::BPF_TRACE_RAW_TP,
-                },
-                instructions: &function.instructions,
-                license: &license,
-                attach_btf_id,
-                btf: btf.as_ref(),
-                func_info: (
-                    function.func_info.func_info_bytes(),
-                    function.func_info.len(),
-                    function.func_info_rec_size,
-                ),
-                line_info: (
-                    function.line_info.line_info_bytes(),
-                    function.line_info.len(),
-                    function.line_info_rec_size,
-                ),
-            })?;
-            let link = match attach {
-                AttachPoint::Iterator(_) => create_link(&loaded),
-                AttachPoint::RawTracepoint(_) => open_raw_tracepoint(&loaded),
-            }
-            .map_err(|error| failed("attach", format!("{program}: {error}")))?;
-            tracing::debug!(
-                program,
-                processed_instructions = cost.processed_instructions,
-                total_states = cost.total_states,
-                load_ms = cost.load_time.as_secs_f64() * 1000.0,
-                "BPF program verified and loaded"
-            );
-            links.push(link);
-            loaded_programs.push(loaded);
-            costs.push(cost);
-        }
+        let (links, costs, loaded_programs) =
+            load_and_attach(&object, programs, attach_btf_ids, btf.as_ref())?;
         Ok(LoadedProgram {
             links,
             costs,
@@ -314,6 +195,150 @@ impl LoadedProgram {
         let fd = bpf(bpf_cmd::BPF_ITER_CREATE, &mut attr)?;
         Ok(File::from(fd))
     }
+}
+
+/// The kernel's types the `programs` of `object` name, and the function or
+/// tracepoint type each attaches to, from one read of the kernel's BTF,
+/// which is dropped once they are copied out.
+fn kernel_types(
+    object: &Object,
+    programs: &[(&str, AttachPoint<'_>)],
+    kernel_btf: Vec<u8>,
+) -> Result<(aya_obj::btf::Btf, Vec<u32>), LoadError> {
+    let kernel = Btf::parse(kernel_btf).map_err(|error| failed("kernel BTF", error))?;
+    let local = object
+        .btf
+        .as_ref()
+        .ok_or_else(|| failed("object", "the object has no BTF"))?;
+    let local = Btf::parse(local.to_bytes()).map_err(|error| failed("object BTF", error))?;
+    let compact = kernel.compact(&local.named_types());
+    let id = |attach: AttachPoint<'_>| match attach {
+        AttachPoint::Iterator(target) => {
+            let function = format!("bpf_iter_{target}");
+            kernel.func_id(&function).ok_or_else(|| {
+                failed(
+                    "kernel BTF",
+                    format!("no {function}: this kernel has no {target} iterator (Linux 5.9+)"),
+                )
+            })
+        }
+        AttachPoint::RawTracepoint(tracepoint) => {
+            let typedef = format!("btf_trace_{tracepoint}");
+            kernel.typedef_id(&typedef).ok_or_else(|| {
+                failed(
+                    "kernel BTF",
+                    format!("no {typedef}: this kernel has no {tracepoint} tracepoint"),
+                )
+            })
+        }
+    };
+    let ids = programs
+        .iter()
+        .map(|&(_, attach)| id(attach))
+        .collect::<Result<Vec<u32>, LoadError>>()?;
+    let compact = aya_obj::btf::Btf::parse(&compact, object::Endianness::default())
+        .map_err(|error| failed("kernel BTF", error))?;
+    Ok((compact, ids))
+}
+
+/// Creates the maps of `object` and points its programs at them, and
+/// relocates its calls.
+fn create_maps(
+    object: &mut Object,
+    btf: Option<&OwnedFd>,
+) -> Result<HashMap<String, MapData>, LoadError> {
+    let mut maps = HashMap::new();
+    let mut definitions = HashMap::new();
+    for (name, definition) in object.maps.drain() {
+        let map = MapData::create(definition.clone(), &name, btf.map(|fd| fd.as_fd()))
+            .map_err(|error| failed("create map", format!("{name}: {}", error_chain(&error))))?;
+        definitions.insert(name.clone(), definition);
+        maps.insert(name, map);
+    }
+    let text_sections: HashSet<usize> = object
+        .functions
+        .keys()
+        .map(|(section_index, _)| *section_index)
+        .collect();
+    object
+        .relocate_maps(
+            maps.iter().filter_map(|(name, map)| {
+                definitions
+                    .get(name)
+                    .map(|definition| (name.as_str(), map.fd().as_fd().as_raw_fd(), definition))
+            }),
+            &text_sections,
+        )
+        .map_err(|error| failed("relocate", error_chain(&error)))?;
+    object
+        .relocate_calls(&text_sections)
+        .map_err(|error| failed("relocate", error_chain(&error)))?;
+    Ok(maps)
+}
+
+/// The programs, loaded and attached, the verifier's cost of each, and
+/// their file descriptors, in the order of `programs`.
+type Attached = (Vec<OwnedFd>, Vec<VerifierCost>, Vec<OwnedFd>);
+
+/// Loads each of `programs` from `object` and attaches it at its point.
+fn load_and_attach(
+    object: &Object,
+    programs: &[(&str, AttachPoint<'_>)],
+    attach_btf_ids: Vec<u32>,
+    btf: Option<&OwnedFd>,
+) -> Result<Attached, LoadError> {
+    let mut links = Vec::with_capacity(programs.len());
+    let mut costs = Vec::with_capacity(programs.len());
+    let mut loaded_programs = Vec::with_capacity(programs.len());
+    for (&(program, attach), attach_btf_id) in programs.iter().zip(attach_btf_ids) {
+        let entry = object
+            .programs
+            .get(program)
+            .ok_or_else(|| failed("program", format!("the object has no {program}")))?;
+        let function = object
+            .functions
+            .get(&entry.function_key())
+            .ok_or_else(|| failed("program", format!("{program} has no code")))?;
+        let license =
+            CString::new(entry.license.as_bytes()).map_err(|error| failed("program", error))?;
+        let (loaded, cost) = load_program(&ProgramToLoad {
+            name: program,
+            attach_type: match attach {
+                AttachPoint::Iterator(_) => bpf_attach_type::BPF_TRACE_ITER,
+                AttachPoint::RawTracepoint(_) => bpf_attach_type::BPF_TRACE_RAW_TP,
+            },
+            instructions: &function.instructions,
+            license: &license,
+            attach_btf_id,
+            btf,
+            func_info: (
+                function.func_info.func_info_bytes(),
+                function.func_info.len(),
+                function.func_info_rec_size,
+            ),
+            line_info: (
+                function.line_info.line_info_bytes(),
+                function.line_info.len(),
+                function.line_info_rec_size,
+            ),
+        })?;
+        let link = match attach {
+            AttachPoint::Iterator(_) => create_link(&loaded),
+            AttachPoint::RawTracepoint(_) => open_raw_tracepoint(&loaded),
+        }
+        .map_err(|error| failed("attach", format!("{program}: {error}")))?;
+        tracing::debug!(
+            program,
+            processed_instructions = cost.processed_instructions,
+            total_states = cost.total_states,
+            load_ms = cost.load_time.as_secs_f64() * 1000.0,
+            "BPF program verified and loaded"
+        );
+        links.push(link);
+        loaded_programs.push(loaded);
+        costs.push(cost);
+    }
+    Ok((links, costs, loaded_programs))
 }
 
 /// What `BPF_PROG_LOAD` is given.
