@@ -36,25 +36,72 @@ fn main() -> ExitCode {
     if cli.once {
         return sample_once(&mut sampler);
     }
+    match run(&cli, sampler) {
+        Ok(code) | Err(code) => code,
+    }
+}
 
+/// Runs the daemon: reads the web configuration, binds, starts the
+/// sampler, and serves until a signal or the sampler stops.
+fn run(cli: &Cli, mut sampler: Sampler) -> Result<ExitCode, ExitCode> {
+    let web = web_config(cli)?;
+    // Before the sampler starts: the raised limit is the process's.
+    let max_connections = connection_limit(cli);
+    // Bind before anything else runs, so that an address in use fails at once.
+    let listeners = bind(cli)?;
+
+    if cli.failures {
+        sampler.count_failures(cli.failures_autobind);
+    }
+    let (sender, receiver) = watch::channel(Arc::new(Exposition::default()));
+    let interval = cli.interval;
+    std::thread::Builder::new()
+        .name("sampler".to_string())
+        .spawn(move || sampler.run(interval, sender))
+        .map_err(|error| {
+            eprintln!("portstat_exporter: cannot start the sampler thread: {error}");
+            ExitCode::from(1)
+        })?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| {
+            eprintln!("portstat_exporter: cannot start the runtime: {error}");
+            ExitCode::from(1)
+        })?;
+    let config = ServeConfig {
+        telemetry_path: cli.telemetry_path.clone(),
+        max_requests: cli.max_requests,
+        max_connections,
+        web: web.clone(),
+    };
+    Ok(runtime.block_on(serve_until_stopped(cli, listeners, config, receiver, web)))
+}
+
+/// The web configuration (`--web.config.file`), its warnings logged.
+fn web_config(cli: &Cli) -> Result<Arc<std::sync::RwLock<Arc<WebConfig>>>, ExitCode> {
     let web = match &cli.web_config_file {
         Some(path) => match WebConfig::load(path) {
-            Ok(web) => web,
+            Ok(web) => {
+                for warning in &web.warnings {
+                    tracing::warn!(file = %path.display(), "{warning}");
+                }
+                web
+            }
             Err(error) => {
                 eprintln!("portstat_exporter: --web.config.file {error}");
-                return ExitCode::from(1);
+                return Err(ExitCode::from(1));
             }
         },
         None => WebConfig::plain(),
     };
-    if let Some(path) = &cli.web_config_file {
-        for warning in &web.warnings {
-            tracing::warn!(file = %path.display(), "{warning}");
-        }
-    }
-    let web = Arc::new(std::sync::RwLock::new(Arc::new(web)));
+    Ok(Arc::new(std::sync::RwLock::new(Arc::new(web))))
+}
 
-    // Before the sampler starts: the raised limit is the process's.
+/// The connections served at once: `--web.max-connections`, lowered to
+/// what the descriptor limit allows.
+fn connection_limit(cli: &Cli) -> usize {
     let (max_connections, descriptors) = serve::connection_budget(cli.max_connections as usize);
     if max_connections < cli.max_connections as usize {
         tracing::warn!(
@@ -67,7 +114,11 @@ fn main() -> ExitCode {
     } else {
         tracing::info!(limit = max_connections, descriptors, "connection limit");
     }
-    // Bind before anything else runs, so that an address in use fails at once.
+    max_connections
+}
+
+/// A listener on each `--web.listen-address`.
+fn bind(cli: &Cli) -> Result<Vec<std::net::TcpListener>, ExitCode> {
     let mut listeners = Vec::with_capacity(cli.listen_addresses.len());
     for address in &cli.listen_addresses {
         match serve::bind(*address) {
@@ -75,88 +126,68 @@ fn main() -> ExitCode {
             Err(error) => {
                 tracing::error!(address = %address, err = %error, "cannot listen");
                 eprintln!("portstat_exporter: cannot listen on {address}: {error}");
+                return Err(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(listeners)
+}
+
+/// Serves on `listeners` until a signal, or until the sampler stops (exit
+/// status 1, for the service manager to restart the exporter).
+async fn serve_until_stopped(
+    cli: &Cli,
+    listeners: Vec<std::net::TcpListener>,
+    config: ServeConfig,
+    receiver: watch::Receiver<Arc<Exposition>>,
+    web: Arc<std::sync::RwLock<Arc<WebConfig>>>,
+) -> ExitCode {
+    let mut tokio_listeners = Vec::with_capacity(listeners.len());
+    for listener in listeners {
+        let address = listener.local_addr().ok();
+        match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => tokio_listeners.push(listener),
+            Err(error) => {
+                eprintln!("portstat_exporter: cannot listen on {address:?}: {error}");
                 return ExitCode::from(1);
             }
         }
     }
-
-    if cli.failures {
-        sampler.count_failures(cli.failures_autobind);
+    // SIGHUP's default is to end the process: take it over before saying
+    // that the exporter listens.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|error| tracing::warn!(err = %error, "cannot handle SIGHUP"))
+        .ok();
+    match cli.web_config_file.clone() {
+        Some(path) => tokio::spawn(serve::reload_web_config(path, web, hangup)),
+        None => tokio::spawn(serve::log_hangups(hangup)),
+    };
+    // The addresses bound, with the port the kernel picked for `:0`.
+    for listener in &tokio_listeners {
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!(address = %address, path = %cli.telemetry_path, "listening");
+        }
     }
-    let (sender, receiver) = watch::channel(Arc::new(Exposition::default()));
-    let interval = cli.interval;
-    let spawned = std::thread::Builder::new()
-        .name("sampler".to_string())
-        .spawn(move || sampler.run(interval, sender));
-    if let Err(error) = spawned {
-        eprintln!("portstat_exporter: cannot start the sampler thread: {error}");
+    let stopped = std::sync::atomic::AtomicBool::new(false);
+    let sampler = serve::sampler_stopped(receiver.clone());
+    let shutdown = async {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            () = sampler => {
+                stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(
+                    "the sampler stopped; exiting with status 1 so that the service \
+                     manager restarts the exporter"
+                );
+            }
+        }
+    };
+    serve::serve(tokio_listeners, config, receiver, shutdown).await;
+    if stopped.load(std::sync::atomic::Ordering::Relaxed) {
         return ExitCode::from(1);
     }
-
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("portstat_exporter: cannot start the runtime: {error}");
-            return ExitCode::from(1);
-        }
-    };
-    let config = ServeConfig {
-        telemetry_path: cli.telemetry_path.clone(),
-        max_requests: cli.max_requests,
-        max_connections,
-        web: web.clone(),
-    };
-    runtime.block_on(async move {
-        let mut tokio_listeners = Vec::with_capacity(listeners.len());
-        for listener in listeners {
-            let address = listener.local_addr().ok();
-            match tokio::net::TcpListener::from_std(listener) {
-                Ok(listener) => tokio_listeners.push(listener),
-                Err(error) => {
-                    eprintln!("portstat_exporter: cannot listen on {address:?}: {error}");
-                    return ExitCode::from(1);
-                }
-            }
-        }
-        // SIGHUP's default is to end the process: take it over before
-        // saying that the exporter listens.
-        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .map_err(|error| tracing::warn!(err = %error, "cannot handle SIGHUP"))
-            .ok();
-        match cli.web_config_file.clone() {
-            Some(path) => tokio::spawn(serve::reload_web_config(path, web, hangup)),
-            None => tokio::spawn(serve::log_hangups(hangup)),
-        };
-        // The addresses bound, with the port the kernel picked for `:0`.
-        for listener in &tokio_listeners {
-            if let Ok(address) = listener.local_addr() {
-                tracing::info!(address = %address, path = %cli.telemetry_path, "listening");
-            }
-        }
-        let stopped = std::sync::atomic::AtomicBool::new(false);
-        let sampler = serve::sampler_stopped(receiver.clone());
-        let shutdown = async {
-            tokio::select! {
-                () = shutdown_signal() => {}
-                () = sampler => {
-                    stopped.store(true, std::sync::atomic::Ordering::Relaxed);
-                    tracing::error!(
-                        "the sampler stopped; exiting with status 1 so that the service \
-                         manager restarts the exporter"
-                    );
-                }
-            }
-        };
-        serve::serve(tokio_listeners, config, receiver, shutdown).await;
-        if stopped.load(std::sync::atomic::Ordering::Relaxed) {
-            return ExitCode::from(1);
-        }
-        tracing::info!("shut down");
-        ExitCode::SUCCESS
-    })
+    tracing::info!("shut down");
+    ExitCode::SUCCESS
 }
 
 /// Samples once and prints the exposition; exit status 1 if the sample failed.

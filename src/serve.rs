@@ -141,29 +141,7 @@ pub async fn serve(
     let open = Arc::new(OpenConnections::default());
     let (accepted_sender, mut accepted) = tokio::sync::mpsc::channel(64);
     for listener in listeners {
-        let sender = accepted_sender.clone();
-        tokio::spawn(async move {
-            // Logged once for each stretch of failures, not every 100 ms.
-            let mut failing = false;
-            loop {
-                match listener.accept().await {
-                    Ok((stream, _)) => {
-                        failing = false;
-                        if sender.send(stream).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(error) => {
-                        if !failing {
-                            tracing::warn!(err = %error, "accepting a connection failed");
-                        }
-                        failing = true;
-                        // Out of descriptors or similar: wait rather than spin.
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        });
+        tokio::spawn(accept(listener, accepted_sender.clone()));
     }
     drop(accepted_sender);
     tokio::pin!(shutdown);
@@ -171,25 +149,13 @@ pub async fn serve(
         tokio::select! {
             stream = accepted.recv() => {
                 let Some(stream) = stream else { break };
-                let place = match connections.clone().try_acquire_owned() {
-                    Ok(place) => place,
-                    Err(_) => match open.evict_idle() {
-                        Some(place) => {
-                            tracing::debug!(
-                                "connection limit reached; closed the oldest connection \
-                                 that sent no request to make room"
-                            );
-                            place
-                        }
-                        None => {
-                            // Every connection has sent a request: closing
-                            // at once costs the client a connection and the
-                            // exporter nothing.
-                            tracing::debug!("connection limit reached; closing a new connection");
-                            drop(stream);
-                            continue;
-                        }
-                    },
+                let Some(place) = make_room(&connections, &open) else {
+                    // Every connection has sent a request: closing at once
+                    // costs the client a connection and the exporter
+                    // nothing.
+                    tracing::debug!("connection limit reached; closing a new connection");
+                    drop(stream);
+                    continue;
                 };
                 let (id, slot) = open.add(place);
                 let tls = state.web().tls.clone();
@@ -197,36 +163,8 @@ pub async fn serve(
                 let state = state.clone();
                 let open = open.clone();
                 tokio::spawn(async move {
-                    let served = async {
-                        if let Some(refusal) = wrong_protocol(&stream, tls.is_some()).await {
-                            refuse(stream, refusal).await;
-                            return;
-                        }
-                        let io = WriteTimeout::new(stream);
-                        match tls {
-                            None => {
-                                serve_connection(TokioIo::new(io), state, watcher, &slot).await
-                            }
-                            Some(tls) => {
-                                let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-                                // The handshake gets the same time as headers do.
-                                match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(io))
-                                    .await
-                                {
-                                    Ok(Ok(stream)) => {
-                                        serve_connection(TokioIo::new(stream), state, watcher, &slot)
-                                            .await
-                                    }
-                                    Ok(Err(error)) => {
-                                        tracing::debug!(err = %error, "TLS handshake failed")
-                                    }
-                                    Err(_) => tracing::debug!("TLS handshake timed out"),
-                                }
-                            }
-                        }
-                    };
                     tokio::select! {
-                        () = served => {}
+                        () = serve_stream(stream, tls, state, watcher, &slot) => {}
                         () = slot.evicted.notified() => {}
                     }
                     open.remove(id);
@@ -240,6 +178,74 @@ pub async fn serve(
         () = tokio::time::sleep(SHUTDOWN_GRACE) => {
             tracing::warn!("requests still in flight at shutdown were dropped");
         }
+    }
+}
+
+/// Accepts connections on `listener` and hands them to `accepted`, until
+/// the server stops taking them.
+async fn accept(listener: TcpListener, accepted: tokio::sync::mpsc::Sender<tokio::net::TcpStream>) {
+    // Logged once for each stretch of failures, not every 100 ms.
+    let mut failing = false;
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                failing = false;
+                if accepted.send(stream).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(err = %error, "accepting a connection failed");
+                }
+                failing = true;
+                // Out of descriptors or similar: wait rather than spin.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// A place for one more connection: a free one, or that of the oldest
+/// connection that sent no request, closed to make room; `None` when every
+/// connection has sent a request.
+fn make_room(
+    connections: &Arc<tokio::sync::Semaphore>,
+    open: &OpenConnections,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    if let Ok(place) = connections.clone().try_acquire_owned() {
+        return Some(place);
+    }
+    let place = open.evict_idle()?;
+    tracing::debug!(
+        "connection limit reached; closed the oldest connection that sent no request to make room"
+    );
+    Some(place)
+}
+
+/// Serves one accepted connection: refuses a protocol the port does not
+/// speak, shakes hands where the port speaks TLS, then serves HTTP.
+async fn serve_stream(
+    stream: tokio::net::TcpStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    state: Arc<State>,
+    watcher: hyper_util::server::graceful::Watcher,
+    slot: &Arc<Slot>,
+) {
+    if let Some(refusal) = wrong_protocol(&stream, tls.is_some()).await {
+        refuse(stream, refusal).await;
+        return;
+    }
+    let io = WriteTimeout::new(stream);
+    let Some(tls) = tls else {
+        return serve_connection(TokioIo::new(io), state, watcher, slot).await;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    // The handshake gets the same time as headers do.
+    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(io)).await {
+        Ok(Ok(stream)) => serve_connection(TokioIo::new(stream), state, watcher, slot).await,
+        Ok(Err(error)) => tracing::debug!(err = %error, "TLS handshake failed"),
+        Err(_) => tracing::debug!("TLS handshake timed out"),
     }
 }
 

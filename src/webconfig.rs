@@ -461,6 +461,28 @@ fn tls_config(
         Some(file) => Some(read("client_ca_file", file)?),
         None => None,
     };
+    let versions = tls_versions(tls)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions)
+        .map_err(|e| (field("min_version"), e.to_string()))?;
+    let builder = match client_verifier(tls, client_ca.as_deref(), provider)? {
+        None => builder.with_no_client_auth(),
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+    };
+    let mut config = builder
+        .with_single_cert(certificates, key)
+        .map_err(|e| (field("key_file"), e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The TLS versions offered, `min_version` to `max_version`: 1.2 and 1.3
+/// by default, nothing older.
+fn tls_versions(
+    tls: &TlsFile,
+) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, (String, String)> {
+    let field = |name: &str| format!("tls_server_config.{name}");
     let version = |name: &str, value: &Option<String>, default| match value.as_deref() {
         None => Ok(default),
         Some("TLS12") => Ok(12),
@@ -481,12 +503,23 @@ fn tls_config(
     if versions.is_empty() {
         return Err((field("max_version"), "below min_version".to_string()));
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&versions)
-        .map_err(|e| (field("min_version"), e.to_string()))?;
+    Ok(versions)
+}
+
+/// How client certificates are verified (`client_auth_type`), against the
+/// roots of `client_ca` (the file's PEM): `None` where they are not asked
+/// for.
+fn client_verifier(
+    tls: &TlsFile,
+    client_ca: Option<&[u8]>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>, (String, String)> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let field = |name: &str| format!("tls_server_config.{name}");
     let client_roots = || -> Result<Arc<rustls::RootCertStore>, (String, String)> {
-        let Some(pem) = &client_ca else {
+        let Some(pem) = client_ca else {
             return Err((
                 field("client_ca_file"),
                 "needed to verify client certificates".to_string(),
@@ -513,29 +546,18 @@ fn tls_config(
             .build()
             .map_err(|e| (field("client_ca_file"), e.to_string()))
     };
-    let builder = match tls.client_auth_type.as_deref().unwrap_or("NoClientCert") {
-        "NoClientCert" => builder.with_no_client_auth(),
-        "VerifyClientCertIfGiven" => {
-            builder.with_client_cert_verifier(verifier(client_roots()?, true)?)
-        }
-        "RequireAndVerifyClientCert" => {
-            builder.with_client_cert_verifier(verifier(client_roots()?, false)?)
-        }
-        other => {
-            return Err((
-                field("client_auth_type"),
-                format!(
-                    "{other:?}: expected NoClientCert, VerifyClientCertIfGiven or \
-                     RequireAndVerifyClientCert (certificates that are not verified are not accepted)"
-                ),
-            ));
-        }
-    };
-    let mut config = builder
-        .with_single_cert(certificates, key)
-        .map_err(|e| (field("key_file"), e.to_string()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    match tls.client_auth_type.as_deref().unwrap_or("NoClientCert") {
+        "NoClientCert" => Ok(None),
+        "VerifyClientCertIfGiven" => Ok(Some(verifier(client_roots()?, true)?)),
+        "RequireAndVerifyClientCert" => Ok(Some(verifier(client_roots()?, false)?)),
+        other => Err((
+            field("client_auth_type"),
+            format!(
+                "{other:?}: expected NoClientCert, VerifyClientCertIfGiven or \
+                 RequireAndVerifyClientCert (certificates that are not verified are not accepted)"
+            ),
+        )),
+    }
 }
 
 /// A warning when a server certificate (DER) is outside its validity at
