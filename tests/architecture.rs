@@ -389,3 +389,89 @@ fn a_circle_through_submodules_is_found() {
         ]
     );
 }
+
+/// The functions of a module's text outside its tests, by name, with how
+/// many lines each takes, from its `fn` line to the `}` at its indentation.
+fn function_lengths(text: &str) -> Vec<(String, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let end = lines
+        .windows(2)
+        .position(|pair| pair[0].starts_with("#[cfg(test)]") && pair[1].starts_with("mod tests"))
+        .unwrap_or(lines.len());
+    let mut lengths = Vec::new();
+    for (start, line) in lines[..end].iter().enumerate() {
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        let signature = trimmed
+            .trim_start_matches("pub ")
+            .trim_start_matches("pub(crate) ")
+            .trim_start_matches("pub(super) ")
+            .trim_start_matches("const ")
+            .trim_start_matches("async ")
+            .trim_start_matches("unsafe ");
+        let Some(rest) = signature.strip_prefix("fn ") else {
+            continue;
+        };
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        // A declaration without a body (in a trait) ends with `;`.
+        let Some(open) = (start..end).find(|&at| {
+            let line = lines[at].trim_end();
+            line.ends_with('{') || line.ends_with(';')
+        }) else {
+            continue;
+        };
+        if lines[open].trim_end().ends_with(';') {
+            continue;
+        }
+        let closing = format!("{indent}}}");
+        if let Some(close) = (open + 1..end).find(|&at| lines[at] == closing) {
+            lengths.push((name, close - start + 1));
+        }
+    }
+    lengths
+}
+
+/// The longest function a module of either crate may hold, outside tests.
+const LONGEST_FUNCTION: usize = 100;
+
+#[test]
+fn no_function_outside_the_tests_is_over_a_hundred_lines() {
+    let mut long = Vec::new();
+    let mut all = Vec::new();
+    for (crate_name, folder) in crates() {
+        for (module, text) in modules(&folder.join("src")) {
+            for (name, length) in function_lengths(&text) {
+                all.push((length, format!("{crate_name} {module}::{name}")));
+                if length > LONGEST_FUNCTION {
+                    long.push(format!("{module}::{name}: {length} lines"));
+                }
+            }
+        }
+    }
+    // The check itself works: it finds the functions.
+    assert!(all.len() > 500, "{} functions found", all.len());
+    all.sort_unstable_by(|a, b| b.cmp(a));
+    let longest: Vec<String> = all
+        .iter()
+        .take(5)
+        .map(|(length, name)| format!("{name}: {length}"))
+        .collect();
+    println!("the longest five: {}", longest.join(", "));
+    assert!(
+        long.is_empty(),
+        "functions over {LONGEST_FUNCTION} lines:\n{}",
+        long.join("\n")
+    );
+}
+
+#[test]
+fn function_lengths_are_counted_to_their_closing_brace() {
+    let text = "fn one() {\n    let x = 1;\n}\n\nimpl A {\n    pub(crate) async fn two(\n        a: u8,\n    ) -> u8 {\n        a\n    }\n    fn declared(&self);\n}\n\n#[cfg(test)]\nmod tests {\n    fn in_tests() {\n    }\n}\n";
+    assert_eq!(
+        function_lengths(text),
+        [("one".to_string(), 3), ("two".to_string(), 5)]
+    );
+}
