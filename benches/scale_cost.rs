@@ -192,8 +192,9 @@ fn daemon(netns: &Netns, processes: &str, scrape: bool) -> Daemon {
     let flag = format!("--collector.processes={processes}");
     let mut daemon = netns.start_exporter(&["--collector.interval", "1s", &flag]);
     // The first sample, then one more, before measuring.
-    let first =
-        daemon.metrics_until(|metrics| metrics.get("portstat_sample_timestamp_seconds").is_some());
+    let first = daemon
+        .metrics_until(|metrics| metrics.get("portstat_sample_timestamp_seconds").is_some())
+        .unwrap();
     let mut last_stamp = first.value("portstat_sample_timestamp_seconds");
     let source = first
         .family("portstat_source_info")

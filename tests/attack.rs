@@ -67,10 +67,12 @@ fn more_idle_connections_than_descriptors_do_not_stop_sampling() {
     assert_eq!(idle.len(), 1100);
     std::thread::sleep(Duration::from_secs(3));
     drop(idle);
-    let after = exporter.metrics_until(|metrics| {
-        metrics.value("portstat_sample_timestamp_seconds")
-            > before.value("portstat_sample_timestamp_seconds") + 3.0
-    });
+    let after = exporter
+        .metrics_until(|metrics| {
+            metrics.value("portstat_sample_timestamp_seconds")
+                > before.value("portstat_sample_timestamp_seconds") + 3.0
+        })
+        .unwrap();
     assert_eq!(
         after.value(errors),
         before.value(errors),
@@ -255,8 +257,9 @@ fn clients_that_never_read_are_let_go() {
         "--collector.listeners.max",
         "5000",
     ]);
-    let size =
-        exporter.metrics_until(|metrics| metrics.family("portstat_listener_sockets").len() >= 3000);
+    let size = exporter
+        .metrics_until(|metrics| metrics.family("portstat_listener_sockets").len() >= 3000)
+        .unwrap();
     let exposition = exporter.get("/metrics").unwrap().body.len();
     assert!(
         size.family("portstat_listener_sockets").len() >= 3000,

@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::OutputWithin;
+
 use std::net::TcpStream;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -68,7 +70,7 @@ const KEPT: [&str; 7] = [
 ];
 
 fn run(command: &mut Command) -> (Output, String, Metrics) {
-    let output = command.output().expect("cannot run the exporter");
+    let output = command.output_within().expect("cannot run the exporter");
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     let metrics = Metrics::parse(&String::from_utf8_lossy(&output.stdout));
     (output, stderr, metrics)
@@ -95,14 +97,11 @@ fn assert_falls_back(netns: &Netns, wrap: impl Fn(&[&str]) -> Command, reason: &
     assert_eq!(stderr.matches(WARNING).count(), 1, "{stderr}");
     assert!(stderr.contains(reason), "{reason:?} not in {stderr}");
 
-    let plain = netns.once_until(
-        &[
-            "--collector.source",
-            "netlink",
-            "--collector.processes=false",
-        ],
-        |_| true,
-    );
+    let plain = netns.once_metrics(&[
+        "--collector.source",
+        "netlink",
+        "--collector.processes=false",
+    ]);
     for series in KEPT {
         assert_eq!(metrics.value(series), plain.value(series), "{series}");
     }
@@ -121,8 +120,8 @@ fn assert_falls_back(netns: &Netns, wrap: impl Fn(&[&str]) -> Command, reason: &
 fn the_bpf_source_reads_what_netlink_reads_and_more() {
     support::require_bpf();
     let (netns, _held) = populated();
-    let bpf = netns.once_until(&["--collector.source", "bpf"], |_| true);
-    let netlink = netns.once_until(&["--collector.source", "netlink"], |_| true);
+    let bpf = netns.once_metrics(&["--collector.source", "bpf"]);
+    let netlink = netns.once_metrics(&["--collector.source", "netlink"]);
     assert_eq!(
         bpf.value(r#"portstat_source_info{protocol="tcp",source="bpf"}"#),
         1.0
@@ -137,7 +136,7 @@ fn the_bpf_source_reads_what_netlink_reads_and_more() {
         );
     }
     // The default is BPF where it can run.
-    let auto = netns.once_until(&[], |_| true);
+    let auto = netns.once_metrics(&[]);
     assert_eq!(
         auto.value(r#"portstat_source_info{protocol="tcp",source="bpf"}"#),
         1.0
@@ -151,7 +150,7 @@ fn the_bpf_source_reads_what_netlink_reads_and_more() {
 fn the_program_finds_bound_sockets_without_netlink() {
     support::require_bpf();
     let (netns, _held) = populated();
-    let netlink = netns.once_until(&["--collector.source", "netlink"], |_| true);
+    let netlink = netns.once_metrics(&["--collector.source", "netlink"]);
     let mut command = netns.command(support::exporter());
     command.arg("--once");
     support::refuse_netlink(&mut command, libc::EACCES);
@@ -198,7 +197,7 @@ fn bound_sockets_beyond_the_ring_come_from_netlink() {
         sockets.extend((1..BOUND).map(|_| support::bound_socket(&format!("0.0.0.0:{port}"), true)));
         sockets
     });
-    let bpf = netns.once_until(&["--collector.source", "bpf"], |_| true);
+    let bpf = netns.once_metrics(&["--collector.source", "bpf"]);
     assert_eq!(
         bpf.value(r#"portstat_source_info{protocol="tcp",source="bpf"}"#),
         1.0
@@ -301,7 +300,7 @@ fn a_source_that_cannot_run_is_found_out_with_no_socket_to_read() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("Operation not permitted"), "{stderr}");
     // With the capability, the same empty namespace reads over BPF, exact.
-    let metrics = netns.once_until(&["--collector.source", "bpf"], |_| true);
+    let metrics = netns.once_metrics(&["--collector.source", "bpf"]);
     assert_eq!(
         metrics.value(r#"portstat_source_info{protocol="tcp",source="bpf"}"#),
         1.0
@@ -502,9 +501,11 @@ fn a_daemon_serves_samples_before_its_programs_load_then_switches() {
     }
 
     held.release("src/source/bpf/tcp_ports.bpf.o");
-    let after = exporter.metrics_until(|metrics| {
-        metrics.get(r#"portstat_source_info{protocol="tcp",source="bpf"}"#) == Some(1.0)
-    });
+    let after = exporter
+        .metrics_until(|metrics| {
+            metrics.get(r#"portstat_source_info{protocol="tcp",source="bpf"}"#) == Some(1.0)
+        })
+        .unwrap();
     assert_eq!(
         after.value(r#"portstat_source_info{protocol="tcp",source="bpf"}"#),
         1.0,
@@ -552,7 +553,8 @@ fn a_daemon_logs_a_refusal_after_its_first_samples_once_with_the_reason() {
     assert!(log.contains("too large"), "no verifier's reason:\n{log}");
     assert!(!log.contains("the BPF programs are loaded"), "{log}");
     let metrics = exporter
-        .metrics_until(|metrics| metrics.get("portstat_sample_timestamp_seconds").is_some());
+        .metrics_until(|metrics| metrics.get("portstat_sample_timestamp_seconds").is_some())
+        .unwrap();
     assert_eq!(
         metrics.value(r#"portstat_source_info{protocol="tcp",source="netlink"}"#),
         1.0
@@ -580,7 +582,7 @@ fn owners_fall_back_to_procfs_and_agree_with_bpf() {
         refused.value(r#"portstat_owners_source_info{source="procfs"}"#),
         1.0
     );
-    let bpf = netns.once_until(&[], |_| true);
+    let bpf = netns.once_metrics(&[]);
     assert_eq!(
         bpf.value(r#"portstat_owners_source_info{source="bpf"}"#),
         1.0

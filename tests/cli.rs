@@ -2,6 +2,8 @@
 
 mod support;
 
+use support::OutputWithin;
+
 use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -22,7 +24,7 @@ fn malformed_flag_values_exit_2_naming_the_flag() {
     ] {
         let output = Command::new(exporter())
             .arg(format!("{flag}={value}"))
-            .output()
+            .output_within()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{flag}={value}: {stderr}");
@@ -31,7 +33,7 @@ fn malformed_flag_values_exit_2_naming_the_flag() {
     }
     let output = Command::new(exporter())
         .arg("--no-such-flag")
-        .output()
+        .output_within()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     // Given apart from its flag, a negative duration is the flag's value
@@ -42,7 +44,7 @@ fn malformed_flag_values_exit_2_naming_the_flag() {
     ] {
         let output = Command::new(exporter())
             .args(["--collector.interval", &value, "--once"])
-            .output()
+            .output_within()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{stderr}");
@@ -104,7 +106,7 @@ fn values_that_cannot_work_are_refused_alike() {
     let refuse = |flag: &str, value: &str| -> String {
         let output = Command::new(exporter())
             .arg(format!("{flag}={value}"))
-            .output()
+            .output_within()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         assert_eq!(output.status.code(), Some(2), "{flag}={value}: {stderr}");
@@ -170,7 +172,7 @@ fn a_missing_web_config_names_the_flag() {
             "--web.config.file",
             "/nonexistent/web.yml",
         ])
-        .output()
+        .output_within()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
@@ -183,13 +185,19 @@ fn a_missing_web_config_names_the_flag() {
 
 #[test]
 fn version_and_help() {
-    let output = Command::new(exporter()).arg("--version").output().unwrap();
+    let output = Command::new(exporter())
+        .arg("--version")
+        .output_within()
+        .unwrap();
     assert!(output.status.success());
     assert_eq!(
         String::from_utf8_lossy(&output.stdout).trim(),
         format!("portstat_exporter {}", env!("CARGO_PKG_VERSION"))
     );
-    let output = Command::new(exporter()).arg("--help").output().unwrap();
+    let output = Command::new(exporter())
+        .arg("--help")
+        .output_within()
+        .unwrap();
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
     for flag in [
@@ -272,7 +280,7 @@ fn the_log_says_where_each_protocol_was_read_from() {
 fn a_namespace_limit_of_zero_is_refused() {
     let output = std::process::Command::new(support::exporter())
         .args(["--collector.netns.max", "0", "--once"])
-        .output()
+        .output_within()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
@@ -292,7 +300,7 @@ fn every_flag_of_help_is_in_the_running_docs() {
     .unwrap();
     let mut flags = std::collections::BTreeSet::new();
     for args in [&["--help"][..], &["inspect", "--help"][..]] {
-        let output = Command::new(exporter()).args(args).output().unwrap();
+        let output = Command::new(exporter()).args(args).output_within().unwrap();
         assert!(output.status.success());
         let help = String::from_utf8_lossy(&output.stdout).into_owned();
         for (at, _) in help.match_indices("--") {

@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::OutputWithin;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::{TcpListener, UdpSocket};
@@ -51,9 +53,12 @@ fn nat_exposition() -> String {
     let lab = support::NatLab::new((45000, 45019));
     let _connection = lab.connect(0).unwrap();
     let _datagram = lab.send_udp();
-    let metrics = lab.router.once_until(&[], |metrics| {
-        metrics.get("portstat_nat_destinations{protocol=\"udp\"}") == Some(1.0)
-    });
+    let metrics = lab
+        .router
+        .once_until(&[], |metrics| {
+            metrics.get("portstat_nat_destinations{protocol=\"udp\"}") == Some(1.0)
+        })
+        .unwrap();
     assert_eq!(
         metrics.get("portstat_nat_destinations{protocol=\"tcp\"}"),
         Some(1.0)
@@ -85,9 +90,11 @@ fn served_exposition() -> String {
         assert_eq!(in_use.kind(), std::io::ErrorKind::AddrInUse);
         (server, clients, bound)
     });
-    let metrics = exporter.metrics_until(|metrics| {
-        metrics.get("portstat_ephemeral_connect_failures_total{protocol=\"tcp\"}") == Some(1.0)
-    });
+    let metrics = exporter
+        .metrics_until(|metrics| {
+            metrics.get("portstat_ephemeral_connect_failures_total{protocol=\"tcp\"}") == Some(1.0)
+        })
+        .unwrap();
     assert_eq!(
         metrics.get("portstat_ephemeral_connect_failures_total{protocol=\"tcp\"}"),
         Some(1.0),
@@ -218,7 +225,7 @@ fn build_info_names_the_version_and_the_revision() {
     let revision = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
+        .output_within()
         .ok()
         .filter(|output| output.status.success())
         .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string())

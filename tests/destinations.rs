@@ -74,7 +74,7 @@ fn destinations_share_the_range_until_one_runs_dry() {
     // destinations, so fewer ports are used than there are sockets.
     let all_ports: BTreeSet<u16> = streams.iter().flat_map(|s| ports(s)).collect();
     assert!(all_ports.len() < 120);
-    let metrics = netns.once_until(&[], |_| true);
+    let metrics = netns.once_metrics(&[]);
     assert_eq!(metrics.value("portstat_ephemeral_ports_capacity"), 60.0);
     assert_eq!(
         metrics.value(r#"portstat_ephemeral_sockets{protocol="tcp",state="established"}"#),
@@ -104,7 +104,7 @@ fn destinations_share_the_range_until_one_runs_dry() {
     let more = netns.run(|| connect(servers[0], None));
     streams[0].extend(more);
     assert_eq!(streams[0].len(), 60, "one destination can have every port");
-    let metrics = netns.once_until(&[], |_| true);
+    let metrics = netns.once_metrics(&[]);
     assert_eq!(metrics.value(&destination(servers[0])), 60.0);
     assert_eq!(metrics.value(MAX_RATIO), 1.0);
     assert_eq!(metrics.value(&destination(servers[1])), 40.0);
@@ -147,7 +147,7 @@ fn bound_sockets_and_listeners_in_the_range_cut_every_destination_s_headroom() {
     );
     // 60 ports, 3 taken from every destination.
     assert_eq!(first.len(), 57);
-    let metrics: Metrics = netns.once_until(&["--collector.source", "netlink"], |_| true);
+    let metrics: Metrics = netns.once_metrics(&["--collector.source", "netlink"]);
     assert_eq!(exclusive(&metrics), 3.0);
     assert_eq!(
         metrics.value(r#"portstat_ephemeral_ports_exclusive{protocol="tcp",reason="listener"}"#),
@@ -191,15 +191,12 @@ fn top_k_bounds_the_destination_and_process_families() {
             .collect();
         (listeners, streams)
     });
-    let metrics = netns.once_until(
-        &[
-            "--collector.destinations.top",
-            "1",
-            "--collector.processes.top",
-            "0",
-        ],
-        |_| true,
-    );
+    let metrics = netns.once_metrics(&[
+        "--collector.destinations.top",
+        "1",
+        "--collector.processes.top",
+        "0",
+    ]);
     assert_eq!(
         metrics.family("portstat_ephemeral_destination_ports_used"),
         [(destination("127.0.0.3:80"), 7.0)].into_iter().collect()

@@ -97,14 +97,14 @@ fn faults_keep_the_last_good_figures_and_recover() {
     let procfs = FakeProcfs::new();
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/netns");
     let exporter = start_on(&netns, &procfs);
-    let good = exporter.metrics_until(succeeding);
+    let good = exporter.metrics_until(succeeding).unwrap();
     assert_last_good_figures(&good);
     let errors = r#"portstat_sample_errors_total{stage="source"}"#;
     assert_eq!(good.value(errors), 0.0);
 
     // Binary garbage.
     procfs.replace_with_file("net/tcp", &[0, 159, 146, 150, 255, 10, 1, 2, 3]);
-    let bad = exporter.metrics_until(failing);
+    let bad = exporter.metrics_until(failing).unwrap();
     assert!(failing(&bad), "garbage was accepted");
     assert_last_good_figures(&bad);
     let stamp = bad.value("portstat_sample_timestamp_seconds");
@@ -144,7 +144,7 @@ fn faults_keep_the_last_good_figures_and_recover() {
     assert_eq!(warnings, 1, "{}", exporter.log());
 
     procfs.restore(&fixtures);
-    let recovered = exporter.metrics_until(succeeding);
+    let recovered = exporter.metrics_until(succeeding).unwrap();
     assert!(succeeding(&recovered), "did not recover");
     assert!(recovered.value("portstat_sample_timestamp_seconds") > stamp);
     assert_last_good_figures(&recovered);
@@ -156,7 +156,7 @@ fn faults_keep_the_last_good_figures_and_recover() {
 
     // A file that vanishes starts a new failing stretch, with its own warning.
     std::fs::remove_file(procfs.path("sys/net/ipv4/ip_local_port_range")).unwrap();
-    let bad = exporter.metrics_until(failing);
+    let bad = exporter.metrics_until(failing).unwrap();
     assert!(failing(&bad));
     assert_last_good_figures(&bad);
     let log = exporter.log();
@@ -175,7 +175,7 @@ fn start_on<'a>(netns: &'a Netns, procfs: &FakeProcfs) -> support::Exporter<'a> 
         "--collector.interval",
         "50ms",
     ]);
-    assert!(succeeding(&exporter.metrics_until(succeeding)));
+    assert!(succeeding(&exporter.metrics_until(succeeding).unwrap()));
     exporter
 }
 
@@ -191,7 +191,7 @@ fn assert_refused(
     let errors = r#"portstat_sample_errors_total{stage="source"}"#;
     let warnings = exporter.log().matches("sampling failed").count();
     fault();
-    let bad = exporter.metrics_until(failing);
+    let bad = exporter.metrics_until(failing).unwrap();
     assert!(failing(&bad), "the fault was accepted: {message}");
     let first = bad.value(errors);
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -216,7 +216,7 @@ fn assert_refused(
     assert!(!warning.contains("bug"), "{warning}");
     procfs.restore(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/netns"));
     assert!(
-        succeeding(&exporter.metrics_until(succeeding)),
+        succeeding(&exporter.metrics_until(succeeding).unwrap()),
         "did not recover"
     );
 }

@@ -18,6 +18,8 @@
 
 mod support;
 
+use support::OutputWithin;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -82,10 +84,8 @@ fn predict(
 ) -> Prediction {
     // The lab proves the BPF source exact: without it, it proves nothing.
     support::require_bpf();
-    let metrics: Metrics = netns.once_until(
-        &["--collector.source", source, "--collector.processes=false"],
-        |_| true,
-    );
+    let metrics: Metrics =
+        netns.once_metrics(&["--collector.source", source, "--collector.processes=false"]);
     let used_source = if source == "auto" { "bpf" } else { source };
     assert_eq!(
         metrics.value(&format!(
@@ -220,14 +220,11 @@ fn judge(
         if expect == Expect::Exact {
             // `to` is now out of ports: the fewest any destination has is 0,
             // and the ratio to alert on reads 1.
-            let after: Metrics = netns.once_until(
-                &[
-                    "--collector.source",
-                    prediction.source,
-                    "--collector.processes=false",
-                ],
-                |_| true,
-            );
+            let after: Metrics = netns.once_metrics(&[
+                "--collector.source",
+                prediction.source,
+                "--collector.processes=false",
+            ]);
             assert_eq!(
                 after.value("portstat_ephemeral_destination_min_headroom"),
                 0.0,
@@ -390,7 +387,7 @@ fn ipv4_and_ipv4_mapped_connections_share_one_destination() {
         (v4, mapped)
     });
     // One destination of 50 ports, shown in its IPv4 form.
-    let metrics = netns.once_until(&["--collector.source", "bpf"], |_| true);
+    let metrics = netns.once_metrics(&["--collector.source", "bpf"]);
     assert_eq!(metrics.value("portstat_ephemeral_destinations"), 1.0);
     assert_eq!(
         metrics.value(
@@ -530,7 +527,7 @@ fn time_wait_to(netns: &Netns, to: SocketAddr) -> usize {
     let output = netns
         .command("ss")
         .args(["-Htan", "state", "time-wait"])
-        .output()
+        .output_within()
         .unwrap();
     String::from_utf8_lossy(&output.stdout)
         .lines()
@@ -739,7 +736,7 @@ fn reusable_time_wait_is_reported_and_bind_before_connect_is_named() {
         (clients, bound)
     });
     close_into_time_wait(clients, &servers.0);
-    let metrics = netns.once_until(&["--collector.source", "bpf"], |_| true);
+    let metrics = netns.once_metrics(&["--collector.source", "bpf"]);
     // Every TIME_WAIT socket the kernel still lists is reusable. Under
     // QEMU's TCG the guest's clock can leap past their 60 s, so the count
     // is the kernel's own, listed after the sample: none can have come
@@ -769,7 +766,7 @@ fn reusable_time_wait_is_reported_and_bind_before_connect_is_named() {
     let inspect = netns
         .command(support::exporter())
         .args(["inspect", "--collector.source", "bpf"])
-        .output()
+        .output_within()
         .unwrap();
     let report = String::from_utf8_lossy(&inspect.stdout);
     assert!(report.contains("Ports bound before connect()"), "{report}");

@@ -2,6 +2,8 @@
 
 mod support;
 
+use support::OutputWithin;
+
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::time::Duration;
@@ -371,7 +373,7 @@ fn root_without_capabilities_says_why_owners_are_unknown() {
             support::exporter(),
             "--once",
         ])
-        .output()
+        .output_within()
         .expect("setpriv (util-linux) is needed");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");

@@ -2,6 +2,8 @@
 
 mod support;
 
+use support::OutputWithin;
+
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
@@ -142,7 +144,7 @@ fn json_matches_the_metrics() {
     let (netns, _held) = populated();
     let json: serde_json::Value =
         serde_json::from_str(&netns.inspect(&["40050", "--json"])).unwrap();
-    let metrics = netns.once_until(&[], |_| true);
+    let metrics = netns.once_metrics(&[]);
     assert_eq!(json["capacity"], 90);
     assert_eq!(json["reserved"], 10);
     assert_eq!(json["exclusive"], 1);
@@ -182,7 +184,7 @@ fn inspect_fails_with_a_message_when_the_kernel_cannot_be_read() {
     let output = netns
         .command(support::exporter())
         .args(["inspect", "--path.procfs", "/nonexistent"])
-        .output()
+        .output_within()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent"));
@@ -218,9 +220,11 @@ fn the_failures_the_running_exporter_counted_are_listed() {
         }
         (server, streams)
     });
-    exporter.metrics_until(|metrics| {
-        metrics.get(r#"portstat_ephemeral_connect_failures_total{protocol="tcp"}"#) == Some(3.0)
-    });
+    exporter
+        .metrics_until(|metrics| {
+            metrics.get(r#"portstat_ephemeral_connect_failures_total{protocol="tcp"}"#) == Some(3.0)
+        })
+        .unwrap();
 
     let text = netns.inspect(&[]);
     assert!(

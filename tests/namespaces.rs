@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::OutputWithin;
+
 use std::io::ErrorKind;
 use std::net::TcpStream;
 use std::os::unix::fs::MetadataExt;
@@ -71,12 +73,14 @@ fn every_namespace_reports_its_own_figures_and_leaves_when_deleted() {
     let home = Netns::new((43000, 43099), "");
     let exporter =
         home.start_exporter(&["--collector.netns", "all", "--collector.interval", "300ms"]);
-    let metrics = exporter.metrics_until(|metrics| {
-        metrics.get(&format!(
-            r#"portstat_ephemeral_ports_used{{{},protocol="tcp"}}"#,
-            labels(&full)
-        )) == Some(20.0)
-    });
+    let metrics = exporter
+        .metrics_until(|metrics| {
+            metrics.get(&format!(
+                r#"portstat_ephemeral_ports_used{{{},protocol="tcp"}}"#,
+                labels(&full)
+            )) == Some(20.0)
+        })
+        .unwrap();
     for (netns, capacity, used) in [
         (&small, 50.0, 10.0),
         (&large, 90.0, 30.0),
@@ -229,7 +233,7 @@ fn needs_no_dump(netns: &Netns) -> bool {
     let mut command = netns.command(support::exporter());
     command.args(["--once", "--collector.source", "netlink"]);
     support::refuse_syscall(&mut command, libc::SYS_sendto, None, libc::EPERM);
-    command.output().unwrap().status.success()
+    command.output_within().unwrap().status.success()
 }
 
 /// `needs_no_dump`, tried for up to 5 s: the kernel frees a closed socket
@@ -277,7 +281,7 @@ fn only_namespaces_with_sockets_are_dumped() {
     assert!(!needs_no_dump(&time_wait), "TIME_WAIT was not looked for");
 
     // And the empty namespace still gets its figures, all zero.
-    let metrics = empty.once_until(&[], |_| true);
+    let metrics = empty.once_metrics(&[]);
     assert_eq!(
         metrics.value(r#"portstat_ephemeral_ports_used{protocol="tcp"}"#),
         0.0
@@ -301,11 +305,13 @@ fn sharing_the_host_table_is_counted_and_explained_once() {
         "5ms",
         "--collector.netns.one-walk=false",
     ]);
-    let metrics = exporter.metrics_until(|metrics| {
-        metrics
-            .get("portstat_netns_sharing_host_tcp_table")
-            .is_some()
-    });
+    let metrics = exporter
+        .metrics_until(|metrics| {
+            metrics
+                .get("portstat_netns_sharing_host_tcp_table")
+                .is_some()
+        })
+        .unwrap();
     let sampled = metrics.value("portstat_netns_sampled");
     let sharing = metrics.value("portstat_netns_sharing_host_tcp_table");
     // Both test namespaces share it; the host's own is the table.
@@ -322,8 +328,9 @@ fn sharing_the_host_table_is_counted_and_explained_once() {
 
     let exporter =
         home.start_exporter(&["--collector.netns", "all", "--collector.interval", "5ms"]);
-    let metrics =
-        exporter.metrics_until(|metrics| metrics.get("portstat_netns_read_in_one_walk").is_some());
+    let metrics = exporter
+        .metrics_until(|metrics| metrics.get("portstat_netns_read_in_one_walk").is_some())
+        .unwrap();
     // Where the one walk runs (BPF, Linux 6.1+), nothing is logged.
     if metrics.value("portstat_netns_read_in_one_walk") > 0.0 {
         std::thread::sleep(Duration::from_secs(1));
@@ -341,7 +348,7 @@ fn unprivileged_all_samples_its_own_namespace_and_says_why_not_the_others() {
     let _other = Netns::new((41000, 41099), "");
     let output = home
         .unprivileged_exporter(&["--once", "--collector.netns", "all"])
-        .output()
+        .output_within()
         .expect("setpriv (util-linux) is needed");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
@@ -509,11 +516,13 @@ fn namespaces_that_come_and_go_while_sampling_are_no_failures() {
         churn.join().expect("the churn thread panicked")
     });
     assert!(gone.len() > 3, "{} namespaces came and went", gone.len());
-    let metrics = exporter.metrics_until(|metrics| {
-        !gone
-            .iter()
-            .any(|name| metrics.text.contains(&format!("netns_name=\"{name}\"")))
-    });
+    let metrics = exporter
+        .metrics_until(|metrics| {
+            !gone
+                .iter()
+                .any(|name| metrics.text.contains(&format!("netns_name=\"{name}\"")))
+        })
+        .unwrap();
     for name in &gone {
         assert!(
             !metrics.text.contains(&format!("netns_name=\"{name}\"")),

@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::OutputWithin;
+
 use std::net::TcpStream;
 
 use support::{Metrics, NatLab, Netns};
@@ -43,7 +45,7 @@ fn masquerade_reads_full_at_the_first_dropped_syn() {
     connect_all(&lab, &mut streams, 19);
     let before = lab.router.once_until(&PORT_RANGE_FLAG, |metrics| {
         metrics.get("portstat_nat_destination_ports_used{protocol=\"tcp\",nat_address=\"10.77.2.1\",remote_address=\"10.77.2.2\",remote_port=\"8080\"}") == Some(19.0)
-    });
+    }).unwrap();
     assert_eq!(tcp_ports_used(&before), 19.0);
     assert_eq!(lab.conntrack_entries("tcp", 8080), 19);
     assert_eq!(tcp_ratio(&before), 0.95);
@@ -102,9 +104,12 @@ fn udp_nat_is_counted_apart_from_tcp() {
     let mut streams = Vec::new();
     connect_all(&lab, &mut streams, 3);
     let _queries: Vec<_> = (0..5).map(|_| lab.send_udp()).collect();
-    let metrics = lab.router.once_until(&PORT_RANGE_FLAG, |metrics| {
-        metrics.get("portstat_nat_destinations{protocol=\"udp\"}") == Some(1.0)
-    });
+    let metrics = lab
+        .router
+        .once_until(&PORT_RANGE_FLAG, |metrics| {
+            metrics.get("portstat_nat_destinations{protocol=\"udp\"}") == Some(1.0)
+        })
+        .unwrap();
     assert_eq!(lab.conntrack_entries("udp", 53), 5);
     assert_eq!(
         metrics.value("portstat_nat_destination_ports_used{protocol=\"udp\",nat_address=\"10.77.2.1\",remote_address=\"10.77.2.2\",remote_port=\"53\"}"),
@@ -129,14 +134,17 @@ fn ipv6_masquerade_is_a_pair_of_its_own() {
                 .unwrap_or_else(|error| panic!("IPv6 connection {}: {error}", n + 1))
         })
         .collect();
-    let metrics = lab.router.once_until(&PORT_RANGE_FLAG, |metrics| {
-        metrics.get("portstat_nat_destinations{protocol=\"tcp\"}") == Some(2.0)
-    });
+    let metrics = lab
+        .router
+        .once_until(&PORT_RANGE_FLAG, |metrics| {
+            metrics.get("portstat_nat_destinations{protocol=\"tcp\"}") == Some(2.0)
+        })
+        .unwrap();
     let output = lab
         .router
         .command("conntrack")
         .args(["-L", "-f", "ipv6", "-p", "tcp", "--dport", "8080"])
-        .output()
+        .output_within()
         .unwrap();
     let listed = String::from_utf8_lossy(&output.stdout).lines().count();
     assert_eq!(listed, 3, "conntrack -L -f ipv6");
@@ -173,15 +181,18 @@ fn a_mark_filter_keeps_only_the_marked_connections() {
     let mut streams = Vec::new();
     // Connection n leaves from 10.77.1.(2 + n % 11): 0 and 11 are marked.
     connect_all(&lab, &mut streams, 12);
-    let marked = lab.router.once_until(
-        &[
-            "--collector.nat.port-range",
-            "45000-45019",
-            "--collector.nat.mark",
-            "0x10/0xf0",
-        ],
-        |metrics| metrics.get("portstat_nat_destinations{protocol=\"tcp\"}") == Some(1.0),
-    );
+    let marked = lab
+        .router
+        .once_until(
+            &[
+                "--collector.nat.port-range",
+                "45000-45019",
+                "--collector.nat.mark",
+                "0x10/0xf0",
+            ],
+            |metrics| metrics.get("portstat_nat_destinations{protocol=\"tcp\"}") == Some(1.0),
+        )
+        .unwrap();
     assert_eq!(tcp_ports_used(&marked), 2.0);
     let all = lab.router.once(&PORT_RANGE_FLAG);
     let all = Metrics::parse(&String::from_utf8_lossy(&all.stdout));
@@ -194,19 +205,22 @@ fn every_namespace_reports_its_own_nat() {
     let mut streams = Vec::new();
     connect_all(&lab, &mut streams, 4);
     let router = format!("netns_name=\"{}\"", lab.router.name());
-    let metrics = lab.server.once_until(
-        &[
-            "--collector.netns=all",
-            "--collector.nat.port-range",
-            "45000-45019",
-        ],
-        |metrics| {
-            metrics
-                .family("portstat_nat_destination_ports_used")
-                .keys()
-                .any(|series| series.contains(&router))
-        },
-    );
+    let metrics = lab
+        .server
+        .once_until(
+            &[
+                "--collector.netns=all",
+                "--collector.nat.port-range",
+                "45000-45019",
+            ],
+            |metrics| {
+                metrics
+                    .family("portstat_nat_destination_ports_used")
+                    .keys()
+                    .any(|series| series.contains(&router))
+            },
+        )
+        .unwrap();
     let series: Vec<(String, f64)> = metrics
         .family("portstat_nat_destination_ports_used")
         .into_iter()
@@ -241,7 +255,7 @@ fn without_cap_net_admin_there_are_no_nat_series_and_no_error() {
         .arg(format!("exec {} --once \"$@\"", support::exporter()))
         .arg("portstat_exporter")
         .args(PORT_RANGE_FLAG)
-        .output()
+        .output_within()
         .expect("capsh is needed (Debian package libcap2-bin)");
     assert!(
         output.status.success(),

@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::OutputWithin;
+
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
@@ -186,10 +188,16 @@ fn netlink_bpf_and_procfs_agree_series_for_series() {
                 && metrics.get(r#"portstat_ephemeral_sockets{protocol="tcp",state="close_wait"}"#)
                     == Some(population.close_wait as f64)
         };
-        let procfs = netns.once_until(&["--collector.source", "procfs"], settled);
-        let netlink = netns.once_until(&["--collector.source", "netlink"], settled);
+        let procfs = netns
+            .once_until(&["--collector.source", "procfs"], settled)
+            .unwrap();
+        let netlink = netns
+            .once_until(&["--collector.source", "netlink"], settled)
+            .unwrap();
         // BPF reads TCP and names owners from its task_file pass.
-        let bpf = netns.once_until(&["--collector.source", "bpf"], settled);
+        let bpf = netns
+            .once_until(&["--collector.source", "bpf"], settled)
+            .unwrap();
         assert!(
             settled(&procfs) && settled(&netlink) && settled(&bpf),
             "round {round}: never settled"
@@ -252,7 +260,7 @@ fn a_socket_bound_but_never_connected_holds_its_port_for_netlink_only() {
     assert!((40000..=40099).contains(&automatic_port));
 
     let used = r#"portstat_ephemeral_ports_used{protocol="tcp"}"#;
-    let netlink = netns.once_until(&["--collector.source", "netlink"], |_| true);
+    let netlink = netns.once_metrics(&["--collector.source", "netlink"]);
     assert_eq!(netlink.value(used), 2.0);
     assert_eq!(
         netlink.value(r#"portstat_ephemeral_sockets{protocol="tcp",state="bound_inactive"}"#),
@@ -260,7 +268,7 @@ fn a_socket_bound_but_never_connected_holds_its_port_for_netlink_only() {
     );
     assert_eq!(netlink.family("portstat_listener_sockets").len(), 0);
 
-    let procfs = netns.once_until(&["--collector.source", "procfs"], |_| true);
+    let procfs = netns.once_metrics(&["--collector.source", "procfs"]);
     assert_eq!(procfs.value(used), 0.0, "procfs cannot see bound sockets");
     assert_eq!(
         procfs.get(r#"portstat_ephemeral_sockets{protocol="tcp",state="bound_inactive"}"#),
@@ -281,9 +289,11 @@ fn listeners_report_their_accept_queue_and_backlog() {
     });
     let comm = support::own_comm();
     let labels = format!(r#"{{address="127.0.0.1",port="8080",process="{comm}"}}"#);
-    let metrics = netns.once_until(&[], |metrics| {
-        metrics.get(&format!("portstat_listener_accept_queue{labels}")) == Some(3.0)
-    });
+    let metrics = netns
+        .once_until(&[], |metrics| {
+            metrics.get(&format!("portstat_listener_accept_queue{labels}")) == Some(3.0)
+        })
+        .unwrap();
     assert_eq!(
         metrics.value(&format!("portstat_listener_accept_queue{labels}")),
         3.0
@@ -293,7 +303,7 @@ fn listeners_report_their_accept_queue_and_backlog() {
         5.0
     );
     // procfs does not report the limit, so neither family is written.
-    let procfs = netns.once_until(&["--collector.source", "procfs"], |_| true);
+    let procfs = netns.once_metrics(&["--collector.source", "procfs"]);
     assert!(procfs.family("portstat_listener_accept_queue").is_empty());
     assert!(
         procfs
@@ -324,7 +334,7 @@ fn auto_falls_back_to_procfs_once_where_netlink_is_refused() {
     // BPF refused too: it reads TCP without netlink (tests/bpf.rs), and
     // would keep TCP off procfs.
     support::refuse_syscall(&mut command, libc::SYS_bpf, None, libc::EPERM);
-    let output = command.output().unwrap();
+    let output = command.output_within().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     let metrics = Metrics::parse(&String::from_utf8_lossy(&output.stdout));
@@ -352,7 +362,7 @@ fn auto_falls_back_to_procfs_once_where_netlink_is_refused() {
     let mut command = netns.command(support::exporter());
     command.args(["--once", "--collector.source", "netlink"]);
     refuse_netlink(&mut command);
-    let output = command.output().unwrap();
+    let output = command.output_within().unwrap();
     assert_eq!(output.status.code(), Some(1));
 }
 

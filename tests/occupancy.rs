@@ -118,7 +118,9 @@ fn once_reports_range_occupancy_and_listeners_exactly_from_netlink() {
 fn assert_exact_figures(source: &str) {
     let netns = Netns::new((40000, 40099), "40010-40019,40095");
     let population = populate(&netns);
-    let metrics = netns.once_until(&["--collector.source", source], settled);
+    let metrics = netns
+        .once_until(&["--collector.source", source], settled)
+        .unwrap();
     let comm = own_comm();
     assert_eq!(
         metrics.family("portstat_source_info"),
@@ -309,7 +311,9 @@ fn exhausting_the_range_reads_ratio_one_when_connect_fails() {
     assert_eq!(connected, 89);
 
     let ratio = r#"portstat_ephemeral_ports_used_ratio{protocol="tcp"}"#;
-    let metrics = exporter.metrics_until(|metrics| metrics.get(ratio) == Some(1.0));
+    let metrics = exporter
+        .metrics_until(|metrics| metrics.get(ratio) == Some(1.0))
+        .unwrap();
     assert_eq!(metrics.value(ratio), 1.0);
     assert_eq!(metrics.value("portstat_ephemeral_ports_capacity"), 90.0);
     assert_eq!(
@@ -320,13 +324,15 @@ fn exhausting_the_range_reads_ratio_one_when_connect_fails() {
         metrics.value(r#"portstat_ephemeral_sockets{protocol="tcp",state="established"}"#),
         89.0
     );
-    let once = netns.once_until(&[], |_| true);
+    let once = netns.once_metrics(&[]);
     assert_eq!(once.value(ratio), 1.0);
 
     // Closing the server resets the connections still in its accept queue:
     // their ports free at once, and the next sample shows it.
     drop(population);
-    let metrics = exporter.metrics_until(|metrics| metrics.get(ratio) == Some(0.0));
+    let metrics = exporter
+        .metrics_until(|metrics| metrics.get(ratio) == Some(0.0))
+        .unwrap();
     assert_eq!(metrics.value(ratio), 0.0);
 }
 
@@ -339,7 +345,9 @@ fn closed_listener_and_changed_range_show_at_the_next_sample() {
         r#"portstat_listener_sockets{{protocol="tcp",address="127.0.0.1",port="7777",process="{comm}"}}"#
     );
     let listener = netns.run(|| TcpListener::bind("127.0.0.1:7777").unwrap());
-    let metrics = exporter.metrics_until(|metrics| metrics.get(&series).is_some());
+    let metrics = exporter
+        .metrics_until(|metrics| metrics.get(&series).is_some())
+        .unwrap();
     assert_eq!(metrics.value(&series), 1.0);
     // The exporter's own listener, owned by the exporter.
     assert_eq!(
@@ -349,14 +357,17 @@ fn closed_listener_and_changed_range_show_at_the_next_sample() {
         1.0
     );
     drop(listener);
-    let metrics = exporter.metrics_until(|metrics| metrics.get(&series).is_none());
+    let metrics = exporter
+        .metrics_until(|metrics| metrics.get(&series).is_none())
+        .unwrap();
     assert_eq!(metrics.get(&series), None, "a closed listener stayed");
 
     // The sysctls are read at every sample.
     netns.set_range((40000, 40199));
     netns.set_reserved("40100-40104");
     let metrics = exporter
-        .metrics_until(|metrics| metrics.get("portstat_ephemeral_ports_capacity") == Some(195.0));
+        .metrics_until(|metrics| metrics.get("portstat_ephemeral_ports_capacity") == Some(195.0))
+        .unwrap();
     assert_eq!(metrics.value("portstat_ephemeral_range_end"), 40199.0);
     assert_eq!(metrics.value("portstat_ephemeral_reserved_ports"), 5.0);
     assert_eq!(metrics.value("portstat_ephemeral_ports_capacity"), 195.0);
@@ -377,13 +388,17 @@ fn a_port_that_changes_hands_is_attributed_to_its_new_owner() {
         "import socket,sys\ns=socket.socket()\ns.bind(('127.0.0.1',7000))\ns.listen()\nprint('ready',flush=True)\nsys.stdin.read()",
         &[],
     );
-    let metrics = exporter.metrics_until(|metrics| metrics.get(&series("python3")).is_some());
+    let metrics = exporter
+        .metrics_until(|metrics| metrics.get(&series("python3")).is_some())
+        .unwrap();
     assert_eq!(metrics.value(&series("python3")), 1.0);
     // It exits, and this process takes the port.
     drop(other);
     let _listener = netns.run(|| TcpListener::bind("127.0.0.1:7000").unwrap());
     let comm = own_comm();
-    let metrics = exporter.metrics_until(|metrics| metrics.get(&series(&comm)).is_some());
+    let metrics = exporter
+        .metrics_until(|metrics| metrics.get(&series(&comm)).is_some())
+        .unwrap();
     assert_eq!(metrics.value(&series(&comm)), 1.0);
     assert_eq!(metrics.get(&series("python3")), None);
 }
@@ -396,7 +411,9 @@ fn a_name_cut_inside_a_character_still_names_its_process() {
     let _named = support::NamedListener::start(&netns, "écouteur-résé".as_bytes(), 7001);
     let series = "portstat_listener_sockets{protocol=\"tcp\",address=\"127.0.0.1\",\
                   port=\"7001\",process=\"écouteur-rés\u{fffd}\"}";
-    let metrics = netns.once_until(&[], |metrics| metrics.get(series).is_some());
+    let metrics = netns
+        .once_until(&[], |metrics| metrics.get(series).is_some())
+        .unwrap();
     assert_eq!(metrics.value(series), 1.0);
 }
 
@@ -436,9 +453,11 @@ fn link_local_listeners_keep_their_interface() {
         )
     };
     for source in ["netlink", "bpf"] {
-        let metrics = netns.once_until(&["--collector.source", source], |metrics| {
-            metrics.get(&series("lla1")).is_some()
-        });
+        let metrics = netns
+            .once_until(&["--collector.source", source], |metrics| {
+                metrics.get(&series("lla1")).is_some()
+            })
+            .unwrap();
         assert_eq!(metrics.value(&series("lla0")), 1.0, "{source}");
         assert_eq!(metrics.value(&series("lla1")), 1.0, "{source}");
     }
@@ -458,14 +477,16 @@ fn processes_named_like_the_built_in_labels_stay_apart() {
              port=\"{port}\",process=\"{process}\"}}"
         )
     };
-    let metrics = netns.once_until(&[], |metrics| {
-        metrics.get(&series(7004, "none (a process)")).is_some()
-    });
+    let metrics = netns
+        .once_until(&[], |metrics| {
+            metrics.get(&series(7004, "none (a process)")).is_some()
+        })
+        .unwrap();
     assert_eq!(metrics.value(&series(7003, "unknown (a process)")), 1.0);
     assert_eq!(metrics.value(&series(7004, "none (a process)")), 1.0);
     assert_eq!(metrics.get(&series(7003, "unknown")), None);
     // With attribution off, the built-in value is what says "not known".
-    let off = netns.once_until(&["--collector.processes=false"], |_| true);
+    let off = netns.once_metrics(&["--collector.processes=false"]);
     assert_eq!(off.value(&series(7003, "unknown")), 1.0);
 }
 
@@ -516,7 +537,7 @@ for pid in children:
         |process: &str| format!(r#"portstat_ephemeral_process_ports_used{{process="{process}"}}"#);
     let listener = r#"portstat_listener_sockets{protocol="tcp",address="127.0.0.1",port="7000",process="master"}"#;
     for (source, owners) in [("bpf", "bpf"), ("netlink", "procfs")] {
-        let metrics = netns.once_until(&["--collector.source", source], |_| true);
+        let metrics = netns.once_metrics(&["--collector.source", source]);
         assert_eq!(
             metrics.value(&format!(
                 r#"portstat_owners_source_info{{source="{owners}"}}"#

@@ -66,9 +66,11 @@ fn the_landing_page_shows_fill_destinations_and_listeners_in_a_browser() {
         (server, inside, streams)
     });
     let exporter = netns.start_exporter(&["--collector.interval", "200ms"]);
-    let metrics = exporter.metrics_until(|metrics| {
-        metrics.get(r#"portstat_ephemeral_ports_used{protocol="tcp"}"#) == Some(73.0)
-    });
+    let metrics = exporter
+        .metrics_until(|metrics| {
+            metrics.get(r#"portstat_ephemeral_ports_used{protocol="tcp"}"#) == Some(73.0)
+        })
+        .unwrap();
     assert_eq!(
         metrics.value(r#"portstat_ephemeral_ports_used{protocol="tcp"}"#),
         73.0
@@ -165,9 +167,11 @@ fn the_landing_page_shows_fill_destinations_and_listeners_in_a_browser() {
         }
         streams
     });
-    exporter.metrics_until(|metrics| {
-        metrics.get(r#"portstat_ephemeral_connect_failures_total{protocol="tcp"}"#) == Some(2.0)
-    });
+    exporter
+        .metrics_until(|metrics| {
+            metrics.get(r#"portstat_ephemeral_connect_failures_total{protocol="tcp"}"#) == Some(2.0)
+        })
+        .unwrap();
     let output = chromium(&netns, &profile, &["--dump-dom"]);
     let dom = String::from_utf8_lossy(&output.stdout);
     assert!(

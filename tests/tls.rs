@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::OutputWithin;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -43,7 +45,7 @@ fn openssl(folder: &Path, args: &[&str]) {
     let output = Command::new("openssl")
         .args(args)
         .current_dir(folder)
-        .output()
+        .output_within()
         .expect("openssl is needed");
     assert!(
         output.status.success(),
@@ -130,7 +132,7 @@ fn curl(netns: &Netns, folder: &Folder, args: &[&str]) -> Output {
         .arg(folder.path("ca.crt"))
         .args(["--write-out", "\n%{http_code}"])
         .args(args)
-        .output()
+        .output_within()
         .expect("curl is needed")
 }
 
@@ -355,7 +357,7 @@ fn a_bad_configuration_at_start_exits_1_naming_the_field() {
         let output = Command::new(support::exporter())
             .args(["--web.listen-address", "127.0.0.1:0", "--web.config.file"])
             .arg(&config)
-            .output()
+            .output_within()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{text}: {stderr}");
@@ -372,7 +374,7 @@ fn served_subject(netns: &Netns) -> String {
             "openssl s_client -connect 127.0.0.1:10042 </dev/null 2>/dev/null \
              | openssl x509 -noout -subject",
         ])
-        .output()
+        .output_within()
         .unwrap();
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }

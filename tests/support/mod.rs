@@ -32,6 +32,88 @@ pub fn exporter() -> &'static str {
 /// loaded machine, so that only an exporter that will not start fails.
 pub const READY_DEADLINE: Duration = Duration::from_secs(60);
 
+/// How long a command the tests run to its end may take before it is
+/// killed and the test fails with what it wrote: far longer than any takes
+/// on a loaded machine, so that only one that hangs fails.
+pub const OUTPUT_DEADLINE: Duration = Duration::from_secs(300);
+
+/// `Command::output`, bounded: a command that has not exited within
+/// `OUTPUT_DEADLINE` is killed, and the test fails with what it wrote.
+pub trait OutputWithin {
+    /// Runs the command to its end, reading its output, within
+    /// `OUTPUT_DEADLINE`.
+    fn output_within(&mut self) -> std::io::Result<Output>;
+}
+
+impl OutputWithin for Command {
+    fn output_within(&mut self) -> std::io::Result<Output> {
+        let mut child = self
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let read = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_end(&mut bytes);
+                }
+                bytes
+            })
+        };
+        let stdout = read(
+            child
+                .stdout
+                .take()
+                .map(|pipe| Box::new(pipe) as Box<dyn Read + Send>),
+        );
+        let stderr = read(
+            child
+                .stderr
+                .take()
+                .map(|pipe| Box::new(pipe) as Box<dyn Read + Send>),
+        );
+        let deadline = Instant::now() + OUTPUT_DEADLINE;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{self:?} did not end within {OUTPUT_DEADLINE:?}; it wrote:\n{}\n{}",
+                    String::from_utf8_lossy(&stdout.join().unwrap_or_default()),
+                    String::from_utf8_lossy(&stderr.join().unwrap_or_default())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Ok(Output {
+            status,
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: stderr.join().unwrap_or_default(),
+        })
+    }
+}
+
+/// A condition that did not hold within its deadline: how long was waited,
+/// and the last metrics seen.
+pub struct TimedOut {
+    pub waited: Duration,
+    pub last: Metrics,
+}
+
+impl std::fmt::Debug for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the condition did not hold within {:?}; the last metrics:\n{}",
+            self.waited, self.last.text
+        )
+    }
+}
+
 /// Whether the suite runs as if the kernel refused BPF
 /// (`PORTSTAT_TEST_REFUSE_BPF=1`): every exporter the harness starts in a
 /// namespace has `bpf()` refused by seccomp, as on a kernel or in a
@@ -61,7 +143,7 @@ pub fn require_bpf() {
         if refusing_bpf() {
             refuse_syscall(&mut command, libc::SYS_bpf, None, libc::EPERM);
         }
-        let output = command.output().expect("cannot run the exporter");
+        let output = command.output_within().expect("cannot run the exporter");
         let refused = refusing_bpf().then(|| "PORTSTAT_TEST_REFUSE_BPF is set".to_string());
         (!output.status.success()).then(|| {
             let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
@@ -218,7 +300,7 @@ impl Netns {
         self.command(exporter())
             .arg("--once")
             .args(args)
-            .output()
+            .output_within()
             .expect("cannot run the exporter")
     }
 
@@ -229,7 +311,7 @@ impl Netns {
             .command(exporter())
             .arg("inspect")
             .args(args)
-            .output()
+            .output_within()
             .expect("cannot run the exporter");
         assert!(
             output.status.success(),
@@ -239,21 +321,36 @@ impl Netns {
         String::from_utf8(output.stdout).expect("inspect writes UTF-8")
     }
 
-    /// Runs `--once` with `args` until `done` holds for its metrics, or a
-    /// minute has passed; returns the last metrics either way, for the
-    /// caller to assert on.
-    pub fn once_until(&self, args: &[&str], done: impl Fn(&Metrics) -> bool) -> Metrics {
-        let deadline = Instant::now() + READY_DEADLINE;
+    /// The metrics of one `--once` run with `args`, which must succeed.
+    pub fn once_metrics(&self, args: &[&str]) -> Metrics {
+        let output = self.once(args);
+        assert!(
+            output.status.success(),
+            "--once failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Metrics::parse(&String::from_utf8_lossy(&output.stdout))
+    }
+
+    /// Runs `--once` with `args` until `done` holds for its metrics;
+    /// `Err` with the last metrics when it did not within
+    /// `READY_DEADLINE`.
+    pub fn once_until(
+        &self,
+        args: &[&str],
+        done: impl Fn(&Metrics) -> bool,
+    ) -> Result<Metrics, TimedOut> {
+        let started = Instant::now();
         loop {
-            let output = self.once(args);
-            assert!(
-                output.status.success(),
-                "--once failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            let metrics = Metrics::parse(&String::from_utf8_lossy(&output.stdout));
-            if done(&metrics) || Instant::now() > deadline {
-                return metrics;
+            let metrics = self.once_metrics(args);
+            if done(&metrics) {
+                return Ok(metrics);
+            }
+            if started.elapsed() > READY_DEADLINE {
+                return Err(TimedOut {
+                    waited: started.elapsed(),
+                    last: metrics,
+                });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -434,14 +531,20 @@ impl Exporter<'_> {
         Metrics::parse(&response.text())
     }
 
-    /// Scrapes until `done` holds for the metrics, or 30 s have passed;
-    /// returns the last metrics either way, for the caller to assert on.
-    pub fn metrics_until(&self, done: impl Fn(&Metrics) -> bool) -> Metrics {
-        let deadline = Instant::now() + Duration::from_secs(30);
+    /// Scrapes until `done` holds for the metrics; `Err` with the last
+    /// metrics when it did not within `READY_DEADLINE`.
+    pub fn metrics_until(&self, done: impl Fn(&Metrics) -> bool) -> Result<Metrics, TimedOut> {
+        let started = Instant::now();
         loop {
             let metrics = self.metrics();
-            if done(&metrics) || Instant::now() > deadline {
-                return metrics;
+            if done(&metrics) {
+                return Ok(metrics);
+            }
+            if started.elapsed() > READY_DEADLINE {
+                return Err(TimedOut {
+                    waited: started.elapsed(),
+                    last: metrics,
+                });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -611,7 +714,7 @@ impl Metrics {
 
 /// Runs a setup command and fails the test if it fails.
 pub fn run(command: &mut Command) {
-    let output = command.output().expect("cannot run a setup command");
+    let output = command.output_within().expect("cannot run a setup command");
     assert!(
         output.status.success(),
         "{command:?} failed: {}",
@@ -939,7 +1042,7 @@ impl NatLab {
             .router
             .command("conntrack")
             .args(["-L", "-p", protocol, "--dport", &port.to_string()])
-            .output()
+            .output_within()
             .expect("conntrack is needed (Debian package conntrack); .ci/run installs it");
         assert!(
             output.status.success(),
