@@ -155,49 +155,54 @@ fn unavailable(stage: &'static str, error: impl std::fmt::Display) -> BpfError {
     BpfError::Unavailable { stage, reason }
 }
 
-pub use loader::VerifierCost;
+pub use loader::{AttachPoint, VerifierCost};
 
 /// An object the exporter loads: its name, its bytes, and its programs with
 /// where each attaches.
-type ObjectToVerify = (
+pub type ObjectToLoad = (
     &'static str,
     &'static [u8],
-    &'static [(&'static str, loader::AttachPoint<'static>)],
+    &'static [(&'static str, AttachPoint<'static>)],
 );
+
+/// Every object the exporter can load.
+pub const OBJECTS: [ObjectToLoad; 4] = [
+    (
+        "tcp_ports",
+        TCP_PORTS_OBJECT,
+        &[(PROGRAM, AttachPoint::Iterator("tcp"))],
+    ),
+    (
+        "shared_tables",
+        shared::SHARED_TABLES_OBJECT,
+        &[(shared::PROGRAM, AttachPoint::Iterator("bpf_map"))],
+    ),
+    (
+        "socket_owners",
+        owners::SOCKET_OWNERS_OBJECT,
+        &[(owners::PROGRAM, AttachPoint::Iterator("task_file"))],
+    ),
+    (
+        "port_failures",
+        failures::PORT_FAILURES_OBJECT,
+        &[
+            (
+                failures::CONNECT_PROGRAM,
+                AttachPoint::RawTracepoint(failures::CONNECT_TRACEPOINT),
+            ),
+            (
+                failures::AUTOBIND_PROGRAM,
+                AttachPoint::RawTracepoint(failures::AUTOBIND_TRACEPOINT),
+            ),
+        ],
+    ),
+];
 
 /// What verifying every program the exporter can load costs on this
 /// kernel, by object: each object loaded whole (its programs, maps and
 /// links) and dropped at once. A refusal gives the verifier's reason.
 pub fn verify_every_program() -> Vec<(&'static str, Result<Vec<VerifierCost>, BpfError>)> {
-    use loader::AttachPoint::{Iterator, RawTracepoint};
-    let objects: [ObjectToVerify; 4] = [
-        ("tcp_ports", TCP_PORTS_OBJECT, &[(PROGRAM, Iterator("tcp"))]),
-        (
-            "shared_tables",
-            shared::SHARED_TABLES_OBJECT,
-            &[(shared::PROGRAM, Iterator("bpf_map"))],
-        ),
-        (
-            "socket_owners",
-            owners::SOCKET_OWNERS_OBJECT,
-            &[(owners::PROGRAM, Iterator("task_file"))],
-        ),
-        (
-            "port_failures",
-            failures::PORT_FAILURES_OBJECT,
-            &[
-                (
-                    failures::CONNECT_PROGRAM,
-                    RawTracepoint(failures::CONNECT_TRACEPOINT),
-                ),
-                (
-                    failures::AUTOBIND_PROGRAM,
-                    RawTracepoint(failures::AUTOBIND_TRACEPOINT),
-                ),
-            ],
-        ),
-    ];
-    objects
+    OBJECTS
         .into_iter()
         .map(|(name, object, programs)| {
             let costs = std::fs::read(KERNEL_BTF)
