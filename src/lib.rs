@@ -14,6 +14,7 @@ pub mod cli;
 pub mod collector;
 pub mod files;
 pub mod log;
+pub mod plan;
 pub mod render;
 pub mod sampler;
 pub mod serve;

@@ -34,6 +34,7 @@ fn main() -> ExitCode {
     let mut sampler = Sampler::new(reader, renderer, cli.limits(), cli.namespaces());
 
     if cli.once {
+        sampler.resolve_plan();
         return sample_once(&mut sampler);
     }
     match run(&cli, sampler) {
@@ -212,6 +213,7 @@ fn sample_once(sampler: &mut Sampler) -> ExitCode {
 /// sample failed.
 fn inspect(cli: &Cli, port: Option<u16>, json: bool) -> ExitCode {
     let mut reader = cli.namespace_reader(false);
+    reader.load_owner_program();
     let limits = cli.limits();
     // Its reads' failures are logged as a daemon's are, once.
     let mut collectors =

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::collector::Collectors;
+use crate::plan::{self, Plan};
 use crate::render::Renderer;
 use crate::source::all::{NamespacesRead, read_all};
 use crate::source::bpf::failures::PortFailureCounter;
@@ -89,9 +90,8 @@ pub struct Sampler {
     failure_counter: Option<PortFailureCounter>,
     /// Its counts at the last sample, and the unpredicted failures so far.
     failure_history: FailureHistory,
-    /// The sources of the own namespace's sample last logged, to log them
-    /// at the first sample and whenever they change.
-    sources_logged: Option<String>,
+    /// The plan last logged.
+    plan_logged: Option<Plan>,
     /// When the host's namespaces were last looked for, to forget the
     /// failures of those gone.
     failure_namespaces_looked: Option<Instant>,
@@ -140,7 +140,7 @@ impl Sampler {
             sharing_logged: false,
             failure_counter: None,
             failure_history: FailureHistory::default(),
-            sources_logged: None,
+            plan_logged: None,
             failure_namespaces_looked: None,
             collectors: Collectors::new(&planned),
             status: SampleStatus {
@@ -260,36 +260,39 @@ impl Sampler {
         }
     }
 
-    /// Logs where each protocol's sockets and their owners were read from,
-    /// at the first sample a daemon takes and when that changes (a source
-    /// fell back), for the exporter's own namespace.
-    fn log_sources(&mut self, snapshots: &[Snapshot]) {
+    /// Resolves what the sampler reads, before its first sample: loads the
+    /// programs a one-shot run or `--collector.source bpf` reads with (a
+    /// daemon with `auto` loads them in the background, `run`).
+    pub fn resolve_plan(&mut self) {
+        self.reader.load_owner_program();
+    }
+
+    /// What the sampler reads now, and how.
+    pub fn plan(&self) -> Plan {
+        Plan {
+            sources: self.reader.sources(),
+            owners: self.reader.owner_lookup(),
+            namespaces: match self.namespaces {
+                NamespaceScope::Own => plan::Namespaces::Own,
+                NamespaceScope::All { max } => plan::Namespaces::All {
+                    max,
+                    one_walk: self.reader.walks_shared_tables(),
+                },
+            },
+            nat: self.reader.reads_nat(),
+            failures: self.failure_counter.is_some(),
+        }
+    }
+
+    /// Logs the plan at a daemon's first sample, and whenever the kernel
+    /// changed it (a program loaded, a source fell back).
+    fn log_plan(&mut self) {
         if !self.serving {
             return;
         }
-        let own = namespaces::own_namespace_inode();
-        let Some(snapshot) = snapshots.iter().find(|snapshot| {
-            snapshot
-                .namespace
-                .as_ref()
-                .is_none_or(|n| Some(n.inode) == own)
-        }) else {
-            return;
-        };
-        let [tcp, udp] = snapshot.sources.map(|source| source.label());
-        let owners = snapshot.owner_lookup.label().unwrap_or("off");
-        let sources = format!("{tcp} {udp} {owners}");
-        if self.sources_logged.as_deref() == Some(sources.as_str()) {
-            return;
-        }
-        tracing::info!(
-            tcp,
-            udp,
-            owners,
-            exact = snapshot.headroom_exact(),
-            "sockets read"
-        );
-        self.sources_logged = Some(sources);
+        let plan = self.plan();
+        plan.log_change(self.plan_logged.as_ref());
+        self.plan_logged = Some(plan);
     }
 
     /// Whether the latest sample succeeded.
@@ -319,7 +322,6 @@ impl Sampler {
                 if let Some(counts) = failure_counts {
                     self.attach_failures(&mut snapshots, counts);
                 }
-                self.log_sources(&snapshots);
                 self.last_good = snapshots;
                 self.status.success = true;
                 self.status.last_success_seconds = Some(unix_seconds());
@@ -347,6 +349,7 @@ impl Sampler {
             }
         }
         self.status.collectors = self.collectors.finish_sample();
+        self.log_plan();
         self.status.duration_seconds = started.elapsed().as_secs_f64();
         self.say_what_sharing_costs();
         match self.renderer.render(&self.last_good, &self.status) {
@@ -498,6 +501,7 @@ impl Sampler {
         self.serving = true;
         self.status.interval_seconds = Some(interval.as_secs_f64());
         self.reader.load_programs_in_background();
+        self.resolve_plan();
         // The first sample waits a moment for the programs, which most
         // verifiers pass in milliseconds; never longer, so that the exporter
         // is ready soon whatever the verifier does.

@@ -146,6 +146,17 @@ pub struct SharedTablesUse {
     pub host_udp_table: bool,
 }
 
+/// What a read of a namespace's source NAT found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatRead {
+    /// No NAT figures: conntrack is not read, or the namespace never
+    /// translated a source.
+    Nothing,
+    /// NAT figures to write, with the table's counters where the kernel
+    /// has them.
+    Figures { counters: Option<ConntrackCounters> },
+}
+
 /// Why a namespace's source NAT was not read.
 #[derive(Debug)]
 pub enum NatError {
@@ -192,7 +203,10 @@ impl NamespaceReader {
             procfs: procfs::ProcfsSockets::new(&tables),
             net: tables,
             netlink: netlink::NetlinkSockets::new(),
-            bpf: bpf::BpfSockets::new(None, inode_reading(attribution)),
+            bpf: bpf::BpfSockets::new(
+                None,
+                inode_reading(owner_lookup_before_load(attribution), None),
+            ),
             owners: owners::OwnerResolver::new(&procfs_root),
             procfs_root,
             choice,
@@ -390,11 +404,7 @@ impl NamespaceReader {
         bound_inactive: bool,
         each: &mut dyn FnMut(u32, &SocketRecord),
     ) -> Result<bpf::shared::WalkOutcome, SourceError> {
-        let inodes = match self.owner_lookup() {
-            OwnerLookup::Off => bpf::InodeReading::None,
-            OwnerLookup::ByInode => bpf::InodeReading::All,
-            OwnerLookup::Records => bpf::InodeReading::Listeners { port: None },
-        };
+        let inodes = inode_reading(self.owner_lookup(), None);
         let Some(shared) = &mut self.shared_tables else {
             return Err(SourceError::Bpf(bpf::BpfError::Unavailable {
                 stage: "shared tables",
@@ -449,12 +459,9 @@ impl NamespaceReader {
     /// and a failed dump, or counters that do not parse,
     /// `NatError::Failed`: either way the namespace writes no NAT figures
     /// this time.
-    pub fn read_nat(
-        &mut self,
-        sink: &mut dyn NatSink,
-    ) -> Result<Option<Option<ConntrackCounters>>, NatError> {
+    pub fn read_nat(&mut self, sink: &mut dyn NatSink) -> Result<NatRead, NatError> {
         let Some(reader) = self.conntrack.as_mut() else {
-            return Ok(None);
+            return Ok(NatRead::Nothing);
         };
         let mut counting = CountingNat { sink, added: 0 };
         // conntrack's hash table is shared by every namespace, and a dump
@@ -480,9 +487,9 @@ impl NamespaceReader {
         if counting.added > 0 {
             self.nat_seen.insert(namespace);
         } else if !self.nat_seen.contains(&namespace) {
-            return Ok(None);
+            return Ok(NatRead::Nothing);
         }
-        Ok(Some(counters))
+        Ok(NatRead::Figures { counters })
     }
 
     /// Whether socket owners are found.
@@ -498,7 +505,7 @@ impl NamespaceReader {
     /// Loads the BPF program from `object` rather than the one built in:
     /// for a rebuilt program, and for the tests that make it fail.
     pub fn with_bpf_object(mut self, object: Option<PathBuf>) -> NamespaceReader {
-        self.bpf = bpf::BpfSockets::new(object, inode_reading(self.attribution));
+        self.bpf = bpf::BpfSockets::new(object, inode_reading(self.owner_lookup(), None));
         self
     }
 
@@ -545,10 +552,8 @@ impl NamespaceReader {
         sink: &mut dyn SocketSink,
         read: [bool; 2],
     ) -> Result<ReadReport, SourceError> {
-        if self.owner_lookup() == OwnerLookup::Records {
-            self.bpf
-                .set_inode_reading(bpf::InodeReading::Listeners { port: keep_port });
-        }
+        self.bpf
+            .set_inode_reading(inode_reading(self.owner_lookup(), keep_port));
         let mut sink = NotingInterfaces {
             sink,
             indexes: BTreeSet::new(),
@@ -610,16 +615,17 @@ impl NamespaceReader {
     /// and every process's open files), so the wall time is the longer of
     /// the two rather than their sum. For one-shot commands, whose user
     /// waits for them; the CPU spent is the same. Without owner records
-    /// (`OwnerLookup::Records`), only the sockets are read.
+    /// (`OwnerLookup::Records`), only the sockets are read. Returns the
+    /// sockets' report with whether the owner records were read.
     pub fn read_sockets_beside_owner_records(
         &mut self,
         range: PortRange,
         keep_port: Option<u16>,
         sink: &mut dyn SocketSink,
         take: &mut (dyn FnMut(&OwnedSocket) + Send),
-    ) -> Result<ReadReport, SourceError> {
+    ) -> Result<(ReadReport, Result<(), SourceError>), SourceError> {
         let Some(Ok(mut owners)) = self.bpf_owners.take() else {
-            return self.read_sockets(range, keep_port, sink);
+            return Ok((self.read_sockets(range, keep_port, sink)?, Ok(())));
         };
         let (report, owned) = std::thread::scope(|scope| {
             let pass = scope.spawn(|| {
@@ -635,10 +641,7 @@ impl NamespaceReader {
                 Err(panic) => std::panic::resume_unwind(panic),
             }
         });
-        if let Err(error) = owned {
-            tracing::warn!(err = %error, "reading socket owners failed; they show as unknown");
-        }
-        report
+        Ok((report?, owned.map_err(SourceError::Bpf)))
     }
 
     /// Reads the namespace's settings and every socket whole, into memory:
@@ -671,29 +674,42 @@ impl NamespaceReader {
         &self.procfs_root
     }
 
-    /// How owners are found: not at all without attribution; from BPF
-    /// records where the owners program loads (with the `auto` and `bpf`
-    /// sources); else by inode through `/proc/<pid>/fd`. Decided at the
-    /// first call, logged once.
-    pub fn owner_lookup(&mut self) -> OwnerLookup {
-        if !self.attribution {
-            return OwnerLookup::Off;
+    /// Loads the owners program where owners are to come from BPF records
+    /// (attribution on, the `auto` or `bpf` source) and it is neither
+    /// loaded nor loading in the background; where it cannot load, owners
+    /// are found through `/proc/<pid>/fd`, logged once. Part of resolving
+    /// what the exporter reads, at start: `owner_lookup` never loads.
+    pub fn load_owner_program(&mut self) {
+        if !self.attribution
+            || !matches!(self.choice, SourceChoice::Auto | SourceChoice::Bpf)
+            || self.loading.is_some()
+            || self.bpf_owners.is_some()
+        {
+            return;
         }
-        if !matches!(self.choice, SourceChoice::Auto | SourceChoice::Bpf) {
-            return OwnerLookup::ByInode;
+        self.bpf_owners =
+            Some(bpf::owners::BpfOwners::load().map_err(|error| log_owners_fallback(&error)));
+    }
+
+    /// How owners are found now: not at all without attribution; from BPF
+    /// records where the owners program is loaded; else by inode through
+    /// `/proc/<pid>/fd`.
+    pub fn owner_lookup(&self) -> OwnerLookup {
+        match &self.bpf_owners {
+            _ if !self.attribution => OwnerLookup::Off,
+            Some(Ok(_)) => OwnerLookup::Records,
+            _ => OwnerLookup::ByInode,
         }
-        // Until the program loading in the background is loaded.
-        if self.loading.is_some() && self.bpf_owners.is_none() {
-            return OwnerLookup::ByInode;
-        }
-        let loaded = self.bpf_owners.get_or_insert_with(|| {
-            bpf::owners::BpfOwners::load().map_err(|error| log_owners_fallback(&error))
-        });
-        if loaded.is_ok() {
-            OwnerLookup::Records
-        } else {
-            OwnerLookup::ByInode
-        }
+    }
+
+    /// Where the TCP sockets, then the UDP sockets, are read from now.
+    pub fn sources(&self) -> [SourceKind; 2] {
+        self.sources
+    }
+
+    /// Whether the one walk of the host's shared tables is on.
+    pub fn walks_shared_tables(&self) -> bool {
+        self.shared_tables.is_some()
     }
 
     /// Hands every TCP and UDP socket a process holds to `take`, with
@@ -924,13 +940,22 @@ fn running_kernel() -> Option<portstat_core::rules::KernelVersion> {
     portstat_core::rules::KernelVersion::parse(&release.to_string_lossy())
 }
 
-/// The inodes the BPF source reads until the owner lookup is known: all of
-/// them when owners are looked for.
-fn inode_reading(attribution: bool) -> bpf::InodeReading {
+/// The inodes the BPF source reads, as owners are found (`lookup`): none,
+/// every socket's, or those of listeners and of sockets on `keep_port`.
+fn inode_reading(lookup: OwnerLookup, keep_port: Option<u16>) -> bpf::InodeReading {
+    match lookup {
+        OwnerLookup::Off => bpf::InodeReading::None,
+        OwnerLookup::ByInode => bpf::InodeReading::All,
+        OwnerLookup::Records => bpf::InodeReading::Listeners { port: keep_port },
+    }
+}
+
+/// How owners are found before any program is loaded.
+fn owner_lookup_before_load(attribution: bool) -> OwnerLookup {
     if attribution {
-        bpf::InodeReading::All
+        OwnerLookup::ByInode
     } else {
-        bpf::InodeReading::None
+        OwnerLookup::Off
     }
 }
 

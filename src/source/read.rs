@@ -11,7 +11,7 @@ use portstat_core::aggregate::{Aggregator, Limits, Snapshot};
 use portstat_core::model::{OwnerLookup, PortRange, ReadReport, SocketOwners};
 use portstat_core::status::Collector;
 
-use super::{NamespaceReader, NatError, SharedTablesUse, SourceError, namespaces};
+use super::{NamespaceReader, NatError, NatRead, SharedTablesUse, SourceError, namespaces};
 use crate::collector::Collectors;
 
 /// One namespace's sockets, taken into an `Aggregator` as they were read,
@@ -170,13 +170,16 @@ pub fn read_own_namespace_at_once(
     }
     // Both passes at once: their time is the sockets collector's.
     let mut records = aggregator.owner_records();
-    let report = collectors.time(Collector::Sockets, || {
+    let (report, owned) = collectors.time(Collector::Sockets, || {
         reader.read_sockets_beside_owner_records(range, keep_port, &mut aggregator, &mut |owned| {
             if Some(u64::from(owned.netns)) == own {
                 records.add(owned);
             }
         })
     })?;
+    if let Err(error) = owned {
+        collectors.failed(Collector::Owners, error);
+    }
     aggregator.take_owner_records(records);
     Ok((
         end_namespace(reader, aggregator, report, lookup, collectors),
@@ -217,8 +220,8 @@ fn end_namespace(
 ) -> NamespaceRead {
     if reader.reads_nat() {
         match collectors.time(Collector::Conntrack, || reader.read_nat(&mut aggregator)) {
-            Ok(Some(counters)) => aggregator.show_nat(counters),
-            Ok(None) => {}
+            Ok(NatRead::Figures { counters }) => aggregator.show_nat(counters),
+            Ok(NatRead::Nothing) => {}
             Err(NatError::Unavailable(error)) => collectors.unavailable(
                 Collector::Conntrack,
                 error,
