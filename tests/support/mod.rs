@@ -114,6 +114,28 @@ impl std::fmt::Debug for TimedOut {
     }
 }
 
+/// Takes metrics with `sample` until `done` holds for them; `Err` with the
+/// last when it did not within `READY_DEADLINE`.
+fn poll_until(
+    mut sample: impl FnMut() -> Metrics,
+    done: impl Fn(&Metrics) -> bool,
+) -> Result<Metrics, TimedOut> {
+    let started = Instant::now();
+    loop {
+        let metrics = sample();
+        if done(&metrics) {
+            return Ok(metrics);
+        }
+        if started.elapsed() > READY_DEADLINE {
+            return Err(TimedOut {
+                waited: started.elapsed(),
+                last: metrics,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Whether the suite runs as if the kernel refused BPF
 /// (`PORTSTAT_TEST_REFUSE_BPF=1`): every exporter the harness starts in a
 /// namespace has `bpf()` refused by seccomp, as on a kernel or in a
@@ -340,20 +362,7 @@ impl Netns {
         args: &[&str],
         done: impl Fn(&Metrics) -> bool,
     ) -> Result<Metrics, TimedOut> {
-        let started = Instant::now();
-        loop {
-            let metrics = self.once_metrics(args);
-            if done(&metrics) {
-                return Ok(metrics);
-            }
-            if started.elapsed() > READY_DEADLINE {
-                return Err(TimedOut {
-                    waited: started.elapsed(),
-                    last: metrics,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        poll_until(|| self.once_metrics(args), done)
     }
 
     /// Starts the exporter inside the namespace, listening on 127.0.0.1:10042
@@ -534,20 +543,7 @@ impl Exporter<'_> {
     /// Scrapes until `done` holds for the metrics; `Err` with the last
     /// metrics when it did not within `READY_DEADLINE`.
     pub fn metrics_until(&self, done: impl Fn(&Metrics) -> bool) -> Result<Metrics, TimedOut> {
-        let started = Instant::now();
-        loop {
-            let metrics = self.metrics();
-            if done(&metrics) {
-                return Ok(metrics);
-            }
-            if started.elapsed() > READY_DEADLINE {
-                return Err(TimedOut {
-                    waited: started.elapsed(),
-                    last: metrics,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        poll_until(|| self.metrics(), done)
     }
 
     /// Sends one HTTP/1.1 request from inside the namespace, from a local port
