@@ -299,7 +299,7 @@ fn conntrack_without_nat_writes_nothing() {
 }
 
 /// Records this kernel's replies to the conntrack source's dump, for the
-/// tests of `src/source/conntrack/wire.rs`: in the lab, three TCP
+/// tests of `crates/portstat-core/src/parse/conntrack.rs`: in the lab, three TCP
 /// connections from 10.77.1.2 to .4 and two UDP datagrams from 10.77.1.2
 /// through the router, plus a TCP connection over the router's loopback
 /// that no rule translates. `nat.bin` answers the source's request;
@@ -308,12 +308,15 @@ fn conntrack_without_nat_writes_nothing() {
 /// each after its length as a little-endian u32. Run by hand to record
 /// them again: `cargo test --test nat -- --ignored record_ctnetlink_fixtures`.
 #[test]
-#[ignore = "writes src/source/conntrack/fixtures/; run by hand to record them again"]
+#[ignore = "writes crates/portstat-core/src/parse/fixtures/conntrack/; run by hand to record them again"]
 fn record_ctnetlink_fixtures() {
     use portstat_exporter::source::conntrack::wire::build_request;
     use portstat_exporter::source::netlink::socket::NetlinkSocket;
 
-    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/source/conntrack/fixtures");
+    const FIXTURES: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crates/portstat-core/src/parse/fixtures/conntrack"
+    );
     let lab = NatLab::new(NAT_PORTS);
     let mut streams = Vec::new();
     connect_all(&lab, &mut streams, 3);

@@ -367,10 +367,13 @@ fn auto_falls_back_to_procfs_once_where_netlink_is_refused() {
 }
 
 /// Where the recorded replies live, beside the codec they test.
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/source/netlink/fixtures");
+const FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/crates/portstat-core/src/parse/fixtures/netlink"
+);
 
 /// Records this kernel's replies to the source's dumps, for the tests of
-/// `src/source/netlink/wire.rs`: in a namespace with the range 40000-40099,
+/// `crates/portstat-core/src/parse/netlink.rs`: in a namespace with the range 40000-40099,
 /// TCP listeners on 127.0.0.1:7000 (one connection from 127.0.0.1:40001
 /// waiting to be accepted, backlog 8) and [::1]:7001, a TIME_WAIT from
 /// [::1]:40002, a socket bound to 127.0.0.1:40050, and UDP sockets on
@@ -379,7 +382,7 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/source/netlink/
 /// little-endian u32. Run by hand to record them again:
 /// `cargo test --test netlink -- --ignored record_sock_diag_fixtures`.
 #[test]
-#[ignore = "writes src/source/netlink/fixtures/; run by hand to record them again"]
+#[ignore = "writes crates/portstat-core/src/parse/fixtures/netlink/; run by hand to record them again"]
 fn record_sock_diag_fixtures() {
     use portstat_core::model::{PortRange, Protocol};
     use portstat_exporter::source::netlink::socket::NetlinkSocket;

@@ -134,7 +134,7 @@ impl BpfError {
     pub fn is_unsupported(&self) -> bool {
         match self {
             BpfError::Unavailable { .. } => true,
-            BpfError::Netlink(error) => error.is_unsupported(),
+            BpfError::Netlink(error) => super::netlink::Unsupported::is_unsupported(error),
             BpfError::Read(_) | BpfError::Malformed(_) => false,
         }
     }

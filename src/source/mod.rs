@@ -471,7 +471,7 @@ impl NamespaceReader {
             .is_ok_and(|count| count.trim() == "0");
         if !empty {
             reader.read(&mut counting).map_err(|error| {
-                if error.is_unavailable() {
+                if conntrack::Unavailable::is_unavailable(&error) {
                     NatError::Unavailable(error)
                 } else {
                     NatError::Failed(error.to_string())
@@ -789,7 +789,7 @@ impl NamespaceReader {
                 Err(error) => error,
             };
             let unsupported = match &error {
-                SourceError::Netlink(error) => error.is_unsupported(),
+                SourceError::Netlink(error) => netlink::Unsupported::is_unsupported(error),
                 SourceError::Bpf(error) => error.is_unsupported(),
                 _ => false,
             };

@@ -13,6 +13,7 @@
 pub mod aggregate;
 pub mod exposition;
 pub mod inspect;
+pub mod linux;
 pub mod metrics;
 pub mod model;
 pub mod page;

@@ -8,11 +8,12 @@
 //! owning user namespace and the `nf_conntrack_netlink` module; where either
 //! is missing there is nothing to read, which is not an error.
 //!
-//! Two parts: `wire` builds the request and parses replies (pure, tested on
-//! bytes and fuzzed), and `ConntrackReader` here runs the dump over the
-//! netlink socket it shares with the sock_diag source.
+//! Two parts: `wire` (the core's `parse::conntrack`) builds the request and
+//! parses replies (pure, tested on bytes and fuzzed), and `ConntrackReader`
+//! here runs the dump over the netlink socket it shares with the sock_diag
+//! source.
 
-pub mod wire;
+pub use portstat_core::parse::conntrack as wire;
 
 use std::path::Path;
 
@@ -169,6 +170,27 @@ pub fn parse_statistics(text: &str) -> Result<ConntrackCounters, String> {
         counters.drop = counters.drop.wrapping_add(value(drop)?);
     }
     Ok(counters)
+}
+
+/// Whether an error means there is nothing to read, rather than a passing
+/// failure.
+pub trait Unavailable {
+    /// This namespace has no conntrack to read (no `nf_conntrack_netlink`,
+    /// no netfilter netlink), or reading it is not permitted (no
+    /// `CAP_NET_ADMIN`).
+    fn is_unavailable(&self) -> bool;
+}
+
+impl Unavailable for ConntrackError {
+    fn is_unavailable(&self) -> bool {
+        let code = match self {
+            ConntrackError::System { source, .. } | ConntrackError::Refused(source) => {
+                source.raw_os_error()
+            }
+            _ => None,
+        };
+        crate::source::netlink::means_unavailable(code)
+    }
 }
 
 #[cfg(test)]

@@ -14,12 +14,14 @@
 //! refuses it, the reader falls back to one `SOCK_DIAG_BY_FAMILY` dump per
 //! family. UDP has only the per-family request.
 //!
-//! Three parts: `wire` builds requests and parses replies (pure, tested on
-//! bytes and fuzzed), `socket` sends and receives, and `NetlinkSockets`
-//! here runs the dumps: retries, fallbacks, and the buffers it reuses.
+//! Three parts: `wire` (the core's `parse::netlink`) builds requests and
+//! parses replies (pure, tested on bytes and fuzzed), `socket` sends and
+//! receives, and `NetlinkSockets` here runs the dumps: retries, fallbacks,
+//! and the buffers it reuses. What an error code means is decided here,
+//! with `libc`'s codes (`Unsupported`).
 
 pub mod socket;
-pub mod wire;
+pub use portstat_core::parse::netlink as wire;
 
 use portstat_core::model::{PortRange, Protocol, SocketRecord, SocketSink};
 use socket::NetlinkSocket;
@@ -289,10 +291,71 @@ impl Default for NetlinkSockets {
     }
 }
 
+/// Whether an error means this kernel cannot serve a kind of request at
+/// all, as opposed to a passing failure.
+pub trait Unsupported {
+    /// No netlink, no `inet_diag`/`udp_diag`, not permitted.
+    fn is_unsupported(&self) -> bool;
+}
+
+impl Unsupported for NetlinkError {
+    fn is_unsupported(&self) -> bool {
+        let code = match self {
+            NetlinkError::System { source, .. } | NetlinkError::Refused { source, .. } => {
+                source.raw_os_error()
+            }
+            _ => None,
+        };
+        // sock_diag answers EINVAL to a request kind it does not know.
+        code == Some(libc::EINVAL) || means_unavailable(code)
+    }
+}
+
+/// Whether a netlink error code means that the kernel cannot serve a kind
+/// of request at all (no such netlink family or subsystem, not permitted),
+/// as opposed to a passing failure. The codes are `libc`'s, right on every
+/// architecture.
+pub fn means_unavailable(code: Option<i32>) -> bool {
+    matches!(
+        code,
+        Some(
+            libc::ENOENT
+                | libc::EPROTONOSUPPORT
+                | libc::EAFNOSUPPORT
+                | libc::EOPNOTSUPP
+                | libc::EPERM
+                | libc::EACCES
+        )
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::SocketAddr;
+
+    #[test]
+    fn error_codes_that_mean_the_kernel_cannot_serve() {
+        let refused = |code| NetlinkError::Refused {
+            dump: "tcp".to_string(),
+            source: std::io::Error::from_raw_os_error(code),
+        };
+        for code in [
+            libc::ENOENT,
+            libc::EPERM,
+            libc::EACCES,
+            libc::EOPNOTSUPP,
+            libc::EINVAL,
+        ] {
+            assert!(refused(code).is_unsupported(), "{code}");
+        }
+        for code in [libc::EINTR, libc::EBUSY, libc::ENOBUFS] {
+            assert!(!refused(code).is_unsupported(), "{code}");
+        }
+        assert!(!NetlinkError::Malformed("short".to_string()).is_unsupported());
+        assert!(means_unavailable(Some(libc::EAFNOSUPPORT)));
+        assert!(!means_unavailable(Some(libc::EINVAL)) && !means_unavailable(None));
+    }
 
     /// Both ways of dumping TCP return the same sockets, from the kernel this
     /// test runs on (its own sockets, in whatever namespace it is in).

@@ -1,7 +1,7 @@
 //! The ctnetlink wire format, pure: the dump request built into bytes, reply
 //! datagrams parsed into source-NAT entries. Nothing here touches a socket,
 //! so every function is tested on bytes: constructed messages, and
-//! datagrams recorded from a real kernel (`fixtures/`). The layouts are
+//! datagrams recorded from a real kernel (`fixtures/conntrack/`). The layouts are
 //! those of `include/uapi/linux/netfilter/{nfnetlink,nfnetlink_conntrack}.h`
 //! and `nf_conntrack_common.h`.
 //!
@@ -10,11 +10,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-pub use crate::source::netlink::wire::Progress;
-use crate::source::netlink::wire::{
-    DatagramError, align4, means_unavailable, read_u16, walk_datagram,
-};
-use portstat_core::model::{NatEntry, Protocol};
+pub use super::netlink::Progress;
+use super::netlink::{DatagramError, align4, read_u16, walk_datagram};
+use crate::model::{NatEntry, Protocol};
 
 /// `NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET`: the dump request.
 const CT_GET: u16 = 1 << 8 | 1;
@@ -78,7 +76,7 @@ pub fn build_request(sequence: u32, mark: Option<MarkFilter>, request: &mut Vec<
     request.extend_from_slice(&sequence.to_ne_bytes());
     request.extend_from_slice(&0u32.to_ne_bytes());
     // struct nfgenmsg: AF_UNSPEC (both families), NFNETLINK_V0, resource 0.
-    request.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
+    request.extend_from_slice(&[crate::linux::AF_UNSPEC as u8, 0, 0, 0]);
     let mut attribute = |kind: u16, value: u32| {
         request.extend_from_slice(&8u16.to_ne_bytes());
         request.extend_from_slice(&kind.to_ne_bytes());
@@ -114,21 +112,6 @@ pub enum ConntrackError {
     /// The dump was interrupted by changes twice in a row.
     #[error("conntrack dump was interrupted twice (NLM_F_DUMP_INTR)")]
     Interrupted,
-}
-
-impl ConntrackError {
-    /// Whether the error means that this namespace has no conntrack to read
-    /// (no `nf_conntrack_netlink`, no netfilter netlink) or that reading it
-    /// is not permitted (no `CAP_NET_ADMIN`), rather than a passing failure.
-    pub fn is_unavailable(&self) -> bool {
-        let code = match self {
-            ConntrackError::System { source, .. } | ConntrackError::Refused(source) => {
-                source.raw_os_error()
-            }
-            _ => None,
-        };
-        means_unavailable(code)
-    }
 }
 
 /// Parses one datagram of the dump answering `sequence`: hands `entry` each
@@ -211,8 +194,8 @@ fn parse_entry(payload: &[u8]) -> Result<Option<NatEntry>, ConntrackError> {
         return Ok(None);
     }
     let protocol = match i32::from(original.protocol) {
-        libc::IPPROTO_TCP => Protocol::Tcp,
-        libc::IPPROTO_UDP => Protocol::Udp,
+        crate::linux::IPPROTO_TCP => Protocol::Tcp,
+        crate::linux::IPPROTO_UDP => Protocol::Udp,
         _ => return Ok(None),
     };
     let address = |address: Option<IpAddr>, port: Option<u16>, what: &str| match (address, port) {
@@ -332,7 +315,7 @@ fn be_u32(value: &[u8], what: &str) -> Result<u32, ConntrackError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::netlink::wire::{
+    use crate::parse::netlink::{
         HEADER_LENGTH, pseudo_random_datagrams, read_u32, recorded_datagrams,
     };
 
@@ -401,7 +384,7 @@ mod tests {
     /// An entry: protocol, the original direction (source, destination),
     /// the reply direction, and the status bits.
     fn entry(protocol: u8, original: (&str, &str), reply: (&str, &str), status: u32) -> Vec<u8> {
-        let mut payload = vec![libc::AF_INET as u8, 0, 0, 0];
+        let mut payload = vec![crate::linux::AF_INET as u8, 0, 0, 0];
         payload.extend(tuple(CTA_TUPLE_ORIG, protocol, original.0, original.1));
         payload.extend(tuple(CTA_TUPLE_REPLY, protocol, reply.0, reply.1));
         payload.extend(attribute(CTA_STATUS, &status.to_be_bytes()));
@@ -433,8 +416,8 @@ mod tests {
         panic!("the dump did not end");
     }
 
-    const TCP: u8 = libc::IPPROTO_TCP as u8;
-    const UDP: u8 = libc::IPPROTO_UDP as u8;
+    const TCP: u8 = crate::linux::IPPROTO_TCP as u8;
+    const UDP: u8 = crate::linux::IPPROTO_UDP as u8;
 
     #[test]
     fn the_request_asks_for_source_nat_in_both_families() {
@@ -445,7 +428,7 @@ mod tests {
         assert_eq!(read_u16(&request, 4), 0x0101);
         assert_eq!(read_u16(&request, 6), 0x301);
         assert_eq!(read_u32(&request, 8), 9);
-        assert_eq!(request[16], libc::AF_UNSPEC as u8);
+        assert_eq!(request[16], crate::linux::AF_UNSPEC as u8);
         let sent: Vec<(u16, Vec<u8>)> = attributes(&request[20..])
             .map(|(kind, value)| (kind.unwrap(), value.to_vec()))
             .collect();
@@ -539,7 +522,7 @@ mod tests {
 
     #[test]
     fn ipv6_entries_parse() {
-        let mut payload = vec![libc::AF_INET6 as u8, 0, 0, 0];
+        let mut payload = vec![crate::linux::AF_INET6 as u8, 0, 0, 0];
         payload.extend(tuple(
             CTA_TUPLE_ORIG,
             TCP,
@@ -561,12 +544,16 @@ mod tests {
 
     #[test]
     fn errors_and_interruptions_are_reported() {
-        let error = message(NLMSG_ERROR, 0, &(-libc::EPERM).to_ne_bytes());
+        let error = message(NLMSG_ERROR, 0, &(-crate::linux::EPERM).to_ne_bytes());
         let refused = parse_all(&[error], 7).unwrap_err();
-        assert!(refused.is_unavailable(), "{refused}");
-        let failed_done = message(NLMSG_DONE, 2, &(-libc::EBUSY).to_ne_bytes());
+        let code = |error: &ConntrackError| match error {
+            ConntrackError::Refused(source) => source.raw_os_error(),
+            _ => None,
+        };
+        assert_eq!(code(&refused), Some(crate::linux::EPERM), "{refused}");
+        let failed_done = message(NLMSG_DONE, 2, &(-crate::linux::EBUSY).to_ne_bytes());
         let failed = parse_all(&[failed_done], 7).unwrap_err();
-        assert!(!failed.is_unavailable(), "{failed}");
+        assert_eq!(code(&failed), Some(crate::linux::EBUSY), "{failed}");
 
         // An earlier dump's leftovers are skipped; NLM_F_DUMP_INTR is kept.
         let mut stale = entry(
@@ -607,7 +594,7 @@ mod tests {
             let _ = parse_datagram(&cut, 7, &mut false, &mut |_| {});
         }
         // An entry without its reply tuple.
-        let mut payload = vec![libc::AF_INET as u8, 0, 0, 0];
+        let mut payload = vec![crate::linux::AF_INET as u8, 0, 0, 0];
         payload.extend(tuple(CTA_TUPLE_ORIG, TCP, "10.0.1.2:1", "10.0.9.9:443"));
         let lonely = message(CT_NEW, 2, &payload);
         assert!(matches!(
@@ -615,7 +602,7 @@ mod tests {
             Err(ConntrackError::Malformed(_))
         ));
         // A TCP tuple without ports.
-        let mut payload = vec![libc::AF_INET as u8, 0, 0, 0];
+        let mut payload = vec![crate::linux::AF_INET as u8, 0, 0, 0];
         for kind in [CTA_TUPLE_ORIG, CTA_TUPLE_REPLY] {
             payload.extend(nested(
                 kind,
@@ -631,7 +618,7 @@ mod tests {
     }
 
     fn recorded(name: &str) -> Vec<Vec<u8>> {
-        recorded_datagrams("src/source/conntrack/fixtures", name)
+        recorded_datagrams("src/parse/fixtures/conntrack", name)
     }
 
     fn described(entries: &[NatEntry]) -> Vec<String> {

@@ -1,17 +1,17 @@
 //! The sock_diag wire format, pure: dump requests and their filter bytecode
 //! built into bytes, reply datagrams parsed into socket records. Nothing
 //! here touches a socket, so every function is tested on bytes: constructed
-//! messages, and datagrams recorded from a real kernel (`fixtures/`). The
+//! messages, and datagrams recorded from a real kernel (`fixtures/netlink/`). The
 //! layouts are those of `include/uapi/linux/{netlink,sock_diag,inet_diag}.h`.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use portstat_core::model::UdpState;
-use portstat_core::model::{
+use crate::model::UdpState;
+use crate::model::{
     ListenQueue, PortRange, Protocol, SocketRecord, SocketState, TcpState, TimeWait,
 };
-use portstat_core::rules::time_wait_age_ms;
+use crate::rules::time_wait_age_ms;
 
 /// `SOCK_DIAG_BY_FAMILY`, the request type with `struct inet_diag_req_v2`.
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -109,7 +109,10 @@ pub fn dumps_for(
     let families: &[Option<u8>] = if protocol == Protocol::Tcp && both_families {
         &[None]
     } else {
-        &[Some(libc::AF_INET as u8), Some(libc::AF_INET6 as u8)]
+        &[
+            Some(crate::linux::AF_INET as u8),
+            Some(crate::linux::AF_INET6 as u8),
+        ]
     };
     let mut dumps = Vec::with_capacity(4);
     for &family in families {
@@ -163,8 +166,8 @@ pub fn build_request(dump: &Dump, sequence: u32, request: &mut Vec<u8>) {
             // struct inet_diag_req_v2: family, protocol, ext (none), pad,
             // states, and an all-zero inet_diag_sockid (no exact match).
             let protocol = match dump.protocol {
-                Protocol::Tcp => libc::IPPROTO_TCP as u8,
-                Protocol::Udp => libc::IPPROTO_UDP as u8,
+                Protocol::Tcp => crate::linux::IPPROTO_TCP as u8,
+                Protocol::Udp => crate::linux::IPPROTO_UDP as u8,
             };
             request.extend_from_slice(&[family, protocol, 0, 0]);
             request.extend_from_slice(&dump.states.to_ne_bytes());
@@ -174,7 +177,7 @@ pub fn build_request(dump: &Dump, sequence: u32, request: &mut Vec<u8>) {
             // struct inet_diag_req: family (the kernel dumps both whatever
             // it says), address lengths, ext (none), an all-zero
             // inet_diag_sockid, states, and dbs (unused).
-            request.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]);
+            request.extend_from_slice(&[crate::linux::AF_INET as u8, 0, 0, 0]);
             request.extend_from_slice(&[0; 48]);
             request.extend_from_slice(&dump.states.to_ne_bytes());
             request.extend_from_slice(&0u32.to_ne_bytes());
@@ -255,39 +258,6 @@ pub enum NetlinkError {
     /// The dump was interrupted by changes twice in a row.
     #[error("sock_diag dump of {0} was interrupted twice (NLM_F_DUMP_INTR)")]
     Interrupted(String),
-}
-
-impl NetlinkError {
-    /// Whether the error means this kernel cannot serve the request at all
-    /// (no netlink, no `inet_diag`/`udp_diag`, not permitted), as opposed to
-    /// a passing failure.
-    pub fn is_unsupported(&self) -> bool {
-        let code = match self {
-            NetlinkError::System { source, .. } | NetlinkError::Refused { source, .. } => {
-                source.raw_os_error()
-            }
-            _ => None,
-        };
-        // sock_diag answers EINVAL to a request kind it does not know.
-        code == Some(libc::EINVAL) || means_unavailable(code)
-    }
-}
-
-/// Whether a netlink error code means that the kernel cannot serve a kind
-/// of request at all (no such netlink family or subsystem, not permitted),
-/// as opposed to a passing failure.
-pub fn means_unavailable(code: Option<i32>) -> bool {
-    matches!(
-        code,
-        Some(
-            libc::ENOENT
-                | libc::EPROTONOSUPPORT
-                | libc::EAFNOSUPPORT
-                | libc::EOPNOTSUPP
-                | libc::EPERM
-                | libc::EACCES
-        )
-    )
 }
 
 /// Where a dump stands after one datagram.
@@ -434,10 +404,10 @@ fn parse_socket(payload: &[u8], dump: &Dump) -> Result<SocketRecord, NetlinkErro
             .try_into()
             .map_err(|_| NetlinkError::Malformed("short address".into()))?;
         match i32::from(family) {
-            libc::AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(
+            crate::linux::AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(
                 bytes[0], bytes[1], bytes[2], bytes[3],
             ))),
-            libc::AF_INET6 => Ok(IpAddr::V6(Ipv6Addr::from(bytes))),
+            crate::linux::AF_INET6 => Ok(IpAddr::V6(Ipv6Addr::from(bytes))),
             other => Err(NetlinkError::Malformed(format!("address family {other}"))),
         }
     };
@@ -490,7 +460,7 @@ fn parse_socket(payload: &[u8], dump: &Dump) -> Result<SocketRecord, NetlinkErro
 /// The dump in words, for errors: protocol, family and states.
 pub fn describe(dump: &Dump) -> String {
     let family = match dump.family.map(i32::from) {
-        Some(libc::AF_INET) => "inet",
+        Some(crate::linux::AF_INET) => "inet",
         Some(_) => "inet6",
         None => "inet and inet6",
     };
@@ -589,7 +559,7 @@ mod tests {
     #[test]
     fn request_layout() {
         let dump = Dump {
-            family: Some(libc::AF_INET6 as u8),
+            family: Some(crate::linux::AF_INET6 as u8),
             protocol: Protocol::Tcp,
             states: state_mask::CONNECTIONS,
             source_ports: Some(RANGE),
@@ -607,8 +577,8 @@ mod tests {
         );
         assert_eq!(read_u16(&request, 6), 0x301, "NLM_F_REQUEST | NLM_F_DUMP");
         assert_eq!(read_u32(&request, 8), 7);
-        assert_eq!(request[16], libc::AF_INET6 as u8);
-        assert_eq!(request[17], libc::IPPROTO_TCP as u8);
+        assert_eq!(request[16], crate::linux::AF_INET6 as u8);
+        assert_eq!(request[17], crate::linux::IPPROTO_TCP as u8);
         assert_eq!(request[18], 0, "no extensions");
         // Every TCP state of include/net/tcp_states.h but CLOSE (7), LISTEN
         // (10) and BOUND_INACTIVE (13): ESTABLISHED (1) to LAST_ACK (9),
@@ -733,7 +703,7 @@ mod tests {
             2,
             sequence,
             &diag(
-                libc::AF_INET,
+                crate::linux::AF_INET,
                 state,
                 v4(local),
                 local_port,
@@ -747,7 +717,7 @@ mod tests {
 
     fn dump(protocol: Protocol, states: u32) -> Dump {
         Dump {
-            family: Some(libc::AF_INET as u8),
+            family: Some(crate::linux::AF_INET as u8),
             protocol,
             states,
             source_ports: Some(RANGE),
@@ -764,7 +734,16 @@ mod tests {
             SOCK_DIAG_BY_FAMILY,
             2,
             9,
-            &diag(libc::AF_INET6, 6, v6_local, 40002, v6_remote, 80, (0, 0), 0),
+            &diag(
+                crate::linux::AF_INET6,
+                6,
+                v6_local,
+                40002,
+                v6_remote,
+                80,
+                (0, 0),
+                0,
+            ),
         ));
         // A stale message from another dump is skipped.
         datagram.extend(message(SOCK_DIAG_BY_FAMILY, 2, 8, &[0; 3]));
@@ -798,7 +777,7 @@ mod tests {
             2,
             1,
             &diag(
-                libc::AF_INET,
+                crate::linux::AF_INET,
                 10,
                 v4([0; 4]),
                 8080,
@@ -839,7 +818,7 @@ mod tests {
             2,
             1,
             &diag(
-                libc::AF_INET,
+                crate::linux::AF_INET,
                 1,
                 v4([0; 4]),
                 40007,
@@ -872,7 +851,7 @@ mod tests {
         let tcp = dump(Protocol::Tcp, state_mask::CONNECTIONS);
         let mut sockets = Vec::new();
         // NLMSG_ERROR with -ENOENT: udp_diag or inet_diag missing.
-        let mut payload = (-libc::ENOENT).to_ne_bytes().to_vec();
+        let mut payload = (-crate::linux::ENOENT).to_ne_bytes().to_vec();
         payload.extend_from_slice(&[0; 16]);
         let error = parse_datagram(
             &message(NLMSG_ERROR, 0, 4, &payload),
@@ -882,7 +861,11 @@ mod tests {
             &mut sockets,
         )
         .unwrap_err();
-        assert!(error.is_unsupported(), "{error}");
+        assert!(
+            matches!(&error, NetlinkError::Refused { source, .. }
+                if source.raw_os_error() == Some(crate::linux::ENOENT)),
+            "{error}"
+        );
         // An acknowledgement is not an error.
         let mut ack = 0i32.to_ne_bytes().to_vec();
         ack.extend_from_slice(&[0; 16]);
@@ -898,7 +881,7 @@ mod tests {
             Progress::More
         );
         // DONE carrying an error.
-        let done = message(NLMSG_DONE, 2, 4, &(-libc::EINTR).to_ne_bytes());
+        let done = message(NLMSG_DONE, 2, 4, &(-crate::linux::EINTR).to_ne_bytes());
         assert!(parse_datagram(&done, 4, &tcp, &mut false, &mut sockets).is_err());
         // NLM_F_DUMP_INTR on any message marks the whole dump.
         let mut interrupted = false;
@@ -907,7 +890,7 @@ mod tests {
             2 | NLM_F_DUMP_INTR,
             4,
             &diag(
-                libc::AF_INET,
+                crate::linux::AF_INET,
                 1,
                 v4([1, 1, 1, 1]),
                 40001,
@@ -952,7 +935,7 @@ mod tests {
     }
 
     fn recorded(name: &str) -> Vec<Vec<u8>> {
-        recorded_datagrams("src/source/netlink/fixtures", name)
+        recorded_datagrams("src/parse/fixtures/netlink", name)
     }
 
     /// Parses a recorded dump to its end: the sockets, as state, local and
