@@ -253,10 +253,10 @@ impl Sampler {
         if gone.is_empty() {
             return;
         }
-        if let Some(counter) = &mut self.failure_counter {
-            if let Err(error) = counter.forget(&gone) {
-                tracing::debug!(err = %error, "cannot forget the failures of namespaces that are gone");
-            }
+        if let Some(counter) = &mut self.failure_counter
+            && let Err(error) = counter.forget(&gone)
+        {
+            tracing::debug!(err = %error, "cannot forget the failures of namespaces that are gone");
         }
     }
 

@@ -201,10 +201,11 @@ fn an_unprivileged_exporter_still_works_and_says_so_once() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let metrics = loop {
         let response = netns.http_get("127.0.0.1:10042".parse().unwrap(), "/metrics");
-        if let Ok(response) = response {
-            if response.status == 200 && response.text().contains("port=\"7000\"") {
-                break support::Metrics::parse(&response.text());
-            }
+        if let Ok(response) = response
+            && response.status == 200
+            && response.text().contains("port=\"7000\"")
+        {
+            break support::Metrics::parse(&response.text());
         }
         assert!(std::time::Instant::now() < deadline, "never served");
         std::thread::sleep(Duration::from_millis(50));

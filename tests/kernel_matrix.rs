@@ -318,10 +318,10 @@ fn lab_binaries(root: &Path) -> Vec<PathBuf> {
             continue;
         };
         let name = message["target"]["name"].as_str().unwrap_or_default();
-        if let Some(executable) = message["executable"].as_str() {
-            if LABS.contains(&name) {
-                binaries.insert(name.to_string(), PathBuf::from(executable));
-            }
+        if let Some(executable) = message["executable"].as_str()
+            && LABS.contains(&name)
+        {
+            binaries.insert(name.to_string(), PathBuf::from(executable));
         }
     }
     assert_eq!(binaries.len(), LABS.len(), "found {binaries:?}");

@@ -892,10 +892,11 @@ impl SocketSink for NotingInterfaces<'_> {
         if self.added.is_multiple_of(SOCKETS_BETWEEN_YIELDS) {
             std::thread::yield_now();
         }
-        if let std::net::IpAddr::V6(address) = socket.local.ip() {
-            if address.is_unicast_link_local() && socket.interface != 0 {
-                self.indexes.insert(socket.interface);
-            }
+        if let std::net::IpAddr::V6(address) = socket.local.ip()
+            && address.is_unicast_link_local()
+            && socket.interface != 0
+        {
+            self.indexes.insert(socket.interface);
         }
         self.sink.add(socket);
     }
