@@ -23,8 +23,12 @@ mod support;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use portstat_exporter::source::bpf::failures::PortFailureCounter;
+use portstat_exporter::source::bpf::failures::{PortFailureCounter, names_capacity};
 use support::Netns;
+
+/// The map of connection names, sized as the exporter sizes it for the
+/// kernel's default range (32768-60999).
+const NAMES: u32 = names_capacity(28232);
 
 fn main() {
     let mut connects = 20_000usize;
@@ -77,11 +81,9 @@ fn syscall_cost(rounds: usize) {
     }
 }
 
-/// The median time per connect+close, in microseconds, with no program,
-/// with the TCP program, and with both.
-fn loop_cost(connects: usize, rounds: usize) {
-    let netns = Netns::new((10000, 60999), "");
-    let server: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+/// A thread that accepts and drops connections to 127.0.0.1:8080 inside
+/// `netns`, for as long as the process runs; its address.
+fn acceptor(netns: &Netns) -> SocketAddr {
     // A deep accept queue: a late wake-up of the accepting thread must not
     // drop SYNs, which would cost the loop a second's retransmission.
     let listener = netns.run(|| support::listening_socket("127.0.0.1:8080", false, 4096));
@@ -90,14 +92,28 @@ fn loop_cost(connects: usize, rounds: usize) {
             drop(stream);
         }
     });
+    "127.0.0.1:8080".parse().unwrap()
+}
+
+/// Connects to `server` and closes with a reset, so that no TIME_WAIT is
+/// left to fill the range.
+fn connect_and_reset(server: SocketAddr) {
+    let stream = TcpStream::connect(server).unwrap();
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+}
+
+/// The median time per connect+close, in microseconds, with no program,
+/// with the TCP program, and with both.
+fn loop_cost(connects: usize, rounds: usize) {
+    let netns = Netns::new((10000, 60999), "");
+    let server = acceptor(&netns);
     let run = || -> f64 {
         netns.run(|| {
             let started = Instant::now();
             for _ in 0..connects {
-                let stream = TcpStream::connect(server).unwrap();
-                socket2::SockRef::from(&stream)
-                    .set_linger(Some(Duration::ZERO))
-                    .unwrap();
+                connect_and_reset(server);
             }
             started.elapsed().as_secs_f64() * 1e6 / connects as f64
         })
@@ -153,10 +169,10 @@ fn alternate(rounds: usize, mut run: impl FnMut() -> f64) -> [Vec<f64>; 3] {
     let mut times: [Vec<f64>; 3] = Default::default();
     for _ in 0..rounds {
         times[0].push(run());
-        let counter = PortFailureCounter::load(false).expect("the TCP program loads");
+        let counter = PortFailureCounter::load(false, NAMES).expect("the TCP program loads");
         times[1].push(run());
         drop(counter);
-        let counter = PortFailureCounter::load(true).expect("both programs load");
+        let counter = PortFailureCounter::load(true, NAMES).expect("both programs load");
         times[2].push(run());
         drop(counter);
     }
@@ -168,9 +184,10 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// The time one read of the counts takes, in microseconds (median of 21).
+/// The time one read of the counts takes, in microseconds (median of 21),
+/// and one read of the connection names.
 fn read_cost() {
-    let counter = PortFailureCounter::load(false).expect("the TCP program loads");
+    let mut counter = PortFailureCounter::load(false, NAMES).expect("the TCP program loads");
     let time_reads = || {
         let times: Vec<f64> = (0..21)
             .map(|_| {
@@ -221,4 +238,47 @@ fn read_cost() {
         time_reads()
     );
     drop(listeners);
+    names_cost(&mut counter);
+}
+
+/// The time one read of the connection names takes, with the 1,000 held
+/// connections named, then with the map full.
+fn names_cost(counter: &mut PortFailureCounter) {
+    let mut time_names = || {
+        let times: Vec<f64> = (0..5)
+            .map(|_| {
+                let started = Instant::now();
+                let names = counter.names().unwrap();
+                let elapsed = started.elapsed().as_secs_f64() * 1e3;
+                (
+                    elapsed,
+                    names
+                        .by_netns
+                        .values()
+                        .map(|names| names.len())
+                        .sum::<usize>(),
+                )
+            })
+            .map(|(elapsed, count)| {
+                println!("    {count} names: {elapsed:.2} ms");
+                elapsed
+            })
+            .collect();
+        median(times)
+    };
+    println!("one read of the connection names (median of 5):");
+    println!("  {:.2} ms", time_names());
+    // Fill the map: connections closed with a reset, whose names stay
+    // until the map evicts them (no sampler removes them here).
+    let netns = Netns::new((40000, 59999), "");
+    let server = acceptor(&netns);
+    netns.run(|| {
+        for _ in 0..NAMES as usize + 1000 {
+            connect_and_reset(server);
+        }
+    });
+    println!(
+        "  with the map full ({NAMES} entries): {:.2} ms",
+        time_names()
+    );
 }

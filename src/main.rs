@@ -14,7 +14,10 @@ use portstat_core::status::Collector;
 use portstat_exporter::cli::{Cli, Command};
 use portstat_exporter::collector::Collectors;
 use portstat_exporter::render::Renderer;
-use portstat_exporter::sampler::{Exposition, NamespaceScope, Sampler, running_exporter_failures};
+use portstat_exporter::sampler::{
+    Exposition, NamespaceScope, Sampler, name_connections_as_the_running_exporter,
+    running_exporter_failures,
+};
 use portstat_exporter::serve::{self, ServeConfig};
 use portstat_exporter::source::read::read_own_namespace_at_once;
 use portstat_exporter::webconfig::WebConfig;
@@ -219,6 +222,7 @@ fn inspect(cli: &Cli, port: Option<u16>, json: bool) -> ExitCode {
     let mut collectors =
         Collectors::new(&[Collector::Sockets, Collector::Conntrack, Collector::Owners]);
     collectors.start_sample();
+    name_connections_as_the_running_exporter(&mut reader);
     let read = read_own_namespace_at_once(&mut reader, &limits, port, &mut collectors);
     collectors.finish_sample();
     let (read, mut owners) = match read {
@@ -238,7 +242,13 @@ fn inspect(cli: &Cli, port: Option<u16>, json: bool) -> ExitCode {
             .map(|(pid, comm)| (*pid, comm.clone())),
     );
     let holders = port.map(|port| {
-        inspect::port_holders(read.aggregator.kept_sockets(), &owners, port, cli.processes)
+        inspect::port_holders(
+            read.aggregator.kept_sockets(),
+            &owners,
+            read.aggregator.kept_connection_names(),
+            port,
+            cli.processes,
+        )
     });
     let mut snapshot = read.finish(&owners);
     match running_exporter_failures(&snapshot) {

@@ -1,5 +1,6 @@
 //! Runs source → aggregate → render and publishes each result for `serve`.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,14 +13,16 @@ use crate::collector::Collectors;
 use crate::plan::{self, Plan};
 use crate::render::Renderer;
 use crate::source::all::{NamespacesRead, read_all};
-use crate::source::bpf::failures::PortFailureCounter;
+use crate::source::bpf::failures::{PortFailureCounter, names_capacity};
 use crate::source::read::{
     NamespaceRead, read_namespace, read_own_namespace_at_once, resolve_owners,
 };
 use crate::source::{NamespaceReader, ReadReport, SourceError, namespaces};
 use portstat_core::aggregate::{Limits, Snapshot};
 use portstat_core::metrics::failures::FailureHistory;
-use portstat_core::model::{NamespaceFailures, PortFailureCounts};
+use portstat_core::model::{
+    Connection, ConnectionNames, Connector, NamespaceFailures, PortFailureCounts,
+};
 use portstat_core::page::landing_page;
 use portstat_core::status::{Collector, FailureCounting, NamespaceCounts, SampleStatus, Stage};
 
@@ -103,6 +106,10 @@ pub struct Sampler {
 /// host's: a namespace gone is forgotten at the second check that misses it.
 const FORGET_EVERY: Duration = Duration::from_secs(60);
 
+/// The ports of the kernel's default range, 32768-60999, where the range
+/// cannot be read.
+const DEFAULT_RANGE_PORTS: u32 = 28232;
+
 /// How long a daemon's first sample waits for the BPF programs to load
 /// before it reads without them.
 const FIRST_SAMPLE_WAITS_FOR_PROGRAMS: Duration = Duration::from_millis(500);
@@ -157,12 +164,23 @@ impl Sampler {
     /// once where it cannot. For a sampler that runs (`run`): a one-shot
     /// sample would only count its own instant.
     pub fn count_failures(&mut self, autobind: bool) {
-        match PortFailureCounter::load(autobind) {
+        // Connections are named in a map sized against the range of the
+        // exporter's own namespace.
+        let ports = self
+            .reader
+            .read_settings()
+            .map_or(DEFAULT_RANGE_PORTS, |settings| settings.range.port_count());
+        let names = names_capacity(ports);
+        match PortFailureCounter::load(autobind, names) {
             Ok(counter) => {
                 self.failure_counter = Some(counter);
                 self.collectors.plan(Collector::Failures, true);
                 self.status.failure_counting = FailureCounting::Bpf { autobind };
-                tracing::info!(autobind, "counting failed connect() calls in the kernel");
+                tracing::info!(
+                    autobind,
+                    connection_names = names,
+                    "counting connects and failed connect() calls in the kernel"
+                );
             }
             Err(error) => {
                 let stage = match &error {
@@ -183,6 +201,7 @@ impl Sampler {
         match self.collectors.time(Collector::Failures, || counter.read()) {
             Ok(counts) => {
                 self.status.failures_unrecorded = counts.unrecorded;
+                self.status.connects_unrecorded = counts.connects_unrecorded;
                 Some(counts)
             }
             Err(error) => {
@@ -234,9 +253,8 @@ impl Sampler {
         }
         self.failure_namespaces_looked = Some(Instant::now());
         let others = counts
-            .attempts
-            .keys()
-            .chain(counts.totals.keys().map(|(netns, _, _)| netns))
+            .namespaces()
+            .iter()
             .any(|netns| !sampled.contains(netns));
         let live: Vec<u64> = if others {
             match namespaces::discover(
@@ -258,6 +276,48 @@ impl Sampler {
         {
             tracing::debug!(err = %error, "cannot forget the failures of namespaces that are gone");
         }
+    }
+
+    /// Gives the reader who connected each connection the kernel names, to
+    /// name the sockets no process holds after them, where connects are
+    /// counted.
+    fn read_connection_names(&mut self) {
+        let Some(counter) = &mut self.failure_counter else {
+            return;
+        };
+        match self
+            .collectors
+            .time(Collector::Failures, || counter.names())
+        {
+            Ok(names) => {
+                self.status.connection_names_evicted = counter.names_evicted();
+                self.reader.set_connection_names(names.by_netns);
+            }
+            Err(error) => self.collectors.failed(Collector::Failures, error),
+        }
+    }
+
+    /// Removes from the kernel's map the names of connections no socket of
+    /// a sample that succeeded matched (`unseen`), and those of namespaces
+    /// not read (`unread`): no socket is left to name with them, and the
+    /// room goes to new connections, so that the map evicts a name only
+    /// when the connections still there outgrow it.
+    fn prune_connection_names(
+        &mut self,
+        mut unseen: Vec<(u64, Connection, Connector)>,
+        unread: HashMap<u64, ConnectionNames>,
+    ) {
+        let Some(counter) = &mut self.failure_counter else {
+            return;
+        };
+        for (netns, names) in unread {
+            unseen.extend(
+                names
+                    .into_iter()
+                    .map(|(connection, connector)| (netns, connection, connector)),
+            );
+        }
+        counter.prune(&unseen);
     }
 
     /// Resolves what the sampler reads, before its first sample: loads the
@@ -313,12 +373,16 @@ impl Sampler {
         // Read before the sockets, so that every call the counts miss is
         // made after, and is counted as an attempt by the next sample.
         let failure_counts = self.read_failures();
+        self.read_connection_names();
+        let mut unseen = Vec::new();
         let result = match self.namespaces {
-            NamespaceScope::Own => self.sample_own(),
-            NamespaceScope::All { max } => self.sample_all(max),
+            NamespaceScope::Own => self.sample_own(&mut unseen),
+            NamespaceScope::All { max } => self.sample_all(max, &mut unseen),
         };
+        let unread = self.reader.unread_connection_names();
         match result {
             Ok(mut snapshots) => {
+                self.prune_connection_names(unseen, unread);
                 if let Some(counts) = failure_counts {
                     self.attach_failures(&mut snapshots, counts);
                 }
@@ -389,7 +453,10 @@ impl Sampler {
     }
 
     /// Samples the namespace the exporter runs in.
-    fn sample_own(&mut self) -> Result<Vec<Snapshot>, SourceError> {
+    fn sample_own(
+        &mut self,
+        unseen: &mut Vec<(u64, Connection, Connector)>,
+    ) -> Result<Vec<Snapshot>, SourceError> {
         if !self.serving {
             let (read, owners) = read_own_namespace_at_once(
                 &mut self.reader,
@@ -406,12 +473,17 @@ impl Sampler {
             &mut [(own, &mut read)],
             &mut self.collectors,
         );
+        unseen.extend(read.unseen_connections());
         Ok(vec![read.finish(&owners)])
     }
 
     /// Samples every network namespace on the host, at most `max`, entering
     /// each on this thread in turn.
-    fn sample_all(&mut self, max: usize) -> Result<Vec<Snapshot>, SourceError> {
+    fn sample_all(
+        &mut self,
+        max: usize,
+        unseen: &mut Vec<(u64, Connection, Connector)>,
+    ) -> Result<Vec<Snapshot>, SourceError> {
         let discovered = self.collectors.time(Collector::Namespaces, || {
             namespaces::discover(
                 self.reader.procfs_root(),
@@ -459,7 +531,8 @@ impl Sampler {
         Ok(read
             .samples
             .into_iter()
-            .map(|(identity, read)| {
+            .map(|(identity, mut read)| {
+                unseen.extend(read.unseen_connections());
                 let mut snapshot = read.finish(&owners);
                 snapshot.namespace = Some(identity);
                 snapshot
@@ -570,6 +643,19 @@ fn namespace_counts(read: &NamespacesRead, omitted: usize) -> NamespaceCounts {
             count(&|report| report.skipped[0]),
             count(&|report| report.skipped[1]),
         ],
+    }
+}
+
+/// Names the sockets no process holds in the exporter's own namespace
+/// after who connected them, as the exporter running on this host has them
+/// (`inspect`); where none runs, or its map cannot be read (it needs
+/// CAP_SYS_ADMIN), they stay `none`.
+pub fn name_connections_as_the_running_exporter(reader: &mut NamespaceReader) {
+    let Some(netns) = namespaces::own_namespace_inode() else {
+        return;
+    };
+    if let Ok(Some(names)) = crate::source::bpf::failures::running_names(netns) {
+        reader.set_connection_names(HashMap::from([(netns, names)]));
     }
 }
 

@@ -1,6 +1,7 @@
 //! The kernel matrix: the truth lab (`tests/headroom.rs`), the BPF
-//! source's tests (`tests/bpf.rs`) and the failure counter's
-//! (`tests/failures.rs`) run on the host's kernel and inside each
+//! source's tests (`tests/bpf.rs`), the failure counter's
+//! (`tests/failures.rs`) and the connect counter's (`tests/connects.rs`)
+//! run on the host's kernel and inside each
 //! kernel users run, booted under QEMU over the host's root filesystem
 //! with virtme-ng; then the kernel × source table of `docs/sources.md` is
 //! built from the truth lab's results and must be the one committed.
@@ -39,7 +40,7 @@ const KERNELS: [(&str, &str); 4] = [
 ];
 
 /// The test binaries run in each kernel.
-const LABS: [&str; 3] = ["headroom", "bpf", "failures"];
+const LABS: [&str; 4] = ["headroom", "bpf", "failures", "connects"];
 
 /// Where the truth lab's table is, between these two lines.
 const TABLE_START: &str = "<!-- kernel-matrix: start -->";

@@ -14,14 +14,15 @@ pub mod read;
 pub mod sysctl;
 pub mod walk;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
 pub use portstat_core::model::ReadReport;
 use portstat_core::model::{
-    ConntrackCounters, NamespaceSample, NatSink, OwnedSocket, OwnerLookup, PortRange, Protocol,
-    ReservedPorts, SocketOwners, SocketRecord, SocketSink, SourceKind, TimeWaitReuse,
+    ConnectionNames, ConntrackCounters, NamespaceSample, NatSink, OwnedSocket, OwnerLookup,
+    PortRange, Protocol, ReservedPorts, SocketOwners, SocketRecord, SocketSink, SourceKind,
+    TimeWaitReuse,
 };
 
 /// A failure to read what the kernel reports.
@@ -131,6 +132,9 @@ pub struct NamespaceReader {
     /// The BPF programs loading on a thread of their own
     /// (`load_programs_in_background`); TCP is read over netlink meanwhile.
     loading: Option<bpf::background::ProgramLoad>,
+    /// Who connected each connection, by namespace, for the sockets no
+    /// process holds: each namespace's are taken when it is read.
+    connection_names: HashMap<u64, ConnectionNames>,
 }
 
 /// How the namespace of the last `read_settings` is read with the one walk
@@ -220,7 +224,33 @@ impl NamespaceReader {
             nat_seen: HashSet::new(),
             shared_tables: None,
             loading: None,
+            connection_names: HashMap::new(),
         }
+    }
+
+    /// Names the sockets no process holds after the process that connected
+    /// them, by namespace, in the namespaces read from now on.
+    pub fn set_connection_names(&mut self, names: HashMap<u64, ConnectionNames>) {
+        self.connection_names = names;
+    }
+
+    /// The connection names of the namespace the calling thread is in, and
+    /// its inode; none where the inode cannot be read.
+    pub fn take_connection_names(&mut self) -> (Option<u64>, ConnectionNames) {
+        if self.connection_names.is_empty() {
+            return (None, ConnectionNames::new());
+        }
+        let inode = namespaces::thread_namespace_inode(&self.procfs_root);
+        let names = inode
+            .and_then(|inode| self.connection_names.remove(&inode))
+            .unwrap_or_default();
+        (inode, names)
+    }
+
+    /// The connection names of the namespaces not read since
+    /// `set_connection_names`.
+    pub fn unread_connection_names(&mut self) -> HashMap<u64, ConnectionNames> {
+        std::mem::take(&mut self.connection_names)
     }
 
     /// With the `auto` source, starts loading the BPF programs (TCP,

@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 
 use portstat_core::aggregate::{Aggregator, Limits, Snapshot};
-use portstat_core::model::{OwnerLookup, PortRange, ReadReport, SocketOwners};
+use portstat_core::model::{
+    Connection, Connector, OwnerLookup, PortRange, ReadReport, SocketOwners,
+};
 use portstat_core::status::Collector;
 
 use super::{NamespaceReader, NatError, NatRead, SharedTablesUse, SourceError, namespaces};
@@ -23,9 +25,24 @@ pub struct NamespaceRead {
     pub report: ReadReport,
     /// How its owners are found.
     pub lookup: OwnerLookup,
+    /// Its inode, where its sockets were named after who connected them.
+    pub named_netns: Option<u64>,
 }
 
 impl NamespaceRead {
+    /// The names of the namespace's connections that no socket matched,
+    /// with its inode: connections that are gone.
+    pub fn unseen_connections(&mut self) -> Vec<(u64, Connection, Connector)> {
+        let Some(netns) = self.named_netns else {
+            return Vec::new();
+        };
+        self.aggregator
+            .unseen_connections()
+            .into_iter()
+            .map(|(connection, connector)| (netns, connection, connector))
+            .collect()
+    }
+
     /// The namespace's figures, naming processes with `owners`.
     pub fn finish(self, owners: &SocketOwners) -> Snapshot {
         self.aggregator.finish(owners, &self.report)
@@ -91,14 +108,14 @@ pub fn read_namespace_but_shared(
     limits: &Limits,
     collectors: &mut Collectors,
 ) -> Result<(NamespaceRead, Option<LeftToTheWalk>), SourceError> {
-    let (range, mut aggregator, lookup) = start_namespace(reader, limits, None, collectors)?;
+    let (range, mut aggregator, naming) = start_namespace(reader, limits, None, collectors)?;
     let using = reader.on_shared_tables();
     if !using.tcp {
         let report = collectors.time(Collector::Sockets, || {
             reader.read_sockets(range, None, &mut aggregator)
         })?;
         return Ok((
-            end_namespace(reader, aggregator, report, lookup, collectors),
+            end_namespace(reader, aggregator, report, naming, collectors),
             None,
         ));
     }
@@ -107,7 +124,7 @@ pub fn read_namespace_but_shared(
     })?;
     let may_hold = reader.may_hold_bound_inactive();
     Ok((
-        end_namespace(reader, aggregator, report, lookup, collectors),
+        end_namespace(reader, aggregator, report, naming, collectors),
         Some(LeftToTheWalk {
             range,
             may_hold_bound_inactive: may_hold,
@@ -137,12 +154,12 @@ pub fn read_namespace(
     keep_port: Option<u16>,
     collectors: &mut Collectors,
 ) -> Result<NamespaceRead, SourceError> {
-    let (range, mut aggregator, lookup) = start_namespace(reader, limits, keep_port, collectors)?;
+    let (range, mut aggregator, naming) = start_namespace(reader, limits, keep_port, collectors)?;
     let report = collectors.time(Collector::Sockets, || {
         reader.read_sockets(range, keep_port, &mut aggregator)
     })?;
     Ok(end_namespace(
-        reader, aggregator, report, lookup, collectors,
+        reader, aggregator, report, naming, collectors,
     ))
 }
 
@@ -158,13 +175,13 @@ pub fn read_own_namespace_at_once(
     keep_port: Option<u16>,
     collectors: &mut Collectors,
 ) -> Result<(NamespaceRead, SocketOwners), SourceError> {
-    let (range, mut aggregator, lookup) = start_namespace(reader, limits, keep_port, collectors)?;
+    let (range, mut aggregator, naming) = start_namespace(reader, limits, keep_port, collectors)?;
     let own = namespaces::own_namespace_inode();
-    if lookup != OwnerLookup::Records {
+    if naming.lookup != OwnerLookup::Records {
         let report = collectors.time(Collector::Sockets, || {
             reader.read_sockets(range, keep_port, &mut aggregator)
         })?;
-        let mut read = end_namespace(reader, aggregator, report, lookup, collectors);
+        let mut read = end_namespace(reader, aggregator, report, naming, collectors);
         let owners = resolve_owners(reader, &mut [(own, &mut read)], collectors);
         return Ok((read, owners));
     }
@@ -182,9 +199,19 @@ pub fn read_own_namespace_at_once(
     }
     aggregator.take_owner_records(records);
     Ok((
-        end_namespace(reader, aggregator, report, lookup, collectors),
+        end_namespace(reader, aggregator, report, naming, collectors),
         SocketOwners::default(),
     ))
+}
+
+/// How a namespace's read names the processes of its sockets.
+#[derive(Debug, Clone, Copy)]
+struct Naming {
+    /// How owners are found.
+    lookup: OwnerLookup,
+    /// The namespace's inode, where connections are named after who
+    /// connected them.
+    netns: Option<u64>,
 }
 
 /// Reads the settings and makes the aggregator of a namespace read.
@@ -193,7 +220,7 @@ fn start_namespace(
     limits: &Limits,
     keep_port: Option<u16>,
     collectors: &mut Collectors,
-) -> Result<(PortRange, Aggregator, OwnerLookup), SourceError> {
+) -> Result<(PortRange, Aggregator, Naming), SourceError> {
     let settings = collectors.time(Collector::Sockets, || reader.read_settings())?;
     let lookup = reader.owner_lookup();
     let mut aggregator = Aggregator::new(
@@ -206,7 +233,9 @@ fn start_namespace(
     if let Some(port) = keep_port {
         aggregator.keep_sockets_on(port);
     }
-    Ok((settings.range, aggregator, lookup))
+    let (netns, names) = reader.take_connection_names();
+    aggregator.name_connections(names);
+    Ok((settings.range, aggregator, Naming { lookup, netns }))
 }
 
 /// Adds source NAT to a namespace whose sockets were read, where NAT is
@@ -215,7 +244,7 @@ fn end_namespace(
     reader: &mut NamespaceReader,
     mut aggregator: Aggregator,
     report: ReadReport,
-    lookup: OwnerLookup,
+    naming: Naming,
     collectors: &mut Collectors,
 ) -> NamespaceRead {
     if reader.reads_nat() {
@@ -233,6 +262,7 @@ fn end_namespace(
     NamespaceRead {
         aggregator,
         report,
-        lookup,
+        lookup: naming.lookup,
+        named_netns: naming.netns,
     }
 }

@@ -498,6 +498,14 @@ pub struct PortFailureCounts {
     /// Failures or namespaces the kernel's maps had no room to record by
     /// key: counted here, never lost.
     pub unrecorded: u64,
+    /// TCP `connect()` calls that took a port of the range by the kernel's
+    /// choice, by destination and process, as far as the kernel's map holds
+    /// them, sorted by `PortFailure::key` (their `kind` is `Connect`).
+    pub connects: Vec<PortFailure>,
+    /// Such connects by namespace and protocol: every one counted.
+    pub connect_totals: BTreeMap<(u64, Protocol), u64>,
+    /// Connects the kernel's maps had no room to record by key.
+    pub connects_unrecorded: u64,
 }
 
 impl PortFailureCounts {
@@ -523,6 +531,22 @@ impl PortFailureCounts {
     pub fn connect_attempts(&self, netns: u64) -> u64 {
         self.attempts.get(&netns).copied().unwrap_or(0)
     }
+
+    /// The namespaces counted in any of the maps.
+    pub fn namespaces(&self) -> Vec<u64> {
+        let mut counted: Vec<u64> = self
+            .totals
+            .keys()
+            .map(|&(netns, _, _)| netns)
+            .chain(self.attempts.keys().copied())
+            .chain(self.failures.iter().map(|failure| failure.netns))
+            .chain(self.connect_totals.keys().map(|&(netns, _)| netns))
+            .chain(self.connects.iter().map(|connect| connect.netns))
+            .collect();
+        counted.sort_unstable();
+        counted.dedup();
+        counted
+    }
 }
 
 /// One namespace's failures, as its metrics show them.
@@ -537,7 +561,63 @@ pub struct NamespaceFailures {
     /// sample before, was more than every connect attempt made since could
     /// have used: the model disagreed with the kernel.
     pub unpredicted: u64,
+    /// TCP connects that took a port of the range, by protocol.
+    pub connect_totals: BTreeMap<Protocol, u64>,
+    /// Those connects by destination and process, as far as the kernel's
+    /// map holds them, IPv4-mapped calls merged into their IPv4 destination.
+    pub connects: Vec<PortFailure>,
 }
+
+/// A TCP connection as its 4-tuple, IPv4-mapped addresses as IPv4: how a
+/// socket is matched with the process that connected it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Connection {
+    /// The local address and port.
+    pub local: SocketAddr,
+    /// The remote address and port.
+    pub remote: SocketAddr,
+}
+
+impl Connection {
+    /// The connection of a socket between `local` and `remote`.
+    pub fn between(local: SocketAddr, remote: SocketAddr) -> Connection {
+        let canonical =
+            |address: SocketAddr| SocketAddr::new(address.ip().to_canonical(), address.port());
+        Connection {
+            local: canonical(local),
+            remote: canonical(remote),
+        }
+    }
+}
+
+/// The process that connected a connection, as the kernel recorded it when
+/// the connection was established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connector {
+    /// Its thread group id.
+    pub tgid: u32,
+    /// Its thread group leader's `comm`, NUL-padded.
+    pub comm: [u8; 16],
+    /// Whether the socket was AF_INET6 with an IPv4-mapped peer.
+    pub ipv4_mapped: bool,
+}
+
+impl Connector {
+    /// The process label of the connector's `comm`.
+    pub fn label(&self) -> String {
+        comm_label(&self.comm)
+    }
+}
+
+/// The label of a `comm` as the kernel's records carry it, NUL-padded.
+pub fn comm_label(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&byte| byte == 0).unwrap_or(16);
+    process_label(String::from_utf8_lossy(&comm[..end]).into_owned())
+}
+
+/// Who connected each connection of one namespace that the kernel still
+/// remembers.
+pub type ConnectionNames = HashMap<Connection, Connector>;
 
 /// A set of port numbers, one bit per port: 8 KiB once a port is in it,
 /// nothing while it is empty (a namespace with no sockets costs no bitmap).

@@ -285,7 +285,10 @@ fn failures_section(page: &mut String, failures: &NamespaceFailures) {
         if failed { " class=\"failing\"" } else { "" },
         totals.join(", ")
     );
-    let destinations = failures::most(&failures::by_destination(failures), FAILURES_LISTED);
+    let destinations = failures::most(
+        &failures::by_destination(&failures.by_destination_and_process),
+        FAILURES_LISTED,
+    );
     if destinations.is_empty() {
         page.push_str("<tr><td colspan=\"4\">none</td></tr>\n");
     }
@@ -302,7 +305,10 @@ fn failures_section(page: &mut String, failures: &NamespaceFailures) {
         "</table>\n<table id=\"failure-processes\"><tr><th>process</th><th>call</th>\
          <th>protocol</th><th class=\"num\">failed calls</th></tr>\n",
     );
-    let processes = failures::most(&failures::by_process(failures), FAILURES_LISTED);
+    let processes = failures::most(
+        &failures::by_process(&failures.by_destination_and_process),
+        FAILURES_LISTED,
+    );
     if processes.is_empty() {
         page.push_str("<tr><td colspan=\"4\">none</td></tr>\n");
     }

@@ -7,7 +7,7 @@
 use crate::aggregate::Snapshot;
 use crate::exposition::{self, MetricFamily};
 use crate::metrics;
-use crate::status::SampleStatus;
+use crate::status::{FailureCounting, SampleStatus};
 
 /// The exposition of the snapshots, one per namespace sampled, and of the
 /// status, in the text format.
@@ -46,6 +46,7 @@ fn namespace_labels(snapshot: &Snapshot) -> Vec<(&'static str, String)> {
 fn snapshot_families(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
     let base = namespace_labels(snapshot);
     metrics::range::render(snapshot, &base, out);
+    metrics::connects::render_hold(snapshot, &base, out);
     metrics::occupancy::render(snapshot, &base, out);
     metrics::headroom::render(snapshot, &base, out);
     metrics::processes::render(
@@ -61,6 +62,7 @@ fn snapshot_families(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
     }
     if let Some(failures) = &snapshot.failures {
         metrics::failures::render(failures, &base, out);
+        metrics::connects::render(failures, &base, out);
     }
 }
 
@@ -69,6 +71,13 @@ fn status_families(status: &SampleStatus, out: &mut Vec<MetricFamily>) {
     metrics::sampling::render(status, out);
     metrics::collector::render(status, out);
     metrics::failures::render_counting(&status.failure_counting, status.failures_unrecorded, out);
+    if matches!(status.failure_counting, FailureCounting::Bpf { .. }) {
+        metrics::connects::render_counting(
+            status.connects_unrecorded,
+            status.connection_names_evicted,
+            out,
+        );
+    }
     if let Some(counts) = &status.namespaces {
         metrics::netns::render(counts, out);
     }
@@ -88,7 +97,7 @@ mod tests {
     };
     use crate::model::{NamespaceSample, PortRange, SocketOwners, SocketRecord, SocketState};
     use crate::parse::sysctl::parse_reserved_ports;
-    use crate::status::{Build, Collector, CollectorStatus, FailureCounting};
+    use crate::status::{Build, Collector, CollectorStatus};
 
     const BUILD: Build = Build {
         version: "0.1.0",
@@ -242,6 +251,11 @@ mod tests {
                 failure("java", "10.0.9.10", false, 2),
             ],
             unpredicted: 1,
+            connect_totals: [(Protocol::Tcp, 40)].into(),
+            connects: vec![
+                failure("java", "10.0.9.9", false, 25),
+                failure("curl", "10.0.9.10", false, 15),
+            ],
         });
         snapshot
     }
@@ -256,6 +270,8 @@ mod tests {
             interval_seconds: Some(5.0),
             failure_counting: FailureCounting::Bpf { autobind: false },
             failures_unrecorded: 0,
+            connects_unrecorded: 0,
+            connection_names_evicted: 0,
             build: BUILD,
             collectors: vec![
                 CollectorStatus {
@@ -291,6 +307,8 @@ mod tests {
                 stage: "verify".to_string(),
             },
             failures_unrecorded: 0,
+            connects_unrecorded: 0,
+            connection_names_evicted: 0,
             build: BUILD,
             collectors: Vec::new(),
         };

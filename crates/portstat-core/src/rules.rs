@@ -266,6 +266,24 @@ impl KernelVersion {
 /// `TCP_TIMEWAIT_LEN`: how long a socket stays in TIME_WAIT, in milliseconds.
 pub const TIME_WAIT_LENGTH_MS: u32 = 60_000;
 
+/// How long a port whose connection was closed first stays unusable to a
+/// new `connect()` toward the same destination, in milliseconds, toward a
+/// loopback destination or another: TIME_WAIT's length, or, where
+/// `tcp_twsk_unique` lets `connect()` take the TIME_WAIT socket over (mode
+/// 1 everywhere, mode 2 on loopback, with timestamps), the reuse delay.
+pub fn port_hold_ms(reuse: &TimeWaitReuse, loopback: bool) -> u32 {
+    let allowed = match reuse.mode {
+        1 => true,
+        2 => loopback,
+        _ => false,
+    };
+    if allowed && reuse.timestamps {
+        reuse.delay_ms.min(TIME_WAIT_LENGTH_MS)
+    } else {
+        TIME_WAIT_LENGTH_MS
+    }
+}
+
 /// The age of a TIME_WAIT socket whose timer has `remaining_ms` left. A
 /// retransmitted FIN re-arms the timer, so the age may read low, never high.
 pub fn time_wait_age_ms(remaining_ms: u32) -> u32 {
@@ -276,6 +294,20 @@ pub fn time_wait_age_ms(remaining_ms: u32) -> u32 {
 mod tests {
     use super::*;
     use crate::model::TimeWait;
+
+    #[test]
+    fn ports_are_held_for_time_wait_unless_reuse_takes_it_over() {
+        let reuse = |mode, timestamps| TimeWaitReuse {
+            mode,
+            delay_ms: 1000,
+            timestamps,
+        };
+        assert_eq!(port_hold_ms(&reuse(0, true), true), 60_000);
+        assert_eq!(port_hold_ms(&reuse(1, true), false), 1000);
+        assert_eq!(port_hold_ms(&reuse(2, true), true), 1000);
+        assert_eq!(port_hold_ms(&reuse(2, true), false), 60_000);
+        assert_eq!(port_hold_ms(&reuse(1, false), false), 60_000);
+    }
 
     fn tcp(state: TcpState, local: &str, remote: &str) -> SocketRecord {
         SocketRecord::new(

@@ -133,6 +133,11 @@ pub struct SampleStatus {
     pub failure_counting: FailureCounting,
     /// Failures the kernel's maps had no room to record by key, so far.
     pub failures_unrecorded: u64,
+    /// Connects the kernel's maps had no room to record by key, so far.
+    pub connects_unrecorded: u64,
+    /// Names of connections the kernel's map dropped while the connection
+    /// was still there, so far.
+    pub connection_names_evicted: u64,
     /// What the binary is.
     pub build: Build,
     /// The collectors the latest sample ran, in `Collector::ALL` order.

@@ -10,13 +10,16 @@
 //! entries is pure (`failure_from_entry`, `total_from_entry`); only
 //! `PortFailureCounter` touches the kernel.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::collections::HashMap as StdHashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use aya::maps::{Array, HashMap, Map, MapData};
 
 use super::loader::{AttachPoint, LoadedProgram};
 use super::{BpfError, unavailable};
-use portstat_core::model::{FailureKind, PortFailure, PortFailureCounts, Protocol};
+use portstat_core::model::{
+    Connection, ConnectionNames, Connector, FailureKind, PortFailure, PortFailureCounts, Protocol,
+};
 
 /// The compiled program, built from `port_failures.bpf.c` by `build.sh`.
 pub const PORT_FAILURES_OBJECT: &[u8] = include_bytes!("port_failures.bpf.o");
@@ -29,11 +32,19 @@ pub(super) const CONNECT_TRACEPOINT: &str = "inet_sock_set_state";
 pub(super) const AUTOBIND_PROGRAM: &str = "count_autobind_failures";
 pub(super) const AUTOBIND_TRACEPOINT: &str = "sys_exit";
 
-/// `KIND_CONNECT_FAILED`, `KIND_BIND_FAILED` and `KIND_CONNECT_ATTEMPT` in
-/// the C source.
+/// `KIND_CONNECT_FAILED`, `KIND_BIND_FAILED`, `KIND_CONNECT_ATTEMPT` and
+/// `KIND_CONNECTED` in the C source.
 const KIND_CONNECT_FAILED: u8 = 1;
 const KIND_BIND_FAILED: u8 = 2;
 const KIND_CONNECT_ATTEMPT: u8 = 3;
+const KIND_CONNECTED: u8 = 4;
+
+/// `portstat_lost`'s indexes in the C source: failures, then namespaces,
+/// with no room in their maps; connects with none; names recorded.
+const UNRECORDED_FAILURE: u32 = 0;
+const UNRECORDED_TOTAL: u32 = 1;
+const UNRECORDED_CONNECT: u32 = 2;
+const NAMES_RECORDED: u32 = 3;
 
 /// `FAMILY_MAPPED`: an AF_INET6 socket with an IPv4-mapped peer, whose
 /// addresses are the IPv4 ones.
@@ -103,6 +114,95 @@ pub struct TotalKey {
 // SAFETY: as for FailureKey.
 unsafe impl aya::Pod for TotalKey {}
 
+/// `struct name_key` in the C source: a connection, 44 bytes, native byte
+/// order but for the addresses.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameKey {
+    /// The network namespace's inode.
+    pub netns: u32,
+    /// `AF_INET`, `AF_INET6` or `FAMILY_MAPPED`.
+    pub family: u8,
+    pad: u8,
+    /// The local port.
+    pub local_port: u16,
+    /// The remote port.
+    pub remote_port: u16,
+    pad2: u16,
+    /// The local address, as in `FailureKey`.
+    pub local: [u8; 16],
+    /// The remote address, likewise.
+    pub remote: [u8; 16],
+}
+
+// SAFETY: as for FailureKey.
+unsafe impl aya::Pod for NameKey {}
+
+/// `struct name_value` in the C source.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameValue {
+    /// The connecting process's tgid.
+    pub tgid: u32,
+    /// Its leader's comm, NUL-padded.
+    pub comm: [u8; 16],
+    pad: u32,
+    /// CLOCK_MONOTONIC, in nanoseconds, when the name was recorded.
+    pub stamp: u64,
+}
+
+// SAFETY: as for FailureKey.
+unsafe impl aya::Pod for NameValue {}
+
+/// One entry of the `names` map as the exporter models it: the namespace,
+/// the connection and who connected it; `None` for a family it does not
+/// know.
+pub fn name_from_entry(key: &NameKey, value: &NameValue) -> Option<(u64, Connection, Connector)> {
+    let socket = |bytes: &[u8; 16], port| Some(SocketAddr::new(address(key.family, bytes)?, port));
+    Some((
+        u64::from(key.netns),
+        Connection::between(
+            socket(&key.local, key.local_port)?,
+            socket(&key.remote, key.remote_port)?,
+        ),
+        Connector {
+            tgid: value.tgid,
+            comm: value.comm,
+            ipv4_mapped: key.family == FAMILY_MAPPED,
+        },
+    ))
+}
+
+/// The `names` map's key of a connection of namespace `netns`.
+pub fn name_key(netns: u64, connection: &Connection, connector: &Connector) -> Option<NameKey> {
+    let mut key = NameKey {
+        netns: u32::try_from(netns).ok()?,
+        family: AF_INET,
+        pad: 0,
+        local_port: connection.local.port(),
+        remote_port: connection.remote.port(),
+        pad2: 0,
+        local: [0; 16],
+        remote: [0; 16],
+    };
+    for (bytes, address) in [
+        (&mut key.local, connection.local.ip()),
+        (&mut key.remote, connection.remote.ip()),
+    ] {
+        match address {
+            IpAddr::V4(v4) => bytes[..4].copy_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => {
+                bytes.copy_from_slice(&v6.octets());
+                key.family = AF_INET6;
+            }
+        }
+    }
+    if connector.ipv4_mapped {
+        key.family = FAMILY_MAPPED;
+    }
+    Some(key)
+}
+
 fn protocol_of(number: u8) -> Option<Protocol> {
     match number {
         IPPROTO_TCP => Some(Protocol::Tcp),
@@ -125,7 +225,7 @@ fn address(family: u8, bytes: &[u8; 16]) -> Option<IpAddr> {
 /// an entry it cannot read (a kind, protocol or family it does not know).
 pub fn failure_from_entry(key: &FailureKey, value: &FailureValue) -> Option<PortFailure> {
     let kind = match key.kind {
-        KIND_CONNECT_FAILED => FailureKind::Connect,
+        KIND_CONNECT_FAILED | KIND_CONNECTED => FailureKind::Connect,
         KIND_BIND_FAILED => FailureKind::Bind,
         _ => return None,
     };
@@ -154,58 +254,100 @@ pub fn total_from_entry(key: &TotalKey, count: u64, counts: &mut PortFailureCoun
         KIND_CONNECT_FAILED => counts.add_total(netns, FailureKind::Connect, protocol, count),
         KIND_BIND_FAILED => counts.add_total(netns, FailureKind::Bind, protocol, count),
         KIND_CONNECT_ATTEMPT => counts.add_connect_attempts(netns, count),
+        KIND_CONNECTED => *counts.connect_totals.entry((netns, protocol)).or_default() += count,
         _ => {}
     }
 }
 
 /// The maps' names, in the object and in the kernel (at most 15 bytes):
-/// the exporter's own, so that `running_counts` finds them.
-const FAILURES_MAP: &str = "portstat_fails";
-const TOTALS_MAP: &str = "portstat_totals";
-const LOST_MAP: &str = "portstat_lost";
+/// the exporter's own, so that `running_counts` finds them, in the order
+/// `FailureMaps::new` takes them.
+const MAP_NAMES: [&str; 5] = [
+    "portstat_fails",
+    "portstat_totals",
+    "portstat_lost",
+    "portstat_conns",
+    "portstat_ctots",
+];
+/// The map of connections and who connected them.
+const NAMES_MAP: &str = "portstat_names";
 
-/// The three maps the programs count into.
+/// The maps the programs count into.
 struct FailureMaps {
     failures: HashMap<MapData, FailureKey, FailureValue>,
     totals: HashMap<MapData, TotalKey, u64>,
     lost: Array<MapData, u64>,
+    connects: HashMap<MapData, FailureKey, FailureValue>,
+    connect_totals: HashMap<MapData, TotalKey, u64>,
 }
 
 impl FailureMaps {
-    /// The maps from their data, as made by the loader or opened by id.
-    fn new(failures: MapData, totals: MapData, lost: MapData) -> Result<FailureMaps, BpfError> {
+    /// The maps from their data, as made by the loader or opened by id, in
+    /// the order of `MAP_NAMES`.
+    fn new(
+        [failures, totals, lost, connects, connect_totals]: [MapData; 5],
+    ) -> Result<FailureMaps, BpfError> {
+        let hash = |data| {
+            HashMap::try_from(Map::HashMap(data)).map_err(|error| unavailable("maps", error))
+        };
         Ok(FailureMaps {
-            failures: HashMap::try_from(Map::HashMap(failures))
-                .map_err(|error| unavailable("maps", error))?,
+            failures: hash(failures)?,
             totals: HashMap::try_from(Map::HashMap(totals))
                 .map_err(|error| unavailable("maps", error))?,
             lost: Array::try_from(Map::Array(lost)).map_err(|error| unavailable("maps", error))?,
+            connects: hash(connects)?,
+            connect_totals: HashMap::try_from(Map::HashMap(connect_totals))
+                .map_err(|error| unavailable("maps", error))?,
         })
     }
 
     /// Every count so far, of every namespace. The cost follows the number
-    /// of map entries, which the maps bound, not the number of failures.
+    /// of map entries, which the maps bound, not the number of calls.
     fn read(&self) -> Result<PortFailureCounts, BpfError> {
         let mut counts = PortFailureCounts::default();
-        for entry in self.totals.iter() {
-            let (key, count) = entry.map_err(|error| BpfError::Read(error_to_io(error)))?;
-            total_from_entry(&key, count, &mut counts);
-        }
-        for entry in self.failures.iter() {
-            let (key, value) = entry.map_err(|error| BpfError::Read(error_to_io(error)))?;
-            if let Some(failure) = failure_from_entry(&key, &value) {
-                counts.failures.push(failure);
+        for totals in [&self.totals, &self.connect_totals] {
+            for entry in totals.iter() {
+                let (key, count) = entry.map_err(read_error)?;
+                total_from_entry(&key, count, &mut counts);
             }
         }
-        for index in 0..2 {
-            counts.unrecorded += self
-                .lost
-                .get(&index, 0)
-                .map_err(|error| BpfError::Read(error_to_io(error)))?;
+        for (map, into) in [
+            (&self.failures, &mut counts.failures),
+            (&self.connects, &mut counts.connects),
+        ] {
+            for entry in map.iter() {
+                let (key, value) = entry.map_err(read_error)?;
+                if let Some(record) = failure_from_entry(&key, &value) {
+                    into.push(record);
+                }
+            }
+            into.sort_by(|a, b| a.key().cmp(&b.key()));
         }
-        counts.failures.sort_by(|a, b| a.key().cmp(&b.key()));
+        counts.unrecorded = self.lost(UNRECORDED_FAILURE)? + self.lost(UNRECORDED_TOTAL)?;
+        counts.connects_unrecorded = self.lost(UNRECORDED_CONNECT)?;
         Ok(counts)
     }
+
+    fn lost(&self, index: u32) -> Result<u64, BpfError> {
+        self.lost.get(&index, 0).map_err(read_error)
+    }
+}
+
+/// The map of connections and who connected them, with what the exporter
+/// took out of it, to tell how many names it evicted.
+struct NameMap {
+    map: HashMap<MapData, NameKey, NameValue>,
+    /// Names removed as their connection was gone.
+    pruned: u64,
+    /// Names the map evicted while their connection was still there, the
+    /// most ever computed (the count only rises).
+    evicted: u64,
+}
+
+/// What the map of names held at one sample.
+pub struct Names {
+    /// Who connected each connection, by namespace.
+    pub by_netns: StdHashMap<u64, ConnectionNames>,
 }
 
 /// The programs, attached, and their maps.
@@ -213,6 +355,21 @@ pub struct PortFailureCounter {
     // Detaches when dropped.
     _program: LoadedProgram,
     maps: FailureMaps,
+    names: NameMap,
+}
+
+/// How many connections the map of names holds for a range of `ports`:
+/// twice the range, so that each port's newest connections to two
+/// destinations fit.
+pub const fn names_capacity(ports: u32) -> u32 {
+    let twice = ports.saturating_mul(2);
+    if twice < 1024 {
+        1024
+    } else if twice > 1 << 17 {
+        1 << 17
+    } else {
+        twice
+    }
 }
 
 impl PortFailureCounter {
@@ -220,7 +377,8 @@ impl PortFailureCounter {
     /// TCP connect() failures are counted, and with `autobind` bind() to
     /// port 0 and UDP failures too, at the cost of a program run at the
     /// exit of every system call on the host.
-    pub fn load(autobind: bool) -> Result<PortFailureCounter, BpfError> {
+    /// Connections are named in a map of `names_capacity` entries.
+    pub fn load(autobind: bool, names_capacity: u32) -> Result<PortFailureCounter, BpfError> {
         let kernel_btf = std::fs::read(super::KERNEL_BTF).map_err(|error| {
             unavailable("kernel BTF", format!("{}: {error}", super::KERNEL_BTF))
         })?;
@@ -237,17 +395,35 @@ impl PortFailureCounter {
         } else {
             &[connect][..]
         };
-        let mut program = LoadedProgram::load(PORT_FAILURES_OBJECT, programs, kernel_btf)
-            .map_err(|error| unavailable(error.stage, error.reason))?;
+        let mut program = LoadedProgram::load_sized(
+            PORT_FAILURES_OBJECT,
+            programs,
+            kernel_btf,
+            &[(NAMES_MAP, names_capacity)],
+        )
+        .map_err(|error| unavailable(error.stage, error.reason))?;
         let mut take = |name: &str| {
             program
                 .take_map(name)
                 .ok_or_else(|| unavailable("maps", format!("the object has no {name} map")))
         };
-        let maps = FailureMaps::new(take(FAILURES_MAP)?, take(TOTALS_MAP)?, take(LOST_MAP)?)?;
+        let maps = FailureMaps::new([
+            take(MAP_NAMES[0])?,
+            take(MAP_NAMES[1])?,
+            take(MAP_NAMES[2])?,
+            take(MAP_NAMES[3])?,
+            take(MAP_NAMES[4])?,
+        ])?;
+        let names = HashMap::try_from(Map::LruHashMap(take(NAMES_MAP)?))
+            .map_err(|error| unavailable("maps", error))?;
         Ok(PortFailureCounter {
             _program: program,
             maps,
+            names: NameMap {
+                map: names,
+                pruned: 0,
+                evicted: 0,
+            },
         })
     }
 
@@ -261,7 +437,50 @@ impl PortFailureCounter {
     pub fn forget(&mut self, gone: &[u64]) -> Result<(), BpfError> {
         let is_gone = |netns: u32| gone.contains(&u64::from(netns));
         remove_keys(&mut self.maps.failures, |key| is_gone(key.netns))?;
-        remove_keys(&mut self.maps.totals, |key| is_gone(key.netns))
+        remove_keys(&mut self.maps.totals, |key| is_gone(key.netns))?;
+        remove_keys(&mut self.maps.connects, |key| is_gone(key.netns))?;
+        remove_keys(&mut self.maps.connect_totals, |key| is_gone(key.netns))
+    }
+
+    /// Who connected each connection the kernel still names, by namespace.
+    /// Counts, from the names recorded, those kept and those the exporter
+    /// removed, how many the map evicted.
+    pub fn names(&mut self) -> Result<Names, BpfError> {
+        let recorded = self.maps.lost(NAMES_RECORDED)?;
+        let mut by_netns: StdHashMap<u64, ConnectionNames> = StdHashMap::new();
+        let mut present = 0u64;
+        for entry in self.names.map.iter() {
+            let (key, value) = entry.map_err(read_error)?;
+            present += 1;
+            if let Some((netns, connection, connector)) = name_from_entry(&key, &value) {
+                by_netns
+                    .entry(netns)
+                    .or_default()
+                    .insert(connection, connector);
+            }
+        }
+        // Names recorded after `recorded` was read may be among those
+        // present: then the count is low, and the next sample's makes up.
+        let evicted = recorded.saturating_sub(present + self.names.pruned);
+        self.names.evicted = self.names.evicted.max(evicted);
+        Ok(Names { by_netns })
+    }
+
+    /// Names the map evicted while their connection was still there: every
+    /// one recorded that is neither in the map nor removed by `prune`.
+    pub fn names_evicted(&self) -> u64 {
+        self.names.evicted
+    }
+
+    /// Removes the names of connections that are gone, by namespace.
+    pub fn prune(&mut self, gone: &[(u64, Connection, Connector)]) {
+        for (netns, connection, connector) in gone {
+            if let Some(key) = name_key(*netns, connection, connector)
+                && self.names.map.remove(&key).is_ok()
+            {
+                self.names.pruned += 1;
+            }
+        }
     }
 }
 
@@ -276,8 +495,7 @@ fn remove_keys<K: aya::Pod, V: aya::Pod>(
         .filter(|key| remove(key))
         .collect();
     for key in &keys {
-        map.remove(key)
-            .map_err(|error| BpfError::Read(error_to_io(error)))?;
+        map.remove(key).map_err(read_error)?;
     }
     Ok(())
 }
@@ -287,28 +505,75 @@ fn remove_keys<K: aya::Pod, V: aya::Pod>(
 /// exporter counts. Opening another process's maps by id needs
 /// `CAP_SYS_ADMIN`.
 pub fn running_counts() -> Result<Option<PortFailureCounts>, BpfError> {
-    let mut newest: [Option<u32>; 3] = [None; 3];
-    for info in aya::maps::loaded_maps() {
-        let info = info.map_err(|error| unavailable("map ids", error))?;
-        let slot = match info.name_as_str() {
-            Some(FAILURES_MAP) => 0,
-            Some(TOTALS_MAP) => 1,
-            Some(LOST_MAP) => 2,
-            _ => continue,
-        };
-        newest[slot] = newest[slot].max(Some(info.id()));
-    }
-    let [Some(failures), Some(totals), Some(lost)] = newest else {
+    let Some(ids) = running_map_ids()? else {
         return Ok(None);
     };
     let open = |id| MapData::from_id(id).map_err(|error| unavailable("open map", error));
-    FailureMaps::new(open(failures)?, open(totals)?, open(lost)?)?
-        .read()
-        .map(Some)
+    FailureMaps::new([
+        open(ids[0])?,
+        open(ids[1])?,
+        open(ids[2])?,
+        open(ids[3])?,
+        open(ids[4])?,
+    ])?
+    .read()
+    .map(Some)
 }
 
-fn error_to_io(error: aya::maps::MapError) -> std::io::Error {
-    std::io::Error::other(error.to_string())
+/// Who connected each connection of namespace `netns` that the exporter
+/// running on this host names, for `inspect`; `None` where no exporter
+/// names them.
+pub fn running_names(netns: u64) -> Result<Option<ConnectionNames>, BpfError> {
+    let Some(ids) = running_map_ids()? else {
+        return Ok(None);
+    };
+    let data =
+        MapData::from_id(ids[MAP_NAMES.len()]).map_err(|error| unavailable("open map", error))?;
+    let map: HashMap<MapData, NameKey, NameValue> =
+        HashMap::try_from(Map::LruHashMap(data)).map_err(|error| unavailable("maps", error))?;
+    let mut names = ConnectionNames::new();
+    for entry in map.iter() {
+        let (key, value) = entry.map_err(read_error)?;
+        if let Some((of, connection, connector)) = name_from_entry(&key, &value)
+            && of == netns
+        {
+            names.insert(connection, connector);
+        }
+    }
+    Ok(Some(names))
+}
+
+/// The ids of the newest maps of each name of `MAP_NAMES`, then of
+/// `NAMES_MAP`; `None` unless every one is loaded.
+fn running_map_ids() -> Result<Option<[u32; 6]>, BpfError> {
+    let mut newest: [Option<u32>; 6] = [None; 6];
+    for info in aya::maps::loaded_maps() {
+        let info = info.map_err(|error| unavailable("map ids", error))?;
+        let Some(name) = info.name_as_str() else {
+            continue;
+        };
+        let Some(slot) = MAP_NAMES
+            .iter()
+            .chain([&NAMES_MAP])
+            .position(|known| *known == name)
+        else {
+            continue;
+        };
+        newest[slot] = newest[slot].max(Some(info.id()));
+    }
+    Ok(newest
+        .iter()
+        .copied()
+        .collect::<Option<Vec<u32>>>()
+        .map(|ids| {
+            let mut all = [0; 6];
+            all.copy_from_slice(&ids);
+            all
+        }))
+}
+
+fn read_error(error: aya::maps::MapError) -> BpfError {
+    BpfError::Read(std::io::Error::other(error.to_string()))
 }
 
 #[cfg(test)]
@@ -342,10 +607,68 @@ mod tests {
     };
 
     #[test]
+    fn names_convert_both_ways_with_mapped_peers_as_ipv4() {
+        let mut comm = [0u8; 16];
+        comm[..5].copy_from_slice(b"nginx");
+        let value = NameValue {
+            tgid: 42,
+            comm,
+            pad: 0,
+            stamp: 7,
+        };
+        let mut key = NameKey {
+            netns: 4026531840,
+            family: FAMILY_MAPPED,
+            pad: 0,
+            local_port: 40001,
+            remote_port: 443,
+            pad2: 0,
+            local: [0; 16],
+            remote: [0; 16],
+        };
+        key.local[..4].copy_from_slice(&[10, 0, 0, 1]);
+        key.remote[..4].copy_from_slice(&[10, 0, 0, 9]);
+        let (netns, connection, connector) = name_from_entry(&key, &value).unwrap();
+        assert_eq!(netns, 4026531840);
+        // The socket's own view, IPv4-mapped, is the same connection.
+        assert_eq!(
+            connection,
+            Connection::between(
+                "[::ffff:10.0.0.1]:40001".parse().unwrap(),
+                "[::ffff:10.0.0.9]:443".parse().unwrap()
+            )
+        );
+        assert_eq!((connector.tgid, connector.label().as_str()), (42, "nginx"));
+        assert!(connector.ipv4_mapped);
+        assert_eq!(name_key(netns, &connection, &connector), Some(key));
+
+        let mut v6 = key;
+        v6.family = AF_INET6;
+        v6.local = std::net::Ipv6Addr::LOCALHOST.octets();
+        v6.remote = std::net::Ipv6Addr::LOCALHOST.octets();
+        let (_, connection, connector) = name_from_entry(&v6, &value).unwrap();
+        assert_eq!(connection.remote.to_string(), "[::1]:443");
+        assert_eq!(name_key(netns, &connection, &connector), Some(v6));
+        let mut unknown = key;
+        unknown.family = 1;
+        assert_eq!(name_from_entry(&unknown, &value), None);
+    }
+
+    #[test]
+    fn the_maps_names_fit_the_kernels_15_bytes() {
+        // Longer names are cut, and `running_counts` would not find them.
+        for name in MAP_NAMES.iter().chain([&NAMES_MAP]) {
+            assert!(name.len() <= 15, "{name}");
+        }
+    }
+
+    #[test]
     fn the_maps_layouts_are_the_c_ones() {
         assert_eq!(std::mem::size_of::<FailureKey>(), 64);
         assert_eq!(std::mem::size_of::<FailureValue>(), 16);
         assert_eq!(std::mem::size_of::<TotalKey>(), 8);
+        assert_eq!(std::mem::size_of::<NameKey>(), 44);
+        assert_eq!(std::mem::size_of::<NameValue>(), 32);
     }
 
     #[test]

@@ -141,6 +141,17 @@ impl LoadedProgram {
         programs: &[(&str, AttachPoint<'_>)],
         kernel_btf: Vec<u8>,
     ) -> Result<LoadedProgram, LoadError> {
+        LoadedProgram::load_sized(object, programs, kernel_btf, &[])
+    }
+
+    /// `load`, with each map named in `sizes` made with that many entries
+    /// rather than the object's.
+    pub fn load_sized(
+        object: &[u8],
+        programs: &[(&str, AttachPoint<'_>)],
+        kernel_btf: Vec<u8>,
+        sizes: &[(&str, u32)],
+    ) -> Result<LoadedProgram, LoadError> {
         let mut object = Object::parse(object).map_err(|error| failed("object", error))?;
         let features = features();
         let (target_btf, attach_btf_ids) = kernel_types(&object, programs, kernel_btf)?;
@@ -158,7 +169,7 @@ impl LoadedProgram {
             }
             None => None,
         };
-        let maps = create_maps(&mut object, btf.as_ref())?;
+        let maps = create_maps(&mut object, btf.as_ref(), sizes)?;
         object.sanitize_functions(&features);
         let (links, costs, loaded_programs) =
             load_and_attach(&object, programs, attach_btf_ids, btf.as_ref())?;
@@ -242,15 +253,20 @@ fn kernel_types(
     Ok((compact, ids))
 }
 
-/// Creates the maps of `object` and points its programs at them, and
+/// Creates the maps of `object`, those named in `sizes` with that many
+/// entries, and points its programs at them, and
 /// relocates its calls.
 fn create_maps(
     object: &mut Object,
     btf: Option<&OwnedFd>,
+    sizes: &[(&str, u32)],
 ) -> Result<HashMap<String, MapData>, LoadError> {
     let mut maps = HashMap::new();
     let mut definitions = HashMap::new();
-    for (name, definition) in object.maps.drain() {
+    for (name, mut definition) in object.maps.drain() {
+        if let Some(&(_, size)) = sizes.iter().find(|(sized, _)| *sized == name) {
+            definition.set_max_entries(size);
+        }
         let map = MapData::create(definition.clone(), &name, btf.map(|fd| fd.as_fd()))
             .map_err(|error| failed("create map", format!("{name}: {}", error_chain(&error))))?;
         definitions.insert(name.clone(), definition);

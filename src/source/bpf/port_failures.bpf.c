@@ -33,6 +33,23 @@
 // that `inspect` finds the running exporter's maps by name
 // (BPF_MAP_GET_NEXT_ID).
 //
+// Connects are counted too, and named. A `connect()` that asks the range for
+// a port moves its socket from CLOSE to SYN_SENT in the calling task: the
+// program notes the task's process by socket in `portstat_pend`. The
+// port is chosen after (`__inet_hash_connect`), so the connect is counted
+// at the socket's first change out of SYN_SENT with the port taken: to
+// ESTABLISHED, or back to CLOSE with its sequence number set (refused,
+// reset, timed out or abandoned; it held a port meanwhile). Neither runs
+// in the calling task (a SYN-ACK arrives in softirq), which is why the
+// process was noted before. Connects are kept per (namespace, protocol) in
+// `portstat_ctots` and per (namespace, destination, comm) in
+// `portstat_conns`, bounded and counted as failures are (a key that finds
+// its map full is counted in `portstat_lost`). An established connection's
+// 4-tuple is then kept with its process in `portstat_names`, least recently
+// used first out, so that its TIME_WAIT socket, which no process holds, can
+// be named after the process that connected it; `portstat_lost` counts the
+// names recorded, which tells the exporter how many the map evicted.
+//
 // Nothing is decided here that Rust can decide. Structures are declared
 // with only the fields used; CO-RE relocates their offsets against the
 // running kernel's BTF. Rebuild the object with `src/source/bpf/build.sh`.
@@ -56,6 +73,7 @@
 #define NR_SENDMSG 46
 #define NR_BIND 49
 
+#define TCP_ESTABLISHED 1
 #define TCP_SYN_SENT 2
 #define TCP_CLOSE 7
 
@@ -63,6 +81,7 @@
 #define KIND_CONNECT_FAILED 1
 #define KIND_BIND_FAILED 2
 #define KIND_CONNECT_ATTEMPT 3
+#define KIND_CONNECTED 4
 
 // `failure_key.family`: an AF_INET6 socket whose peer is IPv4-mapped, and
 // whose addresses are therefore the IPv4 ones.
@@ -71,6 +90,8 @@
 // `portstat_lost` indexes.
 #define UNRECORDED_FAILURE 0
 #define UNRECORDED_TOTAL 1
+#define UNRECORDED_CONNECT 2
+#define NAMES_RECORDED 3
 
 struct in6_addr {
 	__u8 s6_addr[16];
@@ -195,9 +216,65 @@ struct {
 	__type(value, __u64);
 } portstat_totals SEC(".maps");
 
+// The process that asked for a port, by socket, until the port is taken.
+struct connector {
+	__u32 tgid;
+	char comm[16];
+};
+
+// The key layout `src/source/bpf/failures.rs` parses: 44 bytes, native
+// byte order but for the addresses.
+struct name_key {
+	__u32 netns;
+	__u8 family;
+	__u8 pad;
+	__u16 local_port;
+	__u16 remote_port;
+	__u16 pad2;
+	__u8 local[16];
+	__u8 remote[16];
+};
+
+struct name_value {
+	__u32 tgid;
+	char comm[16];
+	__u32 pad;
+	// bpf_ktime_get_ns() when recorded: CLOCK_MONOTONIC.
+	__u64 stamp;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64);
+	__type(value, struct connector);
+} portstat_pend SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct failure_key);
+	__type(value, struct failure_value);
+} portstat_conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct total_key);
+	__type(value, __u64);
+} portstat_ctots SEC(".maps");
+
+// Sized at load against the range (`failures.rs`).
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct name_key);
+	__type(value, struct name_value);
+} portstat_names SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 4);
 	__type(key, __u32);
 	__type(value, __u64);
 } portstat_lost SEC(".maps");
@@ -209,41 +286,55 @@ static void count_unrecorded(__u32 index)
 		__sync_fetch_and_add(count, 1);
 }
 
-static void add_total(__u32 netns, __u8 kind, __u8 protocol)
+// Adds one to `key`'s count in `map`, a `struct total_key` map, or to the
+// `unrecorded` count where the map is full.
+static __always_inline void add_to_total(void *map, __u32 unrecorded, struct total_key *key)
 {
-	struct total_key key = {.netns = netns, .kind = kind, .protocol = protocol};
 	__u64 one = 1;
-	__u64 *count = bpf_map_lookup_elem(&portstat_totals, &key);
+	__u64 *count = bpf_map_lookup_elem(map, key);
 	if (count) {
 		__sync_fetch_and_add(count, 1);
 		return;
 	}
 	// Another CPU may have made the entry meanwhile: then add to it.
-	if (bpf_map_update_elem(&portstat_totals, &key, &one, BPF_NOEXIST) == 0)
+	if (bpf_map_update_elem(map, key, &one, BPF_NOEXIST) == 0)
 		return;
-	count = bpf_map_lookup_elem(&portstat_totals, &key);
+	count = bpf_map_lookup_elem(map, key);
 	if (count)
 		__sync_fetch_and_add(count, 1);
 	else
-		count_unrecorded(UNRECORDED_TOTAL);
+		count_unrecorded(unrecorded);
 }
 
-static void add_failure(struct failure_key *key)
+static void add_total(__u32 netns, __u8 kind, __u8 protocol)
 {
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct total_key key = {.netns = netns, .kind = kind, .protocol = protocol};
+	add_to_total(&portstat_totals, UNRECORDED_TOTAL, &key);
+}
+
+// Adds one call of process `tgid` to `key`'s count in `map`, a
+// `struct failure_key` map, or to the `unrecorded` count where it is full.
+static __always_inline void add_call(void *map, __u32 unrecorded, struct failure_key *key,
+				     __u32 tgid)
+{
 	struct failure_value first = {.count = 1, .last_tgid = tgid};
-	struct failure_value *value = bpf_map_lookup_elem(&portstat_fails, key);
+	struct failure_value *value = bpf_map_lookup_elem(map, key);
 	if (!value) {
-		if (bpf_map_update_elem(&portstat_fails, key, &first, BPF_NOEXIST) == 0)
+		if (bpf_map_update_elem(map, key, &first, BPF_NOEXIST) == 0)
 			return;
-		value = bpf_map_lookup_elem(&portstat_fails, key);
+		value = bpf_map_lookup_elem(map, key);
 		if (!value) {
-			count_unrecorded(UNRECORDED_FAILURE);
+			count_unrecorded(unrecorded);
 			return;
 		}
 	}
 	__sync_fetch_and_add(&value->count, 1);
 	value->last_tgid = tgid;
+}
+
+static void add_failure(struct failure_key *key)
+{
+	add_call(&portstat_fails, UNRECORDED_FAILURE, key, bpf_get_current_pid_tgid() >> 32);
 }
 
 static int is_v4_mapped(const __u8 *address)
@@ -252,6 +343,69 @@ static int is_v4_mapped(const __u8 *address)
 		if (address[i])
 			return 0;
 	return address[10] == 0xff && address[11] == 0xff;
+}
+
+// Copies the socket's addresses, in network order, and returns the family
+// they are of: AF_INET, AF_INET6, or FAMILY_MAPPED for an AF_INET6 socket
+// with an IPv4-mapped peer, whose addresses are the IPv4 ones.
+static __u8 read_addresses(struct sock *sk, __u8 *local, __u8 *remote)
+{
+	unsigned short family = sk->__sk_common.skc_family;
+	struct in6_addr remote6 = sk->__sk_common.skc_v6_daddr;
+	if (family == AF_INET6 && !is_v4_mapped(remote6.s6_addr)) {
+		struct in6_addr local6 = sk->__sk_common.skc_v6_rcv_saddr;
+		__builtin_memcpy(local, local6.s6_addr, 16);
+		__builtin_memcpy(remote, remote6.s6_addr, 16);
+		return AF_INET6;
+	}
+	__be32 local4 = sk->__sk_common.skc_rcv_saddr;
+	__be32 remote4 = sk->__sk_common.skc_daddr;
+	__builtin_memcpy(local, &local4, 4);
+	__builtin_memcpy(remote, &remote4, 4);
+	return family == AF_INET6 ? FAMILY_MAPPED : AF_INET;
+}
+
+// Notes the calling task's process as the one asking a port for `sk`.
+static void note_connector(__u64 sk)
+{
+	struct connector connector = {.tgid = bpf_get_current_pid_tgid() >> 32};
+	struct task_struct *task = bpf_get_current_task_btf();
+	bpf_probe_read_kernel_str(connector.comm, sizeof(connector.comm), task->group_leader->comm);
+	bpf_map_update_elem(&portstat_pend, &sk, &connector, BPF_ANY);
+}
+
+// Counts a connect of `connector`'s process that took a port, and names the
+// connection after it when `established`.
+static void count_connect(struct sock *sk, __u32 netns, struct connector *connector,
+			  int established)
+{
+	struct total_key total = {.netns = netns, .kind = KIND_CONNECTED, .protocol = IPPROTO_TCP};
+	add_to_total(&portstat_ctots, UNRECORDED_CONNECT, &total);
+	struct failure_key key = {};
+	key.netns = netns;
+	key.kind = KIND_CONNECTED;
+	key.protocol = IPPROTO_TCP;
+	key.remote_port = __builtin_bswap16(sk->__sk_common.skc_dport);
+	key.family = read_addresses(sk, key.local, key.remote);
+	__builtin_memcpy(key.comm, connector->comm, sizeof(key.comm));
+	add_call(&portstat_conns, UNRECORDED_CONNECT, &key, connector->tgid);
+	if (!established)
+		return;
+	struct name_key name = {};
+	name.netns = netns;
+	name.family = key.family;
+	name.local_port = sk->__sk_common.skc_num;
+	name.remote_port = key.remote_port;
+	__builtin_memcpy(name.local, key.local, 16);
+	__builtin_memcpy(name.remote, key.remote, 16);
+	struct name_value value = {.tgid = connector->tgid, .stamp = bpf_ktime_get_ns()};
+	__builtin_memcpy(value.comm, connector->comm, sizeof(value.comm));
+	// A new entry is counted; one that replaces the name of an earlier
+	// connection on the same 4-tuple is not.
+	if (bpf_map_update_elem(&portstat_names, &name, &value, BPF_NOEXIST) == 0)
+		count_unrecorded(NAMES_RECORDED);
+	else
+		bpf_map_update_elem(&portstat_names, &name, &value, BPF_ANY);
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -263,23 +417,37 @@ int count_port_failures(__u64 *ctx)
 
 	// Every other change returns here, having read nothing of the socket.
 	int attempt = oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT;
-	if (!attempt && (oldstate != TCP_SYN_SENT || newstate != TCP_CLOSE))
+	int established = oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED;
+	if (!attempt && !established && (oldstate != TCP_SYN_SENT || newstate != TCP_CLOSE))
 		return 0;
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 	__u32 netns = sk->__sk_common.skc_net.net->ns.inum;
+	__u64 id = (__u64)sk;
 	if (attempt) {
 		// Only a connect() whose socket has no port yet asks the range
 		// for one; a socket bound to its port before keeps it.
-		if (sk->__sk_common.skc_num == 0)
+		if (sk->__sk_common.skc_num == 0) {
 			add_total(netns, KIND_CONNECT_ATTEMPT, IPPROTO_TCP);
+			note_connector(id);
+		}
+		return 0;
+	}
+	struct connector *noted = bpf_map_lookup_elem(&portstat_pend, &id);
+	struct connector connector = {};
+	if (noted) {
+		connector = *noted;
+		bpf_map_delete_elem(&portstat_pend, &id);
+	}
+	// Past the end of `struct sock`, which is all the tracepoint's
+	// argument is typed as: read it, relocated, as kernel memory.
+	__u32 write_seq = BPF_CORE_READ((struct tcp_sock *)sk, write_seq);
+	if (established || write_seq != 0) {
+		if (noted)
+			count_connect(sk, netns, &connector, established);
 		return 0;
 	}
 	if (sk->__sk_common.skc_num != 0 || sk->sk_err != 0)
-		return 0;
-	// Past the end of `struct sock`, which is all the tracepoint's
-	// argument is typed as: read it, relocated, as kernel memory.
-	if (BPF_CORE_READ((struct tcp_sock *)sk, write_seq) != 0)
 		return 0;
 
 	add_total(netns, KIND_CONNECT_FAILED, IPPROTO_TCP);
@@ -288,20 +456,7 @@ int count_port_failures(__u64 *ctx)
 	key.kind = KIND_CONNECT_FAILED;
 	key.protocol = IPPROTO_TCP;
 	key.remote_port = __builtin_bswap16(sk->__sk_common.skc_dport);
-	unsigned short family = sk->__sk_common.skc_family;
-	struct in6_addr remote6 = sk->__sk_common.skc_v6_daddr;
-	if (family == AF_INET6 && !is_v4_mapped(remote6.s6_addr)) {
-		struct in6_addr local6 = sk->__sk_common.skc_v6_rcv_saddr;
-		key.family = AF_INET6;
-		__builtin_memcpy(key.local, local6.s6_addr, 16);
-		__builtin_memcpy(key.remote, remote6.s6_addr, 16);
-	} else {
-		__be32 local4 = sk->__sk_common.skc_rcv_saddr;
-		__be32 remote4 = sk->__sk_common.skc_daddr;
-		key.family = family == AF_INET6 ? FAMILY_MAPPED : AF_INET;
-		__builtin_memcpy(key.local, &local4, 4);
-		__builtin_memcpy(key.remote, &remote4, 4);
-	}
+	key.family = read_addresses(sk, key.local, key.remote);
 	struct task_struct *task = bpf_get_current_task_btf();
 	bpf_probe_read_kernel_str(key.comm, sizeof(key.comm), task->group_leader->comm);
 	add_failure(&key);

@@ -13,10 +13,10 @@ pub mod processes;
 
 pub use crate::model::OwnerLookup;
 use crate::model::{
-    ConntrackCounters, INODE_NOT_READ, NamespaceFailures, NamespaceIdentity, NamespaceSample,
-    NatEntry, NatSink, OwnedSocket, PortList, PortRange, PortSet, Protocol, ReadReport,
-    ReservedPorts, SocketOwners, SocketRecord, SocketSink, SocketState, SourceKind, TcpState,
-    TimeWaitReuse, UdpState, process_label,
+    Connection, ConnectionNames, ConntrackCounters, INODE_NOT_READ, NamespaceFailures,
+    NamespaceIdentity, NamespaceSample, NatEntry, NatSink, OwnedSocket, PortList, PortRange,
+    PortSet, Protocol, ReadReport, ReservedPorts, SocketOwners, SocketRecord, SocketSink,
+    SocketState, SourceKind, TcpState, TimeWaitReuse, UdpState, comm_label, process_label,
 };
 use listeners::{Listener, ListenerGroups, is_listener};
 use nat::{NatFigures, NatTable};
@@ -25,7 +25,7 @@ use processes::{Holders, ProcessUsage};
 pub use crate::model::{NO_PROCESS, UNKNOWN_PROCESS};
 pub use crate::rules::{Destination, ExclusiveReason};
 use crate::rules::{
-    connect_destination, exclusive_reason, inet_hash_connect_scan, tcp_twsk_unique,
+    connect_destination, exclusive_reason, inet_hash_connect_scan, port_hold_ms, tcp_twsk_unique,
 };
 
 /// Bounds on the families whose size follows the host, not the exporter.
@@ -75,6 +75,10 @@ pub struct Snapshot {
     /// TCP sockets in TIME_WAIT on unreserved, shared ports inside the range
     /// that `connect()` may take over now.
     pub time_wait_reusable: u64,
+    /// How long a port whose connection was closed first stays unusable to
+    /// a new `connect()` toward the same destination, in milliseconds:
+    /// toward loopback, then toward another destination.
+    pub port_hold_ms: [u32; 2],
     /// Processes holding the most ports bound before `connect()`, at most
     /// `Limits::processes_top`, most first; empty unless the TCP source
     /// sees bindings.
@@ -201,7 +205,8 @@ pub fn aggregate(sample: &NamespaceSample, limits: &Limits) -> Snapshot {
 /// the processes, not the sockets: bitmaps over the ports, a compact port
 /// list per destination, the listening sockets, and, while processes are
 /// counted, 16 bytes per socket on a port of the range that a file holds,
-/// until its owner is known.
+/// until its owner is known; and the names of the connections the kernel
+/// recorded, at most its map's size, less each one as its socket is seen.
 pub struct Aggregator {
     range: PortRange,
     reserved: ReservedPorts,
@@ -219,6 +224,10 @@ pub struct Aggregator {
     nat: Option<NatTable>,
     /// Whether NAT figures are written, with the table's counters.
     nat_shown: Option<Option<ConntrackCounters>>,
+    /// Who connected the connections not seen yet (`name_connections`).
+    names: ConnectionNames,
+    /// Who connected the kept sockets that no process holds.
+    kept_names: ConnectionNames,
 }
 
 /// Owner records (`OwnerLookup::Records`) added up apart from the sockets,
@@ -358,12 +367,6 @@ impl OwnerRecords {
     }
 }
 
-/// The label of a `comm` as a BPF record carries it.
-fn comm_label(comm: &[u8; 16]) -> String {
-    let end = comm.iter().position(|&byte| byte == 0).unwrap_or(16);
-    process_label(String::from_utf8_lossy(&comm[..end]).into_owned())
-}
-
 /// What the sockets of one protocol have added up to so far.
 #[derive(Default)]
 struct ProtocolTally {
@@ -384,6 +387,9 @@ struct ProtocolTally {
     exclusive: [PortSet; 3],
     /// TCP: ports bound before `connect()` held by sockets no file holds.
     unheld_bind_first: PortSet,
+    /// TCP: ports of sockets no file holds, named after the process that
+    /// connected them, by its tgid, with its `comm`.
+    named: HashMap<u32, ([u8; 16], PortList)>,
     /// TCP: the ports each destination uses, exclusive ones included.
     destinations: HashMap<Destination, PortList>,
     /// TCP: TIME_WAIT sockets `connect()` may take over now, by port
@@ -423,7 +429,22 @@ impl Aggregator {
             lookup: OwnerLookup::ByInode,
             nat: None,
             nat_shown: None,
+            names: ConnectionNames::new(),
+            kept_names: ConnectionNames::new(),
         }
+    }
+
+    /// Names the sockets no process holds (TIME_WAIT, orphans) after the
+    /// process that connected them, where `names` has their connection.
+    /// Set before the first socket.
+    pub fn name_connections(&mut self, names: ConnectionNames) {
+        self.names = names;
+    }
+
+    /// The names of the connections no TCP socket of the range matched:
+    /// connections that are gone (or whose port is outside the range).
+    pub fn unseen_connections(&mut self) -> ConnectionNames {
+        std::mem::take(&mut self.names)
     }
 
     /// Writes NAT figures, with the conntrack table's `counters` where
@@ -507,6 +528,12 @@ impl Aggregator {
         self.records.owners_of(&wanted)
     }
 
+    /// Who connected the sockets on the kept port that no process holds,
+    /// where the kernel named them.
+    pub fn kept_connection_names(&self) -> &ConnectionNames {
+        &self.kept_names
+    }
+
     /// The sockets on the kept port, TCP first.
     pub fn kept_sockets(&self) -> impl Iterator<Item = &SocketRecord> {
         self.tallies.iter().flat_map(|tally| &tally.kept)
@@ -539,6 +566,10 @@ impl Aggregator {
             listeners_omitted,
             exclusive: exclusive.by_reason,
             time_wait_reusable,
+            port_hold_ms: [
+                port_hold_ms(&self.time_wait_reuse, true),
+                port_hold_ms(&self.time_wait_reuse, false),
+            ],
             bind_before_connect_processes,
             destinations: headroom.destinations,
             destination_count: headroom.destination_count,
@@ -738,11 +769,15 @@ impl Aggregator {
         if top == 0 {
             return (Vec::new(), Vec::new());
         }
-        let (holders, unknown) = if self.lookup == OwnerLookup::Records {
+        let (mut holders, unknown) = if self.lookup == OwnerLookup::Records {
             self.holders_from_records()
         } else {
             self.holders_by_inode(owners)
         };
+        // TIME_WAIT and orphans named after the process that connected them.
+        for (tgid, (comm, ports)) in std::mem::take(&mut self.tallies[0].named) {
+            holders.add_ports(&comm_label(&comm), [ports, PortList::default()], [tgid]);
+        }
         let unheld = self.tallies.iter().map(|tally| tally.unheld.len()).sum();
         let unheld_bind_first = self.tallies[0]
             .unheld_bind_first
@@ -883,8 +918,27 @@ impl SocketSink for Aggregator {
             tally.exclusive[reason as usize].insert(port);
         }
         let bind_first = reason == Some(ExclusiveReason::BindBeforeConnect);
+        // Each connection is looked for once, so that the names left at the
+        // end are those of connections gone.
+        let connector = match socket.state {
+            SocketState::Tcp(_) if !self.names.is_empty() => self
+                .names
+                .remove(&Connection::between(socket.local, socket.remote)),
+            _ => None,
+        };
+        if let (true, 0, Some(connector)) = (keep, socket.inode, connector) {
+            self.kept_names
+                .insert(Connection::between(socket.local, socket.remote), connector);
+        }
         if count_processes {
-            if socket.inode == 0 {
+            if let (0, Some(connector)) = (socket.inode, connector) {
+                tally
+                    .named
+                    .entry(connector.tgid)
+                    .or_insert_with(|| (connector.comm, PortList::default()))
+                    .1
+                    .insert(port);
+            } else if socket.inode == 0 {
                 tally.unheld.insert(port);
                 if bind_first {
                     tally.unheld_bind_first.insert(port);
@@ -1098,6 +1152,104 @@ mod tests {
                 ("haproxy".to_string(), 2),
                 ("java".to_string(), 1),
                 ("none".to_string(), 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn time_wait_is_named_after_the_process_that_connected_it() {
+        let comm = |name: &[u8]| {
+            let mut comm = [0u8; 16];
+            comm[..name.len()].copy_from_slice(name);
+            comm
+        };
+        let connector = |tgid, name: &[u8], ipv4_mapped| crate::model::Connector {
+            tgid,
+            comm: comm(name),
+            ipv4_mapped,
+        };
+        let between = |local: &str, remote: &str| {
+            Connection::between(local.parse().unwrap(), remote.parse().unwrap())
+        };
+        let mut names = ConnectionNames::new();
+        // Two processes churning to their destinations, one of them from
+        // an AF_INET6 socket to an IPv4-mapped peer.
+        names.insert(
+            between("127.0.0.1:40000", "127.0.0.1:80"),
+            connector(10, b"nginx", false),
+        );
+        names.insert(
+            between("127.0.0.1:40001", "127.0.0.1:80"),
+            connector(10, b"nginx", false),
+        );
+        names.insert(
+            between("127.0.0.1:40000", "127.0.0.1:81"),
+            connector(11, b"curl", true),
+        );
+        // Established and held by a file: seen, but named by its owner.
+        names.insert(
+            between("127.0.0.1:40002", "127.0.0.1:80"),
+            connector(10, b"nginx", false),
+        );
+        // Gone: no socket has it.
+        names.insert(
+            between("127.0.0.1:40003", "127.0.0.1:80"),
+            connector(10, b"nginx", false),
+        );
+        let sockets = [
+            time_wait("127.0.0.1:40000", "127.0.0.1:80", 5000, true, 0),
+            time_wait("127.0.0.1:40001", "127.0.0.1:80", 5000, true, 0),
+            time_wait(
+                "[::ffff:127.0.0.1]:40000",
+                "[::ffff:127.0.0.1]:81",
+                5000,
+                true,
+                0,
+            ),
+            tcp(TcpState::Established, "127.0.0.1:40002", "127.0.0.1:80", 7),
+            // Connected before the program counted: nobody's.
+            time_wait("127.0.0.1:40009", "127.0.0.1:80", 5000, true, 0),
+        ];
+        let mut aggregator = Aggregator::new(
+            PortRange {
+                start: 40000,
+                end: 40099,
+            },
+            ReservedPorts::default(),
+            TimeWaitReuse::default(),
+            Limits::default(),
+        );
+        aggregator.name_connections(names);
+        for socket in &sockets {
+            aggregator.add(socket);
+        }
+        let unseen = aggregator.unseen_connections();
+        assert_eq!(
+            unseen.keys().copied().collect::<Vec<_>>(),
+            vec![between("127.0.0.1:40003", "127.0.0.1:80")]
+        );
+        let mut owners = SocketOwners::default();
+        owners.pid_by_inode.insert(7, 12);
+        owners.comm_by_pid.insert(12, "worker".into());
+        let snapshot = aggregator.finish(&owners, &ReadReport::complete([SourceKind::Bpf; 2]));
+        let processes: Vec<(String, u32, Vec<u32>)> = snapshot
+            .processes
+            .iter()
+            .map(|usage| {
+                (
+                    usage.process.clone(),
+                    usage.ports_used,
+                    usage.pids.lowest.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            processes,
+            vec![
+                ("nginx".to_string(), 2, vec![10]),
+                ("curl".to_string(), 1, vec![11]),
+                ("none".to_string(), 1, vec![]),
+                ("worker".to_string(), 1, vec![12]),
             ]
         );
     }

@@ -214,26 +214,32 @@ impl<'a> Failures<'a> {
                     failed: *count,
                 })
                 .collect(),
-            destinations: failures::most(&failures::by_destination(figures), usize::MAX)
-                .into_iter()
-                .map(|((protocol, destination), count)| FailedDestination {
-                    protocol: protocol.label(),
-                    local_address: destination.local_address.to_string(),
-                    remote_address: destination.remote_address.to_string(),
-                    remote_port: destination.remote_port,
-                    failed: count,
-                })
-                .collect(),
-            processes: failures::most(&failures::by_process(figures), usize::MAX)
-                .into_iter()
-                .map(|((kind, protocol, process), count)| FailedProcess {
-                    process,
-                    pid: failures::a_pid_of(figures, kind, protocol, process),
-                    call: kind.call().trim_end_matches("()"),
-                    protocol: protocol.label(),
-                    failed: count,
-                })
-                .collect(),
+            destinations: failures::most(
+                &failures::by_destination(&figures.by_destination_and_process),
+                usize::MAX,
+            )
+            .into_iter()
+            .map(|((protocol, destination), count)| FailedDestination {
+                protocol: protocol.label(),
+                local_address: destination.local_address.to_string(),
+                remote_address: destination.remote_address.to_string(),
+                remote_port: destination.remote_port,
+                failed: count,
+            })
+            .collect(),
+            processes: failures::most(
+                &failures::by_process(&figures.by_destination_and_process),
+                usize::MAX,
+            )
+            .into_iter()
+            .map(|((kind, protocol, process), count)| FailedProcess {
+                process,
+                pid: failures::a_pid_of(figures, kind, protocol, process),
+                call: kind.call().trim_end_matches("()"),
+                protocol: protocol.label(),
+                failed: count,
+            })
+            .collect(),
         }
     }
 }

@@ -10,7 +10,8 @@ use crate::aggregate::processes::{Pids, ProcessUsage};
 use crate::aggregate::{ExclusiveReason, NO_PROCESS, Snapshot, UNKNOWN_PROCESS};
 use crate::metrics::failures;
 use crate::model::{
-    NamespaceFailures, Protocol, SocketOwners, SocketRecord, SocketState, TcpState,
+    Connection, ConnectionNames, NamespaceFailures, Protocol, SocketOwners, SocketRecord,
+    SocketState, TcpState,
 };
 
 /// Who holds a connection that no process has accepted yet.
@@ -38,9 +39,15 @@ pub struct PortHolder {
 pub fn port_holders<'a>(
     sockets: impl Iterator<Item = &'a SocketRecord>,
     owners: &SocketOwners,
+    names: &ConnectionNames,
     port: u16,
     attribution: bool,
 ) -> Vec<PortHolder> {
+    let connector = |socket: &SocketRecord| {
+        names
+            .get(&Connection::between(socket.local, socket.remote))
+            .filter(|_| socket.inode == 0)
+    };
     let mut holders: Vec<PortHolder> = sockets
         .filter(|socket| socket.local.port() == port)
         .map(|socket| PortHolder {
@@ -48,7 +55,10 @@ pub fn port_holders<'a>(
             state: socket.state.label(),
             local: socket.local.to_string(),
             remote: socket.remote.to_string(),
-            process: if socket.state == SocketState::Tcp(TcpState::TimeWait) {
+            process: if let Some(connector) = connector(socket) {
+                // TIME_WAIT or an orphan, named after who connected it.
+                connector.label()
+            } else if socket.state == SocketState::Tcp(TcpState::TimeWait) {
                 NO_PROCESS.to_string()
             } else if !attribution {
                 UNKNOWN_PROCESS.to_string()
@@ -391,7 +401,10 @@ fn failures_text(out: &mut String, failures: &NamespaceFailures) {
         "{:<64}{:>10}",
         "Top destinations of failed calls", "failed"
     );
-    let destinations = failures::most(&failures::by_destination(failures), FAILURES_LISTED);
+    let destinations = failures::most(
+        &failures::by_destination(&failures.by_destination_and_process),
+        FAILURES_LISTED,
+    );
     if destinations.is_empty() {
         let _ = writeln!(out, "  none");
     }
@@ -409,7 +422,10 @@ fn failures_text(out: &mut String, failures: &NamespaceFailures) {
         "{:<64}{:>10}",
         "Top processes of failed calls", "failed"
     );
-    let processes = failures::most(&failures::by_process(failures), FAILURES_LISTED);
+    let processes = failures::most(
+        &failures::by_process(&failures.by_destination_and_process),
+        FAILURES_LISTED,
+    );
     if processes.is_empty() {
         let _ = writeln!(out, "  none");
     }

@@ -57,6 +57,20 @@ impl FailureHistory {
                 .iter()
                 .filter(|failure| failure.netns == netns),
         );
+        figures.connect_totals.insert(
+            Protocol::Tcp,
+            counts
+                .connect_totals
+                .get(&(netns, Protocol::Tcp))
+                .copied()
+                .unwrap_or(0),
+        );
+        figures.connects = merged(
+            counts
+                .connects
+                .iter()
+                .filter(|connect| connect.netns == netns),
+        );
         if let (Some(previous), Some(before)) = (&self.previous, before) {
             *self.unpredicted.entry(netns).or_default() +=
                 unpredicted(netns, previous, counts, before, now);
@@ -70,16 +84,8 @@ impl FailureHistory {
     /// namespace made after a look, whose process was not there yet, is not
     /// taken for gone.
     pub fn gone(&mut self, counts: &PortFailureCounts, live: &[u64]) -> Vec<u64> {
-        let mut counted: Vec<u64> = counts
-            .totals
-            .keys()
-            .map(|&(netns, _, _)| netns)
-            .chain(counts.attempts.keys().copied())
-            .chain(counts.failures.iter().map(|failure| failure.netns))
-            .collect();
-        counted.sort_unstable();
-        counted.dedup();
-        let missing: Vec<u64> = counted
+        let missing: Vec<u64> = counts
+            .namespaces()
             .into_iter()
             .filter(|netns| !live.contains(netns))
             .collect();
@@ -202,10 +208,11 @@ pub fn counted(autobind: bool) -> Vec<(FailureKind, Protocol)> {
     counted
 }
 
-/// `connect()` failures by protocol and destination, over processes.
-pub fn by_destination(figures: &NamespaceFailures) -> BTreeMap<(Protocol, Destination), u64> {
+/// `connect()` calls of `records` (failures, or connects) by protocol and
+/// destination, over processes.
+pub fn by_destination(records: &[PortFailure]) -> BTreeMap<(Protocol, Destination), u64> {
     let mut destinations = BTreeMap::new();
-    for failure in &figures.by_destination_and_process {
+    for failure in records {
         if failure.kind == FailureKind::Connect {
             *destinations
                 .entry((
@@ -222,10 +229,10 @@ pub fn by_destination(figures: &NamespaceFailures) -> BTreeMap<(Protocol, Destin
     destinations
 }
 
-/// Failures by kind, protocol and process, over destinations.
-pub fn by_process(figures: &NamespaceFailures) -> BTreeMap<(FailureKind, Protocol, &str), u64> {
+/// Calls of `records` by kind, protocol and process, over destinations.
+pub fn by_process(records: &[PortFailure]) -> BTreeMap<(FailureKind, Protocol, &str), u64> {
     let mut processes = BTreeMap::new();
-    for failure in &figures.by_destination_and_process {
+    for failure in records {
         *processes
             .entry((failure.kind, failure.protocol, failure.process.as_str()))
             .or_default() += failure.count;
@@ -292,7 +299,7 @@ pub fn render(figures: &NamespaceFailures, base: &BaseLabels, out: &mut Vec<Metr
         "connect() calls that found no free local port, by destination (IPv4-mapped peers as IPv4), since the exporter started; the kernel keeps 1,024 (destination, process) pairs, the rest are in portstat_ephemeral_failures_unrecorded_total.",
         base,
     );
-    for ((protocol, destination), count) in &by_destination(figures) {
+    for ((protocol, destination), count) in &by_destination(&figures.by_destination_and_process) {
         destinations.counter(
             &[
                 ("protocol", protocol.label()),
@@ -305,7 +312,7 @@ pub fn render(figures: &NamespaceFailures, base: &BaseLabels, out: &mut Vec<Metr
     }
     destinations.finish(out);
 
-    let processes = by_process(figures);
+    let processes = by_process(&figures.by_destination_and_process);
     for (kind, name, help) in [
         (
             FailureKind::Connect,

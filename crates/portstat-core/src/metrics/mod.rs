@@ -14,6 +14,7 @@ use crate::exposition::{MetricFamily, MetricType, Series};
 
 pub mod build;
 pub mod collector;
+pub mod connects;
 pub mod failures;
 pub mod headroom;
 pub mod listeners;
