@@ -439,12 +439,16 @@ int count_port_failures(__u64 *ctx)
 		connector = *noted;
 		bpf_map_delete_elem(&portstat_pend, &id);
 	}
+	if (established) {
+		if (noted)
+			count_connect(sk, netns, &connector, 1);
+		return 0;
+	}
 	// Past the end of `struct sock`, which is all the tracepoint's
 	// argument is typed as: read it, relocated, as kernel memory.
-	__u32 write_seq = BPF_CORE_READ((struct tcp_sock *)sk, write_seq);
-	if (established || write_seq != 0) {
+	if (BPF_CORE_READ((struct tcp_sock *)sk, write_seq) != 0) {
 		if (noted)
-			count_connect(sk, netns, &connector, established);
+			count_connect(sk, netns, &connector, 0);
 		return 0;
 	}
 	if (sk->__sk_common.skc_num != 0 || sk->sk_err != 0)
