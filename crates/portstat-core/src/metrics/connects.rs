@@ -18,7 +18,7 @@
 
 use crate::exposition::MetricFamily;
 
-use super::failures::{by_destination, by_process};
+use super::failures::{add_by_destination, by_process};
 use super::{BaseLabels, Family};
 use crate::aggregate::Snapshot;
 use crate::model::NamespaceFailures;
@@ -54,17 +54,7 @@ pub fn render(figures: &NamespaceFailures, base: &BaseLabels, out: &mut Vec<Metr
         "TCP connect() calls that took a local port of the range, by destination (IPv4-mapped peers as IPv4), since the exporter started; the kernel keeps 1,024 (destination, process) pairs, the rest are in portstat_ephemeral_connects_unrecorded_total.",
         base,
     );
-    for ((protocol, destination), count) in &by_destination(&figures.connects) {
-        destinations.counter(
-            &[
-                ("protocol", protocol.label()),
-                ("local_address", &destination.local_address.to_string()),
-                ("remote_address", &destination.remote_address.to_string()),
-                ("remote_port", &destination.remote_port.to_string()),
-            ],
-            *count as f64,
-        );
-    }
+    add_by_destination(&mut destinations, &figures.connects);
     destinations.finish(out);
 
     let mut processes = Family::new(

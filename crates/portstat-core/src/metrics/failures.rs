@@ -271,6 +271,22 @@ pub fn most<K: Clone>(counts: &BTreeMap<K, u64>, top: usize) -> Vec<(K, u64)> {
     entries
 }
 
+/// Adds to `family` a counter of the calls of `records` for each protocol
+/// and destination, over processes.
+pub fn add_by_destination(family: &mut Family, records: &[PortFailure]) {
+    for ((protocol, destination), count) in &by_destination(records) {
+        family.counter(
+            &[
+                ("protocol", protocol.label()),
+                ("local_address", &destination.local_address.to_string()),
+                ("remote_address", &destination.remote_address.to_string()),
+                ("remote_port", &destination.remote_port.to_string()),
+            ],
+            *count as f64,
+        );
+    }
+}
+
 /// Writes the failure families of one namespace.
 pub fn render(figures: &NamespaceFailures, base: &BaseLabels, out: &mut Vec<MetricFamily>) {
     for (kind, name, help) in [
@@ -299,17 +315,7 @@ pub fn render(figures: &NamespaceFailures, base: &BaseLabels, out: &mut Vec<Metr
         "connect() calls that found no free local port, by destination (IPv4-mapped peers as IPv4), since the exporter started; the kernel keeps 1,024 (destination, process) pairs, the rest are in portstat_ephemeral_failures_unrecorded_total.",
         base,
     );
-    for ((protocol, destination), count) in &by_destination(&figures.by_destination_and_process) {
-        destinations.counter(
-            &[
-                ("protocol", protocol.label()),
-                ("local_address", &destination.local_address.to_string()),
-                ("remote_address", &destination.remote_address.to_string()),
-                ("remote_port", &destination.remote_port.to_string()),
-            ],
-            *count as f64,
-        );
-    }
+    add_by_destination(&mut destinations, &figures.by_destination_and_process);
     destinations.finish(out);
 
     let processes = by_process(&figures.by_destination_and_process);
