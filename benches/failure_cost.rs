@@ -84,15 +84,22 @@ fn syscall_cost(rounds: usize) {
 /// A thread that accepts and drops connections to 127.0.0.1:8080 inside
 /// `netns`, for as long as the process runs; its address.
 fn acceptor(netns: &Netns) -> SocketAddr {
+    acceptor_on(netns, 8080)
+}
+
+/// A thread that accepts and drops connections to 127.0.0.1:`port` inside
+/// `netns`, for as long as the process runs; its address.
+fn acceptor_on(netns: &Netns, port: u16) -> SocketAddr {
+    let address: SocketAddr = ([127, 0, 0, 1], port).into();
     // A deep accept queue: a late wake-up of the accepting thread must not
     // drop SYNs, which would cost the loop a second's retransmission.
-    let listener = netns.run(|| support::listening_socket("127.0.0.1:8080", false, 4096));
+    let listener = netns.run(|| support::listening_socket(&address.to_string(), false, 4096));
     std::thread::spawn(move || {
         while let Ok((stream, _)) = listener.accept() {
             drop(stream);
         }
     });
-    "127.0.0.1:8080".parse().unwrap()
+    address
 }
 
 /// Connects to `server` and closes with a reset, so that no TIME_WAIT is
@@ -153,6 +160,70 @@ fn loop_cost(connects: usize, rounds: usize) {
             (paired(&times[index]) - 1.0) * 100.0
         );
     }
+    println!("  the TCP program's own time, by the kernel's statistics:");
+    let own = netns.run(|| program_time(connects, || connect_and_reset(server)));
+    println!(
+        "    {own:.0} ns a connect()+close() with a reset, {:.1} % of one without it",
+        own / 1e3 / medians[0] * 100.0
+    );
+    // Closed without a reset, each connection is named as its process
+    // closes it, and leaves TIME_WAIT on one side (the range has room for
+    // every one).
+    let own = netns.run(|| program_time(connects, || drop(TcpStream::connect(server).unwrap())));
+    println!("    {own:.0} ns a connect()+close() without a reset, named as it closes");
+}
+
+/// The time the TCP program itself runs per call of `connect`, in
+/// nanoseconds, as the kernel measures it (`BPF_ENABLE_STATS`: the clock
+/// read around each run, which costs the run too, so this errs high), over
+/// `connects` calls.
+fn program_time(connects: usize, connect: impl Fn()) -> f64 {
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF statistics");
+    let _counter = PortFailureCounter::load(false, NAMES).expect("the TCP program loads");
+    let program = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|info| {
+            info.map_ids().ok().flatten().is_some_and(|ids| {
+                ids.iter().any(|&id| {
+                    aya::maps::MapInfo::from_id(id)
+                        .is_ok_and(|map| map.name_as_str() == Some("portstat_notes"))
+                })
+            })
+        })
+        .expect("the TCP program is loaded")
+        .fd()
+        .expect("the program's descriptor");
+    let run_time = || {
+        use std::os::fd::{AsFd, AsRawFd};
+        // SAFETY: `bpf_prog_info` is integers only, for which zero is a value.
+        let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+        let mut attr = [0u64; 3];
+        attr[0] = u64::from(program.as_fd().as_raw_fd() as u32)
+            | (std::mem::size_of_val(&info) as u64) << 32;
+        attr[1] = std::ptr::addr_of_mut!(info) as u64;
+        // SAFETY: BPF_OBJ_GET_INFO_BY_FD writes at most `info_len` bytes to
+        // `info`, a `bpf_prog_info` that outlives the call.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                aya_obj::generated::bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+                attr.as_mut_ptr(),
+                std::mem::size_of_val(&attr),
+            )
+        };
+        assert_eq!(
+            result,
+            0,
+            "BPF_OBJ_GET_INFO_BY_FD: {}",
+            std::io::Error::last_os_error()
+        );
+        info.run_time_ns
+    };
+    let before = run_time();
+    for _ in 0..connects {
+        connect();
+    }
+    (run_time() - before) as f64 / connects as f64
 }
 
 /// What runs beside the measured work, in the order of `alternate`'s times.
@@ -162,19 +233,23 @@ const SETUPS: [&str; 3] = [
     "and the system call exit program (…failures.autobind)",
 ];
 
-/// Runs `run` once to warm up, then `rounds` times with each of `SETUPS` in
-/// turn, and returns its results by setup.
+/// Runs `run` `rounds` times with each of `SETUPS`, and returns its results
+/// by setup. Each round starts one setup later than the round before, so
+/// that no setup always runs first. Each result is of a second run: the
+/// first, after the programs were loaded or unloaded (which frees their
+/// maps in the background), only warms up.
 fn alternate(rounds: usize, mut run: impl FnMut() -> f64) -> [Vec<f64>; 3] {
-    run();
     let mut times: [Vec<f64>; 3] = Default::default();
-    for _ in 0..rounds {
-        times[0].push(run());
-        let counter = PortFailureCounter::load(false, NAMES).expect("the TCP program loads");
-        times[1].push(run());
-        drop(counter);
-        let counter = PortFailureCounter::load(true, NAMES).expect("both programs load");
-        times[2].push(run());
-        drop(counter);
+    for round in 0..rounds {
+        for step in 0..SETUPS.len() {
+            let setup = (round + step) % SETUPS.len();
+            let _counter = match setup {
+                0 => None,
+                _ => Some(PortFailureCounter::load(setup == 2, NAMES).expect("the programs load")),
+            };
+            run();
+            times[setup].push(run());
+        }
     }
     times
 }
@@ -213,7 +288,7 @@ fn read_cost() {
             }
         })
     };
-    let _held: Vec<TcpStream> = netns.run(|| {
+    let held: Vec<TcpStream> = netns.run(|| {
         (0..1000)
             .map(|index| TcpStream::connect(("127.0.0.1", 20000 + index)).unwrap())
             .collect()
@@ -237,48 +312,40 @@ fn read_cost() {
         counts.failures.len(),
         time_reads()
     );
+    names_cost(&mut counter, held);
     drop(listeners);
-    names_cost(&mut counter);
 }
 
 /// The time one read of the connection names takes, with the 1,000 held
-/// connections named, then with the map full.
-fn names_cost(counter: &mut PortFailureCounter) {
+/// connections closed (each named as its process closes it), then with the
+/// map full.
+fn names_cost(counter: &mut PortFailureCounter, held: Vec<TcpStream>) {
     let mut time_names = || {
+        let mut names = 0;
         let times: Vec<f64> = (0..5)
             .map(|_| {
                 let started = Instant::now();
-                let names = counter.names().unwrap();
-                let elapsed = started.elapsed().as_secs_f64() * 1e3;
-                (
-                    elapsed,
-                    names
-                        .by_netns
-                        .values()
-                        .map(|names| names.len())
-                        .sum::<usize>(),
-                )
-            })
-            .map(|(elapsed, count)| {
-                println!("    {count} names: {elapsed:.2} ms");
-                elapsed
+                let read = counter.names().unwrap();
+                names = read.by_netns.values().map(|names| names.len()).sum();
+                started.elapsed().as_secs_f64() * 1e3
             })
             .collect();
-        median(times)
+        (median(times), names)
     };
     println!("one read of the connection names (median of 5):");
-    println!("  {:.2} ms", time_names());
-    // Fill the map: connections closed with a reset, whose names stay
-    // until the map evicts them (no sampler removes them here).
-    let netns = Netns::new((40000, 59999), "");
-    let server = acceptor(&netns);
+    drop(held);
+    let (time, names) = time_names();
+    println!("  the 1,000 connections closed, {names} names: {time:.2} ms");
+    // Fill the map: connections closed first, whose names stay until the
+    // map evicts them (no sampler removes them here). Four destinations,
+    // so that their TIME_WAIT sockets never fill the range.
+    let netns = Netns::new((10000, 60999), "");
+    let servers: Vec<SocketAddr> = (8080..8084).map(|port| acceptor_on(&netns, port)).collect();
     netns.run(|| {
-        for _ in 0..NAMES as usize + 1000 {
-            connect_and_reset(server);
+        for index in 0..NAMES as usize + 1000 {
+            drop(TcpStream::connect(servers[index % servers.len()]).unwrap());
         }
     });
-    println!(
-        "  with the map full ({NAMES} entries): {:.2} ms",
-        time_names()
-    );
+    let (time, names) = time_names();
+    println!("  with the map full ({NAMES} entries), {names} names: {time:.2} ms");
 }

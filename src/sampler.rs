@@ -278,9 +278,9 @@ impl Sampler {
         }
     }
 
-    /// Gives the reader who connected each connection the kernel names, to
-    /// name the sockets no process holds after them, where connects are
-    /// counted.
+    /// Gives the reader the process that closed each connection the kernel
+    /// names, to name the sockets no process holds after it, where connects
+    /// are counted.
     fn read_connection_names(&mut self) {
         let Some(counter) = &mut self.failure_counter else {
             return;

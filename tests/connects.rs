@@ -9,7 +9,7 @@
 mod support;
 
 use std::io::Read;
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -149,9 +149,6 @@ fn two_churning_clients_are_named<'a>(
             .join("\n")
     );
 
-    if std::env::var("ONLY_TW").is_ok() {
-        return exporter;
-    }
     let done = |metrics: &Metrics| {
         metrics.get(&process(labels, "churn-first")) == Some(PORTS as f64)
             && metrics.get(&process(labels, "churn-second")) == Some(PORTS as f64)
@@ -289,5 +286,46 @@ fn with_every_namespace_each_names_its_own_churn() {
         [8082, 8083],
         &["--collector.netns", "all"],
         &labels,
+    );
+}
+
+/// Destinations past what the connects map holds (1,024 entries).
+const DESTINATIONS: u16 = 1100;
+
+#[test]
+fn a_full_connects_map_still_counts_every_connect_of_the_namespace() {
+    support::require_bpf();
+    let _alone = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let netns = Netns::new((45000, 46999), "");
+    let exporter = netns.start_exporter(&["--collector.interval", "300ms"]);
+    let _listeners: Vec<TcpListener> = netns.run(|| {
+        (0..DESTINATIONS)
+            .map(|index| TcpListener::bind(("127.0.0.1", 50000 + index)).unwrap())
+            .collect()
+    });
+    let _connections: Vec<TcpStream> = netns.run(|| {
+        (0..DESTINATIONS)
+            .map(|index| TcpStream::connect(("127.0.0.1", 50000 + index)).unwrap())
+            .collect()
+    });
+    let total = r#"portstat_ephemeral_connects_total{protocol="tcp"}"#;
+    let metrics = exporter
+        .metrics_until(|metrics| metrics.get(total) == Some(f64::from(DESTINATIONS)))
+        .expect("every connect counted in the namespace's total");
+    // The map is the exporter's, shared by every namespace: it holds fewer
+    // of this namespace's destinations than there are, and the rest are
+    // unrecorded.
+    let by_destination: f64 = metrics
+        .family("portstat_ephemeral_destination_connects_total")
+        .values()
+        .sum();
+    assert!(by_destination < f64::from(DESTINATIONS), "{}", metrics.text);
+    assert!(
+        metrics.value("portstat_ephemeral_connects_unrecorded_total")
+            >= f64::from(DESTINATIONS) - by_destination,
+        "{}",
+        metrics.text
     );
 }

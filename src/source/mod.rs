@@ -228,7 +228,7 @@ impl NamespaceReader {
         }
     }
 
-    /// Names the sockets no process holds after the process that connected
+    /// Names the sockets no process holds after the process that closed
     /// them, by namespace, in the namespaces read from now on.
     pub fn set_connection_names(&mut self, names: HashMap<u64, ConnectionNames>) {
         self.connection_names = names;

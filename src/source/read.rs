@@ -25,7 +25,7 @@ pub struct NamespaceRead {
     pub report: ReadReport,
     /// How its owners are found.
     pub lookup: OwnerLookup,
-    /// Its inode, where its sockets were named after who connected them.
+    /// Its inode, where its sockets were named after the process that closed them.
     pub named_netns: Option<u64>,
 }
 

@@ -569,7 +569,7 @@ pub struct NamespaceFailures {
 }
 
 /// A TCP connection as its 4-tuple, IPv4-mapped addresses as IPv4: how a
-/// socket is matched with the process that connected it.
+/// socket is matched with the process that closed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Connection {
     /// The local address and port.
@@ -590,8 +590,9 @@ impl Connection {
     }
 }
 
-/// The process that connected a connection, as the kernel recorded it when
-/// the connection was established.
+/// The process that closed a connection, as the kernel recorded it then:
+/// the one that held the socket last, which connected it unless it was
+/// handed the socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Connector {
     /// Its thread group id.
@@ -615,7 +616,7 @@ pub fn comm_label(comm: &[u8; 16]) -> String {
     process_label(String::from_utf8_lossy(&comm[..end]).into_owned())
 }
 
-/// Who connected each connection of one namespace that the kernel still
+/// Who closed each connection of one namespace that the kernel still
 /// remembers.
 pub type ConnectionNames = HashMap<Connection, Connector>;
 

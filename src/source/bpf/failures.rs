@@ -142,7 +142,7 @@ unsafe impl aya::Pod for NameKey {}
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NameValue {
-    /// The connecting process's tgid.
+    /// The tgid of the process that closed the connection.
     pub tgid: u32,
     /// Its leader's comm, NUL-padded.
     pub comm: [u8; 16],
@@ -155,7 +155,7 @@ pub struct NameValue {
 unsafe impl aya::Pod for NameValue {}
 
 /// One entry of the `names` map as the exporter models it: the namespace,
-/// the connection and who connected it; `None` for a family it does not
+/// the connection and the process that closed it; `None` for a family it does not
 /// know.
 pub fn name_from_entry(key: &NameKey, value: &NameValue) -> Option<(u64, Connection, Connector)> {
     let socket = |bytes: &[u8; 16], port| Some(SocketAddr::new(address(key.family, bytes)?, port));
@@ -269,7 +269,7 @@ const MAP_NAMES: [&str; 5] = [
     "portstat_conns",
     "portstat_ctots",
 ];
-/// The map of connections and who connected them.
+/// The map of connections and the processes that closed them.
 const NAMES_MAP: &str = "portstat_names";
 
 /// The maps the programs count into.
@@ -322,6 +322,14 @@ impl FailureMaps {
                 }
             }
             into.sort_by(|a, b| a.key().cmp(&b.key()));
+        }
+        // The connects map's entries and, by namespace, the connects it had
+        // no room for: together every connect of the namespace.
+        for connect in &counts.connects {
+            *counts
+                .connect_totals
+                .entry((connect.netns, connect.protocol))
+                .or_default() += connect.count;
         }
         counts.unrecorded = self.lost(UNRECORDED_FAILURE)? + self.lost(UNRECORDED_TOTAL)?;
         counts.connects_unrecorded = self.lost(UNRECORDED_CONNECT)?;

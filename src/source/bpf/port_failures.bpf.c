@@ -35,20 +35,25 @@
 //
 // Connects are counted too, and named. A `connect()` that asks the range for
 // a port moves its socket from CLOSE to SYN_SENT in the calling task: the
-// program notes the task's process by socket in `portstat_pend`. The
-// port is chosen after (`__inet_hash_connect`), so the connect is counted
-// at the socket's first change out of SYN_SENT with the port taken: to
-// ESTABLISHED, or back to CLOSE with its sequence number set (refused,
-// reset, timed out or abandoned; it held a port meanwhile). Neither runs
-// in the calling task (a SYN-ACK arrives in softirq), which is why the
-// process was noted before. Connects are kept per (namespace, protocol) in
-// `portstat_ctots` and per (namespace, destination, comm) in
-// `portstat_conns`, bounded and counted as failures are (a key that finds
-// its map full is counted in `portstat_lost`). An established connection's
-// 4-tuple is then kept with its process in `portstat_names`, least recently
-// used first out, so that its TIME_WAIT socket, which no process holds, can
-// be named after the process that connected it; `portstat_lost` counts the
-// names recorded, which tells the exporter how many the map evicted.
+// program notes the task's process by socket, in a slot of `portstat_notes`
+// (an array, claimed with compare-and-swap) or, where the socket's slots
+// are taken, in `portstat_pend`. The port is chosen after
+// (`__inet_hash_connect`), so the connect is counted at the socket's first
+// change out of SYN_SENT with the port taken: to ESTABLISHED, or back to
+// CLOSE with its sequence number set (refused, reset, timed out or
+// abandoned; it held a port meanwhile). Neither runs in the calling task
+// (a SYN-ACK arrives in softirq), which is why the process was noted
+// before. Connects are kept per (namespace, destination, comm) in
+// `portstat_conns`; one that finds it full is counted in `portstat_lost`
+// and per namespace in `portstat_ctots`, so that a namespace's connects
+// are the sum of the two. When a process closes a connection on a port of
+// its namespace's range that it did not bind by choice, its 4-tuple is
+// kept with the process in `portstat_names`, least recently used first
+// out, so that the socket, which may outlive its descriptor in FIN_WAIT,
+// TIME_WAIT or LAST_ACK and is then held by no process, can be named;
+// `portstat_lost` counts the names recorded, which tells the exporter how
+// many the map evicted. The connect path thus costs two array slots and
+// one hash map entry, and a close that may leave TIME_WAIT one LRU entry.
 //
 // Nothing is decided here that Rust can decide. Structures are declared
 // with only the fields used; CO-RE relocates their offsets against the
@@ -75,7 +80,13 @@
 
 #define TCP_ESTABLISHED 1
 #define TCP_SYN_SENT 2
+#define TCP_FIN_WAIT1 4
 #define TCP_CLOSE 7
+#define TCP_CLOSE_WAIT 8
+#define TCP_LAST_ACK 9
+
+// `sk_userlocks`: the socket was bound to a port of its own choosing.
+#define SOCK_BINDPORT_LOCK 8
 
 // `failure_key.kind` and `total_key.kind`.
 #define KIND_CONNECT_FAILED 1
@@ -92,6 +103,9 @@
 #define UNRECORDED_TOTAL 1
 #define UNRECORDED_CONNECT 2
 #define NAMES_RECORDED 3
+// Not a count: 1 once a note went to `portstat_pend`, so that the connect
+// path looks there only after one has.
+#define NOTES_SPILLED 4
 
 struct in6_addr {
 	__u8 s6_addr[16];
@@ -101,8 +115,31 @@ struct ns_common {
 	unsigned int inum;
 } __attribute__((preserve_access_index));
 
+// The namespace's port range: `high << 16 | low` from Linux 6.8, a pair of
+// ints under a seqlock before (the flavour below).
+struct local_ports {
+	__u32 range;
+} __attribute__((preserve_access_index));
+
+struct netns_ipv4 {
+	struct local_ports ip_local_ports;
+} __attribute__((preserve_access_index));
+
 struct net {
 	struct ns_common ns;
+	struct netns_ipv4 ipv4;
+} __attribute__((preserve_access_index));
+
+struct local_ports___pair {
+	int range[2];
+} __attribute__((preserve_access_index));
+
+struct netns_ipv4___pair {
+	struct local_ports___pair ip_local_ports;
+} __attribute__((preserve_access_index));
+
+struct net___pair {
+	struct netns_ipv4___pair ipv4;
 } __attribute__((preserve_access_index));
 
 typedef struct {
@@ -122,6 +159,7 @@ struct sock_common {
 
 struct sock {
 	struct sock_common __sk_common;
+	__u8 sk_userlocks;
 	__u16 sk_protocol;
 	int sk_err;
 } __attribute__((preserve_access_index));
@@ -243,9 +281,31 @@ struct name_value {
 	__u64 stamp;
 };
 
+// The note of a `connect()` in flight: the socket, and the process that
+// asked for its port.
+struct note {
+	__u64 sk;
+	struct connector connector;
+	__u32 pad;
+};
+
+#define NOTE_SLOTS 16384
+#define NOTE_PROBES 4
+
+// Notes in flight, each in one of `NOTE_PROBES` slots from a hash of its
+// socket's address, claimed with compare-and-swap: an array costs the
+// connect path no hash and no lock.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, NOTE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct note);
+} portstat_notes SEC(".maps");
+
+// Notes that found their slots taken, by socket.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 8192);
+	__uint(max_entries, 4096);
 	__type(key, __u64);
 	__type(value, struct connector);
 } portstat_pend SEC(".maps");
@@ -274,7 +334,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 4);
+	__uint(max_entries, 5);
 	__type(key, __u32);
 	__type(value, __u64);
 } portstat_lost SEC(".maps");
@@ -286,55 +346,55 @@ static void count_unrecorded(__u32 index)
 		__sync_fetch_and_add(count, 1);
 }
 
-// Adds one to `key`'s count in `map`, a `struct total_key` map, or to the
-// `unrecorded` count where the map is full.
-static __always_inline void add_to_total(void *map, __u32 unrecorded, struct total_key *key)
+// Adds one to `key`'s count in `map`, a `struct total_key` map; returns 0,
+// or -1 where the map is full.
+static __always_inline int add_to_total(void *map, struct total_key *key)
 {
 	__u64 one = 1;
 	__u64 *count = bpf_map_lookup_elem(map, key);
 	if (count) {
 		__sync_fetch_and_add(count, 1);
-		return;
+		return 0;
 	}
 	// Another CPU may have made the entry meanwhile: then add to it.
 	if (bpf_map_update_elem(map, key, &one, BPF_NOEXIST) == 0)
-		return;
+		return 0;
 	count = bpf_map_lookup_elem(map, key);
-	if (count)
-		__sync_fetch_and_add(count, 1);
-	else
-		count_unrecorded(unrecorded);
+	if (!count)
+		return -1;
+	__sync_fetch_and_add(count, 1);
+	return 0;
 }
 
 static void add_total(__u32 netns, __u8 kind, __u8 protocol)
 {
 	struct total_key key = {.netns = netns, .kind = kind, .protocol = protocol};
-	add_to_total(&portstat_totals, UNRECORDED_TOTAL, &key);
+	if (add_to_total(&portstat_totals, &key) != 0)
+		count_unrecorded(UNRECORDED_TOTAL);
 }
 
 // Adds one call of process `tgid` to `key`'s count in `map`, a
-// `struct failure_key` map, or to the `unrecorded` count where it is full.
-static __always_inline void add_call(void *map, __u32 unrecorded, struct failure_key *key,
-				     __u32 tgid)
+// `struct failure_key` map; returns 0, or -1 where the map is full.
+static __always_inline int add_call(void *map, struct failure_key *key, __u32 tgid)
 {
 	struct failure_value first = {.count = 1, .last_tgid = tgid};
 	struct failure_value *value = bpf_map_lookup_elem(map, key);
 	if (!value) {
 		if (bpf_map_update_elem(map, key, &first, BPF_NOEXIST) == 0)
-			return;
+			return 0;
 		value = bpf_map_lookup_elem(map, key);
-		if (!value) {
-			count_unrecorded(unrecorded);
-			return;
-		}
+		if (!value)
+			return -1;
 	}
 	__sync_fetch_and_add(&value->count, 1);
 	value->last_tgid = tgid;
+	return 0;
 }
 
 static void add_failure(struct failure_key *key)
 {
-	add_call(&portstat_fails, UNRECORDED_FAILURE, key, bpf_get_current_pid_tgid() >> 32);
+	if (add_call(&portstat_fails, key, bpf_get_current_pid_tgid() >> 32) != 0)
+		count_unrecorded(UNRECORDED_FAILURE);
 }
 
 static int is_v4_mapped(const __u8 *address)
@@ -365,22 +425,76 @@ static __u8 read_addresses(struct sock *sk, __u8 *local, __u8 *remote)
 	return family == AF_INET6 ? FAMILY_MAPPED : AF_INET;
 }
 
+// The calling process's name: its thread group leader's comm, which the
+// kernel keeps padded with NULs.
+static __always_inline void read_comm(char *comm)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	__builtin_memcpy(comm, task->group_leader->comm, 16);
+}
+
+static __always_inline __u32 note_slot(__u64 sk, __u32 probe)
+{
+	return ((sk * 0x9E3779B97F4A7C15ULL) >> 50) + probe * 4099;
+}
+
 // Notes the calling task's process as the one asking a port for `sk`.
 static void note_connector(__u64 sk)
 {
 	struct connector connector = {.tgid = bpf_get_current_pid_tgid() >> 32};
-	struct task_struct *task = bpf_get_current_task_btf();
-	bpf_probe_read_kernel_str(connector.comm, sizeof(connector.comm), task->group_leader->comm);
+	read_comm(connector.comm);
+	for (__u32 probe = 0; probe < NOTE_PROBES; probe++) {
+		__u32 index = note_slot(sk, probe) % NOTE_SLOTS;
+		struct note *note = bpf_map_lookup_elem(&portstat_notes, &index);
+		if (!note)
+			return;
+		// A slot left with this socket's address is stale: the socket
+		// was freed and its memory reused.
+		__u64 held = __sync_val_compare_and_swap(&note->sk, 0, sk);
+		if (held == 0 || held == sk) {
+			note->connector = connector;
+			return;
+		}
+	}
+	__u32 spilled = NOTES_SPILLED;
+	__u64 *count = bpf_map_lookup_elem(&portstat_lost, &spilled);
+	if (count && *count == 0)
+		__sync_fetch_and_add(count, 1);
 	bpf_map_update_elem(&portstat_pend, &sk, &connector, BPF_ANY);
 }
 
-// Counts a connect of `connector`'s process that took a port, and names the
-// connection after it when `established`.
-static void count_connect(struct sock *sk, __u32 netns, struct connector *connector,
-			  int established)
+// Takes the note of `sk` into `connector`, freeing its slot; returns
+// whether there was one.
+static int take_note(__u64 sk, struct connector *connector)
 {
-	struct total_key total = {.netns = netns, .kind = KIND_CONNECTED, .protocol = IPPROTO_TCP};
-	add_to_total(&portstat_ctots, UNRECORDED_CONNECT, &total);
+	for (__u32 probe = 0; probe < NOTE_PROBES; probe++) {
+		__u32 index = note_slot(sk, probe) % NOTE_SLOTS;
+		struct note *note = bpf_map_lookup_elem(&portstat_notes, &index);
+		if (!note)
+			return 0;
+		if (note->sk == sk) {
+			*connector = note->connector;
+			__sync_lock_test_and_set(&note->sk, 0);
+			return 1;
+		}
+	}
+	__u32 spilled = NOTES_SPILLED;
+	__u64 *count = bpf_map_lookup_elem(&portstat_lost, &spilled);
+	if (!count || *count == 0)
+		return 0;
+	struct connector *noted = bpf_map_lookup_elem(&portstat_pend, &sk);
+	if (!noted)
+		return 0;
+	*connector = *noted;
+	bpf_map_delete_elem(&portstat_pend, &sk);
+	return 1;
+}
+
+// Counts a connect of `connector`'s process that took a port: by
+// destination and process, or, where that map is full, as unrecorded and
+// by namespace alone (a namespace's total is the sum of both).
+static void count_connect(struct sock *sk, __u32 netns, struct connector *connector)
+{
 	struct failure_key key = {};
 	key.netns = netns;
 	key.kind = KIND_CONNECTED;
@@ -388,18 +502,42 @@ static void count_connect(struct sock *sk, __u32 netns, struct connector *connec
 	key.remote_port = __builtin_bswap16(sk->__sk_common.skc_dport);
 	key.family = read_addresses(sk, key.local, key.remote);
 	__builtin_memcpy(key.comm, connector->comm, sizeof(key.comm));
-	add_call(&portstat_conns, UNRECORDED_CONNECT, &key, connector->tgid);
-	if (!established)
+	if (add_call(&portstat_conns, &key, connector->tgid) == 0)
 		return;
+	count_unrecorded(UNRECORDED_CONNECT);
+	struct total_key total = {.netns = netns, .kind = KIND_CONNECTED, .protocol = IPPROTO_TCP};
+	add_to_total(&portstat_ctots, &total);
+}
+
+// Whether `port` is in the range of namespace `net`: a port `connect()`
+// may have chosen, not one a listener's connections share.
+static int in_range(struct net *net, __u16 port)
+{
+	// The size of the whole structure tells the layouts apart: a field's
+	// own relocation fails where its type is the other layout's.
+	if (bpf_core_type_size(struct local_ports) <= 2 * sizeof(__u32)) {
+		__u32 range = BPF_CORE_READ(net, ipv4.ip_local_ports.range);
+		return port >= (range & 0xffff) && port <= (range >> 16);
+	}
+	struct net___pair *pair = (struct net___pair *)net;
+	int low = BPF_CORE_READ(pair, ipv4.ip_local_ports.range[0]);
+	int high = BPF_CORE_READ(pair, ipv4.ip_local_ports.range[1]);
+	return port >= low && port <= high;
+}
+
+// Names the connection of `sk`, which its process is closing, after that
+// process: the socket may outlive its descriptor (FIN_WAIT, TIME_WAIT,
+// LAST_ACK), and is then held by no process.
+static void name_connection(struct sock *sk, __u32 netns)
+{
 	struct name_key name = {};
 	name.netns = netns;
-	name.family = key.family;
+	name.family = read_addresses(sk, name.local, name.remote);
 	name.local_port = sk->__sk_common.skc_num;
-	name.remote_port = key.remote_port;
-	__builtin_memcpy(name.local, key.local, 16);
-	__builtin_memcpy(name.remote, key.remote, 16);
-	struct name_value value = {.tgid = connector->tgid, .stamp = bpf_ktime_get_ns()};
-	__builtin_memcpy(value.comm, connector->comm, sizeof(value.comm));
+	name.remote_port = __builtin_bswap16(sk->__sk_common.skc_dport);
+	struct name_value value = {.tgid = bpf_get_current_pid_tgid() >> 32,
+				   .stamp = bpf_ktime_get_ns()};
+	read_comm(value.comm);
 	// A new entry is counted; one that replaces the name of an earlier
 	// connection on the same 4-tuple is not.
 	if (bpf_map_update_elem(&portstat_names, &name, &value, BPF_NOEXIST) == 0)
@@ -417,13 +555,25 @@ int count_port_failures(__u64 *ctx)
 
 	// Every other change returns here, having read nothing of the socket.
 	int attempt = oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT;
-	int established = oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED;
-	if (!attempt && !established && (oldstate != TCP_SYN_SENT || newstate != TCP_CLOSE))
+	int closing = (oldstate == TCP_ESTABLISHED && newstate == TCP_FIN_WAIT1) ||
+		      (oldstate == TCP_CLOSE_WAIT && newstate == TCP_LAST_ACK);
+	if (!attempt && !closing && oldstate != TCP_SYN_SENT)
 		return 0;
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 	__u32 netns = sk->__sk_common.skc_net.net->ns.inum;
-	__u64 id = (__u64)sk;
+	if (closing) {
+		// Only a port of the range, and not one its socket was bound to
+		// by choice.
+		if (in_range(sk->__sk_common.skc_net.net, sk->__sk_common.skc_num) &&
+		    !(BPF_CORE_READ_BITFIELD(sk, sk_userlocks) & SOCK_BINDPORT_LOCK))
+			name_connection(sk, netns);
+		return 0;
+	}
+	// The socket's address, as a number to hash (the verifier allows no
+	// arithmetic on the pointer itself).
+	__u64 id = 0;
+	bpf_probe_read_kernel(&id, sizeof(id), &ctx[0]);
 	if (attempt) {
 		// Only a connect() whose socket has no port yet asks the range
 		// for one; a socket bound to its port before keeps it.
@@ -433,22 +583,22 @@ int count_port_failures(__u64 *ctx)
 		}
 		return 0;
 	}
-	struct connector *noted = bpf_map_lookup_elem(&portstat_pend, &id);
+	// The socket's first change out of SYN_SENT: its note goes, whatever
+	// became of the connect.
 	struct connector connector = {};
-	if (noted) {
-		connector = *noted;
-		bpf_map_delete_elem(&portstat_pend, &id);
-	}
-	if (established) {
+	int noted = take_note(id, &connector);
+	if (newstate == TCP_ESTABLISHED) {
 		if (noted)
-			count_connect(sk, netns, &connector, 1);
+			count_connect(sk, netns, &connector);
 		return 0;
 	}
+	if (newstate != TCP_CLOSE)
+		return 0;
 	// Past the end of `struct sock`, which is all the tracepoint's
 	// argument is typed as: read it, relocated, as kernel memory.
 	if (BPF_CORE_READ((struct tcp_sock *)sk, write_seq) != 0) {
 		if (noted)
-			count_connect(sk, netns, &connector, 0);
+			count_connect(sk, netns, &connector);
 		return 0;
 	}
 	if (sk->__sk_common.skc_num != 0 || sk->sk_err != 0)

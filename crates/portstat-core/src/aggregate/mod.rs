@@ -435,7 +435,7 @@ impl Aggregator {
     }
 
     /// Names the sockets no process holds (TIME_WAIT, orphans) after the
-    /// process that connected them, where `names` has their connection.
+    /// process that closed them, where `names` has their connection.
     /// Set before the first socket.
     pub fn name_connections(&mut self, names: ConnectionNames) {
         self.names = names;
@@ -774,7 +774,7 @@ impl Aggregator {
         } else {
             self.holders_by_inode(owners)
         };
-        // TIME_WAIT and orphans named after the process that connected them.
+        // TIME_WAIT and orphans named after the process that closed them.
         for (tgid, (comm, ports)) in std::mem::take(&mut self.tallies[0].named) {
             holders.add_ports(&comm_label(&comm), [ports, PortList::default()], [tgid]);
         }

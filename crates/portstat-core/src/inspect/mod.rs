@@ -56,7 +56,7 @@ pub fn port_holders<'a>(
             local: socket.local.to_string(),
             remote: socket.remote.to_string(),
             process: if let Some(connector) = connector(socket) {
-                // TIME_WAIT or an orphan, named after who connected it.
+                // TIME_WAIT or an orphan, named after who closed it.
                 connector.label()
             } else if socket.state == SocketState::Tcp(TcpState::TimeWait) {
                 NO_PROCESS.to_string()

@@ -17,7 +17,7 @@ pub fn render(
 ) {
     let mut process_ports = Family::new(
         "portstat_ephemeral_process_ports_used",
-        "Distinct unreserved (protocol, port) pairs inside the range held by a process's sockets, for the processes that hold the most; sockets no process holds (TIME_WAIT, orphans) count under the process that connected them where the kernel recorded it (BPF), else under none.",
+        "Distinct unreserved (protocol, port) pairs inside the range held by a process's sockets, for the processes that hold the most; sockets no process holds (TIME_WAIT, orphans) count under the process that closed them where the kernel recorded it (BPF), else under none.",
         base,
     );
     for usage in processes {
