@@ -322,8 +322,9 @@ pub fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
 pub fn parse_port_range(text: &str) -> Result<PortRange, String> {
     const FORM: &str = "expected FIRST-LAST, such as 1024-65535";
     let (start, end) = text.split_once('-').ok_or(FORM)?;
+    // No space is trimmed: every other numeric flag refuses one too.
     let port = |text: &str| -> Result<u16, String> {
-        match text.trim().parse::<u16>() {
+        match text.parse::<u16>() {
             Ok(port) if port > 0 => Ok(port),
             _ => Err(format!("{text:?} is not a port number (1 to 65535)")),
         }
@@ -349,10 +350,14 @@ pub fn parse_mark(text: &str) -> Result<MarkFilter, String> {
         Some((value, mask)) => (number(value)?, number(mask)?),
         None => (number(text)?, u32::MAX),
     };
-    Ok(MarkFilter {
-        value: value & mask,
-        mask,
-    })
+    // A mark is taken when `mark & mask == value`: a value with bits the
+    // mask clears could never be.
+    if value & !mask != 0 {
+        return Err(format!(
+            "the value {value:#x} has bits outside the mask {mask:#x}, so no mark would match"
+        ));
+    }
+    Ok(MarkFilter { value, mask })
 }
 
 /// The paths the server answers itself, which the telemetry path may not
@@ -364,7 +369,7 @@ const BUILT_IN_PATHS: [&str; 3] = ["/", "/-/healthy", "/-/ready"];
 /// hold as it is), and not be one of the built-in endpoints.
 /// A count of at least 1: `0` would sample nothing and fail every sample.
 fn parse_at_least_one(text: &str) -> Result<usize, String> {
-    match text.trim().parse::<usize>() {
+    match text.parse::<usize>() {
         Ok(0) => Err("must be at least 1".to_string()),
         Ok(count) => Ok(count),
         Err(error) => Err(error.to_string()),
@@ -501,7 +506,9 @@ mod tests {
                 end: 45019
             })
         );
-        for bad in ["", "1024", "0-10", "10-9", "1-65536", "a-b"] {
+        for bad in [
+            "", "1024", "0-10", "10-9", "1-65536", "a-b", " 1-2", "1 -2", "1- 2", "1-2 ",
+        ] {
             assert!(parse_port_range(bad).is_err(), "{bad:?} was accepted");
         }
         assert_eq!(
@@ -518,8 +525,30 @@ mod tests {
                 mask: u32::MAX
             })
         );
-        for bad in ["", "x", "1/", "0x1g", "4294967296"] {
+        for bad in [
+            "",
+            "x",
+            "1/",
+            "0x1g",
+            "4294967296",
+            " 7",
+            "0xffffffff/0",
+            "0x11/0xf0",
+        ] {
             assert!(parse_mark(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert_eq!(
+            parse_mark("0/0"),
+            Ok(MarkFilter { value: 0, mask: 0 }),
+            "every mark"
+        );
+    }
+
+    #[test]
+    fn counts_take_no_space() {
+        assert_eq!(parse_at_least_one("7"), Ok(7));
+        for bad in [" 7", "7 ", "0", ""] {
+            assert!(parse_at_least_one(bad).is_err(), "{bad:?} was accepted");
         }
     }
 

@@ -45,6 +45,10 @@ fn main() -> ExitCode {
     }
 }
 
+/// Below this `--collector.interval`, samples follow each other so closely
+/// that the sampler is seldom idle, and the exporter says so.
+const BUSY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Runs the daemon: reads the web configuration, binds, starts the
 /// sampler, and serves until a signal or the sampler stops.
 fn run(cli: &Cli, mut sampler: Sampler) -> Result<ExitCode, ExitCode> {
@@ -59,6 +63,13 @@ fn run(cli: &Cli, mut sampler: Sampler) -> Result<ExitCode, ExitCode> {
     }
     let (sender, receiver) = watch::channel(Arc::new(Exposition::default()));
     let interval = cli.interval;
+    if interval < BUSY_INTERVAL {
+        tracing::warn!(
+            interval = ?interval,
+            "samples this close keep a CPU busy reading every socket; \
+             --collector.interval of 1s or more is usual"
+        );
+    }
     std::thread::Builder::new()
         .name("sampler".to_string())
         .spawn(move || sampler.run(interval, sender))

@@ -275,6 +275,29 @@ fn the_log_says_where_each_protocol_was_read_from() {
     assert_eq!(exporter.log().matches("sockets read").count(), 1);
 }
 
+/// An interval short enough to keep a CPU busy is taken, and said; one of
+/// a usual length is not.
+#[test]
+fn an_interval_that_keeps_a_cpu_busy_is_warned_of() {
+    let netns = Netns::new((40000, 40099), "");
+    let warning = "samples this close keep a CPU busy";
+    let busy = netns.start_exporter(&["--collector.interval", "1ms"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !busy.log().contains(warning) {
+        assert!(Instant::now() < deadline, "{}", busy.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(busy);
+    let usual = netns.start_exporter(&["--collector.interval", "200ms"]);
+    // The warning would come before the first sample's line.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !usual.log().contains("sockets read") {
+        assert!(Instant::now() < deadline, "{}", usual.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!usual.log().contains(warning), "{}", usual.log());
+}
+
 /// `--collector.netns.max 0` would sample nothing: refused at parse time.
 #[test]
 fn a_namespace_limit_of_zero_is_refused() {

@@ -43,6 +43,14 @@ fn populated() -> (Netns, impl Sized) {
 #[test]
 fn the_text_report_fits_80_columns_and_names_the_busiest() {
     let (netns, _held) = populated();
+    // Without BPF too, where headroom is "at most" and says why.
+    for source in ["netlink", "procfs"] {
+        let report = netns.inspect(&["--collector.source", source]);
+        assert!(report.contains("need BPF to be seen"), "{source}: {report}");
+        for line in report.lines() {
+            assert!(line.chars().count() <= 80, "{source}: too wide: {line:?}");
+        }
+    }
     let report = netns.inspect(&[]);
     println!("{report}");
     for line in report.lines() {

@@ -404,17 +404,58 @@ fn a_port_that_changes_hands_is_attributed_to_its_new_owner() {
 }
 
 /// The kernel cuts `comm` at 15 bytes, here inside the last `é`: the
-/// process is still named, with what the kernel kept.
+/// process is still named, with what the kernel kept, the byte left of the
+/// `é` written as an escape.
 #[test]
 fn a_name_cut_inside_a_character_still_names_its_process() {
     let netns = Netns::new((40000, 40099), "");
     let _named = support::NamedListener::start(&netns, "écouteur-résé".as_bytes(), 7001);
     let series = "portstat_listener_sockets{protocol=\"tcp\",address=\"127.0.0.1\",\
-                  port=\"7001\",process=\"écouteur-rés\u{fffd}\"}";
+                  port=\"7001\",process=\"écouteur-rés\\\\xc3\"}";
     let metrics = netns
         .once_until(&[], |metrics| metrics.get(series).is_some())
         .unwrap();
     assert_eq!(metrics.value(series), 1.0);
+}
+
+/// The series of a `NamedListener`'s socket on 127.0.0.1:`port`.
+fn named_listener(port: u16, process: &str) -> String {
+    format!(
+        "portstat_listener_sockets{{protocol=\"tcp\",address=\"127.0.0.1\",\
+         port=\"{port}\",process=\"{process}\"}}"
+    )
+}
+
+/// Names that are not UTF-8 stay apart (a lossy conversion made both
+/// `a\u{fffd}`), and an empty name is a label value of its own, not the
+/// empty one Prometheus reads as no label; with either way of finding
+/// owners.
+#[test]
+fn names_not_utf8_or_empty_each_keep_a_series() {
+    let netns = Netns::new((40000, 40099), "");
+    let _first = support::NamedListener::start(&netns, b"a\xff", 7005);
+    let _second = support::NamedListener::start(&netns, b"a\xfe", 7006);
+    let _empty = support::NamedListener::start(&netns, b"", 7007);
+    let series = named_listener;
+    let mut sources = vec!["netlink"];
+    if !support::refusing_bpf() {
+        sources.push("bpf");
+    }
+    for source in sources {
+        let metrics = netns
+            .once_until(&["--collector.source", source], |metrics| {
+                metrics.get(&series(7007, "(empty process name)")).is_some()
+            })
+            .unwrap();
+        // The exposition escapes the backslash once more.
+        assert_eq!(metrics.value(&series(7005, "a\\\\xff")), 1.0, "{source}");
+        assert_eq!(metrics.value(&series(7006, "a\\\\xfe")), 1.0, "{source}");
+        assert_eq!(
+            metrics.value(&series(7007, "(empty process name)")),
+            1.0,
+            "{source}"
+        );
+    }
 }
 
 /// The same link-local address on two interfaces is two listeners, each
@@ -471,12 +512,7 @@ fn processes_named_like_the_built_in_labels_stay_apart() {
     let netns = Netns::new((40000, 40099), "");
     let _unknown = support::NamedListener::start(&netns, b"unknown", 7003);
     let _none = support::NamedListener::start(&netns, b"none", 7004);
-    let series = |port: u16, process: &str| {
-        format!(
-            "portstat_listener_sockets{{protocol=\"tcp\",address=\"127.0.0.1\",\
-             port=\"{port}\",process=\"{process}\"}}"
-        )
-    };
+    let series = named_listener;
     let metrics = netns
         .once_until(&[], |metrics| {
             metrics.get(&series(7004, "none (a process)")).is_some()

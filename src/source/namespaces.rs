@@ -195,9 +195,12 @@ fn pod_segment(segment: &str) -> Option<String> {
 
 /// The calling thread inside another network namespace; back in the one it
 /// came from when dropped. Only this thread moves: other threads, and the
-/// server's runtime, stay where they are.
+/// server's runtime, stay where they are. It cannot be sent to another
+/// thread (the raw pointer makes it `!Send`): dropped there, it would move
+/// that thread instead.
 pub struct Entered {
     original: File,
+    _this_thread: std::marker::PhantomData<*const ()>,
 }
 
 impl Entered {
@@ -206,7 +209,10 @@ impl Entered {
         let original = File::open("/proc/thread-self/ns/net")?;
         let target = File::open(handle)?;
         set_namespace(&target)?;
-        Ok(Entered { original })
+        Ok(Entered {
+            original,
+            _this_thread: std::marker::PhantomData,
+        })
     }
 }
 
@@ -234,6 +240,18 @@ fn set_namespace(file: &File) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fails to compile where `Entered` is `Send`: the call would then
+    /// match both implementations.
+    #[test]
+    fn entered_stays_on_its_thread() {
+        trait SendOrNot<Which> {
+            fn which() {}
+        }
+        impl<T: ?Sized> SendOrNot<()> for T {}
+        impl<T: ?Sized + Send> SendOrNot<u8> for T {}
+        <Entered as SendOrNot<_>>::which();
+    }
 
     const ID: &str = "3f1b2c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f809";
 

@@ -118,11 +118,8 @@ impl OwnerResolver {
                 // The kernel cuts `comm` at 15 bytes, often inside a
                 // multibyte character: keep what is there.
                 entry.comm = std::fs::read(&self.path).ok().map(|comm| {
-                    portstat_core::model::process_label(
-                        String::from_utf8_lossy(&comm)
-                            .trim_end_matches('\n')
-                            .to_string(),
-                    )
+                    let comm = comm.strip_suffix(b"\n").unwrap_or(&comm);
+                    portstat_core::model::process_label(portstat_core::model::comm_text(comm))
                 });
             }
             if let Some(comm) = &entry.comm {

@@ -895,8 +895,8 @@ impl NamedListener {
         let hex: String = comm.iter().map(|byte| format!("{byte:02x}")).collect();
         NamedListener(ReadyScript::start(
             netns,
-            "import socket,sys\n\
-             open('/proc/self/comm','wb').write(bytes.fromhex(sys.argv[1]))\n\
+            "import ctypes,socket,sys\n\
+             ctypes.CDLL(None).prctl(15,ctypes.c_char_p(bytes.fromhex(sys.argv[1])),0,0,0)\n\
              s=socket.socket()\ns.bind(('127.0.0.1',int(sys.argv[2])))\ns.listen()\n\
              print('ready',flush=True)\nsys.stdin.read()",
             &[&hex, &port.to_string()],

@@ -304,10 +304,10 @@ pub struct OwnedSocket {
 }
 
 impl OwnedSocket {
-    /// The process's `comm` as text.
+    /// The process's `comm` as text (`comm_text`).
     pub fn comm(&self) -> String {
         let end = self.comm.iter().position(|&byte| byte == 0).unwrap_or(16);
-        String::from_utf8_lossy(&self.comm[..end]).into_owned()
+        comm_text(&self.comm[..end])
     }
 }
 
@@ -613,7 +613,7 @@ impl Connector {
 /// The label of a `comm` as the kernel's records carry it, NUL-padded.
 pub fn comm_label(comm: &[u8; 16]) -> String {
     let end = comm.iter().position(|&byte| byte == 0).unwrap_or(16);
-    process_label(String::from_utf8_lossy(&comm[..end]).into_owned())
+    process_label(comm_text(&comm[..end]))
 }
 
 /// Who closed each connection of one namespace that the kernel still
@@ -866,16 +866,42 @@ pub const UNKNOWN_PROCESS: &str = "unknown";
 /// The process label of sockets that no process holds (TIME_WAIT, orphans).
 pub const NO_PROCESS: &str = "none";
 
-/// The name a process goes by in labels: its `comm`, unless that is one of
-/// the built-in values, which then gains ` (a process)`. The kernel cuts a
-/// `comm` at 15 bytes, so a name of 16 or more without U+FFFD (which only
-/// the conversion of bytes that are not UTF-8 adds) cannot be a real one.
+/// The label of a process whose `comm` is empty (`prctl(PR_SET_NAME, "")`):
+/// an empty label value is no label to Prometheus.
+pub const EMPTY_PROCESS_NAME: &str = "(empty process name)";
+
+/// The name a process goes by in labels: its `comm` as `comm_text` writes
+/// it, unless that is empty or one of the built-in values, which then gains
+/// ` (a process)`. The kernel cuts a `comm` at 15 bytes, so a name of 16 or
+/// more without a `\` (which only `comm_text` writes) cannot be a real one.
 pub fn process_label(comm: String) -> String {
-    if comm == UNKNOWN_PROCESS || comm == NO_PROCESS {
+    if comm.is_empty() {
+        EMPTY_PROCESS_NAME.to_string()
+    } else if comm == UNKNOWN_PROCESS || comm == NO_PROCESS {
         comm + " (a process)"
     } else {
         comm
     }
+}
+
+/// A `comm`'s bytes as text, one to one: UTF-8 as it is, but for `\`,
+/// written `\\`, and each byte that is not UTF-8 as `\xNN`, so that two
+/// different names never become one.
+pub fn comm_text(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for character in chunk.valid().chars() {
+            if character == '\\' {
+                text.push_str("\\\\");
+            } else {
+                text.push(character);
+            }
+        }
+        for byte in chunk.invalid() {
+            text.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    text
 }
 
 impl SocketOwners {
@@ -955,5 +981,26 @@ impl ReadReport {
             bound_inactive_seen: true,
             one_walk: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_comm_has_a_label_of_its_own() {
+        // Two names that are not UTF-8, which a lossy conversion made one.
+        assert_eq!(comm_text(b"a\xff"), "a\\xff");
+        assert_eq!(comm_text(b"a\xfe"), "a\\xfe");
+        // A real backslash cannot pass for an escape.
+        assert_eq!(comm_text(b"a\\xff"), "a\\\\xff");
+        // A name cut inside a multibyte character keeps its whole ones.
+        assert_eq!(comm_text("caf\u{e9}".as_bytes()), "caf\u{e9}");
+        assert_eq!(comm_text(&"caf\u{e9}".as_bytes()[..4]), "caf\\xc3");
+        assert_eq!(process_label(comm_text(b"")), EMPTY_PROCESS_NAME);
+        assert_eq!(comm_label(&[0; 16]), EMPTY_PROCESS_NAME);
+        assert_eq!(process_label("none".to_string()), "none (a process)");
+        assert_eq!(process_label("java".to_string()), "java");
     }
 }

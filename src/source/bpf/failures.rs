@@ -238,7 +238,9 @@ pub fn failure_from_entry(key: &FailureKey, value: &FailureValue) -> Option<Port
         remote_address: address(key.family, &key.remote)?,
         remote_port: key.remote_port,
         ipv4_mapped: key.family == FAMILY_MAPPED,
-        process: String::from_utf8_lossy(&key.comm[..end]).into_owned(),
+        process: portstat_core::model::process_label(portstat_core::model::comm_text(
+            &key.comm[..end],
+        )),
         last_pid: value.last_tgid,
         count: value.count,
     })
