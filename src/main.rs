@@ -15,10 +15,10 @@ use portstat_exporter::cli::{Cli, Command};
 use portstat_exporter::collector::Collectors;
 use portstat_exporter::render::Renderer;
 use portstat_exporter::sampler::{
-    Exposition, NamespaceScope, Sampler, name_connections_as_the_running_exporter,
-    running_exporter_failures,
+    Exposition, NamespaceScope, Sampler, failures_counted_by, name_connections_as, running_exporter,
 };
 use portstat_exporter::serve::{self, ServeConfig};
+use portstat_exporter::source::bpf::failures::RunningExporter;
 use portstat_exporter::source::read::read_own_namespace_at_once;
 use portstat_exporter::webconfig::WebConfig;
 
@@ -31,27 +31,81 @@ fn main() -> ExitCode {
         return inspect(&cli, port, json);
     }
 
+    // A daemon takes its signals over before anything slow (the web
+    // configuration, the BPF programs, binding): SIGHUP's default would
+    // otherwise end it, and SIGTERM would not wait for the shutdown.
+    let daemon = if cli.once {
+        None
+    } else {
+        match start_runtime() {
+            Ok(started) => Some(started),
+            Err(code) => return code,
+        }
+    };
+
     let all_namespaces = cli.namespaces() != NamespaceScope::Own;
     let reader = cli.namespace_reader(all_namespaces);
     let renderer = Renderer::new(!cli.disable_exporter_metrics, &cli.telemetry_path);
     let mut sampler = Sampler::new(reader, renderer, cli.limits(), cli.namespaces());
 
-    if cli.once {
+    let Some((runtime, signals)) = daemon else {
         sampler.resolve_plan();
         return sample_once(&mut sampler);
-    }
-    match run(&cli, sampler) {
+    };
+    match run(&cli, sampler, runtime, signals) {
         Ok(code) | Err(code) => code,
     }
+}
+
+/// The signals a daemon handles, taken over from their default actions.
+struct Signals {
+    hangup: Option<tokio::signal::unix::Signal>,
+    terminate: Option<tokio::signal::unix::Signal>,
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+/// The server's runtime, and the signals taken over in it: a signal that
+/// comes before the server runs waits for it.
+fn start_runtime() -> Result<(tokio::runtime::Runtime, Signals), ExitCode> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| {
+            eprintln!("portstat_exporter: cannot start the runtime: {error}");
+            ExitCode::from(1)
+        })?;
+    let signals = {
+        let _inside = runtime.enter();
+        let take = |kind: SignalKind, name: &str| {
+            signal(kind)
+                .map_err(|error| tracing::warn!(err = %error, "cannot handle {name}"))
+                .ok()
+        };
+        Signals {
+            hangup: take(SignalKind::hangup(), "SIGHUP"),
+            terminate: take(SignalKind::terminate(), "SIGTERM"),
+            interrupt: take(SignalKind::interrupt(), "SIGINT"),
+        }
+    };
+    Ok((runtime, signals))
 }
 
 /// Below this `--collector.interval`, samples follow each other so closely
 /// that the sampler is seldom idle, and the exporter says so.
 const BUSY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// How long a daemon that stops waits for the work of its blocking threads.
+const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs the daemon: reads the web configuration, binds, starts the
 /// sampler, and serves until a signal or the sampler stops.
-fn run(cli: &Cli, mut sampler: Sampler) -> Result<ExitCode, ExitCode> {
+fn run(
+    cli: &Cli,
+    mut sampler: Sampler,
+    runtime: tokio::runtime::Runtime,
+    signals: Signals,
+) -> Result<ExitCode, ExitCode> {
     let web = web_config(cli)?;
     // Before the sampler starts: the raised limit is the process's.
     let max_connections = connection_limit(cli);
@@ -78,20 +132,19 @@ fn run(cli: &Cli, mut sampler: Sampler) -> Result<ExitCode, ExitCode> {
             ExitCode::from(1)
         })?;
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| {
-            eprintln!("portstat_exporter: cannot start the runtime: {error}");
-            ExitCode::from(1)
-        })?;
     let config = ServeConfig {
         telemetry_path: cli.telemetry_path.clone(),
         max_requests: cli.max_requests,
         max_connections,
         web: web.clone(),
     };
-    Ok(runtime.block_on(serve_until_stopped(cli, listeners, config, receiver, web)))
+    let code = runtime.block_on(serve_until_stopped(
+        cli, listeners, config, receiver, web, signals,
+    ));
+    // Work on blocking threads (a password check, a reload's reads of a
+    // file that never answers) is not waited for past this.
+    runtime.shutdown_timeout(SHUTDOWN_WAIT);
+    Ok(code)
 }
 
 /// The web configuration (`--web.config.file`), its warnings logged.
@@ -156,6 +209,7 @@ async fn serve_until_stopped(
     config: ServeConfig,
     receiver: watch::Receiver<Arc<Exposition>>,
     web: Arc<std::sync::RwLock<Arc<WebConfig>>>,
+    signals: Signals,
 ) -> ExitCode {
     let mut tokio_listeners = Vec::with_capacity(listeners.len());
     for listener in listeners {
@@ -168,11 +222,11 @@ async fn serve_until_stopped(
             }
         }
     }
-    // SIGHUP's default is to end the process: take it over before saying
-    // that the exporter listens.
-    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|error| tracing::warn!(err = %error, "cannot handle SIGHUP"))
-        .ok();
+    let Signals {
+        hangup,
+        terminate,
+        interrupt,
+    } = signals;
     match cli.web_config_file.clone() {
         Some(path) => tokio::spawn(serve::reload_web_config(path, web, hangup)),
         None => tokio::spawn(serve::log_hangups(hangup)),
@@ -187,7 +241,7 @@ async fn serve_until_stopped(
     let sampler = serve::sampler_stopped(receiver.clone());
     let shutdown = async {
         tokio::select! {
-            () = shutdown_signal() => {}
+            () = shutdown_signal(terminate, interrupt) => {}
             () = sampler => {
                 stopped.store(true, std::sync::atomic::Ordering::Relaxed);
                 tracing::error!(
@@ -233,7 +287,10 @@ fn inspect(cli: &Cli, port: Option<u16>, json: bool) -> ExitCode {
     let mut collectors =
         Collectors::new(&[Collector::Sockets, Collector::Conntrack, Collector::Owners]);
     collectors.start_sample();
-    name_connections_as_the_running_exporter(&mut reader);
+    let running = running_exporter();
+    if let Ok(Some(exporter)) = &running {
+        name_connections_as(exporter, &mut reader);
+    }
     let read = read_own_namespace_at_once(&mut reader, &limits, port, &mut collectors);
     collectors.finish_sample();
     let (read, mut owners) = match read {
@@ -262,8 +319,15 @@ fn inspect(cli: &Cli, port: Option<u16>, json: bool) -> ExitCode {
         )
     });
     let mut snapshot = read.finish(&owners);
-    match running_exporter_failures(&snapshot) {
-        Ok(Some(failures)) => snapshot.failures = Some(failures),
+    match running.and_then(|running| {
+        running
+            .map(|exporter| failures_counted_by(&exporter, &snapshot).map(|f| (exporter, f)))
+            .transpose()
+    }) {
+        Ok(Some((exporter, failures))) => {
+            eprintln!("portstat_exporter: {}", counted_by(&exporter));
+            snapshot.failures = Some(failures);
+        }
         Ok(None) => {
             eprintln!("portstat_exporter: no exporter counts failed connect() calls on this host")
         }
@@ -282,13 +346,26 @@ fn inspect(cli: &Cli, port: Option<u16>, json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Which exporter's counts `inspect` lists.
+fn counted_by(exporter: &RunningExporter) -> String {
+    let own = portstat_exporter::source::namespaces::own_namespace_inode();
+    let place = match exporter.netns {
+        Some(netns) if Some(netns) == own => "in this network namespace".to_string(),
+        Some(netns) => format!("in network namespace {netns}, none running in this one"),
+        None => "its network namespace unknown".to_string(),
+    };
+    match exporter.pid {
+        Some(pid) => format!("failures as counted by the exporter of pid {pid}, {place}"),
+        None => "failures as counted by the newest exporter on this host".to_string(),
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+async fn shutdown_signal(
+    terminate: Option<tokio::signal::unix::Signal>,
+    interrupt: Option<tokio::signal::unix::Signal>,
+) {
+    let (Some(mut terminate), Some(mut interrupt)) = (terminate, interrupt) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
     };

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,7 +13,9 @@ use crate::collector::Collectors;
 use crate::plan::{self, Plan};
 use crate::render::Renderer;
 use crate::source::all::{NamespacesRead, read_all};
-use crate::source::bpf::failures::{PortFailureCounter, names_capacity};
+use crate::source::bpf::failures::{
+    PortFailureCounter, RawCounts, RunningExporter, names_capacity,
+};
 use crate::source::read::{
     NamespaceRead, read_namespace, read_own_namespace_at_once, resolve_owners,
 };
@@ -98,6 +100,9 @@ pub struct Sampler {
     /// When the host's namespaces were last looked for, to forget the
     /// failures of those gone.
     failure_namespaces_looked: Option<Instant>,
+    /// A file that refers to each namespace of the last sample of every
+    /// namespace, by inode, to read its cookie.
+    namespace_handles: HashMap<u64, PathBuf>,
     /// The health of each collector.
     collectors: Collectors,
 }
@@ -149,6 +154,7 @@ impl Sampler {
             failure_history: FailureHistory::default(),
             plan_logged: None,
             failure_namespaces_looked: None,
+            namespace_handles: HashMap::new(),
             collectors: Collectors::new(&planned),
             status: SampleStatus {
                 build: crate::render::BUILD,
@@ -171,7 +177,24 @@ impl Sampler {
             .read_settings()
             .map_or(DEFAULT_RANGE_PORTS, |settings| settings.range.port_count());
         let names = names_capacity(ports);
-        match PortFailureCounter::load(autobind, names) {
+        // The autobind program reads the system call's arguments from
+        // x86-64's registers; elsewhere it is not loaded, and a kernel that
+        // refuses it keeps the TCP counter.
+        let mut autobind = autobind;
+        if autobind && !cfg!(target_arch = "x86_64") {
+            tracing::warn!(
+                "--collector.failures.autobind reads x86-64 system calls only; \
+                 counting TCP connect() failures without it"
+            );
+            autobind = false;
+        }
+        let mut loaded = PortFailureCounter::load(autobind, names);
+        if autobind && let Err(error) = &loaded {
+            tracing::warn!(err = %error, "cannot count bind() and UDP failures; counting TCP connect() failures without them");
+            autobind = false;
+            loaded = PortFailureCounter::load(autobind, names);
+        }
+        match loaded {
             Ok(counter) => {
                 self.failure_counter = Some(counter);
                 self.collectors.plan(Collector::Failures, true);
@@ -196,7 +219,7 @@ impl Sampler {
     }
 
     /// The failure counter's counts now, where it counts.
-    fn read_failures(&mut self) -> Option<PortFailureCounts> {
+    fn read_failures(&mut self) -> Option<RawCounts> {
         let counter = self.failure_counter.as_ref()?;
         match self.collectors.time(Collector::Failures, || counter.read()) {
             Ok(counts) => {
@@ -213,8 +236,18 @@ impl Sampler {
 
     /// Gives each snapshot its namespace's failures from `counts`, weighed
     /// against the namespace's snapshot of the last sample.
-    fn attach_failures(&mut self, snapshots: &mut [Snapshot], counts: PortFailureCounts) {
+    fn attach_failures(&mut self, snapshots: &mut [Snapshot], raw: RawCounts) {
         let own = namespaces::own_namespace_inode();
+        // The entries of a namespace gone whose inode a sampled one has now
+        // are left out, and removed at once.
+        let read = raw.resolve(&mut live_cookies(&self.namespace_handles, own));
+        let counts = read.counts;
+        if !read.stale.is_empty()
+            && let Some(counter) = &mut self.failure_counter
+            && let Err(error) = counter.forget(&[], &read.stale)
+        {
+            tracing::warn!(err = %error, "cannot remove the failures of namespaces that are gone");
+        }
         let inode = |snapshot: &Snapshot| snapshot.namespace.as_ref().map(|n| n.inode).or(own);
         let counted = portstat_core::metrics::failures::counted(matches!(
             self.status.failure_counting,
@@ -262,7 +295,10 @@ impl Sampler {
                 Path::new(namespaces::NAMED_NAMESPACES),
             ) {
                 Ok(entries) => entries.iter().map(|entry| entry.identity.inode).collect(),
-                Err(_) => return,
+                Err(error) => {
+                    tracing::warn!(err = %error, "cannot look for the host's namespaces, to remove the failures of those gone");
+                    return;
+                }
             }
         } else {
             sampled.to_vec()
@@ -272,9 +308,9 @@ impl Sampler {
             return;
         }
         if let Some(counter) = &mut self.failure_counter
-            && let Err(error) = counter.forget(&gone)
+            && let Err(error) = counter.forget(&gone, &[])
         {
-            tracing::debug!(err = %error, "cannot forget the failures of namespaces that are gone");
+            tracing::warn!(err = %error, "cannot remove the failures of namespaces that are gone");
         }
     }
 
@@ -285,9 +321,10 @@ impl Sampler {
         let Some(counter) = &mut self.failure_counter else {
             return;
         };
+        let mut live = live_cookies(&self.namespace_handles, namespaces::own_namespace_inode());
         match self
             .collectors
-            .time(Collector::Failures, || counter.names())
+            .time(Collector::Failures, || counter.names(&mut live))
         {
             Ok(names) => {
                 self.status.connection_names_evicted = counter.names_evicted();
@@ -499,6 +536,10 @@ impl Sampler {
         let omitted = entries.len().saturating_sub(max);
         entries.truncate(max);
         entries.sort_by_key(|entry| entry.identity.inode);
+        self.namespace_handles = entries
+            .iter()
+            .map(|entry| (entry.identity.inode, entry.handle.clone()))
+            .collect();
 
         let mut read = read_all(
             &mut self.reader,
@@ -601,6 +642,23 @@ impl Sampler {
     }
 }
 
+/// The cookie of the live namespace of an inode: the exporter's own, or one
+/// that `handles` refers to; `None` for another, or where it cannot be read
+/// (before Linux 5.14).
+fn live_cookies(
+    handles: &HashMap<u64, PathBuf>,
+    own: Option<u64>,
+) -> impl FnMut(u64) -> Option<u64> + '_ {
+    move |netns| {
+        if Some(netns) == own {
+            return namespaces::thread_namespace_cookie().ok();
+        }
+        namespaces::namespace_cookie(handles.get(&netns)?, netns)
+            .ok()
+            .flatten()
+    }
+}
+
 /// Why no namespace could be sampled, from the first failure of `failed`.
 fn why_no_namespace(first: Option<SourceError>, failed: u64) -> String {
     let Some(first) = first else {
@@ -646,35 +704,44 @@ fn namespace_counts(read: &NamespacesRead, omitted: usize) -> NamespaceCounts {
     }
 }
 
+/// The exporter running on this host that `inspect` reads: the one in
+/// its own network namespace, else the newest; `Ok(None)` where none
+/// counts, `Err` with why where the maps cannot be seen.
+pub fn running_exporter() -> Result<Option<RunningExporter>, String> {
+    crate::source::bpf::failures::running_exporter(namespaces::own_namespace_inode())
+        .map_err(|error| error.to_string())
+}
+
 /// Names the sockets no process holds in the exporter's own namespace
-/// after who connected them, as the exporter running on this host has them
-/// (`inspect`); where none runs, or its map cannot be read (it needs
-/// CAP_SYS_ADMIN), they stay `none`.
-pub fn name_connections_as_the_running_exporter(reader: &mut NamespaceReader) {
+/// after who connected them, as `exporter` has them (`inspect`); where its
+/// map cannot be read (it needs CAP_SYS_ADMIN), they stay `none`.
+pub fn name_connections_as(exporter: &RunningExporter, reader: &mut NamespaceReader) {
     let Some(netns) = namespaces::own_namespace_inode() else {
         return;
     };
-    if let Ok(Some(names)) = crate::source::bpf::failures::running_names(netns) {
+    let cookie = namespaces::thread_namespace_cookie().ok();
+    if let Ok(names) = crate::source::bpf::failures::running_names(exporter, netns, cookie) {
         reader.set_connection_names(HashMap::from([(netns, names)]));
     }
 }
 
-/// The failures the exporter running on this host counted in the
-/// snapshot's namespace (`inspect`): `Ok(None)` where none counts, `Err`
-/// with why where its counts cannot be read.
-pub fn running_exporter_failures(snapshot: &Snapshot) -> Result<Option<NamespaceFailures>, String> {
-    let Some(counts) = crate::source::bpf::failures::running_counts().map_err(|e| e.to_string())?
-    else {
-        return Ok(None);
-    };
-    let Some(netns) = snapshot
+/// The failures `exporter` counted in the snapshot's namespace
+/// (`inspect`), or why they cannot be read.
+pub fn failures_counted_by(
+    exporter: &RunningExporter,
+    snapshot: &Snapshot,
+) -> Result<NamespaceFailures, String> {
+    let handles = HashMap::new();
+    let own = namespaces::own_namespace_inode();
+    let mut live = live_cookies(&handles, own);
+    let counts = crate::source::bpf::failures::running_counts(exporter, &mut live)
+        .map_err(|e| e.to_string())?;
+    let netns = snapshot
         .namespace
         .as_ref()
         .map(|namespace| namespace.inode)
-        .or_else(namespaces::own_namespace_inode)
-    else {
-        return Ok(None);
-    };
+        .or(own)
+        .ok_or("the exporter's own network namespace cannot be read")?;
     // What the exporter counts: TCP connect() always, the rest where it
     // has counted some.
     let mut counted = portstat_core::metrics::failures::counted(false);
@@ -683,9 +750,7 @@ pub fn running_exporter_failures(snapshot: &Snapshot) -> Result<Option<Namespace
             counted.push((kind, protocol));
         }
     }
-    Ok(Some(
-        FailureHistory::default().figures(netns, &counts, &counted, None, snapshot),
-    ))
+    Ok(FailureHistory::default().figures(netns, &counts, &counted, None, snapshot))
 }
 
 /// Niceness of the sampler thread above the server's.

@@ -546,9 +546,15 @@ pub async fn reload_web_config(
         let loaded = tokio::task::spawn_blocking(move || WebConfig::load(&loading)).await;
         match loaded {
             Ok(Ok(config)) => {
-                let Ok(mut current) = web.write() else {
-                    continue;
-                };
+                // A writer that panicked left the configuration whole (it
+                // is replaced in one assignment): reloads go on.
+                let mut current = web.write().unwrap_or_else(|poisoned| {
+                    tracing::warn!(
+                        "the web configuration's lock was poisoned by a panic; reloading anyway"
+                    );
+                    web.clear_poison();
+                    poisoned.into_inner()
+                });
                 if let Some(reason) = config.lowers_security_of(&current) {
                     tracing::error!(
                         file = %path.display(),

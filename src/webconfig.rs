@@ -330,8 +330,8 @@ pub fn parse(text: &str, folder: &Path) -> Result<WebConfig, (String, String)> {
         return Err((
             String::new(),
             format!(
-                "line {line}: brackets nested more than {NESTING_LIMIT} deep; \
-                 a web configuration needs none"
+                "line {line}: nested more than {NESTING_LIMIT} deep; \
+                 a web configuration needs a few levels"
             ),
         ));
     }
@@ -346,25 +346,7 @@ pub fn parse(text: &str, folder: &Path) -> Result<WebConfig, (String, String)> {
     };
     let mut users = HashMap::new();
     for (user, hash) in file.basic_auth_users.unwrap_or_default() {
-        // A bcrypt hash: $2a$, $2b$ or $2y$, cost, 53 characters of salt and hash.
-        let Ok(parts) = hash.parse::<bcrypt::HashParts>() else {
-            return Err((
-                format!("basic_auth_users.{user}"),
-                "not a bcrypt hash (htpasswd -nBC 10 makes one)".to_string(),
-            ));
-        };
-        // Each check of a password holds a thread for the hash's cost, and
-        // an unknown user is checked against the costliest hash.
-        if parts.get_cost() > MAX_BCRYPT_COST {
-            return Err((
-                format!("basic_auth_users.{user}"),
-                format!(
-                    "bcrypt cost {} takes too long to check; at most {MAX_BCRYPT_COST} \
-                     (htpasswd -nBC 10 makes one of cost 10)",
-                    parts.get_cost()
-                ),
-            ));
-        }
+        hash_cost(&user, &hash)?;
         users.insert(user, hash);
     }
     let mut headers = Vec::new();
@@ -419,11 +401,54 @@ pub fn parse(text: &str, folder: &Path) -> Result<WebConfig, (String, String)> {
     })
 }
 
-/// The line on which flow collections (`[`, `{`) nest deeper than
-/// `NESTING_LIMIT`, if any; quoted text and comments aside.
+/// The bcrypt cost of user `user`'s hash `hash`, or why it is refused
+/// (field, reason): not a bcrypt hash ($2a$, $2b$ or $2y$, cost, 53
+/// characters of salt and hash), or too costly to check.
+pub fn hash_cost(user: &str, hash: &str) -> Result<u32, (String, String)> {
+    let Ok(parts) = hash.parse::<bcrypt::HashParts>() else {
+        return Err((
+            format!("basic_auth_users.{user}"),
+            "not a bcrypt hash (htpasswd -nBC 10 makes one)".to_string(),
+        ));
+    };
+    // Each check of a password holds a thread for the hash's cost, and an
+    // unknown user is checked against the costliest hash.
+    if parts.get_cost() > MAX_BCRYPT_COST {
+        return Err((
+            format!("basic_auth_users.{user}"),
+            format!(
+                "bcrypt cost {} takes too long to check; at most {MAX_BCRYPT_COST} \
+                 (htpasswd -nBC 10 makes one of cost 10)",
+                parts.get_cost()
+            ),
+        ));
+    }
+    Ok(parts.get_cost())
+}
+
+/// The line on which collections nest deeper than `NESTING_LIMIT`, if
+/// any, quoted text and comments aside: flow collections (`[`, `{`), block
+/// sequences opened on one line (`- - -`), or an indentation past what as
+/// many block levels take. The parser would hold every level in memory
+/// before its own limit refused them.
 fn too_deeply_nested(text: &str) -> Option<usize> {
     let mut depth = 0usize;
     for (number, line) in text.lines().enumerate() {
+        let content = line.trim_start_matches(' ');
+        if line.len() - content.len() > NESTING_LIMIT * 8 {
+            return Some(number + 1);
+        }
+        let mut entries = content;
+        let mut opened = 0;
+        while let Some(rest) = entries.strip_prefix('-')
+            && (rest.is_empty() || rest.starts_with([' ', '\t']))
+        {
+            opened += 1;
+            if opened > NESTING_LIMIT {
+                return Some(number + 1);
+            }
+            entries = rest.trim_start_matches([' ', '\t']);
+        }
         let mut quote = None;
         for character in line.chars() {
             match (quote, character) {
@@ -582,7 +607,7 @@ fn client_verifier(
 /// A warning when a server certificate (DER) is outside its validity at
 /// `now` (seconds since the epoch): clients will refuse it. `None` when it
 /// is valid, or its validity cannot be read (rustls has accepted it).
-fn validity_warning(certificate: &[u8], now: i64) -> Option<String> {
+pub fn validity_warning(certificate: &[u8], now: i64) -> Option<String> {
     let (not_before, not_after) = validity(certificate)?;
     let date = |seconds: i64| {
         let (days, seconds) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
@@ -872,9 +897,29 @@ mod tests {
         let (field, reason) = parse(&text, Path::new(".")).unwrap_err();
         assert_eq!(field, "");
         assert!(
-            reason.contains("line 1: brackets nested more than 32 deep"),
+            reason.contains("line 1: nested more than 32 deep"),
             "{reason}"
         );
+        // Block sequences opened on one line, 1 MB of them, and indentation
+        // deeper than as many levels take.
+        let dashes = "- ".repeat((FILE_LIMIT / 2) as usize - 1);
+        let (_, reason) = parse(&dashes, Path::new(".")).unwrap_err();
+        assert!(
+            reason.contains("line 1: nested more than 32 deep"),
+            "{reason}"
+        );
+        let (_, reason) = parse(
+            &format!("basic_auth_users:\n{}a: b\n", " ".repeat(257)),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(
+            reason.contains("line 2: nested more than 32 deep"),
+            "{reason}"
+        );
+        // What a configuration holds passes: a list of lists, and dashes
+        // inside a value.
+        assert!(too_deeply_nested("a:\n  - - x\n    - y\n  - -z\nb: 'a - - b'\n").is_none());
         println!("refused in {:?}", started.elapsed());
         // Brackets in quotes and comments are text.
         assert!(

@@ -27,9 +27,14 @@ struct Config(PathBuf);
 
 impl Config {
     fn new(name: &str, password: &str) -> Config {
+        Config::with_cost(name, password, 10)
+    }
+
+    /// With a hash of bcrypt cost `cost`.
+    fn with_cost(name: &str, password: &str, cost: u32) -> Config {
         let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("auth-{}-{name}.yml", std::process::id()));
-        let hash = bcrypt::hash(password, 10).unwrap();
+        let hash = bcrypt::hash(password, cost).unwrap();
         std::fs::write(
             &path,
             format!("basic_auth_users:\n  prometheus: '{hash}'\n"),
@@ -180,4 +185,63 @@ fn an_unknown_user_takes_as_long_to_refuse_as_a_wrong_password() {
         unknown * 3 >= wrong && wrong * 3 >= unknown,
         "wrong password {wrong:?}, unknown user {unknown:?}"
     );
+}
+
+/// Whether process `pid` has exited (a zombie until reaped, or gone).
+fn exited(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+/// SIGTERM ends the exporter while checks of the costliest hash it takes
+/// (bcrypt cost 14, about a second each) run and wait: those running are
+/// waited for a bounded time, those waiting not at all.
+#[test]
+fn sigterm_ends_the_exporter_while_password_checks_run() {
+    let netns = Netns::new((40000, 40099), "");
+    let config = Config::with_cost("costly", "right", 14);
+    let mut exporter = start(&netns, &config);
+    let pid = exporter.pid();
+    let stop = AtomicBool::new(false);
+    let sent = AtomicU64::new(0);
+    let wrong = basic("prometheus", "wrong");
+    let ended = std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    let _ = exporter.request("GET", "/metrics", &[("Authorization", &wrong)]);
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while sent.load(Ordering::Relaxed) < 8 {
+            assert!(Instant::now() < deadline, "no request was sent");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        stop.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !exited(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let ended = exited(pid);
+        if !ended {
+            // SAFETY: as above; frees the requests still waiting.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        ended
+    });
+    assert!(
+        ended,
+        "SIGTERM did not end the exporter within 60 s while checks ran; it logged:\n{}",
+        exporter.log()
+    );
+    let status = exporter.wait_exit(Duration::from_secs(60)).unwrap();
+    assert!(status.success(), "{status:?}");
 }

@@ -56,6 +56,17 @@ fn fail(netns: &Netns, server: &str, count: usize) {
     });
 }
 
+/// Taken to write by the test that holds 1,100 namespaces alive, and to
+/// read by those that sample every namespace or count on the kernel's
+/// next inode: the namespaces would crowd out theirs.
+static MANY_NAMESPACES: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn beside_many_namespaces() -> std::sync::RwLockReadGuard<'static, ()> {
+    MANY_NAMESPACES
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn unix_seconds() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -418,6 +429,7 @@ fn ports_taken_between_samples_by_bind_show_as_unpredicted_failures() {
 #[test]
 fn with_every_namespace_each_counts_its_own_failures() {
     support::require_bpf();
+    let _apart = beside_many_namespaces();
     let home = Netns::new((43000, 43099), "");
     let exporter =
         home.start_exporter(&["--collector.netns", "all", "--collector.interval", "300ms"]);
@@ -466,5 +478,188 @@ fn with_every_namespace_each_counts_its_own_failures() {
             labels(&home)
         )),
         0.0
+    );
+}
+
+/// The inode of a test namespace.
+fn inode_of(netns: &Netns) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/run/netns/{}", netns.name()))
+        .unwrap()
+        .ino()
+}
+
+/// A new namespace on inode `inode`, which a namespace just deleted had:
+/// the kernel gives the lowest free inode to the next namespace made. The
+/// namespaces made meanwhile below it are kept until one gets it, so that
+/// they hold the lower inodes other tests freed.
+fn namespace_on_inode(inode: u64) -> Netns {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut below = Vec::new();
+    loop {
+        let candidate = Netns::new((40000, 40009), "");
+        let got = inode_of(&candidate);
+        if got == inode {
+            return candidate;
+        }
+        if got < inode {
+            below.push(candidate);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new namespace got inode {inode} within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the exporter's failure counter is loaded: the programs load
+/// in the background, after the exporter is ready.
+fn wait_for_the_counter(exporter: &support::Exporter<'_>) {
+    exporter
+        .metrics_until(|metrics| {
+            metrics.get(r#"portstat_failures_source_info{source="bpf",reason="loaded"}"#)
+                == Some(1.0)
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_namespace_given_a_deleted_ones_inode_inherits_none_of_its_counts() {
+    support::require_bpf();
+    let _apart = beside_many_namespaces();
+    let home = Netns::new((43000, 43099), "");
+    let exporter =
+        home.start_exporter(&["--collector.netns", "all", "--collector.interval", "300ms"]);
+    wait_for_the_counter(&exporter);
+    let old = Netns::new((40000, 40009), "");
+    let inode = inode_of(&old);
+    let old_name = old.name().to_string();
+    {
+        let _server = old.run(|| listening_socket("127.0.0.1:8080", false, 1024));
+        let _held = connect(&old, "127.0.0.1:8080", 10);
+        fail(&old, "127.0.0.1:8080", 5);
+        let counted = format!(
+            r#"portstat_ephemeral_connect_failures_total{{netns="{inode}",netns_name="{old_name}",protocol="tcp"}}"#
+        );
+        exporter
+            .metrics_until(|metrics| metrics.get(&counted) == Some(5.0))
+            .unwrap();
+    }
+    drop(old);
+    let new = namespace_on_inode(inode);
+    let metrics = first_sample_after(&exporter, unix_seconds());
+    let of_new = |family: &str| -> Vec<(String, f64)> {
+        metrics
+            .family(family)
+            .into_iter()
+            .filter(|(series, _)| series.contains(&format!(r#"netns="{inode}""#)))
+            .collect()
+    };
+    // The new namespace is sampled, and counts nothing of the old one's.
+    assert!(
+        metrics
+            .text
+            .contains(&format!(r#"netns="{inode}",netns_name="{}""#, new.name())),
+        "{}",
+        metrics.text
+    );
+    for family in [
+        "portstat_ephemeral_connect_failures_total",
+        "portstat_ephemeral_connects_total",
+    ] {
+        for (series, value) in of_new(family) {
+            assert_eq!(value, 0.0, "{series} in:\n{}", metrics.text);
+        }
+    }
+    for family in [
+        "portstat_ephemeral_destination_connect_failures_total",
+        "portstat_ephemeral_process_connect_failures_total",
+        "portstat_ephemeral_destination_connects_total",
+        "portstat_ephemeral_process_connects_total",
+    ] {
+        assert_eq!(of_new(family), vec![], "{}", metrics.text);
+    }
+    // Its own failures count from zero.
+    let _server = new.run(|| listening_socket("127.0.0.1:8080", false, 1024));
+    let _held = connect(&new, "127.0.0.1:8080", 10);
+    fail(&new, "127.0.0.1:8080", 2);
+    let own = format!(
+        r#"portstat_ephemeral_connect_failures_total{{netns="{inode}",netns_name="{}",protocol="tcp"}}"#,
+        new.name()
+    );
+    let metrics = first_sample_after(&exporter, unix_seconds());
+    assert_eq!(metrics.value(&own), 2.0, "{}", metrics.text);
+}
+
+#[test]
+fn namespaces_that_connect_but_never_fail_leave_room_for_failures() {
+    support::require_bpf();
+    let _alone = MANY_NAMESPACES
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let netns = Netns::new((40000, 40009), "");
+    let _server = netns.run(|| listening_socket("127.0.0.1:8080", false, 1024));
+    let exporter = netns.start_exporter(&["--collector.interval", "300ms"]);
+    wait_for_the_counter(&exporter);
+    // 1,100 namespaces, more than the kernel's maps have entries, each
+    // making one connect() that is refused: no port failure anywhere. They
+    // live until every one has connected (a namespace gone gives its inode
+    // to the next).
+    let script = r#"
+import ctypes, fcntl, os, socket, struct
+libc = ctypes.CDLL(None, use_errno=True)
+hold, release = os.pipe()
+children = []
+for _ in range(1100):
+    done, tell = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(release)
+            # CLONE_NEWNET
+            assert libc.unshare(0x40000000) == 0
+            control = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            # SIOCSIFFLAGS: loopback up.
+            fcntl.ioctl(control, 0x8914, struct.pack("16sH", b"lo", 0x1 | 0x8 | 0x40))
+            client = socket.socket()
+            try:
+                client.connect(("127.0.0.1", 1))
+                code = 2
+            except ConnectionRefusedError:
+                code = 0
+        finally:
+            os.write(tell, b"x")
+            os.read(hold, 1)
+            os._exit(code)
+    os.close(tell)
+    assert os.read(done, 1) == b"x"
+    os.close(done)
+    children.append(pid)
+os.close(release)
+for pid in children:
+    _, status = os.waitpid(pid, 0)
+    assert status == 0, status
+"#;
+    let status = std::process::Command::new("python3")
+        .args(["-c", script])
+        .status()
+        .unwrap();
+    assert!(status.success(), "the namespaces' script: {status}");
+    // Then seven failures in the exporter's namespace.
+    let _held = connect(&netns, "127.0.0.1:8080", 10);
+    fail(&netns, "127.0.0.1:8080", 7);
+    let metrics = first_sample_after(&exporter, unix_seconds());
+    assert_eq!(metrics.value(TOTAL), 7.0, "{}", metrics.text);
+    assert_eq!(
+        metrics.value(&destination_series("127.0.0.1", "127.0.0.1", 8080)),
+        7.0
+    );
+    assert_eq!(
+        metrics.value("portstat_ephemeral_failures_unrecorded_total"),
+        0.0,
+        "{}",
+        metrics.text
     );
 }

@@ -120,11 +120,28 @@ fn ready_only_after_a_sample_succeeded() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(healthy.status, 200);
-    std::thread::sleep(Duration::from_millis(300));
+    // /metrics answers 503 until the first sample has ended.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let metrics = loop {
+        if let Ok(response) = exporter.get("/metrics")
+            && response.status == 200
+        {
+            let metrics = support::Metrics::parse(&response.text());
+            if metrics
+                .get(r#"portstat_sample_errors_total{stage="source"}"#)
+                .is_some_and(|errors| errors >= 2.0)
+            {
+                break metrics;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "two samples did not fail within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(exporter.get("/-/ready").unwrap().status, 503);
-    let metrics = exporter.metrics();
     assert_eq!(metrics.value("portstat_sample_success"), 0.0);
-    assert!(metrics.value(r#"portstat_sample_errors_total{stage="source"}"#) >= 2.0);
     assert_eq!(metrics.get("portstat_ephemeral_ports_capacity"), None);
     assert_eq!(metrics.get("portstat_sample_timestamp_seconds"), None);
 }
@@ -318,7 +335,16 @@ fn sighup_without_a_web_config_is_logged_and_survived() {
     let netns = Netns::new((40000, 40099), "");
     let mut exporter = netns.start_exporter(&["--collector.interval", "200ms"]);
     exporter.signal(libc::SIGHUP);
-    std::thread::sleep(Duration::from_millis(500));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !exporter.log().contains("received SIGHUP") {
+        assert!(
+            exporter.running() && std::time::Instant::now() < deadline,
+            "the exporter did not log the SIGHUP; it logged:
+{}",
+            exporter.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(exporter.running(), "SIGHUP killed the exporter");
     assert_eq!(exporter.get("/metrics").unwrap().status, 200);
     assert!(
@@ -390,4 +416,54 @@ fn root_without_capabilities_says_why_owners_are_unknown() {
         1,
         "{stderr}"
     );
+}
+
+/// Whether process `pid` catches `signal`, by its `SigCgt` mask.
+fn catches(pid: u32, signal: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (signal - 1)) != 0)
+}
+
+/// A SIGHUP or a SIGTERM that comes while the exporter starts waits for
+/// the server instead of ending the process: the exporter is held at its
+/// first bind() (its listener's, after the web configuration and before the
+/// BPF programs), and must handle both signals there.
+#[test]
+fn signals_are_handled_from_before_the_exporter_binds() {
+    let netns = Netns::new((40000, 40099), "");
+    let mut exporter = netns.spawn_exporter_with(&[], |command| {
+        support::hold_syscall(command, libc::SYS_bind);
+    });
+    let held = support::HeldCalls::of(exporter.pid());
+    let first = held.next().expect("the exporter never called bind()");
+    assert!(
+        catches(exporter.pid(), libc::SIGHUP) && catches(exporter.pid(), libc::SIGTERM),
+        "the exporter handles neither SIGHUP nor SIGTERM when it binds"
+    );
+    exporter.signal(libc::SIGHUP);
+    held.release(first);
+    held.release_all();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !exporter
+        .get("/-/ready")
+        .is_ok_and(|response| response.status == 200)
+    {
+        assert!(
+            exporter.running() && std::time::Instant::now() < deadline,
+            "the exporter did not survive a SIGHUP at its start; it logged:\n{}",
+            exporter.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        exporter.log().contains("received SIGHUP"),
+        "{}",
+        exporter.log()
+    );
+    let status = exporter.terminate(Duration::from_secs(60)).unwrap();
+    assert!(status.success(), "{status:?}");
 }

@@ -212,6 +212,62 @@ fn control_characters_in_a_process_name_reach_the_terminal_escaped() {
     assert!(report.contains("\\x1b]0;PWN"), "{report}");
 }
 
+/// With an exporter in the namespace and a newer one elsewhere on the
+/// host, `inspect` reads the one in its namespace (the newer one counts
+/// only since it started) and says which it read.
+#[test]
+fn inspect_reads_the_exporter_of_its_own_namespace_and_says_which() {
+    support::require_bpf();
+    let netns = Netns::new((40000, 40009), "");
+    let exporter = netns.start_exporter(&["--collector.interval", "300ms"]);
+    let loaded = r#"portstat_failures_source_info{source="bpf",reason="loaded"}"#;
+    exporter
+        .metrics_until(|metrics| metrics.get(loaded) == Some(1.0))
+        .unwrap();
+    let _held = netns.run(|| {
+        let server = TcpListener::bind("127.0.0.1:8080").unwrap();
+        let streams: Vec<TcpStream> = (0..10)
+            .map(|_| TcpStream::connect("127.0.0.1:8080").unwrap())
+            .collect();
+        for _ in 0..3 {
+            let error = TcpStream::connect("127.0.0.1:8080").unwrap_err();
+            assert_eq!(error.kind(), std::io::ErrorKind::AddrNotAvailable);
+        }
+        (server, streams)
+    });
+    exporter
+        .metrics_until(|metrics| {
+            metrics.get(r#"portstat_ephemeral_connect_failures_total{protocol="tcp"}"#) == Some(3.0)
+        })
+        .unwrap();
+    let elsewhere = Netns::new((40000, 40009), "");
+    let newer = elsewhere.start_exporter(&["--collector.interval", "300ms"]);
+    newer
+        .metrics_until(|metrics| metrics.get(loaded) == Some(1.0))
+        .unwrap();
+
+    let output = netns
+        .command(support::exporter())
+        .arg("inspect")
+        .output_within()
+        .unwrap();
+    let (text, said) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(
+        text.contains("Failed calls since the exporter started: tcp connect() 3\n"),
+        "{text}"
+    );
+    assert!(
+        said.contains(&format!(
+            "failures as counted by the exporter of pid {}, in this network namespace",
+            exporter.pid()
+        )),
+        "{said}"
+    );
+}
+
 #[test]
 fn the_failures_the_running_exporter_counted_are_listed() {
     support::require_bpf();
@@ -407,8 +463,8 @@ fn processes_of_one_name_are_told_apart_by_pid() {
     assert_eq!(listed["pids"], serde_json::json!([listener]), "{listed}");
     assert_eq!(listed["process_count"], 1);
     // The landing page names them the same way. This daemon counts no
-    // failures: `inspect` reads the counts of the newest exporter that
-    // does, which must stay that of the test beside that lists them.
+    // failures, so that the test beside, which lists those of the exporter
+    // in its namespace, finds only its own.
     let exporter = netns.start_exporter(&["--collector.failures=false"]);
     let page = exporter.get("/").unwrap().text();
     assert!(

@@ -571,7 +571,7 @@ fn a_hostile_reload_stalls_no_request() {
         );
         let replacement = folder.write("nested.yml", &nested);
         std::fs::rename(&replacement, &config).unwrap();
-        refused("the nested brackets", "brackets nested more than 32 deep");
+        refused("the nested brackets", "nested more than 32 deep");
         let fifo = folder.path("fifo");
         let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: `name` is a NUL-terminated path that outlives the call.

@@ -474,6 +474,44 @@ fn read_whole_records(
     }
 }
 
+/// How long a TIME_WAIT socket has waited, in milliseconds, at `now_ms`
+/// (`tcp_clock_ms()`): from its entry stamp where the kernel has one (Linux
+/// 6.13+), else as the reuse rule before it counts, from the last timestamp
+/// seen, in whole seconds.
+fn time_wait_age_ms(
+    has_entry_stamp: bool,
+    now_ms: u64,
+    entry_stamp: u32,
+    recent_stamp: u32,
+) -> u32 {
+    // A stamp from after `now` (read before the walk), as the kernel's
+    // 32-bit comparisons tell it, is age 0.
+    if has_entry_stamp {
+        // Both are tcp_clock_ms(), which wraps at 32 bits.
+        let age = (now_ms as u32).wrapping_sub(entry_stamp);
+        if age > i32::MAX as u32 { 0 } else { age }
+    } else {
+        // Before Linux 6.13 reuse was timed from the last timestamp
+        // seen, in whole seconds of the same clock: `tcp_twsk_unique`
+        // reuses once the second has changed (`now > stamp`), a second
+        // after it at most. The age is counted to the end of the
+        // second the stamp names, so that the rule's `age > 1000 ms`
+        // holds exactly when the kernel's `now > stamp` does.
+        // An older stamp than the milliseconds can hold (24.9 days)
+        // stays the oldest they can: reusable, as the kernel has it
+        // (`time_after32`).
+        let seconds = ((now_ms / 1000) as u32).wrapping_sub(recent_stamp);
+        if seconds > i32::MAX as u32 {
+            0
+        } else {
+            seconds
+                .saturating_mul(1000)
+                .saturating_add(999)
+                .min(i32::MAX as u32)
+        }
+    }
+}
+
 /// Parses records of the iterator's output into sockets, and returns the
 /// flags of its trailer, the record of family 0 that ends a complete pass.
 /// `now_ms` is `CLOCK_MONOTONIC` when the iterator was read, in milliseconds.
@@ -597,26 +635,14 @@ fn parse_record(record: &[u8], now_ms: u64) -> Result<SocketRecord, BpfError> {
     if state == SocketState::Tcp(TcpState::TimeWait) {
         let entry_stamp = u32_at(24);
         let recent_stamp = u32_at(28);
-        let age_ms = if flags & HAS_ENTRY_STAMP != 0 {
-            // Both are tcp_clock_ms(), which wraps at 32 bits.
-            (now_ms as u32).wrapping_sub(entry_stamp)
-        } else {
-            // Before Linux 6.13 reuse was timed from the last timestamp
-            // seen, in whole seconds of the same clock: `tcp_twsk_unique`
-            // reuses once the second has changed (`now > stamp`), a second
-            // after it at most. The age is counted to the end of the
-            // second the stamp names, so that the rule's `age > 1000 ms`
-            // holds exactly when the kernel's `now > stamp` does.
-            let seconds = ((now_ms / 1000) as u32).wrapping_sub(recent_stamp);
-            if seconds > i32::MAX as u32 {
-                seconds
-            } else {
-                seconds.saturating_mul(1000).saturating_add(999)
-            }
-        };
+        let age_ms = time_wait_age_ms(
+            flags & HAS_ENTRY_STAMP != 0,
+            now_ms,
+            entry_stamp,
+            recent_stamp,
+        );
         socket.time_wait = Some(TimeWait {
-            // A stamp from after `now` (read before the walk) is age 0.
-            age_ms: if age_ms > i32::MAX as u32 { 0 } else { age_ms },
+            age_ms,
             timestamps: Some(recent_stamp != 0),
             bound_device: Some(bound_device),
         });
@@ -790,6 +816,32 @@ mod tests {
                 portstat_core::rules::tcp_twsk_unique(&sockets[0], &reuse),
                 reusable,
                 "stamp {stamp}, now 100.4 s"
+            );
+        }
+        // A stamp 30 days old is the oldest age the milliseconds hold, and
+        // reusable; one a second ahead of `now` is age 0, and not.
+        let now_ms = 3_000_000_400;
+        for (stamp, age, reusable) in [
+            (3_000_000 - 30 * 86_400, i32::MAX as u32, true),
+            (3_000_001, 0, false),
+        ] {
+            let record = record(
+                2,
+                6,
+                HAS_BUCKET,
+                -1,
+                (&[1, 2, 3, 4], 40001),
+                (&[5, 6, 7, 8], 80),
+                (0, stamp),
+                0,
+            );
+            sockets.clear();
+            parse_records(&record, now_ms, &mut sockets).unwrap();
+            assert_eq!(sockets[0].time_wait.unwrap().age_ms, age, "stamp {stamp}");
+            assert_eq!(
+                portstat_core::rules::tcp_twsk_unique(&sockets[0], &reuse),
+                reusable,
+                "stamp {stamp}"
             );
         }
         assert_eq!(detail.timestamps, Some(true));

@@ -513,10 +513,12 @@ impl NamespaceReader {
             &self.procfs_root.join(CONNTRACK_MAX),
         )
         .map_err(NatError::Failed)?;
-        let namespace = namespaces::thread_namespace_inode(&self.procfs_root).unwrap_or(0);
+        // A namespace whose inode cannot be read is not remembered: its
+        // figures show only while it translates.
+        let namespace = namespaces::thread_namespace_inode(&self.procfs_root);
         if counting.added > 0 {
-            self.nat_seen.insert(namespace);
-        } else if !self.nat_seen.contains(&namespace) {
+            self.nat_seen.extend(namespace);
+        } else if !namespace.is_some_and(|namespace| self.nat_seen.contains(&namespace)) {
             return Ok(NatRead::Nothing);
         }
         Ok(NatRead::Figures { counters })

@@ -136,6 +136,52 @@ pub fn thread_namespace_inode(procfs: &Path) -> Option<u64> {
         .map(|metadata| metadata.ino())
 }
 
+/// `SO_NETNS_COOKIE`, Linux 5.14.
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// The cookie of the calling thread's network namespace: a number the
+/// kernel gives each namespace at its creation and never gives another,
+/// where the inode of a deleted namespace goes to the next one at once.
+/// Read from a socket made for it (`SO_NETNS_COOKIE`, Linux 5.14).
+pub fn thread_namespace_cookie() -> io::Result<u64> {
+    // SAFETY: a socket of our own, closed when dropped.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is ours alone.
+    let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut cookie = 0u64;
+    let mut length = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `length` outlive the call and fit what it writes.
+    let result = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut length,
+        )
+    };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+/// The cookie of the namespace `handle` refers to, where that is still
+/// the namespace of inode `inode` (a process's file may meanwhile refer to
+/// another); `Ok(None)` where it is not. Enters it on this thread for the
+/// time of the call.
+pub fn namespace_cookie(handle: &Path, inode: u64) -> io::Result<Option<u64>> {
+    let target = File::open(handle)?;
+    if target.metadata()?.ino() != inode {
+        return Ok(None);
+    }
+    let _entered = Entered::enter_file(&target)?;
+    thread_namespace_cookie().map(Some)
+}
+
 /// The container id and pod uid that a process's `/proc/<pid>/cgroup` shows,
 /// for the layouts of Docker, containerd and CRI-O, with the cgroupfs and
 /// the systemd cgroup drivers.
@@ -206,9 +252,14 @@ pub struct Entered {
 impl Entered {
     /// Moves the calling thread into the namespace that `handle` refers to.
     pub fn enter(handle: &Path) -> io::Result<Entered> {
+        Entered::enter_file(&File::open(handle)?)
+    }
+
+    /// Moves the calling thread into the namespace of the open file
+    /// `target`.
+    pub fn enter_file(target: &File) -> io::Result<Entered> {
         let original = File::open("/proc/thread-self/ns/net")?;
-        let target = File::open(handle)?;
-        set_namespace(&target)?;
+        set_namespace(target)?;
         Ok(Entered {
             original,
             _this_thread: std::marker::PhantomData,

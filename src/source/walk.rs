@@ -105,6 +105,22 @@ fn walk(
     on_shared: &[OnSharedTables],
     bound_inactive: bool,
 ) -> Walked {
+    // The kernel numbers namespaces with 32 bits (`ns_common.inum`), as the
+    // walk reports them: a namespace whose inode does not fit could not be
+    // told apart, and the namespaces are then read each on its own.
+    let inodes: Option<Vec<u32>> = on_shared
+        .iter()
+        .map(|shared| u32::try_from(samples[shared.index].0.inode).ok())
+        .collect();
+    let Some(inodes) = inodes else {
+        return Walked {
+            outcome: Err(SourceError::NoNamespace {
+                reason: "a namespace's inode does not fit the walk's 32 bits".into(),
+            }),
+            udp: false,
+            link_local: BTreeMap::new(),
+        };
+    };
     let any_udp = on_shared.iter().any(|shared| shared.udp);
     let rank = |shared: &OnSharedTables| (!(any_udp && shared.host_udp_table), !shared.own);
     let mut order: Vec<&OnSharedTables> = on_shared.iter().collect();
@@ -122,15 +138,17 @@ fn walk(
     }
     let list: Vec<SharedNamespace> = on_shared
         .iter()
-        .map(|shared| SharedNamespace {
-            inode: samples[shared.index].0.inode as u32,
+        .zip(&inodes)
+        .map(|(shared, &inode)| SharedNamespace {
+            inode,
             range: shared.range,
             udp: shared.udp && udp,
         })
         .collect();
     let by_namespace: HashMap<u32, usize> = on_shared
         .iter()
-        .map(|shared| (samples[shared.index].0.inode as u32, shared.index))
+        .zip(&inodes)
+        .map(|(shared, &inode)| (inode, shared.index))
         .collect();
     // Link-local sockets name an interface of their namespace by index.
     let mut link_local: BTreeMap<usize, BTreeSet<u32>> = BTreeMap::new();

@@ -491,12 +491,16 @@ pub struct PortFailureCounts {
     /// Failures by destination and process, as far as the kernel's map
     /// holds them, sorted by `PortFailure::key`.
     pub failures: Vec<PortFailure>,
-    /// Failures by namespace, kind and protocol: every one counted.
+    /// Failures by namespace, kind and protocol: every one counted, at
+    /// least the sum of its namespace's `failures`.
     pub totals: BTreeMap<(u64, FailureKind, Protocol), u64>,
-    /// TCP `connect()` calls that asked for a port, by namespace.
+    /// TCP `connect()` calls that asked for a port, by namespace, as far
+    /// as the kernel's map holds them.
     pub attempts: BTreeMap<u64, u64>,
-    /// Failures or namespaces the kernel's maps had no room to record by
-    /// key: counted here, never lost.
+    /// Such calls the kernel's map had no room to count by namespace.
+    pub attempts_unrecorded: u64,
+    /// Failures the kernel's map had no room to record by destination and
+    /// process: counted here, and in their namespace's total.
     pub unrecorded: u64,
     /// TCP `connect()` calls that took a port of the range by the kernel's
     /// choice, by destination and process, as far as the kernel's map holds
@@ -530,6 +534,14 @@ impl PortFailureCounts {
     /// A namespace's TCP connect attempts.
     pub fn connect_attempts(&self, netns: u64) -> u64 {
         self.attempts.get(&netns).copied().unwrap_or(0)
+    }
+
+    /// Whether every TCP connect attempt of namespace `netns` since the
+    /// counts `previous` is counted: none found the kernel's map full, or
+    /// the namespace has its entry since before.
+    pub fn attempts_counted_since(&self, previous: &PortFailureCounts, netns: u64) -> bool {
+        self.attempts_unrecorded == previous.attempts_unrecorded
+            || (self.attempts.contains_key(&netns) && previous.attempts.contains_key(&netns))
     }
 
     /// The namespaces counted in any of the maps.

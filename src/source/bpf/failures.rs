@@ -4,11 +4,16 @@
 //! read from its maps at each sample.
 //!
 //! The program counts every namespace's failures; the maps are read whole
-//! and split by namespace by the caller. Nothing is removed from the maps
-//! but the entries of namespaces gone from the host (`forget`), so every
-//! count only rises while the exporter runs. Converting the maps'
-//! entries is pure (`failure_from_entry`, `total_from_entry`); only
-//! `PortFailureCounter` touches the kernel.
+//! and split by namespace by the caller. The program keys a namespace by
+//! its inode and its cookie: the kernel gives a deleted namespace's inode
+//! to the next one at once, and the cookie, never reused, tells which of
+//! the two an entry is of. An entry whose inode is a live namespace's but
+//! whose cookie is not is of a namespace gone: it is left out of the counts
+//! and removed. Nothing else is removed from the maps but the entries of
+//! namespaces gone from the host (`forget`), so every count only rises while
+//! the exporter runs. Converting the maps' entries is pure
+//! (`failure_from_entry`, `total_from_entry`); only `PortFailureCounter`
+//! touches the kernel.
 
 use std::collections::HashMap as StdHashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -39,12 +44,13 @@ const KIND_BIND_FAILED: u8 = 2;
 const KIND_CONNECT_ATTEMPT: u8 = 3;
 const KIND_CONNECTED: u8 = 4;
 
-/// `portstat_lost`'s indexes in the C source: failures, then namespaces,
-/// with no room in their maps; connects with none; names recorded.
+/// `portstat_lost`'s indexes in the C source: failures with no room by
+/// destination; connects with none; names recorded; connect attempts with
+/// no room by namespace.
 const UNRECORDED_FAILURE: u32 = 0;
-const UNRECORDED_TOTAL: u32 = 1;
 const UNRECORDED_CONNECT: u32 = 2;
 const NAMES_RECORDED: u32 = 3;
+const UNRECORDED_ATTEMPT: u32 = 5;
 
 /// `FAMILY_MAPPED`: an AF_INET6 socket with an IPv4-mapped peer, whose
 /// addresses are the IPv4 ones.
@@ -54,7 +60,7 @@ const AF_INET6: u8 = 10;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 
-/// `struct failure_key` in the C source: 64 bytes, native byte order but
+/// `struct failure_key` in the C source: 72 bytes, native byte order but
 /// for the addresses.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,13 +77,15 @@ pub struct FailureKey {
     /// The remote port.
     pub remote_port: u16,
     pad2: u16,
+    pad3: u32,
+    /// The network namespace's cookie; 0 where the kernel has none.
+    pub cookie: u64,
     /// The local address: 4 bytes for IPv4, 16 for IPv6, network order.
     pub local: [u8; 16],
     /// The remote address, likewise.
     pub remote: [u8; 16],
     /// The calling task's comm, NUL-padded.
     pub comm: [u8; 16],
-    pad3: u32,
 }
 
 // SAFETY: plain integers and byte arrays, every bit pattern valid, with the
@@ -109,12 +117,14 @@ pub struct TotalKey {
     /// `IPPROTO_*`.
     pub protocol: u8,
     pad: u16,
+    /// The network namespace's cookie; 0 where the kernel has none.
+    pub cookie: u64,
 }
 
 // SAFETY: as for FailureKey.
 unsafe impl aya::Pod for TotalKey {}
 
-/// `struct name_key` in the C source: a connection, 44 bytes, native byte
+/// `struct name_key` in the C source: a connection, 56 bytes, native byte
 /// order but for the addresses.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +143,9 @@ pub struct NameKey {
     pub local: [u8; 16],
     /// The remote address, likewise.
     pub remote: [u8; 16],
+    pad3: u32,
+    /// The network namespace's cookie; 0 where the kernel has none.
+    pub cookie: u64,
 }
 
 // SAFETY: as for FailureKey.
@@ -173,8 +186,14 @@ pub fn name_from_entry(key: &NameKey, value: &NameValue) -> Option<(u64, Connect
     ))
 }
 
-/// The `names` map's key of a connection of namespace `netns`.
-pub fn name_key(netns: u64, connection: &Connection, connector: &Connector) -> Option<NameKey> {
+/// The `names` map's key of a connection of namespace `netns`, whose
+/// cookie is `cookie`.
+pub fn name_key(
+    netns: u64,
+    cookie: u64,
+    connection: &Connection,
+    connector: &Connector,
+) -> Option<NameKey> {
     let mut key = NameKey {
         netns: u32::try_from(netns).ok()?,
         family: AF_INET,
@@ -184,6 +203,8 @@ pub fn name_key(netns: u64, connection: &Connection, connector: &Connector) -> O
         pad2: 0,
         local: [0; 16],
         remote: [0; 16],
+        pad3: 0,
+        cookie,
     };
     for (bytes, address) in [
         (&mut key.local, connection.local.ip()),
@@ -246,7 +267,9 @@ pub fn failure_from_entry(key: &FailureKey, value: &FailureValue) -> Option<Port
     })
 }
 
-/// Counts failures into `counts` from one entry of the `totals` map.
+/// Counts into `counts` from one entry of a map of counts by namespace:
+/// failures that had no room by destination, connect attempts, or connects
+/// that had no room by destination.
 pub fn total_from_entry(key: &TotalKey, count: u64, counts: &mut PortFailureCounts) {
     let Some(protocol) = protocol_of(key.protocol) else {
         return;
@@ -264,12 +287,13 @@ pub fn total_from_entry(key: &TotalKey, count: u64, counts: &mut PortFailureCoun
 /// The maps' names, in the object and in the kernel (at most 15 bytes):
 /// the exporter's own, so that `running_counts` finds them, in the order
 /// `FailureMaps::new` takes them.
-const MAP_NAMES: [&str; 5] = [
+const MAP_NAMES: [&str; 6] = [
     "portstat_fails",
     "portstat_totals",
     "portstat_lost",
     "portstat_conns",
     "portstat_ctots",
+    "portstat_tries",
 ];
 /// The map of connections and the processes that closed them.
 const NAMES_MAP: &str = "portstat_names";
@@ -281,61 +305,166 @@ struct FailureMaps {
     lost: Array<MapData, u64>,
     connects: HashMap<MapData, FailureKey, FailureValue>,
     connect_totals: HashMap<MapData, TotalKey, u64>,
+    attempts: HashMap<MapData, TotalKey, u64>,
 }
 
-impl FailureMaps {
-    /// The maps from their data, as made by the loader or opened by id, in
-    /// the order of `MAP_NAMES`.
-    fn new(
-        [failures, totals, lost, connects, connect_totals]: [MapData; 5],
-    ) -> Result<FailureMaps, BpfError> {
-        let hash = |data| {
-            HashMap::try_from(Map::HashMap(data)).map_err(|error| unavailable("maps", error))
-        };
-        Ok(FailureMaps {
-            failures: hash(failures)?,
-            totals: HashMap::try_from(Map::HashMap(totals))
-                .map_err(|error| unavailable("maps", error))?,
-            lost: Array::try_from(Map::Array(lost)).map_err(|error| unavailable("maps", error))?,
-            connects: hash(connects)?,
-            connect_totals: HashMap::try_from(Map::HashMap(connect_totals))
-                .map_err(|error| unavailable("maps", error))?,
-        })
-    }
+/// The cookie of the live namespace of each inode, as far as the caller
+/// knows it: an entry of another cookie under that inode is of a namespace
+/// gone, whose inode the kernel gave to the live one.
+pub trait LiveCookies {
+    /// The cookie of the live namespace of inode `netns`; `None` where it
+    /// is not known (every entry of the inode is then taken as its).
+    fn cookie(&mut self, netns: u64) -> Option<u64>;
+}
 
-    /// Every count so far, of every namespace. The cost follows the number
-    /// of map entries, which the maps bound, not the number of calls.
-    fn read(&self) -> Result<PortFailureCounts, BpfError> {
+impl<F: FnMut(u64) -> Option<u64>> LiveCookies for F {
+    fn cookie(&mut self, netns: u64) -> Option<u64> {
+        self(netns)
+    }
+}
+
+/// Tells, with each inode's live cookie asked once, whether an entry is of
+/// a namespace gone, and keeps those found.
+struct Staleness<'a> {
+    live: &'a mut dyn LiveCookies,
+    asked: StdHashMap<u32, Option<u64>>,
+    stale: Vec<(u32, u64)>,
+}
+
+impl Staleness<'_> {
+    fn is_stale(&mut self, netns: u32, cookie: u64) -> bool {
+        let live = &mut self.live;
+        let known = *self
+            .asked
+            .entry(netns)
+            .or_insert_with(|| live.cookie(u64::from(netns)));
+        let stale = cookie != 0 && known.is_some_and(|known| known != 0 && known != cookie);
+        if stale && !self.stale.contains(&(netns, cookie)) {
+            self.stale.push((netns, cookie));
+        }
+        stale
+    }
+}
+
+/// The counts of the live namespaces, and the (inode, cookie) of the
+/// namespaces gone whose entries were left out.
+pub struct Read {
+    /// Every count so far of every namespace not found gone.
+    pub counts: PortFailureCounts,
+    /// Namespaces gone whose inode a live namespace has now.
+    pub stale: Vec<(u32, u64)>,
+}
+
+/// The maps' entries as read, each with its namespace's inode and cookie,
+/// before the entries of namespaces gone are told from the others.
+pub struct RawCounts {
+    totals: Vec<(TotalKey, u64)>,
+    failures: Vec<(FailureKey, FailureValue)>,
+    connects: Vec<(FailureKey, FailureValue)>,
+    /// Failures with no room by destination and process.
+    pub unrecorded: u64,
+    /// Connects with no room by destination and process.
+    pub connects_unrecorded: u64,
+    attempts_unrecorded: u64,
+}
+
+impl RawCounts {
+    /// Every count of every namespace `live` does not show gone, and the
+    /// namespaces it shows gone.
+    pub fn resolve(&self, live: &mut dyn LiveCookies) -> Read {
+        let mut staleness = Staleness {
+            live,
+            asked: StdHashMap::new(),
+            stale: Vec::new(),
+        };
         let mut counts = PortFailureCounts::default();
-        for totals in [&self.totals, &self.connect_totals] {
-            for entry in totals.iter() {
-                let (key, count) = entry.map_err(read_error)?;
-                total_from_entry(&key, count, &mut counts);
+        for (key, count) in &self.totals {
+            if !staleness.is_stale(key.netns, key.cookie) {
+                total_from_entry(key, *count, &mut counts);
             }
         }
-        for (map, into) in [
+        for (entries, into) in [
             (&self.failures, &mut counts.failures),
             (&self.connects, &mut counts.connects),
         ] {
-            for entry in map.iter() {
-                let (key, value) = entry.map_err(read_error)?;
-                if let Some(record) = failure_from_entry(&key, &value) {
+            for (key, value) in entries {
+                if staleness.is_stale(key.netns, key.cookie) {
+                    continue;
+                }
+                if let Some(record) = failure_from_entry(key, value) {
                     into.push(record);
                 }
             }
             into.sort_by(|a, b| a.key().cmp(&b.key()));
         }
-        // The connects map's entries and, by namespace, the connects it had
-        // no room for: together every connect of the namespace.
+        // Each map by destination and, by namespace, what it had no room
+        // for: together every failure, and every connect, of the namespace.
+        for failure in &counts.failures {
+            *counts
+                .totals
+                .entry((failure.netns, failure.kind, failure.protocol))
+                .or_default() += failure.count;
+        }
         for connect in &counts.connects {
             *counts
                 .connect_totals
                 .entry((connect.netns, connect.protocol))
                 .or_default() += connect.count;
         }
-        counts.unrecorded = self.lost(UNRECORDED_FAILURE)? + self.lost(UNRECORDED_TOTAL)?;
-        counts.connects_unrecorded = self.lost(UNRECORDED_CONNECT)?;
-        Ok(counts)
+        counts.unrecorded = self.unrecorded;
+        counts.connects_unrecorded = self.connects_unrecorded;
+        counts.attempts_unrecorded = self.attempts_unrecorded;
+        Read {
+            counts,
+            stale: staleness.stale,
+        }
+    }
+}
+
+impl FailureMaps {
+    /// The maps from their data, as made by the loader or opened by id, in
+    /// the order of `MAP_NAMES`.
+    fn new(
+        [failures, totals, lost, connects, connect_totals, attempts]: [MapData; 6],
+    ) -> Result<FailureMaps, BpfError> {
+        let hash = |data| {
+            HashMap::try_from(Map::HashMap(data)).map_err(|error| unavailable("maps", error))
+        };
+        let totals_map = |data| {
+            HashMap::try_from(Map::HashMap(data)).map_err(|error| unavailable("maps", error))
+        };
+        Ok(FailureMaps {
+            failures: hash(failures)?,
+            totals: totals_map(totals)?,
+            lost: Array::try_from(Map::Array(lost)).map_err(|error| unavailable("maps", error))?,
+            connects: hash(connects)?,
+            connect_totals: totals_map(connect_totals)?,
+            attempts: totals_map(attempts)?,
+        })
+    }
+
+    /// Every entry so far, of every namespace. The cost follows the number
+    /// of map entries, which the maps bound, not the number of calls.
+    fn read(&self) -> Result<RawCounts, BpfError> {
+        let mut totals = Vec::new();
+        for map in [&self.totals, &self.connect_totals, &self.attempts] {
+            for entry in map.iter() {
+                totals.push(entry.map_err(read_error)?);
+            }
+        }
+        let entries = |map: &HashMap<MapData, FailureKey, FailureValue>| {
+            map.iter()
+                .map(|entry| entry.map_err(read_error))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(RawCounts {
+            totals,
+            failures: entries(&self.failures)?,
+            connects: entries(&self.connects)?,
+            unrecorded: self.lost(UNRECORDED_FAILURE)?,
+            connects_unrecorded: self.lost(UNRECORDED_CONNECT)?,
+            attempts_unrecorded: self.lost(UNRECORDED_ATTEMPT)?,
+        })
     }
 
     fn lost(&self, index: u32) -> Result<u64, BpfError> {
@@ -352,6 +481,9 @@ struct NameMap {
     /// Names the map evicted while their connection was still there, the
     /// most ever computed (the count only rises).
     evicted: u64,
+    /// The cookies of the names last read, by inode: one but where the
+    /// live namespace's cookie was not known.
+    cookies: StdHashMap<u64, Vec<u64>>,
 }
 
 /// What the map of names held at one sample.
@@ -423,6 +555,7 @@ impl PortFailureCounter {
             take(MAP_NAMES[2])?,
             take(MAP_NAMES[3])?,
             take(MAP_NAMES[4])?,
+            take(MAP_NAMES[5])?,
         ])?;
         let names = HashMap::try_from(Map::LruHashMap(take(NAMES_MAP)?))
             .map_err(|error| unavailable("maps", error))?;
@@ -433,40 +566,75 @@ impl PortFailureCounter {
                 map: names,
                 pruned: 0,
                 evicted: 0,
+                cookies: StdHashMap::new(),
             },
         })
     }
 
-    /// Every count so far, of every namespace.
-    pub fn read(&self) -> Result<PortFailureCounts, BpfError> {
+    /// Every entry so far, of every namespace.
+    pub fn read(&self) -> Result<RawCounts, BpfError> {
         self.maps.read()
     }
 
-    /// Removes every entry of the namespaces `gone`, so that the room they
-    /// held in the maps goes to the namespaces still there.
-    pub fn forget(&mut self, gone: &[u64]) -> Result<(), BpfError> {
-        let is_gone = |netns: u32| gone.contains(&u64::from(netns));
-        remove_keys(&mut self.maps.failures, |key| is_gone(key.netns))?;
-        remove_keys(&mut self.maps.totals, |key| is_gone(key.netns))?;
-        remove_keys(&mut self.maps.connects, |key| is_gone(key.netns))?;
-        remove_keys(&mut self.maps.connect_totals, |key| is_gone(key.netns))
+    /// Removes every entry of the namespaces `gone` (by inode) and `stale`
+    /// (by inode and cookie), so that the room they held in the maps goes
+    /// to the namespaces still there, and a namespace given one of their
+    /// inodes finds none of their counts.
+    pub fn forget(&mut self, gone: &[u64], stale: &[(u32, u64)]) -> Result<(), BpfError> {
+        let is_gone = |netns: u32, cookie: u64| {
+            gone.contains(&u64::from(netns)) || stale.contains(&(netns, cookie))
+        };
+        remove_keys(&mut self.maps.failures, |key| {
+            is_gone(key.netns, key.cookie)
+        })?;
+        remove_keys(&mut self.maps.totals, |key| is_gone(key.netns, key.cookie))?;
+        remove_keys(&mut self.maps.attempts, |key| {
+            is_gone(key.netns, key.cookie)
+        })?;
+        remove_keys(&mut self.maps.connects, |key| {
+            is_gone(key.netns, key.cookie)
+        })?;
+        remove_keys(&mut self.maps.connect_totals, |key| {
+            is_gone(key.netns, key.cookie)
+        })
     }
 
-    /// Who connected each connection the kernel still names, by namespace.
+    /// Who connected each connection the kernel still names, by namespace,
+    /// leaving out (and removing) the names of namespaces `live` shows gone.
     /// Counts, from the names recorded, those kept and those the exporter
     /// removed, how many the map evicted.
-    pub fn names(&mut self) -> Result<Names, BpfError> {
+    pub fn names(&mut self, live: &mut dyn LiveCookies) -> Result<Names, BpfError> {
         let recorded = self.maps.lost(NAMES_RECORDED)?;
         let mut by_netns: StdHashMap<u64, ConnectionNames> = StdHashMap::new();
+        let mut staleness = Staleness {
+            live,
+            asked: StdHashMap::new(),
+            stale: Vec::new(),
+        };
+        let mut stale_keys = Vec::new();
         let mut present = 0u64;
+        self.names.cookies.clear();
         for entry in self.names.map.iter() {
             let (key, value) = entry.map_err(read_error)?;
             present += 1;
+            if staleness.is_stale(key.netns, key.cookie) {
+                stale_keys.push(key);
+                continue;
+            }
             if let Some((netns, connection, connector)) = name_from_entry(&key, &value) {
+                let cookies = self.names.cookies.entry(netns).or_default();
+                if !cookies.contains(&key.cookie) {
+                    cookies.push(key.cookie);
+                }
                 by_netns
                     .entry(netns)
                     .or_default()
                     .insert(connection, connector);
+            }
+        }
+        for key in &stale_keys {
+            if self.names.map.remove(key).is_ok() {
+                self.names.pruned += 1;
             }
         }
         // Names recorded after `recorded` was read may be among those
@@ -485,10 +653,15 @@ impl PortFailureCounter {
     /// Removes the names of connections that are gone, by namespace.
     pub fn prune(&mut self, gone: &[(u64, Connection, Connector)]) {
         for (netns, connection, connector) in gone {
-            if let Some(key) = name_key(*netns, connection, connector)
-                && self.names.map.remove(&key).is_ok()
-            {
-                self.names.pruned += 1;
+            let Some(cookies) = self.names.cookies.get(netns) else {
+                continue;
+            };
+            for &cookie in cookies {
+                if let Some(key) = name_key(*netns, cookie, connection, connector)
+                    && self.names.map.remove(&key).is_ok()
+                {
+                    self.names.pruned += 1;
+                }
             }
         }
     }
@@ -510,76 +683,167 @@ fn remove_keys<K: aya::Pod, V: aya::Pod>(
     Ok(())
 }
 
-/// The counts of the exporter running on this host, found by its maps'
-/// names (the newest, where several run), for `inspect`; `None` where no
-/// exporter counts. Opening another process's maps by id needs
-/// `CAP_SYS_ADMIN`.
-pub fn running_counts() -> Result<Option<PortFailureCounts>, BpfError> {
-    let Some(ids) = running_map_ids()? else {
-        return Ok(None);
-    };
-    let open = |id| MapData::from_id(id).map_err(|error| unavailable("open map", error));
-    FailureMaps::new([
-        open(ids[0])?,
-        open(ids[1])?,
-        open(ids[2])?,
-        open(ids[3])?,
-        open(ids[4])?,
-    ])?
-    .read()
-    .map(Some)
+/// An exporter running on this host, as `inspect` finds it: by the maps of
+/// the failure counter that one process holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningExporter {
+    /// Its process id; `None` where no process could be seen holding them
+    /// (the newest maps of each name are then read).
+    pub pid: Option<u32>,
+    /// The inode of its network namespace, where known.
+    pub netns: Option<u64>,
+    /// The ids of its maps, in the order of `MAP_NAMES`, then `NAMES_MAP`.
+    ids: [u32; MAP_COUNT],
 }
 
-/// Who connected each connection of namespace `netns` that the exporter
-/// running on this host names, for `inspect`; `None` where no exporter
-/// names them.
-pub fn running_names(netns: u64) -> Result<Option<ConnectionNames>, BpfError> {
-    let Some(ids) = running_map_ids()? else {
-        return Ok(None);
-    };
-    let data =
-        MapData::from_id(ids[MAP_NAMES.len()]).map_err(|error| unavailable("open map", error))?;
-    let map: HashMap<MapData, NameKey, NameValue> =
-        HashMap::try_from(Map::LruHashMap(data)).map_err(|error| unavailable("maps", error))?;
-    let mut names = ConnectionNames::new();
-    for entry in map.iter() {
-        let (key, value) = entry.map_err(read_error)?;
-        if let Some((of, connection, connector)) = name_from_entry(&key, &value)
-            && of == netns
-        {
-            names.insert(connection, connector);
-        }
-    }
-    Ok(Some(names))
-}
+/// The failure counter's maps: `MAP_NAMES` and `NAMES_MAP`.
+const MAP_COUNT: usize = MAP_NAMES.len() + 1;
 
-/// The ids of the newest maps of each name of `MAP_NAMES`, then of
-/// `NAMES_MAP`; `None` unless every one is loaded.
-fn running_map_ids() -> Result<Option<[u32; 6]>, BpfError> {
-    let mut newest: [Option<u32>; 6] = [None; 6];
+/// The exporter `inspect` reads: of the exporters running on this host,
+/// the newest in the network namespace of inode `own`, which samples it
+/// (the counts of every namespace are in each, but only from its start);
+/// else the newest. `None` where none counts. Seeing the maps needs
+/// `CAP_SYS_ADMIN`, and their processes `CAP_SYS_PTRACE`.
+pub fn running_exporter(own: Option<u64>) -> Result<Option<RunningExporter>, BpfError> {
+    let mut slot_of: StdHashMap<u32, usize> = StdHashMap::new();
+    let mut newest: [Option<u32>; MAP_COUNT] = [None; MAP_COUNT];
     for info in aya::maps::loaded_maps() {
         let info = info.map_err(|error| unavailable("map ids", error))?;
         let Some(name) = info.name_as_str() else {
             continue;
         };
-        let Some(slot) = MAP_NAMES
+        if let Some(slot) = MAP_NAMES
             .iter()
             .chain([&NAMES_MAP])
             .position(|known| *known == name)
+        {
+            slot_of.insert(info.id(), slot);
+            newest[slot] = newest[slot].max(Some(info.id()));
+        }
+    }
+    let Some(newest) = complete(newest) else {
+        return Ok(None);
+    };
+    let mut exporters = holders(&slot_of);
+    // The newest first: the highest map ids.
+    exporters.sort_by_key(|exporter| std::cmp::Reverse(exporter.ids[0]));
+    let chosen = exporters
+        .iter()
+        .find(|exporter| own.is_some() && exporter.netns == own)
+        .or(exporters.first())
+        .cloned()
+        .unwrap_or(RunningExporter {
+            pid: None,
+            netns: None,
+            ids: newest,
+        });
+    Ok(Some(chosen))
+}
+
+/// The ids of every slot, where each has one.
+fn complete(ids: [Option<u32>; MAP_COUNT]) -> Option<[u32; MAP_COUNT]> {
+    let mut all = [0; MAP_COUNT];
+    for (into, id) in all.iter_mut().zip(ids) {
+        *into = id?;
+    }
+    Some(all)
+}
+
+/// The processes that hold a map of every slot, by their descriptors'
+/// `map_id` (`/proc/<pid>/fdinfo`).
+fn holders(slot_of: &StdHashMap<u32, usize>) -> Vec<RunningExporter> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for process in processes.flatten() {
+        let Some(pid) = process
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
         else {
             continue;
         };
-        newest[slot] = newest[slot].max(Some(info.id()));
+        let Ok(descriptors) = std::fs::read_dir(process.path().join("fd")) else {
+            continue;
+        };
+        let mut ids: [Option<u32>; MAP_COUNT] = [None; MAP_COUNT];
+        for descriptor in descriptors.flatten() {
+            let is_map = std::fs::read_link(descriptor.path())
+                .is_ok_and(|target| target.as_os_str() == "anon_inode:bpf-map");
+            if !is_map {
+                continue;
+            }
+            let info = process.path().join("fdinfo").join(descriptor.file_name());
+            let Some(id) = std::fs::read_to_string(info).ok().and_then(|text| {
+                text.lines()
+                    .find_map(|line| line.strip_prefix("map_id:"))
+                    .and_then(|id| id.trim().parse::<u32>().ok())
+            }) else {
+                continue;
+            };
+            if let Some(&slot) = slot_of.get(&id) {
+                ids[slot] = ids[slot].max(Some(id));
+            }
+        }
+        if let Some(ids) = complete(ids) {
+            found.push(RunningExporter {
+                pid: Some(pid),
+                netns: std::fs::metadata(process.path().join("ns/net"))
+                    .ok()
+                    .map(|metadata| metadata.ino()),
+                ids,
+            });
+        }
     }
-    Ok(newest
-        .iter()
-        .copied()
-        .collect::<Option<Vec<u32>>>()
-        .map(|ids| {
-            let mut all = [0; 6];
-            all.copy_from_slice(&ids);
-            all
-        }))
+    found
+}
+
+/// The counts of the exporter `exporter`, for `inspect`. Opening another
+/// process's maps by id needs `CAP_SYS_ADMIN`.
+pub fn running_counts(
+    exporter: &RunningExporter,
+    live: &mut dyn LiveCookies,
+) -> Result<PortFailureCounts, BpfError> {
+    let open = |id| MapData::from_id(id).map_err(|error| unavailable("open map", error));
+    let ids = &exporter.ids;
+    let raw = FailureMaps::new([
+        open(ids[0])?,
+        open(ids[1])?,
+        open(ids[2])?,
+        open(ids[3])?,
+        open(ids[4])?,
+        open(ids[5])?,
+    ])?
+    .read()?;
+    Ok(raw.resolve(live).counts)
+}
+
+/// Who connected each connection of namespace `netns`, whose cookie is
+/// `cookie` where known, as the exporter `exporter` names them, for
+/// `inspect`.
+pub fn running_names(
+    exporter: &RunningExporter,
+    netns: u64,
+    cookie: Option<u64>,
+) -> Result<ConnectionNames, BpfError> {
+    let data = MapData::from_id(exporter.ids[MAP_NAMES.len()])
+        .map_err(|error| unavailable("open map", error))?;
+    let map: HashMap<MapData, NameKey, NameValue> =
+        HashMap::try_from(Map::LruHashMap(data)).map_err(|error| unavailable("maps", error))?;
+    let mut names = ConnectionNames::new();
+    for entry in map.iter() {
+        let (key, value) = entry.map_err(read_error)?;
+        let of_another = cookie.is_some_and(|cookie| key.cookie != 0 && key.cookie != cookie);
+        if let Some((of, connection, connector)) = name_from_entry(&key, &value)
+            && of == netns
+            && !of_another
+        {
+            names.insert(connection, connector);
+        }
+    }
+    Ok(names)
 }
 
 fn read_error(error: aya::maps::MapError) -> BpfError {
@@ -599,10 +863,11 @@ mod tests {
             pad: 0,
             remote_port: 8080,
             pad2: 0,
+            pad3: 0,
+            cookie: 1,
             local: [0; 16],
             remote: [0; 16],
             comm: [0; 16],
-            pad3: 0,
         };
         key.local[..local.len()].copy_from_slice(local);
         key.remote[..remote.len()].copy_from_slice(remote);
@@ -635,6 +900,8 @@ mod tests {
             pad2: 0,
             local: [0; 16],
             remote: [0; 16],
+            pad3: 0,
+            cookie: 3,
         };
         key.local[..4].copy_from_slice(&[10, 0, 0, 1]);
         key.remote[..4].copy_from_slice(&[10, 0, 0, 9]);
@@ -650,7 +917,7 @@ mod tests {
         );
         assert_eq!((connector.tgid, connector.label().as_str()), (42, "nginx"));
         assert!(connector.ipv4_mapped);
-        assert_eq!(name_key(netns, &connection, &connector), Some(key));
+        assert_eq!(name_key(netns, 3, &connection, &connector), Some(key));
 
         let mut v6 = key;
         v6.family = AF_INET6;
@@ -658,7 +925,7 @@ mod tests {
         v6.remote = std::net::Ipv6Addr::LOCALHOST.octets();
         let (_, connection, connector) = name_from_entry(&v6, &value).unwrap();
         assert_eq!(connection.remote.to_string(), "[::1]:443");
-        assert_eq!(name_key(netns, &connection, &connector), Some(v6));
+        assert_eq!(name_key(netns, 3, &connection, &connector), Some(v6));
         let mut unknown = key;
         unknown.family = 1;
         assert_eq!(name_from_entry(&unknown, &value), None);
@@ -674,10 +941,10 @@ mod tests {
 
     #[test]
     fn the_maps_layouts_are_the_c_ones() {
-        assert_eq!(std::mem::size_of::<FailureKey>(), 64);
+        assert_eq!(std::mem::size_of::<FailureKey>(), 72);
         assert_eq!(std::mem::size_of::<FailureValue>(), 16);
-        assert_eq!(std::mem::size_of::<TotalKey>(), 8);
-        assert_eq!(std::mem::size_of::<NameKey>(), 44);
+        assert_eq!(std::mem::size_of::<TotalKey>(), 16);
+        assert_eq!(std::mem::size_of::<NameKey>(), 56);
         assert_eq!(std::mem::size_of::<NameValue>(), 32);
     }
 
@@ -722,6 +989,64 @@ mod tests {
     }
 
     #[test]
+    fn a_namespace_on_a_reused_inode_reads_none_of_the_old_ones_counts() {
+        let of = |cookie: u64, count: u64| {
+            let mut key = key(AF_INET, &[127, 0, 0, 1], &[127, 0, 0, 2]);
+            key.netns = 7;
+            key.cookie = cookie;
+            (key, FailureValue { count, ..VALUE })
+        };
+        let total = |cookie: u64, kind: u8, count: u64| {
+            (
+                TotalKey {
+                    netns: 7,
+                    kind,
+                    protocol: IPPROTO_TCP,
+                    pad: 0,
+                    cookie,
+                },
+                count,
+            )
+        };
+        let raw = RawCounts {
+            // The old namespace (cookie 1) failed 50 times and had 90
+            // attempts; the new one (cookie 2) failed 3 times by destination
+            // and 4 more with no room.
+            totals: vec![
+                total(1, KIND_CONNECT_FAILED, 20),
+                total(1, KIND_CONNECT_ATTEMPT, 90),
+                total(2, KIND_CONNECT_FAILED, 4),
+                total(2, KIND_CONNECT_ATTEMPT, 9),
+            ],
+            failures: vec![of(1, 30), of(2, 3)],
+            connects: vec![of(1, 8)],
+            unrecorded: 24,
+            connects_unrecorded: 0,
+            attempts_unrecorded: 0,
+        };
+        let read = raw.resolve(&mut |netns| (netns == 7).then_some(2));
+        assert_eq!(read.stale, vec![(7, 1)]);
+        let counts = read.counts;
+        assert_eq!(counts.total(7, FailureKind::Connect, Protocol::Tcp), 7);
+        assert_eq!(counts.failures.len(), 1);
+        assert_eq!(counts.failures[0].count, 3);
+        assert_eq!(counts.connect_attempts(7), 9);
+        assert!(counts.connects.is_empty());
+        assert_eq!(counts.connect_totals.get(&(7, Protocol::Tcp)), None);
+
+        // Where the live cookie is not known, every entry of the inode is
+        // its; a cookie of 0 (no cookie in the kernel) is never stale.
+        let read = raw.resolve(&mut |_| None);
+        assert!(read.stale.is_empty());
+        assert_eq!(
+            read.counts.total(7, FailureKind::Connect, Protocol::Tcp),
+            57
+        );
+        let read = raw.resolve(&mut |_| Some(0));
+        assert!(read.stale.is_empty());
+    }
+
+    #[test]
     fn totals_split_failures_from_attempts() {
         let mut counts = PortFailureCounts::default();
         let total = |kind| TotalKey {
@@ -729,6 +1054,7 @@ mod tests {
             kind,
             protocol: IPPROTO_TCP,
             pad: 0,
+            cookie: 1,
         };
         total_from_entry(&total(KIND_CONNECT_FAILED), 3, &mut counts);
         total_from_entry(&total(KIND_CONNECT_ATTEMPT), 40, &mut counts);

@@ -23,15 +23,22 @@
 // its leader's comm (as the owners program names processes), not by the
 // calling thread's.
 //
-// Counts are kept per (namespace, kind, protocol) in `portstat_totals`, and
-// per (namespace, destination, comm) in `portstat_fails`. Neither map ever
-// loses an entry: a key that finds its map full is counted in
-// `portstat_lost`, so no failure goes uncounted. `portstat_totals` also
-// counts every move to SYN_SENT of a socket with no port yet (each a
-// `connect()` asking the range for one), which bounds how many ports
-// connects took between two samples. The names are the exporter's own, so
-// that `inspect` finds the running exporter's maps by name
-// (BPF_MAP_GET_NEXT_ID).
+// Failures are counted per (namespace, destination, comm) in
+// `portstat_fails`; one that finds it full is counted in `portstat_lost`
+// and per (namespace, kind, protocol) in `portstat_totals`, so that a
+// namespace's failures are the sum of the two, and a namespace that never
+// failed takes no entry in either. Neither map ever loses an entry: a key
+// that finds both full is counted in `portstat_lost` too. Every move to
+// SYN_SENT of a socket with no port yet (each a `connect()` asking the
+// range for one) is counted per namespace in `portstat_tries`, which bounds
+// how many ports connects took between two samples. The names are the
+// exporter's own, so that `inspect` finds the running exporter's maps by
+// name (BPF_MAP_GET_NEXT_ID).
+//
+// A namespace is keyed by its inode and its cookie (`net_cookie`, Linux
+// 5.14, never reused): the kernel hands a deleted namespace's inode to the
+// next one at once, and the cookie tells the two apart, so that a new
+// namespace inherits nothing of an old one's counts.
 //
 // Connects are counted too, and named. A `connect()` that asks the range for
 // a port moves its socket from CLOSE to SYN_SENT in the calling task: the
@@ -106,6 +113,7 @@
 // Not a count: 1 once a note went to `portstat_pend`, so that the connect
 // path looks there only after one has.
 #define NOTES_SPILLED 4
+#define UNRECORDED_ATTEMPT 5
 
 struct in6_addr {
 	__u8 s6_addr[16];
@@ -128,6 +136,7 @@ struct netns_ipv4 {
 struct net {
 	struct ns_common ns;
 	struct netns_ipv4 ipv4;
+	__u64 net_cookie;
 } __attribute__((preserve_access_index));
 
 struct local_ports___pair {
@@ -211,7 +220,7 @@ struct user_msghdr {
 	void *msg_name;
 } __attribute__((preserve_access_index));
 
-// The key layout `src/source/bpf/failures.rs` parses: 64 bytes, native byte
+// The key layout `src/source/bpf/failures.rs` parses: 72 bytes, native byte
 // order but for the addresses, which stay in network order.
 struct failure_key {
 	__u32 netns;
@@ -221,10 +230,11 @@ struct failure_key {
 	__u8 pad;
 	__u16 remote_port;
 	__u16 pad2;
+	__u32 pad3;
+	__u64 cookie;
 	__u8 local[16];
 	__u8 remote[16];
 	char comm[16];
-	__u32 pad3;
 };
 
 struct failure_value {
@@ -238,6 +248,7 @@ struct total_key {
 	__u8 kind;
 	__u8 protocol;
 	__u16 pad;
+	__u64 cookie;
 };
 
 struct {
@@ -254,13 +265,20 @@ struct {
 	__type(value, __u64);
 } portstat_totals SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct total_key);
+	__type(value, __u64);
+} portstat_tries SEC(".maps");
+
 // The process that asked for a port, by socket, until the port is taken.
 struct connector {
 	__u32 tgid;
 	char comm[16];
 };
 
-// The key layout `src/source/bpf/failures.rs` parses: 44 bytes, native
+// The key layout `src/source/bpf/failures.rs` parses: 56 bytes, native
 // byte order but for the addresses.
 struct name_key {
 	__u32 netns;
@@ -271,6 +289,8 @@ struct name_key {
 	__u16 pad2;
 	__u8 local[16];
 	__u8 remote[16];
+	__u32 pad3;
+	__u64 cookie;
 };
 
 struct name_value {
@@ -334,7 +354,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 5);
+	__uint(max_entries, 6);
 	__type(key, __u32);
 	__type(value, __u64);
 } portstat_lost SEC(".maps");
@@ -366,11 +386,13 @@ static __always_inline int add_to_total(void *map, struct total_key *key)
 	return 0;
 }
 
-static void add_total(__u32 netns, __u8 kind, __u8 protocol)
+// Counts a `connect()` of namespace `netns` asking the range for a port.
+static void add_attempt(__u32 netns, __u64 cookie)
 {
-	struct total_key key = {.netns = netns, .kind = kind, .protocol = protocol};
-	if (add_to_total(&portstat_totals, &key) != 0)
-		count_unrecorded(UNRECORDED_TOTAL);
+	struct total_key key = {.netns = netns, .kind = KIND_CONNECT_ATTEMPT,
+				.protocol = IPPROTO_TCP, .cookie = cookie};
+	if (add_to_total(&portstat_tries, &key) != 0)
+		count_unrecorded(UNRECORDED_ATTEMPT);
 }
 
 // Adds one call of process `tgid` to `key`'s count in `map`, a
@@ -391,10 +413,27 @@ static __always_inline int add_call(void *map, struct failure_key *key, __u32 tg
 	return 0;
 }
 
+// Counts a failure by destination and process, or, where that map is
+// full, as unrecorded and by namespace alone (a namespace's failures are
+// the sum of both).
 static void add_failure(struct failure_key *key)
 {
-	if (add_call(&portstat_fails, key, bpf_get_current_pid_tgid() >> 32) != 0)
-		count_unrecorded(UNRECORDED_FAILURE);
+	if (add_call(&portstat_fails, key, bpf_get_current_pid_tgid() >> 32) == 0)
+		return;
+	count_unrecorded(UNRECORDED_FAILURE);
+	struct total_key total = {.netns = key->netns, .kind = key->kind,
+				  .protocol = key->protocol, .cookie = key->cookie};
+	if (add_to_total(&portstat_totals, &total) != 0)
+		count_unrecorded(UNRECORDED_TOTAL);
+}
+
+// The namespace's cookie, which no other namespace ever had; 0 before
+// Linux 5.14, where `net_cookie` is not a plain number.
+static __always_inline __u64 cookie_of(struct net *net)
+{
+	if (bpf_core_field_exists(net->net_cookie))
+		return net->net_cookie;
+	return 0;
 }
 
 static int is_v4_mapped(const __u8 *address)
@@ -493,10 +532,12 @@ static int take_note(__u64 sk, struct connector *connector)
 // Counts a connect of `connector`'s process that took a port: by
 // destination and process, or, where that map is full, as unrecorded and
 // by namespace alone (a namespace's total is the sum of both).
-static void count_connect(struct sock *sk, __u32 netns, struct connector *connector)
+static void count_connect(struct sock *sk, __u32 netns, __u64 cookie,
+			  struct connector *connector)
 {
 	struct failure_key key = {};
 	key.netns = netns;
+	key.cookie = cookie;
 	key.kind = KIND_CONNECTED;
 	key.protocol = IPPROTO_TCP;
 	key.remote_port = __builtin_bswap16(sk->__sk_common.skc_dport);
@@ -505,7 +546,8 @@ static void count_connect(struct sock *sk, __u32 netns, struct connector *connec
 	if (add_call(&portstat_conns, &key, connector->tgid) == 0)
 		return;
 	count_unrecorded(UNRECORDED_CONNECT);
-	struct total_key total = {.netns = netns, .kind = KIND_CONNECTED, .protocol = IPPROTO_TCP};
+	struct total_key total = {.netns = netns, .kind = KIND_CONNECTED,
+				  .protocol = IPPROTO_TCP, .cookie = cookie};
 	add_to_total(&portstat_ctots, &total);
 }
 
@@ -528,10 +570,11 @@ static int in_range(struct net *net, __u16 port)
 // Names the connection of `sk`, which its process is closing, after that
 // process: the socket may outlive its descriptor (FIN_WAIT, TIME_WAIT,
 // LAST_ACK), and is then held by no process.
-static void name_connection(struct sock *sk, __u32 netns)
+static void name_connection(struct sock *sk, __u32 netns, __u64 cookie)
 {
 	struct name_key name = {};
 	name.netns = netns;
+	name.cookie = cookie;
 	name.family = read_addresses(sk, name.local, name.remote);
 	name.local_port = sk->__sk_common.skc_num;
 	name.remote_port = __builtin_bswap16(sk->__sk_common.skc_dport);
@@ -561,13 +604,15 @@ int count_port_failures(__u64 *ctx)
 		return 0;
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
-	__u32 netns = sk->__sk_common.skc_net.net->ns.inum;
+	struct net *net = sk->__sk_common.skc_net.net;
+	__u32 netns = net->ns.inum;
+	__u64 cookie = cookie_of(net);
 	if (closing) {
 		// Only a port of the range, and not one its socket was bound to
 		// by choice.
-		if (in_range(sk->__sk_common.skc_net.net, sk->__sk_common.skc_num) &&
+		if (in_range(net, sk->__sk_common.skc_num) &&
 		    !(BPF_CORE_READ_BITFIELD(sk, sk_userlocks) & SOCK_BINDPORT_LOCK))
-			name_connection(sk, netns);
+			name_connection(sk, netns, cookie);
 		return 0;
 	}
 	// The socket's address, as a number to hash (the verifier allows no
@@ -578,7 +623,7 @@ int count_port_failures(__u64 *ctx)
 		// Only a connect() whose socket has no port yet asks the range
 		// for one; a socket bound to its port before keeps it.
 		if (sk->__sk_common.skc_num == 0) {
-			add_total(netns, KIND_CONNECT_ATTEMPT, IPPROTO_TCP);
+			add_attempt(netns, cookie);
 			note_connector(id);
 		}
 		return 0;
@@ -589,7 +634,7 @@ int count_port_failures(__u64 *ctx)
 	int noted = take_note(id, &connector);
 	if (newstate == TCP_ESTABLISHED) {
 		if (noted)
-			count_connect(sk, netns, &connector);
+			count_connect(sk, netns, cookie, &connector);
 		return 0;
 	}
 	if (newstate != TCP_CLOSE)
@@ -598,15 +643,15 @@ int count_port_failures(__u64 *ctx)
 	// argument is typed as: read it, relocated, as kernel memory.
 	if (BPF_CORE_READ((struct tcp_sock *)sk, write_seq) != 0) {
 		if (noted)
-			count_connect(sk, netns, &connector);
+			count_connect(sk, netns, cookie, &connector);
 		return 0;
 	}
 	if (sk->__sk_common.skc_num != 0 || sk->sk_err != 0)
 		return 0;
 
-	add_total(netns, KIND_CONNECT_FAILED, IPPROTO_TCP);
 	struct failure_key key = {};
 	key.netns = netns;
+	key.cookie = cookie;
 	key.kind = KIND_CONNECT_FAILED;
 	key.protocol = IPPROTO_TCP;
 	key.remote_port = __builtin_bswap16(sk->__sk_common.skc_dport);
@@ -700,8 +745,10 @@ int count_autobind_failures(__u64 *ctx)
 	if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
 		return 0;
 	key.protocol = protocol;
-	key.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	add_total(key.netns, key.kind, key.protocol);
+	struct net *net = BPF_CORE_READ(sk, __sk_common.skc_net.net);
+	key.netns = BPF_CORE_READ(net, ns.inum);
+	if (bpf_core_field_exists(net->net_cookie))
+		key.cookie = BPF_CORE_READ(net, net_cookie);
 	struct task_struct *task = bpf_get_current_task_btf();
 	bpf_probe_read_kernel_str(key.comm, sizeof(key.comm), task->group_leader->comm);
 	add_failure(&key);

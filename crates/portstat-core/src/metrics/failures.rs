@@ -128,7 +128,8 @@ fn merged<'a>(failures: impl Iterator<Item = &'a PortFailure>) -> Vec<PortFailur
 /// and `counts` that the snapshot `before` did not allow for: toward a
 /// destination whose headroom in `before` was more than the connect
 /// attempts made since, each of which takes at most one port. Only where
-/// `before` claimed its headroom exact and the range is the one `now` has.
+/// `before` claimed its headroom exact, the range is the one `now` has, and
+/// every attempt since was counted.
 pub fn unpredicted(
     netns: u64,
     previous: &PortFailureCounts,
@@ -136,7 +137,11 @@ pub fn unpredicted(
     before: &Snapshot,
     now: &Snapshot,
 ) -> u64 {
-    if !before.headroom_exact() || before.range != now.range || before.capacity != now.capacity {
+    if !before.headroom_exact()
+        || before.range != now.range
+        || before.capacity != now.capacity
+        || !counts.attempts_counted_since(previous, netns)
+    {
         return 0;
     }
     let attempts = counts
@@ -376,7 +381,7 @@ pub fn render_counting(counting: &FailureCounting, unrecorded: u64, out: &mut Ve
     if matches!(counting, FailureCounting::Bpf { .. }) {
         let mut unrecorded_family = Family::new(
             "portstat_ephemeral_failures_unrecorded_total",
-            "Failures counted in the totals that the kernel's maps had no room to record by destination and process (or namespace), since the exporter started.",
+            "Failures the kernel's map had no room to record by destination and process, since the exporter started: counted in their namespace's total, and here.",
             &[],
         );
         unrecorded_family.counter(&[], unrecorded as f64);
@@ -510,6 +515,15 @@ mod tests {
         let mut moved = now.clone();
         moved.range.end += 1;
         assert_eq!(unpredicted(7, &previous, &after, &before, &moved), 0);
+        // Nor where attempts since found the kernel's map full and the
+        // namespace had no entry before: some of them went uncounted.
+        let mut uncounted = after.clone();
+        uncounted.attempts_unrecorded = 3;
+        let mut no_entry = previous.clone();
+        no_entry.attempts.clear();
+        assert_eq!(unpredicted(7, &no_entry, &uncounted, &before, &now), 0);
+        // An entry since before counts every attempt of its namespace.
+        assert_eq!(unpredicted(7, &previous, &uncounted, &before, &now), 1);
     }
 
     #[test]
