@@ -212,19 +212,19 @@ fn control_characters_in_a_process_name_reach_the_terminal_escaped() {
     assert!(report.contains("\\x1b]0;PWN"), "{report}");
 }
 
-/// With an exporter in the namespace and a newer one elsewhere on the
-/// host, `inspect` reads the one in its namespace (the newer one counts
-/// only since it started) and says which it read.
-#[test]
-fn inspect_reads_the_exporter_of_its_own_namespace_and_says_which() {
-    support::require_bpf();
-    let netns = Netns::new((40000, 40009), "");
-    let exporter = netns.start_exporter(&["--collector.interval", "300ms"]);
-    let loaded = r#"portstat_failures_source_info{source="bpf",reason="loaded"}"#;
+const LOADED: &str = r#"portstat_failures_source_info{source="bpf",reason="loaded"}"#;
+
+/// Fills the namespace's ten ports toward a listener on 127.0.0.1:8080,
+/// then makes three calls that fail, once the exporter counts failures;
+/// returns when it has counted them, with the sockets to hold.
+fn three_failures(
+    netns: &Netns,
+    exporter: &support::Exporter<'_>,
+) -> (TcpListener, Vec<TcpStream>) {
     exporter
-        .metrics_until(|metrics| metrics.get(loaded) == Some(1.0))
+        .metrics_until(|metrics| metrics.get(LOADED) == Some(1.0))
         .unwrap();
-    let _held = netns.run(|| {
+    let held = netns.run(|| {
         let server = TcpListener::bind("127.0.0.1:8080").unwrap();
         let streams: Vec<TcpStream> = (0..10)
             .map(|_| TcpStream::connect("127.0.0.1:8080").unwrap())
@@ -240,10 +240,22 @@ fn inspect_reads_the_exporter_of_its_own_namespace_and_says_which() {
             metrics.get(r#"portstat_ephemeral_connect_failures_total{protocol="tcp"}"#) == Some(3.0)
         })
         .unwrap();
+    held
+}
+
+/// With an exporter in the namespace and a newer one elsewhere on the
+/// host, `inspect` reads the one in its namespace (the newer one counts
+/// only since it started) and says which it read.
+#[test]
+fn inspect_reads_the_exporter_of_its_own_namespace_and_says_which() {
+    support::require_bpf();
+    let netns = Netns::new((40000, 40009), "");
+    let exporter = netns.start_exporter(&["--collector.interval", "300ms"]);
+    let _held = three_failures(&netns, &exporter);
     let elsewhere = Netns::new((40000, 40009), "");
     let newer = elsewhere.start_exporter(&["--collector.interval", "300ms"]);
     newer
-        .metrics_until(|metrics| metrics.get(loaded) == Some(1.0))
+        .metrics_until(|metrics| metrics.get(LOADED) == Some(1.0))
         .unwrap();
 
     let output = netns
@@ -273,22 +285,7 @@ fn the_failures_the_running_exporter_counted_are_listed() {
     support::require_bpf();
     let netns = Netns::new((40000, 40009), "");
     let exporter = netns.start_exporter(&["--collector.interval", "300ms"]);
-    let _held = netns.run(|| {
-        let server = TcpListener::bind("127.0.0.1:8080").unwrap();
-        let streams: Vec<TcpStream> = (0..10)
-            .map(|_| TcpStream::connect("127.0.0.1:8080").unwrap())
-            .collect();
-        for _ in 0..3 {
-            let error = TcpStream::connect("127.0.0.1:8080").unwrap_err();
-            assert_eq!(error.kind(), std::io::ErrorKind::AddrNotAvailable);
-        }
-        (server, streams)
-    });
-    exporter
-        .metrics_until(|metrics| {
-            metrics.get(r#"portstat_ephemeral_connect_failures_total{protocol="tcp"}"#) == Some(3.0)
-        })
-        .unwrap();
+    let _held = three_failures(&netns, &exporter);
 
     let text = netns.inspect(&[]);
     assert!(

@@ -778,19 +778,22 @@ mod tests {
     fn time_wait_age_before_6_13_and_across_the_clock_wrap() {
         // No entry stamp: seconds since the last timestamp; none means none
         // were used.
-        let old = record(
-            2,
-            6,
-            HAS_BUCKET,
-            -1,
-            (&[1, 2, 3, 4], 40001),
-            (&[5, 6, 7, 8], 80),
-            (0, 98),
-            0,
-        );
-        let mut sockets = Vec::new();
-        parse_records(&old, 100_400, &mut sockets).unwrap();
-        let detail = sockets[0].time_wait.unwrap();
+        let at = |stamp: u32, now_ms: u64| {
+            let record = record(
+                2,
+                6,
+                HAS_BUCKET,
+                -1,
+                (&[1, 2, 3, 4], 40001),
+                (&[5, 6, 7, 8], 80),
+                (0, stamp),
+                0,
+            );
+            let mut sockets = Vec::new();
+            parse_records(&record, now_ms, &mut sockets).unwrap();
+            sockets.remove(0)
+        };
+        let detail = at(98, 100_400).time_wait.unwrap();
         // Two seconds after the stamp's, to the end of the stamp's.
         assert_eq!(detail.age_ms, 2999);
         // The kernel reuses once the second has changed since the stamp,
@@ -800,46 +803,22 @@ mod tests {
             ..portstat_core::model::TimeWaitReuse::default()
         };
         for (stamp, reusable) in [(99, true), (100, false)] {
-            let record = record(
-                2,
-                6,
-                HAS_BUCKET,
-                -1,
-                (&[1, 2, 3, 4], 40001),
-                (&[5, 6, 7, 8], 80),
-                (0, stamp),
-                0,
-            );
-            sockets.clear();
-            parse_records(&record, 100_400, &mut sockets).unwrap();
             assert_eq!(
-                portstat_core::rules::tcp_twsk_unique(&sockets[0], &reuse),
+                portstat_core::rules::tcp_twsk_unique(&at(stamp, 100_400), &reuse),
                 reusable,
                 "stamp {stamp}, now 100.4 s"
             );
         }
         // A stamp 30 days old is the oldest age the milliseconds hold, and
         // reusable; one a second ahead of `now` is age 0, and not.
-        let now_ms = 3_000_000_400;
         for (stamp, age, reusable) in [
             (3_000_000 - 30 * 86_400, i32::MAX as u32, true),
             (3_000_001, 0, false),
         ] {
-            let record = record(
-                2,
-                6,
-                HAS_BUCKET,
-                -1,
-                (&[1, 2, 3, 4], 40001),
-                (&[5, 6, 7, 8], 80),
-                (0, stamp),
-                0,
-            );
-            sockets.clear();
-            parse_records(&record, now_ms, &mut sockets).unwrap();
-            assert_eq!(sockets[0].time_wait.unwrap().age_ms, age, "stamp {stamp}");
+            let socket = at(stamp, 3_000_000_400);
+            assert_eq!(socket.time_wait.unwrap().age_ms, age, "stamp {stamp}");
             assert_eq!(
-                portstat_core::rules::tcp_twsk_unique(&sockets[0], &reuse),
+                portstat_core::rules::tcp_twsk_unique(&socket, &reuse),
                 reusable,
                 "stamp {stamp}"
             );
@@ -856,7 +835,7 @@ mod tests {
             (u32::MAX - 999, 0),
             0,
         );
-        sockets.clear();
+        let mut sockets = Vec::new();
         parse_records(&wrapped, 1u64 << 32, &mut sockets).unwrap();
         let detail = sockets[0].time_wait.unwrap();
         assert_eq!(detail.age_ms, 1000);

@@ -749,6 +749,32 @@ pub fn own_comm() -> String {
         .to_string()
 }
 
+/// A seccomp filter's statement: `code` with operand `k`.
+fn statement(code: u16, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+/// A seccomp filter's jump: past `jt` statements when the accumulator is
+/// `k`, past `jf` when not.
+fn jump(k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    }
+}
+
+/// A filter statement that loads a word of `struct seccomp_data`.
+const FILTER_LOAD: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+/// A filter statement that returns a verdict.
+const FILTER_RETURN: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+
 /// Installs a seccomp filter in `command`'s process that fails the system
 /// call `number` with `errno`; with `first_argument`, only calls whose first
 /// argument is that value.
@@ -758,20 +784,7 @@ pub fn refuse_syscall(
     first_argument: Option<u32>,
     errno: i32,
 ) {
-    let statement = |code: u16, k: u32| libc::sock_filter {
-        code,
-        jt: 0,
-        jf: 0,
-        k,
-    };
-    let jump = |k: u32, jt: u8, jf: u8| libc::sock_filter {
-        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
-        jt,
-        jf,
-        k,
-    };
-    let load = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    let (load, ret) = (FILTER_LOAD, FILTER_RETURN);
     let allow = statement(ret, libc::SECCOMP_RET_ALLOW);
     let refuse = statement(ret, libc::SECCOMP_RET_ERRNO | errno as u32);
     // struct seccomp_data: nr at 0, arch at 4, args at 16.
@@ -822,20 +835,7 @@ const HELD_CALLS_FD: i32 = 900;
 /// point in the process's start, whatever the machine's load. Take the
 /// calls with `HeldCalls::of` once it is spawned.
 pub fn hold_syscall(command: &mut Command, number: libc::c_long) {
-    let statement = |code: u16, k: u32| libc::sock_filter {
-        code,
-        jt: 0,
-        jf: 0,
-        k,
-    };
-    let jump = |k: u32, jt: u8, jf: u8| libc::sock_filter {
-        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
-        jt,
-        jf,
-        k,
-    };
-    let load = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    let (load, ret) = (FILTER_LOAD, FILTER_RETURN);
     let program = [
         statement(load, 4),
         jump(0xc000_003e, 1, 0), // AUDIT_ARCH_X86_64
