@@ -293,25 +293,17 @@ fn read_cost() {
             .map(|index| TcpStream::connect(("127.0.0.1", 20000 + index)).unwrap())
             .collect()
     });
+    let entries = || {
+        let counts = counter.read().unwrap().resolve(&mut |_| None).counts;
+        counts.failures.len()
+    };
     fail(20000, 10);
-    let entries = counter
-        .read()
-        .unwrap()
-        .resolve(&mut |_| None)
-        .counts
-        .failures
-        .len();
-    println!("  10 failures, {entries} entry: {:.1} µs", time_reads());
+    let recorded = entries();
+    println!("  10 failures, {recorded} entry: {:.1} µs", time_reads());
     fail(20000, 99_990);
-    let entries = counter
-        .read()
-        .unwrap()
-        .resolve(&mut |_| None)
-        .counts
-        .failures
-        .len();
+    let recorded = entries();
     println!(
-        "  100,000 failures, {entries} entry: {:.1} µs",
+        "  100,000 failures, {recorded} entry: {:.1} µs",
         time_reads()
     );
     for port in 20001..21000 {
