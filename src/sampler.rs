@@ -336,9 +336,10 @@ impl Sampler {
 
     /// Removes from the kernel's map the names of connections no socket of
     /// a sample that succeeded matched (`unseen`), and those of namespaces
-    /// not read (`unread`): no socket is left to name with them, and the
-    /// room goes to new connections, so that the map evicts a name only
-    /// when the connections still there outgrow it.
+    /// not read (`unread`), where the sample that succeeded before missed
+    /// them too: no socket is left to name with them, and the room goes to
+    /// new connections, so that the map evicts a name only when the
+    /// connections still there outgrow it.
     fn prune_connection_names(
         &mut self,
         mut unseen: Vec<(u64, Connection, Connector)>,

@@ -100,6 +100,33 @@ fn destination(labels: &str, port: u16) -> String {
     )
 }
 
+/// The lines of `metrics` that tell how far naming and counting got in the
+/// namespace whose series start with `labels`, and how the exporter fared.
+fn relevant_lines(metrics: &Metrics, labels: &str) -> String {
+    metrics
+        .text
+        .lines()
+        .filter(|line| {
+            let figure = line.contains(labels)
+                && (line.contains("process_ports_used")
+                    || line.contains("connects_total")
+                    || line.contains("connect_failures_total")
+                    || line.contains("_sockets{"))
+                && !line.ends_with(" 0");
+            let health = [
+                "portstat_collector_success",
+                "portstat_sample_success",
+                "portstat_ephemeral_connection_names_evicted_total",
+                "portstat_ephemeral_connects_unrecorded_total",
+            ]
+            .iter()
+            .any(|name| line.starts_with(name));
+            figure || health
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Runs the two clients in `netns`, toward 127.0.0.1 on `ports`, with
 /// `args` for an exporter started in `home` before them, and checks its
 /// figures, whose series start with `labels`.
@@ -155,9 +182,25 @@ fn two_churning_clients_are_named<'a>(
             && metrics.get(&process(labels, "none")).unwrap_or(0.0) == 0.0
             && metrics.get(&destination(labels, ports[1])) == Some(PORTS as f64)
     };
+    // The sockets go after 60 s, and their names with them: a failure
+    // says what the figures were on the way, each change once.
+    let seen = std::cell::RefCell::new(Vec::<String>::new());
     let metrics = exporter
-        .metrics_until(done)
-        .expect("both processes named with their ports");
+        .metrics_until(|metrics| {
+            let figures = relevant_lines(metrics, labels);
+            let mut seen = seen.borrow_mut();
+            if seen.last() != Some(&figures) {
+                seen.push(figures);
+            }
+            done(metrics)
+        })
+        .unwrap_or_else(|timed_out| {
+            panic!(
+                "both processes named with their ports within {:?}; the figures on the way:\n{}",
+                timed_out.waited,
+                seen.borrow().join("\n--\n")
+            )
+        });
     assert!(done(&metrics), "{}", metrics.text);
     // Every port is in TIME_WAIT, named after the process that connected it.
     assert_eq!(

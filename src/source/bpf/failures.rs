@@ -15,7 +15,7 @@
 //! (`failure_from_entry`, `total_from_entry`); only `PortFailureCounter`
 //! touches the kernel.
 
-use std::collections::HashMap as StdHashMap;
+use std::collections::{HashMap as StdHashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use aya::maps::{Array, HashMap, Map, MapData};
@@ -127,7 +127,7 @@ unsafe impl aya::Pod for TotalKey {}
 /// `struct name_key` in the C source: a connection, 56 bytes, native byte
 /// order but for the addresses.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct NameKey {
     /// The network namespace's inode.
     pub netns: u32,
@@ -484,6 +484,8 @@ struct NameMap {
     /// The cookies of the names last read, by inode: one but where the
     /// live namespace's cookie was not known.
     cookies: StdHashMap<u64, Vec<u64>>,
+    /// The names whose connection the last sample did not find.
+    missed: HashSet<NameKey>,
 }
 
 /// What the map of names held at one sample.
@@ -567,6 +569,7 @@ impl PortFailureCounter {
                 pruned: 0,
                 evicted: 0,
                 cookies: StdHashMap::new(),
+                missed: HashSet::new(),
             },
         })
     }
@@ -650,21 +653,46 @@ impl PortFailureCounter {
         self.names.evicted
     }
 
-    /// Removes the names of connections that are gone, by namespace.
+    /// Removes the names of connections that are gone (`gone`, by
+    /// namespace) and were already at the sample before: a walk without
+    /// locks (the one walk of the host's tables) can miss a socket that
+    /// moves in its chain meanwhile, as one turning TIME_WAIT does, and a
+    /// name removed for that would leave the socket `none` for its 60 s.
     pub fn prune(&mut self, gone: &[(u64, Connection, Connector)]) {
-        for (netns, connection, connector) in gone {
-            let Some(cookies) = self.names.cookies.get(netns) else {
-                continue;
-            };
-            for &cookie in cookies {
-                if let Some(key) = name_key(*netns, cookie, connection, connector)
-                    && self.names.map.remove(&key).is_ok()
-                {
-                    self.names.pruned += 1;
-                }
+        let keys = gone.iter().flat_map(|(netns, connection, connector)| {
+            self.names
+                .cookies
+                .get(netns)
+                .into_iter()
+                .flatten()
+                .filter_map(|&cookie| name_key(*netns, cookie, connection, connector))
+        });
+        let (due, missed) = missed_twice(&self.names.missed, keys);
+        self.names.missed = missed;
+        for key in &due {
+            if self.names.map.remove(key).is_ok() {
+                self.names.pruned += 1;
             }
         }
     }
+}
+
+/// Of the names a sample missed (`now`), those the sample before missed
+/// too (`before`), to remove; and the others, to weigh at the next sample.
+fn missed_twice<K: std::hash::Hash + Eq>(
+    before: &HashSet<K>,
+    now: impl Iterator<Item = K>,
+) -> (Vec<K>, HashSet<K>) {
+    let mut due = Vec::new();
+    let mut missed = HashSet::new();
+    for key in now {
+        if before.contains(&key) {
+            due.push(key);
+        } else {
+            missed.insert(key);
+        }
+    }
+    (due, missed)
 }
 
 /// Removes the keys of `map` that `remove` picks.
@@ -853,6 +881,19 @@ fn read_error(error: aya::maps::MapError) -> BpfError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_is_removed_only_when_two_samples_in_a_row_missed_it() {
+        // Sample 1 misses a and b; sample 2 misses b and c (a was seen);
+        // sample 3 misses a and c.
+        let (due, missed) = missed_twice(&HashSet::new(), ["a", "b"].into_iter());
+        assert!(due.is_empty());
+        let (due, missed) = missed_twice(&missed, ["b", "c"].into_iter());
+        assert_eq!(due, vec!["b"]);
+        let (due, missed) = missed_twice(&missed, ["a", "c"].into_iter());
+        assert_eq!(due, vec!["c"]);
+        assert_eq!(missed, HashSet::from(["a"]));
+    }
 
     fn key(family: u8, local: &[u8], remote: &[u8]) -> FailureKey {
         let mut key = FailureKey {

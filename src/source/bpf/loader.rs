@@ -380,6 +380,20 @@ const LOG_LENGTH: usize = 64 * 1024;
 /// `BPF_LOG_STATS`: the verifier's statistics, and its reason for a refusal.
 const LOG_STATISTICS: u32 = 4;
 
+/// The name the kernel shows for a program (`bpftool prog show`): its
+/// first 15 bytes, the letters, digits, `_` and `.` the kernel takes.
+fn program_name(name: &str) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    for (byte, &from) in bytes[..15].iter_mut().zip(
+        name.as_bytes()
+            .iter()
+            .filter(|byte| byte.is_ascii_alphanumeric() || **byte == b'_' || **byte == b'.'),
+    ) {
+        *byte = from;
+    }
+    bytes
+}
+
 /// `BPF_PROG_LOAD` of a tracing program of the given attach type, once,
 /// with the verifier's statistics asked for: a refusal's reason is in the
 /// same log, so a program the verifier spends seconds on is not verified
@@ -396,6 +410,7 @@ fn load_program(program: &ProgramToLoad<'_>) -> Result<(OwnedFd, VerifierCost), 
         log_level: LOG_STATISTICS,
         log_buf: log.as_mut_ptr() as u64,
         log_size: log.len() as u32,
+        prog_name: program_name(program.name),
         ..ProgLoad::default()
     };
     if let Some(btf) = program.btf {

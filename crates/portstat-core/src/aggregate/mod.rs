@@ -13,7 +13,7 @@ pub mod processes;
 
 pub use crate::model::OwnerLookup;
 use crate::model::{
-    Connection, ConnectionNames, ConntrackCounters, INODE_NOT_READ, NamespaceFailures,
+    Connection, ConnectionNames, Connector, ConntrackCounters, INODE_NOT_READ, NamespaceFailures,
     NamespaceIdentity, NamespaceSample, NatEntry, NatSink, OwnedSocket, PortList, PortRange,
     PortSet, Protocol, ReadReport, ReservedPorts, SocketOwners, SocketRecord, SocketSink,
     SocketState, SourceKind, TcpState, TimeWaitReuse, UdpState, comm_label, process_label,
@@ -206,7 +206,7 @@ pub fn aggregate(sample: &NamespaceSample, limits: &Limits) -> Snapshot {
 /// list per destination, the listening sockets, and, while processes are
 /// counted, 16 bytes per socket on a port of the range that a file holds,
 /// until its owner is known; and the names of the connections the kernel
-/// recorded, at most its map's size, less each one as its socket is seen.
+/// recorded, at most its map's size.
 pub struct Aggregator {
     range: PortRange,
     reserved: ReservedPorts,
@@ -226,6 +226,9 @@ pub struct Aggregator {
     nat_shown: Option<Option<ConntrackCounters>>,
     /// Who connected the connections not seen yet (`name_connections`).
     names: ConnectionNames,
+    /// Those of `names` that a TCP socket matched: back to `names` when
+    /// the source reads TCP again (`restart`).
+    matched: ConnectionNames,
     /// Who connected the kept sockets that no process holds.
     kept_names: ConnectionNames,
 }
@@ -430,6 +433,7 @@ impl Aggregator {
             nat: None,
             nat_shown: None,
             names: ConnectionNames::new(),
+            matched: ConnectionNames::new(),
             kept_names: ConnectionNames::new(),
         }
     }
@@ -918,14 +922,7 @@ impl SocketSink for Aggregator {
             tally.exclusive[reason as usize].insert(port);
         }
         let bind_first = reason == Some(ExclusiveReason::BindBeforeConnect);
-        // Each connection is looked for once, so that the names left at the
-        // end are those of connections gone.
-        let connector = match socket.state {
-            SocketState::Tcp(_) if !self.names.is_empty() => self
-                .names
-                .remove(&Connection::between(socket.local, socket.remote)),
-            _ => None,
-        };
+        let connector = take_name(&mut self.names, &mut self.matched, socket);
         if let (true, 0, Some(connector)) = (keep, socket.inode, connector) {
             self.kept_names
                 .insert(Connection::between(socket.local, socket.remote), connector);
@@ -983,7 +980,29 @@ impl SocketSink for Aggregator {
 
     fn restart(&mut self, protocol: Protocol) {
         self.tallies[protocol.index()] = ProtocolTally::default();
+        // The sockets read again find their names again.
+        if protocol == Protocol::Tcp {
+            self.names.extend(self.matched.drain());
+            self.kept_names.clear();
+        }
     }
+}
+
+/// Who closed the connection of `socket`, where `names` has it: taken out
+/// into `matched`, so that each connection is looked for once, and the
+/// names left at the end are those of connections gone.
+fn take_name(
+    names: &mut ConnectionNames,
+    matched: &mut ConnectionNames,
+    socket: &SocketRecord,
+) -> Option<Connector> {
+    if !matches!(socket.state, SocketState::Tcp(_)) || names.is_empty() {
+        return None;
+    }
+    let connection = Connection::between(socket.local, socket.remote);
+    let connector = names.remove(&connection)?;
+    matched.insert(connection, connector);
+    Some(connector)
 }
 
 /// The interface of a socket bound to a link-local IPv6 address, by name
@@ -1252,6 +1271,52 @@ mod tests {
                 ("worker".to_string(), 1, vec![12]),
             ]
         );
+    }
+
+    #[test]
+    fn sockets_read_again_after_a_restart_keep_their_names() {
+        let connection = Connection::between(
+            "127.0.0.1:40000".parse().unwrap(),
+            "127.0.0.1:80".parse().unwrap(),
+        );
+        let mut names = ConnectionNames::new();
+        names.insert(
+            connection,
+            crate::model::Connector {
+                tgid: 10,
+                comm: *b"nginx\0\0\0\0\0\0\0\0\0\0\0",
+                ipv4_mapped: false,
+            },
+        );
+        let socket = time_wait("127.0.0.1:40000", "127.0.0.1:80", 5000, true, 0);
+        let mut aggregator = Aggregator::new(
+            PortRange {
+                start: 40000,
+                end: 40099,
+            },
+            ReservedPorts::default(),
+            TimeWaitReuse::default(),
+            Limits::default(),
+        );
+        aggregator.keep_sockets_on(40000);
+        aggregator.name_connections(names);
+        // A walk that reads the socket, then is found incomplete: the
+        // namespace's TCP sockets are read again.
+        aggregator.add(&socket);
+        aggregator.restart(Protocol::Tcp);
+        aggregator.add(&socket);
+        assert_eq!(aggregator.kept_connection_names().len(), 1);
+        assert!(aggregator.unseen_connections().is_empty());
+        let snapshot = aggregator.finish(
+            &SocketOwners::default(),
+            &ReadReport::complete([SourceKind::Bpf; 2]),
+        );
+        let processes: Vec<(String, u32)> = snapshot
+            .processes
+            .iter()
+            .map(|usage| (usage.process.clone(), usage.ports_used))
+            .collect();
+        assert_eq!(processes, vec![("nginx".to_string(), 1)]);
     }
 
     #[test]
