@@ -3,11 +3,14 @@
 //! against without, and what reading the counts costs as failures pile up.
 //!
 //! Run as root: `cargo bench --bench failure_cost`, or
-//! `cargo bench --bench failure_cost -- --connects 20000 --rounds 7`.
+//! `cargo bench --bench failure_cost -- --pairs 600 --block 1000 --connects 20000 --rounds 11`.
 //!
 //! In a namespace of its own, a thread accepts and drops connections to
 //! 127.0.0.1:8080 (a queue of 4,096) while the loop connects, and closes each connection with
-//! a reset (SO_LINGER 0), so that no TIME_WAIT fills the range. Rounds
+//! a reset (SO_LINGER 0), so that no TIME_WAIT fills the range. First, in
+//! `--pairs` pairs of blocks of `--block` connects, the TCP program's link
+//! is attached in one block of each pair and not in the other, with a run
+//! where it is attached in neither as the control. Then rounds
 //! alternate: without the programs, with the TCP program (the default),
 //! and with `--collector.failures.autobind`'s program at the exit of every
 //! system call too; the median time per connect+close of each is printed,
@@ -33,6 +36,8 @@ const NAMES: u32 = names_capacity(28232);
 fn main() {
     let mut connects = 20_000usize;
     let mut rounds = 7usize;
+    let mut pairs = 300usize;
+    let mut block = 1_000usize;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -48,11 +53,14 @@ fn main() {
                     .and_then(|v| v.parse().ok())
                     .expect("--rounds N")
             }
+            "--pairs" => pairs = args.next().and_then(|v| v.parse().ok()).expect("--pairs N"),
+            "--block" => block = args.next().and_then(|v| v.parse().ok()).expect("--block N"),
             // cargo bench passes --bench.
             _ => {}
         }
     }
     support::require_root();
+    interleaved_cost(pairs, block);
     loop_cost(connects, rounds);
     syscall_cost(rounds);
     read_cost();
@@ -180,19 +188,7 @@ fn loop_cost(connects: usize, rounds: usize) {
 fn program_time(connects: usize, connect: impl Fn()) -> f64 {
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF statistics");
     let _counter = PortFailureCounter::load(false, NAMES).expect("the TCP program loads");
-    let program = aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .find(|info| {
-            info.map_ids().ok().flatten().is_some_and(|ids| {
-                ids.iter().any(|&id| {
-                    aya::maps::MapInfo::from_id(id)
-                        .is_ok_and(|map| map.name_as_str() == Some("portstat_notes"))
-                })
-            })
-        })
-        .expect("the TCP program is loaded")
-        .fd()
-        .expect("the program's descriptor");
+    let program = tcp_program();
     let run_time = || {
         use std::os::fd::{AsFd, AsRawFd};
         // SAFETY: `bpf_prog_info` is integers only, for which zero is a value.
@@ -224,6 +220,127 @@ fn program_time(connects: usize, connect: impl Fn()) -> f64 {
         connect();
     }
     (run_time() - before) as f64 / connects as f64
+}
+
+/// A descriptor of the failure counter's TCP program, the newest loaded:
+/// the kernel keeps the first 15 bytes of its name.
+fn tcp_program() -> aya::programs::ProgramFd {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|info| info.name_as_str() == Some("count_port_fail"))
+        .max_by_key(|info| info.id())
+        .expect("the TCP program is loaded")
+        .fd()
+        .expect("the program's descriptor")
+}
+
+/// Attaches `program`, a `tp_btf` program, at its tracepoint until the
+/// returned link is closed (`BPF_RAW_TRACEPOINT_OPEN`, no name).
+fn attach(program: &aya::programs::ProgramFd) -> std::os::fd::OwnedFd {
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd};
+    // `union bpf_attr`'s raw_tracepoint: the name (none), the program.
+    let mut attr = [0u64; 2];
+    attr[1] = u64::from(program.as_fd().as_raw_fd() as u32);
+    // SAFETY: BPF_RAW_TRACEPOINT_OPEN reads the 16 bytes of `attr`.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            aya_obj::generated::bpf_cmd::BPF_RAW_TRACEPOINT_OPEN as libc::c_long,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_RAW_TRACEPOINT_OPEN: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a new descriptor, ours alone.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// The cost of the default TCP program measured in short blocks of
+/// `block` connect()+close() with a reset, the program attached in one
+/// block of each pair and not in the other, in the order
+/// off-on, on-off, … (so that a steady drift cancels out), over `pairs`
+/// pairs: the machine's speed drifts by tens of per cent over seconds, far
+/// less over a pair's tens of milliseconds. The program and its maps are
+/// loaded once, and attaching and detaching its link is all that changes
+/// between blocks. The same run with both blocks of each pair detached
+/// gives what the method reads where there is nothing to find.
+fn interleaved_cost(pairs: usize, block: usize) {
+    let netns = Netns::new((10000, 60999), "");
+    let server = acceptor_on(&netns, 8081);
+    // The counter's own link goes with it; the program, and the maps it
+    // uses, stay while this descriptor is open.
+    let program = {
+        let _counter = PortFailureCounter::load(false, NAMES).expect("the TCP program loads");
+        tcp_program()
+    };
+    let run = || -> f64 {
+        netns.run(|| {
+            let started = Instant::now();
+            for _ in 0..block {
+                connect_and_reset(server);
+            }
+            started.elapsed().as_secs_f64() * 1e6 / block as f64
+        })
+    };
+    run();
+    // Each pair's ratio, as a logarithm: the time with the program (or,
+    // for the null run, that of the block in its place) over the time
+    // without. Logarithms weigh a pair 10 % slower and one 10 % faster
+    // alike, where a mean of ratios would lean up.
+    let measure = |with_program: bool| -> Vec<f64> {
+        (0..pairs)
+            .map(|pair| {
+                let mut times = [0.0; 2];
+                for step in 0..2 {
+                    let on = (pair + step) % 2 == 1;
+                    let _link = (on && with_program).then(|| attach(&program));
+                    times[usize::from(on)] = run();
+                }
+                (times[1] / times[0]).ln()
+            })
+            .collect()
+    };
+    let with = measure(true);
+    let null = measure(false);
+    println!(
+        "connect()+close() on loopback with a reset, {pairs} pairs of blocks of {block}, \
+         the TCP program attached in one block of each pair:"
+    );
+    println!(
+        "  {:<44} {:>9} {:>14} {:>22}",
+        "", "median", "geometric mean", "95 % interval of it"
+    );
+    let percent = |log: f64| (log.exp() - 1.0) * 100.0;
+    for (name, ratios) in [
+        ("TCP program vs none", with),
+        ("none vs none (the method's own reading)", null),
+    ] {
+        let (median, mean, half) = summary(&ratios);
+        println!(
+            "  {name:<44} {:>+8.2} % {:>+13.2} % {:>+9.2} % to {:>+6.2} %",
+            percent(median),
+            percent(mean),
+            percent(mean - half),
+            percent(mean + half),
+        );
+    }
+}
+
+/// The median and mean of `values`, and the half-width of the mean's 95 %
+/// interval (normal approximation, 1.96 standard errors).
+fn summary(values: &[f64]) -> (f64, f64, f64) {
+    let count = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / count;
+    let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (count - 1.0);
+    (
+        median(values.to_vec()),
+        mean,
+        1.96 * (variance / count).sqrt(),
+    )
 }
 
 /// What runs beside the measured work, in the order of `alternate`'s times.
