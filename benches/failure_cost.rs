@@ -119,20 +119,24 @@ fn connect_and_reset(server: SocketAddr) {
         .unwrap();
 }
 
+/// The mean time of `count` connect+close with a reset to `server` inside
+/// `netns`, in microseconds.
+fn resets(netns: &Netns, server: SocketAddr, count: usize) -> f64 {
+    netns.run(|| {
+        let started = Instant::now();
+        for _ in 0..count {
+            connect_and_reset(server);
+        }
+        started.elapsed().as_secs_f64() * 1e6 / count as f64
+    })
+}
+
 /// The median time per connect+close, in microseconds, with no program,
 /// with the TCP program, and with both.
 fn loop_cost(connects: usize, rounds: usize) {
     let netns = Netns::new((10000, 60999), "");
     let server = acceptor(&netns);
-    let run = || -> f64 {
-        netns.run(|| {
-            let started = Instant::now();
-            for _ in 0..connects {
-                connect_and_reset(server);
-            }
-            started.elapsed().as_secs_f64() * 1e6 / connects as f64
-        })
-    };
+    let run = || resets(&netns, server, connects);
     let times = alternate(rounds, run);
     let medians = times.clone().map(median);
     // Rounds run one after the other, so each with-program round is also
@@ -199,20 +203,12 @@ fn program_time(connects: usize, connect: impl Fn()) -> f64 {
         attr[1] = std::ptr::addr_of_mut!(info) as u64;
         // SAFETY: BPF_OBJ_GET_INFO_BY_FD writes at most `info_len` bytes to
         // `info`, a `bpf_prog_info` that outlives the call.
-        let result = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                aya_obj::generated::bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
-                attr.as_mut_ptr(),
-                std::mem::size_of_val(&attr),
+        unsafe {
+            bpf(
+                aya_obj::generated::bpf_cmd::BPF_OBJ_GET_INFO_BY_FD,
+                &mut attr,
             )
         };
-        assert_eq!(
-            result,
-            0,
-            "BPF_OBJ_GET_INFO_BY_FD: {}",
-            std::io::Error::last_os_error()
-        );
         info.run_time_ns
     };
     let before = run_time();
@@ -243,20 +239,37 @@ fn attach(program: &aya::programs::ProgramFd) -> std::os::fd::OwnedFd {
     attr[1] = u64::from(program.as_fd().as_raw_fd() as u32);
     // SAFETY: BPF_RAW_TRACEPOINT_OPEN reads the 16 bytes of `attr`.
     let fd = unsafe {
+        bpf(
+            aya_obj::generated::bpf_cmd::BPF_RAW_TRACEPOINT_OPEN,
+            &mut attr,
+        )
+    };
+    // SAFETY: a new descriptor, ours alone.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// `bpf(command, attr)`: its result, which must not be an error.
+///
+/// # Safety
+///
+/// `attr` must be what `command` reads, and what it points to must
+/// outlive the call.
+unsafe fn bpf<const N: usize>(command: aya_obj::generated::bpf_cmd, attr: &mut [u64; N]) -> i64 {
+    // SAFETY: as the caller promises.
+    let result = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            aya_obj::generated::bpf_cmd::BPF_RAW_TRACEPOINT_OPEN as libc::c_long,
+            command as libc::c_long,
             attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
+            std::mem::size_of_val(attr),
         )
     };
     assert!(
-        fd >= 0,
-        "BPF_RAW_TRACEPOINT_OPEN: {}",
+        result >= 0,
+        "bpf({command:?}): {}",
         std::io::Error::last_os_error()
     );
-    // SAFETY: a new descriptor, ours alone.
-    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
+    result
 }
 
 /// The cost of the default TCP program measured in short blocks of
@@ -277,15 +290,7 @@ fn interleaved_cost(pairs: usize, block: usize) {
         let _counter = PortFailureCounter::load(false, NAMES).expect("the TCP program loads");
         tcp_program()
     };
-    let run = || -> f64 {
-        netns.run(|| {
-            let started = Instant::now();
-            for _ in 0..block {
-                connect_and_reset(server);
-            }
-            started.elapsed().as_secs_f64() * 1e6 / block as f64
-        })
-    };
+    let run = || resets(&netns, server, block);
     run();
     // Each pair's ratio, as a logarithm: the time with the program (or,
     // for the null run, that of the block in its place) over the time

@@ -1175,6 +1175,19 @@ mod tests {
         );
     }
 
+    /// An aggregator of the range 40000-40099, with the defaults.
+    fn aggregator_of_40000_to_40099() -> Aggregator {
+        Aggregator::new(
+            PortRange {
+                start: 40000,
+                end: 40099,
+            },
+            ReservedPorts::default(),
+            TimeWaitReuse::default(),
+            Limits::default(),
+        )
+    }
+
     #[test]
     fn time_wait_is_named_after_the_process_that_connected_it() {
         let comm = |name: &[u8]| {
@@ -1229,15 +1242,7 @@ mod tests {
             // Connected before the program counted: nobody's.
             time_wait("127.0.0.1:40009", "127.0.0.1:80", 5000, true, 0),
         ];
-        let mut aggregator = Aggregator::new(
-            PortRange {
-                start: 40000,
-                end: 40099,
-            },
-            ReservedPorts::default(),
-            TimeWaitReuse::default(),
-            Limits::default(),
-        );
+        let mut aggregator = aggregator_of_40000_to_40099();
         aggregator.name_connections(names);
         for socket in &sockets {
             aggregator.add(socket);
@@ -1289,15 +1294,7 @@ mod tests {
             },
         );
         let socket = time_wait("127.0.0.1:40000", "127.0.0.1:80", 5000, true, 0);
-        let mut aggregator = Aggregator::new(
-            PortRange {
-                start: 40000,
-                end: 40099,
-            },
-            ReservedPorts::default(),
-            TimeWaitReuse::default(),
-            Limits::default(),
-        );
+        let mut aggregator = aggregator_of_40000_to_40099();
         aggregator.keep_sockets_on(40000);
         aggregator.name_connections(names);
         // A walk that reads the socket, then is found incomplete: the
