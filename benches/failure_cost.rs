@@ -1,22 +1,24 @@
-//! What counting failures costs: the slowdown of a tight loop of loopback
-//! `connect()` + `close()` with the failure counter's programs attached,
-//! against without, and what reading the counts costs as failures pile up.
+//! What counting failures and connects costs: the slowdown of a tight loop
+//! of loopback `connect()` + `close()` with the failure counter's programs
+//! attached, against without, and what reading the counts costs as failures
+//! pile up.
 //!
 //! Run as root: `cargo bench --bench failure_cost`, or
-//! `cargo bench --bench failure_cost -- --pairs 600 --block 1000 --connects 20000 --rounds 11`.
+//! `cargo bench --bench failure_cost -- --cycles 600 --block 1000 --connects 20000 --rounds 11`.
 //!
 //! In a namespace of its own, a thread accepts and drops connections to
 //! 127.0.0.1:8080 (a queue of 4,096) while the loop connects, and closes each connection with
 //! a reset (SO_LINGER 0), so that no TIME_WAIT fills the range. First, in
-//! `--pairs` pairs of blocks of `--block` connects, the TCP program's link
-//! is attached in one block of each pair and not in the other, with a run
-//! where it is attached in neither as the control. Then rounds
-//! alternate: without the programs, with the TCP program (the default),
-//! and with `--collector.failures.autobind`'s program at the exit of every
-//! system call too; the median time per connect+close of each is printed,
-//! with its slowdown; and the same for a system call that has nothing to
-//! do with ports (`getppid`). Then, with the programs attached, the time one read
-//! of the counts takes: after 10 failures to one destination, after
+//! `--cycles` cycles of blocks of `--block` connects, each cycle runs a
+//! block with no program, one with the program that counts failures alone
+//! (`--collector.failures.connects=false`), one with the default program,
+//! which counts connects too, and a second with none as the control. Then
+//! rounds alternate: without the programs, with each TCP program, and with
+//! `--collector.failures.autobind`'s program at the exit of every system
+//! call too; the median time per connect+close of each is printed, with
+//! its slowdown; and the same for a system call that has nothing to do
+//! with ports (`getppid`). Then, with the programs attached, the time one
+//! read of the counts takes: after 10 failures to one destination, after
 //! 100,000 to the same one, and with 1,000 destinations of one failure
 //! each.
 
@@ -26,17 +28,33 @@ mod support;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use portstat_exporter::source::bpf::failures::{PortFailureCounter, names_capacity};
+use portstat_exporter::source::bpf::failures::{Counting, PortFailureCounter, names_capacity};
 use support::Netns;
 
 /// The map of connection names, sized as the exporter sizes it for the
 /// kernel's default range (32768-60999).
 const NAMES: u32 = names_capacity(28232);
 
+/// What the exporter counts by default: TCP failures and connects.
+const DEFAULT: Counting = Counting {
+    autobind: false,
+    connects: true,
+};
+/// TCP failures alone: `--collector.failures.connects=false`.
+const FAILURES_ALONE: Counting = Counting {
+    autobind: false,
+    connects: false,
+};
+/// The default and `--collector.failures.autobind`.
+const WITH_AUTOBIND: Counting = Counting {
+    autobind: true,
+    connects: true,
+};
+
 fn main() {
     let mut connects = 20_000usize;
     let mut rounds = 7usize;
-    let mut pairs = 300usize;
+    let mut cycles = 300usize;
     let mut block = 1_000usize;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -53,14 +71,19 @@ fn main() {
                     .and_then(|v| v.parse().ok())
                     .expect("--rounds N")
             }
-            "--pairs" => pairs = args.next().and_then(|v| v.parse().ok()).expect("--pairs N"),
+            "--cycles" => {
+                cycles = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--cycles N")
+            }
             "--block" => block = args.next().and_then(|v| v.parse().ok()).expect("--block N"),
             // cargo bench passes --bench.
             _ => {}
         }
     }
     support::require_root();
-    interleaved_cost(pairs, block);
+    interleaved_cost(cycles, block);
     loop_cost(connects, rounds);
     syscall_cost(rounds);
     read_cost();
@@ -81,7 +104,7 @@ fn syscall_cost(rounds: usize) {
     };
     let medians = alternate(rounds, run).map(median);
     println!("getppid(), {calls} a round, median of {rounds} rounds:");
-    for (name, median) in SETUPS.iter().zip(medians) {
+    for ((name, _), median) in SETUPS.iter().zip(medians) {
         println!(
             "  {name:<60} {median:>7.1} ns {:>+8.1} ns",
             median - medians[0]
@@ -142,15 +165,16 @@ fn loop_cost(connects: usize, rounds: usize) {
     // Rounds run one after the other, so each with-program round is also
     // weighed against the round without just before it: the median of
     // those ratios cancels slow drift in the machine's speed.
-    let paired = |with: &[f64]| {
+    let paired_with = |with: &[f64], without: &[f64]| {
         let mut ratios: Vec<f64> = with
             .iter()
-            .zip(&times[0])
+            .zip(without)
             .map(|(with, without)| with / without)
             .collect();
         ratios.sort_by(f64::total_cmp);
         ratios[ratios.len() / 2]
     };
+    let paired = |with: &[f64]| paired_with(with, &times[0]);
     let spread = {
         let mut without = times[0].clone();
         without.sort_by(f64::total_cmp);
@@ -164,7 +188,7 @@ fn loop_cost(connects: usize, rounds: usize) {
         "  {:<60} {:>10} {:>9} {:>9}",
         "", "median", "vs none", "paired"
     );
-    for (index, name) in SETUPS.iter().enumerate() {
+    for (index, (name, _)) in SETUPS.iter().enumerate() {
         println!(
             "  {name:<60} {:>7.2} µs {:>+8.1} % {:>+8.1} %",
             medians[index],
@@ -172,6 +196,13 @@ fn loop_cost(connects: usize, rounds: usize) {
             (paired(&times[index]) - 1.0) * 100.0
         );
     }
+    println!(
+        "  {:<60} {:>10} {:>9} {:>+8.1} %",
+        "connects counted vs failures alone",
+        "",
+        "",
+        (paired_with(&times[2], &times[1]) - 1.0) * 100.0
+    );
     println!("  the TCP program's own time, by the kernel's statistics:");
     let own = netns.run(|| program_time(connects, || connect_and_reset(server)));
     println!(
@@ -191,8 +222,8 @@ fn loop_cost(connects: usize, rounds: usize) {
 /// `connects` calls.
 fn program_time(connects: usize, connect: impl Fn()) -> f64 {
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF statistics");
-    let _counter = PortFailureCounter::load(false, NAMES).expect("the TCP program loads");
-    let program = tcp_program();
+    let _counter = PortFailureCounter::load(DEFAULT, NAMES).expect("the TCP program loads");
+    let program = program_named("count_connects");
     let run_time = || {
         use std::os::fd::{AsFd, AsRawFd};
         // SAFETY: `bpf_prog_info` is integers only, for which zero is a value.
@@ -218,16 +249,29 @@ fn program_time(connects: usize, connect: impl Fn()) -> f64 {
     (run_time() - before) as f64 / connects as f64
 }
 
-/// A descriptor of the failure counter's TCP program, the newest loaded:
-/// the kernel keeps the first 15 bytes of its name.
-fn tcp_program() -> aya::programs::ProgramFd {
+/// A descriptor of the newest program loaded by the name `name`: the
+/// kernel keeps the first 15 bytes of a program's name.
+fn program_named(name: &str) -> aya::programs::ProgramFd {
+    let kept = &name[..name.len().min(15)];
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter(|info| info.name_as_str() == Some("count_port_fail"))
+        .filter(|info| info.name_as_str() == Some(kept))
         .max_by_key(|info| info.id())
         .expect("the TCP program is loaded")
         .fd()
         .expect("the program's descriptor")
+}
+
+/// The TCP program that counts what `counting` asks for, loaded by the
+/// failure counter, whose own link is gone once this returns: the program,
+/// and the maps it uses, stay while the descriptor is open.
+fn tcp_program(counting: Counting) -> aya::programs::ProgramFd {
+    let _counter = PortFailureCounter::load(counting, NAMES).expect("the TCP program loads");
+    program_named(if counting.connects {
+        "count_connects"
+    } else {
+        "count_port_failures"
+    })
 }
 
 /// Attaches `program`, a `tp_btf` program, at its tracepoint until the
@@ -272,61 +316,65 @@ unsafe fn bpf<const N: usize>(command: aya_obj::generated::bpf_cmd, attr: &mut [
     result
 }
 
-/// The cost of the default TCP program measured in short blocks of
-/// `block` connect()+close() with a reset, the program attached in one
-/// block of each pair and not in the other, in the order
-/// off-on, on-off, … (so that a steady drift cancels out), over `pairs`
-/// pairs: the machine's speed drifts by tens of per cent over seconds, far
-/// less over a pair's tens of milliseconds. The program and its maps are
-/// loaded once, and attaching and detaching its link is all that changes
-/// between blocks. The same run with both blocks of each pair detached
-/// gives what the method reads where there is nothing to find.
-fn interleaved_cost(pairs: usize, block: usize) {
+/// What the TCP programs cost, measured in short blocks of `block`
+/// connect()+close() with a reset: each cycle runs one block with no
+/// program attached, one more with none (the control), one with the program
+/// that counts failures alone (`--collector.failures.connects=false`) and
+/// one with the default program, which counts connects too, in an order
+/// that rotates from cycle to cycle, over `cycles` cycles. The machine's
+/// speed drifts by tens of per cent over seconds, far less over a cycle's
+/// tenth of a second. The programs and their maps are loaded once, and
+/// attaching and detaching a link is all that changes between blocks. The
+/// control gives what the method reads where there is nothing to find.
+fn interleaved_cost(cycles: usize, block: usize) {
     let netns = Netns::new((10000, 60999), "");
     let server = acceptor_on(&netns, 8081);
-    // The counter's own link goes with it; the program, and the maps it
-    // uses, stay while this descriptor is open.
-    let program = {
-        let _counter = PortFailureCounter::load(false, NAMES).expect("the TCP program loads");
-        tcp_program()
-    };
+    let programs = [
+        None,
+        None,
+        Some(tcp_program(FAILURES_ALONE)),
+        Some(tcp_program(DEFAULT)),
+    ];
     let run = || resets(&netns, server, block);
     run();
-    // Each pair's ratio, as a logarithm: the time with the program (or,
-    // for the null run, that of the block in its place) over the time
-    // without. Logarithms weigh a pair 10 % slower and one 10 % faster
-    // alike, where a mean of ratios would lean up.
-    let measure = |with_program: bool| -> Vec<f64> {
-        (0..pairs)
-            .map(|pair| {
-                let mut times = [0.0; 2];
-                for step in 0..2 {
-                    let on = (pair + step) % 2 == 1;
-                    let _link = (on && with_program).then(|| attach(&program));
-                    times[usize::from(on)] = run();
-                }
-                (times[1] / times[0]).ln()
-            })
-            .collect()
-    };
-    let with = measure(true);
-    let null = measure(false);
+    // Each block's time, as a logarithm of its ratio to the block without
+    // a program of the same cycle. Logarithms weigh a block 10 % slower
+    // and one 10 % faster alike, where a mean of ratios would lean up.
+    let mut logs: [Vec<f64>; 4] = Default::default();
+    for cycle in 0..cycles {
+        let mut times = [0.0; 4];
+        for step in 0..programs.len() {
+            let arm = (cycle + step) % programs.len();
+            let _link = programs[arm].as_ref().map(attach);
+            times[arm] = run();
+        }
+        for (arm, logs) in logs.iter_mut().enumerate() {
+            logs.push((times[arm] / times[0]).ln());
+        }
+    }
     println!(
-        "connect()+close() on loopback with a reset, {pairs} pairs of blocks of {block}, \
-         the TCP program attached in one block of each pair:"
+        "connect()+close() on loopback with a reset, {cycles} cycles of a block of {block} \
+         with each program and two with none, in rotating order:"
     );
     println!(
-        "  {:<44} {:>9} {:>14} {:>22}",
+        "  {:<52} {:>9} {:>14} {:>22}",
         "", "median", "geometric mean", "95 % interval of it"
     );
     let percent = |log: f64| (log.exp() - 1.0) * 100.0;
+    let connects_over_failures: Vec<f64> =
+        logs[3].iter().zip(&logs[2]).map(|(c, f)| c - f).collect();
     for (name, ratios) in [
-        ("TCP program vs none", with),
-        ("none vs none (the method's own reading)", null),
+        ("failures alone vs none", &logs[2]),
+        ("failures and connects (the default) vs none", &logs[3]),
+        (
+            "failures and connects vs failures alone",
+            &connects_over_failures,
+        ),
+        ("none vs none (the method's own reading)", &logs[1]),
     ] {
-        let (median, mean, half) = summary(&ratios);
+        let (median, mean, half) = summary(ratios);
         println!(
-            "  {name:<44} {:>+8.2} % {:>+13.2} % {:>+9.2} % to {:>+6.2} %",
+            "  {name:<52} {:>+8.2} % {:>+13.2} % {:>+9.2} % to {:>+6.2} %",
             percent(median),
             percent(mean),
             percent(mean - half),
@@ -349,10 +397,17 @@ fn summary(values: &[f64]) -> (f64, f64, f64) {
 }
 
 /// What runs beside the measured work, in the order of `alternate`'s times.
-const SETUPS: [&str; 3] = [
-    "no program",
-    "TCP program (--collector.failures, the default)",
-    "and the system call exit program (…failures.autobind)",
+const SETUPS: [(&str, Option<Counting>); 4] = [
+    ("no program", None),
+    (
+        "TCP program, failures alone (…failures.connects=false)",
+        Some(FAILURES_ALONE),
+    ),
+    ("TCP program, and connects (the default)", Some(DEFAULT)),
+    (
+        "and the system call exit program (…failures.autobind)",
+        Some(WITH_AUTOBIND),
+    ),
 ];
 
 /// Runs `run` `rounds` times with each of `SETUPS`, and returns its results
@@ -360,15 +415,14 @@ const SETUPS: [&str; 3] = [
 /// that no setup always runs first. Each result is of a second run: the
 /// first, after the programs were loaded or unloaded (which frees their
 /// maps in the background), only warms up.
-fn alternate(rounds: usize, mut run: impl FnMut() -> f64) -> [Vec<f64>; 3] {
-    let mut times: [Vec<f64>; 3] = Default::default();
+fn alternate(rounds: usize, mut run: impl FnMut() -> f64) -> [Vec<f64>; 4] {
+    let mut times: [Vec<f64>; 4] = Default::default();
     for round in 0..rounds {
         for step in 0..SETUPS.len() {
             let setup = (round + step) % SETUPS.len();
-            let _counter = match setup {
-                0 => None,
-                _ => Some(PortFailureCounter::load(setup == 2, NAMES).expect("the programs load")),
-            };
+            let _counter = SETUPS[setup].1.map(|counting| {
+                PortFailureCounter::load(counting, NAMES).expect("the programs load")
+            });
             run();
             times[setup].push(run());
         }
@@ -384,7 +438,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// The time one read of the counts takes, in microseconds (median of 21),
 /// and one read of the connection names.
 fn read_cost() {
-    let mut counter = PortFailureCounter::load(false, NAMES).expect("the TCP program loads");
+    let mut counter = PortFailureCounter::load(DEFAULT, NAMES).expect("the TCP program loads");
     let time_reads = || {
         let times: Vec<f64> = (0..21)
             .map(|_| {

@@ -166,6 +166,19 @@ pub struct Cli {
     )]
     pub failures_autobind: bool,
 
+    /// Count the connect() calls that take a port of the range, by
+    /// destination and process, and name the TIME_WAIT ports after the
+    /// process that connected them (otherwise `none`). Costs each connect()
+    /// about 1 % more than counting failures alone (see docs/cost.md).
+    #[arg(
+        long = "collector.failures.connects",
+        global = true,
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub failures_connects: bool,
+
     /// The ports NAT rules pick from, FIRST-LAST: the capacity of each (NAT
     /// address, destination). Set it to a rule's --to-ports where rules
     /// narrow it.

@@ -18,7 +18,7 @@ use portstat_exporter::sampler::{
     Exposition, NamespaceScope, Sampler, failures_counted_by, name_connections_as, running_exporter,
 };
 use portstat_exporter::serve::{self, ServeConfig};
-use portstat_exporter::source::bpf::failures::RunningExporter;
+use portstat_exporter::source::bpf::failures::{Counting, RunningExporter};
 use portstat_exporter::source::read::read_own_namespace_at_once;
 use portstat_exporter::webconfig::WebConfig;
 
@@ -113,7 +113,10 @@ fn run(
     let listeners = bind(cli)?;
 
     if cli.failures {
-        sampler.count_failures(cli.failures_autobind);
+        sampler.count_failures(Counting {
+            autobind: cli.failures_autobind,
+            connects: cli.failures_connects,
+        });
     }
     let (sender, receiver) = watch::channel(Arc::new(Exposition::default()));
     let interval = cli.interval;

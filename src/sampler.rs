@@ -14,7 +14,7 @@ use crate::plan::{self, Plan};
 use crate::render::Renderer;
 use crate::source::all::{NamespacesRead, read_all};
 use crate::source::bpf::failures::{
-    PortFailureCounter, RawCounts, RunningExporter, names_capacity,
+    Counting, PortFailureCounter, RawCounts, RunningExporter, names_capacity,
 };
 use crate::source::read::{
     NamespaceRead, read_namespace, read_own_namespace_at_once, resolve_owners,
@@ -165,11 +165,11 @@ impl Sampler {
     }
 
     /// Counts failed `connect()` calls in the kernel from now on, for as
-    /// long as the sampler lives, where the BPF program loads, and with
-    /// `autobind` failed `bind()` to port 0 and UDP calls too; logs why
-    /// once where it cannot. For a sampler that runs (`run`): a one-shot
-    /// sample would only count its own instant.
-    pub fn count_failures(&mut self, autobind: bool) {
+    /// long as the sampler lives, where the BPF program loads, and what
+    /// `counting` asks for besides; logs why once where it cannot. For a
+    /// sampler that runs (`run`): a one-shot sample would only count its
+    /// own instant.
+    pub fn count_failures(&mut self, counting: Counting) {
         // Connections are named in a map sized against the range of the
         // exporter's own namespace.
         let ports = self
@@ -180,29 +180,33 @@ impl Sampler {
         // The autobind program reads the system call's arguments from
         // x86-64's registers; elsewhere it is not loaded, and a kernel that
         // refuses it keeps the TCP counter.
-        let mut autobind = autobind;
-        if autobind && !cfg!(target_arch = "x86_64") {
+        let mut counting = counting;
+        if counting.autobind && !cfg!(target_arch = "x86_64") {
             tracing::warn!(
                 "--collector.failures.autobind reads x86-64 system calls only; \
                  counting TCP connect() failures without it"
             );
-            autobind = false;
+            counting.autobind = false;
         }
-        let mut loaded = PortFailureCounter::load(autobind, names);
-        if autobind && let Err(error) = &loaded {
+        let mut loaded = PortFailureCounter::load(counting, names);
+        if counting.autobind
+            && let Err(error) = &loaded
+        {
             tracing::warn!(err = %error, "cannot count bind() and UDP failures; counting TCP connect() failures without them");
-            autobind = false;
-            loaded = PortFailureCounter::load(autobind, names);
+            counting.autobind = false;
+            loaded = PortFailureCounter::load(counting, names);
         }
         match loaded {
             Ok(counter) => {
                 self.failure_counter = Some(counter);
                 self.collectors.plan(Collector::Failures, true);
-                self.status.failure_counting = FailureCounting::Bpf { autobind };
+                let Counting { autobind, connects } = counting;
+                self.status.failure_counting = FailureCounting::Bpf { autobind, connects };
                 tracing::info!(
                     autobind,
-                    connection_names = names,
-                    "counting connects and failed connect() calls in the kernel"
+                    connects,
+                    connection_names = connects.then_some(names),
+                    "counting failed connect() calls in the kernel"
                 );
             }
             Err(error) => {
@@ -249,10 +253,11 @@ impl Sampler {
             tracing::warn!(err = %error, "cannot remove the failures of namespaces that are gone");
         }
         let inode = |snapshot: &Snapshot| snapshot.namespace.as_ref().map(|n| n.inode).or(own);
-        let counted = portstat_core::metrics::failures::counted(matches!(
-            self.status.failure_counting,
-            FailureCounting::Bpf { autobind: true }
-        ));
+        let (autobind, connects) = match self.status.failure_counting {
+            FailureCounting::Bpf { autobind, connects } => (autobind, connects),
+            _ => (false, false),
+        };
+        let counted = portstat_core::metrics::failures::counted(autobind);
         let mut sampled = Vec::with_capacity(snapshots.len());
         for snapshot in snapshots.iter_mut() {
             let Some(netns) = inode(snapshot) else {
@@ -265,7 +270,7 @@ impl Sampler {
                 .find(|previous| inode(previous) == Some(netns));
             snapshot.failures = Some(
                 self.failure_history
-                    .figures(netns, &counts, &counted, before, snapshot),
+                    .figures(netns, &counts, &counted, connects, before, snapshot),
             );
         }
         self.forget_gone_namespaces(&counts, &sampled);
@@ -751,7 +756,9 @@ pub fn failures_counted_by(
             counted.push((kind, protocol));
         }
     }
-    Ok(FailureHistory::default().figures(netns, &counts, &counted, None, snapshot))
+    // Connects are counted where the exporter counts some.
+    let connects = !counts.connect_totals.is_empty();
+    Ok(FailureHistory::default().figures(netns, &counts, &counted, connects, None, snapshot))
 }
 
 /// Niceness of the sampler thread above the server's.

@@ -372,3 +372,62 @@ fn a_full_connects_map_still_counts_every_connect_of_the_namespace() {
         metrics.text
     );
 }
+
+#[test]
+fn with_connects_off_failures_are_counted_and_time_wait_is_nobody_s() {
+    support::require_bpf();
+    let _alone = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let netns = Netns::new((40200, 40219), "");
+    netns.write_sysctl("tcp_tw_reuse", "0");
+    netns.write_sysctl("tcp_rfc1337", "1");
+    serve(&netns, 8084);
+    let exporter = netns.start_exporter(&[
+        "--collector.interval",
+        "300ms",
+        "--collector.failures.connects=false",
+    ]);
+    let _client = churn(&netns, "churn-alone", 8084);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while time_wait_toward(&netns, 8084) < PORTS && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(time_wait_toward(&netns, 8084), PORTS);
+    let failure = r#"portstat_ephemeral_process_connect_failures_total{protocol="tcp",process="churn-alone"}"#;
+    let metrics = exporter
+        .metrics_until(|metrics| {
+            metrics.get(failure) == Some(1.0)
+                && metrics.get(&process("", "none")) == Some(PORTS as f64)
+        })
+        .unwrap_or_else(|timed_out| {
+            panic!(
+                "the failure counted and the ports left to nobody within {:?}:\n{}",
+                timed_out.waited,
+                relevant_lines(&timed_out.last, "")
+            )
+        });
+    assert_eq!(
+        metrics.get(&process("", "churn-alone")),
+        None,
+        "{}",
+        metrics.text
+    );
+    for family in [
+        "portstat_ephemeral_connects_total",
+        "portstat_ephemeral_destination_connects_total",
+        "portstat_ephemeral_process_connects_total",
+        "portstat_ephemeral_connects_unrecorded_total",
+        "portstat_ephemeral_connection_names_evicted_total",
+    ] {
+        assert!(
+            metrics.family(family).is_empty() && !metrics.text.contains(family),
+            "{family} is absent: {}",
+            metrics.text
+        );
+    }
+    assert_eq!(
+        metrics.value(r#"portstat_failures_source_info{source="bpf",reason="loaded"}"#),
+        1.0
+    );
+}

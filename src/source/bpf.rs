@@ -191,6 +191,10 @@ pub const OBJECTS: [ObjectToLoad; 4] = [
                 AttachPoint::RawTracepoint(failures::CONNECT_TRACEPOINT),
             ),
             (
+                failures::CONNECTS_PROGRAM,
+                AttachPoint::RawTracepoint(failures::CONNECT_TRACEPOINT),
+            ),
+            (
                 failures::AUTOBIND_PROGRAM,
                 AttachPoint::RawTracepoint(failures::AUTOBIND_TRACEPOINT),
             ),

@@ -71,7 +71,10 @@ fn status_families(status: &SampleStatus, out: &mut Vec<MetricFamily>) {
     metrics::sampling::render(status, out);
     metrics::collector::render(status, out);
     metrics::failures::render_counting(&status.failure_counting, status.failures_unrecorded, out);
-    if matches!(status.failure_counting, FailureCounting::Bpf { .. }) {
+    if matches!(
+        status.failure_counting,
+        FailureCounting::Bpf { connects: true, .. }
+    ) {
         metrics::connects::render_counting(
             status.connects_unrecorded,
             status.connection_names_evicted,
@@ -268,7 +271,10 @@ mod tests {
             errors: [2, 0],
             namespaces: None,
             interval_seconds: Some(5.0),
-            failure_counting: FailureCounting::Bpf { autobind: false },
+            failure_counting: FailureCounting::Bpf {
+                autobind: false,
+                connects: true,
+            },
             failures_unrecorded: 0,
             connects_unrecorded: 0,
             connection_names_evicted: 0,

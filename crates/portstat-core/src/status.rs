@@ -106,6 +106,9 @@ pub enum FailureCounting {
         /// Whether bind() to port 0 and UDP failures are counted too
         /// (`--collector.failures.autobind`).
         autobind: bool,
+        /// Whether connects are counted, and TIME_WAIT named after who
+        /// connected (`--collector.failures.connects`).
+        connects: bool,
     },
     /// The program could not load or attach.
     Unavailable {

@@ -30,9 +30,11 @@ use portstat_core::model::{
 pub const PORT_FAILURES_OBJECT: &[u8] = include_bytes!("port_failures.bpf.o");
 
 /// The programs' names in the object, and the tracepoints they attach to:
-/// TCP connect() failures at the socket's change of state, and bind() and
-/// UDP failures at the exit of their system call.
+/// TCP connect() failures at the socket's change of state, alone or with
+/// connects counted and named, and bind() and UDP failures at the exit of
+/// their system call.
 pub(super) const CONNECT_PROGRAM: &str = "count_port_failures";
+pub(super) const CONNECTS_PROGRAM: &str = "count_connects";
 pub(super) const CONNECT_TRACEPOINT: &str = "inet_sock_set_state";
 pub(super) const AUTOBIND_PROGRAM: &str = "count_autobind_failures";
 pub(super) const AUTOBIND_TRACEPOINT: &str = "sys_exit";
@@ -516,20 +518,50 @@ pub const fn names_capacity(ports: u32) -> u32 {
     }
 }
 
+/// What the failure counter counts besides TCP connect() failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counting {
+    /// bind() to port 0 and UDP failures, at the cost of a program run at
+    /// the exit of every system call on the host.
+    pub autobind: bool,
+    /// Connects, and who connected each connection, for its TIME_WAIT.
+    pub connects: bool,
+}
+
+/// The maps only connects use, made with one entry where connects are not
+/// counted: together several MiB for the default range.
+const CONNECT_MAPS: [&str; 4] = [
+    "portstat_notes",
+    "portstat_pend",
+    "portstat_conns",
+    "portstat_ctots",
+];
+
 impl PortFailureCounter {
     /// Loads the programs and attaches them: from now on every namespace's
-    /// TCP connect() failures are counted, and with `autobind` bind() to
-    /// port 0 and UDP failures too, at the cost of a program run at the
-    /// exit of every system call on the host.
+    /// TCP connect() failures are counted, and what `counting` asks for.
     /// Connections are named in a map of `names_capacity` entries.
-    pub fn load(autobind: bool, names_capacity: u32) -> Result<PortFailureCounter, BpfError> {
+    pub fn load(counting: Counting, names_capacity: u32) -> Result<PortFailureCounter, BpfError> {
         let kernel_btf = std::fs::read(super::KERNEL_BTF).map_err(|error| {
             unavailable("kernel BTF", format!("{}: {error}", super::KERNEL_BTF))
         })?;
+        let Counting { autobind, connects } = counting;
         let connect = (
-            CONNECT_PROGRAM,
+            if connects {
+                CONNECTS_PROGRAM
+            } else {
+                CONNECT_PROGRAM
+            },
             AttachPoint::RawTracepoint(CONNECT_TRACEPOINT),
         );
+        let mut sizes = vec![(NAMES_MAP, names_capacity)];
+        if !connects {
+            sizes = CONNECT_MAPS
+                .iter()
+                .chain([&NAMES_MAP])
+                .map(|&map| (map, 1))
+                .collect();
+        }
         let autobind_program = (
             AUTOBIND_PROGRAM,
             AttachPoint::RawTracepoint(AUTOBIND_TRACEPOINT),
@@ -539,13 +571,9 @@ impl PortFailureCounter {
         } else {
             &[connect][..]
         };
-        let mut program = LoadedProgram::load_sized(
-            PORT_FAILURES_OBJECT,
-            programs,
-            kernel_btf,
-            &[(NAMES_MAP, names_capacity)],
-        )
-        .map_err(|error| unavailable(error.stage, error.reason))?;
+        let mut program =
+            LoadedProgram::load_sized(PORT_FAILURES_OBJECT, programs, kernel_btf, &sizes)
+                .map_err(|error| unavailable(error.stage, error.reason))?;
         let mut take = |name: &str| {
             program
                 .take_map(name)

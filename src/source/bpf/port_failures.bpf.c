@@ -40,7 +40,10 @@
 // next one at once, and the cookie tells the two apart, so that a new
 // namespace inherits nothing of an old one's counts.
 //
-// Connects are counted too, and named. A `connect()` that asks the range for
+// Connects are counted too, and named, by `count_connects`, the program the
+// exporter loads by default; `count_port_failures` is the same program
+// without them (`--collector.failures.connects=false`), which costs a
+// connect() what failure counting alone did. A `connect()` that asks the range for
 // a port moves its socket from CLOSE to SYN_SENT in the calling task: the
 // program notes the task's process by socket, in a slot of `portstat_notes`
 // (an array, claimed with compare-and-swap) or, where the socket's slots
@@ -589,8 +592,9 @@ static void name_connection(struct sock *sk, __u32 netns, __u64 cookie)
 		bpf_map_update_elem(&portstat_names, &name, &value, BPF_ANY);
 }
 
-SEC("tp_btf/inet_sock_set_state")
-int count_port_failures(__u64 *ctx)
+// A TCP state change: failures and attempts counted, and with `connects`
+// (a constant in each program below) connects counted and named too.
+static __always_inline int on_state_change(__u64 *ctx, const int connects)
 {
 	struct sock *sk = (struct sock *)ctx[0];
 	int oldstate = (int)ctx[1];
@@ -598,9 +602,11 @@ int count_port_failures(__u64 *ctx)
 
 	// Every other change returns here, having read nothing of the socket.
 	int attempt = oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT;
-	int closing = (oldstate == TCP_ESTABLISHED && newstate == TCP_FIN_WAIT1) ||
-		      (oldstate == TCP_CLOSE_WAIT && newstate == TCP_LAST_ACK);
-	if (!attempt && !closing && oldstate != TCP_SYN_SENT)
+	int closing = connects &&
+		      ((oldstate == TCP_ESTABLISHED && newstate == TCP_FIN_WAIT1) ||
+		       (oldstate == TCP_CLOSE_WAIT && newstate == TCP_LAST_ACK));
+	int resolved = oldstate == TCP_SYN_SENT && (connects || newstate == TCP_CLOSE);
+	if (!attempt && !closing && !resolved)
 		return 0;
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
@@ -618,20 +624,22 @@ int count_port_failures(__u64 *ctx)
 	// The socket's address, as a number to hash (the verifier allows no
 	// arithmetic on the pointer itself).
 	__u64 id = 0;
-	bpf_probe_read_kernel(&id, sizeof(id), &ctx[0]);
+	if (connects)
+		bpf_probe_read_kernel(&id, sizeof(id), &ctx[0]);
 	if (attempt) {
 		// Only a connect() whose socket has no port yet asks the range
 		// for one; a socket bound to its port before keeps it.
 		if (sk->__sk_common.skc_num == 0) {
 			add_attempt(netns, cookie);
-			note_connector(id);
+			if (connects)
+				note_connector(id);
 		}
 		return 0;
 	}
 	// The socket's first change out of SYN_SENT: its note goes, whatever
 	// became of the connect.
 	struct connector connector = {};
-	int noted = take_note(id, &connector);
+	int noted = connects && take_note(id, &connector);
 	if (newstate == TCP_ESTABLISHED) {
 		if (noted)
 			count_connect(sk, netns, cookie, &connector);
@@ -660,6 +668,20 @@ int count_port_failures(__u64 *ctx)
 	bpf_probe_read_kernel_str(key.comm, sizeof(key.comm), task->group_leader->comm);
 	add_failure(&key);
 	return 0;
+}
+
+// Failures and attempts only: `--collector.failures.connects=false`.
+SEC("tp_btf/inet_sock_set_state")
+int count_port_failures(__u64 *ctx)
+{
+	return on_state_change(ctx, 0);
+}
+
+// Failures, attempts, and connects counted and named: the default.
+SEC("tp_btf/inet_sock_set_state")
+int count_connects(__u64 *ctx)
+{
+	return on_state_change(ctx, 1);
 }
 
 // The socket behind descriptor `fd` of the calling task, read as kernel

@@ -34,7 +34,7 @@ pub struct FailureHistory {
 impl FailureHistory {
     /// The figures of namespace `netns` from `counts`, read at the start of
     /// this sample, with a total for each of the `counted` kinds and
-    /// protocols; `before` and `now` are the namespace's snapshots of the
+    /// protocols, and connects where `connects` are counted; `before` and `now` are the namespace's snapshots of the
     /// last sample and of this one, whose predictions the failures since
     /// are weighed against.
     pub fn figures(
@@ -42,6 +42,7 @@ impl FailureHistory {
         netns: u64,
         counts: &PortFailureCounts,
         counted: &[(FailureKind, Protocol)],
+        connects: bool,
         before: Option<&Snapshot>,
         now: &Snapshot,
     ) -> NamespaceFailures {
@@ -57,14 +58,16 @@ impl FailureHistory {
                 .iter()
                 .filter(|failure| failure.netns == netns),
         );
-        figures.connect_totals.insert(
-            Protocol::Tcp,
-            counts
-                .connect_totals
-                .get(&(netns, Protocol::Tcp))
-                .copied()
-                .unwrap_or(0),
-        );
+        if connects {
+            figures.connect_totals.insert(
+                Protocol::Tcp,
+                counts
+                    .connect_totals
+                    .get(&(netns, Protocol::Tcp))
+                    .copied()
+                    .unwrap_or(0),
+            );
+        }
         figures.connects = merged(
             counts
                 .connects
@@ -479,6 +482,7 @@ mod tests {
                 20,
             ),
             &counted(false),
+            true,
             None,
             &now,
         );
@@ -563,7 +567,7 @@ mod tests {
         let after = counts(vec![failure("java", DESTINATION, false, 2)], 101);
         assert_eq!(
             history
-                .figures(7, &after, &counted(false), Some(&before), &before)
+                .figures(7, &after, &counted(false), true, Some(&before), &before)
                 .unpredicted,
             2
         );
@@ -571,14 +575,14 @@ mod tests {
         let later = counts(vec![failure("java", DESTINATION, false, 3)], 102);
         assert_eq!(
             history
-                .figures(7, &later, &counted(false), Some(&before), &before)
+                .figures(7, &later, &counted(false), true, Some(&before), &before)
                 .unpredicted,
             3
         );
         history.remember(later.clone(), &[7]);
         assert_eq!(
             history
-                .figures(7, &later, &counted(false), Some(&before), &before)
+                .figures(7, &later, &counted(false), true, Some(&before), &before)
                 .unpredicted,
             3
         );
