@@ -323,6 +323,13 @@ impl Sampler {
     /// names, to name the sockets no process holds after it, where connects
     /// are counted.
     fn read_connection_names(&mut self) {
+        // Without connects counted, nothing names connections.
+        if !matches!(
+            self.status.failure_counting,
+            FailureCounting::Bpf { connects: true, .. }
+        ) {
+            return;
+        }
         let Some(counter) = &mut self.failure_counter else {
             return;
         };

@@ -554,14 +554,15 @@ impl PortFailureCounter {
             },
             AttachPoint::RawTracepoint(CONNECT_TRACEPOINT),
         );
-        let mut sizes = vec![(NAMES_MAP, names_capacity)];
-        if !connects {
-            sizes = CONNECT_MAPS
+        let sizes: Vec<(&str, u32)> = if connects {
+            vec![(NAMES_MAP, names_capacity)]
+        } else {
+            CONNECT_MAPS
                 .iter()
                 .chain([&NAMES_MAP])
                 .map(|&map| (map, 1))
-                .collect();
-        }
+                .collect()
+        };
         let autobind_program = (
             AUTOBIND_PROGRAM,
             AttachPoint::RawTracepoint(AUTOBIND_TRACEPOINT),

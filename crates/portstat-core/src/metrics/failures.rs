@@ -34,9 +34,9 @@ pub struct FailureHistory {
 impl FailureHistory {
     /// The figures of namespace `netns` from `counts`, read at the start of
     /// this sample, with a total for each of the `counted` kinds and
-    /// protocols, and connects where `connects` are counted; `before` and `now` are the namespace's snapshots of the
-    /// last sample and of this one, whose predictions the failures since
-    /// are weighed against.
+    /// protocols, and connects where `connects` are counted; `before` and
+    /// `now` are the namespace's snapshots of the last sample and of this
+    /// one, whose predictions the failures since are weighed against.
     pub fn figures(
         &mut self,
         netns: u64,
