@@ -56,6 +56,8 @@ fn main() {
     let mut rounds = 7usize;
     let mut cycles = 300usize;
     let mut block = 1_000usize;
+    // `--reads`: only what reading the maps costs.
+    let mut reads_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -78,14 +80,17 @@ fn main() {
                     .expect("--cycles N")
             }
             "--block" => block = args.next().and_then(|v| v.parse().ok()).expect("--block N"),
+            "--reads" => reads_only = true,
             // cargo bench passes --bench.
             _ => {}
         }
     }
     support::require_root();
-    interleaved_cost(cycles, block);
-    loop_cost(connects, rounds);
-    syscall_cost(rounds);
+    if !reads_only {
+        interleaved_cost(cycles, block);
+        loop_cost(connects, rounds);
+        syscall_cost(rounds);
+    }
     read_cost();
 }
 
@@ -102,7 +107,7 @@ fn syscall_cost(rounds: usize) {
         }
         started.elapsed().as_secs_f64() * 1e9 / f64::from(calls)
     };
-    let medians = alternate(rounds, run).map(median);
+    let medians = alternate(rounds, thread_namespace(), run).map(median);
     println!("getppid(), {calls} a round, median of {rounds} rounds:");
     for ((name, _), median) in SETUPS.iter().zip(medians) {
         println!(
@@ -160,7 +165,7 @@ fn loop_cost(connects: usize, rounds: usize) {
     let netns = Netns::new((10000, 60999), "");
     let server = acceptor(&netns);
     let run = || resets(&netns, server, connects);
-    let times = alternate(rounds, run);
+    let times = alternate(rounds, inode_of(&netns), run);
     let medians = times.clone().map(median);
     // Rounds run one after the other, so each with-program round is also
     // weighed against the round without just before it: the median of
@@ -216,13 +221,35 @@ fn loop_cost(connects: usize, rounds: usize) {
     println!("    {own:.0} ns a connect()+close() without a reset, named as it closes");
 }
 
+/// The failure counter, loaded and recording the namespaces `inodes`, where
+/// the bench's connects are made: the programs record no other.
+fn load(counting: Counting, inodes: &[u64]) -> PortFailureCounter {
+    let mut counter = PortFailureCounter::load(counting, NAMES, 2).expect("the programs load");
+    counter
+        .sample_namespaces(inodes)
+        .expect("the bench's namespaces are recorded");
+    counter
+}
+
+/// The inode of the calling thread's network namespace.
+fn thread_namespace() -> u64 {
+    std::fs::metadata("/proc/thread-self/ns/net")
+        .map(|metadata| std::os::unix::fs::MetadataExt::ino(&metadata))
+        .expect("the thread's namespace")
+}
+
+/// The inode of `netns`.
+fn inode_of(netns: &Netns) -> u64 {
+    netns.run(thread_namespace)
+}
+
 /// The time the TCP program itself runs per call of `connect`, in
 /// nanoseconds, as the kernel measures it (`BPF_ENABLE_STATS`: the clock
 /// read around each run, which costs the run too, so this errs high), over
 /// `connects` calls.
 fn program_time(connects: usize, connect: impl Fn()) -> f64 {
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF statistics");
-    let _counter = PortFailureCounter::load(DEFAULT, NAMES).expect("the TCP program loads");
+    let _counter = load(DEFAULT, &[thread_namespace()]);
     let program = program_named("count_connects");
     let run_time = || {
         use std::os::fd::{AsFd, AsRawFd};
@@ -265,8 +292,8 @@ fn program_named(name: &str) -> aya::programs::ProgramFd {
 /// The TCP program that counts what `counting` asks for, loaded by the
 /// failure counter, whose own link is gone once this returns: the program,
 /// and the maps it uses, stay while the descriptor is open.
-fn tcp_program(counting: Counting) -> aya::programs::ProgramFd {
-    let _counter = PortFailureCounter::load(counting, NAMES).expect("the TCP program loads");
+fn tcp_program(counting: Counting, inode: u64) -> aya::programs::ProgramFd {
+    let _counter = load(counting, &[inode]);
     program_named(if counting.connects {
         "count_connects"
     } else {
@@ -332,8 +359,8 @@ fn interleaved_cost(cycles: usize, block: usize) {
     let programs = [
         None,
         None,
-        Some(tcp_program(FAILURES_ALONE)),
-        Some(tcp_program(DEFAULT)),
+        Some(tcp_program(FAILURES_ALONE, inode_of(&netns))),
+        Some(tcp_program(DEFAULT, inode_of(&netns))),
     ];
     let run = || resets(&netns, server, block);
     run();
@@ -415,14 +442,12 @@ const SETUPS: [(&str, Option<Counting>); 4] = [
 /// that no setup always runs first. Each result is of a second run: the
 /// first, after the programs were loaded or unloaded (which frees their
 /// maps in the background), only warms up.
-fn alternate(rounds: usize, mut run: impl FnMut() -> f64) -> [Vec<f64>; 4] {
+fn alternate(rounds: usize, inode: u64, mut run: impl FnMut() -> f64) -> [Vec<f64>; 4] {
     let mut times: [Vec<f64>; 4] = Default::default();
     for round in 0..rounds {
         for step in 0..SETUPS.len() {
             let setup = (round + step) % SETUPS.len();
-            let _counter = SETUPS[setup].1.map(|counting| {
-                PortFailureCounter::load(counting, NAMES).expect("the programs load")
-            });
+            let _counter = SETUPS[setup].1.map(|counting| load(counting, &[inode]));
             run();
             times[setup].push(run());
         }
@@ -438,7 +463,9 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// The time one read of the counts takes, in microseconds (median of 21),
 /// and one read of the connection names.
 fn read_cost() {
-    let mut counter = PortFailureCounter::load(DEFAULT, NAMES).expect("the TCP program loads");
+    // A range of one port: one connection takes it for its destination.
+    let netns = Netns::new((40000, 40000), "");
+    let mut counter = load(DEFAULT, &[inode_of(&netns)]);
     let time_reads = || {
         let times: Vec<f64> = (0..21)
             .map(|_| {
@@ -450,8 +477,6 @@ fn read_cost() {
         median(times)
     };
     println!("one read of the counts (median of 21):");
-    // A range of one port: one connection takes it for its destination.
-    let netns = Netns::new((40000, 40000), "");
     let listeners: Vec<TcpListener> = netns.run(|| {
         (0..1000)
             .map(|index| TcpListener::bind(("127.0.0.1", 20000 + index)).unwrap())
@@ -496,36 +521,52 @@ fn read_cost() {
     drop(listeners);
 }
 
-/// The time one read of the connection names takes, with the 1,000 held
+/// What the connection names cost a sample, with the 1,000 held
 /// connections closed (each named as its process closes it), then with the
-/// map full.
+/// map full: one sweep of the map's keys after the sample, and one look-up
+/// of a socket's connection during it.
 fn names_cost(counter: &mut PortFailureCounter, held: Vec<TcpStream>) {
-    let mut time_names = || {
-        let mut names = 0;
-        let times: Vec<f64> = (0..5)
-            .map(|_| {
-                let started = Instant::now();
-                let read = counter.names(&mut |_| None).unwrap();
-                names = read.by_netns.values().map(|names| names.len()).sum();
-                started.elapsed().as_secs_f64() * 1e3
-            })
-            .collect();
-        (median(times), names)
+    // Each sweep sees every name once, the first time: none is removed.
+    let time_names = |counter: &mut PortFailureCounter| {
+        let _ = counter.names();
+        let started = Instant::now();
+        counter.sweep_names(&mut |_| None).unwrap();
+        started.elapsed().as_secs_f64() * 1e3
     };
-    println!("one read of the connection names (median of 5):");
+    let time_lookup = |counter: &mut PortFailureCounter, netns: u64| {
+        let names = counter.names();
+        let mut namer = names.namer(netns, None).expect("a namer");
+        let (local, remote) = (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        let started = Instant::now();
+        for _ in 0..10_000 {
+            assert!(namer.name(local, remote).is_none());
+        }
+        started.elapsed().as_secs_f64() * 1e6 / 10_000.0
+    };
+    println!("the connection names:");
     drop(held);
-    let (time, names) = time_names();
-    println!("  the 1,000 connections closed, {names} names: {time:.2} ms");
+    let time = time_names(counter);
+    println!("  the 1,000 connections closed: one sweep {time:.2} ms");
     // Fill the map: connections closed first, whose names stay until the
     // map evicts them (no sampler removes them here). Four destinations,
     // so that their TIME_WAIT sockets never fill the range.
     let netns = Netns::new((10000, 60999), "");
+    counter
+        .sample_namespaces(&[inode_of(&netns)])
+        .expect("the namespace is recorded");
     let servers: Vec<SocketAddr> = (8080..8084).map(|port| acceptor_on(&netns, port)).collect();
     netns.run(|| {
         for index in 0..NAMES as usize + 1000 {
             drop(TcpStream::connect(servers[index % servers.len()]).unwrap());
         }
     });
-    let (time, names) = time_names();
-    println!("  with the map full ({NAMES} entries), {names} names: {time:.2} ms");
+    let time = time_names(counter);
+    let lookup = time_lookup(counter, inode_of(&netns));
+    println!(
+        "  with the map full ({NAMES} entries): one sweep {time:.2} ms, \
+         one look-up finding nothing {lookup:.2} µs"
+    );
 }

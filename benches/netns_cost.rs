@@ -238,27 +238,10 @@ fn sampler_cpu_per_sample(
     }
     daemon.terminate(Duration::from_secs(5));
     if profile {
-        let report = Command::new("perf")
-            .args([
-                "report",
-                "-q",
-                "--stdio",
-                "--no-children",
-                "-g",
-                "none",
-                "--percent-limit",
-                "2",
-                "--sort",
-                "symbol",
-                "-i",
-            ])
-            .arg(&data)
-            .output()
-            .expect("perf is needed for --profile");
         println!(
             "    profile (owners {}):\n{}",
             if owners { "on" } else { "off" },
-            String::from_utf8_lossy(&report.stdout)
+            common::perf_report(&data, "2")
         );
         let _ = std::fs::remove_file(&data);
     }

@@ -84,7 +84,7 @@ fn measure_size(sockets: usize, runs: usize) {
         CONNECTIONS_PER_HELPER,
         HELPER_THREADS,
     );
-    let counted = tcp_sockets(&netns);
+    let counted = common::tcp_sockets(&netns);
     println!(
         "\n== {counted} TCP sockets (sockstat inuse + tw), {} helper processes of {} threads, \
          filled in {:.0} s",
@@ -155,24 +155,6 @@ fn measure_size(sockets: usize, runs: usize) {
         once_cpu_with / once_cpu_without
     );
     common::end_helpers(helpers);
-}
-
-/// TCP sockets in the namespace, from its socket counts: in use (listeners
-/// and connections) and in TIME_WAIT.
-fn tcp_sockets(netns: &Netns) -> u64 {
-    let output = netns
-        .command("cat")
-        .arg("/proc/net/sockstat")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
-    let line = text.lines().find(|line| line.starts_with("TCP:")).unwrap();
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    let value = |name: &str| -> u64 {
-        let at = fields.iter().position(|field| *field == name).unwrap();
-        fields[at + 1].parse().unwrap()
-    };
-    value("inuse") + value("tw")
 }
 
 /// What a daemon run measured.

@@ -58,19 +58,40 @@ pub struct Cli {
     pub max_connections: u32,
 
     /// Leave out the exporter's own process_* metrics.
-    #[arg(long = "web.disable-exporter-metrics")]
+    #[arg(
+        long = "web.disable-exporter-metrics",
+        value_name = "BOOL",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
     pub disable_exporter_metrics: bool,
 
     /// Time between samples, such as 500ms, 5s or 1m.
     #[arg(
         long = "collector.interval",
-        global = true,
         value_name = "DURATION",
         default_value = "5s",
         value_parser = parse_duration,
         allow_hyphen_values = true,
     )]
     pub interval: Duration,
+
+    /// Once scrapes come at a steady period longer than the interval, take
+    /// one sample just before each scrape rather than one every interval:
+    /// scrapes at the period get figures no older than the interval, and a
+    /// scrape off it may get older ones (portstat_sample_timestamp_seconds
+    /// says how old).
+    #[arg(
+        long = "collector.follow-scrapes",
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub follow_scrapes: bool,
 
     /// Where sockets are read from: a BPF program for TCP (exact headroom;
     /// needs CAP_BPF and CAP_PERFMON, and kernel BTF), netlink sock_diag,
@@ -89,15 +110,19 @@ pub struct Cli {
     )]
     pub bpf_object: Option<PathBuf>,
 
-    /// Find the process that owns each socket (needs root, or
+    /// Find the process that owns each socket: one BPF pass over every
+    /// process's descriptors (iter/task_file) where the BPF source's
+    /// privileges allow, else the walk of /proc/<pid>/fd (root, or
     /// CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH). `false` labels every
-    /// listener `process="unknown"` and saves the walk of /proc/<pid>/fd.
+    /// listener `process="unknown"` and saves that pass.
     #[arg(
         long = "collector.processes",
         global = true,
         value_name = "BOOL",
         default_value_t = true,
-        action = clap::ArgAction::Set
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
     )]
     pub processes: bool,
 
@@ -137,7 +162,9 @@ pub struct Cli {
         global = true,
         value_name = "BOOL",
         default_value_t = true,
-        action = clap::ArgAction::Set
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
     )]
     pub nat: bool,
 
@@ -146,10 +173,11 @@ pub struct Cli {
     /// privileges; without them, no failure series).
     #[arg(
         long = "collector.failures",
-        global = true,
         value_name = "BOOL",
         default_value_t = true,
-        action = clap::ArgAction::Set
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
     )]
     pub failures: bool,
 
@@ -159,23 +187,26 @@ pub struct Cli {
     /// docs/cost.md).
     #[arg(
         long = "collector.failures.autobind",
-        global = true,
         value_name = "BOOL",
         default_value_t = false,
-        action = clap::ArgAction::Set
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
     )]
     pub failures_autobind: bool,
 
     /// Count the connect() calls that take a port of the range, by
     /// destination and process, and name the TIME_WAIT ports after the
-    /// process that connected them (otherwise `none`). Costs each connect()
+    /// process that closed them, the one that connected them unless it
+    /// handed the socket on (otherwise `none`). Costs each connect()
     /// about 1 % more than counting failures alone (see docs/cost.md).
     #[arg(
         long = "collector.failures.connects",
-        global = true,
         value_name = "BOOL",
         default_value_t = true,
-        action = clap::ArgAction::Set
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
     )]
     pub failures_connects: bool,
 
@@ -220,7 +251,9 @@ pub struct Cli {
         long = "collector.netns.one-walk",
         value_name = "BOOL",
         default_value_t = true,
-        action = clap::ArgAction::Set
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
     )]
     pub netns_one_walk: bool,
 
@@ -244,8 +277,51 @@ pub struct Cli {
     pub log_format: LogFormat,
 
     /// Sample once, print the exposition to standard output and exit.
-    #[arg(long)]
+    #[arg(
+        long,
+        value_name = "BOOL",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
     pub once: bool,
+}
+
+/// The command line with node_exporter's negated boolean flags,
+/// `--no-NAME`, spelled out as `--NAME=false`, for every boolean flag
+/// (each also takes `--NAME`, `--NAME=true`, `--NAME=false` and, as
+/// before, `--NAME false`); what follows `--` is left as it is.
+pub fn with_negations_spelled_out(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let mut booleans = Vec::new();
+    for command in std::iter::once(&command).chain(command.get_subcommands()) {
+        for argument in command.get_arguments() {
+            // Every boolean flag is declared with the value name BOOL.
+            if argument
+                .get_value_names()
+                .is_some_and(|names| names.len() == 1 && names[0] == "BOOL")
+                && let Some(long) = argument.get_long()
+            {
+                booleans.push(long.to_string());
+            }
+        }
+    }
+    let mut ended = false;
+    args.into_iter()
+        .map(|arg| {
+            ended |= arg == "--";
+            match arg.to_str().and_then(|text| text.strip_prefix("--no-")) {
+                Some(name) if !ended && booleans.iter().any(|flag| flag == name) => {
+                    format!("--{name}=false").into()
+                }
+                _ => arg,
+            }
+        })
+        .collect()
 }
 
 impl Cli {
@@ -476,6 +552,60 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let args = std::iter::once("portstat_exporter")
+            .chain(args.iter().copied())
+            .map(std::ffi::OsString::from);
+        Cli::try_parse_from(with_negations_spelled_out(args))
+    }
+
+    #[test]
+    fn boolean_flags_take_every_form_node_exporter_takes() {
+        let autobind = |args: &[&str]| parse(args).unwrap().failures_autobind;
+        assert!(!autobind(&[]));
+        assert!(autobind(&["--collector.failures.autobind"]));
+        assert!(autobind(&["--collector.failures.autobind=true"]));
+        assert!(autobind(&["--collector.failures.autobind", "true"]));
+        assert!(!autobind(&["--collector.failures.autobind=false"]));
+        assert!(!autobind(&["--no-collector.failures.autobind"]));
+        let nat = |args: &[&str]| parse(args).unwrap().nat;
+        assert!(nat(&[]));
+        assert!(!nat(&["--no-collector.nat"]));
+        assert!(!nat(&["--collector.nat=false"]));
+        assert!(!nat(&["--collector.nat", "false"]));
+        assert!(parse(&["--once=true"]).unwrap().once);
+        assert!(parse(&["--once"]).unwrap().once);
+        assert!(!parse(&["--no-once"]).unwrap().once);
+        assert!(
+            parse(&["--web.disable-exporter-metrics=true"])
+                .unwrap()
+                .disable_exporter_metrics
+        );
+        assert!(
+            !parse(&["--no-web.disable-exporter-metrics"])
+                .unwrap()
+                .disable_exporter_metrics
+        );
+        assert!(
+            !parse(&["--no-collector.netns.one-walk"])
+                .unwrap()
+                .netns_one_walk
+        );
+        assert!(
+            !parse(&["--no-collector.follow-scrapes"])
+                .unwrap()
+                .follow_scrapes
+        );
+        // Flags of inspect's too, and a flag that takes no `false`.
+        assert!(
+            !parse(&["inspect", "--no-collector.processes"])
+                .unwrap()
+                .processes
+        );
+        assert!(parse(&["--no-collector.interval"]).is_err());
+        assert!(parse(&["--collector.nat=maybe"]).is_err());
+    }
 
     #[test]
     fn durations() {

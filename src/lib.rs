@@ -17,6 +17,7 @@ pub mod log;
 pub mod plan;
 pub mod render;
 pub mod sampler;
+pub mod scrapes;
 pub mod serve;
 pub mod source;
 pub mod webconfig;

@@ -17,6 +17,7 @@ use portstat_exporter::render::Renderer;
 use portstat_exporter::sampler::{
     Exposition, NamespaceScope, Sampler, failures_counted_by, name_connections_as, running_exporter,
 };
+use portstat_exporter::scrapes::ScrapeClock;
 use portstat_exporter::serve::{self, ServeConfig};
 use portstat_exporter::source::bpf::failures::{Counting, RunningExporter};
 use portstat_exporter::source::read::read_own_namespace_at_once;
@@ -24,7 +25,9 @@ use portstat_exporter::webconfig::WebConfig;
 
 fn main() -> ExitCode {
     // clap exits with status 2 and names the flag on a malformed value.
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(portstat_exporter::cli::with_negations_spelled_out(
+        std::env::args_os(),
+    ));
     portstat_exporter::log::init(cli.log_level, cli.log_format);
 
     if let Some(Command::Inspect { port, json }) = cli.command {
@@ -112,6 +115,14 @@ fn run(
     // Bind before anything else runs, so that an address in use fails at once.
     let listeners = bind(cli)?;
 
+    let loads_bpf = !matches!(
+        cli.source,
+        portstat_exporter::source::SourceChoice::Netlink
+            | portstat_exporter::source::SourceChoice::Procfs
+    );
+    if cli.failures || loads_bpf {
+        portstat_exporter::source::bpf::prepare_kernel_types();
+    }
     if cli.failures {
         sampler.count_failures(Counting {
             autobind: cli.failures_autobind,
@@ -127,9 +138,11 @@ fn run(
              --collector.interval of 1s or more is usual"
         );
     }
+    let scrapes = Arc::new(ScrapeClock::new(interval, cli.follow_scrapes));
+    let clock = scrapes.clone();
     std::thread::Builder::new()
         .name("sampler".to_string())
-        .spawn(move || sampler.run(interval, sender))
+        .spawn(move || sampler.run(interval, &clock, sender))
         .map_err(|error| {
             eprintln!("portstat_exporter: cannot start the sampler thread: {error}");
             ExitCode::from(1)
@@ -140,6 +153,7 @@ fn run(
         max_requests: cli.max_requests,
         max_connections,
         web: web.clone(),
+        scrapes: Some(scrapes),
     };
     let code = runtime.block_on(serve_until_stopped(
         cli, listeners, config, receiver, web, signals,
@@ -312,6 +326,13 @@ fn inspect(cli: &Cli, port: Option<u16>, json: bool) -> ExitCode {
             .iter()
             .map(|(pid, comm)| (*pid, comm.clone())),
     );
+    // A process that closed a socket runs still where its pid has its name.
+    let procfs = reader.procfs_root().to_path_buf();
+    let still_runs = |pid: u32, comm: &[u8; 16]| {
+        let end = comm.iter().position(|&byte| byte == 0).unwrap_or(16);
+        std::fs::read(procfs.join(pid.to_string()).join("comm"))
+            .is_ok_and(|now| now.strip_suffix(b"\n").unwrap_or(&now) == &comm[..end])
+    };
     let holders = port.map(|port| {
         inspect::port_holders(
             read.aggregator.kept_sockets(),
@@ -319,9 +340,24 @@ fn inspect(cli: &Cli, port: Option<u16>, json: bool) -> ExitCode {
             read.aggregator.kept_connection_names(),
             port,
             cli.processes,
+            &still_runs,
         )
     });
     let mut snapshot = read.finish(&owners);
+    // Sockets no process holds are named after who closed them, which may
+    // have exited since.
+    let runs_as = |pid: u32, process: &str| {
+        std::fs::read(procfs.join(pid.to_string()).join("comm")).is_ok_and(|now| {
+            let now = now.strip_suffix(b"\n").unwrap_or(&now);
+            portstat_core::model::process_label(portstat_core::model::comm_text(now)) == process
+        })
+    };
+    for usages in [
+        &mut snapshot.processes,
+        &mut snapshot.bind_before_connect_processes,
+    ] {
+        portstat_core::aggregate::processes::mark_exited(usages, &runs_as);
+    }
     match running.and_then(|running| {
         running
             .map(|exporter| failures_counted_by(&exporter, &snapshot).map(|f| (exporter, f)))
@@ -332,7 +368,10 @@ fn inspect(cli: &Cli, port: Option<u16>, json: bool) -> ExitCode {
             snapshot.failures = Some(failures);
         }
         Ok(None) => {
-            eprintln!("portstat_exporter: no exporter counts failed connect() calls on this host")
+            eprintln!(
+                "portstat_exporter: no exporter on this host counts failed connect() calls \
+                 in this network namespace"
+            )
         }
         Err(error) => eprintln!(
             "portstat_exporter: cannot read the failures the running exporter counted \

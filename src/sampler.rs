@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use crate::collector::Collectors;
 use crate::plan::{self, Plan};
 use crate::render::Renderer;
+use crate::scrapes::ScrapeClock;
 use crate::source::all::{NamespacesRead, read_all};
 use crate::source::bpf::failures::{
     Counting, PortFailureCounter, RawCounts, RunningExporter, names_capacity,
@@ -22,9 +23,7 @@ use crate::source::read::{
 use crate::source::{NamespaceReader, ReadReport, SourceError, namespaces};
 use portstat_core::aggregate::{Limits, Snapshot};
 use portstat_core::metrics::failures::FailureHistory;
-use portstat_core::model::{
-    Connection, ConnectionNames, Connector, NamespaceFailures, PortFailureCounts,
-};
+use portstat_core::model::{NamespaceFailures, PortFailureCounts};
 use portstat_core::page::landing_page;
 use portstat_core::status::{Collector, FailureCounting, NamespaceCounts, SampleStatus, Stage};
 
@@ -188,16 +187,28 @@ impl Sampler {
             );
             counting.autobind = false;
         }
-        let mut loaded = PortFailureCounter::load(counting, names);
+        // The programs record only the namespaces sampled: room for each.
+        let namespaces = match self.namespaces {
+            NamespaceScope::Own => 1,
+            NamespaceScope::All { max } => u32::try_from(max).unwrap_or(u32::MAX),
+        };
+        let mut loaded = PortFailureCounter::load(counting, names, namespaces);
         if counting.autobind
             && let Err(error) = &loaded
         {
             tracing::warn!(err = %error, "cannot count bind() and UDP failures; counting TCP connect() failures without them");
             counting.autobind = false;
-            loaded = PortFailureCounter::load(counting, names);
+            loaded = PortFailureCounter::load(counting, names, namespaces);
         }
         match loaded {
-            Ok(counter) => {
+            Ok(mut counter) => {
+                // The exporter's own namespace is recorded from now; with
+                // every namespace, each from the sample that first finds it.
+                if let Some(own) = namespaces::own_namespace_inode()
+                    && let Err(error) = counter.sample_namespaces(&[own])
+                {
+                    tracing::warn!(err = %error, "cannot record the exporter's own namespace");
+                }
                 self.failure_counter = Some(counter);
                 self.collectors.plan(Collector::Failures, true);
                 let Counting { autobind, connects } = counting;
@@ -216,7 +227,11 @@ impl Sampler {
                     }
                     _ => "read".to_string(),
                 };
-                tracing::info!(err = %error, "cannot count failed connect() calls (needs the BPF source's privileges); the failure families are absent");
+                tracing::info!(
+                    err = %error,
+                    "cannot count failed connect() calls ({}); the failure families are absent",
+                    why_bpf_failed(&error.to_string())
+                );
                 self.status.failure_counting = FailureCounting::Unavailable { stage };
             }
         }
@@ -227,8 +242,8 @@ impl Sampler {
         let counter = self.failure_counter.as_ref()?;
         match self.collectors.time(Collector::Failures, || counter.read()) {
             Ok(counts) => {
-                self.status.failures_unrecorded = counts.unrecorded;
-                self.status.connects_unrecorded = counts.connects_unrecorded;
+                // Where the kernel does not say (before Linux 5.12), 0.
+                self.status.counting_runs_missed = counter.runs_missed().unwrap_or(0);
                 Some(counts)
             }
             Err(error) => {
@@ -333,41 +348,31 @@ impl Sampler {
         let Some(counter) = &mut self.failure_counter else {
             return;
         };
-        let mut live = live_cookies(&self.namespace_handles, namespaces::own_namespace_inode());
-        match self
-            .collectors
-            .time(Collector::Failures, || counter.names(&mut live))
-        {
-            Ok(names) => {
-                self.status.connection_names_evicted = counter.names_evicted();
-                self.reader.set_connection_names(names.by_netns);
-            }
-            Err(error) => self.collectors.failed(Collector::Failures, error),
-        }
+        self.reader.set_connection_names(Box::new(counter.names()));
     }
 
-    /// Removes from the kernel's map the names of connections no socket of
-    /// a sample that succeeded matched (`unseen`), and those of namespaces
-    /// not read (`unread`), where the sample that succeeded before missed
-    /// them too: no socket is left to name with them, and the room goes to
-    /// new connections, so that the map evicts a name only when the
-    /// connections still there outgrow it.
-    fn prune_connection_names(
-        &mut self,
-        mut unseen: Vec<(u64, Connection, Connector)>,
-        unread: HashMap<u64, ConnectionNames>,
-    ) {
+    /// After a sample that succeeded, removes from the kernel's map the
+    /// names of connections gone (`PortFailureCounter::sweep_names`), so
+    /// that the map evicts a name only when the connections still there
+    /// outgrow it, and counts the names it evicted.
+    fn sweep_connection_names(&mut self) {
+        if !matches!(
+            self.status.failure_counting,
+            FailureCounting::Bpf { connects: true, .. }
+        ) {
+            return;
+        }
         let Some(counter) = &mut self.failure_counter else {
             return;
         };
-        for (netns, names) in unread {
-            unseen.extend(
-                names
-                    .into_iter()
-                    .map(|(connection, connector)| (netns, connection, connector)),
-            );
+        let mut live = live_cookies(&self.namespace_handles, namespaces::own_namespace_inode());
+        match self
+            .collectors
+            .time(Collector::Failures, || counter.sweep_names(&mut live))
+        {
+            Ok(()) => self.status.connection_names_evicted = counter.names_evicted(),
+            Err(error) => self.collectors.failed(Collector::Failures, error),
         }
-        counter.prune(&unseen);
     }
 
     /// Resolves what the sampler reads, before its first sample: loads the
@@ -424,15 +429,14 @@ impl Sampler {
         // made after, and is counted as an attempt by the next sample.
         let failure_counts = self.read_failures();
         self.read_connection_names();
-        let mut unseen = Vec::new();
         let result = match self.namespaces {
-            NamespaceScope::Own => self.sample_own(&mut unseen),
-            NamespaceScope::All { max } => self.sample_all(max, &mut unseen),
+            NamespaceScope::Own => self.sample_own(),
+            NamespaceScope::All { max } => self.sample_all(max),
         };
-        let unread = self.reader.unread_connection_names();
+        self.reader.clear_connection_names();
         match result {
             Ok(mut snapshots) => {
-                self.prune_connection_names(unseen, unread);
+                self.sweep_connection_names();
                 if let Some(counts) = failure_counts {
                     self.attach_failures(&mut snapshots, counts);
                 }
@@ -465,6 +469,7 @@ impl Sampler {
         self.status.collectors = self.collectors.finish_sample();
         self.log_plan();
         self.status.duration_seconds = started.elapsed().as_secs_f64();
+        self.status.samples += 1;
         self.say_what_sharing_costs();
         match self.renderer.render(&self.last_good, &self.status) {
             Ok(text) => {
@@ -503,10 +508,7 @@ impl Sampler {
     }
 
     /// Samples the namespace the exporter runs in.
-    fn sample_own(
-        &mut self,
-        unseen: &mut Vec<(u64, Connection, Connector)>,
-    ) -> Result<Vec<Snapshot>, SourceError> {
+    fn sample_own(&mut self) -> Result<Vec<Snapshot>, SourceError> {
         if !self.serving {
             let (read, owners) = read_own_namespace_at_once(
                 &mut self.reader,
@@ -523,17 +525,12 @@ impl Sampler {
             &mut [(own, &mut read)],
             &mut self.collectors,
         );
-        unseen.extend(read.unseen_connections());
         Ok(vec![read.finish(&owners)])
     }
 
     /// Samples every network namespace on the host, at most `max`, entering
     /// each on this thread in turn.
-    fn sample_all(
-        &mut self,
-        max: usize,
-        unseen: &mut Vec<(u64, Connection, Connector)>,
-    ) -> Result<Vec<Snapshot>, SourceError> {
+    fn sample_all(&mut self, max: usize) -> Result<Vec<Snapshot>, SourceError> {
         let discovered = self.collectors.time(Collector::Namespaces, || {
             namespaces::discover(
                 self.reader.procfs_root(),
@@ -553,6 +550,12 @@ impl Sampler {
             .iter()
             .map(|entry| (entry.identity.inode, entry.handle.clone()))
             .collect();
+        if let Some(counter) = &mut self.failure_counter {
+            let inodes: Vec<u64> = entries.iter().map(|entry| entry.identity.inode).collect();
+            if let Err(error) = counter.sample_namespaces(&inodes) {
+                self.collectors.failed(Collector::Failures, error);
+            }
+        }
 
         let mut read = read_all(
             &mut self.reader,
@@ -585,8 +588,7 @@ impl Sampler {
         Ok(read
             .samples
             .into_iter()
-            .map(|(identity, mut read)| {
-                unseen.extend(read.unseen_connections());
+            .map(|(identity, read)| {
                 let mut snapshot = read.finish(&owners);
                 snapshot.namespace = Some(identity);
                 snapshot
@@ -621,9 +623,15 @@ impl Sampler {
         );
     }
 
-    /// Samples every `interval` forever on the calling thread, publishing each
-    /// exposition through `sender`. Returns when every receiver is gone.
-    pub fn run(mut self, interval: Duration, sender: watch::Sender<Arc<Exposition>>) {
+    /// Samples forever on the calling thread, at most `interval` apart and
+    /// when `scrapes` says, publishing each exposition through `sender`.
+    /// Returns when every receiver is gone.
+    pub fn run(
+        mut self,
+        interval: Duration,
+        scrapes: &ScrapeClock,
+        sender: watch::Sender<Arc<Exposition>>,
+    ) {
         lower_thread_priority();
         self.serving = true;
         self.status.interval_seconds = Some(interval.as_secs_f64());
@@ -633,25 +641,35 @@ impl Sampler {
         // verifiers pass in milliseconds; never longer, so that the exporter
         // is ready soon whatever the verifier does.
         let mut wait = FIRST_SAMPLE_WAITS_FOR_PROGRAMS;
-        let mut next = Instant::now();
         loop {
             self.reader.take_loaded_programs(wait);
             wait = Duration::ZERO;
+            let started = Instant::now();
+            self.status.scrape_period_seconds = scrapes.period();
             let exposition = self.sample();
             if sender.send(Arc::new(exposition)).is_err() {
                 return;
             }
             release_free_memory();
-            next += interval;
-            let now = Instant::now();
-            if next <= now {
-                // A sample took longer than the interval: start again from now
-                // instead of running a burst of catch-up samples.
-                next = now;
-                continue;
-            }
-            std::thread::sleep(next - now);
+            // A sample that took longer than the interval is followed by the
+            // next at once, never by a burst of catch-up samples.
+            scrapes.wait_for_next_sample(started, started.elapsed());
         }
+    }
+}
+
+/// What an operator can do about a BPF load that failed with `error`: the
+/// error number says whether privileges, memory or descriptors ran short.
+fn why_bpf_failed(error: &str) -> &'static str {
+    if error.contains("os error 12") {
+        "the kernel had no memory for the BPF maps (ENOMEM): they count against \
+         the exporter's memory cgroup, whose limit is below what they need \
+         (docs/deploying.md gives the figure)"
+    } else if error.contains("os error 24") || error.contains("os error 23") {
+        "the exporter ran out of file descriptors (EMFILE): raise its RLIMIT_NOFILE \
+         (LimitNOFILE= in the unit)"
+    } else {
+        "needs the BPF source's privileges"
     }
 }
 
@@ -734,7 +752,7 @@ pub fn name_connections_as(exporter: &RunningExporter, reader: &mut NamespaceRea
     };
     let cookie = namespaces::thread_namespace_cookie().ok();
     if let Ok(names) = crate::source::bpf::failures::running_names(exporter, netns, cookie) {
-        reader.set_connection_names(HashMap::from([(netns, names)]));
+        reader.set_connection_names(Box::new(HashMap::from([(netns, names)])));
     }
 }
 

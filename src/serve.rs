@@ -19,6 +19,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::scrapes::ScrapeClock;
+
 use crate::sampler::Exposition;
 use crate::webconfig::WebConfig;
 
@@ -51,6 +53,8 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// TLS, authentication and headers; replaced when the file is reloaded.
     pub web: WebConfigHandle,
+    /// Told of each scrape of the metrics, for the sampler to follow.
+    pub scrapes: Option<Arc<ScrapeClock>>,
 }
 
 /// The web configuration in force, which a reload replaces.
@@ -626,6 +630,7 @@ pub fn answer(request: &Request<()>, web: WebConfig) -> u16 {
             max_requests: 40,
             max_connections: 10,
             web: Arc::new(std::sync::RwLock::new(Arc::new(web))),
+            scrapes: None,
         },
         receiver,
     );
@@ -840,6 +845,9 @@ impl State {
     }
 
     fn metrics<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
+        if let Some(scrapes) = &self.config.scrapes {
+            scrapes.scraped();
+        }
         let exposition = self.expositions.borrow().clone();
         if exposition.text.is_empty() {
             // Before the first sample has been rendered: no figures to
@@ -949,6 +957,7 @@ mod tests {
                 max_requests,
                 max_connections: 10,
                 web: Arc::new(std::sync::RwLock::new(Arc::new(WebConfig::plain()))),
+                scrapes: None,
             },
             receiver,
         )

@@ -491,7 +491,7 @@ fn tls_config(
     let certificates: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(&certificate_pem)
             .collect::<Result<_, _>>()
-            .map_err(|e| (field("cert_file"), e.to_string()))?;
+            .map_err(|e| (field("cert_file"), pem_error(&e)))?;
     if certificates.is_empty() {
         return Err((field("cert_file"), "no certificate in the file".to_string()));
     }
@@ -500,7 +500,7 @@ fn tls_config(
         .map_or(0, |since| since.as_secs() as i64);
     warnings.extend(validity_warning(&certificates[0], now));
     let key = PrivateKeyDer::from_pem_slice(&read("key_file", &tls.key_file)?)
-        .map_err(|e| (field("key_file"), e.to_string()))?;
+        .map_err(|e| (field("key_file"), pem_error(&e)))?;
     let client_ca = match &tls.client_ca_file {
         Some(file) => Some(read("client_ca_file", file)?),
         None => None,
@@ -571,7 +571,7 @@ fn client_verifier(
         };
         let mut roots = rustls::RootCertStore::empty();
         for certificate in CertificateDer::pem_slice_iter(pem) {
-            let certificate = certificate.map_err(|e| (field("client_ca_file"), e.to_string()))?;
+            let certificate = certificate.map_err(|e| (field("client_ca_file"), pem_error(&e)))?;
             roots
                 .add(certificate)
                 .map_err(|e| (field("client_ca_file"), e.to_string()))?;
@@ -673,9 +673,41 @@ pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
 
+/// What is wrong with a PEM file, in words: the markers it lacks or has
+/// wrong as text, not as bytes.
+fn pem_error(error: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match error {
+        Error::MissingSectionEnd { end_marker } => format!(
+            "a PEM section has no end line \"-----END {}-----\": the file is cut short",
+            String::from_utf8_lossy(end_marker)
+        ),
+        Error::IllegalSectionStart { line } => format!(
+            "a PEM section starts with a malformed line {:?}",
+            String::from_utf8_lossy(line)
+        ),
+        Error::NoItemsFound => "no PEM section of the kind expected".to_string(),
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_truncated_pem_file_is_said_to_be_cut_short() {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let cut = b"-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n";
+        let error = CertificateDer::pem_slice_iter(cut)
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap_err();
+        assert_eq!(
+            pem_error(&error),
+            r#"a PEM section has no end line "-----END CERTIFICATE-----": the file is cut short"#
+        );
+    }
 
     #[test]
     fn base64() {

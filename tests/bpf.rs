@@ -460,23 +460,6 @@ impl Drop for HeldObject {
     }
 }
 
-/// Waits, `limit` at most, until the exporter has logged `text`; returns
-/// its log.
-fn wait_for_log(exporter: &support::Exporter<'_>, text: &str, limit: Duration) -> String {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        let log = exporter.log();
-        if log.contains(text) {
-            return log;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the exporter never logged {text:?}:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A daemon does not wait for its programs to load: it is ready, and
 /// serves samples read over netlink, while they load (here, until the test
 /// hands it the object); once they are loaded it reads TCP with BPF, exact,
@@ -548,7 +531,7 @@ fn a_daemon_logs_a_refusal_after_its_first_samples_once_with_the_reason() {
     held.release("tests/fixtures/bpf/costly_to_verify.bpf.o");
     // The verifier's million instructions take seconds: the wait is for
     // the log line, ten minutes at most.
-    let log = wait_for_log(&exporter, WARNING, Duration::from_secs(600));
+    let log = exporter.wait_for_log(WARNING, Duration::from_secs(600));
     assert_eq!(log.matches(WARNING).count(), 1, "{log}");
     assert!(log.contains("too large"), "no verifier's reason:\n{log}");
     assert!(!log.contains("the BPF programs are loaded"), "{log}");
@@ -694,6 +677,12 @@ fn one_walk_reads_what_each_namespace_reads() {
     // TIME_WAIT sockets become reusable a second after they close: both
     // reads must see them past it.
     std::thread::sleep(Duration::from_millis(1500));
+    // This process holds the namespaces' sockets. A test beside this one
+    // that starts a command forks this process, and the child holds copies
+    // of all its descriptors until it execs: a read then names that child
+    // too, under the forking thread's name. Only this process's figures
+    // are compared.
+    let own_process = format!("process=\"{}\"", support::own_comm());
     let sample = |one_walk: bool| {
         let (output, stderr, metrics) = run(Command::new(support::exporter()).args([
             "--once",
@@ -713,6 +702,7 @@ fn one_walk_reads_what_each_namespace_reads() {
             .filter(|line| !line.starts_with('#'))
             // Where each protocol was read from differs, checked below.
             .filter(|line| !line.starts_with("portstat_source_info{"))
+            .filter(|line| !line.contains("process=\"") || line.contains(&own_process))
             .filter(|line| {
                 namespaces
                     .iter()
@@ -793,6 +783,18 @@ fn one_walk_reads_what_each_namespace_reads() {
         differing.join("\n")
     );
     assert!(one_walk.len() > 100, "{} series", one_walk.len());
+    for netns in &namespaces {
+        let held = format!(
+            r#"portstat_ephemeral_process_ports_used{{netns="{}",netns_name="{}",{own_process}}}"#,
+            namespace_inode(netns),
+            netns.name()
+        );
+        assert!(
+            one_walk.get(&held).is_some_and(|&ports| ports >= 13.0),
+            "{held}: {:?}",
+            one_walk.get(&held)
+        );
+    }
 }
 
 /// The most instructions the verifier may process for any program: a tenth
@@ -862,5 +864,48 @@ fn every_program_verifies_within_a_tenth_of_the_budget() {
     assert!(
         over.is_empty(),
         "over {VERIFIER_BUDGET} instructions processed on Linux {release}: {over:?}"
+    );
+}
+
+/// Inside a time namespace whose monotonic clock runs an hour ahead of the
+/// kernel's, TIME_WAIT sockets a moment old are a moment old: the BPF
+/// source reads their age against the kernel's clock, not the exporter's.
+/// A reuse delay of 30 s (`tcp_tw_reuse_delay`, Linux 6.13) keeps them
+/// young for the whole test, whatever the load.
+#[test]
+fn young_time_wait_is_not_reusable_inside_a_time_namespace() {
+    support::require_bpf();
+    let netns = Netns::new((40000, 40099), "");
+    let delay = "/proc/sys/net/ipv4/tcp_tw_reuse_delay";
+    if !netns.run(|| std::path::Path::new(delay).exists()) {
+        eprintln!("skipped: this kernel has no tcp_tw_reuse_delay (Linux 6.13)");
+        return;
+    }
+    netns.write_sysctl("tcp_tw_reuse", "1");
+    netns.write_sysctl("tcp_tw_reuse_delay", "30000");
+    let listener = netns.run(|| listening_socket("127.0.0.1:8080", false, 64));
+    netns.run(|| {
+        for _ in 0..10 {
+            let client = TcpStream::connect("127.0.0.1:8080").unwrap();
+            let (accepted, _) = listener.accept().unwrap();
+            drop(client);
+            std::thread::sleep(Duration::from_millis(5));
+            drop(accepted);
+        }
+    });
+    let mut command = netns.command("unshare");
+    command.args(["--time", "--monotonic", "3600", support::exporter()]);
+    command.args(["--once", "--collector.source", "bpf"]);
+    let (output, stderr, metrics) = run(&mut command);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        metrics.get(r#"portstat_ephemeral_sockets{protocol="tcp",state="time_wait"}"#),
+        Some(10.0),
+        "{stderr}"
+    );
+    assert_eq!(
+        metrics.get(r#"portstat_ephemeral_time_wait_reusable{protocol="tcp"}"#),
+        Some(0.0),
+        "TIME_WAIT a moment old read as reusable inside the time namespace"
     );
 }

@@ -18,9 +18,11 @@ use support::{Metrics, Netns, ReadyScript};
 /// Twenty ports.
 const PORTS: usize = 20;
 
-/// Held by each test while it runs: `inspect` reads the newest exporter's
-/// names, and every exporter's program names every namespace's
-/// connections, but only those made after it started.
+/// Held by every test of this file while it runs: the kernel does not run
+/// the counting program for a state change raised by a softirq while the
+/// program already runs on that CPU (its recursion guard), so one test's
+/// churn could cost another's exact counts; and two of them would load a
+/// small machine, or a guest of the kernel matrix, at once.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A python3 process named `comm` that connects to 127.0.0.1:`port` and
@@ -100,6 +102,15 @@ fn destination(labels: &str, port: u16) -> String {
     )
 }
 
+/// The series of family `name`, which has no label of its own, of the
+/// namespace whose series start with `labels`.
+fn series_of(labels: &str, name: &str) -> String {
+    match labels.trim_end_matches(',') {
+        "" => name.to_string(),
+        labels => format!("{name}{{{labels}}}"),
+    }
+}
+
 /// The lines of `metrics` that tell how far naming and counting got in the
 /// namespace whose series start with `labels`, and how the exporter fared.
 fn relevant_lines(metrics: &Metrics, labels: &str) -> String {
@@ -118,6 +129,7 @@ fn relevant_lines(metrics: &Metrics, labels: &str) -> String {
                 "portstat_sample_success",
                 "portstat_ephemeral_connection_names_evicted_total",
                 "portstat_ephemeral_connects_unrecorded_total",
+                "portstat_failures_runs_missed_total",
             ]
             .iter()
             .any(|name| line.starts_with(name));
@@ -242,7 +254,10 @@ fn two_churning_clients_are_named<'a>(
         0.0
     );
     assert_eq!(
-        metrics.value("portstat_ephemeral_connects_unrecorded_total"),
+        metrics.value(&series_of(
+            labels,
+            "portstat_ephemeral_connects_unrecorded_total"
+        )),
         0.0
     );
     // The failures that ended each client are counted by process too.
@@ -304,8 +319,52 @@ fn time_wait_is_named_after_the_churning_process_and_connects_match_it() {
         ],
         "{report}"
     );
-    let text = netns.inspect(&[]);
-    assert!(text.contains("churn-first"), "{text}");
+    // The churning processes have ended: each process, and each socket,
+    // gives the pid of the process that closed it, marked as exited.
+    for process in report["processes"].as_array().unwrap() {
+        assert!(!process["pids"].as_array().unwrap().is_empty(), "{report}");
+        assert_eq!(process["exited_pids"], process["pids"], "{report}");
+    }
+    for socket in report["port"]["sockets"].as_array().unwrap() {
+        assert!(
+            socket["pid"].as_u64().is_some_and(|pid| pid > 0),
+            "{report}"
+        );
+        assert_eq!(socket["process_exited"], true, "{report}");
+    }
+    let text = netns.inspect(&["40005"]);
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("time_wait"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    for ((row, socket), name) in rows
+        .iter()
+        .zip(report["port"]["sockets"].as_array().unwrap())
+        .zip(["churn-first", "churn-second"])
+    {
+        let pid = socket["pid"].as_u64().unwrap();
+        assert!(
+            row.ends_with(&format!("{pid}*{name}")),
+            "the pid {pid}, whole, marked exited, and {name}: {row:?}"
+        );
+    }
+    assert!(
+        text.contains("* the process has exited since it closed the socket"),
+        "{text}"
+    );
+    for process in report["processes"].as_array().unwrap() {
+        let row = format!(
+            "{} (pid {}, exited)",
+            process["process"].as_str().unwrap(),
+            process["pids"][0]
+        );
+        assert!(text.contains(&row), "{row} in:\n{text}");
+    }
+    assert!(
+        text.lines().all(|line| line.chars().count() <= 80),
+        "{text}"
+    );
 }
 
 #[test]
@@ -335,6 +394,20 @@ fn with_every_namespace_each_names_its_own_churn() {
 /// Destinations past what the connects map holds (1,024 entries).
 const DESTINATIONS: u16 = 1100;
 
+/// One connection inside `netns` to each of `DESTINATIONS` listeners on
+/// 127.0.0.1, from port 50000 up: the listeners and the connections, held.
+fn connect_to_every_destination(netns: &Netns) -> (Vec<TcpListener>, Vec<TcpStream>) {
+    netns.run(|| {
+        let listeners = (0..DESTINATIONS)
+            .map(|index| TcpListener::bind(("127.0.0.1", 50000 + index)).unwrap())
+            .collect();
+        let connections = (0..DESTINATIONS)
+            .map(|index| TcpStream::connect(("127.0.0.1", 50000 + index)).unwrap())
+            .collect();
+        (listeners, connections)
+    })
+}
+
 #[test]
 fn a_full_connects_map_still_counts_every_connect_of_the_namespace() {
     support::require_bpf();
@@ -343,34 +416,94 @@ fn a_full_connects_map_still_counts_every_connect_of_the_namespace() {
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let netns = Netns::new((45000, 46999), "");
     let exporter = netns.start_exporter(&["--collector.interval", "300ms"]);
-    let _listeners: Vec<TcpListener> = netns.run(|| {
-        (0..DESTINATIONS)
-            .map(|index| TcpListener::bind(("127.0.0.1", 50000 + index)).unwrap())
-            .collect()
-    });
-    let _connections: Vec<TcpStream> = netns.run(|| {
-        (0..DESTINATIONS)
-            .map(|index| TcpStream::connect(("127.0.0.1", 50000 + index)).unwrap())
-            .collect()
-    });
+    let _connected = connect_to_every_destination(&netns);
     let total = r#"portstat_ephemeral_connects_total{protocol="tcp"}"#;
     let metrics = exporter
         .metrics_until(|metrics| metrics.get(total) == Some(f64::from(DESTINATIONS)))
         .expect("every connect counted in the namespace's total");
-    // The map is the exporter's, shared by every namespace: it holds fewer
-    // of this namespace's destinations than there are, and the rest are
-    // unrecorded.
+    // The map holds fewer of this namespace's destinations than there
+    // are, and the rest are the namespace's unrecorded: its total is its
+    // destination series plus its unrecorded, exactly.
     let by_destination: f64 = metrics
         .family("portstat_ephemeral_destination_connects_total")
         .values()
         .sum();
     assert!(by_destination < f64::from(DESTINATIONS), "{}", metrics.text);
-    assert!(
-        metrics.value("portstat_ephemeral_connects_unrecorded_total")
-            >= f64::from(DESTINATIONS) - by_destination,
+    assert_eq!(
+        metrics.value("portstat_ephemeral_connects_unrecorded_total"),
+        f64::from(DESTINATIONS) - by_destination,
         "{}",
         metrics.text
     );
+}
+
+/// With every namespace sampled, namespace B fills the connects map by
+/// destination, which all share; A then connects. Each namespace's
+/// unrecorded connects are its own, and its total is its destination
+/// series plus them, exactly.
+#[test]
+fn each_namespace_s_unrecorded_connects_are_its_own() {
+    support::require_bpf();
+    let _alone = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let home = Netns::new((43000, 43099), "");
+    let a = Netns::new((40200, 40299), "");
+    let b = Netns::new((45000, 46999), "");
+    let labels =
+        |netns: &Netns| format!(r#"netns="{}",netns_name="{}""#, netns.inode(), netns.name());
+    let exporter =
+        home.start_exporter(&["--collector.netns", "all", "--collector.interval", "300ms"]);
+    exporter.wait_for_the_counter();
+    exporter.wait_until_sampled(&[&a, &b]);
+    let _b_connected = connect_to_every_destination(&b);
+    let a_listener: TcpListener = a.run(|| TcpListener::bind("127.0.0.1:8080").unwrap());
+    let _a_connections: Vec<TcpStream> = a.run(|| {
+        (0..5)
+            .map(|_| TcpStream::connect("127.0.0.1:8080").unwrap())
+            .collect()
+    });
+    let total = |netns: &Netns| {
+        format!(
+            r#"portstat_ephemeral_connects_total{{{},protocol="tcp"}}"#,
+            labels(netns)
+        )
+    };
+    let metrics = exporter
+        .metrics_until(|metrics| {
+            metrics.get(&total(&a)) == Some(5.0)
+                && metrics.get(&total(&b)) == Some(f64::from(DESTINATIONS))
+        })
+        .expect("every connect counted in its namespace's total");
+    let of = |netns: &Netns| {
+        let by_destination: f64 = metrics
+            .family("portstat_ephemeral_destination_connects_total")
+            .iter()
+            .filter(|(series, _)| series.contains(&labels(netns)))
+            .map(|(_, value)| value)
+            .sum();
+        let unrecorded = metrics.value(&format!(
+            "portstat_ephemeral_connects_unrecorded_total{{{}}}",
+            labels(netns)
+        ));
+        (by_destination, unrecorded)
+    };
+    let (a_recorded, a_unrecorded) = of(&a);
+    let (b_recorded, b_unrecorded) = of(&b);
+    assert_eq!(a_recorded + a_unrecorded, 5.0, "{}", metrics.text);
+    assert_eq!(
+        b_recorded + b_unrecorded,
+        f64::from(DESTINATIONS),
+        "{}",
+        metrics.text
+    );
+    assert!(
+        b_unrecorded > 0.0,
+        "the map had no room for all of B's: {}",
+        metrics.text
+    );
+    assert_eq!(of(&home), (0.0, 0.0), "{}", metrics.text);
+    drop(a_listener);
 }
 
 #[test]
@@ -429,5 +562,205 @@ fn with_connects_off_failures_are_counted_and_time_wait_is_nobody_s() {
     assert_eq!(
         metrics.value(r#"portstat_failures_source_info{source="bpf",reason="loaded"}"#),
         1.0
+    );
+}
+
+/// Connects left in SYN_SENT at once by each of two processes: together
+/// more than a map of notes could hold.
+const STUCK_EACH: usize = 10_000;
+
+/// A python3 process that starts `STUCK_EACH` non-blocking connects to
+/// 127.0.0.1:7 and holds the sockets until its standard input closes.
+fn stuck_connects(netns: &Netns) -> ReadyScript {
+    ReadyScript::start(
+        netns,
+        "import resource,socket,sys\n\
+         hard=resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n\
+         resource.setrlimit(resource.RLIMIT_NOFILE,(hard,hard))\n\
+         held=[]\n\
+         for _ in range(int(sys.argv[1])):\n\
+         \x20   s=socket.socket()\n\
+         \x20   s.setblocking(False)\n\
+         \x20   try:\n\
+         \x20       s.connect(('127.0.0.1',7))\n\
+         \x20   except BlockingIOError:\n\
+         \x20       pass\n\
+         \x20   held.append(s)\n\
+         print('ready',flush=True)\nsys.stdin.read()",
+        &[&STUCK_EACH.to_string()],
+    )
+}
+
+/// The sockets in `netns` in SYN_SENT, as `ss` counts them.
+fn syn_sent(netns: &Netns) -> usize {
+    let output = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            netns.name(),
+            "ss",
+            "-Htn",
+            "state",
+            "syn-sent",
+        ])
+        .output()
+        .expect("ss is needed");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).lines().count()
+}
+
+/// A black-holed backend: 20,000 connects stuck in SYN_SENT at once, then
+/// abandoned by their clients. Each took a port, so each is a connect:
+/// counted by destination or, where the kernel had no room, as unrecorded,
+/// and never lost.
+#[test]
+fn a_pile_of_connects_in_syn_sent_is_counted_exactly() {
+    support::require_bpf();
+    let _alone = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let netns = Netns::new((30000, 60999), "");
+    // SYNs to port 7 go unanswered: its listener's accept queue is full,
+    // and the kernel drops them. It would give up after six retries, two
+    // minutes after each SYN, long after every connect is made, so that all
+    // 20,000 are in SYN_SENT at once; then the clients give up themselves,
+    // closing them. (A timeout that fires in a softirq while the program
+    // runs for a new connect on that CPU is skipped by the kernel's
+    // recursion guard: docs/sources.md.)
+    netns.write_sysctl("tcp_syn_retries", "6");
+    let (_full, _queued) = netns.run(|| {
+        let full = support::listening_socket("127.0.0.1:7", false, 0);
+        let queued = TcpStream::connect("127.0.0.1:7").unwrap();
+        (full, queued)
+    });
+    let exporter = netns.start_exporter(&["--collector.interval", "300ms"]);
+    exporter.wait_for_the_counter();
+    let first = stuck_connects(&netns);
+    let second = stuck_connects(&netns);
+    assert_eq!(
+        syn_sent(&netns),
+        2 * STUCK_EACH,
+        "every connect in SYN_SENT at once"
+    );
+    // The clients give up: every socket leaves SYN_SENT, having held a port.
+    drop((first, second));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while syn_sent(&netns) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(syn_sent(&netns), 0, "every connect abandoned");
+    let connects = r#"portstat_ephemeral_connects_total{protocol="tcp"}"#;
+    let unrecorded = "portstat_ephemeral_connects_unrecorded_total";
+    let missed = "portstat_failures_runs_missed_total";
+    let value = |metrics: &Metrics, series: &str| metrics.get(series).unwrap_or(0.0);
+    let counted = |metrics: &Metrics| value(metrics, connects) + value(metrics, unrecorded);
+    let expected = (2 * STUCK_EACH) as f64;
+    // Every connect counted or said unrecorded; short only by the runs the
+    // kernel says it skipped, which the exporter shows.
+    let metrics = exporter
+        .metrics_until(|metrics| counted(metrics) + value(metrics, missed) >= expected)
+        .unwrap_or_else(|timed_out| {
+            panic!(
+                "{expected} connects counted within {:?}:\n{}\n{}",
+                timed_out.waited,
+                relevant_lines(&timed_out.last, ""),
+                timed_out
+                    .last
+                    .text
+                    .lines()
+                    .filter(|line| line.starts_with(missed))
+                    .collect::<String>()
+            )
+        });
+    let skipped = value(&metrics, missed);
+    println!(
+        "connects {}, unrecorded {}, runs the kernel skipped {skipped}",
+        value(&metrics, connects),
+        value(&metrics, unrecorded)
+    );
+    assert!(
+        counted(&metrics) <= expected && counted(&metrics) + skipped >= expected,
+        "{}",
+        relevant_lines(&metrics, "")
+    );
+    if skipped == 0.0 {
+        assert_eq!(counted(&metrics), expected);
+    }
+}
+
+/// A python3 process named `comm` that connects from 127.0.0.1:40200 to
+/// 127.0.0.1:8080 with SO_REUSEADDR and closes first: with `bind`, after
+/// binding that port itself, trying again while the kernel refuses to take
+/// the TIME_WAIT socket there over (younger than the reuse delay); without,
+/// from the port the kernel picks in a range of that one port.
+fn connect_from_40200(netns: &Netns, comm: &str, bind: bool) -> ReadyScript {
+    ReadyScript::start(
+        netns,
+        "import errno,socket,sys,time\n\
+         open('/proc/self/comm','w').write(sys.argv[1])\n\
+         deadline=time.monotonic()+60\n\
+         while True:\n\
+         \x20   s=socket.socket()\n\
+         \x20   s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+         \x20   try:\n\
+         \x20       if sys.argv[2]=='bind': s.bind(('127.0.0.1',40200))\n\
+         \x20       s.connect(('127.0.0.1',8080))\n\
+         \x20       break\n\
+         \x20   except OSError as e:\n\
+         \x20       if e.errno not in (errno.EADDRNOTAVAIL,errno.EADDRINUSE) or time.monotonic()>deadline: raise\n\
+         \x20       s.close()\n\
+         \x20       time.sleep(0.05)\n\
+         assert s.getsockname()[1]==40200\n\
+         s.close()\n\
+         print('ready',flush=True)\nsys.stdin.read()",
+        &[comm, if bind { "bind" } else { "pick" }],
+    )
+}
+
+/// A client that binds its source port (HAProxy's `source`, Envoy) takes
+/// over the TIME_WAIT socket another process left on the same 4-tuple
+/// (`tcp_tw_reuse`, `tcp_twsk_unique`), then closes first: the TIME_WAIT
+/// socket left is its own, and is named after it or after nobody, never
+/// after the process that connected the 4-tuple before.
+#[test]
+fn a_time_wait_taken_over_is_never_named_after_the_earlier_process() {
+    support::require_bpf();
+    let _alone = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let netns = Netns::new((40200, 40200), "");
+    netns.write_sysctl("tcp_tw_reuse", "2");
+    serve(&netns, 8080);
+    let exporter = netns.start_exporter(&["--collector.interval", "300ms"]);
+    exporter.wait_for_the_counter();
+    drop(connect_from_40200(&netns, "proc-a", false));
+    exporter
+        .metrics_until(|metrics| metrics.get(&process("", "proc-a")) == Some(1.0))
+        .unwrap_or_else(|timed_out| {
+            panic!(
+                "proc-a's TIME_WAIT named: {}",
+                relevant_lines(&timed_out.last, "")
+            )
+        });
+    drop(connect_from_40200(&netns, "proc-b", true));
+    let time_wait = r#"portstat_ephemeral_sockets{protocol="tcp",state="time_wait"}"#;
+    let metrics = exporter
+        .metrics_until(|metrics| {
+            metrics.get(time_wait) == Some(1.0) && metrics.get(&process("", "proc-a")).is_none()
+        })
+        .unwrap_or_else(|timed_out| {
+            panic!(
+                "the TIME_WAIT proc-b took over and left is not proc-a's: {}",
+                relevant_lines(&timed_out.last, "")
+            )
+        });
+    let named = [
+        metrics.get(&process("", "proc-b")),
+        metrics.get(&process("", "none")),
+    ];
+    assert!(
+        named == [Some(1.0), None] || named == [None, Some(1.0)],
+        "{}",
+        relevant_lines(&metrics, "")
     );
 }

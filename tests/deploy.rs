@@ -24,11 +24,15 @@ fn the_prometheusrule_is_generated_from_the_alert_rules() {
 }
 
 #[test]
-fn every_alert_links_to_a_runbook_heading_that_exists() {
+fn every_alert_links_to_a_runbook_heading_that_names_it() {
     let rules =
         std::fs::read_to_string(Path::new(ROOT).join("deploy/prometheus/alerts.yml")).unwrap();
     let mut anchors = 0;
+    let mut alert = "";
     for line in rules.lines() {
+        if let Some(name) = line.trim().strip_prefix("- alert: ") {
+            alert = name.trim();
+        }
         if let Some(url) = line.trim().strip_prefix("runbook_url: ") {
             // https://github.com/<owner>/<repo>/blob/main/<path>#<anchor>
             let (page, anchor) = url.trim_matches('"').rsplit_once('#').unwrap();
@@ -40,10 +44,11 @@ fn every_alert_links_to_a_runbook_heading_that_exists() {
                 .lines()
                 .filter(|line| line.starts_with('#'))
                 .map(|line| line.trim_start_matches('#').trim())
-                .any(|heading| heading.to_lowercase() == anchor);
+                .find(|heading| heading.to_lowercase() == anchor)
+                .unwrap_or_else(|| panic!("no heading in {path} for the runbook anchor #{anchor}"));
             assert!(
-                heading,
-                "no heading in {path} for the runbook anchor #{anchor}"
+                heading.contains(alert),
+                "{alert} links to the runbook section {heading:?}, which does not name it"
             );
             anchors += 1;
         }

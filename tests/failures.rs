@@ -444,6 +444,12 @@ fn with_every_namespace_each_counts_its_own_failures() {
         .into_iter()
         .map(|failing| (Netns::new((40000, 40009), ""), failing))
         .collect();
+    exporter.wait_until_sampled(
+        &namespaces
+            .iter()
+            .map(|(netns, _)| netns)
+            .collect::<Vec<_>>(),
+    );
     let mut held = Vec::new();
     for (netns, failing) in &namespaces {
         held.push(netns.run(|| listening_socket("127.0.0.1:8080", false, 1024)));
@@ -513,17 +519,6 @@ fn namespace_on_inode(inode: u64) -> Netns {
     }
 }
 
-/// Waits until the exporter's failure counter is loaded: the programs load
-/// in the background, after the exporter is ready.
-fn wait_for_the_counter(exporter: &support::Exporter<'_>) {
-    exporter
-        .metrics_until(|metrics| {
-            metrics.get(r#"portstat_failures_source_info{source="bpf",reason="loaded"}"#)
-                == Some(1.0)
-        })
-        .unwrap();
-}
-
 #[test]
 fn a_namespace_given_a_deleted_ones_inode_inherits_none_of_its_counts() {
     support::require_bpf();
@@ -531,10 +526,11 @@ fn a_namespace_given_a_deleted_ones_inode_inherits_none_of_its_counts() {
     let home = Netns::new((43000, 43099), "");
     let exporter =
         home.start_exporter(&["--collector.netns", "all", "--collector.interval", "300ms"]);
-    wait_for_the_counter(&exporter);
+    exporter.wait_for_the_counter();
     let old = Netns::new((40000, 40009), "");
     let inode = inode_of(&old);
     let old_name = old.name().to_string();
+    exporter.wait_until_sampled(&[&old]);
     {
         let _server = old.run(|| listening_socket("127.0.0.1:8080", false, 1024));
         let _held = connect(&old, "127.0.0.1:8080", 10);
@@ -601,7 +597,7 @@ fn namespaces_that_connect_but_never_fail_leave_room_for_failures() {
     let netns = Netns::new((40000, 40009), "");
     let _server = netns.run(|| listening_socket("127.0.0.1:8080", false, 1024));
     let exporter = netns.start_exporter(&["--collector.interval", "300ms"]);
-    wait_for_the_counter(&exporter);
+    exporter.wait_for_the_counter();
     // 1,100 namespaces, more than the kernel's maps have entries, each
     // making one connect() that is refused: no port failure anywhere. They
     // live until every one has connected (a namespace gone gives its inode

@@ -243,6 +243,50 @@ fn three_failures(
     held
 }
 
+/// Two processes of one name fail toward one destination: the kernel keeps
+/// the last caller's pid, and `inspect` gives it as an example, never as
+/// the pid behind every failure.
+#[test]
+fn failures_of_two_processes_of_one_name_give_a_pid_as_an_example() {
+    support::require_bpf();
+    let netns = Netns::new((40000, 40009), "");
+    let exporter = netns.start_exporter(&["--collector.interval", "300ms"]);
+    let _held = three_failures(&netns, &exporter);
+    // A second process of the test's name fails twice more.
+    let script = format!(
+        "import errno, socket\n\
+         open('/proc/self/comm', 'w').write({comm:?})\n\
+         for _ in range(2):\n\
+         \x20   try:\n\
+         \x20       socket.create_connection(('127.0.0.1', 8080))\n\
+         \x20       raise SystemExit('a port was free')\n\
+         \x20   except OSError as error:\n\
+         \x20       assert error.errno == errno.EADDRNOTAVAIL, error\n",
+        comm = own_comm()
+    );
+    let status = netns
+        .command("python3")
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    assert!(status.success(), "the second process: {status}");
+    exporter
+        .metrics_until(|metrics| {
+            metrics.get(r#"portstat_ephemeral_connect_failures_total{protocol="tcp"}"#) == Some(5.0)
+        })
+        .unwrap();
+    let text = netns.inspect(&[]);
+    let process = text
+        .lines()
+        .find(|line| line.contains(&format!("{} (e.g. pid ", own_comm())))
+        .unwrap_or_else(|| panic!("no process line with an example pid: {text}"));
+    assert!(process.ends_with(" 5"), "{process}");
+    let json: serde_json::Value = serde_json::from_str(&netns.inspect(&["--json"])).unwrap();
+    let listed = &json["failures"]["processes"][0];
+    assert_eq!(listed["failed"], 5, "{listed}");
+    assert_eq!(listed["other_pids"], true, "{listed}");
+}
+
 /// With an exporter in the namespace and a newer one elsewhere on the
 /// host, `inspect` reads the one in its namespace (the newer one counts
 /// only since it started) and says which it read.

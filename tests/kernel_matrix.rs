@@ -391,29 +391,44 @@ fn run_labs(
     } else {
         ""
     };
+    // Each lab writes its output to a file of `out`, which the guest
+    // shares with the host over 9p, and then to the console: when a guest
+    // dies mid-run, what its labs said up to then is still on the host.
+    // The labs' figures of one attempt go to files of their own, added to
+    // `results` and `verifier` when it succeeds, so that an attempt begun
+    // again counts once.
+    let attempt_results = out.join("attempt-results.tsv");
+    let attempt_verifier = out.join("attempt-verifier.tsv");
     let script: Vec<String> = labs
         .iter()
         .map(|lab| {
+            let log = lab_log(out, lab);
             format!(
                 "PORTSTAT_TRUTH_LAB_RESULTS={} PORTSTAT_VERIFIER_RESULTS={} \
-                 PORTSTAT_TEST_EXPORTER={} {}{skip} || status=1",
-                results.display(),
-                verifier.display(),
+                 PORTSTAT_TEST_EXPORTER={} {}{skip} >{log} 2>&1; lab=$?; cat {log}; \
+                 [ $lab = 0 ] || status=1",
+                attempt_results.display(),
+                attempt_verifier.display(),
                 exporter.display(),
-                lab.display()
+                lab.display(),
+                log = log.display(),
             )
         })
         .collect();
     // What the kernel said of TCP meanwhile (orphans reset, memory
     // pressure) goes with a failure's output. The first thing the script
     // does is say that it runs, so that a guest that never came up is told
-    // apart from labs that take long.
+    // apart from labs that take long, and the last is to say that it
+    // finished, so that a guest that died on the way is told apart from
+    // labs that failed.
     let started = out.join("labs-started");
+    let finished = out.join("labs-finished");
     let _ = std::fs::remove_file(&started);
     let script = format!(
-        "touch {}; ulimit -n 20000; status=0; {}; dmesg | grep -i tcp | tail -n 5; exit $status",
+        "touch {}; ulimit -n 20000; status=0; {}; dmesg | grep -i tcp | tail -n 5; touch {}; exit $status",
         started.display(),
-        script.join("; ")
+        script.join("; "),
+        finished.display()
     );
     // The guest is handed the script as a file: virtme-ng passes a command
     // on the kernel's command line, which holds 2,048 bytes, and a longer
@@ -423,29 +438,95 @@ fn run_labs(
     let script = format!("sh {}", script_path.display());
     let where_ = image.map_or("the host".to_string(), |image| image.display().to_string());
     for attempt in 1..=BOOT_ATTEMPTS {
+        for stale in [&started, &finished, &attempt_results, &attempt_verifier] {
+            let _ = std::fs::remove_file(stale);
+        }
+        for lab in labs {
+            let _ = std::fs::remove_file(lab_log(out, lab));
+        }
         let mut command = labs_command(image, &script, out);
-        match run_unless_it_never_starts(&mut command, &started, out) {
-            Some((status, stdout, stderr)) => {
-                assert!(
-                    status.success(),
-                    "the labs failed on {where_}:\n{stdout}\n{stderr}"
-                );
-                return;
-            }
-            None => println!(
+        let Some((status, stdout, stderr)) =
+            run_unless_it_never_starts(&mut command, &started, out)
+        else {
+            println!(
                 "{where_}: the guest did not come up within {BOOT_LIMIT:?} \
                  (attempt {attempt} of {BOOT_ATTEMPTS}); booting it again"
-            ),
+            );
+            continue;
+        };
+        if status.success() {
+            for (attempt, all) in [(&attempt_results, results), (&attempt_verifier, verifier)] {
+                let figures = std::fs::read_to_string(attempt).unwrap_or_default();
+                let mut all = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(all)
+                    .unwrap();
+                std::io::Write::write_all(&mut all, figures.as_bytes()).unwrap();
+            }
+            return;
         }
+        let logs: String = labs
+            .iter()
+            .map(|lab| {
+                let log = lab_log(out, lab);
+                format!(
+                    "--- {}:\n{}\n",
+                    log.display(),
+                    std::fs::read_to_string(&log).unwrap_or_else(|_| "(not started)".into())
+                )
+            })
+            .collect();
+        let console = last_lines(&stderr, 60);
+        // A lab that failed, or a kernel that crashed running the labs,
+        // fails the matrix. A guest that went away with neither is booted
+        // again: one that crashed before its script started (at boot), one
+        // whose emulator ended with no word on its console, and one that
+        // took a breakpoint trap in the kernel's own text (`Oops: int3`),
+        // which is how QEMU's TCG shows a race with the kernel patching its
+        // code (jump labels, alternatives) that hardware does not have.
+        let crashed = ["Kernel panic", "BUG:", "Oops", "general protection", "RIP:"]
+            .iter()
+            .any(|sign| stderr.contains(sign));
+        let emulator = !started.exists() || !crashed || stderr.contains("Oops: int3");
+        let failed = logs.contains("test result: FAILED") || logs.contains("panicked at");
+        assert!(
+            image.is_some() && !finished.exists() && !failed && emulator,
+            "the labs failed on {where_} ({}):\n{logs}\nconsole, last lines:\n{console}\nstdout:\n{}",
+            if finished.exists() {
+                "the script finished"
+            } else {
+                "the guest died before its script finished"
+            },
+            last_lines(&stdout, 40),
+        );
+        println!(
+            "{where_}: the guest went away before its script finished, with no \
+             failed test (attempt {attempt} of {BOOT_ATTEMPTS}); booting it again. \
+             Its labs said:\n{logs}\nconsole, last lines:\n{console}"
+        );
     }
-    panic!("{where_}: the guest never came up in {BOOT_ATTEMPTS} attempts");
+    panic!("{where_}: the guest never ran its labs through in {BOOT_ATTEMPTS} attempts");
+}
+
+/// The file in `out` where `lab` writes its output.
+fn lab_log(out: &Path, lab: &Path) -> PathBuf {
+    let name = lab.file_name().unwrap().to_string_lossy();
+    out.join(format!("{name}.log"))
+}
+
+/// The last `count` lines of `text`.
+fn last_lines(text: &str, count: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(count)..].join("\n")
 }
 
 /// How long a guest may take to come up and start the labs: about 25 s
 /// under TCG; a guest that has not by then is taken for hung at boot.
 const BOOT_LIMIT: std::time::Duration = std::time::Duration::from_secs(240);
 
-/// How many times a guest that hangs at boot is booted.
+/// How many times a guest that hangs at boot, or whose emulator goes away
+/// with no test failed and no kernel crash, is booted.
 const BOOT_ATTEMPTS: u32 = 3;
 
 /// Runs `command` to its end, its output in files below `out`, and returns
@@ -497,10 +578,13 @@ fn labs_command(image: Option<&Path>, script: &str, out: &Path) -> Command {
         }
         Some(image) => {
             let mut command = Command::new("vng");
+            // `--verbose` puts the guest's kernel console on stderr, where a
+            // crash is read.
             command
                 .arg("--run")
                 .arg(image)
                 .args([
+                    "--verbose",
                     "--disable-kvm",
                     "--force-9p",
                     "--memory",

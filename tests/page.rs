@@ -109,9 +109,29 @@ fn the_landing_page_shows_fill_destinations_and_listeners_in_a_browser() {
         .and_then(|rest| rest.split("</table>").next())
         .expect("the destinations table");
     assert!(
-        destinations.contains("<td>127.0.0.1</td><td>127.0.0.1:80</td><td class=\"num\">72</td><td class=\"num\">17</td>"),
-        "{destinations}"
+        destinations.contains("<tr class=\"low\"><td>127.0.0.1</td><td>127.0.0.1:80</td><td class=\"num\">72</td><td class=\"num\">17</td>"),
+        "highlighted as the warning alert would fire: {destinations}"
     );
+    // The verdict: the destination with the least headroom, at a glance.
+    assert!(
+        dom.contains("<p id=\"verdict\" class=\"verdict warning\">81.1% toward 127.0.0.1:80: 17 ports left</p>"),
+        "{dom}"
+    );
+    // Established apart from TIME_WAIT (the browser's own connections to
+    // the exporter may be among them, in whichever state at the sample).
+    let states = dom
+        .split("<p class=\"meta\" id=\"tcp-states\">TCP sockets in the range: ")
+        .nth(1)
+        .and_then(|rest| rest.split("</p>").next())
+        .expect("the TCP states line");
+    let established: u32 = states
+        .split(" established")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(established >= 72, "{states}");
+    assert!(states.contains(" in TIME_WAIT, of which "), "{states}");
     let listeners = dom
         .split("<table id=\"listeners\">")
         .nth(1)
@@ -138,7 +158,7 @@ fn the_landing_page_shows_fill_destinations_and_listeners_in_a_browser() {
         &profile,
         &[
             &format!("--screenshot={}", screenshot.display()),
-            "--window-size=1100,1000",
+            "--window-size=1100,1400",
         ],
     );
     let bytes = std::fs::read(&screenshot).unwrap_or_else(|error| {
@@ -147,9 +167,18 @@ fn the_landing_page_shows_fill_destinations_and_listeners_in_a_browser() {
             String::from_utf8_lossy(&output.stderr)
         )
     });
-    assert_eq!(png_size(&bytes), (1100, 1000));
+    assert_eq!(png_size(&bytes), (1100, 1400));
     assert!(bytes.len() > 10_000, "a near-empty screenshot");
     println!("screenshot of the landing page: {}", screenshot.display());
+    // The README's image is this screenshot: PORTSTAT_UPDATE_SCREENSHOT=1
+    // writes it there.
+    if std::env::var_os("PORTSTAT_UPDATE_SCREENSHOT").is_some() {
+        std::fs::write(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/landing-page.png"),
+            &bytes,
+        )
+        .unwrap();
+    }
 
     // No call has failed yet; then the destination's last 17 ports, and
     // two calls that find none.

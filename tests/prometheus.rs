@@ -51,7 +51,7 @@ fn rules_for_the_test() -> String {
         .join("\n")
 }
 
-fn start_prometheus(netns: &Netns) -> Service {
+fn start_prometheus(netns: &Netns, scrape_interval: &str) -> Service {
     let folder = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "prometheus-{}-{}",
         std::process::id(),
@@ -62,9 +62,11 @@ fn start_prometheus(netns: &Netns) -> Service {
     std::fs::write(folder.join("rules.yml"), rules_for_the_test()).unwrap();
     std::fs::write(
         folder.join("prometheus.yml"),
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-         rule_files: [rules.yml]\n\
-         scrape_configs:\n  - job_name: portstat\n    static_configs:\n      - targets: ['127.0.0.1:10042']\n",
+        format!(
+            "global:\n  scrape_interval: {scrape_interval}\n  evaluation_interval: 1s\n\
+             rule_files: [rules.yml]\n\
+             scrape_configs:\n  - job_name: portstat\n    static_configs:\n      - targets: ['127.0.0.1:10042']\n"
+        ),
     )
     .unwrap();
     let child = netns
@@ -175,7 +177,7 @@ fn alerts_fire_before_connect_fails_and_the_dashboard_queries_answer() {
         "--collector.failures.autobind",
         "true",
     ]);
-    let _prometheus = start_prometheus(&netns);
+    let _prometheus = start_prometheus(&netns, "1s");
     wait_for(Duration::from_secs(30), "the first scrape", || {
         api(
             &netns,
@@ -397,6 +399,35 @@ fn query_value(netns: &Netns, query: &str) -> Option<f64> {
     result["value"][1].as_str()?.parse().ok()
 }
 
+/// Prometheus scraping every 3 s an exporter that samples at most 1 s
+/// apart: the exporter finds the period of Prometheus's own scrape loop and
+/// takes one sample just before each scrape, every scrape getting figures
+/// less than the interval old.
+#[test]
+fn samples_follow_prometheus_s_scrapes() {
+    let netns = Netns::new((40000, 40099), "");
+    let _exporter = netns.start_exporter(&["--collector.interval", "1s"]);
+    let _prometheus = start_prometheus(&netns, "3s");
+    // Over the last five scrapes: the period followed throughout, one
+    // sample a scrape (the timer would take about fifteen), and each
+    // scrape's figures, from the sample's end to the scrape, under 1 s old.
+    let followed = [
+        "min_over_time(portstat_sample_scrape_period_seconds[14s]) > 2.5",
+        "max_over_time(portstat_sample_scrape_period_seconds[14s]) < 3.5",
+        "portstat_samples_total - portstat_samples_total offset 12s <= 4",
+        "max_over_time((timestamp(portstat_sample_timestamp_seconds) - portstat_sample_timestamp_seconds)[14s:1s]) < 1",
+    ];
+    wait_for(
+        Duration::from_secs(240),
+        "samples to follow the scrapes",
+        || {
+            followed
+                .iter()
+                .all(|query| query_value(&netns, query).is_some())
+        },
+    );
+}
+
 /// A masquerading router with 20 NAT ports (`support::NatLab`): the NAT
 /// warning fires before the first connection is dropped, the critical and
 /// drop alerts once it is, and every query of the dashboard's source NAT
@@ -410,7 +441,7 @@ fn nat_alerts_fire_before_the_first_dropped_syn_and_the_nat_row_answers() {
         "--collector.nat.port-range",
         "45000-45019",
     ]);
-    let _prometheus = start_prometheus(&lab.router);
+    let _prometheus = start_prometheus(&lab.router, "1s");
     let mut streams = Vec::new();
     let mut connect_up_to = |count: usize| {
         while streams.len() < count {

@@ -147,22 +147,72 @@ pub fn sampler_cpu_seconds(pid: u32) -> f64 {
         .flatten()
     {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim() != "sampler" {
-            continue;
+        if comm.trim() == "sampler" {
+            return stat_cpu_seconds(&task.path().join("stat"));
         }
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .collect();
-        // utime and stime, fields 14 and 15 of stat, counted after the name.
-        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-        // SAFETY: sysconf has no preconditions.
-        return ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     }
     panic!("no sampler thread in process {pid}");
+}
+
+/// User and system CPU time of every thread of process `pid` so far.
+pub fn process_cpu_seconds(pid: u32) -> f64 {
+    stat_cpu_seconds(std::path::Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// User and system CPU time in a `stat` file of /proc, in seconds.
+fn stat_cpu_seconds(path: &std::path::Path) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime, fields 14 and 15 of stat, counted after the name.
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// TCP sockets in `netns`, from its socket counts: in use (listeners and
+/// connections) and in TIME_WAIT.
+pub fn tcp_sockets(netns: &crate::support::Netns) -> u64 {
+    let output = netns
+        .command("cat")
+        .arg("/proc/net/sockstat")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text.lines().find(|line| line.starts_with("TCP:")).unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let value = |name: &str| -> u64 {
+        let at = fields.iter().position(|field| *field == name).unwrap();
+        fields[at + 1].parse().unwrap()
+    };
+    value("inuse") + value("tw")
+}
+
+/// The symbols above `percent_limit` % of the `perf record -g` data in
+/// `data`, self time only, as `perf report` prints them.
+pub fn perf_report(data: &std::path::Path, percent_limit: &str) -> String {
+    let report = Command::new("perf")
+        .args([
+            "report",
+            "-q",
+            "--stdio",
+            "--no-children",
+            "-g",
+            "none",
+            "--percent-limit",
+            percent_limit,
+            "--sort",
+            "symbol",
+            "-i",
+        ])
+        .arg(data)
+        .output()
+        .expect("perf is needed for --profile: apt-get install linux-perf");
+    String::from_utf8_lossy(&report.stdout).into_owned()
 }
 
 /// The process's peak resident set size (VmHWM), in KiB.

@@ -16,11 +16,17 @@ dpkg -i "$deb"
 /usr/bin/portstat_exporter --version
 for file in /etc/default/portstat_exporter /usr/lib/systemd/system/portstat_exporter.service \
   /usr/share/portstat_exporter/alerts.yml /usr/share/portstat_exporter/portstat.json \
-  /usr/share/man/man1/portstat_exporter.1.gz; do
+  /usr/share/portstat_exporter/scrape.yml /usr/share/portstat_exporter/minimal-privilege.conf \
+  /usr/share/doc/portstat-exporter/docs/landing-page.png /usr/share/man/man1/portstat_exporter.1.gz; do
   test -f "$file" || { echo "not installed: $file" >&2; exit 1; }
 done
 zcat /usr/share/man/man1/portstat_exporter.1.gz | grep -q 'collector\\fR.interval' ||
   { echo "the man page does not describe the flags" >&2; exit 1; }
+for section in INSPECT FILES 'SEE ALSO'; do
+  zcat /usr/share/man/man1/portstat_exporter.1.gz | grep -q "^\.SH \"\?$section" ||
+    { echo "the man page has no $section section" >&2; exit 1; }
+done
+grep -q '/usr/share/portstat_exporter/minimal-privilege.conf' /usr/lib/systemd/system/portstat_exporter.service
 grep -q '^ExecStart=/usr/bin/portstat_exporter \$ARGS$' /usr/lib/systemd/system/portstat_exporter.service
 systemd-analyze verify --man=no /usr/lib/systemd/system/portstat_exporter.service
 # The unit's flags, as the service would start: the default file's ARGS.

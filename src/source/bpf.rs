@@ -202,6 +202,25 @@ pub const OBJECTS: [ObjectToLoad; 4] = [
     ),
 ];
 
+/// Copies out of one read of the kernel's BTF what every object the
+/// exporter can load needs, before any is loaded: the loads that follow
+/// then never hold the whole BTF beside the maps of those before, and the
+/// exporter's peak memory (its cgroup's charge, the maps included) is one
+/// read of it. Where the BTF cannot be read, each load says why.
+pub fn prepare_kernel_types() {
+    let objects: Vec<loader::ObjectPrograms<'_>> = OBJECTS
+        .iter()
+        .map(|&(_, object, programs)| (object, programs))
+        .collect();
+    if let Err(error) = loader::read_kernel_btf().and_then(|btf| loader::prepare(&objects, btf)) {
+        tracing::debug!(stage = error.stage, reason = %error.reason, "kernel types not prepared");
+    }
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// What verifying every program the exporter can load costs on this
 /// kernel, by object: each object loaded whole (its programs, maps and
 /// links) and dropped at once. A refusal gives the verifier's reason.
@@ -209,12 +228,8 @@ pub fn verify_every_program() -> Vec<(&'static str, Result<Vec<VerifierCost>, Bp
     OBJECTS
         .into_iter()
         .map(|(name, object, programs)| {
-            let costs = std::fs::read(KERNEL_BTF)
-                .map_err(|error| unavailable("kernel BTF", format!("{KERNEL_BTF}: {error}")))
-                .and_then(|kernel_btf| {
-                    loader::LoadedProgram::load(object, programs, kernel_btf)
-                        .map_err(|error| unavailable(error.stage, error.reason))
-                })
+            let costs = loader::LoadedProgram::load(object, programs)
+                .map_err(|error| unavailable(error.stage, error.reason))
                 .map(|loaded| loaded.costs().to_vec());
             (name, costs)
         })
@@ -351,34 +366,31 @@ impl BpfSockets {
 
 /// Loads the TCP program from `object`, or the embedded one, with its maps.
 pub fn load(object: Option<&Path>) -> Result<Loaded, BpfError> {
-    let kernel_btf = std::fs::read(KERNEL_BTF)
-        .map_err(|error| unavailable("kernel BTF", format!("{KERNEL_BTF}: {error}")))?;
     let bytes = match object {
         Some(path) => std::fs::read(path)
             .map_err(|error| unavailable("object", format!("{}: {error}", path.display())))?,
         None => TCP_PORTS_OBJECT.to_vec(),
     };
-    let mut program = loader::LoadedProgram::load(
-        &bytes,
-        &[(PROGRAM, loader::AttachPoint::Iterator("tcp"))],
-        kernel_btf,
-    )
-    .map_err(|error| {
-        // Where CO-RE could not relocate an access, the loader leaves
-        // a call to this poison value, which the verifier then refuses.
-        if error.stage == "verify" && error.reason.contains(&POISONED_RELOCATION.to_string()) {
-            unavailable(
-                "relocate",
-                format!(
-                    "this kernel lacks a field or type the program reads \
+    let mut program =
+        loader::LoadedProgram::load(&bytes, &[(PROGRAM, loader::AttachPoint::Iterator("tcp"))])
+            .map_err(|error| {
+                // Where CO-RE could not relocate an access, the loader leaves
+                // a call to this poison value, which the verifier then refuses.
+                if error.stage == "verify"
+                    && error.reason.contains(&POISONED_RELOCATION.to_string())
+                {
+                    unavailable(
+                        "relocate",
+                        format!(
+                            "this kernel lacks a field or type the program reads \
                          (iter/tcp needs Linux 5.9+ with BTF): {}",
-                    error.reason
-                ),
-            )
-        } else {
-            unavailable(error.stage, error.reason)
-        }
-    })?;
+                            error.reason
+                        ),
+                    )
+                } else {
+                    unavailable(error.stage, error.reason)
+                }
+            })?;
     let settings = program
         .take_map("settings")
         .ok_or_else(|| unavailable("settings", "the object has no settings map"))?;
@@ -396,8 +408,10 @@ pub fn load(object: Option<&Path>) -> Result<Loaded, BpfError> {
     })
 }
 
-/// `CLOCK_MONOTONIC` in milliseconds, the clock of the kernel's
-/// `tcp_clock_ms()` that stamps TIME_WAIT entry.
+/// `CLOCK_MONOTONIC` as the kernel reads it, in milliseconds: the clock of
+/// `tcp_clock_ms()` that stamps TIME_WAIT entry. Inside a time namespace
+/// (Linux 5.6) the exporter's own clock runs ahead or behind the kernel's
+/// by the namespace's offset, which is taken back out.
 fn monotonic_ms() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
@@ -405,7 +419,38 @@ fn monotonic_ms() -> u64 {
     };
     // SAFETY: `now` outlives the call; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    (now.tv_sec as u64) * 1000 + (now.tv_nsec as u64) / 1_000_000
+    let own_ns = i128::from(now.tv_sec) * 1_000_000_000 + i128::from(now.tv_nsec);
+    let kernel_ns = own_ns - i128::from(*time_namespace_offset_ns());
+    u64::try_from(kernel_ns / 1_000_000).unwrap_or(0)
+}
+
+/// The offset of the exporter's time namespace on `CLOCK_MONOTONIC`, in
+/// nanoseconds: read once, as a process stays in its time namespace; 0
+/// outside one, or where the kernel has none (before Linux 5.6).
+fn time_namespace_offset_ns() -> &'static i64 {
+    static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    OFFSET.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/timens_offsets")
+            .ok()
+            .and_then(|text| monotonic_offset_ns(&text))
+            .unwrap_or(0)
+    })
+}
+
+/// The `monotonic` offset of a `/proc/<pid>/timens_offsets` text, in
+/// nanoseconds: lines of a clock's name (or number, 1 for
+/// `CLOCK_MONOTONIC`), seconds and nanoseconds.
+fn monotonic_offset_ns(text: &str) -> Option<i64> {
+    text.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let clock = fields.next()?;
+        if clock != "monotonic" && clock != "1" {
+            return None;
+        }
+        let seconds: i64 = fields.next()?.parse().ok()?;
+        let nanoseconds: i64 = fields.next()?.parse().ok()?;
+        seconds.checked_mul(1_000_000_000)?.checked_add(nanoseconds)
+    })
 }
 
 /// How much of the iterator's output is read at a time: whole records, so
@@ -657,6 +702,18 @@ fn parse_record(record: &[u8], now_ms: u64) -> Result<SocketRecord, BpfError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_time_namespace_s_monotonic_offset_is_read_in_nanoseconds() {
+        let text = "monotonic      3600         0\nboottime          0         0\n";
+        assert_eq!(monotonic_offset_ns(text), Some(3_600_000_000_000));
+        assert_eq!(
+            monotonic_offset_ns("1 -5 250\n7 0 0\n"),
+            Some(-4_999_999_750)
+        );
+        assert_eq!(monotonic_offset_ns("boottime 10 0\n"), None);
+        assert_eq!(monotonic_offset_ns(""), None);
+    }
 
     /// A record as the program writes it.
     #[allow(clippy::too_many_arguments)]

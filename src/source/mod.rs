@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 
 pub use portstat_core::model::ReadReport;
 use portstat_core::model::{
-    ConnectionNames, ConntrackCounters, NamespaceSample, NatSink, OwnedSocket, OwnerLookup,
-    PortRange, Protocol, ReservedPorts, SocketOwners, SocketRecord, SocketSink, SourceKind,
-    TimeWaitReuse,
+    ConnectionNamer, ConnectionNames, ConntrackCounters, NamespaceSample, NatSink, OwnedSocket,
+    OwnerLookup, PortRange, Protocol, ReservedPorts, SocketOwners, SocketRecord, SocketSink,
+    SourceKind, TimeWaitReuse,
 };
 
 /// A failure to read what the kernel reports.
@@ -132,9 +132,32 @@ pub struct NamespaceReader {
     /// The BPF programs loading on a thread of their own
     /// (`load_programs_in_background`); TCP is read over netlink meanwhile.
     loading: Option<bpf::background::ProgramLoad>,
-    /// Who connected each connection, by namespace, for the sockets no
-    /// process holds: each namespace's are taken when it is read.
-    connection_names: HashMap<u64, ConnectionNames>,
+    /// Who closed each connection, by namespace, for the sockets no
+    /// process holds: each namespace's read takes its namer as it starts.
+    connection_names: Option<Box<dyn NameSource>>,
+}
+
+/// Who closed the connections that no process holds, by namespace: each
+/// namespace's read takes the namer of its namespace as it starts.
+pub trait NameSource: Send {
+    /// The namer of namespace `netns`, whose cookie is `cookie` where
+    /// known; `None` where nothing names its connections.
+    fn namer(&mut self, netns: u64, cookie: Option<u64>) -> Option<Box<dyn ConnectionNamer>>;
+}
+
+/// Names read whole, by namespace (`inspect`, from a running exporter).
+impl NameSource for HashMap<u64, ConnectionNames> {
+    fn namer(&mut self, netns: u64, _cookie: Option<u64>) -> Option<Box<dyn ConnectionNamer>> {
+        self.remove(&netns)
+            .map(|names| Box::new(names) as Box<dyn ConnectionNamer>)
+    }
+}
+
+/// The kernel's map of names, asked one connection at a time.
+impl NameSource for bpf::failures::Names {
+    fn namer(&mut self, netns: u64, cookie: Option<u64>) -> Option<Box<dyn ConnectionNamer>> {
+        bpf::failures::Names::namer(self, netns, cookie)
+    }
 }
 
 /// How the namespace of the last `read_settings` is read with the one walk
@@ -224,33 +247,27 @@ impl NamespaceReader {
             nat_seen: HashSet::new(),
             shared_tables: None,
             loading: None,
-            connection_names: HashMap::new(),
+            connection_names: None,
         }
     }
 
     /// Names the sockets no process holds after the process that closed
     /// them, by namespace, in the namespaces read from now on.
-    pub fn set_connection_names(&mut self, names: HashMap<u64, ConnectionNames>) {
-        self.connection_names = names;
+    pub fn set_connection_names(&mut self, names: Box<dyn NameSource>) {
+        self.connection_names = Some(names);
     }
 
-    /// The connection names of the namespace the calling thread is in, and
-    /// its inode; none where the inode cannot be read.
-    pub fn take_connection_names(&mut self) -> (Option<u64>, ConnectionNames) {
-        if self.connection_names.is_empty() {
-            return (None, ConnectionNames::new());
-        }
-        let inode = namespaces::thread_namespace_inode(&self.procfs_root);
-        let names = inode
-            .and_then(|inode| self.connection_names.remove(&inode))
-            .unwrap_or_default();
-        (inode, names)
+    /// Who closed the connections of the namespace the calling thread is
+    /// in; `None` where nothing names them or its inode cannot be read.
+    pub fn take_connection_names(&mut self) -> Option<Box<dyn ConnectionNamer>> {
+        let source = self.connection_names.as_mut()?;
+        let inode = namespaces::thread_namespace_inode(&self.procfs_root)?;
+        source.namer(inode, namespaces::thread_namespace_cookie().ok())
     }
 
-    /// The connection names of the namespaces not read since
-    /// `set_connection_names`.
-    pub fn unread_connection_names(&mut self) -> HashMap<u64, ConnectionNames> {
-        std::mem::take(&mut self.connection_names)
+    /// Names no sockets from now on (the end of a sample).
+    pub fn clear_connection_names(&mut self) {
+        self.connection_names = None;
     }
 
     /// With the `auto` source, starts loading the BPF programs (TCP,

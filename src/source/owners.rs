@@ -224,7 +224,7 @@ impl OwnerResolver {
         let listing = match std::fs::read_dir(&self.path) {
             Ok(listing) => listing,
             Err(error) => {
-                self.tell_if_denied(&error);
+                self.tell_if_denied(pid, &error);
                 return None;
             }
         };
@@ -245,7 +245,7 @@ impl OwnerResolver {
                     // exporter whose capabilities were dropped): listed,
                     // but its descriptors cannot be read.
                     Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
-                        self.tell_if_denied(&error);
+                        self.tell_if_denied(pid, &error);
                         return None;
                     }
                     // Closed since the listing.
@@ -260,18 +260,46 @@ impl OwnerResolver {
 
 impl OwnerResolver {
     /// Says once why some processes' sockets are not attributed, when
-    /// `error` is a refusal.
-    fn tell_if_denied(&mut self, error: &std::io::Error) {
+    /// `error`, met reading process `pid`'s descriptors, is a refusal: the
+    /// process and the error, and which of the capabilities the walk needs
+    /// the exporter lacks, or, where it holds both, that the process holds
+    /// capabilities it lacks.
+    fn tell_if_denied(&mut self, pid: u32, error: &std::io::Error) {
         if error.kind() != std::io::ErrorKind::PermissionDenied || self.told_unprivileged {
             return;
         }
         self.told_unprivileged = true;
+        let effective = std::fs::read_to_string("/proc/thread-self/status")
+            .ok()
+            .and_then(|status| effective_capabilities(&status));
+        let lacking: Vec<&str> = [(19, "CAP_SYS_PTRACE"), (2, "CAP_DAC_READ_SEARCH")]
+            .into_iter()
+            .filter(|&(bit, _)| effective.is_none_or(|mask| mask & (1 << bit) == 0))
+            .map(|(_, name)| name)
+            .collect();
+        let why = if lacking.is_empty() {
+            format!(
+                "process {pid} holds capabilities the exporter lacks, and the kernel \
+                 refuses its descriptors to any process that lacks one of them"
+            )
+        } else {
+            format!("the exporter lacks {}", lacking.join(" and "))
+        };
         tracing::info!(
-            "cannot read other users' /proc/<pid>/fd, nor those of processes holding \
-             capabilities the exporter lacks (needs root with CAP_SYS_PTRACE and \
-             CAP_DAC_READ_SEARCH): their sockets are labelled process=\"unknown\""
+            pid,
+            err = %error,
+            "cannot read /proc/{pid}/fd: {why}; the sockets of every process it cannot read \
+             are labelled process=\"unknown\""
         );
     }
+}
+
+/// The effective capabilities a `/proc/<pid>/status` text gives (`CapEff`).
+fn effective_capabilities(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
 }
 
 /// The first number of a `schedstat` line: time spent running, in ns.
@@ -300,6 +328,15 @@ fn parse_socket_link(target: &OsStr) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn effective_capabilities_come_from_cap_eff() {
+        let status = "Name:\tx\nCapPrm:\t000001ffffffffff\nCapEff:\t0000000000080004\n";
+        let mask = effective_capabilities(status).unwrap();
+        assert_eq!(mask & (1 << 19), 1 << 19, "CAP_SYS_PTRACE");
+        assert_eq!(mask & (1 << 2), 1 << 2, "CAP_DAC_READ_SEARCH");
+        assert_eq!(effective_capabilities("Name:\tx\n"), None);
+    }
 
     #[test]
     fn socket_links() {

@@ -8,9 +8,7 @@
 use std::collections::HashMap;
 
 use portstat_core::aggregate::{Aggregator, Limits, Snapshot};
-use portstat_core::model::{
-    Connection, Connector, OwnerLookup, PortRange, ReadReport, SocketOwners,
-};
+use portstat_core::model::{OwnerLookup, PortRange, ReadReport, SocketOwners};
 use portstat_core::status::Collector;
 
 use super::{NamespaceReader, NatError, NatRead, SharedTablesUse, SourceError, namespaces};
@@ -25,24 +23,9 @@ pub struct NamespaceRead {
     pub report: ReadReport,
     /// How its owners are found.
     pub lookup: OwnerLookup,
-    /// Its inode, where its sockets were named after the process that closed them.
-    pub named_netns: Option<u64>,
 }
 
 impl NamespaceRead {
-    /// The names of the namespace's connections that no socket matched,
-    /// with its inode: connections that are gone.
-    pub fn unseen_connections(&mut self) -> Vec<(u64, Connection, Connector)> {
-        let Some(netns) = self.named_netns else {
-            return Vec::new();
-        };
-        self.aggregator
-            .unseen_connections()
-            .into_iter()
-            .map(|(connection, connector)| (netns, connection, connector))
-            .collect()
-    }
-
     /// The namespace's figures, naming processes with `owners`.
     pub fn finish(self, owners: &SocketOwners) -> Snapshot {
         self.aggregator.finish(owners, &self.report)
@@ -209,9 +192,6 @@ pub fn read_own_namespace_at_once(
 struct Naming {
     /// How owners are found.
     lookup: OwnerLookup,
-    /// The namespace's inode, where connections are named after who
-    /// connected them.
-    netns: Option<u64>,
 }
 
 /// Reads the settings and makes the aggregator of a namespace read.
@@ -233,9 +213,10 @@ fn start_namespace(
     if let Some(port) = keep_port {
         aggregator.keep_sockets_on(port);
     }
-    let (netns, names) = reader.take_connection_names();
-    aggregator.name_connections(names);
-    Ok((settings.range, aggregator, Naming { lookup, netns }))
+    if let Some(names) = reader.take_connection_names() {
+        aggregator.name_connections(names);
+    }
+    Ok((settings.range, aggregator, Naming { lookup }))
 }
 
 /// Adds source NAT to a namespace whose sockets were read, where NAT is
@@ -263,6 +244,5 @@ fn end_namespace(
         aggregator,
         report,
         lookup: naming.lookup,
-        named_netns: naming.netns,
     }
 }

@@ -243,6 +243,12 @@ impl Netns {
         &self.name
     }
 
+    /// The namespace's inode, as `--collector.netns=all` labels it.
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        self.handle.metadata().expect("the namespace's inode").ino()
+    }
+
     /// Sets `ip_local_port_range` inside the namespace.
     pub fn set_range(&self, (start, end): (u16, u16)) {
         self.write_sysctl("ip_local_port_range", &format!("{start} {end}"));
@@ -528,6 +534,23 @@ impl Exporter<'_> {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits, `limit` at most, until the exporter has logged `text`;
+    /// returns its log.
+    pub fn wait_for_log(&self, text: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let log = self.log();
+            if log.contains(text) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the exporter never logged {text:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// GET `path`.
     pub fn get(&self, path: &str) -> std::io::Result<HttpResponse> {
         self.request("GET", path, &[])
@@ -538,6 +561,34 @@ impl Exporter<'_> {
         let response = self.get("/metrics").expect("scrape failed");
         assert_eq!(response.status, 200, "scrape answered {}", response.status);
         Metrics::parse(&response.text())
+    }
+
+    /// Waits until the exporter's failure counter is loaded: the programs
+    /// load in the background, after the exporter is ready.
+    pub fn wait_for_the_counter(&self) {
+        self.metrics_until(|metrics| {
+            metrics.get(r#"portstat_failures_source_info{source="bpf",reason="loaded"}"#)
+                == Some(1.0)
+        })
+        .unwrap_or_else(|timed_out| panic!("the failure counter loaded: {timed_out:?}"));
+    }
+
+    /// Waits until the exporter, with `--collector.netns=all`, samples each
+    /// of `namespaces`: the kernel records a namespace's connects, failures
+    /// and closes from the sample that first finds it.
+    pub fn wait_until_sampled(&self, namespaces: &[&Netns]) {
+        let series: Vec<String> = namespaces
+            .iter()
+            .map(|netns| {
+                format!(
+                    r#"portstat_ephemeral_range_start{{netns="{}",netns_name="{}"}}"#,
+                    netns.inode(),
+                    netns.name()
+                )
+            })
+            .collect();
+        self.metrics_until(|metrics| series.iter().all(|series| metrics.get(series).is_some()))
+            .unwrap_or_else(|timed_out| panic!("the namespaces sampled: {timed_out:?}"));
     }
 
     /// Scrapes until `done` holds for the metrics; `Err` with the last

@@ -11,7 +11,10 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod aggregate;
+pub mod cadence;
 pub mod exposition;
+#[cfg(test)]
+mod fixtures;
 pub mod inspect;
 pub mod linux;
 pub mod metrics;

@@ -461,6 +461,9 @@ pub struct PortFailure {
     pub process: String,
     /// The process id of the last call that failed.
     pub last_pid: u32,
+    /// Whether the calls came from more than one process of that name
+    /// (`last_pid` is then one of several).
+    pub several_pids: bool,
     /// Failures so far; only rises.
     pub count: u64,
 }
@@ -580,6 +583,30 @@ pub struct NamespaceFailures {
     pub connects: Vec<PortFailure>,
 }
 
+impl NamespaceFailures {
+    /// The namespace's failures that the kernel's map had no room to
+    /// record by destination and process: its totals less what that map
+    /// holds of it.
+    pub fn failures_unrecorded(&self) -> u64 {
+        let recorded: u64 = self
+            .by_destination_and_process
+            .iter()
+            .map(|failure| failure.count)
+            .sum();
+        self.totals.values().sum::<u64>().saturating_sub(recorded)
+    }
+
+    /// The namespace's connects that the kernel's map had no room to
+    /// record by destination and process.
+    pub fn connects_unrecorded(&self) -> u64 {
+        let recorded: u64 = self.connects.iter().map(|connect| connect.count).sum();
+        self.connect_totals
+            .values()
+            .sum::<u64>()
+            .saturating_sub(recorded)
+    }
+}
+
 /// A TCP connection as its 4-tuple, IPv4-mapped addresses as IPv4: how a
 /// socket is matched with the process that closed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -629,8 +656,25 @@ pub fn comm_label(comm: &[u8; 16]) -> String {
 }
 
 /// Who closed each connection of one namespace that the kernel still
-/// remembers.
+/// remembers, read whole.
 pub type ConnectionNames = HashMap<Connection, Connector>;
+
+/// Who closed the connections of one namespace, asked one socket at a
+/// time: the kernel's map itself, so that a sample holds no copy of it
+/// however many connections it names, or names read whole
+/// (`ConnectionNames`).
+pub trait ConnectionNamer: Send {
+    /// Who closed the connection of a TCP socket between `local` and
+    /// `remote`, its addresses as read (an AF_INET6 socket's IPv4-mapped
+    /// ones as such); `None` where nothing names it.
+    fn name(&mut self, local: SocketAddr, remote: SocketAddr) -> Option<Connector>;
+}
+
+impl ConnectionNamer for ConnectionNames {
+    fn name(&mut self, local: SocketAddr, remote: SocketAddr) -> Option<Connector> {
+        self.get(&Connection::between(local, remote)).copied()
+    }
+}
 
 /// A set of port numbers, one bit per port: 8 KiB once a port is in it,
 /// nothing while it is empty (a namespace with no sockets costs no bitmap).

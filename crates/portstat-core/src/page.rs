@@ -7,7 +7,8 @@ use crate::aggregate::Snapshot;
 use crate::aggregate::nat::NatFigures;
 use crate::aggregate::processes::{Pids, ProcessUsage};
 use crate::metrics::failures;
-use crate::model::{NamespaceFailures, Protocol};
+use crate::model::{FailureKind, NamespaceFailures, Protocol, SocketState, TcpState};
+use crate::rules::Destination;
 use crate::status::SampleStatus;
 use crate::text::rfc3339;
 
@@ -27,6 +28,9 @@ td.bar{width:45%}\
 div.bar{background:#e5e7eb;height:1.1em;border-radius:3px;overflow:hidden}\
 div.fill{height:100%;background:#16a34a}div.fill.warning{background:#d97706}div.fill.critical{background:#dc2626}\
 tr.inside td{background:#fee2e2;font-weight:600}\
+tr.low td{background:#fef3c7}tr.low.critical td{background:#fee2e2;font-weight:600}\
+p.verdict{font-size:1.15em;font-weight:600;margin:.8em 0 0;padding:.4em .6em;border-radius:4px;background:#dcfce7}\
+p.verdict.warning{background:#fef3c7}p.verdict.critical{background:#fee2e2;color:#991b1b}\
 .failing{color:#b91c1c;font-weight:600}";
 
 /// Escapes text for HTML element content and attribute values.
@@ -85,6 +89,7 @@ pub fn landing_page(
         page.push_str("<p>No sample has succeeded yet.</p>\n</body>\n</html>\n");
         return page;
     };
+    verdict(&mut page, snapshot);
     fill_section(&mut page, snapshot);
     processes_section(&mut page, snapshot);
     destinations_section(&mut page, snapshot);
@@ -129,6 +134,126 @@ fn header(page: &mut String, status: &SampleStatus, metrics_path: &str) {
     page.push_str("</p>\n");
 }
 
+/// The share of the range a destination with `headroom` ports left has
+/// used, as `portstat_ephemeral_destination_max_used_ratio` counts it.
+fn destination_ratio(headroom: u32, capacity: u32) -> f64 {
+    if capacity == 0 {
+        return 1.0;
+    }
+    f64::from(capacity.saturating_sub(headroom)) / f64::from(capacity)
+}
+
+/// " warning" or " critical" from the alerts' thresholds, else "".
+fn level(ratio: f64) -> &'static str {
+    if ratio >= CRITICAL_RATIO {
+        " critical"
+    } else if ratio >= WARNING_RATIO {
+        " warning"
+    } else {
+        ""
+    }
+}
+
+/// `count` followed by `one` or `many`.
+fn counted(count: u64, one: &str, many: &str) -> String {
+    format!("{count} {}", if count == 1 { one } else { many })
+}
+
+/// The `connect()` failures toward `destination` since the exporter
+/// started, where they are counted.
+fn failures_toward(snapshot: &Snapshot, destination: &Destination) -> u64 {
+    let Some(failures) = &snapshot.failures else {
+        return 0;
+    };
+    failures
+        .by_destination_and_process
+        .iter()
+        .filter(|failure| {
+            failure.kind == FailureKind::Connect
+                && failure.local_address == destination.local_address
+                && failure.remote_address == destination.remote_address
+                && failure.remote_port == destination.remote_port
+        })
+        .map(|failure| failure.count)
+        .sum()
+}
+
+/// One line that says how near `connect()` is to failing, and where: the
+/// destination with the least headroom, how full its share of the range
+/// is, the ports left and the failures toward it, coloured as the alerts
+/// would be.
+fn verdict(page: &mut String, snapshot: &Snapshot) {
+    let tightest = snapshot
+        .destinations
+        .iter()
+        .min_by_key(|usage| usage.headroom);
+    let (ratio, text) = match tightest {
+        Some(usage) => {
+            let destination = usage.destination;
+            let ratio = destination_ratio(usage.headroom, snapshot.capacity);
+            let remote =
+                std::net::SocketAddr::new(destination.remote_address, destination.remote_port);
+            let mut text = format!(
+                "{:.1}% toward {remote}: {} left",
+                ratio * 100.0,
+                counted(u64::from(usage.headroom), "port", "ports")
+            );
+            let failed = failures_toward(snapshot, &destination);
+            if failed > 0 {
+                let _ = write!(
+                    text,
+                    ", {} since the exporter started",
+                    counted(failed, "failure", "failures")
+                );
+            }
+            (ratio, text)
+        }
+        None => (
+            0.0,
+            format!(
+                "No destination holds a port of the range: a new one can get {}",
+                counted(
+                    u64::from(snapshot.new_destination_headroom),
+                    "port",
+                    "ports"
+                )
+            ),
+        ),
+    };
+    let _ = writeln!(
+        page,
+        "<p id=\"verdict\" class=\"verdict{}\">{}</p>",
+        level(ratio),
+        html_escape(&text)
+    );
+}
+
+/// The TCP sockets in the range that hold a connection, and those in
+/// TIME_WAIT with how many of them `connect()` may take over now.
+fn time_wait_split(snapshot: &Snapshot) -> String {
+    let tcp = snapshot
+        .occupancy
+        .iter()
+        .find(|occupancy| occupancy.protocol == Protocol::Tcp);
+    let in_state = |wanted: TcpState| {
+        tcp.map_or(0, |occupancy| {
+            occupancy
+                .sockets_by_state
+                .iter()
+                .filter(|(state, _)| *state == SocketState::Tcp(wanted))
+                .map(|(_, count)| count)
+                .sum::<u64>()
+        })
+    };
+    format!(
+        "<p class=\"meta\" id=\"tcp-states\">TCP sockets in the range: {} established, \
+         {} in TIME_WAIT, of which {} reusable by <code>connect()</code> now.</p>\n",
+        in_state(TcpState::Established),
+        in_state(TcpState::TimeWait),
+        snapshot.time_wait_reusable
+    )
+}
+
 /// How full the range is, per protocol and for the busiest destination.
 fn fill_section(page: &mut String, snapshot: &Snapshot) {
     let range = snapshot.range;
@@ -153,6 +278,7 @@ fn fill_section(page: &mut String, snapshot: &Snapshot) {
             protocol = occupancy.protocol.label(),
         );
     }
+    let split = time_wait_split(snapshot);
     let _ = write!(
         page,
         "<tr id=\"fill-busiest\"><td>busiest destination</td><td class=\"num\">{}</td>\
@@ -161,7 +287,7 @@ fn fill_section(page: &mut String, snapshot: &Snapshot) {
          ports no destination can share (listeners, sockets bound but not connected, sockets \
          bound before <code>connect()</code>: {} now); \
          <code>connect()</code> to it fails at 100%. A destination not yet connected to can \
-         get <span id=\"new-destination-headroom\">{}</span> ports{}.</p>\n",
+         get <span id=\"new-destination-headroom\">{}</span> ports{}.</p>\n{split}",
         snapshot.busiest_destination_ports + snapshot.exclusive.total(),
         bar(snapshot.destination_max_used_ratio),
         snapshot.destination_max_used_ratio * 100.0,
@@ -214,9 +340,14 @@ fn destinations_section(page: &mut String, snapshot: &Snapshot) {
         let destination = usage.destination;
         let remote = std::net::SocketAddr::new(destination.remote_address, destination.remote_port);
         let headroom = usage.headroom;
+        let low = match level(destination_ratio(headroom, snapshot.capacity)) {
+            "" => "",
+            " warning" => " class=\"low\"",
+            _ => " class=\"low critical\"",
+        };
         let _ = writeln!(
             page,
-            "<tr><td>{}</td><td>{remote}</td><td class=\"num\">{}</td><td class=\"num\">{headroom}</td></tr>",
+            "<tr{low}><td>{}</td><td>{remote}</td><td class=\"num\">{}</td><td class=\"num\">{headroom}</td></tr>",
             destination.local_address, usage.ports_used
         );
     }
@@ -313,11 +444,11 @@ fn failures_section(page: &mut String, failures: &NamespaceFailures) {
         page.push_str("<tr><td colspan=\"4\">none</td></tr>\n");
     }
     for ((kind, protocol, process), count) in processes {
-        let pids = Pids::of(failures::a_pid_of(failures, kind, protocol, process));
+        let pids = failures::failing_pids(failures, kind, protocol, process).describe();
         let _ = writeln!(
             page,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{count}</td></tr>",
-            process_cell(process, &pids),
+            described_cell(process, &pids),
             kind.call(),
             protocol.label()
         );
@@ -339,7 +470,12 @@ fn process_rows(page: &mut String, usages: &[ProcessUsage]) {
 
 /// A process's name with its pids, as in `python3 (pid 812)`, escaped.
 fn process_cell(name: &str, pids: &Pids) -> String {
-    let pids = pids.describe();
+    described_cell(name, &pids.describe())
+}
+
+/// A process's name with what is known of its pids (`pids`, as
+/// `Pids::describe` or `FailingPids::describe` give it), escaped.
+fn described_cell(name: &str, pids: &str) -> String {
     if pids.is_empty() {
         html_escape(name)
     } else {
@@ -421,6 +557,62 @@ mod tests {
         assert!(bar(0.8).contains("fill warning"));
         assert!(bar(0.97).contains("fill critical"));
         assert!(bar(2.0).contains("width:100.0%"));
+    }
+
+    fn snapshot(connected: u16, time_wait: u16) -> Snapshot {
+        crate::fixtures::ten_port_snapshot(connected, time_wait)
+    }
+
+    fn page_of(snapshot: &Snapshot) -> String {
+        landing_page(Some(snapshot), &SampleStatus::default(), "/metrics")
+    }
+
+    #[test]
+    fn the_verdict_names_the_tightest_destination_coloured_as_the_alerts() {
+        let page = page_of(&snapshot(7, 2));
+        assert!(
+            page.contains(
+                "<p id=\"verdict\" class=\"verdict warning\">90.0% toward 127.0.0.2:8080: 1 port left</p>"
+            ),
+            "{page}"
+        );
+        assert!(page.contains("<tr class=\"low\"><td>127.0.0.1</td><td>127.0.0.2:8080</td>"));
+        let page = page_of(&snapshot(2, 0));
+        assert!(page.contains("class=\"verdict\">20.0% toward 127.0.0.2:8080: 8 ports left</p>"));
+        assert!(page.contains("<tr><td>127.0.0.1</td><td>127.0.0.2:8080</td>"));
+        let page = page_of(&snapshot(0, 0));
+        assert!(page.contains(
+            "class=\"verdict\">No destination holds a port of the range: a new one can get 10 ports</p>"
+        ));
+    }
+
+    #[test]
+    fn the_verdict_counts_the_failures_toward_that_destination() {
+        let mut full = snapshot(10, 0);
+        let failure = |remote: &str, count| crate::fixtures::tcp_connect("client", remote, count);
+        full.failures = Some(NamespaceFailures {
+            by_destination_and_process: vec![failure("127.0.0.2", 35), failure("127.0.0.3", 4)],
+            ..NamespaceFailures::default()
+        });
+        let page = page_of(&full);
+        assert!(
+            page.contains(
+                "class=\"verdict critical\">100.0% toward 127.0.0.2:8080: 0 ports left, 35 failures since the exporter started</p>"
+            ),
+            "{page}"
+        );
+        assert!(page.contains("<tr class=\"low critical\">"));
+    }
+
+    #[test]
+    fn established_and_time_wait_are_told_apart() {
+        let page = page_of(&snapshot(3, 4));
+        assert!(
+            page.contains(
+                "TCP sockets in the range: 3 established, 4 in TIME_WAIT, of which 0 reusable"
+            ),
+            "{page}"
+        );
     }
 
     #[test]

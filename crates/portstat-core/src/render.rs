@@ -70,16 +70,12 @@ fn snapshot_families(snapshot: &Snapshot, out: &mut Vec<MetricFamily>) {
 fn status_families(status: &SampleStatus, out: &mut Vec<MetricFamily>) {
     metrics::sampling::render(status, out);
     metrics::collector::render(status, out);
-    metrics::failures::render_counting(&status.failure_counting, status.failures_unrecorded, out);
+    metrics::failures::render_counting(&status.failure_counting, status.counting_runs_missed, out);
     if matches!(
         status.failure_counting,
         FailureCounting::Bpf { connects: true, .. }
     ) {
-        metrics::connects::render_counting(
-            status.connects_unrecorded,
-            status.connection_names_evicted,
-            out,
-        );
+        metrics::connects::render_counting(status.connection_names_evicted, out);
     }
     if let Some(counts) = &status.namespaces {
         metrics::netns::render(counts, out);
@@ -244,6 +240,7 @@ mod tests {
             ipv4_mapped: mapped,
             process: process.to_string(),
             last_pid: 4321,
+            several_pids: false,
             count,
         };
         snapshot.failures = Some(NamespaceFailures {
@@ -271,12 +268,13 @@ mod tests {
             errors: [2, 0],
             namespaces: None,
             interval_seconds: Some(5.0),
+            scrape_period_seconds: Some(15.0),
+            samples: 12,
             failure_counting: FailureCounting::Bpf {
                 autobind: false,
                 connects: true,
             },
-            failures_unrecorded: 0,
-            connects_unrecorded: 0,
+            counting_runs_missed: 0,
             connection_names_evicted: 0,
             build: BUILD,
             collectors: vec![
@@ -309,11 +307,12 @@ mod tests {
             errors: [1, 0],
             namespaces: None,
             interval_seconds: None,
+            scrape_period_seconds: None,
+            samples: 1,
             failure_counting: FailureCounting::Unavailable {
                 stage: "verify".to_string(),
             },
-            failures_unrecorded: 0,
-            connects_unrecorded: 0,
+            counting_runs_missed: 0,
             connection_names_evicted: 0,
             build: BUILD,
             collectors: Vec::new(),

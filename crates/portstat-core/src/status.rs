@@ -132,12 +132,16 @@ pub struct SampleStatus {
     pub namespaces: Option<NamespaceCounts>,
     /// The time between samples, when sampling runs on (not `--once`).
     pub interval_seconds: Option<f64>,
+    /// The period of the scrapes the samples follow (`crate::cadence`),
+    /// when they follow one.
+    pub scrape_period_seconds: Option<f64>,
+    /// Samples taken since start.
+    pub samples: u64,
     /// Where failures are counted from.
     pub failure_counting: FailureCounting,
-    /// Failures the kernel's maps had no room to record by key, so far.
-    pub failures_unrecorded: u64,
-    /// Connects the kernel's maps had no room to record by key, so far.
-    pub connects_unrecorded: u64,
+    /// Runs of the counting programs the kernel skipped, so far: each may
+    /// have been a connect, a failure or a close that nothing counted.
+    pub counting_runs_missed: u64,
     /// Names of connections the kernel's map dropped while the connection
     /// was still there, so far.
     pub connection_names_evicted: u64,

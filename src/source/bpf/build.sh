@@ -14,8 +14,9 @@ build() {
   # -g: BTF, which CO-RE needs. BTF's line info names the source file: the
   # prefix map makes that name relative, and the DWARF is dropped, so that
   # the object depends on nothing but the source and the compiler, not on
-  # the folder the tree was checked out in. The failure counter claims its
-  # notes with compare-and-swap, an instruction of BPF v3 (Linux 5.12).
+  # the folder the tree was checked out in. The failure counter is built
+  # for BPF v3 (32-bit jumps and ALU, Linux 5.1), which its verifier
+  # figures were measured with.
   local cpu=()
   case "$1" in
     */port_failures.bpf.c) cpu=(-mcpu=v3) ;;

@@ -17,13 +17,16 @@
 
 use std::collections::{HashMap as StdHashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex};
 
 use aya::maps::{Array, HashMap, Map, MapData};
 
 use super::loader::{AttachPoint, LoadedProgram};
 use super::{BpfError, unavailable};
 use portstat_core::model::{
-    Connection, ConnectionNames, Connector, FailureKind, PortFailure, PortFailureCounts, Protocol,
+    Connection, ConnectionNamer, ConnectionNames, Connector, FailureKind, PortFailure,
+    PortFailureCounts, Protocol,
 };
 
 /// The compiled program, built from `port_failures.bpf.c` by `build.sh`.
@@ -102,7 +105,8 @@ pub struct FailureValue {
     pub count: u64,
     /// The tgid of the last task that failed under the key.
     pub last_tgid: u32,
-    pad: u32,
+    /// 1 once calls under the key came from more than one process.
+    pub several: u32,
 }
 
 // SAFETY: as for FailureKey.
@@ -190,12 +194,7 @@ pub fn name_from_entry(key: &NameKey, value: &NameValue) -> Option<(u64, Connect
 
 /// The `names` map's key of a connection of namespace `netns`, whose
 /// cookie is `cookie`.
-pub fn name_key(
-    netns: u64,
-    cookie: u64,
-    connection: &Connection,
-    connector: &Connector,
-) -> Option<NameKey> {
+pub fn name_key(netns: u64, cookie: u64, connection: &Connection, mapped: bool) -> Option<NameKey> {
     let mut key = NameKey {
         netns: u32::try_from(netns).ok()?,
         family: AF_INET,
@@ -220,7 +219,7 @@ pub fn name_key(
             }
         }
     }
-    if connector.ipv4_mapped {
+    if mapped && key.family == AF_INET {
         key.family = FAMILY_MAPPED;
     }
     Some(key)
@@ -265,6 +264,7 @@ pub fn failure_from_entry(key: &FailureKey, value: &FailureValue) -> Option<Port
             &key.comm[..end],
         )),
         last_pid: value.last_tgid,
+        several_pids: value.several != 0,
         count: value.count,
     })
 }
@@ -299,6 +299,9 @@ const MAP_NAMES: [&str; 6] = [
 ];
 /// The map of connections and the processes that closed them.
 const NAMES_MAP: &str = "portstat_names";
+/// The namespaces the exporter samples, by inode: the only ones the
+/// programs record.
+const NETS_MAP: &str = "portstat_nets";
 
 /// The maps the programs count into.
 struct FailureMaps {
@@ -478,22 +481,97 @@ impl FailureMaps {
 /// took out of it, to tell how many names it evicted.
 struct NameMap {
     map: HashMap<MapData, NameKey, NameValue>,
+    /// The same map, asked by the namespaces' reads.
+    lookups: Arc<NameLookups>,
     /// Names removed as their connection was gone.
     pruned: u64,
     /// Names the map evicted while their connection was still there, the
     /// most ever computed (the count only rises).
     evicted: u64,
-    /// The cookies of the names last read, by inode: one but where the
-    /// live namespace's cookie was not known.
+    /// The cookies of the names last swept, by inode: used where the live
+    /// namespace's cookie is not known.
     cookies: StdHashMap<u64, Vec<u64>>,
-    /// The names whose connection the last sample did not find.
-    missed: HashSet<NameKey>,
+    /// The names whose connection the last sample did not find, by
+    /// `fingerprint`.
+    missed: HashSet<u64>,
 }
 
-/// What the map of names held at one sample.
+/// The map of names as the namespaces' reads ask it, one connection at a
+/// time, with the names each sample found, by `fingerprint`.
+struct NameLookups {
+    map: HashMap<MapData, NameKey, NameValue>,
+    found: Mutex<HashSet<u64>>,
+}
+
+/// A key's fingerprint: the sets of names found and missed hold these, 8
+/// bytes a name, rather than the 56-byte keys.
+fn fingerprint(key: &NameKey) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // Fixed keys: the same key gives the same fingerprint at every sample.
+    let mut hasher = std::hash::DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The map of names for one sample: each namespace read asks it for the
+/// connections of its sockets that no process holds (`namer`), and what
+/// they found spares those names from `PortFailureCounter::sweep_names`.
 pub struct Names {
-    /// Who connected each connection, by namespace.
-    pub by_netns: StdHashMap<u64, ConnectionNames>,
+    lookups: Arc<NameLookups>,
+    cookies: StdHashMap<u64, Vec<u64>>,
+}
+
+impl Names {
+    /// Who closed the connections of namespace `netns`, whose cookie is
+    /// `cookie` where known, asked of the kernel's map itself.
+    pub fn namer(&self, netns: u64, cookie: Option<u64>) -> Option<Box<dyn ConnectionNamer>> {
+        let netns = u32::try_from(netns).ok()?;
+        let cookies = match cookie {
+            Some(cookie) => vec![cookie],
+            None => self
+                .cookies
+                .get(&u64::from(netns))
+                .cloned()
+                .unwrap_or_else(|| vec![0]),
+        };
+        Some(Box::new(KernelNamer {
+            lookups: self.lookups.clone(),
+            netns,
+            cookies,
+        }))
+    }
+}
+
+/// Names one namespace's connections from the kernel's map: one look-up a
+/// socket, under its own family (an AF_INET6 socket's IPv4-mapped
+/// addresses, as every source reads them, are the map's FAMILY_MAPPED).
+struct KernelNamer {
+    lookups: Arc<NameLookups>,
+    netns: u32,
+    cookies: Vec<u64>,
+}
+
+impl ConnectionNamer for KernelNamer {
+    fn name(&mut self, local: SocketAddr, remote: SocketAddr) -> Option<Connector> {
+        let connection = Connection::between(local, remote);
+        let mapped = matches!(local.ip(), IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
+        for &cookie in &self.cookies {
+            let key = name_key(u64::from(self.netns), cookie, &connection, mapped)?;
+            if let Ok(value) = self.lookups.map.get(&key, 0) {
+                self.lookups
+                    .found
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(fingerprint(&key));
+                return Some(Connector {
+                    tgid: value.tgid,
+                    comm: value.comm,
+                    ipv4_mapped: mapped,
+                });
+            }
+        }
+        None
+    }
 }
 
 /// The programs, attached, and their maps.
@@ -502,6 +580,12 @@ pub struct PortFailureCounter {
     _program: LoadedProgram,
     maps: FailureMaps,
     names: NameMap,
+    /// The namespaces the programs record, by inode.
+    sampled: HashMap<MapData, u32, u32>,
+    /// What `sampled` holds, as last written.
+    admitted: HashSet<u32>,
+    /// How many namespaces `sampled` has room for.
+    sampled_capacity: u32,
 }
 
 /// How many connections the map of names holds for a range of `ports`:
@@ -529,22 +613,22 @@ pub struct Counting {
 }
 
 /// The maps only connects use, made with one entry where connects are not
-/// counted: together several MiB for the default range.
-const CONNECT_MAPS: [&str; 4] = [
-    "portstat_notes",
-    "portstat_pend",
-    "portstat_conns",
-    "portstat_ctots",
-];
+/// counted: together several MiB for the default range. (The notes that
+/// spill out of `portstat_notes` go to socket-local storage, which takes
+/// no memory but the sockets' own.)
+const CONNECT_MAPS: [&str; 3] = ["portstat_notes", "portstat_conns", "portstat_ctots"];
 
 impl PortFailureCounter {
-    /// Loads the programs and attaches them: from now on every namespace's
-    /// TCP connect() failures are counted, and what `counting` asks for.
+    /// Loads the programs and attaches them: from now on the TCP connect()
+    /// failures of the namespaces given to `sample_namespaces` (at most
+    /// `namespaces` of them) are counted, and what `counting` asks for.
     /// Connections are named in a map of `names_capacity` entries.
-    pub fn load(counting: Counting, names_capacity: u32) -> Result<PortFailureCounter, BpfError> {
-        let kernel_btf = std::fs::read(super::KERNEL_BTF).map_err(|error| {
-            unavailable("kernel BTF", format!("{}: {error}", super::KERNEL_BTF))
-        })?;
+    pub fn load(
+        counting: Counting,
+        names_capacity: u32,
+        namespaces: u32,
+    ) -> Result<PortFailureCounter, BpfError> {
+        let namespaces = namespaces.max(1);
         let Counting { autobind, connects } = counting;
         let connect = (
             if connects {
@@ -554,7 +638,7 @@ impl PortFailureCounter {
             },
             AttachPoint::RawTracepoint(CONNECT_TRACEPOINT),
         );
-        let sizes: Vec<(&str, u32)> = if connects {
+        let mut sizes: Vec<(&str, u32)> = if connects {
             vec![(NAMES_MAP, names_capacity)]
         } else {
             CONNECT_MAPS
@@ -563,6 +647,7 @@ impl PortFailureCounter {
                 .map(|&map| (map, 1))
                 .collect()
         };
+        sizes.push((NETS_MAP, namespaces));
         let autobind_program = (
             AUTOBIND_PROGRAM,
             AttachPoint::RawTracepoint(AUTOBIND_TRACEPOINT),
@@ -572,9 +657,8 @@ impl PortFailureCounter {
         } else {
             &[connect][..]
         };
-        let mut program =
-            LoadedProgram::load_sized(PORT_FAILURES_OBJECT, programs, kernel_btf, &sizes)
-                .map_err(|error| unavailable(error.stage, error.reason))?;
+        let mut program = LoadedProgram::load_sized(PORT_FAILURES_OBJECT, programs, &sizes)
+            .map_err(|error| unavailable(error.stage, error.reason))?;
         let mut take = |name: &str| {
             program
                 .take_map(name)
@@ -588,13 +672,33 @@ impl PortFailureCounter {
             take(MAP_NAMES[4])?,
             take(MAP_NAMES[5])?,
         ])?;
-        let names = HashMap::try_from(Map::LruHashMap(take(NAMES_MAP)?))
+        let names_data = take(NAMES_MAP)?;
+        // A second descriptor of the map, for the reads' look-ups.
+        let lookups = names_data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|error| unavailable("maps", error))
+            .and_then(|fd| MapData::from_fd(fd).map_err(|error| unavailable("maps", error)))
+            .and_then(|data| {
+                HashMap::try_from(Map::LruHashMap(data)).map_err(|error| unavailable("maps", error))
+            })?;
+        let names = HashMap::try_from(Map::LruHashMap(names_data))
+            .map_err(|error| unavailable("maps", error))?;
+        let sampled = HashMap::try_from(Map::HashMap(take(NETS_MAP)?))
             .map_err(|error| unavailable("maps", error))?;
         Ok(PortFailureCounter {
             _program: program,
             maps,
+            sampled,
+            admitted: HashSet::new(),
+            sampled_capacity: namespaces,
             names: NameMap {
                 map: names,
+                lookups: Arc::new(NameLookups {
+                    map: lookups,
+                    found: Mutex::new(HashSet::new()),
+                }),
                 pruned: 0,
                 evicted: 0,
                 cookies: StdHashMap::new(),
@@ -606,6 +710,36 @@ impl PortFailureCounter {
     /// Every entry so far, of every namespace.
     pub fn read(&self) -> Result<RawCounts, BpfError> {
         self.maps.read()
+    }
+
+    /// Makes the namespaces of `inodes` the ones the programs record, from
+    /// now on: those not among them are recorded no more (their entries
+    /// stay until `forget`), and those new are recorded from now. Past the
+    /// room made at load, the first ones are kept.
+    pub fn sample_namespaces(&mut self, inodes: &[u64]) -> Result<(), BpfError> {
+        let wanted: HashSet<u32> = inodes
+            .iter()
+            .filter_map(|&inode| u32::try_from(inode).ok())
+            .take(self.sampled_capacity as usize)
+            .collect();
+        if wanted == self.admitted {
+            return Ok(());
+        }
+        let write_error = |error: aya::maps::MapError| {
+            BpfError::Read(std::io::Error::other(format!("{NETS_MAP}: {error}")))
+        };
+        for gone in self.admitted.difference(&wanted) {
+            match self.sampled.remove(gone) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(error) => return Err(write_error(error)),
+            }
+        }
+        self.admitted.retain(|inode| wanted.contains(inode));
+        for &new in wanted.difference(&self.admitted.clone()) {
+            self.sampled.insert(new, 1, 0).map_err(write_error)?;
+            self.admitted.insert(new);
+        }
+        Ok(())
     }
 
     /// Removes every entry of the namespaces `gone` (by inode) and `stale`
@@ -631,49 +765,87 @@ impl PortFailureCounter {
         })
     }
 
-    /// Who connected each connection the kernel still names, by namespace,
-    /// leaving out (and removing) the names of namespaces `live` shows gone.
-    /// Counts, from the names recorded, those kept and those the exporter
-    /// removed, how many the map evicted.
-    pub fn names(&mut self, live: &mut dyn LiveCookies) -> Result<Names, BpfError> {
+    /// The map of names for the sample about to be read: nothing is read
+    /// here; the reads ask it one connection at a time (`Names::namer`).
+    pub fn names(&mut self) -> Names {
+        self.names
+            .lookups
+            .found
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        Names {
+            lookups: self.names.lookups.clone(),
+            cookies: self.names.cookies.clone(),
+        }
+    }
+
+    /// After a sample that succeeded, goes through the map's keys once:
+    /// removes the names of namespaces `live` shows gone, and the names no
+    /// socket of the sample asked for where the sample before missed them
+    /// too (their connection is gone: the room goes to new connections, so
+    /// that the map evicts a name only when the connections still there
+    /// outgrow it); counts, from the names recorded, those present and
+    /// those removed, how many the map evicted.
+    ///
+    /// A name missed once is kept: a walk without locks (the one walk of
+    /// the host's tables) can miss a socket that moves in its chain
+    /// meanwhile, as one turning TIME_WAIT does, and a name removed for
+    /// that would leave the socket `none` for its 60 s.
+    pub fn sweep_names(&mut self, live: &mut dyn LiveCookies) -> Result<(), BpfError> {
         let recorded = self.maps.lost(NAMES_RECORDED)?;
-        let mut by_netns: StdHashMap<u64, ConnectionNames> = StdHashMap::new();
+        let found = std::mem::take(
+            &mut *self
+                .names
+                .lookups
+                .found
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         let mut staleness = Staleness {
             live,
             asked: StdHashMap::new(),
             stale: Vec::new(),
         };
-        let mut stale_keys = Vec::new();
         let mut present = 0u64;
+        let mut stale = Vec::new();
+        let mut unfound = Vec::new();
         self.names.cookies.clear();
-        for entry in self.names.map.iter() {
-            let (key, value) = entry.map_err(read_error)?;
+        for key in self.names.map.keys() {
+            let key = key.map_err(read_error)?;
             present += 1;
             if staleness.is_stale(key.netns, key.cookie) {
-                stale_keys.push(key);
+                stale.push(key);
                 continue;
             }
-            if let Some((netns, connection, connector)) = name_from_entry(&key, &value) {
-                let cookies = self.names.cookies.entry(netns).or_default();
-                if !cookies.contains(&key.cookie) {
-                    cookies.push(key.cookie);
-                }
-                by_netns
-                    .entry(netns)
-                    .or_default()
-                    .insert(connection, connector);
+            let cookies = self.names.cookies.entry(u64::from(key.netns)).or_default();
+            if !cookies.contains(&key.cookie) {
+                cookies.push(key.cookie);
+            }
+            let print = fingerprint(&key);
+            if !found.contains(&print) {
+                unfound.push((print, key));
             }
         }
-        for key in &stale_keys {
-            if self.names.map.remove(key).is_ok() {
-                self.names.pruned += 1;
-            }
-        }
+        let (due, missed) = missed_twice(&self.names.missed, unfound.into_iter());
+        self.names.missed = missed;
         // Names recorded after `recorded` was read may be among those
         // present: then the count is low, and the next sample's makes up.
         let evicted = recorded.saturating_sub(present + self.names.pruned);
         self.names.evicted = self.names.evicted.max(evicted);
-        Ok(Names { by_netns })
+        for key in stale.iter().chain(&due) {
+            if self.names.map.remove(key).is_ok() {
+                self.names.pruned += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs of the programs the kernel skipped because one was already
+    /// running on that CPU: each may have been a connect, a failure or a
+    /// close that nothing counted.
+    pub fn runs_missed(&self) -> Result<u64, BpfError> {
+        self._program.recursion_misses().map_err(BpfError::Read)
     }
 
     /// Names the map evicted while their connection was still there: every
@@ -681,44 +853,22 @@ impl PortFailureCounter {
     pub fn names_evicted(&self) -> u64 {
         self.names.evicted
     }
-
-    /// Removes the names of connections that are gone (`gone`, by
-    /// namespace) and were already at the sample before: a walk without
-    /// locks (the one walk of the host's tables) can miss a socket that
-    /// moves in its chain meanwhile, as one turning TIME_WAIT does, and a
-    /// name removed for that would leave the socket `none` for its 60 s.
-    pub fn prune(&mut self, gone: &[(u64, Connection, Connector)]) {
-        let keys = gone.iter().flat_map(|(netns, connection, connector)| {
-            self.names
-                .cookies
-                .get(netns)
-                .into_iter()
-                .flatten()
-                .filter_map(|&cookie| name_key(*netns, cookie, connection, connector))
-        });
-        let (due, missed) = missed_twice(&self.names.missed, keys);
-        self.names.missed = missed;
-        for key in &due {
-            if self.names.map.remove(key).is_ok() {
-                self.names.pruned += 1;
-            }
-        }
-    }
 }
 
-/// Of the names a sample missed (`now`), those the sample before missed
-/// too (`before`), to remove; and the others, to weigh at the next sample.
-fn missed_twice<K: std::hash::Hash + Eq>(
-    before: &HashSet<K>,
-    now: impl Iterator<Item = K>,
-) -> (Vec<K>, HashSet<K>) {
+/// Of the names a sample missed (`now`, each with its fingerprint), those
+/// the sample before missed too (`before`), to remove; and the
+/// fingerprints of the others, to weigh at the next sample.
+fn missed_twice<K>(
+    before: &HashSet<u64>,
+    now: impl Iterator<Item = (u64, K)>,
+) -> (Vec<K>, HashSet<u64>) {
     let mut due = Vec::new();
     let mut missed = HashSet::new();
-    for key in now {
-        if before.contains(&key) {
+    for (print, key) in now {
+        if before.contains(&print) {
             due.push(key);
         } else {
-            missed.insert(key);
+            missed.insert(print);
         }
     }
     (due, missed)
@@ -749,52 +899,78 @@ pub struct RunningExporter {
     pub pid: Option<u32>,
     /// The inode of its network namespace, where known.
     pub netns: Option<u64>,
-    /// The ids of its maps, in the order of `MAP_NAMES`, then `NAMES_MAP`.
+    /// The ids of its maps, in the order of `MAP_NAMES`, then `NAMES_MAP`
+    /// and `NETS_MAP`.
     ids: [u32; MAP_COUNT],
 }
 
-/// The failure counter's maps: `MAP_NAMES` and `NAMES_MAP`.
-const MAP_COUNT: usize = MAP_NAMES.len() + 1;
+/// The failure counter's maps: `MAP_NAMES`, `NAMES_MAP` and `NETS_MAP`.
+const MAP_COUNT: usize = MAP_NAMES.len() + 2;
 
-/// The exporter `inspect` reads: of the exporters running on this host,
-/// the newest in the network namespace of inode `own`, which samples it
-/// (the counts of every namespace are in each, but only from its start);
-/// else the newest. `None` where none counts. Seeing the maps needs
+impl RunningExporter {
+    /// Whether the exporter samples the namespace of inode `netns`: its
+    /// programs record no other.
+    fn samples(&self, netns: u64) -> bool {
+        let Ok(inode) = u32::try_from(netns) else {
+            return false;
+        };
+        let Ok(data) = MapData::from_id(self.ids[MAP_NAMES.len() + 1]) else {
+            return false;
+        };
+        HashMap::<MapData, u32, u32>::try_from(Map::HashMap(data))
+            .is_ok_and(|map| map.get(&inode, 0).is_ok())
+    }
+}
+
+/// The exporter `inspect` reads: of the exporters running on this host
+/// that sample the network namespace of inode `own` (the programs of each
+/// record only the namespaces it samples), the newest in that namespace,
+/// else the newest. `None` where none samples it. Seeing the maps needs
 /// `CAP_SYS_ADMIN`, and their processes `CAP_SYS_PTRACE`.
 pub fn running_exporter(own: Option<u64>) -> Result<Option<RunningExporter>, BpfError> {
     let mut slot_of: StdHashMap<u32, usize> = StdHashMap::new();
     let mut newest: [Option<u32>; MAP_COUNT] = [None; MAP_COUNT];
     for info in aya::maps::loaded_maps() {
-        let info = info.map_err(|error| unavailable("map ids", error))?;
+        let info = info.map_err(|error| {
+            // aya's error names the command; its source, the kernel's errno.
+            let errno = std::error::Error::source(&error)
+                .map(|source| format!(": {source}"))
+                .unwrap_or_default();
+            unavailable("map ids", format!("{error}{errno}"))
+        })?;
         let Some(name) = info.name_as_str() else {
             continue;
         };
         if let Some(slot) = MAP_NAMES
             .iter()
-            .chain([&NAMES_MAP])
+            .chain([&NAMES_MAP, &NETS_MAP])
             .position(|known| *known == name)
         {
             slot_of.insert(info.id(), slot);
             newest[slot] = newest[slot].max(Some(info.id()));
         }
     }
-    let Some(newest) = complete(newest) else {
+    let (Some(newest), Some(own)) = (complete(newest), own) else {
         return Ok(None);
     };
     let mut exporters = holders(&slot_of);
-    // The newest first: the highest map ids.
-    exporters.sort_by_key(|exporter| std::cmp::Reverse(exporter.ids[0]));
-    let chosen = exporters
-        .iter()
-        .find(|exporter| own.is_some() && exporter.netns == own)
-        .or(exporters.first())
-        .cloned()
-        .unwrap_or(RunningExporter {
+    if exporters.is_empty() {
+        // No process could be seen holding them: the newest maps.
+        exporters.push(RunningExporter {
             pid: None,
             netns: None,
             ids: newest,
         });
-    Ok(Some(chosen))
+    }
+    exporters.retain(|exporter| exporter.samples(own));
+    // The newest first: the highest map ids.
+    exporters.sort_by_key(|exporter| std::cmp::Reverse(exporter.ids[0]));
+    let chosen = exporters
+        .iter()
+        .find(|exporter| exporter.netns == Some(own))
+        .or(exporters.first())
+        .cloned();
+    Ok(chosen)
 }
 
 /// The ids of every slot, where each has one.
@@ -915,13 +1091,15 @@ mod tests {
     fn a_name_is_removed_only_when_two_samples_in_a_row_missed_it() {
         // Sample 1 misses a and b; sample 2 misses b and c (a was seen);
         // sample 3 misses a and c.
-        let (due, missed) = missed_twice(&HashSet::new(), ["a", "b"].into_iter());
+        let names = |names: [(u64, &'static str); 2]| names.into_iter();
+        let (a, b, c) = ((1, "a"), (2, "b"), (3, "c"));
+        let (due, missed) = missed_twice(&HashSet::new(), names([a, b]));
         assert!(due.is_empty());
-        let (due, missed) = missed_twice(&missed, ["b", "c"].into_iter());
+        let (due, missed) = missed_twice(&missed, names([b, c]));
         assert_eq!(due, vec!["b"]);
-        let (due, missed) = missed_twice(&missed, ["a", "c"].into_iter());
+        let (due, missed) = missed_twice(&missed, names([a, c]));
         assert_eq!(due, vec!["c"]);
-        assert_eq!(missed, HashSet::from(["a"]));
+        assert_eq!(missed, HashSet::from([1]));
     }
 
     fn key(family: u8, local: &[u8], remote: &[u8]) -> FailureKey {
@@ -948,7 +1126,7 @@ mod tests {
     const VALUE: FailureValue = FailureValue {
         count: 5,
         last_tgid: 4321,
-        pad: 0,
+        several: 0,
     };
 
     #[test]
@@ -987,7 +1165,10 @@ mod tests {
         );
         assert_eq!((connector.tgid, connector.label().as_str()), (42, "nginx"));
         assert!(connector.ipv4_mapped);
-        assert_eq!(name_key(netns, 3, &connection, &connector), Some(key));
+        assert_eq!(
+            name_key(netns, 3, &connection, connector.ipv4_mapped),
+            Some(key)
+        );
 
         let mut v6 = key;
         v6.family = AF_INET6;
@@ -995,7 +1176,10 @@ mod tests {
         v6.remote = std::net::Ipv6Addr::LOCALHOST.octets();
         let (_, connection, connector) = name_from_entry(&v6, &value).unwrap();
         assert_eq!(connection.remote.to_string(), "[::1]:443");
-        assert_eq!(name_key(netns, 3, &connection, &connector), Some(v6));
+        assert_eq!(
+            name_key(netns, 3, &connection, connector.ipv4_mapped),
+            Some(v6)
+        );
         let mut unknown = key;
         unknown.family = 1;
         assert_eq!(name_from_entry(&unknown, &value), None);

@@ -132,29 +132,27 @@ fn features() -> Features {
 
 impl LoadedProgram {
     /// Loads the `programs` of `object`, each attached at its point, with
-    /// one set of the object's maps, relocated against the kernel BTF in
-    /// `kernel_btf`, which is dropped as soon as the types the programs
-    /// need are copied out. A program that fails to load or attach fails
-    /// them all.
+    /// one set of the object's maps, relocated against the kernel's types:
+    /// those `prepare` copied out for it, else a read of the kernel's BTF,
+    /// which is dropped as soon as the types the programs need are copied
+    /// out. A program that fails to load or attach fails them all.
     pub fn load(
         object: &[u8],
         programs: &[(&str, AttachPoint<'_>)],
-        kernel_btf: Vec<u8>,
     ) -> Result<LoadedProgram, LoadError> {
-        LoadedProgram::load_sized(object, programs, kernel_btf, &[])
+        LoadedProgram::load_sized(object, programs, &[])
     }
 
     /// `load`, with each map named in `sizes` made with that many entries
     /// rather than the object's.
     pub fn load_sized(
-        object: &[u8],
+        bytes: &[u8],
         programs: &[(&str, AttachPoint<'_>)],
-        kernel_btf: Vec<u8>,
         sizes: &[(&str, u32)],
     ) -> Result<LoadedProgram, LoadError> {
-        let mut object = Object::parse(object).map_err(|error| failed("object", error))?;
+        let mut object = Object::parse(bytes).map_err(|error| failed("object", error))?;
         let features = features();
-        let (target_btf, attach_btf_ids) = kernel_types(&object, programs, kernel_btf)?;
+        let (target_btf, attach_btf_ids) = kernel_types(bytes, &object, programs, read_kernel_btf)?;
         object
             .relocate_btf(&target_btf)
             .map_err(|error| failed("relocate", error_chain(&error)))?;
@@ -180,6 +178,38 @@ impl LoadedProgram {
             _programs: loaded_programs,
             _btf: btf,
         })
+    }
+
+    /// How many times the kernel skipped a run of these programs because
+    /// one was already running on that CPU (a softirq that interrupted it
+    /// raising the same tracepoint): `recursion_misses`, Linux 5.12.
+    pub fn recursion_misses(&self) -> io::Result<u64> {
+        let mut missed = 0;
+        for program in &self._programs {
+            // SAFETY: bpf_prog_info is plain data, valid when zeroed.
+            let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+            let mut attr = ObjGetInfo {
+                bpf_fd: program.as_raw_fd() as u32,
+                info_len: std::mem::size_of_val(&info) as u32,
+                info: std::ptr::from_mut(&mut info) as u64,
+            };
+            // SAFETY: `attr` is laid out as the kernel reads it and points
+            // at `info`, which outlives the call; the kernel writes at most
+            // `info_len` bytes there.
+            let result = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_int,
+                    std::ptr::from_mut(&mut attr),
+                    std::mem::size_of::<ObjGetInfo>() as libc::c_uint,
+                )
+            };
+            if result < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            missed += info.recursion_misses;
+        }
+        Ok(missed)
     }
 
     /// What verifying each program cost, in the order they were asked for.
@@ -210,21 +240,48 @@ impl LoadedProgram {
 }
 
 /// The kernel's types the `programs` of `object` name, and the function or
-/// tracepoint type each attaches to, from one read of the kernel's BTF,
-/// which is dropped once they are copied out.
+/// tracepoint type each attaches to: prepared by `prepare` where it was
+/// given this object and these attach points, else from a read of the
+/// kernel's BTF by `read_kernel_btf`, which is dropped once they are copied
+/// out.
 fn kernel_types(
+    bytes: &[u8],
     object: &Object,
     programs: &[(&str, AttachPoint<'_>)],
-    kernel_btf: Vec<u8>,
+    read_kernel_btf: impl FnOnce() -> Result<Vec<u8>, LoadError>,
 ) -> Result<(aya_obj::btf::Btf, Vec<u32>), LoadError> {
-    let kernel = Btf::parse(kernel_btf).map_err(|error| failed("kernel BTF", error))?;
+    let prepared = take_prepared(bytes, programs);
+    let (compact, ids) = match prepared {
+        Some(prepared) => prepared,
+        None => {
+            let kernel =
+                Btf::parse(read_kernel_btf()?).map_err(|error| failed("kernel BTF", error))?;
+            let compact = compact_types(&kernel, object)?;
+            let ids = programs
+                .iter()
+                .map(|&(_, attach)| attach_id(&kernel, attach))
+                .collect::<Result<Vec<u32>, LoadError>>()?;
+            (compact, ids)
+        }
+    };
+    let compact = aya_obj::btf::Btf::parse(&compact, object::Endianness::default())
+        .map_err(|error| failed("kernel BTF", error))?;
+    Ok((compact, ids))
+}
+
+/// The kernel's types `object`'s own BTF names, and what they embed.
+fn compact_types(kernel: &Btf, object: &Object) -> Result<Vec<u8>, LoadError> {
     let local = object
         .btf
         .as_ref()
         .ok_or_else(|| failed("object", "the object has no BTF"))?;
     let local = Btf::parse(local.to_bytes()).map_err(|error| failed("object BTF", error))?;
-    let compact = kernel.compact(&local.named_types());
-    let id = |attach: AttachPoint<'_>| match attach {
+    Ok(kernel.compact(&local.named_types()))
+}
+
+/// The kernel's type id of the function or tracepoint `attach` names.
+fn attach_id(kernel: &Btf, attach: AttachPoint<'_>) -> Result<u32, LoadError> {
+    match attach {
         AttachPoint::Iterator(target) => {
             let function = format!("bpf_iter_{target}");
             kernel.func_id(&function).ok_or_else(|| {
@@ -243,14 +300,102 @@ fn kernel_types(
                 )
             })
         }
+    }
+}
+
+/// An object's bytes, and the programs of it that are loaded with where
+/// each attaches.
+pub type ObjectPrograms<'a> = (&'a [u8], &'a [(&'a str, AttachPoint<'a>)]);
+
+/// The running kernel's BTF, whole.
+pub fn read_kernel_btf() -> Result<Vec<u8>, LoadError> {
+    std::fs::read(super::KERNEL_BTF)
+        .map_err(|error| failed("kernel BTF", format!("{}: {error}", super::KERNEL_BTF)))
+}
+
+/// What `prepare` copied out of the kernel's BTF for the objects it was
+/// given, until each is loaded: the compact types by object (a hash of its
+/// bytes), and the type id of each attach point.
+struct Prepared {
+    types: HashMap<u64, Vec<u8>>,
+    attach_ids: HashMap<String, Result<u32, String>>,
+}
+
+static PREPARED: std::sync::Mutex<Option<Prepared>> = std::sync::Mutex::new(None);
+
+fn object_key(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
+}
+
+fn attach_key(attach: AttachPoint<'_>) -> String {
+    match attach {
+        AttachPoint::Iterator(target) => format!("iter/{target}"),
+        AttachPoint::RawTracepoint(tracepoint) => format!("tp_btf/{tracepoint}"),
+    }
+}
+
+/// Reads the kernel's BTF once and copies out what each of `objects` will
+/// need to load, so that the loads that follow, one after another, never
+/// hold the whole BTF (5 MiB and more) while the maps of those before
+/// hold their memory: the exporter's peak is one read of it, before any
+/// map. An object loaded later than that, or not given here, reads the BTF
+/// itself.
+pub fn prepare(objects: &[ObjectPrograms<'_>], kernel_btf: Vec<u8>) -> Result<(), LoadError> {
+    let kernel = Btf::parse(kernel_btf).map_err(|error| failed("kernel BTF", error))?;
+    let mut prepared = Prepared {
+        types: HashMap::new(),
+        attach_ids: HashMap::new(),
     };
-    let ids = programs
-        .iter()
-        .map(|&(_, attach)| id(attach))
-        .collect::<Result<Vec<u32>, LoadError>>()?;
-    let compact = aya_obj::btf::Btf::parse(&compact, object::Endianness::default())
-        .map_err(|error| failed("kernel BTF", error))?;
-    Ok((compact, ids))
+    for &(bytes, programs) in objects {
+        let object = Object::parse(bytes).map_err(|error| failed("object", error))?;
+        prepared
+            .types
+            .insert(object_key(bytes), compact_types(&kernel, &object)?);
+        for &(_, attach) in programs {
+            prepared.attach_ids.insert(
+                attach_key(attach),
+                attach_id(&kernel, attach).map_err(|error| error.reason),
+            );
+        }
+    }
+    *PREPARED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(prepared);
+    Ok(())
+}
+
+/// What `prepare` copied out for `bytes` and `programs`, taken: `None`
+/// where it was not given them.
+fn take_prepared(
+    bytes: &[u8],
+    programs: &[(&str, AttachPoint<'_>)],
+) -> Option<(Vec<u8>, Vec<u32>)> {
+    let mut guard = PREPARED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let prepared = guard.as_mut()?;
+    let key = object_key(bytes);
+    if !prepared.types.contains_key(&key) {
+        return None;
+    }
+    let mut ids = Vec::with_capacity(programs.len());
+    for &(_, attach) in programs {
+        match prepared.attach_ids.get(&attach_key(attach))? {
+            Ok(id) => ids.push(*id),
+            // The kernel lacks it: the load reads the BTF and says so.
+            Err(_) => return None,
+        }
+    }
+    // Each object is loaded once; a retry (with fewer programs, after a
+    // refusal) reads the BTF again.
+    let types = prepared.types.remove(&key)?;
+    if prepared.types.is_empty() {
+        *guard = None;
+    }
+    Some((types, ids))
 }
 
 /// Creates the maps of `object`, those named in `sizes` with that many
@@ -528,6 +673,14 @@ struct RawTracepointOpen {
     name: u64,
     prog_fd: u32,
     pad: u32,
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD`.
+#[repr(C)]
+struct ObjGetInfo {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
 }
 
 #[repr(C)]

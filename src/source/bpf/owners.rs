@@ -84,13 +84,9 @@ impl BpfOwners {
     /// Loads the program now: whether owners can come from BPF is decided
     /// before any socket is read.
     pub fn load() -> Result<BpfOwners, BpfError> {
-        let kernel_btf = std::fs::read(super::KERNEL_BTF).map_err(|error| {
-            unavailable("kernel BTF", format!("{}: {error}", super::KERNEL_BTF))
-        })?;
         let mut program = LoadedProgram::load(
             SOCKET_OWNERS_OBJECT,
             &[(PROGRAM, AttachPoint::Iterator("task_file"))],
-            kernel_btf,
         )
         .map_err(|error| unavailable(error.stage, error.reason))?;
         let settings = program

@@ -47,7 +47,9 @@
 // a port moves its socket from CLOSE to SYN_SENT in the calling task: the
 // program notes the task's process by socket, in a slot of `portstat_notes`
 // (an array, claimed with compare-and-swap) or, where the socket's slots
-// are taken, in `portstat_pend`. The port is chosen after
+// are taken, in the socket's own storage (`portstat_spill`), which goes
+// with the socket, so that no pile of connects in SYN_SENT can overflow
+// it. The port is chosen after
 // (`__inet_hash_connect`), so the connect is counted at the socket's first
 // change out of SYN_SENT with the port taken: to ESTABLISHED, or back to
 // CLOSE with its sequence number set (refused, reset, timed out or
@@ -62,8 +64,17 @@
 // out, so that the socket, which may outlive its descriptor in FIN_WAIT,
 // TIME_WAIT or LAST_ACK and is then held by no process, can be named;
 // `portstat_lost` counts the names recorded, which tells the exporter how
-// many the map evicted. The connect path thus costs two array slots and
-// one hash map entry, and a close that may leave TIME_WAIT one LRU entry.
+// many the map evicted. A connection on a port bound by choice (a client
+// that binds its source, or a listener's) is not named: its close removes
+// the name an earlier connection on the same 4-tuple left, whose TIME_WAIT
+// it may have taken over (`tcp_twsk_unique`), so that the socket is never
+// named after a process that did not connect it. The connect path thus
+// costs two array slots and one hash map entry, and a close that may leave
+// TIME_WAIT one LRU entry.
+//
+// Only the namespaces in `portstat_nets`, the ones the exporter samples,
+// are recorded at all: another namespace's connects, failures and closes
+// return at the first look-up, take no entry and evict nothing.
 //
 // Nothing is decided here that Rust can decide. Structures are declared
 // with only the fields used; CO-RE relocates their offsets against the
@@ -113,8 +124,8 @@
 #define UNRECORDED_TOTAL 1
 #define UNRECORDED_CONNECT 2
 #define NAMES_RECORDED 3
-// Not a count: 1 once a note went to `portstat_pend`, so that the connect
-// path looks there only after one has.
+// Not a count: 1 once a note went to the socket's own storage, so that the
+// connect path looks there only after one has.
 #define NOTES_SPILLED 4
 #define UNRECORDED_ATTEMPT 5
 
@@ -243,7 +254,9 @@ struct failure_key {
 struct failure_value {
 	__u64 count;
 	__u32 last_tgid;
-	__u32 pad;
+	// 1 once calls under the key came from more than one process: the
+	// last one's tgid is then one of several.
+	__u32 several;
 };
 
 struct total_key {
@@ -317,7 +330,7 @@ struct note {
 
 // Notes in flight, each in one of `NOTE_PROBES` slots from a hash of its
 // socket's address, claimed with compare-and-swap: an array costs the
-// connect path no hash and no lock.
+// connect path no hash, no lock and no allocation.
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, NOTE_SLOTS);
@@ -325,13 +338,16 @@ struct {
 	__type(value, struct note);
 } portstat_notes SEC(".maps");
 
-// Notes that found their slots taken, by socket.
+// Notes that found their slots taken, kept in the socket itself
+// (socket-local storage, Linux 5.11 for tracing programs): they live and
+// go with the socket, so that no pile of connects in SYN_SENT, however
+// large, loses one. Their memory is the socket's (`optmem_max`).
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u64);
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct connector);
-} portstat_pend SEC(".maps");
+} portstat_spill SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -361,6 +377,23 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } portstat_lost SEC(".maps");
+
+// The namespaces the exporter samples, by inode, which it keeps current:
+// the only ones recorded, so that another namespace's traffic takes no
+// entry of any map and evicts no name. Sized at load by what is sampled
+// (`failures.rs`).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} portstat_nets SEC(".maps");
+
+// Whether namespace `netns` is one the exporter samples.
+static __always_inline int is_sampled(__u32 netns)
+{
+	return bpf_map_lookup_elem(&portstat_nets, &netns) != 0;
+}
 
 static void count_unrecorded(__u32 index)
 {
@@ -412,7 +445,10 @@ static __always_inline int add_call(void *map, struct failure_key *key, __u32 tg
 			return -1;
 	}
 	__sync_fetch_and_add(&value->count, 1);
-	value->last_tgid = tgid;
+	if (value->last_tgid != tgid) {
+		value->several = 1;
+		value->last_tgid = tgid;
+	}
 	return 0;
 }
 
@@ -480,55 +516,68 @@ static __always_inline __u32 note_slot(__u64 sk, __u32 probe)
 	return ((sk * 0x9E3779B97F4A7C15ULL) >> 50) + probe * 4099;
 }
 
-// Notes the calling task's process as the one asking a port for `sk`.
-static void note_connector(__u64 sk)
+// Notes the calling task's process as the one asking a port for `sk`,
+// whose address is `id`: in an array slot, or where the socket's slots
+// are taken, in the socket's own storage. A note the kernel has no memory
+// for there is counted at once as an unrecorded connect of the namespace:
+// the connect it was for cannot be counted when it takes its port.
+static void note_connector(__u64 id, struct sock *sk, __u32 netns, __u64 cookie)
 {
 	struct connector connector = {.tgid = bpf_get_current_pid_tgid() >> 32};
 	read_comm(connector.comm);
 	for (__u32 probe = 0; probe < NOTE_PROBES; probe++) {
-		__u32 index = note_slot(sk, probe) % NOTE_SLOTS;
+		__u32 index = note_slot(id, probe) % NOTE_SLOTS;
 		struct note *note = bpf_map_lookup_elem(&portstat_notes, &index);
 		if (!note)
 			return;
 		// A slot left with this socket's address is stale: the socket
 		// was freed and its memory reused.
-		__u64 held = __sync_val_compare_and_swap(&note->sk, 0, sk);
-		if (held == 0 || held == sk) {
+		__u64 held = __sync_val_compare_and_swap(&note->sk, 0, id);
+		if (held == 0 || held == id) {
 			note->connector = connector;
 			return;
 		}
 	}
 	__u32 spilled = NOTES_SPILLED;
-	__u64 *count = bpf_map_lookup_elem(&portstat_lost, &spilled);
-	if (count && *count == 0)
-		__sync_fetch_and_add(count, 1);
-	bpf_map_update_elem(&portstat_pend, &sk, &connector, BPF_ANY);
+	__u64 *flag = bpf_map_lookup_elem(&portstat_lost, &spilled);
+	if (flag && *flag == 0)
+		__sync_fetch_and_add(flag, 1);
+	struct connector *note =
+		bpf_sk_storage_get(&portstat_spill, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!note) {
+		count_unrecorded(UNRECORDED_CONNECT);
+		struct total_key total = {.netns = netns, .kind = KIND_CONNECTED,
+					  .protocol = IPPROTO_TCP, .cookie = cookie};
+		add_to_total(&portstat_ctots, &total);
+		return;
+	}
+	*note = connector;
 }
 
-// Takes the note of `sk` into `connector`, freeing its slot; returns
-// whether there was one.
-static int take_note(__u64 sk, struct connector *connector)
+// Takes the note of `sk`, whose address is `id`, into `connector`,
+// freeing it; returns whether there was one.
+static int take_note(__u64 id, struct sock *sk, struct connector *connector)
 {
 	for (__u32 probe = 0; probe < NOTE_PROBES; probe++) {
-		__u32 index = note_slot(sk, probe) % NOTE_SLOTS;
+		__u32 index = note_slot(id, probe) % NOTE_SLOTS;
 		struct note *note = bpf_map_lookup_elem(&portstat_notes, &index);
 		if (!note)
 			return 0;
-		if (note->sk == sk) {
+		if (note->sk == id) {
 			*connector = note->connector;
 			__sync_lock_test_and_set(&note->sk, 0);
 			return 1;
 		}
 	}
 	__u32 spilled = NOTES_SPILLED;
-	__u64 *count = bpf_map_lookup_elem(&portstat_lost, &spilled);
-	if (!count || *count == 0)
+	__u64 *flag = bpf_map_lookup_elem(&portstat_lost, &spilled);
+	if (!flag || *flag == 0)
 		return 0;
-	struct connector *noted = bpf_map_lookup_elem(&portstat_pend, &sk);
-	if (!noted)
+	struct connector *note = bpf_sk_storage_get(&portstat_spill, sk, 0, 0);
+	if (!note)
 		return 0;
-	*connector = *noted;
-	bpf_map_delete_elem(&portstat_pend, &sk);
+	*connector = *note;
+	bpf_sk_storage_delete(&portstat_spill, sk);
 	return 1;
 }
 
@@ -572,8 +621,10 @@ static int in_range(struct net *net, __u16 port)
 
 // Names the connection of `sk`, which its process is closing, after that
 // process: the socket may outlive its descriptor (FIN_WAIT, TIME_WAIT,
-// LAST_ACK), and is then held by no process.
-static void name_connection(struct sock *sk, __u32 netns, __u64 cookie)
+// LAST_ACK), and is then held by no process. A socket `bound` to its port
+// by choice is not named, and the name of its 4-tuple is removed: it was
+// an earlier connection's, whose TIME_WAIT this one may have taken over.
+static void name_connection(struct sock *sk, __u32 netns, __u64 cookie, int bound)
 {
 	struct name_key name = {};
 	name.netns = netns;
@@ -581,6 +632,10 @@ static void name_connection(struct sock *sk, __u32 netns, __u64 cookie)
 	name.family = read_addresses(sk, name.local, name.remote);
 	name.local_port = sk->__sk_common.skc_num;
 	name.remote_port = __builtin_bswap16(sk->__sk_common.skc_dport);
+	if (bound) {
+		bpf_map_delete_elem(&portstat_names, &name);
+		return;
+	}
 	struct name_value value = {.tgid = bpf_get_current_pid_tgid() >> 32,
 				   .stamp = bpf_ktime_get_ns()};
 	read_comm(value.comm);
@@ -612,13 +667,14 @@ static __always_inline int on_state_change(__u64 *ctx, const int connects)
 		return 0;
 	struct net *net = sk->__sk_common.skc_net.net;
 	__u32 netns = net->ns.inum;
+	if (!is_sampled(netns))
+		return 0;
 	__u64 cookie = cookie_of(net);
 	if (closing) {
-		// Only a port of the range, and not one its socket was bound to
-		// by choice.
-		if (in_range(net, sk->__sk_common.skc_num) &&
-		    !(BPF_CORE_READ_BITFIELD(sk, sk_userlocks) & SOCK_BINDPORT_LOCK))
-			name_connection(sk, netns, cookie);
+		// Only a port of the range.
+		if (in_range(net, sk->__sk_common.skc_num))
+			name_connection(sk, netns, cookie,
+					BPF_CORE_READ_BITFIELD(sk, sk_userlocks) & SOCK_BINDPORT_LOCK);
 		return 0;
 	}
 	// The socket's address, as a number to hash (the verifier allows no
@@ -632,14 +688,14 @@ static __always_inline int on_state_change(__u64 *ctx, const int connects)
 		if (sk->__sk_common.skc_num == 0) {
 			add_attempt(netns, cookie);
 			if (connects)
-				note_connector(id);
+				note_connector(id, sk, netns, cookie);
 		}
 		return 0;
 	}
 	// The socket's first change out of SYN_SENT: its note goes, whatever
 	// became of the connect.
 	struct connector connector = {};
-	int noted = connects && take_note(id, &connector);
+	int noted = connects && take_note(id, sk, &connector);
 	if (newstate == TCP_ESTABLISHED) {
 		if (noted)
 			count_connect(sk, netns, cookie, &connector);
@@ -769,6 +825,8 @@ int count_autobind_failures(__u64 *ctx)
 	key.protocol = protocol;
 	struct net *net = BPF_CORE_READ(sk, __sk_common.skc_net.net);
 	key.netns = BPF_CORE_READ(net, ns.inum);
+	if (!is_sampled(key.netns))
+		return 0;
 	if (bpf_core_field_exists(net->net_cookie))
 		key.cookie = BPF_CORE_READ(net, net_cookie);
 	struct task_struct *task = bpf_get_current_task_btf();

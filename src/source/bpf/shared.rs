@@ -14,7 +14,7 @@ use std::io::Read;
 
 use aya::maps::{Array, HashMap, Map, MapData, RingBuf};
 
-use super::{BpfError, InodeReading, KERNEL_BTF, loader, monotonic_ms, unavailable};
+use super::{BpfError, InodeReading, loader, monotonic_ms, unavailable};
 use portstat_core::model::{PortRange, SocketRecord};
 
 /// The compiled program, built from `shared_tables.bpf.c` by `build.sh`.
@@ -305,12 +305,9 @@ fn set(settings: &mut Array<MapData, u32>, index: u32, value: u32) -> Result<(),
 
 /// Loads the walk's program and its maps.
 pub fn load() -> Result<Loaded, BpfError> {
-    let kernel_btf = std::fs::read(KERNEL_BTF)
-        .map_err(|error| unavailable("kernel BTF", format!("{KERNEL_BTF}: {error}")))?;
     let mut program = loader::LoadedProgram::load(
         SHARED_TABLES_OBJECT,
         &[(PROGRAM, loader::AttachPoint::Iterator("bpf_map"))],
-        kernel_btf,
     )
     .map_err(|error| unavailable(error.stage, error.reason))?;
     let mut take = |name: &'static str| {

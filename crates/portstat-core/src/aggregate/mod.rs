@@ -13,10 +13,11 @@ pub mod processes;
 
 pub use crate::model::OwnerLookup;
 use crate::model::{
-    Connection, ConnectionNames, Connector, ConntrackCounters, INODE_NOT_READ, NamespaceFailures,
-    NamespaceIdentity, NamespaceSample, NatEntry, NatSink, OwnedSocket, PortList, PortRange,
-    PortSet, Protocol, ReadReport, ReservedPorts, SocketOwners, SocketRecord, SocketSink,
-    SocketState, SourceKind, TcpState, TimeWaitReuse, UdpState, comm_label, process_label,
+    Connection, ConnectionNamer, ConnectionNames, Connector, ConntrackCounters, INODE_NOT_READ,
+    NamespaceFailures, NamespaceIdentity, NamespaceSample, NatEntry, NatSink, OwnedSocket,
+    PortList, PortRange, PortSet, Protocol, ReadReport, ReservedPorts, SocketOwners, SocketRecord,
+    SocketSink, SocketState, SourceKind, TcpState, TimeWaitReuse, UdpState, comm_label,
+    process_label,
 };
 use listeners::{Listener, ListenerGroups, is_listener};
 use nat::{NatFigures, NatTable};
@@ -224,11 +225,9 @@ pub struct Aggregator {
     nat: Option<NatTable>,
     /// Whether NAT figures are written, with the table's counters.
     nat_shown: Option<Option<ConntrackCounters>>,
-    /// Who connected the connections not seen yet (`name_connections`).
-    names: ConnectionNames,
-    /// Those of `names` that a TCP socket matched: back to `names` when
-    /// the source reads TCP again (`restart`).
-    matched: ConnectionNames,
+    /// Who closed the connections of the sockets no process holds
+    /// (`name_connections`).
+    names: Option<Box<dyn ConnectionNamer>>,
     /// Who connected the kept sockets that no process holds.
     kept_names: ConnectionNames,
 }
@@ -432,23 +431,17 @@ impl Aggregator {
             lookup: OwnerLookup::ByInode,
             nat: None,
             nat_shown: None,
-            names: ConnectionNames::new(),
-            matched: ConnectionNames::new(),
+            names: None,
             kept_names: ConnectionNames::new(),
         }
     }
 
-    /// Names the sockets no process holds (TIME_WAIT, orphans) after the
-    /// process that closed them, where `names` has their connection.
-    /// Set before the first socket.
-    pub fn name_connections(&mut self, names: ConnectionNames) {
-        self.names = names;
-    }
-
-    /// The names of the connections no TCP socket of the range matched:
-    /// connections that are gone (or whose port is outside the range).
-    pub fn unseen_connections(&mut self) -> ConnectionNames {
-        std::mem::take(&mut self.names)
+    /// Names the TCP sockets of the range that no process holds
+    /// (TIME_WAIT, orphans) after the process that closed them, where
+    /// `names` knows their connection: each such socket is asked for once
+    /// as it is read. Set before the first socket.
+    pub fn name_connections(&mut self, names: Box<dyn ConnectionNamer>) {
+        self.names = Some(names);
     }
 
     /// Writes NAT figures, with the conntrack table's `counters` where
@@ -922,7 +915,7 @@ impl SocketSink for Aggregator {
             tally.exclusive[reason as usize].insert(port);
         }
         let bind_first = reason == Some(ExclusiveReason::BindBeforeConnect);
-        let connector = take_name(&mut self.names, &mut self.matched, socket);
+        let connector = name_of(&mut self.names, socket);
         if let (true, 0, Some(connector)) = (keep, socket.inode, connector) {
             self.kept_names
                 .insert(Connection::between(socket.local, socket.remote), connector);
@@ -980,29 +973,37 @@ impl SocketSink for Aggregator {
 
     fn restart(&mut self, protocol: Protocol) {
         self.tallies[protocol.index()] = ProtocolTally::default();
-        // The sockets read again find their names again.
+        // The sockets read again are named again.
         if protocol == Protocol::Tcp {
-            self.names.extend(self.matched.drain());
             self.kept_names.clear();
         }
     }
 }
 
-/// Who closed the connection of `socket`, where `names` has it: taken out
-/// into `matched`, so that each connection is looked for once, and the
-/// names left at the end are those of connections gone.
-fn take_name(
-    names: &mut ConnectionNames,
-    matched: &mut ConnectionNames,
+/// Who closed the connection of `socket`, a TCP socket no process holds
+/// in a state its close leads to, where `names` knows it; `None` for any
+/// other socket, which its owner names, or nobody. The kernel names a
+/// connection as its process closes it, so no other state has a name:
+/// asking only for these spares a look-up for every other socket.
+fn name_of(
+    names: &mut Option<Box<dyn ConnectionNamer>>,
     socket: &SocketRecord,
 ) -> Option<Connector> {
-    if !matches!(socket.state, SocketState::Tcp(_)) || names.is_empty() {
+    let closed = matches!(
+        socket.state,
+        SocketState::Tcp(
+            TcpState::FinWait1
+                | TcpState::FinWait2
+                | TcpState::TimeWait
+                | TcpState::Closing
+                | TcpState::LastAck
+                | TcpState::Close
+        )
+    );
+    if !closed || socket.inode != 0 {
         return None;
     }
-    let connection = Connection::between(socket.local, socket.remote);
-    let connector = names.remove(&connection)?;
-    matched.insert(connection, connector);
-    Some(connector)
+    names.as_mut()?.name(socket.local, socket.remote)
 }
 
 /// The interface of a socket bound to a link-local IPv6 address, by name
@@ -1188,6 +1189,23 @@ mod tests {
         )
     }
 
+    /// Names that note each connection asked for.
+    struct Asked {
+        names: ConnectionNames,
+        asked: std::sync::Arc<std::sync::Mutex<Vec<(std::net::SocketAddr, std::net::SocketAddr)>>>,
+    }
+
+    impl ConnectionNamer for Asked {
+        fn name(
+            &mut self,
+            local: std::net::SocketAddr,
+            remote: std::net::SocketAddr,
+        ) -> Option<Connector> {
+            self.asked.lock().unwrap().push((local, remote));
+            self.names.name(local, remote)
+        }
+    }
+
     #[test]
     fn time_wait_is_named_after_the_process_that_connected_it() {
         let comm = |name: &[u8]| {
@@ -1239,18 +1257,42 @@ mod tests {
                 0,
             ),
             tcp(TcpState::Established, "127.0.0.1:40002", "127.0.0.1:80", 7),
+            // Established with no file read (a source that reads none):
+            // not closed, so never asked for, and nobody's.
+            tcp(TcpState::Established, "127.0.0.1:40004", "127.0.0.1:80", 0),
             // Connected before the program counted: nobody's.
             time_wait("127.0.0.1:40009", "127.0.0.1:80", 5000, true, 0),
         ];
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut aggregator = aggregator_of_40000_to_40099();
-        aggregator.name_connections(names);
+        aggregator.name_connections(Box::new(Asked {
+            names,
+            asked: asked.clone(),
+        }));
         for socket in &sockets {
             aggregator.add(socket);
         }
-        let unseen = aggregator.unseen_connections();
+        // Only the closed sockets no process holds are asked for, as read.
         assert_eq!(
-            unseen.keys().copied().collect::<Vec<_>>(),
-            vec![between("127.0.0.1:40003", "127.0.0.1:80")]
+            *asked.lock().unwrap(),
+            vec![
+                (
+                    "127.0.0.1:40000".parse().unwrap(),
+                    "127.0.0.1:80".parse().unwrap()
+                ),
+                (
+                    "127.0.0.1:40001".parse().unwrap(),
+                    "127.0.0.1:80".parse().unwrap()
+                ),
+                (
+                    "[::ffff:127.0.0.1]:40000".parse().unwrap(),
+                    "[::ffff:127.0.0.1]:81".parse().unwrap()
+                ),
+                (
+                    "127.0.0.1:40009".parse().unwrap(),
+                    "127.0.0.1:80".parse().unwrap()
+                ),
+            ]
         );
         let mut owners = SocketOwners::default();
         owners.pid_by_inode.insert(7, 12);
@@ -1271,8 +1313,8 @@ mod tests {
             processes,
             vec![
                 ("nginx".to_string(), 2, vec![10]),
+                ("none".to_string(), 2, vec![]),
                 ("curl".to_string(), 1, vec![11]),
-                ("none".to_string(), 1, vec![]),
                 ("worker".to_string(), 1, vec![12]),
             ]
         );
@@ -1296,14 +1338,13 @@ mod tests {
         let socket = time_wait("127.0.0.1:40000", "127.0.0.1:80", 5000, true, 0);
         let mut aggregator = aggregator_of_40000_to_40099();
         aggregator.keep_sockets_on(40000);
-        aggregator.name_connections(names);
+        aggregator.name_connections(Box::new(names));
         // A walk that reads the socket, then is found incomplete: the
         // namespace's TCP sockets are read again.
         aggregator.add(&socket);
         aggregator.restart(Protocol::Tcp);
         aggregator.add(&socket);
         assert_eq!(aggregator.kept_connection_names().len(), 1);
-        assert!(aggregator.unseen_connections().is_empty());
         let snapshot = aggregator.finish(
             &SocketOwners::default(),
             &ReadReport::complete([SourceKind::Bpf; 2]),

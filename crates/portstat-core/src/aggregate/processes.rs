@@ -29,6 +29,9 @@ pub struct Pids {
     pub lowest: Vec<u32>,
     /// How many processes in all.
     pub count: u32,
+    /// Those of `lowest` known to have exited (`mark_exited`): a name
+    /// given to sockets no process holds outlives its process.
+    pub exited: Vec<u32>,
 }
 
 /// How many pids a name shows.
@@ -42,19 +45,39 @@ impl Pids {
         all.dedup();
         let count = all.len() as u32;
         all.truncate(PIDS_SHOWN);
-        Pids { lowest: all, count }
+        Pids {
+            lowest: all,
+            count,
+            exited: Vec::new(),
+        }
     }
 
     /// "pid 12", "pids 12, 40", "pids 12, 40, 41 and 2 more"; empty when
     /// no process is known.
     pub fn describe(&self) -> String {
-        let listed: Vec<String> = self.lowest.iter().map(u32::to_string).collect();
+        // Where every pid listed has exited, it is said once; where some
+        // have, each of those is marked.
+        let all_exited =
+            !self.lowest.is_empty() && self.lowest.iter().all(|pid| self.exited.contains(pid));
+        let listed: Vec<String> = self
+            .lowest
+            .iter()
+            .map(|pid| match self.exited.contains(pid) && !all_exited {
+                true => format!("{pid} (exited)"),
+                false => pid.to_string(),
+            })
+            .collect();
         let more = (self.count as usize).saturating_sub(listed.len());
-        match (listed.len(), more) {
-            (0, _) => String::new(),
+        let described = match (listed.len(), more) {
+            (0, _) => return String::new(),
             (1, 0) => format!("pid {}", listed[0]),
             (_, 0) => format!("pids {}", listed.join(", ")),
             (_, more) => format!("pids {} and {more} more", listed.join(", ")),
+        };
+        match (all_exited, more) {
+            (false, _) => described,
+            (true, 0) => format!("{described}, exited"),
+            (true, _) => format!("{described}; those listed exited"),
         }
     }
 }
@@ -174,9 +197,47 @@ pub fn keep_top(mut usage: Vec<ProcessUsage>, top: usize) -> Vec<ProcessUsage> {
     usage
 }
 
+/// Marks, in each of `usages`, the pids listed whose process has exited:
+/// `still_runs(pid, process)` says whether `pid` still runs under the name.
+pub fn mark_exited(usages: &mut [ProcessUsage], still_runs: &dyn Fn(u32, &str) -> bool) {
+    for usage in usages {
+        let exited: Vec<u32> = usage
+            .pids
+            .lowest
+            .iter()
+            .copied()
+            .filter(|&pid| !still_runs(pid, &usage.process))
+            .collect();
+        usage.pids.exited = exited;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exited_pids_are_said_so() {
+        let usage = |pids: &[u32]| ProcessUsage {
+            process: "curl".into(),
+            ports_used: 7,
+            pids: Pids::of(pids.iter().copied()),
+        };
+        let mut usages = vec![
+            usage(&[20087, 20088]),
+            usage(&[20087, 30000]),
+            usage(&[1, 2, 3, 4]),
+        ];
+        mark_exited(&mut usages, &|pid, _| pid >= 30000);
+        assert_eq!(usages[0].pids.describe(), "pids 20087, 20088, exited");
+        assert_eq!(usages[1].pids.describe(), "pids 20087 (exited), 30000");
+        assert_eq!(
+            usages[2].pids.describe(),
+            "pids 1, 2, 3 and 1 more; those listed exited"
+        );
+        mark_exited(&mut usages, &|_, _| true);
+        assert_eq!(usages[0].pids.describe(), "pids 20087, 20088");
+    }
 
     #[test]
     fn pids_are_described_for_people() {

@@ -133,6 +133,8 @@ impl<'a> Report<'a> {
                         local: &holder.local,
                         remote: &holder.remote,
                         process: &holder.process,
+                        pid: holder.pid,
+                        process_exited: holder.exited,
                     })
                     .collect(),
             }),
@@ -167,16 +169,23 @@ struct Destination {
 struct Process<'a> {
     process: &'a str,
     pids: &'a [u32],
+    /// Those of `pids` whose process has exited.
+    exited_pids: &'a [u32],
     process_count: u32,
     ports: u32,
 }
 
 impl<'a> Process<'a> {
     fn of(usage: &'a ProcessUsage) -> Process<'a> {
-        let Pids { lowest, count } = &usage.pids;
+        let Pids {
+            lowest,
+            count,
+            exited,
+        } = &usage.pids;
         Process {
             process: &usage.process,
             pids: lowest,
+            exited_pids: exited,
             process_count: *count,
             ports: usage.ports_used,
         }
@@ -232,12 +241,17 @@ impl<'a> Failures<'a> {
                 usize::MAX,
             )
             .into_iter()
-            .map(|((kind, protocol, process), count)| FailedProcess {
-                process,
-                pid: failures::a_pid_of(figures, kind, protocol, process),
-                call: kind.call().trim_end_matches("()"),
-                protocol: protocol.label(),
-                failed: count,
+            .map(|((kind, protocol, process), count)| {
+                let pids = failures::failing_pids(figures, kind, protocol, process);
+                FailedProcess {
+                    process,
+                    pid: pids.first(),
+                    other_pids: pids.others,
+                    pids: pids.pids,
+                    call: kind.call().trim_end_matches("()"),
+                    protocol: protocol.label(),
+                    failed: count,
+                }
             })
             .collect(),
         }
@@ -263,8 +277,14 @@ struct FailedDestination {
 #[derive(Serialize)]
 struct FailedProcess<'a> {
     process: &'a str,
+    /// The last caller of its busiest destination, where known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pid: Option<u32>,
+    /// The last caller of each of its destinations.
+    pids: Vec<u32>,
+    /// Whether other processes of the name failed too, whose pids the
+    /// kernel did not keep.
+    other_pids: bool,
     call: &'static str,
     protocol: &'static str,
     failed: u64,
@@ -348,4 +368,7 @@ struct Socket<'a> {
     local: &'a str,
     remote: &'a str,
     process: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<u32>,
+    process_exited: bool,
 }

@@ -30,9 +30,16 @@ pub struct PortHolder {
     pub remote: String,
     /// The owning process, `unknown`, or `none`.
     pub process: String,
+    /// Its pid, where known: the owner's, or the pid of who closed a
+    /// socket no process holds.
+    pub pid: Option<u32>,
+    /// Whether that process has exited since it closed the socket.
+    pub exited: bool,
 }
 
-/// The sockets on `port`, TCP first, each with its owner.
+/// The sockets on `port`, TCP first, each with its owner, and its pid
+/// where known; `running(pid, comm)` tells whether the process that closed
+/// a socket no process holds still runs.
 ///
 /// Without `attribution` the sources may leave inodes unread, so only
 /// TIME_WAIT, which no process ever holds, is known to be held by none.
@@ -42,6 +49,7 @@ pub fn port_holders<'a>(
     names: &ConnectionNames,
     port: u16,
     attribution: bool,
+    running: &dyn Fn(u32, &[u8; 16]) -> bool,
 ) -> Vec<PortHolder> {
     let connector = |socket: &SocketRecord| {
         names
@@ -55,6 +63,15 @@ pub fn port_holders<'a>(
             state: socket.state.label(),
             local: socket.local.to_string(),
             remote: socket.remote.to_string(),
+            pid: match connector(socket) {
+                Some(connector) => Some(connector.tgid),
+                None if attribution && socket.inode != 0 => {
+                    owners.pid_by_inode.get(&socket.inode).copied()
+                }
+                None => None,
+            },
+            exited: connector(socket)
+                .is_some_and(|connector| !running(connector.tgid, &connector.comm)),
             process: if let Some(connector) = connector(socket) {
                 // TIME_WAIT or an orphan, named after who closed it.
                 connector.label()
@@ -338,6 +355,9 @@ fn listeners_text(out: &mut String, snapshot: &Snapshot) {
     }
 }
 
+/// The width of the process column of a port's sockets: the rest of 80.
+const PROCESS_WIDTH: usize = 80 - 2 - 5 - 12 - 16 - 22;
+
 /// Every socket on `port`, with its owner.
 fn port_text(out: &mut String, port: u16, holders: &[PortHolder]) {
     let _ = writeln!(out);
@@ -348,25 +368,38 @@ fn port_text(out: &mut String, port: u16, holders: &[PortHolder]) {
     let _ = writeln!(out, "Port {port}: {}", count_of(holders.len(), "socket"));
     // The local port is the one asked for: the address alone leaves
     // the process room to be read whole.
+    // The pid is never cut: it takes the first 7 columns of the process's
+    // 23, then a mark, `*` for a process that has exited since it closed
+    // the socket, then its name in the 15 left, which hold any `comm`.
     let _ = writeln!(
         out,
-        "  {:<4} {:<12}{:<16}{:<22}process",
-        "", "state", "address", "remote"
+        "  {:<4} {:<12}{:<16}{:<22}{:>7} process",
+        "", "state", "address", "remote", "pid"
     );
     for holder in holders {
         let address = holder
             .local
             .rsplit_once(':')
             .map_or(holder.local.as_str(), |(address, _)| address);
+        let process = match holder.pid {
+            Some(pid) => format!(
+                "{pid:>7}{}{}",
+                if holder.exited { '*' } else { ' ' },
+                fit(&holder.process, PROCESS_WIDTH - 8)
+            ),
+            None => fit(&holder.process, PROCESS_WIDTH),
+        };
         let _ = writeln!(
             out,
-            "  {:<4} {:<12}{:<16}{:<22}{}",
+            "  {:<4} {:<12}{:<16}{:<22}{process}",
             holder.protocol,
             holder.state,
             fit(address, 15),
             fit(&holder.remote, 21),
-            fit(&holder.process, 23)
         );
+    }
+    if holders.iter().any(|holder| holder.exited) {
+        let _ = writeln!(out, "  * the process has exited since it closed the socket");
     }
 }
 
@@ -430,8 +463,13 @@ fn failures_text(out: &mut String, failures: &NamespaceFailures) {
         let _ = writeln!(out, "  none");
     }
     for ((kind, protocol, process), count) in processes {
-        let pid = failures::a_pid_of(failures, kind, protocol, process).unwrap_or(0);
-        let name = format!("{process} (pid {pid}) {} {}", protocol.label(), kind.call());
+        let pids = failures::failing_pids(failures, kind, protocol, process).describe();
+        let process = if pids.is_empty() {
+            process.to_string()
+        } else {
+            format!("{process} ({pids})")
+        };
+        let name = format!("{process} {} {}", protocol.label(), kind.call());
         let _ = writeln!(out, "  {:<62}{count:>10}", fit(&name, 62));
     }
 }

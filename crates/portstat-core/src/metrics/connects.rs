@@ -57,6 +57,18 @@ pub fn render(figures: &NamespaceFailures, base: &BaseLabels, out: &mut Vec<Metr
     add_by_destination(&mut destinations, &figures.connects);
     destinations.finish(out);
 
+    // Absent, as the total is, where connects are not counted.
+    if figures.connect_totals.is_empty() {
+        return;
+    }
+    let mut unrecorded = Family::new(
+        "portstat_ephemeral_connects_unrecorded_total",
+        "Connects of the namespace that the kernel's map had no room to record by destination and process, since the exporter started: counted in portstat_ephemeral_connects_total, and here, so that the total is the destination series plus this.",
+        base,
+    );
+    unrecorded.counter(&[], figures.connects_unrecorded() as f64);
+    unrecorded.finish(out);
+
     let mut processes = Family::new(
         "portstat_ephemeral_process_connects_total",
         "TCP connect() calls that took a local port of the range, by the calling process's name (comm), since the exporter started.",
@@ -71,18 +83,10 @@ pub fn render(figures: &NamespaceFailures, base: &BaseLabels, out: &mut Vec<Metr
     processes.finish(out);
 }
 
-/// Writes the exporter-wide connect families, where connects are counted:
-/// how many the kernel's maps had no room to record by key, and how many
-/// names of connections the kernel's map of them had to drop while the
-/// connection was still there.
-pub fn render_counting(unrecorded: u64, names_evicted: u64, out: &mut Vec<MetricFamily>) {
-    let mut unrecorded_family = Family::new(
-        "portstat_ephemeral_connects_unrecorded_total",
-        "Connects counted in the totals that the kernel's maps had no room to record by destination and process (or namespace), since the exporter started.",
-        &[],
-    );
-    unrecorded_family.counter(&[], unrecorded as f64);
-    unrecorded_family.finish(out);
+/// Writes the exporter-wide connect family, where connects are counted:
+/// how many names of connections the kernel's map of them had to drop
+/// while the connection was still there.
+pub fn render_counting(names_evicted: u64, out: &mut Vec<MetricFamily>) {
     let mut evicted = Family::new(
         "portstat_ephemeral_connection_names_evicted_total",
         "Connections whose connecting process the kernel's map of them (least recently used first out, sized at twice the range) dropped while the exporter still needed it: their TIME_WAIT and orphaned sockets then count under process=\"none\". Since the exporter started.",
@@ -96,21 +100,10 @@ pub fn render_counting(unrecorded: u64, names_evicted: u64, out: &mut Vec<Metric
 mod tests {
     use super::*;
     use crate::exposition::encode;
-    use crate::model::{FailureKind, PortFailure, Protocol};
+    use crate::model::{PortFailure, Protocol};
 
     fn connect(process: &str, remote: &str, count: u64) -> PortFailure {
-        PortFailure {
-            netns: 7,
-            kind: FailureKind::Connect,
-            protocol: Protocol::Tcp,
-            local_address: "127.0.0.1".parse().unwrap(),
-            remote_address: remote.parse().unwrap(),
-            remote_port: 8080,
-            ipv4_mapped: false,
-            process: process.to_string(),
-            last_pid: 1,
-            count,
-        }
+        crate::fixtures::tcp_connect(process, remote, count)
     }
 
     #[test]

@@ -119,6 +119,7 @@ fn merged<'a>(failures: impl Iterator<Item = &'a PortFailure>) -> Vec<PortFailur
             Some(last) if last.key() == failure.key() => {
                 last.count += failure.count;
                 last.ipv4_mapped |= failure.ipv4_mapped;
+                last.several_pids |= failure.several_pids || last.last_pid != failure.last_pid;
                 last.last_pid = failure.last_pid;
             }
             _ => merged.push(failure.clone()),
@@ -248,23 +249,69 @@ pub fn by_process(records: &[PortFailure]) -> BTreeMap<(FailureKind, Protocol, &
     processes
 }
 
-/// The id of a process named `process` whose calls of that kind failed:
-/// the last one the kernel recorded toward its destination with the most
-/// failures, for people to find it (metrics name processes by `comm`).
-pub fn a_pid_of(
+/// The processes behind one process name's failed calls of `kind` and
+/// `protocol`: the last pid of each of its destinations, the one with the
+/// most failures first, and whether calls came from other processes too
+/// (the kernel keeps the last caller of each destination only).
+pub fn failing_pids(
     figures: &NamespaceFailures,
     kind: FailureKind,
     protocol: Protocol,
     process: &str,
-) -> Option<u32> {
-    figures
+) -> FailingPids {
+    let mut entries: Vec<&PortFailure> = figures
         .by_destination_and_process
         .iter()
         .filter(|failure| {
             failure.kind == kind && failure.protocol == protocol && failure.process == process
         })
-        .max_by_key(|failure| failure.count)
-        .map(|failure| failure.last_pid)
+        .collect();
+    entries.sort_by_key(|failure| std::cmp::Reverse(failure.count));
+    let mut pids: Vec<u32> = Vec::new();
+    for failure in &entries {
+        if !pids.contains(&failure.last_pid) {
+            pids.push(failure.last_pid);
+        }
+    }
+    FailingPids {
+        pids,
+        others: entries.iter().any(|failure| failure.several_pids),
+    }
+}
+
+/// The pids behind failed calls, as far as the kernel kept them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FailingPids {
+    /// Distinct pids, the busiest destination's first.
+    pub pids: Vec<u32>,
+    /// Whether other processes of the name failed too, whose pids the
+    /// kernel did not keep: `pids` are then examples.
+    pub others: bool,
+}
+
+impl FailingPids {
+    /// The pid of the busiest destination's last call, where known.
+    pub fn first(&self) -> Option<u32> {
+        self.pids.first().copied()
+    }
+
+    /// "pid 12", "pids 12, 40", "e.g. pid 12" where others failed too,
+    /// with at most `PIDS_SHOWN` listed; empty when none is known.
+    pub fn describe(&self) -> String {
+        let shown: Vec<String> = self
+            .pids
+            .iter()
+            .take(crate::aggregate::processes::PIDS_SHOWN)
+            .map(u32::to_string)
+            .collect();
+        let more = self.pids.len().saturating_sub(shown.len());
+        let example = if self.others || more > 0 { "e.g. " } else { "" };
+        match shown.len() {
+            0 => String::new(),
+            1 => format!("{example}pid {}", shown[0]),
+            _ => format!("{example}pids {}", shown.join(", ")),
+        }
+    }
 }
 
 /// The `top` entries of `counts` with the most failures, most first (ties
@@ -326,6 +373,14 @@ pub fn render(figures: &NamespaceFailures, base: &BaseLabels, out: &mut Vec<Metr
     add_by_destination(&mut destinations, &figures.by_destination_and_process);
     destinations.finish(out);
 
+    let mut unrecorded = Family::new(
+        "portstat_ephemeral_failures_unrecorded_total",
+        "Failures of the namespace that the kernel's map had no room to record by destination and process, since the exporter started: counted in its totals, and here, so that its totals are its destination series plus this.",
+        base,
+    );
+    unrecorded.counter(&[], figures.failures_unrecorded() as f64);
+    unrecorded.finish(out);
+
     let processes = by_process(&figures.by_destination_and_process);
     for (kind, name, help) in [
         (
@@ -364,8 +419,8 @@ pub fn render(figures: &NamespaceFailures, base: &BaseLabels, out: &mut Vec<Metr
 }
 
 /// Writes the exporter-wide failure families: where failures are counted
-/// from, and how many the kernel's maps had no room to record by key.
-pub fn render_counting(counting: &FailureCounting, unrecorded: u64, out: &mut Vec<MetricFamily>) {
+/// from, and how many runs of the counting programs the kernel skipped.
+pub fn render_counting(counting: &FailureCounting, runs_missed: u64, out: &mut Vec<MetricFamily>) {
     let mut source = Family::new(
         "portstat_failures_source_info",
         "A constant 1, labelled with where connect() failures are counted: bpf (reason loaded), or none with the reason, the stage at which the BPF program could not load (the failure families are then absent).",
@@ -382,38 +437,25 @@ pub fn render_counting(counting: &FailureCounting, unrecorded: u64, out: &mut Ve
     }
     source.finish(out);
     if matches!(counting, FailureCounting::Bpf { .. }) {
-        let mut unrecorded_family = Family::new(
-            "portstat_ephemeral_failures_unrecorded_total",
-            "Failures the kernel's map had no room to record by destination and process, since the exporter started: counted in their namespace's total, and here.",
+        let mut missed = Family::new(
+            "portstat_failures_runs_missed_total",
+            "Runs of the programs that count failures and connects which the kernel skipped because one was already running on that CPU (an interrupt raising the same tracepoint meanwhile), since the exporter started: each may have been a failure, a connect or a close that nothing counted.",
             &[],
         );
-        unrecorded_family.counter(&[], unrecorded as f64);
-        unrecorded_family.finish(out);
+        missed.counter(&[], runs_missed as f64);
+        missed.finish(out);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::{Limits, aggregate};
-    use crate::model::{
-        NamespaceSample, PortRange, ReadReport, ReservedPorts, SocketOwners, SocketRecord,
-        SocketState, SourceKind, TcpState, TimeWaitReuse,
-    };
     use std::net::IpAddr;
 
     fn failure(process: &str, remote: &str, mapped: bool, count: u64) -> PortFailure {
         PortFailure {
-            netns: 7,
-            kind: FailureKind::Connect,
-            protocol: Protocol::Tcp,
-            local_address: "127.0.0.1".parse().unwrap(),
-            remote_address: remote.parse().unwrap(),
-            remote_port: 8080,
             ipv4_mapped: mapped,
-            process: process.to_string(),
-            last_pid: 1,
-            count,
+            ..crate::fixtures::tcp_connect(process, remote, count)
         }
     }
 
@@ -431,28 +473,7 @@ mod tests {
     /// A namespace with a 10-port range and `connected` connections to
     /// 127.0.0.2:8080, seen by a source that sees bindings.
     fn snapshot(connected: u16) -> Snapshot {
-        let sockets = (0..connected)
-            .map(|index| {
-                SocketRecord::new(
-                    SocketState::Tcp(TcpState::Established),
-                    format!("127.0.0.1:{}", 40000 + index).parse().unwrap(),
-                    "127.0.0.2:8080".parse().unwrap(),
-                    u64::from(index) + 1,
-                )
-            })
-            .collect();
-        let sample = NamespaceSample {
-            range: PortRange {
-                start: 40000,
-                end: 40009,
-            },
-            reserved: ReservedPorts::default(),
-            sockets,
-            owners: SocketOwners::default(),
-            time_wait_reuse: TimeWaitReuse::default(),
-            report: ReadReport::complete([SourceKind::Bpf; 2]),
-        };
-        let snapshot = aggregate(&sample, &Limits::default());
+        let snapshot = crate::fixtures::ten_port_snapshot(connected, 0);
         assert!(snapshot.headroom_exact());
         snapshot
     }
@@ -492,6 +513,59 @@ mod tests {
         assert!(java.ipv4_mapped);
         assert_eq!(figures.totals[&(FailureKind::Connect, Protocol::Tcp)], 6);
         assert_eq!(figures.unpredicted, 0, "no sample before: nothing to weigh");
+    }
+
+    #[test]
+    fn the_pids_behind_a_process_s_failures_say_when_they_are_examples() {
+        let with_pid = |mut failure: PortFailure, pid, several| {
+            failure.last_pid = pid;
+            failure.several_pids = several;
+            failure
+        };
+        let figures = |failures: Vec<PortFailure>| {
+            FailureHistory::default().figures(
+                7,
+                &counts(failures, 100),
+                &counted(false),
+                true,
+                None,
+                &snapshot(10),
+            )
+        };
+        let pids = |figures: &NamespaceFailures| {
+            failing_pids(figures, FailureKind::Connect, Protocol::Tcp, "python3").describe()
+        };
+        // One process toward one destination.
+        let one = figures(vec![with_pid(
+            failure("python3", DESTINATION, false, 8),
+            14592,
+            false,
+        )]);
+        assert_eq!(pids(&one), "pid 14592");
+        // Two processes, each the last toward its destination: both, the
+        // busiest destination's first.
+        let two = figures(vec![
+            with_pid(failure("python3", DESTINATION, false, 8), 14592, false),
+            with_pid(failure("python3", "127.0.0.3", false, 26), 14600, false),
+        ]);
+        assert_eq!(pids(&two), "pids 14600, 14592");
+        // Two processes toward one destination: the kernel kept the last.
+        let shared = figures(vec![with_pid(
+            failure("python3", DESTINATION, false, 34),
+            14600,
+            true,
+        )]);
+        assert_eq!(pids(&shared), "e.g. pid 14600");
+        // IPv4 and IPv4-mapped calls of two processes, merged.
+        let merged = figures(vec![
+            with_pid(failure("python3", DESTINATION, false, 8), 14592, false),
+            with_pid(failure("python3", DESTINATION, true, 26), 14600, false),
+        ]);
+        assert_eq!(pids(&merged), "e.g. pid 14600");
+        assert_eq!(
+            failing_pids(&merged, FailureKind::Connect, Protocol::Tcp, "curl").describe(),
+            ""
+        );
     }
 
     #[test]

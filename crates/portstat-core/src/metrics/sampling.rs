@@ -27,9 +27,19 @@ pub fn render(status: &SampleStatus, out: &mut Vec<MetricFamily>) {
             out,
             &[],
             "portstat_sample_interval_seconds",
-            "Time between samples (--collector.interval), in seconds: a sample that takes nearly as long cannot keep up.",
+            "Longest time between samples (--collector.interval), in seconds, and the most a scrape at the scrapes' period gets figures past their sample: a sample that takes nearly as long cannot keep up.",
             seconds,
         );
+        single_gauge(
+            out,
+            &[],
+            "portstat_sample_scrape_period_seconds",
+            "Period of the scrapes that samples follow, one just before each scrape (--collector.follow-scrapes), in seconds; 0 while samples run every --collector.interval.",
+            status.scrape_period_seconds.unwrap_or(0.0),
+        );
+        let mut samples = Family::new("portstat_samples_total", "Samples taken since start.", &[]);
+        samples.counter(&[], status.samples as f64);
+        samples.finish(out);
     }
     if let Some(seconds) = status.last_success_seconds {
         single_gauge(
