@@ -909,3 +909,132 @@ fn young_time_wait_is_not_reusable_inside_a_time_namespace() {
         "TIME_WAIT a moment old read as reusable inside the time namespace"
     );
 }
+
+/// A hash map of `type_` with `count` entries (key `i`, value `i * 3`),
+/// made with the raw system calls, as a descriptor.
+fn filled_hash_map(type_: u32, count: u32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    #[repr(C, align(8))]
+    struct Create {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+    #[repr(C, align(8))]
+    struct Update {
+        map_fd: u32,
+        pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let create = Create {
+        map_type: type_,
+        key_size: 4,
+        value_size: 8,
+        // Room to spare: an LRU map evicts before it is full.
+        max_entries: count * 2,
+        map_flags: 0,
+    };
+    // SAFETY: BPF_MAP_CREATE (0) with a valid attribute prefix of its size.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            &raw const create,
+            std::mem::size_of::<Create>(),
+        )
+    };
+    assert!(fd >= 0, "map create: {}", std::io::Error::last_os_error());
+    // SAFETY: the kernel just returned this descriptor, owned by no one else.
+    let map = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    for key in 0..count {
+        let value = u64::from(key) * 3;
+        let update = Update {
+            map_fd: fd as u32,
+            pad: 0,
+            key: std::ptr::from_ref(&key) as u64,
+            value: std::ptr::from_ref(&value) as u64,
+            flags: 0,
+        };
+        // SAFETY: BPF_MAP_UPDATE_ELEM (2): key and value live through it.
+        let done = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                2,
+                &raw const update,
+                std::mem::size_of::<Update>(),
+            )
+        };
+        assert_eq!(done, 0, "update: {}", std::io::Error::last_os_error());
+    }
+    map
+}
+
+/// Whether the map behind `map` (keys u32, values u64) holds `key`.
+fn has_key(map: &std::os::fd::OwnedFd, key: u32) -> bool {
+    use std::os::fd::AsRawFd;
+    #[repr(C, align(8))]
+    struct Lookup {
+        map_fd: u32,
+        pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let mut value = 0u64;
+    let lookup = Lookup {
+        map_fd: map.as_raw_fd() as u32,
+        pad: 0,
+        key: std::ptr::from_ref(&key) as u64,
+        value: std::ptr::from_mut(&mut value) as u64,
+        flags: 0,
+    };
+    // SAFETY: BPF_MAP_LOOKUP_ELEM (1): key and value live through it.
+    let found = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            1,
+            &raw const lookup,
+            std::mem::size_of::<Lookup>(),
+        )
+    };
+    found == 0
+}
+
+/// A batched read of a hash map and of an LRU one, of several batches,
+/// hands over every entry once, with its value.
+#[test]
+fn a_batched_read_hands_over_every_entry_once() {
+    use portstat_exporter::source::bpf::batch::for_each_entry;
+    use std::os::fd::AsFd;
+    support::require_bpf();
+    // BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH.
+    for type_ in [1, 9] {
+        let count = 5_000u32;
+        let map = filled_hash_map(type_, count);
+        let mut seen = vec![0u32; count as usize];
+        for_each_entry::<u32, u64>(map.as_fd(), |key, value| {
+            assert_eq!(*value, u64::from(*key) * 3, "key {key}");
+            seen[*key as usize] += 1;
+        })
+        .unwrap_or_else(|error| panic!("map type {type_}: {error:?}"));
+        // Each key once: any the read did not see, the map no longer has.
+        let twice: Vec<_> = (0..count).filter(|&key| seen[key as usize] > 1).collect();
+        assert!(
+            twice.is_empty(),
+            "map type {type_}: keys seen twice: {twice:?}"
+        );
+        let missed: Vec<_> = (0..count)
+            .filter(|&key| seen[key as usize] == 0 && has_key(&map, key))
+            .collect();
+        assert!(
+            missed.is_empty(),
+            "map type {type_}: keys missed: {missed:?}"
+        );
+        let read = seen.iter().filter(|&&times| times == 1).count();
+        assert!(read > count as usize / 2, "map type {type_}: {read} read");
+    }
+}

@@ -19,6 +19,7 @@
 //! the kernel.
 
 pub mod background;
+pub mod batch;
 pub mod btf;
 pub mod failures;
 mod loader;

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use aya::maps::{Array, HashMap, Map, MapData};
 
+use super::batch::BatchedHash;
 use super::loader::{AttachPoint, LoadedProgram};
 use super::{BpfError, unavailable};
 use portstat_core::model::{
@@ -305,12 +306,12 @@ const NETS_MAP: &str = "portstat_nets";
 
 /// The maps the programs count into.
 struct FailureMaps {
-    failures: HashMap<MapData, FailureKey, FailureValue>,
-    totals: HashMap<MapData, TotalKey, u64>,
+    failures: BatchedHash<FailureKey, FailureValue>,
+    totals: BatchedHash<TotalKey, u64>,
     lost: Array<MapData, u64>,
-    connects: HashMap<MapData, FailureKey, FailureValue>,
-    connect_totals: HashMap<MapData, TotalKey, u64>,
-    attempts: HashMap<MapData, TotalKey, u64>,
+    connects: BatchedHash<FailureKey, FailureValue>,
+    connect_totals: BatchedHash<TotalKey, u64>,
+    attempts: BatchedHash<TotalKey, u64>,
 }
 
 /// The cookie of the live namespace of each inode, as far as the caller
@@ -432,12 +433,9 @@ impl FailureMaps {
     fn new(
         [failures, totals, lost, connects, connect_totals, attempts]: [MapData; 6],
     ) -> Result<FailureMaps, BpfError> {
-        let hash = |data| {
-            HashMap::try_from(Map::HashMap(data)).map_err(|error| unavailable("maps", error))
-        };
-        let totals_map = |data| {
-            HashMap::try_from(Map::HashMap(data)).map_err(|error| unavailable("maps", error))
-        };
+        let hash = |data| BatchedHash::new(data, false).map_err(|error| unavailable("maps", error));
+        let totals_map =
+            |data| BatchedHash::new(data, false).map_err(|error| unavailable("maps", error));
         Ok(FailureMaps {
             failures: hash(failures)?,
             totals: totals_map(totals)?,
@@ -448,19 +446,20 @@ impl FailureMaps {
         })
     }
 
-    /// Every entry so far, of every namespace. The cost follows the number
-    /// of map entries, which the maps bound, not the number of calls.
+    /// Every entry so far, of every namespace, in batches. The cost
+    /// follows the number of map entries, which the maps bound, not the
+    /// number of calls.
     fn read(&self) -> Result<RawCounts, BpfError> {
         let mut totals = Vec::new();
         for map in [&self.totals, &self.connect_totals, &self.attempts] {
-            for entry in map.iter() {
-                totals.push(entry.map_err(read_error)?);
-            }
+            map.for_each(|key, count| totals.push((*key, *count)))
+                .map_err(read_error)?;
         }
-        let entries = |map: &HashMap<MapData, FailureKey, FailureValue>| {
-            map.iter()
-                .map(|entry| entry.map_err(read_error))
-                .collect::<Result<Vec<_>, _>>()
+        let entries = |map: &BatchedHash<FailureKey, FailureValue>| {
+            let mut entries = Vec::new();
+            map.for_each(|key, value| entries.push((*key, *value)))
+                .map_err(read_error)
+                .map(|()| entries)
         };
         Ok(RawCounts {
             totals,
@@ -480,7 +479,7 @@ impl FailureMaps {
 /// The map of connections and who connected them, with what the exporter
 /// took out of it, to tell how many names it evicted.
 struct NameMap {
-    map: HashMap<MapData, NameKey, NameValue>,
+    map: BatchedHash<NameKey, NameValue>,
     /// The same map, asked by the namespaces' reads.
     lookups: Arc<NameLookups>,
     /// Names removed as their connection was gone.
@@ -683,8 +682,8 @@ impl PortFailureCounter {
             .and_then(|data| {
                 HashMap::try_from(Map::LruHashMap(data)).map_err(|error| unavailable("maps", error))
             })?;
-        let names = HashMap::try_from(Map::LruHashMap(names_data))
-            .map_err(|error| unavailable("maps", error))?;
+        let names =
+            BatchedHash::new(names_data, true).map_err(|error| unavailable("maps", error))?;
         let sampled = HashMap::try_from(Map::HashMap(take(NETS_MAP)?))
             .map_err(|error| unavailable("maps", error))?;
         Ok(PortFailureCounter {
@@ -811,22 +810,25 @@ impl PortFailureCounter {
         let mut stale = Vec::new();
         let mut unfound = Vec::new();
         self.names.cookies.clear();
-        for key in self.names.map.keys() {
-            let key = key.map_err(read_error)?;
-            present += 1;
-            if staleness.is_stale(key.netns, key.cookie) {
-                stale.push(key);
-                continue;
-            }
-            let cookies = self.names.cookies.entry(u64::from(key.netns)).or_default();
-            if !cookies.contains(&key.cookie) {
-                cookies.push(key.cookie);
-            }
-            let print = fingerprint(&key);
-            if !found.contains(&print) {
-                unfound.push((print, key));
-            }
-        }
+        let cookies = &mut self.names.cookies;
+        self.names
+            .map
+            .for_each(|key, _| {
+                present += 1;
+                if staleness.is_stale(key.netns, key.cookie) {
+                    stale.push(*key);
+                    return;
+                }
+                let cookies = cookies.entry(u64::from(key.netns)).or_default();
+                if !cookies.contains(&key.cookie) {
+                    cookies.push(key.cookie);
+                }
+                let print = fingerprint(key);
+                if !found.contains(&print) {
+                    unfound.push((print, *key));
+                }
+            })
+            .map_err(read_error)?;
         let (due, missed) = missed_twice(&self.names.missed, unfound.into_iter());
         self.names.missed = missed;
         // Names recorded after `recorded` was read may be among those
@@ -834,7 +836,7 @@ impl PortFailureCounter {
         let evicted = recorded.saturating_sub(present + self.names.pruned);
         self.names.evicted = self.names.evicted.max(evicted);
         for key in stale.iter().chain(&due) {
-            if self.names.map.remove(key).is_ok() {
+            if self.names.map.map.remove(key).is_ok() {
                 self.names.pruned += 1;
             }
         }
@@ -876,16 +878,18 @@ fn missed_twice<K>(
 
 /// Removes the keys of `map` that `remove` picks.
 fn remove_keys<K: aya::Pod, V: aya::Pod>(
-    map: &mut HashMap<MapData, K, V>,
+    map: &mut BatchedHash<K, V>,
     remove: impl Fn(&K) -> bool,
 ) -> Result<(), BpfError> {
-    let keys: Vec<K> = map
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|key| remove(key))
-        .collect();
+    let mut keys: Vec<K> = Vec::new();
+    map.for_each(|key, _| {
+        if remove(key) {
+            keys.push(*key);
+        }
+    })
+    .map_err(read_error)?;
     for key in &keys {
-        map.remove(key).map_err(read_error)?;
+        map.map.remove(key).map_err(read_error)?;
     }
     Ok(())
 }
