@@ -910,6 +910,43 @@ fn young_time_wait_is_not_reusable_inside_a_time_namespace() {
     );
 }
 
+/// `union bpf_attr` as the element commands read it.
+#[repr(C, align(8))]
+struct ElementAttr {
+    map_fd: u32,
+    pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// `bpf(command, attr)`, with `attr` the command's attribute prefix and
+/// every pointer in it alive through the call.
+fn bpf_call<T>(command: libc::c_long, attr: &T) -> libc::c_long {
+    // SAFETY: `attr` is a valid prefix of `union bpf_attr` for `command`
+    // of its own size, and what it points to outlives the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            std::ptr::from_ref(attr),
+            std::mem::size_of::<T>(),
+        )
+    }
+}
+
+/// The attribute of an element command on `map` for `key` and `value`.
+fn element<K, V>(map: &std::os::fd::OwnedFd, key: &K, value: *const V) -> ElementAttr {
+    use std::os::fd::AsRawFd;
+    ElementAttr {
+        map_fd: map.as_raw_fd() as u32,
+        pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: value as u64,
+        flags: 0,
+    }
+}
+
 /// A hash map of `type_` with `count` entries (key `i`, value `i * 3`),
 /// made with the raw system calls, as a descriptor.
 fn filled_hash_map(type_: u32, count: u32) -> std::os::fd::OwnedFd {
@@ -922,14 +959,6 @@ fn filled_hash_map(type_: u32, count: u32) -> std::os::fd::OwnedFd {
         max_entries: u32,
         map_flags: u32,
     }
-    #[repr(C, align(8))]
-    struct Update {
-        map_fd: u32,
-        pad: u32,
-        key: u64,
-        value: u64,
-        flags: u64,
-    }
     let create = Create {
         map_type: type_,
         key_size: 4,
@@ -938,36 +967,15 @@ fn filled_hash_map(type_: u32, count: u32) -> std::os::fd::OwnedFd {
         max_entries: count * 2,
         map_flags: 0,
     };
-    // SAFETY: BPF_MAP_CREATE (0) with a valid attribute prefix of its size.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            0,
-            &raw const create,
-            std::mem::size_of::<Create>(),
-        )
-    };
+    // BPF_MAP_CREATE.
+    let fd = bpf_call(0, &create);
     assert!(fd >= 0, "map create: {}", std::io::Error::last_os_error());
     // SAFETY: the kernel just returned this descriptor, owned by no one else.
     let map = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
     for key in 0..count {
         let value = u64::from(key) * 3;
-        let update = Update {
-            map_fd: fd as u32,
-            pad: 0,
-            key: std::ptr::from_ref(&key) as u64,
-            value: std::ptr::from_ref(&value) as u64,
-            flags: 0,
-        };
-        // SAFETY: BPF_MAP_UPDATE_ELEM (2): key and value live through it.
-        let done = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                2,
-                &raw const update,
-                std::mem::size_of::<Update>(),
-            )
-        };
+        // BPF_MAP_UPDATE_ELEM.
+        let done = bpf_call(2, &element(&map, &key, &raw const value));
         assert_eq!(done, 0, "update: {}", std::io::Error::last_os_error());
     }
     map
@@ -975,33 +983,9 @@ fn filled_hash_map(type_: u32, count: u32) -> std::os::fd::OwnedFd {
 
 /// Whether the map behind `map` (keys u32, values u64) holds `key`.
 fn has_key(map: &std::os::fd::OwnedFd, key: u32) -> bool {
-    use std::os::fd::AsRawFd;
-    #[repr(C, align(8))]
-    struct Lookup {
-        map_fd: u32,
-        pad: u32,
-        key: u64,
-        value: u64,
-        flags: u64,
-    }
     let mut value = 0u64;
-    let lookup = Lookup {
-        map_fd: map.as_raw_fd() as u32,
-        pad: 0,
-        key: std::ptr::from_ref(&key) as u64,
-        value: std::ptr::from_mut(&mut value) as u64,
-        flags: 0,
-    };
-    // SAFETY: BPF_MAP_LOOKUP_ELEM (1): key and value live through it.
-    let found = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            1,
-            &raw const lookup,
-            std::mem::size_of::<Lookup>(),
-        )
-    };
-    found == 0
+    // BPF_MAP_LOOKUP_ELEM.
+    bpf_call(1, &element(map, &key, &raw mut value)) == 0
 }
 
 /// A batched read of a hash map and of an LRU one, of several batches,
