@@ -992,19 +992,26 @@ fn has_key(map: &std::os::fd::OwnedFd, key: u32) -> bool {
 /// hands over every entry once, with its value.
 #[test]
 fn a_batched_read_hands_over_every_entry_once() {
-    use portstat_exporter::source::bpf::batch::for_each_entry;
-    use std::os::fd::AsFd;
+    use aya::maps::MapData;
+    use portstat_exporter::source::bpf::batch::BatchedHash;
     support::require_bpf();
     // BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH.
     for type_ in [1, 9] {
         let count = 5_000u32;
         let map = filled_hash_map(type_, count);
         let mut seen = vec![0u32; count as usize];
-        for_each_entry::<u32, u64>(map.as_fd(), |key, value| {
-            assert_eq!(*value, u64::from(*key) * 3, "key {key}");
-            seen[*key as usize] += 1;
-        })
-        .unwrap_or_else(|error| panic!("map type {type_}: {error:?}"));
+        // Types of other sizes than the map's are refused: the batches are
+        // written into room made for them.
+        let data = MapData::from_fd(map.try_clone().unwrap()).unwrap();
+        assert!(BatchedHash::<u64, u64>::new(data, type_ == 9).is_err());
+        let data = MapData::from_fd(map.try_clone().unwrap()).unwrap();
+        let batched = BatchedHash::<u32, u64>::new(data, type_ == 9).unwrap();
+        batched
+            .for_each(|key, value| {
+                assert_eq!(*value, u64::from(*key) * 3, "key {key}");
+                seen[*key as usize] += 1;
+            })
+            .unwrap_or_else(|error| panic!("map type {type_}: {error:?}"));
         // Each key once: any the read did not see, the map no longer has.
         let twice: Vec<_> = (0..count).filter(|&key| seen[key as usize] > 1).collect();
         assert!(

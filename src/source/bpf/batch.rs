@@ -37,7 +37,7 @@ struct BatchAttr {
 
 /// What a batched read of a map came to.
 #[derive(Debug)]
-pub enum BatchError {
+enum BatchError {
     /// The kernel has no batch read for this map: read it entry by entry.
     Unsupported,
     /// The read failed part way: what was handed over is not the whole map.
@@ -45,13 +45,14 @@ pub enum BatchError {
 }
 
 /// Hands every entry of the hash map behind `map` to `each`, `BATCH` at a
-/// time. `K` and `V` must be the map's key and value types, of its exact
-/// sizes (plain data: the kernel writes them byte for byte).
+/// time. `K` and `V` must be of the map's exact key and value sizes (plain
+/// data: the kernel writes them byte for byte into room for `BATCH` of
+/// each), which `BatchedHash::new` has checked.
 ///
 /// Entries added or removed meanwhile may be missed or seen, as with any
 /// walk of a map that changes; none is seen twice, since each call
 /// resumes at the next bucket.
-pub fn for_each_entry<K: aya::Pod, V: aya::Pod>(
+fn for_each_entry<K: aya::Pod, V: aya::Pod>(
     map: BorrowedFd<'_>,
     mut each: impl FnMut(&K, &V),
 ) -> Result<(), BatchError> {
@@ -127,7 +128,8 @@ pub struct BatchedHash<K, V> {
 }
 
 impl<K: aya::Pod, V: aya::Pod> BatchedHash<K, V> {
-    /// The hash map of `data`, an LRU one where `lru`.
+    /// The hash map of `data`, an LRU one where `lru`: `K` and `V` of the
+    /// map's key and value sizes, or an error.
     pub fn new(data: MapData, lru: bool) -> Result<BatchedHash<K, V>, MapError> {
         let batch = data.fd().as_fd().try_clone_to_owned().map_err(|io_error| {
             MapError::SyscallError(aya::sys::SyscallError {
