@@ -156,7 +156,7 @@ fn unavailable(stage: &'static str, error: impl std::fmt::Display) -> BpfError {
     BpfError::Unavailable { stage, reason }
 }
 
-pub use loader::{AttachPoint, VerifierCost};
+pub use loader::{AttachPoint, LoadedProgram, VerifierCost};
 
 /// An object the exporter loads: its name, its bytes, and its programs with
 /// where each attaches.
@@ -490,6 +490,11 @@ fn read_records(
 /// handing `each` the whole `record_length`-byte records of every read; a
 /// record cut by a read is completed by the next. Output that ends inside a
 /// record is an error.
+///
+/// A read that visits a million objects (`MAX_ITER_OBJECTS`) with nothing
+/// written fails with EAGAIN: a million sockets in a row outside the range,
+/// on a server holding that many accepted connections. The iterator keeps
+/// its place, and the next read goes on from there.
 fn read_whole_records(
     iterator: &mut impl Read,
     buffer: &mut Vec<u8>,
@@ -503,7 +508,14 @@ fn read_whole_records(
     loop {
         let read = match iterator.read(&mut buffer[carried..]) {
             Ok(read) => read,
-            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                ) =>
+            {
+                continue;
+            }
             Err(error) => return Err(BpfError::Read(error)),
         };
         if read == 0 {
@@ -1010,5 +1022,48 @@ mod tests {
             u16::from_le_bytes([TCP_PORTS_OBJECT[18], TCP_PORTS_OBJECT[19]]),
             247
         );
+    }
+
+    /// What an iterator's reads return, one step a read.
+    enum Step {
+        Bytes(&'static [u8]),
+        Again,
+    }
+
+    struct Scripted(std::collections::VecDeque<Step>);
+
+    impl Read for Scripted {
+        fn read(&mut self, into: &mut [u8]) -> io::Result<usize> {
+            match self.0.pop_front() {
+                None => Ok(0),
+                Some(Step::Again) => Err(io::ErrorKind::WouldBlock.into()),
+                Some(Step::Bytes(bytes)) => {
+                    into[..bytes.len()].copy_from_slice(bytes);
+                    Ok(bytes.len())
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_read_that_visited_a_million_sockets_with_no_output_is_read_again() {
+        // As the kernel's bpf_seq_read answers after MAX_ITER_OBJECTS
+        // objects with nothing written: EAGAIN, then the rest.
+        let mut iterator = Scripted(
+            [
+                Step::Again,
+                Step::Bytes(&[1, 2, 3]),
+                Step::Again,
+                Step::Bytes(&[4, 5, 6, 7, 8]),
+            ]
+            .into(),
+        );
+        let mut records = Vec::new();
+        read_whole_records(&mut iterator, &mut Vec::new(), 4, 64, &mut |whole| {
+            records.extend(whole.chunks(4).map(<[u8]>::to_vec));
+            Ok(())
+        })
+        .expect("EAGAIN is not the end of the walk");
+        assert_eq!(records, [vec![1, 2, 3, 4], vec![5, 6, 7, 8]]);
     }
 }
