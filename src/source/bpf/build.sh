@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Rebuilds the committed BPF objects from their C sources, so that building
-# the exporter needs no clang: the program in this folder, and the broken
-# ones in tests/fixtures/bpf that the fallback tests load. Needs Debian's
-# clang, llvm and libbpf-dev.
+# the exporter needs no clang: the program in this folder, and in
+# tests/fixtures/bpf the broken ones that the fallback tests load and the
+# idle iterators that benches/walk_floor.rs measures the kernel's walks
+# with. Needs Debian's clang, llvm and libbpf-dev.
 #
 #   src/source/bpf/build.sh           rebuild the objects in place
 #   src/source/bpf/build.sh --check   fail when an object no longer matches
