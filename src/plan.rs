@@ -6,7 +6,7 @@
 //! background or is refused, a source that falls back, the one walk found
 //! not to run here. The sampler executes it, and logs each change once.
 
-use portstat_core::model::{OwnerLookup, SourceKind};
+use portstat_core::model::{OwnerLookup, PerProtocol, SourceKind};
 
 /// Which namespaces a sample reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,8 +21,8 @@ pub enum Namespaces {
 /// What a sample reads, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Plan {
-    /// Where the TCP sockets, then the UDP sockets, are read from.
-    pub sources: [SourceKind; 2],
+    /// Where each protocol's sockets are read from.
+    pub sources: PerProtocol<SourceKind>,
     /// How the sockets' owners are found.
     pub owners: OwnerLookup,
     /// Which namespaces are read.
@@ -40,7 +40,7 @@ impl Plan {
         if before == Some(self) {
             return;
         }
-        let [tcp, udp] = self.sources.map(SourceKind::label);
+        let PerProtocol { tcp, udp } = self.sources.map(SourceKind::label);
         let (namespaces, one_walk) = match self.namespaces {
             Namespaces::Own => ("self", false),
             Namespaces::All { one_walk, .. } => ("all", one_walk),

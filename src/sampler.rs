@@ -23,7 +23,7 @@ use crate::source::read::{
 use crate::source::{NamespaceReader, ReadReport, SourceError, namespaces};
 use portstat_core::aggregate::{Limits, Snapshot};
 use portstat_core::metrics::failures::FailureHistory;
-use portstat_core::model::{NamespaceFailures, PortFailureCounts};
+use portstat_core::model::{NamespaceFailures, PerProtocol, PortFailureCounts};
 use portstat_core::page::landing_page;
 use portstat_core::status::{Collector, FailureCounting, NamespaceCounts, SampleStatus, Stage};
 
@@ -726,12 +726,9 @@ fn namespace_counts(read: &NamespacesRead, omitted: usize) -> NamespaceCounts {
         sharing_host_tcp_table: count(&|report| report.shares_host_tcp_table == Some(true)),
         one_walk: count(&|report| report.one_walk),
         sharing_dumped_apart: count(&|report| {
-            report.shares_host_tcp_table == Some(true) && !report.one_walk && !report.skipped[0]
+            report.shares_host_tcp_table == Some(true) && !report.one_walk && !report.skipped.tcp
         }),
-        skipped: [
-            count(&|report| report.skipped[0]),
-            count(&|report| report.skipped[1]),
-        ],
+        skipped: PerProtocol::from_fn(|protocol| count(&|report| report.skipped[protocol])),
     }
 }
 

@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 pub use portstat_core::model::ReadReport;
 use portstat_core::model::{
     ConnectionNamer, ConnectionNames, ConntrackCounters, NamespaceSample, NatSink, OwnedSocket,
-    OwnerLookup, PortRange, Protocol, ReservedPorts, SocketOwners, SocketRecord, SocketSink,
-    SourceKind, TimeWaitReuse,
+    OwnerLookup, PerProtocol, PortRange, Protocol, ReservedPorts, SocketOwners, SocketRecord,
+    SocketSink, SourceKind, TimeWaitReuse,
 };
 
 /// A failure to read what the kernel reports.
@@ -103,16 +103,16 @@ pub struct NamespaceReader {
     netlink: netlink::NetlinkSockets,
     bpf: bpf::BpfSockets,
     owners: owners::OwnerResolver,
-    /// The source in use for TCP, then UDP.
-    sources: [SourceKind; 2],
+    /// The source in use for each protocol.
+    sources: PerProtocol<SourceKind>,
     /// The socket counts of the last `read_settings`, where readable.
     census: Option<census::Census>,
-    /// For TCP, then UDP, whether the source in use is known to run here
+    /// For each protocol, whether the source in use is known to run here
     /// (it read, or was loaded): where the counts let a dump be skipped,
     /// a source not yet proven is loaded first (the BPF program, the
     /// netlink socket), so that one that cannot run is found out and
     /// replaced rather than named while it never ran.
-    proven: [bool; 2],
+    proven: PerProtocol<bool>,
     /// The running kernel, where its release parses: what netlink reports
     /// depends on it.
     kernel: Option<portstat_core::rules::KernelVersion>,
@@ -217,9 +217,12 @@ impl NamespaceReader {
         thread_namespace: bool,
     ) -> NamespaceReader {
         let sources = match choice {
-            SourceChoice::Auto | SourceChoice::Bpf => [SourceKind::Bpf, SourceKind::Netlink],
-            SourceChoice::Netlink => [SourceKind::Netlink; 2],
-            SourceChoice::Procfs => [SourceKind::Procfs; 2],
+            SourceChoice::Auto | SourceChoice::Bpf => PerProtocol {
+                tcp: SourceKind::Bpf,
+                udp: SourceKind::Netlink,
+            },
+            SourceChoice::Netlink => PerProtocol::both(SourceKind::Netlink),
+            SourceChoice::Procfs => PerProtocol::both(SourceKind::Procfs),
         };
         let tables = if thread_namespace {
             procfs_root.join("thread-self").join("net")
@@ -240,7 +243,7 @@ impl NamespaceReader {
             attribution,
             sources,
             census: None,
-            proven: [false; 2],
+            proven: PerProtocol::both(false),
             kernel: running_kernel(),
             bpf_owners: None,
             conntrack: None,
@@ -279,7 +282,7 @@ impl NamespaceReader {
     /// run), the programs load where they are first used.
     pub fn load_programs_in_background(&mut self) {
         if self.choice != SourceChoice::Auto
-            || self.sources[0] != SourceKind::Bpf
+            || self.sources.tcp != SourceKind::Bpf
             || self.loading.is_some()
         {
             return;
@@ -292,7 +295,7 @@ impl NamespaceReader {
         ) {
             Ok(loading) => {
                 self.loading = Some(loading);
-                self.sources[0] = SourceKind::Netlink;
+                self.sources.tcp = SourceKind::Netlink;
             }
             Err(error) => {
                 tracing::debug!(err = %error, "cannot load the BPF programs on a thread of their own; loading them at first use");
@@ -316,8 +319,8 @@ impl NamespaceReader {
         match loaded.sockets {
             Ok(program) => {
                 self.bpf.install(program);
-                self.sources[0] = SourceKind::Bpf;
-                self.proven[0] = true;
+                self.sources.tcp = SourceKind::Bpf;
+                self.proven.tcp = true;
                 tracing::info!(
                     took_ms,
                     "the BPF programs are loaded; TCP is read with BPF from now on, with exact headroom"
@@ -361,7 +364,7 @@ impl NamespaceReader {
     /// show UDP sockets, and the namespace is on the host's UDP table
     /// (`udp_hash_entries` below 0, or the host's own namespace).
     pub fn on_shared_tables(&mut self) -> SharedTablesUse {
-        if self.sources[0] != SourceKind::Bpf
+        if self.sources.tcp != SourceKind::Bpf
             || self.census.is_some_and(|census| census.tcp_empty())
         {
             return SharedTablesUse::default();
@@ -389,7 +392,7 @@ impl NamespaceReader {
                 tcp,
                 udp: tcp
                     && udp_table
-                    && self.sources[1] == SourceKind::Netlink
+                    && self.sources.udp == SourceKind::Netlink
                     && !self.census.is_some_and(|census| census.udp_empty()),
                 host_udp_table: tcp && udp_table,
             })
@@ -417,15 +420,19 @@ impl NamespaceReader {
         using: SharedTablesUse,
         sink: &mut dyn SocketSink,
     ) -> Result<ReadReport, SourceError> {
-        self.read_sockets_with(range, None, sink, [!using.tcp, !using.udp])
+        let read = PerProtocol {
+            tcp: !using.tcp,
+            udp: !using.udp,
+        };
+        self.read_sockets_with(range, None, sink, read)
     }
 
-    /// `read_sockets` for the protocols `read` says (TCP, then UDP): those
+    /// `read_sockets` for the protocols `read` says: those
     /// of a namespace that the one walk did not read.
     pub fn read_protocols(
         &mut self,
         range: PortRange,
-        read: [bool; 2],
+        read: PerProtocol<bool>,
         sink: &mut dyn SocketSink,
     ) -> Result<ReadReport, SourceError> {
         self.read_sockets_with(range, None, sink, read)
@@ -590,16 +597,16 @@ impl NamespaceReader {
         keep_port: Option<u16>,
         sink: &mut dyn SocketSink,
     ) -> Result<ReadReport, SourceError> {
-        self.read_sockets_with(range, keep_port, sink, [true, true])
+        self.read_sockets_with(range, keep_port, sink, PerProtocol::both(true))
     }
 
-    /// `read_sockets` of the protocols `read` says (TCP, then UDP).
+    /// `read_sockets` of the protocols `read` says.
     fn read_sockets_with(
         &mut self,
         range: PortRange,
         keep_port: Option<u16>,
         sink: &mut dyn SocketSink,
-        read: [bool; 2],
+        read: PerProtocol<bool>,
     ) -> Result<ReadReport, SourceError> {
         self.bpf
             .set_inode_reading(inode_reading(self.owner_lookup(), keep_port));
@@ -608,37 +615,37 @@ impl NamespaceReader {
             indexes: BTreeSet::new(),
             added: 0,
         };
-        let mut skipped = [false; 2];
+        let mut skipped = PerProtocol::both(false);
         // Where the counts show that no socket is outside every table, no
         // bound-but-inactive one can exist: there is nothing to miss.
         let bound_inactive = self
             .census
             .is_none_or(|census| census.may_hold_bound_inactive());
         let mut bound_inactive_seen = !bound_inactive;
-        for (index, protocol) in Protocol::ALL.into_iter().enumerate() {
-            skipped[index] = self.census.is_some_and(|census| match protocol {
+        for protocol in Protocol::ALL {
+            skipped[protocol] = self.census.is_some_and(|census| match protocol {
                 Protocol::Tcp => census.tcp_empty(),
                 Protocol::Udp => census.udp_empty(),
             });
-            if skipped[index] && self.proven[index] {
+            if skipped[protocol] && self.proven[protocol] {
                 continue;
             }
-            if !read[index] {
+            if !read[protocol] {
                 continue;
             }
-            let read = if skipped[index] {
+            let read = if skipped[protocol] {
                 Reading::Prove
             } else {
                 Reading::Read { bound_inactive }
             };
-            let seen = self.read_protocol(index, protocol, range, read, &mut sink)?;
-            self.proven[index] = true;
+            let seen = self.read_protocol(protocol, range, read, &mut sink)?;
+            self.proven[protocol] = true;
             // The dumps and the BPF walk leave out connections whose local
             // port is outside the range; procfs and UDP read every socket.
             if let Some(port) = keep_port.filter(|&port| !range.contains(port))
                 && protocol == Protocol::Tcp
                 && matches!(read, Reading::Read { .. })
-                && self.sources[index] != SourceKind::Procfs
+                && self.sources[protocol] != SourceKind::Procfs
             {
                 self.netlink
                     .read_port(port, &mut sink)
@@ -751,8 +758,8 @@ impl NamespaceReader {
         }
     }
 
-    /// Where the TCP sockets, then the UDP sockets, are read from now.
-    pub fn sources(&self) -> [SourceKind; 2] {
+    /// Where each protocol's sockets are read from now.
+    pub fn sources(&self) -> PerProtocol<SourceKind> {
         self.sources
     }
 
@@ -795,7 +802,6 @@ impl NamespaceReader {
     /// hash, or over netlink where the kernel reports them.
     fn read_protocol(
         &mut self,
-        index: usize,
         protocol: Protocol,
         range: PortRange,
         read: Reading,
@@ -805,7 +811,7 @@ impl NamespaceReader {
             .kernel
             .is_some_and(|kernel| kernel.inet_diag_reports_bound_inactive());
         loop {
-            let source = self.sources[index];
+            let source = self.sources[protocol];
             let result = match (source, read) {
                 (SourceKind::Procfs, Reading::Prove) => return Ok(false),
                 (SourceKind::Procfs, Reading::Read { .. }) => {
@@ -851,7 +857,7 @@ impl NamespaceReader {
                 _ => SourceKind::Procfs,
             };
             warn_of_fallback(protocol, source, &error);
-            self.sources[index] = next;
+            self.sources[protocol] = next;
         }
     }
 }

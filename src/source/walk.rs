@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use portstat_core::model::{NamespaceIdentity, PortRange, Protocol, SocketSink, SourceKind};
+use portstat_core::model::{
+    NamespaceIdentity, PerProtocol, PortRange, Protocol, SocketSink, SourceKind,
+};
 use portstat_core::status::Collector;
 
 use super::bpf::shared::{SharedNamespace, WalkOutcome};
@@ -186,7 +188,7 @@ fn finish_walked<'a>(
     samples: &mut [(NamespaceIdentity, NamespaceRead)],
     on_shared: &'a [OnSharedTables],
     walked: Walked,
-) -> Vec<(&'a OnSharedTables, [bool; 2])> {
+) -> Vec<(&'a OnSharedTables, PerProtocol<bool>)> {
     let mut apart = Vec::new();
     for shared in on_shared {
         let report = &mut samples[shared.index].1.report;
@@ -194,9 +196,15 @@ fn finish_walked<'a>(
         report.bound_inactive_seen = true;
         report.one_walk = true;
         if shared.udp && walked.udp {
-            report.sources[1] = SourceKind::Bpf;
+            report.sources.udp = SourceKind::Bpf;
         } else if shared.udp {
-            apart.push((shared, [false, true]));
+            apart.push((
+                shared,
+                PerProtocol {
+                    tcp: false,
+                    udp: true,
+                },
+            ));
         }
     }
     for (index, indexes) in walked.link_local {
@@ -218,7 +226,7 @@ fn restart_unwalked<'a>(
     samples: &mut [(NamespaceIdentity, NamespaceRead)],
     on_shared: &'a [OnSharedTables],
     outcome: Result<WalkOutcome, SourceError>,
-) -> Vec<(&'a OnSharedTables, [bool; 2])> {
+) -> Vec<(&'a OnSharedTables, PerProtocol<bool>)> {
     match outcome {
         Err(error) => {
             tracing::debug!(err = %error, "the one walk of the host's TCP tables failed; each namespace is read on its own");
@@ -239,17 +247,23 @@ fn restart_unwalked<'a>(
             if shared.udp {
                 aggregator.restart(Protocol::Udp);
             }
-            (shared, [true, shared.udp])
+            (
+                shared,
+                PerProtocol {
+                    tcp: true,
+                    udp: shared.udp,
+                },
+            )
         })
         .collect()
 }
 
-/// Reads the protocols each of `apart` still needs (TCP, then UDP) inside
+/// Reads the protocols each of `apart` still needs inside
 /// its namespace; returns the namespaces that could not be read, in order.
 fn read_apart(
     reader: &mut NamespaceReader,
     samples: &mut [(NamespaceIdentity, NamespaceRead)],
-    apart: Vec<(&OnSharedTables, [bool; 2])>,
+    apart: Vec<(&OnSharedTables, PerProtocol<bool>)>,
 ) -> Vec<(usize, Option<SourceError>)> {
     let mut failures = Vec::new();
     for (shared, protocols) in apart {
@@ -264,12 +278,12 @@ fn read_apart(
         });
         match result {
             Ok(report) => {
-                for (index, &read_now) in protocols.iter().enumerate() {
+                for (protocol, &read_now) in protocols.by_protocol() {
                     if read_now {
-                        read.report.sources[index] = report.sources[index];
+                        read.report.sources[protocol] = report.sources[protocol];
                     }
                 }
-                if protocols[0] {
+                if protocols.tcp {
                     read.report.bound_inactive_seen = report.bound_inactive_seen;
                 }
                 read.report.interfaces.extend(report.interfaces);

@@ -2,8 +2,8 @@
 
 use crate::aggregate::{Limits, Snapshot, aggregate};
 use crate::model::{
-    FailureKind, NamespaceSample, PortFailure, PortRange, ReadReport, ReservedPorts, SocketOwners,
-    SocketRecord, SocketState, SourceKind, TcpState, TimeWaitReuse,
+    FailureKind, NamespaceSample, PerProtocol, PortFailure, PortRange, ReadReport, ReservedPorts,
+    SocketOwners, SocketRecord, SocketState, SourceKind, TcpState, TimeWaitReuse,
 };
 
 /// `count` TCP connects of process `process` in namespace 7, from
@@ -54,7 +54,7 @@ pub fn ten_port_snapshot(connected: u16, time_wait: u16) -> Snapshot {
         sockets,
         owners: SocketOwners::default(),
         time_wait_reuse: TimeWaitReuse::default(),
-        report: ReadReport::complete([SourceKind::Bpf; 2]),
+        report: ReadReport::complete(PerProtocol::both(SourceKind::Bpf)),
     };
     aggregate(&sample, &Limits::default())
 }

@@ -17,19 +17,100 @@ impl Protocol {
     /// Every protocol, in the order metrics list them.
     pub const ALL: [Protocol; 2] = [Protocol::Tcp, Protocol::Udp];
 
-    /// Its place in `ALL`, for tables kept by protocol.
-    pub fn index(self) -> usize {
-        match self {
-            Protocol::Tcp => 0,
-            Protocol::Udp => 1,
-        }
-    }
-
     /// The `protocol` label value.
     pub fn label(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// One `T` for each protocol, picked by name (`.tcp`, `.udp`) or by a
+/// `Protocol` (`per[protocol]`), never by a number.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PerProtocol<T> {
+    pub tcp: T,
+    pub udp: T,
+}
+
+impl<T> PerProtocol<T> {
+    /// The value `make` gives each protocol.
+    pub fn from_fn(mut make: impl FnMut(Protocol) -> T) -> Self {
+        PerProtocol {
+            tcp: make(Protocol::Tcp),
+            udp: make(Protocol::Udp),
+        }
+    }
+
+    /// The values, in the order of `Protocol::ALL`.
+    pub fn iter(&self) -> std::array::IntoIter<&T, 2> {
+        [&self.tcp, &self.udp].into_iter()
+    }
+
+    /// The values, in the order of `Protocol::ALL`, to change.
+    pub fn iter_mut(&mut self) -> std::array::IntoIter<&mut T, 2> {
+        [&mut self.tcp, &mut self.udp].into_iter()
+    }
+
+    /// Each protocol with its value, in the order of `Protocol::ALL`.
+    pub fn by_protocol(&self) -> impl Iterator<Item = (Protocol, &T)> {
+        [(Protocol::Tcp, &self.tcp), (Protocol::Udp, &self.udp)].into_iter()
+    }
+
+    /// Each protocol's value made from its own.
+    pub fn map<U>(self, mut each: impl FnMut(T) -> U) -> PerProtocol<U> {
+        PerProtocol {
+            tcp: each(self.tcp),
+            udp: each(self.udp),
+        }
+    }
+}
+
+impl<T: Clone> PerProtocol<T> {
+    /// `value` for both protocols.
+    pub fn both(value: T) -> Self {
+        PerProtocol {
+            tcp: value.clone(),
+            udp: value,
+        }
+    }
+}
+
+impl<T> IntoIterator for PerProtocol<T> {
+    type Item = T;
+    type IntoIter = std::array::IntoIter<T, 2>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        [self.tcp, self.udp].into_iter()
+    }
+}
+
+impl<'a, T> IntoIterator for &'a PerProtocol<T> {
+    type Item = &'a T;
+    type IntoIter = std::array::IntoIter<&'a T, 2>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<T> std::ops::Index<Protocol> for PerProtocol<T> {
+    type Output = T;
+
+    fn index(&self, protocol: Protocol) -> &T {
+        match protocol {
+            Protocol::Tcp => &self.tcp,
+            Protocol::Udp => &self.udp,
+        }
+    }
+}
+
+impl<T> std::ops::IndexMut<Protocol> for PerProtocol<T> {
+    fn index_mut(&mut self, protocol: Protocol) -> &mut T {
+        match protocol {
+            Protocol::Tcp => &mut self.tcp,
+            Protocol::Udp => &mut self.udp,
         }
     }
 }
@@ -1001,11 +1082,11 @@ pub struct NamespaceSample {
 /// What reading a namespace's sockets found besides the sockets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadReport {
-    /// Where the TCP sockets, then the UDP sockets, were read from.
-    pub sources: [SourceKind; 2],
-    /// For TCP, then UDP, whether the dump was skipped because the
+    /// Where each protocol's sockets were read from.
+    pub sources: PerProtocol<SourceKind>,
+    /// For each protocol, whether the dump was skipped because the
     /// namespace's socket counts showed nothing to find.
-    pub skipped: [bool; 2],
+    pub skipped: PerProtocol<bool>,
     /// The names of the interfaces link-local sockets are bound to, by
     /// index, as the namespace named them when it was read.
     pub interfaces: BTreeMap<u32, String>,
@@ -1028,10 +1109,10 @@ pub struct ReadReport {
 impl ReadReport {
     /// The report of a read from `sources` that skipped nothing and saw
     /// every socket: for unit tests.
-    pub fn complete(sources: [SourceKind; 2]) -> ReadReport {
+    pub fn complete(sources: PerProtocol<SourceKind>) -> ReadReport {
         ReadReport {
             sources,
-            skipped: [false; 2],
+            skipped: PerProtocol::both(false),
             interfaces: BTreeMap::new(),
             shares_host_tcp_table: None,
             bound_inactive_seen: true,

@@ -519,11 +519,11 @@ fn nat_section(page: &mut String, nat: &NatFigures) {
         );
     }
     page.push_str("</table>\n");
-    let pairs = Protocol::ALL.map(|protocol| nat.pairs(protocol));
     let _ = write!(
         page,
         "<p class=\"meta\">{} TCP and {} UDP pairs in all.",
-        pairs[0], pairs[1]
+        nat.pairs(Protocol::Tcp),
+        nat.pairs(Protocol::Udp)
     );
     if let Some(counters) = &nat.counters {
         let limit = counters

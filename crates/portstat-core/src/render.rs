@@ -89,7 +89,7 @@ mod tests {
     use crate::aggregate::aggregate;
     use crate::aggregate::nat::NatTable;
     use crate::model::Protocol;
-    use crate::model::{ConntrackCounters, NatEntry, ReadReport};
+    use crate::model::{ConntrackCounters, NatEntry, PerProtocol, ReadReport};
     use crate::model::{FailureKind, NamespaceFailures, PortFailure};
     use crate::model::{
         ListenQueue, PortBinding, SourceKind, TcpState, TimeWait, TimeWaitReuse, UdpState,
@@ -176,7 +176,10 @@ mod tests {
             time_wait_reuse: TimeWaitReuse::default(),
             // TCP over BPF (bindings, accept queues, bound_inactive), UDP
             // over procfs.
-            report: ReadReport::complete([SourceKind::Bpf, SourceKind::Procfs]),
+            report: ReadReport::complete(PerProtocol {
+                tcp: SourceKind::Bpf,
+                udp: SourceKind::Procfs,
+            }),
         };
         for socket in &mut sample.sockets {
             if socket.state.protocol() == Protocol::Tcp {

@@ -1,6 +1,8 @@
 //! How the sampler has fared, and what the binary is: read by the renderer,
-//! the landing page and the server, written by the sampler. A leaf: it
-//! imports no other module of the exporter.
+//! the landing page and the server, written by the sampler. It imports only
+//! `model`, which imports no other module.
+
+use crate::model::PerProtocol;
 
 /// What the binary is, for `portstat_build_info` and the landing page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +170,7 @@ pub struct NamespaceCounts {
     /// Sampled namespaces on the host's TCP table whose TCP sockets were
     /// dumped on their own, each dump a walk of every namespace's.
     pub sharing_dumped_apart: u64,
-    /// Sampled namespaces whose TCP, then UDP, dump was skipped because
+    /// Sampled namespaces whose dump of each protocol was skipped because
     /// their socket counts showed nothing to find.
-    pub skipped: [u64; 2],
+    pub skipped: PerProtocol<u64>,
 }

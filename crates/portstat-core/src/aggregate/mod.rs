@@ -15,9 +15,9 @@ pub use crate::model::OwnerLookup;
 use crate::model::{
     Connection, ConnectionNamer, ConnectionNames, Connector, ConntrackCounters, INODE_NOT_READ,
     NamespaceFailures, NamespaceIdentity, NamespaceSample, NatEntry, NatSink, OwnedSocket,
-    PortList, PortRange, PortSet, Protocol, ReadReport, ReservedPorts, SocketOwners, SocketRecord,
-    SocketSink, SocketState, SourceKind, TcpState, TimeWaitReuse, UdpState, comm_label,
-    process_label,
+    PerProtocol, PortList, PortRange, PortSet, Protocol, ReadReport, ReservedPorts, SocketOwners,
+    SocketRecord, SocketSink, SocketState, SourceKind, TcpState, TimeWaitReuse, UdpState,
+    comm_label, process_label,
 };
 use listeners::{Listener, ListenerGroups, is_listener};
 use nat::{NatFigures, NatTable};
@@ -63,8 +63,8 @@ pub struct Snapshot {
     pub reserved_in_range: u32,
     /// Ports the kernel can hand out automatically: range length minus reserved.
     pub capacity: u32,
-    /// TCP occupancy, then UDP occupancy.
-    pub occupancy: [ProtocolOccupancy; 2],
+    /// Occupancy of each protocol.
+    pub occupancy: PerProtocol<ProtocolOccupancy>,
     /// Listening sockets, grouped by protocol, address, port and process:
     /// those inside the range first, at most `Limits::listeners_max` groups.
     pub listeners: Vec<Listener>,
@@ -109,8 +109,8 @@ pub struct Snapshot {
     /// Processes holding the most ports, at most `Limits::processes_top`,
     /// most first.
     pub processes: Vec<ProcessUsage>,
-    /// Where the TCP sockets, then the UDP sockets, were read from.
-    pub sources: [SourceKind; 2],
+    /// Where each protocol's sockets were read from.
+    pub sources: PerProtocol<SourceKind>,
     /// Whether every TCP socket bound and neither listening nor connected
     /// was seen: found by the source, or none can exist (`census`).
     pub bound_inactive_seen: bool,
@@ -131,7 +131,7 @@ impl Snapshot {
     /// free, so headroom is an upper bound and the used ratios are lower
     /// bounds.
     pub fn headroom_exact(&self) -> bool {
-        self.sources[0].sees_bindings() && self.bound_inactive_seen
+        self.sources.tcp.sees_bindings() && self.bound_inactive_seen
     }
 }
 
@@ -215,8 +215,7 @@ pub struct Aggregator {
     limits: Limits,
     /// The port whose sockets are kept whole (`inspect PORT`).
     keep_port: Option<u16>,
-    /// TCP, then UDP.
-    tallies: [ProtocolTally; 2],
+    tallies: PerProtocol<ProtocolTally>,
     /// How owners are learnt.
     lookup: OwnerLookup,
     /// Owners learnt from records (`OwnerLookup::Records`).
@@ -246,9 +245,9 @@ pub struct OwnerRecords {
     /// ephemeral port, which are in `shared`: the first record wins, which
     /// is the lowest process id, as records come in process order.
     named: SocketOwners,
-    /// Ports of the range each process holds, by `comm`: TCP then UDP;
-    /// and the pids of the processes of that name that hold them.
-    ports: Vec<([u8; 16], [PortList; 2], HashSet<u32>)>,
+    /// Ports of the range each process holds, by `comm`, and the pids of
+    /// the processes of that name that hold them.
+    ports: Vec<([u8; 16], PerProtocol<PortList>, HashSet<u32>)>,
     /// The process whose records came last: records come a process at a
     /// time, so its pid is noted once, not once a socket.
     last_pid: Option<u32>,
@@ -261,8 +260,8 @@ pub struct OwnerRecords {
     /// their lowest process: by inode, (process, comm, protocol, port).
     shared: HashMap<u64, (u32, [u8; 16], Protocol, u16)>,
     /// Sockets the records found on each port of the range (index from the
-    /// range's start), TCP then UDP; sized at the first one.
-    owned_by_port: [Vec<u32>; 2],
+    /// range's start); sized at the first one.
+    owned_by_port: PerProtocol<Vec<u32>>,
 }
 
 impl OwnerRecords {
@@ -321,7 +320,7 @@ impl OwnerRecords {
     /// Counts one socket, on an ephemeral port, that process `tgid` holds.
     fn count_owned(&mut self, tgid: u32, comm: [u8; 16], protocol: Protocol, port: u16) {
         let offset = usize::from(port - self.range.start);
-        let owned = &mut self.owned_by_port[protocol.index()];
+        let owned = &mut self.owned_by_port[protocol];
         if owned.is_empty() {
             *owned = vec![0; self.range.port_count() as usize];
         }
@@ -338,7 +337,7 @@ impl OwnerRecords {
                 at
             }
         };
-        self.ports[at].1[protocol.index()].insert(port);
+        self.ports[at].1[protocol].insert(port);
         if self.last_pid != Some(tgid) {
             self.last_pid = Some(tgid);
             self.ports[at].2.insert(tgid);
@@ -586,9 +585,9 @@ impl Aggregator {
     }
 
     /// How much of the range each protocol uses, and its sockets by state.
-    fn occupancy(&self, report: &ReadReport, capacity: u32) -> [ProtocolOccupancy; 2] {
-        Protocol::ALL.map(|protocol| {
-            let tally = &self.tallies[protocol.index()];
+    fn occupancy(&self, report: &ReadReport, capacity: u32) -> PerProtocol<ProtocolOccupancy> {
+        PerProtocol::from_fn(|protocol| {
+            let tally = &self.tallies[protocol];
             let sockets_by_state = match protocol {
                 Protocol::Tcp => {
                     // procfs cannot see bound-but-inactive sockets, nor
@@ -597,7 +596,7 @@ impl Aggregator {
                     // false 0.
                     let sees_bound_inactive = report.bound_inactive_seen
                         && matches!(
-                            report.sources[protocol.index()],
+                            report.sources[protocol],
                             SourceKind::Netlink | SourceKind::Bpf
                         );
                     TcpState::ALL
@@ -652,7 +651,7 @@ impl Aggregator {
     /// The TCP ports no destination can share, each under its first
     /// reason only.
     fn exclusive_ports(&mut self) -> Exclusive {
-        let tcp = &mut self.tallies[0];
+        let tcp = &mut self.tallies.tcp;
         let [listener_ports, mut bound_ports, mut bind_first_ports] =
             std::mem::take(&mut tcp.exclusive);
         bound_ports.remove_all(&listener_ports);
@@ -679,7 +678,8 @@ impl Aggregator {
     /// `exclusive` holds.
     fn time_wait_reusable(&self, exclusive: &PortSet) -> u64 {
         let start = self.range.start;
-        self.tallies[0]
+        self.tallies
+            .tcp
             .reusable_by_port
             .iter()
             .enumerate()
@@ -706,7 +706,9 @@ impl Aggregator {
                 .0
         };
         let new_destination = headroom(0, 0);
-        let mut usage: Vec<DestinationUsage> = self.tallies[0]
+        let mut usage: Vec<DestinationUsage> = self
+            .tallies
+            .tcp
             .destinations
             .drain()
             .filter_map(|(destination, mut ports)| {
@@ -772,11 +774,20 @@ impl Aggregator {
             self.holders_by_inode(owners)
         };
         // TIME_WAIT and orphans named after the process that closed them.
-        for (tgid, (comm, ports)) in std::mem::take(&mut self.tallies[0].named) {
-            holders.add_ports(&comm_label(&comm), [ports, PortList::default()], [tgid]);
+        for (tgid, (comm, ports)) in std::mem::take(&mut self.tallies.tcp.named) {
+            holders.add_ports(
+                &comm_label(&comm),
+                PerProtocol {
+                    tcp: ports,
+                    udp: PortList::default(),
+                },
+                [tgid],
+            );
         }
         let unheld = self.tallies.iter().map(|tally| tally.unheld.len()).sum();
-        let unheld_bind_first = self.tallies[0]
+        let unheld_bind_first = self
+            .tallies
+            .tcp
             .unheld_bind_first
             .iter()
             .filter(|&port| bind_first_ports.contains(port))
@@ -814,11 +825,11 @@ impl Aggregator {
     /// The ports each process holds, from the owners of the sockets that
     /// hold them, and how many ports sockets whose owner was not found hold.
     fn holders_by_inode(&self, owners: &SocketOwners) -> (Holders, u32) {
-        let mut unknown: [PortList; 2] = Default::default();
+        let mut unknown: PerProtocol<PortList> = Default::default();
         // The ports of each process, by pid: named once, below, rather than
         // a name hashed for every socket.
-        let mut by_pid: HashMap<u32, [PortList; 2]> = HashMap::new();
-        for (protocol, tally) in Protocol::ALL.iter().zip(&self.tallies) {
+        let mut by_pid: HashMap<u32, PerProtocol<PortList>> = HashMap::new();
+        for (protocol, tally) in self.tallies.by_protocol() {
             for held in &tally.held {
                 let ports = match owners.pid_by_inode.get(&held.inode) {
                     Some(pid) if owners.comm_by_pid.contains_key(pid) => {
@@ -826,7 +837,7 @@ impl Aggregator {
                     }
                     _ => &mut unknown,
                 };
-                ports[protocol.index()].insert(held.port);
+                ports[protocol].insert(held.port);
             }
         }
         let mut holders = Holders::default();
@@ -892,7 +903,7 @@ impl SocketSink for Aggregator {
         let reusable = tcp_twsk_unique(socket, &self.time_wait_reuse);
         let range_start = self.range.start;
         let range_length = self.range.port_count() as usize;
-        let tally = &mut self.tallies[protocol.index()];
+        let tally = &mut self.tallies[protocol];
         tally.scanned += 1;
         if in_range {
             match socket.state {
@@ -972,7 +983,7 @@ impl SocketSink for Aggregator {
     }
 
     fn restart(&mut self, protocol: Protocol) {
-        self.tallies[protocol.index()] = ProtocolTally::default();
+        self.tallies[protocol] = ProtocolTally::default();
         // The sockets read again are named again.
         if protocol == Protocol::Tcp {
             self.kept_names.clear();
@@ -1082,7 +1093,7 @@ mod tests {
             sockets,
             owners: SocketOwners::default(),
             time_wait_reuse: TimeWaitReuse::default(),
-            report: ReadReport::complete([SourceKind::Procfs; 2]),
+            report: ReadReport::complete(PerProtocol::both(SourceKind::Procfs)),
         }
     }
 
@@ -1107,7 +1118,7 @@ mod tests {
         assert_eq!(snapshot.busiest_destination_ports, 1);
         assert_eq!(snapshot.destination_max_used_ratio, 1.0 / 100.0);
         // The ports are still held.
-        assert_eq!(snapshot.occupancy[0].ports_used, 61);
+        assert_eq!(snapshot.occupancy.tcp.ports_used, 61);
     }
 
     #[test]
@@ -1139,7 +1150,10 @@ mod tests {
         sockets.push(shared);
         let mut sample = sample(sockets, "");
         sample.time_wait_reuse.mode = 1;
-        sample.report.sources = [SourceKind::Bpf, SourceKind::Netlink];
+        sample.report.sources = PerProtocol {
+            tcp: SourceKind::Bpf,
+            udp: SourceKind::Netlink,
+        };
         for (inode, pid) in [(1, 10), (2, 11), (4, 10)] {
             sample.owners.pid_by_inode.insert(inode, pid);
         }
@@ -1297,7 +1311,10 @@ mod tests {
         let mut owners = SocketOwners::default();
         owners.pid_by_inode.insert(7, 12);
         owners.comm_by_pid.insert(12, "worker".into());
-        let snapshot = aggregator.finish(&owners, &ReadReport::complete([SourceKind::Bpf; 2]));
+        let snapshot = aggregator.finish(
+            &owners,
+            &ReadReport::complete(PerProtocol::both(SourceKind::Bpf)),
+        );
         let processes: Vec<(String, u32, Vec<u32>)> = snapshot
             .processes
             .iter()
@@ -1347,7 +1364,7 @@ mod tests {
         assert_eq!(aggregator.kept_connection_names().len(), 1);
         let snapshot = aggregator.finish(
             &SocketOwners::default(),
-            &ReadReport::complete([SourceKind::Bpf; 2]),
+            &ReadReport::complete(PerProtocol::both(SourceKind::Bpf)),
         );
         let processes: Vec<(String, u32)> = snapshot
             .processes
@@ -1384,17 +1401,20 @@ mod tests {
             1,
         )];
         let mut seen = sample(sockets, "");
-        seen.report.sources = [SourceKind::Bpf, SourceKind::Netlink];
+        seen.report.sources = PerProtocol {
+            tcp: SourceKind::Bpf,
+            udp: SourceKind::Netlink,
+        };
         let snapshot = aggregate(&seen, &Limits::default());
         assert!(snapshot.headroom_exact());
-        assert!(states(&snapshot.occupancy[0]).contains_key("bound_inactive"));
+        assert!(states(&snapshot.occupancy.tcp).contains_key("bound_inactive"));
         // Netlink before Linux 6.5 beside the program's walk that did not
         // run: some socket may be bound unseen.
         let mut unseen = seen;
         unseen.report.bound_inactive_seen = false;
         let snapshot = aggregate(&unseen, &Limits::default());
         assert!(!snapshot.headroom_exact());
-        assert!(!states(&snapshot.occupancy[0]).contains_key("bound_inactive"));
+        assert!(!states(&snapshot.occupancy.tcp).contains_key("bound_inactive"));
     }
 
     #[test]
@@ -1544,8 +1564,8 @@ mod tests {
         );
         assert_eq!(snapshot.reserved_in_range, 6);
         assert_eq!(snapshot.capacity, 94);
-        assert_eq!(snapshot.occupancy[0].ports_used, 0);
-        assert_eq!(snapshot.occupancy[0].used_ratio, 0.0);
+        assert_eq!(snapshot.occupancy.tcp.ports_used, 0);
+        assert_eq!(snapshot.occupancy.tcp.used_ratio, 0.0);
     }
 
     #[test]
@@ -1566,7 +1586,7 @@ mod tests {
             udp(UdpState::Connected, "10.0.0.1:40001", "10.0.0.9:53", 7),
         ];
         let snapshot = aggregate(&sample(sockets, "40050"), &Limits::default());
-        let tcp = &snapshot.occupancy[0];
+        let tcp = &snapshot.occupancy.tcp;
         assert_eq!(tcp.protocol, Protocol::Tcp);
         assert_eq!(tcp.ports_used, 3);
         assert_eq!(tcp.used_ratio, 3.0 / 99.0);
@@ -1577,7 +1597,7 @@ mod tests {
         assert_eq!(tcp_states["time_wait"], 2);
         assert_eq!(tcp_states["listen"], 1);
         assert_eq!(tcp_states["close_wait"], 0);
-        let udp = &snapshot.occupancy[1];
+        let udp = &snapshot.occupancy.udp;
         assert_eq!(udp.ports_used, 1);
         assert_eq!(udp.sockets_scanned, 1);
         assert_eq!(states(udp)["connected"], 1);
@@ -1599,16 +1619,16 @@ mod tests {
             .collect();
         let snapshot = aggregate(&sample(sockets, "40010"), &Limits::default());
         assert_eq!(snapshot.capacity, 99);
-        assert_eq!(snapshot.occupancy[0].ports_used, 99);
-        assert_eq!(snapshot.occupancy[0].used_ratio, 1.0);
+        assert_eq!(snapshot.occupancy.tcp.ports_used, 99);
+        assert_eq!(snapshot.occupancy.tcp.used_ratio, 1.0);
     }
 
     #[test]
     fn range_with_no_capacity_is_full() {
         let snapshot = aggregate(&sample(vec![], "40000-40099"), &Limits::default());
         assert_eq!(snapshot.capacity, 0);
-        assert_eq!(snapshot.occupancy[0].used_ratio, 1.0);
-        assert_eq!(snapshot.occupancy[1].used_ratio, 1.0);
+        assert_eq!(snapshot.occupancy.tcp.used_ratio, 1.0);
+        assert_eq!(snapshot.occupancy.udp.used_ratio, 1.0);
     }
 
     #[test]
@@ -1714,7 +1734,7 @@ mod tests {
             time_wait_reuse: TimeWaitReuse::default(),
             sockets,
             owners: SocketOwners::default(),
-            report: ReadReport::complete([SourceKind::Procfs; 2]),
+            report: ReadReport::complete(PerProtocol::both(SourceKind::Procfs)),
         };
         let snapshot = aggregate(&sample, &Limits::default());
         assert_eq!(
@@ -1727,7 +1747,7 @@ mod tests {
         assert_eq!(snapshot.reserved_in_range, 11);
         assert_eq!(snapshot.capacity, 89);
 
-        let tcp = &snapshot.occupancy[0];
+        let tcp = &snapshot.occupancy.tcp;
         // 5 + 1 established, 3 TIME_WAIT, 2 CLOSE_WAIT, the listener on 40050.
         assert_eq!(tcp.ports_used, 12);
         assert_eq!(tcp.used_ratio, 12.0 / 89.0);
@@ -1741,7 +1761,7 @@ mod tests {
         // ends of the 2 half-closed ones. IPv6: 2 listeners and both ends of 1.
         assert_eq!(tcp.sockets_scanned, 1 + 10 + 3 + 4 + 2 + 2);
 
-        let udp = &snapshot.occupancy[1];
+        let udp = &snapshot.occupancy.udp;
         assert_eq!(udp.ports_used, 5);
         assert_eq!(states(udp)["connected"], 2);
         // The socket on reserved port 40010 is inside the range but not used.
@@ -1903,7 +1923,7 @@ mod tests {
         assert!(one.destinations.is_empty());
         assert_eq!(one.busiest_destination_ports, 3);
         // The global count sees 44 ports: 42 for connections, 2 exclusive.
-        assert_eq!(snapshot.occupancy[0].ports_used, 44);
+        assert_eq!(snapshot.occupancy.tcp.ports_used, 44);
     }
 
     fn sockets_for_top_check() -> Vec<SocketRecord> {
@@ -2054,7 +2074,10 @@ mod tests {
         sockets[7].binding = PortBinding::Bind;
         sockets[8].binding = PortBinding::Bind;
         let mut sample = sample(sockets, "");
-        sample.report.sources = [SourceKind::Bpf, SourceKind::Netlink];
+        sample.report.sources = PerProtocol {
+            tcp: SourceKind::Bpf,
+            udp: SourceKind::Netlink,
+        };
         for (inode, pid) in [
             (1, 10),
             (2, 12),

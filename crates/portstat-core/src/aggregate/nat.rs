@@ -13,7 +13,9 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::model::{ConntrackCounters, NatEntry, PortList, PortRange, PortSet, Protocol};
+use crate::model::{
+    ConntrackCounters, NatEntry, PerProtocol, PortList, PortRange, PortSet, Protocol,
+};
 
 /// The ports MASQUERADE and SNAT pick from without `--to-ports`, for
 /// original source ports of 1024 and up (`nf_nat_l4proto_unique_tuple`).
@@ -51,10 +53,10 @@ pub struct NatFigures {
     /// The destinations whose entries hold the most ports, at most the
     /// destinations top, most first.
     pub destinations: Vec<NatUsage>,
-    /// For TCP, then UDP: distinct (NAT address, destination) pairs.
-    pub destination_count: [u64; 2],
-    /// For TCP, then UDP: the most ports any one of them holds.
-    pub busiest: [u32; 2],
+    /// Distinct (NAT address, destination) pairs.
+    pub destination_count: PerProtocol<u64>,
+    /// The most ports any one of them holds.
+    pub busiest: PerProtocol<u32>,
     /// The table's fill and failure counters, where readable.
     pub counters: Option<ConntrackCounters>,
 }
@@ -62,14 +64,14 @@ pub struct NatFigures {
 impl NatFigures {
     /// Distinct (NAT address, destination) pairs of TCP or UDP.
     pub fn pairs(&self, protocol: Protocol) -> u64 {
-        self.destination_count[protocol.index()]
+        self.destination_count[protocol]
     }
 
     /// The busiest destination's ports used over the capacity, for TCP or
     /// UDP: 1 when its next new connection is dropped. 1 when the capacity
     /// is 0.
     pub fn max_used_ratio(&self, protocol: Protocol) -> f64 {
-        let busiest = self.busiest[protocol.index()];
+        let busiest = self.busiest[protocol];
         if self.capacity == 0 {
             1.0
         } else {
@@ -120,17 +122,17 @@ impl NatTable {
 
     /// The figures, listing at most `top` destinations.
     pub fn finish(self, top: usize, counters: Option<ConntrackCounters>) -> NatFigures {
-        let mut destination_count = [0; 2];
-        let mut busiest = [0; 2];
+        let mut destination_count = PerProtocol::<u64>::default();
+        let mut busiest = PerProtocol::<u32>::default();
         let port_set = self.port_set;
         let mut usage: Vec<NatUsage> = self
             .destinations
             .into_iter()
             .map(|(destination, mut ports)| {
-                let index = destination.protocol.index();
+                let protocol = destination.protocol;
                 let ports_used = ports.count_within(&port_set);
-                destination_count[index] += 1;
-                busiest[index] = busiest[index].max(ports_used);
+                destination_count[protocol] += 1;
+                busiest[protocol] = busiest[protocol].max(ports_used);
                 NatUsage {
                     destination,
                     ports_used,
@@ -203,8 +205,8 @@ mod tests {
         table.add(&entry(Protocol::Udp, "10.0.0.1:45000", "10.0.9.9:53"));
         let figures = table.finish(2, None);
         assert_eq!(figures.capacity, 20);
-        assert_eq!(figures.destination_count, [3, 1]);
-        assert_eq!(figures.busiest, [20, 5]);
+        assert_eq!(figures.destination_count, PerProtocol { tcp: 3, udp: 1 });
+        assert_eq!(figures.busiest, PerProtocol { tcp: 20, udp: 5 });
         assert_eq!(figures.max_used_ratio(Protocol::Tcp), 1.0);
         assert_eq!(figures.max_used_ratio(Protocol::Udp), 0.25);
         let listed: Vec<(String, u32)> = figures

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use crate::model::{NO_PROCESS, PortList, PortSet, UNKNOWN_PROCESS};
+use crate::model::{NO_PROCESS, PerProtocol, PortList, PortSet, UNKNOWN_PROCESS};
 
 /// How many ports of the range one process holds.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -88,13 +88,13 @@ impl Pids {
 #[derive(Debug, Default)]
 pub struct Holders {
     /// By name: its TCP ports, its UDP ports, and the pids.
-    names: Vec<(String, [PortList; 2], Vec<u32>)>,
+    names: Vec<(String, PerProtocol<PortList>, Vec<u32>)>,
     /// Where each name is in `names`.
     index: HashMap<String, usize>,
 }
 
 impl Holders {
-    fn at(&mut self, name: &str) -> &mut (String, [PortList; 2], Vec<u32>) {
+    fn at(&mut self, name: &str) -> &mut (String, PerProtocol<PortList>, Vec<u32>) {
         let names = &mut self.names;
         let at = match self.index.get(name) {
             Some(&at) => at,
@@ -107,12 +107,11 @@ impl Holders {
         &mut names[at]
     }
 
-    /// Notes that processes named `name`, `pids`, hold the ports `ports`
-    /// (TCP, then UDP).
+    /// Notes that processes named `name`, `pids`, hold the ports `ports`.
     pub fn add_ports(
         &mut self,
         name: &str,
-        ports: [PortList; 2],
+        ports: PerProtocol<PortList>,
         pids: impl IntoIterator<Item = u32>,
     ) {
         let entry = self.at(name);
@@ -141,7 +140,7 @@ impl Holders {
         let none = PortSet::new();
         let mut usages = Vec::with_capacity(self.names.len() + 2);
         let mut bind_first = Vec::new();
-        for (process, [mut tcp, mut udp], pids) in self.names {
+        for (process, PerProtocol { mut tcp, mut udp }, pids) in self.names {
             let pids = Pids::of(pids);
             let ports_used = tcp.count_without(&none) + udp.count_without(&none);
             let bound_first = tcp.count_within(bind_first_ports);
@@ -253,7 +252,7 @@ mod tests {
     #[test]
     fn holders_count_distinct_ports_and_merge_the_names_of_nobody() {
         let ports = |tcp: &[u16], udp: &[u16]| {
-            let mut lists: [PortList; 2] = Default::default();
+            let mut lists: PerProtocol<PortList> = Default::default();
             for (list, ports) in lists.iter_mut().zip([tcp, udp]) {
                 ports.iter().for_each(|&port| list.insert(port));
             }

@@ -550,7 +550,9 @@ mod tests {
     #[test]
     fn json_keeps_its_order_and_escapes_names() {
         use crate::aggregate::{Limits, aggregate};
-        use crate::model::{NamespaceSample, PortRange, ReadReport, ReservedPorts, SourceKind};
+        use crate::model::{
+            NamespaceSample, PerProtocol, PortRange, ReadReport, ReservedPorts, SourceKind,
+        };
         let listener = SocketRecord::new(
             SocketState::Tcp(TcpState::Listen),
             "0.0.0.0:8080".parse().unwrap(),
@@ -569,7 +571,7 @@ mod tests {
             time_wait_reuse: Default::default(),
             sockets: vec![listener],
             owners,
-            report: ReadReport::complete([SourceKind::Procfs; 2]),
+            report: ReadReport::complete(PerProtocol::both(SourceKind::Procfs)),
         };
         let snapshot = aggregate(&sample, &Limits::default());
         let text = json_report(&snapshot, None);

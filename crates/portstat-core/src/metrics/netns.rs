@@ -5,7 +5,6 @@
 use crate::exposition::MetricFamily;
 
 use super::{Family, single_gauge};
-use crate::model::Protocol;
 use crate::status::NamespaceCounts;
 
 /// Writes the namespace families.
@@ -50,8 +49,8 @@ pub fn render(counts: &NamespaceCounts, out: &mut Vec<MetricFamily>) {
         "Sampled network namespaces whose sockets of a protocol were not dumped in the last sample, because their socket counts (sockstat) showed none to find.",
         &[],
     );
-    for (protocol, count) in Protocol::ALL.iter().zip(counts.skipped) {
-        skipped.gauge(&[("protocol", protocol.label())], count as f64);
+    for (protocol, count) in counts.skipped.by_protocol() {
+        skipped.gauge(&[("protocol", protocol.label())], *count as f64);
     }
     skipped.finish(out);
 }

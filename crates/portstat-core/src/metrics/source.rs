@@ -5,7 +5,6 @@ use crate::exposition::MetricFamily;
 
 use super::{BaseLabels, Family};
 use crate::aggregate::Snapshot;
-use crate::model::Protocol;
 
 /// Writes the source family of one namespace.
 pub fn render(snapshot: &Snapshot, base: &BaseLabels, out: &mut Vec<MetricFamily>) {
@@ -14,7 +13,7 @@ pub fn render(snapshot: &Snapshot, base: &BaseLabels, out: &mut Vec<MetricFamily
         "A constant 1, labelled with where each protocol's sockets are read from.",
         base,
     );
-    for (protocol, kind) in Protocol::ALL.iter().zip(snapshot.sources) {
+    for (protocol, kind) in snapshot.sources.by_protocol() {
         source.gauge(
             &[("protocol", protocol.label()), ("source", kind.label())],
             1.0,
