@@ -1126,6 +1126,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_protocol_picks_its_own_value_in_every_form() {
+        let mut per = PerProtocol::from_fn(|protocol| protocol.label().to_string());
+        assert_eq!((per.tcp.as_str(), per.udp.as_str()), ("tcp", "udp"));
+        for protocol in Protocol::ALL {
+            assert_eq!(per[protocol], protocol.label());
+        }
+        let listed: Vec<Protocol> = per.by_protocol().map(|(protocol, _)| protocol).collect();
+        assert_eq!(listed, Protocol::ALL);
+        per[Protocol::Udp].push('!');
+        assert_eq!(per.iter().cloned().collect::<Vec<_>>(), ["tcp", "udp!"]);
+        assert_eq!(per.map(|label| label.len()), PerProtocol { tcp: 3, udp: 4 });
+    }
+
+    #[test]
     fn every_comm_has_a_label_of_its_own() {
         // Two names that are not UTF-8, which a lossy conversion made one.
         assert_eq!(comm_text(b"a\xff"), "a\\xff");
