@@ -9,6 +9,7 @@ use std::sync::Arc;
 use clap::Parser;
 use tokio::sync::watch;
 
+use portstat_core::aggregate::{Finishing, Snapshot};
 use portstat_core::inspect;
 use portstat_core::status::Collector;
 use portstat_exporter::cli::{Cli, Command};
@@ -343,7 +344,6 @@ fn inspect(cli: &Cli, port: Option<u16>, json: bool) -> ExitCode {
             &still_runs,
         )
     });
-    let mut snapshot = read.finish(&owners);
     // Sockets no process holds are named after who closed them, which may
     // have exited since.
     let runs_as = |pid: u32, process: &str| {
@@ -352,32 +352,35 @@ fn inspect(cli: &Cli, port: Option<u16>, json: bool) -> ExitCode {
             portstat_core::model::process_label(portstat_core::model::comm_text(now)) == process
         })
     };
-    for usages in [
-        &mut snapshot.processes,
-        &mut snapshot.bind_before_connect_processes,
-    ] {
-        portstat_core::aggregate::processes::mark_exited(usages, &runs_as);
-    }
-    match running.and_then(|running| {
-        running
-            .map(|exporter| failures_counted_by(&exporter, &snapshot).map(|f| (exporter, f)))
-            .transpose()
-    }) {
-        Ok(Some((exporter, failures))) => {
-            eprintln!("portstat_exporter: {}", counted_by(&exporter));
-            snapshot.failures = Some(failures);
-        }
+    let mut failures = |snapshot: &Snapshot| match running.as_ref().map_err(ToString::to_string) {
+        Ok(Some(exporter)) => match failures_counted_by(exporter, snapshot) {
+            Ok(failures) => {
+                eprintln!("portstat_exporter: {}", counted_by(exporter));
+                Some(failures)
+            }
+            Err(error) => {
+                cannot_read_failures(&error);
+                None
+            }
+        },
         Ok(None) => {
             eprintln!(
                 "portstat_exporter: no exporter on this host counts failed connect() calls \
                  in this network namespace"
-            )
+            );
+            None
         }
-        Err(error) => eprintln!(
-            "portstat_exporter: cannot read the failures the running exporter counted \
-             (needs CAP_SYS_ADMIN): {error}"
-        ),
-    }
+        Err(error) => {
+            cannot_read_failures(&error);
+            None
+        }
+    };
+    let snapshot = read.finish_with(Finishing {
+        owners: &owners,
+        namespace: None,
+        runs_as: Some(&runs_as),
+        failures: Some(&mut failures),
+    });
     let port = port.zip(holders.as_deref());
     let report = if json {
         inspect::json_report(&snapshot, port)
@@ -386,6 +389,14 @@ fn inspect(cli: &Cli, port: Option<u16>, json: bool) -> ExitCode {
     };
     print!("{report}");
     ExitCode::SUCCESS
+}
+
+/// Says that the failures a running exporter counted could not be read.
+fn cannot_read_failures(error: &dyn std::fmt::Display) {
+    eprintln!(
+        "portstat_exporter: cannot read the failures the running exporter counted \
+         (needs CAP_SYS_ADMIN): {error}"
+    );
 }
 
 /// Which exporter's counts `inspect` lists.

@@ -21,9 +21,11 @@ use crate::source::read::{
     NamespaceRead, read_namespace, read_own_namespace_at_once, resolve_owners,
 };
 use crate::source::{NamespaceReader, ReadReport, SourceError, namespaces};
-use portstat_core::aggregate::{Limits, Snapshot};
+use portstat_core::aggregate::{Finishing, Limits, Snapshot};
 use portstat_core::metrics::failures::FailureHistory;
-use portstat_core::model::{NamespaceFailures, PerProtocol, PortFailureCounts};
+use portstat_core::model::{
+    NamespaceFailures, NamespaceIdentity, PerProtocol, PortFailureCounts, SocketOwners,
+};
 use portstat_core::page::landing_page;
 use portstat_core::status::{Collector, FailureCounting, NamespaceCounts, SampleStatus, Stage};
 
@@ -253,9 +255,22 @@ impl Sampler {
         }
     }
 
-    /// Gives each snapshot its namespace's failures from `counts`, weighed
-    /// against the namespace's snapshot of the last sample.
-    fn attach_failures(&mut self, snapshots: &mut [Snapshot], raw: RawCounts) {
+    /// The snapshots of the namespaces `sampled` read, each whole when made:
+    /// with its namespace, and where failures are counted its namespace's
+    /// failures from `raw`, weighed against its snapshot of the last sample.
+    fn finish(&mut self, sampled: Sampled, raw: Option<RawCounts>) -> Vec<Snapshot> {
+        let Sampled { reads, owners } = sampled;
+        let Some(raw) = raw else {
+            return reads
+                .into_iter()
+                .map(|(namespace, read)| {
+                    read.finish_with(Finishing {
+                        namespace,
+                        ..Finishing::named_by(&owners)
+                    })
+                })
+                .collect();
+        };
         let own = namespaces::own_namespace_inode();
         // The entries of a namespace gone whose inode a sampled one has now
         // are left out, and removed at once.
@@ -273,23 +288,30 @@ impl Sampler {
             _ => (false, false),
         };
         let counted = portstat_core::metrics::failures::counted(autobind);
-        let mut sampled = Vec::with_capacity(snapshots.len());
-        for snapshot in snapshots.iter_mut() {
-            let Some(netns) = inode(snapshot) else {
-                continue;
-            };
-            sampled.push(netns);
-            let before = self
-                .last_good
-                .iter()
-                .find(|previous| inode(previous) == Some(netns));
-            snapshot.failures = Some(
-                self.failure_history
-                    .figures(netns, &counts, &counted, connects, before, snapshot),
-            );
-        }
+        let mut sampled = Vec::with_capacity(reads.len());
+        let history = &mut self.failure_history;
+        let last_good = &self.last_good;
+        let snapshots = reads
+            .into_iter()
+            .map(|(namespace, read)| {
+                let mut failures = |snapshot: &Snapshot| {
+                    let netns = inode(snapshot)?;
+                    sampled.push(netns);
+                    let before = last_good
+                        .iter()
+                        .find(|previous| inode(previous) == Some(netns));
+                    Some(history.figures(netns, &counts, &counted, connects, before, snapshot))
+                };
+                read.finish_with(Finishing {
+                    namespace,
+                    failures: Some(&mut failures),
+                    ..Finishing::named_by(&owners)
+                })
+            })
+            .collect();
         self.forget_gone_namespaces(&counts, &sampled);
         self.failure_history.remember(counts, &sampled);
+        snapshots
     }
 
     /// Removes from the failure counter's maps what it counted in
@@ -435,12 +457,9 @@ impl Sampler {
         };
         self.reader.clear_connection_names();
         match result {
-            Ok(mut snapshots) => {
+            Ok(sampled) => {
                 self.sweep_connection_names();
-                if let Some(counts) = failure_counts {
-                    self.attach_failures(&mut snapshots, counts);
-                }
-                self.last_good = snapshots;
+                self.last_good = self.finish(sampled, failure_counts);
                 self.status.success = true;
                 self.status.last_success_seconds = Some(unix_seconds());
                 if was_failing {
@@ -507,8 +526,8 @@ impl Sampler {
             .or(self.last_good.first())
     }
 
-    /// Samples the namespace the exporter runs in.
-    fn sample_own(&mut self) -> Result<Vec<Snapshot>, SourceError> {
+    /// Reads the namespace the exporter runs in.
+    fn sample_own(&mut self) -> Result<Sampled, SourceError> {
         if !self.serving {
             let (read, owners) = read_own_namespace_at_once(
                 &mut self.reader,
@@ -516,7 +535,10 @@ impl Sampler {
                 None,
                 &mut self.collectors,
             )?;
-            return Ok(vec![read.finish(&owners)]);
+            return Ok(Sampled {
+                reads: vec![(None, read)],
+                owners,
+            });
         }
         let mut read = read_namespace(&mut self.reader, &self.limits, None, &mut self.collectors)?;
         let own = namespaces::own_namespace_inode();
@@ -525,12 +547,15 @@ impl Sampler {
             &mut [(own, &mut read)],
             &mut self.collectors,
         );
-        Ok(vec![read.finish(&owners)])
+        Ok(Sampled {
+            reads: vec![(None, read)],
+            owners,
+        })
     }
 
-    /// Samples every network namespace on the host, at most `max`, entering
+    /// Reads every network namespace on the host, at most `max`, entering
     /// each on this thread in turn.
-    fn sample_all(&mut self, max: usize) -> Result<Vec<Snapshot>, SourceError> {
+    fn sample_all(&mut self, max: usize) -> Result<Sampled, SourceError> {
         let discovered = self.collectors.time(Collector::Namespaces, || {
             namespaces::discover(
                 self.reader.procfs_root(),
@@ -585,15 +610,14 @@ impl Sampler {
                 .collect();
             resolve_owners(&mut self.reader, &mut reads, &mut self.collectors)
         };
-        Ok(read
-            .samples
-            .into_iter()
-            .map(|(identity, read)| {
-                let mut snapshot = read.finish(&owners);
-                snapshot.namespace = Some(identity);
-                snapshot
-            })
-            .collect())
+        Ok(Sampled {
+            reads: read
+                .samples
+                .into_iter()
+                .map(|(identity, read)| (Some(identity), read))
+                .collect(),
+            owners,
+        })
     }
 
     /// Logs once, with the figures, when namespaces that share the host's
@@ -790,6 +814,14 @@ const SAMPLER_NICENESS: i32 = 10;
 /// after a default slice of a few milliseconds. Linux 6.12 and later honour
 /// it; older kernels refuse the call, and niceness alone applies.
 const SAMPLER_SLICE_NANOSECONDS: u64 = 100_000;
+
+/// The namespaces one sample read, each with its identity where several
+/// are sampled, waiting to be finished; and the owners one walk of the
+/// processes named for them all.
+struct Sampled {
+    reads: Vec<(Option<NamespaceIdentity>, NamespaceRead)>,
+    owners: SocketOwners,
+}
 
 /// `struct sched_attr`, as `sched_setattr(2)` takes it.
 #[repr(C)]

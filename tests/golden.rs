@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use portstat_core::aggregate::Limits;
+use portstat_core::aggregate::{Finishing, Limits};
 use portstat_core::model::{NamespaceIdentity, SocketOwners};
 use portstat_core::status::{Collector, NamespaceCounts, SampleStatus};
 use portstat_exporter::collector::Collectors;
@@ -82,9 +82,10 @@ fn exposition(trees: &[(&Tree, Option<NamespaceIdentity>)]) -> String {
                     .with_nat(None);
             let read = read_namespace(&mut reader, &limits, None, &mut collectors)
                 .expect("the fixtures read");
-            let mut snapshot = read.finish(&SocketOwners::default());
-            snapshot.namespace = identity.clone();
-            snapshot
+            read.finish_with(Finishing {
+                namespace: identity.clone(),
+                ..Finishing::named_by(&SocketOwners::default())
+            })
         })
         .collect();
     let status = SampleStatus {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use portstat_core::aggregate::{Aggregator, Limits, Snapshot};
+use portstat_core::aggregate::{Aggregator, Finishing, Limits, Snapshot};
 use portstat_core::model::{OwnerLookup, PortRange, ReadReport, SocketOwners};
 use portstat_core::status::Collector;
 
@@ -29,6 +29,11 @@ impl NamespaceRead {
     /// The namespace's figures, naming processes with `owners`.
     pub fn finish(self, owners: &SocketOwners) -> Snapshot {
         self.aggregator.finish(owners, &self.report)
+    }
+
+    /// The namespace's figures, with what `finishing` gives besides.
+    pub fn finish_with(self, finishing: Finishing<'_>) -> Snapshot {
+        self.aggregator.finish_with(&self.report, finishing)
     }
 }
 

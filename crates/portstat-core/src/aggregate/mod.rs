@@ -135,6 +135,41 @@ impl Snapshot {
     }
 }
 
+/// What `Aggregator::finish_with` needs besides the sockets: whatever a
+/// snapshot holds that the sockets do not tell.
+pub struct Finishing<'a> {
+    /// The owners of the sockets, by inode, that owner records did not
+    /// name.
+    pub owners: &'a SocketOwners,
+    /// The namespace, when several are sampled.
+    pub namespace: Option<NamespaceIdentity>,
+    /// Whether process `pid` runs still under the name given: where set,
+    /// the processes named after a pid that does not are marked exited
+    /// (sockets no process holds are named after who closed them).
+    pub runs_as: Option<&'a RunsAs<'a>>,
+    /// The failures counted in the kernel in this namespace, which are
+    /// weighed against the figures of the rest of the snapshot.
+    pub failures: Option<&'a mut FailuresOf<'a>>,
+}
+
+/// Whether process `pid` runs still under the name given.
+pub type RunsAs<'a> = dyn Fn(u32, &str) -> bool + 'a;
+
+/// A namespace's failures, from the rest of its snapshot.
+pub type FailuresOf<'a> = dyn FnMut(&Snapshot) -> Option<NamespaceFailures> + 'a;
+
+impl<'a> Finishing<'a> {
+    /// Owners from `owners`, and nothing else.
+    pub fn named_by(owners: &'a SocketOwners) -> Finishing<'a> {
+        Finishing {
+            owners,
+            namespace: None,
+            runs_as: None,
+            failures: None,
+        }
+    }
+}
+
 /// Exclusive ports by reason. A port is counted once, under the first
 /// reason of `ExclusiveReason::ALL` that holds for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -536,8 +571,29 @@ impl Aggregator {
     }
 
     /// Computes the figures, naming processes with `owners` and link-local
-    /// interfaces with the report's.
-    pub fn finish(mut self, owners: &SocketOwners, report: &ReadReport) -> Snapshot {
+    /// interfaces with the report's: `finish_with` of nothing more.
+    pub fn finish(self, owners: &SocketOwners, report: &ReadReport) -> Snapshot {
+        self.finish_with(report, Finishing::named_by(owners))
+    }
+
+    /// Computes the figures, with link-local interfaces named from the
+    /// report and everything else `finishing` gives: the snapshot is whole
+    /// when it is returned, and nothing changes it afterwards.
+    pub fn finish_with(self, report: &ReadReport, finishing: Finishing<'_>) -> Snapshot {
+        let mut snapshot = self.figures(finishing.owners, report);
+        snapshot.namespace = finishing.namespace;
+        if let Some(runs_as) = finishing.runs_as {
+            processes::mark_exited(&mut snapshot.processes, runs_as);
+            processes::mark_exited(&mut snapshot.bind_before_connect_processes, runs_as);
+        }
+        if let Some(failures) = finishing.failures {
+            snapshot.failures = failures(&snapshot);
+        }
+        snapshot
+    }
+
+    /// The figures of the sockets, named with `owners`.
+    fn figures(mut self, owners: &SocketOwners, report: &ReadReport) -> Snapshot {
         let range = self.range;
         let reserved_in_range = self.reserved.count_in(range);
         let capacity = range.port_count() - reserved_in_range;
