@@ -21,8 +21,8 @@ use crate::source::read::{
     NamespaceRead, read_namespace, read_own_namespace_at_once, resolve_owners,
 };
 use crate::source::{NamespaceReader, ReadReport, SourceError, namespaces};
+use portstat_core::aggregate::failures::FailureHistory;
 use portstat_core::aggregate::{Finishing, Limits, Snapshot};
-use portstat_core::metrics::failures::FailureHistory;
 use portstat_core::model::{
     NamespaceFailures, NamespaceIdentity, PerProtocol, PortFailureCounts, SocketOwners,
 };
@@ -287,7 +287,7 @@ impl Sampler {
             FailureCounting::Bpf { autobind, connects } => (autobind, connects),
             _ => (false, false),
         };
-        let counted = portstat_core::metrics::failures::counted(autobind);
+        let counted = portstat_core::aggregate::failures::counted(autobind);
         let mut sampled = Vec::with_capacity(reads.len());
         let history = &mut self.failure_history;
         let last_good = &self.last_good;
@@ -796,7 +796,7 @@ pub fn failures_counted_by(
         .ok_or("the exporter's own network namespace cannot be read")?;
     // What the exporter counts: TCP connect() always, the rest where it
     // has counted some.
-    let mut counted = portstat_core::metrics::failures::counted(false);
+    let mut counted = portstat_core::aggregate::failures::counted(false);
     for &(counted_netns, kind, protocol) in counts.totals.keys() {
         if counted_netns == netns && !counted.contains(&(kind, protocol)) {
             counted.push((kind, protocol));

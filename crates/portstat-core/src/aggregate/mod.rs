@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
+pub mod failures;
 pub mod listeners;
 pub mod nat;
 pub mod processes;
