@@ -13,8 +13,6 @@
 pub mod aggregate;
 pub mod cadence;
 pub mod exposition;
-#[cfg(test)]
-mod fixtures;
 pub mod inspect;
 pub mod linux;
 pub mod metrics;

@@ -560,7 +560,7 @@ mod tests {
     }
 
     fn snapshot(connected: u16, time_wait: u16) -> Snapshot {
-        crate::fixtures::ten_port_snapshot(connected, time_wait)
+        crate::aggregate::fixtures::ten_port_snapshot(connected, time_wait)
     }
 
     fn page_of(snapshot: &Snapshot) -> String {
@@ -589,7 +589,8 @@ mod tests {
     #[test]
     fn the_verdict_counts_the_failures_toward_that_destination() {
         let mut full = snapshot(10, 0);
-        let failure = |remote: &str, count| crate::fixtures::tcp_connect("client", remote, count);
+        let failure =
+            |remote: &str, count| crate::aggregate::fixtures::tcp_connect("client", remote, count);
         full.failures = Some(NamespaceFailures {
             by_destination_and_process: vec![failure("127.0.0.2", 35), failure("127.0.0.3", 4)],
             ..NamespaceFailures::default()

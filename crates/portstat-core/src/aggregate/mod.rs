@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 pub mod failures;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod listeners;
 pub mod nat;
 pub mod processes;

@@ -103,7 +103,7 @@ mod tests {
     use crate::model::{PortFailure, Protocol};
 
     fn connect(process: &str, remote: &str, count: u64) -> PortFailure {
-        crate::fixtures::tcp_connect(process, remote, count)
+        crate::aggregate::fixtures::tcp_connect(process, remote, count)
     }
 
     #[test]

@@ -261,7 +261,7 @@ mod tests {
     fn failure(process: &str, remote: &str, mapped: bool, count: u64) -> PortFailure {
         PortFailure {
             ipv4_mapped: mapped,
-            ..crate::fixtures::tcp_connect(process, remote, count)
+            ..crate::aggregate::fixtures::tcp_connect(process, remote, count)
         }
     }
 
@@ -279,7 +279,7 @@ mod tests {
     /// A namespace with a 10-port range and `connected` connections to
     /// 127.0.0.2:8080, seen by a source that sees bindings.
     fn snapshot(connected: u16) -> Snapshot {
-        let snapshot = crate::fixtures::ten_port_snapshot(connected, 0);
+        let snapshot = crate::aggregate::fixtures::ten_port_snapshot(connected, 0);
         assert!(snapshot.headroom_exact());
         snapshot
     }

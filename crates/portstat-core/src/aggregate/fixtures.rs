@@ -1,6 +1,6 @@
 //! Snapshots the unit tests of several modules build alike.
 
-use crate::aggregate::{Limits, Snapshot, aggregate};
+use super::{Limits, Snapshot, aggregate};
 use crate::model::{
     FailureKind, NamespaceSample, PerProtocol, PortFailure, PortRange, ReadReport, ReservedPorts,
     SocketOwners, SocketRecord, SocketState, SourceKind, TcpState, TimeWaitReuse,
