@@ -1,7 +1,11 @@
 //! Runs source → aggregate → render and publishes each result for `serve`.
+//!
+//! The failure counter's life (loaded once, read before each sample, its
+//! counts weighed as each namespace's snapshot is finished) is in
+//! `sampler::failures`; what the sampler thread asks of the system
+//! (priority, time slice, memory handed back, gzip) in `sampler::thread`.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,20 +18,22 @@ use crate::plan::{self, Plan};
 use crate::render::Renderer;
 use crate::scrapes::ScrapeClock;
 use crate::source::all::{NamespacesRead, read_all};
-use crate::source::bpf::failures::{
-    Counting, PortFailureCounter, RawCounts, RunningExporter, names_capacity,
-};
+use crate::source::bpf::failures::PortFailureCounter;
 use crate::source::read::{
     NamespaceRead, read_namespace, read_own_namespace_at_once, resolve_owners,
 };
 use crate::source::{NamespaceReader, ReadReport, SourceError, namespaces};
 use portstat_core::aggregate::failures::FailureHistory;
-use portstat_core::aggregate::{Finishing, Limits, Snapshot};
-use portstat_core::model::{
-    NamespaceFailures, NamespaceIdentity, PerProtocol, PortFailureCounts, SocketOwners,
-};
+use portstat_core::aggregate::{Limits, Snapshot};
+use portstat_core::model::{NamespaceIdentity, PerProtocol, SocketOwners};
 use portstat_core::page::landing_page;
-use portstat_core::status::{Collector, FailureCounting, NamespaceCounts, SampleStatus, Stage};
+use portstat_core::status::{Collector, NamespaceCounts, SampleStatus, Stage};
+use thread::{gzip, lower_thread_priority, release_free_memory};
+
+mod failures;
+mod thread;
+
+pub use failures::{failures_counted_by, name_connections_as, running_exporter};
 
 /// `--collector.netns`. Like every flag's set of values, it derives clap's
 /// `ValueEnum` in the module whose choice it is (`SourceChoice` in
@@ -108,14 +114,6 @@ pub struct Sampler {
     collectors: Collectors,
 }
 
-/// How often the failure counter's namespaces are checked against the
-/// host's: a namespace gone is forgotten at the second check that misses it.
-const FORGET_EVERY: Duration = Duration::from_secs(60);
-
-/// The ports of the kernel's default range, 32768-60999, where the range
-/// cannot be read.
-const DEFAULT_RANGE_PORTS: u32 = 28232;
-
 /// How long a daemon's first sample waits for the BPF programs to load
 /// before it reads without them.
 const FIRST_SAMPLE_WAITS_FOR_PROGRAMS: Duration = Duration::from_millis(500);
@@ -162,238 +160,6 @@ impl Sampler {
                 ..SampleStatus::default()
             },
             last_exposition: Exposition::default(),
-        }
-    }
-
-    /// Counts failed `connect()` calls in the kernel from now on, for as
-    /// long as the sampler lives, where the BPF program loads, and what
-    /// `counting` asks for besides; logs why once where it cannot. For a
-    /// sampler that runs (`run`): a one-shot sample would only count its
-    /// own instant.
-    pub fn count_failures(&mut self, counting: Counting) {
-        // Connections are named in a map sized against the range of the
-        // exporter's own namespace.
-        let ports = self
-            .reader
-            .read_settings()
-            .map_or(DEFAULT_RANGE_PORTS, |settings| settings.range.port_count());
-        let names = names_capacity(ports);
-        // The autobind program reads the system call's arguments from
-        // x86-64's registers; elsewhere it is not loaded, and a kernel that
-        // refuses it keeps the TCP counter.
-        let mut counting = counting;
-        if counting.autobind && !cfg!(target_arch = "x86_64") {
-            tracing::warn!(
-                "--collector.failures.autobind reads x86-64 system calls only; \
-                 counting TCP connect() failures without it"
-            );
-            counting.autobind = false;
-        }
-        // The programs record only the namespaces sampled: room for each.
-        let namespaces = match self.namespaces {
-            NamespaceScope::Own => 1,
-            NamespaceScope::All { max } => u32::try_from(max).unwrap_or(u32::MAX),
-        };
-        let mut loaded = PortFailureCounter::load(counting, names, namespaces);
-        if counting.autobind
-            && let Err(error) = &loaded
-        {
-            tracing::warn!(err = %error, "cannot count bind() and UDP failures; counting TCP connect() failures without them");
-            counting.autobind = false;
-            loaded = PortFailureCounter::load(counting, names, namespaces);
-        }
-        match loaded {
-            Ok(mut counter) => {
-                // The exporter's own namespace is recorded from now; with
-                // every namespace, each from the sample that first finds it.
-                if let Some(own) = namespaces::own_namespace_inode()
-                    && let Err(error) = counter.sample_namespaces(&[own])
-                {
-                    tracing::warn!(err = %error, "cannot record the exporter's own namespace");
-                }
-                self.failure_counter = Some(counter);
-                self.collectors.plan(Collector::Failures, true);
-                let Counting { autobind, connects } = counting;
-                self.status.failure_counting = FailureCounting::Bpf { autobind, connects };
-                tracing::info!(
-                    autobind,
-                    connects,
-                    connection_names = connects.then_some(names),
-                    "counting failed connect() calls in the kernel"
-                );
-            }
-            Err(error) => {
-                let stage = match &error {
-                    crate::source::bpf::BpfError::Unavailable { stage, .. } => {
-                        stage.to_lowercase().replace(" ", "_")
-                    }
-                    _ => "read".to_string(),
-                };
-                tracing::info!(
-                    err = %error,
-                    "cannot count failed connect() calls ({}); the failure families are absent",
-                    why_bpf_failed(&error.to_string())
-                );
-                self.status.failure_counting = FailureCounting::Unavailable { stage };
-            }
-        }
-    }
-
-    /// The failure counter's counts now, where it counts.
-    fn read_failures(&mut self) -> Option<RawCounts> {
-        let counter = self.failure_counter.as_ref()?;
-        match self.collectors.time(Collector::Failures, || counter.read()) {
-            Ok(counts) => {
-                // Where the kernel does not say (before Linux 5.12), 0.
-                self.status.counting_runs_missed = counter.runs_missed().unwrap_or(0);
-                Some(counts)
-            }
-            Err(error) => {
-                self.collectors.failed(Collector::Failures, error);
-                None
-            }
-        }
-    }
-
-    /// The snapshots of the namespaces `sampled` read, each whole when made:
-    /// with its namespace, and where failures are counted its namespace's
-    /// failures from `raw`, weighed against its snapshot of the last sample.
-    fn finish(&mut self, sampled: Sampled, raw: Option<RawCounts>) -> Vec<Snapshot> {
-        let Sampled { reads, owners } = sampled;
-        let Some(raw) = raw else {
-            return reads
-                .into_iter()
-                .map(|(namespace, read)| {
-                    read.finish_with(Finishing {
-                        namespace,
-                        ..Finishing::named_by(&owners)
-                    })
-                })
-                .collect();
-        };
-        let own = namespaces::own_namespace_inode();
-        // The entries of a namespace gone whose inode a sampled one has now
-        // are left out, and removed at once.
-        let read = raw.resolve(&mut live_cookies(&self.namespace_handles, own));
-        let counts = read.counts;
-        if !read.stale.is_empty()
-            && let Some(counter) = &mut self.failure_counter
-            && let Err(error) = counter.forget(&[], &read.stale)
-        {
-            tracing::warn!(err = %error, "cannot remove the failures of namespaces that are gone");
-        }
-        let inode = |snapshot: &Snapshot| snapshot.namespace.as_ref().map(|n| n.inode).or(own);
-        let (autobind, connects) = match self.status.failure_counting {
-            FailureCounting::Bpf { autobind, connects } => (autobind, connects),
-            _ => (false, false),
-        };
-        let counted = portstat_core::aggregate::failures::counted(autobind);
-        let mut sampled = Vec::with_capacity(reads.len());
-        let history = &mut self.failure_history;
-        let last_good = &self.last_good;
-        let snapshots = reads
-            .into_iter()
-            .map(|(namespace, read)| {
-                let mut failures = |snapshot: &Snapshot| {
-                    let netns = inode(snapshot)?;
-                    sampled.push(netns);
-                    let before = last_good
-                        .iter()
-                        .find(|previous| inode(previous) == Some(netns));
-                    Some(history.figures(netns, &counts, &counted, connects, before, snapshot))
-                };
-                read.finish_with(Finishing {
-                    namespace,
-                    failures: Some(&mut failures),
-                    ..Finishing::named_by(&owners)
-                })
-            })
-            .collect();
-        self.forget_gone_namespaces(&counts, &sampled);
-        self.failure_history.remember(counts, &sampled);
-        snapshots
-    }
-
-    /// Removes from the failure counter's maps what it counted in
-    /// namespaces that are gone from the host, which a node's churn of pods
-    /// would otherwise pile up until the maps are full. Looks for the
-    /// host's namespaces only when the counts hold one not sampled, and
-    /// then at most once every `FORGET_EVERY`.
-    fn forget_gone_namespaces(&mut self, counts: &PortFailureCounts, sampled: &[u64]) {
-        if self
-            .failure_namespaces_looked
-            .is_some_and(|looked| looked.elapsed() < FORGET_EVERY)
-        {
-            return;
-        }
-        self.failure_namespaces_looked = Some(Instant::now());
-        let others = counts
-            .namespaces()
-            .iter()
-            .any(|netns| !sampled.contains(netns));
-        let live: Vec<u64> = if others {
-            match namespaces::discover(
-                self.reader.procfs_root(),
-                Path::new(namespaces::NAMED_NAMESPACES),
-            ) {
-                Ok(entries) => entries.iter().map(|entry| entry.identity.inode).collect(),
-                Err(error) => {
-                    tracing::warn!(err = %error, "cannot look for the host's namespaces, to remove the failures of those gone");
-                    return;
-                }
-            }
-        } else {
-            sampled.to_vec()
-        };
-        let gone = self.failure_history.gone(counts, &live);
-        if gone.is_empty() {
-            return;
-        }
-        if let Some(counter) = &mut self.failure_counter
-            && let Err(error) = counter.forget(&gone, &[])
-        {
-            tracing::warn!(err = %error, "cannot remove the failures of namespaces that are gone");
-        }
-    }
-
-    /// Gives the reader the process that closed each connection the kernel
-    /// names, to name the sockets no process holds after it, where connects
-    /// are counted.
-    fn read_connection_names(&mut self) {
-        // Without connects counted, nothing names connections.
-        if !matches!(
-            self.status.failure_counting,
-            FailureCounting::Bpf { connects: true, .. }
-        ) {
-            return;
-        }
-        let Some(counter) = &mut self.failure_counter else {
-            return;
-        };
-        self.reader.set_connection_names(Box::new(counter.names()));
-    }
-
-    /// After a sample that succeeded, removes from the kernel's map the
-    /// names of connections gone (`PortFailureCounter::sweep_names`), so
-    /// that the map evicts a name only when the connections still there
-    /// outgrow it, and counts the names it evicted.
-    fn sweep_connection_names(&mut self) {
-        if !matches!(
-            self.status.failure_counting,
-            FailureCounting::Bpf { connects: true, .. }
-        ) {
-            return;
-        }
-        let Some(counter) = &mut self.failure_counter else {
-            return;
-        };
-        let mut live = live_cookies(&self.namespace_handles, namespaces::own_namespace_inode());
-        match self
-            .collectors
-            .time(Collector::Failures, || counter.sweep_names(&mut live))
-        {
-            Ok(()) => self.status.connection_names_evicted = counter.names_evicted(),
-            Err(error) => self.collectors.failed(Collector::Failures, error),
         }
     }
 
@@ -682,38 +448,6 @@ impl Sampler {
     }
 }
 
-/// What an operator can do about a BPF load that failed with `error`: the
-/// error number says whether privileges, memory or descriptors ran short.
-fn why_bpf_failed(error: &str) -> &'static str {
-    if error.contains("os error 12") {
-        "the kernel had no memory for the BPF maps (ENOMEM): they count against \
-         the exporter's memory cgroup, whose limit is below what they need \
-         (docs/deploying.md gives the figure)"
-    } else if error.contains("os error 24") || error.contains("os error 23") {
-        "the exporter ran out of file descriptors (EMFILE): raise its RLIMIT_NOFILE \
-         (LimitNOFILE= in the unit)"
-    } else {
-        "needs the BPF source's privileges"
-    }
-}
-
-/// The cookie of the live namespace of an inode: the exporter's own, or one
-/// that `handles` refers to; `None` for another, or where it cannot be read
-/// (before Linux 5.14).
-fn live_cookies(
-    handles: &HashMap<u64, PathBuf>,
-    own: Option<u64>,
-) -> impl FnMut(u64) -> Option<u64> + '_ {
-    move |netns| {
-        if Some(netns) == own {
-            return namespaces::thread_namespace_cookie().ok();
-        }
-        namespaces::namespace_cookie(handles.get(&netns)?, netns)
-            .ok()
-            .flatten()
-    }
-}
-
 /// Why no namespace could be sampled, from the first failure of `failed`.
 fn why_no_namespace(first: Option<SourceError>, failed: u64) -> String {
     let Some(first) = first else {
@@ -756,135 +490,12 @@ fn namespace_counts(read: &NamespacesRead, omitted: usize) -> NamespaceCounts {
     }
 }
 
-/// The exporter running on this host that `inspect` reads: the one in
-/// its own network namespace, else the newest; `Ok(None)` where none
-/// counts, `Err` with why where the maps cannot be seen.
-pub fn running_exporter() -> Result<Option<RunningExporter>, String> {
-    crate::source::bpf::failures::running_exporter(namespaces::own_namespace_inode())
-        .map_err(|error| error.to_string())
-}
-
-/// Names the sockets no process holds in the exporter's own namespace
-/// after who connected them, as `exporter` has them (`inspect`); where its
-/// map cannot be read (it needs CAP_SYS_ADMIN), they stay `none`.
-pub fn name_connections_as(exporter: &RunningExporter, reader: &mut NamespaceReader) {
-    let Some(netns) = namespaces::own_namespace_inode() else {
-        return;
-    };
-    let cookie = namespaces::thread_namespace_cookie().ok();
-    if let Ok(names) = crate::source::bpf::failures::running_names(exporter, netns, cookie) {
-        reader.set_connection_names(Box::new(HashMap::from([(netns, names)])));
-    }
-}
-
-/// The failures `exporter` counted in the snapshot's namespace
-/// (`inspect`), or why they cannot be read.
-pub fn failures_counted_by(
-    exporter: &RunningExporter,
-    snapshot: &Snapshot,
-) -> Result<NamespaceFailures, String> {
-    let handles = HashMap::new();
-    let own = namespaces::own_namespace_inode();
-    let mut live = live_cookies(&handles, own);
-    let counts = crate::source::bpf::failures::running_counts(exporter, &mut live)
-        .map_err(|e| e.to_string())?;
-    let netns = snapshot
-        .namespace
-        .as_ref()
-        .map(|namespace| namespace.inode)
-        .or(own)
-        .ok_or("the exporter's own network namespace cannot be read")?;
-    // What the exporter counts: TCP connect() always, the rest where it
-    // has counted some.
-    let mut counted = portstat_core::aggregate::failures::counted(false);
-    for &(counted_netns, kind, protocol) in counts.totals.keys() {
-        if counted_netns == netns && !counted.contains(&(kind, protocol)) {
-            counted.push((kind, protocol));
-        }
-    }
-    // Connects are counted where the exporter counts some.
-    let connects = !counts.connect_totals.is_empty();
-    Ok(FailureHistory::default().figures(netns, &counts, &counted, connects, None, snapshot))
-}
-
-/// Niceness of the sampler thread above the server's.
-const SAMPLER_NICENESS: i32 = 10;
-/// The time slice the sampler thread asks for, in nanoseconds: short, so that
-/// the server, woken by a scrape, gets the CPU back within it rather than
-/// after a default slice of a few milliseconds. Linux 6.12 and later honour
-/// it; older kernels refuse the call, and niceness alone applies.
-const SAMPLER_SLICE_NANOSECONDS: u64 = 100_000;
-
 /// The namespaces one sample read, each with its identity where several
 /// are sampled, waiting to be finished; and the owners one walk of the
 /// processes named for them all.
 struct Sampled {
     reads: Vec<(Option<NamespaceIdentity>, NamespaceRead)>,
     owners: SocketOwners,
-}
-
-/// `struct sched_attr`, as `sched_setattr(2)` takes it.
-#[repr(C)]
-struct SchedulingAttributes {
-    size: u32,
-    policy: u32,
-    flags: u64,
-    nice: i32,
-    priority: u32,
-    runtime: u64,
-    deadline: u64,
-    period: u64,
-}
-
-/// Lowers the calling thread's scheduling priority, so that the scheduler
-/// runs the server before the sampler when both want a CPU: a sample of a
-/// busy host takes tens of milliseconds of CPU, and a scrape must not wait
-/// behind it. Both calls act on this thread only.
-fn lower_thread_priority() {
-    // SAFETY: gettid has no preconditions.
-    let thread = unsafe { libc::gettid() };
-    let attributes = SchedulingAttributes {
-        size: std::mem::size_of::<SchedulingAttributes>() as u32,
-        policy: libc::SCHED_OTHER as u32,
-        flags: 0,
-        nice: SAMPLER_NICENESS,
-        priority: 0,
-        runtime: SAMPLER_SLICE_NANOSECONDS,
-        deadline: 0,
-        period: 0,
-    };
-    // SAFETY: attributes outlives the call and carries its own size.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_sched_setattr,
-            thread,
-            &attributes as *const SchedulingAttributes,
-            0,
-        )
-    };
-    if result == 0 {
-        return;
-    }
-    // SAFETY: setpriority has no memory-safety preconditions.
-    let result =
-        unsafe { libc::setpriority(libc::PRIO_PROCESS, thread as libc::id_t, SAMPLER_NICENESS) };
-    if result != 0 {
-        tracing::debug!(
-            err = %std::io::Error::last_os_error(),
-            "cannot lower the sampler thread's priority"
-        );
-    }
-}
-
-/// Hands memory that is free in the allocator back to the kernel. A burst of
-/// connections (a scrape storm, an attack) leaves freed buffers scattered in
-/// the heap, which the allocator would otherwise keep for good; once per
-/// sample, this returns the process to its usual size.
-fn release_free_memory() {
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 fn stage_index(stage: Stage) -> usize {
@@ -899,14 +510,4 @@ fn unix_seconds() -> f64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64()
-}
-
-fn gzip(text: &[u8]) -> Bytes {
-    let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(text.len() / 4),
-        flate2::Compression::fast(),
-    );
-    // Writing into a Vec cannot fail.
-    let _ = encoder.write_all(text);
-    Bytes::from(encoder.finish().unwrap_or_default())
 }
