@@ -14,15 +14,23 @@ pub mod read;
 pub mod sysctl;
 pub mod walk;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+mod names;
+mod nat_read;
+mod program_load;
+mod shared_use;
+
+pub use names::NameSource;
+pub use nat_read::{NatError, NatRead};
+pub use shared_use::SharedTablesUse;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
 pub use portstat_core::model::ReadReport;
 use portstat_core::model::{
-    ConnectionNamer, ConnectionNames, ConntrackCounters, NamespaceSample, NatSink, OwnedSocket,
-    OwnerLookup, PerProtocol, PortRange, Protocol, ReservedPorts, SocketOwners, SocketRecord,
-    SocketSink, SourceKind, TimeWaitReuse,
+    NamespaceSample, OwnedSocket, OwnerLookup, PerProtocol, PortRange, Protocol, ReservedPorts,
+    SocketOwners, SocketRecord, SocketSink, SourceKind, TimeWaitReuse,
 };
 
 /// A failure to read what the kernel reports.
@@ -137,72 +145,6 @@ pub struct NamespaceReader {
     connection_names: Option<Box<dyn NameSource>>,
 }
 
-/// Who closed the connections that no process holds, by namespace: each
-/// namespace's read takes the namer of its namespace as it starts.
-pub trait NameSource: Send {
-    /// The namer of namespace `netns`, whose cookie is `cookie` where
-    /// known; `None` where nothing names its connections.
-    fn namer(&mut self, netns: u64, cookie: Option<u64>) -> Option<Box<dyn ConnectionNamer>>;
-}
-
-/// Names read whole, by namespace (`inspect`, from a running exporter).
-impl NameSource for HashMap<u64, ConnectionNames> {
-    fn namer(&mut self, netns: u64, _cookie: Option<u64>) -> Option<Box<dyn ConnectionNamer>> {
-        self.remove(&netns)
-            .map(|names| Box::new(names) as Box<dyn ConnectionNamer>)
-    }
-}
-
-/// The kernel's map of names, asked one connection at a time.
-impl NameSource for bpf::failures::Names {
-    fn namer(&mut self, netns: u64, cookie: Option<u64>) -> Option<Box<dyn ConnectionNamer>> {
-        bpf::failures::Names::namer(self, netns, cookie)
-    }
-}
-
-/// How the namespace of the last `read_settings` is read with the one walk
-/// of the host's tables (`NamespaceReader::on_shared_tables`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SharedTablesUse {
-    /// Its TCP sockets come from the walk.
-    pub tcp: bool,
-    /// Its UDP sockets come from the walk too.
-    pub udp: bool,
-    /// It is on the host's UDP table as well, and the walk can read that
-    /// table from inside it.
-    pub host_udp_table: bool,
-}
-
-/// What a read of a namespace's source NAT found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NatRead {
-    /// No NAT figures: conntrack is not read, or the namespace never
-    /// translated a source.
-    Nothing,
-    /// NAT figures to write, with the table's counters where the kernel
-    /// has them.
-    Figures { counters: Option<ConntrackCounters> },
-}
-
-/// Why a namespace's source NAT was not read.
-#[derive(Debug)]
-pub enum NatError {
-    /// There is nothing to read: `CAP_NET_ADMIN` or `nf_conntrack_netlink`
-    /// is missing. Not a failure.
-    Unavailable(conntrack::ConntrackError),
-    /// The dump or the table's counters failed to read.
-    Failed(String),
-}
-
-impl std::fmt::Display for NatError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            NatError::Unavailable(error) => error.fmt(f),
-            NatError::Failed(reason) => f.write_str(reason),
-        }
-    }
-}
-
 impl NamespaceReader {
     /// A reader of the namespace through `choice`, with procfs at
     /// `procfs_root` (normally `/proc`); `attribution` resolves socket owners.
@@ -254,308 +196,9 @@ impl NamespaceReader {
         }
     }
 
-    /// Names the sockets no process holds after the process that closed
-    /// them, by namespace, in the namespaces read from now on.
-    pub fn set_connection_names(&mut self, names: Box<dyn NameSource>) {
-        self.connection_names = Some(names);
-    }
-
-    /// Who closed the connections of the namespace the calling thread is
-    /// in; `None` where nothing names them or its inode cannot be read.
-    pub fn take_connection_names(&mut self) -> Option<Box<dyn ConnectionNamer>> {
-        let source = self.connection_names.as_mut()?;
-        let inode = namespaces::thread_namespace_inode(&self.procfs_root)?;
-        source.namer(inode, namespaces::thread_namespace_cookie().ok())
-    }
-
-    /// Names no sockets from now on (the end of a sample).
-    pub fn clear_connection_names(&mut self) {
-        self.connection_names = None;
-    }
-
-    /// With the `auto` source, starts loading the BPF programs (TCP,
-    /// owners where they are found, the one walk where it is on) on a
-    /// thread of their own, and reads TCP over netlink and owners through
-    /// `/proc/<pid>/fd` until `take_loaded_programs` finds them loaded: a
-    /// daemon's first samples then never wait for the verifier. Elsewhere
-    /// (`bpf` asked for, which fails where BPF cannot load, or a one-shot
-    /// run), the programs load where they are first used.
-    pub fn load_programs_in_background(&mut self) {
-        if self.choice != SourceChoice::Auto
-            || self.sources.tcp != SourceKind::Bpf
-            || self.loading.is_some()
-        {
-            return;
-        }
-        let owners = self.attribution && self.bpf_owners.is_none();
-        match bpf::background::ProgramLoad::start(
-            self.bpf.object().map(Path::to_path_buf),
-            owners,
-            self.shared_tables.is_some(),
-        ) {
-            Ok(loading) => {
-                self.loading = Some(loading);
-                self.sources.tcp = SourceKind::Netlink;
-            }
-            Err(error) => {
-                tracing::debug!(err = %error, "cannot load the BPF programs on a thread of their own; loading them at first use");
-            }
-        }
-    }
-
-    /// Where the programs of `load_programs_in_background` are loaded
-    /// (waiting at most `wait` for them), switches to them: TCP is read
-    /// with BPF from the next read on, logged once; a program that cannot
-    /// load is logged once with the reason, and its fallback kept.
-    pub fn take_loaded_programs(&mut self, wait: std::time::Duration) {
-        let Some(loading) = &self.loading else {
-            return;
-        };
-        let Some(loaded) = loading.finished(wait) else {
-            return;
-        };
-        self.loading = None;
-        let took_ms = loaded.took.as_millis() as u64;
-        match loaded.sockets {
-            Ok(program) => {
-                self.bpf.install(program);
-                self.sources.tcp = SourceKind::Bpf;
-                self.proven.tcp = true;
-                tracing::info!(
-                    took_ms,
-                    "the BPF programs are loaded; TCP is read with BPF from now on, with exact headroom"
-                );
-            }
-            Err(error) => warn_of_fallback(Protocol::Tcp, SourceKind::Bpf, &error.into()),
-        }
-        if let Some(owners) = loaded.owners {
-            self.bpf_owners = Some(owners.map_err(|error| log_owners_fallback(&error)));
-        }
-        if let Some(shared) = loaded.shared_tables {
-            match shared {
-                Ok(program) => {
-                    if let Some(tables) = &mut self.shared_tables {
-                        tables.install(program);
-                    }
-                }
-                Err(error) => self.give_up_shared_tables(&error),
-            }
-        }
-    }
-
-    /// Reads the TCP sockets of every namespace on the host's shared tables
-    /// in one walk (`on_shared_tables`, `read_shared_tables`) where the BPF
-    /// source runs, rather than namespace by namespace.
-    pub fn with_shared_tables(mut self, shared: bool) -> NamespaceReader {
-        self.shared_tables = shared.then(bpf::shared::SharedTables::new);
-        self
-    }
-
-    /// Whether the TCP sockets of the namespace of the last `read_settings`
-    /// (the calling thread's) are to come from the one walk of the host's
-    /// tables: the walk is on, TCP is read with BPF, the counts show TCP
-    /// sockets, and the kernel says the namespace is on the host's table
-    /// (`tcp_ehash_entries` below 0, or, for the host's own namespace, the
-    /// program's probe). Where the walk cannot run here, it is turned off
-    /// for good, logged once.
-    ///
-    /// Its UDP sockets come from the walk too where the kernel names each
-    /// namespace's UDP table (Linux 6.2+), netlink reads UDP, the counts
-    /// show UDP sockets, and the namespace is on the host's UDP table
-    /// (`udp_hash_entries` below 0, or the host's own namespace).
-    pub fn on_shared_tables(&mut self) -> SharedTablesUse {
-        if self.sources.tcp != SourceKind::Bpf
-            || self.census.is_some_and(|census| census.tcp_empty())
-        {
-            return SharedTablesUse::default();
-        }
-        let Some(shared) = &mut self.shared_tables else {
-            return SharedTablesUse::default();
-        };
-        // The host's own namespace shows a positive count, as one with
-        // tables of its own does: the probe tells them apart.
-        let on_host_table = match sysctl::read_shares_host_tcp_table(&self.procfs_root) {
-            Some(true) => shared.load_once().map(|()| (true, false)),
-            Some(false) => shared
-                .probe()
-                .map(|probe| (probe.on_host_table, probe.on_host_table)),
-            // Before Linux 6.1 the kernel does not say.
-            None => return SharedTablesUse::default(),
-        };
-        let on_host_table = on_host_table.and_then(|(tcp, host)| {
-            let udp_table = shared.reads_udp()?
-                && match sysctl::read_shares_host_udp_table(&self.procfs_root) {
-                    Some(shares) => shares || host,
-                    None => false,
-                };
-            Ok(SharedTablesUse {
-                tcp,
-                udp: tcp
-                    && udp_table
-                    && self.sources.udp == SourceKind::Netlink
-                    && !self.census.is_some_and(|census| census.udp_empty()),
-                host_udp_table: tcp && udp_table,
-            })
-        });
-        match on_host_table {
-            Ok(using) => using,
-            Err(error) => {
-                if error.is_unsupported() {
-                    self.give_up_shared_tables(&error);
-                } else {
-                    tracing::debug!(err = %error, "cannot tell whether a namespace shares the host's TCP tables");
-                }
-                SharedTablesUse::default()
-            }
-        }
-    }
-
-    /// `read_sockets` but for the protocols whose sockets are to come from
-    /// `read_shared_tables`, as `using` says. For TCP, `bound_inactive_seen`
-    /// in the report then says only whether no bound-but-inactive socket is
-    /// possible, and is to be set from the walk.
-    pub fn read_sockets_but_shared(
-        &mut self,
-        range: PortRange,
-        using: SharedTablesUse,
-        sink: &mut dyn SocketSink,
-    ) -> Result<ReadReport, SourceError> {
-        let read = PerProtocol {
-            tcp: !using.tcp,
-            udp: !using.udp,
-        };
-        self.read_sockets_with(range, None, sink, read)
-    }
-
-    /// `read_sockets` for the protocols `read` says: those
-    /// of a namespace that the one walk did not read.
-    pub fn read_protocols(
-        &mut self,
-        range: PortRange,
-        read: PerProtocol<bool>,
-        sink: &mut dyn SocketSink,
-    ) -> Result<ReadReport, SourceError> {
-        self.read_sockets_with(range, None, sink, read)
-    }
-
-    /// Whether the namespace of the last `read_settings` may hold TCP
-    /// sockets bound but neither listening nor connected.
-    pub fn may_hold_bound_inactive(&self) -> bool {
-        self.census
-            .is_none_or(|census| census.may_hold_bound_inactive())
-    }
-
-    /// Walks the host's TCP tables once, from the calling thread's
-    /// namespace, which must be on them, handing `each` the TCP sockets of
-    /// the `namespaces` with their namespace's inode. With `bound_inactive`,
-    /// the sockets bound but neither listening nor connected too. With
-    /// `read_udp`, the UDP sockets of the namespaces that ask for them, from
-    /// the calling thread's namespace's UDP table, which must be the host's.
-    pub fn read_shared_tables(
-        &mut self,
-        namespaces: &[bpf::shared::SharedNamespace],
-        read_udp: bool,
-        bound_inactive: bool,
-        each: &mut dyn FnMut(u32, &SocketRecord),
-    ) -> Result<bpf::shared::WalkOutcome, SourceError> {
-        let inodes = inode_reading(self.owner_lookup(), None);
-        let Some(shared) = &mut self.shared_tables else {
-            return Err(SourceError::Bpf(bpf::BpfError::Unavailable {
-                stage: "shared tables",
-                reason: "turned off".into(),
-            }));
-        };
-        let mut added = 0u32;
-        let walked = shared.walk(
-            namespaces,
-            read_udp,
-            inodes,
-            bound_inactive,
-            &mut |netns, socket| {
-                added += 1;
-                if added.is_multiple_of(SOCKETS_BETWEEN_YIELDS) {
-                    std::thread::yield_now();
-                }
-                each(netns, socket);
-            },
-        );
-        walked.map_err(|error| {
-            if error.is_unsupported() {
-                self.give_up_shared_tables(&error);
-            }
-            SourceError::Bpf(error)
-        })
-    }
-
-    /// Turns the one walk off for good, where `error` says it cannot run
-    /// here; logged once.
-    fn give_up_shared_tables(&mut self, error: &bpf::BpfError) {
-        tracing::info!(
-            err = %error,
-            "the host's TCP tables cannot be walked once for every namespace here; \
-             each namespace is read on its own"
-        );
-        self.shared_tables = None;
-    }
-
-    /// Also reads source NAT from conntrack (`read_nat`), only the entries
-    /// `mark` matches where given.
-    pub fn with_nat(mut self, mark: Option<conntrack::wire::MarkFilter>) -> NamespaceReader {
-        self.conntrack = Some(conntrack::ConntrackReader::new(mark));
-        self
-    }
-
-    /// Hands `sink` the source-NAT'd conntrack entries of the calling
-    /// thread's namespace, where NAT is read. Returns whether NAT figures
-    /// are to be written, with the table's counters where the kernel has
-    /// them: when the namespace translates sources, or did before. No NAT
-    /// is no error; no permission or no module is `NatError::Unavailable`,
-    /// and a failed dump, or counters that do not parse,
-    /// `NatError::Failed`: either way the namespace writes no NAT figures
-    /// this time.
-    pub fn read_nat(&mut self, sink: &mut dyn NatSink) -> Result<NatRead, NatError> {
-        let Some(reader) = self.conntrack.as_mut() else {
-            return Ok(NatRead::Nothing);
-        };
-        let mut counting = CountingNat { sink, added: 0 };
-        // conntrack's hash table is shared by every namespace, and a dump
-        // walks all of it: an empty table, as most pods' are, is not
-        // dumped.
-        let empty = std::fs::read_to_string(self.procfs_root.join(CONNTRACK_COUNT))
-            .is_ok_and(|count| count.trim() == "0");
-        if !empty {
-            reader.read(&mut counting).map_err(|error| {
-                if conntrack::Unavailable::is_unavailable(&error) {
-                    NatError::Unavailable(error)
-                } else {
-                    NatError::Failed(error.to_string())
-                }
-            })?;
-        }
-        let counters = conntrack::read_counters(
-            &self.net.join("stat").join("nf_conntrack"),
-            &self.procfs_root.join(CONNTRACK_MAX),
-        )
-        .map_err(NatError::Failed)?;
-        // A namespace whose inode cannot be read is not remembered: its
-        // figures show only while it translates.
-        let namespace = namespaces::thread_namespace_inode(&self.procfs_root);
-        if counting.added > 0 {
-            self.nat_seen.extend(namespace);
-        } else if !namespace.is_some_and(|namespace| self.nat_seen.contains(&namespace)) {
-            return Ok(NatRead::Nothing);
-        }
-        Ok(NatRead::Figures { counters })
-    }
-
     /// Whether socket owners are found.
     pub fn finds_owners(&self) -> bool {
         self.attribution
-    }
-
-    /// Whether source NAT is read (`with_nat`).
-    pub fn reads_nat(&self) -> bool {
-        self.conntrack.is_some()
     }
 
     /// Loads the BPF program from `object` rather than the one built in:
@@ -728,23 +371,6 @@ impl NamespaceReader {
     /// The procfs root this reader reads.
     pub fn procfs_root(&self) -> &Path {
         &self.procfs_root
-    }
-
-    /// Loads the owners program where owners are to come from BPF records
-    /// (attribution on, the `auto` or `bpf` source) and it is neither
-    /// loaded nor loading in the background; where it cannot load, owners
-    /// are found through `/proc/<pid>/fd`, logged once. Part of resolving
-    /// what the exporter reads, at start: `owner_lookup` never loads.
-    pub fn load_owner_program(&mut self) {
-        if !self.attribution
-            || !matches!(self.choice, SourceChoice::Auto | SourceChoice::Bpf)
-            || self.loading.is_some()
-            || self.bpf_owners.is_some()
-        {
-            return;
-        }
-        self.bpf_owners =
-            Some(bpf::owners::BpfOwners::load().map_err(|error| log_owners_fallback(&error)));
     }
 
     /// How owners are found now: not at all without attribution; from BPF
@@ -1012,32 +638,5 @@ fn owner_lookup_before_load(attribution: bool) -> OwnerLookup {
         OwnerLookup::ByInode
     } else {
         OwnerLookup::Off
-    }
-}
-
-/// Entries in the namespace's conntrack table, below the procfs root.
-const CONNTRACK_COUNT: &str = "sys/net/netfilter/nf_conntrack_count";
-/// The most entries the table takes, below the procfs root.
-const CONNTRACK_MAX: &str = "sys/net/netfilter/nf_conntrack_max";
-
-/// Passes entries on to a sink, counting them, and yielding the CPU every
-/// `SOCKETS_BETWEEN_YIELDS` entries, as the socket sources do.
-struct CountingNat<'a> {
-    sink: &'a mut dyn NatSink,
-    added: u64,
-}
-
-impl NatSink for CountingNat<'_> {
-    fn add_nat(&mut self, entry: &portstat_core::model::NatEntry) {
-        self.added += 1;
-        if self.added.is_multiple_of(u64::from(SOCKETS_BETWEEN_YIELDS)) {
-            std::thread::yield_now();
-        }
-        self.sink.add_nat(entry);
-    }
-
-    fn restart_nat(&mut self) {
-        self.added = 0;
-        self.sink.restart_nat();
     }
 }

@@ -1,0 +1,120 @@
+//! A reader's source NAT, from conntrack: the entries of the calling
+//! thread's namespace and the table's counters.
+
+use portstat_core::model::{ConntrackCounters, NatSink};
+
+use super::{NamespaceReader, SOCKETS_BETWEEN_YIELDS, conntrack, namespaces};
+
+/// What a read of a namespace's source NAT found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatRead {
+    /// No NAT figures: conntrack is not read, or the namespace never
+    /// translated a source.
+    Nothing,
+    /// NAT figures to write, with the table's counters where the kernel
+    /// has them.
+    Figures { counters: Option<ConntrackCounters> },
+}
+
+/// Why a namespace's source NAT was not read.
+#[derive(Debug)]
+pub enum NatError {
+    /// There is nothing to read: `CAP_NET_ADMIN` or `nf_conntrack_netlink`
+    /// is missing. Not a failure.
+    Unavailable(conntrack::ConntrackError),
+    /// The dump or the table's counters failed to read.
+    Failed(String),
+}
+
+impl std::fmt::Display for NatError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NatError::Unavailable(error) => error.fmt(f),
+            NatError::Failed(reason) => f.write_str(reason),
+        }
+    }
+}
+
+impl NamespaceReader {
+    /// Also reads source NAT from conntrack (`read_nat`), only the entries
+    /// `mark` matches where given.
+    pub fn with_nat(mut self, mark: Option<conntrack::wire::MarkFilter>) -> NamespaceReader {
+        self.conntrack = Some(conntrack::ConntrackReader::new(mark));
+        self
+    }
+
+    /// Hands `sink` the source-NAT'd conntrack entries of the calling
+    /// thread's namespace, where NAT is read. Returns whether NAT figures
+    /// are to be written, with the table's counters where the kernel has
+    /// them: when the namespace translates sources, or did before. No NAT
+    /// is no error; no permission or no module is `NatError::Unavailable`,
+    /// and a failed dump, or counters that do not parse,
+    /// `NatError::Failed`: either way the namespace writes no NAT figures
+    /// this time.
+    pub fn read_nat(&mut self, sink: &mut dyn NatSink) -> Result<NatRead, NatError> {
+        let Some(reader) = self.conntrack.as_mut() else {
+            return Ok(NatRead::Nothing);
+        };
+        let mut counting = CountingNat { sink, added: 0 };
+        // conntrack's hash table is shared by every namespace, and a dump
+        // walks all of it: an empty table, as most pods' are, is not
+        // dumped.
+        let empty = std::fs::read_to_string(self.procfs_root.join(CONNTRACK_COUNT))
+            .is_ok_and(|count| count.trim() == "0");
+        if !empty {
+            reader.read(&mut counting).map_err(|error| {
+                if conntrack::Unavailable::is_unavailable(&error) {
+                    NatError::Unavailable(error)
+                } else {
+                    NatError::Failed(error.to_string())
+                }
+            })?;
+        }
+        let counters = conntrack::read_counters(
+            &self.net.join("stat").join("nf_conntrack"),
+            &self.procfs_root.join(CONNTRACK_MAX),
+        )
+        .map_err(NatError::Failed)?;
+        // A namespace whose inode cannot be read is not remembered: its
+        // figures show only while it translates.
+        let namespace = namespaces::thread_namespace_inode(&self.procfs_root);
+        if counting.added > 0 {
+            self.nat_seen.extend(namespace);
+        } else if !namespace.is_some_and(|namespace| self.nat_seen.contains(&namespace)) {
+            return Ok(NatRead::Nothing);
+        }
+        Ok(NatRead::Figures { counters })
+    }
+
+    /// Whether source NAT is read (`with_nat`).
+    pub fn reads_nat(&self) -> bool {
+        self.conntrack.is_some()
+    }
+}
+
+/// Entries in the namespace's conntrack table, below the procfs root.
+const CONNTRACK_COUNT: &str = "sys/net/netfilter/nf_conntrack_count";
+/// The most entries the table takes, below the procfs root.
+const CONNTRACK_MAX: &str = "sys/net/netfilter/nf_conntrack_max";
+
+/// Passes entries on to a sink, counting them, and yielding the CPU every
+/// `SOCKETS_BETWEEN_YIELDS` entries, as the socket sources do.
+struct CountingNat<'a> {
+    sink: &'a mut dyn NatSink,
+    added: u64,
+}
+
+impl NatSink for CountingNat<'_> {
+    fn add_nat(&mut self, entry: &portstat_core::model::NatEntry) {
+        self.added += 1;
+        if self.added.is_multiple_of(u64::from(SOCKETS_BETWEEN_YIELDS)) {
+            std::thread::yield_now();
+        }
+        self.sink.add_nat(entry);
+    }
+
+    fn restart_nat(&mut self) {
+        self.added = 0;
+        self.sink.restart_nat();
+    }
+}

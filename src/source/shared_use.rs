@@ -1,0 +1,178 @@
+//! A reader's use of the one walk of the host's shared TCP tables: which
+//! namespaces it reads, and the protocols left for each to read on its own.
+
+use portstat_core::model::{PerProtocol, PortRange, SocketRecord, SocketSink, SourceKind};
+
+use super::{
+    NamespaceReader, ReadReport, SOCKETS_BETWEEN_YIELDS, SourceError, bpf, inode_reading, sysctl,
+};
+
+/// How the namespace of the last `read_settings` is read with the one walk
+/// of the host's tables (`NamespaceReader::on_shared_tables`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SharedTablesUse {
+    /// Its TCP sockets come from the walk.
+    pub tcp: bool,
+    /// Its UDP sockets come from the walk too.
+    pub udp: bool,
+    /// It is on the host's UDP table as well, and the walk can read that
+    /// table from inside it.
+    pub host_udp_table: bool,
+}
+
+impl NamespaceReader {
+    /// Reads the TCP sockets of every namespace on the host's shared tables
+    /// in one walk (`on_shared_tables`, `read_shared_tables`) where the BPF
+    /// source runs, rather than namespace by namespace.
+    pub fn with_shared_tables(mut self, shared: bool) -> NamespaceReader {
+        self.shared_tables = shared.then(bpf::shared::SharedTables::new);
+        self
+    }
+
+    /// Whether the TCP sockets of the namespace of the last `read_settings`
+    /// (the calling thread's) are to come from the one walk of the host's
+    /// tables: the walk is on, TCP is read with BPF, the counts show TCP
+    /// sockets, and the kernel says the namespace is on the host's table
+    /// (`tcp_ehash_entries` below 0, or, for the host's own namespace, the
+    /// program's probe). Where the walk cannot run here, it is turned off
+    /// for good, logged once.
+    ///
+    /// Its UDP sockets come from the walk too where the kernel names each
+    /// namespace's UDP table (Linux 6.2+), netlink reads UDP, the counts
+    /// show UDP sockets, and the namespace is on the host's UDP table
+    /// (`udp_hash_entries` below 0, or the host's own namespace).
+    pub fn on_shared_tables(&mut self) -> SharedTablesUse {
+        if self.sources.tcp != SourceKind::Bpf
+            || self.census.is_some_and(|census| census.tcp_empty())
+        {
+            return SharedTablesUse::default();
+        }
+        let Some(shared) = &mut self.shared_tables else {
+            return SharedTablesUse::default();
+        };
+        // The host's own namespace shows a positive count, as one with
+        // tables of its own does: the probe tells them apart.
+        let on_host_table = match sysctl::read_shares_host_tcp_table(&self.procfs_root) {
+            Some(true) => shared.load_once().map(|()| (true, false)),
+            Some(false) => shared
+                .probe()
+                .map(|probe| (probe.on_host_table, probe.on_host_table)),
+            // Before Linux 6.1 the kernel does not say.
+            None => return SharedTablesUse::default(),
+        };
+        let on_host_table = on_host_table.and_then(|(tcp, host)| {
+            let udp_table = shared.reads_udp()?
+                && match sysctl::read_shares_host_udp_table(&self.procfs_root) {
+                    Some(shares) => shares || host,
+                    None => false,
+                };
+            Ok(SharedTablesUse {
+                tcp,
+                udp: tcp
+                    && udp_table
+                    && self.sources.udp == SourceKind::Netlink
+                    && !self.census.is_some_and(|census| census.udp_empty()),
+                host_udp_table: tcp && udp_table,
+            })
+        });
+        match on_host_table {
+            Ok(using) => using,
+            Err(error) => {
+                if error.is_unsupported() {
+                    self.give_up_shared_tables(&error);
+                } else {
+                    tracing::debug!(err = %error, "cannot tell whether a namespace shares the host's TCP tables");
+                }
+                SharedTablesUse::default()
+            }
+        }
+    }
+
+    /// `read_sockets` but for the protocols whose sockets are to come from
+    /// `read_shared_tables`, as `using` says. For TCP, `bound_inactive_seen`
+    /// in the report then says only whether no bound-but-inactive socket is
+    /// possible, and is to be set from the walk.
+    pub fn read_sockets_but_shared(
+        &mut self,
+        range: PortRange,
+        using: SharedTablesUse,
+        sink: &mut dyn SocketSink,
+    ) -> Result<ReadReport, SourceError> {
+        let read = PerProtocol {
+            tcp: !using.tcp,
+            udp: !using.udp,
+        };
+        self.read_sockets_with(range, None, sink, read)
+    }
+
+    /// `read_sockets` for the protocols `read` says: those
+    /// of a namespace that the one walk did not read.
+    pub fn read_protocols(
+        &mut self,
+        range: PortRange,
+        read: PerProtocol<bool>,
+        sink: &mut dyn SocketSink,
+    ) -> Result<ReadReport, SourceError> {
+        self.read_sockets_with(range, None, sink, read)
+    }
+
+    /// Whether the namespace of the last `read_settings` may hold TCP
+    /// sockets bound but neither listening nor connected.
+    pub fn may_hold_bound_inactive(&self) -> bool {
+        self.census
+            .is_none_or(|census| census.may_hold_bound_inactive())
+    }
+
+    /// Walks the host's TCP tables once, from the calling thread's
+    /// namespace, which must be on them, handing `each` the TCP sockets of
+    /// the `namespaces` with their namespace's inode. With `bound_inactive`,
+    /// the sockets bound but neither listening nor connected too. With
+    /// `read_udp`, the UDP sockets of the namespaces that ask for them, from
+    /// the calling thread's namespace's UDP table, which must be the host's.
+    pub fn read_shared_tables(
+        &mut self,
+        namespaces: &[bpf::shared::SharedNamespace],
+        read_udp: bool,
+        bound_inactive: bool,
+        each: &mut dyn FnMut(u32, &SocketRecord),
+    ) -> Result<bpf::shared::WalkOutcome, SourceError> {
+        let inodes = inode_reading(self.owner_lookup(), None);
+        let Some(shared) = &mut self.shared_tables else {
+            return Err(SourceError::Bpf(bpf::BpfError::Unavailable {
+                stage: "shared tables",
+                reason: "turned off".into(),
+            }));
+        };
+        let mut added = 0u32;
+        let walked = shared.walk(
+            namespaces,
+            read_udp,
+            inodes,
+            bound_inactive,
+            &mut |netns, socket| {
+                added += 1;
+                if added.is_multiple_of(SOCKETS_BETWEEN_YIELDS) {
+                    std::thread::yield_now();
+                }
+                each(netns, socket);
+            },
+        );
+        walked.map_err(|error| {
+            if error.is_unsupported() {
+                self.give_up_shared_tables(&error);
+            }
+            SourceError::Bpf(error)
+        })
+    }
+
+    /// Turns the one walk off for good, where `error` says it cannot run
+    /// here; logged once.
+    pub(super) fn give_up_shared_tables(&mut self, error: &bpf::BpfError) {
+        tracing::info!(
+            err = %error,
+            "the host's TCP tables cannot be walked once for every namespace here; \
+             each namespace is read on its own"
+        );
+        self.shared_tables = None;
+    }
+}
