@@ -221,14 +221,7 @@ impl Sampler {
     /// names, to name the sockets no process holds after it, where connects
     /// are counted.
     pub(super) fn read_connection_names(&mut self) {
-        // Without connects counted, nothing names connections.
-        if !matches!(
-            self.status.failure_counting,
-            FailureCounting::Bpf { connects: true, .. }
-        ) {
-            return;
-        }
-        let Some(counter) = &mut self.failure_counter else {
+        let Some(counter) = naming(&self.status.failure_counting, &mut self.failure_counter) else {
             return;
         };
         self.reader.set_connection_names(Box::new(counter.names()));
@@ -239,13 +232,7 @@ impl Sampler {
     /// that the map evicts a name only when the connections still there
     /// outgrow it, and counts the names it evicted.
     pub(super) fn sweep_connection_names(&mut self) {
-        if !matches!(
-            self.status.failure_counting,
-            FailureCounting::Bpf { connects: true, .. }
-        ) {
-            return;
-        }
-        let Some(counter) = &mut self.failure_counter else {
+        let Some(counter) = naming(&self.status.failure_counting, &mut self.failure_counter) else {
             return;
         };
         let mut live = live_cookies(&self.namespace_handles, namespaces::own_namespace_inode());
@@ -256,6 +243,18 @@ impl Sampler {
             Ok(()) => self.status.connection_names_evicted = counter.names_evicted(),
             Err(error) => self.collectors.failed(Collector::Failures, error),
         }
+    }
+}
+
+/// The counter, where it names connections: only where connects are
+/// counted does anything name them.
+fn naming<'a>(
+    counting: &FailureCounting,
+    counter: &'a mut Option<PortFailureCounter>,
+) -> Option<&'a mut PortFailureCounter> {
+    match counting {
+        FailureCounting::Bpf { connects: true, .. } => counter.as_mut(),
+        _ => None,
     }
 }
 
