@@ -2,8 +2,9 @@
 
 use super::{Limits, Snapshot, aggregate};
 use crate::model::{
-    FailureKind, NamespaceSample, PerProtocol, PortFailure, PortRange, ReadReport, ReservedPorts,
-    SocketOwners, SocketRecord, SocketState, SourceKind, TcpState, TimeWaitReuse,
+    FailureKind, NamespaceSample, PerProtocol, PortFailure, PortFailureCounts, PortRange,
+    ReadReport, ReservedPorts, SocketOwners, SocketRecord, SocketState, SourceKind, TcpState,
+    TimeWaitReuse,
 };
 
 /// `count` TCP connects of process `process` in namespace 7, from
@@ -57,4 +58,34 @@ pub fn ten_port_snapshot(connected: u16, time_wait: u16) -> Snapshot {
         report: ReadReport::complete(PerProtocol::both(SourceKind::Bpf)),
     };
     aggregate(&sample, &Limits::default())
+}
+
+/// `tcp_connect` toward `remote`, its calls made by an IPv6 socket to the
+/// IPv4-mapped address where `mapped`.
+pub fn tcp_connect_mapped(process: &str, remote: &str, mapped: bool, count: u64) -> PortFailure {
+    PortFailure {
+        ipv4_mapped: mapped,
+        ..tcp_connect(process, remote, count)
+    }
+}
+
+/// The counts of namespace 7 as the failure counter reads them: `failures`,
+/// their totals, and `attempts` connect attempts.
+pub fn counts_of(failures: Vec<PortFailure>, attempts: u64) -> PortFailureCounts {
+    let mut counts = PortFailureCounts::default();
+    for failure in &failures {
+        counts.add_total(7, failure.kind, failure.protocol, failure.count);
+    }
+    counts.add_connect_attempts(7, attempts);
+    counts.failures = failures;
+    counts.failures.sort_by(|a, b| a.key().cmp(&b.key()));
+    counts
+}
+
+/// `ten_port_snapshot` with `connected` connections and none in
+/// TIME_WAIT, whose headroom is exact.
+pub fn exact_ten_port_snapshot(connected: u16) -> Snapshot {
+    let snapshot = ten_port_snapshot(connected, 0);
+    assert!(snapshot.headroom_exact());
+    snapshot
 }

@@ -254,35 +254,11 @@ pub fn render_counting(counting: &FailureCounting, runs_missed: u64, out: &mut V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::Snapshot;
     use crate::aggregate::failures::{FailureHistory, counted};
-    use crate::model::PortFailureCounts;
 
-    fn failure(process: &str, remote: &str, mapped: bool, count: u64) -> PortFailure {
-        PortFailure {
-            ipv4_mapped: mapped,
-            ..crate::aggregate::fixtures::tcp_connect(process, remote, count)
-        }
-    }
-
-    fn counts(failures: Vec<PortFailure>, attempts: u64) -> PortFailureCounts {
-        let mut counts = PortFailureCounts::default();
-        for failure in &failures {
-            counts.add_total(7, failure.kind, failure.protocol, failure.count);
-        }
-        counts.add_connect_attempts(7, attempts);
-        counts.failures = failures;
-        counts.failures.sort_by(|a, b| a.key().cmp(&b.key()));
-        counts
-    }
-
-    /// A namespace with a 10-port range and `connected` connections to
-    /// 127.0.0.2:8080, seen by a source that sees bindings.
-    fn snapshot(connected: u16) -> Snapshot {
-        let snapshot = crate::aggregate::fixtures::ten_port_snapshot(connected, 0);
-        assert!(snapshot.headroom_exact());
-        snapshot
-    }
+    use crate::aggregate::fixtures::{
+        counts_of as counts, exact_ten_port_snapshot as snapshot, tcp_connect_mapped as failure,
+    };
 
     const DESTINATION: &str = "127.0.0.2";
 
