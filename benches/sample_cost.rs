@@ -44,14 +44,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--sockets" => {
-                sizes = args
-                    .next()
-                    .expect("--sockets N[,N...]")
-                    .split(',')
-                    .map(|size| size.parse().expect("--sockets N[,N...]"))
-                    .collect()
-            }
+            "--sockets" => sizes = common::socket_sizes(args.next()),
             "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             "--rounds" => {
                 rounds = args

@@ -34,13 +34,6 @@ use std::time::{Duration, Instant};
 use common::{sampler_cpu_seconds, vm_hwm_kib};
 use support::Netns;
 
-/// One connection in this many is closed by its client, to sit in TIME_WAIT.
-const TIME_WAIT_EVERY: usize = 10;
-/// Connections a helper holds: 12,800 descriptors, inside the 20,000 a
-/// process may hold here.
-const CONNECTIONS_PER_HELPER: usize = 6400;
-/// Idle threads in each helper besides its main one.
-const HELPER_THREADS: usize = 3;
 /// How long `ss -tanp` may run before it is given up on.
 const SS_P_LIMIT: Duration = Duration::from_secs(300);
 
@@ -48,23 +41,8 @@ fn main() {
     if common::run_helper_if_asked() {
         return;
     }
-    let mut sizes = vec![56_000usize, 250_000, 500_000, 1_000_000];
-    let mut runs = 3usize;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--sockets" => {
-                sizes = args
-                    .next()
-                    .expect("--sockets N[,N...]")
-                    .split(',')
-                    .map(|size| size.parse().expect("--sockets N[,N...]"))
-                    .collect()
-            }
-            "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
-            _ => {} // cargo passes --bench
-        }
-    }
+    let (sizes, runs) =
+        common::sizes_and_runs(vec![56_000usize, 250_000, 500_000, 1_000_000], 3usize);
     for size in sizes {
         measure_size(size, runs);
     }
@@ -74,22 +52,13 @@ fn measure_size(sockets: usize, runs: usize) {
     let range = (32768, 60999);
     let netns = Netns::new(range, "10042");
     let started = Instant::now();
-    // A held connection is two sockets; a TIME_WAIT one leaves one behind.
-    let connections = (sockets * TIME_WAIT_EVERY).div_ceil(2 * TIME_WAIT_EVERY - 1);
-    let helpers = common::populate_with(
-        || netns.command(&std::env::current_exe().unwrap().to_string_lossy()),
-        connections,
-        TIME_WAIT_EVERY,
-        1000,
-        CONNECTIONS_PER_HELPER,
-        HELPER_THREADS,
-    );
+    let helpers = common::fill_like_a_proxy(&netns, sockets);
     let counted = common::tcp_sockets(&netns);
     println!(
         "\n== {counted} TCP sockets (sockstat inuse + tw), {} helper processes of {} threads, \
          filled in {:.0} s",
         helpers.len(),
-        HELPER_THREADS + 1,
+        common::PROXY_HELPER_THREADS + 1,
         started.elapsed().as_secs_f64()
     );
 

@@ -50,13 +50,6 @@ const RANGE: PortRange = PortRange {
     end: 60999,
 };
 
-/// One connection in this many is closed by its client, to sit in TIME_WAIT.
-const TIME_WAIT_EVERY: usize = 10;
-/// Connections a helper holds, as in `scale_cost`.
-const CONNECTIONS_PER_HELPER: usize = 6400;
-/// Idle threads in each helper besides its main one.
-const HELPER_THREADS: usize = 3;
-
 fn main() {
     if common::run_helper_if_asked() {
         return;
@@ -66,23 +59,7 @@ fn main() {
         measure(fields.next().unwrap(), fields.next().unwrap());
         return;
     }
-    let mut sizes = vec![128_000usize];
-    let mut runs = 7usize;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--sockets" => {
-                sizes = args
-                    .next()
-                    .expect("--sockets N[,N...]")
-                    .split(',')
-                    .map(|size| size.parse().expect("--sockets N[,N...]"))
-                    .collect()
-            }
-            "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
-            _ => {} // cargo passes --bench
-        }
-    }
+    let (sizes, runs) = common::sizes_and_runs(vec![128_000usize], 7usize);
     for sockets in sizes {
         measure_size(sockets, runs);
     }
@@ -92,16 +69,7 @@ fn main() {
 /// walk of it.
 fn measure_size(sockets: usize, runs: usize) {
     let netns = Netns::new((RANGE.start, RANGE.end), "10042");
-    // A held connection is two sockets; a TIME_WAIT one leaves one behind.
-    let connections = (sockets * TIME_WAIT_EVERY).div_ceil(2 * TIME_WAIT_EVERY - 1);
-    let helpers = common::populate_with(
-        || netns.command(&std::env::current_exe().unwrap().to_string_lossy()),
-        connections,
-        TIME_WAIT_EVERY,
-        1000,
-        CONNECTIONS_PER_HELPER,
-        HELPER_THREADS,
-    );
+    let helpers = common::fill_like_a_proxy(&netns, sockets);
     let counted = common::tcp_sockets(&netns);
     println!("\n== {counted} TCP sockets (sockstat inuse + tw)");
     let mut ss: Vec<f64> = (0..runs)

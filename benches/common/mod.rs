@@ -89,6 +89,56 @@ pub fn populate_with(
     helpers
 }
 
+/// One connection in this many is closed by its client, to sit in
+/// TIME_WAIT, where a namespace is filled as a proxy's workers fill it.
+pub const PROXY_TIME_WAIT_EVERY: usize = 10;
+/// Connections a proxy-like helper holds: 12,800 descriptors, inside the
+/// 20,000 a process may hold here.
+pub const PROXY_CONNECTIONS_PER_HELPER: usize = 6400;
+/// Idle threads in each proxy-like helper besides its main one.
+pub const PROXY_HELPER_THREADS: usize = 3;
+
+/// Fills `netns` with about `sockets` TCP sockets held by helper processes
+/// of four threads each, 6,400 connections a process, one in ten closed
+/// into TIME_WAIT, as a proxy's workers hold them; the helpers end when
+/// handed to `end_helpers`.
+pub fn fill_like_a_proxy(netns: &crate::support::Netns, sockets: usize) -> Vec<Child> {
+    // A held connection is two sockets; a TIME_WAIT one leaves one behind.
+    let every = PROXY_TIME_WAIT_EVERY;
+    let connections = (sockets * every).div_ceil(2 * every - 1);
+    populate_with(
+        || netns.command(&std::env::current_exe().unwrap().to_string_lossy()),
+        connections,
+        every,
+        1000,
+        PROXY_CONNECTIONS_PER_HELPER,
+        PROXY_HELPER_THREADS,
+    )
+}
+
+/// `--sockets N[,N...]` and `--runs N`, each `sizes` and `runs` where it is
+/// not given; other arguments (cargo passes `--bench`) are left alone.
+pub fn sizes_and_runs(mut sizes: Vec<usize>, mut runs: usize) -> (Vec<usize>, usize) {
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--sockets" => sizes = socket_sizes(args.next()),
+            "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
+            _ => {}
+        }
+    }
+    (sizes, runs)
+}
+
+/// The sizes of `--sockets N[,N...]`, from the flag's value.
+pub fn socket_sizes(value: Option<String>) -> Vec<usize> {
+    value
+        .expect("--sockets N[,N...]")
+        .split(',')
+        .map(|size| size.parse().expect("--sockets N[,N...]"))
+        .collect()
+}
+
 /// Ends the helpers: each exits when its standard input closes.
 pub fn end_helpers(helpers: Vec<Child>) {
     for mut helper in helpers {
