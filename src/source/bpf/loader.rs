@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use aya::maps::MapData;
 use aya_obj::btf::BtfFeatures;
@@ -21,6 +21,10 @@ use aya_obj::generated::{bpf_attach_type, bpf_cmd, bpf_prog_type};
 use aya_obj::{Features, Object};
 
 use super::btf::Btf;
+
+mod commands;
+
+use commands::{BtfLoad, IterCreate, LinkCreate, ObjGetInfo, ProgLoad, RawTracepointOpen, bpf};
 
 /// Why loading failed, and at which stage.
 #[derive(Debug)]
@@ -616,106 +620,6 @@ fn open_raw_tracepoint(program: &OwnedFd) -> io::Result<OwnedFd> {
         pad: 0,
     };
     bpf(bpf_cmd::BPF_RAW_TRACEPOINT_OPEN, &mut attr)
-}
-
-/// The `bpf()` attribute blocks of the commands used, laid out as the
-/// `union bpf_attr` members of `include/uapi/linux/bpf.h`; the kernel reads
-/// as many bytes as it is given and takes the rest as zero.
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoad {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-    prog_btf_fd: u32,
-    func_info_rec_size: u32,
-    func_info: u64,
-    func_info_cnt: u32,
-    line_info_rec_size: u32,
-    line_info: u64,
-    line_info_cnt: u32,
-    attach_btf_id: u32,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct BtfLoad {
-    btf: u64,
-    btf_log_buf: u64,
-    btf_size: u32,
-    btf_log_size: u32,
-    btf_log_level: u32,
-    /// Written by the kernel; here so that the block has no padding.
-    btf_log_true_size: u32,
-}
-
-#[repr(C)]
-struct LinkCreate {
-    prog_fd: u32,
-    target_fd: u32,
-    attach_type: u32,
-    flags: u32,
-}
-
-/// `BPF_RAW_TRACEPOINT_OPEN` of a BTF-enabled program: no name, since the
-/// program's `attach_btf_id` names the tracepoint.
-#[repr(C)]
-struct RawTracepointOpen {
-    name: u64,
-    prog_fd: u32,
-    pad: u32,
-}
-
-/// `BPF_OBJ_GET_INFO_BY_FD`.
-#[repr(C)]
-struct ObjGetInfo {
-    bpf_fd: u32,
-    info_len: u32,
-    info: u64,
-}
-
-#[repr(C)]
-struct IterCreate {
-    link_fd: u32,
-    flags: u32,
-}
-
-/// One of the attribute blocks above.
-trait Attributes {}
-impl Attributes for ProgLoad {}
-impl Attributes for BtfLoad {}
-impl Attributes for LinkCreate {}
-impl Attributes for IterCreate {}
-impl Attributes for RawTracepointOpen {}
-
-/// Runs a `bpf()` command that returns a new descriptor.
-fn bpf<T: Attributes>(command: bpf_cmd, attr: &mut T) -> io::Result<OwnedFd> {
-    // SAFETY: `attr` is one of the repr(C) blocks above, laid out as the
-    // kernel reads it, and outlives the call; every pointer it holds points
-    // at memory the caller keeps alive for the call. The call returns a new
-    // descriptor or -1.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command as libc::c_int,
-            attr as *mut T,
-            std::mem::size_of::<T>() as libc::c_uint,
-        )
-    };
-    if result < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a descriptor the kernel just made, owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(result as i32) })
 }
 
 /// An error with its sources.
