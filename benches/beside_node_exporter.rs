@@ -284,7 +284,8 @@ fn measure(
     let portstat_cpu = (last.1 - first.1) / elapsed_minutes;
     let node_cpu = (last.2 - first.2) / elapsed_minutes;
     let samples = (last.3 - first.3) / elapsed_minutes;
-    let median_age = median(&mut ages[WARM_UP_SCRAPES as usize + 1..=scrapes as usize].to_vec());
+    let median_age =
+        common::median(&mut ages[WARM_UP_SCRAPES as usize + 1..=scrapes as usize].to_vec());
     let most_age = ages.iter().copied().fold(f64::MIN, f64::max);
     let sockets_counted = tcp_sockets(&netns);
     println!(
@@ -378,11 +379,6 @@ fn unix_now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// The path of `program` on PATH.

@@ -97,9 +97,9 @@ fn measure_size(sockets: usize, runs: usize, rounds: usize) {
     println!(
         "ss, the same dumps ({} processes): CPU {:.1} ms, wall {:.1} ms; ss -tuanp: CPU {:.1} ms",
         ss_dumps.len(),
-        median(&mut ss_cpu) * 1e3,
-        median(&mut ss_wall) * 1e3,
-        median(&mut ss_p_cpu) * 1e3
+        common::median(&mut ss_cpu) * 1e3,
+        common::median(&mut ss_wall) * 1e3,
+        common::median(&mut ss_p_cpu) * 1e3
     );
 
     // Each source, with and without attribution, as a daemon sampling every
@@ -238,9 +238,4 @@ fn measure(mut command: Command) -> (Usage, String) {
         },
         output,
     )
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
 }

@@ -65,7 +65,7 @@ fn measure_size(sockets: usize, runs: usize) {
     let mut ss_tan: Vec<f64> = (0..runs)
         .map(|_| run(&netns, "ss", &["-tanH"], None).cpu)
         .collect();
-    let ss_tan = median(&mut ss_tan);
+    let ss_tan = common::median(&mut ss_tan);
     let ss_tanp = run(&netns, "ss", &["-tanpH"], Some(SS_P_LIMIT));
     println!(
         "ss -tan: CPU {:.1} ms; ss -tanp: {}",
@@ -87,7 +87,7 @@ fn measure_size(sockets: usize, runs: usize) {
             .collect();
         let mut walls: Vec<f64> = runs.iter().map(|run| run.wall).collect();
         let mut cpus: Vec<f64> = runs.iter().map(|run| run.cpu).collect();
-        (median(&mut walls), median(&mut cpus))
+        (common::median(&mut walls), common::median(&mut cpus))
     };
     let (once_without, once_cpu_without) = once("false");
     let (once_with, once_cpu_with) = once("true");
@@ -279,9 +279,4 @@ fn run(netns: &Netns, program: &str, args: &[&str], limit: Option<Duration>) -> 
 fn cpu_seconds(usage: &libc::rusage) -> f64 {
     let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     seconds(usage.ru_utime) + seconds(usage.ru_stime)
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
 }

@@ -75,7 +75,7 @@ fn measure_size(sockets: usize, runs: usize) {
     let mut ss: Vec<f64> = (0..runs)
         .map(|_| child_cpu(&netns, "ss", &["-tanH"]))
         .collect();
-    let ss = median(&mut ss);
+    let ss = common::median(&mut ss);
     println!(
         "{:<58} {:>9.1} ms {:>6.0} ns a socket",
         "`ss -tan`, the whole command",
@@ -195,7 +195,7 @@ fn measure(sockets: usize, runs: usize) {
                 thread_cpu_seconds() - started
             })
             .collect();
-        let time = median(&mut times);
+        let time = common::median(&mut times);
         println!(
             "{name:<58} {:>9.1} ms {:>6.0} ns a socket ({handed} records or bytes)",
             time * 1e3,
@@ -272,9 +272,4 @@ fn children_cpu_seconds() -> f64 {
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
     let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     seconds(usage.ru_utime) + seconds(usage.ru_stime)
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
 }

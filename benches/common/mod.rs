@@ -130,6 +130,13 @@ pub fn sizes_and_runs(mut sizes: Vec<usize>, mut runs: usize) -> (Vec<usize>, us
     (sizes, runs)
 }
 
+/// The middle of `values` once sorted (the upper one of an even count);
+/// NaN where there is none.
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// The sizes of `--sockets N[,N...]`, from the flag's value.
 pub fn socket_sizes(value: Option<String>) -> Vec<usize> {
     value
