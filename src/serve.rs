@@ -41,6 +41,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// How often a failure to accept connections is logged while failures go
+/// on.
+const ACCEPT_FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
+
 /// What the server answers with, beyond the exposition.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -188,21 +192,23 @@ pub async fn serve(
 /// Accepts connections on `listener` and hands them to `accepted`, until
 /// the server stops taking them.
 async fn accept(listener: TcpListener, accepted: tokio::sync::mpsc::Sender<tokio::net::TcpStream>) {
-    // Logged once for each stretch of failures, not every 100 ms.
-    let mut failing = false;
+    // Logged at the first failure, then at most once every
+    // `ACCEPT_FAILURE_LOG_EVERY` while failures go on, not every 100 ms: a
+    // descriptor freed for a moment (a sample closing its files) lets one
+    // connection through without ending a shortage of them.
+    let mut logged: Option<tokio::time::Instant> = None;
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                failing = false;
                 if accepted.send(stream).await.is_err() {
                     return;
                 }
             }
             Err(error) => {
-                if !failing {
+                if logged.is_none_or(|at| at.elapsed() >= ACCEPT_FAILURE_LOG_EVERY) {
                     tracing::warn!(err = %error, "accepting a connection failed");
+                    logged = Some(tokio::time::Instant::now());
                 }
-                failing = true;
                 // Out of descriptors or similar: wait rather than spin.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
