@@ -1,5 +1,9 @@
-//! Records the source revision for `portstat_build_info`.
+//! Records the source revision for `portstat_build_info`, and whether the
+//! build runs as root: the tests that create network namespaces or load BPF
+//! programs are left for root (`#[cfg_attr(not(portstat_root), ignore = ...)]`)
+//! when an ordinary user runs `cargo test`.
 
+use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
 fn main() {
@@ -12,6 +16,17 @@ fn main() {
     println!("cargo:rerun-if-env-changed=PORTSTAT_REVISION");
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/refs/heads");
+
+    println!("cargo:rustc-check-cfg=cfg(portstat_root)");
+    // /proc/self belongs to the effective user of whoever opens it.
+    if std::fs::metadata("/proc/self").is_ok_and(|me| me.uid() == 0) {
+        println!("cargo:rustc-cfg=portstat_root");
+    }
+    // Another user reruns this script: a build shared between root and
+    // another user would otherwise keep the first one's answer.
+    for variable in ["USER", "LOGNAME", "HOME", "SUDO_UID"] {
+        println!("cargo:rerun-if-env-changed={variable}");
+    }
 }
 
 fn git_revision() -> Option<String> {

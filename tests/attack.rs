@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::Place;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
@@ -31,6 +33,10 @@ fn open_descriptors(pid: u32) -> usize {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn scrapes_stay_fast_under_attack_and_resources_come_back() {
     attack(None, 1000);
 }
@@ -39,6 +45,10 @@ fn scrapes_stay_fast_under_attack_and_resources_come_back() {
 /// fits its connections beside the descriptors sampling needs (896 of
 /// them), with 600 idle connections and 200 slow ones held.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn scrapes_stay_fast_under_attack_with_1024_descriptors() {
     attack(Some(1024), 600);
 }
@@ -47,6 +57,10 @@ fn scrapes_stay_fast_under_attack_with_1024_descriptors() {
 /// the limit are closed at once, and sampling, which keeps a reserve of
 /// descriptors, goes on without an error. The limit is logged once.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn more_idle_connections_than_descriptors_do_not_stop_sampling() {
     let netns = Netns::new((40000, 40099), "");
     let exporter = netns.start_exporter_with(&["--collector.interval", "200ms"], |command| {
@@ -212,6 +226,10 @@ fn attack(descriptors: Option<u64>, idle: usize) {
 /// timeout: the oldest that sent no request gives its place to each new
 /// connection, so the scraper still gets in.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn an_idle_flood_does_not_lock_out_the_scraper() {
     let netns = Netns::new((40000, 40099), "");
     let exporter = netns.start_exporter_with(&["--collector.interval", "1s"], |command| {
@@ -241,6 +259,10 @@ fn an_idle_flood_does_not_lock_out_the_scraper() {
 /// longer than the write timeout (10 s without progress): their
 /// connections, and the exposition each was being sent, are let go.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn clients_that_never_read_are_let_go() {
     let netns = Netns::new((40000, 40099), "");
     // 3,000 listeners: an exposition far larger than the socket buffers.

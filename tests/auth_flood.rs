@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::Place;
+
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -80,6 +82,10 @@ fn median(mut times: Vec<Duration>) -> Duration {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn correct_scrapes_are_answered_at_once_during_a_wrong_password_flood() {
     let netns = Netns::new((40000, 40099), "");
     let config = Config::new("flood", "right");
@@ -162,6 +168,10 @@ fn correct_scrapes_are_answered_at_once_during_a_wrong_password_flood() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn an_unknown_user_takes_as_long_to_refuse_as_a_wrong_password() {
     let netns = Netns::new((40000, 40099), "");
     let config = Config::new("timing", "right");
@@ -201,6 +211,10 @@ fn exited(pid: u32) -> bool {
 /// (bcrypt cost 14, about a second each) run and wait: those running are
 /// waited for a bounded time, those waiting not at all.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn sigterm_ends_the_exporter_while_password_checks_run() {
     let netns = Netns::new((40000, 40099), "");
     let config = Config::with_cost("costly", "right", 14);

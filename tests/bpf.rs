@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::Place;
+
 use support::OutputWithin;
 
 use std::net::TcpStream;
@@ -117,6 +119,10 @@ fn assert_falls_back(netns: &Netns, wrap: impl Fn(&[&str]) -> Command, reason: &
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn the_bpf_source_reads_what_netlink_reads_and_more() {
     support::require_bpf();
     let (netns, _held) = populated();
@@ -147,6 +153,10 @@ fn the_bpf_source_reads_what_netlink_reads_and_more() {
 /// finds them in the bind hash itself. With netlink refused, TCP still reads
 /// through BPF alone, with the bound sockets.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn the_program_finds_bound_sockets_without_netlink() {
     support::require_bpf();
     let (netns, _held) = populated();
@@ -185,6 +195,10 @@ fn the_program_finds_bound_sockets_without_netlink() {
 /// 3,200 records): its walk says it is incomplete, and netlink reads them
 /// all instead, still under the BPF source.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn bound_sockets_beyond_the_ring_come_from_netlink() {
     support::require_bpf();
     const BOUND: usize = 3500;
@@ -234,6 +248,10 @@ fn bound_sockets_beyond_the_ring_come_from_netlink() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn falls_back_when_bpf_is_refused_by_seccomp() {
     let (netns, _held) = populated();
     assert_falls_back(
@@ -249,6 +267,10 @@ fn falls_back_when_bpf_is_refused_by_seccomp() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn falls_back_without_the_capability() {
     let (netns, _held) = populated();
     // Root without CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN, as in a container
@@ -278,6 +300,10 @@ fn without_bpf_capabilities(netns: &Netns, args: &[&str]) -> Command {
 /// exporter skip: the source is still tried at the first sample, so that
 /// one that cannot run is not named, nor its exactness claimed.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn a_source_that_cannot_run_is_found_out_with_no_socket_to_read() {
     support::require_bpf();
     let netns = Netns::new((40000, 40059), "");
@@ -309,6 +335,10 @@ fn a_source_that_cannot_run_is_found_out_with_no_socket_to_read() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn falls_back_without_kernel_btf() {
     let (netns, _held) = populated();
     // A private mount namespace where /sys/kernel/btf is empty, as on a
@@ -351,6 +381,10 @@ fn assert_falls_back_from_object(name: &str, reason: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn falls_back_when_the_kernel_lacks_what_the_program_reads() {
     support::require_bpf();
     assert_falls_back_from_object(
@@ -360,12 +394,20 @@ fn falls_back_when_the_kernel_lacks_what_the_program_reads() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn falls_back_when_the_verifier_refuses_the_program() {
     support::require_bpf();
     assert_falls_back_from_object("refused_by_verifier", "BPF verify");
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn a_running_exporter_logs_the_fallback_once() {
     let (netns, _held) = populated();
     // The guard kills the exporter however the test ends.
@@ -465,6 +507,10 @@ impl Drop for HeldObject {
 /// hands it the object); once they are loaded it reads TCP with BPF, exact,
 /// and says so once.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn a_daemon_serves_samples_before_its_programs_load_then_switches() {
     support::require_bpf();
     let (netns, _held) = populated();
@@ -517,6 +563,10 @@ fn a_daemon_serves_samples_before_its_programs_load_then_switches() {
 /// samples over netlink meanwhile, logs the refusal once with the
 /// verifier's reason, and stays on netlink.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn a_daemon_logs_a_refusal_after_its_first_samples_once_with_the_reason() {
     support::require_bpf();
     let (netns, _held) = populated();
@@ -548,6 +598,10 @@ fn a_daemon_logs_a_refusal_after_its_first_samples_once_with_the_reason() {
 /// Where BPF is refused, owners come from the walk of `/proc/<pid>/fd`,
 /// and name the same processes with the same ports as the BPF pass does.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn owners_fall_back_to_procfs_and_agree_with_bpf() {
     support::require_bpf();
     let (netns, _held) = populated();
@@ -651,6 +705,10 @@ fn namespace_inode(netns: &Netns) -> u64 {
 /// where each protocol's sockets were read from differs: UDP comes from
 /// the walk too where the kernel allows (Linux 6.2+).
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn one_walk_reads_what_each_namespace_reads() {
     support::require_bpf();
     support::require_root();
@@ -808,6 +866,10 @@ const VERIFIER_BUDGET: u64 = 100_000;
 /// program, processed instructions, total and peak states, verification
 /// and load time in microseconds.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn every_program_verifies_within_a_tenth_of_the_budget() {
     support::require_root();
     support::require_bpf();
@@ -873,6 +935,10 @@ fn every_program_verifies_within_a_tenth_of_the_budget() {
 /// A reuse delay of 30 s (`tcp_tw_reuse_delay`, Linux 6.13) keeps them
 /// young for the whole test, whatever the load.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn young_time_wait_is_not_reusable_inside_a_time_namespace() {
     support::require_bpf();
     let netns = Netns::new((40000, 40099), "");
@@ -991,6 +1057,10 @@ fn has_key(map: &std::os::fd::OwnedFd, key: u32) -> bool {
 /// A batched read of a hash map and of an LRU one, of several batches,
 /// hands over every entry once, with its value.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn a_batched_read_hands_over_every_entry_once() {
     use aya::maps::MapData;
     use portstat_exporter::source::bpf::batch::BatchedHash;

@@ -2,6 +2,8 @@
 
 mod support;
 
+use support::Place;
+
 use support::OutputWithin;
 
 use std::net::TcpListener;
@@ -54,6 +56,10 @@ fn malformed_flag_values_exit_2_naming_the_flag() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn address_in_use_exits_1_within_a_second() {
     let netns = Netns::new((40000, 40099), "");
     let _taken = netns.run(|| TcpListener::bind("127.0.0.1:10042").unwrap());
@@ -70,6 +76,10 @@ fn address_in_use_exits_1_within_a_second() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn once_prints_the_exposition_and_exits_0() {
     let netns = Netns::new((40000, 40099), "40000");
     let output = netns.once(&[]);
@@ -83,6 +93,10 @@ fn once_prints_the_exposition_and_exits_0() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn once_exits_1_when_the_kernel_cannot_be_read() {
     let netns = Netns::new((40000, 40099), "");
     let output = netns.once(&["--path.procfs", "/nonexistent"]);
@@ -136,6 +150,10 @@ fn values_that_cannot_work_are_refused_alike() {
 
 /// `:0` asks the kernel for a port: the log names the one it gave.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn the_log_names_the_port_bound_for_port_0() {
     let netns = Netns::new((40000, 40099), "");
     let mut exporter = netns.spawn_exporter(&["--web.listen-address", "127.0.0.1:0"]);
@@ -216,6 +234,10 @@ fn version_and_help() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn json_logs_are_one_object_per_line() {
     let netns = Netns::new((40000, 40099), "");
     let mut exporter = netns.start_exporter(&["--log.format", "json"]);
@@ -241,6 +263,10 @@ fn json_logs_are_one_object_per_line() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn the_log_says_where_each_protocol_was_read_from() {
     let netns = Netns::new((40000, 40099), "");
     let exporter = netns.start_exporter(&["--collector.interval", "200ms"]);
@@ -278,6 +304,10 @@ fn the_log_says_where_each_protocol_was_read_from() {
 /// An interval short enough to keep a CPU busy is taken, and said; one of
 /// a usual length is not.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn an_interval_that_keeps_a_cpu_busy_is_warned_of() {
     let netns = Netns::new((40000, 40099), "");
     let warning = "samples this close keep a CPU busy";
@@ -300,6 +330,10 @@ fn an_interval_that_keeps_a_cpu_busy_is_warned_of() {
 
 /// `--collector.netns.max 0` would sample nothing: refused at parse time.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn a_namespace_limit_of_zero_is_refused() {
     let output = std::process::Command::new(support::exporter())
         .args(["--collector.netns.max", "0", "--once"])
@@ -316,6 +350,10 @@ fn a_namespace_limit_of_zero_is_refused() {
 /// Every flag `--help` lists (the exporter's and `inspect`'s) is described
 /// in docs/running.md, so that the docs cannot fall behind the flags.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn every_flag_of_help_is_in_the_running_docs() {
     let docs = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/running.md"),

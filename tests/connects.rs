@@ -8,6 +8,8 @@
 
 mod support;
 
+use support::Place;
+
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
@@ -271,6 +273,10 @@ fn two_churning_clients_are_named<'a>(
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn time_wait_is_named_after_the_churning_process_and_connects_match_it() {
     support::require_bpf();
     let _alone = ONE_AT_A_TIME
@@ -368,6 +374,10 @@ fn time_wait_is_named_after_the_churning_process_and_connects_match_it() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn with_every_namespace_each_names_its_own_churn() {
     support::require_bpf();
     let _alone = ONE_AT_A_TIME
@@ -409,6 +419,10 @@ fn connect_to_every_destination(netns: &Netns) -> (Vec<TcpListener>, Vec<TcpStre
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn a_full_connects_map_still_counts_every_connect_of_the_namespace() {
     support::require_bpf();
     let _alone = ONE_AT_A_TIME
@@ -442,6 +456,10 @@ fn a_full_connects_map_still_counts_every_connect_of_the_namespace() {
 /// unrecorded connects are its own, and its total is its destination
 /// series plus them, exactly.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn each_namespace_s_unrecorded_connects_are_its_own() {
     support::require_bpf();
     let _alone = ONE_AT_A_TIME
@@ -507,6 +525,10 @@ fn each_namespace_s_unrecorded_connects_are_its_own() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn with_connects_off_failures_are_counted_and_time_wait_is_nobody_s() {
     support::require_bpf();
     let _alone = ONE_AT_A_TIME
@@ -614,6 +636,10 @@ fn syn_sent(netns: &Netns) -> usize {
 /// counted by destination or, where the kernel had no room, as unrecorded,
 /// and never lost.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn a_pile_of_connects_in_syn_sent_is_counted_exactly() {
     support::require_bpf();
     let _alone = ONE_AT_A_TIME
@@ -723,6 +749,10 @@ fn connect_from_40200(netns: &Netns, comm: &str, bind: bool) -> ReadyScript {
 /// socket left is its own, and is named after it or after nobody, never
 /// after the process that connected the 4-tuple before.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn a_time_wait_taken_over_is_never_named_after_the_earlier_process() {
     support::require_bpf();
     let _alone = ONE_AT_A_TIME

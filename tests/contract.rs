@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::Place;
+
 use support::OutputWithin;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -104,6 +106,10 @@ fn served_exposition() -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn exposition_passes_promtool_check_metrics() {
     for text in [full_exposition(), nat_exposition(), served_exposition()] {
         let mut promtool = Command::new("promtool")
@@ -130,6 +136,10 @@ fn exposition_passes_promtool_check_metrics() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn readme_metric_table_matches_the_exposition() {
     let text = full_exposition();
     // Every namespace sampled adds the namespace-count families.
@@ -220,6 +230,10 @@ fn readme_metric_table_matches_the_exposition() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn build_info_names_the_version_and_the_revision() {
     let text = full_exposition();
     let revision = Command::new("git")

@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::Place;
+
 use std::collections::BTreeSet;
 use std::io::ErrorKind;
 use std::net::TcpStream;
@@ -59,6 +61,10 @@ fn exclusive(metrics: &Metrics) -> f64 {
 const MAX_RATIO: &str = "portstat_ephemeral_destination_max_used_ratio";
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn destinations_share_the_range_until_one_runs_dry() {
     let netns = Netns::new(RANGE, "");
     let servers = ["127.0.0.1:80", "127.0.0.2:80", "127.0.0.3:80"];
@@ -117,6 +123,10 @@ fn destinations_share_the_range_until_one_runs_dry() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn bound_sockets_and_listeners_in_the_range_cut_every_destination_s_headroom() {
     let netns = Netns::new(RANGE, "");
     let (_held, bound_ports, first, second) = netns.run(|| {
@@ -179,6 +189,10 @@ fn bound_sockets_and_listeners_in_the_range_cut_every_destination_s_headroom() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn top_k_bounds_the_destination_and_process_families() {
     let netns = Netns::new(RANGE, "");
     let servers = ["127.0.0.1:80", "127.0.0.2:80", "127.0.0.3:80"];

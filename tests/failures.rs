@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::Place;
+
 use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -96,6 +98,10 @@ fn first_sample_after(exporter: &support::Exporter<'_>, moment: f64) -> Metrics 
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn each_failed_connect_counts_once_with_its_destination_and_process() {
     support::require_bpf();
     // Ten ports; a dual-stack listener.
@@ -156,6 +162,10 @@ fn each_failed_connect_counts_once_with_its_destination_and_process() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn refused_reset_timed_out_and_abandoned_connects_do_not_count() {
     support::require_bpf();
     let netns = Netns::new((40000, 40009), "");
@@ -206,6 +216,10 @@ fn refused_reset_timed_out_and_abandoned_connects_do_not_count() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn a_burst_between_two_samples_is_counted_in_full() {
     support::require_bpf();
     let netns = Netns::new((40000, 40009), "");
@@ -241,6 +255,10 @@ fn a_burst_between_two_samples_is_counted_in_full() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn without_bpf_the_failure_families_are_absent_and_the_log_says_why_once() {
     let netns = Netns::new((40000, 40009), "");
     let _server = netns.run(|| listening_socket("127.0.0.1:8080", false, 1024));
@@ -279,6 +297,10 @@ fn without_bpf_the_failure_families_are_absent_and_the_log_says_why_once() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn bind_to_port_zero_and_udp_autobind_failures_count_with_autobind_on() {
     support::require_bpf();
     let netns = Netns::new((40000, 40009), "");
@@ -349,6 +371,10 @@ fn bind_to_port_zero_and_udp_autobind_failures_count_with_autobind_on() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn without_autobind_no_bind_or_udp_failure_is_written() {
     support::require_bpf();
     let netns = Netns::new((40000, 40009), "");
@@ -367,6 +393,10 @@ fn without_autobind_no_bind_or_udp_failure_is_written() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn ports_taken_between_samples_by_bind_show_as_unpredicted_failures() {
     support::require_bpf();
     // A sample sees ten free ports; bind() then takes them all before the
@@ -427,6 +457,10 @@ fn ports_taken_between_samples_by_bind_show_as_unpredicted_failures() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn with_every_namespace_each_counts_its_own_failures() {
     support::require_bpf();
     let _apart = beside_many_namespaces();
@@ -520,6 +554,10 @@ fn namespace_on_inode(inode: u64) -> Netns {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn a_namespace_given_a_deleted_ones_inode_inherits_none_of_its_counts() {
     support::require_bpf();
     let _apart = beside_many_namespaces();
@@ -589,6 +627,10 @@ fn a_namespace_given_a_deleted_ones_inode_inherits_none_of_its_counts() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn namespaces_that_connect_but_never_fail_leave_room_for_failures() {
     support::require_bpf();
     let _alone = MANY_NAMESPACES

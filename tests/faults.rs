@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::Place;
+
 use std::path::{Path, PathBuf};
 
 use support::{Metrics, Netns};
@@ -92,6 +94,10 @@ fn assert_last_good_figures(metrics: &Metrics) {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn faults_keep_the_last_good_figures_and_recover() {
     let netns = Netns::new((40000, 40099), "");
     let procfs = FakeProcfs::new();
@@ -222,6 +228,10 @@ fn assert_refused(
 /// that is not a socket. Each is refused at once, naming the file and the
 /// line, in memory that does not grow.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn crafted_files_are_refused_without_hanging_or_growing() {
     let netns = Netns::new((40000, 40099), "");
     let procfs = FakeProcfs::new();

@@ -18,6 +18,8 @@
 
 mod support;
 
+use support::Place;
+
 use support::OutputWithin;
 
 use std::io::{ErrorKind, Read, Write};
@@ -346,6 +348,10 @@ fn at(address: &str) -> SocketAddr {
 use Expect::{Exact, UpperBound};
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn sockets_only_bound_hold_their_ports_from_every_destination() {
     let netns = lab("");
     let _servers = (server(&netns, A), server(&netns, B));
@@ -375,6 +381,10 @@ fn dual_stack_server(netns: &Netns) -> TcpListener {
 const MAPPED_A: &str = "[::ffff:127.0.0.1]:8080";
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn ipv4_and_ipv4_mapped_connections_share_one_destination() {
     support::require_bpf();
     let netns = lab("");
@@ -403,6 +413,10 @@ fn ipv4_and_ipv4_mapped_connections_share_one_destination() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn ipv4_mapped_connections_alone_use_up_the_ipv4_destination() {
     let netns = lab("");
     let _server = dual_stack_server(&netns);
@@ -415,6 +429,10 @@ fn ipv4_mapped_connections_alone_use_up_the_ipv4_destination() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn ipv4_connections_use_up_the_ipv4_mapped_destination() {
     let netns = lab("");
     let _server = dual_stack_server(&netns);
@@ -431,6 +449,10 @@ fn ipv4_connections_use_up_the_ipv4_mapped_destination() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn three_ports_hand_out_two() {
     let range = (40000, 40002);
     let netns = Netns::new(range, "");
@@ -443,6 +465,10 @@ fn three_ports_hand_out_two() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn odd_sized_ranges_land_within_the_slack() {
     for range in [(40000, 40004), (40000, 40100)] {
         let netns = Netns::new(range, "");
@@ -462,6 +488,10 @@ fn odd_sized_ranges_land_within_the_slack() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn plain_connections_share_ports_across_destinations() {
     let netns = lab("");
     let _servers = (server(&netns, A), server(&netns, B));
@@ -476,6 +506,10 @@ fn plain_connections_share_ports_across_destinations() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn ports_bound_before_connect_are_lost_to_every_destination() {
     let netns = lab("");
     let _servers = (server(&netns, A), server(&netns, B));
@@ -492,6 +526,10 @@ fn ports_bound_before_connect_are_lost_to_every_destination() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn bound_before_connect_and_closed_into_time_wait_still_costs_the_port() {
     // The kernel's own list of TIME_WAIT sockets, not the exporter's. Under
     // QEMU's TCG the guest's clock can leap, and most of the 30 have been
@@ -536,6 +574,10 @@ fn time_wait_to(netns: &Netns, to: SocketAddr) -> usize {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn ip_bind_address_no_port_keeps_ports_shared() {
     let netns = lab("");
     let _servers = (server(&netns, A), server(&netns, B));
@@ -550,6 +592,10 @@ fn ip_bind_address_no_port_keeps_ports_shared() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn fixed_ports_inside_the_range_bound_then_connected() {
     let netns = lab("");
     let _servers = (server(&netns, A), server(&netns, B));
@@ -565,6 +611,10 @@ fn fixed_ports_inside_the_range_bound_then_connected() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn listeners_and_bound_sockets_inside_the_range() {
     let netns = lab("");
     let _servers = (server(&netns, A), server(&netns, B));
@@ -589,6 +639,10 @@ fn listeners_and_bound_sockets_inside_the_range() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn reserved_ports_are_never_handed_out() {
     let netns = lab("40050-40059");
     let _servers = server(&netns, A);
@@ -654,6 +708,10 @@ fn expected_beside_time_wait(reusable: bool, time_wait: usize) -> usize {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn time_wait_to_loopback_under_each_reuse_mode() {
     for (mode, reusable) in [("0", false), ("1", true), ("2", true)] {
         let setup = || {
@@ -710,6 +768,10 @@ fn lab_with_peer() -> (Netns, Netns) {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn time_wait_to_a_peer_under_each_reuse_mode() {
     const PEER: &str = "198.51.100.2:8080";
     for (mode, reusable) in [("0", false), ("1", true), ("2", false)] {
@@ -723,6 +785,10 @@ fn time_wait_to_a_peer_under_each_reuse_mode() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn reusable_time_wait_is_reported_and_bind_before_connect_is_named() {
     support::require_bpf();
     let netns = lab("");

@@ -2,6 +2,8 @@
 
 mod support;
 
+use support::Place;
+
 use support::OutputWithin;
 
 use std::io::{Read, Write};
@@ -11,6 +13,10 @@ use std::time::Duration;
 use support::Netns;
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn endpoints_answer_as_documented() {
     let netns = Netns::new((40000, 40099), "");
     let exporter = netns.start_exporter(&["--collector.interval", "200ms"]);
@@ -76,6 +82,10 @@ fn endpoints_answer_as_documented() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn telemetry_path_and_exporter_metrics_flags() {
     let netns = Netns::new((40000, 40099), "");
     let exporter = netns.start_exporter(&[
@@ -102,6 +112,10 @@ fn telemetry_path_and_exporter_metrics_flags() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn ready_only_after_a_sample_succeeded() {
     let netns = Netns::new((40000, 40099), "");
     let missing = std::env::temp_dir().join(format!("portstat-missing-{}", std::process::id()));
@@ -147,6 +161,10 @@ fn ready_only_after_a_sample_succeeded() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn sigterm_shuts_down_cleanly() {
     let netns = Netns::new((40000, 40099), "");
     let mut exporter = netns.start_exporter(&[]);
@@ -162,6 +180,10 @@ fn sigterm_shuts_down_cleanly() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn listens_on_every_address_given_dual_stack_when_the_host_is_empty() {
     let netns = Netns::new((40000, 40099), "");
     let exporter = netns.start_exporter(&["--web.listen-address", ":10043"]);
@@ -174,6 +196,10 @@ fn listens_on_every_address_given_dual_stack_when_the_host_is_empty() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn a_client_that_never_finishes_its_headers_is_cut_off() {
     use std::io::Write;
     let netns = Netns::new((40000, 40099), "");
@@ -201,6 +227,10 @@ fn a_client_that_never_finishes_its_headers_is_cut_off() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn an_unprivileged_exporter_still_works_and_says_so_once() {
     let netns = Netns::new((40000, 40099), "");
     // A listener of root's, whose descriptors nobody may read.
@@ -256,6 +286,10 @@ fn an_unprivileged_exporter_still_works_and_says_so_once() {
 /// sent no request; where every connection has sent one, the new one is
 /// closed at once.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn connections_beyond_the_limit_are_closed_at_once() {
     use std::io::Read;
     let netns = Netns::new((40000, 40099), "");
@@ -301,6 +335,10 @@ fn connections_beyond_the_limit_are_closed_at_once() {
 /// `nc -N`, socat and many health checks send a request, then close their
 /// side for writing, and wait for the answer.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn a_request_followed_by_a_half_close_is_answered() {
     let netns = Netns::new((40000, 40099), "");
     let exporter = netns.start_exporter(&["--collector.interval", "200ms"]);
@@ -334,6 +372,10 @@ fn a_request_followed_by_a_half_close_is_answered() {
 /// Service managers send SIGHUP to reload; without a web configuration
 /// there is nothing to reload, and the exporter must carry on.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn sighup_without_a_web_config_is_logged_and_survived() {
     let netns = Netns::new((40000, 40099), "");
     let mut exporter = netns.start_exporter(&["--collector.interval", "200ms"]);
@@ -362,6 +404,10 @@ fn sighup_without_a_web_config_is_logged_and_survived() {
 /// A client with HTTP/2 prior knowledge is told, in HTTP/2, that only
 /// HTTP/1.1 is served: a GOAWAY with HTTP_1_1_REQUIRED and the reason.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn http2_with_prior_knowledge_is_told_to_use_http1() {
     let netns = Netns::new((40000, 40099), "");
     let exporter = netns.start_exporter(&[]);
@@ -392,6 +438,10 @@ fn http2_with_prior_knowledge_is_told_to_use_http1() {
 /// processes' descriptors but not read them: their sockets are
 /// `process="unknown"`, and one line in the log says why.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn root_without_capabilities_says_why_owners_are_unknown() {
     let netns = Netns::new((40000, 40099), "");
     let _listener = netns.run(|| std::net::TcpListener::bind("127.0.0.1:7000").unwrap());
@@ -435,6 +485,10 @@ fn catches(pid: u32, signal: i32) -> bool {
 /// first bind() (its listener's, after the web configuration and before the
 /// BPF programs), and must handle both signals there.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn signals_are_handled_from_before_the_exporter_binds() {
     let netns = Netns::new((40000, 40099), "");
     let mut exporter = netns.spawn_exporter_with(&[], |command| {
@@ -482,6 +536,10 @@ fn unix_now() -> f64 {
 /// period is confirmed, the exporter takes one sample a scrape, just
 /// before it, and each scrape gets figures less than the interval old.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn samples_follow_steady_scrapes_one_a_scrape() {
     let netns = Netns::new((40000, 40099), "");
     let exporter = netns.start_exporter(&["--collector.interval", "1s"]);
@@ -518,6 +576,10 @@ fn samples_follow_steady_scrapes_one_a_scrape() {
 /// With `--no-collector.follow-scrapes`, steady scrapes leave samples
 /// every interval.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn without_following_samples_run_every_interval_whatever_the_scrapes() {
     let netns = Netns::new((40000, 40099), "");
     let exporter = netns.start_exporter(&[

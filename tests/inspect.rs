@@ -2,6 +2,8 @@
 
 mod support;
 
+use support::Place;
+
 use support::OutputWithin;
 
 use std::net::{TcpListener, TcpStream};
@@ -41,6 +43,10 @@ fn populated() -> (Netns, impl Sized) {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn the_text_report_fits_80_columns_and_names_the_busiest() {
     let (netns, _held) = populated();
     // Without BPF too, where headroom is "at most" and says why.
@@ -119,6 +125,10 @@ fn the_text_report_fits_80_columns_and_names_the_busiest() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn a_port_shows_who_holds_it_and_in_which_state() {
     let (netns, _held) = populated();
     // A connection the listener has not accepted: its server end is on the
@@ -148,6 +158,10 @@ fn a_port_shows_who_holds_it_and_in_which_state() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn json_matches_the_metrics() {
     let (netns, _held) = populated();
     let json: serde_json::Value =
@@ -187,6 +201,10 @@ fn json_matches_the_metrics() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn inspect_fails_with_a_message_when_the_kernel_cannot_be_read() {
     let netns = Netns::new((40000, 40099), "");
     let output = netns
@@ -201,6 +219,10 @@ fn inspect_fails_with_a_message_when_the_kernel_cannot_be_read() {
 /// A process named with terminal escapes changes nothing on the operator's
 /// terminal: every control character is written escaped.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn control_characters_in_a_process_name_reach_the_terminal_escaped() {
     let netns = Netns::new((40000, 40099), "");
     let _named = support::NamedListener::start(&netns, b"\x1b]0;PWN\x07\x1b[31mX", 7002);
@@ -247,6 +269,10 @@ fn three_failures(
 /// the last caller's pid, and `inspect` gives it as an example, never as
 /// the pid behind every failure.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn failures_of_two_processes_of_one_name_give_a_pid_as_an_example() {
     support::require_bpf();
     let netns = Netns::new((40000, 40009), "");
@@ -291,6 +317,10 @@ fn failures_of_two_processes_of_one_name_give_a_pid_as_an_example() {
 /// host, `inspect` reads the one in its namespace (the newer one counts
 /// only since it started) and says which it read.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn inspect_reads_the_exporter_of_its_own_namespace_and_says_which() {
     support::require_bpf();
     let netns = Netns::new((40000, 40009), "");
@@ -325,6 +355,10 @@ fn inspect_reads_the_exporter_of_its_own_namespace_and_says_which() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn the_failures_the_running_exporter_counted_are_listed() {
     support::require_bpf();
     let netns = Netns::new((40000, 40009), "");
@@ -370,6 +404,10 @@ fn the_failures_the_running_exporter_counted_are_listed() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn the_text_report_counts_in_the_singular_and_keeps_the_bar_with_its_line() {
     let (netns, _held) = populated();
     // The listener alone: one socket.
@@ -394,6 +432,10 @@ fn the_text_report_counts_in_the_singular_and_keeps_the_bar_with_its_line() {
 /// A port outside the ephemeral range: every connection accepted on it is
 /// listed, whichever source reads the kernel, as `ss` lists them.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn a_port_outside_the_range_lists_every_connection_on_it() {
     let netns = Netns::new((40000, 40099), "");
     let _held = netns.run(|| {
@@ -445,6 +487,10 @@ fn a_port_outside_the_range_lists_every_connection_on_it() {
 /// Two python3 processes, a listener and a client holding a port of the
 /// range, are told apart by pid in `inspect` and on the landing page.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn processes_of_one_name_are_told_apart_by_pid() {
     let netns = Netns::new((40000, 40099), "");
     // Each writes its own pid: `python3` may be a wrapper that forks.

@@ -7,6 +7,8 @@
 
 mod support;
 
+use support::Place;
+
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 
@@ -292,11 +294,19 @@ fn another_namespace_s_churn_leaves_a_alone(args: &[&str], labels: impl Fn(&Netn
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn another_namespace_s_churn_takes_nothing_of_a_self_exporter_s() {
     another_namespace_s_churn_leaves_a_alone(&[], |_| String::new());
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn another_namespace_s_churn_takes_nothing_of_the_namespaces_sampled() {
     // Every namespace, at most one: A, the exporter's own, is kept first,
     // and B is omitted.
@@ -447,6 +457,10 @@ impl Drop for MemoryCgroup {
 /// namespace closes 60,000: the names are asked of the kernel's map, never
 /// copied whole into the exporter.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn a_default_exporter_lives_and_samples_in_16_mib_through_churn() {
     support::require_bpf();
     let Some(cgroup) = MemoryCgroup::or_skip(16 << 20) else {
@@ -521,6 +535,10 @@ fn a_default_exporter_lives_and_samples_in_16_mib_through_churn() {
 /// with ENOMEM: the exporter says so, not that it lacks privileges, and
 /// serves without failure counting.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn maps_the_cgroup_has_no_room_for_are_said_to_be_enomem() {
     support::require_bpf();
     let Some(cgroup) = MemoryCgroup::or_skip(8 << 20) else {
@@ -556,6 +574,10 @@ fn maps_the_cgroup_has_no_room_for_are_said_to_be_enomem() {
 /// limit. (So few leave it no room to sample either: only the log is
 /// read.)
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn too_few_descriptors_are_said_to_be_emfile() {
     support::require_bpf();
     let netns = Netns::new((32768, 60999), "");

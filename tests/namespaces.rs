@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::Place;
+
 use support::OutputWithin;
 
 use std::io::ErrorKind;
@@ -51,6 +53,10 @@ fn connect(netns: &Netns, server: &str, count: Option<usize>) -> Vec<TcpStream> 
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn every_namespace_reports_its_own_figures_and_leaves_when_deleted() {
     // Three namespaces with ranges of different sizes; the last one full.
     let small = Netns::new((40000, 40049), "");
@@ -184,6 +190,10 @@ fn every_namespace_reports_its_own_figures_and_leaves_when_deleted() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn the_procfs_source_reads_each_namespace_too() {
     let other = Netns::new((40000, 40049), "40000-40009");
     let _server = other.run(|| listening_socket("127.0.0.1:80", false, 64));
@@ -212,6 +222,10 @@ fn the_procfs_source_reads_each_namespace_too() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn the_namespace_limit_counts_what_it_leaves_out() {
     let home = Netns::new((43000, 43099), "");
     let _others: Vec<Netns> = (0..3).map(|_| Netns::new((40000, 40099), "")).collect();
@@ -254,6 +268,10 @@ fn settles_to_no_dump(netns: &Netns) -> bool {
 /// walks a table that namespaces share; one with any TCP or UDP socket in a
 /// table, in TIME_WAIT, or bound and idle (in no table) is.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn only_namespaces_with_sockets_are_dumped() {
     let empty = Netns::new((40000, 40099), "");
     assert!(settles_to_no_dump(&empty), "an empty namespace was dumped");
@@ -293,6 +311,10 @@ fn only_namespaces_with_sockets_are_dumped() {
 /// table are counted, and when the sample takes more than a quarter of the
 /// interval the log says once what sharing costs and what to do.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn sharing_the_host_table_is_counted_and_explained_once() {
     let home = Netns::new((40000, 40099), "");
     let _empty = Netns::new((40000, 40099), "");
@@ -343,6 +365,10 @@ fn sharing_the_host_table_is_counted_and_explained_once() {
 /// needs no setns), counts the others it cannot enter as failed, and says
 /// why in one warning.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn unprivileged_all_samples_its_own_namespace_and_says_why_not_the_others() {
     let home = Netns::new((40000, 40099), "");
     let _other = Netns::new((41000, 41099), "");
@@ -379,6 +405,10 @@ fn unprivileged_all_samples_its_own_namespace_and_says_why_not_the_others() {
 /// `ip netns add` creates the name's file before it mounts the namespace
 /// there: a name that is no namespace yet is not a failure.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn a_namespace_being_created_is_not_a_failure() {
     /// The file, removed on drop.
     struct Creating(std::path::PathBuf);
@@ -407,6 +437,10 @@ fn a_namespace_being_created_is_not_a_failure() {
 /// sockets are its own (a netlink socket kept open reads the namespace it
 /// was opened in).
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn the_namespace_read_after_the_exporters_own_gets_its_own_sockets() {
     let home = Netns::new((40000, 40099), "");
     // Created after `home`: later inodes, read after it.
@@ -441,6 +475,10 @@ fn the_namespace_read_after_the_exporters_own_gets_its_own_sockets() {
 /// none counts as failed, the namespace that stays keeps its figures in
 /// every sample, and the series of those gone go with them.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn namespaces_that_come_and_go_while_sampling_are_no_failures() {
     support::require_bpf();
     use std::sync::atomic::{AtomicBool, Ordering};

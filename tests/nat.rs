@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::Place;
+
 use support::OutputWithin;
 
 use std::net::TcpStream;
@@ -38,6 +40,10 @@ fn connect_all(lab: &NatLab, streams: &mut Vec<TcpStream>, count: usize) {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn masquerade_reads_full_at_the_first_dropped_syn() {
     let lab = NatLab::new(NAT_PORTS);
     let mut streams = Vec::new();
@@ -99,6 +105,10 @@ fn masquerade_reads_full_at_the_first_dropped_syn() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn udp_nat_is_counted_apart_from_tcp() {
     let lab = NatLab::new(NAT_PORTS);
     let mut streams = Vec::new();
@@ -124,6 +134,10 @@ fn udp_nat_is_counted_apart_from_tcp() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn ipv6_masquerade_is_a_pair_of_its_own() {
     let lab = NatLab::new(NAT_PORTS);
     let mut streams = Vec::new();
@@ -162,6 +176,10 @@ fn ipv6_masquerade_is_a_pair_of_its_own() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn a_mark_filter_keeps_only_the_marked_connections() {
     let lab = NatLab::new(NAT_PORTS);
     // Connections from 10.77.1.2 carry conntrack mark 0x10 (with other bits
@@ -200,6 +218,10 @@ fn a_mark_filter_keeps_only_the_marked_connections() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn every_namespace_reports_its_own_nat() {
     let lab = NatLab::new(NAT_PORTS);
     let mut streams = Vec::new();
@@ -242,6 +264,10 @@ fn every_namespace_reports_its_own_nat() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn without_cap_net_admin_there_are_no_nat_series_and_no_error() {
     let lab = NatLab::new(NAT_PORTS);
     let mut streams = Vec::new();
@@ -276,6 +302,10 @@ fn without_cap_net_admin_there_are_no_nat_series_and_no_error() {
 /// A namespace without any NAT rule writes no NAT series, though conntrack
 /// tracks its connections.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn conntrack_without_nat_writes_nothing() {
     let netns = Netns::new((40000, 40099), "");
     // Any rule that uses conntrack turns it on in the namespace.
@@ -308,6 +338,10 @@ fn conntrack_without_nat_writes_nothing() {
 /// each after its length as a little-endian u32. Run by hand to record
 /// them again: `cargo test --test nat -- --ignored record_ctnetlink_fixtures`.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 #[ignore = "writes crates/portstat-core/src/parse/fixtures/conntrack/; run by hand to record them again"]
 fn record_ctnetlink_fixtures() {
     use portstat_exporter::source::conntrack::wire::build_request;
@@ -342,6 +376,10 @@ fn record_ctnetlink_fixtures() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn inspect_and_the_landing_page_show_the_busiest_nat_pairs() {
     let lab = NatLab::new(NAT_PORTS);
     let mut streams = Vec::new();

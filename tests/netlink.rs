@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::Place;
+
 use support::OutputWithin;
 
 use std::collections::BTreeMap;
@@ -156,6 +158,10 @@ fn comparable(metrics: &Metrics) -> BTreeMap<String, f64> {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn netlink_bpf_and_procfs_agree_series_for_series() {
     support::require_bpf();
     let seed = std::env::var("PORTSTAT_TEST_SEED")
@@ -247,6 +253,10 @@ fn netlink_bpf_and_procfs_agree_series_for_series() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn a_socket_bound_but_never_connected_holds_its_port_for_netlink_only() {
     let netns = Netns::new((40000, 40099), "");
     let bound = netns.run(|| {
@@ -277,6 +287,10 @@ fn a_socket_bound_but_never_connected_holds_its_port_for_netlink_only() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn listeners_report_their_accept_queue_and_backlog() {
     let netns = Netns::new((40000, 40099), "");
     let (_listener, _clients) = netns.run(|| {
@@ -319,6 +333,10 @@ fn refuse_netlink(command: &mut std::process::Command) {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn auto_falls_back_to_procfs_once_where_netlink_is_refused() {
     let netns = Netns::new((40000, 40099), "");
     // A socket of each protocol, so that neither dump is skipped as empty.
@@ -382,6 +400,10 @@ const FIXTURES: &str = concat!(
 /// little-endian u32. Run by hand to record them again:
 /// `cargo test --test netlink -- --ignored record_sock_diag_fixtures`.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 #[ignore = "writes crates/portstat-core/src/parse/fixtures/netlink/; run by hand to record them again"]
 fn record_sock_diag_fixtures() {
     use portstat_core::model::{PortRange, Protocol};

@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::Place;
+
 use std::collections::BTreeSet;
 use std::io::ErrorKind;
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -106,11 +108,19 @@ fn settled(metrics: &Metrics) -> bool {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn once_reports_range_occupancy_and_listeners_exactly_from_procfs() {
     assert_exact_figures("procfs");
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn once_reports_range_occupancy_and_listeners_exactly_from_netlink() {
     assert_exact_figures("netlink");
 }
@@ -281,6 +291,10 @@ fn assert_exact_figures(source: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn exhausting_the_range_reads_ratio_one_when_connect_fails() {
     let netns = Netns::new((40000, 40099), "40010-40019");
     let exporter = netns.start_exporter(&["--collector.interval", "100ms"]);
@@ -337,6 +351,10 @@ fn exhausting_the_range_reads_ratio_one_when_connect_fails() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn closed_listener_and_changed_range_show_at_the_next_sample() {
     let netns = Netns::new((40000, 40099), "");
     let exporter = netns.start_exporter(&["--collector.interval", "100ms"]);
@@ -374,6 +392,10 @@ fn closed_listener_and_changed_range_show_at_the_next_sample() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn a_port_that_changes_hands_is_attributed_to_its_new_owner() {
     let netns = Netns::new((40000, 40099), "");
     let exporter = netns.start_exporter(&["--collector.interval", "100ms"]);
@@ -407,6 +429,10 @@ fn a_port_that_changes_hands_is_attributed_to_its_new_owner() {
 /// process is still named, with what the kernel kept, the byte left of the
 /// `é` written as an escape.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn a_name_cut_inside_a_character_still_names_its_process() {
     let netns = Netns::new((40000, 40099), "");
     let _named = support::NamedListener::start(&netns, "écouteur-résé".as_bytes(), 7001);
@@ -431,6 +457,10 @@ fn named_listener(port: u16, process: &str) -> String {
 /// empty one Prometheus reads as no label; with either way of finding
 /// owners.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn names_not_utf8_or_empty_each_keep_a_series() {
     let netns = Netns::new((40000, 40099), "");
     let _first = support::NamedListener::start(&netns, b"a\xff", 7005);
@@ -461,6 +491,10 @@ fn names_not_utf8_or_empty_each_keep_a_series() {
 /// The same link-local address on two interfaces is two listeners, each
 /// named with its interface, not one group of two sockets.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn link_local_listeners_keep_their_interface() {
     support::require_bpf();
     let netns = Netns::new((40000, 40099), "");
@@ -508,6 +542,10 @@ fn link_local_listeners_keep_their_interface() {
 /// values of the `process` label: their names gain ` (a process)`, which no
 /// `comm` (15 bytes at most) can be.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn processes_named_like_the_built_in_labels_stay_apart() {
     let netns = Netns::new((40000, 40099), "");
     let _unknown = support::NamedListener::start(&netns, b"unknown", 7003);
@@ -531,6 +569,10 @@ fn processes_named_like_the_built_in_labels_stay_apart() {
 /// `iter/task_file` pass (the `bpf` source) or the walk of `/proc/<pid>/fd`
 /// (the `netlink` source).
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn forked_processes_share_sockets_and_each_is_counted_once() {
     support::require_bpf();
     let netns = Netns::new((40000, 40099), "");

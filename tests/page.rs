@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::Place;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -54,6 +56,10 @@ fn png_size(bytes: &[u8]) -> (u32, u32) {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn the_landing_page_shows_fill_destinations_and_listeners_in_a_browser() {
     support::require_bpf();
     let netns = Netns::new((40000, 40099), "40090-40099");

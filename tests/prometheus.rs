@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::Place;
+
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -160,6 +162,10 @@ fn connect_up_to(
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn alerts_fire_before_connect_fails_and_the_dashboard_queries_answer() {
     support::require_bpf();
     // 100 ports; a listener inside the range takes one from every destination.
@@ -404,6 +410,10 @@ fn query_value(netns: &Netns, query: &str) -> Option<f64> {
 /// takes one sample just before each scrape, every scrape getting figures
 /// less than the interval old.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn samples_follow_prometheus_s_scrapes() {
     let netns = Netns::new((40000, 40099), "");
     let _exporter = netns.start_exporter(&["--collector.interval", "1s"]);
@@ -433,6 +443,10 @@ fn samples_follow_prometheus_s_scrapes() {
 /// drop alerts once it is, and every query of the dashboard's source NAT
 /// row answers.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn nat_alerts_fire_before_the_first_dropped_syn_and_the_nat_row_answers() {
     let lab = support::NatLab::new((45000, 45019));
     let _exporter = lab.router.start_exporter(&[

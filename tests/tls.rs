@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::Place;
+
 use support::OutputWithin;
 
 use std::path::{Path, PathBuf};
@@ -153,6 +155,10 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 const URL: &str = "https://127.0.0.1:10042/metrics";
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn tls_and_basic_auth_with_a_reload() {
     let folder = Folder::new("auth");
     certificates(&folder);
@@ -281,6 +287,10 @@ fn tls_and_basic_auth_with_a_reload() {
 }
 
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn client_certificates_are_required_when_configured() {
     let folder = Folder::new("clients");
     certificates(&folder);
@@ -382,6 +392,10 @@ fn served_subject(netns: &Netns) -> String {
 /// certbot and cert-manager renew by renaming new files into place, and
 /// send no signal: the exporter serves the new certificate all the same.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn a_renewed_certificate_is_served_without_a_signal() {
     let folder = Folder::new("renew");
     certificates(&folder);
@@ -421,6 +435,10 @@ fn a_renewed_certificate_is_served_without_a_signal() {
 
 /// A certificate past its end is loaded, as before, but said in the log.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn an_expired_certificate_is_warned_of() {
     let folder = Folder::new("expired");
     let dir = &folder.0;
@@ -516,6 +534,10 @@ fn a_configuration_that_is_no_regular_file_is_refused_at_start() {
 /// Reloads of hostile files (deep brackets, a FIFO, a device) are refused
 /// without stalling a request, and SIGTERM still ends the exporter.
 #[test]
+#[cfg_attr(
+    not(portstat_root),
+    ignore = "needs root: it creates network namespaces or loads BPF programs"
+)]
 fn a_hostile_reload_stalls_no_request() {
     let folder = Folder::new("hostile");
     let hash = bcrypt::hash("secret", 10).unwrap();

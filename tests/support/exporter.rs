@@ -1,12 +1,12 @@
-//! Exporter processes started in a namespace, killed on drop, and the
-//! harness's HTTP client for them.
+//! Exporter processes started in a place (a namespace, or the host with a
+//! recorded procfs), killed on drop, and the harness's HTTP client for them.
 
 use super::*;
 
 /// An exporter process, killed on drop.
 pub struct Exporter<'a> {
     pub(super) child: Child,
-    pub(super) netns: &'a Netns,
+    pub(super) place: &'a dyn Place,
     pub(super) address: SocketAddr,
     pub(super) log: PathBuf,
 }
@@ -35,6 +35,32 @@ impl Exporter<'_> {
     /// The exporter's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The first address it logged it listens on, once it has logged one
+    /// (`None` when it exited or logged none within `READY_DEADLINE`).
+    pub fn logged_address(&mut self) -> Option<SocketAddr> {
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            let log = self.log();
+            let address = log
+                .lines()
+                .filter(|line| line.contains("listening"))
+                .find_map(|line| {
+                    let rest = line
+                        .split("address=")
+                        .nth(1)
+                        .or_else(|| line.split("\"address\":\"").nth(1))?;
+                    rest.split(|c: char| c.is_whitespace() || c == '"')
+                        .next()?
+                        .parse()
+                        .ok()
+                });
+            if address.is_some() || !self.running() || Instant::now() > deadline {
+                return address;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The address it serves on.
@@ -121,15 +147,15 @@ impl Exporter<'_> {
         poll_until(|| self.metrics(), done)
     }
 
-    /// Sends one HTTP/1.1 request from inside the namespace, from a local port
-    /// outside the test's range so that it does not change the figures.
+    /// Sends one HTTP/1.1 request from the place, from a local port that
+    /// does not change the figures.
     pub fn request(
         &self,
         method: &str,
         path: &str,
         headers: &[(&str, &str)],
     ) -> std::io::Result<HttpResponse> {
-        let stream = self.netns.connect(self.address)?;
+        let stream = self.place.connect(self.address)?;
         let mut request =
             format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
         for (name, value) in headers {
@@ -141,12 +167,12 @@ impl Exporter<'_> {
 
     /// GET `path` from another address the exporter listens on.
     pub fn get_at(&self, address: SocketAddr, path: &str) -> std::io::Result<HttpResponse> {
-        self.netns.http_get(address, path)
+        self.place.http_get(address, path)
     }
 
-    /// A connection from inside the namespace to `address`.
+    /// A connection from the place to `address`.
     pub fn connect(&self, address: SocketAddr) -> std::io::Result<TcpStream> {
-        self.netns.connect(address)
+        self.place.connect(address)
     }
 
     /// Sends SIGTERM and waits for the exit status, at most `limit`.

@@ -5,8 +5,10 @@
 //! This file holds what every part shares (the binary under test, the
 //! deadlines, waiting on a condition, the privileges a test needs); each
 //! part is a module of its own, re-exported here:
+//! - `place`: where a test runs exporters (`Place`): a namespace of its own,
+//!   or the host's loopback with a recorded procfs (`Recorded`, no root);
 //! - `netns`: a namespace of the test's own, and what runs inside it;
-//! - `exporter`: an exporter process in a namespace, and the HTTP client;
+//! - `exporter`: an exporter process in a place, and the HTTP client;
 //! - `metrics`: an exposition parsed into series;
 //! - `sockets`: setup commands and sockets in a given state;
 //! - `seccomp`: system calls made to fail or wait, descriptor limits;
@@ -32,6 +34,7 @@ mod exporter;
 mod metrics;
 mod nat_lab;
 mod netns;
+mod place;
 mod scripts;
 mod seccomp;
 mod sockets;
@@ -47,6 +50,8 @@ pub use metrics::*;
 pub use nat_lab::*;
 #[allow(unused_imports)]
 pub use netns::*;
+#[allow(unused_imports)]
+pub use place::*;
 #[allow(unused_imports)]
 pub use scripts::*;
 #[allow(unused_imports)]

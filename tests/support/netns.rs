@@ -125,127 +125,6 @@ impl Netns {
         command
     }
 
-    /// Runs `portstat_exporter --once` inside the namespace.
-    pub fn once(&self, args: &[&str]) -> Output {
-        self.command(exporter())
-            .arg("--once")
-            .args(args)
-            .output_within()
-            .expect("cannot run the exporter")
-    }
-
-    /// Runs `portstat_exporter inspect` with `args` inside the namespace;
-    /// fails the test unless it succeeds. Returns its standard output.
-    pub fn inspect(&self, args: &[&str]) -> String {
-        let output = self
-            .command(exporter())
-            .arg("inspect")
-            .args(args)
-            .output_within()
-            .expect("cannot run the exporter");
-        assert!(
-            output.status.success(),
-            "inspect failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).expect("inspect writes UTF-8")
-    }
-
-    /// The metrics of one `--once` run with `args`, which must succeed.
-    pub fn once_metrics(&self, args: &[&str]) -> Metrics {
-        let output = self.once(args);
-        assert!(
-            output.status.success(),
-            "--once failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Metrics::parse(&String::from_utf8_lossy(&output.stdout))
-    }
-
-    /// Runs `--once` with `args` until `done` holds for its metrics;
-    /// `Err` with the last metrics when it did not within
-    /// `READY_DEADLINE`.
-    pub fn once_until(
-        &self,
-        args: &[&str],
-        done: impl Fn(&Metrics) -> bool,
-    ) -> Result<Metrics, TimedOut> {
-        poll_until(|| self.once_metrics(args), done)
-    }
-
-    /// Starts the exporter inside the namespace, listening on 127.0.0.1:10042
-    /// there, and waits until it is ready.
-    pub fn start_exporter(&self, args: &[&str]) -> Exporter<'_> {
-        self.start_exporter_with(args, |_| {})
-    }
-
-    /// `start_exporter`, with `prepare` applied to its command first.
-    pub fn start_exporter_with(
-        &self,
-        args: &[&str],
-        prepare: impl FnOnce(&mut Command),
-    ) -> Exporter<'_> {
-        let mut exporter = self.spawn_exporter_with(args, prepare);
-        let deadline = Instant::now() + READY_DEADLINE;
-        loop {
-            if exporter
-                .get("/-/ready")
-                .is_ok_and(|response| response.status == 200)
-            {
-                return exporter;
-            }
-            if let Ok(Some(status)) = exporter.child.try_wait() {
-                panic!(
-                    "the exporter exited ({status}) before it was ready; it logged:\n{}",
-                    exporter.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the exporter did not become ready within {READY_DEADLINE:?}; it logged:\n{}",
-                exporter.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Starts the exporter inside the namespace without waiting for it.
-    pub fn spawn_exporter(&self, args: &[&str]) -> Exporter<'_> {
-        self.spawn_exporter_with(args, |_| {})
-    }
-
-    /// `spawn_exporter`, with `prepare` applied to its command first.
-    pub fn spawn_exporter_with(
-        &self,
-        args: &[&str],
-        prepare: impl FnOnce(&mut Command),
-    ) -> Exporter<'_> {
-        let log = std::env::temp_dir().join(format!("{}-{}.log", self.name, self.next_port()));
-        let log_file = File::create(&log).expect("cannot create the exporter's log");
-        let mut command = self.command(exporter());
-        command
-            .args(["--web.listen-address", "127.0.0.1:10042"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(log_file);
-        prepare(&mut command);
-        let child = command.spawn().expect("cannot start the exporter");
-        Exporter {
-            child,
-            netns: self,
-            address: SocketAddr::from((Ipv4Addr::LOCALHOST, 10042)),
-            log,
-        }
-    }
-
-    /// GET `path` from `address`, from inside the namespace.
-    pub fn http_get(&self, address: SocketAddr, path: &str) -> std::io::Result<HttpResponse> {
-        let stream = self.connect(address)?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        read_response(stream, &request, false)
-    }
-
     /// A connection from inside the namespace to `address`, from a local
     /// port outside the test's range so that it does not change the figures.
     pub fn connect(&self, address: SocketAddr) -> std::io::Result<TcpStream> {
@@ -270,6 +149,28 @@ impl Netns {
     /// A local port outside any test range, for the harness's own clients.
     fn next_port(&self) -> u16 {
         self.next_client_port.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl Place for Netns {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn command(&self, program: &str) -> Command {
+        Netns::command(self, program)
+    }
+
+    fn exporter_command(&self) -> Command {
+        Netns::command(self, exporter())
+    }
+
+    fn listen_address(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 10042))
+    }
+
+    fn connect(&self, address: SocketAddr) -> std::io::Result<TcpStream> {
+        Netns::connect(self, address)
     }
 }
 
