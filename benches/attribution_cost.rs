@@ -13,6 +13,8 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use support::Place;
+
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -29,6 +29,8 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use support::Place;
+
 mod common;
 
 use std::net::{TcpStream, UdpSocket};

@@ -25,6 +25,8 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use support::Place;
+
 mod common;
 
 use std::io::Read;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{Exporter, Netns};
+use support::{Exporter, Recorded};
 
 const FLOOD: Duration = Duration::from_secs(15);
 const FLOODERS: usize = 128;
@@ -52,8 +52,8 @@ impl Drop for Config {
     }
 }
 
-fn start<'a>(netns: &'a Netns, config: &Config) -> Exporter<'a> {
-    let exporter = netns.spawn_exporter(&["--web.config.file", config.0.to_str().unwrap()]);
+fn start<'a>(place: &'a Recorded, config: &Config) -> Exporter<'a> {
+    let exporter = place.spawn_exporter(&["--web.config.file", config.0.to_str().unwrap()]);
     let authorization = basic("prometheus", "right");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !exporter
@@ -82,14 +82,10 @@ fn median(mut times: Vec<Duration>) -> Duration {
 }
 
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn correct_scrapes_are_answered_at_once_during_a_wrong_password_flood() {
-    let netns = Netns::new((40000, 40099), "");
+    let place = Recorded::new((40000, 40099), "");
     let config = Config::new("flood", "right");
-    let exporter = start(&netns, &config);
+    let exporter = start(&place, &config);
     let right = basic("prometheus", "right");
     let address = exporter.address();
     let stop = Arc::new(AtomicBool::new(false));
@@ -98,7 +94,7 @@ fn correct_scrapes_are_answered_at_once_during_a_wrong_password_flood() {
         for flooder in 0..FLOODERS {
             let stop = stop.clone();
             let refused = refused.clone();
-            let netns = &netns;
+            let place = &place;
             scope.spawn(move || {
                 let mut attempt = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -109,7 +105,7 @@ fn correct_scrapes_are_answered_at_once_during_a_wrong_password_flood() {
                          Authorization: {}\r\n\r\n",
                         basic("prometheus", &format!("wrong-{flooder}-{attempt}"))
                     );
-                    let Ok(mut stream) = netns.connect(address) else {
+                    let Ok(mut stream) = place.connect(address) else {
                         continue;
                     };
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
@@ -168,14 +164,10 @@ fn correct_scrapes_are_answered_at_once_during_a_wrong_password_flood() {
 }
 
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn an_unknown_user_takes_as_long_to_refuse_as_a_wrong_password() {
-    let netns = Netns::new((40000, 40099), "");
+    let place = Recorded::new((40000, 40099), "");
     let config = Config::new("timing", "right");
-    let exporter = start(&netns, &config);
+    let exporter = start(&place, &config);
     let mut wrong = Vec::new();
     let mut unknown = Vec::new();
     // Alternating, with passwords never tried before.
@@ -211,14 +203,10 @@ fn exited(pid: u32) -> bool {
 /// (bcrypt cost 14, about a second each) run and wait: those running are
 /// waited for a bounded time, those waiting not at all.
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn sigterm_ends_the_exporter_while_password_checks_run() {
-    let netns = Netns::new((40000, 40099), "");
+    let place = Recorded::new((40000, 40099), "");
     let config = Config::with_cost("costly", "right", 14);
-    let mut exporter = start(&netns, &config);
+    let mut exporter = start(&place, &config);
     let pid = exporter.pid();
     let stop = AtomicBool::new(false);
     let sent = AtomicU64::new(0);

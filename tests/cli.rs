@@ -10,7 +10,7 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{Netns, exporter};
+use support::{Recorded, exporter};
 
 #[test]
 fn malformed_flag_values_exit_2_naming_the_flag() {
@@ -56,33 +56,26 @@ fn malformed_flag_values_exit_2_naming_the_flag() {
 }
 
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn address_in_use_exits_1_within_a_second() {
-    let netns = Netns::new((40000, 40099), "");
-    let _taken = netns.run(|| TcpListener::bind("127.0.0.1:10042").unwrap());
+    let place = Recorded::new((40000, 40099), "");
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
     let started = Instant::now();
-    let mut exporter = netns.spawn_exporter(&[]);
+    let mut exporter = place.spawn_exporter(&["--web.listen-address", &address]);
     let status = exporter
         .wait_exit(Duration::from_secs(1))
         .expect("still running a second after its address was taken");
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(status.code(), Some(1));
     let log = exporter.log();
-    assert!(log.contains("127.0.0.1:10042"), "{log}");
+    assert!(log.contains(&address), "{log}");
     assert!(log.contains("in use"), "{log}");
 }
 
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn once_prints_the_exposition_and_exits_0() {
-    let netns = Netns::new((40000, 40099), "40000");
-    let output = netns.once(&[]);
+    let place = Recorded::new((40000, 40099), "40000");
+    let output = place.once(&[]);
     assert_eq!(output.status.code(), Some(0));
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(
@@ -93,20 +86,15 @@ fn once_prints_the_exposition_and_exits_0() {
 }
 
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn once_exits_1_when_the_kernel_cannot_be_read() {
-    let netns = Netns::new((40000, 40099), "");
-    let output = netns.once(&["--path.procfs", "/nonexistent"]);
+    let place = Recorded::new((40000, 40099), "");
+    std::fs::remove_dir_all(place.procfs()).unwrap();
+    let output = place.once(&[]);
     assert_eq!(output.status.code(), Some(1));
     assert!(output.stdout.is_empty());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("/nonexistent/sys/net/ipv4/ip_local_port_range"),
-        "{stderr}"
-    );
+    let missing = place.procfs().join("sys/net/ipv4/ip_local_port_range");
+    assert!(stderr.contains(missing.to_str().unwrap()), "{stderr}");
     // Nothing is served by --once: the message must not say otherwise.
     assert!(stderr.contains("sampling failed"), "{stderr}");
     assert!(!stderr.contains("serving"), "{stderr}");
@@ -150,13 +138,10 @@ fn values_that_cannot_work_are_refused_alike() {
 
 /// `:0` asks the kernel for a port: the log names the one it gave.
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn the_log_names_the_port_bound_for_port_0() {
-    let netns = Netns::new((40000, 40099), "");
-    let mut exporter = netns.spawn_exporter(&["--web.listen-address", "127.0.0.1:0"]);
+    let place = Recorded::new((40000, 40099), "");
+    // The place listens on port 0 unless told otherwise.
+    let mut exporter = place.spawn_exporter(&[]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !exporter.log().contains("msg=listening") && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -234,13 +219,9 @@ fn version_and_help() {
 }
 
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn json_logs_are_one_object_per_line() {
-    let netns = Netns::new((40000, 40099), "");
-    let mut exporter = netns.start_exporter(&["--log.format", "json"]);
+    let place = Recorded::new((40000, 40099), "");
+    let mut exporter = place.start_exporter(&["--log.format", "json"]);
     exporter.terminate(Duration::from_secs(5)).unwrap();
     let log = exporter.log();
     assert!(!log.is_empty());
@@ -263,13 +244,9 @@ fn json_logs_are_one_object_per_line() {
 }
 
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn the_log_says_where_each_protocol_was_read_from() {
-    let netns = Netns::new((40000, 40099), "");
-    let exporter = netns.start_exporter(&["--collector.interval", "200ms"]);
+    let place = Recorded::new((40000, 40099), "");
+    let exporter = place.start_exporter(&["--collector.interval", "200ms"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !exporter.log().contains("sockets read") {
         assert!(Instant::now() < deadline, "{}", exporter.log());
@@ -304,21 +281,17 @@ fn the_log_says_where_each_protocol_was_read_from() {
 /// An interval short enough to keep a CPU busy is taken, and said; one of
 /// a usual length is not.
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn an_interval_that_keeps_a_cpu_busy_is_warned_of() {
-    let netns = Netns::new((40000, 40099), "");
+    let place = Recorded::new((40000, 40099), "");
     let warning = "samples this close keep a CPU busy";
-    let busy = netns.start_exporter(&["--collector.interval", "1ms"]);
+    let busy = place.start_exporter(&["--collector.interval", "1ms"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !busy.log().contains(warning) {
         assert!(Instant::now() < deadline, "{}", busy.log());
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(busy);
-    let usual = netns.start_exporter(&["--collector.interval", "200ms"]);
+    let usual = place.start_exporter(&["--collector.interval", "200ms"]);
     // The warning would come before the first sample's line.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !usual.log().contains("sockets read") {
@@ -330,10 +303,6 @@ fn an_interval_that_keeps_a_cpu_busy_is_warned_of() {
 
 /// `--collector.netns.max 0` would sample nothing: refused at parse time.
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn a_namespace_limit_of_zero_is_refused() {
     let output = std::process::Command::new(support::exporter())
         .args(["--collector.netns.max", "0", "--once"])

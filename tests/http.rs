@@ -10,16 +10,12 @@ use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::time::Duration;
 
-use support::Netns;
+use support::{Netns, Recorded};
 
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn endpoints_answer_as_documented() {
-    let netns = Netns::new((40000, 40099), "");
-    let exporter = netns.start_exporter(&["--collector.interval", "200ms"]);
+    let place = Recorded::new((40000, 40099), "");
+    let exporter = place.start_exporter(&["--collector.interval", "200ms"]);
 
     let landing = exporter.get("/").unwrap();
     assert_eq!(landing.status, 200);
@@ -82,13 +78,9 @@ fn endpoints_answer_as_documented() {
 }
 
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn telemetry_path_and_exporter_metrics_flags() {
-    let netns = Netns::new((40000, 40099), "");
-    let exporter = netns.start_exporter(&[
+    let place = Recorded::new((40000, 40099), "");
+    let exporter = place.start_exporter(&[
         "--web.telemetry-path",
         "/scrape",
         "--web.disable-exporter-metrics",
@@ -112,19 +104,11 @@ fn telemetry_path_and_exporter_metrics_flags() {
 }
 
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn ready_only_after_a_sample_succeeded() {
-    let netns = Netns::new((40000, 40099), "");
-    let missing = std::env::temp_dir().join(format!("portstat-missing-{}", std::process::id()));
-    let exporter = netns.spawn_exporter(&[
-        "--path.procfs",
-        missing.to_str().unwrap(),
-        "--collector.interval",
-        "100ms",
-    ]);
+    let place = Recorded::new((40000, 40099), "");
+    // No socket table to read: every sample fails.
+    std::fs::remove_dir_all(place.procfs().join("net")).unwrap();
+    let exporter = place.spawn_exporter(&["--collector.interval", "100ms"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let healthy = loop {
         if let Ok(response) = exporter.get("/-/healthy") {
@@ -161,13 +145,9 @@ fn ready_only_after_a_sample_succeeded() {
 }
 
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn sigterm_shuts_down_cleanly() {
-    let netns = Netns::new((40000, 40099), "");
-    let mut exporter = netns.start_exporter(&[]);
+    let place = Recorded::new((40000, 40099), "");
+    let mut exporter = place.start_exporter(&[]);
     let status = exporter
         .terminate(Duration::from_secs(5))
         .expect("the exporter did not exit within 5 s of SIGTERM");
@@ -196,17 +176,11 @@ fn listens_on_every_address_given_dual_stack_when_the_host_is_empty() {
 }
 
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn a_client_that_never_finishes_its_headers_is_cut_off() {
     use std::io::Write;
-    let netns = Netns::new((40000, 40099), "");
-    let exporter = netns.start_exporter(&[]);
-    let mut stream = exporter
-        .connect("127.0.0.1:10042".parse().unwrap())
-        .unwrap();
+    let place = Recorded::new((40000, 40099), "");
+    let exporter = place.start_exporter(&[]);
+    let mut stream = exporter.connect(exporter.address()).unwrap();
     let started = std::time::Instant::now();
     stream
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: slow\r\n")
@@ -286,15 +260,11 @@ fn an_unprivileged_exporter_still_works_and_says_so_once() {
 /// sent no request; where every connection has sent one, the new one is
 /// closed at once.
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn connections_beyond_the_limit_are_closed_at_once() {
     use std::io::Read;
-    let netns = Netns::new((40000, 40099), "");
-    let exporter = netns.start_exporter(&["--web.max-connections", "3"]);
-    let address = "127.0.0.1:10042".parse().unwrap();
+    let place = Recorded::new((40000, 40099), "");
+    let exporter = place.start_exporter(&["--web.max-connections", "3"]);
+    let address = exporter.address();
     let closed_at_once = |stream: &mut std::net::TcpStream| {
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
@@ -335,13 +305,9 @@ fn connections_beyond_the_limit_are_closed_at_once() {
 /// `nc -N`, socat and many health checks send a request, then close their
 /// side for writing, and wait for the answer.
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn a_request_followed_by_a_half_close_is_answered() {
-    let netns = Netns::new((40000, 40099), "");
-    let exporter = netns.start_exporter(&["--collector.interval", "200ms"]);
+    let place = Recorded::new((40000, 40099), "");
+    let exporter = place.start_exporter(&["--collector.interval", "200ms"]);
     for _ in 0..20 {
         let mut stream = exporter.connect(exporter.address()).unwrap();
         stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
@@ -372,13 +338,9 @@ fn a_request_followed_by_a_half_close_is_answered() {
 /// Service managers send SIGHUP to reload; without a web configuration
 /// there is nothing to reload, and the exporter must carry on.
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn sighup_without_a_web_config_is_logged_and_survived() {
-    let netns = Netns::new((40000, 40099), "");
-    let mut exporter = netns.start_exporter(&["--collector.interval", "200ms"]);
+    let place = Recorded::new((40000, 40099), "");
+    let mut exporter = place.start_exporter(&["--collector.interval", "200ms"]);
     exporter.signal(libc::SIGHUP);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !exporter.log().contains("received SIGHUP") {
@@ -404,13 +366,9 @@ fn sighup_without_a_web_config_is_logged_and_survived() {
 /// A client with HTTP/2 prior knowledge is told, in HTTP/2, that only
 /// HTTP/1.1 is served: a GOAWAY with HTTP_1_1_REQUIRED and the reason.
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn http2_with_prior_knowledge_is_told_to_use_http1() {
-    let netns = Netns::new((40000, 40099), "");
-    let exporter = netns.start_exporter(&[]);
+    let place = Recorded::new((40000, 40099), "");
+    let exporter = place.start_exporter(&[]);
     let mut stream = exporter.connect(exporter.address()).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
@@ -536,13 +494,9 @@ fn unix_now() -> f64 {
 /// period is confirmed, the exporter takes one sample a scrape, just
 /// before it, and each scrape gets figures less than the interval old.
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn samples_follow_steady_scrapes_one_a_scrape() {
-    let netns = Netns::new((40000, 40099), "");
-    let exporter = netns.start_exporter(&["--collector.interval", "1s"]);
+    let place = Recorded::new((40000, 40099), "");
+    let exporter = place.start_exporter(&["--collector.interval", "1s"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(240);
     let mut next = std::time::Instant::now();
     let mut last_samples = None;
@@ -576,13 +530,9 @@ fn samples_follow_steady_scrapes_one_a_scrape() {
 /// With `--no-collector.follow-scrapes`, steady scrapes leave samples
 /// every interval.
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn without_following_samples_run_every_interval_whatever_the_scrapes() {
-    let netns = Netns::new((40000, 40099), "");
-    let exporter = netns.start_exporter(&[
+    let place = Recorded::new((40000, 40099), "");
+    let exporter = place.start_exporter(&[
         "--collector.interval",
         "1s",
         "--no-collector.follow-scrapes",

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use support::Netns;
+use support::{Exporter, Recorded};
 
 /// A folder of certificates and configurations, removed on drop.
 struct Folder(PathBuf);
@@ -127,9 +127,8 @@ fn signed(folder: &Folder, name: &str, extensions: &str) {
     );
 }
 
-fn curl(netns: &Netns, folder: &Folder, args: &[&str]) -> Output {
-    netns
-        .command("curl")
+fn curl(folder: &Folder, args: &[&str]) -> Output {
+    Command::new("curl")
         .args(["--silent", "--show-error", "--max-time", "5", "--cacert"])
         .arg(folder.path("ca.crt"))
         .args(["--write-out", "\n%{http_code}"])
@@ -152,13 +151,12 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-const URL: &str = "https://127.0.0.1:10042/metrics";
+/// The exporter's URL for `path`, over TLS.
+fn url(exporter: &Exporter, path: &str) -> String {
+    format!("https://{}{path}", exporter.address())
+}
 
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn tls_and_basic_auth_with_a_reload() {
     let folder = Folder::new("auth");
     certificates(&folder);
@@ -171,34 +169,47 @@ fn tls_and_basic_auth_with_a_reload() {
         )
     };
     let config = folder.write("web.yml", &config_text(&hash));
-    let netns = Netns::new((40000, 40099), "");
-    let exporter = netns.spawn_exporter(&["--web.config.file", config.to_str().unwrap()]);
+    let place = Recorded::new((40000, 40099), "");
+    let exporter = place.spawn_exporter(&["--web.config.file", config.to_str().unwrap()]);
     // Up, and past its first sample: before it the exposition is empty.
     wait_until("the TLS port and the first sample", || {
-        let output = curl(&netns, &folder, &["-u", "prometheus:first secret", URL]);
+        let output = curl(
+            &folder,
+            &["-u", "prometheus:first secret", &url(&exporter, "/metrics")],
+        );
         status(&output) == Some(200)
             && String::from_utf8_lossy(&output.stdout).contains("portstat_ephemeral_ports_capacity")
     });
 
     assert_eq!(
-        status(&curl(&netns, &folder, &[URL])),
+        status(&curl(&folder, &[&url(&exporter, "/metrics")])),
         Some(401),
         "no credentials"
     );
     assert_eq!(
-        status(&curl(&netns, &folder, &["-u", "prometheus:wrong", URL])),
+        status(&curl(
+            &folder,
+            &["-u", "prometheus:wrong", &url(&exporter, "/metrics")]
+        )),
         Some(401),
         "a wrong password"
     );
     assert_eq!(
-        status(&curl(&netns, &folder, &["-u", "someone:first secret", URL])),
+        status(&curl(
+            &folder,
+            &["-u", "someone:first secret", &url(&exporter, "/metrics")]
+        )),
         Some(401),
         "an unknown user"
     );
     let good = curl(
-        &netns,
         &folder,
-        &["-u", "prometheus:first secret", "--include", URL],
+        &[
+            "-u",
+            "prometheus:first secret",
+            "--include",
+            &url(&exporter, "/metrics"),
+        ],
     );
     assert_eq!(status(&good), Some(200));
     let text = String::from_utf8_lossy(&good.stdout);
@@ -212,7 +223,10 @@ fn tls_and_basic_auth_with_a_reload() {
         "{text}"
     );
     // Plain HTTP to the TLS port is told so, as Go's servers tell it.
-    let plain = curl(&netns, &folder, &["http://127.0.0.1:10042/metrics"]);
+    let plain = curl(
+        &folder,
+        &[&format!("http://{}/metrics", exporter.address())],
+    );
     assert_eq!(status(&plain), Some(400), "{plain:?}");
     assert!(
         String::from_utf8_lossy(&plain.stdout)
@@ -225,16 +239,18 @@ fn tls_and_basic_auth_with_a_reload() {
     std::fs::write(&config, config_text(&new_hash)).unwrap();
     wait_until("the reload", || {
         status(&curl(
-            &netns,
             &folder,
-            &["-u", "prometheus:second secret", URL],
+            &[
+                "-u",
+                "prometheus:second secret",
+                &url(&exporter, "/metrics"),
+            ],
         )) == Some(200)
     });
     assert_eq!(
         status(&curl(
-            &netns,
             &folder,
-            &["-u", "prometheus:first secret", URL]
+            &["-u", "prometheus:first secret", &url(&exporter, "/metrics")]
         )),
         Some(401)
     );
@@ -254,9 +270,12 @@ fn tls_and_basic_auth_with_a_reload() {
     );
     assert_eq!(
         status(&curl(
-            &netns,
             &folder,
-            &["-u", "prometheus:second secret", URL]
+            &[
+                "-u",
+                "prometheus:second secret",
+                &url(&exporter, "/metrics")
+            ]
         )),
         Some(200)
     );
@@ -272,25 +291,24 @@ fn tls_and_basic_auth_with_a_reload() {
         exporter.log()
     );
     assert_eq!(
-        status(&curl(&netns, &folder, &[URL])),
+        status(&curl(&folder, &[&url(&exporter, "/metrics")])),
         Some(401),
         "no credentials, after the emptied file"
     );
     assert_eq!(
         status(&curl(
-            &netns,
             &folder,
-            &["-u", "prometheus:second secret", URL]
+            &[
+                "-u",
+                "prometheus:second secret",
+                &url(&exporter, "/metrics")
+            ]
         )),
         Some(200)
     );
 }
 
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn client_certificates_are_required_when_configured() {
     let folder = Folder::new("clients");
     certificates(&folder);
@@ -299,8 +317,8 @@ fn client_certificates_are_required_when_configured() {
         "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  \
          client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n",
     );
-    let netns = Netns::new((40000, 40099), "");
-    let _exporter = netns.spawn_exporter(&["--web.config.file", config.to_str().unwrap()]);
+    let place = Recorded::new((40000, 40099), "");
+    let exporter = place.spawn_exporter(&["--web.config.file", config.to_str().unwrap()]);
     let client = folder.path("client.crt");
     let client_key = folder.path("client.key");
     let with_certificate = [
@@ -308,12 +326,12 @@ fn client_certificates_are_required_when_configured() {
         client.to_str().unwrap(),
         "--key",
         client_key.to_str().unwrap(),
-        URL,
+        &url(&exporter, "/metrics"),
     ];
     wait_until("the TLS port", || {
-        status(&curl(&netns, &folder, &with_certificate)) == Some(200)
+        status(&curl(&folder, &with_certificate)) == Some(200)
     });
-    let without = curl(&netns, &folder, &[URL]);
+    let without = curl(&folder, &[&url(&exporter, "/metrics")]);
     assert!(
         status(&without).is_none(),
         "a client without a certificate got in: {without:?}"
@@ -322,14 +340,13 @@ fn client_certificates_are_required_when_configured() {
     let server = folder.path("server.crt");
     let server_key = folder.path("server.key");
     let wrong = curl(
-        &netns,
         &folder,
         &[
             "--cert",
             server.to_str().unwrap(),
             "--key",
             server_key.to_str().unwrap(),
-            URL,
+            &url(&exporter, "/metrics"),
         ],
     );
     assert!(status(&wrong).is_none(), "{wrong:?}");
@@ -376,13 +393,15 @@ fn a_bad_configuration_at_start_exits_1_naming_the_field() {
 }
 
 /// The subject of the certificate the exporter presents.
-fn served_subject(netns: &Netns) -> String {
-    let output = netns
-        .command("sh")
+fn served_subject(exporter: &Exporter) -> String {
+    let output = Command::new("sh")
         .args([
             "-c",
-            "openssl s_client -connect 127.0.0.1:10042 </dev/null 2>/dev/null \
-             | openssl x509 -noout -subject",
+            &format!(
+                "openssl s_client -connect {} </dev/null 2>/dev/null \
+                 | openssl x509 -noout -subject",
+                exporter.address()
+            ),
         ])
         .output_within()
         .unwrap();
@@ -392,10 +411,6 @@ fn served_subject(netns: &Netns) -> String {
 /// certbot and cert-manager renew by renaming new files into place, and
 /// send no signal: the exporter serves the new certificate all the same.
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn a_renewed_certificate_is_served_without_a_signal() {
     let folder = Folder::new("renew");
     certificates(&folder);
@@ -403,25 +418,21 @@ fn a_renewed_certificate_is_served_without_a_signal() {
         "web.yml",
         "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
     );
-    let netns = Netns::new((40000, 40099), "");
-    let exporter = netns.spawn_exporter(&["--web.config.file", config.to_str().unwrap()]);
+    let place = Recorded::new((40000, 40099), "");
+    let exporter = place.spawn_exporter(&["--web.config.file", config.to_str().unwrap()]);
     wait_until("the TLS port", || {
-        served_subject(&netns).contains("portstat test server")
+        served_subject(&exporter).contains("portstat test server")
     });
     signed(&folder, "renewed", SERVER);
     std::fs::rename(folder.path("renewed.crt"), folder.path("server.crt")).unwrap();
     std::fs::rename(folder.path("renewed.key"), folder.path("server.key")).unwrap();
     wait_until("the renewed certificate", || {
-        served_subject(&netns).contains("portstat test renewed")
+        served_subject(&exporter).contains("portstat test renewed")
     });
     // Verified by the client, against the CA (the first sample need not
     // be done: /-/healthy answers before it).
     assert_eq!(
-        status(&curl(
-            &netns,
-            &folder,
-            &["https://127.0.0.1:10042/-/healthy"]
-        )),
+        status(&curl(&folder, &[&url(&exporter, "/-/healthy")])),
         Some(200),
         "{}",
         exporter.log()
@@ -435,10 +446,6 @@ fn a_renewed_certificate_is_served_without_a_signal() {
 
 /// A certificate past its end is loaded, as before, but said in the log.
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn an_expired_certificate_is_warned_of() {
     let folder = Folder::new("expired");
     let dir = &folder.0;
@@ -479,8 +486,8 @@ fn an_expired_certificate_is_warned_of() {
         "web.yml",
         "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
     );
-    let netns = Netns::new((40000, 40099), "");
-    let exporter = netns.spawn_exporter(&["--web.config.file", config.to_str().unwrap()]);
+    let place = Recorded::new((40000, 40099), "");
+    let exporter = place.spawn_exporter(&["--web.config.file", config.to_str().unwrap()]);
     wait_until("the warning", || {
         exporter
             .log()
@@ -534,10 +541,6 @@ fn a_configuration_that_is_no_regular_file_is_refused_at_start() {
 /// Reloads of hostile files (deep brackets, a FIFO, a device) are refused
 /// without stalling a request, and SIGTERM still ends the exporter.
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn a_hostile_reload_stalls_no_request() {
     let folder = Folder::new("hostile");
     let hash = bcrypt::hash("secret", 10).unwrap();
@@ -545,8 +548,8 @@ fn a_hostile_reload_stalls_no_request() {
         "web.yml",
         &format!("basic_auth_users:\n  prometheus: '{hash}'\n"),
     );
-    let netns = Netns::new((40000, 40099), "");
-    let mut exporter = netns.spawn_exporter(&["--web.config.file", config.to_str().unwrap()]);
+    let place = Recorded::new((40000, 40099), "");
+    let mut exporter = place.spawn_exporter(&["--web.config.file", config.to_str().unwrap()]);
     wait_until("the exporter", || {
         exporter
             .get("/-/healthy")

@@ -86,11 +86,7 @@ pub trait Place: Sync {
     }
 
     /// `start_exporter`, with `prepare` applied to its command first.
-    fn start_exporter_with(
-        &self,
-        args: &[&str],
-        prepare: impl FnOnce(&mut Command),
-    ) -> Exporter<'_>
+    fn start_exporter_with(&self, args: &[&str], prepare: impl FnOnce(&mut Command)) -> Exporter<'_>
     where
         Self: Sized,
     {
@@ -128,11 +124,7 @@ pub trait Place: Sync {
     }
 
     /// `spawn_exporter`, with `prepare` applied to its command first.
-    fn spawn_exporter_with(
-        &self,
-        args: &[&str],
-        prepare: impl FnOnce(&mut Command),
-    ) -> Exporter<'_>
+    fn spawn_exporter_with(&self, args: &[&str], prepare: impl FnOnce(&mut Command)) -> Exporter<'_>
     where
         Self: Sized,
     {
