@@ -319,10 +319,6 @@ fn a_namespace_limit_of_zero_is_refused() {
 /// Every flag `--help` lists (the exporter's and `inspect`'s) is described
 /// in docs/running.md, so that the docs cannot fall behind the flags.
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn every_flag_of_help_is_in_the_running_docs() {
     let docs = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/running.md"),

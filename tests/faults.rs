@@ -8,26 +8,21 @@ use support::Place;
 
 use std::path::{Path, PathBuf};
 
-use support::{Metrics, Netns};
+use support::{Metrics, Recorded};
 
-/// A procfs tree made from the captured fixtures, removed on drop.
+/// The procfs of a `Recorded` place, its socket tables and port range
+/// replaced with the captured fixtures of `tests/fixtures/netns`; the place
+/// removes it.
 struct FakeProcfs {
     root: PathBuf,
 }
 
 impl FakeProcfs {
-    fn new() -> FakeProcfs {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let root = std::env::temp_dir().join(format!(
-            "portstat-procfs-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&root);
+    fn new(place: &Recorded) -> FakeProcfs {
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/netns");
-        std::fs::create_dir_all(root.join("net")).unwrap();
-        std::fs::create_dir_all(root.join("sys/net/ipv4")).unwrap();
-        let fake = FakeProcfs { root };
+        let fake = FakeProcfs {
+            root: place.procfs().to_path_buf(),
+        };
         fake.restore(&fixtures);
         fake
     }
@@ -66,12 +61,6 @@ impl FakeProcfs {
     }
 }
 
-impl Drop for FakeProcfs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
 fn failing(metrics: &Metrics) -> bool {
     metrics.get("portstat_sample_success") == Some(0.0)
 }
@@ -94,15 +83,11 @@ fn assert_last_good_figures(metrics: &Metrics) {
 }
 
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn faults_keep_the_last_good_figures_and_recover() {
-    let netns = Netns::new((40000, 40099), "");
-    let procfs = FakeProcfs::new();
+    let place = Recorded::new((40000, 40099), "");
+    let procfs = FakeProcfs::new(&place);
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/netns");
-    let exporter = start_on(&netns, &procfs);
+    let exporter = start_on(&place);
     let good = exporter.metrics_until(succeeding).unwrap();
     assert_last_good_figures(&good);
     let errors = r#"portstat_sample_errors_total{stage="source"}"#;
@@ -169,17 +154,10 @@ fn faults_keep_the_last_good_figures_and_recover() {
     assert!(log.contains("ip_local_port_range"), "{log}");
 }
 
-/// Starts the exporter on `procfs`, sampling every 50 ms with the procfs
-/// source, and waits for its first good sample.
-fn start_on<'a>(netns: &'a Netns, procfs: &FakeProcfs) -> support::Exporter<'a> {
-    let exporter = netns.start_exporter(&[
-        "--collector.source",
-        "procfs",
-        "--path.procfs",
-        procfs.root.to_str().unwrap(),
-        "--collector.interval",
-        "50ms",
-    ]);
+/// Starts the exporter on the place's procfs, sampling every 50 ms, and
+/// waits for its first good sample.
+fn start_on(place: &Recorded) -> support::Exporter<'_> {
+    let exporter = place.start_exporter(&["--collector.interval", "50ms"]);
     assert!(succeeding(&exporter.metrics_until(succeeding).unwrap()));
     exporter
 }
@@ -228,14 +206,10 @@ fn assert_refused(
 /// that is not a socket. Each is refused at once, naming the file and the
 /// line, in memory that does not grow.
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn crafted_files_are_refused_without_hanging_or_growing() {
-    let netns = Netns::new((40000, 40099), "");
-    let procfs = FakeProcfs::new();
-    let exporter = start_on(&netns, &procfs);
+    let place = Recorded::new((40000, 40099), "");
+    let procfs = FakeProcfs::new(&place);
+    let exporter = start_on(&place);
     // Made beside the file, then renamed over it: a sample never sees it
     // missing, which would be another fault.
     let replace_with = |relative: &str, make: &dyn Fn(&Path)| {

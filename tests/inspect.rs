@@ -9,7 +9,7 @@ use support::OutputWithin;
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-use support::{Netns, own_comm};
+use support::{Netns, Recorded, own_comm};
 
 /// A 100-port range with 10 reserved: 30 connections to one destination and
 /// 5 to another, 3 of them then closed into TIME_WAIT, and a listener inside
@@ -201,19 +201,86 @@ fn json_matches_the_metrics() {
 }
 
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn inspect_fails_with_a_message_when_the_kernel_cannot_be_read() {
-    let netns = Netns::new((40000, 40099), "");
-    let output = netns
-        .command(support::exporter())
-        .args(["inspect", "--path.procfs", "/nonexistent"])
-        .output_within()
-        .unwrap();
+    let place = Recorded::new((40000, 40099), "");
+    std::fs::remove_dir_all(place.procfs()).unwrap();
+    let output = place.inspect_command().output_within().unwrap();
     assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(place.procfs().to_str().unwrap()),
+        "{stderr}"
+    );
+}
+
+/// The text report and its JSON form, of the sockets recorded in
+/// `tests/fixtures/procfs/host`: the figures those sockets give, the same
+/// in both forms and in the metrics of `--once`.
+#[test]
+fn the_reports_of_recorded_sockets_agree_with_each_other_and_the_metrics() {
+    let place = Recorded::new((40000, 40099), "40090-40099");
+    let report = place.inspect(&["40050"]);
+    for line in report.lines() {
+        assert!(line.chars().count() <= 80, "too wide: {line:?}");
+    }
+    assert!(
+        report.starts_with("Ephemeral range 40000-40099: 100 ports, 10 reserved, capacity 90\n"),
+        "{report}"
+    );
+    let destination = report
+        .lines()
+        .find(|line| line.contains("127.0.0.1 -> 127.0.0.1:8080"))
+        .unwrap_or_else(|| panic!("no destination line: {report}"));
+    assert_eq!(
+        destination
+            .split_whitespace()
+            .rev()
+            .take(2)
+            .collect::<Vec<_>>(),
+        ["86", "3"],
+        "{report}"
+    );
+    assert!(
+        report.contains("* tcp  127.0.0.1:40050"),
+        "the listener inside the range is marked: {report}"
+    );
+    let section = report.split("Port 40050: ").nth(1).expect("a port section");
+    assert!(section.starts_with("1 socket\n"), "{section}");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&place.inspect(&["40050", "--json"])).unwrap();
+    let metrics = place.once_metrics(&[]);
+    assert_eq!(json["capacity"], 90);
+    assert_eq!(metrics.value("portstat_ephemeral_ports_capacity"), 90.0);
+    assert_eq!(json["exclusive"], 1);
+    let tcp = &json["protocols"][0];
+    assert_eq!(tcp["used"], 4);
+    assert_eq!(
+        metrics.value(r#"portstat_ephemeral_ports_used{protocol="tcp"}"#),
+        4.0
+    );
+    assert_eq!(tcp["sockets"]["established"], 2);
+    assert_eq!(tcp["sockets"]["time_wait"], 1);
+    assert_eq!(
+        metrics.value(r#"portstat_ephemeral_sockets{protocol="tcp",state="time_wait"}"#),
+        1.0
+    );
+    let udp = &json["protocols"][1];
+    assert_eq!(udp["used"], 1);
+    assert_eq!(
+        metrics.value(r#"portstat_ephemeral_ports_used{protocol="udp"}"#),
+        1.0
+    );
+    let destinations = json["destinations"].as_array().unwrap();
+    assert_eq!(destinations.len(), 1);
+    assert_eq!(destinations[0]["remote_port"], 8080);
+    assert_eq!(destinations[0]["used"], 3);
+    assert_eq!(destinations[0]["headroom"], 86);
+    assert_eq!(
+        json["destination_max_used_ratio"].as_f64().unwrap(),
+        metrics.value("portstat_ephemeral_destination_max_used_ratio")
+    );
+    assert_eq!(json["port"]["sockets"][0]["state"], "listen");
 }
 
 /// A process named with terminal escapes changes nothing on the operator's

@@ -338,10 +338,6 @@ fn conntrack_without_nat_writes_nothing() {
 /// each after its length as a little-endian u32. Run by hand to record
 /// them again: `cargo test --test nat -- --ignored record_ctnetlink_fixtures`.
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 #[ignore = "writes crates/portstat-core/src/parse/fixtures/conntrack/; run by hand to record them again"]
 fn record_ctnetlink_fixtures() {
     use portstat_exporter::source::conntrack::wire::build_request;

@@ -400,10 +400,6 @@ const FIXTURES: &str = concat!(
 /// little-endian u32. Run by hand to record them again:
 /// `cargo test --test netlink -- --ignored record_sock_diag_fixtures`.
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 #[ignore = "writes crates/portstat-core/src/parse/fixtures/netlink/; run by hand to record them again"]
 fn record_sock_diag_fixtures() {
     use portstat_core::model::{PortRange, Protocol};

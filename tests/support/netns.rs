@@ -165,6 +165,12 @@ impl Place for Netns {
         Netns::command(self, exporter())
     }
 
+    fn inspect_command(&self) -> Command {
+        let mut command = Netns::command(self, exporter());
+        command.arg("inspect");
+        command
+    }
+
     fn listen_address(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, 10042))
     }

@@ -17,6 +17,10 @@ pub trait Place: Sync {
     /// The exporter under test, with the flags that make it read the place.
     fn exporter_command(&self) -> Command;
 
+    /// `portstat_exporter inspect`, with the flags that make it read the
+    /// place.
+    fn inspect_command(&self) -> Command;
+
     /// Where an exporter listens unless told otherwise; port 0 when the
     /// kernel picks it, and the exporter's log says which.
     fn listen_address(&self) -> SocketAddr;
@@ -38,8 +42,7 @@ pub trait Place: Sync {
     /// fails the test unless it succeeds. Returns its standard output.
     fn inspect(&self, args: &[&str]) -> String {
         let output = self
-            .command(exporter())
-            .arg("inspect")
+            .inspect_command()
             .args(args)
             .output_within()
             .expect("cannot run the exporter");
@@ -211,6 +214,19 @@ impl Recorded {
         .expect("cannot write the recorded sysctl");
     }
 
+    /// The flags, of the exporter and of `inspect` alike, that make it read
+    /// the recorded procfs and nothing else of the host.
+    fn reading_flags(&self) -> [&str; 6] {
+        [
+            "--collector.source",
+            "procfs",
+            "--path.procfs",
+            self.procfs.to_str().expect("a UTF-8 temporary directory"),
+            "--collector.processes=false",
+            "--collector.nat=false",
+        ]
+    }
+
     /// Runs `work` (as `Netns::run` does, where it runs inside the namespace).
     pub fn run<T>(&self, work: impl FnOnce() -> T) -> T {
         work()
@@ -228,15 +244,15 @@ impl Place for Recorded {
 
     fn exporter_command(&self) -> Command {
         let mut command = Command::new(exporter());
-        command.args([
-            "--collector.source",
-            "procfs",
-            "--path.procfs",
-            self.procfs.to_str().expect("a UTF-8 temporary directory"),
-            "--collector.processes=false",
-            "--collector.nat=false",
-            "--collector.failures=false",
-        ]);
+        command
+            .args(self.reading_flags())
+            .arg("--collector.failures=false");
+        command
+    }
+
+    fn inspect_command(&self) -> Command {
+        let mut command = Command::new(exporter());
+        command.arg("inspect").args(self.reading_flags());
         command
     }
 
