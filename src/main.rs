@@ -16,12 +16,12 @@ use portstat_exporter::cli::{Cli, Command};
 use portstat_exporter::collector::Collectors;
 use portstat_exporter::render::Renderer;
 use portstat_exporter::sampler::{
-    Exposition, NamespaceScope, Sampler, failures_counted_by, name_connections_as, running_exporter,
+    Exposition, NamespaceScope, Sampler, connection_names_of, failures_counted_by, running_exporter,
 };
 use portstat_exporter::scrapes::ScrapeClock;
 use portstat_exporter::serve::{self, ServeConfig};
 use portstat_exporter::source::bpf::failures::{Counting, RunningExporter};
-use portstat_exporter::source::read::read_own_namespace_at_once;
+use portstat_exporter::source::read::{Reading, SocketsRead, read_namespace};
 use portstat_exporter::webconfig::WebConfig;
 
 fn main() -> ExitCode {
@@ -306,18 +306,26 @@ fn inspect(cli: &Cli, port: Option<u16>, json: bool) -> ExitCode {
         Collectors::new(&[Collector::Sockets, Collector::Conntrack, Collector::Owners]);
     collectors.start_sample();
     let running = running_exporter();
-    if let Ok(Some(exporter)) = &running {
-        name_connections_as(exporter, &mut reader);
-    }
-    let read = read_own_namespace_at_once(&mut reader, &limits, port, &mut collectors);
+    let mut names = match &running {
+        Ok(Some(exporter)) => connection_names_of(exporter),
+        _ => None,
+    };
+    let reading = Reading {
+        limits: &limits,
+        keep_port: port,
+        names: names.as_deref_mut(),
+        sockets: SocketsRead::WithOwners,
+    };
+    let read = read_namespace(&mut reader, reading, &mut collectors);
     collectors.finish_sample();
-    let (read, mut owners) = match read {
+    let mut read = match read {
         Ok(read) => read,
         Err(error) => {
             eprintln!("portstat_exporter: {error}");
             return ExitCode::from(1);
         }
     };
+    let mut owners = read.owners.take().unwrap_or_default();
     // With BPF, the owners of the kept sockets are named by the aggregator.
     let named = read.aggregator.named_owners();
     owners.pid_by_inode.extend(&named.pid_by_inode);

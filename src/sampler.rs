@@ -19,10 +19,8 @@ use crate::render::Renderer;
 use crate::scrapes::ScrapeClock;
 use crate::source::all::{NamespacesRead, read_all};
 use crate::source::bpf::failures::PortFailureCounter;
-use crate::source::read::{
-    NamespaceRead, read_namespace, read_own_namespace_at_once, resolve_owners,
-};
-use crate::source::{NamespaceReader, ReadReport, SourceError, namespaces};
+use crate::source::read::{NamespaceRead, Reading, SocketsRead, read_namespace, resolve_owners};
+use crate::source::{NameSource, NamespaceReader, ReadReport, SourceError, namespaces};
 use portstat_core::aggregate::failures::FailureHistory;
 use portstat_core::aggregate::{Limits, Snapshot};
 use portstat_core::model::{NamespaceIdentity, PerProtocol, SocketOwners};
@@ -33,7 +31,7 @@ use thread::{gzip, lower_thread_priority, release_free_memory};
 mod failures;
 mod thread;
 
-pub use failures::{failures_counted_by, name_connections_as, running_exporter};
+pub use failures::{connection_names_of, failures_counted_by, running_exporter};
 
 /// `--collector.netns`. Like every flag's set of values, it derives clap's
 /// `ValueEnum` in the module whose choice it is (`SourceChoice` in
@@ -216,12 +214,12 @@ impl Sampler {
         // Read before the sockets, so that every call the counts miss is
         // made after, and is counted as an attempt by the next sample.
         let failure_counts = self.read_failures();
-        self.read_connection_names();
+        let mut names = self.connection_names();
         let result = match self.namespaces {
-            NamespaceScope::Own => self.sample_own(),
-            NamespaceScope::All { max } => self.sample_all(max),
+            NamespaceScope::Own => self.sample_own(names.as_deref_mut()),
+            NamespaceScope::All { max } => self.sample_all(max, names.as_deref_mut()),
         };
-        self.reader.clear_connection_names();
+        drop(names);
         match result {
             Ok(sampled) => {
                 self.sweep_connection_names();
@@ -292,27 +290,36 @@ impl Sampler {
             .or(self.last_good.first())
     }
 
-    /// Reads the namespace the exporter runs in.
-    fn sample_own(&mut self) -> Result<Sampled, SourceError> {
-        if !self.serving {
-            let (read, owners) = read_own_namespace_at_once(
-                &mut self.reader,
-                &self.limits,
-                None,
-                &mut self.collectors,
-            )?;
-            return Ok(Sampled {
-                reads: vec![(None, read)],
-                owners,
-            });
-        }
-        let mut read = read_namespace(&mut self.reader, &self.limits, None, &mut self.collectors)?;
-        let own = namespaces::own_namespace_inode();
-        let owners = resolve_owners(
-            &mut self.reader,
-            &mut [(own, &mut read)],
-            &mut self.collectors,
-        );
+    /// Reads the namespace the exporter runs in: a one-shot run reads its
+    /// owners beside its sockets; the daemon, one after the other, leaving
+    /// the second core to the server.
+    fn sample_own(
+        &mut self,
+        names: Option<&mut (dyn NameSource + 'static)>,
+    ) -> Result<Sampled, SourceError> {
+        let reading = Reading {
+            limits: &self.limits,
+            keep_port: None,
+            names,
+            sockets: if self.serving {
+                SocketsRead::Alone
+            } else {
+                SocketsRead::WithOwners
+            },
+        };
+        let mut read = read_namespace(&mut self.reader, reading, &mut self.collectors)?;
+        let owners = match read.owners.take() {
+            Some(owners) => owners,
+            None if self.serving => {
+                let own = namespaces::own_namespace_inode();
+                resolve_owners(
+                    &mut self.reader,
+                    &mut [(own, &mut read)],
+                    &mut self.collectors,
+                )
+            }
+            None => SocketOwners::default(),
+        };
         Ok(Sampled {
             reads: vec![(None, read)],
             owners,
@@ -321,7 +328,11 @@ impl Sampler {
 
     /// Reads every network namespace on the host, at most `max`, entering
     /// each on this thread in turn.
-    fn sample_all(&mut self, max: usize) -> Result<Sampled, SourceError> {
+    fn sample_all(
+        &mut self,
+        max: usize,
+        names: Option<&mut (dyn NameSource + 'static)>,
+    ) -> Result<Sampled, SourceError> {
         let discovered = self.collectors.time(Collector::Namespaces, || {
             namespaces::discover(
                 self.reader.procfs_root(),
@@ -351,6 +362,7 @@ impl Sampler {
         let mut read = read_all(
             &mut self.reader,
             &self.limits,
+            names,
             entries,
             own,
             &mut self.collectors,

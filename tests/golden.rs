@@ -11,7 +11,7 @@ use portstat_core::model::{NamespaceIdentity, SocketOwners};
 use portstat_core::status::{Collector, NamespaceCounts, SampleStatus};
 use portstat_exporter::collector::Collectors;
 use portstat_exporter::render::Renderer;
-use portstat_exporter::source::read::read_namespace;
+use portstat_exporter::source::read::{Reading, read_namespace};
 use portstat_exporter::source::{NamespaceReader, SourceChoice};
 
 /// A procfs tree made from the recorded fixtures, with `range` in place of
@@ -80,7 +80,7 @@ fn exposition(trees: &[(&Tree, Option<NamespaceIdentity>)]) -> String {
             let mut reader =
                 NamespaceReader::new(tree.0.clone(), SourceChoice::Procfs, false, false)
                     .with_nat(None);
-            let read = read_namespace(&mut reader, &limits, None, &mut collectors)
+            let read = read_namespace(&mut reader, Reading::alone(&limits), &mut collectors)
                 .expect("the fixtures read");
             read.finish_with(Finishing {
                 namespace: identity.clone(),
@@ -152,8 +152,12 @@ fn two_namespaces_from_recorded_tables() {
 fn inspect_report(tree: &Tree) -> String {
     let mut reader = NamespaceReader::new(tree.0.clone(), SourceChoice::Procfs, false, false);
     let mut collectors = Collectors::new(&[Collector::Sockets]);
-    let read = read_namespace(&mut reader, &Limits::default(), None, &mut collectors)
-        .expect("the fixtures read");
+    let read = read_namespace(
+        &mut reader,
+        Reading::alone(&Limits::default()),
+        &mut collectors,
+    )
+    .expect("the fixtures read");
     let snapshot = read.finish(&SocketOwners::default());
     portstat_core::inspect::text_report(&snapshot, None)
 }

@@ -11,7 +11,7 @@ use super::{NamespaceScope, Sampled, Sampler};
 use crate::source::bpf::failures::{
     Counting, PortFailureCounter, RawCounts, RunningExporter, names_capacity,
 };
-use crate::source::{NamespaceReader, namespaces};
+use crate::source::{NameSource, namespaces};
 use portstat_core::aggregate::failures::FailureHistory;
 use portstat_core::aggregate::{Finishing, Snapshot};
 use portstat_core::model::{NamespaceFailures, PortFailureCounts};
@@ -217,14 +217,12 @@ impl Sampler {
         }
     }
 
-    /// Gives the reader the process that closed each connection the kernel
-    /// names, to name the sockets no process holds after it, where connects
-    /// are counted.
-    pub(super) fn read_connection_names(&mut self) {
-        let Some(counter) = naming(&self.status.failure_counting, &mut self.failure_counter) else {
-            return;
-        };
-        self.reader.set_connection_names(Box::new(counter.names()));
+    /// The process that closed each connection the kernel names, for the
+    /// sample's reads to name the sockets no process holds after it, where
+    /// connects are counted.
+    pub(super) fn connection_names(&mut self) -> Option<Box<dyn NameSource>> {
+        let counter = naming(&self.status.failure_counting, &mut self.failure_counter)?;
+        Some(Box::new(counter.names()))
     }
 
     /// After a sample that succeeded, removes from the kernel's map the
@@ -298,17 +296,15 @@ pub fn running_exporter() -> Result<Option<RunningExporter>, String> {
         .map_err(|error| error.to_string())
 }
 
-/// Names the sockets no process holds in the exporter's own namespace
-/// after who connected them, as `exporter` has them (`inspect`); where its
-/// map cannot be read (it needs CAP_SYS_ADMIN), they stay `none`.
-pub fn name_connections_as(exporter: &RunningExporter, reader: &mut NamespaceReader) {
-    let Some(netns) = namespaces::own_namespace_inode() else {
-        return;
-    };
+/// The names of the sockets no process holds in the exporter's own
+/// namespace, after who connected them, as `exporter` has them
+/// (`inspect`); `None` where its map cannot be read (it needs
+/// CAP_SYS_ADMIN): they stay `none`.
+pub fn connection_names_of(exporter: &RunningExporter) -> Option<Box<dyn NameSource>> {
+    let netns = namespaces::own_namespace_inode()?;
     let cookie = namespaces::thread_namespace_cookie().ok();
-    if let Ok(names) = crate::source::bpf::failures::running_names(exporter, netns, cookie) {
-        reader.set_connection_names(Box::new(HashMap::from([(netns, names)])));
-    }
+    let names = crate::source::bpf::failures::running_names(exporter, netns, cookie).ok()?;
+    Some(Box::new(HashMap::from([(netns, names)])))
 }
 
 /// The failures `exporter` counted in the snapshot's namespace

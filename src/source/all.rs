@@ -6,9 +6,9 @@
 use portstat_core::aggregate::Limits;
 use portstat_core::model::NamespaceIdentity;
 
-use super::read::{NamespaceRead, read_namespace_but_shared};
+use super::read::{NamespaceRead, Reading, SocketsRead, read_namespace};
 use super::walk::{OnSharedTables, read_shared_tables};
-use super::{NamespaceReader, SourceError, namespaces};
+use super::{NameSource, NamespaceReader, SourceError, namespaces};
 use crate::collector::Collectors;
 
 /// The namespaces a sample read, with what is left to the one walk.
@@ -30,11 +30,12 @@ pub struct NamespacesRead {
 pub fn read_all(
     reader: &mut NamespaceReader,
     limits: &Limits,
+    names: Option<&mut (dyn NameSource + 'static)>,
     entries: Vec<namespaces::NamespaceEntry>,
     own: Option<u64>,
     collectors: &mut Collectors,
 ) -> NamespacesRead {
-    let mut read = read_namespaces(reader, limits, entries, own, collectors);
+    let mut read = read_namespaces(reader, limits, names, entries, own, collectors);
     if !read.on_shared_tables.is_empty() {
         let failures = read_shared_tables(
             reader,
@@ -58,6 +59,7 @@ pub fn read_all(
 fn read_namespaces(
     reader: &mut NamespaceReader,
     limits: &Limits,
+    mut names: Option<&mut (dyn NameSource + 'static)>,
     entries: Vec<namespaces::NamespaceEntry>,
     own: Option<u64>,
     collectors: &mut Collectors,
@@ -87,15 +89,21 @@ fn read_namespaces(
                 }
             }
         };
-        let result = read_namespace_but_shared(reader, limits, collectors);
+        let reading = Reading {
+            limits,
+            keep_port: None,
+            names: names.as_deref_mut(),
+            sockets: SocketsRead::LeavingTheWalk,
+        };
+        let result = read_namespace(reader, reading, collectors);
         // Hold nothing of the namespace once out of it, the exporter's own
         // too: a netlink socket left open would read this namespace for the
         // next one.
         reader.leave_namespace();
         drop(inside);
         match result {
-            Ok((sample, shared)) => {
-                if let Some(left) = shared {
+            Ok(mut sample) => {
+                if let Some(left) = sample.left_to_the_walk.take() {
                     read.on_shared_tables.push(OnSharedTables {
                         index: read.samples.len(),
                         handle: entry.handle.clone(),

@@ -16,21 +16,26 @@ pub mod walk;
 
 mod names;
 mod nat_read;
+mod owner_source;
 mod program_load;
 mod shared_use;
+mod sockets;
 
 pub use names::NameSource;
-pub use nat_read::{NatError, NatRead};
+pub use nat_read::{NatError, NatRead, NatSource};
+pub use owner_source::OwnerSource;
 pub use shared_use::SharedTablesUse;
+pub use sockets::SocketSource;
+pub(crate) use sockets::{SOCKETS_BETWEEN_YIELDS, inode_reading};
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
 pub use portstat_core::model::ReadReport;
 use portstat_core::model::{
-    NamespaceSample, OwnedSocket, OwnerLookup, PerProtocol, PortRange, Protocol, ReservedPorts,
-    SocketOwners, SocketRecord, SocketSink, SourceKind, TimeWaitReuse,
+    NamespaceSample, OwnedSocket, OwnerLookup, PerProtocol, PortRange, ReservedPorts, SocketOwners,
+    SocketSink, SourceKind, TimeWaitReuse,
 };
 
 /// A failure to read what the kernel reports.
@@ -100,39 +105,20 @@ pub enum SourceChoice {
     Procfs,
 }
 
-/// Reads whole samples of the network namespace that the process is in.
+/// Reads the network namespace the calling thread is in, one sample at a
+/// time, from its parts: the socket source and its fallback chain
+/// (`SocketSource`), the owners (`OwnerSource`), source NAT (`NatSource`),
+/// the one walk of the host's shared tables (`shared_use`), and the BPF
+/// programs loading in the background (`program_load`), which it hands to
+/// the parts as they load.
 pub struct NamespaceReader {
     procfs_root: PathBuf,
-    /// The namespace's `net` folder below the procfs root.
-    net: PathBuf,
-    choice: SourceChoice,
-    attribution: bool,
-    procfs: procfs::ProcfsSockets,
-    netlink: netlink::NetlinkSockets,
-    bpf: bpf::BpfSockets,
-    owners: owners::OwnerResolver,
-    /// The source in use for each protocol.
-    sources: PerProtocol<SourceKind>,
-    /// The socket counts of the last `read_settings`, where readable.
-    census: Option<census::Census>,
-    /// For each protocol, whether the source in use is known to run here
-    /// (it read, or was loaded): where the counts let a dump be skipped,
-    /// a source not yet proven is loaded first (the BPF program, the
-    /// netlink socket), so that one that cannot run is found out and
-    /// replaced rather than named while it never ran.
-    proven: PerProtocol<bool>,
-    /// The running kernel, where its release parses: what netlink reports
-    /// depends on it.
-    kernel: Option<portstat_core::rules::KernelVersion>,
-    /// Owners from BPF: `None` until first asked, then the loaded program
-    /// or `Err` where it cannot load (owners then come from procfs).
-    bpf_owners: Option<Result<bpf::owners::BpfOwners, ()>>,
+    /// The namespace's sockets.
+    sockets: SocketSource,
+    /// Their owners.
+    owners: OwnerSource,
     /// Source NAT from conntrack, where asked for (`with_nat`).
-    conntrack: Option<conntrack::ConntrackReader>,
-    /// The namespaces, by inode, where source NAT was seen: their NAT
-    /// figures are written from then on, at zero too, so that series do
-    /// not come and go with the traffic.
-    nat_seen: HashSet<u64>,
+    nat: Option<NatSource>,
     /// The one walk of the host's TCP tables for every namespace on them
     /// (`--collector.netns=all`), `None` where it is not to be used: turned
     /// off, or found not to run here.
@@ -140,9 +126,6 @@ pub struct NamespaceReader {
     /// The BPF programs loading on a thread of their own
     /// (`load_programs_in_background`); TCP is read over netlink meanwhile.
     loading: Option<bpf::background::ProgramLoad>,
-    /// Who closed each connection, by namespace, for the sockets no
-    /// process holds: each namespace's read takes its namer as it starts.
-    connection_names: Option<Box<dyn NameSource>>,
 }
 
 impl NamespaceReader {
@@ -158,76 +141,43 @@ impl NamespaceReader {
         attribution: bool,
         thread_namespace: bool,
     ) -> NamespaceReader {
-        let sources = match choice {
-            SourceChoice::Auto | SourceChoice::Bpf => PerProtocol {
-                tcp: SourceKind::Bpf,
-                udp: SourceKind::Netlink,
-            },
-            SourceChoice::Netlink => PerProtocol::both(SourceKind::Netlink),
-            SourceChoice::Procfs => PerProtocol::both(SourceKind::Procfs),
-        };
         let tables = if thread_namespace {
             procfs_root.join("thread-self").join("net")
         } else {
             procfs_root.join("net")
         };
         NamespaceReader {
-            procfs: procfs::ProcfsSockets::new(&tables),
-            net: tables,
-            netlink: netlink::NetlinkSockets::new(),
-            bpf: bpf::BpfSockets::new(
-                None,
-                inode_reading(owner_lookup_before_load(attribution), None),
+            sockets: SocketSource::new(
+                &procfs_root,
+                tables,
+                choice,
+                OwnerSource::lookup_before_load(attribution),
             ),
-            owners: owners::OwnerResolver::new(&procfs_root),
+            owners: OwnerSource::new(&procfs_root, attribution),
             procfs_root,
-            choice,
-            attribution,
-            sources,
-            census: None,
-            proven: PerProtocol::both(false),
-            kernel: running_kernel(),
-            bpf_owners: None,
-            conntrack: None,
-            nat_seen: HashSet::new(),
+            nat: None,
             shared_tables: None,
             loading: None,
-            connection_names: None,
         }
     }
 
     /// Whether socket owners are found.
     pub fn finds_owners(&self) -> bool {
-        self.attribution
+        self.owners.finds_owners()
     }
 
     /// Loads the BPF program from `object` rather than the one built in:
     /// for a rebuilt program, and for the tests that make it fail.
     pub fn with_bpf_object(mut self, object: Option<PathBuf>) -> NamespaceReader {
-        self.bpf = bpf::BpfSockets::new(object, inode_reading(self.owner_lookup(), None));
+        let lookup = self.owner_lookup();
+        self.sockets = self.sockets.with_bpf_object(object, lookup);
         self
     }
 
     /// Reads the namespace's port settings, and what the socket counts say
     /// is there to find, for `read_sockets`.
-    ///
-    /// Settings are read fresh each time: the sysctls can change at run time.
     pub fn read_settings(&mut self) -> Result<PortSettings, SourceError> {
-        let (range, reserved) = sysctl::read_port_settings(&self.procfs_root)?;
-        // Where the counts show a protocol has nothing to find, its dump,
-        // a walk of a table all namespaces may share, is skipped.
-        self.census = census::read(&self.net);
-        // Without TCP sockets there is no TIME_WAIT to judge.
-        let time_wait_reuse = if self.census.is_some_and(|census| census.tcp_empty()) {
-            TimeWaitReuse::default()
-        } else {
-            sysctl::read_time_wait_reuse(&self.procfs_root)?
-        };
-        Ok(PortSettings {
-            range,
-            reserved,
-            time_wait_reuse,
-        })
+        self.sockets.read_settings()
     }
 
     /// Hands every socket the figures need to `sink`, one at a time, for the
@@ -240,72 +190,9 @@ impl NamespaceReader {
         keep_port: Option<u16>,
         sink: &mut dyn SocketSink,
     ) -> Result<ReadReport, SourceError> {
-        self.read_sockets_with(range, keep_port, sink, PerProtocol::both(true))
-    }
-
-    /// `read_sockets` of the protocols `read` says.
-    fn read_sockets_with(
-        &mut self,
-        range: PortRange,
-        keep_port: Option<u16>,
-        sink: &mut dyn SocketSink,
-        read: PerProtocol<bool>,
-    ) -> Result<ReadReport, SourceError> {
-        self.bpf
-            .set_inode_reading(inode_reading(self.owner_lookup(), keep_port));
-        let mut sink = NotingInterfaces {
-            sink,
-            indexes: BTreeSet::new(),
-            added: 0,
-        };
-        let mut skipped = PerProtocol::both(false);
-        // Where the counts show that no socket is outside every table, no
-        // bound-but-inactive one can exist: there is nothing to miss.
-        let bound_inactive = self
-            .census
-            .is_none_or(|census| census.may_hold_bound_inactive());
-        let mut bound_inactive_seen = !bound_inactive;
-        for protocol in Protocol::ALL {
-            skipped[protocol] = self.census.is_some_and(|census| match protocol {
-                Protocol::Tcp => census.tcp_empty(),
-                Protocol::Udp => census.udp_empty(),
-            });
-            if skipped[protocol] && self.proven[protocol] {
-                continue;
-            }
-            if !read[protocol] {
-                continue;
-            }
-            let read = if skipped[protocol] {
-                Reading::Prove
-            } else {
-                Reading::Read { bound_inactive }
-            };
-            let seen = self.read_protocol(protocol, range, read, &mut sink)?;
-            self.proven[protocol] = true;
-            // The dumps and the BPF walk leave out connections whose local
-            // port is outside the range; procfs and UDP read every socket.
-            if let Some(port) = keep_port.filter(|&port| !range.contains(port))
-                && protocol == Protocol::Tcp
-                && matches!(read, Reading::Read { .. })
-                && self.sources[protocol] != SourceKind::Procfs
-            {
-                self.netlink
-                    .read_port(port, &mut sink)
-                    .map_err(SourceError::Netlink)?;
-            }
-            if protocol == Protocol::Tcp {
-                bound_inactive_seen |= seen;
-            }
-        }
-        Ok(ReadReport {
-            sources: self.sources,
-            skipped,
-            interfaces: interface_names(&sink.indexes),
-            shares_host_tcp_table: sysctl::read_shares_host_tcp_table(&self.procfs_root),
-            bound_inactive_seen,
-            one_walk: false,
-        })
+        let lookup = self.owner_lookup();
+        self.sockets
+            .read(range, keep_port, sink, PerProtocol::both(true), lookup)
     }
 
     /// `read_sockets`, with the owner records of `read_owner_records` read
@@ -323,23 +210,23 @@ impl NamespaceReader {
         sink: &mut dyn SocketSink,
         take: &mut (dyn FnMut(&OwnedSocket) + Send),
     ) -> Result<(ReadReport, Result<(), SourceError>), SourceError> {
-        let Some(Ok(mut owners)) = self.bpf_owners.take() else {
+        let lookup = self.owner_lookup();
+        let Some(mut owners) = self.owners.take_program() else {
             return Ok((self.read_sockets(range, keep_port, sink)?, Ok(())));
         };
-        let (report, owned) = std::thread::scope(|scope| {
+        let sockets = &mut self.sockets;
+        let (report, owned, owners) = std::thread::scope(|scope| {
             let pass = scope.spawn(|| {
                 let result = owners.read(keep_port, take);
                 (owners, result)
             });
-            let report = self.read_sockets(range, keep_port, sink);
+            let report = sockets.read(range, keep_port, sink, PerProtocol::both(true), lookup);
             match pass.join() {
-                Ok((owners, result)) => {
-                    self.bpf_owners = Some(Ok(owners));
-                    (report, result)
-                }
+                Ok((owners, result)) => (report, result, owners),
                 Err(panic) => std::panic::resume_unwind(panic),
             }
         });
+        self.owners.put_back(owners);
         Ok((report?, owned.map_err(SourceError::Bpf)))
     }
 
@@ -362,9 +249,9 @@ impl NamespaceReader {
     /// Closes what ties the reader to the namespace it last read (its netlink
     /// socket), so that it holds nothing of that namespace afterwards.
     pub fn leave_namespace(&mut self) {
-        self.netlink.close();
-        if let Some(conntrack) = &mut self.conntrack {
-            conntrack.close();
+        self.sockets.leave_namespace();
+        if let Some(nat) = &mut self.nat {
+            nat.leave_namespace();
         }
     }
 
@@ -373,20 +260,14 @@ impl NamespaceReader {
         &self.procfs_root
     }
 
-    /// How owners are found now: not at all without attribution; from BPF
-    /// records where the owners program is loaded; else by inode through
-    /// `/proc/<pid>/fd`.
+    /// How owners are found now (`OwnerSource::lookup`).
     pub fn owner_lookup(&self) -> OwnerLookup {
-        match &self.bpf_owners {
-            _ if !self.attribution => OwnerLookup::Off,
-            Some(Ok(_)) => OwnerLookup::Records,
-            _ => OwnerLookup::ByInode,
-        }
+        self.owners.lookup()
     }
 
     /// Where each protocol's sockets are read from now.
     pub fn sources(&self) -> PerProtocol<SourceKind> {
-        self.sources
+        self.sockets.sources()
     }
 
     /// Whether the one walk of the host's shared tables is on.
@@ -394,135 +275,21 @@ impl NamespaceReader {
         self.shared_tables.is_some()
     }
 
-    /// Hands every TCP and UDP socket a process holds to `take`, with
-    /// `OwnerLookup::Records`; each record names the socket's namespace.
-    /// The inodes of sockets on `keep_port` are always read; of other
-    /// sockets, only where they must be told apart from the rest on their
-    /// port (listeners, files referred to more than once).
+    /// Hands every TCP and UDP socket a process holds to `take`
+    /// (`OwnerSource::read_records`).
     pub fn read_owner_records(
         &mut self,
         keep_port: Option<u16>,
         take: &mut dyn FnMut(&OwnedSocket),
     ) -> Result<(), SourceError> {
-        match &mut self.bpf_owners {
-            Some(Ok(owners)) => owners.read(keep_port, take).map_err(SourceError::Bpf),
-            _ => Ok(()),
-        }
+        self.owners.read_records(keep_port, take)
     }
 
-    /// Finds the processes that own the sockets with inodes `wanted`, unless
-    /// attribution is off. Owners that cannot be found are left out, never an
-    /// error.
+    /// Finds the processes that own the sockets with inodes `wanted`
+    /// (`OwnerSource::resolve`).
     pub fn resolve_owners(&mut self, wanted: &[u64]) -> SocketOwners {
-        if !self.attribution || wanted.is_empty() {
-            return SocketOwners::default();
-        }
-        self.owners.resolve(wanted.iter().copied().collect())
+        self.owners.resolve(wanted)
     }
-
-    /// Reads one protocol with its current source, or only proves that
-    /// the source can run; in `auto`, a source that cannot serve here
-    /// hands over to the next (BPF, then netlink, then procfs) for good,
-    /// logged once. Returns whether the TCP sockets bound but neither
-    /// listening nor connected were read: by a complete walk of the bind
-    /// hash, or over netlink where the kernel reports them.
-    fn read_protocol(
-        &mut self,
-        protocol: Protocol,
-        range: PortRange,
-        read: Reading,
-        sink: &mut dyn SocketSink,
-    ) -> Result<bool, SourceError> {
-        let netlink_reports_bound_inactive = self
-            .kernel
-            .is_some_and(|kernel| kernel.inet_diag_reports_bound_inactive());
-        loop {
-            let source = self.sources[protocol];
-            let result = match (source, read) {
-                (SourceKind::Procfs, Reading::Prove) => return Ok(false),
-                (SourceKind::Procfs, Reading::Read { .. }) => {
-                    self.procfs.read_sockets(protocol, sink)?;
-                    return Ok(false);
-                }
-                (SourceKind::Netlink, Reading::Prove) => self
-                    .netlink
-                    .open()
-                    .map(|()| false)
-                    .map_err(SourceError::Netlink),
-                (SourceKind::Netlink, Reading::Read { bound_inactive }) => self
-                    .netlink
-                    .read_sockets(protocol, range, bound_inactive, sink)
-                    .map(|()| netlink_reports_bound_inactive)
-                    .map_err(SourceError::Netlink),
-                (SourceKind::Bpf, Reading::Prove) => self
-                    .bpf
-                    .load_once()
-                    .map(|()| false)
-                    .map_err(SourceError::Bpf),
-                (SourceKind::Bpf, Reading::Read { bound_inactive }) => self
-                    .bpf
-                    .read_sockets(range, bound_inactive, &mut self.netlink, sink)
-                    .map(|walked| walked || netlink_reports_bound_inactive)
-                    .map_err(SourceError::Bpf),
-            };
-            let error = match result {
-                Ok(seen) => return Ok(seen),
-                Err(error) => error,
-            };
-            let unsupported = match &error {
-                SourceError::Netlink(error) => netlink::Unsupported::is_unsupported(error),
-                SourceError::Bpf(error) => error.is_unsupported(),
-                _ => false,
-            };
-            if self.choice != SourceChoice::Auto || !unsupported {
-                return Err(error);
-            }
-            sink.restart(protocol);
-            let next = match source {
-                SourceKind::Bpf => SourceKind::Netlink,
-                _ => SourceKind::Procfs,
-            };
-            warn_of_fallback(protocol, source, &error);
-            self.sources[protocol] = next;
-        }
-    }
-}
-
-/// Logs that `protocol` cannot be read from `source` here, for `error`,
-/// and what is read instead.
-fn warn_of_fallback(protocol: Protocol, source: SourceKind, error: &SourceError) {
-    match source {
-        SourceKind::Bpf => tracing::warn!(
-            protocol = protocol.label(),
-            err = %error,
-            "the BPF source cannot run here; reading netlink instead, so ports bound \
-             before connect() count as shared and headroom is an upper bound"
-        ),
-        _ => tracing::warn!(
-            protocol = protocol.label(),
-            err = %error,
-            "netlink sock_diag is not available; reading procfs instead"
-        ),
-    }
-}
-
-/// Logs that owners cannot come from the BPF program here, for `error`.
-fn log_owners_fallback(error: &bpf::BpfError) {
-    tracing::info!(
-        err = %error,
-        "socket owners cannot come from BPF here; walking /proc/<pid>/fd instead"
-    );
-}
-
-/// What `read_protocol` does with a protocol's source.
-#[derive(Debug, Clone, Copy)]
-enum Reading {
-    /// Only proves that the source can run here: the counts show that a
-    /// dump would find nothing.
-    Prove,
-    /// Reads the sockets; `bound_inactive`: look for TCP sockets bound but
-    /// neither listening nor connected.
-    Read { bound_inactive: bool },
 }
 
 /// The most a sysctl file may hold: `ip_local_reserved_ports` listing
@@ -550,43 +317,6 @@ fn read_text(path: &Path) -> Result<String, SourceError> {
     })
 }
 
-/// A sink that passes sockets on, noting the interfaces that sockets bound
-/// to link-local addresses name by index, and yielding the CPU every
-/// `SOCKETS_BETWEEN_YIELDS` sockets.
-struct NotingInterfaces<'a> {
-    sink: &'a mut dyn SocketSink,
-    indexes: BTreeSet<u32>,
-    added: u32,
-}
-
-/// How many sockets a sample takes between two yields of the CPU. On a
-/// kernel without preemption a thread is switched out only when a tick
-/// notices its time slice is over, up to 4 ms later: a scrape that arrives
-/// while the sampler runs would wait that long. Yielding this often hands
-/// the CPU to the server within a fraction of a millisecond, for about a
-/// microsecond a yield.
-pub(crate) const SOCKETS_BETWEEN_YIELDS: u32 = 256;
-
-impl SocketSink for NotingInterfaces<'_> {
-    fn add(&mut self, socket: &SocketRecord) {
-        self.added += 1;
-        if self.added.is_multiple_of(SOCKETS_BETWEEN_YIELDS) {
-            std::thread::yield_now();
-        }
-        if let std::net::IpAddr::V6(address) = socket.local.ip()
-            && address.is_unicast_link_local()
-            && socket.interface != 0
-        {
-            self.indexes.insert(socket.interface);
-        }
-        self.sink.add(socket);
-    }
-
-    fn restart(&mut self, protocol: Protocol) {
-        self.sink.restart(protocol);
-    }
-}
-
 /// The names of the interfaces with these indexes, in the calling thread's
 /// namespace (the one just read): an interface's index means something only
 /// inside its namespace.
@@ -603,40 +333,4 @@ pub fn interface_names(indexes: &BTreeSet<u32>) -> BTreeMap<u32, String> {
         }
     }
     names
-}
-
-/// The release of the running kernel (`uname -r`), where it parses.
-fn running_kernel() -> Option<portstat_core::rules::KernelVersion> {
-    // SAFETY: utsname is plain bytes, for which zeroes are valid; uname
-    // fills the struct it is given, with NUL-terminated fields.
-    let (names, result) = unsafe {
-        let mut names: libc::utsname = std::mem::zeroed();
-        let result = libc::uname(&mut names);
-        (names, result)
-    };
-    if result != 0 {
-        return None;
-    }
-    // SAFETY: on success `release` is NUL-terminated within its array.
-    let release = unsafe { std::ffi::CStr::from_ptr(names.release.as_ptr()) };
-    portstat_core::rules::KernelVersion::parse(&release.to_string_lossy())
-}
-
-/// The inodes the BPF source reads, as owners are found (`lookup`): none,
-/// every socket's, or those of listeners and of sockets on `keep_port`.
-fn inode_reading(lookup: OwnerLookup, keep_port: Option<u16>) -> bpf::InodeReading {
-    match lookup {
-        OwnerLookup::Off => bpf::InodeReading::None,
-        OwnerLookup::ByInode => bpf::InodeReading::All,
-        OwnerLookup::Records => bpf::InodeReading::Listeners { port: keep_port },
-    }
-}
-
-/// How owners are found before any program is loaded.
-fn owner_lookup_before_load(attribution: bool) -> OwnerLookup {
-    if attribution {
-        OwnerLookup::ByInode
-    } else {
-        OwnerLookup::Off
-    }
 }

@@ -1,9 +1,24 @@
-//! A reader's source NAT, from conntrack: the entries of the calling
+//! A namespace's source NAT, from conntrack: the entries of the calling
 //! thread's namespace and the table's counters.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 
 use portstat_core::model::{ConntrackCounters, NatSink};
 
 use super::{NamespaceReader, SOCKETS_BETWEEN_YIELDS, conntrack, namespaces};
+
+/// Source NAT read from conntrack, and the namespaces where it was seen.
+pub struct NatSource {
+    procfs_root: PathBuf,
+    /// The namespace's `net` folder below the procfs root.
+    net: PathBuf,
+    conntrack: conntrack::ConntrackReader,
+    /// The namespaces, by inode, where source NAT was seen: their NAT
+    /// figures are written from then on, at zero too, so that series do
+    /// not come and go with the traffic.
+    seen: HashSet<u64>,
+}
 
 /// What a read of a namespace's source NAT found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,26 +50,30 @@ impl std::fmt::Display for NatError {
     }
 }
 
-impl NamespaceReader {
-    /// Also reads source NAT from conntrack (`read_nat`), only the entries
-    /// `mark` matches where given.
-    pub fn with_nat(mut self, mark: Option<conntrack::wire::MarkFilter>) -> NamespaceReader {
-        self.conntrack = Some(conntrack::ConntrackReader::new(mark));
-        self
+impl NatSource {
+    /// Source NAT below `procfs_root`, with the namespace's tables in
+    /// `net`, only the entries `mark` matches where given.
+    pub fn new(
+        procfs_root: &Path,
+        net: &Path,
+        mark: Option<conntrack::wire::MarkFilter>,
+    ) -> NatSource {
+        NatSource {
+            procfs_root: procfs_root.to_path_buf(),
+            net: net.to_path_buf(),
+            conntrack: conntrack::ConntrackReader::new(mark),
+            seen: HashSet::new(),
+        }
     }
 
     /// Hands `sink` the source-NAT'd conntrack entries of the calling
-    /// thread's namespace, where NAT is read. Returns whether NAT figures
-    /// are to be written, with the table's counters where the kernel has
-    /// them: when the namespace translates sources, or did before. No NAT
-    /// is no error; no permission or no module is `NatError::Unavailable`,
-    /// and a failed dump, or counters that do not parse,
-    /// `NatError::Failed`: either way the namespace writes no NAT figures
-    /// this time.
-    pub fn read_nat(&mut self, sink: &mut dyn NatSink) -> Result<NatRead, NatError> {
-        let Some(reader) = self.conntrack.as_mut() else {
-            return Ok(NatRead::Nothing);
-        };
+    /// thread's namespace. Returns whether NAT figures are to be written,
+    /// with the table's counters where the kernel has them: when the
+    /// namespace translates sources, or did before. No NAT is no error; no
+    /// permission or no module is `NatError::Unavailable`, and a failed
+    /// dump, or counters that do not parse, `NatError::Failed`: either way
+    /// the namespace writes no NAT figures this time.
+    pub fn read(&mut self, sink: &mut dyn NatSink) -> Result<NatRead, NatError> {
         let mut counting = CountingNat { sink, added: 0 };
         // conntrack's hash table is shared by every namespace, and a dump
         // walks all of it: an empty table, as most pods' are, is not
@@ -62,7 +81,7 @@ impl NamespaceReader {
         let empty = std::fs::read_to_string(self.procfs_root.join(CONNTRACK_COUNT))
             .is_ok_and(|count| count.trim() == "0");
         if !empty {
-            reader.read(&mut counting).map_err(|error| {
+            self.conntrack.read(&mut counting).map_err(|error| {
                 if conntrack::Unavailable::is_unavailable(&error) {
                     NatError::Unavailable(error)
                 } else {
@@ -79,16 +98,39 @@ impl NamespaceReader {
         // figures show only while it translates.
         let namespace = namespaces::thread_namespace_inode(&self.procfs_root);
         if counting.added > 0 {
-            self.nat_seen.extend(namespace);
-        } else if !namespace.is_some_and(|namespace| self.nat_seen.contains(&namespace)) {
+            self.seen.extend(namespace);
+        } else if !namespace.is_some_and(|namespace| self.seen.contains(&namespace)) {
             return Ok(NatRead::Nothing);
         }
         Ok(NatRead::Figures { counters })
     }
 
+    /// Closes the netlink socket of the namespace last read.
+    pub fn leave_namespace(&mut self) {
+        self.conntrack.close();
+    }
+}
+
+impl NamespaceReader {
+    /// Also reads source NAT from conntrack (`read_nat`), only the entries
+    /// `mark` matches where given.
+    pub fn with_nat(mut self, mark: Option<conntrack::wire::MarkFilter>) -> NamespaceReader {
+        self.nat = Some(NatSource::new(&self.procfs_root, self.sockets.net(), mark));
+        self
+    }
+
+    /// Hands `sink` the source-NAT'd conntrack entries of the calling
+    /// thread's namespace, where NAT is read (`NatSource::read`).
+    pub fn read_nat(&mut self, sink: &mut dyn NatSink) -> Result<NatRead, NatError> {
+        match &mut self.nat {
+            Some(nat) => nat.read(sink),
+            None => Ok(NatRead::Nothing),
+        }
+    }
+
     /// Whether source NAT is read (`with_nat`).
     pub fn reads_nat(&self) -> bool {
-        self.conntrack.is_some()
+        self.nat.is_some()
     }
 }
 

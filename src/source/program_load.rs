@@ -6,7 +6,8 @@ use std::path::Path;
 
 use portstat_core::model::{Protocol, SourceKind};
 
-use super::{NamespaceReader, SourceChoice, bpf, log_owners_fallback, warn_of_fallback};
+use super::sockets::warn_of_fallback;
+use super::{NamespaceReader, SourceChoice, bpf};
 
 impl NamespaceReader {
     /// With the `auto` source, starts loading the BPF programs (TCP,
@@ -17,21 +18,21 @@ impl NamespaceReader {
     /// (`bpf` asked for, which fails where BPF cannot load, or a one-shot
     /// run), the programs load where they are first used.
     pub fn load_programs_in_background(&mut self) {
-        if self.choice != SourceChoice::Auto
-            || self.sources.tcp != SourceKind::Bpf
+        if self.sockets.choice() != SourceChoice::Auto
+            || self.sockets.sources.tcp != SourceKind::Bpf
             || self.loading.is_some()
         {
             return;
         }
-        let owners = self.attribution && self.bpf_owners.is_none();
+        let owners = self.owners.wants_program();
         match bpf::background::ProgramLoad::start(
-            self.bpf.object().map(Path::to_path_buf),
+            self.sockets.bpf.object().map(Path::to_path_buf),
             owners,
             self.shared_tables.is_some(),
         ) {
             Ok(loading) => {
                 self.loading = Some(loading);
-                self.sources.tcp = SourceKind::Netlink;
+                self.sockets.sources.tcp = SourceKind::Netlink;
             }
             Err(error) => {
                 tracing::debug!(err = %error, "cannot load the BPF programs on a thread of their own; loading them at first use");
@@ -54,9 +55,9 @@ impl NamespaceReader {
         let took_ms = loaded.took.as_millis() as u64;
         match loaded.sockets {
             Ok(program) => {
-                self.bpf.install(program);
-                self.sources.tcp = SourceKind::Bpf;
-                self.proven.tcp = true;
+                self.sockets.bpf.install(program);
+                self.sockets.sources.tcp = SourceKind::Bpf;
+                self.sockets.proven.tcp = true;
                 tracing::info!(
                     took_ms,
                     "the BPF programs are loaded; TCP is read with BPF from now on, with exact headroom"
@@ -65,7 +66,7 @@ impl NamespaceReader {
             Err(error) => warn_of_fallback(Protocol::Tcp, SourceKind::Bpf, &error.into()),
         }
         if let Some(owners) = loaded.owners {
-            self.bpf_owners = Some(owners.map_err(|error| log_owners_fallback(&error)));
+            self.owners.install(owners);
         }
         if let Some(shared) = loaded.shared_tables {
             match shared {
@@ -85,14 +86,15 @@ impl NamespaceReader {
     /// are found through `/proc/<pid>/fd`, logged once. Part of resolving
     /// what the exporter reads, at start: `owner_lookup` never loads.
     pub fn load_owner_program(&mut self) {
-        if !self.attribution
-            || !matches!(self.choice, SourceChoice::Auto | SourceChoice::Bpf)
+        if !self.owners.wants_program()
+            || !matches!(
+                self.sockets.choice(),
+                SourceChoice::Auto | SourceChoice::Bpf
+            )
             || self.loading.is_some()
-            || self.bpf_owners.is_some()
         {
             return;
         }
-        self.bpf_owners =
-            Some(bpf::owners::BpfOwners::load().map_err(|error| log_owners_fallback(&error)));
+        self.owners.load_program();
     }
 }

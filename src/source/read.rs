@@ -11,7 +11,9 @@ use portstat_core::aggregate::{Aggregator, Finishing, Limits, Snapshot};
 use portstat_core::model::{OwnerLookup, PortRange, ReadReport, SocketOwners};
 use portstat_core::status::Collector;
 
-use super::{NamespaceReader, NatError, NatRead, SharedTablesUse, SourceError, namespaces};
+use super::{
+    NameSource, NamespaceReader, NatError, NatRead, SharedTablesUse, SourceError, namespaces,
+};
 use crate::collector::Collectors;
 
 /// One namespace's sockets, taken into an `Aggregator` as they were read,
@@ -23,6 +25,12 @@ pub struct NamespaceRead {
     pub report: ReadReport,
     /// How its owners are found.
     pub lookup: OwnerLookup,
+    /// What the one walk of the host's tables is to read of it
+    /// (`SocketsRead::LeavingTheWalk`).
+    pub left_to_the_walk: Option<LeftToTheWalk>,
+    /// Its owners, where they were found with its sockets
+    /// (`SocketsRead::WithOwners` without owner records).
+    pub owners: Option<SocketOwners>,
 }
 
 impl NamespaceRead {
@@ -86,39 +94,48 @@ fn owners_of(
     (reader.resolve_owners(&wanted), Ok(()))
 }
 
-/// `read_namespace` for `--collector.netns=all`, but where the namespace's
-/// TCP sockets (and maybe its UDP ones) are to come from the one walk of
-/// the host's tables: then only the rest is read, and its range is
-/// returned with whether it may hold sockets bound but neither listening
-/// nor connected, and what the walk is to read of it.
-pub fn read_namespace_but_shared(
-    reader: &mut NamespaceReader,
-    limits: &Limits,
-    collectors: &mut Collectors,
-) -> Result<(NamespaceRead, Option<LeftToTheWalk>), SourceError> {
-    let (range, mut aggregator, naming) = start_namespace(reader, limits, None, collectors)?;
-    let using = reader.on_shared_tables();
-    if !using.tcp {
-        let report = collectors.time(Collector::Sockets, || {
-            reader.read_sockets(range, None, &mut aggregator)
-        })?;
-        return Ok((
-            end_namespace(reader, aggregator, report, naming, collectors),
-            None,
-        ));
+/// What one read of a namespace reads, besides its settings and sockets.
+pub struct Reading<'a> {
+    /// The bounds the figures keep within.
+    pub limits: &'a Limits,
+    /// The port whose sockets are kept whole (`inspect PORT`).
+    pub keep_port: Option<u16>,
+    /// Who closed the connections no process holds, by namespace: the
+    /// namespace's namer is taken as its read starts.
+    pub names: Option<&'a mut (dyn NameSource + 'static)>,
+    /// How its sockets are read.
+    pub sockets: SocketsRead,
+}
+
+impl<'a> Reading<'a> {
+    /// Settings, sockets and NAT within `limits`, nothing kept, nothing
+    /// named.
+    pub fn alone(limits: &'a Limits) -> Reading<'a> {
+        Reading {
+            limits,
+            keep_port: None,
+            names: None,
+            sockets: SocketsRead::Alone,
+        }
     }
-    let report = collectors.time(Collector::Sockets, || {
-        reader.read_sockets_but_shared(range, using, &mut aggregator)
-    })?;
-    let may_hold = reader.may_hold_bound_inactive();
-    Ok((
-        end_namespace(reader, aggregator, report, naming, collectors),
-        Some(LeftToTheWalk {
-            range,
-            may_hold_bound_inactive: may_hold,
-            using,
-        }),
-    ))
+}
+
+/// How a namespace's sockets are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketsRead {
+    /// On their own; owners are found afterwards, with `resolve_owners`.
+    Alone,
+    /// With their owners: where owners come from BPF records, that pass
+    /// over the host's processes runs beside the socket pass, on a second
+    /// thread, so that the read takes about as long as the longer of the
+    /// two. For one-shot commands (`--once`, `inspect`) in the exporter's
+    /// own namespace; the daemon reads them one after the other, leaving the
+    /// second core to the server.
+    WithOwners,
+    /// Those the one walk of the host's tables reads (a namespace's TCP
+    /// sockets, maybe its UDP ones) are left to it
+    /// (`--collector.netns=all`).
+    LeavingTheWalk,
 }
 
 /// What a namespace left to the one walk of the host's tables.
@@ -133,50 +150,68 @@ pub struct LeftToTheWalk {
 }
 
 /// Reads the namespace the calling thread is in: its settings, then its
-/// sockets, streamed into an `Aggregator` with `limits`. With `keep_port`,
-/// the sockets on that port are kept whole too (`inspect PORT`). Owners are
-/// found afterwards, with `resolve_owners`.
+/// sockets, streamed into an `Aggregator` as `reading` says, then its
+/// source NAT where NAT is read.
 pub fn read_namespace(
     reader: &mut NamespaceReader,
-    limits: &Limits,
-    keep_port: Option<u16>,
+    reading: Reading<'_>,
     collectors: &mut Collectors,
 ) -> Result<NamespaceRead, SourceError> {
-    let (range, mut aggregator, naming) = start_namespace(reader, limits, keep_port, collectors)?;
-    let report = collectors.time(Collector::Sockets, || {
-        reader.read_sockets(range, keep_port, &mut aggregator)
-    })?;
-    Ok(end_namespace(
-        reader, aggregator, report, naming, collectors,
-    ))
+    let Reading {
+        limits,
+        keep_port,
+        names,
+        sockets,
+    } = reading;
+    let (range, mut aggregator, lookup) =
+        start_namespace(reader, limits, keep_port, names, collectors)?;
+    let mut owners = None;
+    let mut left = None;
+    let report = match sockets {
+        SocketsRead::WithOwners if lookup == OwnerLookup::Records => {
+            read_beside_owner_records(reader, range, keep_port, &mut aggregator, collectors)?
+        }
+        SocketsRead::LeavingTheWalk => {
+            let using = reader.on_shared_tables();
+            let report = collectors.time(Collector::Sockets, || {
+                reader.read_sockets_but_shared(range, using, &mut aggregator)
+            })?;
+            left = using.tcp.then(|| LeftToTheWalk {
+                range,
+                may_hold_bound_inactive: reader.may_hold_bound_inactive(),
+                using,
+            });
+            report
+        }
+        _ => collectors.time(Collector::Sockets, || {
+            reader.read_sockets(range, keep_port, &mut aggregator)
+        })?,
+    };
+    let mut read = end_namespace(reader, aggregator, report, lookup, collectors);
+    read.left_to_the_walk = left;
+    if sockets == SocketsRead::WithOwners && lookup != OwnerLookup::Records {
+        let own = namespaces::own_namespace_inode();
+        owners = Some(resolve_owners(reader, &mut [(own, &mut read)], collectors));
+    }
+    read.owners = owners;
+    Ok(read)
 }
 
-/// `read_namespace` and `resolve_owners` for the exporter's own namespace,
-/// for one-shot commands (`--once`, `inspect`): where owners come from BPF
-/// records, their pass over the host's processes runs beside the socket
-/// pass, on a second thread, so that the command takes about as long as the
-/// longer of the two. The daemon reads them one after the other, leaving
-/// the second core to the server.
-pub fn read_own_namespace_at_once(
+/// The sockets of a namespace read with the owner records beside them, on
+/// a second thread, each record of the exporter's own namespace added up in
+/// the aggregator's owner records: both passes are timed as the sockets
+/// collector's.
+fn read_beside_owner_records(
     reader: &mut NamespaceReader,
-    limits: &Limits,
+    range: PortRange,
     keep_port: Option<u16>,
+    aggregator: &mut Aggregator,
     collectors: &mut Collectors,
-) -> Result<(NamespaceRead, SocketOwners), SourceError> {
-    let (range, mut aggregator, naming) = start_namespace(reader, limits, keep_port, collectors)?;
+) -> Result<ReadReport, SourceError> {
     let own = namespaces::own_namespace_inode();
-    if naming.lookup != OwnerLookup::Records {
-        let report = collectors.time(Collector::Sockets, || {
-            reader.read_sockets(range, keep_port, &mut aggregator)
-        })?;
-        let mut read = end_namespace(reader, aggregator, report, naming, collectors);
-        let owners = resolve_owners(reader, &mut [(own, &mut read)], collectors);
-        return Ok((read, owners));
-    }
-    // Both passes at once: their time is the sockets collector's.
     let mut records = aggregator.owner_records();
     let (report, owned) = collectors.time(Collector::Sockets, || {
-        reader.read_sockets_beside_owner_records(range, keep_port, &mut aggregator, &mut |owned| {
+        reader.read_sockets_beside_owner_records(range, keep_port, aggregator, &mut |owned| {
             if Some(u64::from(owned.netns)) == own {
                 records.add(owned);
             }
@@ -186,17 +221,7 @@ pub fn read_own_namespace_at_once(
         collectors.failed(Collector::Owners, error);
     }
     aggregator.take_owner_records(records);
-    Ok((
-        end_namespace(reader, aggregator, report, naming, collectors),
-        SocketOwners::default(),
-    ))
-}
-
-/// How a namespace's read names the processes of its sockets.
-#[derive(Debug, Clone, Copy)]
-struct Naming {
-    /// How owners are found.
-    lookup: OwnerLookup,
+    Ok(report)
 }
 
 /// Reads the settings and makes the aggregator of a namespace read.
@@ -204,8 +229,9 @@ fn start_namespace(
     reader: &mut NamespaceReader,
     limits: &Limits,
     keep_port: Option<u16>,
+    names: Option<&mut (dyn NameSource + 'static)>,
     collectors: &mut Collectors,
-) -> Result<(PortRange, Aggregator, Naming), SourceError> {
+) -> Result<(PortRange, Aggregator, OwnerLookup), SourceError> {
     let settings = collectors.time(Collector::Sockets, || reader.read_settings())?;
     let lookup = reader.owner_lookup();
     let mut aggregator = Aggregator::new(
@@ -218,10 +244,13 @@ fn start_namespace(
     if let Some(port) = keep_port {
         aggregator.keep_sockets_on(port);
     }
-    if let Some(names) = reader.take_connection_names() {
-        aggregator.name_connections(names);
+    if let Some(namer) = names.and_then(|names| {
+        let inode = namespaces::thread_namespace_inode(reader.procfs_root())?;
+        names.namer(inode, namespaces::thread_namespace_cookie().ok())
+    }) {
+        aggregator.name_connections(namer);
     }
-    Ok((settings.range, aggregator, Naming { lookup }))
+    Ok((settings.range, aggregator, lookup))
 }
 
 /// Adds source NAT to a namespace whose sockets were read, where NAT is
@@ -230,7 +259,7 @@ fn end_namespace(
     reader: &mut NamespaceReader,
     mut aggregator: Aggregator,
     report: ReadReport,
-    naming: Naming,
+    lookup: OwnerLookup,
     collectors: &mut Collectors,
 ) -> NamespaceRead {
     if reader.reads_nat() {
@@ -248,6 +277,8 @@ fn end_namespace(
     NamespaceRead {
         aggregator,
         report,
-        lookup: naming.lookup,
+        lookup,
+        left_to_the_walk: None,
+        owners: None,
     }
 }

@@ -42,8 +42,8 @@ impl NamespaceReader {
     /// show UDP sockets, and the namespace is on the host's UDP table
     /// (`udp_hash_entries` below 0, or the host's own namespace).
     pub fn on_shared_tables(&mut self) -> SharedTablesUse {
-        if self.sources.tcp != SourceKind::Bpf
-            || self.census.is_some_and(|census| census.tcp_empty())
+        if self.sockets.sources.tcp != SourceKind::Bpf
+            || self.sockets.census.is_some_and(|census| census.tcp_empty())
         {
             return SharedTablesUse::default();
         }
@@ -70,8 +70,8 @@ impl NamespaceReader {
                 tcp,
                 udp: tcp
                     && udp_table
-                    && self.sources.udp == SourceKind::Netlink
-                    && !self.census.is_some_and(|census| census.udp_empty()),
+                    && self.sockets.sources.udp == SourceKind::Netlink
+                    && !self.sockets.census.is_some_and(|census| census.udp_empty()),
                 host_udp_table: tcp && udp_table,
             })
         });
@@ -102,7 +102,8 @@ impl NamespaceReader {
             tcp: !using.tcp,
             udp: !using.udp,
         };
-        self.read_sockets_with(range, None, sink, read)
+        let lookup = self.owner_lookup();
+        self.sockets.read(range, None, sink, read, lookup)
     }
 
     /// `read_sockets` for the protocols `read` says: those
@@ -113,14 +114,14 @@ impl NamespaceReader {
         read: PerProtocol<bool>,
         sink: &mut dyn SocketSink,
     ) -> Result<ReadReport, SourceError> {
-        self.read_sockets_with(range, None, sink, read)
+        let lookup = self.owner_lookup();
+        self.sockets.read(range, None, sink, read, lookup)
     }
 
     /// Whether the namespace of the last `read_settings` may hold TCP
     /// sockets bound but neither listening nor connected.
     pub fn may_hold_bound_inactive(&self) -> bool {
-        self.census
-            .is_none_or(|census| census.may_hold_bound_inactive())
+        self.sockets.may_hold_bound_inactive()
     }
 
     /// Walks the host's TCP tables once, from the calling thread's
