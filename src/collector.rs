@@ -2,42 +2,84 @@
 //! took, whether they all succeeded, and a log line when a collector starts
 //! failing and when it recovers, never at every sample.
 //!
-//! A collector here is a kind of read (`portstat_core::status::Collector`):
-//! the sampler and the namespace reads time each read they make with
-//! `Collectors::time` and report failures with `Collectors::failed`; at the
-//! end of a sample `Collectors::finish_sample` gives the statuses that
-//! `portstat_collector_success` and `portstat_collector_duration_seconds`
-//! show. Adding a collector is a variant of `Collector`, its messages in
-//! `messages`, the reads it times, and the golden exposition.
+//! A collector here is a kind of read (`portstat_core::status::Collector`),
+//! registered once in `REGISTERED`: whether it runs follows from the plan,
+//! and its health, timing and log lines from its registration. The sampler
+//! and the namespace reads run each read through `Collectors::execute`
+//! (or time it with `Collectors::time` where its failure is reported
+//! apart); at the end of a sample `Collectors::finish_sample` gives the
+//! statuses that `portstat_collector_success` and
+//! `portstat_collector_duration_seconds` show. Adding a collector is a
+//! variant of `Collector`, its registration here, the reads it runs, and
+//! the golden exposition.
 
 use std::fmt::Display;
 use std::time::{Duration, Instant};
 
+use portstat_core::model::OwnerLookup;
 use portstat_core::status::{Collector, CollectorStatus};
 
-/// What is logged when a collector starts failing, and when it recovers;
-/// `None` where another log line says it (a failed sample is logged as
-/// such).
-fn messages(collector: Collector) -> Option<(&'static str, &'static str)> {
-    match collector {
-        Collector::Failures => Some((
+use crate::plan::{Namespaces, Plan};
+
+/// A collector as registered: whether a plan runs it, and what is logged
+/// of its health.
+pub struct Registration {
+    /// The collector, as the `collector` label names it.
+    pub collector: Collector,
+    /// Whether a sample of `plan` runs it.
+    pub runs: fn(&Plan) -> bool,
+    /// What is logged when it starts failing, and when it recovers; `None`
+    /// where another log line says it (a failed sample is logged as such).
+    pub messages: Option<(&'static str, &'static str)>,
+}
+
+/// Every collector, in the order a sample runs them and metrics list them.
+pub const REGISTERED: [Registration; 5] = [
+    Registration {
+        collector: Collector::Failures,
+        runs: |plan| plan.failures,
+        messages: Some((
             "reading the failure counter failed; its families are absent meanwhile",
             "reading the failure counter recovered",
         )),
-        Collector::Namespaces => Some((
+    },
+    Registration {
+        collector: Collector::Namespaces,
+        runs: |plan| matches!(plan.namespaces, Namespaces::All { .. }),
+        messages: Some((
             "some network namespaces cannot be sampled (portstat_netns_failed)",
             "every network namespace can be sampled again",
         )),
-        Collector::Sockets => None,
-        Collector::Conntrack => Some((
+    },
+    Registration {
+        collector: Collector::Sockets,
+        runs: |_| true,
+        messages: None,
+    },
+    Registration {
+        collector: Collector::Conntrack,
+        runs: |plan| plan.nat,
+        messages: Some((
             "reading conntrack failed; no NAT figures until it works again",
             "reading conntrack works again",
         )),
-        Collector::Owners => Some((
+    },
+    Registration {
+        collector: Collector::Owners,
+        runs: |plan| plan.owners != OwnerLookup::Off,
+        messages: Some((
             "reading socket owners failed; they show as unknown",
             "reading socket owners works again",
         )),
-    }
+    },
+];
+
+/// The registration of `collector`.
+fn registration(collector: Collector) -> &'static Registration {
+    REGISTERED
+        .iter()
+        .find(|registration| registration.collector == collector)
+        .expect("every collector is registered")
 }
 
 /// One collector's health.
@@ -63,14 +105,24 @@ pub struct Collectors {
 }
 
 impl Collectors {
-    /// Collectors of which `planned` run.
+    /// The collectors `plan` runs.
+    pub fn for_plan(plan: &Plan) -> Collectors {
+        let planned: Vec<Collector> = REGISTERED
+            .iter()
+            .filter(|registration| (registration.runs)(plan))
+            .map(|registration| registration.collector)
+            .collect();
+        Collectors::new(&planned)
+    }
+
+    /// Collectors of which `planned` run (a one-shot command's reads).
     pub fn new(planned: &[Collector]) -> Collectors {
         Collectors {
-            health: Collector::ALL
+            health: REGISTERED
                 .iter()
-                .map(|&collector| Health {
-                    collector,
-                    planned: planned.contains(&collector),
+                .map(|registration| Health {
+                    collector: registration.collector,
+                    planned: planned.contains(&registration.collector),
                     failing: false,
                     unavailable_logged: false,
                     duration: Duration::ZERO,
@@ -81,16 +133,19 @@ impl Collectors {
     }
 
     fn health(&mut self, collector: Collector) -> &mut Health {
-        let index = Collector::ALL
+        let index = REGISTERED
             .iter()
-            .position(|&candidate| candidate == collector)
+            .position(|registration| registration.collector == collector)
             .unwrap_or(0);
         &mut self.health[index]
     }
 
-    /// Runs `collector` from the next sample on, or not.
-    pub fn plan(&mut self, collector: Collector, runs: bool) {
-        self.health(collector).planned = runs;
+    /// Runs the collectors `plan` runs from the next sample on: the kernel
+    /// changed the plan (the failure counter loaded).
+    pub fn replan(&mut self, plan: &Plan) {
+        for health in &mut self.health {
+            health.planned = (registration(health.collector).runs)(plan);
+        }
     }
 
     /// Whether `collector` runs.
@@ -109,7 +164,25 @@ impl Collectors {
     }
 
     /// Runs `read`, one of `collector`'s reads, adding the time it takes to
-    /// the collector's.
+    /// the collector's and noting its failure; the value it read, where it
+    /// succeeded. As node_exporter's `execute`, for each read of a sample.
+    pub fn execute<T, E: Display>(
+        &mut self,
+        collector: Collector,
+        read: impl FnOnce() -> Result<T, E>,
+    ) -> Option<T> {
+        match self.time(collector, read) {
+            Ok(value) => Some(value),
+            Err(error) => {
+                self.failed(collector, error);
+                None
+            }
+        }
+    }
+
+    /// Runs `read`, one of `collector`'s reads, adding the time it takes to
+    /// the collector's, where its failure is reported apart (`failed`), or
+    /// fails the whole sample.
     pub fn time<T>(&mut self, collector: Collector, read: impl FnOnce() -> T) -> T {
         let started = Instant::now();
         let result = read();
@@ -142,7 +215,7 @@ impl Collectors {
         let mut statuses = Vec::new();
         for health in self.health.iter_mut().filter(|health| health.planned) {
             let failed = health.failure.is_some();
-            if let Some((failing, recovered)) = messages(health.collector) {
+            if let Some((failing, recovered)) = registration(health.collector).messages {
                 match (&health.failure, health.failing) {
                     (Some(reason), false) => {
                         tracing::warn!(collector = health.collector.label(), "{failing}: {reason}")
@@ -188,11 +261,48 @@ mod tests {
         assert!(!statuses[1].success);
         // The next sample starts afresh.
         collectors.start_sample();
-        collectors.plan(Collector::Owners, true);
+        assert_eq!(
+            collectors.execute(Collector::Owners, || Err::<(), _>("unplanned")),
+            None
+        );
         let statuses = collectors.finish_sample();
         assert!(statuses.iter().all(|status| status.success));
         assert_eq!(statuses[0].duration_seconds, 0.0);
-        assert!(collectors.planned(Collector::Owners));
-        assert_eq!(statuses.len(), 3);
+        assert_eq!(statuses.len(), 2);
+    }
+
+    #[test]
+    fn the_plan_decides_which_registered_collectors_run() {
+        use portstat_core::model::{PerProtocol, SourceKind};
+        let mut plan = Plan {
+            sources: PerProtocol::both(SourceKind::Netlink),
+            owners: OwnerLookup::Off,
+            namespaces: Namespaces::Own,
+            nat: false,
+            failures: false,
+        };
+        let mut collectors = Collectors::for_plan(&plan);
+        let running = |collectors: &Collectors| -> Vec<Collector> {
+            Collector::ALL
+                .into_iter()
+                .filter(|&collector| collectors.planned(collector))
+                .collect()
+        };
+        assert_eq!(running(&collectors), [Collector::Sockets]);
+        plan.failures = true;
+        plan.nat = true;
+        plan.owners = OwnerLookup::Records;
+        plan.namespaces = Namespaces::All {
+            max: 10,
+            one_walk: true,
+        };
+        collectors.replan(&plan);
+        assert_eq!(running(&collectors), Collector::ALL);
+        // Every collector the core names is registered, once, in its order.
+        let registered: Vec<Collector> = REGISTERED
+            .iter()
+            .map(|registration| registration.collector)
+            .collect();
+        assert_eq!(registered, Collector::ALL);
     }
 }

@@ -129,17 +129,7 @@ impl Sampler {
         limits: Limits,
         namespaces: NamespaceScope,
     ) -> Sampler {
-        let planned: Vec<Collector> = Collector::ALL
-            .into_iter()
-            .filter(|&collector| match collector {
-                Collector::Failures => false,
-                Collector::Namespaces => matches!(namespaces, NamespaceScope::All { .. }),
-                Collector::Sockets => true,
-                Collector::Conntrack => reader.reads_nat(),
-                Collector::Owners => reader.finds_owners(),
-            })
-            .collect();
-        Sampler {
+        let mut sampler = Sampler {
             reader,
             renderer,
             limits,
@@ -152,13 +142,15 @@ impl Sampler {
             plan_logged: None,
             failure_namespaces_looked: None,
             namespace_handles: HashMap::new(),
-            collectors: Collectors::new(&planned),
+            collectors: Collectors::new(&[]),
             status: SampleStatus {
                 build: crate::render::BUILD,
                 ..SampleStatus::default()
             },
             last_exposition: Exposition::default(),
-        }
+        };
+        sampler.collectors = Collectors::for_plan(&sampler.plan());
+        sampler
     }
 
     /// Resolves what the sampler reads, before its first sample: loads the

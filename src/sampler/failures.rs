@@ -73,7 +73,8 @@ impl Sampler {
                     tracing::warn!(err = %error, "cannot record the exporter's own namespace");
                 }
                 self.failure_counter = Some(counter);
-                self.collectors.plan(Collector::Failures, true);
+                let plan = self.plan();
+                self.collectors.replan(&plan);
                 let Counting { autobind, connects } = counting;
                 self.status.failure_counting = FailureCounting::Bpf { autobind, connects };
                 tracing::info!(
@@ -103,17 +104,12 @@ impl Sampler {
     /// The failure counter's counts now, where it counts.
     pub(super) fn read_failures(&mut self) -> Option<RawCounts> {
         let counter = self.failure_counter.as_ref()?;
-        match self.collectors.time(Collector::Failures, || counter.read()) {
-            Ok(counts) => {
-                // Where the kernel does not say (before Linux 5.12), 0.
-                self.status.counting_runs_missed = counter.runs_missed().unwrap_or(0);
-                Some(counts)
-            }
-            Err(error) => {
-                self.collectors.failed(Collector::Failures, error);
-                None
-            }
-        }
+        let counts = self
+            .collectors
+            .execute(Collector::Failures, || counter.read())?;
+        // Where the kernel does not say (before Linux 5.12), 0.
+        self.status.counting_runs_missed = counter.runs_missed().unwrap_or(0);
+        Some(counts)
     }
 
     /// The snapshots of the namespaces `sampled` read, each whole when made:
@@ -234,12 +230,11 @@ impl Sampler {
             return;
         };
         let mut live = live_cookies(&self.namespace_handles, namespaces::own_namespace_inode());
-        match self
+        if let Some(()) = self
             .collectors
-            .time(Collector::Failures, || counter.sweep_names(&mut live))
+            .execute(Collector::Failures, || counter.sweep_names(&mut live))
         {
-            Ok(()) => self.status.connection_names_evicted = counter.names_evicted(),
-            Err(error) => self.collectors.failed(Collector::Failures, error),
+            self.status.connection_names_evicted = counter.names_evicted();
         }
     }
 }

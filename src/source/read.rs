@@ -55,6 +55,7 @@ pub fn resolve_owners(
     collectors: &mut Collectors,
 ) -> SocketOwners {
     let (owners, result) = collectors.time(Collector::Owners, || owners_of(reader, reads));
+    // The owners found are kept where the BPF records failed part-way.
     if let Err(error) = result {
         collectors.failed(Collector::Owners, error);
     }
