@@ -24,7 +24,7 @@ mod sockets;
 pub use names::NameSource;
 pub use nat_read::{NatError, NatRead, NatSource};
 pub use owner_source::OwnerSource;
-pub use shared_use::SharedTablesUse;
+pub use shared_use::{SharedTablesUse, SharedWalk};
 pub use sockets::SocketSource;
 pub(crate) use sockets::{SOCKETS_BETWEEN_YIELDS, inode_reading};
 
@@ -120,9 +120,8 @@ pub struct NamespaceReader {
     /// Source NAT from conntrack, where asked for (`with_nat`).
     nat: Option<NatSource>,
     /// The one walk of the host's TCP tables for every namespace on them
-    /// (`--collector.netns=all`), `None` where it is not to be used: turned
-    /// off, or found not to run here.
-    shared_tables: Option<bpf::shared::SharedTables>,
+    /// (`--collector.netns=all`).
+    shared: SharedWalk,
     /// The BPF programs loading on a thread of their own
     /// (`load_programs_in_background`); TCP is read over netlink meanwhile.
     loading: Option<bpf::background::ProgramLoad>,
@@ -154,9 +153,9 @@ impl NamespaceReader {
                 OwnerSource::lookup_before_load(attribution),
             ),
             owners: OwnerSource::new(&procfs_root, attribution),
+            shared: SharedWalk::new(&procfs_root, false),
             procfs_root,
             nat: None,
-            shared_tables: None,
             loading: None,
         }
     }
@@ -272,7 +271,7 @@ impl NamespaceReader {
 
     /// Whether the one walk of the host's shared tables is on.
     pub fn walks_shared_tables(&self) -> bool {
-        self.shared_tables.is_some()
+        self.shared.is_on()
     }
 
     /// Hands every TCP and UDP socket a process holds to `take`

@@ -28,7 +28,7 @@ impl NamespaceReader {
         match bpf::background::ProgramLoad::start(
             self.sockets.bpf.object().map(Path::to_path_buf),
             owners,
-            self.shared_tables.is_some(),
+            self.shared.is_on(),
         ) {
             Ok(loading) => {
                 self.loading = Some(loading);
@@ -69,14 +69,7 @@ impl NamespaceReader {
             self.owners.install(owners);
         }
         if let Some(shared) = loaded.shared_tables {
-            match shared {
-                Ok(program) => {
-                    if let Some(tables) = &mut self.shared_tables {
-                        tables.install(program);
-                    }
-                }
-                Err(error) => self.give_up_shared_tables(&error),
-            }
+            self.shared.install(shared);
         }
     }
 

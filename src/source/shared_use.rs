@@ -1,10 +1,14 @@
-//! A reader's use of the one walk of the host's shared TCP tables: which
-//! namespaces it reads, and the protocols left for each to read on its own.
+//! The one walk of the host's shared TCP tables (`SharedWalk`): whether a
+//! namespace is on them, which of its protocols the walk reads and which
+//! are left for it to read on its own, and the walk itself.
+
+use std::path::{Path, PathBuf};
 
 use portstat_core::model::{PerProtocol, PortRange, SocketRecord, SocketSink, SourceKind};
 
 use super::{
-    NamespaceReader, ReadReport, SOCKETS_BETWEEN_YIELDS, SourceError, bpf, inode_reading, sysctl,
+    NamespaceReader, ReadReport, SOCKETS_BETWEEN_YIELDS, SocketSource, SourceError, bpf,
+    inode_reading, sysctl,
 };
 
 /// How the namespace of the last `read_settings` is read with the one walk
@@ -20,34 +24,60 @@ pub struct SharedTablesUse {
     pub host_udp_table: bool,
 }
 
-impl NamespaceReader {
-    /// Reads the TCP sockets of every namespace on the host's shared tables
-    /// in one walk (`on_shared_tables`, `read_shared_tables`) where the BPF
-    /// source runs, rather than namespace by namespace.
-    pub fn with_shared_tables(mut self, shared: bool) -> NamespaceReader {
-        self.shared_tables = shared.then(bpf::shared::SharedTables::new);
-        self
+/// The one walk of the host's TCP tables for every namespace on them
+/// (`--collector.netns=all`).
+pub struct SharedWalk {
+    procfs_root: PathBuf,
+    /// `None` where it is not to be used: turned off, or found not to run
+    /// here.
+    tables: Option<bpf::shared::SharedTables>,
+}
+
+impl SharedWalk {
+    /// The walk, below `procfs_root`, where `on`.
+    pub fn new(procfs_root: &Path, on: bool) -> SharedWalk {
+        SharedWalk {
+            procfs_root: procfs_root.to_path_buf(),
+            tables: on.then(bpf::shared::SharedTables::new),
+        }
+    }
+
+    /// Whether the walk is on.
+    pub fn is_on(&self) -> bool {
+        self.tables.is_some()
+    }
+
+    /// Takes the walk's program, loaded on a thread of its own, or turns
+    /// the walk off where it could not load.
+    pub fn install(&mut self, loaded: Result<bpf::shared::Loaded, bpf::BpfError>) {
+        match loaded {
+            Ok(program) => {
+                if let Some(tables) = &mut self.tables {
+                    tables.install(program);
+                }
+            }
+            Err(error) => self.give_up(&error),
+        }
     }
 
     /// Whether the TCP sockets of the namespace of the last `read_settings`
-    /// (the calling thread's) are to come from the one walk of the host's
-    /// tables: the walk is on, TCP is read with BPF, the counts show TCP
-    /// sockets, and the kernel says the namespace is on the host's table
-    /// (`tcp_ehash_entries` below 0, or, for the host's own namespace, the
-    /// program's probe). Where the walk cannot run here, it is turned off
-    /// for good, logged once.
+    /// (the calling thread's) are to come from the walk: the walk is on,
+    /// TCP is read with BPF, the counts show TCP sockets, and the kernel
+    /// says the namespace is on the host's table (`tcp_ehash_entries` below
+    /// 0, or, for the host's own namespace, the program's probe). Where the
+    /// walk cannot run here, it is turned off for good, logged once.
     ///
     /// Its UDP sockets come from the walk too where the kernel names each
     /// namespace's UDP table (Linux 6.2+), netlink reads UDP, the counts
     /// show UDP sockets, and the namespace is on the host's UDP table
     /// (`udp_hash_entries` below 0, or the host's own namespace).
-    pub fn on_shared_tables(&mut self) -> SharedTablesUse {
-        if self.sockets.sources.tcp != SourceKind::Bpf
-            || self.sockets.census.is_some_and(|census| census.tcp_empty())
+    pub fn using(&mut self, sockets: &SocketSource) -> SharedTablesUse {
+        if sockets.sources.tcp != SourceKind::Bpf
+            || sockets.census.is_some_and(|census| census.tcp_empty())
         {
             return SharedTablesUse::default();
         }
-        let Some(shared) = &mut self.shared_tables else {
+        let Some(shared) = &mut self.tables else {
             return SharedTablesUse::default();
         };
         // The host's own namespace shows a positive count, as one with
@@ -70,8 +100,8 @@ impl NamespaceReader {
                 tcp,
                 udp: tcp
                     && udp_table
-                    && self.sockets.sources.udp == SourceKind::Netlink
-                    && !self.sockets.census.is_some_and(|census| census.udp_empty()),
+                    && sockets.sources.udp == SourceKind::Netlink
+                    && !sockets.census.is_some_and(|census| census.udp_empty()),
                 host_udp_table: tcp && udp_table,
             })
         });
@@ -79,7 +109,7 @@ impl NamespaceReader {
             Ok(using) => using,
             Err(error) => {
                 if error.is_unsupported() {
-                    self.give_up_shared_tables(&error);
+                    self.give_up(&error);
                 } else {
                     tracing::debug!(err = %error, "cannot tell whether a namespace shares the host's TCP tables");
                 }
@@ -88,57 +118,22 @@ impl NamespaceReader {
         }
     }
 
-    /// `read_sockets` but for the protocols whose sockets are to come from
-    /// `read_shared_tables`, as `using` says. For TCP, `bound_inactive_seen`
-    /// in the report then says only whether no bound-but-inactive socket is
-    /// possible, and is to be set from the walk.
-    pub fn read_sockets_but_shared(
-        &mut self,
-        range: PortRange,
-        using: SharedTablesUse,
-        sink: &mut dyn SocketSink,
-    ) -> Result<ReadReport, SourceError> {
-        let read = PerProtocol {
-            tcp: !using.tcp,
-            udp: !using.udp,
-        };
-        let lookup = self.owner_lookup();
-        self.sockets.read(range, None, sink, read, lookup)
-    }
-
-    /// `read_sockets` for the protocols `read` says: those
-    /// of a namespace that the one walk did not read.
-    pub fn read_protocols(
-        &mut self,
-        range: PortRange,
-        read: PerProtocol<bool>,
-        sink: &mut dyn SocketSink,
-    ) -> Result<ReadReport, SourceError> {
-        let lookup = self.owner_lookup();
-        self.sockets.read(range, None, sink, read, lookup)
-    }
-
-    /// Whether the namespace of the last `read_settings` may hold TCP
-    /// sockets bound but neither listening nor connected.
-    pub fn may_hold_bound_inactive(&self) -> bool {
-        self.sockets.may_hold_bound_inactive()
-    }
-
     /// Walks the host's TCP tables once, from the calling thread's
     /// namespace, which must be on them, handing `each` the TCP sockets of
-    /// the `namespaces` with their namespace's inode. With `bound_inactive`,
-    /// the sockets bound but neither listening nor connected too. With
-    /// `read_udp`, the UDP sockets of the namespaces that ask for them, from
-    /// the calling thread's namespace's UDP table, which must be the host's.
-    pub fn read_shared_tables(
+    /// the `namespaces` with their namespace's inode, reading the inodes
+    /// `inodes` says. With `bound_inactive`, the sockets bound but neither
+    /// listening nor connected too. With `read_udp`, the UDP sockets of the
+    /// namespaces that ask for them, from the calling thread's namespace's
+    /// UDP table, which must be the host's.
+    pub fn walk(
         &mut self,
         namespaces: &[bpf::shared::SharedNamespace],
         read_udp: bool,
+        inodes: bpf::InodeReading,
         bound_inactive: bool,
         each: &mut dyn FnMut(u32, &SocketRecord),
     ) -> Result<bpf::shared::WalkOutcome, SourceError> {
-        let inodes = inode_reading(self.owner_lookup(), None);
-        let Some(shared) = &mut self.shared_tables else {
+        let Some(shared) = &mut self.tables else {
             return Err(SourceError::Bpf(bpf::BpfError::Unavailable {
                 stage: "shared tables",
                 reason: "turned off".into(),
@@ -160,20 +155,85 @@ impl NamespaceReader {
         );
         walked.map_err(|error| {
             if error.is_unsupported() {
-                self.give_up_shared_tables(&error);
+                self.give_up(&error);
             }
             SourceError::Bpf(error)
         })
     }
 
-    /// Turns the one walk off for good, where `error` says it cannot run
-    /// here; logged once.
-    pub(super) fn give_up_shared_tables(&mut self, error: &bpf::BpfError) {
+    /// Turns the walk off for good, where `error` says it cannot run here;
+    /// logged once.
+    fn give_up(&mut self, error: &bpf::BpfError) {
         tracing::info!(
             err = %error,
             "the host's TCP tables cannot be walked once for every namespace here; \
              each namespace is read on its own"
         );
-        self.shared_tables = None;
+        self.tables = None;
+    }
+}
+
+impl NamespaceReader {
+    /// Reads the TCP sockets of every namespace on the host's shared tables
+    /// in one walk (`on_shared_tables`, `read_shared_tables`) where the BPF
+    /// source runs, rather than namespace by namespace.
+    pub fn with_shared_tables(mut self, shared: bool) -> NamespaceReader {
+        self.shared = SharedWalk::new(&self.procfs_root, shared);
+        self
+    }
+
+    /// What the walk is to read of the namespace of the last
+    /// `read_settings` (`SharedWalk::using`).
+    pub fn on_shared_tables(&mut self) -> SharedTablesUse {
+        self.shared.using(&self.sockets)
+    }
+
+    /// `read_sockets` but for the protocols whose sockets are to come from
+    /// `read_shared_tables`, as `using` says. For TCP, `bound_inactive_seen`
+    /// in the report then says only whether no bound-but-inactive socket is
+    /// possible, and is to be set from the walk.
+    pub fn read_sockets_but_shared(
+        &mut self,
+        range: PortRange,
+        using: SharedTablesUse,
+        sink: &mut dyn SocketSink,
+    ) -> Result<ReadReport, SourceError> {
+        let read = PerProtocol {
+            tcp: !using.tcp,
+            udp: !using.udp,
+        };
+        self.read_protocols(range, read, sink)
+    }
+
+    /// `read_sockets` for the protocols `read` says: those
+    /// of a namespace that the one walk did not read.
+    pub fn read_protocols(
+        &mut self,
+        range: PortRange,
+        read: PerProtocol<bool>,
+        sink: &mut dyn SocketSink,
+    ) -> Result<ReadReport, SourceError> {
+        let lookup = self.owner_lookup();
+        self.sockets.read(range, None, sink, read, lookup)
+    }
+
+    /// Whether the namespace of the last `read_settings` may hold TCP
+    /// sockets bound but neither listening nor connected.
+    pub fn may_hold_bound_inactive(&self) -> bool {
+        self.sockets.may_hold_bound_inactive()
+    }
+
+    /// Walks the host's TCP tables once (`SharedWalk::walk`), reading the
+    /// inodes owners are found by.
+    pub fn read_shared_tables(
+        &mut self,
+        namespaces: &[bpf::shared::SharedNamespace],
+        read_udp: bool,
+        bound_inactive: bool,
+        each: &mut dyn FnMut(u32, &SocketRecord),
+    ) -> Result<bpf::shared::WalkOutcome, SourceError> {
+        let inodes = inode_reading(self.owner_lookup(), None);
+        self.shared
+            .walk(namespaces, read_udp, inodes, bound_inactive, each)
     }
 }
