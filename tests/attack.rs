@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::Netns;
+use support::Recorded;
 
 const ATTACK: Duration = Duration::from_secs(12);
 
@@ -32,11 +32,25 @@ fn open_descriptors(pid: u32) -> usize {
         .count()
 }
 
+/// Adds `count` TCP listeners on 127.0.0.1, from port `first` on, to the
+/// place's recorded socket table.
+fn record_listeners(place: &Recorded, first: u16, count: u16) {
+    let path = place.procfs().join("net/tcp");
+    let mut table = std::fs::read_to_string(&path).unwrap();
+    let recorded = table.lines().count() - 1;
+    for index in 0..count {
+        table.push_str(&format!(
+            "{:4}: 0100007F:{:04X} 00000000:0000 0A 00000000:00000000 00:00000000 00000000     \
+             0        0 {} 1 0000000000000000 100 0 0 10 0\n",
+            recorded + usize::from(index),
+            first + index,
+            900_000 + u32::from(index),
+        ));
+    }
+    std::fs::write(&path, table).unwrap();
+}
+
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn scrapes_stay_fast_under_attack_and_resources_come_back() {
     attack(None, 1000);
 }
@@ -45,10 +59,6 @@ fn scrapes_stay_fast_under_attack_and_resources_come_back() {
 /// fits its connections beside the descriptors sampling needs (896 of
 /// them), with 600 idle connections and 200 slow ones held.
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn scrapes_stay_fast_under_attack_with_1024_descriptors() {
     attack(Some(1024), 600);
 }
@@ -57,13 +67,9 @@ fn scrapes_stay_fast_under_attack_with_1024_descriptors() {
 /// the limit are closed at once, and sampling, which keeps a reserve of
 /// descriptors, goes on without an error. The limit is logged once.
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn more_idle_connections_than_descriptors_do_not_stop_sampling() {
-    let netns = Netns::new((40000, 40099), "");
-    let exporter = netns.start_exporter_with(&["--collector.interval", "200ms"], |command| {
+    let place = Recorded::new((40000, 40099), "");
+    let exporter = place.start_exporter_with(&["--collector.interval", "200ms"], |command| {
         support::limit_descriptors(command, 1024)
     });
     let log = exporter.log();
@@ -76,7 +82,7 @@ fn more_idle_connections_than_descriptors_do_not_stop_sampling() {
     let errors = r#"portstat_sample_errors_total{stage="source"}"#;
     let before = exporter.metrics();
     let idle: Vec<TcpStream> = (0..1100)
-        .filter_map(|_| netns.connect("127.0.0.1:10042".parse().unwrap()).ok())
+        .filter_map(|_| place.connect(exporter.address()).ok())
         .collect();
     assert_eq!(idle.len(), 1100);
     std::thread::sleep(Duration::from_secs(3));
@@ -105,13 +111,13 @@ fn more_idle_connections_than_descriptors_do_not_stop_sampling() {
 /// Idle, slow-header and oversized-header connections at once, `idle` of
 /// the first kind, with the exporter under `descriptors` open files.
 fn attack(descriptors: Option<u64>, idle: usize) {
-    let netns = Netns::new((40000, 40099), "");
-    let exporter = netns.start_exporter_with(&["--collector.interval", "1s"], |command| {
+    let place = Recorded::new((40000, 40099), "");
+    let exporter = place.start_exporter_with(&["--collector.interval", "1s"], |command| {
         if let Some(descriptors) = descriptors {
             support::limit_descriptors(command, descriptors)
         }
     });
-    let address = "127.0.0.1:10042".parse().unwrap();
+    let address = exporter.address();
     // Warm up: the first scrapes and samples allocate what they keep.
     for _ in 0..20 {
         exporter.metrics();
@@ -125,11 +131,11 @@ fn attack(descriptors: Option<u64>, idle: usize) {
     std::thread::scope(|scope| {
         // Connections that never send a byte.
         let idle: Vec<TcpStream> = (0..idle)
-            .filter_map(|_| netns.connect(address).ok())
+            .filter_map(|_| place.connect(address).ok())
             .collect();
         // 200 that send a header line a second and never finish.
         let mut slow: Vec<TcpStream> = (0..200)
-            .filter_map(|_| netns.connect(address).ok())
+            .filter_map(|_| place.connect(address).ok())
             .collect();
         for stream in &mut slow {
             let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: slow\r\n");
@@ -146,14 +152,14 @@ fn attack(descriptors: Option<u64>, idle: usize) {
         // A flood of requests with 64 KiB of headers.
         let flood_stop = stop.clone();
         let flood_rejected = rejected.clone();
-        let netns = &netns;
+        let place = &place;
         scope.spawn(move || {
             let header = format!(
                 "GET /metrics HTTP/1.1\r\nHost: flood\r\nX-Big: {}\r\n\r\n",
                 "a".repeat(64 * 1024)
             );
             while !flood_stop.load(Ordering::Relaxed) {
-                let Ok(mut stream) = netns.connect(address) else {
+                let Ok(mut stream) = place.connect(address) else {
                     continue;
                 };
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
@@ -226,20 +232,16 @@ fn attack(descriptors: Option<u64>, idle: usize) {
 /// timeout: the oldest that sent no request gives its place to each new
 /// connection, so the scraper still gets in.
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn an_idle_flood_does_not_lock_out_the_scraper() {
-    let netns = Netns::new((40000, 40099), "");
-    let exporter = netns.start_exporter_with(&["--collector.interval", "1s"], |command| {
+    let place = Recorded::new((40000, 40099), "");
+    let exporter = place.start_exporter_with(&["--collector.interval", "1s"], |command| {
         support::limit_descriptors(command, 1024)
     });
     assert!(exporter.log().contains("limit=896"), "{}", exporter.log());
-    let address = "127.0.0.1:10042".parse().unwrap();
+    let address = exporter.address();
     let started = Instant::now();
     let idle: Vec<TcpStream> = (0..1100)
-        .filter_map(|_| netns.connect(address).ok())
+        .filter_map(|_| place.connect(address).ok())
         .collect();
     println!("1100 idle connections opened in {:?}", started.elapsed());
     assert_eq!(idle.len(), 1100);
@@ -259,21 +261,11 @@ fn an_idle_flood_does_not_lock_out_the_scraper() {
 /// longer than the write timeout (10 s without progress): their
 /// connections, and the exposition each was being sent, are let go.
 #[test]
-#[cfg_attr(
-    not(portstat_root),
-    ignore = "needs root: it creates network namespaces or loads BPF programs"
-)]
 fn clients_that_never_read_are_let_go() {
-    let netns = Netns::new((40000, 40099), "");
+    let place = Recorded::new((40000, 40099), "");
     // 3,000 listeners: an exposition far larger than the socket buffers.
-    let listeners: Vec<socket2::Socket> = netns.run(|| {
-        (0..3000)
-            .map(|index| {
-                support::listening_socket(&format!("127.0.0.1:{}", 50000 + index), false, 8)
-            })
-            .collect()
-    });
-    let exporter = netns.start_exporter(&[
+    record_listeners(&place, 50000, 3000);
+    let exporter = place.start_exporter(&[
         "--collector.interval",
         "1s",
         "--collector.listeners.max",
@@ -292,8 +284,8 @@ fn clients_that_never_read_are_let_go() {
     std::thread::sleep(Duration::from_secs(2));
     let rss_before = resident_kib(exporter.pid());
     let descriptors_before = open_descriptors(exporter.pid());
-    let address: std::net::SocketAddr = "127.0.0.1:10042".parse().unwrap();
-    let clients: Vec<socket2::Socket> = netns.run(|| {
+    let address = exporter.address();
+    let clients: Vec<socket2::Socket> = place.run(|| {
         (0..40)
             .map(|_| {
                 let socket = socket2::Socket::new(
@@ -341,5 +333,4 @@ fn clients_that_never_read_are_let_go() {
     // A scrape still works.
     assert_eq!(exporter.get("/metrics").unwrap().status, 200);
     drop(clients);
-    drop(listeners);
 }
