@@ -183,6 +183,7 @@ impl Recorded {
     /// A copy of the recorded procfs with the given ephemeral range and
     /// reserved ports (`ip_local_reserved_ports` syntax, may be empty).
     pub fn new(range: (u16, u16), reserved: &str) -> Recorded {
+        raise_descriptor_limit();
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let name = format!(
             "portstat-recorded-{}-{}",
@@ -268,6 +269,25 @@ impl Place for Recorded {
 impl Drop for Recorded {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.procfs);
+    }
+}
+
+/// Raises the soft limit on open files to the hard one, for this process
+/// and the exporters it starts: an ordinary user's session often starts at
+/// 1,024 (pam_limits), below what the attack tests open, where root's runs
+/// at the hard limit.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` outlives both calls, which only read or write it.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
     }
 }
 
