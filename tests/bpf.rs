@@ -14,7 +14,7 @@ use std::net::TcpStream;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use support::{Metrics, Netns, listening_socket};
+use support::{Metrics, Netns, TIME_WAIT, listening_socket};
 
 const WARNING: &str = "the BPF source cannot run here";
 
@@ -959,6 +959,17 @@ fn young_time_wait_is_not_reusable_inside_a_time_namespace() {
             drop(accepted);
         }
     });
+    // The last close reaches the client in the kernel's softirq, which a
+    // loaded machine (a guest under emulation) may run later: the sample
+    // is taken once the kernel shows all ten in TIME_WAIT.
+    let deadline = std::time::Instant::now() + support::READY_DEADLINE;
+    while netns.run(|| support::tcp_sockets_in_state(TIME_WAIT)) < 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ten connections never all reached TIME_WAIT"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut command = netns.command("unshare");
     command.args(["--time", "--monotonic", "3600", support::exporter()]);
     command.args(["--once", "--collector.source", "bpf"]);

@@ -43,3 +43,17 @@ pub fn own_comm() -> String {
         .trim_end()
         .to_string()
 }
+
+/// `TIME_WAIT` as `/proc/net/tcp` writes it.
+pub const TIME_WAIT: &str = "06";
+
+/// How many IPv4 TCP sockets of the calling thread's namespace are in
+/// `state` (as `/proc/net/tcp` writes it, in hex: `TIME_WAIT`).
+pub fn tcp_sockets_in_state(state: &str) -> usize {
+    std::fs::read_to_string("/proc/thread-self/net/tcp")
+        .expect("cannot read /proc/thread-self/net/tcp")
+        .lines()
+        .skip(1)
+        .filter(|line| line.split_whitespace().nth(3) == Some(state))
+        .count()
+}
