@@ -11,6 +11,14 @@ use std::time::Duration;
 
 use support::{Netns, Recorded, own_comm};
 
+/// Fails the test, naming `what` and the line, where a line of `report`
+/// is wider than a terminal's 80 columns.
+fn assert_fits_80_columns(report: &str, what: &str) {
+    for line in report.lines() {
+        assert!(line.chars().count() <= 80, "{what}: too wide: {line:?}");
+    }
+}
+
 /// A 100-port range with 10 reserved: 30 connections to one destination and
 /// 5 to another, 3 of them then closed into TIME_WAIT, and a listener inside
 /// the range.
@@ -53,15 +61,11 @@ fn the_text_report_fits_80_columns_and_names_the_busiest() {
     for source in ["netlink", "procfs"] {
         let report = netns.inspect(&["--collector.source", source]);
         assert!(report.contains("need BPF to be seen"), "{source}: {report}");
-        for line in report.lines() {
-            assert!(line.chars().count() <= 80, "{source}: too wide: {line:?}");
-        }
+        assert_fits_80_columns(&report, source);
     }
     let report = netns.inspect(&[]);
     println!("{report}");
-    for line in report.lines() {
-        assert!(line.chars().count() <= 80, "too wide: {line:?}");
-    }
+    assert_fits_80_columns(&report, "auto");
     assert!(
         report.starts_with("Ephemeral range 40000-40099: 100 ports, 10 reserved, capacity 90\n"),
         "{report}"
@@ -220,9 +224,7 @@ fn inspect_fails_with_a_message_when_the_kernel_cannot_be_read() {
 fn the_reports_of_recorded_sockets_agree_with_each_other_and_the_metrics() {
     let place = Recorded::new((40000, 40099), "40090-40099");
     let report = place.inspect(&["40050"]);
-    for line in report.lines() {
-        assert!(line.chars().count() <= 80, "too wide: {line:?}");
-    }
+    assert_fits_80_columns(&report, "recorded");
     assert!(
         report.starts_with("Ephemeral range 40000-40099: 100 ports, 10 reserved, capacity 90\n"),
         "{report}"
@@ -453,10 +455,7 @@ fn the_failures_the_running_exporter_counted_are_listed() {
         })
         .unwrap_or_else(|| panic!("no process line: {text}"));
     assert!(process.ends_with(" 3"), "{process}");
-    assert!(
-        text.lines().all(|line| line.chars().count() <= 80),
-        "{text}"
-    );
+    assert_fits_80_columns(&text, "two processes of one name");
 
     let json: serde_json::Value = serde_json::from_str(&netns.inspect(&["--json"])).unwrap();
     let failures = &json["failures"];

@@ -166,7 +166,6 @@ pub fn read_namespace(
     } = reading;
     let (range, mut aggregator, lookup) =
         start_namespace(reader, limits, keep_port, names, collectors)?;
-    let mut owners = None;
     let mut left = None;
     let report = match sockets {
         SocketsRead::WithOwners if lookup == OwnerLookup::Records => {
@@ -192,9 +191,8 @@ pub fn read_namespace(
     read.left_to_the_walk = left;
     if sockets == SocketsRead::WithOwners && lookup != OwnerLookup::Records {
         let own = namespaces::own_namespace_inode();
-        owners = Some(resolve_owners(reader, &mut [(own, &mut read)], collectors));
+        read.owners = Some(resolve_owners(reader, &mut [(own, &mut read)], collectors));
     }
-    read.owners = owners;
     Ok(read)
 }
 
