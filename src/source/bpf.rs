@@ -22,32 +22,26 @@ pub mod background;
 pub mod batch;
 pub mod btf;
 mod clock;
-mod decode;
 pub mod failures;
 mod loader;
 pub mod owners;
 pub mod shared;
 
 use clock::monotonic_ms;
-pub use decode::{parse_records, parse_tagged_records};
+use portstat_core::parse::bpf::sockets::TRAILER_WALKED;
+pub use portstat_core::parse::bpf::sockets::{parse_records, parse_tagged_records};
+use portstat_core::parse::bpf::{RecordError, record};
 
 use std::io::{self, Read};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, Map, MapData, RingBuf};
 
 use crate::source::netlink::{NetlinkError, NetlinkSockets};
-use portstat_core::model::{
-    INODE_NOT_READ, ListenQueue, PortBinding, PortRange, SocketRecord, SocketSink, SocketState,
-    TcpState, TimeWait, UdpState,
-};
+use portstat_core::model::{PortRange, SocketSink};
 
 /// The compiled program, built from `bpf/tcp_ports.bpf.c` by `bpf/build.sh`.
 pub const TCP_PORTS_OBJECT: &[u8] = include_bytes!("bpf/tcp_ports.bpf.o");
-
-/// The size of one record, `struct record` in the C source.
-pub const RECORD_LENGTH: usize = 72;
 
 /// Where the kernel keeps its BTF, which CO-RE relocates the program against.
 const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -58,15 +52,6 @@ const POISONED_RELOCATION: u32 = 0x0bad_2310;
 
 /// The program's name in the object.
 const PROGRAM: &str = "dump_tcp";
-
-/// `RECORD_HAS_BUCKET`: the socket had a bind bucket to read.
-const HAS_BUCKET: u8 = 1;
-/// `RECORD_HAS_ENTRY_STAMP`: `tw_entry_stamp` exists (Linux 6.13+).
-const HAS_ENTRY_STAMP: u8 = 2;
-/// `RECORD_HAS_FILE`: a file holds the socket, whose inode may be unread.
-const HAS_FILE: u8 = 4;
-/// `RECORD_UDP`: a UDP socket, from the walk of shared tables.
-const UDP: u8 = 8;
 
 /// `SETTING_WALK_BIND_HASH`: walk the bind hash for bound sockets.
 const SETTING_WALK_BIND_HASH: u32 = 1;
@@ -101,13 +86,6 @@ impl InodeReading {
     }
 }
 
-/// `TRAILER_WALKED`: the walk of the bind hash reached its end.
-const TRAILER_WALKED: u8 = 1;
-
-/// `TCP_BOUND_INACTIVE`, the state the program gives the bound-but-inactive
-/// sockets it finds in the bind hash.
-const BOUND_INACTIVE: u8 = 13;
-
 /// The ring buffer of bound-but-inactive sockets, `bound` in the C source.
 const BOUND_RING: &str = "bound";
 
@@ -129,6 +107,9 @@ pub enum BpfError {
     /// The iterator wrote something that is not whole records.
     #[error("malformed BPF record stream: {0}")]
     Malformed(String),
+    /// A record is not one the program writes.
+    #[error("malformed BPF record: {0}")]
+    Record(#[from] RecordError),
     /// The netlink dump of bound-but-inactive sockets failed.
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
@@ -141,7 +122,7 @@ impl BpfError {
         match self {
             BpfError::Unavailable { .. } => true,
             BpfError::Netlink(error) => super::netlink::Unsupported::is_unsupported(error),
-            BpfError::Read(_) | BpfError::Malformed(_) => false,
+            BpfError::Read(_) | BpfError::Malformed(_) | BpfError::Record(_) => false,
         }
     }
 }
@@ -361,7 +342,7 @@ impl BpfSockets {
         let mut ring = Ok(None);
         while let Some(item) = loaded.bound.next() {
             if walked && ring.is_ok() {
-                ring = parse_records(&item, now_ms, sink);
+                ring = parse_records(&item, now_ms, sink).map_err(BpfError::from);
             }
         }
         read?;
@@ -419,7 +400,7 @@ pub fn load(object: Option<&Path>) -> Result<Loaded, BpfError> {
 /// KiB, so that each read() returns within a fraction of a millisecond: the
 /// kernel runs the program without a preemption point until the buffer is
 /// full, and a scrape waiting for the CPU waits that long.
-const READ_CHUNK: usize = RECORD_LENGTH * 227;
+const READ_CHUNK: usize = record::SIZE * 227;
 
 /// Reads the iterator's output a chunk at a time into `buffer`, handing each
 /// socket to `sink`; returns the flags of its trailer, as `parse_records`.
@@ -430,19 +411,13 @@ fn read_records(
     sink: &mut dyn SocketSink,
 ) -> Result<Option<u8>, BpfError> {
     let mut trailer = None;
-    read_whole_records(
-        iterator,
-        buffer,
-        RECORD_LENGTH,
-        READ_CHUNK,
-        &mut |records| {
-            if trailer.is_some() {
-                return Err(BpfError::Malformed("records after the trailer".into()));
-            }
-            trailer = parse_records(records, now_ms, sink)?;
-            Ok(())
-        },
-    )?;
+    read_whole_records(iterator, buffer, record::SIZE, READ_CHUNK, &mut |records| {
+        if trailer.is_some() {
+            return Err(BpfError::Malformed("records after the trailer".into()));
+        }
+        trailer = parse_records(records, now_ms, sink)?;
+        Ok(())
+    })?;
     Ok(trailer)
 }
 

@@ -22,13 +22,21 @@ use std::sync::{Arc, Mutex};
 
 use aya::maps::{Array, HashMap, Map, MapData};
 
-mod records;
 mod running;
 
-pub use records::{
+pub use portstat_core::parse::bpf::failures::{
     FailureKey, FailureValue, NameKey, NameValue, TotalKey, failure_from_entry, name_from_entry,
     name_key, total_from_entry,
 };
+use portstat_core::parse::bpf::{failure_key, failure_value, name_key, name_value, total_key};
+
+/// The maps' entries as the kernel holds them, decoded and encoded by the
+/// core (`portstat_core::parse::bpf::failures`).
+type FailureKeyBytes = [u8; failure_key::SIZE];
+type FailureValueBytes = [u8; failure_value::SIZE];
+type TotalKeyBytes = [u8; total_key::SIZE];
+type NameKeyBytes = [u8; name_key::SIZE];
+type NameValueBytes = [u8; name_value::SIZE];
 pub use running::{RunningExporter, running_counts, running_exporter, running_names};
 
 use super::batch::BatchedHash;
@@ -76,12 +84,12 @@ const NETS_MAP: &str = "portstat_nets";
 
 /// The maps the programs count into.
 struct FailureMaps {
-    failures: BatchedHash<FailureKey, FailureValue>,
-    totals: BatchedHash<TotalKey, u64>,
+    failures: BatchedHash<FailureKeyBytes, FailureValueBytes>,
+    totals: BatchedHash<TotalKeyBytes, u64>,
     lost: Array<MapData, u64>,
-    connects: BatchedHash<FailureKey, FailureValue>,
-    connect_totals: BatchedHash<TotalKey, u64>,
-    attempts: BatchedHash<TotalKey, u64>,
+    connects: BatchedHash<FailureKeyBytes, FailureValueBytes>,
+    connect_totals: BatchedHash<TotalKeyBytes, u64>,
+    attempts: BatchedHash<TotalKeyBytes, u64>,
 }
 
 /// The cookie of the live namespace of each inode, as far as the caller
@@ -222,14 +230,16 @@ impl FailureMaps {
     fn read(&self) -> Result<RawCounts, BpfError> {
         let mut totals = Vec::new();
         for map in [&self.totals, &self.connect_totals, &self.attempts] {
-            map.for_each(|key, count| totals.push((*key, *count)))
+            map.for_each(|key, count| totals.push((TotalKey::decode(key), *count)))
                 .map_err(read_error)?;
         }
-        let entries = |map: &BatchedHash<FailureKey, FailureValue>| {
+        let entries = |map: &BatchedHash<FailureKeyBytes, FailureValueBytes>| {
             let mut entries = Vec::new();
-            map.for_each(|key, value| entries.push((*key, *value)))
-                .map_err(read_error)
-                .map(|()| entries)
+            map.for_each(|key, value| {
+                entries.push((FailureKey::decode(key), FailureValue::decode(value)))
+            })
+            .map_err(read_error)
+            .map(|()| entries)
         };
         Ok(RawCounts {
             totals,
@@ -249,7 +259,7 @@ impl FailureMaps {
 /// The map of connections and who connected them, with what the exporter
 /// took out of it, to tell how many names it evicted.
 struct NameMap {
-    map: BatchedHash<NameKey, NameValue>,
+    map: BatchedHash<NameKeyBytes, NameValueBytes>,
     /// The same map, asked by the namespaces' reads.
     lookups: Arc<NameLookups>,
     /// Names removed as their connection was gone.
@@ -268,7 +278,7 @@ struct NameMap {
 /// The map of names as the namespaces' reads ask it, one connection at a
 /// time, with the names each sample found, by `fingerprint`.
 struct NameLookups {
-    map: HashMap<MapData, NameKey, NameValue>,
+    map: HashMap<MapData, NameKeyBytes, NameValueBytes>,
     found: Mutex<HashSet<u64>>,
 }
 
@@ -326,7 +336,8 @@ impl ConnectionNamer for KernelNamer {
         let mapped = matches!(local.ip(), IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
         for &cookie in &self.cookies {
             let key = name_key(u64::from(self.netns), cookie, &connection, mapped)?;
-            if let Ok(value) = self.lookups.map.get(&key, 0) {
+            if let Ok(value) = self.lookups.map.get(&key.encode(), 0) {
+                let value = NameValue::decode(&value);
                 self.lookups
                     .found
                     .lock()
@@ -519,19 +530,19 @@ impl PortFailureCounter {
         let is_gone = |netns: u32, cookie: u64| {
             gone.contains(&u64::from(netns)) || stale.contains(&(netns, cookie))
         };
-        remove_keys(&mut self.maps.failures, |key| {
+        let failure_gone = |key: &FailureKeyBytes| {
+            let key = FailureKey::decode(key);
             is_gone(key.netns, key.cookie)
-        })?;
-        remove_keys(&mut self.maps.totals, |key| is_gone(key.netns, key.cookie))?;
-        remove_keys(&mut self.maps.attempts, |key| {
+        };
+        let total_gone = |key: &TotalKeyBytes| {
+            let key = TotalKey::decode(key);
             is_gone(key.netns, key.cookie)
-        })?;
-        remove_keys(&mut self.maps.connects, |key| {
-            is_gone(key.netns, key.cookie)
-        })?;
-        remove_keys(&mut self.maps.connect_totals, |key| {
-            is_gone(key.netns, key.cookie)
-        })
+        };
+        remove_keys(&mut self.maps.failures, failure_gone)?;
+        remove_keys(&mut self.maps.connects, failure_gone)?;
+        remove_keys(&mut self.maps.totals, total_gone)?;
+        remove_keys(&mut self.maps.attempts, total_gone)?;
+        remove_keys(&mut self.maps.connect_totals, total_gone)
     }
 
     /// The map of names for the sample about to be read: nothing is read
@@ -583,10 +594,11 @@ impl PortFailureCounter {
         let cookies = &mut self.names.cookies;
         self.names
             .map
-            .for_each(|key, _| {
+            .for_each(|bytes, _| {
                 present += 1;
+                let key = &NameKey::decode(bytes);
                 if staleness.is_stale(key.netns, key.cookie) {
-                    stale.push(*key);
+                    stale.push(*bytes);
                     return;
                 }
                 let cookies = cookies.entry(u64::from(key.netns)).or_default();
@@ -595,7 +607,7 @@ impl PortFailureCounter {
                 }
                 let print = fingerprint(key);
                 if !found.contains(&print) {
-                    unfound.push((print, *key));
+                    unfound.push((print, *bytes));
                 }
             })
             .map_err(read_error)?;

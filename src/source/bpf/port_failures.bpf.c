@@ -76,14 +76,17 @@
 // are recorded at all: another namespace's connects, failures and closes
 // return at the first look-up, take no entry and evict nothing.
 //
-// Nothing is decided here that Rust can decide. Structures are declared
-// with only the fields used; CO-RE relocates their offsets against the
-// running kernel's BTF. Rebuild the object with `src/source/bpf/build.sh`.
+// Nothing is decided here that Rust can decide. The kernel's structures
+// are in `kernel.bpf.h`, the maps' keys and values the exporter reads in
+// `records.bpf.h`. Rebuild the object with `src/source/bpf/build.sh`.
 
 #include <linux/types.h>
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
+
+#include "kernel.bpf.h"
+#include "records.bpf.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -129,98 +132,6 @@
 #define NOTES_SPILLED 4
 #define UNRECORDED_ATTEMPT 5
 
-struct in6_addr {
-	__u8 s6_addr[16];
-};
-
-struct ns_common {
-	unsigned int inum;
-} __attribute__((preserve_access_index));
-
-// The namespace's port range: `high << 16 | low` from Linux 6.8, a pair of
-// ints under a seqlock before (the flavour below).
-struct local_ports {
-	__u32 range;
-} __attribute__((preserve_access_index));
-
-struct netns_ipv4 {
-	struct local_ports ip_local_ports;
-} __attribute__((preserve_access_index));
-
-struct net {
-	struct ns_common ns;
-	struct netns_ipv4 ipv4;
-	__u64 net_cookie;
-} __attribute__((preserve_access_index));
-
-struct local_ports___pair {
-	int range[2];
-} __attribute__((preserve_access_index));
-
-struct netns_ipv4___pair {
-	struct local_ports___pair ip_local_ports;
-} __attribute__((preserve_access_index));
-
-struct net___pair {
-	struct netns_ipv4___pair ipv4;
-} __attribute__((preserve_access_index));
-
-typedef struct {
-	struct net *net;
-} possible_net_t;
-
-struct sock_common {
-	__be32 skc_daddr;
-	__be32 skc_rcv_saddr;
-	__be16 skc_dport;
-	__u16 skc_num;
-	unsigned short skc_family;
-	possible_net_t skc_net;
-	struct in6_addr skc_v6_daddr;
-	struct in6_addr skc_v6_rcv_saddr;
-} __attribute__((preserve_access_index));
-
-struct sock {
-	struct sock_common __sk_common;
-	__u8 sk_userlocks;
-	__u16 sk_protocol;
-	int sk_err;
-} __attribute__((preserve_access_index));
-
-struct tcp_sock {
-	__u32 write_seq;
-} __attribute__((preserve_access_index));
-
-struct file {
-	void *private_data;
-} __attribute__((preserve_access_index));
-
-struct fdtable {
-	unsigned int max_fds;
-	struct file **fd;
-} __attribute__((preserve_access_index));
-
-struct files_struct {
-	struct fdtable *fdt;
-} __attribute__((preserve_access_index));
-
-struct task_struct {
-	struct task_struct *group_leader;
-	struct files_struct *files;
-	char comm[16];
-} __attribute__((preserve_access_index));
-
-struct socket {
-	struct sock *sk;
-} __attribute__((preserve_access_index));
-
-struct pt_regs {
-	unsigned long di;
-	unsigned long si;
-	unsigned long r8;
-	unsigned long orig_ax;
-} __attribute__((preserve_access_index));
-
 // The start of `struct sockaddr_in` and `struct sockaddr_in6`: the port is
 // at the same offset in both.
 struct sockaddr_head {
@@ -228,43 +139,6 @@ struct sockaddr_head {
 	__be16 port;
 	__u32 v4_or_flowinfo;
 	__u8 v6[16];
-};
-
-struct user_msghdr {
-	void *msg_name;
-} __attribute__((preserve_access_index));
-
-// The key layout `src/source/bpf/failures.rs` parses: 72 bytes, native byte
-// order but for the addresses, which stay in network order.
-struct failure_key {
-	__u32 netns;
-	__u8 kind;
-	__u8 protocol;
-	__u8 family;
-	__u8 pad;
-	__u16 remote_port;
-	__u16 pad2;
-	__u32 pad3;
-	__u64 cookie;
-	__u8 local[16];
-	__u8 remote[16];
-	char comm[16];
-};
-
-struct failure_value {
-	__u64 count;
-	__u32 last_tgid;
-	// 1 once calls under the key came from more than one process: the
-	// last one's tgid is then one of several.
-	__u32 several;
-};
-
-struct total_key {
-	__u32 netns;
-	__u8 kind;
-	__u8 protocol;
-	__u16 pad;
-	__u64 cookie;
 };
 
 struct {
@@ -292,29 +166,6 @@ struct {
 struct connector {
 	__u32 tgid;
 	char comm[16];
-};
-
-// The key layout `src/source/bpf/failures.rs` parses: 56 bytes, native
-// byte order but for the addresses.
-struct name_key {
-	__u32 netns;
-	__u8 family;
-	__u8 pad;
-	__u16 local_port;
-	__u16 remote_port;
-	__u16 pad2;
-	__u8 local[16];
-	__u8 remote[16];
-	__u32 pad3;
-	__u64 cookie;
-};
-
-struct name_value {
-	__u32 tgid;
-	char comm[16];
-	__u32 pad;
-	// bpf_ktime_get_ns() when recorded: CLOCK_MONOTONIC.
-	__u64 stamp;
 };
 
 // The note of a `connect()` in flight: the socket, and the process that
@@ -490,10 +341,10 @@ static __u8 read_addresses(struct sock *sk, __u8 *local, __u8 *remote)
 {
 	unsigned short family = sk->__sk_common.skc_family;
 	struct in6_addr remote6 = sk->__sk_common.skc_v6_daddr;
-	if (family == AF_INET6 && !is_v4_mapped(remote6.s6_addr)) {
+	if (family == AF_INET6 && !is_v4_mapped(remote6.in6_u.u6_addr8)) {
 		struct in6_addr local6 = sk->__sk_common.skc_v6_rcv_saddr;
-		__builtin_memcpy(local, local6.s6_addr, 16);
-		__builtin_memcpy(remote, remote6.s6_addr, 16);
+		__builtin_memcpy(local, local6.in6_u.u6_addr8, 16);
+		__builtin_memcpy(remote, remote6.in6_u.u6_addr8, 16);
 		return AF_INET6;
 	}
 	__be32 local4 = sk->__sk_common.skc_rcv_saddr;

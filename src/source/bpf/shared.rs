@@ -16,6 +16,10 @@ use aya::maps::{Array, HashMap, Map, MapData, RingBuf};
 
 use super::{BpfError, InodeReading, loader, monotonic_ms, unavailable};
 use portstat_core::model::{PortRange, SocketRecord};
+use portstat_core::parse::bpf::sockets::{
+    MARKER_PART, MARKER_TRAILER, Marker, NamespaceEntry, TRAILER_WALKED,
+};
+use portstat_core::parse::bpf::{marker, namespace_entry};
 
 /// The compiled program, built from `shared_tables.bpf.c` by `build.sh`.
 pub const SHARED_TABLES_OBJECT: &[u8] = include_bytes!("shared_tables.bpf.o");
@@ -29,17 +33,6 @@ const NEXT_PART: u32 = 4;
 /// More parts than any table has (a part is 4,096 slots): a walk that
 /// does not end by then is not trusted.
 const PARTS_MAX: u32 = 1 << 16;
-
-/// The size of a tagged record, `struct tagged_record` in the C source: a
-/// record and the inode of its socket's namespace.
-pub const TAGGED_RECORD_LENGTH: usize = 80;
-
-/// The size of a marker, `struct marker`.
-const MARKER_LENGTH: usize = 8;
-
-/// `MARKER_PART`, `MARKER_TRAILER`.
-const MARKER_PART: u8 = 1;
-const MARKER_TRAILER: u8 = 2;
 
 /// A part's flags: walked to its end; the ring was full; the kernel lacks
 /// what the walk reads; a layout the walk does not read; a socket could
@@ -94,7 +87,7 @@ pub struct WalkOutcome {
 pub struct Loaded {
     program: loader::LoadedProgram,
     settings: Array<MapData, u32>,
-    namespaces: HashMap<MapData, u32, [u32; 2]>,
+    namespaces: HashMap<MapData, u32, [u8; namespace_entry::SIZE]>,
     ring: RingBuf<MapData>,
     /// The namespaces now in `namespaces`.
     listed: HashSet<u32>,
@@ -139,7 +132,7 @@ impl SharedTables {
     pub fn probe(&mut self) -> Result<Probe, BpfError> {
         let loaded = self.loaded_program()?;
         set(&mut loaded.settings, 1, SETTING_PROBE)?;
-        let [kind, flags, ..] = read_marker(&loaded.program)?;
+        let Marker { kind, flags, .. } = read_marker(&loaded.program)?;
         // A namespace with tables of its own is an answer here, not an error.
         unsupported(if kind == MARKER_PART {
             flags & !PART_NOT_SHARED
@@ -202,7 +195,7 @@ impl SharedTables {
             let marker = read_marker(&loaded.program);
             // What the part found, whether or not it read well.
             drain(&mut loaded.ring, now_ms, each, &mut failure);
-            let [kind, flags, _, _, index @ ..] = marker?;
+            let Marker { kind, flags, index } = marker?;
             if let Some(failure) = failure {
                 return Err(failure);
             }
@@ -210,7 +203,7 @@ impl SharedTables {
                 MARKER_PART => {
                     unsupported(flags)?;
                     complete &= flags == PART_WALKED;
-                    if u32::from_ne_bytes(index) >= PARTS_MAX {
+                    if index >= PARTS_MAX {
                         return Err(BpfError::Malformed(format!(
                             "the walk did not end after {PARTS_MAX} parts"
                         )));
@@ -222,20 +215,20 @@ impl SharedTables {
         };
         Ok(WalkOutcome {
             complete,
-            bound_inactive_walked: bound_inactive && trailer == super::TRAILER_WALKED,
+            bound_inactive_walked: bound_inactive && trailer == TRAILER_WALKED,
         })
     }
 }
 
 /// Runs the program once with a new iterator, and returns what it wrote:
 /// one marker.
-fn read_marker(program: &loader::LoadedProgram) -> Result<[u8; MARKER_LENGTH], BpfError> {
+fn read_marker(program: &loader::LoadedProgram) -> Result<Marker, BpfError> {
     let mut iterator = program
         .open()
         .map_err(|error| unavailable("iterator", error))?;
-    let mut marker = [0u8; MARKER_LENGTH];
+    let mut marker = [0u8; marker::SIZE];
     iterator.read_exact(&mut marker).map_err(BpfError::Read)?;
-    Ok(marker)
+    Ok(Marker::decode(&marker))
 }
 
 /// Fails as unavailable where a part's `flags` say the walk cannot run in
@@ -268,8 +261,11 @@ impl Loaded {
         }
         self.listed.clear();
         for namespace in namespaces {
-            let range = u32::from(namespace.range.start) | (u32::from(namespace.range.end) << 16);
-            let entry = [range, u32::from(namespace.udp)];
+            let entry = NamespaceEntry {
+                range: namespace.range,
+                udp: namespace.udp,
+            }
+            .encode();
             self.namespaces
                 .insert(namespace.inode, entry, 0)
                 .map_err(|error| unavailable("namespaces", error))?;
@@ -292,7 +288,7 @@ fn drain(
             continue;
         }
         if let Err(error) = super::parse_tagged_records(&item, now_ms, each) {
-            *failure = Some(error);
+            *failure = Some(error.into());
         }
     }
 }

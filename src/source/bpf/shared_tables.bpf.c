@@ -40,24 +40,6 @@
 
 #include "tcp_tables.bpf.h"
 
-struct bpf_map;
-
-// A slot of the UDP table, by port. Since Linux 6.14 `head` shares a union
-// with the head of a nulls list, for the table by four-tuple.
-struct udp_hslot {
-	struct hlist_head head;
-} __attribute__((preserve_access_index));
-
-struct udp_table {
-	struct udp_hslot *hash;
-	unsigned int mask;
-} __attribute__((preserve_access_index));
-
-struct bpf_iter__bpf_map {
-	struct bpf_iter_meta *meta;
-	struct bpf_map *map;
-} __attribute__((preserve_access_index));
-
 // How many slots of the connection table a part walks: with the usual
 // two sockets a slot or fewer, a millisecond's work.
 #define SLOTS_A_PART 4096
@@ -97,14 +79,6 @@ struct bpf_iter__bpf_map {
 // Walk the calling thread's namespace's UDP table too, for the namespaces
 // in `namespaces` whose UDP sockets are asked for.
 #define SETTING_READ_UDP 16
-
-
-struct marker {
-	__u8 kind;
-	__u8 flags;
-	__u16 pad;
-	__u32 index;
-};
 
 // Where the walk of a part stands: in a chain (`node`), or at the next
 // slot of the connection table, then of the listening table.

@@ -18,8 +18,8 @@
 // port is in the range), and any socket on the port of `settings`.
 //
 // Nothing is decided here that Rust can decide: the fields are copied as the
-// kernel holds them. Structures are declared with only the fields used;
-// CO-RE relocates their offsets against the running kernel's BTF.
+// kernel holds them. The kernel's structures are in `kernel.bpf.h`, the
+// record in `records.bpf.h`.
 //
 // Rebuild the committed object with `src/source/bpf/build.sh`.
 
@@ -27,6 +27,9 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
+
+#include "kernel.bpf.h"
+#include "records.bpf.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -48,93 +51,6 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } settings SEC(".maps");
-
-// The record layout `src/source/bpf/owners.rs` parses: 48 bytes, native
-// byte order.
-struct owner_record {
-	__u32 tgid;
-	__u32 netns;
-	__u64 inode;
-	__s64 file_refs;
-	__u16 port;
-	__u8 family;
-	__u8 state;
-	__u8 protocol;
-	__u8 flags;
-	__u16 pad;
-	char comm[16];
-};
-
-typedef struct {
-	__s64 counter;
-} atomic_long_t;
-
-typedef struct {
-	atomic_long_t refcnt;
-} file_ref_t;
-
-struct inode {
-	unsigned short i_mode;
-	unsigned long i_ino;
-} __attribute__((preserve_access_index));
-
-struct file {
-	struct inode *f_inode;
-	void *private_data;
-	atomic_long_t f_count;
-	file_ref_t f_ref;
-} __attribute__((preserve_access_index));
-
-struct ns_common {
-	unsigned int inum;
-} __attribute__((preserve_access_index));
-
-struct net {
-	struct ns_common ns;
-} __attribute__((preserve_access_index));
-
-typedef struct {
-	struct net *net;
-} possible_net_t;
-
-struct proto {
-	char name[32];
-} __attribute__((preserve_access_index));
-
-struct sock_common {
-	unsigned short skc_family;
-	volatile unsigned char skc_state;
-	__u16 skc_num;
-	struct proto *skc_prot;
-	possible_net_t skc_net;
-} __attribute__((preserve_access_index));
-
-struct sock {
-	struct sock_common __sk_common;
-} __attribute__((preserve_access_index));
-
-struct socket {
-	struct sock *sk;
-} __attribute__((preserve_access_index));
-
-struct task_struct {
-	int pid;
-	int tgid;
-	char comm[16];
-} __attribute__((preserve_access_index));
-
-struct seq_file;
-
-struct bpf_iter_meta {
-	struct seq_file *seq;
-} __attribute__((preserve_access_index));
-
-struct bpf_iter__task_file {
-	struct bpf_iter_meta *meta;
-	struct task_struct *task;
-	__u32 fd;
-	struct file *file;
-} __attribute__((preserve_access_index));
 
 SEC("iter/task_file")
 int dump_socket_owners(struct bpf_iter__task_file *ctx)

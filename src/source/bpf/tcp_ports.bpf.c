@@ -13,17 +13,14 @@
 // stream with a trailer record that says whether that walk was complete.
 //
 // Nothing is decided here that Rust can decide: the fields are copied as the
-// kernel holds them, and `src/source/bpf.rs` reads them. The structures,
-// the record and the walk of the bind hash are in `tcp_tables.bpf.h`.
+// kernel holds them, and the exporter's core reads them
+// (`crates/portstat-core/src/parse/bpf/sockets.rs`). The kernel's
+// structures are in `kernel.bpf.h`, the record in `records.bpf.h`, and the
+// walk of the bind hash in `tcp_tables.bpf.h`.
 //
 // Rebuild the committed object with `src/source/bpf/build.sh`.
 
 #include "tcp_tables.bpf.h"
-
-struct bpf_iter__tcp {
-	struct bpf_iter_meta *meta;
-	struct sock_common *sk_common;
-} __attribute__((preserve_access_index));
 
 SEC("iter/tcp")
 int dump_tcp(struct bpf_iter__tcp *ctx)

@@ -1,10 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 //
-// What the TCP programs share: the kernel's structures they read (declared
-// with only the fields used; CO-RE relocates their offsets against the
-// running kernel's BTF at load), the record they write, their settings, and
-// the walk of the bind hash for sockets bound but neither listening nor
-// connected. Included by `tcp_ports.bpf.c` (one namespace, through
+// What the TCP programs share: their settings, and the walk of the bind hash
+// for sockets bound but neither listening nor connected. The kernel's
+// structures they read are in `kernel.bpf.h`, the records they write in
+// `records.bpf.h`. Included by `tcp_ports.bpf.c` (one namespace, through
 // `iter/tcp`) and `shared_tables.bpf.c` (every namespace on a shared table).
 
 #ifndef TCP_TABLES_BPF_H
@@ -14,6 +13,9 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
+
+#include "kernel.bpf.h"
+#include "records.bpf.h"
 
 #define TCP_TIME_WAIT 6
 #define TCP_CLOSE 7
@@ -39,194 +41,6 @@
 // level bucket and owner is one step. bpf_loop allows 1 << 23.
 #define WALK_STEPS (1 << 23)
 
-struct hlist_node {
-	struct hlist_node *next;
-} __attribute__((preserve_access_index));
-
-struct hlist_head {
-	struct hlist_node *first;
-} __attribute__((preserve_access_index));
-
-// A chain of the connection and listening tables ends in an odd "nulls"
-// value rather than NULL.
-struct hlist_nulls_node {
-	struct hlist_nulls_node *next;
-} __attribute__((preserve_access_index));
-
-struct hlist_nulls_head {
-	struct hlist_nulls_node *first;
-} __attribute__((preserve_access_index));
-
-struct in6_addr {
-	union {
-		__u32 u6_addr32[4];
-	} in6_u;
-} __attribute__((preserve_access_index));
-
-struct net;
-
-typedef struct {
-	struct net *net;
-} possible_net_t;
-
-struct sock_common {
-	__be32 skc_daddr;
-	__be32 skc_rcv_saddr;
-	__be16 skc_dport;
-	__u16 skc_num;
-	unsigned short skc_family;
-	volatile unsigned char skc_state;
-	int skc_bound_dev_if;
-	struct hlist_node skc_bind_node;
-	possible_net_t skc_net;
-	struct in6_addr skc_v6_daddr;
-	struct in6_addr skc_v6_rcv_saddr;
-	struct hlist_nulls_node skc_nulls_node;
-} __attribute__((preserve_access_index));
-
-struct inode {
-	unsigned long i_ino;
-} __attribute__((preserve_access_index));
-
-struct socket {
-	int state;
-} __attribute__((preserve_access_index));
-
-// A socket's inode is allocated with it: the kernel's SOCK_INODE().
-struct socket_alloc {
-	struct socket socket;
-	struct inode vfs_inode;
-} __attribute__((preserve_access_index));
-
-struct sock {
-	struct socket *sk_socket;
-	__u32 sk_ack_backlog;
-	__u32 sk_max_ack_backlog;
-} __attribute__((preserve_access_index));
-
-// A port's bucket in the bind hash, one per (namespace, port). Since Linux
-// 6.8 its owners hang off its `bhash2` buckets, one per local address.
-struct inet_bind_bucket {
-	possible_net_t ib_net;
-	unsigned short port;
-	signed char fastreuse;
-	signed char fastreuseport;
-	struct hlist_node node;
-	struct hlist_head bhash2;
-} __attribute__((preserve_access_index));
-
-// The same bucket before Linux 6.8: its owners hang off it directly, linked
-// by their `skc_bind_node` as they are in the `bhash2` buckets since.
-struct inet_bind_bucket___owners {
-	struct hlist_head owners;
-} __attribute__((preserve_access_index));
-
-struct inet_bind2_bucket {
-	struct hlist_node bhash_node;
-	struct hlist_head owners;
-} __attribute__((preserve_access_index));
-
-struct inet_bind_hashbucket {
-	struct hlist_head chain;
-} __attribute__((preserve_access_index));
-
-struct inet_ehash_bucket {
-	struct hlist_nulls_head chain;
-} __attribute__((preserve_access_index));
-
-struct inet_listen_hashbucket {
-	struct hlist_nulls_head nulls_head;
-} __attribute__((preserve_access_index));
-
-struct inet_hashinfo {
-	struct inet_ehash_bucket *ehash;
-	unsigned int ehash_mask;
-	struct inet_bind_hashbucket *bhash;
-	unsigned int bhash_size;
-	unsigned int lhash2_mask;
-	struct inet_listen_hashbucket *lhash2;
-	// Since Linux 6.1: whether a namespace owns the table, rather than
-	// the host's, which every other namespace shares.
-	__u8 pernet;
-} __attribute__((preserve_access_index));
-
-// Since Linux 6.1 each namespace names its TCP hash tables here.
-struct inet_timewait_death_row {
-	struct inet_hashinfo *hashinfo;
-} __attribute__((preserve_access_index));
-
-struct udp_table;
-
-struct netns_ipv4 {
-	struct inet_timewait_death_row tcp_death_row;
-	// Since Linux 6.2: the namespace's UDP table.
-	struct udp_table *udp_table;
-} __attribute__((preserve_access_index));
-
-struct ns_common {
-	unsigned int inum;
-} __attribute__((preserve_access_index));
-
-struct net {
-	struct netns_ipv4 ipv4;
-	struct ns_common ns;
-} __attribute__((preserve_access_index));
-
-struct nsproxy {
-	struct net *net_ns;
-} __attribute__((preserve_access_index));
-
-struct task_struct {
-	struct nsproxy *nsproxy;
-} __attribute__((preserve_access_index));
-
-struct inet_connection_sock {
-	struct inet_bind_bucket *icsk_bind_hash;
-} __attribute__((preserve_access_index));
-
-struct tcp_sock {
-	struct inet_connection_sock inet_conn;
-} __attribute__((preserve_access_index));
-
-struct inet_timewait_sock {
-	unsigned char tw_substate;
-	__u32 tw_entry_stamp;
-	struct inet_bind_bucket *tw_tb;
-} __attribute__((preserve_access_index));
-
-struct tcp_timewait_sock {
-	struct inet_timewait_sock tw_sk;
-	int tw_ts_recent_stamp;
-} __attribute__((preserve_access_index));
-
-struct seq_file;
-
-struct bpf_iter_meta {
-	struct seq_file *seq;
-} __attribute__((preserve_access_index));
-
-// The record layout `src/source/bpf.rs` parses: 72 bytes, native byte order
-// but for the addresses, which stay in network order.
-struct record {
-	__u8 family;
-	__u8 state;
-	__u8 flags;
-	__u8 pad;
-	__s8 fastreuse;
-	__s8 fastreuseport;
-	__u16 local_port;
-	__u16 remote_port;
-	__u16 pad2;
-	__s32 bound_dev_if;
-	__u32 queue_waiting;
-	__u32 queue_limit;
-	__u32 tw_entry_stamp;
-	__s32 tw_ts_recent_stamp;
-	__u64 inode;
-	__u32 local[4];
-	__u32 remote[4];
-};
-
 // Index 0: the ephemeral range, first port in the low 16 bits, last port in
 // the high 16 bits. Index 1: SETTING_* flags. Index 2: a port whose sockets'
 // inodes are always read (0: none). Written by the loader before each pass.
@@ -248,21 +62,6 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } settings SEC(".maps");
-
-// A record with the namespace of its socket, for walks of a table that
-// several namespaces share: 80 bytes.
-struct tagged_record {
-	struct record record;
-	__u32 netns;
-	__u32 pad;
-};
-
-// A namespace a walk of shared tables reports: its ephemeral range (as
-// index 0 of `settings`), and whether its UDP sockets are read too.
-struct namespace_entry {
-	__u32 range;
-	__u32 udp;
-};
 
 // The namespaces a walk of shared tables reports, by the inode of their
 // namespace file. Filled by the loader before a walk; empty for a walk of

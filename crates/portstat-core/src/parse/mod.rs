@@ -3,6 +3,7 @@
 //! The binary's `source` reads the files and the netlink sockets, and calls
 //! them.
 
+pub mod bpf;
 pub mod census;
 pub mod conntrack;
 pub mod netlink;

@@ -9,8 +9,8 @@ use portstat_core::model::{ConnectionNames, PortFailureCounts};
 
 use super::super::{BpfError, unavailable};
 use super::{
-    FailureMaps, LiveCookies, MAP_NAMES, NAMES_MAP, NETS_MAP, NameKey, NameValue, name_from_entry,
-    read_error,
+    FailureMaps, LiveCookies, MAP_NAMES, NAMES_MAP, NETS_MAP, NameKey, NameKeyBytes, NameValue,
+    NameValueBytes, name_from_entry, read_error,
 };
 
 /// An exporter running on this host, as `inspect` finds it: by the maps of
@@ -186,11 +186,12 @@ pub fn running_names(
 ) -> Result<ConnectionNames, BpfError> {
     let data = MapData::from_id(exporter.ids[MAP_NAMES.len()])
         .map_err(|error| unavailable("open map", error))?;
-    let map: HashMap<MapData, NameKey, NameValue> =
+    let map: HashMap<MapData, NameKeyBytes, NameValueBytes> =
         HashMap::try_from(Map::LruHashMap(data)).map_err(|error| unavailable("maps", error))?;
     let mut names = ConnectionNames::new();
     for entry in map.iter() {
         let (key, value) = entry.map_err(read_error)?;
+        let (key, value) = (NameKey::decode(&key), NameValue::decode(&value));
         let of_another = cookie.is_some_and(|cookie| key.cookie != 0 && key.cookie != cookie);
         if let Some((of, connection, connector)) = name_from_entry(&key, &value)
             && of == netns

@@ -2,8 +2,9 @@
 
 use super::*;
 use portstat_core::model::{FailureKind, Protocol};
-use records::tests::{VALUE, key};
-use records::{AF_INET, IPPROTO_TCP, KIND_CONNECT_ATTEMPT, KIND_CONNECT_FAILED};
+use portstat_core::parse::bpf::failures::{
+    AF_INET, IPPROTO_TCP, KIND_CONNECT_ATTEMPT, KIND_CONNECT_FAILED,
+};
 
 #[test]
 fn a_name_is_removed_only_when_two_samples_in_a_row_missed_it() {
@@ -31,10 +32,24 @@ fn the_maps_names_fit_the_kernels_15_bytes() {
 #[test]
 fn a_namespace_on_a_reused_inode_reads_none_of_the_old_ones_counts() {
     let of = |cookie: u64, count: u64| {
-        let mut key = key(AF_INET, &[127, 0, 0, 1], &[127, 0, 0, 2]);
-        key.netns = 7;
-        key.cookie = cookie;
-        (key, FailureValue { count, ..VALUE })
+        let mut key = FailureKey {
+            netns: 7,
+            kind: KIND_CONNECT_FAILED,
+            protocol: IPPROTO_TCP,
+            family: AF_INET,
+            remote_port: 8080,
+            cookie,
+            ..FailureKey::default()
+        };
+        key.local[..4].copy_from_slice(&[127, 0, 0, 1]);
+        key.remote[..4].copy_from_slice(&[127, 0, 0, 2]);
+        (
+            key,
+            FailureValue {
+                count,
+                ..FailureValue::default()
+            },
+        )
     };
     let total = |cookie: u64, kind: u8, count: u64| {
         (
@@ -42,7 +57,6 @@ fn a_namespace_on_a_reused_inode_reads_none_of_the_old_ones_counts() {
                 netns: 7,
                 kind,
                 protocol: IPPROTO_TCP,
-                pad: 0,
                 cookie,
             },
             count,

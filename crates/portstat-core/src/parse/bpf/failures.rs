@@ -1,32 +1,34 @@
-//! The layouts of the failure counter's map entries, as the C source
-//! declares them, and their decoding into the exporter's model: pure, no
-//! kernel.
+//! The entries of the failure counter's maps (`struct failure_key`,
+//! `failure_value`, `total_key`, `name_key` and `name_value`), decoded from
+//! and encoded to the bytes the maps hold, and read into the exporter's
+//! model.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use portstat_core::model::{
-    Connection, Connector, FailureKind, PortFailure, PortFailureCounts, Protocol,
+use super::{Fields, FieldsMut, failure_key, failure_value, name_key, name_value, total_key};
+use crate::model::{
+    Connection, Connector, FailureKind, PortFailure, PortFailureCounts, Protocol, comm_text,
+    process_label,
 };
 
 /// `KIND_CONNECT_FAILED`, `KIND_BIND_FAILED`, `KIND_CONNECT_ATTEMPT` and
 /// `KIND_CONNECTED` in the C source.
-pub(super) const KIND_CONNECT_FAILED: u8 = 1;
-pub(super) const KIND_BIND_FAILED: u8 = 2;
-pub(super) const KIND_CONNECT_ATTEMPT: u8 = 3;
-pub(super) const KIND_CONNECTED: u8 = 4;
+pub const KIND_CONNECT_FAILED: u8 = 1;
+pub const KIND_BIND_FAILED: u8 = 2;
+pub const KIND_CONNECT_ATTEMPT: u8 = 3;
+pub const KIND_CONNECTED: u8 = 4;
 
 /// `FAMILY_MAPPED`: an AF_INET6 socket with an IPv4-mapped peer, whose
 /// addresses are the IPv4 ones.
-pub(super) const FAMILY_MAPPED: u8 = 255;
-pub(super) const AF_INET: u8 = 2;
-pub(super) const AF_INET6: u8 = 10;
-pub(super) const IPPROTO_TCP: u8 = 6;
-pub(super) const IPPROTO_UDP: u8 = 17;
+pub const FAMILY_MAPPED: u8 = 255;
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
 
-/// `struct failure_key` in the C source: 72 bytes, native byte order but
-/// for the addresses.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A `struct failure_key`: failures (or connects) of one process of one
+/// namespace toward one destination.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FailureKey {
     /// The network namespace's inode.
     pub netns: u32,
@@ -36,11 +38,8 @@ pub struct FailureKey {
     pub protocol: u8,
     /// `AF_INET`, `AF_INET6` or `FAMILY_MAPPED`.
     pub family: u8,
-    pad: u8,
     /// The remote port.
     pub remote_port: u16,
-    pad2: u16,
-    pad3: u32,
     /// The network namespace's cookie; 0 where the kernel has none.
     pub cookie: u64,
     /// The local address: 4 bytes for IPv4, 16 for IPv6, network order.
@@ -51,28 +50,75 @@ pub struct FailureKey {
     pub comm: [u8; 16],
 }
 
-// SAFETY: plain integers and byte arrays, every bit pattern valid, with the
-// padding made explicit fields.
-unsafe impl aya::Pod for FailureKey {}
+impl FailureKey {
+    /// The key the map holds as `bytes`.
+    pub fn decode(bytes: &[u8; failure_key::SIZE]) -> FailureKey {
+        let fields = Fields(bytes);
+        FailureKey {
+            netns: fields.u32(failure_key::netns),
+            kind: fields.u8(failure_key::kind),
+            protocol: fields.u8(failure_key::protocol),
+            family: fields.u8(failure_key::family),
+            remote_port: fields.u16(failure_key::remote_port),
+            cookie: fields.u64(failure_key::cookie),
+            local: fields.bytes16(failure_key::local),
+            remote: fields.bytes16(failure_key::remote),
+            comm: fields.bytes16(failure_key::comm),
+        }
+    }
 
-/// `struct failure_value` in the C source.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    /// The key as the map holds it, padding zeroed.
+    pub fn encode(&self) -> [u8; failure_key::SIZE] {
+        let mut bytes = [0; failure_key::SIZE];
+        let mut fields = FieldsMut(&mut bytes);
+        fields.put(failure_key::netns, &self.netns.to_ne_bytes());
+        fields.put(failure_key::kind, &[self.kind]);
+        fields.put(failure_key::protocol, &[self.protocol]);
+        fields.put(failure_key::family, &[self.family]);
+        fields.put(failure_key::remote_port, &self.remote_port.to_ne_bytes());
+        fields.put(failure_key::cookie, &self.cookie.to_ne_bytes());
+        fields.put(failure_key::local, &self.local);
+        fields.put(failure_key::remote, &self.remote);
+        fields.put(failure_key::comm, &self.comm);
+        bytes
+    }
+}
+
+/// A `struct failure_value`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FailureValue {
-    /// Failures counted under the key.
+    /// Calls counted under the key.
     pub count: u64,
-    /// The tgid of the last task that failed under the key.
+    /// The tgid of the last task that made one.
     pub last_tgid: u32,
     /// 1 once calls under the key came from more than one process.
     pub several: u32,
 }
 
-// SAFETY: as for FailureKey.
-unsafe impl aya::Pod for FailureValue {}
+impl FailureValue {
+    /// The value the map holds as `bytes`.
+    pub fn decode(bytes: &[u8; failure_value::SIZE]) -> FailureValue {
+        let fields = Fields(bytes);
+        FailureValue {
+            count: fields.u64(failure_value::count),
+            last_tgid: fields.u32(failure_value::last_tgid),
+            several: fields.u32(failure_value::several),
+        }
+    }
 
-/// `struct total_key` in the C source.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    /// The value as the map holds it.
+    pub fn encode(&self) -> [u8; failure_value::SIZE] {
+        let mut bytes = [0; failure_value::SIZE];
+        let mut fields = FieldsMut(&mut bytes);
+        fields.put(failure_value::count, &self.count.to_ne_bytes());
+        fields.put(failure_value::last_tgid, &self.last_tgid.to_ne_bytes());
+        fields.put(failure_value::several, &self.several.to_ne_bytes());
+        bytes
+    }
+}
+
+/// A `struct total_key`: counts of one namespace by kind and protocol.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TotalKey {
     /// The network namespace's inode.
     pub netns: u32,
@@ -80,56 +126,116 @@ pub struct TotalKey {
     pub kind: u8,
     /// `IPPROTO_*`.
     pub protocol: u8,
-    pub(super) pad: u16,
     /// The network namespace's cookie; 0 where the kernel has none.
     pub cookie: u64,
 }
 
-// SAFETY: as for FailureKey.
-unsafe impl aya::Pod for TotalKey {}
+impl TotalKey {
+    /// The key the map holds as `bytes`.
+    pub fn decode(bytes: &[u8; total_key::SIZE]) -> TotalKey {
+        let fields = Fields(bytes);
+        TotalKey {
+            netns: fields.u32(total_key::netns),
+            kind: fields.u8(total_key::kind),
+            protocol: fields.u8(total_key::protocol),
+            cookie: fields.u64(total_key::cookie),
+        }
+    }
 
-/// `struct name_key` in the C source: a connection, 56 bytes, native byte
-/// order but for the addresses.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    /// The key as the map holds it, padding zeroed.
+    pub fn encode(&self) -> [u8; total_key::SIZE] {
+        let mut bytes = [0; total_key::SIZE];
+        let mut fields = FieldsMut(&mut bytes);
+        fields.put(total_key::netns, &self.netns.to_ne_bytes());
+        fields.put(total_key::kind, &[self.kind]);
+        fields.put(total_key::protocol, &[self.protocol]);
+        fields.put(total_key::cookie, &self.cookie.to_ne_bytes());
+        bytes
+    }
+}
+
+/// A `struct name_key`: a connection of one namespace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct NameKey {
     /// The network namespace's inode.
     pub netns: u32,
     /// `AF_INET`, `AF_INET6` or `FAMILY_MAPPED`.
     pub family: u8,
-    pad: u8,
     /// The local port.
     pub local_port: u16,
     /// The remote port.
     pub remote_port: u16,
-    pad2: u16,
     /// The local address, as in `FailureKey`.
     pub local: [u8; 16],
     /// The remote address, likewise.
     pub remote: [u8; 16],
-    pad3: u32,
     /// The network namespace's cookie; 0 where the kernel has none.
     pub cookie: u64,
 }
 
-// SAFETY: as for FailureKey.
-unsafe impl aya::Pod for NameKey {}
+impl NameKey {
+    /// The key the map holds as `bytes`.
+    pub fn decode(bytes: &[u8; name_key::SIZE]) -> NameKey {
+        let fields = Fields(bytes);
+        NameKey {
+            netns: fields.u32(name_key::netns),
+            family: fields.u8(name_key::family),
+            local_port: fields.u16(name_key::local_port),
+            remote_port: fields.u16(name_key::remote_port),
+            local: fields.bytes16(name_key::local),
+            remote: fields.bytes16(name_key::remote),
+            cookie: fields.u64(name_key::cookie),
+        }
+    }
 
-/// `struct name_value` in the C source.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    /// The key as the map holds it, padding zeroed: as the program makes
+    /// it, so that a look-up finds it.
+    pub fn encode(&self) -> [u8; name_key::SIZE] {
+        let mut bytes = [0; name_key::SIZE];
+        let mut fields = FieldsMut(&mut bytes);
+        fields.put(name_key::netns, &self.netns.to_ne_bytes());
+        fields.put(name_key::family, &[self.family]);
+        fields.put(name_key::local_port, &self.local_port.to_ne_bytes());
+        fields.put(name_key::remote_port, &self.remote_port.to_ne_bytes());
+        fields.put(name_key::local, &self.local);
+        fields.put(name_key::remote, &self.remote);
+        fields.put(name_key::cookie, &self.cookie.to_ne_bytes());
+        bytes
+    }
+}
+
+/// A `struct name_value`: the process that closed a connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NameValue {
-    /// The tgid of the process that closed the connection.
+    /// Its tgid.
     pub tgid: u32,
     /// Its leader's comm, NUL-padded.
     pub comm: [u8; 16],
-    pad: u32,
     /// CLOCK_MONOTONIC, in nanoseconds, when the name was recorded.
     pub stamp: u64,
 }
 
-// SAFETY: as for FailureKey.
-unsafe impl aya::Pod for NameValue {}
+impl NameValue {
+    /// The value the map holds as `bytes`.
+    pub fn decode(bytes: &[u8; name_value::SIZE]) -> NameValue {
+        let fields = Fields(bytes);
+        NameValue {
+            tgid: fields.u32(name_value::tgid),
+            comm: fields.bytes16(name_value::comm),
+            stamp: fields.u64(name_value::stamp),
+        }
+    }
+
+    /// The value as the map holds it.
+    pub fn encode(&self) -> [u8; name_value::SIZE] {
+        let mut bytes = [0; name_value::SIZE];
+        let mut fields = FieldsMut(&mut bytes);
+        fields.put(name_value::tgid, &self.tgid.to_ne_bytes());
+        fields.put(name_value::comm, &self.comm);
+        fields.put(name_value::stamp, &self.stamp.to_ne_bytes());
+        bytes
+    }
+}
 
 /// One entry of the `names` map as the exporter models it: the namespace,
 /// the connection and the process that closed it; `None` for a family it does not
@@ -156,13 +262,10 @@ pub fn name_key(netns: u64, cookie: u64, connection: &Connection, mapped: bool) 
     let mut key = NameKey {
         netns: u32::try_from(netns).ok()?,
         family: AF_INET,
-        pad: 0,
         local_port: connection.local.port(),
         remote_port: connection.remote.port(),
-        pad2: 0,
         local: [0; 16],
         remote: [0; 16],
-        pad3: 0,
         cookie,
     };
     for (bytes, address) in [
@@ -218,9 +321,7 @@ pub fn failure_from_entry(key: &FailureKey, value: &FailureValue) -> Option<Port
         remote_address: address(key.family, &key.remote)?,
         remote_port: key.remote_port,
         ipv4_mapped: key.family == FAMILY_MAPPED,
-        process: portstat_core::model::process_label(portstat_core::model::comm_text(
-            &key.comm[..end],
-        )),
+        process: process_label(comm_text(&key.comm[..end])),
         last_pid: value.last_tgid,
         several_pids: value.several != 0,
         count: value.count,
@@ -245,23 +346,16 @@ pub fn total_from_entry(key: &TotalKey, count: u64, counts: &mut PortFailureCoun
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
     use super::*;
 
-    pub(in crate::source::bpf::failures) fn key(
-        family: u8,
-        local: &[u8],
-        remote: &[u8],
-    ) -> FailureKey {
+    fn key(family: u8, local: &[u8], remote: &[u8]) -> FailureKey {
         let mut key = FailureKey {
             netns: 4026531840,
             kind: KIND_CONNECT_FAILED,
             protocol: IPPROTO_TCP,
             family,
-            pad: 0,
             remote_port: 8080,
-            pad2: 0,
-            pad3: 0,
             cookie: 1,
             local: [0; 16],
             remote: [0; 16],
@@ -273,7 +367,7 @@ pub(super) mod tests {
         key
     }
 
-    pub(in crate::source::bpf::failures) const VALUE: FailureValue = FailureValue {
+    const VALUE: FailureValue = FailureValue {
         count: 5,
         last_tgid: 4321,
         several: 0,
@@ -286,19 +380,15 @@ pub(super) mod tests {
         let value = NameValue {
             tgid: 42,
             comm,
-            pad: 0,
             stamp: 7,
         };
         let mut key = NameKey {
             netns: 4026531840,
             family: FAMILY_MAPPED,
-            pad: 0,
             local_port: 40001,
             remote_port: 443,
-            pad2: 0,
             local: [0; 16],
             remote: [0; 16],
-            pad3: 0,
             cookie: 3,
         };
         key.local[..4].copy_from_slice(&[10, 0, 0, 1]);
@@ -336,12 +426,38 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn the_maps_layouts_are_the_c_ones() {
-        assert_eq!(std::mem::size_of::<FailureKey>(), 72);
-        assert_eq!(std::mem::size_of::<FailureValue>(), 16);
-        assert_eq!(std::mem::size_of::<TotalKey>(), 16);
-        assert_eq!(std::mem::size_of::<NameKey>(), 56);
-        assert_eq!(std::mem::size_of::<NameValue>(), 32);
+    fn entries_decode_what_they_encode_and_padding_stays_zero() {
+        let mut key = key(AF_INET6, &[1; 16], &[2; 16]);
+        key.cookie = u64::MAX - 1;
+        let bytes = key.encode();
+        assert_eq!(FailureKey::decode(&bytes), key);
+        // Padding: after family, after remote_port, before cookie.
+        assert_eq!(bytes[7], 0);
+        assert_eq!(&bytes[10..16], &[0; 6]);
+        assert_eq!(FailureValue::decode(&VALUE.encode()), VALUE);
+        let total = TotalKey {
+            netns: 9,
+            kind: KIND_CONNECTED,
+            protocol: IPPROTO_UDP,
+            cookie: 5,
+        };
+        assert_eq!(TotalKey::decode(&total.encode()), total);
+        let name = NameKey {
+            netns: 3,
+            family: AF_INET,
+            local_port: 1,
+            remote_port: 2,
+            local: [3; 16],
+            remote: [4; 16],
+            cookie: 6,
+        };
+        assert_eq!(NameKey::decode(&name.encode()), name);
+        let value = NameValue {
+            tgid: 1,
+            comm: *b"0123456789abcdef",
+            stamp: 2,
+        };
+        assert_eq!(NameValue::decode(&value.encode()), value);
     }
 
     #[test]
@@ -391,7 +507,6 @@ pub(super) mod tests {
             netns: 7,
             kind,
             protocol: IPPROTO_TCP,
-            pad: 0,
             cookie: 1,
         };
         total_from_entry(&total(KIND_CONNECT_FAILED), 3, &mut counts);
