@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::collector::NamespaceReader;
 use crate::log::{LogFormat, LogLevel};
 use crate::sampler::{NamespaceScope, NetnsChoice};
+use crate::source::SourceChoice;
 use crate::source::conntrack::wire::MarkFilter;
-use crate::source::{NamespaceReader, SourceChoice};
 use portstat_core::aggregate::Limits;
 use portstat_core::model::PortRange;
 

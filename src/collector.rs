@@ -1,25 +1,52 @@
-//! The collectors of a sample and their health: how long each one's reads
-//! took, whether they all succeeded, and a log line when a collector starts
-//! failing and when it recovers, never at every sample.
+//! The collectors, and their health.
 //!
-//! A collector here is a kind of read (`portstat_core::status::Collector`),
-//! registered once in `REGISTERED`: whether it runs follows from the plan,
-//! and its health, timing and log lines from its registration. The sampler
-//! and the namespace reads run each read through `Collectors::execute`
-//! (or time it with `Collectors::time` where its failure is reported
-//! apart); at the end of a sample `Collectors::finish_sample` gives the
-//! statuses that `portstat_collector_success` and
-//! `portstat_collector_duration_seconds` show. Adding a collector is a
-//! variant of `Collector`, its registration here, the reads it runs, and
-//! the golden exposition.
+//! A collector is one kind of read of the kernel, a type in a module of its
+//! own under `collector/`, which owns what it keeps across samples and
+//! declares its `REGISTRATION`: the label of its health series, whether a
+//! plan runs it, what is logged when it starts failing and recovers, and
+//! whether its failure fails the read it is part of. `REGISTERED` lists them,
+//! one line each.
+//!
+//! - `sockets`: settings and sockets, through one fallback chain, and the one
+//!   walk of the host's shared tables;
+//! - `conntrack`: source NAT, with `--collector.nat`;
+//! - `owners`: the processes that hold the sockets, with
+//!   `--collector.processes`;
+//! - `namespaces`: the host's namespaces, with `--collector.netns=all`;
+//! - `failures`: the failure counter, once its programs load.
+//!
+//! Those that read inside a namespace (`sockets`, `conntrack`) are
+//! `NamespaceCollector`s: the one read of a namespace (`read`) runs each,
+//! inside the namespace, through `Collectors::read_namespace`. The others
+//! read once a sample, across the namespaces, where the sampler puts them
+//! (the namespaces first, the failure counter before the sockets, the
+//! owners after), through `Collectors::execute`. Either way the read is
+//! timed as its collector's and its failure noted, as node_exporter's
+//! `execute` does, and at the end of a sample `Collectors::finish_sample`
+//! gives the statuses that `portstat_collector_success` and
+//! `portstat_collector_duration_seconds` show.
 
 use std::fmt::Display;
 use std::time::{Duration, Instant};
 
-use portstat_core::model::OwnerLookup;
 use portstat_core::status::{Collector, CollectorStatus};
 
-use crate::plan::{Namespaces, Plan};
+use crate::plan::Plan;
+use crate::source::SourceError;
+pub use namespace_read::InNamespace;
+
+pub mod all;
+pub mod conntrack;
+pub mod failures;
+pub mod namespace_read;
+pub mod namespaces;
+pub mod owners;
+pub mod read;
+pub mod reader;
+pub mod sockets;
+pub mod walk;
+
+pub use reader::NamespaceReader;
 
 /// A collector as registered: whether a plan runs it, and what is logged
 /// of its health.
@@ -31,53 +58,50 @@ pub struct Registration {
     /// What is logged when it starts failing, and when it recovers; `None`
     /// where another log line says it (a failed sample is logged as such).
     pub messages: Option<(&'static str, &'static str)>,
+    /// Whether its failure fails the read it is part of (a namespace's
+    /// sockets), rather than being noted as its own while the read goes on.
+    pub fails_the_read: bool,
 }
 
 /// Every collector, in the order a sample runs them and metrics list them.
-pub const REGISTERED: [Registration; 5] = [
-    Registration {
-        collector: Collector::Failures,
-        runs: |plan| plan.failures,
-        messages: Some((
-            "reading the failure counter failed; its families are absent meanwhile",
-            "reading the failure counter recovered",
-        )),
-    },
-    Registration {
-        collector: Collector::Namespaces,
-        runs: |plan| matches!(plan.namespaces, Namespaces::All { .. }),
-        messages: Some((
-            "some network namespaces cannot be sampled (portstat_netns_failed)",
-            "every network namespace can be sampled again",
-        )),
-    },
-    Registration {
-        collector: Collector::Sockets,
-        runs: |_| true,
-        messages: None,
-    },
-    Registration {
-        collector: Collector::Conntrack,
-        runs: |plan| plan.nat,
-        messages: Some((
-            "reading conntrack failed; no NAT figures until it works again",
-            "reading conntrack works again",
-        )),
-    },
-    Registration {
-        collector: Collector::Owners,
-        runs: |plan| plan.owners != OwnerLookup::Off,
-        messages: Some((
-            "reading socket owners failed; they show as unknown",
-            "reading socket owners works again",
-        )),
-    },
+pub const REGISTERED: [&Registration; 5] = [
+    &failures::REGISTRATION,
+    &namespaces::REGISTRATION,
+    &sockets::REGISTRATION,
+    &conntrack::REGISTRATION,
+    &owners::REGISTRATION,
 ];
+
+/// Why a collector's read did not give its figures.
+#[derive(Debug)]
+pub enum CollectError {
+    /// It failed, with the kernel's error.
+    Source(SourceError),
+    /// It failed, for this reason.
+    Failed(String),
+    /// There is nothing to read here (a module not loaded, a capability
+    /// missing): not a failure, logged once with `why`.
+    Unavailable { reason: String, why: &'static str },
+}
+
+/// A collector that reads inside one network namespace at a time.
+pub trait NamespaceCollector {
+    /// Its registration.
+    fn registration(&self) -> &'static Registration;
+
+    /// Reads what it reads of the namespace the calling thread is in into
+    /// `namespace`.
+    fn read_namespace(&mut self, namespace: &mut InNamespace<'_>) -> Result<(), CollectError>;
+
+    /// Lets go of what ties it to the namespace it read last (a netlink
+    /// socket), so that it holds nothing of it once the thread leaves.
+    fn leave_namespace(&mut self);
+}
 
 /// The registration of `collector` (every one is: a test checks it).
 fn registration(collector: Collector) -> Option<&'static Registration> {
     REGISTERED
-        .iter()
+        .into_iter()
         .find(|registration| registration.collector == collector)
 }
 
@@ -180,6 +204,36 @@ impl Collectors {
         }
     }
 
+    /// Runs `collector`'s read of `namespace`, timed as the collector's.
+    /// The kernel's error of a collector that fails the read
+    /// (`Registration::fails_the_read`) is returned, and is the namespace's
+    /// failure; any other failure is noted as the collector's, and what is
+    /// unavailable logged once, while the read goes on.
+    pub fn read_namespace(
+        &mut self,
+        collector: &mut dyn NamespaceCollector,
+        namespace: &mut InNamespace<'_>,
+    ) -> Result<(), SourceError> {
+        let registration = collector.registration();
+        let label = registration.collector;
+        match self.time(label, || collector.read_namespace(namespace)) {
+            Ok(()) => Ok(()),
+            Err(CollectError::Source(error)) if registration.fails_the_read => Err(error),
+            Err(CollectError::Source(error)) => {
+                self.failed(label, error);
+                Ok(())
+            }
+            Err(CollectError::Failed(reason)) => {
+                self.failed(label, reason);
+                Ok(())
+            }
+            Err(CollectError::Unavailable { reason, why }) => {
+                self.unavailable(label, reason, why);
+                Ok(())
+            }
+        }
+    }
+
     /// Runs `read`, one of `collector`'s reads, adding the time it takes to
     /// the collector's, where its failure is reported apart (`failed`), or
     /// fails the whole sample.
@@ -242,6 +296,8 @@ impl Collectors {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::Namespaces;
+    use portstat_core::model::OwnerLookup;
 
     #[test]
     fn a_sample_reports_the_planned_collectors_with_their_time_and_failures() {
@@ -306,5 +362,108 @@ mod tests {
             .map(|registration| registration.collector)
             .collect();
         assert_eq!(registered, Collector::ALL);
+    }
+
+    /// A collector whose read gives what it was told to.
+    struct Told {
+        registration: &'static Registration,
+        result: fn() -> Result<(), CollectError>,
+        reads: u32,
+    }
+
+    impl NamespaceCollector for Told {
+        fn registration(&self) -> &'static Registration {
+            self.registration
+        }
+
+        fn read_namespace(&mut self, namespace: &mut InNamespace<'_>) -> Result<(), CollectError> {
+            self.reads += 1;
+            assert_eq!(namespace.range.start, 40000, "read inside its namespace");
+            (self.result)()
+        }
+
+        fn leave_namespace(&mut self) {}
+    }
+
+    #[test]
+    fn a_namespace_read_fails_the_read_or_is_noted_as_its_registration_says() {
+        use portstat_core::aggregate::{Aggregator, Limits};
+        use portstat_core::model::{PortRange, ReservedPorts, TimeWaitReuse};
+        let range = PortRange {
+            start: 40000,
+            end: 40099,
+        };
+        let mut aggregator = Aggregator::new(
+            range,
+            ReservedPorts::default(),
+            TimeWaitReuse::default(),
+            Limits::default(),
+        );
+        let mut namespace = InNamespace {
+            aggregator: &mut aggregator,
+            range,
+            keep_port: None,
+            sockets: read::SocketsRead::Alone,
+            owner_lookup: OwnerLookup::Off,
+            report: None,
+            left_to_the_walk: None,
+        };
+        let failed = || {
+            Err(CollectError::Source(SourceError::NoNamespace {
+                reason: "gone".to_string(),
+            }))
+        };
+        let mut collectors = Collectors::new(&[Collector::Sockets, Collector::Conntrack]);
+        collectors.start_sample();
+        // The sockets' failure is the read's: returned, not noted.
+        let mut sockets = Told {
+            registration: &sockets::REGISTRATION,
+            result: failed,
+            reads: 0,
+        };
+        assert!(
+            collectors
+                .read_namespace(&mut sockets, &mut namespace)
+                .is_err()
+        );
+        // Conntrack's is its own: noted, and the read goes on.
+        let mut conntrack = Told {
+            registration: &conntrack::REGISTRATION,
+            result: failed,
+            reads: 0,
+        };
+        assert!(
+            collectors
+                .read_namespace(&mut conntrack, &mut namespace)
+                .is_ok()
+        );
+        let statuses = collectors.finish_sample();
+        assert_eq!(
+            statuses
+                .iter()
+                .map(|status| (status.collector, status.success))
+                .collect::<Vec<_>>(),
+            [(Collector::Sockets, true), (Collector::Conntrack, false)]
+        );
+        // Nothing to read is no failure.
+        collectors.start_sample();
+        conntrack.result = || {
+            Err(CollectError::Unavailable {
+                reason: "no module".to_string(),
+                why: "conntrack cannot be read",
+            })
+        };
+        assert!(
+            collectors
+                .read_namespace(&mut conntrack, &mut namespace)
+                .is_ok()
+        );
+        assert!(
+            collectors
+                .finish_sample()
+                .iter()
+                .all(|status| status.success)
+        );
+        assert_eq!((sockets.reads, conntrack.reads), (1, 2));
     }
 }

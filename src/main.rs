@@ -14,6 +14,7 @@ use portstat_core::inspect;
 use portstat_core::status::Collector;
 use portstat_exporter::cli::{Cli, Command};
 use portstat_exporter::collector::Collectors;
+use portstat_exporter::collector::read::{Reading, SocketsRead, read_namespace};
 use portstat_exporter::render::Renderer;
 use portstat_exporter::sampler::{
     Exposition, NamespaceScope, Sampler, connection_names_of, failures_counted_by, running_exporter,
@@ -21,7 +22,6 @@ use portstat_exporter::sampler::{
 use portstat_exporter::scrapes::ScrapeClock;
 use portstat_exporter::serve::{self, ServeConfig};
 use portstat_exporter::source::bpf::failures::{Counting, RunningExporter};
-use portstat_exporter::source::read::{Reading, SocketsRead, read_namespace};
 use portstat_exporter::webconfig::WebConfig;
 
 fn main() -> ExitCode {

@@ -1,12 +1,13 @@
 //! Runs source → aggregate → render and publishes each result for `serve`.
 //!
-//! The failure counter's life (loaded once, read before each sample, its
-//! counts weighed as each namespace's snapshot is finished) is in
-//! `sampler::failures`; what the sampler thread asks of the system
-//! (priority, time slice, memory handed back, gzip) in `sampler::thread`.
+//! A sample runs the collectors (`crate::collector`) at their points: the
+//! failure counter's read first, then the namespaces to read, then each
+//! namespace's read (sockets and source NAT inside it), then the owners of
+//! them all; the failures collector finishes the snapshots. What the
+//! sampler thread asks of the system (priority, time slice, memory handed
+//! back, gzip) is in `sampler::thread`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,24 +15,25 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::collector::Collectors;
+use crate::collector::all::{NamespacesRead, read_all};
+use crate::collector::failures::{Failures, Reads};
+use crate::collector::namespaces::Namespaces;
+use crate::collector::read::{NamespaceRead, Reading, SocketsRead, read_namespace};
+use crate::collector::reader::NamespaceReader;
 use crate::plan::{self, Plan};
 use crate::render::Renderer;
 use crate::scrapes::ScrapeClock;
-use crate::source::all::{NamespacesRead, read_all};
-use crate::source::bpf::failures::PortFailureCounter;
-use crate::source::read::{NamespaceRead, Reading, SocketsRead, read_namespace, resolve_owners};
-use crate::source::{NameSource, NamespaceReader, ReadReport, SourceError, namespaces};
-use portstat_core::aggregate::failures::FailureHistory;
+use crate::source::bpf::failures::Counting;
+use crate::source::{NameSource, ReadReport, SourceError, namespaces};
 use portstat_core::aggregate::{Limits, Snapshot};
-use portstat_core::model::{NamespaceIdentity, PerProtocol, SocketOwners};
+use portstat_core::model::{PerProtocol, SocketOwners};
 use portstat_core::page::landing_page;
 use portstat_core::status::{Collector, NamespaceCounts, SampleStatus, Stage};
 use thread::{gzip, lower_thread_priority, release_free_memory};
 
-mod failures;
 mod thread;
 
-pub use failures::{connection_names_of, failures_counted_by, running_exporter};
+pub use crate::collector::failures::{connection_names_of, failures_counted_by, running_exporter};
 
 /// `--collector.netns`. Like every flag's set of values, it derives clap's
 /// `ValueEnum` in the module whose choice it is (`SourceChoice` in
@@ -96,21 +98,19 @@ pub struct Sampler {
     serving: bool,
     /// Whether the cost of sharing the host's TCP table was logged.
     sharing_logged: bool,
-    /// The kernel's count of failed `connect()` calls, where it loaded.
-    failure_counter: Option<PortFailureCounter>,
-    /// Its counts at the last sample, and the unpredicted failures so far.
-    failure_history: FailureHistory,
+    /// The failures collector.
+    failures: Failures,
+    /// The namespaces collector, where every namespace is read.
+    found: Option<Namespaces>,
     /// The plan last logged.
     plan_logged: Option<Plan>,
-    /// When the host's namespaces were last looked for, to forget the
-    /// failures of those gone.
-    failure_namespaces_looked: Option<Instant>,
-    /// A file that refers to each namespace of the last sample of every
-    /// namespace, by inode, to read its cookie.
-    namespace_handles: HashMap<u64, PathBuf>,
     /// The health of each collector.
     collectors: Collectors,
 }
+
+/// The ports of the kernel's default range, 32768-60999, where the range
+/// cannot be read.
+const DEFAULT_RANGE_PORTS: u32 = 28232;
 
 /// How long a daemon's first sample waits for the BPF programs to load
 /// before it reads without them.
@@ -129,7 +129,13 @@ impl Sampler {
         limits: Limits,
         namespaces: NamespaceScope,
     ) -> Sampler {
+        let found = match namespaces {
+            NamespaceScope::Own => None,
+            NamespaceScope::All { max } => Some(Namespaces::new(reader.procfs_root(), max)),
+        };
         let mut sampler = Sampler {
+            failures: Failures::new(reader.procfs_root()),
+            found,
             reader,
             renderer,
             limits,
@@ -137,11 +143,7 @@ impl Sampler {
             last_good: Vec::new(),
             serving: false,
             sharing_logged: false,
-            failure_counter: None,
-            failure_history: FailureHistory::default(),
             plan_logged: None,
-            failure_namespaces_looked: None,
-            namespace_handles: HashMap::new(),
             collectors: Collectors::new(&[]),
             status: SampleStatus {
                 build: crate::render::BUILD,
@@ -151,6 +153,28 @@ impl Sampler {
         };
         sampler.collectors = Collectors::for_plan(&sampler.plan());
         sampler
+    }
+
+    /// Counts failed `connect()` calls in the kernel from now on, for as
+    /// long as the sampler lives, where the BPF program loads, and what
+    /// `counting` asks for besides (`Failures::load`). For a sampler that
+    /// runs (`run`): a one-shot sample would only count its own instant.
+    pub fn count_failures(&mut self, counting: Counting) {
+        // Connections are named in a map sized against the range of the
+        // exporter's own namespace.
+        let ports = self
+            .reader
+            .read_settings()
+            .map_or(DEFAULT_RANGE_PORTS, |settings| settings.range.port_count());
+        // The programs record only the namespaces sampled: room for each.
+        let namespaces = match self.namespaces {
+            NamespaceScope::Own => 1,
+            NamespaceScope::All { max } => u32::try_from(max).unwrap_or(u32::MAX),
+        };
+        self.failures.load(counting, ports, namespaces);
+        self.status.failure_counting = self.failures.counting().clone();
+        let plan = self.plan();
+        self.collectors.replan(&plan);
     }
 
     /// Resolves what the sampler reads, before its first sample: loads the
@@ -173,7 +197,7 @@ impl Sampler {
                 },
             },
             nat: self.reader.reads_nat(),
-            failures: self.failure_counter.is_some(),
+            failures: self.failures.counts(),
         }
     }
 
@@ -205,17 +229,32 @@ impl Sampler {
             self.status.errors[stage_index(Stage::Source)] > 0 && !self.status.success;
         // Read before the sockets, so that every call the counts miss is
         // made after, and is counted as an attempt by the next sample.
-        let failure_counts = self.read_failures();
-        let mut names = self.connection_names();
+        let failure_counts = self
+            .failures
+            .read(&mut self.collectors)
+            .map(|(counts, missed)| {
+                self.status.counting_runs_missed = missed;
+                counts
+            });
+        let mut names = self.failures.connection_names();
         let result = match self.namespaces {
             NamespaceScope::Own => self.sample_own(names.as_deref_mut()),
-            NamespaceScope::All { max } => self.sample_all(max, names.as_deref_mut()),
+            NamespaceScope::All { .. } => self.sample_all(names.as_deref_mut()),
         };
         drop(names);
         match result {
             Ok(sampled) => {
-                self.sweep_connection_names();
-                self.last_good = self.finish(sampled, failure_counts);
+                let no_handles = HashMap::new();
+                let handles = self.found.as_ref().map_or(&no_handles, Namespaces::handles);
+                if let Some(evicted) = self
+                    .failures
+                    .sweep_connection_names(handles, &mut self.collectors)
+                {
+                    self.status.connection_names_evicted = evicted;
+                }
+                self.last_good =
+                    self.failures
+                        .finish(sampled, failure_counts, handles, &self.last_good);
                 self.status.success = true;
                 self.status.last_success_seconds = Some(unix_seconds());
                 if was_failing {
@@ -288,7 +327,7 @@ impl Sampler {
     fn sample_own(
         &mut self,
         names: Option<&mut (dyn NameSource + 'static)>,
-    ) -> Result<Sampled, SourceError> {
+    ) -> Result<Reads, SourceError> {
         let reading = Reading {
             limits: &self.limits,
             keep_port: None,
@@ -304,62 +343,46 @@ impl Sampler {
             Some(owners) => owners,
             None if self.serving => {
                 let own = namespaces::own_namespace_inode();
-                resolve_owners(
-                    &mut self.reader,
-                    &mut [(own, &mut read)],
-                    &mut self.collectors,
-                )
+                self.reader
+                    .resolve_owners(&mut [(own, &mut read)], &mut self.collectors)
             }
             None => SocketOwners::default(),
         };
-        Ok(Sampled {
+        Ok(Reads {
             reads: vec![(None, read)],
             owners,
         })
     }
 
-    /// Reads every network namespace on the host, at most `max`, entering
-    /// each on this thread in turn.
+    /// Reads every network namespace on the host that the namespaces
+    /// collector finds, entering each on this thread in turn.
     fn sample_all(
         &mut self,
-        max: usize,
         names: Option<&mut (dyn NameSource + 'static)>,
-    ) -> Result<Sampled, SourceError> {
-        let discovered = self.collectors.time(Collector::Namespaces, || {
-            namespaces::discover(
-                self.reader.procfs_root(),
-                Path::new(namespaces::NAMED_NAMESPACES),
-            )
-        });
-        let mut entries = discovered.inspect_err(|error| {
-            self.collectors.failed(Collector::Namespaces, error);
-        })?;
-        // Past the limit, the exporter's own namespace is kept first.
-        let own = namespaces::own_namespace_inode();
-        entries.sort_by_key(|entry| Some(entry.identity.inode) != own);
-        let omitted = entries.len().saturating_sub(max);
-        entries.truncate(max);
-        entries.sort_by_key(|entry| entry.identity.inode);
-        self.namespace_handles = entries
+    ) -> Result<Reads, SourceError> {
+        let Some(found) = &mut self.found else {
+            return Err(SourceError::NoNamespace {
+                reason: "none is looked for".to_string(),
+            });
+        };
+        let found = found.find(&mut self.collectors)?;
+        let inodes: Vec<u64> = found
+            .entries
             .iter()
-            .map(|entry| (entry.identity.inode, entry.handle.clone()))
+            .map(|entry| entry.identity.inode)
             .collect();
-        if let Some(counter) = &mut self.failure_counter {
-            let inodes: Vec<u64> = entries.iter().map(|entry| entry.identity.inode).collect();
-            if let Err(error) = counter.sample_namespaces(&inodes) {
-                self.collectors.failed(Collector::Failures, error);
-            }
-        }
-
+        self.failures
+            .sample_namespaces(&inodes, &mut self.collectors);
+        let own = namespaces::own_namespace_inode();
         let mut read = read_all(
             &mut self.reader,
             &self.limits,
             names,
-            entries,
+            found.entries,
             own,
             &mut self.collectors,
         );
-        self.status.namespaces = Some(namespace_counts(&read, omitted));
+        self.status.namespaces = Some(namespace_counts(&read, found.omitted));
         if read.samples.is_empty() {
             return Err(SourceError::NoNamespace {
                 reason: why_no_namespace(read.first_failure, read.failed),
@@ -378,9 +401,9 @@ impl Sampler {
                 .iter_mut()
                 .map(|(identity, read)| (Some(identity.inode), read))
                 .collect();
-            resolve_owners(&mut self.reader, &mut reads, &mut self.collectors)
+            self.reader.resolve_owners(&mut reads, &mut self.collectors)
         };
-        Ok(Sampled {
+        Ok(Reads {
             reads: read
                 .samples
                 .into_iter()
@@ -492,14 +515,6 @@ fn namespace_counts(read: &NamespacesRead, omitted: usize) -> NamespaceCounts {
         }),
         skipped: PerProtocol::from_fn(|protocol| count(&|report| report.skipped[protocol])),
     }
-}
-
-/// The namespaces one sample read, each with its identity where several
-/// are sampled, waiting to be finished; and the owners one walk of the
-/// processes named for them all.
-struct Sampled {
-    reads: Vec<(Option<NamespaceIdentity>, NamespaceRead)>,
-    owners: SocketOwners,
 }
 
 fn stage_index(stage: Stage) -> usize {

@@ -10,9 +10,10 @@ use portstat_core::aggregate::{Finishing, Limits};
 use portstat_core::model::{NamespaceIdentity, SocketOwners};
 use portstat_core::status::{Collector, NamespaceCounts, SampleStatus};
 use portstat_exporter::collector::Collectors;
+use portstat_exporter::collector::NamespaceReader;
+use portstat_exporter::collector::read::{Reading, read_namespace};
 use portstat_exporter::render::Renderer;
-use portstat_exporter::source::read::{Reading, read_namespace};
-use portstat_exporter::source::{NamespaceReader, SourceChoice};
+use portstat_exporter::source::SourceChoice;
 
 /// A procfs tree made from the recorded fixtures, with `range` in place of
 /// the recorded one when given; removed on drop.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use portstat_core::model::{ConntrackCounters, NatSink};
 
-use super::{NamespaceReader, SOCKETS_BETWEEN_YIELDS, conntrack, namespaces};
+use super::{SOCKETS_BETWEEN_YIELDS, conntrack, namespaces};
 
 /// Source NAT read from conntrack, and the namespaces where it was seen.
 pub struct NatSource {
@@ -108,29 +108,6 @@ impl NatSource {
     /// Closes the netlink socket of the namespace last read.
     pub fn leave_namespace(&mut self) {
         self.conntrack.close();
-    }
-}
-
-impl NamespaceReader {
-    /// Also reads source NAT from conntrack (`read_nat`), only the entries
-    /// `mark` matches where given.
-    pub fn with_nat(mut self, mark: Option<conntrack::wire::MarkFilter>) -> NamespaceReader {
-        self.nat = Some(NatSource::new(&self.procfs_root, self.sockets.net(), mark));
-        self
-    }
-
-    /// Hands `sink` the source-NAT'd conntrack entries of the calling
-    /// thread's namespace, where NAT is read (`NatSource::read`).
-    pub fn read_nat(&mut self, sink: &mut dyn NatSink) -> Result<NatRead, NatError> {
-        match &mut self.nat {
-            Some(nat) => nat.read(sink),
-            None => Ok(NatRead::Nothing),
-        }
-    }
-
-    /// Whether source NAT is read (`with_nat`).
-    pub fn reads_nat(&self) -> bool {
-        self.nat.is_some()
     }
 }
 

@@ -4,15 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use portstat_core::model::{PerProtocol, PortRange, SocketRecord, SocketSink, SourceKind};
+use portstat_core::model::{SocketRecord, SourceKind};
 
-use super::{
-    NamespaceReader, ReadReport, SOCKETS_BETWEEN_YIELDS, SocketSource, SourceError, bpf,
-    inode_reading, sysctl,
-};
+use super::{SOCKETS_BETWEEN_YIELDS, SocketSource, SourceError, bpf, sysctl};
 
 /// How the namespace of the last `read_settings` is read with the one walk
-/// of the host's tables (`NamespaceReader::on_shared_tables`).
+/// of the host's tables (`collector::sockets`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SharedTablesUse {
     /// Its TCP sockets come from the walk.
@@ -170,70 +167,5 @@ impl SharedWalk {
              each namespace is read on its own"
         );
         self.tables = None;
-    }
-}
-
-impl NamespaceReader {
-    /// Reads the TCP sockets of every namespace on the host's shared tables
-    /// in one walk (`on_shared_tables`, `read_shared_tables`) where the BPF
-    /// source runs, rather than namespace by namespace.
-    pub fn with_shared_tables(mut self, shared: bool) -> NamespaceReader {
-        self.shared = SharedWalk::new(&self.procfs_root, shared);
-        self
-    }
-
-    /// What the walk is to read of the namespace of the last
-    /// `read_settings` (`SharedWalk::using`).
-    pub fn on_shared_tables(&mut self) -> SharedTablesUse {
-        self.shared.using(&self.sockets)
-    }
-
-    /// `read_sockets` but for the protocols whose sockets are to come from
-    /// `read_shared_tables`, as `using` says. For TCP, `bound_inactive_seen`
-    /// in the report then says only whether no bound-but-inactive socket is
-    /// possible, and is to be set from the walk.
-    pub fn read_sockets_but_shared(
-        &mut self,
-        range: PortRange,
-        using: SharedTablesUse,
-        sink: &mut dyn SocketSink,
-    ) -> Result<ReadReport, SourceError> {
-        let read = PerProtocol {
-            tcp: !using.tcp,
-            udp: !using.udp,
-        };
-        self.read_protocols(range, read, sink)
-    }
-
-    /// `read_sockets` for the protocols `read` says: those
-    /// of a namespace that the one walk did not read.
-    pub fn read_protocols(
-        &mut self,
-        range: PortRange,
-        read: PerProtocol<bool>,
-        sink: &mut dyn SocketSink,
-    ) -> Result<ReadReport, SourceError> {
-        let lookup = self.owner_lookup();
-        self.sockets.read(range, None, sink, read, lookup)
-    }
-
-    /// Whether the namespace of the last `read_settings` may hold TCP
-    /// sockets bound but neither listening nor connected.
-    pub fn may_hold_bound_inactive(&self) -> bool {
-        self.sockets.may_hold_bound_inactive()
-    }
-
-    /// Walks the host's TCP tables once (`SharedWalk::walk`), reading the
-    /// inodes owners are found by.
-    pub fn read_shared_tables(
-        &mut self,
-        namespaces: &[bpf::shared::SharedNamespace],
-        read_udp: bool,
-        bound_inactive: bool,
-        each: &mut dyn FnMut(u32, &SocketRecord),
-    ) -> Result<bpf::shared::WalkOutcome, SourceError> {
-        let inodes = inode_reading(self.owner_lookup(), None);
-        self.shared
-            .walk(namespaces, read_udp, inodes, bound_inactive, each)
     }
 }

@@ -73,9 +73,8 @@ impl SocketSource {
     }
 
     /// Loads the BPF program from `object` rather than the one built in.
-    pub fn with_bpf_object(mut self, object: Option<PathBuf>, lookup: OwnerLookup) -> SocketSource {
+    pub fn set_bpf_object(&mut self, object: Option<PathBuf>, lookup: OwnerLookup) {
         self.bpf = bpf::BpfSockets::new(object, inode_reading(lookup, None));
-        self
     }
 
     /// The namespace's `net` folder below the procfs root.
@@ -91,6 +90,44 @@ impl SocketSource {
     /// Where each protocol's sockets are read from now.
     pub fn sources(&self) -> PerProtocol<SourceKind> {
         self.sources
+    }
+
+    /// Whether TCP is to be read with the BPF program loaded on a thread of
+    /// its own (`--collector.source auto`, the program not yet refused).
+    pub fn loads_in_background(&self) -> bool {
+        self.choice == SourceChoice::Auto && self.sources.tcp == SourceKind::Bpf
+    }
+
+    /// The object the BPF program is loaded from, where not the one built in.
+    pub fn bpf_object(&self) -> Option<&Path> {
+        self.bpf.object()
+    }
+
+    /// Reads TCP over netlink while its BPF program loads in the background.
+    pub fn read_tcp_over_netlink_meanwhile(&mut self) {
+        self.sources.tcp = SourceKind::Netlink;
+    }
+
+    /// Takes the TCP program loaded in the background after `took_ms`, and
+    /// reads TCP with it from now on; or, where it did not load, logs why
+    /// and keeps reading TCP over netlink.
+    pub fn install_tcp_program(
+        &mut self,
+        loaded: Result<bpf::Loaded, bpf::BpfError>,
+        took_ms: u64,
+    ) {
+        match loaded {
+            Ok(program) => {
+                self.bpf.install(program);
+                self.sources.tcp = SourceKind::Bpf;
+                self.proven.tcp = true;
+                tracing::info!(
+                    took_ms,
+                    "the BPF programs are loaded; TCP is read with BPF from now on, with exact headroom"
+                );
+            }
+            Err(error) => warn_of_fallback(Protocol::Tcp, SourceKind::Bpf, &error.into()),
+        }
     }
 
     /// Reads the namespace's port settings, and what the socket counts say
