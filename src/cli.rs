@@ -6,13 +6,11 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::collector::NamespaceReader;
+use crate::collector::namespaces::NetnsChoice;
+use crate::collector::{self, NamespaceReader};
 use crate::log::{LogFormat, LogLevel};
-use crate::sampler::{NamespaceScope, NetnsChoice};
-use crate::source::SourceChoice;
-use crate::source::conntrack::wire::MarkFilter;
+use crate::sampler::NamespaceScope;
 use portstat_core::aggregate::Limits;
-use portstat_core::model::PortRange;
 
 /// Prometheus exporter for ephemeral port range usage and listening sockets.
 #[derive(Debug, Parser)]
@@ -94,39 +92,6 @@ pub struct Cli {
     )]
     pub follow_scrapes: bool,
 
-    /// Where sockets are read from: a BPF program for TCP (exact headroom;
-    /// needs CAP_BPF and CAP_PERFMON, and kernel BTF), netlink sock_diag,
-    /// procfs, or auto: BPF, else netlink, else procfs, per protocol.
-    #[arg(long = "collector.source",
-        global = true, value_enum, default_value_t = SourceChoice::Auto)]
-    pub source: SourceChoice,
-
-    /// Load the BPF program from this object file instead of the one built
-    /// in (for a program rebuilt by src/source/bpf/build.sh).
-    #[arg(
-        long = "collector.bpf.object",
-        global = true,
-        value_name = "PATH",
-        hide = true
-    )]
-    pub bpf_object: Option<PathBuf>,
-
-    /// Find the process that owns each socket: one BPF pass over every
-    /// process's descriptors (iter/task_file) where the BPF source's
-    /// privileges allow, else the walk of /proc/<pid>/fd (root, or
-    /// CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH). `false` labels every
-    /// listener `process="unknown"` and saves that pass.
-    #[arg(
-        long = "collector.processes",
-        global = true,
-        value_name = "BOOL",
-        default_value_t = true,
-        action = clap::ArgAction::Set,
-        num_args = 0..=1,
-        default_missing_value = "true"
-    )]
-    pub processes: bool,
-
     /// Destinations listed by ports used (the top ones); 0 lists none.
     #[arg(
         long = "collector.destinations.top",
@@ -135,15 +100,6 @@ pub struct Cli {
         default_value_t = 10
     )]
     pub destinations_top: usize,
-
-    /// Processes listed by ephemeral ports held (the top ones); 0 lists none.
-    #[arg(
-        long = "collector.processes.top",
-        global = true,
-        value_name = "K",
-        default_value_t = 10
-    )]
-    pub processes_top: usize,
 
     /// Most listener series; the sockets of the rest are summed in
     /// portstat_listener_sockets_omitted.
@@ -155,108 +111,20 @@ pub struct Cli {
     )]
     pub listeners_max: usize,
 
-    /// Read source NAT from conntrack: the ports NAT rules picked per NAT
-    /// address and destination, and the table's fill and failures (needs
-    /// CAP_NET_ADMIN; without it, or without conntrack, no NAT series).
-    #[arg(
-        long = "collector.nat",
-        global = true,
-        value_name = "BOOL",
-        default_value_t = true,
-        action = clap::ArgAction::Set,
-        num_args = 0..=1,
-        default_missing_value = "true"
-    )]
-    pub nat: bool,
+    #[command(flatten)]
+    pub sockets: collector::sockets::SocketsFlags,
 
-    /// Count the connect() calls that find no free local port, in the kernel
-    /// as they happen, by destination and process (needs the BPF source's
-    /// privileges; without them, no failure series).
-    #[arg(
-        long = "collector.failures",
-        value_name = "BOOL",
-        default_value_t = true,
-        action = clap::ArgAction::Set,
-        num_args = 0..=1,
-        default_missing_value = "true"
-    )]
-    pub failures: bool,
+    #[command(flatten)]
+    pub owners: collector::owners::OwnersFlags,
 
-    /// Count bind() to port 0 and UDP connect()/sendto()/sendmsg() calls
-    /// that find no free port too. A program then runs at the exit of every
-    /// system call on the host, which costs each call about 100 ns (see
-    /// docs/cost.md).
-    #[arg(
-        long = "collector.failures.autobind",
-        value_name = "BOOL",
-        default_value_t = false,
-        action = clap::ArgAction::Set,
-        num_args = 0..=1,
-        default_missing_value = "true"
-    )]
-    pub failures_autobind: bool,
+    #[command(flatten)]
+    pub conntrack: collector::conntrack::ConntrackFlags,
 
-    /// Count the connect() calls that take a port of the range, by
-    /// destination and process, and name the TIME_WAIT ports after the
-    /// process that closed them, the one that connected them unless it
-    /// handed the socket on (otherwise `none`). Costs each connect()
-    /// about 1 % more than counting failures alone (see docs/cost.md).
-    #[arg(
-        long = "collector.failures.connects",
-        value_name = "BOOL",
-        default_value_t = true,
-        action = clap::ArgAction::Set,
-        num_args = 0..=1,
-        default_missing_value = "true"
-    )]
-    pub failures_connects: bool,
+    #[command(flatten)]
+    pub failures: collector::failures::FailuresFlags,
 
-    /// The ports NAT rules pick from, FIRST-LAST: the capacity of each (NAT
-    /// address, destination). Set it to a rule's --to-ports where rules
-    /// narrow it.
-    #[arg(
-        long = "collector.nat.port-range",
-        global = true,
-        value_name = "FIRST-LAST",
-        default_value = "1024-65535",
-        value_parser = parse_port_range,
-    )]
-    pub nat_ports: PortRange,
-
-    /// Only conntrack entries whose mark, masked, is VALUE (decimal or
-    /// 0x hexadecimal; MASK defaults to every bit), filtered in the kernel.
-    #[arg(
-        long = "collector.nat.mark",
-        global = true,
-        value_name = "VALUE[/MASK]",
-        value_parser = parse_mark,
-    )]
-    pub nat_mark: Option<MarkFilter>,
-
-    /// Which network namespaces to sample: `self`, the exporter's own, or
-    /// `all` on the host, each series then labelled with its namespace.
-    #[arg(long = "collector.netns", value_enum, default_value_t = NetnsChoice::Own)]
-    pub netns: NetnsChoice,
-
-    /// Most network namespaces sampled with --collector.netns=all (at
-    /// least 1: the exporter's own comes first).
-    #[arg(long = "collector.netns.max", value_name = "N", default_value_t = 500,
-          value_parser = parse_at_least_one)]
-    pub netns_max: usize,
-
-    /// With --collector.netns=all and the BPF source, read the TCP sockets
-    /// of every namespace on the host's shared TCP tables in one walk of
-    /// them, rather than one walk a namespace. `false` reads each namespace
-    /// on its own, as the netlink and procfs sources do.
-    #[arg(
-        long = "collector.netns.one-walk",
-        value_name = "BOOL",
-        default_value_t = true,
-        action = clap::ArgAction::Set,
-        num_args = 0..=1,
-        default_missing_value = "true"
-    )]
-    pub netns_one_walk: bool,
+    #[command(flatten)]
+    pub namespaces: collector::namespaces::NamespacesFlags,
 
     /// procfs mountpoint.
     #[arg(
@@ -328,7 +196,7 @@ pub fn with_negations_spelled_out(
 impl Cli {
     /// The network namespaces to sample.
     pub fn namespaces(&self) -> NamespaceScope {
-        NamespaceScope::new(self.netns, self.netns_max)
+        NamespaceScope::new(self.namespaces.netns, self.namespaces.max)
     }
 
     /// The reader of namespaces these flags ask for; with
@@ -337,14 +205,14 @@ impl Cli {
     pub fn namespace_reader(&self, thread_namespace: bool) -> NamespaceReader {
         let reader = NamespaceReader::new(
             self.procfs.clone(),
-            self.source,
-            self.processes,
+            self.sockets.source,
+            self.owners.processes,
             thread_namespace,
         )
-        .with_bpf_object(self.bpf_object.clone())
-        .with_shared_tables(self.netns == NetnsChoice::All && self.netns_one_walk);
-        if self.nat {
-            reader.with_nat(self.nat_mark)
+        .with_bpf_object(self.sockets.bpf_object.clone())
+        .with_shared_tables(self.namespaces.netns == NetnsChoice::All && self.namespaces.one_walk);
+        if self.conntrack.nat {
+            reader.with_nat(self.conntrack.mark)
         } else {
             reader
         }
@@ -355,13 +223,13 @@ impl Cli {
         Limits {
             destinations_top: self.destinations_top,
             // Without attribution every socket would be "unknown".
-            processes_top: if self.processes {
-                self.processes_top
+            processes_top: if self.owners.processes {
+                self.owners.top
             } else {
                 0
             },
             listeners_max: self.listeners_max,
-            nat_ports: self.nat_ports,
+            nat_ports: self.conntrack.ports,
         }
     }
 }
@@ -408,63 +276,9 @@ pub fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("cannot resolve host {host:?}"))
 }
 
-/// Parses a port range, `FIRST-LAST`, both ends inclusive and at least 1.
-pub fn parse_port_range(text: &str) -> Result<PortRange, String> {
-    const FORM: &str = "expected FIRST-LAST, such as 1024-65535";
-    let (start, end) = text.split_once('-').ok_or(FORM)?;
-    // No space is trimmed: every other numeric flag refuses one too.
-    let port = |text: &str| -> Result<u16, String> {
-        match text.parse::<u16>() {
-            Ok(port) if port > 0 => Ok(port),
-            _ => Err(format!("{text:?} is not a port number (1 to 65535)")),
-        }
-    };
-    let (start, end) = (port(start)?, port(end)?);
-    if start > end {
-        return Err(format!("{FORM}: {start} is above {end}"));
-    }
-    Ok(PortRange { start, end })
-}
-
-/// Parses a conntrack mark filter, `VALUE[/MASK]`, each decimal or `0x`
-/// hexadecimal.
-pub fn parse_mark(text: &str) -> Result<MarkFilter, String> {
-    let number = |text: &str| {
-        match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-            Some(hex) => u32::from_str_radix(hex, 16),
-            None => text.parse(),
-        }
-        .map_err(|_| format!("{text:?} is not a 32-bit number"))
-    };
-    let (value, mask) = match text.split_once('/') {
-        Some((value, mask)) => (number(value)?, number(mask)?),
-        None => (number(text)?, u32::MAX),
-    };
-    // A mark is taken when `mark & mask == value`: a value with bits the
-    // mask clears could never be.
-    if value & !mask != 0 {
-        return Err(format!(
-            "the value {value:#x} has bits outside the mask {mask:#x}, so no mark would match"
-        ));
-    }
-    Ok(MarkFilter { value, mask })
-}
-
 /// The paths the server answers itself, which the telemetry path may not
 /// take over.
 const BUILT_IN_PATHS: [&str; 3] = ["/", "/-/healthy", "/-/ready"];
-
-/// Parses a telemetry path: it must start with `/`, be a path a request can
-/// ask for (no query, fragment, space or other character a URL path cannot
-/// hold as it is), and not be one of the built-in endpoints.
-/// A count of at least 1: `0` would sample nothing and fail every sample.
-fn parse_at_least_one(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".to_string()),
-        Ok(count) => Ok(count),
-        Err(error) => Err(error.to_string()),
-    }
-}
 
 fn parse_telemetry_path(text: &str) -> Result<String, String> {
     if !text.starts_with('/') {

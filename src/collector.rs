@@ -2,7 +2,8 @@
 //!
 //! A collector is one kind of read of the kernel, a type in a module of its
 //! own under `collector/`, which owns what it keeps across samples and
-//! declares its `REGISTRATION`: the label of its health series, whether a
+//! declares its flags (a `clap::Args` struct, which `cli` flattens) and its
+//! `REGISTRATION`: the label of its health series, whether a
 //! plan runs it, what is logged when it starts failing and recovers, and
 //! whether its failure fails the read it is part of. `REGISTERED` lists them,
 //! one line each.

@@ -117,17 +117,17 @@ fn run(
     let listeners = bind(cli)?;
 
     let loads_bpf = !matches!(
-        cli.source,
+        cli.sockets.source,
         portstat_exporter::source::SourceChoice::Netlink
             | portstat_exporter::source::SourceChoice::Procfs
     );
-    if cli.failures || loads_bpf {
+    if cli.failures.count || loads_bpf {
         portstat_exporter::source::bpf::prepare_kernel_types();
     }
-    if cli.failures {
+    if cli.failures.count {
         sampler.count_failures(Counting {
-            autobind: cli.failures_autobind,
-            connects: cli.failures_connects,
+            autobind: cli.failures.autobind,
+            connects: cli.failures.connects,
         });
     }
     let (sender, receiver) = watch::channel(Arc::new(Exposition::default()));
@@ -348,7 +348,7 @@ fn inspect(cli: &Cli, port: Option<u16>, json: bool) -> ExitCode {
             &owners,
             read.aggregator.kept_connection_names(),
             port,
-            cli.processes,
+            cli.owners.processes,
             &still_runs,
         )
     });

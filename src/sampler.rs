@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use crate::collector::Collectors;
 use crate::collector::all::{NamespacesRead, read_all};
 use crate::collector::failures::{Failures, Reads};
-use crate::collector::namespaces::Namespaces;
+use crate::collector::namespaces::{Namespaces, NetnsChoice};
 use crate::collector::read::{NamespaceRead, Reading, SocketsRead, read_namespace};
 use crate::collector::reader::NamespaceReader;
 use crate::plan::{self, Plan};
@@ -34,18 +34,6 @@ use thread::{gzip, lower_thread_priority, release_free_memory};
 mod thread;
 
 pub use crate::collector::failures::{connection_names_of, failures_counted_by, running_exporter};
-
-/// `--collector.netns`. Like every flag's set of values, it derives clap's
-/// `ValueEnum` in the module whose choice it is (`SourceChoice` in
-/// `source`, `LogLevel` in `log`), and `cli` only names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum NetnsChoice {
-    /// The exporter's own network namespace.
-    #[value(name = "self")]
-    Own,
-    /// Every network namespace on the host.
-    All,
-}
 
 /// Which network namespaces a sampler reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

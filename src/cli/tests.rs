@@ -1,6 +1,10 @@
 //! The command line's unit tests: flags parsed as an operator writes them.
 
 use super::*;
+use crate::collector::conntrack::{parse_mark, parse_port_range};
+use crate::collector::namespaces::parse_at_least_one;
+use crate::source::conntrack::wire::MarkFilter;
+use portstat_core::model::PortRange;
 
 fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
     let args = std::iter::once("portstat_exporter")
@@ -11,14 +15,14 @@ fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
 
 #[test]
 fn boolean_flags_take_every_form_node_exporter_takes() {
-    let autobind = |args: &[&str]| parse(args).unwrap().failures_autobind;
+    let autobind = |args: &[&str]| parse(args).unwrap().failures.autobind;
     assert!(!autobind(&[]));
     assert!(autobind(&["--collector.failures.autobind"]));
     assert!(autobind(&["--collector.failures.autobind=true"]));
     assert!(autobind(&["--collector.failures.autobind", "true"]));
     assert!(!autobind(&["--collector.failures.autobind=false"]));
     assert!(!autobind(&["--no-collector.failures.autobind"]));
-    let nat = |args: &[&str]| parse(args).unwrap().nat;
+    let nat = |args: &[&str]| parse(args).unwrap().conntrack.nat;
     assert!(nat(&[]));
     assert!(!nat(&["--no-collector.nat"]));
     assert!(!nat(&["--collector.nat=false"]));
@@ -39,7 +43,8 @@ fn boolean_flags_take_every_form_node_exporter_takes() {
     assert!(
         !parse(&["--no-collector.netns.one-walk"])
             .unwrap()
-            .netns_one_walk
+            .namespaces
+            .one_walk
     );
     assert!(
         !parse(&["--no-collector.follow-scrapes"])
@@ -50,6 +55,7 @@ fn boolean_flags_take_every_form_node_exporter_takes() {
     assert!(
         !parse(&["inspect", "--no-collector.processes"])
             .unwrap()
+            .owners
             .processes
     );
     assert!(parse(&["--no-collector.interval"]).is_err());

@@ -38,6 +38,52 @@ pub const REGISTRATION: Registration = Registration {
     fails_the_read: false,
 };
 
+/// The failures collector's flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FailuresFlags {
+    /// Count the connect() calls that find no free local port, in the kernel
+    /// as they happen, by destination and process (needs the BPF source's
+    /// privileges; without them, no failure series).
+    #[arg(
+        long = "collector.failures",
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub count: bool,
+
+    /// Count bind() to port 0 and UDP connect()/sendto()/sendmsg() calls
+    /// that find no free port too. A program then runs at the exit of every
+    /// system call on the host, which costs each call about 100 ns (see
+    /// docs/cost.md).
+    #[arg(
+        long = "collector.failures.autobind",
+        value_name = "BOOL",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub autobind: bool,
+
+    /// Count the connect() calls that take a port of the range, by
+    /// destination and process, and name the TIME_WAIT ports after the
+    /// process that closed them, the one that connected them unless it
+    /// handed the socket on (otherwise `none`). Costs each connect()
+    /// about 1 % more than counting failures alone (see docs/cost.md).
+    #[arg(
+        long = "collector.failures.connects",
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub connects: bool,
+}
+
 /// How often the failure counter's namespaces are checked against the
 /// host's: a namespace gone is forgotten at the second check that misses it.
 const FORGET_EVERY: Duration = Duration::from_secs(60);

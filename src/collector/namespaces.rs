@@ -26,6 +26,47 @@ pub const REGISTRATION: Registration = Registration {
     fails_the_read: false,
 };
 
+/// `--collector.netns`. Like every flag's set of values, it derives clap's
+/// `ValueEnum` in the module whose choice it is (`SourceChoice` in
+/// `source`, `LogLevel` in `log`), and `cli` only flattens the flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetnsChoice {
+    /// The exporter's own network namespace.
+    #[value(name = "self")]
+    Own,
+    /// Every network namespace on the host.
+    All,
+}
+
+/// The namespaces collector's flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NamespacesFlags {
+    /// Which network namespaces to sample: `self`, the exporter's own, or
+    /// `all` on the host, each series then labelled with its namespace.
+    #[arg(long = "collector.netns", value_enum, default_value_t = NetnsChoice::Own)]
+    pub netns: NetnsChoice,
+
+    /// Most network namespaces sampled with --collector.netns=all (at
+    /// least 1: the exporter's own comes first).
+    #[arg(long = "collector.netns.max", value_name = "N", default_value_t = 500,
+          value_parser = parse_at_least_one)]
+    pub max: usize,
+
+    /// With --collector.netns=all and the BPF source, read the TCP sockets
+    /// of every namespace on the host's shared TCP tables in one walk of
+    /// them, rather than one walk a namespace. `false` reads each namespace
+    /// on its own, as the netlink and procfs sources do.
+    #[arg(
+        long = "collector.netns.one-walk",
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub one_walk: bool,
+}
+
 /// The namespaces a sample reads.
 pub struct Found {
     /// Each to read, by inode.
@@ -78,5 +119,17 @@ impl Namespaces {
     /// A file that refers to each namespace of the last sample, by inode.
     pub fn handles(&self) -> &HashMap<u64, PathBuf> {
         &self.handles
+    }
+}
+
+/// Parses a telemetry path: it must start with `/`, be a path a request can
+/// ask for (no query, fragment, space or other character a URL path cannot
+/// hold as it is), and not be one of the built-in endpoints.
+/// A count of at least 1: `0` would sample nothing and fail every sample.
+pub fn parse_at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(count) => Ok(count),
+        Err(error) => Err(error.to_string()),
     }
 }

@@ -30,6 +30,35 @@ pub const REGISTRATION: Registration = Registration {
     fails_the_read: false,
 };
 
+/// The owners collector's flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OwnersFlags {
+    /// Find the process that owns each socket: one BPF pass over every
+    /// process's descriptors (iter/task_file) where the BPF source's
+    /// privileges allow, else the walk of /proc/<pid>/fd (root, or
+    /// CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH). `false` labels every
+    /// listener `process="unknown"` and saves that pass.
+    #[arg(
+        long = "collector.processes",
+        global = true,
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub processes: bool,
+
+    /// Processes listed by ephemeral ports held (the top ones); 0 lists none.
+    #[arg(
+        long = "collector.processes.top",
+        global = true,
+        value_name = "K",
+        default_value_t = 10
+    )]
+    pub top: usize,
+}
+
 /// The owners of the sockets of every namespace read.
 pub struct Owners {
     pub(super) source: OwnerSource,

@@ -6,6 +6,8 @@
 //! keeps, across samples, which source reads each protocol and the loaded
 //! programs.
 
+use std::path::PathBuf;
+
 use portstat_core::model::{
     OwnerLookup, PerProtocol, PortRange, ReadReport, SocketRecord, SocketSink, SourceKind,
 };
@@ -14,7 +16,8 @@ use portstat_core::status::Collector;
 use super::namespace_read::{LeftToTheWalk, SocketsRead};
 use super::{CollectError, InNamespace, NamespaceCollector, Registration};
 use crate::source::{
-    PortSettings, SharedTablesUse, SharedWalk, SocketSource, SourceError, bpf, inode_reading,
+    PortSettings, SharedTablesUse, SharedWalk, SocketSource, SourceChoice, SourceError, bpf,
+    inode_reading,
 };
 
 /// Always runs; its failure is the namespace's, reported with the sample.
@@ -24,6 +27,27 @@ pub const REGISTRATION: Registration = Registration {
     messages: None,
     fails_the_read: true,
 };
+
+/// The sockets collector's flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SocketsFlags {
+    /// Where sockets are read from: a BPF program for TCP (exact headroom;
+    /// needs CAP_BPF and CAP_PERFMON, and kernel BTF), netlink sock_diag,
+    /// procfs, or auto: BPF, else netlink, else procfs, per protocol.
+    #[arg(long = "collector.source",
+        global = true, value_enum, default_value_t = SourceChoice::Auto)]
+    pub source: SourceChoice,
+
+    /// Load the BPF program from this object file instead of the one built
+    /// in (for a program rebuilt by src/source/bpf/build.sh).
+    #[arg(
+        long = "collector.bpf.object",
+        global = true,
+        value_name = "PATH",
+        hide = true
+    )]
+    pub bpf_object: Option<PathBuf>,
+}
 
 /// The sockets of each namespace, and the one walk of the shared tables.
 pub struct Sockets {
