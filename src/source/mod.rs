@@ -3,7 +3,7 @@
 //! that own them (`OwnerSource`), its source NAT (`NatSource`), the one walk
 //! of the host's shared tables (`SharedWalk`), and the host's namespaces.
 //! Everything here does I/O and decides nothing of what is read when: the
-//! collectors of `crate::collector` own these parts and run them; what the
+//! collectors (`src/collector/`) own these parts and run them; what the
 //! figures mean is decided in `aggregate`.
 
 pub mod bpf;
