@@ -121,7 +121,7 @@ fn every_kernel_of_the_matrix() {
             "the kernel matrix gave another table than docs/sources.md holds; \
              rerun with PORTSTAT_UPDATE_MATRIX=1 to write it, and read the difference"
         );
-        // The verifier's figures of a kernel change only with the kernel,
+        // The verifier's figures change only with the kernel and the programs,
         // but load times vary from run to run: the committed table must
         // name the same kernels and programs, and every program on every
         // kernel was held within the budget by the labs themselves.
